@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/damselfly-io/damselfly/daemon"
+	"github.com/damselfly-io/damselfly/internal/obs"
+	"github.com/damselfly-io/damselfly/scheduler"
+)
+
+// allInOneConfig runs the scheduler, a seed peer and a daemon in one process.
+type allInOneConfig struct {
+	Scheduler scheduler.Config `yaml:"scheduler"`
+	Daemon    daemon.Config    `yaml:"daemon"`
+	Seed      daemon.Config    `yaml:"seed"`
+	LogLevel  string           `yaml:"log_level"`
+}
+
+func defaultAllInOne() allInOneConfig {
+	dir := "/var/lib/damselfly"
+	c := allInOneConfig{Scheduler: scheduler.DefaultConfig(), Daemon: daemon.DefaultConfig(), Seed: daemon.DefaultConfig(), LogLevel: "info"}
+	c.Scheduler.Listen = "127.0.0.1:8002"
+	c.Daemon.Scheduler = "127.0.0.1:8002"
+	c.Daemon.DataDir = filepath.Join(dir, "daemon")
+	c.Daemon.AdvertiseIP = "127.0.0.1"
+	c.Daemon.ListenIP = "127.0.0.1"
+	c.Seed.Scheduler = "127.0.0.1:8002"
+	c.Seed.Seed = true
+	c.Seed.DataDir = filepath.Join(dir, "seed")
+	c.Seed.AdvertiseIP = "127.0.0.1"
+	c.Seed.ListenIP = "127.0.0.1"
+	c.Seed.PeerPort = 65010
+	c.Seed.UploadPort = 65012
+	c.Seed.ProxyPort = 65011
+	c.Seed.MetricsPort = -1
+	c.Seed.Sock = "/var/run/damselfly/seed.sock"
+	return c
+}
+
+func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg := defaultAllInOne()
+	if err := loadConfig(args, &cfg); err != nil {
+		fmt.Fprintln(stderr, "damselfly all-in-one:", err)
+		return 2
+	}
+	fs := newFlagSet("all-in-one", "Run scheduler, seed peer and daemon in one process on embedded defaults (loopback only).", stderr)
+	dataDir := fs.String("data-dir", "", "put the daemon's and the seed peer's caches under this directory (default /var/lib/damselfly)")
+	fs.StringVar(&cfg.Daemon.Sock, "sock", cfg.Daemon.Sock, "unix socket of the daemon's local API (dfget --sock)")
+	fs.StringVar(&cfg.Scheduler.Listen, "scheduler-listen", cfg.Scheduler.Listen, "scheduler gRPC address")
+	fs.IntVar(&cfg.Daemon.PeerPort, "peer-port", cfg.Daemon.PeerPort, "daemon peer gRPC port")
+	fs.IntVar(&cfg.Daemon.UploadPort, "upload-port", cfg.Daemon.UploadPort, "daemon upload port")
+	fs.IntVar(&cfg.Daemon.MetricsPort, "metrics-port", cfg.Daemon.MetricsPort, "port for /metrics and /healthy (scheduler and daemon); -1 disables")
+	fs.IntVar(&cfg.Seed.PeerPort, "seed-peer-port", cfg.Seed.PeerPort, "seed peer gRPC port")
+	fs.IntVar(&cfg.Seed.UploadPort, "seed-upload-port", cfg.Seed.UploadPort, "seed upload port")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "damselfly all-in-one: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *dataDir != "" {
+		cfg.Daemon.DataDir = filepath.Join(*dataDir, "daemon")
+		cfg.Seed.DataDir = filepath.Join(*dataDir, "seed")
+		cfg.Seed.Sock = filepath.Join(*dataDir, "seed.sock")
+	}
+	cfg.Daemon.Scheduler = cfg.Scheduler.Listen
+	cfg.Seed.Scheduler = cfg.Scheduler.Listen
+	cfg.Daemon.LogLevel, cfg.Seed.LogLevel = cfg.LogLevel, cfg.LogLevel
+	if *pc {
+		return printConfig(stdout, cfg)
+	}
+	for name, v := range map[string]interface{ Validate() error }{"scheduler": cfg.Scheduler, "daemon": cfg.Daemon, "seed": cfg.Seed} {
+		if err := v.Validate(); err != nil {
+			fmt.Fprintf(stderr, "damselfly all-in-one: invalid %s config: %v\n", name, err)
+			return 2
+		}
+	}
+	log, err := obs.NewLogger(os.Stderr, cfg.LogLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly all-in-one:", err)
+		return 2
+	}
+	reg := obs.NewRegistry()
+	s, err := scheduler.New(cfg.Scheduler, log.With("component", "scheduler"), reg)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly all-in-one:", err)
+		return 1
+	}
+	lis, err := net.Listen("tcp", cfg.Scheduler.Listen)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly all-in-one: scheduler listen:", err)
+		return 1
+	}
+	cfg.Daemon.Scheduler = lis.Addr().String()
+	cfg.Seed.Scheduler = lis.Addr().String()
+	// The seed peer keeps its own registry: its metric names equal the daemon's.
+	seed, err := daemon.New(cfg.Seed, log.With("component", "seed"), obs.NewRegistry())
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly all-in-one: seed:", err)
+		return 1
+	}
+	d, err := daemon.New(cfg.Daemon, log.With("component", "daemon"), reg)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly all-in-one: daemon:", err)
+		return 1
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.Serve(gctx, lis) })
+	g.Go(func() error { return seed.Run(gctx) })
+	g.Go(func() error { return d.Run(gctx) })
+	log.Info("all-in-one running", "scheduler", lis.Addr().String(), "sock", cfg.Daemon.Sock,
+		"metrics", "http://127.0.0.1:"+strconv.Itoa(cfg.Daemon.MetricsPort)+"/metrics")
+	if err := g.Wait(); err != nil {
+		fmt.Fprintln(stderr, "damselfly all-in-one:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/damselfly-io/damselfly/daemon"
+	"github.com/damselfly-io/damselfly/internal/obs"
+)
+
+// daemonFlags binds the daemon's flags to cfg (whose values are the defaults).
+func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
+	fs.StringVar(&cfg.Scheduler, "scheduler", cfg.Scheduler, "scheduler address host:port (empty: no P2P, every download from the origin)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "cache directory")
+	fs.StringVar(&cfg.AdvertiseIP, "advertise-ip", cfg.AdvertiseIP, "IP other peers dial (default: first non-loopback IPv4)")
+	fs.StringVar(&cfg.ListenIP, "listen-ip", cfg.ListenIP, "IP the peer, upload and metrics ports listen on")
+	fs.IntVar(&cfg.PeerPort, "peer-port", cfg.PeerPort, "peer gRPC port (piece availability); 0 picks a free port")
+	fs.IntVar(&cfg.UploadPort, "upload-port", cfg.UploadPort, "piece upload HTTP port; 0 picks a free port")
+	fs.IntVar(&cfg.ProxyPort, "proxy-port", cfg.ProxyPort, "registry mirror / HTTP proxy port (reserved: the mirror is not served yet)")
+	fs.IntVar(&cfg.MetricsPort, "metrics-port", cfg.MetricsPort, "port for /metrics and /healthy; -1 disables")
+	fs.StringVar(&cfg.Sock, "sock", cfg.Sock, "unix socket of the local API used by dfget")
+	fs.BoolVar(&cfg.Seed, "seed", cfg.Seed, "run as a seed peer: fetch from the origin when the scheduler asks")
+	fs.StringVar(&cfg.IDC, "idc", cfg.IDC, "data centre label for locality-aware scheduling")
+	fs.StringVar(&cfg.Location, "location", cfg.Location, "location label, e.g. region|zone|rack")
+	fs.StringVar(&cfg.Hostname, "hostname", cfg.Hostname, "host name reported to the scheduler (default: the machine's)")
+	fs.Var(&cfg.Download.RateLimit, "download-rate-limit", "host-wide download limit in bytes/s, e.g. 100M (0: none)")
+	fs.Var(&cfg.Upload.RateLimit, "upload-rate-limit", "host-wide upload limit in bytes/s, e.g. 100M (0: none)")
+	fs.IntVar(&cfg.Upload.Slots, "upload-slots", cfg.Upload.Slots, "children the scheduler may give this host at once")
+	fs.IntVar(&cfg.Download.ConcurrentPieces, "concurrent-pieces", cfg.Download.ConcurrentPieces, "pieces one task fetches at once")
+	fs.Var(&cfg.Download.SwarmTimeout, "swarm-timeout", "fetch the rest from the origin after this long without a piece from the swarm")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+}
+
+func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg := daemon.DefaultConfig()
+	if err := loadConfig(args, &cfg); err != nil {
+		fmt.Fprintln(stderr, "damselfly daemon:", err)
+		return 2
+	}
+	fs := newFlagSet("daemon", "Run the node daemon: downloads through the swarm, caches, serves pieces to other peers.", stderr)
+	daemonFlags(fs, &cfg)
+	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "damselfly daemon: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *pc {
+		return printConfig(stdout, cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(stderr, "damselfly daemon: invalid config:", err)
+		return 2
+	}
+	log, err := obs.NewLogger(os.Stderr, cfg.LogLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly daemon:", err)
+		return 2
+	}
+	reg := obs.NewRegistry()
+	d, err := daemon.New(cfg, log, reg)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly daemon:", err)
+		return 1
+	}
+	if err := d.Run(ctx); err != nil {
+		fmt.Fprintln(stderr, "damselfly daemon:", err)
+		return 1
+	}
+	return 0
+}

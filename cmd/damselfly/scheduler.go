@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/damselfly-io/damselfly/internal/obs"
+	"github.com/damselfly-io/damselfly/scheduler"
+)
+
+// schedulerCmdConfig is the scheduler's config file: the service settings
+// plus the process's own.
+type schedulerCmdConfig struct {
+	scheduler.Config `yaml:",inline"`
+	MetricsPort      int    `yaml:"metrics_port"`
+	LogLevel         string `yaml:"log_level"`
+}
+
+func schedulerFlags(fs *flag.FlagSet, cfg *scheduler.Config) {
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address")
+	fs.IntVar(&cfg.MaxParents, "max-parents", cfg.MaxParents, "parents given to one peer")
+	fs.IntVar(&cfg.MaxBackToSource, "max-back-to-source", cfg.MaxBackToSource, "peers of one task fetching from the origin at once")
+	fs.Func("seed-trigger-timeout", "how long peers wait for a triggered seed peer before one goes to the origin (default "+cfg.SeedTriggerTimeout.String()+")", func(v string) error { return cfg.SeedTriggerTimeout.UnmarshalText([]byte(v)) })
+	fs.Func("task-ttl", "forget a task this long after its last peer left (default "+cfg.TaskTTL.String()+")", func(v string) error { return cfg.TaskTTL.UnmarshalText([]byte(v)) })
+}
+
+func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg := schedulerCmdConfig{Config: scheduler.DefaultConfig(), MetricsPort: 8000, LogLevel: "info"}
+	if err := loadConfig(args, &cfg); err != nil {
+		fmt.Fprintln(stderr, "damselfly scheduler:", err)
+		return 2
+	}
+	fs := newFlagSet("scheduler", "Run the scheduler: tracks tasks and peers, picks parents, decides who fetches from the origin.", stderr)
+	schedulerFlags(fs, &cfg.Config)
+	fs.IntVar(&cfg.MetricsPort, "metrics-port", cfg.MetricsPort, "port for /metrics and /healthy; -1 disables")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "damselfly scheduler: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *pc {
+		return printConfig(stdout, cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(stderr, "damselfly scheduler: invalid config:", err)
+		return 2
+	}
+	log, err := obs.NewLogger(os.Stderr, cfg.LogLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly scheduler:", err)
+		return 2
+	}
+	reg := obs.NewRegistry()
+	s, err := scheduler.New(cfg.Config, log, reg)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly scheduler:", err)
+		return 1
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly scheduler: listen:", err)
+		return 1
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	if cfg.MetricsPort >= 0 {
+		host, _, _ := net.SplitHostPort(cfg.Listen)
+		ml, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(cfg.MetricsPort)))
+		if err != nil {
+			fmt.Fprintln(stderr, "damselfly scheduler: listen metrics:", err)
+			return 1
+		}
+		g.Go(func() error { return obs.ServeHTTP(gctx, ml, obs.Handler(reg, nil)) })
+	}
+	log.Info("scheduler listening", "addr", lis.Addr().String())
+	g.Go(func() error { return s.Serve(gctx, lis) })
+	if err := g.Wait(); err != nil {
+		fmt.Fprintln(stderr, "damselfly scheduler:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/damselfly-io/damselfly/api/daemonv1"
+	"github.com/damselfly-io/damselfly/client"
+	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/source"
+)
+
+// downloader runs one download: through the daemon, else directly.
+type downloader struct {
+	opts     *options
+	stderr   io.Writer
+	tty      bool
+	barShown bool
+}
+
+// result says how a download went, for the summary line.
+type result struct {
+	bytes    int64
+	elapsed  time.Duration
+	direct   bool
+	final    *daemonv1.DownloadProgress // daemon downloads only
+	fellBack bool
+}
+
+func (d *downloader) note(format string, args ...any) {
+	if !d.opts.quiet {
+		fmt.Fprintf(d.stderr, "dfget: "+format+"\n", args...)
+	}
+}
+
+func (d *downloader) download(ctx context.Context) (*result, error) {
+	o := d.opts
+	if o.direct {
+		return d.direct(ctx)
+	}
+	c, err := client.Dial(ctx, o.sock)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		if o.disableBackSource {
+			return nil, fmt.Errorf("daemon not reachable and back-source disabled: %w", err)
+		}
+		d.note("daemon not reachable at %s: downloading directly", o.sock)
+		return d.direct(ctx)
+	}
+	defer c.Close()
+	res, started, err := d.viaDaemon(ctx, c)
+	if err == nil {
+		return res, nil
+	}
+	if ctx.Err() != nil || o.disableBackSource || !worthDirect(err) {
+		return nil, err
+	}
+	if started {
+		d.note("daemon download failed: %v: downloading directly", err)
+	} else {
+		d.note("daemon not reachable at %s: downloading directly", o.sock)
+	}
+	res, err = d.direct(ctx)
+	if res != nil {
+		res.fellBack = true
+	}
+	return res, err
+}
+
+// worthDirect reports whether a daemon failure may not happen on a direct
+// download. The daemon already falls back to the origin itself, so an
+// origin answer (not found, digest mismatch, ...) would only repeat.
+func worthDirect(err error) bool {
+	if errors.Is(err, core.ErrUnavailable) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Internal, codes.Unknown, codes.ResourceExhausted, codes.PermissionDenied, codes.Unimplemented:
+		// PermissionDenied: the daemon may not write where the caller can.
+		return true
+	}
+	return false
+}
+
+func (d *downloader) viaDaemon(ctx context.Context, c *client.Client) (*result, bool, error) {
+	o := d.opts
+	req := &daemonv1.DownloadRequest{
+		Url:               o.url,
+		Output:            o.output,
+		Digest:            o.digest,
+		Headers:           flatHeaders(o),
+		FilteredQuery:     o.filter,
+		Tag:               o.tag,
+		Application:       o.application,
+		RateLimit:         o.rateLimit,
+		DisableBackSource: o.disableBackSource,
+		OutputMode:        0o644,
+		Uid:               int64(os.Getuid()),
+		Gid:               int64(os.Getgid()),
+	}
+	start := time.Now()
+	bar := d.newBar(ctx)
+	started := false
+	final, err := c.Download(ctx, req, func(p *daemonv1.DownloadProgress) {
+		started = true
+		bar.update(p.GetCompletedLength(), p.GetContentLength())
+	})
+	bar.finish(err == nil)
+	if err != nil {
+		return nil, started, err
+	}
+	return &result{bytes: final.GetCompletedLength(), elapsed: time.Since(start), final: final}, true, nil
+}
+
+// flatHeaders joins repeated headers with ", " (the proto carries one value per name).
+func flatHeaders(o *options) map[string]string {
+	if len(o.header) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(o.header))
+	for k, vs := range o.header {
+		m[k] = strings.Join(vs, ", ")
+	}
+	return m
+}
+
+func (d *downloader) direct(ctx context.Context) (*result, error) {
+	o := d.opts
+	cfg := source.DefaultConfig()
+	reg, err := source.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var src source.Source = reg
+	if o.rateLimit > 0 {
+		src = newLimited(src, o.rateLimit)
+	}
+	start := time.Now()
+	bar := d.newBar(ctx)
+	n, err := source.Download(ctx, src, source.Request{URL: o.url, Header: o.header, Length: -1}, o.output, o.digest, 0o644, bar.update)
+	bar.finish(err == nil)
+	if err != nil {
+		return nil, err
+	}
+	return &result{bytes: n, elapsed: time.Since(start), direct: true}, nil
+}
+
+// limited is a source whose bodies are read no faster than a rate.
+type limited struct {
+	src   source.Source
+	lim   *rate.Limiter
+	burst int
+}
+
+func newLimited(src source.Source, bps int64) *limited {
+	burst := int(min(max(bps/4, 16<<10), 1<<20))
+	return &limited{src: src, lim: rate.NewLimiter(rate.Limit(bps), burst), burst: burst}
+}
+
+func (l *limited) Fetch(ctx context.Context, req source.Request) (*source.Response, error) {
+	resp, err := l.src.Fetch(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = &limitedBody{ctx: ctx, rc: resp.Body, l: l}
+	return resp, nil
+}
+
+// limitedBody keeps the Fetch's ctx, as the body it wraps does: waiting for
+// tokens belongs to the same request.
+type limitedBody struct {
+	ctx context.Context
+	rc  io.ReadCloser
+	l   *limited
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if len(p) > b.l.burst {
+		p = p[:b.l.burst]
+	}
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		if werr := b.l.lim.WaitN(b.ctx, n); werr != nil && err == nil {
+			if _, ok := b.ctx.Deadline(); ok && b.ctx.Err() == nil {
+				// The limiter refuses to wait past the deadline: that is a timeout.
+				werr = fmt.Errorf("rate limit: %w", context.DeadlineExceeded)
+			}
+			err = werr
+		}
+	}
+	return n, err
+}
+
+func (b *limitedBody) Close() error { return b.rc.Close() }
+
+// summary renders the one line printed when no progress bar was shown.
+func (r *result) summary(output string) string {
+	secs := r.elapsed.Seconds()
+	speed := ""
+	if secs > 0 {
+		speed = fmt.Sprintf(" (%s/s)", size(int64(float64(r.bytes)/secs)))
+	}
+	how := "directly from the origin"
+	if r.fellBack {
+		how = "directly from the origin after the daemon failed"
+	}
+	if f := r.final; f != nil {
+		switch {
+		case f.GetFromCache():
+			how = "from the daemon's cache"
+		case f.GetPeerBytes()+f.GetOriginBytes() > 0:
+			how = fmt.Sprintf("via the daemon: %s from peers, %s from the origin", size(f.GetPeerBytes()), size(f.GetOriginBytes()))
+		default:
+			how = "via the daemon"
+		}
+	}
+	return fmt.Sprintf("dfget: downloaded %s to %s in %s%s, %s", size(r.bytes), output, r.elapsed.Round(time.Millisecond), speed, how)
+}
+
+// size renders bytes with binary units.
+func size(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// redactURL drops the query (often a signature) and password for messages.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", false, "", ""
+	if u.User != nil {
+		u.User = url.User(u.User.Username())
+	}
+	return u.String()
+}

@@ -1,0 +1,124 @@
+// Command dfget downloads one URL through the local Damselfly daemon, falling
+// back to a direct download from the origin when no daemon answers. See
+// docs/dfget.md and `dfget --help`.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/damselfly-io/damselfly/core"
+)
+
+// version is set at build time: -ldflags "-X main.version=v1.2.3".
+var version string
+
+// Exit codes, documented in the usage text and docs/dfget.md.
+const (
+	exitOK          = 0
+	exitFailed      = 1
+	exitUsage       = 2
+	exitNotFound    = 3
+	exitDigest      = 4
+	exitTimeout     = 5
+	exitNoDaemon    = 6
+	exitInterrupted = 130
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// After the first signal, restore the default handling so that a
+		// second Ctrl-C kills at once if cleaning up hangs.
+		<-ctx.Done()
+		stop()
+	}()
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run is dfget without the process around it: it parses args, downloads,
+// and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	o, err := parseArgs(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "dfget: parse arguments: %v\nRun 'dfget --help' for usage.\n", err)
+		return exitUsage
+	}
+	switch {
+	case o.help:
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	case o.version:
+		fmt.Fprintf(stdout, "dfget %s\n", buildVersion())
+		return exitOK
+	}
+	if err := o.validate(); err != nil {
+		fmt.Fprintf(stderr, "dfget: check arguments: %v\nRun 'dfget --help' for usage.\n", err)
+		return exitUsage
+	}
+	if o.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+	}
+	d := &downloader{opts: o, stderr: stderr, tty: isTerminal(stderr)}
+	res, err := d.download(ctx)
+	if err != nil {
+		code := exitCode(ctx, err, o.disableBackSource)
+		what := fmt.Sprintf("download %s to %s", redactURL(o.url), o.output)
+		switch {
+		case code == exitTimeout && errors.Is(ctx.Err(), context.DeadlineExceeded):
+			fmt.Fprintf(stderr, "dfget: %s: timed out after %s: %v\n", what, o.timeout, err)
+		case code == exitInterrupted:
+			fmt.Fprintf(stderr, "dfget: %s: interrupted\n", what)
+		default:
+			fmt.Fprintf(stderr, "dfget: %s: %v\n", what, err)
+		}
+		return code
+	}
+	if !o.quiet && !d.barShown {
+		fmt.Fprintln(stderr, res.summary(o.output))
+	}
+	return exitOK
+}
+
+// exitCode maps a download error to the documented exit codes.
+func exitCode(ctx context.Context, err error, disableBackSource bool) int {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		return exitTimeout
+	case ctx.Err() != nil, errors.Is(err, context.Canceled):
+		return exitInterrupted
+	case errors.Is(err, core.ErrNotFound):
+		return exitNotFound
+	case errors.Is(err, core.ErrDigestMismatch):
+		return exitDigest
+	case errors.Is(err, core.ErrUnavailable) && disableBackSource:
+		return exitNoDaemon
+	case errors.Is(err, core.ErrInvalid):
+		return exitUsage
+	}
+	return exitFailed
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}

@@ -1,0 +1,111 @@
+// Package core holds the vocabulary every Damselfly component shares: task and
+// peer identities, the piece layout of a content, digests and error kinds.
+// It depends on the standard library (and BLAKE3) only and does no I/O.
+package core
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+)
+
+// Error kinds. Components wrap them with %w; the edges (gRPC, HTTP, CLI exit
+// codes) map them once.
+var (
+	ErrNotFound       = errors.New("not found")
+	ErrInvalid        = errors.New("invalid argument")
+	ErrDigestMismatch = errors.New("digest mismatch")
+	ErrUnavailable    = errors.New("unavailable")
+	ErrOrigin         = errors.New("origin error")
+)
+
+// TaskOptions are the parts of a request that, with the URL, name a task.
+type TaskOptions struct {
+	Tag         string
+	Application string
+	// FilteredQuery lists query parameters left out of the task ID (e.g.
+	// signatures that change on every request for the same object).
+	FilteredQuery []string
+	// Digest, when set ("sha256:<hex>"), names the content itself.
+	Digest string
+}
+
+// TaskID derives the task ID of a URL: a hex sha256 over the URL with the
+// filtered query parameters removed, the tag and the application. Two requests
+// for the same content under different signatures thus share one task.
+func TaskID(rawURL string, o TaskOptions) string {
+	h := sha256.New()
+	h.Write([]byte(FilterURL(rawURL, o.FilteredQuery)))
+	h.Write([]byte{0})
+	h.Write([]byte(o.Tag))
+	h.Write([]byte{0})
+	h.Write([]byte(o.Application))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// FilterURL removes the named query parameters and sorts the rest, so that the
+// order of parameters does not change the task.
+func FilterURL(rawURL string, filtered []string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.RawQuery == "" {
+		return rawURL
+	}
+	q := u.Query()
+	for _, f := range filtered {
+		q.Del(f)
+	}
+	u.RawQuery = q.Encode() // Encode sorts by key
+	return u.String()
+}
+
+// NewPeerID returns a fresh peer ID: the host name and a random suffix.
+func NewPeerID(host string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
+}
+
+// HostID returns a stable host identifier for ip and hostname.
+func HostID(hostname, ip string) string {
+	return hostname + "-" + ip
+}
+
+// Hostname returns the machine's host name, or "localhost".
+func Hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return h
+}
+
+// ParseDigest splits "algo:hex" and checks the hex length for sha256.
+func ParseDigest(d string) (algo, hexsum string, err error) {
+	algo, hexsum, ok := strings.Cut(d, ":")
+	if !ok {
+		return "", "", fmt.Errorf("digest %q: want algo:hex: %w", d, ErrInvalid)
+	}
+	algo = strings.ToLower(algo)
+	hexsum = strings.ToLower(hexsum)
+	switch algo {
+	case "sha256":
+		if len(hexsum) != 64 {
+			return "", "", fmt.Errorf("digest %q: sha256 needs 64 hex digits: %w", d, ErrInvalid)
+		}
+	default:
+		return "", "", fmt.Errorf("digest %q: unsupported algorithm %q (want sha256): %w", d, algo, ErrInvalid)
+	}
+	if _, err := hex.DecodeString(hexsum); err != nil {
+		return "", "", fmt.Errorf("digest %q: %w", d, ErrInvalid)
+	}
+	return algo, hexsum, nil
+}
+
+// ContainsString reports whether s is in list.
+func ContainsString(list []string, s string) bool { return slices.Contains(list, s) }

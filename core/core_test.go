@@ -1,0 +1,70 @@
+package core
+
+import "testing"
+
+func TestTaskIDFiltersAndSortsQuery(t *testing.T) {
+	a := TaskID("http://o/x?b=2&sig=abc&a=1", TaskOptions{FilteredQuery: []string{"sig"}})
+	b := TaskID("http://o/x?a=1&sig=zzz&b=2", TaskOptions{FilteredQuery: []string{"sig"}})
+	if a != b {
+		t.Fatalf("same object under other signatures got two tasks: %s %s", a, b)
+	}
+	if c := TaskID("http://o/x?a=1&sig=zzz&b=2", TaskOptions{}); c == a {
+		t.Fatal("without a filter the signature must change the task")
+	}
+	if d := TaskID("http://o/x?a=1&b=2", TaskOptions{Tag: "t"}); d == a {
+		t.Fatal("tag must change the task")
+	}
+	if e := TaskID("http://o/x?a=1&b=2", TaskOptions{Application: "app"}); e == a {
+		t.Fatal("application must change the task")
+	}
+}
+
+func TestPieceLayout(t *testing.T) {
+	cases := []struct {
+		length int64
+		size   uint32
+		count  uint32
+	}{
+		{0, MinPieceSize, 0},
+		{1, MinPieceSize, 1},
+		{MinPieceSize - 1, MinPieceSize, 1},
+		{MinPieceSize + 1, MinPieceSize, 2},
+		{128 << 20, 512 << 10, 256},
+		{1 << 30, MaxPieceSize, 256},
+		{100 << 30, MaxPieceSize, 25600},
+	}
+	for _, c := range cases {
+		s := PieceSize(c.length)
+		if s != c.size {
+			t.Errorf("PieceSize(%d)=%d want %d", c.length, s, c.size)
+		}
+		if n := PieceCount(c.length, s); n != c.count {
+			t.Errorf("PieceCount(%d)=%d want %d", c.length, n, c.count)
+		}
+		if c.count > 0 {
+			off, sz := PieceRange(c.count-1, c.length, s)
+			if off+sz != c.length || sz <= 0 {
+				t.Errorf("last piece of %d: off %d size %d", c.length, off, sz)
+			}
+		}
+	}
+}
+
+func TestParseDigest(t *testing.T) {
+	good := "sha256:" + "ab0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd"[:64]
+	if _, _, err := ParseDigest(good); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"", "sha256", "md5:00", "sha256:zz", "sha256:abcd"} {
+		if _, _, err := ParseDigest(bad); err == nil {
+			t.Errorf("ParseDigest(%q) accepted", bad)
+		}
+	}
+}
+
+func TestPieceDigestDetectsChange(t *testing.T) {
+	a := PieceDigest([]byte("hello"))
+	if !EqualDigest(a, PieceDigest([]byte("hello"))) || EqualDigest(a, PieceDigest([]byte("hellO"))) {
+		t.Fatal("piece digest does not tell contents apart")
+	}
+}

@@ -1,0 +1,1015 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/damselfly-io/damselfly/api/peerv1"
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/daemon/piece"
+	"github.com/damselfly-io/damselfly/daemon/store"
+	"github.com/damselfly-io/damselfly/source"
+)
+
+// conductor drives one task on this daemon: it talks to the scheduler,
+// fetches pieces from parents or the origin, and after completion keeps the
+// task announced so others can use this daemon as a parent. All download
+// state is owned by the run goroutine; workers report back through events.
+type conductor struct {
+	d      *Daemon
+	req    taskRequest
+	id     string
+	peerID string
+	log    *slog.Logger
+	task   *store.Task
+	limit  *rate.Limiter // this download's own limit, nil for none
+
+	done   chan struct{} // closed when the content is complete or failed
+	err    error         // valid once done is closed
+	exited chan struct{}
+
+	peerBytes   atomic.Int64
+	originBytes atomic.Int64
+	fromCache   atomic.Bool
+
+	events chan any
+
+	// loop state
+	stream        schedulerv1.Scheduler_AnnounceClient
+	streamCancel  context.CancelFunc
+	sendMu        sync.Mutex
+	parents       map[string]*parentState
+	bad           map[string]bool
+	inflight      map[uint32]*parentState
+	need          []uint32 // missing pieces, for selection
+	needOK        bool
+	mode          int
+	pending       []*schedulerv1.PieceResult
+	lastProgress  time.Time
+	lastResched   time.Time
+	rnd           *rand.Rand
+	originRunning bool
+	shapeSent     bool
+}
+
+const (
+	modeP2P = iota
+	modeBackToSource
+	modeOrigin // fallback: P2P failed
+)
+
+type parentState struct {
+	info     *schedulerv1.PeerInfo
+	addr     string
+	seed     bool
+	has      []bool
+	count    int
+	inflight int
+	failures int
+	rate     float64 // bytes/s EWMA
+	cancel   context.CancelFunc
+	removed  bool
+}
+
+// events
+type (
+	evSched    struct{ m *schedulerv1.SchedulerMessage }
+	evSchedErr struct{ err error }
+	evParent   struct {
+		id  string
+		st  *peerv1.PieceState
+		err error
+	}
+	evPiece struct {
+		n      uint32
+		parent *parentState
+		size   int64
+		dur    time.Duration
+		err    error
+	}
+	evOriginPiece struct {
+		n      uint32
+		digest []byte
+		size   int
+	}
+	evOriginShape struct{}
+	evOriginDone  struct{ err error }
+)
+
+func newConductor(d *Daemon, r taskRequest, hostname string) *conductor {
+	c := &conductor{
+		d:        d,
+		req:      r,
+		id:       r.spec.GetTaskId(),
+		peerID:   core.NewPeerID(hostname),
+		done:     make(chan struct{}),
+		exited:   make(chan struct{}),
+		events:   make(chan any, 256),
+		parents:  map[string]*parentState{},
+		bad:      map[string]bool{},
+		inflight: map[uint32]*parentState{},
+		rnd:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	}
+	c.log = d.log.With("task_id", c.id, "peer_id", c.peerID)
+	if r.rateLimit > 0 {
+		c.limit = piece.NewLimiter(r.rateLimit)
+	}
+	return c
+}
+
+func (c *conductor) finish(err error) {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	c.err = err
+	close(c.done)
+	outcome, src := "success", "peer"
+	if err != nil {
+		outcome = "failure"
+	}
+	switch {
+	case c.fromCache.Load():
+		src = "cache"
+	case c.originBytes.Load() > c.peerBytes.Load():
+		src = "origin"
+	}
+	if !c.req.fromCache {
+		c.d.metrics.downloads.WithLabelValues(outcome, src).Inc()
+	}
+}
+
+func (c *conductor) run(ctx context.Context) {
+	defer close(c.exited)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer c.closeStream()
+	s := c.req.spec
+	t, _, err := c.d.store.GetOrCreate(store.Meta{
+		TaskID: c.id, URL: s.GetUrl(), Tag: s.GetTag(), Application: s.GetApplication(),
+		Digest: s.GetDigest(), ContentLength: -1,
+	})
+	if err != nil {
+		c.finish(fmt.Errorf("cache task %s: %w", c.id, err))
+		return
+	}
+	c.task = t
+	if t.Complete() {
+		c.fromCache.Store(true)
+		c.finish(nil)
+	} else {
+		c.d.metrics.activeTasks.Inc()
+		err := c.download(ctx)
+		c.d.metrics.activeTasks.Dec()
+		if err != nil {
+			c.log.Warn("download failed", "err", err)
+		} else {
+			c.log.Info("download complete", "peer_bytes", c.peerBytes.Load(), "origin_bytes", c.originBytes.Load())
+		}
+		c.finish(err)
+		if err != nil {
+			if c.stream != nil {
+				c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Failed{Failed: &schedulerv1.PeerFailed{Reason: err.Error()}}})
+			}
+			return
+		}
+	}
+	if c.d.sched != nil {
+		c.serve(ctx)
+	}
+}
+
+// announce opens a fresh Announce stream and registers.
+func (c *conductor) announce(ctx context.Context) error {
+	c.closeStream()
+	sctx, cancel := context.WithCancel(ctx)
+	stream, err := c.d.sched.Announce(sctx)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("announce to scheduler %s: %w", c.d.cfg.Scheduler, err)
+	}
+	spec := c.req.spec
+	reg := &schedulerv1.Register{
+		PeerId:            c.peerID,
+		Host:              c.d.Host(),
+		Task:              spec,
+		Have:              c.task.Pieces(),
+		DisableBackSource: c.req.disableBackSource,
+		SeedRequest:       c.req.seed,
+	}
+	if err := stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: reg}}); err != nil {
+		cancel()
+		return fmt.Errorf("register with scheduler: %w", err)
+	}
+	c.stream, c.streamCancel = stream, cancel
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				c.post(sctx, evSchedErr{err})
+				return
+			}
+			if !c.post(sctx, evSched{m}) {
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+func (c *conductor) post(ctx context.Context, ev any) bool {
+	select {
+	case c.events <- ev:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (c *conductor) closeStream() {
+	if c.streamCancel != nil {
+		if c.stream != nil {
+			_ = c.stream.CloseSend()
+		}
+		c.streamCancel()
+	}
+	c.stream, c.streamCancel = nil, nil
+}
+
+func (c *conductor) send(m *schedulerv1.PeerMessage) {
+	if c.stream == nil {
+		return
+	}
+	c.sendMu.Lock()
+	err := c.stream.Send(m)
+	c.sendMu.Unlock()
+	if err != nil {
+		c.log.Debug("send to scheduler failed", "err", err)
+	}
+}
+
+func (c *conductor) backSourceAllowed() bool { return !c.req.disableBackSource }
+
+// download runs until the task is complete, or fails.
+func (c *conductor) download(ctx context.Context) error {
+	c.lastProgress = time.Now()
+	if c.d.sched == nil {
+		return c.originOnly(ctx, "no_scheduler")
+	}
+	if err := c.announce(ctx); err != nil {
+		c.log.Warn("scheduler unreachable", "err", err)
+		return c.originOnly(ctx, "scheduler_unreachable")
+	}
+	tick := time.NewTicker(c.d.cfg.Download.ReportInterval.D())
+	defer tick.Stop()
+	defer c.dropParents()
+	for {
+		if c.shapeKnown() && c.task.Count() == c.pieceCount() {
+			if c.originRunning {
+				// let the origin fetch wind down before committing
+			} else {
+				return c.complete(ctx)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return errClosed
+		case ev := <-c.events:
+			if err := c.handle(ctx, ev); err != nil {
+				return err
+			}
+		case <-tick.C:
+			c.flushReports()
+			if err := c.checkStall(ctx); err != nil {
+				return err
+			}
+		}
+		c.schedule(ctx)
+		if len(c.events) == 0 {
+			// Idle: report now. Under load events queue up and reports batch.
+			c.flushReports()
+		}
+	}
+}
+
+// originOnly fetches everything from the origin without a scheduler.
+func (c *conductor) originOnly(ctx context.Context, reason string) error {
+	if !c.backSourceAllowed() {
+		return fmt.Errorf("task %s: %s and back-to-source is disabled: %w", c.id, reason, core.ErrUnavailable)
+	}
+	c.d.metrics.backSource.WithLabelValues(reason).Inc()
+	c.mode = modeOrigin
+	errc := make(chan error, 1)
+	go func() { errc <- c.fetchOrigin(ctx) }()
+	for {
+		select {
+		case err := <-errc:
+			if err != nil {
+				return err
+			}
+			// drain origin events
+			for {
+				select {
+				case <-c.events:
+					continue
+				default:
+				}
+				break
+			}
+			return c.complete(ctx)
+		case <-c.events:
+		case <-ctx.Done():
+			<-errc
+			return errClosed
+		}
+	}
+}
+
+func (c *conductor) shapeKnown() bool {
+	l, ps := c.task.Shape()
+	return l >= 0 && ps > 0
+}
+
+func (c *conductor) pieceCount() uint32 {
+	l, ps := c.task.Shape()
+	return core.PieceCount(l, ps)
+}
+
+func (c *conductor) handle(ctx context.Context, ev any) error {
+	switch e := ev.(type) {
+	case evSched:
+		return c.handleSched(ctx, e.m)
+	case evSchedErr:
+		if c.mode == modeBackToSource || c.mode == modeOrigin {
+			c.stream = nil // keep fetching; nobody to report to
+			return nil
+		}
+		c.log.Warn("scheduler stream lost; fetching the rest from the origin", "err", e.err)
+		c.stream = nil
+		return c.fallback(ctx, "scheduler_lost")
+	case evParent:
+		c.handleParent(ctx, e)
+	case evPiece:
+		return c.handlePiece(ctx, e)
+	case evOriginPiece:
+		c.lastProgress = time.Now()
+		c.removeNeed(e.n)
+		c.pending = append(c.pending, &schedulerv1.PieceResult{Number: e.n, Digest: e.digest, Length: uint32(e.size)})
+		if len(c.pending) >= 32 {
+			c.flushReports()
+		}
+	case evOriginShape:
+		c.sendShape()
+	case evOriginDone:
+		c.originRunning = false
+		if e.err != nil {
+			return e.err
+		}
+		c.flushReports()
+		if c.mode == modeBackToSource && !c.shapeSent {
+			c.sendShape()
+		}
+		if !c.shapeKnown() || c.task.Count() != c.pieceCount() {
+			return fmt.Errorf("task %s: origin fetch ended with %d of %d pieces: %w", c.id, c.task.Count(), c.pieceCount(), core.ErrOrigin)
+		}
+	}
+	return nil
+}
+
+func (c *conductor) sendShape() {
+	l, ps := c.task.Shape()
+	if c.mode != modeBackToSource || ps == 0 {
+		return
+	}
+	if l >= 0 {
+		c.shapeSent = true
+	}
+	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: l, PieceSize: ps}}})
+}
+
+func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMessage) error {
+	switch x := m.Msg.(type) {
+	case *schedulerv1.SchedulerMessage_TaskInfo:
+		ti := x.TaskInfo
+		if ti.GetPieceSize() > 0 {
+			if err := c.task.SetShape(ti.GetContentLength(), ti.GetPieceSize()); err != nil {
+				return fmt.Errorf("scheduler task info: %w", err)
+			}
+		}
+		ds := make(map[uint32][]byte, len(ti.GetDigests()))
+		for _, d := range ti.GetDigests() {
+			if len(d.GetDigest()) == core.DigestSize {
+				ds[d.GetNumber()] = d.GetDigest()
+			}
+		}
+		c.task.SetDigests(ds)
+	case *schedulerv1.SchedulerMessage_Parents:
+		if c.mode != modeP2P {
+			return nil
+		}
+		c.setParents(ctx, x.Parents.GetParents())
+	case *schedulerv1.SchedulerMessage_BackToSource:
+		if c.mode != modeP2P {
+			return nil
+		}
+		c.log.Info("fetching from the origin", "reason", x.BackToSource.GetReason())
+		c.d.metrics.backSource.WithLabelValues("scheduled").Inc()
+		c.mode = modeBackToSource
+		c.dropParents()
+		c.startOrigin(ctx)
+	case *schedulerv1.SchedulerMessage_Wait:
+		c.log.Debug("scheduler says wait", "reason", x.Wait.GetReason())
+	case *schedulerv1.SchedulerMessage_Fail:
+		c.log.Warn("scheduler gave up on the task", "reason", x.Fail.GetReason())
+		return c.fallback(ctx, "scheduler_failed")
+	}
+	return nil
+}
+
+// fallback switches to fetching the missing pieces from the origin.
+func (c *conductor) fallback(ctx context.Context, reason string) error {
+	if c.mode != modeP2P {
+		return nil
+	}
+	if !c.backSourceAllowed() {
+		return fmt.Errorf("task %s: P2P failed (%s) and back-to-source is disabled: %w", c.id, reason, core.ErrUnavailable)
+	}
+	c.d.metrics.backSource.WithLabelValues(reason).Inc()
+	c.mode = modeOrigin
+	c.dropParents()
+	c.startOrigin(ctx)
+	return nil
+}
+
+func (c *conductor) checkStall(ctx context.Context) error {
+	if c.mode != modeP2P || time.Since(c.lastProgress) < c.d.cfg.Download.SwarmTimeout.D() {
+		if c.mode == modeP2P && len(c.parents) == 0 && time.Since(c.lastResched) > 2*time.Second && c.stream != nil && time.Since(c.lastProgress) > 2*time.Second {
+			c.reschedule(nil, "no parents")
+		}
+		return nil
+	}
+	c.log.Warn("no progress from the swarm", "for", time.Since(c.lastProgress).Round(time.Millisecond))
+	return c.fallback(ctx, "swarm_stalled")
+}
+
+func (c *conductor) reschedule(bad []string, reason string) {
+	c.lastResched = time.Now()
+	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Reschedule{Reschedule: &schedulerv1.Reschedule{BadParents: bad, Reason: reason}}})
+}
+
+func (c *conductor) setParents(ctx context.Context, ps []*schedulerv1.PeerInfo) {
+	want := map[string]*schedulerv1.PeerInfo{}
+	for _, p := range ps {
+		if p.GetPeerId() == "" || p.GetPeerId() == c.peerID || c.bad[p.GetPeerId()] || p.GetHost() == nil {
+			continue
+		}
+		want[p.GetPeerId()] = p
+	}
+	for id, p := range c.parents {
+		if _, ok := want[id]; !ok {
+			c.removeParent(p)
+		}
+	}
+	for id, info := range want {
+		if _, ok := c.parents[id]; ok {
+			continue
+		}
+		h := info.GetHost()
+		pctx, cancel := context.WithCancel(ctx)
+		p := &parentState{
+			info:   info,
+			addr:   net.JoinHostPort(h.GetIp(), strconv.Itoa(int(h.GetUploadPort()))),
+			seed:   h.GetSeed(),
+			cancel: cancel,
+		}
+		c.parents[id] = p
+		go c.syncParent(pctx, id, net.JoinHostPort(h.GetIp(), strconv.Itoa(int(h.GetPeerPort()))))
+	}
+	c.lastProgress = maxTime(c.lastProgress, time.Now().Add(-c.d.cfg.Download.SwarmTimeout.D()/2))
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func (c *conductor) removeParent(p *parentState) {
+	if p.removed {
+		return
+	}
+	p.removed = true
+	p.cancel()
+	delete(c.parents, p.info.GetPeerId())
+}
+
+func (c *conductor) dropParents() {
+	for _, p := range c.parents {
+		c.removeParent(p)
+	}
+}
+
+// syncParent follows the parent's piece set until ctx ends.
+func (c *conductor) syncParent(ctx context.Context, id, addr string) {
+	conn, err := c.d.peerConn(addr)
+	if err != nil {
+		c.post(ctx, evParent{id: id, err: err})
+		return
+	}
+	stream, err := peerv1.NewPeerClient(conn).SyncPieces(ctx, &peerv1.SyncPiecesRequest{TaskId: c.id, PeerId: c.peerID})
+	if err != nil {
+		c.post(ctx, evParent{id: id, err: err})
+		return
+	}
+	for {
+		st, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() == nil {
+				c.post(ctx, evParent{id: id, err: err})
+			}
+			return
+		}
+		if !c.post(ctx, evParent{id: id, st: st}) {
+			return
+		}
+		if st.GetDone() {
+			<-ctx.Done()
+			return
+		}
+	}
+}
+
+func (c *conductor) handleParent(ctx context.Context, e evParent) {
+	p, ok := c.parents[e.id]
+	if !ok {
+		return
+	}
+	if e.err != nil {
+		c.log.Debug("parent gone", "parent", e.id, "err", e.err)
+		c.removeParent(p)
+		if len(c.parents) == 0 {
+			c.reschedule([]string{e.id}, "parent gone")
+		}
+		return
+	}
+	for _, n := range e.st.GetPieces() {
+		if n > 1<<26 {
+			continue
+		}
+		for int(n) >= len(p.has) {
+			p.has = append(p.has, false)
+		}
+		if !p.has[n] {
+			p.has[n] = true
+			p.count++
+		}
+	}
+}
+
+func (c *conductor) removeNeed(n uint32) {
+	for i, m := range c.need {
+		if m == n {
+			c.need[i] = c.need[len(c.need)-1]
+			c.need = c.need[:len(c.need)-1]
+			return
+		}
+	}
+}
+
+// schedule starts piece fetches while there is room.
+func (c *conductor) schedule(ctx context.Context) {
+	if c.mode != modeP2P || !c.shapeKnown() || len(c.parents) == 0 {
+		return
+	}
+	if !c.needOK {
+		c.need = c.task.Missing()
+		c.needOK = true
+	}
+	cfg := c.d.cfg.Download
+	for len(c.inflight) < cfg.ConcurrentPieces {
+		n, p := c.pick()
+		if p == nil {
+			return
+		}
+		dg, _ := c.task.PieceDigest(n)
+		l, ps := c.task.Shape()
+		_, size := core.PieceRange(n, l, ps)
+		c.inflight[n] = p
+		p.inflight++
+		req := piece.Request{
+			Addr: p.addr, TaskID: c.id, Number: n, Size: size, Digest: dg,
+			Stall:  c.stallTimeout(p, size),
+			Limits: []*rate.Limiter{c.d.dl, c.limit},
+		}
+		go c.fetchPiece(ctx, req, p)
+	}
+}
+
+// stallTimeout follows the parent's measured rate: ten 64 KiB chunks' worth
+// of time at that rate, within the configured bounds.
+func (c *conductor) stallTimeout(p *parentState, size int64) time.Duration {
+	cfg := c.d.cfg.Download
+	t := cfg.MaxStallTimeout.D()
+	if p.rate > 0 {
+		t = time.Duration(float64(10*64<<10) / p.rate * float64(time.Second))
+	}
+	return min(max(t, cfg.MinStallTimeout.D()), cfg.MaxStallTimeout.D())
+}
+
+// pick chooses the next piece and parent: rarest first among the parents'
+// pieces (ties broken from a random start, so peers hold different pieces
+// and have something to trade), preferring non-seed parents and parents
+// with spare capacity.
+func (c *conductor) pick() (uint32, *parentState) {
+	nn := len(c.need)
+	if nn == 0 {
+		return 0, nil
+	}
+	per := c.d.cfg.Download.PerParentRequests
+	free := false
+	for _, p := range c.parents {
+		if p.inflight < per {
+			free = true
+			break
+		}
+	}
+	if !free {
+		return 0, nil
+	}
+	start := c.rnd.IntN(nn)
+	bestN, bestRare := uint32(0), -1
+	for i := 0; i < nn; i++ {
+		n := c.need[(start+i)%nn]
+		if _, busy := c.inflight[n]; busy {
+			continue
+		}
+		if _, ok := c.task.PieceDigest(n); !ok {
+			continue
+		}
+		rare, avail := 0, false
+		for _, p := range c.parents {
+			if int(n) < len(p.has) && p.has[n] {
+				rare++
+				if p.inflight < per {
+					avail = true
+				}
+			}
+		}
+		if !avail {
+			continue
+		}
+		if bestRare < 0 || rare < bestRare {
+			bestN, bestRare = n, rare
+			if rare == 1 {
+				break
+			}
+		}
+	}
+	if bestRare < 0 {
+		return 0, nil
+	}
+	return bestN, c.chooseParent(bestN)
+}
+
+func (c *conductor) chooseParent(n uint32) *parentState {
+	per := c.d.cfg.Download.PerParentRequests
+	var best *parentState
+	bestScore := -1.0
+	nonSeed := false
+	for _, p := range c.parents {
+		if !p.seed && int(n) < len(p.has) && p.has[n] && p.inflight < per {
+			nonSeed = true
+		}
+	}
+	for _, p := range c.parents {
+		if int(n) >= len(p.has) || !p.has[n] || p.inflight >= per || (nonSeed && p.seed) {
+			continue
+		}
+		s := (p.rate + 1) / float64(p.inflight+1) * (1 + 0.1*c.rnd.Float64())
+		if s > bestScore {
+			best, bestScore = p, s
+		}
+	}
+	return best
+}
+
+func (c *conductor) fetchPiece(ctx context.Context, r piece.Request, p *parentState) {
+	start := time.Now()
+	buf, err := c.d.pieces.Fetch(ctx, r)
+	if err == nil {
+		err = c.task.WritePiece(r.Number, buf, r.Digest)
+		c.d.pieces.Release(buf)
+	}
+	c.post(ctx, evPiece{n: r.Number, parent: p, size: r.Size, dur: time.Since(start), err: err})
+}
+
+func (c *conductor) handlePiece(ctx context.Context, e evPiece) error {
+	p := e.parent
+	delete(c.inflight, e.n)
+	p.inflight--
+	if e.err == nil {
+		c.d.pm.PieceDuration.WithLabelValues("peer").Observe(e.dur.Seconds())
+		c.peerBytes.Add(e.size)
+		c.lastProgress = time.Now()
+		p.failures = 0
+		r := float64(e.size) / max(e.dur.Seconds(), 1e-6)
+		if p.rate == 0 {
+			p.rate = r
+		} else {
+			p.rate = 0.7*p.rate + 0.3*r
+		}
+		c.removeNeed(e.n)
+		c.pending = append(c.pending, &schedulerv1.PieceResult{
+			Number: e.n, ParentId: p.info.GetPeerId(), Length: uint32(e.size), CostNs: e.dur.Nanoseconds()})
+		if len(c.pending) >= 32 {
+			c.flushReports()
+		}
+		return nil
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	corrupt := errors.Is(e.err, core.ErrDigestMismatch)
+	reason := "error"
+	switch {
+	case corrupt:
+		reason = "corrupt"
+	case errors.Is(e.err, core.ErrNotFound):
+		reason = "not_found"
+		if int(e.n) < len(p.has) && p.has[e.n] {
+			p.has[e.n] = false
+			p.count--
+		}
+	}
+	if p.removed && !corrupt {
+		return nil // a parent we already dropped; its in-flight failures are expected
+	}
+	c.d.pm.PieceFailures.WithLabelValues(reason).Inc()
+	c.log.Debug("piece failed", "piece", e.n, "parent", p.info.GetPeerId(), "err", e.err)
+	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_PieceFailed{PieceFailed: &schedulerv1.PieceFailed{
+		Number: e.n, ParentId: p.info.GetPeerId(), Reason: e.err.Error(), Corrupt: corrupt}}})
+	p.failures++
+	if corrupt {
+		c.log.Warn("parent served corrupt piece; avoiding it", "parent", p.info.GetPeerId(), "addr", p.addr, "piece", e.n)
+		c.bad[p.info.GetPeerId()] = true
+		c.removeParent(p)
+		return nil
+	}
+	if p.failures >= c.d.cfg.Download.ParentFailures {
+		c.removeParent(p)
+		c.reschedule([]string{p.info.GetPeerId()}, "parent failed repeatedly")
+	}
+	return nil
+}
+
+func (c *conductor) flushReports() {
+	if len(c.pending) == 0 {
+		return
+	}
+	batch := c.pending
+	c.pending = nil
+	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Pieces{Pieces: &schedulerv1.PiecesDone{Pieces: batch}}})
+}
+
+func (c *conductor) startOrigin(ctx context.Context) {
+	if c.originRunning {
+		return
+	}
+	c.originRunning = true
+	go func() {
+		err := c.fetchOrigin(ctx)
+		c.post(ctx, evOriginDone{err})
+	}()
+}
+
+// fetchOrigin fetches the missing pieces from the origin, one range request
+// per run of missing pieces (the whole content when its shape is unknown).
+func (c *conductor) fetchOrigin(ctx context.Context) error {
+	l, ps := c.task.Shape()
+	if l >= 0 && ps > 0 {
+		missing := c.task.Missing()
+		for i := 0; i < len(missing); {
+			j := i + 1
+			for j < len(missing) && missing[j] == missing[j-1]+1 {
+				j++
+			}
+			off, _ := core.PieceRange(missing[i], l, ps)
+			lastOff, lastSize := core.PieceRange(missing[j-1], l, ps)
+			if err := c.fetchOriginRange(ctx, off, lastOff+lastSize-off); err != nil {
+				return err
+			}
+			i = j
+		}
+		return nil
+	}
+	return c.fetchOriginRange(ctx, 0, -1)
+}
+
+func (c *conductor) headers() http.Header {
+	h := http.Header{}
+	for k, v := range c.req.spec.GetHeaders() {
+		h.Set(k, v)
+	}
+	return h
+}
+
+func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) error {
+	url := c.req.spec.GetUrl()
+	resp, err := c.d.src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length})
+	if err != nil {
+		return fmt.Errorf("fetch %s from origin: %w", url, err)
+	}
+	defer resp.Body.Close()
+	l, ps := c.task.Shape()
+	total := resp.ContentLength
+	if ps == 0 {
+		ps = core.PieceSize(total)
+		if err := c.task.SetShape(total, ps); err != nil {
+			return err
+		}
+		c.post(ctx, evOriginShape{})
+	} else if l < 0 && total >= 0 {
+		if err := c.task.SetShape(total, ps); err != nil {
+			return err
+		}
+		c.post(ctx, evOriginShape{})
+	} else if l >= 0 && total >= 0 && total != l {
+		return fmt.Errorf("origin %s: content length changed from %d to %d: %w", url, l, total, core.ErrOrigin)
+	}
+	n := uint32(off / int64(ps))
+	buf := make([]byte, ps)
+	var read int64
+	for length < 0 || read < length {
+		want := buf
+		if length >= 0 && length-read < int64(len(buf)) {
+			want = buf[:length-read]
+		}
+		k, err := readLimited(ctx, resp.Body, want, c.d.dl, c.limit)
+		if k > 0 {
+			read += int64(k)
+			c.originBytes.Add(int64(k))
+			c.d.metrics.originBytes.Add(float64(k))
+			c.d.pm.DownloadBytes.WithLabelValues("origin").Add(float64(k))
+			if !c.task.Has(n) {
+				if werr := c.task.WritePiece(n, want[:k], nil); werr != nil {
+					return werr
+				}
+				dg, _ := c.task.PieceDigest(n)
+				c.post(ctx, evOriginPiece{n: n, digest: dg, size: k})
+			}
+			n++
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read %s from origin at byte %d: %w", url, off+read, err)
+		}
+	}
+	if length >= 0 && read != length {
+		return fmt.Errorf("origin %s: got %d of %d bytes: %w", url, read, length, core.ErrOrigin)
+	}
+	if l, _ := c.task.Shape(); l < 0 {
+		if err := c.task.SetShape(off+read, ps); err != nil {
+			return err
+		}
+		c.post(ctx, evOriginShape{})
+	}
+	return nil
+}
+
+// readLimited fills b from r, paying the limiters as it goes.
+func readLimited(ctx context.Context, r io.Reader, b []byte, ls ...*rate.Limiter) (int, error) {
+	const step = 64 << 10
+	got := 0
+	for got < len(b) {
+		end := min(len(b), got+step)
+		for _, l := range ls {
+			if l == nil {
+				continue
+			}
+			if err := l.WaitN(ctx, min(end-got, l.Burst())); err != nil {
+				return got, err
+			}
+		}
+		k, err := io.ReadFull(r, b[got:end])
+		got += k
+		if err != nil {
+			if err == io.ErrUnexpectedEOF || (err == io.EOF && got > 0) {
+				return got, io.ErrUnexpectedEOF
+			}
+			return got, err
+		}
+	}
+	return got, nil
+}
+
+// complete verifies the whole content when a digest is known, commits the
+// task and tells the scheduler.
+func (c *conductor) complete(ctx context.Context) error {
+	c.flushReports()
+	if d := c.req.spec.GetDigest(); d != "" {
+		if err := verifyFile(ctx, c.task.DataPath(), d); err != nil {
+			_ = c.d.store.Delete(c.id)
+			return fmt.Errorf("task %s: %w", c.id, err)
+		}
+	}
+	if err := c.task.Commit(); err != nil {
+		return err
+	}
+	if c.mode == modeBackToSource && !c.shapeSent {
+		c.sendShape()
+	}
+	l, _ := c.task.Shape()
+	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: l}}})
+	return nil
+}
+
+// verifyFile checks a file against "sha256:<hex>".
+func verifyFile(ctx context.Context, path, digest string) error {
+	_, want, err := core.ParseDigest(digest)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, &ctxReader{ctx: ctx, r: f}); err != nil {
+		return fmt.Errorf("hash content: %w", err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return fmt.Errorf("content is sha256:%s, want sha256:%s: %w", got, want, core.ErrDigestMismatch)
+	}
+	return nil
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r *ctxReader) Read(b []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(b)
+}
+
+// serve keeps a complete task announced so the scheduler can hand this
+// daemon out as a parent; it re-registers when the stream breaks (e.g. the
+// scheduler restarted) until ctx ends or the task leaves the cache.
+func (c *conductor) serve(ctx context.Context) {
+	backoff := 500 * time.Millisecond
+	for ctx.Err() == nil {
+		if _, ok := c.d.store.Get(c.id); !ok {
+			return
+		}
+		if c.stream == nil {
+			if err := c.announce(ctx); err != nil {
+				c.log.Debug("re-announce failed", "err", err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, 30*time.Second)
+				continue
+			}
+			l, _ := c.task.Shape()
+			c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: l}}})
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-c.events:
+			if _, ok := ev.(evSchedErr); ok {
+				c.closeStream()
+			} else {
+				backoff = 500 * time.Millisecond
+			}
+		case <-c.task.Changed():
+			// task deleted or changed: loop re-checks the store
+		}
+	}
+}

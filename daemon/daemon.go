@@ -1,0 +1,355 @@
+// Package daemon is the node: it downloads tasks piece by piece from parents
+// the scheduler names (or from the origin when told to, or when P2P fails),
+// keeps them in its cache, serves pieces to other peers while still
+// downloading, and answers dfget on a unix socket. It never trusts a piece
+// digest that did not come from the scheduler or from its own origin fetch.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/damselfly-io/damselfly/api/daemonv1"
+	"github.com/damselfly-io/damselfly/api/peerv1"
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/daemon/piece"
+	"github.com/damselfly-io/damselfly/daemon/store"
+	"github.com/damselfly-io/damselfly/internal/obs"
+	"github.com/damselfly-io/damselfly/source"
+)
+
+// Daemon is one node of the swarm.
+type Daemon struct {
+	cfg     Config
+	log     *slog.Logger
+	reg     prometheus.Registerer
+	gather  prometheus.Gatherer
+	metrics *metrics
+
+	store  *store.Store
+	src    source.Source
+	pieces *piece.Client
+	pm     *piece.Metrics
+	dl, ul *rate.Limiter
+
+	schedConn *grpc.ClientConn
+	sched     schedulerv1.SchedulerClient
+
+	peerMu    sync.Mutex
+	peerConns map[string]*grpc.ClientConn
+
+	mu         sync.Mutex
+	conductors map[string]*conductor
+	host       *schedulerv1.Host
+	ready      chan struct{}
+
+	// runCtx lives as long as Run; conductors run under it, not under the
+	// request that started them, so a client hanging up does not waste a fetch.
+	runCtx context.Context
+}
+
+type metrics struct {
+	downloads   *prometheus.CounterVec
+	activeTasks prometheus.Gauge
+	originBytes prometheus.Counter
+	cacheBytes  prometheus.Counter
+	backSource  *prometheus.CounterVec
+}
+
+// New builds a daemon; Run starts it. gather may be nil (no metrics port).
+func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("daemon config: %w", err)
+	}
+	srcCfg := source.DefaultConfig()
+	srcCfg.Timeout = cfg.OriginTimeout.D()
+	srcCfg.Retries = cfg.OriginRetries
+	src, err := source.New(srcCfg)
+	if err != nil {
+		return nil, fmt.Errorf("origin client: %w", err)
+	}
+	d := &Daemon{
+		cfg:        cfg,
+		log:        log,
+		src:        src,
+		conductors: map[string]*conductor{},
+		dl:         piece.NewLimiter(int64(cfg.Download.RateLimit)),
+		ul:         piece.NewLimiter(int64(cfg.Upload.RateLimit)),
+		ready:      make(chan struct{}),
+	}
+	var r prometheus.Registerer
+	if reg != nil {
+		r, d.gather = reg, reg
+	}
+	d.reg = r
+	d.pm = piece.NewMetrics(r)
+	d.pieces = piece.NewClient(d.pm)
+	d.metrics = &metrics{
+		downloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "damselfly_daemon_downloads_total",
+			Help: "Finished downloads by outcome (success, failure) and where most bytes came from (peer, origin, cache)."},
+			[]string{"outcome", "source"}),
+		activeTasks: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "damselfly_daemon_active_tasks", Help: "Tasks being downloaded."}),
+		originBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "damselfly_daemon_origin_bytes_total", Help: "Bytes fetched from origins."}),
+		cacheBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "damselfly_daemon_cache_bytes_total", Help: "Bytes served to local clients straight from the cache."}),
+		backSource: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "damselfly_daemon_back_to_source_total", Help: "Tasks fetched from the origin, by reason."}, []string{"reason"}),
+	}
+	if r != nil {
+		r.MustRegister(d.metrics.downloads, d.metrics.activeTasks, d.metrics.originBytes, d.metrics.cacheBytes, d.metrics.backSource)
+	}
+	return d, nil
+}
+
+// Ready is closed once every port listens.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// Host returns the host record advertised to the scheduler (after Ready).
+func (d *Daemon) Host() *schedulerv1.Host {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.host
+}
+
+// Store exposes the cache (for tests and the local API).
+func (d *Daemon) Store() *store.Store { return d.store }
+
+// Run serves until ctx is done.
+func (d *Daemon) Run(ctx context.Context) error {
+	st, err := store.Open(ctx, d.cfg.DataDir, d.log)
+	if err != nil {
+		return err
+	}
+	d.store = st
+	defer st.Close()
+
+	if d.cfg.Scheduler != "" {
+		conn, err := grpc.NewClient(d.cfg.Scheduler,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+		if err != nil {
+			return fmt.Errorf("scheduler client for %s: %w", d.cfg.Scheduler, err)
+		}
+		defer conn.Close()
+		d.schedConn, d.sched = conn, schedulerv1.NewSchedulerClient(conn)
+	}
+
+	lc := net.ListenConfig{}
+	peerLis, err := lc.Listen(ctx, "tcp", net.JoinHostPort(d.cfg.ListenIP, strconv.Itoa(d.cfg.PeerPort)))
+	if err != nil {
+		return fmt.Errorf("listen peer port: %w", err)
+	}
+	upLis, err := lc.Listen(ctx, "tcp", net.JoinHostPort(d.cfg.ListenIP, strconv.Itoa(d.cfg.UploadPort)))
+	if err != nil {
+		peerLis.Close()
+		return fmt.Errorf("listen upload port: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(d.cfg.Sock), 0o755); err != nil {
+		return fmt.Errorf("socket dir: %w", err)
+	}
+	_ = os.Remove(d.cfg.Sock) // a stale socket from a crash
+	sockLis, err := lc.Listen(ctx, "unix", d.cfg.Sock)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", d.cfg.Sock, err)
+	}
+	// dfget runs as any user; the daemon decides what it writes.
+	_ = os.Chmod(d.cfg.Sock, 0o666)
+	var metricsLis net.Listener
+	if d.cfg.MetricsPort >= 0 && d.gather != nil {
+		metricsLis, err = lc.Listen(ctx, "tcp", net.JoinHostPort(d.cfg.ListenIP, strconv.Itoa(d.cfg.MetricsPort)))
+		if err != nil {
+			return fmt.Errorf("listen metrics port: %w", err)
+		}
+	}
+
+	ip := d.cfg.AdvertiseIP
+	if ip == "" {
+		ip = detectIP()
+	}
+	hostname := d.cfg.Hostname
+	if hostname == "" {
+		hostname = core.Hostname()
+	}
+	peerPort := peerLis.Addr().(*net.TCPAddr).Port
+	host := &schedulerv1.Host{
+		Id:          core.HostID(hostname, net.JoinHostPort(ip, strconv.Itoa(peerPort))),
+		Hostname:    hostname,
+		Ip:          ip,
+		PeerPort:    int32(peerPort),
+		UploadPort:  int32(upLis.Addr().(*net.TCPAddr).Port),
+		Idc:         d.cfg.IDC,
+		Location:    d.cfg.Location,
+		Seed:        d.cfg.Seed,
+		UploadSlots: int32(d.cfg.Upload.Slots),
+	}
+	d.mu.Lock()
+	d.host = host
+	d.runCtx = ctx
+	d.mu.Unlock()
+
+	peerSrv := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}))
+	peerv1.RegisterPeerServer(peerSrv, &peerService{d: d})
+	apiSrv := grpc.NewServer()
+	daemonv1.RegisterDaemonServer(apiSrv, &apiService{d: d})
+	upSrv := piece.NewServer(st, d.cfg.Upload.MaxConcurrent, d.ul, d.pm, d.log)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveGRPC(gctx, peerSrv, peerLis) })
+	g.Go(func() error { return serveGRPC(gctx, apiSrv, sockLis) })
+	g.Go(func() error { return obs.ServeHTTP(gctx, upLis, upSrv.Handler()) })
+	if metricsLis != nil {
+		g.Go(func() error { return obs.ServeHTTP(gctx, metricsLis, obs.Handler(d.gather, nil)) })
+	}
+	if d.cfg.Seed && d.sched != nil {
+		g.Go(func() error { d.seedLoop(gctx); return nil })
+	}
+	// Tasks complete in the cache become parents again.
+	for _, t := range st.List() {
+		if t.Complete() {
+			d.startConductor(taskRequest{spec: &schedulerv1.TaskSpec{TaskId: t.ID(), Url: t.Meta().URL}, fromCache: true})
+		}
+	}
+	d.log.Info("daemon ready", "peer_addr", peerLis.Addr().String(), "upload_addr", upLis.Addr().String(),
+		"advertise_ip", ip, "sock", d.cfg.Sock, "seed", d.cfg.Seed, "scheduler", d.cfg.Scheduler)
+	close(d.ready)
+	err = g.Wait()
+	d.mu.Lock()
+	cs := make([]*conductor, 0, len(d.conductors))
+	for _, c := range d.conductors {
+		cs = append(cs, c)
+	}
+	d.mu.Unlock()
+	for _, c := range cs {
+		<-c.exited
+	}
+	_ = os.Remove(d.cfg.Sock)
+	return err
+}
+
+func serveGRPC(ctx context.Context, s *grpc.Server, lis net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		stopped := make(chan struct{})
+		go func() { s.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			s.Stop()
+		}
+		return nil
+	}
+}
+
+// detectIP returns the first non-loopback IPv4 address of an up interface.
+func detectIP() string {
+	ifs, err := net.Interfaces()
+	if err == nil {
+		for _, i := range ifs {
+			if i.Flags&net.FlagUp == 0 || i.Flags&net.FlagLoopback != 0 {
+				continue
+			}
+			addrs, _ := i.Addrs()
+			for _, a := range addrs {
+				if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+					return n.IP.String()
+				}
+			}
+		}
+	}
+	return "127.0.0.1"
+}
+
+// seedLoop holds the SeedTasks stream open and starts every task the
+// scheduler pushes. It reconnects with backoff until ctx ends.
+func (d *Daemon) seedLoop(ctx context.Context) {
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		stream, err := d.sched.SeedTasks(ctx, &schedulerv1.SeedTasksRequest{Host: d.Host()})
+		if err == nil {
+			for {
+				t, rerr := stream.Recv()
+				if rerr != nil {
+					err = rerr
+					break
+				}
+				backoff = 200 * time.Millisecond
+				if t.GetTask() == nil || t.GetTask().GetTaskId() == "" || t.GetTask().GetUrl() == "" {
+					continue
+				}
+				d.log.Info("seed task", "task_id", t.GetTask().GetTaskId())
+				d.startConductor(taskRequest{spec: t.GetTask(), seed: true})
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		d.log.Warn("seed stream to scheduler ended; reconnecting", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+// taskRequest is what starts a conductor.
+type taskRequest struct {
+	spec              *schedulerv1.TaskSpec
+	disableBackSource bool
+	seed              bool
+	fromCache         bool
+	rateLimit         int64
+}
+
+// startConductor returns the conductor of the task, starting one if none runs.
+func (d *Daemon) startConductor(r taskRequest) *conductor {
+	hostname := d.Host().GetHostname()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	id := r.spec.GetTaskId()
+	if c, ok := d.conductors[id]; ok {
+		select {
+		case <-c.exited:
+		default:
+			return c
+		}
+	}
+	c := newConductor(d, r, hostname)
+	d.conductors[id] = c
+	go func() {
+		c.run(d.runCtx)
+		d.mu.Lock()
+		if d.conductors[id] == c {
+			delete(d.conductors, id)
+		}
+		d.mu.Unlock()
+	}()
+	return c
+}
+
+var errClosed = errors.New("daemon shutting down")

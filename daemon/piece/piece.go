@@ -1,0 +1,311 @@
+// Package piece moves piece bytes between peers: the upload server that
+// serves verified pieces of known tasks over HTTP (sendfile where possible)
+// and the client that fetches one piece from a parent with a stall timeout
+// that follows progress rather than a fixed deadline. It does not decide
+// which piece to fetch or from whom.
+package piece
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/daemon/store"
+)
+
+// Lookup finds a task this daemon holds.
+type Lookup interface {
+	Get(id string) (*store.Task, bool)
+}
+
+// chunk is how many bytes pass a rate limiter at once.
+const chunk = 64 << 10
+
+// Limiter is a host-wide token bucket; nil means unlimited.
+type Limiter = rate.Limiter
+
+// NewLimiter returns a limiter for bytesPerSec (0: nil, unlimited).
+func NewLimiter(bytesPerSec int64) *rate.Limiter {
+	if bytesPerSec <= 0 {
+		return nil
+	}
+	burst := int(bytesPerSec / 10)
+	if burst < 4*chunk {
+		burst = 4 * chunk
+	}
+	return rate.NewLimiter(rate.Limit(bytesPerSec), burst)
+}
+
+func waitN(ctx context.Context, l *rate.Limiter, n int) error {
+	if l == nil {
+		return nil
+	}
+	for n > 0 {
+		c := min(n, l.Burst())
+		if err := l.WaitN(ctx, c); err != nil {
+			return err
+		}
+		n -= c
+	}
+	return nil
+}
+
+// Metrics of piece transfer, shared by server and client.
+type Metrics struct {
+	UploadBytes    prometheus.Counter
+	UploadsActive  prometheus.Gauge
+	UploadsDenied  *prometheus.CounterVec
+	PieceDuration  *prometheus.HistogramVec
+	PieceFailures  *prometheus.CounterVec
+	DownloadBytes  *prometheus.CounterVec
+	UploadRequests prometheus.Counter
+}
+
+// NewMetrics registers the piece metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		UploadBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "damselfly_daemon_upload_bytes_total", Help: "Piece bytes served to other peers."}),
+		UploadsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "damselfly_daemon_uploads_active", Help: "Piece uploads in progress."}),
+		UploadsDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "damselfly_daemon_upload_denied_total", Help: "Piece requests refused, by reason."}, []string{"reason"}),
+		UploadRequests: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "damselfly_daemon_upload_requests_total", Help: "Piece requests received."}),
+		PieceDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "damselfly_daemon_piece_duration_seconds",
+			Help:    "Time to fetch and verify one piece, by source (peer, origin).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"source"}),
+		PieceFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "damselfly_daemon_piece_failures_total", Help: "Failed piece fetches, by reason."}, []string{"reason"}),
+		DownloadBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "damselfly_daemon_download_bytes_total", Help: "Bytes downloaded, by source (peer, origin)."}, []string{"source"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.UploadBytes, m.UploadsActive, m.UploadsDenied, m.UploadRequests, m.PieceDuration, m.PieceFailures, m.DownloadBytes)
+	}
+	return m
+}
+
+// Server serves pieces over HTTP: GET /pieces/{task}/{n}.
+type Server struct {
+	lookup  Lookup
+	limit   *rate.Limiter
+	slots   chan struct{}
+	metrics *Metrics
+	log     *slog.Logger
+}
+
+// NewServer returns an upload server allowing maxUploads concurrent
+// transfers and limit bytes/s for the whole host (nil: unlimited).
+func NewServer(l Lookup, maxUploads int, limit *rate.Limiter, m *Metrics, log *slog.Logger) *Server {
+	if maxUploads <= 0 {
+		maxUploads = 64
+	}
+	return &Server{lookup: l, limit: limit, slots: make(chan struct{}, maxUploads), metrics: m, log: log}
+}
+
+// Handler returns the HTTP handler.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /pieces/{task}/{n}", s.servePiece)
+	return mux
+}
+
+func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
+	s.metrics.UploadRequests.Inc()
+	id := r.PathValue("task")
+	n64, err := strconv.ParseUint(r.PathValue("n"), 10, 32)
+	if err != nil {
+		http.Error(w, "bad piece number", http.StatusBadRequest)
+		return
+	}
+	n := uint32(n64)
+	t, ok := s.lookup.Get(id)
+	if !ok {
+		s.metrics.UploadsDenied.WithLabelValues("unknown_task").Inc()
+		http.Error(w, "unknown task", http.StatusNotFound)
+		return
+	}
+	off, size, err := t.PieceSection(n)
+	if err != nil {
+		s.metrics.UploadsDenied.WithLabelValues("unknown_piece").Inc()
+		http.Error(w, "piece not held", http.StatusNotFound)
+		return
+	}
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	case <-r.Context().Done():
+		return
+	}
+	s.metrics.UploadsActive.Inc()
+	defer s.metrics.UploadsActive.Dec()
+	f, err := os.Open(t.DataPath())
+	if err != nil {
+		http.Error(w, "task data gone", http.StatusNotFound)
+		return
+	}
+	defer f.Close()
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		http.Error(w, "seek", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusOK)
+	// io.CopyN over an *os.File lets net/http use sendfile(2).
+	var sent int64
+	if s.limit == nil {
+		sent, err = io.CopyN(w, f, size)
+	} else {
+		for sent < size && err == nil {
+			c := min(int64(chunk), size-sent)
+			if err = waitN(r.Context(), s.limit, int(c)); err != nil {
+				break
+			}
+			var k int64
+			k, err = io.CopyN(w, f, c)
+			sent += k
+		}
+	}
+	s.metrics.UploadBytes.Add(float64(sent))
+	if err != nil && !errors.Is(err, context.Canceled) {
+		s.log.Debug("piece upload ended early", "task_id", id, "piece", n, "sent", sent, "err", err)
+	}
+}
+
+// Client fetches pieces from parents.
+type Client struct {
+	hc      *http.Client
+	bufs    sync.Pool
+	metrics *Metrics
+}
+
+// NewClient returns a piece client with a pooled transport.
+func NewClient(m *Metrics) *Client {
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		ReadBufferSize:      256 << 10,
+		WriteBufferSize:     64 << 10,
+	}
+	return &Client{hc: &http.Client{Transport: tr}, metrics: m}
+}
+
+// Request names one piece at one parent.
+type Request struct {
+	Addr   string // host:port of the parent's upload server
+	TaskID string
+	Number uint32
+	Size   int64
+	Digest []byte // trusted digest to verify against
+	// Stall is how long the transfer may make no progress before it is
+	// abandoned; the caller derives it from measured throughput.
+	Stall time.Duration
+	// Limits apply to this transfer (host-wide and per-download); nil ones are skipped.
+	Limits []*rate.Limiter
+}
+
+// ErrCorrupt marks bytes that do not match the trusted digest.
+var ErrCorrupt = fmt.Errorf("piece %w", core.ErrDigestMismatch)
+
+// Fetch downloads and verifies one piece. The returned buffer must be handed
+// back with Release.
+func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stall := r.Stall
+	if stall <= 0 {
+		stall = 10 * time.Second
+	}
+	errStall := fmt.Errorf("no progress for %s", stall)
+	watchdog := time.AfterFunc(stall, func() { cancel(errStall) })
+	defer watchdog.Stop()
+
+	url := "http://" + r.Addr + "/pieces/" + r.TaskID + "/" + strconv.FormatUint(uint64(r.Number), 10)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if cerr := context.Cause(ctx); cerr != nil && cerr != context.Canceled {
+			err = cerr
+		}
+		return nil, fmt.Errorf("fetch piece %d from %s: %w", r.Number, r.Addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		if resp.StatusCode == http.StatusNotFound {
+			return nil, fmt.Errorf("fetch piece %d from %s: %w", r.Number, r.Addr, core.ErrNotFound)
+		}
+		return nil, fmt.Errorf("fetch piece %d from %s: status %s", r.Number, r.Addr, resp.Status)
+	}
+	if resp.ContentLength >= 0 && resp.ContentLength != r.Size {
+		return nil, fmt.Errorf("fetch piece %d from %s: %d bytes offered, want %d: %w", r.Number, r.Addr, resp.ContentLength, r.Size, ErrCorrupt)
+	}
+	buf := c.get(int(r.Size))
+	var got int
+	for got < len(buf) {
+		end := min(len(buf), got+chunk)
+		for _, l := range r.Limits {
+			if err := waitN(ctx, l, end-got); err != nil {
+				c.Release(buf)
+				return nil, fmt.Errorf("fetch piece %d from %s: rate limit: %w", r.Number, r.Addr, err)
+			}
+		}
+		k, err := io.ReadFull(resp.Body, buf[got:end])
+		got += k
+		if k > 0 {
+			watchdog.Reset(stall)
+		}
+		if err != nil {
+			c.Release(buf)
+			if cerr := context.Cause(ctx); cerr != nil {
+				err = cerr
+			}
+			return nil, fmt.Errorf("fetch piece %d from %s after %d bytes: %w", r.Number, r.Addr, got, err)
+		}
+	}
+	if !core.EqualDigest(core.PieceDigest(buf), r.Digest) {
+		c.Release(buf)
+		return nil, fmt.Errorf("piece %d from %s: %w", r.Number, r.Addr, ErrCorrupt)
+	}
+	c.metrics.DownloadBytes.WithLabelValues("peer").Add(float64(len(buf)))
+	return buf, nil
+}
+
+func (c *Client) get(n int) []byte {
+	if v := c.bufs.Get(); v != nil {
+		b := *(v.(*[]byte))
+		if cap(b) >= n {
+			return b[:n]
+		}
+	}
+	return make([]byte, n)
+}
+
+// Release returns a buffer from Fetch to the pool.
+func (c *Client) Release(b []byte) {
+	if cap(b) == 0 {
+		return
+	}
+	c.bufs.Put(&b)
+}

@@ -1,0 +1,255 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/damselfly-io/damselfly/api/daemonv1"
+	"github.com/damselfly-io/damselfly/api/peerv1"
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/source"
+)
+
+// peerConn returns a shared connection to a parent's peer port.
+func (d *Daemon) peerConn(addr string) (*grpc.ClientConn, error) {
+	d.peerMu.Lock()
+	defer d.peerMu.Unlock()
+	if c, ok := d.peerConns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("peer client for %s: %w", addr, err)
+	}
+	if d.peerConns == nil {
+		d.peerConns = map[string]*grpc.ClientConn{}
+	}
+	d.peerConns[addr] = c
+	return c, nil
+}
+
+// peerService answers children asking which pieces this daemon holds.
+type peerService struct {
+	peerv1.UnimplementedPeerServer
+	d *Daemon
+}
+
+func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.ServerStreamingServer[peerv1.PieceState]) error {
+	t, ok := s.d.store.Get(req.GetTaskId())
+	if !ok {
+		return status.Errorf(codes.NotFound, "task %s not held", req.GetTaskId())
+	}
+	var sent []bool
+	first := true
+	for {
+		ch := t.Changed()
+		if _, ok := s.d.store.Get(req.GetTaskId()); !ok {
+			return status.Errorf(codes.NotFound, "task %s left the cache", req.GetTaskId())
+		}
+		l, ps := t.Shape()
+		complete := t.Complete()
+		var add []uint32
+		for _, n := range t.Pieces() {
+			for int(n) >= len(sent) {
+				sent = append(sent, false)
+			}
+			if !sent[n] {
+				sent[n] = true
+				add = append(add, n)
+			}
+		}
+		if first || len(add) > 0 || complete {
+			first = false
+			if err := stream.Send(&peerv1.PieceState{ContentLength: l, PieceSize: ps, Pieces: add, Done: complete}); err != nil {
+				return err
+			}
+		}
+		if complete {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}
+
+// apiService is the local API on the unix socket.
+type apiService struct {
+	daemonv1.UnimplementedDaemonServer
+	d *Daemon
+}
+
+func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
+	ctx := stream.Context()
+	u, err := url.Parse(req.GetUrl())
+	if err != nil || u.Host == "" && u.Scheme != "file" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") {
+		return status.Errorf(codes.InvalidArgument, "url %q: want an absolute http, https or file URL", req.GetUrl())
+	}
+	if d := req.GetDigest(); d != "" {
+		if _, _, err := core.ParseDigest(d); err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	if o := req.GetOutput(); o != "" && !filepath.IsAbs(o) {
+		return status.Errorf(codes.InvalidArgument, "output %q must be an absolute path", o)
+	}
+	id := core.TaskID(req.GetUrl(), core.TaskOptions{Tag: req.GetTag(), Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery()})
+	spec := &schedulerv1.TaskSpec{
+		TaskId: id, Url: req.GetUrl(), Headers: req.GetHeaders(), Tag: req.GetTag(),
+		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),
+	}
+	c := s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit()})
+	progress := func(done bool) *daemonv1.DownloadProgress {
+		p := &daemonv1.DownloadProgress{TaskId: id, ContentLength: -1, Done: done,
+			PeerBytes: c.peerBytes.Load(), OriginBytes: c.originBytes.Load(), FromCache: c.fromCache.Load()}
+		if t := c.task; t != nil {
+			l, ps := t.Shape()
+			p.ContentLength = l
+			if l >= 0 {
+				p.CompletedLength = min(l, int64(t.Count())*int64(ps))
+			} else {
+				p.CompletedLength = int64(t.Count()) * int64(ps)
+			}
+		}
+		return p
+	}
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-c.done:
+			break wait
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-tick.C:
+			if err := stream.Send(progress(false)); err != nil {
+				return err
+			}
+		}
+	}
+	if c.err != nil {
+		return toStatus(c.err)
+	}
+	// A task taken from a cached copy must still match a digest the caller names.
+	if d := req.GetDigest(); d != "" && c.fromCache.Load() && d != c.req.spec.GetDigest() {
+		if err := verifyFile(ctx, c.task.DataPath(), d); err != nil {
+			return toStatus(err)
+		}
+	}
+	c.task.Touch()
+	if c.fromCache.Load() {
+		l, _ := c.task.Shape()
+		s.d.metrics.cacheBytes.Add(float64(l))
+	}
+	if o := req.GetOutput(); o != "" {
+		if err := exportFile(ctx, c.task.DataPath(), o, req); err != nil {
+			return toStatus(err)
+		}
+	}
+	p := progress(true)
+	p.CompletedLength = p.ContentLength
+	return stream.Send(p)
+}
+
+// exportFile copies the cached content to output through a temp file in the
+// same directory and a rename, so output never holds a partial file.
+func exportFile(ctx context.Context, src, output string, req *daemonv1.DownloadRequest) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("open cached content: %w", err)
+	}
+	defer in.Close()
+	dir := filepath.Dir(output)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(output)+".dfget-*")
+	if err != nil {
+		return fmt.Errorf("create output in %s: %w", dir, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	// io.Copy between files uses copy_file_range(2): no bytes pass user space.
+	if _, err := io.Copy(tmp, &fileOnly{in}); err != nil {
+		return fmt.Errorf("write %s: %w", output, err)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	mode := os.FileMode(req.GetOutputMode())
+	if mode == 0 {
+		mode = 0o644
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		return fmt.Errorf("chmod %s: %w", output, err)
+	}
+	if req.GetUid() >= 0 && req.GetGid() >= 0 && (req.GetUid() != int64(os.Getuid()) || req.GetGid() != int64(os.Getgid())) {
+		if os.Getuid() == 0 {
+			_ = tmp.Chown(int(req.GetUid()), int(req.GetGid()))
+		}
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", output, err)
+	}
+	if err := os.Rename(tmp.Name(), output); err != nil {
+		return fmt.Errorf("move into %s: %w", output, err)
+	}
+	ok = true
+	return nil
+}
+
+// fileOnly hides *os.File's WriterTo so io.Copy reaches the destination's
+// ReadFrom (copy_file_range) instead of a user-space loop.
+type fileOnly struct{ f *os.File }
+
+func (r *fileOnly) Read(b []byte) (int, error) { return r.f.Read(b) }
+
+func (s *apiService) StatTask(ctx context.Context, req *daemonv1.StatTaskRequest) (*daemonv1.StatTaskResponse, error) {
+	t, ok := s.d.store.Get(req.GetTaskId())
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "task %q not in the cache", req.GetTaskId())
+	}
+	m := t.Meta()
+	return &daemonv1.StatTaskResponse{
+		TaskId: m.TaskID, ContentLength: m.ContentLength, PieceSize: m.PieceSize,
+		PiecesDone: t.Count(), PieceCount: core.PieceCount(m.ContentLength, m.PieceSize),
+		Complete: m.Complete, Url: m.URL,
+	}, nil
+}
+
+// toStatus maps error kinds to gRPC codes, once, at the edge.
+func toStatus(err error) error {
+	var se *source.StatusError
+	switch {
+	case errors.Is(err, core.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, core.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, core.ErrDigestMismatch):
+		return status.Error(codes.DataLoss, err.Error())
+	case errors.Is(err, core.ErrUnavailable), errors.Is(err, errClosed):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.As(err, &se), errors.Is(err, core.ErrOrigin):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}

@@ -1,0 +1,584 @@
+// Package store is the daemon's on-disk cache: one directory per task with a
+// data file written at piece offsets and a small metadata record. It owns
+// durability and the rule that a piece is readable only once verified; it
+// does not talk to the network.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/damselfly-io/damselfly/core"
+)
+
+const (
+	dataFile = "data"
+	metaFile = "meta.json"
+)
+
+// Meta is the persisted record of a task. Credentials are never part of it.
+type Meta struct {
+	TaskID        string    `json:"task_id"`
+	URL           string    `json:"url"`
+	Tag           string    `json:"tag,omitempty"`
+	Application   string    `json:"application,omitempty"`
+	Digest        string    `json:"digest,omitempty"`
+	ContentLength int64     `json:"content_length"` // -1 unknown
+	PieceSize     uint32    `json:"piece_size"`
+	PieceDigests  [][]byte  `json:"piece_digests,omitempty"`
+	Pieces        []uint32  `json:"pieces,omitempty"` // verified pieces held
+	Complete      bool      `json:"complete"`
+	CreatedAt     time.Time `json:"created_at"`
+	AccessedAt    time.Time `json:"accessed_at"`
+}
+
+// Store is a directory of tasks.
+type Store struct {
+	dir string
+	log *slog.Logger
+
+	mu    sync.Mutex
+	tasks map[string]*Task
+}
+
+// Open opens (creating) the store at dir and reloads the tasks found there.
+// Pieces of incomplete tasks are re-verified against their digests; anything
+// that does not check out is dropped, never served.
+func Open(ctx context.Context, dir string, log *slog.Logger) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create store dir %s: %w", dir, err)
+	}
+	s := &Store{dir: dir, log: log, tasks: map[string]*Task{}}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read store dir %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		if !e.IsDir() || ctx.Err() != nil {
+			continue
+		}
+		t, err := s.load(e.Name())
+		if err != nil {
+			log.Warn("dropping unreadable cached task", "task_id", e.Name(), "err", err)
+			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+			continue
+		}
+		s.tasks[t.meta.TaskID] = t
+	}
+	return s, nil
+}
+
+func (s *Store) load(id string) (*Task, error) {
+	tdir := filepath.Join(s.dir, id)
+	b, err := os.ReadFile(filepath.Join(tdir, metaFile))
+	if err != nil {
+		return nil, fmt.Errorf("read meta: %w", err)
+	}
+	var m Meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("parse meta: %w", err)
+	}
+	if m.TaskID != id {
+		return nil, fmt.Errorf("meta names task %q in dir %q", m.TaskID, id)
+	}
+	f, err := os.OpenFile(filepath.Join(tdir, dataFile), os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open data: %w", err)
+	}
+	t := newTask(s, tdir, f, m)
+	if err := t.verifyOnLoad(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// Get returns the task if the store holds it.
+func (s *Store) Get(id string) (*Task, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tasks[id]
+	return t, ok
+}
+
+// GetOrCreate returns the task, creating an empty one from m if absent.
+func (s *Store) GetOrCreate(m Meta) (*Task, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t, ok := s.tasks[m.TaskID]; ok {
+		return t, false, nil
+	}
+	tdir := filepath.Join(s.dir, m.TaskID)
+	if err := os.MkdirAll(tdir, 0o755); err != nil {
+		return nil, false, fmt.Errorf("create task dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(tdir, dataFile), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, false, fmt.Errorf("create data file: %w", err)
+	}
+	now := time.Now()
+	m.CreatedAt, m.AccessedAt = now, now
+	m.Pieces, m.Complete = nil, false
+	if m.ContentLength == 0 && m.PieceSize == 0 {
+		m.ContentLength = -1
+	}
+	t := newTask(s, tdir, f, m)
+	if err := t.persist(); err != nil {
+		f.Close()
+		_ = os.RemoveAll(tdir)
+		return nil, false, err
+	}
+	s.tasks[m.TaskID] = t
+	return t, true, nil
+}
+
+// Delete removes a task and its files.
+func (s *Store) Delete(id string) error {
+	s.mu.Lock()
+	t, ok := s.tasks[id]
+	delete(s.tasks, id)
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("task %s: %w", id, core.ErrNotFound)
+	}
+	t.close()
+	return os.RemoveAll(t.dir)
+}
+
+// List returns the IDs of all tasks.
+func (s *Store) List() []*Task {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Task, 0, len(s.tasks))
+	for _, t := range s.tasks {
+		out = append(out, t)
+	}
+	return out
+}
+
+// Close flushes metadata and closes files.
+func (s *Store) Close() error {
+	var errs []error
+	for _, t := range s.List() {
+		errs = append(errs, t.Flush())
+		t.close()
+	}
+	return errors.Join(errs...)
+}
+
+// Task is one cached content. Safe for concurrent use.
+type Task struct {
+	s    *Store
+	dir  string
+	data *os.File
+
+	mu        sync.Mutex
+	meta      Meta
+	have      []bool
+	haveCount uint32
+	changed   chan struct{} // closed and replaced on every change
+	dirty     bool
+	lastSave  time.Time
+	closed    bool
+}
+
+func newTask(s *Store, dir string, f *os.File, m Meta) *Task {
+	t := &Task{s: s, dir: dir, data: f, meta: m, changed: make(chan struct{})}
+	return t
+}
+
+// verifyOnLoad rebuilds the bitmap: complete tasks are checked by size,
+// incomplete ones piece by piece against the trusted digests.
+func (t *Task) verifyOnLoad() error {
+	m := &t.meta
+	st, err := t.data.Stat()
+	if err != nil {
+		return err
+	}
+	if m.Complete {
+		if m.ContentLength < 0 || st.Size() != m.ContentLength {
+			return fmt.Errorf("complete task has %d bytes, meta says %d", st.Size(), m.ContentLength)
+		}
+		n := core.PieceCount(m.ContentLength, m.PieceSize)
+		t.have = make([]bool, n)
+		for i := range t.have {
+			t.have[i] = true
+		}
+		t.haveCount = n
+		return nil
+	}
+	kept := m.Pieces[:0]
+	if m.ContentLength >= 0 && m.PieceSize > 0 {
+		t.have = make([]bool, core.PieceCount(m.ContentLength, m.PieceSize))
+	}
+	var buf []byte
+	for _, n := range m.Pieces {
+		if m.PieceSize == 0 || int(n) >= len(m.PieceDigests) || len(m.PieceDigests[n]) == 0 {
+			continue
+		}
+		off, size := t.rangeOf(n)
+		if size <= 0 {
+			continue
+		}
+		if cap(buf) < int(size) {
+			buf = make([]byte, size)
+		}
+		b := buf[:size]
+		if _, err := t.data.ReadAt(b, off); err != nil {
+			continue
+		}
+		if !core.EqualDigest(core.PieceDigest(b), m.PieceDigests[n]) {
+			t.s.log.Warn("dropping piece that fails verification after restart", "task_id", m.TaskID, "piece", n)
+			continue
+		}
+		kept = append(kept, n)
+		t.setHave(n)
+	}
+	m.Pieces = kept
+	return nil
+}
+
+func (t *Task) rangeOf(n uint32) (int64, int64) {
+	if t.meta.ContentLength < 0 {
+		return int64(n) * int64(t.meta.PieceSize), int64(t.meta.PieceSize)
+	}
+	return core.PieceRange(n, t.meta.ContentLength, t.meta.PieceSize)
+}
+
+func (t *Task) setHave(n uint32) {
+	for int(n) >= len(t.have) {
+		t.have = append(t.have, false)
+	}
+	if !t.have[n] {
+		t.have[n] = true
+		t.haveCount++
+	}
+}
+
+// ID returns the task ID.
+func (t *Task) ID() string { return t.meta.TaskID }
+
+// Meta returns a copy of the metadata.
+func (t *Task) Meta() Meta {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m := t.meta
+	m.Pieces = t.piecesLocked()
+	m.PieceDigests = append([][]byte(nil), t.meta.PieceDigests...)
+	return m
+}
+
+// Shape returns content length (-1 unknown) and piece size (0 unknown).
+func (t *Task) Shape() (int64, uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.meta.ContentLength, t.meta.PieceSize
+}
+
+// SetShape fixes the content length and piece size. Changing a known shape is
+// refused: it would reinterpret pieces already held.
+func (t *Task) SetShape(length int64, pieceSize uint32) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m := &t.meta
+	if pieceSize == 0 {
+		return fmt.Errorf("task %s: piece size 0: %w", m.TaskID, core.ErrInvalid)
+	}
+	if m.PieceSize != 0 && m.PieceSize != pieceSize {
+		return fmt.Errorf("task %s: piece size %d conflicts with %d: %w", m.TaskID, pieceSize, m.PieceSize, core.ErrInvalid)
+	}
+	if m.ContentLength >= 0 && length >= 0 && m.ContentLength != length {
+		return fmt.Errorf("task %s: length %d conflicts with %d: %w", m.TaskID, length, m.ContentLength, core.ErrInvalid)
+	}
+	changed := m.PieceSize != pieceSize || (length >= 0 && m.ContentLength != length)
+	m.PieceSize = pieceSize
+	if length >= 0 && m.ContentLength != length {
+		m.ContentLength = length
+		if err := t.data.Truncate(length); err != nil {
+			return fmt.Errorf("task %s: size data file: %w", m.TaskID, err)
+		}
+		n := int(core.PieceCount(length, pieceSize))
+		if len(t.have) > n {
+			t.have = t.have[:n]
+		}
+		for len(t.have) < n {
+			t.have = append(t.have, false)
+		}
+	}
+	if changed {
+		t.dirty = true
+		t.notifyLocked()
+	}
+	return nil
+}
+
+// SetDigests records trusted piece digests (from the scheduler or computed
+// while fetching from the origin).
+func (t *Task) SetDigests(ds map[uint32][]byte) {
+	if len(ds) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for n, d := range ds {
+		for int(n) >= len(t.meta.PieceDigests) {
+			t.meta.PieceDigests = append(t.meta.PieceDigests, nil)
+		}
+		t.meta.PieceDigests[n] = d
+	}
+	t.dirty = true
+	t.notifyLocked()
+}
+
+// PieceDigest returns the trusted digest of piece n, if known.
+func (t *Task) PieceDigest(n uint32) ([]byte, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if int(n) < len(t.meta.PieceDigests) && len(t.meta.PieceDigests[n]) > 0 {
+		return t.meta.PieceDigests[n], true
+	}
+	return nil, false
+}
+
+// Has reports whether piece n is held and verified.
+func (t *Task) Has(n uint32) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return int(n) < len(t.have) && t.have[n]
+}
+
+// Pieces returns the held pieces in order.
+func (t *Task) Pieces() []uint32 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.piecesLocked()
+}
+
+func (t *Task) piecesLocked() []uint32 {
+	out := make([]uint32, 0, t.haveCount)
+	for i, h := range t.have {
+		if h {
+			out = append(out, uint32(i))
+		}
+	}
+	return out
+}
+
+// Count returns how many pieces are held.
+func (t *Task) Count() uint32 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.haveCount
+}
+
+// Complete reports whether every piece is held and the task was committed.
+func (t *Task) Complete() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.meta.Complete
+}
+
+// Changed returns a channel closed at the next change of pieces or shape.
+func (t *Task) Changed() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed
+}
+
+func (t *Task) notifyLocked() {
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+// WritePiece stores the bytes of piece n after checking them against the
+// expected digest (nil only when the caller computed it itself from origin
+// bytes). The piece becomes visible to readers and uploads only afterwards.
+func (t *Task) WritePiece(n uint32, b []byte, digest []byte) error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return fmt.Errorf("task %s: closed: %w", t.meta.TaskID, core.ErrUnavailable)
+	}
+	if int(n) < len(t.have) && t.have[n] {
+		t.mu.Unlock()
+		return nil
+	}
+	if t.meta.PieceSize == 0 {
+		t.mu.Unlock()
+		return fmt.Errorf("task %s: piece %d before shape is known: %w", t.meta.TaskID, n, core.ErrInvalid)
+	}
+	off, size := t.rangeOf(n)
+	known := t.meta.ContentLength >= 0
+	t.mu.Unlock()
+	if known && int64(len(b)) != size {
+		return fmt.Errorf("task %s: piece %d has %d bytes, want %d: %w", t.meta.TaskID, n, len(b), size, core.ErrDigestMismatch)
+	}
+	if digest == nil {
+		digest = core.PieceDigest(b)
+	}
+	if _, err := t.data.WriteAt(b, off); err != nil {
+		return fmt.Errorf("task %s: write piece %d: %w", t.meta.TaskID, n, err)
+	}
+	t.mu.Lock()
+	for int(n) >= len(t.meta.PieceDigests) {
+		t.meta.PieceDigests = append(t.meta.PieceDigests, nil)
+	}
+	t.meta.PieceDigests[n] = digest
+	t.setHave(n)
+	t.dirty = true
+	t.notifyLocked()
+	save := time.Since(t.lastSave) > 500*time.Millisecond
+	t.mu.Unlock()
+	if save {
+		return t.Flush()
+	}
+	return nil
+}
+
+// Commit marks the task complete once every piece is held; the caller has
+// verified the whole-content digest if one is known.
+func (t *Task) Commit() error {
+	t.mu.Lock()
+	m := &t.meta
+	if m.ContentLength < 0 {
+		t.mu.Unlock()
+		return fmt.Errorf("task %s: commit with unknown length: %w", m.TaskID, core.ErrInvalid)
+	}
+	want := core.PieceCount(m.ContentLength, m.PieceSize)
+	if t.haveCount != want {
+		t.mu.Unlock()
+		return fmt.Errorf("task %s: commit with %d of %d pieces: %w", m.TaskID, t.haveCount, want, core.ErrInvalid)
+	}
+	if err := t.data.Truncate(m.ContentLength); err != nil {
+		t.mu.Unlock()
+		return fmt.Errorf("task %s: truncate: %w", m.TaskID, err)
+	}
+	t.mu.Unlock()
+	if err := t.data.Sync(); err != nil {
+		return fmt.Errorf("task %s: sync data: %w", m.TaskID, err)
+	}
+	t.mu.Lock()
+	m.Complete = true
+	t.dirty = true
+	t.notifyLocked()
+	t.mu.Unlock()
+	return t.Flush()
+}
+
+// Touch records an access for LRU.
+func (t *Task) Touch() {
+	t.mu.Lock()
+	t.meta.AccessedAt = time.Now()
+	t.dirty = true
+	t.mu.Unlock()
+}
+
+// Flush persists the metadata if it changed.
+func (t *Task) Flush() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.dirty || t.closed {
+		return nil
+	}
+	return t.persistLocked()
+}
+
+func (t *Task) persist() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.persistLocked()
+}
+
+// persistLocked writes meta.json atomically (temp file + rename), so a crash
+// leaves either the old or the new record, never half of one.
+func (t *Task) persistLocked() error {
+	m := t.meta
+	m.Pieces = t.piecesLocked()
+	b, err := json.Marshal(&m)
+	if err != nil {
+		return fmt.Errorf("task %s: encode meta: %w", m.TaskID, err)
+	}
+	tmp := filepath.Join(t.dir, metaFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("task %s: write meta: %w", m.TaskID, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(t.dir, metaFile)); err != nil {
+		return fmt.Errorf("task %s: commit meta: %w", m.TaskID, err)
+	}
+	t.dirty = false
+	t.lastSave = time.Now()
+	return nil
+}
+
+func (t *Task) close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.closed {
+		t.closed = true
+		t.data.Close()
+		t.notifyLocked()
+	}
+}
+
+// ReadPiece reads piece n into a new slice; only held pieces are readable.
+func (t *Task) ReadPiece(n uint32) ([]byte, error) {
+	off, size, err := t.PieceSection(n)
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, size)
+	if _, err := t.data.ReadAt(b, off); err != nil {
+		return nil, fmt.Errorf("task %s: read piece %d: %w", t.meta.TaskID, n, err)
+	}
+	return b, nil
+}
+
+// PieceSection returns where piece n lies in the data file, if held.
+func (t *Task) PieceSection(n uint32) (off, size int64, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if int(n) >= len(t.have) || !t.have[n] {
+		return 0, 0, fmt.Errorf("task %s piece %d: %w", t.meta.TaskID, n, core.ErrNotFound)
+	}
+	off, size = t.rangeOf(n)
+	return off, size, nil
+}
+
+// DataPath returns the data file's path; read it only while Complete or
+// through PieceSection's ranges.
+func (t *Task) DataPath() string { return filepath.Join(t.dir, dataFile) }
+
+// Data returns the open data file for ReadAt.
+func (t *Task) Data() io.ReaderAt { return t.data }
+
+// Missing returns the pieces not held, in order (nil while the shape is unknown).
+func (t *Task) Missing() []uint32 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []uint32
+	for i, h := range t.have {
+		if !h {
+			out = append(out, uint32(i))
+		}
+	}
+	return out
+}
+
+// SortedIDs is a helper for tests and listings.
+func SortedIDs(ts []*Task) []string {
+	ids := make([]string, len(ts))
+	for i, t := range ts {
+		ids[i] = t.ID()
+	}
+	sort.Strings(ids)
+	return ids
+}

@@ -1,0 +1,212 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/damselfly-io/damselfly/core"
+)
+
+func testLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func content(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i/251)
+	}
+	return b
+}
+
+func fill(t *testing.T, s *Store, id string, data []byte, ps uint32, pieces []uint32) *Task {
+	t.Helper()
+	task, _, err := s.GetOrCreate(Meta{TaskID: id, URL: "http://o/" + id, ContentLength: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.SetShape(int64(len(data)), ps); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range pieces {
+		off, size := core.PieceRange(n, int64(len(data)), ps)
+		b := data[off : off+size]
+		if err := task.WritePiece(n, b, core.PieceDigest(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return task
+}
+
+func TestReloadKeepsVerifiedPieces(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(context.Background(), dir, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := content(10*1024 + 17)
+	const ps = 1024
+	// all digests known (as from the scheduler), only some pieces held
+	task := fill(t, s, "a", data, ps, []uint32{0, 3, 10})
+	ds := map[uint32][]byte{}
+	for n := uint32(0); n < core.PieceCount(int64(len(data)), ps); n++ {
+		off, size := core.PieceRange(n, int64(len(data)), ps)
+		ds[n] = core.PieceDigest(data[off : off+size])
+	}
+	task.SetDigests(ds)
+	full := fill(t, s, "b", data, ps, []uint32{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
+	if err := full.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s2, err := Open(context.Background(), dir, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	a, ok := s2.Get("a")
+	if !ok {
+		t.Fatal("task a lost on reload")
+	}
+	if got := a.Pieces(); len(got) != 3 || got[0] != 0 || got[1] != 3 || got[2] != 10 {
+		t.Fatalf("reloaded pieces %v, want [0 3 10]", got)
+	}
+	if a.Complete() {
+		t.Fatal("partial task reloaded as complete")
+	}
+	if _, ok := a.PieceDigest(5); !ok {
+		t.Fatal("trusted digests of missing pieces lost")
+	}
+	b, ok := s2.Get("b")
+	if !ok || !b.Complete() {
+		t.Fatal("complete task not reloaded as complete")
+	}
+	got, err := os.ReadFile(b.DataPath())
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatal("complete task data differs after reload")
+	}
+}
+
+func TestReloadDropsCorruptPieceAndTruncatedTask(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(context.Background(), dir, testLog())
+	data := content(4096)
+	fill(t, s, "a", data, 1024, []uint32{0, 1, 2})
+	full := fill(t, s, "b", data, 1024, []uint32{0, 1, 2, 3})
+	if err := full.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	// flip a byte of piece 1 of a, truncate b's data file (as a crash or a
+	// disk error would)
+	f, _ := os.OpenFile(filepath.Join(dir, "a", dataFile), os.O_RDWR, 0)
+	f.WriteAt([]byte{0xff ^ data[1500]}, 1500)
+	f.Close()
+	os.Truncate(filepath.Join(dir, "b", dataFile), 1000)
+	// and a task whose meta record is half written
+	os.MkdirAll(filepath.Join(dir, "c"), 0o755)
+	os.WriteFile(filepath.Join(dir, "c", metaFile), []byte(`{"task_id":"c","content_le`), 0o644)
+	os.WriteFile(filepath.Join(dir, "c", dataFile), data, 0o644)
+
+	s2, err := Open(context.Background(), dir, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	a, ok := s2.Get("a")
+	if !ok {
+		t.Fatal("task a dropped entirely")
+	}
+	if got := a.Pieces(); len(got) != 2 || got[0] != 0 || got[1] != 2 {
+		t.Fatalf("pieces after corruption %v, want [0 2]", got)
+	}
+	if _, err := a.ReadPiece(1); !errors.Is(err, core.ErrNotFound) {
+		t.Fatalf("corrupt piece readable: %v", err)
+	}
+	if _, ok := s2.Get("b"); ok {
+		t.Fatal("truncated complete task was reloaded")
+	}
+	if _, ok := s2.Get("c"); ok {
+		t.Fatal("task with half-written meta was reloaded")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "c")); !os.IsNotExist(err) {
+		t.Fatal("unusable task directory left behind")
+	}
+}
+
+func TestWritePieceChecks(t *testing.T) {
+	s, _ := Open(context.Background(), t.TempDir(), testLog())
+	defer s.Close()
+	task, _, _ := s.GetOrCreate(Meta{TaskID: "x", ContentLength: -1})
+	if err := task.WritePiece(0, []byte("abc"), nil); err == nil {
+		t.Fatal("piece accepted before the shape is known")
+	}
+	task.SetShape(10, 4)
+	if err := task.WritePiece(2, []byte("abc"), nil); err == nil {
+		t.Fatal("short piece accepted") // last piece is 2 bytes
+	}
+	if err := task.SetShape(11, 4); err == nil {
+		t.Fatal("shape change accepted")
+	}
+	if err := task.Commit(); err == nil {
+		t.Fatal("commit of an incomplete task accepted")
+	}
+	for n, b := range [][]byte{[]byte("0123"), []byte("4567"), []byte("89")} {
+		if err := task.WritePiece(uint32(n), b, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := task.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(task.DataPath())
+	if string(got) != "0123456789" {
+		t.Fatalf("data %q", got)
+	}
+}
+
+func TestChangedNotifies(t *testing.T) {
+	s, _ := Open(context.Background(), t.TempDir(), testLog())
+	defer s.Close()
+	task, _, _ := s.GetOrCreate(Meta{TaskID: "x", ContentLength: -1})
+	ch := task.Changed()
+	task.SetShape(4, 4)
+	select {
+	case <-ch:
+	default:
+		t.Fatal("shape change not notified")
+	}
+	ch = task.Changed()
+	task.WritePiece(0, []byte("abcd"), nil)
+	select {
+	case <-ch:
+	default:
+		t.Fatal("piece not notified")
+	}
+}
+
+func BenchmarkWritePiece(b *testing.B) {
+	s, _ := Open(context.Background(), b.TempDir(), testLog())
+	defer s.Close()
+	const ps = 4 << 20
+	data := content(ps)
+	dg := core.PieceDigest(data)
+	b.SetBytes(ps)
+	b.ReportAllocs()
+	task, _, _ := s.GetOrCreate(Meta{TaskID: "bench", ContentLength: -1})
+	task.SetShape(int64(ps)*int64(b.N), ps)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := task.WritePiece(uint32(i), data, dg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

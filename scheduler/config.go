@@ -1,0 +1,153 @@
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/scheduler/policy"
+)
+
+// Config configures a Scheduler. Load order: DefaultConfig, then the YAML
+// file, then flags, then Validate.
+type Config struct {
+	// Listen is the gRPC address the scheduler serves on (default ":8002").
+	// Serve takes a listener; Listen is for the caller that opens it.
+	Listen string `yaml:"listen"`
+	// MaxParents is how many parents a peer is given at most (default 4).
+	MaxParents int `yaml:"max_parents"`
+	// MaxBackToSource bounds the peers of one task fetching from the origin at
+	// once (default 1). A triggered seed peer counts too.
+	MaxBackToSource int `yaml:"max_back_to_source"`
+	// SeedTriggerTimeout: when a triggered seed peer has not registered for
+	// the task by then, waiting peers may go back to source (default 10s).
+	SeedTriggerTimeout Duration `yaml:"seed_trigger_timeout"`
+	// WaitTimeout: a peer left waiting this long gets Fail, which tells it to
+	// go to the origin itself if it may (default 30s).
+	WaitTimeout Duration `yaml:"wait_timeout"`
+	// RefreshInterval is how often peers with fewer than MaxParents parents
+	// get new ones and waiting peers are re-evaluated (default 1s).
+	RefreshInterval Duration `yaml:"refresh_interval"`
+	// TaskTTL: a task (and a host) with no peers is forgotten after this
+	// (default 2m).
+	TaskTTL Duration `yaml:"task_ttl"`
+	// GCInterval is how often forgotten tasks and hosts are collected
+	// (default 30s).
+	GCInterval Duration `yaml:"gc_interval"`
+	// DefaultUploadSlots is used for a host that reports 0 upload slots
+	// (default 16).
+	DefaultUploadSlots int `yaml:"default_upload_slots"`
+	// CandidateLimit bounds how many candidate parents are scored per
+	// decision: a random sample of the task's peers with data is taken when
+	// there are more, which keeps a decision cheap in a swarm of 10,000
+	// (default 64).
+	CandidateLimit int `yaml:"candidate_limit"`
+	// SendBuffer is the number of messages queued per stream; a peer that
+	// falls this far behind is dropped with ResourceExhausted rather than
+	// slowing down everyone else (default 1024).
+	SendBuffer int `yaml:"send_buffer"`
+	// Weights weigh parent scoring, including the seed penalty (defaults in
+	// policy.DefaultWeights).
+	Weights policy.Weights `yaml:"weights"`
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		Listen:             ":8002",
+		MaxParents:         4,
+		MaxBackToSource:    1,
+		SeedTriggerTimeout: Duration(10 * time.Second),
+		WaitTimeout:        Duration(30 * time.Second),
+		RefreshInterval:    Duration(time.Second),
+		TaskTTL:            Duration(2 * time.Minute),
+		GCInterval:         Duration(30 * time.Second),
+		DefaultUploadSlots: 16,
+		CandidateLimit:     64,
+		SendBuffer:         1024,
+		Weights:            policy.DefaultWeights(),
+	}
+}
+
+// Validate reports every invalid field at once, each wrapping core.ErrInvalid.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("scheduler config: "+format+": %w", append(args, core.ErrInvalid)...))
+	}
+	if c.Listen == "" {
+		bad("listen is empty")
+	}
+	if c.MaxParents < 1 {
+		bad("max_parents %d < 1", c.MaxParents)
+	}
+	if c.MaxBackToSource < 0 {
+		bad("max_back_to_source %d < 0", c.MaxBackToSource)
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{
+		{"seed_trigger_timeout", c.SeedTriggerTimeout},
+		{"wait_timeout", c.WaitTimeout},
+		{"refresh_interval", c.RefreshInterval},
+		{"task_ttl", c.TaskTTL},
+		{"gc_interval", c.GCInterval},
+	} {
+		if d.v <= 0 {
+			bad("%s %s must be positive", d.name, d.v)
+		}
+	}
+	if c.DefaultUploadSlots < 1 {
+		bad("default_upload_slots %d < 1", c.DefaultUploadSlots)
+	}
+	if c.CandidateLimit < c.MaxParents {
+		bad("candidate_limit %d < max_parents %d", c.CandidateLimit, c.MaxParents)
+	}
+	if c.SendBuffer < 1 {
+		bad("send_buffer %d < 1", c.SendBuffer)
+	}
+	w := c.Weights
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{
+		{"progress", w.Progress}, {"free_slots", w.FreeSlots}, {"success", w.Success},
+		{"throughput", w.Throughput}, {"locality", w.Locality},
+	} {
+		if !(f.v >= 0) { // also rejects NaN
+			bad("weights.%s %v < 0", f.name, f.v)
+		}
+	}
+	if !(w.Progress+w.FreeSlots+w.Success+w.Throughput+w.Locality > 0) {
+		bad("weights are all zero")
+	}
+	if !(w.SeedPenalty >= 0 && w.SeedPenalty <= 1) {
+		bad("weights.seed_penalty %v outside [0,1]", w.SeedPenalty)
+	}
+	return errors.Join(errs...)
+}
+
+// Duration is a time.Duration written in YAML as a Go duration string
+// ("10s", "2m"); yaml.v3 would otherwise write integer nanoseconds.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String formats like time.Duration.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText implements encoding.TextMarshaler (used by yaml.v3 and JSON).
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText parses a Go duration string such as "1m30s".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", b, core.ErrInvalid)
+	}
+	*d = Duration(v)
+	return nil
+}

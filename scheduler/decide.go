@@ -1,0 +1,415 @@
+package scheduler
+
+import (
+	"context"
+	"hash/fnv"
+	"log/slog"
+	"time"
+
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/scheduler/policy"
+)
+
+// All methods ending in Locked run with s.mu held.
+
+// decideLocked computes p's next step and tells p when it changed (always
+// when force is set): parents when any candidate has data, else trigger a
+// seed peer, else go back to source within the budget, else wait.
+func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
+	switch p.state {
+	case stateLeft, stateSucceeded, stateBackToSource:
+		// Done peers need no parents; fetchers keep fetching. A fetcher
+		// that asks for parents leaves back_to_source first (onReschedule).
+		return
+	}
+	start := time.Now()
+	changed := s.fillParentsLocked(p)
+	if len(p.parents) > 0 {
+		prev := p.state
+		s.unwaitLocked(p)
+		s.setState(p, stateRunning)
+		if changed || force || prev != stateRunning {
+			s.sendParentsLocked(p, start)
+		}
+		return
+	}
+	t := p.task
+	switch {
+	case s.seedPendingLocked(t, now):
+		s.waitLocked(p, now, "waiting for the seed peer", force, start)
+	case s.triggerSeedLocked(t, now):
+		s.waitLocked(p, now, "seed peer triggered", force, start)
+	case !p.disableBackSource && t.backToSource < s.cfg.MaxBackToSource:
+		s.backToSourceLocked(p, "no peer has the content yet", start)
+	default:
+		s.waitLocked(p, now, "no parent has data and the origin budget is used up", force, start)
+	}
+}
+
+// debug reports whether debug logs are wanted; hot paths check it first so
+// that building the log arguments costs nothing when they are not.
+func (s *Scheduler) debug() bool { return s.log.Enabled(context.Background(), slog.LevelDebug) }
+
+func (s *Scheduler) record(kind string, start time.Time) {
+	s.m.decision(kind)
+	s.m.decisionDuration.Observe(time.Since(start).Seconds())
+}
+
+func (s *Scheduler) sendParentsLocked(p *peer, start time.Time) {
+	infos := make([]*schedulerv1.PeerInfo, len(p.parents))
+	for i, l := range p.parents {
+		infos[i] = &schedulerv1.PeerInfo{PeerId: l.peer.id, Host: l.peer.host.info}
+	}
+	s.record(decisionParents, start)
+	s.sendLocked(p, &schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_Parents{
+		Parents: &schedulerv1.Parents{Parents: infos},
+	}})
+	if s.debug() {
+		s.log.Debug("parents", "task_id", p.task.id, "peer_id", p.id, "parents", len(infos))
+	}
+}
+
+func (s *Scheduler) waitLocked(p *peer, now time.Time, reason string, force bool, start time.Time) {
+	if p.state == stateWaiting && !force {
+		return
+	}
+	if p.state != stateWaiting {
+		p.waitSince = now
+		p.task.waiting[p] = struct{}{}
+		s.setState(p, stateWaiting)
+	}
+	s.record(decisionWait, start)
+	s.sendLocked(p, &schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_Wait{
+		Wait: &schedulerv1.Wait{Reason: reason},
+	}})
+	if s.debug() {
+		s.log.Debug("wait", "task_id", p.task.id, "peer_id", p.id, "reason", reason)
+	}
+}
+
+func (s *Scheduler) backToSourceLocked(p *peer, reason string, start time.Time) {
+	t := p.task
+	s.unwaitLocked(p)
+	s.dropParentsLocked(p)
+	s.setState(p, stateBackToSource)
+	t.backToSource++
+	s.updatePoolLocked(p)
+	s.markDirty(t)
+	s.record(decisionBackToSource, start)
+	s.sendLocked(p, &schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_BackToSource{
+		BackToSource: &schedulerv1.BackToSource{Reason: reason},
+	}})
+	if s.debug() {
+		s.log.Debug("back to source", "task_id", t.id, "peer_id", p.id, "back_to_source", t.backToSource)
+	}
+}
+
+func (s *Scheduler) failLocked(p *peer, reason string, start time.Time) {
+	s.unwaitLocked(p)
+	s.setState(p, stateFailed)
+	s.record(decisionFail, start)
+	s.sendLocked(p, &schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_Fail{
+		Fail: &schedulerv1.Fail{Reason: reason},
+	}})
+	s.log.Info("peer failed by scheduler", "task_id", p.task.id, "peer_id", p.id, "reason", reason)
+}
+
+func (s *Scheduler) unwaitLocked(p *peer) {
+	delete(p.task.waiting, p)
+}
+
+func (s *Scheduler) setState(p *peer, st peerState) {
+	s.m.stateChanged(p.state, st)
+	p.state = st
+}
+
+// sendLocked queues msg for p without blocking. A peer whose buffer is full
+// is dropped at the next flush: one slow peer must not stall the scheduler.
+func (s *Scheduler) sendLocked(p *peer, msg *schedulerv1.SchedulerMessage) {
+	if p.state == stateLeft || p.dropping {
+		return
+	}
+	select {
+	case p.conn.out <- msg:
+	default:
+		p.dropping = true
+		s.dropped = append(s.dropped, p)
+	}
+}
+
+// markDirty queues t's waiting peers for re-evaluation at the next flush.
+func (s *Scheduler) markDirty(t *task) {
+	if !t.dirty {
+		t.dirty = true
+		s.dirty = append(s.dirty, t)
+	}
+}
+
+// flushLocked removes overflowed peers and re-evaluates the waiting peers of
+// changed tasks, until nothing is left to do. Every event ends with it, so
+// many changes in one event cost one pass.
+func (s *Scheduler) flushLocked(now time.Time) {
+	for len(s.dropped) > 0 || len(s.dirty) > 0 {
+		for len(s.dropped) > 0 {
+			p := s.dropped[len(s.dropped)-1]
+			s.dropped = s.dropped[:len(s.dropped)-1]
+			s.log.Warn("peer dropped: send buffer full", "task_id", p.task.id, "peer_id", p.id)
+			s.removeLocked(p, now)
+			p.conn.cancel(errOverflow)
+		}
+		if len(s.dirty) > 0 {
+			t := s.dirty[len(s.dirty)-1]
+			s.dirty = s.dirty[:len(s.dirty)-1]
+			t.dirty = false
+			for w := range t.waiting {
+				s.decideLocked(w, now, false)
+			}
+		}
+	}
+}
+
+// isSource reports whether p belongs in its task's candidate pool.
+func isSource(p *peer) bool {
+	switch p.state {
+	case stateLeft:
+		return false
+	case stateSucceeded, stateBackToSource:
+		return true
+	}
+	return p.pieces.count > 0
+}
+
+// updatePoolLocked adds p to or removes p from its task's candidate pool and
+// reports whether p joined it.
+func (s *Scheduler) updatePoolLocked(p *peer) bool {
+	t := p.task
+	in := isSource(p)
+	switch {
+	case in && p.poolIdx < 0:
+		p.poolIdx = len(t.pool)
+		t.pool = append(t.pool, p)
+		return true
+	case !in && p.poolIdx >= 0:
+		last := t.pool[len(t.pool)-1]
+		t.pool[p.poolIdx] = last
+		last.poolIdx = p.poolIdx
+		t.pool[len(t.pool)-1] = nil
+		t.pool = t.pool[:len(t.pool)-1]
+		p.poolIdx = -1
+	}
+	return false
+}
+
+// fillParentsLocked adds parents to p up to MaxParents from the best
+// candidates and reports whether any was added. Candidates are peers of the
+// task with data (or fetching it from the origin), other than p, its current
+// parents and peers p reported bad; a candidate that is p's descendant (it
+// would close a cycle) is refused by linkLocked. Hosts without a free upload
+// slot are used only when nothing else is left. At most CandidateLimit
+// candidates are scored, sampled at random.
+func (s *Scheduler) fillParentsLocked(p *peer) bool {
+	need := s.cfg.MaxParents - len(p.parents)
+	t := p.task
+	if need <= 0 || len(t.pool) == 0 || p.state == stateLeft {
+		return false
+	}
+	s.epoch++
+	e := s.epoch
+	p.mark = e
+	for _, l := range p.parents {
+		l.peer.mark = e
+	}
+
+	// Walk the pool from a random start with a random stride coprime to its
+	// length: every member is visited once, in an order that differs per
+	// decision, so a sample of CandidateLimit is unbiased enough and cheap.
+	n, limit := len(t.pool), s.cfg.CandidateLimit
+	idx, stride := 0, 1
+	if n > limit {
+		idx, stride = s.rnd.IntN(n), s.coprimeStride(n)
+	}
+	free, full := s.freeCands[:0], s.fullCands[:0]
+	for range n {
+		c := t.pool[idx]
+		if idx += stride; idx >= n {
+			idx -= n
+		}
+		if c.mark == e {
+			continue
+		}
+		if _, bad := p.bad[c.id]; bad {
+			continue
+		}
+		if c.host.used >= c.host.slots {
+			if len(full) < limit {
+				full = append(full, c)
+			}
+			continue
+		}
+		free = append(free, c)
+		if len(free) >= limit {
+			break
+		}
+	}
+	chosen := free
+	if len(chosen) == 0 {
+		chosen = full
+	}
+	added := 0
+	if len(chosen) > 0 {
+		cands := s.cands[:0]
+		fastest := 0.0
+		for _, c := range chosen {
+			fastest = max(fastest, c.host.throughput)
+		}
+		for _, c := range chosen {
+			cands = append(cands, s.candidate(c, fastest))
+		}
+		child := policy.Child{IDC: p.host.info.GetIdc(), Location: p.host.info.GetLocation()}
+		// Rank a few more than needed: a candidate that turns out to be a
+		// descendant of p is skipped for the next best.
+		for _, i := range policy.SelectParents(cands, child, s.cfg.Weights, 2*need, s.rnd) {
+			if added == need {
+				break
+			}
+			if s.linkLocked(chosen[i], p) {
+				added++
+			}
+		}
+		clear(cands)
+		s.cands = cands[:0]
+	}
+	clear(free)
+	clear(full)
+	s.freeCands, s.fullCands = free[:0], full[:0]
+	return added > 0
+}
+
+func (s *Scheduler) candidate(c *peer, fastest float64) policy.Candidate {
+	h := c.host
+	free := 0.0
+	if h.slots > 0 && h.used < h.slots {
+		free = float64(h.slots-h.used) / float64(h.slots)
+	}
+	return policy.Candidate{
+		Progress:    progress(c),
+		FreeSlots:   free,
+		SuccessRate: policy.SuccessRate(h.successes, h.failures),
+		Throughput:  policy.NormalizeThroughput(h.throughput, fastest),
+		IDC:         h.info.GetIdc(),
+		Location:    h.info.GetLocation(),
+		Seed:        h.info.GetSeed(),
+		Corrupt:     h.corrupt > 0,
+	}
+}
+
+// progress is the share of the content p holds: 1 when done, 0.5 for a peer
+// that holds pieces (or fetches from the origin) while the total is unknown.
+func progress(p *peer) float64 {
+	if p.state == stateSucceeded {
+		return 1
+	}
+	total := p.task.pieceCount()
+	if total == 0 {
+		if p.pieces.count > 0 || p.state == stateBackToSource {
+			return 0.5
+		}
+		return 0
+	}
+	return min(1, float64(p.pieces.count)/float64(total))
+}
+
+func (s *Scheduler) coprimeStride(n int) int {
+	for range 8 {
+		st := 1 + s.rnd.IntN(n-1)
+		if gcd(st, n) == 1 {
+			return st
+		}
+	}
+	return 1
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// seedPendingLocked reports whether t's triggered seed peer may still
+// register: peers wait for it rather than going to the origin themselves.
+func (s *Scheduler) seedPendingLocked(t *task, now time.Time) bool {
+	return t.seedPhase == seedTriggered && now.Sub(t.seedAt) < s.cfg.SeedTriggerTimeout.D()
+}
+
+// triggerSeedLocked pushes t to a seed peer when one is connected and t was
+// not seeded yet (or the last attempt failed), and reports whether it did.
+func (s *Scheduler) triggerSeedLocked(t *task, now time.Time) bool {
+	if len(s.seeds) == 0 || t.spec == nil {
+		return false
+	}
+	if t.seedPhase != seedIdle && (t.seedPhase != seedFailed || t.seedAttempts >= maxSeedAttempts) {
+		return false
+	}
+	sc := s.pickSeedLocked(t)
+	if sc == nil {
+		return false
+	}
+	select {
+	case sc.out <- &schedulerv1.SeedTask{Task: t.spec}:
+	default:
+		s.log.Warn("seed peer dropped: send buffer full", "host_id", sc.host.id)
+		sc.dead = true
+		sc.cancel(errOverflow)
+		return false
+	}
+	t.seedPhase, t.seedHost, t.seedAt = seedTriggered, sc.host.id, now
+	t.seedAttempts++
+	s.m.seedTriggers.Inc()
+	s.log.Info("seed peer triggered", "task_id", t.id, "host_id", sc.host.id, "attempt", t.seedAttempts)
+	return true
+}
+
+// pickSeedLocked chooses a connected seed host for t by rendezvous hashing
+// of the task ID, so every scheduler replica picks the same host for a task
+// and a host that joins or leaves moves only its share of tasks. Hosts that
+// already failed t are skipped while others remain.
+func (s *Scheduler) pickSeedLocked(t *task) *seedConn {
+	var best, bestFailed *seedConn
+	var bestW, bestFailedW uint64
+	for id, sc := range s.seeds {
+		if sc.dead {
+			continue
+		}
+		h := fnv.New64a()
+		h.Write([]byte(t.id))
+		h.Write([]byte{0})
+		h.Write([]byte(id))
+		w := h.Sum64()
+		if _, failed := t.seedFailed[id]; failed {
+			if bestFailed == nil || w > bestFailedW {
+				bestFailed, bestFailedW = sc, w
+			}
+			continue
+		}
+		if best == nil || w > bestW {
+			best, bestW = sc, w
+		}
+	}
+	if best == nil {
+		return bestFailed
+	}
+	return best
+}
+
+// seedFailedLocked records that t's seed attempt on host failed, so waiting
+// peers may trigger another seed or go to the origin.
+func (s *Scheduler) seedFailedLocked(t *task, hostID string) {
+	t.seedPhase = seedFailed
+	t.seedPeer = nil
+	if t.seedFailed == nil {
+		t.seedFailed = make(map[string]struct{})
+	}
+	t.seedFailed[hostID] = struct{}{}
+	s.markDirty(t)
+}

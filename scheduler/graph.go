@@ -1,0 +1,159 @@
+package scheduler
+
+import "slices"
+
+// The parent→child graph of a task must stay acyclic. Checking a new edge by
+// walking all of the child's descendants costs O(swarm) per decision once the
+// graph is deep, so every peer carries a topological order (ord) instead, kept
+// with the Pearce–Kelly dynamic topological sort: for every edge u→v,
+// u.ord < v.ord. An edge that already agrees with the order is free; one
+// against it searches only the nodes whose order lies between the two ends,
+// refuses the edge if that reaches the parent (a cycle) and otherwise
+// reorders just those nodes. A new peer takes the highest order, so parents
+// for a joining peer never need a search.
+
+// maxReorder bounds the nodes one edge insertion may visit. An edge needing
+// a larger search is refused as if it closed a cycle: the graph stays
+// acyclic and the decision stays cheap; the next candidate is tried instead.
+const maxReorder = 2048
+
+// link is one parent of a peer and the child's index in parent.children,
+// so that removing an edge never scans a parent's (possibly huge) child list.
+type link struct {
+	peer *peer
+	at   int
+}
+
+// linkLocked makes parent a parent of child when that keeps the graph
+// acyclic, consuming an upload slot on the parent's host.
+func (s *Scheduler) linkLocked(parent, child *peer) bool {
+	if parent == child {
+		return false
+	}
+	if parent.ord > child.ord && !s.reorderLocked(parent, child) {
+		return false
+	}
+	child.parents = append(child.parents, link{peer: parent, at: len(parent.children)})
+	parent.children = append(parent.children, child)
+	parent.host.used++
+	return true
+}
+
+// removeEdge removes parent→child if present and frees the slot.
+func (s *Scheduler) removeEdge(parent, child *peer) bool {
+	i := slices.IndexFunc(child.parents, func(l link) bool { return l.peer == parent })
+	if i < 0 {
+		return false
+	}
+	at := child.parents[i].at
+	child.parents = slices.Delete(child.parents, i, i+1)
+	last := len(parent.children) - 1
+	if at != last {
+		moved := parent.children[last]
+		parent.children[at] = moved
+		for j := range moved.parents {
+			if moved.parents[j].peer == parent {
+				moved.parents[j].at = at
+				break
+			}
+		}
+	}
+	parent.children[last] = nil
+	parent.children = parent.children[:last]
+	parent.host.used--
+	return true
+}
+
+func (s *Scheduler) dropParentsLocked(p *peer) {
+	for len(p.parents) > 0 {
+		s.removeEdge(p.parents[len(p.parents)-1].peer, p)
+	}
+}
+
+// reorderLocked prepares the insertion of x→y where x.ord > y.ord: it
+// reports false when x is reachable from y (the edge would close a cycle) or
+// the search grows past maxReorder, and otherwise reassigns the orders of
+// the affected nodes so that x comes before y.
+func (s *Scheduler) reorderLocked(x, y *peer) bool {
+	lb, ub := y.ord, x.ord
+	s.epoch++
+	e := s.epoch
+	fwd, bwd, stack := s.fwd[:0], s.bwd[:0], s.stack[:0]
+	defer func() {
+		clear(fwd)
+		clear(bwd)
+		clear(stack)
+		s.fwd, s.bwd, s.stack = fwd[:0], bwd[:0], stack[:0]
+	}()
+
+	// Forward from y through nodes ordered before x.
+	y.mark = e
+	fwd = append(fwd, y)
+	stack = append(stack, y)
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, c := range n.children {
+			if c == x {
+				return false // x descends from y: cycle
+			}
+			if c.mark != e && c.ord < ub {
+				c.mark = e
+				fwd = append(fwd, c)
+				stack = append(stack, c)
+				if len(fwd) > maxReorder {
+					return false
+				}
+			}
+		}
+	}
+	// Backward from x through nodes ordered after y. None of them is in fwd:
+	// such a node would lie on a path y→…→x, found above.
+	x.mark = e
+	bwd = append(bwd, x)
+	stack = append(stack, x)
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, l := range n.parents {
+			w := l.peer
+			if w.mark != e && w.ord > lb {
+				w.mark = e
+				bwd = append(bwd, w)
+				stack = append(stack, w)
+				if len(fwd)+len(bwd) > maxReorder {
+					return false
+				}
+			}
+		}
+	}
+	// The affected nodes keep their set of orders; x's ancestors take the
+	// lowest ones, y's descendants the rest, each group in its old order.
+	byOrd := func(a, b *peer) int {
+		switch {
+		case a.ord < b.ord:
+			return -1
+		case a.ord > b.ord:
+			return 1
+		}
+		return 0
+	}
+	slices.SortFunc(bwd, byOrd)
+	slices.SortFunc(fwd, byOrd)
+	ords := s.ords[:0]
+	for _, n := range bwd {
+		ords = append(ords, n.ord)
+	}
+	for _, n := range fwd {
+		ords = append(ords, n.ord)
+	}
+	slices.Sort(ords)
+	for i, n := range bwd {
+		n.ord = ords[i]
+	}
+	for i, n := range fwd {
+		n.ord = ords[len(bwd)+i]
+	}
+	s.ords = ords[:0]
+	return true
+}

@@ -1,0 +1,148 @@
+package scheduler
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+)
+
+// TestGraphInvariantsUnderRandomEvents drives the scheduler's real event
+// handlers in process, far faster than over gRPC, with many more events than
+// the gRPC property test: joins, restarts, reschedules with bad parents,
+// piece reports, corrupt reports, completions, departures and refreshes. The
+// parent graph must stay acyclic, the topological order consistent with
+// every edge, and the slot and counter bookkeeping exact after every event.
+func TestGraphInvariantsUnderRandomEvents(t *testing.T) {
+	for seed := range uint64(4) {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.MaxParents = 1 + int(seed)*2
+			cfg.MaxBackToSource = 1 + int(seed%2)
+			cfg.CandidateLimit = 8 // sample, so that rejected candidates are replaced
+			s, err := New(cfg, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rnd := rand.New(rand.NewPCG(seed, 99))
+			const n = 60
+			live := map[string]*peer{}
+			id := func(i int) string { return fmt.Sprintf("p%d", i) }
+			now := time.Now()
+			join := func(i int) {
+				var have []uint32
+				for k := range uint32(16) {
+					if rnd.IntN(4) == 0 {
+						have = append(have, k)
+					}
+				}
+				c := &conn{out: make(chan *schedulerv1.SchedulerMessage, 1<<10), cancel: func(error) {}}
+				live[id(i)] = s.registerLocked(&schedulerv1.Register{
+					PeerId: id(i),
+					Host:   &schedulerv1.Host{Id: fmt.Sprintf("h%d", i%17), UploadSlots: int32(rnd.IntN(4))},
+					Task:   &schedulerv1.TaskSpec{TaskId: "t"},
+					Have:   have,
+				}, c, now)
+			}
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			for i := range n {
+				join(i)
+				s.flushLocked(now)
+			}
+			for op := range 20000 {
+				i := rnd.IntN(n)
+				p := live[id(i)]
+				if p.state == stateLeft {
+					join(i)
+					s.flushLocked(now)
+					continue
+				}
+				var m *schedulerv1.PeerMessage
+				switch rnd.IntN(12) {
+				case 0, 1, 2, 3:
+					var bad []string
+					for range rnd.IntN(2) {
+						bad = append(bad, id(rnd.IntN(n)))
+					}
+					m = &schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Reschedule{Reschedule: &schedulerv1.Reschedule{BadParents: bad}}}
+				case 4, 5:
+					m = &schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Pieces{Pieces: &schedulerv1.PiecesDone{Pieces: []*schedulerv1.PieceResult{
+						{Number: uint32(rnd.IntN(16)), ParentId: id(rnd.IntN(n)), Length: 1 << 18, CostNs: int64(1 + rnd.IntN(1e7))},
+					}}}}
+				case 6:
+					m = &schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_PieceFailed{PieceFailed: &schedulerv1.PieceFailed{
+						ParentId: id(rnd.IntN(n)), Corrupt: rnd.IntN(8) == 0,
+					}}}
+				case 7:
+					if rnd.IntN(3) == 0 {
+						m = &schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 16 << 18}}}
+					}
+				case 8:
+					s.removeLocked(p, now)
+				case 9:
+					join(i) // a restart: replaces the live entry
+				default:
+					if p.state == stateRunning && s.fillParentsLocked(p) {
+						s.sendParentsLocked(p, now)
+					}
+				}
+				if m != nil {
+					if err := s.handleLocked(p, m, now); err != nil {
+						t.Fatal(err)
+					}
+				}
+				s.flushLocked(now)
+				for _, q := range live { // drain, as the stream senders would
+					for len(q.conn.out) > 0 {
+						<-q.conn.out
+					}
+				}
+				if err := checkInvariants(s); err != nil {
+					t.Fatalf("after event %d: %v", op, err)
+				}
+			}
+		})
+	}
+}
+
+func TestReorderRefusesCycleAndKeepsOrder(t *testing.T) {
+	s, err := New(DefaultConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk := newTask("t", time.Now())
+	h := &host{id: "h", slots: 100}
+	mk := func(ord uint64) *peer {
+		p := &peer{id: fmt.Sprint(ord), task: tk, host: h, ord: ord, poolIdx: -1}
+		tk.peers[p.id] = p
+		return p
+	}
+	// a→b→c in order; then c→d with d ordered before all of them.
+	a, b, c, d := mk(1), mk(2), mk(3), mk(0)
+	for _, e := range [][2]*peer{{a, b}, {b, c}} {
+		if !s.linkLocked(e[0], e[1]) {
+			t.Fatalf("edge %s→%s refused", e[0].id, e[1].id)
+		}
+	}
+	if s.linkLocked(c, a) {
+		t.Fatal("c→a closes a cycle but was accepted")
+	}
+	if !s.linkLocked(c, d) {
+		t.Fatal("c→d refused")
+	}
+	if !(a.ord < b.ord && b.ord < c.ord && c.ord < d.ord) {
+		t.Fatalf("order not topological: a=%d b=%d c=%d d=%d", a.ord, b.ord, c.ord, d.ord)
+	}
+	if s.linkLocked(d, a) {
+		t.Fatal("d→a closes a cycle but was accepted")
+	}
+	if err := acyclic(tk); err != nil {
+		t.Fatal(err)
+	}
+	if h.used != 3 {
+		t.Fatalf("slots used %d", h.used)
+	}
+}

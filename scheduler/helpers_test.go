@@ -1,0 +1,534 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
+)
+
+// step bounds every wait for a protocol step. Nothing here measures speed.
+const step = 5 * time.Second
+
+// quiet is how long a test listens to conclude that no message is coming.
+const quiet = 300 * time.Millisecond
+
+func testLogger() *slog.Logger {
+	if testing.Verbose() && os.Getenv("SCHEDULER_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// testConfig is DefaultConfig with fast timers: tests wait on events, and
+// the timers only bound how long that takes.
+func testConfig() Config {
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.RefreshInterval = Duration(20 * time.Millisecond)
+	cfg.GCInterval = Duration(20 * time.Millisecond)
+	return cfg
+}
+
+type testServer struct {
+	t    *testing.T
+	s    *Scheduler
+	reg  *prometheus.Registry
+	cc   *grpc.ClientConn
+	cl   schedulerv1.SchedulerClient
+	stop func() error
+	seq  int
+}
+
+// startServer runs a real Scheduler with Serve on 127.0.0.1:0 and dials it.
+func startServer(t *testing.T, mutate func(*Config), dialOpts ...grpc.DialOption) *testServer {
+	t.Helper()
+	cfg := testConfig()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	reg := prometheus.NewRegistry()
+	s, err := New(cfg, testLogger(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, lis) }()
+	stopped := false
+	stop := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(2 * stopGrace):
+			return errors.New("Serve did not return after its context was cancelled")
+		}
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, dialOpts...)
+	cc, err := grpc.NewClient(lis.Addr().String(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return &testServer{t: t, s: s, reg: reg, cc: cc, cl: schedulerv1.NewSchedulerClient(cc), stop: stop}
+}
+
+type regOpt func(*schedulerv1.Register)
+
+func withHost(h *schedulerv1.Host) regOpt { return func(r *schedulerv1.Register) { r.Host = h } }
+func withHave(n ...uint32) regOpt         { return func(r *schedulerv1.Register) { r.Have = n } }
+func noBackSource() regOpt                { return func(r *schedulerv1.Register) { r.DisableBackSource = true } }
+func seedRequest() regOpt                 { return func(r *schedulerv1.Register) { r.SeedRequest = true } }
+func withHeaders(h map[string]string) regOpt {
+	return func(r *schedulerv1.Register) { r.Task.Headers = h }
+}
+
+// testPeer is a peer speaking the proto over a real stream.
+type testPeer struct {
+	t      *testing.T
+	id     string
+	host   *schedulerv1.Host
+	stream schedulerv1.Scheduler_AnnounceClient
+	cancel context.CancelFunc
+	msgs   chan *schedulerv1.SchedulerMessage
+	end    chan error
+}
+
+func spec(taskID string) *schedulerv1.TaskSpec {
+	return &schedulerv1.TaskSpec{TaskId: taskID, Url: "http://origin.test/" + taskID}
+}
+
+// newHost returns a distinct host with 16 upload slots.
+func (ts *testServer) newHost(name string) *schedulerv1.Host {
+	return &schedulerv1.Host{Id: "host-" + name, Hostname: name, Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002, UploadSlots: 16}
+}
+
+// open starts a stream without sending anything.
+func (ts *testServer) open(id string) *testPeer {
+	ts.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := ts.cl.Announce(ctx)
+	if err != nil {
+		cancel()
+		ts.t.Fatalf("announce %s: %v", id, err)
+	}
+	p := &testPeer{t: ts.t, id: id, stream: stream, cancel: cancel,
+		msgs: make(chan *schedulerv1.SchedulerMessage, 1<<14), end: make(chan error, 1)}
+	ts.t.Cleanup(cancel)
+	return p
+}
+
+func (p *testPeer) startReading() {
+	go func() {
+		for {
+			m, err := p.stream.Recv()
+			if err != nil {
+				p.end <- err
+				return
+			}
+			p.msgs <- m
+		}
+	}()
+}
+
+// register opens a stream for peer id in task and sends Register.
+func (ts *testServer) register(task, id string, opts ...regOpt) *testPeer {
+	ts.t.Helper()
+	p := ts.open(id)
+	r := &schedulerv1.Register{PeerId: id, Host: ts.newHost(id), Task: spec(task)}
+	for _, o := range opts {
+		o(r)
+	}
+	p.host = r.Host
+	p.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: r}})
+	p.startReading()
+	return p
+}
+
+func (p *testPeer) send(m *schedulerv1.PeerMessage) {
+	p.t.Helper()
+	if err := p.stream.Send(m); err != nil {
+		// Send reports only io.EOF; the status is on the receiving side.
+		select {
+		case end := <-p.end:
+			err = fmt.Errorf("%w (stream ended: %v)", err, end)
+		case <-time.After(step):
+		}
+		p.t.Fatalf("peer %s send: %v", p.id, err)
+	}
+}
+
+func (p *testPeer) next() *schedulerv1.SchedulerMessage {
+	p.t.Helper()
+	select {
+	case m := <-p.msgs:
+		return m
+	case err := <-p.end:
+		p.t.Fatalf("peer %s: stream ended while waiting for a message: %v", p.id, err)
+	case <-time.After(step):
+		p.t.Fatalf("peer %s: no message within %v", p.id, step)
+	}
+	return nil
+}
+
+// nextDecision skips TaskInfo messages and returns the next decision.
+func (p *testPeer) nextDecision() *schedulerv1.SchedulerMessage {
+	p.t.Helper()
+	for {
+		m := p.next()
+		if m.GetTaskInfo() == nil {
+			return m
+		}
+	}
+}
+
+func (p *testPeer) expectBackToSource() {
+	p.t.Helper()
+	if m := p.nextDecision(); m.GetBackToSource() == nil {
+		p.t.Fatalf("peer %s: want BackToSource, got %v", p.id, m)
+	}
+}
+
+func (p *testPeer) expectWait() {
+	p.t.Helper()
+	if m := p.nextDecision(); m.GetWait() == nil {
+		p.t.Fatalf("peer %s: want Wait, got %v", p.id, m)
+	}
+}
+
+func (p *testPeer) expectFail() {
+	p.t.Helper()
+	if m := p.nextDecision(); m.GetFail() == nil {
+		p.t.Fatalf("peer %s: want Fail, got %v", p.id, m)
+	}
+}
+
+// expectParents returns the peer IDs of the next Parents message, sorted.
+func (p *testPeer) expectParents() []string {
+	p.t.Helper()
+	m := p.nextDecision()
+	if m.GetParents() == nil {
+		p.t.Fatalf("peer %s: want Parents, got %v", p.id, m)
+	}
+	return parentIDs(m)
+}
+
+func parentIDs(m *schedulerv1.SchedulerMessage) []string {
+	var ids []string
+	for _, pi := range m.GetParents().GetParents() {
+		ids = append(ids, pi.GetPeerId())
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func (p *testPeer) expectTaskInfo() *schedulerv1.TaskInfo {
+	p.t.Helper()
+	m := p.next()
+	if m.GetTaskInfo() == nil {
+		p.t.Fatalf("peer %s: want TaskInfo, got %v", p.id, m)
+	}
+	return m.GetTaskInfo()
+}
+
+// expectQuiet asserts that no message arrives for a short while.
+func (p *testPeer) expectQuiet() {
+	p.t.Helper()
+	select {
+	case m := <-p.msgs:
+		p.t.Fatalf("peer %s: unexpected message %v", p.id, m)
+	case <-time.After(quiet):
+	}
+}
+
+// expectEnd waits for the stream to end and returns its status code.
+func (p *testPeer) expectEnd() codes.Code {
+	p.t.Helper()
+	deadline := time.After(step)
+	for {
+		select {
+		case <-p.msgs:
+		case err := <-p.end:
+			if errors.Is(err, io.EOF) {
+				return codes.OK
+			}
+			return status.Code(err)
+		case <-deadline:
+			p.t.Fatalf("peer %s: stream did not end within %v", p.id, step)
+		}
+	}
+}
+
+// leave ends the stream the way a crashed or finished peer does.
+func (p *testPeer) leave() { p.cancel() }
+
+func (p *testPeer) meta(length int64, pieceSize uint32) {
+	p.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: length, PieceSize: pieceSize}}})
+}
+
+func (p *testPeer) pieces(rs ...*schedulerv1.PieceResult) {
+	p.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Pieces{Pieces: &schedulerv1.PiecesDone{Pieces: rs}}})
+}
+
+func (p *testPeer) reschedule(bad ...string) {
+	p.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Reschedule{Reschedule: &schedulerv1.Reschedule{BadParents: bad, Reason: "test"}}})
+}
+
+func (p *testPeer) done(length int64) {
+	p.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: length}}})
+}
+
+func (p *testPeer) pieceFailed(n uint32, parent string, corrupt bool) {
+	p.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_PieceFailed{PieceFailed: &schedulerv1.PieceFailed{
+		Number: n, ParentId: parent, Reason: "test", Corrupt: corrupt,
+	}}})
+}
+
+// originPiece is a piece fetched from the origin, with its true digest.
+func originPiece(n uint32) *schedulerv1.PieceResult {
+	return &schedulerv1.PieceResult{Number: n, Digest: pieceDigest(n), Length: 1 << 18, CostNs: int64(time.Millisecond)}
+}
+
+func pieceDigest(n uint32) []byte { return core.PieceDigest(fmt.Appendf(nil, "piece-%d", n)) }
+
+// eventually polls cond until it holds or step passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(step)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, step)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// inspect runs f on the scheduler's state under its lock.
+func (ts *testServer) inspect(f func(s *Scheduler)) {
+	ts.s.mu.Lock()
+	defer ts.s.mu.Unlock()
+	f(ts.s)
+}
+
+// waitPeer waits until peer id of task satisfies cond: a sync point for
+// messages sent on one stream before a step on another.
+func (ts *testServer) waitPeer(task, id string, cond func(p *peer) bool) {
+	ts.t.Helper()
+	eventually(ts.t, "peer "+id+" reached the expected state", func() bool {
+		ok := false
+		ts.inspect(func(s *Scheduler) {
+			if t := s.tasks[task]; t != nil {
+				if p := t.peers[id]; p != nil {
+					ok = cond(p)
+				}
+			}
+		})
+		return ok
+	})
+}
+
+// waitGone waits until the scheduler no longer has peer id in task.
+func (ts *testServer) waitGone(task, id string) {
+	ts.t.Helper()
+	eventually(ts.t, "peer "+id+" removed", func() bool {
+		gone := true
+		ts.inspect(func(s *Scheduler) {
+			if t := s.tasks[task]; t != nil && t.peers[id] != nil {
+				gone = false
+			}
+		})
+		return gone
+	})
+}
+
+// metric returns the value of a counter or gauge with the given labels.
+func (ts *testServer) metric(name string, labels ...string) float64 {
+	ts.t.Helper()
+	mfs, err := ts.reg.Gather()
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if matchLabels(m, labels) {
+				switch {
+				case m.Counter != nil:
+					return m.GetCounter().GetValue()
+				case m.Gauge != nil:
+					return m.GetGauge().GetValue()
+				case m.Histogram != nil:
+					return float64(m.GetHistogram().GetSampleCount())
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func matchLabels(m *dto.Metric, kv []string) bool {
+	for i := 0; i+1 < len(kv); i += 2 {
+		found := false
+		for _, l := range m.GetLabel() {
+			if l.GetName() == kv[i] && l.GetValue() == kv[i+1] {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// checkInvariants verifies the scheduler's state: symmetric edges, slot
+// accounting, pool and counters, and above all an acyclic parent graph.
+func checkInvariants(s *Scheduler) error {
+	used := map[*host]int{}
+	peersOn := map[*host]int{}
+	for id, t := range s.tasks {
+		b2s := 0
+		for pid, p := range t.peers {
+			if p.id != pid || p.task != t || p.state == stateLeft {
+				return fmt.Errorf("task %s: bad peer entry %s (state %v)", id, pid, p.state)
+			}
+			peersOn[p.host]++
+			if p.state == stateBackToSource {
+				b2s++
+			}
+			if _, w := t.waiting[p]; w != (p.state == stateWaiting) {
+				return fmt.Errorf("peer %s: waiting set disagrees with state %v", pid, p.state)
+			}
+			if isSource(p) != (p.poolIdx >= 0) || (p.poolIdx >= 0 && t.pool[p.poolIdx] != p) {
+				return fmt.Errorf("peer %s: pool index %d wrong (state %v, pieces %d)", pid, p.poolIdx, p.state, p.pieces.count)
+			}
+			if len(p.parents) > 0 && (p.state == stateSucceeded || p.state == stateBackToSource) {
+				return fmt.Errorf("peer %s in state %v has parents", pid, p.state)
+			}
+			seen := map[*peer]bool{}
+			for _, l := range p.parents {
+				par := l.peer
+				if par == p || seen[par] {
+					return fmt.Errorf("peer %s: self or duplicate parent %s", pid, par.id)
+				}
+				seen[par] = true
+				if t.peers[par.id] != par {
+					return fmt.Errorf("peer %s: parent %s not in task", pid, par.id)
+				}
+				if l.at >= len(par.children) || par.children[l.at] != p {
+					return fmt.Errorf("peer %s: parent %s lacks the child edge at %d", pid, par.id, l.at)
+				}
+				if par.ord >= p.ord {
+					return fmt.Errorf("peer %s (ord %d): parent %s has ord %d", pid, p.ord, par.id, par.ord)
+				}
+				if _, bad := p.bad[par.id]; bad {
+					return fmt.Errorf("peer %s: has parent %s it reported bad", pid, par.id)
+				}
+			}
+			for _, c := range p.children {
+				if !slices.ContainsFunc(c.parents, func(l link) bool { return l.peer == p }) {
+					return fmt.Errorf("peer %s: child %s lacks the parent edge", pid, c.id)
+				}
+				used[p.host]++
+			}
+		}
+		if b2s != t.backToSource {
+			return fmt.Errorf("task %s: back_to_source count %d, peers in that state %d", id, t.backToSource, b2s)
+		}
+		for i, p := range t.pool {
+			if p.poolIdx != i {
+				return fmt.Errorf("task %s: pool[%d] has index %d", id, i, p.poolIdx)
+			}
+		}
+		ords := map[uint64]string{}
+		for _, p := range t.peers {
+			if o, dup := ords[p.ord]; dup {
+				return fmt.Errorf("task %s: peers %s and %s share ord %d", id, o, p.id, p.ord)
+			}
+			ords[p.ord] = p.id
+		}
+		if err := acyclic(t); err != nil {
+			return fmt.Errorf("task %s: %w", id, err)
+		}
+	}
+	for hid, h := range s.hosts {
+		if h.used != used[h] || h.peers != peersOn[h] {
+			return fmt.Errorf("host %s: used %d (edges %d), peers %d (counted %d)", hid, h.used, used[h], h.peers, peersOn[h])
+		}
+	}
+	return nil
+}
+
+func acyclic(t *task) error {
+	const (
+		white = iota
+		grey
+		black
+	)
+	color := map[*peer]int{}
+	var visit func(p *peer) error
+	visit = func(p *peer) error {
+		color[p] = grey
+		for _, c := range p.children {
+			switch color[c] {
+			case grey:
+				return fmt.Errorf("cycle through %s -> %s", p.id, c.id)
+			case white:
+				if err := visit(c); err != nil {
+					return err
+				}
+			}
+		}
+		color[p] = black
+		return nil
+	}
+	for _, p := range t.peers {
+		if color[p] == white {
+			if err := visit(p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (ts *testServer) mustInvariants() {
+	ts.t.Helper()
+	var err error
+	ts.inspect(func(s *Scheduler) { err = checkInvariants(s) })
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+}

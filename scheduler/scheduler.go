@@ -1,0 +1,279 @@
+// Package scheduler is Damselfly's scheduling service: it tracks tasks, the
+// peers downloading them and which pieces each peer holds; it picks parents
+// for every peer, bounds how many peers fetch a task from the origin, triggers
+// seed peers, and forwards the trusted piece digests reported by the peers
+// that fetched from the origin.
+//
+// It owns the soft state of its tasks and speaks schedulerv1.Scheduler over
+// gRPC. It must not move content, persist anything (a scheduler that dies
+// loses only soft state: peers re-register elsewhere), log or forward task
+// headers to anyone but a triggered seed peer, trust piece digests from peers
+// that did not fetch from the origin, or block on one slow peer while holding
+// its lock. Scoring is delegated to the pure functions of scheduler/policy.
+package scheduler
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/scheduler/policy"
+)
+
+// refreshBatch is how many peers the refresh loop handles per lock hold, so
+// a 10,000-peer task never stalls registrations for long.
+const refreshBatch = 256
+
+// Keepalive: peers may ping every 10 s or slower; a connection silent for
+// 30 s is pinged and closed 10 s later without an answer, which ends its
+// streams and so removes its peers.
+const (
+	keepaliveMinTime = 10 * time.Second
+	keepaliveTime    = 30 * time.Second
+	keepaliveTimeout = 10 * time.Second
+	// stopGrace bounds Serve's graceful stop before it cuts connections.
+	stopGrace = 5 * time.Second
+)
+
+// Scheduler is one scheduling service instance. Create it with New, expose it
+// with Register (or Serve) and drive its timers with Run.
+type Scheduler struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	running atomic.Bool
+
+	// mu guards everything below. Decisions take microseconds; nothing that
+	// blocks (sending on a stream, I/O) happens while it is held.
+	mu      sync.Mutex
+	closed  bool
+	tasks   map[string]*task
+	hosts   map[string]*host
+	seeds   map[string]*seedConn // by host ID
+	rnd     *mrand.Rand
+	epoch   uint64  // visit marks: a fresh epoch per walk avoids clearing
+	dirty   []*task // tasks whose waiting peers need a new look
+	dropped []*peer // peers whose send buffer overflowed
+
+	// Scratch space reused across decisions (under mu).
+	fwd       []*peer
+	bwd       []*peer
+	stack     []*peer
+	ords      []uint64
+	freeCands []*peer
+	fullCands []*peer
+	cands     []policy.Candidate
+}
+
+// New returns a Scheduler for cfg. Metrics are registered on reg (skipped
+// when reg is nil); log may be nil to discard logs.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Scheduler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("new scheduler: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("new scheduler: %w", err)
+	}
+	var seed [16]byte
+	_, _ = rand.Read(seed[:]) // crypto/rand.Read never fails on supported platforms
+	return &Scheduler{
+		cfg:   cfg,
+		log:   log,
+		m:     m,
+		tasks: make(map[string]*task),
+		hosts: make(map[string]*host),
+		seeds: make(map[string]*seedConn),
+		rnd:   mrand.New(mrand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:]))),
+	}, nil
+}
+
+// service adapts Scheduler to the generated interface without exporting the
+// RPC methods on Scheduler itself.
+type service struct {
+	schedulerv1.UnimplementedSchedulerServer
+	s *Scheduler
+}
+
+// Register registers the Scheduler service on gs.
+func (s *Scheduler) Register(gs *grpc.Server) {
+	schedulerv1.RegisterSchedulerServer(gs, &service{s: s})
+}
+
+// Run drives the refresh (new parents, wait timeouts) and GC loops until ctx
+// is done. It then closes every open stream with codes.Unavailable so that
+// peers re-register elsewhere and a graceful gRPC stop can finish, and
+// returns nil. Run may be called once.
+func (s *Scheduler) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("run scheduler: already running: %w", core.ErrInvalid)
+	}
+	defer s.closeAll()
+	refresh := time.NewTicker(s.cfg.RefreshInterval.D())
+	defer refresh.Stop()
+	gc := time.NewTicker(s.cfg.GCInterval.D())
+	defer gc.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-refresh.C:
+			s.refresh(ctx)
+		case <-gc.C:
+			s.gc(time.Now())
+		}
+	}
+}
+
+// Serve serves the Scheduler on lis with keepalive enforcement and runs it
+// until ctx is done, then stops gracefully (cutting connections after a few
+// seconds). It returns nil after a stop caused by ctx.
+func (s *Scheduler) Serve(ctx context.Context, lis net.Listener) error {
+	gs := grpc.NewServer(
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             keepaliveMinTime,
+			PermitWithoutStream: true,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    keepaliveTime,
+			Timeout: keepaliveTimeout,
+		}),
+	)
+	s.Register(gs)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.Run(gctx) })
+	g.Go(func() error {
+		if err := gs.Serve(lis); err != nil {
+			return fmt.Errorf("serve scheduler on %s: %w", lis.Addr(), err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		stopped := make(chan struct{})
+		go func() {
+			gs.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(stopGrace):
+			gs.Stop()
+			<-stopped
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// closeAll ends every stream; new ones are refused from now on.
+func (s *Scheduler) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for _, t := range s.tasks {
+		for _, p := range t.peers {
+			p.conn.cancel(errShutdown)
+		}
+	}
+	for _, sc := range s.seeds {
+		sc.cancel(errShutdown)
+	}
+}
+
+// refresh gives peers with fewer than MaxParents parents new ones when
+// candidates appeared, re-evaluates waiting peers and fails those that waited
+// too long.
+func (s *Scheduler) refresh(ctx context.Context) {
+	now := time.Now()
+	var under []*peer
+	s.mu.Lock()
+	for _, t := range s.tasks {
+		for w := range t.waiting {
+			if now.Sub(w.waitSince) >= s.cfg.WaitTimeout.D() {
+				s.failLocked(w, "no parent and no origin budget within wait_timeout", time.Now())
+			}
+		}
+		if len(t.waiting) > 0 {
+			s.markDirty(t)
+		}
+		if len(t.pool) == 0 {
+			continue
+		}
+		for _, p := range t.peers {
+			if p.state == stateRunning && len(p.parents) < s.cfg.MaxParents {
+				under = append(under, p)
+			}
+		}
+	}
+	s.flushLocked(now)
+	s.mu.Unlock()
+
+	for len(under) > 0 && ctx.Err() == nil {
+		n := min(refreshBatch, len(under))
+		s.mu.Lock()
+		for _, p := range under[:n] {
+			if p.state != stateRunning {
+				continue
+			}
+			start := time.Now()
+			if s.fillParentsLocked(p) {
+				s.sendParentsLocked(p, start)
+			}
+		}
+		s.flushLocked(time.Now())
+		s.mu.Unlock()
+		clear(under[:n])
+		under = under[n:]
+	}
+}
+
+// gc forgets tasks and hosts that have had no peers for TaskTTL.
+func (s *Scheduler) gc(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ttl := s.cfg.TaskTTL.D()
+	for id, t := range s.tasks {
+		if len(t.peers) == 0 && now.Sub(t.emptySince) >= ttl {
+			delete(s.tasks, id)
+			s.m.tasks.Dec()
+			s.log.Debug("task forgotten", "task_id", id)
+		}
+	}
+	for id, h := range s.hosts {
+		if h.peers == 0 && h.seed == nil && now.Sub(h.idleSince) >= ttl {
+			delete(s.hosts, id)
+		}
+	}
+}
+
+// statusFromCause turns the cause of a stream's end into its gRPC status.
+func statusFromCause(ctx context.Context) error {
+	cause := context.Cause(ctx)
+	if errors.Is(cause, errPeerFinished) {
+		return nil
+	}
+	if _, ok := status.FromError(cause); ok {
+		return cause
+	}
+	return status.FromContextError(ctx.Err()).Err()
+}

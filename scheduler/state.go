@@ -1,0 +1,223 @@
+package scheduler
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
+)
+
+// maxPieces bounds piece numbers while a task's length is unknown, so a bad
+// report cannot make a bitmap huge (2^20 pieces of 4 MiB is 4 TiB).
+const maxPieces = 1 << 20
+
+// maxBadPerPeer bounds the bad-parent set one peer can build.
+const maxBadPerPeer = 4096
+
+type peerState uint8
+
+const (
+	stateNone peerState = iota // not yet registered
+	statePending
+	stateWaiting
+	stateBackToSource
+	stateRunning
+	stateSucceeded
+	stateFailed // told Fail; may still hold pieces and serve them
+	stateLeft   // removed from its task
+	numStates
+)
+
+func (s peerState) String() string {
+	switch s {
+	case stateNone:
+		return "none"
+	case statePending:
+		return "pending"
+	case stateWaiting:
+		return "waiting"
+	case stateBackToSource:
+		return "back_to_source"
+	case stateRunning:
+		return "running"
+	case stateSucceeded:
+		return "succeeded"
+	case stateFailed:
+		return "failed"
+	case stateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// conn is the outbound side of one Announce stream. The channel is drained
+// by the stream's handler goroutine; the scheduler only ever does a
+// non-blocking send on it while holding its lock.
+type conn struct {
+	out    chan *schedulerv1.SchedulerMessage
+	cancel context.CancelCauseFunc
+}
+
+type peer struct {
+	id                string
+	task              *task
+	host              *host
+	state             peerState
+	pieces            bitset
+	parents           []link              // few: at most MaxParents
+	children          []*peer             // see link for the index bookkeeping
+	ord               uint64              // topological order within the task; see graph.go
+	bad               map[string]struct{} // parents this peer reported; never given back to it
+	lastSeen          time.Time
+	waitSince         time.Time
+	disableBackSource bool
+	seedRequest       bool
+	conn              *conn
+	poolIdx           int    // index in task.pool, -1 when not a candidate
+	mark              uint64 // visit epoch, see Scheduler.epoch
+	dropping          bool   // queued for removal after a send overflow
+}
+
+// host is a machine across all its peers and tasks.
+type host struct {
+	id         string
+	info       *schedulerv1.Host // latest registration; shared read-only with messages
+	slots      int
+	used       int // children assigned to this host's peers, all tasks
+	successes  uint64
+	failures   uint64
+	corrupt    uint32
+	throughput float64 // EWMA bytes/s as a parent
+	peers      int
+	seed       *seedConn
+	idleSince  time.Time
+}
+
+// throughputAlpha is the EWMA weight of a new throughput sample.
+const throughputAlpha = 0.2
+
+func (h *host) observeThroughput(length uint32, costNs int64) {
+	if length == 0 || costNs <= 0 {
+		return
+	}
+	bps := float64(length) / (float64(costNs) / 1e9)
+	if h.throughput == 0 {
+		h.throughput = bps
+		return
+	}
+	h.throughput = throughputAlpha*bps + (1-throughputAlpha)*h.throughput
+}
+
+type seedPhase uint8
+
+const (
+	seedIdle      seedPhase = iota
+	seedTriggered           // SeedTask pushed, seed peer not registered yet
+	seedRunning             // seed peer registered
+	seedDone
+	seedFailed // seed peer left unfinished, or its host went away first
+)
+
+// maxSeedAttempts bounds how often one task triggers a seed peer.
+const maxSeedAttempts = 3
+
+type task struct {
+	id            string
+	spec          *schedulerv1.TaskSpec // with headers: memory only, never logged
+	contentLength int64                 // -1 while unknown
+	pieceSize     uint32
+	digests       map[uint32][]byte // trusted: from peers fetching from the origin only
+	info          *schedulerv1.SchedulerMessage
+	peers         map[string]*peer
+	pool          []*peer // candidate parents: hold data, are done, or fetch from the origin
+	waiting       map[*peer]struct{}
+	backToSource  int
+	seedPhase     seedPhase
+	seedHost      string
+	seedAt        time.Time
+	seedAttempts  int
+	seedFailed    map[string]struct{} // hosts whose seed attempt failed
+	seedPeer      *peer
+	emptySince    time.Time
+	dirty         bool
+	nextOrd       uint64
+}
+
+func newTask(id string, now time.Time) *task {
+	return &task{
+		id:            id,
+		contentLength: -1,
+		digests:       make(map[uint32][]byte),
+		peers:         make(map[string]*peer),
+		waiting:       make(map[*peer]struct{}),
+		emptySince:    now,
+	}
+}
+
+// pieceCount returns the number of pieces, 0 while the shape is unknown.
+func (t *task) pieceCount() uint32 {
+	if t.contentLength < 0 || t.pieceSize == 0 {
+		return 0
+	}
+	return core.PieceCount(t.contentLength, t.pieceSize)
+}
+
+func (t *task) validPiece(n uint32) bool {
+	if total := t.pieceCount(); total > 0 {
+		return n < total
+	}
+	return n < maxPieces
+}
+
+func (t *task) shapeKnown() bool { return t.contentLength >= 0 || len(t.digests) > 0 }
+
+// infoMessage returns a TaskInfo with the shape and every known digest,
+// cached until the shape or the digests change: 10,000 peers registering
+// for one task share one message.
+func (t *task) infoMessage() *schedulerv1.SchedulerMessage {
+	if t.info != nil {
+		return t.info
+	}
+	nums := make([]uint32, 0, len(t.digests))
+	for n := range t.digests {
+		nums = append(nums, n)
+	}
+	slices.Sort(nums)
+	ds := make([]*schedulerv1.PieceDigest, len(nums))
+	for i, n := range nums {
+		ds[i] = &schedulerv1.PieceDigest{Number: n, Digest: t.digests[n]}
+	}
+	t.info = taskInfo(t, ds)
+	return t.info
+}
+
+func taskInfo(t *task, ds []*schedulerv1.PieceDigest) *schedulerv1.SchedulerMessage {
+	return &schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_TaskInfo{TaskInfo: &schedulerv1.TaskInfo{
+		ContentLength: t.contentLength,
+		PieceSize:     t.pieceSize,
+		Digests:       ds,
+	}}}
+}
+
+// bitset is a peer's set of held pieces.
+type bitset struct {
+	words []uint64
+	count uint32
+}
+
+// set adds piece n and reports whether it was new.
+func (b *bitset) set(n uint32) bool {
+	w := int(n / 64)
+	if w >= len(b.words) {
+		b.words = append(b.words, make([]uint64, w+1-len(b.words))...)
+	}
+	mask := uint64(1) << (n % 64)
+	if b.words[w]&mask != 0 {
+		return false
+	}
+	b.words[w] |= mask
+	b.count++
+	return true
+}

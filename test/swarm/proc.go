@@ -1,0 +1,248 @@
+package swarm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Proc is one process the harness started inside a host's network namespace.
+// It runs in its own process group, so Kill ends it and anything it spawned,
+// and it gets SIGKILL if the harness dies.
+type Proc struct {
+	Name  string
+	Log   string // where its output goes
+	cmd   *exec.Cmd
+	gate  io.WriteCloser // non-nil for a gated process: it waits for a line on stdin
+	done  chan struct{}
+	end   time.Time
+	err   error
+	start time.Time
+}
+
+// procSet tracks every process of a run so that teardown can end them all.
+type procSet struct {
+	mu    sync.Mutex
+	procs []*Proc
+}
+
+// startIn starts argv inside network namespace ns with output to logPath. A
+// gated process is started but blocks (in sh's read) until Release, so that
+// many downloads can start at one instant.
+func (ps *procSet) startIn(ns, name, logPath string, env []string, gated bool, argv ...string) (*Proc, error) {
+	args := []string{"netns", "exec", ns}
+	if gated {
+		args = append(args, "sh", "-c", `read _ && exec "$@"`, "sh")
+	}
+	args = append(args, argv...)
+	cmd := exec.Command("ip", args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Env = append(childEnv(), env...)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("start %s in %s: open log: %w", name, ns, err)
+	}
+	defer logf.Close() // the child has its own copy
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	p := &Proc{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
+	if gated {
+		w, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, fmt.Errorf("start %s in %s: %w", name, ns, err)
+		}
+		p.gate = w
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s in %s: %w", name, ns, err)
+	}
+	p.start = time.Now()
+	ps.mu.Lock()
+	ps.procs = append(ps.procs, p)
+	ps.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		p.end = time.Now()
+		p.err = err
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// childEnv is the harness's environment without proxy settings: the hosts
+// reach only each other (their namespaces have no route elsewhere), and a
+// proxy variable would send curl, aria2c or a daemon's origin fetch to it.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasSuffix(strings.ToLower(k), "_proxy") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// lastLine is the last non-empty line of the process's log, for errors.
+func (p *Proc) lastLine() string {
+	f, err := os.Open(p.Log)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	buf := make([]byte, min(st.Size(), 2048))
+	if _, err := f.ReadAt(buf, st.Size()-int64(len(buf))); err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(buf)), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+// Release lets a gated process go.
+func (p *Proc) Release() error {
+	if p.gate == nil {
+		return nil
+	}
+	_, err := p.gate.Write([]byte("go\n"))
+	p.gate.Close()
+	if err != nil {
+		return fmt.Errorf("release %s: %w", p.Name, err)
+	}
+	return nil
+}
+
+// PID is the process id (the command itself: ip netns exec execs it).
+func (p *Proc) PID() int { return p.cmd.Process.Pid }
+
+// Exited reports whether the process has ended, when, and with what error.
+func (p *Proc) Exited() (bool, time.Time, error) {
+	select {
+	case <-p.done:
+		return true, p.end, p.err
+	default:
+		return false, time.Time{}, nil
+	}
+}
+
+// Kill sends SIGTERM to the process group, and SIGKILL after grace.
+func (p *Proc) Kill(grace time.Duration) {
+	if done, _, _ := p.Exited(); done {
+		return
+	}
+	pgid := p.cmd.Process.Pid
+	if grace > 0 {
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		select {
+		case <-p.done:
+			return
+		case <-time.After(grace):
+		}
+	}
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// killAll ends every process of the set, in parallel, each by its id, and
+// returns the CPU time they used (user + system, from wait4's rusage).
+func (ps *procSet) killAll(grace time.Duration) time.Duration {
+	ps.mu.Lock()
+	procs := ps.procs
+	ps.procs = nil
+	ps.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Go(func() { p.Kill(grace) })
+	}
+	wg.Wait()
+	var cpu time.Duration
+	for _, p := range procs {
+		if st := p.cmd.ProcessState; st != nil {
+			cpu += st.UserTime() + st.SystemTime()
+		}
+	}
+	return cpu
+}
+
+// nsDialer returns a DialContext that opens its socket inside network
+// namespace ns, so the harness (which stays in the root namespace, with no
+// route to 10.77.0.0/16) can talk to servers on the emulated network.
+func nsDialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		type result struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			// The thread is locked for the whole dial. If it cannot be moved
+			// back, it stays locked and the runtime discards it on return.
+			runtime.LockOSThread()
+			orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+			if err != nil {
+				runtime.UnlockOSThread()
+				ch <- result{err: fmt.Errorf("dial in %s: %w", ns, err)}
+				return
+			}
+			defer orig.Close()
+			target, err := os.Open(nsPath(ns))
+			if err != nil {
+				runtime.UnlockOSThread()
+				ch <- result{err: fmt.Errorf("dial in %s: %w", ns, err)}
+				return
+			}
+			defer target.Close()
+			if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+				runtime.UnlockOSThread()
+				ch <- result{err: fmt.Errorf("dial in %s: setns: %w", ns, err)}
+				return
+			}
+			var d net.Dialer
+			c, err := d.DialContext(ctx, network, addr)
+			if rerr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); rerr != nil {
+				if c != nil {
+					c.Close()
+				}
+				ch <- result{err: errors.Join(err, fmt.Errorf("dial in %s: restore netns: %w", ns, rerr))}
+				return
+			}
+			runtime.UnlockOSThread()
+			ch <- result{c: c, err: err}
+		}()
+		r := <-ch
+		return r.c, r.err
+	}
+}
+
+// nsHTTPClient is an HTTP client whose connections live in namespace ns.
+func nsHTTPClient(ns string, timeout time.Duration) *http.Client {
+	return &http.Client{
+		Timeout: timeout,
+		Transport: &http.Transport{
+			DialContext:       nsDialer(ns),
+			DisableKeepAlives: true,
+			Proxy:             nil,
+		},
+	}
+}
+
+func nsPath(ns string) string { return "/var/run/netns/" + ns }

@@ -1,0 +1,316 @@
+package swarm
+
+import (
+	"encoding/json"
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// Results is one harness run: results.json.
+type Results struct {
+	Params     Params         `json:"params"`
+	LowerBound Bound          `json:"lower_bound"`
+	SHA256     string         `json:"sha256"`
+	Systems    []SystemResult `json:"systems"`
+}
+
+// Params records what was run.
+type Params struct {
+	RunID         string    `json:"run_id"`
+	Started       time.Time `json:"started"`
+	Scenario      string    `json:"scenario"`
+	N             int       `json:"n"`
+	SizeBytes     int64     `json:"size_bytes"`
+	RateBps       int64     `json:"rate_bps"`
+	DownRateBps   int64     `json:"down_rate_bps"`
+	OriginRateBps int64     `json:"origin_rate_bps"`
+	SeedRateBps   int64     `json:"seed_rate_bps"`
+	InterRackBps  int64     `json:"inter_rack_bps,omitempty"`
+	BurstBytes    int64     `json:"tbf_burst_bytes"` // of a peer link
+	LatencyMS     int64     `json:"tbf_latency_ms"`
+	Netem         bool      `json:"netem_available"`
+	DelayMS       float64   `json:"delay_ms,omitempty"`
+	Loss          float64   `json:"loss,omitempty"`
+	SlowFrac      float64   `json:"slow_frac,omitempty"`
+	SlowFactor    float64   `json:"slow_factor,omitempty"`
+	ChurnFrac     float64   `json:"churn_frac,omitempty"`
+	ChurnAtS      float64   `json:"churn_at_s,omitempty"`
+	DeadlineS     float64   `json:"deadline_s"`
+	Hosts         []*Host   `json:"hosts"`
+}
+
+// Bound is the lower bound T* and its terms, in seconds.
+type Bound struct {
+	// TStar = max(F/u_origin, F/d_min, N·F/(u_origin + Σ u_peers)) over the
+	// N downloading hosts (churn: over the survivors), and for racks also
+	// F/u_interrack (rack 2 needs the file once across the router).
+	TStar float64 `json:"t_star_s"`
+	// TStarWithSeed also counts the seed peer host's uplink in the sum.
+	TStarWithSeed float64 `json:"t_star_with_seed_s"`
+	OriginTerm    float64 `json:"origin_term_s"`
+	DownTerm      float64 `json:"download_term_s"`
+	SwarmTerm     float64 `json:"swarm_term_s"`
+	SwarmSeedTerm float64 `json:"swarm_term_with_seed_s"`
+	InterRackTerm float64 `json:"inter_rack_term_s,omitempty"`
+}
+
+// SystemResult is one system's run.
+type SystemResult struct {
+	Name  string       `json:"name"`
+	Hosts []HostResult `json:"hosts"`
+	// TLast is the time from the common start until the last surviving host
+	// finished (0 if any failed); TMedian the median host's.
+	TLast   float64 `json:"t_last_s"`
+	TMedian float64 `json:"t_median_s"`
+	// EffLast = T*/TLast, EffMedian = T*/TMedian (0 when undefined).
+	EffLast   float64 `json:"efficiency_last"`
+	EffMedian float64 `json:"efficiency_median"`
+	// OriginTxBytes is the origin host's interface transmit delta (headers
+	// included, and for BitTorrent the tracker's answers too).
+	OriginTxBytes        int64   `json:"origin_tx_bytes"`
+	OriginOverF          float64 `json:"origin_bytes_over_f"`
+	OriginServerBytes    int64   `json:"origin_server_body_bytes"`
+	OriginServerRequests int64   `json:"origin_server_requests"`
+	InterRackBytes       int64   `json:"inter_rack_bytes,omitempty"`
+	InterRackOverF       float64 `json:"inter_rack_bytes_over_f,omitempty"`
+	// CPUBusy is the machine's busy share (all cores) from start to end.
+	// Other load on the machine counts too: compare ProcsCPUShare, the CPU
+	// time of the processes this system ran (setup included) over the
+	// measured time and all cores.
+	CPUBusy       float64 `json:"cpu_busy"`
+	ProcsCPUS     float64 `json:"procs_cpu_s"`
+	ProcsCPUShare float64 `json:"procs_cpu_share"`
+	Completed     int     `json:"completed"`
+	Failed        int     `json:"failed"`
+	Killed        int     `json:"killed,omitempty"`
+	MeasuredS     float64 `json:"measured_s"`
+	WallS         float64 `json:"wall_s"`
+	Error         string  `json:"error,omitempty"`
+}
+
+// HostResult is one peer in one system's run.
+type HostResult struct {
+	Name      string  `json:"name"`
+	IP        string  `json:"ip"`
+	Rack      int     `json:"rack"`
+	UplinkBps int64   `json:"uplink_bps"`
+	DoneS     float64 `json:"done_s"` // -1 if it did not finish
+	OK        bool    `json:"ok"`     // finished and sha256 matched
+	Killed    bool    `json:"killed,omitempty"`
+	Error     string  `json:"error,omitempty"`
+}
+
+func paramsOf(c Config, n *Network) Params {
+	p := Params{
+		RunID: c.RunID, Started: time.Now().UTC(), Scenario: c.Scenario, N: c.Hosts, SizeBytes: c.Size,
+		RateBps: int64(c.Rate), DownRateBps: int64(c.DownRate), OriginRateBps: int64(c.OriginRate),
+		SeedRateBps: int64(c.SeedRate), BurstBytes: n.shape.burstFor(c.Rate), LatencyMS: c.Latency.Milliseconds(),
+		Netem: n.Netem, DeadlineS: c.Deadline.Seconds(), Hosts: n.Hosts,
+	}
+	if n.Netem {
+		p.DelayMS, p.Loss = float64(c.Delay.Microseconds())/1000, c.Loss
+	}
+	switch c.Scenario {
+	case ScenarioMixed:
+		p.SlowFrac, p.SlowFactor = c.SlowFrac, c.SlowFactor
+	case ScenarioRacks:
+		p.InterRackBps = int64(c.InterRackRate)
+	case ScenarioChurn:
+		p.ChurnFrac = c.ChurnFrac
+		p.ChurnAtS = c.churnAt(lowerBound(c, n.Peers(), n.Seed(), n.Origin())).Seconds()
+	}
+	return p
+}
+
+// lowerBound computes T* for the peers that must finish.
+func lowerBound(c Config, peers []*Host, seed, origin *Host) Bound {
+	victims := c.churnVictims(peers)
+	bits := float64(c.Size) * 8
+	var n, sumUp float64
+	dmin := math.Inf(1)
+	rack2 := false
+	for _, p := range peers {
+		if victims[p.Name] {
+			continue
+		}
+		n++
+		sumUp += float64(p.Up)
+		dmin = min(dmin, float64(p.Down))
+		rack2 = rack2 || p.Rack > 1
+	}
+	b := Bound{
+		OriginTerm:    bits / float64(origin.Up),
+		DownTerm:      bits / dmin,
+		SwarmTerm:     n * bits / (float64(origin.Up) + sumUp),
+		SwarmSeedTerm: n * bits / (float64(origin.Up) + float64(seed.Up) + sumUp),
+	}
+	if c.Scenario == ScenarioRacks && rack2 {
+		b.InterRackTerm = bits / float64(c.InterRackRate)
+	}
+	b.TStar = max(b.OriginTerm, b.DownTerm, b.SwarmTerm, b.InterRackTerm)
+	b.TStarWithSeed = max(b.OriginTerm, b.DownTerm, b.SwarmSeedTerm, b.InterRackTerm)
+	return b
+}
+
+func (r *Results) write(dir string) error {
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(r.Markdown()), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	if err := r.plotCDF(filepath.Join(dir, "cdf.png")); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}
+
+var systemTitles = map[string]string{
+	SystemDamselfly:  "Damselfly",
+	SystemDirect:     "every host pulls from the origin",
+	SystemBitTorrent: "BitTorrent (aria2c + opentracker, 256 KiB pieces)",
+}
+
+func num(v float64, format string) string {
+	if v == 0 {
+		return "—"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+// Markdown renders the results as the table in DESIGN.md, plus parameters.
+func (r *Results) Markdown() string {
+	var b strings.Builder
+	p := r.Params
+	fmt.Fprintf(&b, "# Swarm run %s\n\n", p.RunID)
+	fmt.Fprintf(&b, "Scenario **%s**: N = %d peers, F = %s, peer links %s up / %s down, origin uplink %s, seed-peer uplink %s",
+		p.Scenario, p.N, FormatSize(p.SizeBytes), Rate(p.RateBps), Rate(p.DownRateBps), Rate(p.OriginRateBps), Rate(p.SeedRateBps))
+	switch p.Scenario {
+	case ScenarioMixed:
+		fmt.Fprintf(&b, "; %.0f%% of peers with uplinks %.0f× slower", p.SlowFrac*100, p.SlowFactor)
+	case ScenarioRacks:
+		fmt.Fprintf(&b, "; two racks, inter-rack link %s", Rate(p.InterRackBps))
+	case ScenarioChurn:
+		fmt.Fprintf(&b, "; %.0f%% of peers killed mid-run (T* and times over the survivors)", p.ChurnFrac*100)
+	}
+	fmt.Fprintf(&b, ". tbf latency %d ms.", p.LatencyMS)
+	if !p.Netem {
+		b.WriteString(" netem unavailable: delay/loss not emulated.")
+	}
+	lb := r.LowerBound
+	fmt.Fprintf(&b, "\n\nT* = %.2f s (F/u_origin %.2f, F/d_min %.2f, N·F/(u_origin+Σu_peers) %.2f", lb.TStar, lb.OriginTerm, lb.DownTerm, lb.SwarmTerm)
+	if lb.InterRackTerm > 0 {
+		fmt.Fprintf(&b, ", F/u_interrack %.2f", lb.InterRackTerm)
+	}
+	fmt.Fprintf(&b, "); counting the seed peer's uplink too, T* = %.2f s. tbf counts headers: ≈ 0.95 is the ceiling.\n\n", lb.TStarWithSeed)
+	racks := p.Scenario == ScenarioRacks
+	b.WriteString("| system | done | T_last (s) | T_median (s) | T*/T_last | T*/T_median | origin bytes / F | CPU busy (machine / own) |")
+	if racks {
+		b.WriteString(" inter-rack bytes / F |")
+	}
+	b.WriteString("\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+	if racks {
+		b.WriteString(" --- |")
+	}
+	b.WriteString("\n")
+	for _, s := range r.Systems {
+		done := fmt.Sprintf("%d/%d", s.Completed, s.Completed+s.Failed)
+		if s.Killed > 0 {
+			done += fmt.Sprintf(" (+%d killed)", s.Killed)
+		}
+		if s.Error != "" {
+			done = "error"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %.2f | %.0f %% / %.0f %% |", systemTitles[s.Name], done,
+			num(s.TLast, "%.1f"), num(s.TMedian, "%.1f"), num(s.EffLast, "%.2f"), num(s.EffMedian, "%.2f"),
+			s.OriginOverF, s.CPUBusy*100, s.ProcsCPUShare*100)
+		if racks {
+			fmt.Fprintf(&b, " %.2f |", s.InterRackOverF)
+		}
+		b.WriteString("\n")
+	}
+	for _, s := range r.Systems {
+		if s.Error != "" {
+			fmt.Fprintf(&b, "\n%s: %s\n", s.Name, s.Error)
+		}
+		for _, h := range s.Hosts {
+			if h.Error != "" && !h.Killed {
+				fmt.Fprintf(&b, "\n%s on %s: %s\n", s.Name, h.Name, h.Error)
+			}
+		}
+	}
+	return b.String()
+}
+
+var plotColors = map[string]color.Color{
+	SystemDamselfly:  color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	SystemDirect:     color.RGBA{R: 0x7f, G: 0x7f, B: 0x7f, A: 0xff},
+	SystemBitTorrent: color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+}
+
+// plotCDF draws the completion-time CDF of every system, with T*.
+func (r *Results) plotCDF(path string) error {
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("%s: N=%d, F=%s, %s", r.Params.Scenario, r.Params.N, FormatSize(r.Params.SizeBytes), Rate(r.Params.RateBps))
+	p.X.Label.Text = "seconds since the common start"
+	p.Y.Label.Text = "fraction of hosts done"
+	p.Y.Min, p.Y.Max = 0, 1
+	p.Legend.Top = false
+	p.Legend.Left = false
+	xmax := r.LowerBound.TStar
+	for _, s := range r.Systems {
+		var ts []float64
+		total := 0
+		for _, h := range s.Hosts {
+			if h.Killed {
+				continue
+			}
+			total++
+			if h.OK {
+				ts = append(ts, h.DoneS)
+			}
+		}
+		if len(ts) == 0 {
+			continue
+		}
+		slices.Sort(ts)
+		pts := plotter.XYs{{X: 0, Y: 0}}
+		for i, t := range ts {
+			pts = append(pts, plotter.XY{X: t, Y: float64(i) / float64(total)}, plotter.XY{X: t, Y: float64(i+1) / float64(total)})
+			xmax = max(xmax, t)
+		}
+		l, err := plotter.NewLine(pts)
+		if err != nil {
+			return err
+		}
+		l.Color = plotColors[s.Name]
+		l.Width = vg.Points(1.5)
+		p.Add(l)
+		p.Legend.Add(s.Name, l)
+	}
+	ts, err := plotter.NewLine(plotter.XYs{{X: r.LowerBound.TStar, Y: 0}, {X: r.LowerBound.TStar, Y: 1}})
+	if err != nil {
+		return err
+	}
+	ts.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+	ts.Color = color.Black
+	p.Add(ts)
+	p.Legend.Add("T*", ts)
+	p.X.Min, p.X.Max = 0, xmax*1.05
+	p.Add(plotter.NewGrid())
+	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
+}

@@ -1,0 +1,260 @@
+// Package swarm is the emulated-network benchmark harness: it builds N hosts
+// on one machine (a network namespace each, tc-shaped veths into Linux
+// bridges, addresses only in 10.77.0.0/16) and runs, on the same network and
+// in one invocation, Damselfly, every host pulling from the origin, and a
+// BitTorrent swarm (aria2c + opentracker), reporting how close each comes to
+// the lower bound T*.
+//
+// It needs root and iproute2. It starts processes only inside namespaces it
+// created, sends traffic only to addresses it assigned there (and loopback),
+// and removes every namespace and process it made, also on error and on
+// cancellation; Cleanup removes leftovers of runs that were killed.
+package swarm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+)
+
+// Systems the harness can run.
+const (
+	SystemDamselfly  = "damselfly"
+	SystemDirect     = "direct"
+	SystemBitTorrent = "bittorrent"
+)
+
+// Scenarios.
+const (
+	ScenarioUniform = "uniform" // every link alike
+	ScenarioMixed   = "mixed"   // a fraction of peers with 10× slower uplinks
+	ScenarioRacks   = "racks"   // two racks joined by a slower router link
+	ScenarioChurn   = "churn"   // a fraction of peers killed mid-run
+)
+
+// Config is one harness run.
+type Config struct {
+	Hosts      int           // N, the downloading peers
+	Size       int64         // F, bytes
+	Rate       Rate          // every peer's uplink
+	DownRate   Rate          // every peer's downlink; 0 means Rate
+	OriginRate Rate          // the origin host's uplink
+	SeedRate   Rate          // the seed peer host's uplink; 0 means Rate
+	Burst      int64         // tbf burst in bytes; 0 means max(64 KiB, 4 ms of traffic)
+	Latency    time.Duration // tbf queue bound
+	Delay      time.Duration // one-way delay per host uplink (netem only)
+	Loss       float64       // loss fraction per host uplink (netem only)
+
+	Systems  []string
+	Scenario string
+	// SlowFrac of the peers get uplinks SlowFactor times slower (mixed).
+	SlowFrac   float64
+	SlowFactor float64
+	// InterRackRate shapes the router link between racks (racks); 0 means Rate.
+	InterRackRate Rate
+	// ChurnFrac of the peers are killed at ChurnAt after the start (churn);
+	// ChurnAt 0 means half of T*.
+	ChurnFrac float64
+	ChurnAt   time.Duration
+
+	Deadline time.Duration // per system
+	BinDir   string        // holds damselfly and dfget
+	WorkDir  string        // scratch space for copies and caches; "" means os.TempDir()
+	OutDir   string        // results.json, results.md, cdf.png, logs
+	RunID    string        // "" picks a random one
+	Logger   *slog.Logger
+}
+
+// DefaultConfig is the uniform 8-host, 128 MiB, 100 Mbit/s run of DESIGN.md.
+func DefaultConfig() Config {
+	return Config{
+		Hosts:      8,
+		Size:       128 << 20,
+		Rate:       100e6,
+		OriginRate: 100e6,
+		Latency:    50 * time.Millisecond,
+		Systems:    []string{SystemDamselfly, SystemDirect, SystemBitTorrent},
+		Scenario:   ScenarioUniform,
+		SlowFrac:   0.25,
+		SlowFactor: 10,
+		ChurnFrac:  0.25,
+		Deadline:   10 * time.Minute,
+		BinDir:     "bin",
+	}
+}
+
+// Validate checks the config and fills derived defaults.
+func (c *Config) Validate() error {
+	if c.Hosts < 1 || c.Hosts > 200 {
+		return fmt.Errorf("hosts: %d, want 1..200", c.Hosts)
+	}
+	if c.Size <= 0 {
+		return errors.New("size must be positive")
+	}
+	if c.Rate <= 0 || c.OriginRate <= 0 {
+		return errors.New("rate and origin rate must be positive")
+	}
+	if c.DownRate == 0 {
+		c.DownRate = c.Rate
+	}
+	if c.SeedRate == 0 {
+		c.SeedRate = c.Rate
+	}
+	if c.InterRackRate == 0 {
+		c.InterRackRate = c.Rate
+	}
+	if c.Latency <= 0 {
+		c.Latency = 50 * time.Millisecond
+	}
+	if c.Deadline <= 0 {
+		return errors.New("deadline must be positive")
+	}
+	if len(c.Systems) == 0 {
+		return errors.New("no systems to run")
+	}
+	for _, s := range c.Systems {
+		if !slices.Contains([]string{SystemDamselfly, SystemDirect, SystemBitTorrent}, s) {
+			return fmt.Errorf("unknown system %q (want damselfly, direct, bittorrent)", s)
+		}
+	}
+	switch c.Scenario {
+	case ScenarioUniform, ScenarioMixed, ScenarioRacks, ScenarioChurn:
+	default:
+		return fmt.Errorf("unknown scenario %q (want uniform, mixed, racks, churn)", c.Scenario)
+	}
+	if c.SlowFrac < 0 || c.SlowFrac > 1 || c.ChurnFrac < 0 || c.ChurnFrac >= 1 {
+		return errors.New("slow and churn fractions must be in [0,1)")
+	}
+	if c.SlowFactor < 1 {
+		c.SlowFactor = 10
+	}
+	if c.Loss < 0 || c.Loss >= 1 {
+		return errors.New("loss must be in [0,1)")
+	}
+	if c.RunID == "" {
+		b := make([]byte, 3)
+		_, _ = rand.Read(b)
+		c.RunID = hex.EncodeToString(b)
+	}
+	if len(Prefix+c.RunID+"-origin") > 64 {
+		return fmt.Errorf("run id %q too long", c.RunID)
+	}
+	if c.OutDir == "" {
+		return errors.New("out dir must be set")
+	}
+	if c.WorkDir == "" {
+		c.WorkDir = os.TempDir()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// hosts lays out the run's hosts: origin, scheduler and seed peer first, in
+// rack 1; the N peers split evenly over the racks.
+func (c *Config) hosts() []*Host {
+	racks := 1
+	if c.Scenario == ScenarioRacks {
+		racks = 2
+	}
+	hs := []*Host{
+		{Name: "origin", Role: RoleOrigin, Rack: 1, IP: rackAddr(1, 2), Up: c.OriginRate, Down: c.DownRate},
+		{Name: "sched", Role: RoleScheduler, Rack: 1, IP: rackAddr(1, 3), Up: c.Rate, Down: c.DownRate},
+		{Name: "seed", Role: RoleSeed, Rack: 1, IP: rackAddr(1, 4), Up: c.SeedRate, Down: c.DownRate},
+	}
+	slow := 0
+	if c.Scenario == ScenarioMixed {
+		slow = int(float64(c.Hosts)*c.SlowFrac + 0.5)
+	}
+	for i := range c.Hosts {
+		rack := 1 + i*racks/c.Hosts
+		h := &Host{
+			Name: fmt.Sprintf("h%d", i+1),
+			Role: RolePeer,
+			Rack: rack,
+			IP:   netip.AddrFrom4([4]byte{10, 77, byte(rack), byte(10 + i)}),
+			Up:   c.Rate,
+			Down: c.DownRate,
+		}
+		// Slow peers are spread over the index range, not bunched at the end.
+		if slow > 0 && (i*slow)/c.Hosts != ((i+1)*slow)/c.Hosts {
+			h.Up = Rate(float64(c.Rate) / c.SlowFactor)
+		}
+		hs = append(hs, h)
+	}
+	return hs
+}
+
+// Run builds the network, runs every system in turn on it, writes the
+// results under OutDir and tears everything down.
+func Run(ctx context.Context, cfg Config) (*Results, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	log := cfg.Logger.With("run_id", cfg.RunID)
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the swarm harness needs root (network namespaces, tc)")
+	}
+	if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create out dir: %w", err)
+	}
+	work, err := os.MkdirTemp(cfg.WorkDir, Prefix+cfg.RunID+"-")
+	if err != nil {
+		return nil, fmt.Errorf("create work dir: %w", err)
+	}
+	defer os.RemoveAll(work)
+	if err := os.WriteFile(filepath.Join(work, harnessPIDFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, fmt.Errorf("write pid file: %w", err)
+	}
+
+	blob := filepath.Join(work, "blob")
+	log.Info("writing test file", "size", FormatSize(cfg.Size))
+	digest, err := writeTestFile(blob, cfg.Size)
+	if err != nil {
+		return nil, err
+	}
+
+	netw, err := buildNetwork(ctx, log, cfg.RunID, map[bool]int{true: 2, false: 1}[cfg.Scenario == ScenarioRacks],
+		cfg.InterRackRate, cfg.hosts(), shaping{burst: cfg.Burst, latency: cfg.Latency, delay: cfg.Delay, loss: cfg.Loss})
+	if err != nil {
+		return nil, fmt.Errorf("build network: %w", err)
+	}
+	defer netw.Teardown(context.WithoutCancel(ctx))
+	if !netw.Netem {
+		fmt.Fprintln(os.Stderr, "netem unavailable: delay/loss not emulated")
+	}
+
+	res := &Results{
+		Params:     paramsOf(cfg, netw),
+		LowerBound: lowerBound(cfg, netw.Peers(), netw.Seed(), netw.Origin()),
+		SHA256:     digest,
+	}
+	log.Info("network up", "hosts", len(netw.Hosts), "t_star_s", res.LowerBound.TStar, "netem", netw.Netem)
+	for _, sys := range cfg.Systems {
+		if ctx.Err() != nil {
+			break
+		}
+		r := runSystem(ctx, log.With("system", sys), cfg, netw, sys, work, blob, digest, res.LowerBound)
+		res.Systems = append(res.Systems, r)
+		log.Info("system done", "t_last_s", r.TLast, "efficiency", r.EffLast, "origin_bytes_over_f", r.OriginOverF,
+			"completed", r.Completed, "failed", r.Failed, "err", r.Error)
+		// Write after each system so an aborted run keeps what it measured.
+		if err := res.write(cfg.OutDir); err != nil {
+			return res, err
+		}
+	}
+	if ctx.Err() != nil {
+		return res, fmt.Errorf("run aborted: %w", ctx.Err())
+	}
+	return res, nil
+}

@@ -1,0 +1,450 @@
+package swarm
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Ports on the emulated hosts. Every host has its own namespace, so they
+// never clash.
+const (
+	originPort    = 8080
+	trackerPort   = 6969
+	btPort        = 6881
+	schedPort     = 8002
+	metricsPort   = 8000
+	peerPort      = 65000
+	proxyPort     = 65001
+	uploadPort    = 65002
+	readyTimeout  = 60 * time.Second
+	pollInterval  = 20 * time.Millisecond
+	killGrace     = 3 * time.Second
+	verifyWorkers = 2
+)
+
+// writeTestFile writes size pseudo-random bytes to path and returns their
+// sha256 in hex.
+func writeTestFile(path string, size int64) (string, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return "", fmt.Errorf("write test file: %w", err)
+	}
+	defer f.Close()
+	var seed [32]byte
+	binaryTime := time.Now().UnixNano()
+	for i := range 8 {
+		seed[i] = byte(binaryTime >> (8 * i))
+	}
+	src := rand.NewChaCha8(seed)
+	h := sha256.New()
+	w := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
+	if _, err := io.CopyN(w, src, size); err != nil {
+		return "", fmt.Errorf("write test file: %w", err)
+	}
+	if err := w.Flush(); err != nil {
+		return "", fmt.Errorf("write test file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("write test file: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// download is one peer's copy in one system's run.
+type download struct {
+	host     *Host
+	out      string  // where the copy lands
+	proc     *Proc   // the gated client (curl, aria2c, dfget)
+	doneFile string  // if set, completion is the time aria2's hook wrote here
+	extra    []*Proc // other processes of this host, killed with it on churn
+
+	done   bool
+	failed bool
+	killed bool
+	at     time.Time
+	err    string
+}
+
+// sysEnv is what a system's setup needs.
+type sysEnv struct {
+	cfg    Config
+	netw   *Network
+	ps     *procSet
+	dir    string // scratch for this system
+	logDir string
+	blob   string
+	log    *slog.Logger
+}
+
+func (e *sysEnv) logf(name string) string { return filepath.Join(e.logDir, name+".log") }
+
+// originURL is the test file's URL on the origin host.
+func (e *sysEnv) originURL() string {
+	return fmt.Sprintf("http://%s%s", net.JoinHostPort(e.netw.Origin().IP.String(), strconv.Itoa(originPort)), OriginPath)
+}
+
+// startOrigin runs the origin HTTP server on the origin host and waits for it.
+func (e *sysEnv) startOrigin(ctx context.Context) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("start origin: %w", err)
+	}
+	o := e.netw.Origin()
+	addr := net.JoinHostPort(o.IP.String(), strconv.Itoa(originPort))
+	if _, err := e.ps.startIn(o.NS, "origin-http", e.logf("origin-http"),
+		[]string{helperEnv + "=origin", "DFSW_ORIGIN_LISTEN=" + addr, "DFSW_ORIGIN_FILE=" + e.blob}, false, exe); err != nil {
+		return err
+	}
+	return waitFor(ctx, readyTimeout, "origin http", func(ctx context.Context) error {
+		_, err := e.originStats(ctx)
+		return err
+	})
+}
+
+func (e *sysEnv) originStats(ctx context.Context) (OriginStats, error) {
+	var st OriginStats
+	o := e.netw.Origin()
+	err := getJSON(ctx, nsHTTPClient(o.NS, 5*time.Second),
+		fmt.Sprintf("http://%s/_stats", net.JoinHostPort(o.IP.String(), strconv.Itoa(originPort))), &st)
+	return st, err
+}
+
+// waitFor polls check every 100 ms until it succeeds or timeout passes.
+func waitFor(ctx context.Context, timeout time.Duration, what string, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		if last = check(ctx); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w (last: %v)", what, ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func httpGet(ctx context.Context, c *http.Client, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return body, fmt.Errorf("get %s: %s", url, resp.Status)
+	}
+	return body, nil
+}
+
+// setupDirect: every peer fetches the file from the origin with curl.
+func setupDirect(ctx context.Context, e *sysEnv) ([]*download, error) {
+	if err := e.startOrigin(ctx); err != nil {
+		return nil, err
+	}
+	var dls []*download
+	for _, h := range e.netw.Peers() {
+		out := filepath.Join(e.dir, h.Name, "blob")
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			return nil, fmt.Errorf("setup direct: %w", err)
+		}
+		p, err := e.ps.startIn(h.NS, "curl", e.logf(h.Name+"-curl"), nil, true,
+			"curl", "-sS", "--fail", "--noproxy", "*", "-o", out,
+			"--max-time", strconv.Itoa(int(e.cfg.Deadline.Seconds())), e.originURL())
+		if err != nil {
+			return nil, err
+		}
+		dls = append(dls, &download{host: h, out: out, proc: p})
+	}
+	return dls, nil
+}
+
+// aria2Args are the options every aria2c in the swarm shares: no DHT, no
+// local peer discovery, peer exchange on (any BitTorrent client would use
+// it), no upload limit, seeding until killed, IPv4 only.
+func aria2Args(dir string, stopAfter time.Duration) []string {
+	return []string{
+		"--dir=" + dir,
+		"--seed-ratio=0.0",
+		"--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+		"--enable-peer-exchange=true",
+		"--bt-max-peers=55",
+		"--max-upload-limit=0", "--max-overall-upload-limit=0",
+		"--listen-port=" + strconv.Itoa(btPort),
+		"--disable-ipv6=true",
+		"--file-allocation=none",
+		"--summary-interval=0",
+		"--console-log-level=warn",
+		"--stop=" + strconv.Itoa(int(stopAfter.Seconds())),
+		"--stop-with-process=" + strconv.Itoa(os.Getpid()),
+	}
+}
+
+// setupBitTorrent: opentracker and the only initial seeder (aria2c) on the
+// origin host; every peer runs aria2c, leeching then seeding.
+func setupBitTorrent(ctx context.Context, e *sysEnv) ([]*download, error) {
+	o := e.netw.Origin()
+	announce := fmt.Sprintf("http://%s/announce", net.JoinHostPort(o.IP.String(), strconv.Itoa(trackerPort)))
+	tor, err := MakeTorrent(e.blob, announce, TorrentPieceSize)
+	if err != nil {
+		return nil, err
+	}
+	torrent := filepath.Join(e.dir, "blob.torrent")
+	// opentracker chroots into its directory and drops to nobody; the
+	// Debian build only tracks whitelisted info-hashes.
+	trackerDir := filepath.Join(e.dir, "tracker")
+	if err := os.MkdirAll(trackerDir, 0o755); err != nil {
+		return nil, fmt.Errorf("setup bittorrent: %w", err)
+	}
+	if err := os.Chmod(trackerDir, 0o755); err != nil {
+		return nil, fmt.Errorf("setup bittorrent: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(trackerDir, "whitelist.txt"), []byte(tor.InfoHashHex()+"\n"), 0o644); err != nil {
+		return nil, fmt.Errorf("setup bittorrent: %w", err)
+	}
+	if err := os.WriteFile(torrent, tor.Data, 0o644); err != nil {
+		return nil, fmt.Errorf("setup bittorrent: %w", err)
+	}
+	hook := filepath.Join(e.dir, "done-hook.sh")
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\ndate +%s%N > \"$DFSW_DONE.tmp\" && mv \"$DFSW_DONE.tmp\" \"$DFSW_DONE\"\n"), 0o755); err != nil {
+		return nil, fmt.Errorf("setup bittorrent: %w", err)
+	}
+	if _, err := e.ps.startIn(o.NS, "opentracker", e.logf("opentracker"), nil, false,
+		"opentracker", "-i", o.IP.String(), "-p", strconv.Itoa(trackerPort), "-P", strconv.Itoa(trackerPort),
+		"-w", "whitelist.txt", "-d", trackerDir, "-u", "nobody"); err != nil {
+		return nil, err
+	}
+	tracker := nsHTTPClient(o.NS, 5*time.Second)
+	scrape := fmt.Sprintf("http://%s/scrape?info_hash=%s", net.JoinHostPort(o.IP.String(), strconv.Itoa(trackerPort)), urlEscapeBytes(tor.InfoHash[:]))
+	seeders := func(ctx context.Context) (int64, error) {
+		body, err := httpGet(ctx, tracker, scrape)
+		if err != nil {
+			return 0, err
+		}
+		return scrapeComplete(body, string(tor.InfoHash[:]))
+	}
+	if err := waitFor(ctx, readyTimeout, "opentracker", func(ctx context.Context) error { _, err := seeders(ctx); return err }); err != nil {
+		return nil, err
+	}
+	seedDir := filepath.Join(e.dir, "origin")
+	if err := os.MkdirAll(seedDir, 0o755); err != nil {
+		return nil, fmt.Errorf("setup bittorrent: %w", err)
+	}
+	if err := os.Link(e.blob, filepath.Join(seedDir, filepath.Base(e.blob))); err != nil {
+		return nil, fmt.Errorf("setup bittorrent: %w", err)
+	}
+	stopAfter := e.cfg.Deadline + time.Minute
+	seedArgs := append([]string{"aria2c"}, aria2Args(seedDir, stopAfter)...)
+	seedArgs = append(seedArgs, "--check-integrity=true", "--log="+e.logf("origin-aria2c-detail"), "--log-level=notice", torrent)
+	if _, err := e.ps.startIn(o.NS, "aria2c-seeder", e.logf("origin-aria2c"), nil, false, seedArgs...); err != nil {
+		return nil, err
+	}
+	if err := waitFor(ctx, readyTimeout, "seeder announced", func(ctx context.Context) error {
+		n, err := seeders(ctx)
+		if err == nil && n < 1 {
+			err = fmt.Errorf("tracker knows %d seeders", n)
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	var dls []*download
+	for _, h := range e.netw.Peers() {
+		dir := filepath.Join(e.dir, h.Name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("setup bittorrent: %w", err)
+		}
+		doneFile := filepath.Join(dir, "done")
+		args := append([]string{"aria2c"}, aria2Args(dir, stopAfter)...)
+		args = append(args, "--on-bt-download-complete="+hook, "--log="+e.logf(h.Name+"-aria2c-detail"), "--log-level=notice", torrent)
+		p, err := e.ps.startIn(h.NS, "aria2c", e.logf(h.Name+"-aria2c"), []string{"DFSW_DONE=" + doneFile}, true, args...)
+		if err != nil {
+			return nil, err
+		}
+		dls = append(dls, &download{host: h, out: filepath.Join(dir, filepath.Base(e.blob)), proc: p, doneFile: doneFile})
+	}
+	return dls, nil
+}
+
+func urlEscapeBytes(b []byte) string {
+	var sb strings.Builder
+	for _, c := range b {
+		fmt.Fprintf(&sb, "%%%02X", c)
+	}
+	return sb.String()
+}
+
+// scrapeComplete reads the seeder count of infoHash from a tracker scrape.
+func scrapeComplete(body []byte, infoHash string) (int64, error) {
+	v, err := Bdecode(body)
+	if err != nil {
+		return 0, fmt.Errorf("scrape: %w", err)
+	}
+	files, _ := v.(map[string]any)["files"].(map[string]any)
+	entry, ok := files[infoHash].(map[string]any)
+	if !ok {
+		return 0, nil
+	}
+	n, _ := entry["complete"].(int64)
+	return n, nil
+}
+
+// setupDamselfly: scheduler, seed peer and one daemon per peer, all ready
+// before the gated dfgets are created.
+func setupDamselfly(ctx context.Context, e *sysEnv) ([]*download, error) {
+	bin, err := filepath.Abs(e.cfg.BinDir)
+	if err != nil {
+		return nil, fmt.Errorf("setup damselfly: %w", err)
+	}
+	damselfly, dfget := filepath.Join(bin, "damselfly"), filepath.Join(bin, "dfget")
+	for _, b := range []string{damselfly, dfget} {
+		if _, err := os.Stat(b); err != nil {
+			return nil, fmt.Errorf("setup damselfly: binary missing (run make build or pass -bin-dir): %w", err)
+		}
+	}
+	if err := e.startOrigin(ctx); err != nil {
+		return nil, err
+	}
+	s := e.netw.Scheduler()
+	schedAddr := net.JoinHostPort(s.IP.String(), strconv.Itoa(schedPort))
+	if _, err := e.ps.startIn(s.NS, "scheduler", e.logf("scheduler"), nil, false,
+		damselfly, "scheduler", "--listen", schedAddr, "--metrics-port", strconv.Itoa(metricsPort)); err != nil {
+		return nil, err
+	}
+	if err := waitFor(ctx, readyTimeout, "scheduler", func(ctx context.Context) error {
+		c, err := nsDialer(s.NS)(ctx, "tcp", schedAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	type daemon struct {
+		host *Host
+		proc *Proc
+		sock string
+	}
+	var daemons []daemon
+	for _, h := range append([]*Host{e.netw.Seed()}, e.netw.Peers()...) {
+		dir := filepath.Join(e.dir, h.Name)
+		if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {
+			return nil, fmt.Errorf("setup damselfly: %w", err)
+		}
+		sock := filepath.Join(dir, "daemon.sock")
+		args := []string{damselfly, "daemon",
+			"--scheduler", schedAddr,
+			"--data-dir", filepath.Join(dir, "data"),
+			"--advertise-ip", h.IP.String(),
+			"--peer-port", strconv.Itoa(peerPort),
+			"--upload-port", strconv.Itoa(uploadPort),
+			"--proxy-port", strconv.Itoa(proxyPort),
+			"--metrics-port", strconv.Itoa(metricsPort),
+			"--sock", sock,
+			"--log-level", "info",
+		}
+		if h.Role == RoleSeed {
+			args = append(args, "--seed")
+		}
+		if e.cfg.Scenario == ScenarioRacks {
+			args = append(args, "--idc", fmt.Sprintf("rack%d", h.Rack), "--location", fmt.Sprintf("swarm|rack%d|%s", h.Rack, h.Name))
+		}
+		p, err := e.ps.startIn(h.NS, "daemon", e.logf(h.Name+"-daemon"), nil, false, args...)
+		if err != nil {
+			return nil, err
+		}
+		daemons = append(daemons, daemon{h, p, sock})
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(daemons))
+	for i, d := range daemons {
+		wg.Go(func() {
+			hc := nsHTTPClient(d.host.NS, 2*time.Second)
+			health := fmt.Sprintf("http://%s/healthy", net.JoinHostPort(d.host.IP.String(), strconv.Itoa(metricsPort)))
+			errs[i] = waitFor(ctx, readyTimeout, "daemon on "+d.host.Name, func(ctx context.Context) error {
+				if done, _, err := d.proc.Exited(); done {
+					return fmt.Errorf("daemon exited: %v (see %s)", err, e.logf(d.host.Name+"-daemon"))
+				}
+				c, err := net.DialTimeout("unix", d.sock, time.Second)
+				if err != nil {
+					return err
+				}
+				c.Close()
+				_, err = httpGet(ctx, hc, health)
+				return err
+			})
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	var dls []*download
+	for _, d := range daemons[1:] {
+		out := filepath.Join(e.dir, d.host.Name, "blob")
+		p, err := e.ps.startIn(d.host.NS, "dfget", e.logf(d.host.Name+"-dfget"), nil, true,
+			dfget, e.originURL(), "-O", out, "--sock", d.sock, "--no-progress")
+		if err != nil {
+			return nil, err
+		}
+		dls = append(dls, &download{host: d.host, out: out, proc: p, extra: []*Proc{d.proc}})
+	}
+	return dls, nil
+}
+
+// saveMetrics stores /metrics of the scheduler and every daemon, for reading
+// the system's own view of the run afterwards.
+func saveMetrics(ctx context.Context, e *sysEnv) {
+	dir := filepath.Join(e.logDir, "metrics")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return
+	}
+	hosts := append([]*Host{e.netw.Scheduler(), e.netw.Seed()}, e.netw.Peers()...)
+	for _, h := range hosts {
+		url := fmt.Sprintf("http://%s/metrics", net.JoinHostPort(h.IP.String(), strconv.Itoa(metricsPort)))
+		body, err := httpGet(ctx, nsHTTPClient(h.NS, 5*time.Second), url)
+		if err != nil {
+			e.log.Debug("save metrics", "host", h.Name, "err", err)
+			continue
+		}
+		_ = os.WriteFile(filepath.Join(dir, h.Name+".prom"), body, 0o644)
+	}
+}
