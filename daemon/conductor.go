@@ -161,16 +161,7 @@ func (c *conductor) run(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer c.closeStream()
-	s := c.req.spec
-	t, _, err := c.d.store.GetOrCreate(store.Meta{
-		TaskID: c.id, URL: s.GetUrl(), Tag: s.GetTag(), Application: s.GetApplication(),
-		Digest: s.GetDigest(), ContentLength: -1,
-	})
-	if err != nil {
-		c.finish(fmt.Errorf("cache task %s: %w", c.id, err))
-		return
-	}
-	c.task = t
+	t := c.task
 	if t.Complete() {
 		c.fromCache.Store(true)
 		c.finish(nil)

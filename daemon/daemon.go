@@ -226,7 +226,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// Tasks complete in the cache become parents again.
 	for _, t := range st.List() {
 		if t.Complete() {
-			d.startConductor(taskRequest{spec: &schedulerv1.TaskSpec{TaskId: t.ID(), Url: t.Meta().URL}, fromCache: true})
+			if _, err := d.startConductor(taskRequest{spec: &schedulerv1.TaskSpec{TaskId: t.ID(), Url: t.Meta().URL}, fromCache: true}); err != nil {
+				d.log.Warn("cannot announce cached task", "task_id", t.ID(), "err", err)
+			}
 		}
 	}
 	d.log.Info("daemon ready", "peer_addr", peerLis.Addr().String(), "upload_addr", upLis.Addr().String(),
@@ -301,7 +303,9 @@ func (d *Daemon) seedLoop(ctx context.Context) {
 					continue
 				}
 				d.log.Info("seed task", "task_id", t.GetTask().GetTaskId())
-				d.startConductor(taskRequest{spec: t.GetTask(), seed: true})
+				if _, err := d.startConductor(taskRequest{spec: t.GetTask(), seed: true}); err != nil {
+					d.log.Warn("cannot start seed task", "task_id", t.GetTask().GetTaskId(), "err", err)
+				}
 			}
 		}
 		if ctx.Err() != nil {
@@ -326,8 +330,9 @@ type taskRequest struct {
 	rateLimit         int64
 }
 
-// startConductor returns the conductor of the task, starting one if none runs.
-func (d *Daemon) startConductor(r taskRequest) *conductor {
+// startConductor returns the conductor of the task, starting one if none
+// runs. The task exists in the store when it returns.
+func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 	hostname := d.Host().GetHostname()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -336,10 +341,19 @@ func (d *Daemon) startConductor(r taskRequest) *conductor {
 		select {
 		case <-c.exited:
 		default:
-			return c
+			return c, nil
 		}
 	}
+	s := r.spec
+	t, _, err := d.store.GetOrCreate(store.Meta{
+		TaskID: id, URL: s.GetUrl(), Tag: s.GetTag(), Application: s.GetApplication(),
+		Digest: s.GetDigest(), ContentLength: -1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache task %s: %w", id, err)
+	}
 	c := newConductor(d, r, hostname)
+	c.task = t
 	d.conductors[id] = c
 	go func() {
 		c.run(d.runCtx)
@@ -349,7 +363,7 @@ func (d *Daemon) startConductor(r taskRequest) *conductor {
 		}
 		d.mu.Unlock()
 	}()
-	return c
+	return c, nil
 }
 
 var errClosed = errors.New("daemon shutting down")

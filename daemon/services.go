@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -112,11 +110,14 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		TaskId: id, Url: req.GetUrl(), Headers: req.GetHeaders(), Tag: req.GetTag(),
 		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),
 	}
-	c := s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit()})
+	c, err := s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit()})
+	if err != nil {
+		return toStatus(err)
+	}
 	progress := func(done bool) *daemonv1.DownloadProgress {
 		p := &daemonv1.DownloadProgress{TaskId: id, ContentLength: -1, Done: done,
 			PeerBytes: c.peerBytes.Load(), OriginBytes: c.originBytes.Load(), FromCache: c.fromCache.Load()}
-		if t := c.task; t != nil {
+		if t := c.task; true {
 			l, ps := t.Shape()
 			p.ContentLength = l
 			if l >= 0 {
@@ -127,15 +128,39 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		}
 		return p
 	}
+	var exp *exporter
+	if o := req.GetOutput(); o != "" {
+		var err error
+		if exp, err = newExporter(o, req); err != nil {
+			return toStatus(err)
+		}
+	}
+	ok := false
+	defer func() {
+		if exp != nil && !ok {
+			exp.abort()
+		}
+	}()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	var changed <-chan struct{}
 wait:
 	for {
+		if changed == nil {
+			changed = c.task.Changed()
+		}
 		select {
 		case <-c.done:
 			break wait
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
+		case <-changed:
+			changed = nil
+			if exp != nil {
+				if err := exp.sync(c.task); err != nil {
+					return toStatus(err)
+				}
+			}
 		case <-tick.C:
 			if err := stream.Send(progress(false)); err != nil {
 				return err
@@ -156,70 +181,16 @@ wait:
 		l, _ := c.task.Shape()
 		s.d.metrics.cacheBytes.Add(float64(l))
 	}
-	if o := req.GetOutput(); o != "" {
-		if err := exportFile(ctx, c.task.DataPath(), o, req); err != nil {
+	if exp != nil {
+		if err := exp.finish(ctx, c.task); err != nil {
 			return toStatus(err)
 		}
 	}
+	ok = true
 	p := progress(true)
 	p.CompletedLength = p.ContentLength
 	return stream.Send(p)
 }
-
-// exportFile copies the cached content to output through a temp file in the
-// same directory and a rename, so output never holds a partial file.
-func exportFile(ctx context.Context, src, output string, req *daemonv1.DownloadRequest) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("open cached content: %w", err)
-	}
-	defer in.Close()
-	dir := filepath.Dir(output)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(output)+".dfget-*")
-	if err != nil {
-		return fmt.Errorf("create output in %s: %w", dir, err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	// io.Copy between files uses copy_file_range(2): no bytes pass user space.
-	if _, err := io.Copy(tmp, &fileOnly{in}); err != nil {
-		return fmt.Errorf("write %s: %w", output, err)
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	mode := os.FileMode(req.GetOutputMode())
-	if mode == 0 {
-		mode = 0o644
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		return fmt.Errorf("chmod %s: %w", output, err)
-	}
-	if req.GetUid() >= 0 && req.GetGid() >= 0 && (req.GetUid() != int64(os.Getuid()) || req.GetGid() != int64(os.Getgid())) {
-		if os.Getuid() == 0 {
-			_ = tmp.Chown(int(req.GetUid()), int(req.GetGid()))
-		}
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", output, err)
-	}
-	if err := os.Rename(tmp.Name(), output); err != nil {
-		return fmt.Errorf("move into %s: %w", output, err)
-	}
-	ok = true
-	return nil
-}
-
-// fileOnly hides *os.File's WriterTo so io.Copy reaches the destination's
-// ReadFrom (copy_file_range) instead of a user-space loop.
-type fileOnly struct{ f *os.File }
-
-func (r *fileOnly) Read(b []byte) (int, error) { return r.f.Read(b) }
 
 func (s *apiService) StatTask(ctx context.Context, req *daemonv1.StatTaskRequest) (*daemonv1.StatTaskResponse, error) {
 	t, ok := s.d.store.Get(req.GetTaskId())

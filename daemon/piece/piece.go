@@ -262,24 +262,32 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 		return nil, fmt.Errorf("fetch piece %d from %s: %d bytes offered, want %d: %w", r.Number, r.Addr, resp.ContentLength, r.Size, ErrCorrupt)
 	}
 	buf := c.get(int(r.Size))
+	// Plain Reads of up to 1 MiB: larger than the transport's buffer, so the
+	// bytes land in buf directly, and every Read that returns is progress for
+	// the stall watchdog. Limiters are paid after each read.
 	var got int
 	for got < len(buf) {
-		end := min(len(buf), got+chunk)
-		for _, l := range r.Limits {
-			if err := waitN(ctx, l, end-got); err != nil {
-				c.Release(buf)
-				return nil, fmt.Errorf("fetch piece %d from %s: rate limit: %w", r.Number, r.Addr, err)
-			}
-		}
-		k, err := io.ReadFull(resp.Body, buf[got:end])
+		end := min(len(buf), got+(1<<20))
+		k, err := resp.Body.Read(buf[got:end])
 		got += k
 		if k > 0 {
 			watchdog.Reset(stall)
+			for _, l := range r.Limits {
+				if werr := waitN(ctx, l, k); werr != nil {
+					c.Release(buf)
+					return nil, fmt.Errorf("fetch piece %d from %s: rate limit: %w", r.Number, r.Addr, werr)
+				}
+			}
 		}
 		if err != nil {
+			if err == io.EOF && got == len(buf) {
+				break
+			}
 			c.Release(buf)
 			if cerr := context.Cause(ctx); cerr != nil {
 				err = cerr
+			} else if err == io.EOF {
+				err = io.ErrUnexpectedEOF
 			}
 			return nil, fmt.Errorf("fetch piece %d from %s after %d bytes: %w", r.Number, r.Addr, got, err)
 		}
