@@ -151,7 +151,8 @@ func (c *conductor) finish(err error) {
 	case c.originBytes.Load() > c.peerBytes.Load():
 		src = "origin"
 	}
-	if !c.req.fromCache {
+	// Cache hits are counted per request by the local API.
+	if !c.req.fromCache && src != "cache" {
 		c.d.metrics.downloads.WithLabelValues(outcome, src).Inc()
 	}
 }

@@ -114,9 +114,20 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 	if err != nil {
 		return toStatus(err)
 	}
+	// A task already complete when the request arrives is a local cache hit,
+	// whether or not its conductor is still announcing it.
+	cached := false
+	select {
+	case <-c.done:
+		cached = c.err == nil
+	default:
+	}
 	progress := func(done bool) *daemonv1.DownloadProgress {
 		p := &daemonv1.DownloadProgress{TaskId: id, ContentLength: -1, Done: done,
-			PeerBytes: c.peerBytes.Load(), OriginBytes: c.originBytes.Load(), FromCache: c.fromCache.Load()}
+			PeerBytes: c.peerBytes.Load(), OriginBytes: c.originBytes.Load(), FromCache: cached}
+		if cached {
+			p.PeerBytes, p.OriginBytes = 0, 0
+		}
 		if t := c.task; true {
 			l, ps := t.Shape()
 			p.ContentLength = l
@@ -171,15 +182,16 @@ wait:
 		return toStatus(c.err)
 	}
 	// A task taken from a cached copy must still match a digest the caller names.
-	if d := req.GetDigest(); d != "" && c.fromCache.Load() && d != c.req.spec.GetDigest() {
+	if d := req.GetDigest(); d != "" && cached && d != c.req.spec.GetDigest() {
 		if err := verifyFile(ctx, c.task.DataPath(), d); err != nil {
 			return toStatus(err)
 		}
 	}
 	c.task.Touch()
-	if c.fromCache.Load() {
+	if cached {
 		l, _ := c.task.Shape()
 		s.d.metrics.cacheBytes.Add(float64(l))
+		s.d.metrics.downloads.WithLabelValues("success", "cache").Inc()
 	}
 	if exp != nil {
 		if err := exp.finish(ctx, c.task); err != nil {

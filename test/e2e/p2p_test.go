@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -26,5 +29,57 @@ func TestSwarmDownloads(t *testing.T) {
 			}
 			t.Logf("%d bytes: origin served %d bytes (%.2f×)", size, served, float64(served)/float64(max(size, 1)))
 		})
+	}
+	// the metrics say what happened
+	if v := metric(t, c.sched.metrics, "damselfly_scheduler_decisions_total", `decision="parents"`); v < float64(len(c.daemons)) {
+		t.Errorf("scheduler parent decisions %v, want ≥ %d", v, len(c.daemons))
+	}
+	var fromPeers float64
+	for _, d := range c.daemons {
+		fromPeers += metric(t, d.metrics, "damselfly_daemon_download_bytes_total", `source="peer"`)
+	}
+	if fromPeers == 0 {
+		t.Error("no daemon reports bytes from peers")
+	}
+	if v := metric(t, c.seed.metrics, "damselfly_daemon_upload_bytes_total", ""); v == 0 {
+		t.Error("seed peer reports no upload bytes")
+	}
+}
+
+// TestAllInOne runs the README's first command (on free ports) and
+// downloads through it with dfget.
+func TestAllInOne(t *testing.T) {
+	o := newOrigin(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "daemon.sock")
+	mport := freePort(t)
+	p := start(t, "all-in-one", "all-in-one", "--data-dir", dir, "--sock", sock,
+		"--scheduler-listen", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--metrics-port", strconv.Itoa(mport),
+		"--peer-port", "0", "--upload-port", "0", "--seed-peer-port", "0", "--seed-upload-port", "0")
+	metrics := "http://127.0.0.1:" + strconv.Itoa(mport)
+	waitHTTP(t, metrics+"/healthy", p)
+	waitSock(t, sock, p)
+	url, sum := o.add("aio", 3<<20, 42)
+	for i := 0; i < 2; i++ { // second time from the local cache
+		out := filepath.Join(dir, fmt.Sprintf("out%d", i))
+		if code, msg := dfget(context.Background(), url, "-O", out, "--sock", sock, "--digest", "sha256:"+sum); code != 0 {
+			t.Fatalf("dfget exited %d: %s", code, msg)
+		}
+		if got := fileSHA(t, out); got != sum {
+			t.Fatalf("sha256 %s, want %s", got, sum)
+		}
+	}
+	if o.served.Load() != 3<<20 {
+		t.Errorf("origin served %d bytes, want one copy (%d)", o.served.Load(), 3<<20)
+	}
+	// the seed peer fetched it (scheduler triggered it), the daemon got it from the seed
+	if v := metric(t, metrics, "damselfly_scheduler_seed_triggers_total", ""); v < 1 {
+		t.Errorf("seed triggers %v, want ≥ 1", v)
+	}
+	if v := metric(t, metrics, "damselfly_daemon_downloads_total", `outcome="success",source="peer"`); v < 1 {
+		t.Errorf("daemon downloads from peers %v, want ≥ 1", v)
+	}
+	if v := metric(t, metrics, "damselfly_daemon_cache_bytes_total", ""); v != 3<<20 {
+		t.Errorf("bytes served from cache %v, want %d", v, 3<<20)
 	}
 }

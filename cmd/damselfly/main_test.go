@@ -1,0 +1,72 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCmd(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageAndVersion(t *testing.T) {
+	if code, _, errs := runCmd("nope"); code != 2 || !strings.Contains(errs, "unknown command") {
+		t.Fatalf("unknown command: %d %q", code, errs)
+	}
+	if code, out, _ := runCmd("version"); code != 0 || !strings.HasPrefix(out, "damselfly ") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+	if code, out, _ := runCmd("--help"); code != 0 || !strings.Contains(out, "all-in-one") {
+		t.Fatalf("help: %d %q", code, out)
+	}
+}
+
+// Defaults < config file < flags.
+func TestDaemonConfigLayering(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "d.yaml")
+	os.WriteFile(p, []byte("peer_port: 1234\nupload_port: 2345\nidc: dc-file\ndownload:\n  rate_limit: 10M\n"), 0o644)
+	code, out, errs := runCmd("daemon", "--config", p, "--upload-port", "9999", "--seed", "--print-config")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"peer_port: 1234", "upload_port: 9999", "idc: dc-file", "rate_limit: 10MiB", "seed: true", "metrics_port: 8000"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("effective config lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestDaemonBadInput(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "d.yaml")
+	os.WriteFile(p, []byte("peer_prot: 1\n"), 0o644)
+	if code, _, errs := runCmd("daemon", "--config", p); code != 2 || !strings.Contains(errs, "peer_prot") {
+		t.Fatalf("unknown key: %d %q", code, errs)
+	}
+	if code, _, errs := runCmd("daemon", "--peer-port", "99999", "--data-dir", t.TempDir()); code != 2 || !strings.Contains(errs, "peer_port") {
+		t.Fatalf("bad port: %d %q", code, errs)
+	}
+	if code, _, _ := runCmd("daemon", "--no-such-flag"); code != 2 {
+		t.Fatalf("unknown flag: %d", code)
+	}
+	if code, _, _ := runCmd("scheduler", "--max-parents", "0"); code != 2 {
+		t.Fatalf("scheduler bad max-parents: %d", code)
+	}
+}
+
+func TestSchedulerAndAllInOneConfig(t *testing.T) {
+	code, out, errs := runCmd("scheduler", "--listen", "127.0.0.1:9000", "--max-back-to-source", "2", "--print-config")
+	if code != 0 || !strings.Contains(out, "listen: 127.0.0.1:9000") || !strings.Contains(out, "max_back_to_source: 2") {
+		t.Fatalf("scheduler print-config: %d %s %s", code, out, errs)
+	}
+	dir := t.TempDir()
+	code, out, errs = runCmd("all-in-one", "--data-dir", dir, "--print-config")
+	if code != 0 || !strings.Contains(out, filepath.Join(dir, "seed")) || !strings.Contains(out, "seed: true") {
+		t.Fatalf("all-in-one print-config: %d %s %s", code, out, errs)
+	}
+}

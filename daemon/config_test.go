@@ -1,0 +1,67 @@
+package daemon
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/damselfly-io/damselfly/internal/config"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// The rendered defaults are a golden file, so a changed default shows in review.
+func TestDefaultConfigGolden(t *testing.T) {
+	got, err := config.Render(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "default-config.yaml")
+	if *update {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test -update)", err)
+	}
+	if string(got) != string(want) {
+		t.Fatalf("default config changed; run go test ./daemon -update and review:\n%s", got)
+	}
+	// and it loads back to the same thing
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, got, 0o644)
+	var c Config
+	if err := config.LoadFile(p, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c != DefaultConfig() {
+		t.Fatalf("round trip changed the config: %+v", c)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+	for name, mut := range map[string]func(*Config){
+		"no data dir":     func(c *Config) { c.DataDir = "" },
+		"bad port":        func(c *Config) { c.PeerPort = 70000 },
+		"bad ip":          func(c *Config) { c.AdvertiseIP = "nope" },
+		"bad scheduler":   func(c *Config) { c.Scheduler = "no-port" },
+		"zero pieces":     func(c *Config) { c.Download.ConcurrentPieces = 0 },
+		"stall inverted":  func(c *Config) { c.Download.MaxStallTimeout = 1 },
+		"no upload slots": func(c *Config) { c.Upload.Slots = 0 },
+	} {
+		c := DefaultConfig()
+		mut(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		} else if strings.TrimSpace(err.Error()) == "" {
+			t.Errorf("%s: empty error", name)
+		}
+	}
+}
