@@ -31,6 +31,14 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.IntVar(&cfg.Upload.Slots, "upload-slots", cfg.Upload.Slots, "children the scheduler may give this host at once")
 	fs.IntVar(&cfg.Download.ConcurrentPieces, "concurrent-pieces", cfg.Download.ConcurrentPieces, "pieces one task fetches at once")
 	fs.Var(&cfg.Download.SwarmTimeout, "swarm-timeout", "fetch the rest from the origin after this long without a piece from the swarm")
+	fs.IntVar(&cfg.Download.PerParentRequests, "per-parent-requests", cfg.Download.PerParentRequests, "piece requests outstanding at one parent")
+	fs.Var(&cfg.Download.MinStallTimeout, "min-stall-timeout", "shortest time a piece transfer may make no progress")
+	fs.Var(&cfg.Download.MaxStallTimeout, "max-stall-timeout", "longest time a piece transfer may make no progress")
+	fs.IntVar(&cfg.Download.ParentFailures, "parent-failures", cfg.Download.ParentFailures, "failures in a row that drop a parent")
+	fs.Var(&cfg.Download.ReportInterval, "report-interval", "how long piece reports to the scheduler may be batched")
+	fs.IntVar(&cfg.Upload.MaxConcurrent, "upload-max-concurrent", cfg.Upload.MaxConcurrent, "piece transfers served at once")
+	fs.Var(&cfg.OriginTimeout, "origin-timeout", "timeout to connect to the origin and to wait for its headers or next bytes")
+	fs.IntVar(&cfg.OriginRetries, "origin-retries", cfg.OriginRetries, "retries of a failed or reset origin request")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 }
 

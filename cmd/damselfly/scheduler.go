@@ -24,11 +24,27 @@ type schedulerCmdConfig struct {
 }
 
 func schedulerFlags(fs *flag.FlagSet, cfg *scheduler.Config) {
+	dur := func(name string, d *scheduler.Duration, usage string) {
+		fs.Func(name, usage+" (default "+d.String()+")", func(v string) error { return d.UnmarshalText([]byte(v)) })
+	}
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address")
 	fs.IntVar(&cfg.MaxParents, "max-parents", cfg.MaxParents, "parents given to one peer")
 	fs.IntVar(&cfg.MaxBackToSource, "max-back-to-source", cfg.MaxBackToSource, "peers of one task fetching from the origin at once")
-	fs.Func("seed-trigger-timeout", "how long peers wait for a triggered seed peer before one goes to the origin (default "+cfg.SeedTriggerTimeout.String()+")", func(v string) error { return cfg.SeedTriggerTimeout.UnmarshalText([]byte(v)) })
-	fs.Func("task-ttl", "forget a task this long after its last peer left (default "+cfg.TaskTTL.String()+")", func(v string) error { return cfg.TaskTTL.UnmarshalText([]byte(v)) })
+	dur("seed-trigger-timeout", &cfg.SeedTriggerTimeout, "how long peers wait for a triggered seed peer before one goes to the origin")
+	dur("wait-timeout", &cfg.WaitTimeout, "a peer left waiting this long is told to go to the origin itself")
+	dur("refresh-interval", &cfg.RefreshInterval, "how often peers short of parents get more")
+	dur("task-ttl", &cfg.TaskTTL, "forget a task this long after its last peer left")
+	dur("gc-interval", &cfg.GCInterval, "how often forgotten tasks and hosts are collected")
+	fs.IntVar(&cfg.DefaultUploadSlots, "default-upload-slots", cfg.DefaultUploadSlots, "upload slots of a host that reports none")
+	fs.IntVar(&cfg.CandidateLimit, "candidate-limit", cfg.CandidateLimit, "candidate parents scored per decision (a random sample beyond this)")
+	fs.IntVar(&cfg.SendBuffer, "send-buffer", cfg.SendBuffer, "messages queued per peer stream before the peer is dropped")
+	w := &cfg.Weights
+	fs.Float64Var(&w.Progress, "weight-progress", w.Progress, "parent score weight: pieces held")
+	fs.Float64Var(&w.FreeSlots, "weight-free-slots", w.FreeSlots, "parent score weight: free upload slots")
+	fs.Float64Var(&w.Success, "weight-success", w.Success, "parent score weight: upload success rate")
+	fs.Float64Var(&w.Throughput, "weight-throughput", w.Throughput, "parent score weight: measured upload throughput")
+	fs.Float64Var(&w.Locality, "weight-locality", w.Locality, "parent score weight: shared IDC and location")
+	fs.Float64Var(&w.SeedPenalty, "seed-penalty", w.SeedPenalty, "multiplier on a seed peer's score once other peers hold data (0..1)")
 }
 
 func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) int {
