@@ -93,6 +93,7 @@ type apiService struct {
 
 func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
 	ctx := stream.Context()
+	s.d.log.Debug("download requested", "url", req.GetUrl())
 	u, err := url.Parse(req.GetUrl())
 	if err != nil || u.Host == "" && u.Scheme != "file" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") {
 		return status.Errorf(codes.InvalidArgument, "url %q: want an absolute http, https or file URL", req.GetUrl())
@@ -199,6 +200,7 @@ wait:
 		}
 	}
 	ok = true
+	s.d.log.Debug("download answered", "task_id", id)
 	p := progress(true)
 	p.CompletedLength = p.ContentLength
 	return stream.Send(p)

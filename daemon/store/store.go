@@ -27,18 +27,21 @@ const (
 
 // Meta is the persisted record of a task. Credentials are never part of it.
 type Meta struct {
-	TaskID        string    `json:"task_id"`
-	URL           string    `json:"url"`
-	Tag           string    `json:"tag,omitempty"`
-	Application   string    `json:"application,omitempty"`
-	Digest        string    `json:"digest,omitempty"`
-	ContentLength int64     `json:"content_length"` // -1 unknown
-	PieceSize     uint32    `json:"piece_size"`
-	PieceDigests  [][]byte  `json:"piece_digests,omitempty"`
-	Pieces        []uint32  `json:"pieces,omitempty"` // verified pieces held
-	Complete      bool      `json:"complete"`
-	CreatedAt     time.Time `json:"created_at"`
-	AccessedAt    time.Time `json:"accessed_at"`
+	TaskID        string   `json:"task_id"`
+	URL           string   `json:"url"`
+	Tag           string   `json:"tag,omitempty"`
+	Application   string   `json:"application,omitempty"`
+	Digest        string   `json:"digest,omitempty"`
+	ContentLength int64    `json:"content_length"` // -1 unknown
+	PieceSize     uint32   `json:"piece_size"`
+	PieceDigests  [][]byte `json:"piece_digests,omitempty"`
+	Pieces        []uint32 `json:"pieces,omitempty"` // verified pieces held
+	Complete      bool     `json:"complete"`
+	// Synced: the data file was fsynced after Complete. A complete task that
+	// was not synced when the daemon stopped is verified piece by piece on reload.
+	Synced     bool      `json:"synced,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	AccessedAt time.Time `json:"accessed_at"`
 }
 
 // Store is a directory of tasks.
@@ -169,6 +172,9 @@ func (s *Store) List() []*Task {
 func (s *Store) Close() error {
 	var errs []error
 	for _, t := range s.List() {
+		if t.Complete() {
+			t.syncData()
+		}
 		errs = append(errs, t.Flush())
 		t.close()
 	}
@@ -189,6 +195,7 @@ type Task struct {
 	dirty     bool
 	lastSave  time.Time
 	closed    bool
+	syncOnce  sync.Once
 }
 
 func newTask(s *Store, dir string, f *os.File, m Meta) *Task {
@@ -204,6 +211,23 @@ func (t *Task) verifyOnLoad() error {
 	if err != nil {
 		return err
 	}
+	if m.Complete && !m.Synced {
+		// Committed but perhaps not on disk: check every piece like a partial task.
+		m.Complete = false
+		n := core.PieceCount(m.ContentLength, m.PieceSize)
+		m.Pieces = m.Pieces[:0]
+		for i := uint32(0); i < n; i++ {
+			m.Pieces = append(m.Pieces, i)
+		}
+		if err := t.verifyPieces(); err != nil {
+			return err
+		}
+		if t.haveCount == n && m.ContentLength >= 0 {
+			m.Complete, m.Synced = true, true
+			t.dirty = true
+		}
+		return nil
+	}
 	if m.Complete {
 		if m.ContentLength < 0 || st.Size() != m.ContentLength {
 			return fmt.Errorf("complete task has %d bytes, meta says %d", st.Size(), m.ContentLength)
@@ -216,6 +240,12 @@ func (t *Task) verifyOnLoad() error {
 		t.haveCount = n
 		return nil
 	}
+	return t.verifyPieces()
+}
+
+// verifyPieces keeps the pieces of m.Pieces whose bytes match their digests.
+func (t *Task) verifyPieces() error {
+	m := &t.meta
 	kept := m.Pieces[:0]
 	if m.ContentLength >= 0 && m.PieceSize > 0 {
 		t.have = make([]bool, core.PieceCount(m.ContentLength, m.PieceSize))
@@ -462,16 +492,39 @@ func (t *Task) Commit() error {
 		t.mu.Unlock()
 		return fmt.Errorf("task %s: truncate: %w", m.TaskID, err)
 	}
-	t.mu.Unlock()
-	if err := t.data.Sync(); err != nil {
-		return fmt.Errorf("task %s: sync data: %w", m.TaskID, err)
-	}
-	t.mu.Lock()
 	m.Complete = true
+	m.Synced = false
 	t.dirty = true
 	t.notifyLocked()
 	t.mu.Unlock()
-	return t.Flush()
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	// fsync off the request path: a client should not wait for the disk to
+	// catch up with the page cache. Until it is done the record says so, and
+	// a reload re-verifies the pieces.
+	go t.syncData()
+	return nil
+}
+
+func (t *Task) syncData() { t.syncOnce.Do(t.doSync) }
+
+func (t *Task) doSync() {
+	if err := t.data.Sync(); err != nil {
+		t.s.log.Warn("sync task data", "task_id", t.meta.TaskID, "err", err)
+		return
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	t.meta.Synced = true
+	t.dirty = true
+	t.mu.Unlock()
+	if err := t.Flush(); err != nil {
+		t.s.log.Warn("record task sync", "task_id", t.meta.TaskID, "err", err)
+	}
 }
 
 // Touch records an access for LRU.

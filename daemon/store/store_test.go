@@ -210,3 +210,41 @@ func BenchmarkWritePiece(b *testing.B) {
 		}
 	}
 }
+
+// A task committed but not yet fsynced when the daemon died is verified
+// piece by piece on reload instead of being trusted by its size.
+func TestReloadVerifiesUnsyncedCompleteTask(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(context.Background(), dir, testLog())
+	data := content(4096)
+	full := fill(t, s, "b", data, 1024, []uint32{0, 1, 2, 3})
+	if err := full.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	mp := filepath.Join(dir, "b", metaFile)
+	b, _ := os.ReadFile(mp)
+	if !bytes.Contains(b, []byte(`"synced":true`)) {
+		t.Fatalf("close did not record the sync: %s", b)
+	}
+	os.WriteFile(mp, bytes.Replace(b, []byte(`,"synced":true`), nil, 1), 0o644)
+	f, _ := os.OpenFile(filepath.Join(dir, "b", dataFile), os.O_RDWR, 0)
+	f.WriteAt([]byte{^data[3000]}, 3000)
+	f.Close()
+
+	s2, err := Open(context.Background(), dir, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	task, ok := s2.Get("b")
+	if !ok {
+		t.Fatal("task dropped")
+	}
+	if task.Complete() {
+		t.Fatal("unsynced task with a corrupt piece reloaded as complete")
+	}
+	if got := task.Pieces(); len(got) != 3 || got[2] != 3 {
+		t.Fatalf("pieces %v, want [0 1 3]", got)
+	}
+}
