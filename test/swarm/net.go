@@ -82,15 +82,7 @@ func (n *Network) Seed() *Host      { return n.role(RoleSeed)[0] }
 // Peers are the N downloading hosts.
 func (n *Network) Peers() []*Host { return n.role(RolePeer) }
 
-func (n *Network) role(r Role) []*Host {
-	var hs []*Host
-	for _, h := range n.Hosts {
-		if h.Role == r {
-			hs = append(hs, h)
-		}
-	}
-	return hs
-}
+func (n *Network) role(r Role) []*Host { return hostsOf(n.Hosts, r) }
 
 // run runs ip/tc/sysctl-style commands and returns their output.
 func run(ctx context.Context, name string, args ...string) ([]byte, error) {

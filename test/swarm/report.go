@@ -81,8 +81,11 @@ type SystemResult struct {
 	OriginOverF          float64 `json:"origin_bytes_over_f"`
 	OriginServerBytes    int64   `json:"origin_server_body_bytes"`
 	OriginServerRequests int64   `json:"origin_server_requests"`
-	InterRackBytes       int64   `json:"inter_rack_bytes,omitempty"`
-	InterRackOverF       float64 `json:"inter_rack_bytes_over_f,omitempty"`
+	// UploadedBytes is what each host served to peers, by the system's own
+	// metrics (Damselfly only): who carried the load.
+	UploadedBytes  map[string]int64 `json:"uploaded_bytes,omitempty"`
+	InterRackBytes int64            `json:"inter_rack_bytes,omitempty"`
+	InterRackOverF float64          `json:"inter_rack_bytes_over_f,omitempty"`
 	// CPUBusy is the machine's busy share (all cores) from start to end.
 	// Other load on the machine counts too: compare ProcsCPUShare, the CPU
 	// time of the processes this system ran (setup included) over the
@@ -244,6 +247,18 @@ func (r *Results) Markdown() string {
 		b.WriteString("\n")
 	}
 	for _, s := range r.Systems {
+		if len(s.UploadedBytes) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "\n%s uploads / F (its own metrics):", systemTitles[s.Name])
+		for _, h := range append([]*Host{{Name: "seed"}}, hostsOf(p.Hosts, RolePeer)...) {
+			if n, ok := s.UploadedBytes[h.Name]; ok {
+				fmt.Fprintf(&b, " %s %.2f", h.Name, float64(n)/float64(p.SizeBytes))
+			}
+		}
+		b.WriteString("\n")
+	}
+	for _, s := range r.Systems {
 		if s.Error != "" {
 			fmt.Fprintf(&b, "\n%s: %s\n", s.Name, s.Error)
 		}
@@ -254,6 +269,16 @@ func (r *Results) Markdown() string {
 		}
 	}
 	return b.String()
+}
+
+func hostsOf(hs []*Host, r Role) []*Host {
+	var out []*Host
+	for _, h := range hs {
+		if h.Role == r {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 var plotColors = map[string]color.Color{

@@ -187,7 +187,7 @@ loop:
 		r.OriginServerBytes, r.OriginServerRequests = st.BodyBytes, st.Requests
 	}
 	if sys == SystemDamselfly {
-		saveMetrics(ctx, e)
+		r.UploadedBytes = saveMetrics(ctx, e)
 	}
 	procCPU := e.ps.killAll(killGrace)
 

@@ -66,6 +66,12 @@ type Config struct {
 	ChurnFrac float64
 	ChurnAt   time.Duration
 
+	// Extra command-line flags for Damselfly's scheduler, peer daemons and
+	// seed peer, for tuning runs (e.g. "--max-parents 2").
+	SchedulerArgs []string
+	DaemonArgs    []string
+	SeedArgs      []string
+
 	Deadline time.Duration // per system
 	BinDir   string        // holds damselfly and dfget
 	WorkDir  string        // scratch space for copies and caches; "" means os.TempDir()
@@ -160,13 +166,18 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// racks is the number of bridges: two in the racks scenario, else one.
+func (c *Config) racks() int {
+	if c.Scenario == ScenarioRacks {
+		return 2
+	}
+	return 1
+}
+
 // hosts lays out the run's hosts: origin, scheduler and seed peer first, in
 // rack 1; the N peers split evenly over the racks.
 func (c *Config) hosts() []*Host {
-	racks := 1
-	if c.Scenario == ScenarioRacks {
-		racks = 2
-	}
+	racks := c.racks()
 	hs := []*Host{
 		{Name: "origin", Role: RoleOrigin, Rack: 1, IP: rackAddr(1, 2), Up: c.OriginRate, Down: c.DownRate},
 		{Name: "sched", Role: RoleScheduler, Rack: 1, IP: rackAddr(1, 3), Up: c.Rate, Down: c.DownRate},
@@ -224,8 +235,8 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		return nil, err
 	}
 
-	netw, err := buildNetwork(ctx, log, cfg.RunID, map[bool]int{true: 2, false: 1}[cfg.Scenario == ScenarioRacks],
-		cfg.InterRackRate, cfg.hosts(), shaping{burst: cfg.Burst, latency: cfg.Latency, delay: cfg.Delay, loss: cfg.Loss})
+	netw, err := buildNetwork(ctx, log, cfg.RunID, cfg.racks(), cfg.InterRackRate, cfg.hosts(),
+		shaping{burst: cfg.Burst, latency: cfg.Latency, delay: cfg.Delay, loss: cfg.Loss})
 	if err != nil {
 		return nil, fmt.Errorf("build network: %w", err)
 	}

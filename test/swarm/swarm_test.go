@@ -251,6 +251,23 @@ func TestTorrent(t *testing.T) {
 	}
 }
 
+func TestSumCounter(t *testing.T) {
+	body := []byte(`# HELP damselfly_daemon_upload_bytes_total bytes served
+# TYPE damselfly_daemon_upload_bytes_total counter
+damselfly_daemon_upload_bytes_total{task="a"} 1.5e+06
+damselfly_daemon_upload_bytes_total{task="b",x="}"} 500000
+damselfly_daemon_upload_bytes_total_other 7
+damselfly_daemon_upload_requests_total 9
+`)
+	n, ok := sumCounter(body, uploadMetric)
+	if !ok || n != 2_000_000 {
+		t.Errorf("sumCounter = %d, %v; want 2000000, true", n, ok)
+	}
+	if _, ok := sumCounter([]byte("go_threads 8\n"), uploadMetric); ok {
+		t.Error("sumCounter found a missing metric")
+	}
+}
+
 func FuzzBdecode(f *testing.F) {
 	f.Add([]byte("d3:fooi42e3:barl4:spamee"))
 	f.Add([]byte("i-3e"))

@@ -344,7 +344,7 @@ func setupDamselfly(ctx context.Context, e *sysEnv) ([]*download, error) {
 	s := e.netw.Scheduler()
 	schedAddr := net.JoinHostPort(s.IP.String(), strconv.Itoa(schedPort))
 	if _, err := e.ps.startIn(s.NS, "scheduler", e.logf("scheduler"), nil, false,
-		damselfly, "scheduler", "--listen", schedAddr, "--metrics-port", strconv.Itoa(metricsPort)); err != nil {
+		append([]string{damselfly, "scheduler", "--listen", schedAddr, "--metrics-port", strconv.Itoa(metricsPort)}, e.cfg.SchedulerArgs...)...); err != nil {
 		return nil, err
 	}
 	if err := waitFor(ctx, readyTimeout, "scheduler", func(ctx context.Context) error {
@@ -381,6 +381,9 @@ func setupDamselfly(ctx context.Context, e *sysEnv) ([]*download, error) {
 		}
 		if h.Role == RoleSeed {
 			args = append(args, "--seed")
+			args = append(args, e.cfg.SeedArgs...)
+		} else {
+			args = append(args, e.cfg.DaemonArgs...)
 		}
 		if e.cfg.Scenario == ScenarioRacks {
 			args = append(args, "--idc", fmt.Sprintf("rack%d", h.Rack), "--location", fmt.Sprintf("swarm|rack%d|%s", h.Rack, h.Name))
@@ -430,12 +433,17 @@ func setupDamselfly(ctx context.Context, e *sysEnv) ([]*download, error) {
 	return dls, nil
 }
 
+// uploadMetric is the daemon's counter of bytes served to other peers.
+const uploadMetric = "damselfly_daemon_upload_bytes_total"
+
 // saveMetrics stores /metrics of the scheduler and every daemon, for reading
-// the system's own view of the run afterwards.
-func saveMetrics(ctx context.Context, e *sysEnv) {
+// the system's own view of the run afterwards, and returns what each host
+// uploaded according to its uploadMetric (hosts without it are left out).
+func saveMetrics(ctx context.Context, e *sysEnv) map[string]int64 {
+	uploads := map[string]int64{}
 	dir := filepath.Join(e.logDir, "metrics")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return
+		return uploads
 	}
 	hosts := append([]*Host{e.netw.Scheduler(), e.netw.Seed()}, e.netw.Peers()...)
 	for _, h := range hosts {
@@ -446,5 +454,32 @@ func saveMetrics(ctx context.Context, e *sysEnv) {
 			continue
 		}
 		_ = os.WriteFile(filepath.Join(dir, h.Name+".prom"), body, 0o644)
+		if n, ok := sumCounter(body, uploadMetric); ok {
+			uploads[h.Name] = n
+		}
 	}
+	return uploads
+}
+
+// sumCounter adds up every series of a counter in Prometheus text format.
+func sumCounter(body []byte, name string) (int64, bool) {
+	var sum float64
+	found := false
+	for _, line := range strings.Split(string(body), "\n") {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		f := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		sum += v
+		found = true
+	}
+	return int64(sum), found
 }

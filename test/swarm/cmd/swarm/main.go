@@ -87,6 +87,9 @@ func run(args []string) int {
 	fs.StringVar(&cfg.WorkDir, "work-dir", "", "scratch directory for copies and caches (default: $TMPDIR)")
 	fs.StringVar(&cfg.OutDir, "out", "", "results directory (default: test/swarm/results/<timestamp>)")
 	fs.StringVar(&cfg.RunID, "run-id", "", "suffix of namespace names (default: random)")
+	schedArgs := fs.String("scheduler-args", "", "extra flags for damselfly scheduler (space separated)")
+	daemonArgs := fs.String("daemon-args", "", "extra flags for the peer daemons (space separated)")
+	seedArgs := fs.String("seed-args", "", "extra flags for the seed peer daemon (space separated)")
 	cleanup := fs.Bool("cleanup", false, "remove leftover namespaces, processes and scratch directories of earlier runs (all, or -run-id's), then exit")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
@@ -95,6 +98,9 @@ func run(args []string) int {
 		}
 		return 2
 	}
+	cfg.SchedulerArgs = strings.Fields(*schedArgs)
+	cfg.DaemonArgs = strings.Fields(*daemonArgs)
+	cfg.SeedArgs = strings.Fields(*seedArgs)
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
