@@ -97,11 +97,14 @@ func (s *Store) load(id string) (*Task, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open data: %w", err)
 	}
+	replayed := !m.Complete && replayJournal(tdir, &m)
 	t := newTask(s, tdir, f, m)
 	if err := t.verifyOnLoad(); err != nil {
 		f.Close()
 		return nil, err
 	}
+	t.dirty = t.dirty || replayed
+	t.journal = openJournal(tdir, false)
 	return t, nil
 }
 
@@ -135,8 +138,9 @@ func (s *Store) GetOrCreate(m Meta) (*Task, bool, error) {
 		m.ContentLength = -1
 	}
 	t := newTask(s, tdir, f, m)
+	t.journal = openJournal(tdir, true)
 	if err := t.persist(); err != nil {
-		f.Close()
+		t.close()
 		_ = os.RemoveAll(tdir)
 		return nil, false, err
 	}
@@ -196,6 +200,7 @@ type Task struct {
 	lastSave  time.Time
 	closed    bool
 	syncOnce  sync.Once
+	journal   *os.File // pieces stored since meta.json was written; see journal.go
 }
 
 func newTask(s *Store, dir string, f *os.File, m Meta) *Task {
@@ -347,6 +352,8 @@ func (t *Task) SetShape(length int64, pieceSize uint32) error {
 	if changed {
 		t.dirty = true
 		t.notifyLocked()
+		// Journaled pieces mean nothing after a crash without the shape.
+		return t.persistLocked()
 	}
 	return nil
 }
@@ -464,6 +471,7 @@ func (t *Task) WritePiece(n uint32, b []byte, digest []byte) error {
 	}
 	t.meta.PieceDigests[n] = digest
 	t.setHave(n)
+	t.appendJournalLocked(n, digest)
 	t.dirty = true
 	t.notifyLocked()
 	save := time.Since(t.lastSave) > 500*time.Millisecond
@@ -567,6 +575,7 @@ func (t *Task) persistLocked() error {
 	if err := os.Rename(tmp, filepath.Join(t.dir, metaFile)); err != nil {
 		return fmt.Errorf("task %s: commit meta: %w", m.TaskID, err)
 	}
+	t.resetJournalLocked()
 	t.dirty = false
 	t.lastSave = time.Now()
 	return nil
@@ -578,6 +587,9 @@ func (t *Task) close() {
 	if !t.closed {
 		t.closed = true
 		t.data.Close()
+		if t.journal != nil {
+			t.journal.Close()
+		}
 		t.notifyLocked()
 	}
 }

@@ -91,18 +91,26 @@ func BenchmarkSmallFileOverhead(b *testing.B) {
 	o := newOrigin(b)
 	s := startScheduler(b)
 	d := startDaemon(b, daemonOpts{name: "d", scheduler: s.addr})
+	// a second cluster with a seed peer: the scheduler triggers the seed,
+	// which fetches from the origin, and the daemon fetches from the seed
+	s2 := startScheduler(b)
+	startDaemon(b, daemonOpts{name: "seed", scheduler: s2.addr, seed: true})
+	d2 := startDaemon(b, daemonOpts{name: "d2", scheduler: s2.addr})
 	dir := b.TempDir()
-	for _, mode := range []string{"direct", "daemon"} {
+	for _, mode := range []string{"direct", "daemon", "daemon+seed"} {
 		b.Run(mode, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				url, sum := o.add(fmt.Sprintf("small-%s-%d", mode, i), 4096, uint64(i))
 				out := filepath.Join(dir, fmt.Sprintf("%s-%d", mode, i))
 				args := []string{url, "-O", out, "--no-progress"}
-				if mode == "direct" {
+				switch mode {
+				case "direct":
 					args = append(args, "--direct")
-				} else {
+				case "daemon":
 					args = append(args, "--sock", d.sock)
+				default:
+					args = append(args, "--sock", d2.sock)
 				}
 				b.StartTimer()
 				code, msg := dfget(context.Background(), args...)

@@ -75,7 +75,8 @@ func start(t testing.TB, name string, args ...string) *proc {
 	}
 	cmd := exec.Command(filepath.Join(binDir, "damselfly"), args...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: if the test binary dies (a timeout kill), so do its servers.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

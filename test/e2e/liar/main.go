@@ -1,0 +1,231 @@
+// Command liar is a malicious peer for the end-to-end tests. It registers
+// with the scheduler for one URL, claims to hold every piece (and even
+// reports made-up piece digests), says it is done, and then serves random
+// bytes for every piece asked of it. It counts what it serves in a JSON
+// stats file so a test can check that honest daemons stop asking.
+//
+//	liar -scheduler 127.0.0.1:8002 -url http://origin/file -stats /tmp/liar.json
+package main
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/damselfly-io/damselfly/api/peerv1"
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
+)
+
+// Stats is what the liar writes to its stats file after every change.
+type Stats struct {
+	Ready         bool   `json:"ready"`
+	PeerID        string `json:"peer_id"`
+	HostID        string `json:"host_id"`
+	ContentLength int64  `json:"content_length"`
+	PieceSize     uint32 `json:"piece_size"`
+	// PieceRequests counts GET /pieces/... requests served with lies.
+	PieceRequests int64 `json:"piece_requests"`
+	// SyncRequests counts SyncPieces streams opened by children.
+	SyncRequests int64 `json:"sync_requests"`
+}
+
+type liar struct {
+	taskID    string
+	statsPath string
+
+	mu    sync.Mutex
+	stats Stats
+}
+
+func (l *liar) update(f func(*Stats)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f(&l.stats)
+	b, _ := json.Marshal(&l.stats)
+	tmp := l.statsPath + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err == nil {
+		_ = os.Rename(tmp, l.statsPath)
+	}
+}
+
+func (l *liar) shape() (int64, uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stats.ContentLength, l.stats.PieceSize
+}
+
+// SyncPieces claims every piece at once and that the task is complete.
+type peerServer struct {
+	peerv1.UnimplementedPeerServer
+	l *liar
+}
+
+func (s *peerServer) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.ServerStreamingServer[peerv1.PieceState]) error {
+	if req.GetTaskId() != s.l.taskID {
+		return status.Errorf(codes.NotFound, "task %s not held", req.GetTaskId())
+	}
+	s.l.update(func(st *Stats) { st.SyncRequests++ })
+	length, ps := s.l.shape()
+	n := core.PieceCount(length, ps)
+	all := make([]uint32, n)
+	for i := range all {
+		all[i] = uint32(i)
+	}
+	return stream.Send(&peerv1.PieceState{ContentLength: length, PieceSize: ps, Pieces: all, Done: true})
+}
+
+// servePiece answers with the right number of random bytes.
+func (l *liar) servePiece(w http.ResponseWriter, r *http.Request) {
+	if r.PathValue("task") != l.taskID {
+		http.Error(w, "unknown task", http.StatusNotFound)
+		return
+	}
+	n, err := strconv.ParseUint(r.PathValue("n"), 10, 32)
+	length, ps := l.shape()
+	if err != nil || uint32(n) >= core.PieceCount(length, ps) {
+		http.Error(w, "bad piece", http.StatusNotFound)
+		return
+	}
+	l.update(func(st *Stats) { st.PieceRequests++ })
+	_, size := core.PieceRange(uint32(n), length, ps)
+	b := make([]byte, size)
+	_, _ = crand.Read(b)
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	_, _ = w.Write(b)
+}
+
+func main() {
+	schedAddr := flag.String("scheduler", "", "scheduler host:port")
+	url := flag.String("url", "", "URL whose task to lie about (task ID as dfget with no tag/filter)")
+	statsPath := flag.String("stats", "", "JSON stats file")
+	hostname := flag.String("hostname", "liar", "host name to report")
+	flag.Parse()
+	if *schedAddr == "" || *url == "" || *statsPath == "" {
+		fmt.Fprintln(os.Stderr, "liar: -scheduler, -url and -stats are required")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *schedAddr, *url, *statsPath, *hostname); err != nil && ctx.Err() == nil {
+		fmt.Fprintln(os.Stderr, "liar:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, schedAddr, url, statsPath, hostname string) error {
+	abs, err := filepath.Abs(statsPath)
+	if err != nil {
+		return err
+	}
+	l := &liar{taskID: core.TaskID(url, core.TaskOptions{}), statsPath: abs}
+
+	peerLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	upLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	gs := grpc.NewServer()
+	peerv1.RegisterPeerServer(gs, &peerServer{l: l})
+	go func() { _ = gs.Serve(peerLis) }()
+	defer gs.Stop()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /pieces/{task}/{n}", l.servePiece)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(upLis) }()
+	defer hs.Close()
+
+	peerPort := peerLis.Addr().(*net.TCPAddr).Port
+	host := &schedulerv1.Host{
+		Id:          core.HostID(hostname, net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort))),
+		Hostname:    hostname,
+		Ip:          "127.0.0.1",
+		PeerPort:    int32(peerPort),
+		UploadPort:  int32(upLis.Addr().(*net.TCPAddr).Port),
+		UploadSlots: 16,
+	}
+	peerID := core.NewPeerID(hostname)
+
+	conn, err := grpc.NewClient(schedAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	stream, err := schedulerv1.NewSchedulerClient(conn).Announce(ctx)
+	if err != nil {
+		return fmt.Errorf("announce: %w", err)
+	}
+	err = stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: &schedulerv1.Register{
+		PeerId: peerID, Host: host, Task: &schedulerv1.TaskSpec{TaskId: l.taskID, Url: url},
+	}}})
+	if err != nil {
+		return fmt.Errorf("register: %w", err)
+	}
+
+	// The scheduler sends the trusted shape at registration when it knows it.
+	var length int64 = -1
+	var ps uint32
+	for length < 0 || ps == 0 {
+		m, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("waiting for task info: %w", err)
+		}
+		if ti := m.GetTaskInfo(); ti != nil && ti.GetPieceSize() > 0 && ti.GetContentLength() >= 0 {
+			length, ps = ti.GetContentLength(), ti.GetPieceSize()
+		}
+	}
+	l.update(func(st *Stats) {
+		st.PeerID, st.HostID, st.ContentLength, st.PieceSize = peerID, host.GetId(), length, ps
+	})
+
+	// Claim every piece, with made-up digests for good measure: the
+	// scheduler must trust digests only from peers it sent to the origin.
+	n := core.PieceCount(length, ps)
+	results := make([]*schedulerv1.PieceResult, n)
+	for i := range results {
+		_, size := core.PieceRange(uint32(i), length, ps)
+		d := make([]byte, core.DigestSize)
+		_, _ = crand.Read(d)
+		results[i] = &schedulerv1.PieceResult{Number: uint32(i), Digest: d, Length: uint32(size), CostNs: 1e6}
+	}
+	if err := stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Pieces{Pieces: &schedulerv1.PiecesDone{Pieces: results}}}); err != nil {
+		return fmt.Errorf("report pieces: %w", err)
+	}
+	if err := stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: length}}}); err != nil {
+		return fmt.Errorf("report done: %w", err)
+	}
+	l.update(func(st *Stats) { st.Ready = true })
+	fmt.Printf("liar ready: peer %s task %s, %d pieces of %d bytes, peer port %d, upload port %d\n",
+		peerID, l.taskID, n, ps, host.GetPeerPort(), host.GetUploadPort())
+
+	// Stay registered (a complete parent) until told to stop.
+	for {
+		if _, err := stream.Recv(); err != nil {
+			if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return fmt.Errorf("scheduler stream: %w", err)
+		}
+	}
+}
