@@ -15,8 +15,18 @@ type Config struct {
 	// Listen is the gRPC address the scheduler serves on (default ":8002").
 	// Serve takes a listener; Listen is for the caller that opens it.
 	Listen string `yaml:"listen"`
-	// MaxParents is how many parents a peer is given at most (default 4).
+	// MaxParents is how many parents a peer is given at most (default 1;
+	// see MaxChildren).
 	MaxParents int `yaml:"max_parents"`
+	// MaxChildren is how many children one peer serves in one task; 0 leaves
+	// only the host's upload slots as the bound (default 1). With one parent
+	// and one child per peer the swarm forms a pipeline below the seed: every
+	// uplink carries the whole content once, at full rate, which is what the
+	// lower bound needs when links are alike (docs/benchmarks.md).
+	MaxChildren int `yaml:"max_children"`
+	// PipelineParents makes a downloading peer a candidate parent before it
+	// holds a piece: it relays pieces as they arrive (default true).
+	PipelineParents bool `yaml:"pipeline_parents"`
 	// MaxBackToSource bounds the peers of one task fetching from the origin at
 	// once (default 1). A triggered seed peer counts too.
 	MaxBackToSource int `yaml:"max_back_to_source"`
@@ -56,7 +66,9 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen:             ":8002",
-		MaxParents:         4,
+		MaxParents:         1,
+		MaxChildren:        1,
+		PipelineParents:    true,
 		MaxBackToSource:    1,
 		SeedTriggerTimeout: Duration(10 * time.Second),
 		WaitTimeout:        Duration(30 * time.Second),
@@ -81,6 +93,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxParents < 1 {
 		bad("max_parents %d < 1", c.MaxParents)
+	}
+	if c.MaxChildren < 0 {
+		bad("max_children %d < 0", c.MaxChildren)
 	}
 	if c.MaxBackToSource < 0 {
 		bad("max_back_to_source %d < 0", c.MaxBackToSource)

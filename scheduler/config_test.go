@@ -95,7 +95,8 @@ func TestConfigValidate(t *testing.T) {
 		{"zero seed timeout", func(c *Config) { c.SeedTriggerTimeout = 0 }, "seed_trigger_timeout"},
 		{"zero gc", func(c *Config) { c.GCInterval = 0 }, "gc_interval"},
 		{"slots", func(c *Config) { c.DefaultUploadSlots = 0 }, "default_upload_slots"},
-		{"candidate limit", func(c *Config) { c.CandidateLimit = 2 }, "candidate_limit"},
+		{"candidate limit", func(c *Config) { c.MaxParents, c.CandidateLimit = 4, 2 }, "candidate_limit"},
+		{"negative children", func(c *Config) { c.MaxChildren = -1 }, "max_children"},
 		{"send buffer", func(c *Config) { c.SendBuffer = 0 }, "send_buffer"},
 		{"negative weight", func(c *Config) { c.Weights.Locality = -1 }, "weights.locality"},
 		{"zero weights", func(c *Config) {

@@ -28,6 +28,7 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		prev := p.state
 		s.unwaitLocked(p)
 		s.setState(p, stateRunning)
+		s.updatePoolLocked(p)
 		if changed || force || prev != stateRunning {
 			s.sendParentsLocked(p, start)
 		}
@@ -77,6 +78,7 @@ func (s *Scheduler) waitLocked(p *peer, now time.Time, reason string, force bool
 		p.waitSince = now
 		p.task.waiting[p] = struct{}{}
 		s.setState(p, stateWaiting)
+		s.updatePoolLocked(p)
 	}
 	s.record(decisionWait, start)
 	s.sendLocked(p, &schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_Wait{
@@ -169,12 +171,18 @@ func (s *Scheduler) flushLocked(now time.Time) {
 }
 
 // isSource reports whether p belongs in its task's candidate pool.
-func isSource(p *peer) bool {
+func isSource(p *peer, pipeline bool) bool {
 	switch p.state {
 	case stateLeft:
 		return false
 	case stateSucceeded, stateBackToSource:
 		return true
+	case stateRunning:
+		// A peer that is downloading is a parent before its first piece
+		// lands: it relays pieces as they arrive (pipelining), which lets
+		// the swarm form chains below the seed instead of hanging every
+		// newcomer off the seed's uplink.
+		return (pipeline && len(p.parents) > 0) || p.pieces.count > 0
 	}
 	return p.pieces.count > 0
 }
@@ -183,7 +191,7 @@ func isSource(p *peer) bool {
 // reports whether p joined it.
 func (s *Scheduler) updatePoolLocked(p *peer) bool {
 	t := p.task
-	in := isSource(p)
+	in := isSource(p, s.cfg.PipelineParents)
 	switch {
 	case in && p.poolIdx < 0:
 		p.poolIdx = len(t.pool)
@@ -240,7 +248,7 @@ func (s *Scheduler) fillParentsLocked(p *peer) bool {
 		if _, bad := p.bad[c.id]; bad {
 			continue
 		}
-		if c.host.used >= c.host.slots {
+		if c.host.used >= c.host.slots || (s.cfg.MaxChildren > 0 && len(c.children) >= s.cfg.MaxChildren) {
 			if len(full) < limit {
 				full = append(full, c)
 			}

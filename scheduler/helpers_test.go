@@ -38,8 +38,13 @@ func testLogger() *slog.Logger {
 
 // testConfig is DefaultConfig with fast timers: tests wait on events, and
 // the timers only bound how long that takes.
+//
+// The protocol tests below were written for a mesh-shaped policy (several
+// parents, children bounded by host slots, only peers holding data as
+// candidates); TestPipelineDefaults covers the pipeline the defaults form.
 func testConfig() Config {
 	cfg := DefaultConfig()
+	cfg.MaxParents, cfg.MaxChildren, cfg.PipelineParents = 4, 0, false
 	cfg.Listen = "127.0.0.1:0"
 	cfg.RefreshInterval = Duration(20 * time.Millisecond)
 	cfg.GCInterval = Duration(20 * time.Millisecond)
@@ -431,7 +436,7 @@ func checkInvariants(s *Scheduler) error {
 			if _, w := t.waiting[p]; w != (p.state == stateWaiting) {
 				return fmt.Errorf("peer %s: waiting set disagrees with state %v", pid, p.state)
 			}
-			if isSource(p) != (p.poolIdx >= 0) || (p.poolIdx >= 0 && t.pool[p.poolIdx] != p) {
+			if isSource(p, s.cfg.PipelineParents) != (p.poolIdx >= 0) || (p.poolIdx >= 0 && t.pool[p.poolIdx] != p) {
 				return fmt.Errorf("peer %s: pool index %d wrong (state %v, pieces %d)", pid, p.poolIdx, p.state, p.pieces.count)
 			}
 			if len(p.parents) > 0 && (p.state == stateSucceeded || p.state == stateBackToSource) {

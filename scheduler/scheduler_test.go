@@ -720,3 +720,50 @@ func TestShapeFromFetcherDoneOnly(t *testing.T) {
 	}
 	ts.mustInvariants()
 }
+
+// With the defaults (one parent, one child per peer, downloading peers as
+// parents before their first piece) newcomers form a pipeline below the
+// fetcher instead of all hanging off it, and the chain heals when a link
+// leaves.
+func TestPipelineDefaults(t *testing.T) {
+	d := DefaultConfig()
+	ts := startServer(t, func(c *Config) {
+		c.MaxParents, c.MaxChildren, c.PipelineParents = d.MaxParents, d.MaxChildren, d.PipelineParents
+	})
+	a := ts.register("t1", "a")
+	a.expectBackToSource()
+	parentOf := map[string]string{}
+	peers := map[string]*testPeer{}
+	prev := "a"
+	for _, id := range []string{"b", "c", "d", "e"} {
+		p := ts.register("t1", id)
+		got := p.expectParents()
+		if len(got) != 1 {
+			t.Fatalf("%s parents %v, want exactly one", id, got)
+		}
+		if got[0] != prev {
+			t.Fatalf("%s parents %v, want [%s]: the chain's tail (nobody holds data yet)", id, got, prev)
+		}
+		parentOf[id], peers[id], prev = got[0], p, id
+	}
+	// every peer serves one child: a→b→c→d→e
+	ts.inspect(func(s *Scheduler) {
+		for _, p := range s.tasks["t1"].peers {
+			if len(p.children) > 1 {
+				t.Errorf("%s has %d children", p.id, len(p.children))
+			}
+		}
+	})
+	// c leaves: d gets a parent that is not its own descendant (e), and no
+	// peer ends with two children
+	peers["c"].leave()
+	got := peers["d"].expectParents()
+	if len(got) != 1 || got[0] == "e" || got[0] == "c" {
+		t.Fatalf("d re-parented to %v", got)
+	}
+	ts.inspect(func(s *Scheduler) {
+		if err := checkInvariants(s); err != nil {
+			t.Error(err)
+		}
+	})
+}
