@@ -30,6 +30,7 @@ func schedulerFlags(fs *flag.FlagSet, cfg *scheduler.Config) {
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address")
 	fs.IntVar(&cfg.MaxParents, "max-parents", cfg.MaxParents, "parents given to one peer")
 	fs.IntVar(&cfg.MaxChildren, "max-children", cfg.MaxChildren, "children one peer serves in one task (0: bounded by host upload slots only)")
+	fs.BoolVar(&cfg.PipelineParents, "pipeline-parents", cfg.PipelineParents, "downloading peers are candidate parents before their first piece")
 	fs.IntVar(&cfg.MaxBackToSource, "max-back-to-source", cfg.MaxBackToSource, "peers of one task fetching from the origin at once")
 	dur("seed-trigger-timeout", &cfg.SeedTriggerTimeout, "how long peers wait for a triggered seed peer before one goes to the origin")
 	dur("wait-timeout", &cfg.WaitTimeout, "a peer left waiting this long is told to go to the origin itself")
