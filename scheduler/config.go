@@ -27,6 +27,13 @@ type Config struct {
 	// PipelineParents makes a downloading peer a candidate parent before it
 	// holds a piece: it relays pieces as they arrive (default true).
 	PipelineParents bool `yaml:"pipeline_parents"`
+	// SlowParentRatio: a parent whose host uploads at less than this share of
+	// the task's median parent throughput is replaced (default 0.3; 0 keeps
+	// slow parents).
+	SlowParentRatio float64 `yaml:"slow_parent_ratio"`
+	// SlowParentSamples is how many pieces a host must have served before it
+	// can be called slow (default 8).
+	SlowParentSamples int `yaml:"slow_parent_samples"`
 	// MaxBackToSource bounds the peers of one task fetching from the origin at
 	// once (default 1). A triggered seed peer counts too.
 	MaxBackToSource int `yaml:"max_back_to_source"`
@@ -69,6 +76,8 @@ func DefaultConfig() Config {
 		MaxParents:         1,
 		MaxChildren:        1,
 		PipelineParents:    true,
+		SlowParentRatio:    0.3,
+		SlowParentSamples:  8,
 		MaxBackToSource:    1,
 		SeedTriggerTimeout: Duration(10 * time.Second),
 		WaitTimeout:        Duration(30 * time.Second),
@@ -93,6 +102,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxParents < 1 {
 		bad("max_parents %d < 1", c.MaxParents)
+	}
+	if c.SlowParentRatio < 0 || c.SlowParentRatio >= 1 {
+		bad("slow_parent_ratio %v outside [0,1)", c.SlowParentRatio)
+	}
+	if c.SlowParentSamples < 1 {
+		bad("slow_parent_samples %d < 1", c.SlowParentSamples)
 	}
 	if c.MaxChildren < 0 {
 		bad("max_children %d < 0", c.MaxChildren)

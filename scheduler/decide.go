@@ -259,12 +259,13 @@ func (s *Scheduler) fillParentsLocked(p *peer) bool {
 			break
 		}
 	}
-	chosen := free
-	if len(chosen) == 0 {
-		chosen = full
-	}
+	// Free candidates first; hosts (or peers) without a free slot only when
+	// the free ones cannot take p (none, or all would close a cycle).
 	added := 0
-	if len(chosen) > 0 {
+	for k, chosen := range [][]*peer{free, full} {
+		if added == need || len(chosen) == 0 || (k == 1 && added > 0) {
+			continue
+		}
 		cands := s.cands[:0]
 		fastest := 0.0
 		for _, c := range chosen {
@@ -276,7 +277,7 @@ func (s *Scheduler) fillParentsLocked(p *peer) bool {
 		child := policy.Child{IDC: p.host.info.GetIdc(), Location: p.host.info.GetLocation()}
 		// Rank a few more than needed: a candidate that turns out to be a
 		// descendant of p is skipped for the next best.
-		for _, i := range policy.SelectParents(cands, child, s.cfg.Weights, 2*need, s.rnd) {
+		for _, i := range policy.SelectParents(cands, child, s.cfg.Weights, 2*(need-added), s.rnd) {
 			if added == need {
 				break
 			}

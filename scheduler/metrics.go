@@ -28,6 +28,7 @@ type metrics struct {
 	pieceFailed      prometheus.Counter
 	pieceCorrupt     prometheus.Counter
 	peersLeft        prometheus.Counter
+	slowParents      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -50,6 +51,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		seedTriggers: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "seed_triggers_total",
 			Help: "SeedTask messages pushed to seed peers.",
+		}),
+		slowParents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "damselfly_scheduler_slow_parents_replaced_total",
+			Help: "Parent links dropped because the parent's host uploaded far below the task's median.",
 		}),
 		peersLeft: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "peers_left_total",
@@ -83,7 +88,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{
-		m.decisions, m.decisionDuration, peers, m.tasks, m.seedTriggers, pieces, m.peersLeft,
+		m.decisions, m.decisionDuration, peers, m.tasks, m.seedTriggers, pieces, m.peersLeft, m.slowParents,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register scheduler metrics: %w", err)

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -219,6 +220,7 @@ func (s *Scheduler) refresh(ctx context.Context) {
 		if len(t.pool) == 0 {
 			continue
 		}
+		s.replaceSlowParentsLocked(t, now)
 		for _, p := range t.peers {
 			if p.state == stateRunning && len(p.parents) < s.cfg.MaxParents {
 				under = append(under, p)
@@ -276,4 +278,53 @@ func statusFromCause(ctx context.Context) error {
 		return cause
 	}
 	return status.FromContextError(ctx.Err()).Err()
+}
+
+// replaceSlowParentsLocked drops parents whose hosts upload at less than
+// SlowParentRatio of the task's median parent throughput (once measured over
+// SlowParentSamples pieces) and gives their children other parents: one slow
+// uplink must not hold back everyone below it.
+func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
+	if s.cfg.SlowParentRatio <= 0 {
+		return
+	}
+	var rates []float64
+	seen := map[*host]bool{}
+	for _, p := range t.peers {
+		for _, l := range p.parents {
+			h := l.peer.host
+			if !seen[h] && h.throughput > 0 && h.successes >= uint64(s.cfg.SlowParentSamples) {
+				seen[h] = true
+				rates = append(rates, h.throughput)
+			}
+		}
+	}
+	if len(rates) < 3 {
+		return // too few parents measured to call one slow
+	}
+	slices.Sort(rates)
+	limit := s.cfg.SlowParentRatio * rates[len(rates)/2]
+	var moved []*peer
+	for _, p := range t.peers {
+		if p.state != stateRunning {
+			continue
+		}
+		for i := 0; i < len(p.parents); i++ {
+			par := p.parents[i].peer
+			h := par.host
+			if !seen[h] || h.throughput >= limit {
+				continue
+			}
+			s.log.Info("replacing slow parent", "task_id", t.id, "peer_id", p.id, "parent", par.id,
+				"parent_bps", int64(h.throughput), "median_bps", int64(limit/s.cfg.SlowParentRatio))
+			s.removeEdge(par, p)
+			s.markBadLocked(p, par.id)
+			s.m.slowParents.Inc()
+			moved = append(moved, p)
+			i--
+		}
+	}
+	for _, p := range moved {
+		s.decideLocked(p, now, true)
+	}
 }

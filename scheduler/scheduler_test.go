@@ -767,3 +767,41 @@ func TestPipelineDefaults(t *testing.T) {
 		}
 	})
 }
+
+// A parent whose host uploads far below the others is replaced.
+func TestSlowParentReplaced(t *testing.T) {
+	d := DefaultConfig()
+	ts := startServer(t, func(c *Config) {
+		c.MaxParents, c.MaxChildren, c.PipelineParents = d.MaxParents, d.MaxChildren, d.PipelineParents
+		c.SlowParentRatio, c.SlowParentSamples = 0.3, 2
+	})
+	a := ts.register("t1", "a")
+	a.expectBackToSource()
+	a.meta(16<<20, 256<<10)
+	b := ts.register("t1", "b")
+	if got := b.expectParents(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("b parents %v", got)
+	}
+	c := ts.register("t1", "c")
+	if got := c.expectParents(); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("c parents %v", got)
+	}
+	e := ts.register("t1", "e")
+	if got := e.expectParents(); !slices.Equal(got, []string{"c"}) {
+		t.Fatalf("e parents %v", got)
+	}
+	const piece = 256 << 10
+	fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)
+	for n := uint32(0); n < 3; n++ {
+		b.pieces(&schedulerv1.PieceResult{Number: n, ParentId: "a", Length: piece, CostNs: fast})
+		c.pieces(&schedulerv1.PieceResult{Number: n, ParentId: "b", Length: piece, CostNs: slow})
+		e.pieces(&schedulerv1.PieceResult{Number: n, ParentId: "c", Length: piece, CostNs: fast})
+	}
+	got := c.expectParents()
+	if len(got) != 1 || got[0] == "b" {
+		t.Fatalf("c kept its slow parent: %v", got)
+	}
+	if n := ts.metric("damselfly_scheduler_slow_parents_replaced_total"); n != 1 {
+		t.Fatalf("slow parents replaced %v, want 1", n)
+	}
+}
