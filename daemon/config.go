@@ -70,6 +70,10 @@ type DownloadConfig struct {
 	SwarmTimeout config.Duration `yaml:"swarm_timeout"`
 	// ParentFailures is how many failures in a row drop a parent.
 	ParentFailures int `yaml:"parent_failures"`
+	// HardlinkOutput makes a dfget output on the cache's filesystem a hard
+	// link to the cached data rather than a copy. The cache notices when such
+	// a file is modified in place and re-verifies it before serving it.
+	HardlinkOutput bool `yaml:"hardlink_output"`
 	// ReportInterval batches piece reports to the scheduler.
 	ReportInterval config.Duration `yaml:"report_interval"`
 }
@@ -106,6 +110,7 @@ func DefaultConfig() Config {
 			SwarmTimeout:      config.Duration(20 * time.Second),
 			ParentFailures:    3,
 			ReportInterval:    config.Duration(50 * time.Millisecond),
+			HardlinkOutput:    true,
 		},
 		Upload: UploadConfig{
 			Slots:         16,

@@ -19,6 +19,11 @@ import (
 // not pass through user space), so when the last piece lands only a rename
 // is left. The output path never holds a partial file.
 type exporter struct {
+	// link: the output is on the cache's filesystem, so it becomes a hard
+	// link to the cached data instead of a copy (no second copy of the
+	// bytes in the page cache or on disk). The store notices if the output
+	// is later modified in place (CheckIntact) before serving it again.
+	link   bool
 	output string
 	req    *daemonv1.DownloadRequest
 	tmp    *os.File
@@ -27,13 +32,25 @@ type exporter struct {
 	count  uint32
 }
 
-func newExporter(output string, req *daemonv1.DownloadRequest) (*exporter, error) {
+func newExporter(output string, req *daemonv1.DownloadRequest, cachePath string, link bool) (*exporter, error) {
 	dir := filepath.Dir(output)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(output)+".dfget-*")
 	if err != nil {
 		return nil, fmt.Errorf("create output in %s: %w", dir, err)
 	}
-	return &exporter{output: output, req: req, tmp: tmp}, nil
+	e := &exporter{output: output, req: req, tmp: tmp}
+	if link {
+		e.link = sameDevice(tmp.Name(), cachePath)
+	}
+	return e, nil
+}
+
+func sameDevice(a, b string) bool {
+	var sa, sb unix.Stat_t
+	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev
 }
 
 // abort removes the temp file.
@@ -47,7 +64,7 @@ func (e *exporter) abort() {
 
 // sync copies the pieces stored since the last call.
 func (e *exporter) sync(t *store.Task) error {
-	if t == nil || t.Count() == e.count {
+	if e.link || t == nil || t.Count() == e.count {
 		return nil
 	}
 	if e.src == nil {
@@ -79,6 +96,14 @@ func (e *exporter) sync(t *store.Task) error {
 
 // finish copies what is left, sets mode and owner and moves the file into place.
 func (e *exporter) finish(ctx context.Context, t *store.Task) error {
+	if e.link {
+		err := e.finishLink(t)
+		if err == nil {
+			return nil
+		}
+		// e.g. a filesystem without hard links: copy after all
+		e.link = false
+	}
 	if err := e.sync(t); err != nil {
 		return err
 	}
@@ -135,6 +160,36 @@ func copyRange(src, dst *os.File, off, size int64) error {
 			return io.ErrUnexpectedEOF
 		}
 		left -= int64(n)
+	}
+	return nil
+}
+
+// finishLink hard-links the cached data next to the output and renames it
+// into place.
+func (e *exporter) finishLink(t *store.Task) error {
+	name := e.tmp.Name()
+	e.tmp.Close()
+	os.Remove(name)
+	if err := os.Link(t.DataPath(), name); err != nil {
+		// recreate the temp file for the copy path
+		f, cerr := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if cerr != nil {
+			return cerr
+		}
+		e.tmp = f
+		return err
+	}
+	mode := os.FileMode(e.req.GetOutputMode())
+	if mode == 0 {
+		mode = 0o644
+	}
+	if err := os.Chmod(name, mode); err != nil {
+		os.Remove(name)
+		return fmt.Errorf("chmod %s: %w", e.output, err)
+	}
+	if err := os.Rename(name, e.output); err != nil {
+		os.Remove(name)
+		return fmt.Errorf("move into %s: %w", e.output, err)
 	}
 	return nil
 }

@@ -123,6 +123,22 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		cached = c.err == nil
 	default:
 	}
+	if cached {
+		if err := c.task.CheckIntact(); err != nil {
+			// Modified on disk (e.g. a hard-linked output edited in place):
+			// drop it and fetch it again.
+			s.d.log.Warn("cached copy damaged; downloading again", "task_id", id, "err", err)
+			_ = s.d.store.Delete(id)
+			select {
+			case <-c.exited:
+			case <-time.After(5 * time.Second):
+			}
+			if c, err = s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit()}); err != nil {
+				return toStatus(err)
+			}
+			cached = false
+		}
+	}
 	progress := func(done bool) *daemonv1.DownloadProgress {
 		p := &daemonv1.DownloadProgress{TaskId: id, ContentLength: -1, Done: done,
 			PeerBytes: c.peerBytes.Load(), OriginBytes: c.originBytes.Load(), FromCache: cached}
@@ -143,7 +159,7 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 	var exp *exporter
 	if o := req.GetOutput(); o != "" {
 		var err error
-		if exp, err = newExporter(o, req); err != nil {
+		if exp, err = newExporter(o, req, c.task.DataPath(), s.d.cfg.Download.HardlinkOutput); err != nil {
 			return toStatus(err)
 		}
 	}
@@ -168,6 +184,13 @@ wait:
 			return status.FromContextError(ctx.Err()).Err()
 		case <-changed:
 			changed = nil
+			if _, ok := s.d.store.Get(id); !ok {
+				// deleted under us; the conductor fails too, but do not spin
+				select {
+				case <-c.done:
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
 			if exp != nil {
 				if err := exp.sync(c.task); err != nil {
 					return toStatus(err)

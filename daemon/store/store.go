@@ -39,7 +39,11 @@ type Meta struct {
 	Complete      bool     `json:"complete"`
 	// Synced: the data file was fsynced after Complete. A complete task that
 	// was not synced when the daemon stopped is verified piece by piece on reload.
-	Synced     bool      `json:"synced,omitempty"`
+	Synced bool `json:"synced,omitempty"`
+	// DataMtime is the data file's modification time (Unix ns) when it was
+	// last known good; a different one means something wrote to it (e.g. a
+	// hard-linked dfget output edited in place) and the pieces are re-verified.
+	DataMtime  int64     `json:"data_mtime,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
 	AccessedAt time.Time `json:"accessed_at"`
 }
@@ -215,6 +219,9 @@ func (t *Task) verifyOnLoad() error {
 	st, err := t.data.Stat()
 	if err != nil {
 		return err
+	}
+	if m.Complete && m.DataMtime != 0 && st.ModTime().UnixNano() != m.DataMtime {
+		m.Synced = false // modified since commit: verify like an unsynced task
 	}
 	if m.Complete && !m.Synced {
 		// Committed but perhaps not on disk: check every piece like a partial task.
@@ -425,9 +432,15 @@ func (t *Task) Complete() bool {
 }
 
 // Changed returns a channel closed at the next change of pieces or shape.
+// Once the task is closed (deleted) the channel is always closed.
 func (t *Task) Changed() <-chan struct{} {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
 	return t.changed
 }
 
@@ -502,6 +515,9 @@ func (t *Task) Commit() error {
 	}
 	m.Complete = true
 	m.Synced = false
+	if st, err := t.data.Stat(); err == nil {
+		m.DataMtime = st.ModTime().UnixNano()
+	}
 	t.dirty = true
 	t.notifyLocked()
 	t.mu.Unlock()
@@ -646,4 +662,44 @@ func SortedIDs(ts []*Task) []string {
 	}
 	sort.Strings(ids)
 	return ids
+}
+
+// CheckIntact makes sure a complete task's data file was not modified since
+// it was verified: a cheap stat normally; when the file changed, every piece
+// is checked again and the task loses the ones that fail (it is then no
+// longer complete, and ErrDigestMismatch is returned).
+func (t *Task) CheckIntact() error {
+	st, err := os.Stat(t.DataPath())
+	if err != nil {
+		return fmt.Errorf("task %s: %w", t.meta.TaskID, err)
+	}
+	t.mu.Lock()
+	m := &t.meta
+	if !m.Complete || (st.ModTime().UnixNano() == m.DataMtime && st.Size() == m.ContentLength) {
+		t.mu.Unlock()
+		return nil
+	}
+	t.s.log.Warn("cached data changed on disk; verifying it again", "task_id", m.TaskID)
+	m.Complete = false
+	n := core.PieceCount(m.ContentLength, m.PieceSize)
+	m.Pieces = m.Pieces[:0]
+	for i := uint32(0); i < n; i++ {
+		m.Pieces = append(m.Pieces, i)
+	}
+	t.have = make([]bool, n)
+	t.haveCount = 0
+	_ = t.verifyPieces()
+	ok := t.haveCount == n
+	if ok {
+		m.Complete = true
+		m.DataMtime = st.ModTime().UnixNano()
+	}
+	t.dirty = true
+	t.notifyLocked()
+	t.mu.Unlock()
+	_ = t.Flush()
+	if !ok {
+		return fmt.Errorf("task %s: cached data was modified: %w", m.TaskID, core.ErrDigestMismatch)
+	}
+	return nil
 }

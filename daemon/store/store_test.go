@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/damselfly-io/damselfly/core"
 )
@@ -131,8 +132,10 @@ func TestReloadDropsCorruptPieceAndTruncatedTask(t *testing.T) {
 	if _, err := a.ReadPiece(1); !errors.Is(err, core.ErrNotFound) {
 		t.Fatalf("corrupt piece readable: %v", err)
 	}
-	if _, ok := s2.Get("b"); ok {
-		t.Fatal("truncated complete task was reloaded")
+	// the truncated task is re-verified: nothing of it survives (its first
+	// piece is cut short too), and it is certainly not complete
+	if b, ok := s2.Get("b"); ok && (b.Complete() || b.Count() != 0) {
+		t.Fatalf("truncated complete task reloaded with %d pieces, complete=%v", b.Count(), b.Complete())
 	}
 	if _, ok := s2.Get("c"); ok {
 		t.Fatal("task with half-written meta was reloaded")
@@ -298,5 +301,30 @@ func TestReloadAfterCrashKeepsJournaledPieces(t *testing.T) {
 	defer s3.Close()
 	if a, _ := s3.Get("a"); a == nil || len(a.Pieces()) != 3 {
 		t.Fatal("pieces lost after a clean close")
+	}
+}
+
+// A complete task whose data file is modified in place (as a hard-linked
+// output edited by a user would be) is caught before it is served again.
+func TestCheckIntact(t *testing.T) {
+	s, _ := Open(context.Background(), t.TempDir(), testLog())
+	defer s.Close()
+	data := content(4096)
+	task := fill(t, s, "a", data, 1024, []uint32{0, 1, 2, 3})
+	if err := task.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := task.CheckIntact(); err != nil {
+		t.Fatalf("untouched task: %v", err)
+	}
+	time.Sleep(20 * time.Millisecond) // past the file system's timestamp granularity
+	f, _ := os.OpenFile(task.DataPath(), os.O_RDWR, 0)
+	f.WriteAt([]byte("XX"), 2048)
+	f.Close()
+	if err := task.CheckIntact(); !errors.Is(err, core.ErrDigestMismatch) {
+		t.Fatalf("modified task: %v", err)
+	}
+	if task.Complete() || task.Has(2) || !task.Has(1) {
+		t.Fatalf("after check: complete=%v pieces=%v", task.Complete(), task.Pieces())
 	}
 }

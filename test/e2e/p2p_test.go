@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -68,6 +69,21 @@ func TestAllInOne(t *testing.T) {
 		if got := fileSHA(t, out); got != sum {
 			t.Fatalf("sha256 %s, want %s", got, sum)
 		}
+	}
+	// The outputs are hard links to the cache (same file system). Editing
+	// one in place must not leak into later downloads.
+	f, err := os.OpenFile(filepath.Join(dir, "out0"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("tampered"), 1000)
+	f.Close()
+	out := filepath.Join(dir, "out-after-edit")
+	if code, msg := dfget(context.Background(), url, "-O", out, "--sock", sock); code != 0 {
+		t.Fatalf("dfget after edit exited %d: %s", code, msg)
+	}
+	if got := fileSHA(t, out); got != sum {
+		t.Fatalf("after an in-place edit of an earlier output, a new download has sha256 %s, want %s", got, sum)
 	}
 	if o.served.Load() != 3<<20 {
 		t.Errorf("origin served %d bytes, want one copy (%d)", o.served.Load(), 3<<20)
