@@ -236,6 +236,9 @@ func (s *Scheduler) fillParentsLocked(p *peer) bool {
 	if n > limit {
 		idx, stride = s.rnd.IntN(n), s.coprimeStride(n)
 	}
+	// Children are counted per locality group (IDC), so every IDC grows its
+	// own pipeline and only its head crosses between IDCs.
+	group := localityGroup(p.host.info)
 	free, full := s.freeCands[:0], s.fullCands[:0]
 	for range n {
 		c := t.pool[idx]
@@ -248,7 +251,7 @@ func (s *Scheduler) fillParentsLocked(p *peer) bool {
 		if _, bad := p.bad[c.id]; bad {
 			continue
 		}
-		if c.host.used >= c.host.slots || (s.cfg.MaxChildren > 0 && len(c.children) >= s.cfg.MaxChildren) {
+		if c.host.used >= c.host.slots || (s.cfg.MaxChildren > 0 && childrenIn(c, group) >= s.cfg.MaxChildren) {
 			if len(full) < limit {
 				full = append(full, c)
 			}
@@ -257,6 +260,20 @@ func (s *Scheduler) fillParentsLocked(p *peer) bool {
 		free = append(free, c)
 		if len(free) >= limit {
 			break
+		}
+	}
+	// A free candidate in p's own group beats any other free candidate.
+	if group != "" {
+		local := 0
+		for _, c := range free {
+			if localityGroup(c.host.info) == group {
+				free[local] = c
+				local++
+			}
+		}
+		if local > 0 {
+			clear(free[local:])
+			free = free[:local]
 		}
 	}
 	// Free candidates first; hosts (or peers) without a free slot only when
@@ -421,4 +438,22 @@ func (s *Scheduler) seedFailedLocked(t *task, hostID string) {
 	}
 	t.seedFailed[hostID] = struct{}{}
 	s.markDirty(t)
+}
+
+// localityGroup is the IDC label of a host: pipelines and child limits are
+// per group. Hosts without one form a single group.
+func localityGroup(h *schedulerv1.Host) string { return h.GetIdc() }
+
+// childrenIn counts c's children in the given locality group.
+func childrenIn(c *peer, group string) int {
+	if group == "" {
+		return len(c.children)
+	}
+	n := 0
+	for _, ch := range c.children {
+		if localityGroup(ch.host.info) == group {
+			n++
+		}
+	}
+	return n
 }

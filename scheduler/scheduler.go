@@ -315,6 +315,9 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 			if !seen[h] || h.throughput >= limit {
 				continue
 			}
+			if g := localityGroup(p.host.info); g != localityGroup(h.info) {
+				continue // links between IDCs are expected to be slower
+			}
 			s.log.Info("replacing slow parent", "task_id", t.id, "peer_id", p.id, "parent", par.id,
 				"parent_bps", int64(h.throughput), "median_bps", int64(limit/s.cfg.SlowParentRatio))
 			s.removeEdge(par, p)
