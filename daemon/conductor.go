@@ -47,6 +47,9 @@ type conductor struct {
 	peerBytes   atomic.Int64
 	originBytes atomic.Int64
 	fromCache   atomic.Bool
+	// streaming: a reader consumes the content in order, so pieces are
+	// picked near-sequentially instead of rarest first.
+	streaming atomic.Bool
 
 	events chan any
 
@@ -646,6 +649,12 @@ func (c *conductor) pick() (uint32, *parentState) {
 	if !free {
 		return 0, nil
 	}
+	if c.streaming.Load() {
+		if n, ok := c.pickSequential(per); ok {
+			return n, c.chooseParent(n)
+		}
+		return 0, nil
+	}
 	start := c.rnd.IntN(nn)
 	bestN, bestRare := uint32(0), -1
 	for i := 0; i < nn; i++ {
@@ -679,6 +688,31 @@ func (c *conductor) pick() (uint32, *parentState) {
 		return 0, nil
 	}
 	return bestN, c.chooseParent(bestN)
+}
+
+// pickSequential returns the lowest-numbered missing piece that some parent
+// with spare capacity holds: with several requests in flight the reader's
+// next bytes are always among them.
+func (c *conductor) pickSequential(per int) (uint32, bool) {
+	best, found := uint32(0), false
+	for _, n := range c.need {
+		if found && n >= best {
+			continue
+		}
+		if _, busy := c.inflight[n]; busy {
+			continue
+		}
+		if _, ok := c.task.PieceDigest(n); !ok {
+			continue
+		}
+		for _, p := range c.parents {
+			if int(n) < len(p.has) && p.has[n] && p.inflight < per {
+				best, found = n, true
+				break
+			}
+		}
+	}
+	return best, found
 }
 
 func (c *conductor) chooseParent(n uint32) *parentState {

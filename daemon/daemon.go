@@ -328,6 +328,7 @@ type taskRequest struct {
 	seed              bool
 	fromCache         bool
 	rateLimit         int64
+	streaming         bool
 }
 
 // startConductor returns the conductor of the task, starting one if none
@@ -341,6 +342,9 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 		select {
 		case <-c.exited:
 		default:
+			if r.streaming {
+				c.streaming.Store(true)
+			}
 			return c, nil
 		}
 	}
@@ -354,6 +358,7 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 	}
 	c := newConductor(d, r, hostname)
 	c.task = t
+	c.streaming.Store(r.streaming)
 	d.conductors[id] = c
 	go func() {
 		c.run(d.runCtx)

@@ -103,6 +103,9 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
+	if req.GetStream() && req.GetOutput() != "" {
+		return status.Error(codes.InvalidArgument, "stream and output exclude each other")
+	}
 	if o := req.GetOutput(); o != "" && !filepath.IsAbs(o) {
 		return status.Errorf(codes.InvalidArgument, "output %q must be an absolute path", o)
 	}
@@ -111,7 +114,7 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		TaskId: id, Url: req.GetUrl(), Headers: req.GetHeaders(), Tag: req.GetTag(),
 		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),
 	}
-	c, err := s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit()})
+	c, err := s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit(), streaming: req.GetStream()})
 	if err != nil {
 		return toStatus(err)
 	}
@@ -133,7 +136,7 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 			case <-c.exited:
 			case <-time.After(5 * time.Second):
 			}
-			if c, err = s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit()}); err != nil {
+			if c, err = s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit(), streaming: req.GetStream()}); err != nil {
 				return toStatus(err)
 			}
 			cached = false
@@ -169,6 +172,39 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 			exp.abort()
 		}
 	}()
+	// Stream mode: send the verified prefix of the content as it grows.
+	var next int64
+	var chunk []byte
+	sendData := func() error {
+		if !req.GetStream() {
+			return nil
+		}
+		for {
+			l, ps := c.task.Shape()
+			if ps == 0 || (l >= 0 && next >= l) {
+				return nil
+			}
+			off, size, err := c.task.PieceSection(uint32(next / int64(ps)))
+			if err != nil {
+				return nil // the next piece is not here yet
+			}
+			for end := off + size; next < end; {
+				k := min(end-next, 1<<20)
+				if chunk == nil {
+					chunk = make([]byte, 1<<20)
+				}
+				if _, err := c.task.Data().ReadAt(chunk[:k], next); err != nil {
+					return toStatus(fmt.Errorf("read cached content at %d: %w", next, err))
+				}
+				p := progress(false)
+				p.Data, p.Offset = chunk[:k], next
+				if err := stream.Send(p); err != nil {
+					return err
+				}
+				next += k
+			}
+		}
+	}
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	var changed <-chan struct{}
@@ -196,6 +232,9 @@ wait:
 					return toStatus(err)
 				}
 			}
+			if err := sendData(); err != nil {
+				return err
+			}
 		case <-tick.C:
 			if err := stream.Send(progress(false)); err != nil {
 				return err
@@ -221,6 +260,9 @@ wait:
 		if err := exp.finish(ctx, c.task); err != nil {
 			return toStatus(err)
 		}
+	}
+	if err := sendData(); err != nil {
+		return err
 	}
 	ok = true
 	s.d.log.Debug("download answered", "task_id", id)

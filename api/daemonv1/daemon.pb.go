@@ -39,8 +39,12 @@ type DownloadRequest struct {
 	// File mode bits for output; 0 means 0644.
 	OutputMode uint32 `protobuf:"varint,10,opt,name=output_mode,json=outputMode,proto3" json:"output_mode,omitempty"`
 	// Owner to give the output file (the caller's uid/gid); -1 keeps the daemon's.
-	Uid           int64 `protobuf:"varint,11,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           int64 `protobuf:"varint,12,opt,name=gid,proto3" json:"gid,omitempty"`
+	Uid int64 `protobuf:"varint,11,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid int64 `protobuf:"varint,12,opt,name=gid,proto3" json:"gid,omitempty"`
+	// Send the content itself, in order, in the progress messages (data and
+	// offset) instead of writing output; pieces are then fetched near
+	// sequentially so the stream keeps moving.
+	Stream        bool `protobuf:"varint,13,opt,name=stream,proto3" json:"stream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -159,6 +163,13 @@ func (x *DownloadRequest) GetGid() int64 {
 	return 0
 }
 
+func (x *DownloadRequest) GetStream() bool {
+	if x != nil {
+		return x.Stream
+	}
+	return false
+}
+
 type DownloadProgress struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -167,9 +178,12 @@ type DownloadProgress struct {
 	CompletedLength int64 `protobuf:"varint,3,opt,name=completed_length,json=completedLength,proto3" json:"completed_length,omitempty"`
 	Done            bool  `protobuf:"varint,4,opt,name=done,proto3" json:"done,omitempty"`
 	// Bytes by where they came from.
-	PeerBytes     int64 `protobuf:"varint,5,opt,name=peer_bytes,json=peerBytes,proto3" json:"peer_bytes,omitempty"`
-	OriginBytes   int64 `protobuf:"varint,6,opt,name=origin_bytes,json=originBytes,proto3" json:"origin_bytes,omitempty"`
-	FromCache     bool  `protobuf:"varint,7,opt,name=from_cache,json=fromCache,proto3" json:"from_cache,omitempty"`
+	PeerBytes   int64 `protobuf:"varint,5,opt,name=peer_bytes,json=peerBytes,proto3" json:"peer_bytes,omitempty"`
+	OriginBytes int64 `protobuf:"varint,6,opt,name=origin_bytes,json=originBytes,proto3" json:"origin_bytes,omitempty"`
+	FromCache   bool  `protobuf:"varint,7,opt,name=from_cache,json=fromCache,proto3" json:"from_cache,omitempty"`
+	// Stream mode: the next bytes of the content, starting at offset.
+	Data          []byte `protobuf:"bytes,8,opt,name=data,proto3" json:"data,omitempty"`
+	Offset        int64  `protobuf:"varint,9,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +265,20 @@ func (x *DownloadProgress) GetFromCache() bool {
 		return x.FromCache
 	}
 	return false
+}
+
+func (x *DownloadProgress) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *DownloadProgress) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
 }
 
 type StatTaskRequest struct {
@@ -393,7 +421,7 @@ var File_api_daemonv1_daemon_proto protoreflect.FileDescriptor
 
 const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\n" +
-	"\x19api/daemonv1/daemon.proto\x12\x13damselfly.daemon.v1\"\xcb\x03\n" +
+	"\x19api/daemonv1/daemon.proto\x12\x13damselfly.daemon.v1\"\xe3\x03\n" +
 	"\x0fDownloadRequest\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
 	"\x06output\x18\x02 \x01(\tR\x06output\x12\x16\n" +
@@ -409,10 +437,11 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	" \x01(\rR\n" +
 	"outputMode\x12\x10\n" +
 	"\x03uid\x18\v \x01(\x03R\x03uid\x12\x10\n" +
-	"\x03gid\x18\f \x01(\x03R\x03gid\x1a:\n" +
+	"\x03gid\x18\f \x01(\x03R\x03gid\x12\x16\n" +
+	"\x06stream\x18\r \x01(\bR\x06stream\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x02\n" +
 	"\x10DownloadProgress\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12%\n" +
 	"\x0econtent_length\x18\x02 \x01(\x03R\rcontentLength\x12)\n" +
@@ -422,7 +451,9 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"peer_bytes\x18\x05 \x01(\x03R\tpeerBytes\x12!\n" +
 	"\forigin_bytes\x18\x06 \x01(\x03R\voriginBytes\x12\x1d\n" +
 	"\n" +
-	"from_cache\x18\a \x01(\bR\tfromCache\"*\n" +
+	"from_cache\x18\a \x01(\bR\tfromCache\x12\x12\n" +
+	"\x04data\x18\b \x01(\fR\x04data\x12\x16\n" +
+	"\x06offset\x18\t \x01(\x03R\x06offset\"*\n" +
 	"\x0fStatTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xe1\x01\n" +
 	"\x10StatTaskResponse\x12\x17\n" +

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +25,8 @@ import (
 // downloader runs one download: through the daemon, else directly.
 type downloader struct {
 	opts     *options
+	stdout   io.Writer // the content goes here with -O -
+	written  int64     // bytes already written to stdout
 	stderr   io.Writer
 	tty      bool
 	barShown bool
@@ -64,7 +68,8 @@ func (d *downloader) download(ctx context.Context) (*result, error) {
 	if err == nil {
 		return res, nil
 	}
-	if ctx.Err() != nil || o.disableBackSource || !worthDirect(err) {
+	if ctx.Err() != nil || o.disableBackSource || !worthDirect(err) || d.written > 0 {
+		// (bytes already on standard output cannot be taken back)
 		return nil, err
 	}
 	if started {
@@ -110,13 +115,35 @@ func (d *downloader) viaDaemon(ctx context.Context, c *client.Client) (*result, 
 		Uid:               int64(os.Getuid()),
 		Gid:               int64(os.Getgid()),
 	}
+	stream := o.output == "-"
+	if stream {
+		req.Output, req.Stream = "", true
+	}
 	start := time.Now()
 	bar := d.newBar(ctx)
 	started := false
+	var werr error
 	final, err := c.Download(ctx, req, func(p *daemonv1.DownloadProgress) {
 		started = true
+		if stream && len(p.GetData()) > 0 && werr == nil {
+			if p.GetOffset() != d.written {
+				werr = fmt.Errorf("daemon sent bytes at %d, want %d", p.GetOffset(), d.written)
+				return
+			}
+			n, err := d.stdout.Write(p.GetData())
+			d.written += int64(n)
+			if err != nil {
+				werr = fmt.Errorf("write standard output: %w", err)
+			}
+		}
 		bar.update(p.GetCompletedLength(), p.GetContentLength())
 	})
+	if err == nil && werr != nil {
+		err = werr
+	}
+	if err == nil && stream && final.GetContentLength() >= 0 && d.written != final.GetContentLength() {
+		err = fmt.Errorf("daemon streamed %d of %d bytes: %w", d.written, final.GetContentLength(), core.ErrUnavailable)
+	}
 	bar.finish(err == nil)
 	if err != nil {
 		return nil, started, err
@@ -149,6 +176,14 @@ func (d *downloader) direct(ctx context.Context) (*result, error) {
 	}
 	start := time.Now()
 	bar := d.newBar(ctx)
+	if o.output == "-" {
+		n, err := d.directStream(ctx, src, bar)
+		bar.finish(err == nil)
+		if err != nil {
+			return nil, err
+		}
+		return &result{bytes: n, elapsed: time.Since(start), direct: true}, nil
+	}
 	n, err := source.Download(ctx, src, source.Request{URL: o.url, Header: o.header, Length: -1}, o.output, o.digest, 0o644, bar.update)
 	bar.finish(err == nil)
 	if err != nil {
@@ -254,4 +289,42 @@ func redactURL(raw string) string {
 		u.User = url.User(u.User.Username())
 	}
 	return u.String()
+}
+
+// directStream copies the origin's content to standard output, checking the
+// digest (if given) once everything is written.
+func (d *downloader) directStream(ctx context.Context, src source.Source, bar *bar) (int64, error) {
+	o := d.opts
+	resp, err := src.Fetch(ctx, source.Request{URL: o.url, Header: o.header, Length: -1})
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	buf := make([]byte, 256<<10)
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			k, werr := d.stdout.Write(buf[:n])
+			d.written += int64(k)
+			if werr != nil {
+				return d.written, fmt.Errorf("write standard output: %w", werr)
+			}
+			bar.update(d.written, resp.ContentLength)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return d.written, rerr
+		}
+	}
+	if o.digest != "" {
+		_, want, _ := core.ParseDigest(o.digest)
+		if got := hex.EncodeToString(h.Sum(nil)); got != want {
+			return d.written, fmt.Errorf("content is sha256:%s, want sha256:%s: %w", got, want, core.ErrDigestMismatch)
+		}
+	}
+	return d.written, nil
 }

@@ -73,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
-	d := &downloader{opts: o, stderr: stderr, tty: isTerminal(stderr)}
+	d := &downloader{opts: o, stdout: stdout, stderr: stderr, tty: isTerminal(stderr)}
 	res, err := d.download(ctx)
 	if err != nil {
 		code := exitCode(ctx, err, o.disableBackSource)

@@ -31,7 +31,10 @@ before or after the URL. URL schemes: http, https, file.
 
 Flags:
   -O, --output FILE          where to write the content (required; its
-                             directory must exist)
+                             directory must exist). "-" streams the content
+                             to standard output in order as pieces arrive
+                             (a --digest mismatch is then reported at the
+                             end, exit 4, after the bytes were written)
   -u, --url URL              the URL, instead of the positional argument
       --digest ALGO:HEX      expected digest of the content, e.g. sha256:3b7f...
   -H, --header 'K: V'        request header for the origin (repeatable)
@@ -258,6 +261,9 @@ func (o *options) validate() error {
 	}
 	if o.sock == "" {
 		return errors.New("--sock is empty")
+	}
+	if o.output == "-" {
+		return nil // standard output
 	}
 	out, err := filepath.Abs(o.output)
 	if err != nil {

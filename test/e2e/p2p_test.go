@@ -1,12 +1,18 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 )
 
 // TestSwarmDownloads fetches files of awkward sizes on every daemon at once:
@@ -97,5 +103,54 @@ func TestAllInOne(t *testing.T) {
 	}
 	if v := metric(t, metrics, "damselfly_daemon_cache_bytes_total", ""); v != 3<<20 {
 		t.Errorf("bytes served from cache %v, want %d", v, 3<<20)
+	}
+}
+
+// dfgetStdout runs dfget and returns its exit code, standard output and
+// standard error separately.
+func dfgetStdout(ctx context.Context, args ...string) (int, []byte, string) {
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "dfget"), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+	}
+	return code, out.Bytes(), errb.String()
+}
+
+// TestStreamToStdout: `dfget -O -` streams the content in order through the
+// daemon (pieces fetched near-sequentially), from a peer and from the cache,
+// and directly when asked; a wrong digest is reported after the bytes.
+func TestStreamToStdout(t *testing.T) {
+	o := newOrigin(t)
+	c := startCluster(t, 2)
+	url, sum := o.add("streamed", 5<<20+123, 77)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for i, args := range [][]string{
+		{url, "-O", "-", "--sock", c.daemons[0].sock},                              // seed → daemon 0
+		{url, "-O", "-", "--sock", c.daemons[1].sock, "--digest", "sha256:" + sum}, // daemon 0 or seed → daemon 1
+		{url, "-O", "-", "--sock", c.daemons[1].sock},                              // daemon 1's cache
+		{url, "-O", "-", "--direct"},
+	} {
+		code, out, errs := dfgetStdout(ctx, args...)
+		if code != 0 {
+			t.Fatalf("run %d: dfget exited %d: %s", i, code, errs)
+		}
+		h := sha256.Sum256(out)
+		if got := hex.EncodeToString(h[:]); got != sum {
+			t.Fatalf("run %d: streamed %d bytes with sha256 %s, want %s", i, len(out), got, sum)
+		}
+	}
+	if served := o.served.Load(); served != 2*(5<<20+123) {
+		t.Errorf("origin served %d bytes: want one copy for the swarm and one for --direct", served)
+	}
+	bad := "sha256:" + strings.Repeat("0", 64)
+	if code, _, errs := dfgetStdout(ctx, url, "-O", "-", "--direct", "--digest", bad); code != 4 {
+		t.Fatalf("wrong digest, direct stream: exit %d (%s), want 4", code, errs)
 	}
 }

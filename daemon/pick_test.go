@@ -1,0 +1,122 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/daemon/store"
+)
+
+// conductorWithParents builds a conductor over a task of n pieces whose
+// digests are known, with parents holding the given pieces.
+func conductorWithParents(t *testing.T, n int, parents map[string][]uint32) *conductor {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	st, err := store.Open(context.Background(), t.TempDir(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	task, _, err := st.GetOrCreate(store.Meta{TaskID: "t", ContentLength: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	task.SetShape(int64(n)*1024, 1024)
+	ds := map[uint32][]byte{}
+	for i := 0; i < n; i++ {
+		ds[uint32(i)] = core.PieceDigest([]byte{byte(i)})
+	}
+	task.SetDigests(ds)
+	d := &Daemon{cfg: DefaultConfig(), log: log, store: st}
+	c := newConductor(d, taskRequest{spec: &schedulerv1.TaskSpec{TaskId: "t"}}, "h")
+	c.task = task
+	c.need = task.Missing()
+	for id, held := range parents {
+		p := &parentState{info: &schedulerv1.PeerInfo{PeerId: id}, cancel: func() {}}
+		for _, h := range held {
+			for int(h) >= len(p.has) {
+				p.has = append(p.has, false)
+			}
+			p.has[h] = true
+			p.count++
+		}
+		c.parents[id] = p
+	}
+	return c
+}
+
+// take simulates starting the fetch pick chose.
+func take(c *conductor, n uint32, p *parentState) {
+	c.inflight[n] = p
+	p.inflight++
+}
+
+func TestPickSequentialWhenStreaming(t *testing.T) {
+	all := []uint32{}
+	for i := uint32(0); i < 64; i++ {
+		all = append(all, i)
+	}
+	// a holds everything, b only from piece 10 on; 4 requests per parent
+	c := conductorWithParents(t, 64, map[string][]uint32{"a": all, "b": all[10:]})
+	c.streaming.Store(true)
+	// in order while a has room, then the lowest piece b can give
+	for i, want := range []uint32{0, 1, 2, 3, 10, 11, 12, 13} {
+		n, p := c.pick()
+		if p == nil || n != want {
+			t.Fatalf("streaming pick %d: got piece %d (parent %v), want %d", i, n, p != nil, want)
+		}
+		take(c, n, p)
+	}
+	if _, p := c.pick(); p != nil {
+		t.Fatal("picked beyond every parent's request limit")
+	}
+}
+
+// Rarest first: a piece only one parent holds goes before pieces everyone
+// holds, and ties are not always broken the same way (peers must end up
+// holding different pieces).
+func TestPickRarestFirstWithRandomTies(t *testing.T) {
+	common := []uint32{0, 1, 2, 3, 4, 5, 6, 7}
+	c := conductorWithParents(t, 9, map[string][]uint32{"a": append(common, 8), "b": common})
+	if n, p := c.pick(); p == nil || n != 8 {
+		t.Fatalf("pick %d, want the rare piece 8", n)
+	}
+	firsts := map[uint32]bool{}
+	for i := 0; i < 50; i++ {
+		c := conductorWithParents(t, 8, map[string][]uint32{"a": common, "b": common})
+		n, p := c.pick()
+		if p == nil {
+			t.Fatal("nothing picked")
+		}
+		firsts[n] = true
+	}
+	if len(firsts) < 3 {
+		t.Fatalf("50 conductors all started with pieces %v: ties are not random", firsts)
+	}
+}
+
+// A piece whose digest is not known yet is never requested.
+func TestPickNeedsTrustedDigest(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	st, _ := store.Open(context.Background(), t.TempDir(), log)
+	defer st.Close()
+	task, _, _ := st.GetOrCreate(store.Meta{TaskID: "t", ContentLength: -1})
+	task.SetShape(4096, 1024)
+	task.SetDigests(map[uint32][]byte{2: core.PieceDigest([]byte("x"))})
+	d := &Daemon{cfg: DefaultConfig(), log: log, store: st}
+	c := newConductor(d, taskRequest{spec: &schedulerv1.TaskSpec{TaskId: "t"}}, "h")
+	c.task, c.need = task, task.Missing()
+	c.parents["a"] = &parentState{info: &schedulerv1.PeerInfo{PeerId: "a"}, has: []bool{true, true, true, true}, count: 4, cancel: func() {}}
+	n, p := c.pick()
+	if p == nil || n != 2 {
+		t.Fatalf("picked %d, want 2 (the only piece with a digest)", n)
+	}
+	take(c, n, p)
+	if _, p := c.pick(); p != nil {
+		t.Fatal("picked a piece without a trusted digest")
+	}
+}
