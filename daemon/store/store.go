@@ -524,16 +524,27 @@ func (t *Task) Commit() error {
 	if err := t.Flush(); err != nil {
 		return err
 	}
-	// fsync off the request path: a client should not wait for the disk to
-	// catch up with the page cache. Until it is done the record says so, and
-	// a reload re-verifies the pieces.
-	go t.syncData()
+	// fsync off the request path, and late: a client should not wait for
+	// the disk, and by SyncDelay the kernel's own writeback has usually done
+	// the work, so the fsync does not compete with the next download for the
+	// disk and for page cache. Until it is done the record says so, and a
+	// reload re-verifies the pieces.
+	time.AfterFunc(SyncDelay, t.syncData)
 	return nil
 }
+
+// SyncDelay is how long after Commit a task's data is fsynced.
+var SyncDelay = 30 * time.Second
 
 func (t *Task) syncData() { t.syncOnce.Do(t.doSync) }
 
 func (t *Task) doSync() {
+	t.mu.Lock()
+	closed := t.closed
+	t.mu.Unlock()
+	if closed {
+		return // deleted, or the store closed (which synced it first)
+	}
 	if err := t.data.Sync(); err != nil {
 		t.s.log.Warn("sync task data", "task_id", t.meta.TaskID, "err", err)
 		return
