@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/config"
 	"github.com/damselfly-io/damselfly/scheduler/policy"
 )
 
@@ -159,25 +160,6 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Duration is a time.Duration written in YAML as a Go duration string
-// ("10s", "2m"); yaml.v3 would otherwise write integer nanoseconds.
-type Duration time.Duration
-
-// D returns d as a time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
-
-// String formats like time.Duration.
-func (d Duration) String() string { return time.Duration(d).String() }
-
-// MarshalText implements encoding.TextMarshaler (used by yaml.v3 and JSON).
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
-// UnmarshalText parses a Go duration string such as "1m30s".
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("duration %q: %w", b, core.ErrInvalid)
-	}
-	*d = Duration(v)
-	return nil
-}
+// Duration is the shared config duration: written in YAML as a Go duration
+// string ("10s", "2m") rather than integer nanoseconds.
+type Duration = config.Duration

@@ -24,9 +24,7 @@ type schedulerCmdConfig struct {
 }
 
 func schedulerFlags(fs *flag.FlagSet, cfg *scheduler.Config) {
-	dur := func(name string, d *scheduler.Duration, usage string) {
-		fs.Func(name, usage+" (default "+d.String()+")", func(v string) error { return d.UnmarshalText([]byte(v)) })
-	}
+	dur := func(name string, d *scheduler.Duration, usage string) { fs.Var(d, name, usage) }
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address")
 	fs.IntVar(&cfg.MaxParents, "max-parents", cfg.MaxParents, "parents given to one peer")
 	fs.IntVar(&cfg.MaxChildren, "max-children", cfg.MaxChildren, "children one peer serves in one task (0: bounded by host upload slots only)")

@@ -33,8 +33,11 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// String implements flag.Value.
-func (d *Duration) String() string { return time.Duration(*d).String() }
+// String implements flag.Value and fmt.Stringer.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// UnmarshalText parses a Go duration string such as "1m30s".
+func (d *Duration) UnmarshalText(b []byte) error { return d.Set(string(b)) }
 
 // Set implements flag.Value.
 func (d *Duration) Set(s string) error {
