@@ -390,7 +390,14 @@ func (s *Scheduler) onPieceFailedLocked(p *peer, m *schedulerv1.PieceFailed, now
 		s.log.Warn("corrupt piece reported", "task_id", t.id, "peer_id", p.id, "parent_id", id, "piece", m.GetNumber())
 		s.markBadLocked(p, id)
 		if par != nil {
-			par.host.corrupt++
+			h := par.host
+			h.corrupt++
+			if h.corruptBy == nil {
+				h.corruptBy = map[string]struct{}{}
+			}
+			if len(h.corruptBy) < maxCorruptReporters {
+				h.corruptBy[p.host.id] = struct{}{}
+			}
 			s.removeEdge(par, p)
 		}
 	}
@@ -540,3 +547,12 @@ func (s *Scheduler) seedLeft(sc *seedConn) {
 	s.flushLocked(now)
 	s.log.Info("seed host disconnected", "host_id", id)
 }
+
+// A host is penalised for every child only once reporters on this many
+// different hosts called it corrupt: a single lying reporter must not be able
+// to turn the swarm away from an honest host. The reporter itself never gets
+// the host back either way.
+const (
+	corruptReportersToPenalise = 2
+	maxCorruptReporters        = 16
+)

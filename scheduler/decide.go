@@ -325,7 +325,7 @@ func (s *Scheduler) candidate(c *peer, fastest float64) policy.Candidate {
 		IDC:         h.info.GetIdc(),
 		Location:    h.info.GetLocation(),
 		Seed:        h.info.GetSeed(),
-		Corrupt:     h.corrupt > 0,
+		Corrupt:     len(h.corruptBy) >= corruptReportersToPenalise,
 	}
 }
 

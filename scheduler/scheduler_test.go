@@ -223,6 +223,14 @@ func TestCorruptParentNeverReassigned(t *testing.T) {
 	if m := x.nextDecision(); m.GetWait() == nil {
 		t.Fatalf("x with only the liar left: want Wait, got %v", m)
 	}
+	// One report is not enough to turn everyone away (a lying reporter
+	// could smear an honest host); a second reporter's host is.
+	x2 := ts.register("t", "x2")
+	if got := x2.expectParents(); !slices.Contains(got, "liar") {
+		t.Fatalf("x2 parents %v: one report already penalised the liar for everyone", got)
+	}
+	x2.pieceFailed(1, "liar", true)
+	x2.expectParents()
 	// Other peers are steered away from the liar's host: with five
 	// candidates, the penalised one is not among the best three.
 	for _, id := range []string{"h2", "h3"} {
@@ -232,7 +240,7 @@ func TestCorruptParentNeverReassigned(t *testing.T) {
 	if got := y.expectParents(); slices.Contains(got, "liar") || len(got) != 3 {
 		t.Fatalf("y parents %v", got)
 	}
-	if n := ts.metric("damselfly_scheduler_piece_results_total", "result", "corrupt"); n != 1 {
+	if n := ts.metric("damselfly_scheduler_piece_results_total", "result", "corrupt"); n != 2 {
 		t.Fatalf("corrupt results %v", n)
 	}
 	ts.mustInvariants()

@@ -88,8 +88,9 @@ type host struct {
 	used       int // children assigned to this host's peers, all tasks
 	successes  uint64
 	failures   uint64
-	corrupt    uint32
-	throughput float64 // EWMA bytes/s as a parent
+	corrupt    uint32              // corrupt-piece reports against this host
+	corruptBy  map[string]struct{} // hosts that reported them (bounded)
+	throughput float64             // EWMA bytes/s as a parent
 	peers      int
 	seed       *seedConn
 	idleSince  time.Time
