@@ -6,12 +6,18 @@ GOBIN ?= $(shell $(GO) env GOPATH)/bin
 BIN := bin
 PROTOS := api/schedulerv1/scheduler.proto api/peerv1/peer.proto api/daemonv1/daemon.proto
 
-.PHONY: all build test test-unit deps proto bench bench-swarm vet fmt clean
+.PHONY: all build run test test-unit deps proto bench bench-swarm vet fmt clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+
+# run starts an all-in-one node (scheduler + seed peer + daemon) on the
+# embedded defaults; as root it uses /var/lib/damselfly and
+# /var/run/damselfly/daemon.sock (dfget's default socket).
+run: build
+	./$(BIN)/damselfly all-in-one $(ARGS)
 
 # deps installs what the tests need on a fresh Debian machine (idempotent).
 deps:
