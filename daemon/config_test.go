@@ -1,16 +1,14 @@
 package daemon
 
 import (
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
 
 // The rendered defaults are a golden file, so a changed default shows in review.
 func TestDefaultConfigGolden(t *testing.T) {
@@ -18,19 +16,7 @@ func TestDefaultConfigGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden := filepath.Join("testdata", "default-config.yaml")
-	if *update {
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run go test -update)", err)
-	}
-	if string(got) != string(want) {
-		t.Fatalf("default config changed; run go test ./daemon -update and review:\n%s", got)
-	}
+	golden.Check(t, filepath.Join("testdata", "default-config.yaml"), got)
 	// and it loads back to the same thing
 	p := filepath.Join(t.TempDir(), "c.yaml")
 	os.WriteFile(p, got, 0o644)

@@ -1,10 +1,7 @@
 package scheduler
 
 import (
-	"bytes"
 	"errors"
-	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,28 +10,15 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files under testdata/")
 
 func TestDefaultConfigGolden(t *testing.T) {
 	got, err := yaml.Marshal(DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden := filepath.Join("testdata", "default-config.yaml")
-	if *update {
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("rendered default config differs from %s (run go test -update if the change is meant):\n%s", golden, got)
-	}
+	golden.Check(t, filepath.Join("testdata", "default-config.yaml"), got)
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatalf("defaults invalid: %v", err)
 	}
