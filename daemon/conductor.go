@@ -266,22 +266,22 @@ func (c *conductor) backSourceAllowed() bool { return !c.req.disableBackSource }
 func (c *conductor) download(ctx context.Context) error {
 	c.lastProgress = time.Now()
 	if c.d.sched == nil {
-		return c.originOnly(ctx, "no_scheduler")
-	}
-	if err := c.announce(ctx); err != nil {
+		if err := c.fallback(ctx, "no_scheduler"); err != nil {
+			return err
+		}
+	} else if err := c.announce(ctx); err != nil {
 		c.log.Warn("scheduler unreachable", "err", err)
-		return c.originOnly(ctx, "scheduler_unreachable")
+		if err := c.fallback(ctx, "scheduler_unreachable"); err != nil {
+			return err
+		}
 	}
 	tick := time.NewTicker(c.d.cfg.Download.ReportInterval.D())
 	defer tick.Stop()
 	defer c.dropParents()
 	for {
-		if c.shapeKnown() && c.task.Count() == c.pieceCount() {
-			if c.originRunning {
-				// let the origin fetch wind down before committing
-			} else {
-				return c.complete(ctx)
-			}
+		// (a running origin fetch winds down before the task is committed)
+		if !c.originRunning && c.shapeKnown() && c.task.Count() == c.pieceCount() {
+			return c.complete(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -300,39 +300,6 @@ func (c *conductor) download(ctx context.Context) error {
 		if len(c.events) == 0 {
 			// Idle: report now. Under load events queue up and reports batch.
 			c.flushReports()
-		}
-	}
-}
-
-// originOnly fetches everything from the origin without a scheduler.
-func (c *conductor) originOnly(ctx context.Context, reason string) error {
-	if !c.backSourceAllowed() {
-		return fmt.Errorf("task %s: %s and back-to-source is disabled: %w", c.id, reason, core.ErrUnavailable)
-	}
-	c.d.metrics.backSource.WithLabelValues(reason).Inc()
-	c.mode = modeOrigin
-	errc := make(chan error, 1)
-	go func() { errc <- c.fetchOrigin(ctx) }()
-	for {
-		select {
-		case err := <-errc:
-			if err != nil {
-				return err
-			}
-			// drain origin events
-			for {
-				select {
-				case <-c.events:
-					continue
-				default:
-				}
-				break
-			}
-			return c.complete(ctx)
-		case <-c.events:
-		case <-ctx.Done():
-			<-errc
-			return errClosed
 		}
 	}
 }
@@ -454,14 +421,18 @@ func (c *conductor) fallback(ctx context.Context, reason string) error {
 }
 
 func (c *conductor) checkStall(ctx context.Context) error {
-	if c.mode != modeP2P || time.Since(c.lastProgress) < c.d.cfg.Download.SwarmTimeout.D() {
-		if c.mode == modeP2P && len(c.parents) == 0 && time.Since(c.lastResched) > 2*time.Second && c.stream != nil && time.Since(c.lastProgress) > 2*time.Second {
-			c.reschedule(nil, "no parents")
-		}
+	if c.mode != modeP2P {
 		return nil
 	}
-	c.log.Warn("no progress from the swarm", "for", time.Since(c.lastProgress).Round(time.Millisecond))
-	return c.fallback(ctx, "swarm_stalled")
+	idle := time.Since(c.lastProgress)
+	if idle >= c.d.cfg.Download.SwarmTimeout.D() {
+		c.log.Warn("no progress from the swarm", "for", idle.Round(time.Millisecond))
+		return c.fallback(ctx, "swarm_stalled")
+	}
+	if len(c.parents) == 0 && c.stream != nil && idle > 2*time.Second && time.Since(c.lastResched) > 2*time.Second {
+		c.reschedule(nil, "no parents")
+	}
+	return nil
 }
 
 func (c *conductor) reschedule(bad []string, reason string) {
@@ -929,10 +900,7 @@ func readLimited(ctx context.Context, r io.Reader, b []byte, ls ...*rate.Limiter
 	for got < len(b) {
 		end := min(len(b), got+step)
 		for _, l := range ls {
-			if l == nil {
-				continue
-			}
-			if err := l.WaitN(ctx, min(end-got, l.Burst())); err != nil {
+			if err := piece.WaitN(ctx, l, end-got); err != nil {
 				return got, err
 			}
 		}

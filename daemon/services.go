@@ -148,14 +148,11 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		if cached {
 			p.PeerBytes, p.OriginBytes = 0, 0
 		}
-		if t := c.task; true {
-			l, ps := t.Shape()
-			p.ContentLength = l
-			if l >= 0 {
-				p.CompletedLength = min(l, int64(t.Count())*int64(ps))
-			} else {
-				p.CompletedLength = int64(t.Count()) * int64(ps)
-			}
+		l, ps := c.task.Shape()
+		p.ContentLength = l
+		p.CompletedLength = int64(c.task.Count()) * int64(ps)
+		if l >= 0 {
+			p.CompletedLength = min(l, p.CompletedLength)
 		}
 		return p
 	}

@@ -48,7 +48,9 @@ func NewLimiter(bytesPerSec int64) *rate.Limiter {
 	return rate.NewLimiter(rate.Limit(bytesPerSec), burst)
 }
 
-func waitN(ctx context.Context, l *rate.Limiter, n int) error {
+// WaitN takes n tokens from l (nil: unlimited), in steps no larger than its
+// burst, which rate.Limiter refuses to wait for in one call.
+func WaitN(ctx context.Context, l *rate.Limiter, n int) error {
 	if l == nil {
 		return nil
 	}
@@ -173,7 +175,7 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 	} else {
 		for sent < size && err == nil {
 			c := min(int64(chunk), size-sent)
-			if err = waitN(r.Context(), s.limit, int(c)); err != nil {
+			if err = WaitN(r.Context(), s.limit, int(c)); err != nil {
 				break
 			}
 			var k int64
@@ -273,7 +275,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 		if k > 0 {
 			watchdog.Reset(stall)
 			for _, l := range r.Limits {
-				if werr := waitN(ctx, l, k); werr != nil {
+				if werr := WaitN(ctx, l, k); werr != nil {
 					c.Release(buf)
 					return nil, fmt.Errorf("fetch piece %d from %s: rate limit: %w", r.Number, r.Addr, werr)
 				}

@@ -224,20 +224,11 @@ func (t *Task) verifyOnLoad() error {
 		m.Synced = false // modified since commit: verify like an unsynced task
 	}
 	if m.Complete && !m.Synced {
-		// Committed but perhaps not on disk: check every piece like a partial task.
-		m.Complete = false
-		n := core.PieceCount(m.ContentLength, m.PieceSize)
-		m.Pieces = m.Pieces[:0]
-		for i := uint32(0); i < n; i++ {
-			m.Pieces = append(m.Pieces, i)
+		// Committed but perhaps not on disk: check every piece.
+		if t.reverifyAllLocked(st.ModTime().UnixNano()) {
+			m.Synced = true
 		}
-		if err := t.verifyPieces(); err != nil {
-			return err
-		}
-		if t.haveCount == n && m.ContentLength >= 0 {
-			m.Complete, m.Synced = true, true
-			t.dirty = true
-		}
+		t.dirty = true
 		return nil
 	}
 	if m.Complete {
@@ -252,11 +243,32 @@ func (t *Task) verifyOnLoad() error {
 		t.haveCount = n
 		return nil
 	}
-	return t.verifyPieces()
+	t.verifyPieces()
+	return nil
+}
+
+// reverifyAllLocked checks every piece of a committed task against its
+// digest and keeps the good ones. The task stays complete only if all pass;
+// mtime is then recorded as the data file's known-good state.
+func (t *Task) reverifyAllLocked(mtime int64) bool {
+	m := &t.meta
+	n := core.PieceCount(m.ContentLength, m.PieceSize)
+	m.Complete = false
+	m.Pieces = m.Pieces[:0]
+	for i := uint32(0); i < n; i++ {
+		m.Pieces = append(m.Pieces, i)
+	}
+	t.have, t.haveCount = make([]bool, n), 0
+	t.verifyPieces()
+	if m.ContentLength < 0 || t.haveCount != n {
+		return false
+	}
+	m.Complete, m.DataMtime = true, mtime
+	return true
 }
 
 // verifyPieces keeps the pieces of m.Pieces whose bytes match their digests.
-func (t *Task) verifyPieces() error {
+func (t *Task) verifyPieces() {
 	m := &t.meta
 	kept := m.Pieces[:0]
 	if m.ContentLength >= 0 && m.PieceSize > 0 {
@@ -286,7 +298,6 @@ func (t *Task) verifyPieces() error {
 		t.setHave(n)
 	}
 	m.Pieces = kept
-	return nil
 }
 
 func (t *Task) rangeOf(n uint32) (int64, int64) {
@@ -691,20 +702,7 @@ func (t *Task) CheckIntact() error {
 		return nil
 	}
 	t.s.log.Warn("cached data changed on disk; verifying it again", "task_id", m.TaskID)
-	m.Complete = false
-	n := core.PieceCount(m.ContentLength, m.PieceSize)
-	m.Pieces = m.Pieces[:0]
-	for i := uint32(0); i < n; i++ {
-		m.Pieces = append(m.Pieces, i)
-	}
-	t.have = make([]bool, n)
-	t.haveCount = 0
-	_ = t.verifyPieces()
-	ok := t.haveCount == n
-	if ok {
-		m.Complete = true
-		m.DataMtime = st.ModTime().UnixNano()
-	}
+	ok := t.reverifyAllLocked(st.ModTime().UnixNano())
 	t.dirty = true
 	t.notifyLocked()
 	t.mu.Unlock()
