@@ -29,7 +29,7 @@ func vmHWM(t testing.TB, pid int) int64 {
 }
 
 // warmNeighbour starts a scheduler and a daemon that already holds url.
-func warmNeighbour(b *testing.B, o *origin, url, sum string) (*schedulerProc, *daemonProc) {
+func warmNeighbour(b *testing.B, url, sum string) (*schedulerProc, *daemonProc) {
 	s := startScheduler(b)
 	warm := startDaemon(b, daemonOpts{name: "warm", scheduler: s.addr})
 	out := filepath.Join(b.TempDir(), "warm.out")
@@ -50,7 +50,7 @@ func BenchmarkWarmNeighbour(b *testing.B) {
 	const size = 1 << 30
 	o := newOrigin(b)
 	url, sum := o.addGen("big", size, 1)
-	s, _ := warmNeighbour(b, o, url, sum)
+	s, _ := warmNeighbour(b, url, sum)
 	servedBefore := o.served.Load()
 	b.SetBytes(size)
 	b.ResetTimer()

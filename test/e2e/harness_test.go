@@ -240,19 +240,27 @@ func metric(t testing.TB, base, name, match string) float64 {
 	return sum
 }
 
-// dfget runs the dfget binary and returns its exit code and output.
+// dfget runs the dfget binary and returns its exit code and everything it
+// printed.
 func dfget(ctx context.Context, args ...string) (int, string) {
+	code, out, errs := dfgetStdout(ctx, args...)
+	return code, string(out) + errs
+}
+
+// dfgetStdout runs dfget and returns its exit code, standard output and
+// standard error separately.
+func dfgetStdout(ctx context.Context, args ...string) (int, []byte, string) {
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "dfget"), args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
-	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
-			return ee.ExitCode(), out.String()
-		}
-		return -1, out.String() + err.Error()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.Bytes(), errb.String()
 	}
-	return 0, out.String()
+	if err != nil {
+		return -1, out.Bytes(), errb.String() + err.Error()
+	}
+	return 0, out.Bytes(), errb.String()
 }
 
 // origin is an HTTP server with byte counting and failure modes.

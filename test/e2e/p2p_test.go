@@ -1,13 +1,11 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -104,22 +102,6 @@ func TestAllInOne(t *testing.T) {
 	if v := metric(t, metrics, "damselfly_daemon_cache_bytes_total", ""); v != 3<<20 {
 		t.Errorf("bytes served from cache %v, want %d", v, 3<<20)
 	}
-}
-
-// dfgetStdout runs dfget and returns its exit code, standard output and
-// standard error separately.
-func dfgetStdout(ctx context.Context, args ...string) (int, []byte, string) {
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "dfget"), args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		code = -1
-	}
-	return code, out.Bytes(), errb.String()
 }
 
 // TestStreamToStdout: `dfget -O -` streams the content in order through the
