@@ -74,21 +74,15 @@ func (e *exporter) sync(t *store.Task) error {
 		}
 		e.src = f
 	}
-	for _, n := range t.Pieces() {
-		if int(n) < len(e.copied) && e.copied[n] {
-			continue
-		}
+	for _, n := range t.NewPieces(&e.copied) {
 		off, size, err := t.PieceSection(n)
 		if err != nil {
+			e.copied[n] = false // gone again (re-verified away); retry later
 			continue
 		}
 		if err := copyRange(e.src, e.tmp, off, size); err != nil {
 			return fmt.Errorf("write %s: %w", e.output, err)
 		}
-		for int(n) >= len(e.copied) {
-			e.copied = append(e.copied, false)
-		}
-		e.copied[n] = true
 		e.count++
 	}
 	return nil

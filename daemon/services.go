@@ -58,16 +58,7 @@ func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serv
 		}
 		l, ps := t.Shape()
 		complete := t.Complete()
-		var add []uint32
-		for _, n := range t.Pieces() {
-			for int(n) >= len(sent) {
-				sent = append(sent, false)
-			}
-			if !sent[n] {
-				sent[n] = true
-				add = append(add, n)
-			}
-		}
+		add := t.NewPieces(&sent)
 		if first || len(add) > 0 || complete {
 			first = false
 			if err := stream.Send(&peerv1.PieceState{ContentLength: l, PieceSize: ps, Pieces: add, Done: complete}); err != nil {

@@ -428,6 +428,26 @@ func (t *Task) piecesLocked() []uint32 {
 	return out
 }
 
+// NewPieces returns, in order, the held pieces not yet marked in seen, and
+// marks them: a follower of the task (a child's piece stream, an output
+// being written) learns only what was added since it last asked.
+func (t *Task) NewPieces(seen *[]bool) []uint32 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []uint32
+	for i, h := range t.have {
+		if !h || (i < len(*seen) && (*seen)[i]) {
+			continue
+		}
+		for i >= len(*seen) {
+			*seen = append(*seen, false)
+		}
+		(*seen)[i] = true
+		out = append(out, uint32(i))
+	}
+	return out
+}
+
 // Count returns how many pieces are held.
 func (t *Task) Count() uint32 {
 	t.mu.Lock()

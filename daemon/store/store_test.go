@@ -328,3 +328,21 @@ func TestCheckIntact(t *testing.T) {
 		t.Fatalf("after check: complete=%v pieces=%v", task.Complete(), task.Pieces())
 	}
 }
+
+func TestNewPieces(t *testing.T) {
+	s, _ := Open(context.Background(), t.TempDir(), testLog())
+	defer s.Close()
+	data := content(4096)
+	task := fill(t, s, "a", data, 1024, []uint32{1, 3})
+	var seen []bool
+	if got := task.NewPieces(&seen); len(got) != 2 || got[0] != 1 || got[1] != 3 {
+		t.Fatalf("first call %v, want [1 3]", got)
+	}
+	if got := task.NewPieces(&seen); len(got) != 0 {
+		t.Fatalf("nothing new, got %v", got)
+	}
+	task.WritePiece(0, data[:1024], nil)
+	if got := task.NewPieces(&seen); len(got) != 1 || got[0] != 0 {
+		t.Fatalf("after piece 0: %v", got)
+	}
+}
