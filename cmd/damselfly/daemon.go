@@ -34,6 +34,7 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.IntVar(&cfg.Download.PerParentRequests, "per-parent-requests", cfg.Download.PerParentRequests, "piece requests outstanding at one parent")
 	fs.Var(&cfg.Download.MinStallTimeout, "min-stall-timeout", "shortest time a piece transfer may make no progress")
 	fs.Var(&cfg.Download.MaxStallTimeout, "max-stall-timeout", "longest time a piece transfer may make no progress")
+	fs.BoolVar(&cfg.Download.HardlinkOutput, "hardlink-output", cfg.Download.HardlinkOutput, "make dfget outputs on the cache's file system hard links to the cached copy instead of copies")
 	fs.IntVar(&cfg.Download.ParentFailures, "parent-failures", cfg.Download.ParentFailures, "failures in a row that drop a parent")
 	fs.Var(&cfg.Download.ReportInterval, "report-interval", "how long piece reports to the scheduler may be batched")
 	fs.IntVar(&cfg.Upload.MaxConcurrent, "upload-max-concurrent", cfg.Upload.MaxConcurrent, "piece transfers served at once")

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -134,5 +135,38 @@ func TestStreamToStdout(t *testing.T) {
 	bad := "sha256:" + strings.Repeat("0", 64)
 	if code, _, errs := dfgetStdout(ctx, url, "-O", "-", "--direct", "--digest", bad); code != 4 {
 		t.Fatalf("wrong digest, direct stream: exit %d (%s), want 4", code, errs)
+	}
+}
+
+// TestOutputLinkOrCopy: an output on the cache's file system is a hard link
+// to the cached copy; with --hardlink-output=false it is written piece by
+// piece as a copy. Both hold exactly the content.
+func TestOutputLinkOrCopy(t *testing.T) {
+	o := newOrigin(t)
+	s := startScheduler(t)
+	url, sum := o.add("linked", 3<<20+5, 91)
+	for _, tc := range []struct {
+		name  string
+		extra []string
+		links uint64
+	}{
+		{"link", nil, 2},
+		{"copy", []string{"--hardlink-output=false"}, 1},
+	} {
+		d := startDaemon(t, daemonOpts{name: tc.name, scheduler: s.addr, extra: tc.extra})
+		out := filepath.Join(d.dataDir, "out")
+		if code, msg := dfget(context.Background(), url, "-O", out, "--sock", d.sock); code != 0 {
+			t.Fatalf("%s: dfget exited %d: %s", tc.name, code, msg)
+		}
+		if got := fileSHA(t, out); got != sum {
+			t.Fatalf("%s: sha256 %s, want %s", tc.name, got, sum)
+		}
+		st, err := os.Stat(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := st.Sys().(*syscall.Stat_t).Nlink; uint64(n) != tc.links {
+			t.Errorf("%s: output has %d links, want %d", tc.name, n, tc.links)
+		}
 	}
 }
