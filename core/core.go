@@ -32,8 +32,6 @@ type TaskOptions struct {
 	// FilteredQuery lists query parameters left out of the task ID (e.g.
 	// signatures that change on every request for the same object).
 	FilteredQuery []string
-	// Digest, when set ("sha256:<hex>"), names the content itself.
-	Digest string
 }
 
 // TaskID derives the task ID of a URL: a hex sha256 over the URL with the
@@ -47,6 +45,18 @@ func TaskID(rawURL string, o TaskOptions) string {
 	h.Write([]byte{0})
 	h.Write([]byte(o.Application))
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// ContentTaskID is the task ID of content known by its digest ("sha256:<hex>"),
+// such as a registry blob: the digest's hex itself. The same layer reached
+// through two mirrors or two repositories is thus one task. URL task IDs are
+// sha256 outputs too, so the two cannot collide short of a sha256 preimage.
+func ContentTaskID(digest string) (string, error) {
+	_, hexsum, err := ParseDigest(digest)
+	if err != nil {
+		return "", err
+	}
+	return hexsum, nil
 }
 
 // FilterURL removes the named query parameters and sorts the rest, so that the

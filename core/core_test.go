@@ -1,6 +1,10 @@
 package core
 
-import "testing"
+import (
+	"errors"
+	"strings"
+	"testing"
+)
 
 func TestTaskIDFiltersAndSortsQuery(t *testing.T) {
 	a := TaskID("http://o/x?b=2&sig=abc&a=1", TaskOptions{FilteredQuery: []string{"sig"}})
@@ -66,5 +70,18 @@ func TestPieceDigestDetectsChange(t *testing.T) {
 	a := PieceDigest([]byte("hello"))
 	if !EqualDigest(a, PieceDigest([]byte("hello"))) || EqualDigest(a, PieceDigest([]byte("hellO"))) {
 		t.Fatal("piece digest does not tell contents apart")
+	}
+}
+
+func TestContentTaskID(t *testing.T) {
+	d := "sha256:" + strings.Repeat("ab", 32)
+	id, err := ContentTaskID(strings.ToUpper(d[:6]) + d[6:])
+	if err != nil || id != strings.Repeat("ab", 32) {
+		t.Fatalf("ContentTaskID = %q, %v", id, err)
+	}
+	for _, bad := range []string{"", "sha256:abc", "md5:" + strings.Repeat("ab", 16), strings.Repeat("ab", 32)} {
+		if _, err := ContentTaskID(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ContentTaskID(%q) err = %v, want ErrInvalid", bad, err)
+		}
 	}
 }
