@@ -10,6 +10,12 @@ command -v tc >/dev/null || need+=(iproute2)
 command -v aria2c >/dev/null || need+=(aria2)
 command -v opentracker >/dev/null || [ -x /usr/bin/opentracker ] || need+=(opentracker)
 command -v curl >/dev/null || need+=(curl)
+# Real parts the registry-mirror and manager tests start themselves.
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v containerd >/dev/null || need+=(containerd)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
