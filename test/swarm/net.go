@@ -388,3 +388,24 @@ func processAlive(pid int) bool {
 	i := strings.LastIndexByte(string(data), ')')
 	return i >= 0 && i+2 < len(data) && data[i+2] != 'Z' && data[i+2] != 'X'
 }
+
+// NewNetwork builds the network cfg describes (its hosts, racks and
+// shaping) without running any system, for tests that bring their own
+// servers and clients (test/mirror). The caller must end its processes and
+// then call Teardown.
+func NewNetwork(ctx context.Context, cfg Config) (*Network, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("network namespaces need root")
+	}
+	return buildNetwork(ctx, cfg.Logger.With("run_id", cfg.RunID), cfg.RunID, cfg.racks(), cfg.InterRackRate, cfg.hosts(),
+		shaping{burst: cfg.Burst, latency: cfg.Latency, delay: cfg.Delay, loss: cfg.Loss})
+}
+
+// TxBytes is host h's eth0 transmit counter.
+func (n *Network) TxBytes(ctx context.Context, h *Host) (int64, error) {
+	tx, _, err := linkStats(ctx, h.NS, "eth0")
+	return tx, err
+}

@@ -2,20 +2,18 @@ package swarm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/damselfly-io/damselfly/test/netns"
 )
 
 // Proc is one process the harness started inside a host's network namespace.
@@ -187,62 +185,10 @@ func (ps *procSet) killAll(grace time.Duration) time.Duration {
 // namespace ns, so the harness (which stays in the root namespace, with no
 // route to 10.77.0.0/16) can talk to servers on the emulated network.
 func nsDialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		type result struct {
-			c   net.Conn
-			err error
-		}
-		ch := make(chan result, 1)
-		go func() {
-			// The thread is locked for the whole dial. If it cannot be moved
-			// back, it stays locked and the runtime discards it on return.
-			runtime.LockOSThread()
-			orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-			if err != nil {
-				runtime.UnlockOSThread()
-				ch <- result{err: fmt.Errorf("dial in %s: %w", ns, err)}
-				return
-			}
-			defer orig.Close()
-			target, err := os.Open(nsPath(ns))
-			if err != nil {
-				runtime.UnlockOSThread()
-				ch <- result{err: fmt.Errorf("dial in %s: %w", ns, err)}
-				return
-			}
-			defer target.Close()
-			if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-				runtime.UnlockOSThread()
-				ch <- result{err: fmt.Errorf("dial in %s: setns: %w", ns, err)}
-				return
-			}
-			var d net.Dialer
-			c, err := d.DialContext(ctx, network, addr)
-			if rerr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); rerr != nil {
-				if c != nil {
-					c.Close()
-				}
-				ch <- result{err: errors.Join(err, fmt.Errorf("dial in %s: restore netns: %w", ns, rerr))}
-				return
-			}
-			runtime.UnlockOSThread()
-			ch <- result{c: c, err: err}
-		}()
-		r := <-ch
-		return r.c, r.err
-	}
+	return netns.Dialer(ns)
 }
 
 // nsHTTPClient is an HTTP client whose connections live in namespace ns.
 func nsHTTPClient(ns string, timeout time.Duration) *http.Client {
-	return &http.Client{
-		Timeout: timeout,
-		Transport: &http.Transport{
-			DialContext:       nsDialer(ns),
-			DisableKeepAlives: true,
-			Proxy:             nil,
-		},
-	}
+	return netns.HTTPClient(ns, timeout)
 }
-
-func nsPath(ns string) string { return "/var/run/netns/" + ns }
