@@ -183,9 +183,11 @@ func (r *Results) write(dir string) error {
 }
 
 var systemTitles = map[string]string{
-	SystemDamselfly:  "Damselfly",
-	SystemDirect:     "every host pulls from the origin",
-	SystemBitTorrent: "BitTorrent (aria2c + opentracker, 256 KiB pieces)",
+	SystemDamselfly:      "Damselfly",
+	SystemDirect:         "every host pulls from the origin",
+	SystemBitTorrent:     "BitTorrent (aria2c + opentracker, 256 KiB pieces)",
+	SystemImageDamselfly: "image: skopeo through Damselfly's registry mirror",
+	SystemImageDirect:    "image: every host's skopeo pulls from the registry",
 }
 
 func num(v float64, format string) string {
@@ -282,9 +284,11 @@ func hostsOf(hs []*Host, r Role) []*Host {
 }
 
 var plotColors = map[string]color.Color{
-	SystemDamselfly:  color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
-	SystemDirect:     color.RGBA{R: 0x7f, G: 0x7f, B: 0x7f, A: 0xff},
-	SystemBitTorrent: color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+	SystemDamselfly:      color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	SystemDirect:         color.RGBA{R: 0x7f, G: 0x7f, B: 0x7f, A: 0xff},
+	SystemBitTorrent:     color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+	SystemImageDamselfly: color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	SystemImageDirect:    color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
 }
 
 // plotCDF draws the completion-time CDF of every system, with T*.

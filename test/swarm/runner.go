@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/damselfly-io/damselfly/test/oci"
 )
 
 func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
@@ -76,7 +78,7 @@ func (c *Config) churnAt(lb Bound) time.Duration {
 
 // runSystem runs one system on the network and measures it. Failures are
 // recorded in the result, not returned: the other systems still run.
-func runSystem(ctx context.Context, log *slog.Logger, cfg Config, netw *Network, sys, work, blob, digest string, lb Bound) (r SystemResult) {
+func runSystem(ctx context.Context, log *slog.Logger, cfg Config, netw *Network, sys, work, blob, digest string, im *oci.Image, lb Bound) (r SystemResult) {
 	r = SystemResult{Name: sys}
 	started := time.Now()
 	defer func() { r.WallS = time.Since(started).Seconds() }()
@@ -87,8 +89,10 @@ func runSystem(ctx context.Context, log *slog.Logger, cfg Config, netw *Network,
 		dir:    filepath.Join(work, sys),
 		logDir: filepath.Join(cfg.OutDir, "logs", sys),
 		blob:   blob,
+		image:  im,
 		log:    log,
 	}
+	e.stats = e.originStats
 	for _, d := range []string{e.dir, e.logDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			r.Error = err.Error()
@@ -108,6 +112,10 @@ func runSystem(ctx context.Context, log *slog.Logger, cfg Config, netw *Network,
 		setup = setupBitTorrent
 	case SystemDamselfly:
 		setup = setupDamselfly
+	case SystemImageDamselfly:
+		setup = setupImageDamselfly
+	case SystemImageDirect:
+		setup = setupImageDirect
 	}
 	log.Info("setting up")
 	dls, err := setup(sctx, e)
@@ -183,10 +191,10 @@ loop:
 	}
 	ir1, _ := netw.interRackBytes(ctx)
 	busy1, total1, _ := cpuTimes()
-	if st, err := e.originStats(ctx); err == nil {
+	if st, err := e.stats(ctx); err == nil {
 		r.OriginServerBytes, r.OriginServerRequests = st.BodyBytes, st.Requests
 	}
-	if sys == SystemDamselfly {
+	if sys == SystemDamselfly || sys == SystemImageDamselfly {
 		r.UploadedBytes = saveMetrics(ctx, e)
 	}
 	procCPU := e.ps.killAll(killGrace)
@@ -272,6 +280,12 @@ func verify(dls []*download, digest string) {
 	for range verifyWorkers {
 		wg.Go(func() {
 			for d := range ch {
+				if d.check != nil {
+					if err := d.check(); err != nil {
+						d.done, d.failed, d.err = false, true, fmt.Sprintf("verify: %v", err)
+					}
+					continue
+				}
 				got, err := fileSHA256(d.out)
 				switch {
 				case err != nil:

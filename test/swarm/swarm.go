@@ -24,6 +24,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/damselfly-io/damselfly/test/oci"
 )
 
 // Systems the harness can run.
@@ -31,7 +33,17 @@ const (
 	SystemDamselfly  = "damselfly"
 	SystemDirect     = "direct"
 	SystemBitTorrent = "bittorrent"
+	// The image systems pull a multi-layer container image of F bytes from
+	// docker-registry on the origin host with skopeo: through each host's
+	// Damselfly daemon as a registry mirror, or straight from the registry.
+	SystemImageDamselfly = "image-damselfly"
+	SystemImageDirect    = "image-direct"
 )
+
+var allSystems = []string{SystemDamselfly, SystemDirect, SystemBitTorrent, SystemImageDamselfly, SystemImageDirect}
+
+// isImage says whether a system pulls the image rather than the file.
+func isImage(sys string) bool { return sys == SystemImageDamselfly || sys == SystemImageDirect }
 
 // Scenarios.
 const (
@@ -56,6 +68,9 @@ type Config struct {
 
 	Systems  []string
 	Scenario string
+	// ImageLayers is how many layers the image systems' image has (its
+	// size is Size).
+	ImageLayers int
 	// SlowFrac of the peers get uplinks SlowFactor times slower (mixed).
 	SlowFrac   float64
 	SlowFactor float64
@@ -83,18 +98,19 @@ type Config struct {
 // DefaultConfig is the uniform 8-host, 128 MiB, 100 Mbit/s run of DESIGN.md.
 func DefaultConfig() Config {
 	return Config{
-		Hosts:      8,
-		Size:       128 << 20,
-		Rate:       100e6,
-		OriginRate: 100e6,
-		Latency:    50 * time.Millisecond,
-		Systems:    []string{SystemDamselfly, SystemDirect, SystemBitTorrent},
-		Scenario:   ScenarioUniform,
-		SlowFrac:   0.25,
-		SlowFactor: 10,
-		ChurnFrac:  0.25,
-		Deadline:   10 * time.Minute,
-		BinDir:     "bin",
+		Hosts:       8,
+		Size:        128 << 20,
+		Rate:        100e6,
+		OriginRate:  100e6,
+		Latency:     50 * time.Millisecond,
+		Systems:     []string{SystemDamselfly, SystemDirect, SystemBitTorrent},
+		Scenario:    ScenarioUniform,
+		ImageLayers: 8,
+		SlowFrac:    0.25,
+		SlowFactor:  10,
+		ChurnFrac:   0.25,
+		Deadline:    10 * time.Minute,
+		BinDir:      "bin",
 	}
 }
 
@@ -128,8 +144,8 @@ func (c *Config) Validate() error {
 		return errors.New("no systems to run")
 	}
 	for _, s := range c.Systems {
-		if !slices.Contains([]string{SystemDamselfly, SystemDirect, SystemBitTorrent}, s) {
-			return fmt.Errorf("unknown system %q (want damselfly, direct, bittorrent)", s)
+		if !slices.Contains(allSystems, s) {
+			return fmt.Errorf("unknown system %q (want one of %v)", s, allSystems)
 		}
 	}
 	switch c.Scenario {
@@ -139,6 +155,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SlowFrac < 0 || c.SlowFrac > 1 || c.ChurnFrac < 0 || c.ChurnFrac >= 1 {
 		return errors.New("slow and churn fractions must be in [0,1)")
+	}
+	if slices.ContainsFunc(c.Systems, isImage) && (c.ImageLayers < 1 || c.Size < int64(c.ImageLayers)) {
+		return fmt.Errorf("image layers: %d, want 1..size", c.ImageLayers)
 	}
 	if c.SlowFactor < 1 {
 		c.SlowFactor = 10
@@ -229,10 +248,22 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 
 	blob := filepath.Join(work, "blob")
-	log.Info("writing test file", "size", FormatSize(cfg.Size))
-	digest, err := writeTestFile(blob, cfg.Size)
-	if err != nil {
-		return nil, err
+	var digest string
+	if slices.ContainsFunc(cfg.Systems, func(s string) bool { return !isImage(s) }) {
+		log.Info("writing test file", "size", FormatSize(cfg.Size))
+		if digest, err = writeTestFile(blob, cfg.Size); err != nil {
+			return nil, err
+		}
+	}
+	var im *oci.Image
+	if slices.ContainsFunc(cfg.Systems, isImage) {
+		log.Info("writing test image", "size", FormatSize(cfg.Size), "layers", cfg.ImageLayers)
+		if im, err = oci.WriteImage(filepath.Join(work, "image"), "latest", cfg.ImageLayers, cfg.Size); err != nil {
+			return nil, err
+		}
+		if digest == "" {
+			digest = im.Manifest.Digest
+		}
 	}
 
 	netw, err := buildNetwork(ctx, log, cfg.RunID, cfg.racks(), cfg.InterRackRate, cfg.hosts(),
@@ -255,7 +286,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		if ctx.Err() != nil {
 			break
 		}
-		r := runSystem(ctx, log.With("system", sys), cfg, netw, sys, work, blob, digest, res.LowerBound)
+		r := runSystem(ctx, log.With("system", sys), cfg, netw, sys, work, blob, digest, im, res.LowerBound)
 		res.Systems = append(res.Systems, r)
 		log.Info("system done", "t_last_s", r.TLast, "efficiency", r.EffLast, "origin_bytes_over_f", r.OriginOverF,
 			"completed", r.Completed, "failed", r.Failed, "err", r.Error)

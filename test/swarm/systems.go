@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/damselfly-io/damselfly/test/oci"
 )
 
 // Ports on the emulated hosts. Every host has its own namespace, so they
@@ -84,6 +86,8 @@ type download struct {
 	proc     *Proc   // the gated client (curl, aria2c, dfget)
 	doneFile string  // if set, completion is the time aria2's hook wrote here
 	extra    []*Proc // other processes of this host, killed with it on churn
+	// check, if set, verifies the copy instead of out's sha256 (images).
+	check func() error
 
 	done   bool
 	failed bool
@@ -100,7 +104,10 @@ type sysEnv struct {
 	dir    string // scratch for this system
 	logDir string
 	blob   string
+	image  *oci.Image // the image systems' image
 	log    *slog.Logger
+	// stats reads the origin server's own count of what it sent.
+	stats func(context.Context) (OriginStats, error)
 }
 
 func (e *sysEnv) logf(name string) string { return filepath.Join(e.logDir, name+".log") }
@@ -328,17 +335,56 @@ func scrapeComplete(body []byte, infoHash string) (int64, error) {
 // setupDamselfly: scheduler, seed peer and one daemon per peer, all ready
 // before the gated dfgets are created.
 func setupDamselfly(ctx context.Context, e *sysEnv) ([]*download, error) {
-	bin, err := filepath.Abs(e.cfg.BinDir)
+	dfget, err := e.binary("dfget")
 	if err != nil {
-		return nil, fmt.Errorf("setup damselfly: %w", err)
-	}
-	damselfly, dfget := filepath.Join(bin, "damselfly"), filepath.Join(bin, "dfget")
-	for _, b := range []string{damselfly, dfget} {
-		if _, err := os.Stat(b); err != nil {
-			return nil, fmt.Errorf("setup damselfly: binary missing (run make build or pass -bin-dir): %w", err)
-		}
+		return nil, err
 	}
 	if err := e.startOrigin(ctx); err != nil {
+		return nil, err
+	}
+	daemons, err := e.startDamselfly(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var dls []*download
+	for _, d := range daemons[1:] {
+		out := filepath.Join(e.dir, d.host.Name, "blob")
+		p, err := e.ps.startIn(d.host.NS, "dfget", e.logf(d.host.Name+"-dfget"), nil, true,
+			dfget, e.originURL(), "-O", out, "--sock", d.sock, "--no-progress")
+		if err != nil {
+			return nil, err
+		}
+		dls = append(dls, &download{host: d.host, out: out, proc: p, extra: []*Proc{d.proc}})
+	}
+	return dls, nil
+}
+
+// binary is the path of one of Damselfly's binaries in BinDir.
+func (e *sysEnv) binary(name string) (string, error) {
+	bin, err := filepath.Abs(e.cfg.BinDir)
+	if err != nil {
+		return "", fmt.Errorf("setup %s: %w", name, err)
+	}
+	path := filepath.Join(bin, name)
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("setup damselfly: binary missing (run make build or pass -bin-dir): %w", err)
+	}
+	return path, nil
+}
+
+// damselflyNode is a running daemon: the seed peer first, then one per peer.
+type damselflyNode struct {
+	host *Host
+	proc *Proc
+	sock string
+}
+
+// startDamselfly starts the scheduler, the seed peer and a daemon on every
+// peer (with extra flags added to every daemon's), and waits until all are
+// ready.
+func (e *sysEnv) startDamselfly(ctx context.Context, extra ...string) ([]damselflyNode, error) {
+	damselfly, err := e.binary("damselfly")
+	if err != nil {
 		return nil, err
 	}
 	s := e.netw.Scheduler()
@@ -356,12 +402,7 @@ func setupDamselfly(ctx context.Context, e *sysEnv) ([]*download, error) {
 	}); err != nil {
 		return nil, err
 	}
-	type daemon struct {
-		host *Host
-		proc *Proc
-		sock string
-	}
-	var daemons []daemon
+	var daemons []damselflyNode
 	for _, h := range append([]*Host{e.netw.Seed()}, e.netw.Peers()...) {
 		dir := filepath.Join(e.dir, h.Name)
 		if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {
@@ -379,6 +420,7 @@ func setupDamselfly(ctx context.Context, e *sysEnv) ([]*download, error) {
 			"--sock", sock,
 			"--log-level", "info",
 		}
+		args = append(args, extra...)
 		if h.Role == RoleSeed {
 			args = append(args, "--seed")
 			args = append(args, e.cfg.SeedArgs...)
@@ -392,7 +434,7 @@ func setupDamselfly(ctx context.Context, e *sysEnv) ([]*download, error) {
 		if err != nil {
 			return nil, err
 		}
-		daemons = append(daemons, daemon{h, p, sock})
+		daemons = append(daemons, damselflyNode{h, p, sock})
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(daemons))
@@ -420,17 +462,7 @@ func setupDamselfly(ctx context.Context, e *sysEnv) ([]*download, error) {
 			return nil, err
 		}
 	}
-	var dls []*download
-	for _, d := range daemons[1:] {
-		out := filepath.Join(e.dir, d.host.Name, "blob")
-		p, err := e.ps.startIn(d.host.NS, "dfget", e.logf(d.host.Name+"-dfget"), nil, true,
-			dfget, e.originURL(), "-O", out, "--sock", d.sock, "--no-progress")
-		if err != nil {
-			return nil, err
-		}
-		dls = append(dls, &download{host: d.host, out: out, proc: p, extra: []*Proc{d.proc}})
-	}
-	return dls, nil
+	return daemons, nil
 }
 
 // uploadMetric is the daemon's counter of bytes served to other peers.
