@@ -825,6 +825,9 @@ func (c *conductor) headers() http.Header {
 	for k, v := range c.req.spec.GetHeaders() {
 		h.Set(k, v)
 	}
+	for k, vs := range c.req.originHeaders {
+		h[k] = vs
+	}
 	return h
 }
 
