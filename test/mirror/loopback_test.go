@@ -30,7 +30,7 @@ type loopDaemon struct {
 	sock    string
 }
 
-func startLoopDaemon(t *testing.T, upstream string) *loopDaemon {
+func startLoopDaemon(t *testing.T, upstream string, extra ...string) *loopDaemon {
 	t.Helper()
 	sport, smport := freePort(t), freePort(t)
 	sched := fmt.Sprintf("127.0.0.1:%d", sport)
@@ -44,11 +44,12 @@ func startLoopDaemon(t *testing.T, upstream string) *loopDaemon {
 		metrics: fmt.Sprintf("http://127.0.0.1:%d", mport),
 		sock:    filepath.Join(dir, "daemon.sock"),
 	}
-	dp := startProc(t, "", "daemon", filepath.Join(binDir, "damselfly"), "daemon", "--scheduler", sched,
+	args := []string{filepath.Join(binDir, "damselfly"), "daemon", "--scheduler", sched,
 		"--data-dir", filepath.Join(dir, "cache"), "--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1",
 		"--peer-port", "0", "--upload-port", "0", "--metrics-port", strconv.Itoa(mport), "--sock", d.sock,
 		"--hostname", "loop", "--proxy-port", strconv.Itoa(pport), "--proxy-ip", "127.0.0.1",
-		"--registry-mirror", upstream)
+		"--registry-mirror", upstream}
+	dp := startProc(t, "", "daemon", append(args, extra...)...)
 	waitUntil(t, dp, 20*time.Second, "daemon", func() error { return httpOK(hc, d.metrics+"/healthy") })
 	waitUntil(t, dp, 20*time.Second, "daemon's mirror port", func() error {
 		resp, err := hc.Get(d.proxy + "/v2/")
@@ -196,10 +197,21 @@ func TestAuthPassThrough(t *testing.T) {
 	requireTools(t, "docker-registry", "skopeo", "htpasswd")
 	requireMirror(t)
 	plain := startRegistry(t, "", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "", oci.AuthNone)
-	d := startLoopDaemon(t, "http://"+plain.reg.Addr)
+	envs := map[oci.Auth]*registryEnv{}
+	conf := "proxy:\n  registries:\n"
+	for _, auth := range []oci.Auth{oci.AuthBasic, oci.AuthToken} {
+		envs[auth] = startRegistry(t, "", fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)), auth)
+		// Plain HTTP for a registry named by ns= needs its entry.
+		conf += fmt.Sprintf("    - host: %q\n      scheme: http\n", envs[auth].reg.Addr)
+	}
+	confPath := filepath.Join(t.TempDir(), "daemon.yaml")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startLoopDaemon(t, "http://"+plain.reg.Addr, "--config", confPath)
 	for _, auth := range []oci.Auth{oci.AuthBasic, oci.AuthToken} {
 		t.Run(auth.String(), func(t *testing.T) {
-			env := startRegistry(t, "", fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)), auth)
+			env := envs[auth]
 			repo := "auth/" + auth.String()
 			im, _ := pushImage(t, "", env, repo, 2, 1<<20)
 			ns := "?ns=" + env.reg.Addr
