@@ -99,7 +99,14 @@ func startCluster(t *testing.T) *cluster {
 			"--proxy-port", strconv.Itoa(proxyPort), "--proxy-ip", "127.0.0.1",
 			"--registry-mirror", "http://" + c.registry}
 		if seed {
-			args = append(args, "--seed")
+			// Seed peers fetch with their own credentials (clients' never
+			// leave their node), as an operator would configure them.
+			conf := filepath.Join(dir, "seed.yaml")
+			yaml := fmt.Sprintf("proxy:\n  registries:\n    - host: %q\n      scheme: http\n      username: %q\n      password: %q\n", c.registry, testUser, testPassword)
+			if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			args = append(args, "--seed", "--config", conf)
 		}
 		p := startProc(t, h.NS, h.Name+"-daemon", args...)
 		hc := netns.HTTPClient(h.NS, 2*time.Second)
@@ -192,7 +199,17 @@ func (c *cluster) pullEverywhere(t *testing.T, env *registryEnv, repo string, la
 		})
 		wg.Go(func() {
 			out := filepath.Join(n.dir, "skopeo-"+strings.ReplaceAll(repo, "/", "-"))
-			if err := oci.SkopeoPull(ctx, n.host.NS, ref, out, "latest", n.regConf, env.reg.Creds()); err != nil {
+			o := oci.SkopeoOpts{RegistriesConf: n.regConf}
+			if creds := env.reg.Creds(); creds != "" {
+				// skopeo sends a mirror only the credentials an auth file
+				// holds for the mirror's own host (see oci.SkopeoOpts).
+				o.AuthFile = filepath.Join(n.dir, "auth.json")
+				if err := oci.WriteAuthFile(o.AuthFile, fmt.Sprintf("127.0.0.1:%d", proxyPort), creds); err != nil {
+					errs <- err
+					return
+				}
+			}
+			if err := oci.SkopeoPull(ctx, n.host.NS, ref, out, "latest", o); err != nil {
 				errs <- fmt.Errorf("%s: %w", n.host.Name, err)
 				return
 			}

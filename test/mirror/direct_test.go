@@ -30,7 +30,7 @@ func TestDirectPull(t *testing.T) {
 			}
 
 			out := filepath.Join(t.TempDir(), "pulled")
-			if err := oci.SkopeoPull(ctx, "", ref, out, "latest", "", env.reg.Creds()); err != nil {
+			if err := oci.SkopeoPull(ctx, "", ref, out, "latest", oci.SkopeoOpts{Creds: env.reg.Creds()}); err != nil {
 				t.Fatal(err)
 			}
 			if err := oci.VerifyLayout(out, im); err != nil {
@@ -48,7 +48,7 @@ func TestDirectPull(t *testing.T) {
 				t.Errorf("registry log: %d manifest bytes, want ≥ %d", served.ManifestBytes, len(im.ManifestBytes))
 			}
 			if auth != oci.AuthNone {
-				err := oci.SkopeoPull(ctx, "", ref, filepath.Join(t.TempDir(), "anon"), "latest", "", "")
+				err := oci.SkopeoPull(ctx, "", ref, filepath.Join(t.TempDir(), "anon"), "latest", oci.SkopeoOpts{})
 				if err == nil {
 					t.Errorf("%s registry: skopeo without credentials succeeded", auth)
 				}

@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -194,29 +196,58 @@ insecure = true
 	return nil
 }
 
+// SkopeoOpts are the options of one skopeo pull.
+type SkopeoOpts struct {
+	// RegistriesConf, if set, is passed with --registries-conf; without
+	// it skopeo talks plain HTTP straight to the registry.
+	RegistriesConf string
+	// Creds ("user:password") go with --src-creds.
+	Creds string
+	// AuthFile, if set, goes with --src-authfile. skopeo 1.9 does not send
+	// --src-creds to a mirror (it sends "Basic Og==", empty user and
+	// password); credentials for a mirror must be in an auth file under the
+	// mirror's host (WriteAuthFile).
+	AuthFile string
+}
+
+// WriteAuthFile writes a containers-auth.json(5) file giving creds
+// ("user:password") for host.
+func WriteAuthFile(path, host, creds string) error {
+	data, err := json.Marshal(map[string]any{"auths": map[string]any{host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte(creds))}}})
+	if err != nil {
+		return fmt.Errorf("auth file: %w", err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return fmt.Errorf("auth file: %w", err)
+	}
+	return nil
+}
+
 // SkopeoPullArgs is the skopeo command line that copies docker://ref into
-// the OCI layout out (tagged tag), with registriesConf ("" for none, then
-// plain HTTP straight to the registry) and creds ("" for none).
-func SkopeoPullArgs(ref, out, tag, registriesConf, creds string) []string {
+// the OCI layout out, tagged tag.
+func SkopeoPullArgs(ref, out, tag string, o SkopeoOpts) []string {
 	args := []string{"skopeo", "--insecure-policy"}
-	if registriesConf != "" {
-		args = append(args, "--registries-conf", registriesConf)
+	if o.RegistriesConf != "" {
+		args = append(args, "--registries-conf", o.RegistriesConf)
 	}
 	args = append(args, "copy", "--retry-times", "0")
-	if registriesConf == "" {
+	if o.RegistriesConf == "" {
 		args = append(args, "--src-tls-verify=false")
 	}
-	if creds != "" {
-		args = append(args, "--src-creds", creds)
+	if o.Creds != "" {
+		args = append(args, "--src-creds", o.Creds)
+	}
+	if o.AuthFile != "" {
+		args = append(args, "--src-authfile", o.AuthFile)
 	}
 	return append(args, "docker://"+ref, "oci:"+out+":"+tag)
 }
 
 // SkopeoPull runs SkopeoPullArgs in ns.
-func SkopeoPull(ctx context.Context, ns, ref, out, tag, registriesConf, creds string) error {
-	args := SkopeoPullArgs(ref, out, tag, registriesConf, creds)
-	if o, err := Output(ctx, ns, args...); err != nil {
-		return fmt.Errorf("skopeo pull %s: %w (stdout: %s)", ref, err, tail(string(o), 2000))
+func SkopeoPull(ctx context.Context, ns, ref, out, tag string, o SkopeoOpts) error {
+	args := SkopeoPullArgs(ref, out, tag, o)
+	if stdout, err := Output(ctx, ns, args...); err != nil {
+		return fmt.Errorf("skopeo pull %s: %w (stdout: %s)", ref, err, tail(string(stdout), 2000))
 	}
 	return nil
 }

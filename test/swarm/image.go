@@ -73,7 +73,7 @@ func (e *sysEnv) startRegistry(ctx context.Context) error {
 // host h, checked against the image's digests.
 func (e *sysEnv) imageDownload(h *Host, registriesConf string) (*download, error) {
 	out := filepath.Join(e.dir, h.Name, "image")
-	argv := oci.SkopeoPullArgs(e.imageRef(), out, "latest", registriesConf, "")
+	argv := oci.SkopeoPullArgs(e.imageRef(), out, "latest", oci.SkopeoOpts{RegistriesConf: registriesConf})
 	argv = append(argv[:1], append([]string{"--tmpdir", filepath.Join(e.dir, h.Name)}, argv[1:]...)...)
 	p, err := e.ps.startIn(h.NS, "skopeo", e.logf(h.Name+"-skopeo"), nil, true, argv...)
 	if err != nil {
