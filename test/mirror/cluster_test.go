@@ -159,10 +159,11 @@ func (c *cluster) startRegistry(t *testing.T, auth oci.Auth) *registryEnv {
 
 // pullResult is what one pull of an image through the cluster cost.
 type pullResult struct {
-	served     oci.Served // registry access log, pulls only
-	originTx   int64      // origin host's eth0 transmit bytes during the pulls
-	proxyCount float64    // daemons' proxy requests during the pulls (all routes)
-	direct     float64    // of which route="direct"
+	served     oci.Served   // registry access log, pulls only
+	log        []oci.Access // the log's lines of the pulls
+	originTx   int64        // origin host's eth0 transmit bytes during the pulls
+	proxyCount float64      // daemons' proxy requests during the pulls (all routes)
+	direct     float64      // of which route="direct"
 }
 
 // pullEverywhere pushes im (already written) and pulls it on every host
@@ -232,7 +233,8 @@ func (c *cluster) pullEverywhere(t *testing.T, env *registryEnv, repo string, la
 		t.Fatal(err)
 	}
 	proxy1, direct1 := c.proxyRequests(t)
-	r.served = oci.Sum(after[len(before):])
+	r.log = after[len(before):]
+	r.served = oci.Sum(r.log)
 	r.originTx = tx1 - tx0
 	r.proxyCount, r.direct = proxy1-proxy0, direct1-direct0
 	t.Logf("%s: blobs %d B (image %d B, %.3f×), %d blob GETs; manifests %d B in %d GETs; other %d B; %d requests; origin eth0 tx %d B; proxy requests %.0f (direct %.0f)",
@@ -267,6 +269,9 @@ func checkOnce(t *testing.T, im *oci.Image, r pullResult, tokens int64) {
 	if r.originTx > allow {
 		t.Errorf("registry host sent %d bytes on its interface, want ≤ %d (1.05 × %d blob bytes + %d manifest + %d other body bytes + 4 KiB × %d requests and %d tokens)",
 			r.originTx, allow, im.BlobBytes(), r.served.ManifestBytes, r.served.OtherBytes, r.served.Requests, tokens)
+	}
+	if t.Failed() {
+		logBlobGets(t, r.log)
 	}
 	// 3 hosts × 2 clients each fetch the config and every layer through
 	// their daemon: the proxy must have seen at least those requests.
@@ -329,4 +334,17 @@ func TestClusterPullDegraded(t *testing.T) {
 				r.served.BlobBytes, float64(r.served.BlobBytes)/float64(im.BlobBytes()), limit)
 		}
 	})
+}
+
+// logBlobGets lists the registry's blob responses with a body, for
+// diagnosing over-fetching.
+func logBlobGets(t *testing.T, log []oci.Access) {
+	t.Helper()
+	var b strings.Builder
+	for _, a := range log {
+		if a.IsBlob() && a.Bytes > 0 {
+			fmt.Fprintf(&b, "\n  %s %s %s %d %d B %q", a.Remote, a.Method, a.Path, a.Status, a.Bytes, a.UserAgent)
+		}
+	}
+	t.Logf("registry blob responses with a body:%s", b.String())
 }
