@@ -17,4 +17,6 @@ echo "== go test"
 # -race doubles memory and slows the 200 MB transfers; the packages with the
 # trickiest concurrency get it, the rest runs plain.
 go test -count=1 -timeout 20m -race ./core/... ./internal/... ./scheduler/... ./daemon/... ./source/... ./client/...
+# ./test/... includes test/mirror (docker-registry, containerd, skopeo; root
+# for its network-namespace and containerd parts).
 go test -count=1 -timeout 30m ./cmd/... ./test/...
