@@ -59,7 +59,6 @@ func startCluster(t *testing.T) *cluster {
 	t.Helper()
 	requireRoot(t, "network namespaces, containerd")
 	requireTools(t, "docker-registry", "skopeo", "htpasswd", "containerd", "ctr", "ip", "tc")
-	requireMirror(t)
 	if out, err := exec.Command("ip", "netns", "list").CombinedOutput(); err != nil {
 		t.Skipf("ip netns unavailable: %s", out)
 	}
@@ -163,7 +162,8 @@ type pullResult struct {
 	log        []oci.Access // the log's lines of the pulls
 	originTx   int64        // origin host's eth0 transmit bytes during the pulls
 	proxyCount float64      // daemons' proxy requests during the pulls (all routes)
-	direct     float64      // of which route="direct"
+	direct     float64      // of which route="direct" (passed through)
+	fallback   float64      // of which route="fallback" (P2P failed, passed through)
 }
 
 // pullEverywhere pushes im (already written) and pulls it on every host
@@ -184,7 +184,7 @@ func (c *cluster) pullEverywhere(t *testing.T, env *registryEnv, repo string, la
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy0, direct0 := c.proxyRequests(t)
+	proxy0, direct0, fallback0 := c.proxyRequests(t)
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*len(c.hosts))
@@ -232,26 +232,27 @@ func (c *cluster) pullEverywhere(t *testing.T, env *registryEnv, repo string, la
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy1, direct1 := c.proxyRequests(t)
+	proxy1, direct1, fallback1 := c.proxyRequests(t)
 	r.log = after[len(before):]
 	r.served = oci.Sum(r.log)
 	r.originTx = tx1 - tx0
-	r.proxyCount, r.direct = proxy1-proxy0, direct1-direct0
-	t.Logf("%s: blobs %d B (image %d B, %.3f×), %d blob GETs; manifests %d B in %d GETs; other %d B; %d requests; origin eth0 tx %d B; proxy requests %.0f (direct %.0f)",
+	r.proxyCount, r.direct, r.fallback = proxy1-proxy0, direct1-direct0, fallback1-fallback0
+	t.Logf("%s: blobs %d B (image %d B, %.3f×), %d blob GETs; manifests %d B in %d GETs; other %d B; %d requests; origin eth0 tx %d B; proxy requests %.0f (direct %.0f, fallback %.0f)",
 		repo, r.served.BlobBytes, im.BlobBytes(), float64(r.served.BlobBytes)/float64(im.BlobBytes()), r.served.BlobGets,
-		r.served.ManifestBytes, r.served.ManifestGets, r.served.OtherBytes, r.served.Requests, r.originTx, r.proxyCount, r.direct)
+		r.served.ManifestBytes, r.served.ManifestGets, r.served.OtherBytes, r.served.Requests, r.originTx, r.proxyCount, r.direct, r.fallback)
 	return im, r
 }
 
-// proxyRequests sums the daemons' proxy request counters: all routes, and
-// route="direct".
-func (c *cluster) proxyRequests(t *testing.T) (all, direct float64) {
+// proxyRequests sums the daemons' proxy request counters: all routes,
+// route="direct" and route="fallback".
+func (c *cluster) proxyRequests(t *testing.T) (all, direct, fallback float64) {
 	for _, n := range c.hosts {
 		hc := netns.HTTPClient(n.host.NS, 5*time.Second)
 		all += metric(t, hc, n.metrics(), "damselfly_proxy_requests_total", "")
 		direct += metric(t, hc, n.metrics(), "damselfly_proxy_requests_total", `route="direct"`)
+		fallback += metric(t, hc, n.metrics(), "damselfly_proxy_requests_total", `route="fallback"`)
 	}
-	return all, direct
+	return all, direct, fallback
 }
 
 // checkOnce asserts the registry sent the blobs about once: its access log
@@ -269,6 +270,10 @@ func checkOnce(t *testing.T, im *oci.Image, r pullResult, tokens int64) {
 	if r.originTx > allow {
 		t.Errorf("registry host sent %d bytes on its interface, want ≤ %d (1.05 × %d blob bytes + %d manifest + %d other body bytes + 4 KiB × %d requests and %d tokens)",
 			r.originTx, allow, im.BlobBytes(), r.served.ManifestBytes, r.served.OtherBytes, r.served.Requests, tokens)
+	}
+	// A healthy cluster serves every blob through P2P.
+	if r.fallback > 0 {
+		t.Errorf("%.0f proxy requests fell back to the upstream (route=\"fallback\") in a healthy cluster", r.fallback)
 	}
 	if t.Failed() {
 		logBlobGets(t, r.log)

@@ -71,15 +71,6 @@ func requireRoot(t *testing.T, why string) {
 	t.Skipf("needs root (%s)", why)
 }
 
-// requireMirror skips until the daemon has the registry mirror flags.
-func requireMirror(t *testing.T) {
-	t.Helper()
-	out, _ := exec.Command(filepath.Join(binDir, "damselfly"), "daemon", "-h").CombinedOutput()
-	if !strings.Contains(string(out), "registry-mirror") {
-		t.Skip("damselfly daemon has no --registry-mirror flag yet: the mirror has not landed")
-	}
-}
-
 func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }

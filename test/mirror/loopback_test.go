@@ -105,7 +105,6 @@ const manifestAccept = oci.MediaTypeManifest + ", application/vnd.docker.distrib
 // registry in ns= reaches it too.
 func TestPassThrough(t *testing.T) {
 	requireTools(t, "docker-registry", "skopeo", "htpasswd")
-	requireMirror(t)
 	env := startRegistry(t, "", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "", oci.AuthNone)
 	im, _ := pushImage(t, "", env, "pass/img", 2, 2<<20)
 	d := startLoopDaemon(t, "http://"+env.reg.Addr)
@@ -195,7 +194,6 @@ func TestPassThrough(t *testing.T) {
 // manifests and blobs (through P2P) come back with credentials.
 func TestAuthPassThrough(t *testing.T) {
 	requireTools(t, "docker-registry", "skopeo", "htpasswd")
-	requireMirror(t)
 	plain := startRegistry(t, "", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "", oci.AuthNone)
 	envs := map[oci.Auth]*registryEnv{}
 	conf := "proxy:\n  registries:\n"
@@ -265,7 +263,6 @@ func basic(u, p string) string {
 // registry's data is repaired the blob comes through.
 func TestCorruptUpstreamBlob(t *testing.T) {
 	requireTools(t, "docker-registry", "skopeo", "htpasswd")
-	requireMirror(t)
 	env := startRegistry(t, "", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "", oci.AuthNone)
 	im, _ := pushImage(t, "", env, "corrupt/img", 2, 2<<20)
 	d := startLoopDaemon(t, "http://"+env.reg.Addr)
@@ -295,7 +292,11 @@ func TestCorruptUpstreamBlob(t *testing.T) {
 		if a.status == 200 && bytes.Equal(a.body, bad) {
 			t.Errorf("attempt %d: the client received the corrupt bytes in full", attempt)
 		}
-		t.Logf("attempt %d: status %d, %d of %d bytes, body error %v", attempt, a.status, len(a.body), layer.Size, a.err)
+		// Streaming starts before the whole blob is verified: what arrived
+		// before the abort may hold the altered bytes. Logged, not failed:
+		// the response is cut short, so no client takes it for the blob.
+		altered := len(a.body) > len(bad)/2 && bytes.Equal(a.body[len(bad)/2:len(bad)/2+64], bad[len(bad)/2:len(bad)/2+64])
+		t.Logf("attempt %d: status %d, %d of %d bytes, body error %v, altered bytes among them: %v", attempt, a.status, len(a.body), layer.Size, a.err, altered)
 		statIncomplete(t, d.sock, taskID)
 	}
 	if err := os.WriteFile(path, good, 0o644); err != nil {
