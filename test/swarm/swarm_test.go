@@ -76,12 +76,21 @@ func TestSmoke(t *testing.T) {
 			systems = append(systems, SystemBitTorrent)
 		}
 	}
-	if len(systems) < 3 {
+	if _, err := exec.LookPath("docker-registry"); err == nil {
+		if _, err := exec.LookPath("skopeo"); err == nil {
+			if ok {
+				systems = append(systems, SystemImageDamselfly)
+			}
+			systems = append(systems, SystemImageDirect)
+		}
+	}
+	if len(systems) < 5 {
 		t.Logf("running %v only", systems)
 	}
 	cfg := DefaultConfig()
 	cfg.Hosts = 4
 	cfg.Size = 6 << 20
+	cfg.ImageLayers = 3
 	cfg.Systems = systems
 	cfg.Deadline = 90 * time.Second
 	cfg.BinDir = bin
@@ -107,8 +116,8 @@ func TestSmoke(t *testing.T) {
 				t.Errorf("%s: host %s did not get a correct copy: %s", s.Name, h.Name, h.Error)
 			}
 		}
-		if s.Name == SystemDamselfly && s.OriginServerBytes > cfg.Size*105/100 {
-			t.Errorf("damselfly: origin served %d bytes, want ≤ 1.05 × %d", s.OriginServerBytes, cfg.Size)
+		if (s.Name == SystemDamselfly || s.Name == SystemImageDamselfly) && s.OriginServerBytes > cfg.Size*105/100 {
+			t.Errorf("%s: origin served %d bytes, want ≤ 1.05 × %d", s.Name, s.OriginServerBytes, cfg.Size)
 		}
 	}
 	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), Prefix+cfg.RunID) {
