@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
 
 	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
@@ -186,20 +187,15 @@ func (c *conductor) run(ctx context.Context) {
 			return
 		}
 	}
-	if c.d.sched != nil {
+	if c.d.p2p() {
 		c.serve(ctx)
 	}
 }
 
-// announce opens a fresh Announce stream and registers.
+// announce opens a fresh Announce stream and registers, with the task's
+// scheduler or, when it is unreachable, the next one in hash order.
 func (c *conductor) announce(ctx context.Context) error {
 	c.closeStream()
-	sctx, cancel := context.WithCancel(ctx)
-	stream, err := c.d.sched.Announce(sctx)
-	if err != nil {
-		cancel()
-		return fmt.Errorf("announce to scheduler %s: %w", c.d.cfg.Scheduler, err)
-	}
 	spec := c.req.spec
 	reg := &schedulerv1.Register{
 		PeerId:            c.peerID,
@@ -209,10 +205,30 @@ func (c *conductor) announce(ctx context.Context) error {
 		DisableBackSource: c.req.disableBackSource,
 		SeedRequest:       c.req.seed,
 	}
-	if err := stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: reg}}); err != nil {
-		cancel()
-		return fmt.Errorf("register with scheduler: %w", err)
+	cands := c.d.schedulersFor(c.id)
+	if len(cands) == 0 {
+		return errNoScheduler
 	}
+	var errs []error
+	for _, sc := range cands {
+		sctx, cancel := context.WithCancel(ctx)
+		stream, err := sc.client.Announce(sctx)
+		if err == nil {
+			err = stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: reg}})
+		}
+		if err != nil {
+			cancel()
+			errs = append(errs, fmt.Errorf("announce to scheduler %s: %w", sc.addr, err))
+			continue
+		}
+		c.listen(sctx, stream, cancel)
+		return nil
+	}
+	return errors.Join(errs...)
+}
+
+// listen makes stream the conductor's and forwards what it receives.
+func (c *conductor) listen(sctx context.Context, stream grpc.BidiStreamingClient[schedulerv1.PeerMessage, schedulerv1.SchedulerMessage], cancel context.CancelFunc) {
 	c.stream, c.streamCancel = stream, cancel
 	go func() {
 		for {
@@ -226,7 +242,6 @@ func (c *conductor) announce(ctx context.Context) error {
 			}
 		}
 	}()
-	return nil
 }
 
 func (c *conductor) post(ctx context.Context, ev any) bool {
@@ -265,7 +280,7 @@ func (c *conductor) backSourceAllowed() bool { return !c.req.disableBackSource }
 // download runs until the task is complete, or fails.
 func (c *conductor) download(ctx context.Context) error {
 	c.lastProgress = time.Now()
-	if c.d.sched == nil {
+	if !c.d.p2p() {
 		if err := c.fallback(ctx, "no_scheduler"); err != nil {
 			return err
 		}

@@ -15,6 +15,11 @@ type Config struct {
 	// Scheduler is host:port of the scheduler; empty runs without P2P
 	// (every download goes to the origin).
 	Scheduler string `yaml:"scheduler"`
+	// Manager is host:port of the manager's gRPC API. When set, the daemon
+	// asks it for its schedulers (kept fresh, and saved under data_dir for
+	// starts while the manager is down) and uses Scheduler only when that
+	// list is empty; a seed peer also registers with it.
+	Manager string `yaml:"manager"`
 	// DataDir holds the cache.
 	DataDir string `yaml:"data_dir"`
 	// AdvertiseIP is the address other peers dial; empty picks the first
@@ -145,6 +150,11 @@ func (c Config) Validate() error {
 	if c.Scheduler != "" {
 		if _, _, err := net.SplitHostPort(c.Scheduler); err != nil {
 			errs = append(errs, fmt.Errorf("scheduler %q: want host:port", c.Scheduler))
+		}
+	}
+	if c.Manager != "" {
+		if _, _, err := net.SplitHostPort(c.Manager); err != nil {
+			errs = append(errs, fmt.Errorf("manager %q: want host:port", c.Manager))
 		}
 	}
 	d := c.Download

@@ -21,7 +21,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/damselfly-io/damselfly/api/daemonv1"
@@ -48,8 +47,7 @@ type Daemon struct {
 	pm     *piece.Metrics
 	dl, ul *rate.Limiter
 
-	schedConn *grpc.ClientConn
-	sched     schedulerv1.SchedulerClient
+	scheds schedSet
 
 	peerMu    sync.Mutex
 	peerConns map[string]*grpc.ClientConn
@@ -142,18 +140,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.store = st
 	defer st.Close()
 
-	if d.cfg.Scheduler != "" {
-		conn, err := grpc.NewClient(d.cfg.Scheduler,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
-		if err != nil {
-			return fmt.Errorf("scheduler client for %s: %w", d.cfg.Scheduler, err)
-		}
-		defer conn.Close()
-		d.schedConn, d.sched = conn, schedulerv1.NewSchedulerClient(conn)
-	}
-
 	lc := net.ListenConfig{}
 	peerLis, err := lc.Listen(ctx, "tcp", net.JoinHostPort(d.cfg.ListenIP, strconv.Itoa(d.cfg.PeerPort)))
 	if err != nil {
@@ -220,8 +206,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if metricsLis != nil {
 		g.Go(func() error { return obs.ServeHTTP(gctx, metricsLis, obs.Handler(d.gather, nil)) })
 	}
-	if d.cfg.Seed && d.sched != nil {
-		g.Go(func() error { d.seedLoop(gctx); return nil })
+	// Schedulers: the static one, or the manager's list (seed peers also
+	// register with the manager and open their SeedTasks streams here).
+	refresh, err := d.startSchedulers(gctx)
+	if err != nil {
+		return err
+	}
+	defer d.closeSchedulers()
+	if refresh != nil {
+		g.Go(func() error { refresh(gctx); return nil })
 	}
 	// Tasks complete in the cache become parents again.
 	for _, t := range st.List() {
@@ -232,7 +225,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 	d.log.Info("daemon ready", "peer_addr", peerLis.Addr().String(), "upload_addr", upLis.Addr().String(),
-		"advertise_ip", ip, "sock", d.cfg.Sock, "seed", d.cfg.Seed, "scheduler", d.cfg.Scheduler)
+		"advertise_ip", ip, "sock", d.cfg.Sock, "seed", d.cfg.Seed, "scheduler", d.cfg.Scheduler, "manager", d.cfg.Manager)
 	close(d.ready)
 	err = g.Wait()
 	d.mu.Lock()
@@ -287,10 +280,10 @@ func detectIP() string {
 
 // seedLoop holds the SeedTasks stream open and starts every task the
 // scheduler pushes. It reconnects with backoff until ctx ends.
-func (d *Daemon) seedLoop(ctx context.Context) {
+func (d *Daemon) seedLoop(ctx context.Context, sched schedulerv1.SchedulerClient) {
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
-		stream, err := d.sched.SeedTasks(ctx, &schedulerv1.SeedTasksRequest{Host: d.Host()})
+		stream, err := sched.SeedTasks(ctx, &schedulerv1.SeedTasksRequest{Host: d.Host()})
 		if err == nil {
 			for {
 				t, rerr := stream.Recv()

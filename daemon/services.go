@@ -291,3 +291,48 @@ func toStatus(err error) error {
 	}
 	return status.Error(codes.Internal, err.Error())
 }
+
+// Preheat fetches a task into the cache for the manager and answers when it
+// is complete. The task ID must be the one the daemon itself would derive
+// (the content digest's for registry blobs, the URL's otherwise), so a
+// preheat cannot file content under another task's name.
+func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (*peerv1.PreheatResponse, error) {
+	spec := req.GetTask()
+	u, err := url.Parse(spec.GetUrl())
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, status.Errorf(codes.InvalidArgument, "preheat: url %q: want an absolute http or https URL", spec.GetUrl())
+	}
+	want := core.TaskID(spec.GetUrl(), core.TaskOptions{Tag: spec.GetTag(), Application: spec.GetApplication(), FilteredQuery: spec.GetFilteredQuery()})
+	if d := spec.GetDigest(); d != "" {
+		if _, _, err := core.ParseDigest(d); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "preheat: %v", err)
+		}
+		if cid, _ := core.ContentTaskID(d); cid == spec.GetTaskId() {
+			want = cid
+		}
+	}
+	if spec.GetTaskId() != want {
+		return nil, status.Errorf(codes.InvalidArgument, "preheat: task id %q does not match its url or digest", spec.GetTaskId())
+	}
+	c, err := s.d.startConductor(taskRequest{spec: spec, seed: s.d.cfg.Seed})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	cached := false
+	select {
+	case <-c.done:
+		cached = c.err == nil
+	default:
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	if c.err != nil {
+		return nil, toStatus(fmt.Errorf("preheat %s: %w", spec.GetTaskId(), c.err))
+	}
+	l, _ := c.task.Shape()
+	s.d.log.Info("preheated", "task_id", spec.GetTaskId(), "content_length", l, "cached", cached)
+	return &peerv1.PreheatResponse{ContentLength: l, Cached: cached}, nil
+}

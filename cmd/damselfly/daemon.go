@@ -14,6 +14,7 @@ import (
 // daemonFlags binds the daemon's flags to cfg (whose values are the defaults).
 func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.StringVar(&cfg.Scheduler, "scheduler", cfg.Scheduler, "scheduler address host:port (empty: no P2P, every download from the origin)")
+	fs.StringVar(&cfg.Manager, "manager", cfg.Manager, "manager gRPC address host:port: ask it for the schedulers (--scheduler is then the fallback)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "cache directory")
 	fs.StringVar(&cfg.AdvertiseIP, "advertise-ip", cfg.AdvertiseIP, "IP other peers dial (default: first non-loopback IPv4)")
 	fs.StringVar(&cfg.ListenIP, "listen-ip", cfg.ListenIP, "IP the peer, upload and metrics ports listen on")
