@@ -167,7 +167,7 @@ func TestApplications(t *testing.T) {
 func TestClustersRegistrationAndDiscovery(t *testing.T) {
 	forEachDB(t, func(t *testing.T, cfg Config) {
 		cfg.KeepAliveInterval = config.Duration(100 * time.Millisecond)
-		cfg.KeepAliveTimeout = config.Duration(400 * time.Millisecond)
+		cfg.KeepAliveTimeout = config.Duration(1500 * time.Millisecond)
 		e := newEnv(t, cfg)
 		ctx := context.Background()
 
@@ -200,6 +200,9 @@ func TestClustersRegistrationAndDiscovery(t *testing.T) {
 			t.Fatalf("unknown cluster: %v", err)
 		}
 		list := func(ip, idc, location, host string) []string {
+			if _, err := e.grpc.KeepAlive(ctx, &managerv1.KeepAliveRequest{Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Id: b}); err != nil {
+				t.Fatal(err)
+			}
 			resp, err := e.grpc.ListSchedulers(ctx, &managerv1.ListSchedulersRequest{Ip: ip, Idc: idc, Location: location, HostId: host, Hostname: host, PeerPort: 65000})
 			if err != nil {
 				t.Fatal(err)
@@ -239,12 +242,15 @@ func TestClustersRegistrationAndDiscovery(t *testing.T) {
 			if sa.State == "inactive" {
 				break
 			}
-			if i > 200 {
+			if i > 400 {
 				t.Fatal("a scheduler without keepalives stays active")
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 		var sb Component
+		if _, err := e.grpc.KeepAlive(ctx, &managerv1.KeepAliveRequest{Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Id: b}); err != nil {
+			t.Fatal(err)
+		}
 		e.must(http.StatusOK, "GET", fmt.Sprintf("/api/v1/schedulers/%d", b), e.admin, nil, &sb)
 		if sb.State != "active" {
 			t.Fatalf("kept-alive scheduler is %s", sb.State)
