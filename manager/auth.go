@@ -19,6 +19,9 @@ import (
 	"github.com/damselfly-io/damselfly/manager/db"
 )
 
+// bcryptCost is the work factor of password hashes (tests lower it).
+var bcryptCost = bcrypt.DefaultCost
+
 // Roles.
 const (
 	RoleAdmin = "admin"
@@ -73,7 +76,7 @@ func (m *Manager) ensureAdmin(ctx context.Context) error {
 }
 
 func (m *Manager) createUser(ctx context.Context, name, email, password, role string) (int64, error) {
-	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
+	h, err := bcrypt.GenerateFromPassword([]byte(password), bcryptCost)
 	if err != nil {
 		return 0, fmt.Errorf("hash password: %w", err)
 	}

@@ -17,7 +17,7 @@ import (
 )
 
 func bcryptHash(p string) (string, error) {
-	h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.DefaultCost)
+	h, err := bcrypt.GenerateFromPassword([]byte(p), bcryptCost)
 	return string(h), err
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -30,6 +31,7 @@ var (
 // TestMain starts one throwaway PostgreSQL for the package (each test gets
 // its own database) and stops it at the end.
 func TestMain(m *testing.M) {
+	bcryptCost = bcrypt.MinCost // the hash is checked, not its cost
 	pgSrv, pgErr = pgtest.Start()
 	if pgErr != nil {
 		fmt.Fprintln(os.Stderr, "PostgreSQL tests will be skipped:", pgErr)
