@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/damselfly-io/damselfly/internal/config"
@@ -31,7 +34,8 @@ type Config struct {
 	PeerPort int `yaml:"peer_port"`
 	// UploadPort serves piece bytes (HTTP); 0 picks a free port.
 	UploadPort int `yaml:"upload_port"`
-	// ProxyPort is reserved for the registry mirror / HTTP proxy.
+	// ProxyPort serves the registry mirror and HTTP(S) proxy; 0 picks a
+	// free port, -1 disables it.
 	ProxyPort int `yaml:"proxy_port"`
 	// MetricsPort serves /metrics and /healthy; -1 disables.
 	MetricsPort int `yaml:"metrics_port"`
@@ -48,6 +52,7 @@ type Config struct {
 
 	Download DownloadConfig `yaml:"download"`
 	Upload   UploadConfig   `yaml:"upload"`
+	Proxy    ProxyConfig    `yaml:"proxy"`
 
 	// OriginTimeout bounds connecting to the origin and waiting for headers.
 	OriginTimeout config.Duration `yaml:"origin_timeout"`
@@ -93,6 +98,70 @@ type UploadConfig struct {
 	MaxConcurrent int `yaml:"max_concurrent"`
 }
 
+// ProxyConfig configures the registry mirror and HTTP(S) proxy on proxy_port.
+type ProxyConfig struct {
+	// ListenIP is where the proxy listens. The default, loopback, keeps it
+	// for the node's own clients.
+	ListenIP string `yaml:"listen_ip"`
+	// AllowedClients lists the networks (CIDR) whose clients may use the
+	// proxy; everyone else gets 403, so the proxy is no open relay even when
+	// it listens on every interface.
+	AllowedClients []string `yaml:"allowed_clients"`
+	// RegistryMirror is the upstream registry for mirror requests that do
+	// not name one (Docker's registry-mirrors, CRI-O/Podman mirrors, skopeo).
+	// Its scheme is also used for requests whose ns parameter (containerd's
+	// hosts.toml) names the same host, so a plain-HTTP registry works.
+	RegistryMirror string `yaml:"registry_mirror"`
+	// Registries configures upstream hosts: scheme, TLS trust and the
+	// credentials seed peers and preheat use. Clients' own credentials pass
+	// through and always win.
+	Registries []RegistryConfig `yaml:"registries"`
+	// Rules decide, in order, which requests go P2P; the first whose regex
+	// matches the upstream URL (query string included) wins, and a URL no
+	// rule matches passes straight through. Only GETs go P2P. Empty: registry blob GETs go P2P, everything else
+	// passes through.
+	Rules []ProxyRule `yaml:"rules"`
+	// HijackHosts are regexes of "host:port"; a CONNECT to a matching host is
+	// terminated with a certificate from the proxy's CA so its requests can
+	// follow the rules too. Other CONNECTs are tunnelled untouched.
+	HijackHosts []string `yaml:"hijack_hosts"`
+	// CACert and CAKey are PEM files of the CA that signs hijacked hosts'
+	// certificates; when both are empty a CA is generated once under
+	// data_dir/proxy-ca (ca.crt is the file clients must trust).
+	CACert string `yaml:"ca_cert"`
+	CAKey  string `yaml:"ca_key"`
+	// VerifyAccess checks a client's right to a blob with a HEAD to the
+	// upstream (with the client's credentials) before serving it from the
+	// swarm or the cache; a 401/403/404 answer goes back to the client as
+	// is. An unreachable upstream does not stop a P2P download.
+	VerifyAccess bool `yaml:"verify_access"`
+}
+
+// RegistryConfig is one upstream registry (or any origin host).
+type RegistryConfig struct {
+	// Host is "name" or "name:port", as in image references and ns.
+	Host string `yaml:"host"`
+	// Scheme is http or https (default https).
+	Scheme string `yaml:"scheme"`
+	// Insecure skips TLS verification; CAFile adds a trusted CA bundle.
+	Insecure bool   `yaml:"insecure"`
+	CAFile   string `yaml:"ca_file"`
+	// Username and Password are used by this daemon's own origin fetches
+	// (seed peers, preheat) when the request carries no credentials. They
+	// are never sent to other peers or stored in the cache.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+}
+
+// ProxyRule routes the URLs its regex matches.
+type ProxyRule struct {
+	Regex string `yaml:"regex"`
+	// Direct passes matching requests straight through instead of P2P.
+	Direct bool `yaml:"direct"`
+	// UseHTTPS fetches a matching plain-HTTP proxy request over https.
+	UseHTTPS bool `yaml:"use_https"`
+}
+
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
@@ -121,6 +190,12 @@ func DefaultConfig() Config {
 			Slots:         16,
 			MaxConcurrent: 64,
 		},
+		Proxy: ProxyConfig{
+			ListenIP:       "127.0.0.1",
+			AllowedClients: []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"},
+			RegistryMirror: "https://index.docker.io",
+			VerifyAccess:   true,
+		},
 	}
 }
 
@@ -133,10 +208,16 @@ func (c Config) Validate() error {
 	if c.Sock == "" {
 		errs = append(errs, errors.New("sock is required"))
 	}
-	for name, p := range map[string]int{"peer_port": c.PeerPort, "upload_port": c.UploadPort, "proxy_port": c.ProxyPort} {
+	for name, p := range map[string]int{"peer_port": c.PeerPort, "upload_port": c.UploadPort} {
 		if p < 0 || p > 65535 {
 			errs = append(errs, fmt.Errorf("%s %d out of range", name, p))
 		}
+	}
+	if c.ProxyPort < -1 || c.ProxyPort > 65535 {
+		errs = append(errs, fmt.Errorf("proxy_port %d out of range (-1 disables)", c.ProxyPort))
+	}
+	if err := c.Proxy.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.MetricsPort < -1 || c.MetricsPort > 65535 {
 		errs = append(errs, fmt.Errorf("metrics_port %d out of range (-1 disables)", c.MetricsPort))
@@ -172,6 +253,45 @@ func (c Config) Validate() error {
 	}
 	if c.OriginRetries < 0 {
 		errs = append(errs, errors.New("origin_retries must be ≥ 0"))
+	}
+	return errors.Join(errs...)
+}
+
+func (p ProxyConfig) validate() error {
+	var errs []error
+	if net.ParseIP(p.ListenIP) == nil {
+		errs = append(errs, fmt.Errorf("proxy.listen_ip %q is not an IP address", p.ListenIP))
+	}
+	for _, n := range p.AllowedClients {
+		if _, _, err := net.ParseCIDR(n); err != nil {
+			errs = append(errs, fmt.Errorf("proxy.allowed_clients: %q is not a CIDR network", n))
+		}
+	}
+	if p.RegistryMirror != "" {
+		if u, err := url.Parse(p.RegistryMirror); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("proxy.registry_mirror %q: want an http(s) URL like https://registry.example", p.RegistryMirror))
+		}
+	}
+	for i, r := range p.Registries {
+		if r.Host == "" || strings.Contains(r.Host, "/") {
+			errs = append(errs, fmt.Errorf("proxy.registries[%d].host %q: want name or name:port", i, r.Host))
+		}
+		if r.Scheme != "" && r.Scheme != "http" && r.Scheme != "https" {
+			errs = append(errs, fmt.Errorf("proxy.registries[%d].scheme %q: want http or https", i, r.Scheme))
+		}
+	}
+	for i, r := range p.Rules {
+		if _, err := regexp.Compile(r.Regex); err != nil || r.Regex == "" {
+			errs = append(errs, fmt.Errorf("proxy.rules[%d].regex %q: %v", i, r.Regex, err))
+		}
+	}
+	for i, h := range p.HijackHosts {
+		if _, err := regexp.Compile(h); err != nil {
+			errs = append(errs, fmt.Errorf("proxy.hijack_hosts[%d] %q: %v", i, h, err))
+		}
+	}
+	if (p.CACert == "") != (p.CAKey == "") {
+		errs = append(errs, errors.New("proxy: set both ca_cert and ca_key, or neither"))
 	}
 	return errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,8 +25,9 @@ func TestDefaultConfigGolden(t *testing.T) {
 	if err := config.LoadFile(p, &c); err != nil {
 		t.Fatal(err)
 	}
-	if c != DefaultConfig() {
-		t.Fatalf("round trip changed the config: %+v", c)
+	again, err := config.Render(c)
+	if err != nil || !bytes.Equal(again, got) {
+		t.Fatalf("round trip changed the config (%v):\n%s", err, again)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -41,11 +42,12 @@ type Daemon struct {
 	gather  prometheus.Gatherer
 	metrics *metrics
 
-	store  *store.Store
-	src    source.Source
-	pieces *piece.Client
-	pm     *piece.Metrics
-	dl, ul *rate.Limiter
+	store   *store.Store
+	src     source.Source
+	httpSrc *source.HTTP // for the proxy's pass-through
+	pieces  *piece.Client
+	pm      *piece.Metrics
+	dl, ul  *rate.Limiter
 
 	scheds schedSet
 
@@ -55,6 +57,7 @@ type Daemon struct {
 	mu         sync.Mutex
 	conductors map[string]*conductor
 	host       *schedulerv1.Host
+	proxyAddr  string
 	ready      chan struct{}
 
 	// runCtx lives as long as Run; conductors run under it, not under the
@@ -78,14 +81,20 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 	srcCfg := source.DefaultConfig()
 	srcCfg.Timeout = cfg.OriginTimeout.D()
 	srcCfg.Retries = cfg.OriginRetries
-	src, err := source.New(srcCfg)
+	srcCfg.Hosts = map[string]source.HostConfig{}
+	for _, r := range cfg.Proxy.Registries {
+		srcCfg.Hosts[r.Host] = source.HostConfig{Insecure: r.Insecure, CAFile: r.CAFile, Username: r.Username, Password: r.Password}
+	}
+	httpSrc, err := source.NewHTTP(srcCfg)
 	if err != nil {
 		return nil, fmt.Errorf("origin client: %w", err)
 	}
+	src := source.NewRegistry(httpSrc)
 	d := &Daemon{
 		cfg:        cfg,
 		log:        log,
 		src:        src,
+		httpSrc:    httpSrc,
 		conductors: map[string]*conductor{},
 		dl:         piece.NewLimiter(int64(cfg.Download.RateLimit)),
 		ul:         piece.NewLimiter(int64(cfg.Upload.RateLimit)),
@@ -128,6 +137,13 @@ func (d *Daemon) Host() *schedulerv1.Host {
 	return d.host
 }
 
+// ProxyAddr is the registry mirror / proxy address (after Ready; "" when disabled).
+func (d *Daemon) ProxyAddr() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.proxyAddr
+}
+
 // Store exposes the cache (for tests and the local API).
 func (d *Daemon) Store() *store.Store { return d.store }
 
@@ -160,6 +176,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	// dfget runs as any user; the daemon decides what it writes.
 	_ = os.Chmod(d.cfg.Sock, 0o666)
+	var proxyLis net.Listener
+	var prx *proxy
+	if d.cfg.ProxyPort >= 0 {
+		if prx, err = newProxy(d); err != nil {
+			return err
+		}
+		proxyLis, err = lc.Listen(ctx, "tcp", net.JoinHostPort(d.cfg.Proxy.ListenIP, strconv.Itoa(d.cfg.ProxyPort)))
+		if err != nil {
+			return fmt.Errorf("listen proxy port: %w", err)
+		}
+	}
 	var metricsLis net.Listener
 	if d.cfg.MetricsPort >= 0 && d.gather != nil {
 		metricsLis, err = lc.Listen(ctx, "tcp", net.JoinHostPort(d.cfg.ListenIP, strconv.Itoa(d.cfg.MetricsPort)))
@@ -206,6 +233,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if metricsLis != nil {
 		g.Go(func() error { return obs.ServeHTTP(gctx, metricsLis, obs.Handler(d.gather, nil)) })
 	}
+	proxyAddr := ""
+	if proxyLis != nil {
+		proxyAddr = proxyLis.Addr().String()
+		d.mu.Lock()
+		d.proxyAddr = proxyAddr
+		d.mu.Unlock()
+		g.Go(func() error { return obs.ServeHTTP(gctx, proxyLis, prx) })
+	}
 	// Schedulers: the static one, or the manager's list (seed peers also
 	// register with the manager and open their SeedTasks streams here).
 	refresh, err := d.startSchedulers(gctx)
@@ -225,7 +260,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 	d.log.Info("daemon ready", "peer_addr", peerLis.Addr().String(), "upload_addr", upLis.Addr().String(),
-		"advertise_ip", ip, "sock", d.cfg.Sock, "seed", d.cfg.Seed, "scheduler", d.cfg.Scheduler, "manager", d.cfg.Manager)
+		"advertise_ip", ip, "sock", d.cfg.Sock, "proxy_addr", proxyAddr, "seed", d.cfg.Seed, "scheduler", d.cfg.Scheduler, "manager", d.cfg.Manager)
 	close(d.ready)
 	err = g.Wait()
 	d.mu.Lock()
@@ -316,7 +351,11 @@ func (d *Daemon) seedLoop(ctx context.Context, sched schedulerv1.SchedulerClient
 
 // taskRequest is what starts a conductor.
 type taskRequest struct {
-	spec              *schedulerv1.TaskSpec
+	spec *schedulerv1.TaskSpec
+	// originHeaders go only to this daemon's own origin requests: a client's
+	// credentials live here, never in spec (which the scheduler and other
+	// peers see).
+	originHeaders     http.Header
 	disableBackSource bool
 	seed              bool
 	fromCache         bool

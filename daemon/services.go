@@ -101,37 +101,15 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		return status.Errorf(codes.InvalidArgument, "output %q must be an absolute path", o)
 	}
 	id := core.TaskID(req.GetUrl(), core.TaskOptions{Tag: req.GetTag(), Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery()})
+	public, private := splitCredentials(req.GetHeaders())
 	spec := &schedulerv1.TaskSpec{
-		TaskId: id, Url: req.GetUrl(), Headers: req.GetHeaders(), Tag: req.GetTag(),
+		TaskId: id, Url: req.GetUrl(), Headers: public, Tag: req.GetTag(),
 		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),
 	}
-	c, err := s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit(), streaming: req.GetStream()})
+	c, cached, err := s.d.openTask(taskRequest{spec: spec, originHeaders: private, disableBackSource: req.GetDisableBackSource(),
+		rateLimit: req.GetRateLimit(), streaming: req.GetStream()})
 	if err != nil {
 		return toStatus(err)
-	}
-	// A task already complete when the request arrives is a local cache hit,
-	// whether or not its conductor is still announcing it.
-	cached := false
-	select {
-	case <-c.done:
-		cached = c.err == nil
-	default:
-	}
-	if cached {
-		if err := c.task.CheckIntact(); err != nil {
-			// Modified on disk (e.g. a hard-linked output edited in place):
-			// drop it and fetch it again.
-			s.d.log.Warn("cached copy damaged; downloading again", "task_id", id, "err", err)
-			_ = s.d.store.Delete(id)
-			select {
-			case <-c.exited:
-			case <-time.After(5 * time.Second):
-			}
-			if c, err = s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit(), streaming: req.GetStream()}); err != nil {
-				return toStatus(err)
-			}
-			cached = false
-		}
 	}
 	progress := func(done bool) *daemonv1.DownloadProgress {
 		p := &daemonv1.DownloadProgress{TaskId: id, ContentLength: -1, Done: done,

@@ -43,8 +43,10 @@ var (
 // HTTP fetches http and https URLs: ranges, redirects, retries with backoff,
 // and bodies that resume after a broken connection.
 type HTTP struct {
-	client *http.Client
-	cfg    Config
+	client  *http.Client
+	clients map[string]*http.Client // hosts with their own TLS settings
+	cfg     Config
+	tokens  tokens
 }
 
 var _ Source = (*HTTP)(nil)
@@ -100,7 +102,22 @@ func NewHTTP(cfg Config) (*HTTP, error) {
 			return nil
 		},
 	}
-	return &HTTP{client: client, cfg: cfg}, nil
+	h := &HTTP{client: client, cfg: cfg, clients: map[string]*http.Client{}}
+	for host, hc := range cfg.Hosts {
+		if !hc.Insecure && hc.CAFile == "" {
+			continue
+		}
+		hostTLS, err := tlsFor(tlsCfg, hc)
+		if err != nil {
+			return nil, fmt.Errorf("host %s: %w", host, err)
+		}
+		htr := tr.Clone()
+		htr.TLSClientConfig = hostTLS
+		hcl := *client
+		hcl.Transport = htr
+		h.clients[host] = &hcl
+	}
+	return h, nil
 }
 
 // Fetch requests the range of req and returns a body that resumes with a
@@ -261,7 +278,7 @@ func (h *HTTP) attempt(ctx context.Context, u *url.URL, hdr http.Header, off, le
 	if resuming && ifRange != "" {
 		req.Header.Set("If-Range", ifRange)
 	}
-	resp, err := h.client.Do(req)
+	resp, err := h.hostClient(u.Host).Do(req)
 	if err != nil {
 		cancel()
 		if cerr := ctx.Err(); cerr != nil {
@@ -272,6 +289,28 @@ func (h *HTTP) attempt(ctx context.Context, u *url.URL, hdr http.Header, off, le
 			err = uerr.Err // its message repeats the full URL, query included
 		}
 		return nil, fmt.Errorf("GET %s: %w", redact(u), err)
+	}
+	if resp.StatusCode == http.StatusUnauthorized && hdr.Get("Authorization") == "" {
+		// A challenge the daemon may answer itself (configured credentials,
+		// anonymous registry tokens); the client's own credentials, when it
+		// sent any, are never replaced.
+		auth, aerr := h.authorize(ctx, u, resp.Header.Get("WWW-Authenticate"))
+		_, _ = io.CopyN(io.Discard, resp.Body, drainOnFailure)
+		_ = resp.Body.Close()
+		cancel()
+		if aerr != nil {
+			return nil, fmt.Errorf("GET %s: answer the registry's challenge: %w", redact(u), aerr)
+		}
+		if auth != "" {
+			authed := hdr.Clone()
+			authed.Set("Authorization", auth)
+			p, err := h.attempt(ctx, u, authed, off, length, resuming, ifRange)
+			if err == nil {
+				p.header.Del("Authorization")
+			}
+			return p, err
+		}
+		return nil, &StatusError{URL: redact(u), Code: resp.StatusCode, Status: resp.Status}
 	}
 	p := &part{rc: resp.Body, total: -1, left: -1, header: keep(resp.Header), cancel: cancel}
 	fail := func(err error) (*part, error) {

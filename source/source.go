@@ -75,6 +75,9 @@ type Config struct {
 	CAFile string `yaml:"ca_file"`
 	// UserAgent is sent when the request has none. Default "damselfly/<version>".
 	UserAgent string `yaml:"user_agent"`
+	// Hosts holds per-host TLS settings and credentials, keyed by "host" or
+	// "host:port" (the more specific key wins).
+	Hosts map[string]HostConfig `yaml:"hosts"`
 }
 
 // DefaultConfig returns the documented defaults.
@@ -122,11 +125,17 @@ func New(cfg Config) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
+	return NewRegistry(h), nil
+}
+
+// NewRegistry returns a registry serving http and https URLs through h, and
+// file URLs.
+func NewRegistry(h *HTTP) *Registry {
 	r := &Registry{sources: map[string]Source{}}
 	r.Register("http", h)
 	r.Register("https", h)
 	r.Register("file", &File{})
-	return r, nil
+	return r
 }
 
 // Register makes s serve URLs of scheme (case-insensitive), replacing any

@@ -39,7 +39,7 @@ func defaultAllInOne() allInOneConfig {
 	c.Seed.ListenIP = "127.0.0.1"
 	c.Seed.PeerPort = 65010
 	c.Seed.UploadPort = 65012
-	c.Seed.ProxyPort = 65011
+	c.Seed.ProxyPort = -1 // the node's clients use the daemon's mirror
 	c.Seed.MetricsPort = -1
 	c.Seed.Sock = "/var/run/damselfly/seed.sock"
 	return c
@@ -57,6 +57,8 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	fs.StringVar(&cfg.Scheduler.Listen, "scheduler-listen", cfg.Scheduler.Listen, "scheduler gRPC address")
 	fs.IntVar(&cfg.Daemon.PeerPort, "peer-port", cfg.Daemon.PeerPort, "daemon peer gRPC port")
 	fs.IntVar(&cfg.Daemon.UploadPort, "upload-port", cfg.Daemon.UploadPort, "daemon upload port")
+	fs.IntVar(&cfg.Daemon.ProxyPort, "proxy-port", cfg.Daemon.ProxyPort, "daemon registry mirror / HTTP(S) proxy port; -1 disables")
+	fs.StringVar(&cfg.Daemon.Proxy.RegistryMirror, "registry-mirror", cfg.Daemon.Proxy.RegistryMirror, "default upstream registry of the daemon's mirror")
 	fs.IntVar(&cfg.Daemon.MetricsPort, "metrics-port", cfg.Daemon.MetricsPort, "port for /metrics and /healthy (scheduler and daemon); -1 disables")
 	fs.IntVar(&cfg.Seed.PeerPort, "seed-peer-port", cfg.Seed.PeerPort, "seed peer gRPC port")
 	fs.IntVar(&cfg.Seed.UploadPort, "seed-upload-port", cfg.Seed.UploadPort, "seed upload port")

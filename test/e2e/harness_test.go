@@ -155,7 +155,7 @@ func startDaemon(t testing.TB, o daemonOpts) *daemonProc {
 	mport := freePort(t)
 	sock := filepath.Join(dir, "daemon.sock")
 	args := []string{"daemon", "--scheduler", o.scheduler, "--data-dir", filepath.Join(dir, "cache"),
-		"--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1", "--peer-port", "0", "--upload-port", "0",
+		"--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1", "--peer-port", "0", "--upload-port", "0", "--proxy-port", "0",
 		"--metrics-port", strconv.Itoa(mport), "--sock", sock, "--hostname", o.name}
 	if o.seed {
 		args = append(args, "--seed")

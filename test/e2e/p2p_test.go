@@ -61,7 +61,7 @@ func TestAllInOne(t *testing.T) {
 	mport := freePort(t)
 	p := start(t, "all-in-one", "all-in-one", "--data-dir", dir, "--sock", sock,
 		"--scheduler-listen", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--metrics-port", strconv.Itoa(mport),
-		"--peer-port", "0", "--upload-port", "0", "--seed-peer-port", "0", "--seed-upload-port", "0")
+		"--peer-port", "0", "--upload-port", "0", "--seed-peer-port", "0", "--seed-upload-port", "0", "--proxy-port", "0")
 	metrics := "http://127.0.0.1:" + strconv.Itoa(mport)
 	waitHTTP(t, metrics+"/healthy", p)
 	waitSock(t, sock, p)

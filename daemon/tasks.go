@@ -1,0 +1,200 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/damselfly-io/damselfly/core"
+)
+
+// credentialHeaders never leave this daemon except towards the origin: they
+// are kept out of the task spec that the scheduler and other peers see, and
+// out of the cache.
+var credentialHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie"}
+
+// splitCredentials separates a request's headers into those that may travel
+// with the task (to the scheduler, seed peers) and the credentials that only
+// this daemon's own origin requests carry.
+func splitCredentials(h map[string]string) (public map[string]string, private http.Header) {
+	for k, v := range h {
+		ck := http.CanonicalHeaderKey(k)
+		if core.ContainsString(credentialHeaders, ck) {
+			if private == nil {
+				private = http.Header{}
+			}
+			private.Set(ck, v)
+			continue
+		}
+		if public == nil {
+			public = map[string]string{}
+		}
+		public[k] = v
+	}
+	return public, private
+}
+
+// openTask returns the conductor serving r, starting one when none runs, and
+// whether the task was already complete in the cache. A cached copy modified
+// on disk (a hard-linked output edited in place) is dropped and fetched again.
+func (d *Daemon) openTask(r taskRequest) (c *conductor, cached bool, err error) {
+	c, err = d.startConductor(r)
+	if err != nil {
+		return nil, false, err
+	}
+	select {
+	case <-c.done:
+		cached = c.err == nil
+	default:
+	}
+	if !cached {
+		return c, false, nil
+	}
+	if err := c.task.CheckIntact(); err != nil {
+		id := r.spec.GetTaskId()
+		d.log.Warn("cached copy damaged; downloading again", "task_id", id, "err", err)
+		_ = d.store.Delete(id)
+		select {
+		case <-c.exited:
+		case <-time.After(5 * time.Second):
+		}
+		c, err = d.startConductor(r)
+		return c, false, err
+	}
+	return c, true, nil
+}
+
+// waitShape waits until the task's length is known, the task ends, or ctx
+// ends; it reports the length (-1 when the task ended without one).
+func (c *conductor) waitShape(ctx context.Context) (int64, error) {
+	for {
+		ch := c.task.Changed()
+		if l, ps := c.task.Shape(); l >= 0 && ps > 0 {
+			return l, nil
+		}
+		select {
+		case <-c.done:
+			if l, ps := c.task.Shape(); l >= 0 && ps > 0 && c.err == nil {
+				return l, nil
+			}
+			if c.err != nil {
+				return -1, c.err
+			}
+			return -1, fmt.Errorf("task %s ended without a length: %w", c.id, core.ErrUnavailable)
+		case <-ctx.Done():
+			return -1, ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// copyOut writes the content's bytes [off, end) to w in order, as verified
+// pieces arrive. The piece that ends the content is written only once the
+// task has completed, i.e. passed its whole-content digest, so a content
+// that fails verification never reaches w whole. The length must be known
+// (waitShape). Copies go from the cache file, with sendfile when w can.
+func (c *conductor) copyOut(ctx context.Context, w io.Writer, off, end int64) (int64, error) {
+	f, err := os.Open(c.task.DataPath())
+	if err != nil {
+		return 0, fmt.Errorf("open cached content: %w", err)
+	}
+	defer f.Close()
+	l, ps := c.task.Shape()
+	next := off
+	doneSeen := false
+	for next < end {
+		ch := c.task.Changed()
+		progressed := false
+		for next < end {
+			n := uint32(next / int64(ps))
+			pOff, pSize := core.PieceRange(n, l, ps)
+			if !c.task.Has(n) {
+				break
+			}
+			if pOff+pSize >= l && !c.succeeded() {
+				break // the last piece waits for the whole-content digest
+			}
+			k := min(end, pOff+pSize) - next
+			if _, err := f.Seek(next, io.SeekStart); err != nil {
+				return next - off, fmt.Errorf("seek cached content: %w", err)
+			}
+			// CopyN wraps f in a LimitedReader, which net/http's response
+			// writer turns into sendfile.
+			m, err := io.CopyN(w, f, k)
+			next += m
+			if err != nil {
+				return next - off, err
+			}
+			progressed = true
+		}
+		if next >= end {
+			break
+		}
+		if progressed {
+			continue
+		}
+		if c.succeeded() && doneSeen {
+			return next - off, fmt.Errorf("task %s: piece at byte %d left the cache: %w", c.id, next, core.ErrUnavailable)
+		}
+		select {
+		case <-c.done:
+			if c.err != nil {
+				return next - off, c.err
+			}
+			doneSeen = true // complete: loop once more to write what is left
+		case <-ctx.Done():
+			return next - off, ctx.Err()
+		case <-ch:
+		}
+	}
+	return next - off, nil
+}
+
+// succeeded reports whether the task completed without error.
+func (c *conductor) succeeded() bool {
+	select {
+	case <-c.done:
+		return c.err == nil
+	default:
+		return false
+	}
+}
+
+// dragonflyHeaders are the per-request task options a proxy client may set,
+// under Dragonfly's names and ours.
+var dragonflyHeaders = map[string]string{
+	"X-Dragonfly-Tag": "tag", "X-Damselfly-Tag": "tag",
+	"X-Dragonfly-Application": "application", "X-Damselfly-Application": "application",
+	"X-Dragonfly-Filter": "filter", "X-Damselfly-Filter": "filter",
+}
+
+// taskOptionsFrom reads (and removes) the task-option headers of a request:
+// tag, application and the query parameters to leave out of the task ID
+// ("&"-separated, as Dragonfly writes them; commas work too).
+func taskOptionsFrom(h http.Header) core.TaskOptions {
+	var o core.TaskOptions
+	for name, what := range dragonflyHeaders {
+		v := h.Get(name)
+		h.Del(name)
+		if v == "" {
+			continue
+		}
+		switch what {
+		case "tag":
+			o.Tag = v
+		case "application":
+			o.Application = v
+		case "filter":
+			for _, f := range strings.FieldsFunc(v, func(r rune) bool { return r == '&' || r == ',' }) {
+				if f = strings.TrimSpace(f); f != "" && !core.ContainsString(o.FilteredQuery, f) {
+					o.FilteredQuery = append(o.FilteredQuery, f)
+				}
+			}
+		}
+	}
+	return o
+}
