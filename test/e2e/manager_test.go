@@ -9,7 +9,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -152,14 +154,18 @@ type managedCluster struct {
 	daemons []*daemonProc
 }
 
-func startManaged(t testing.TB, n int, seedExtra ...string) *managedCluster {
+func startManaged(t testing.TB, n int, daemonExtra func(i int) []string, seedExtra ...string) *managedCluster {
 	t.Helper()
 	c := &managedCluster{mgr: startManager(t, t.TempDir())}
 	c.sched = startScheduler(t, "--manager", c.mgr.grpc, "--advertise-ip", "127.0.0.1")
 	waitFor(t, 20*time.Second, "scheduler registered", func() bool { return c.mgr.count(t, "/api/v1/schedulers?state=active") == 1 })
 	c.seed = startDaemon(t, daemonOpts{name: "seed", seed: true, extra: append([]string{"--manager", c.mgr.grpc}, seedExtra...)})
 	for i := range n {
-		c.daemons = append(c.daemons, startDaemon(t, daemonOpts{name: fmt.Sprintf("d%d", i), extra: []string{"--manager", c.mgr.grpc}}))
+		extra := []string{"--manager", c.mgr.grpc}
+		if daemonExtra != nil {
+			extra = append(extra, daemonExtra(i)...)
+		}
+		c.daemons = append(c.daemons, startDaemon(t, daemonOpts{name: fmt.Sprintf("d%d", i), extra: extra}))
 	}
 	waitFor(t, 20*time.Second, "seed peer registered", func() bool { return c.mgr.count(t, "/api/v1/seed-peers?state=active") == 1 })
 	waitFor(t, 20*time.Second, "daemons known", func() bool { return c.mgr.count(t, "/api/v1/peers") == n+1 })
@@ -233,7 +239,14 @@ func TestManagerPreheatImage(t *testing.T) {
 	dir := t.TempDir()
 	img := makeImage(t, dir, "v1", []int{300 << 10, 1 << 20, 2<<20 + 12345}, 1)
 	reg.push(t, dir, "library/app", "v1")
-	c := startManaged(t, 2)
+	mirrorPort := freePort(t)
+	c := startManaged(t, 2, func(i int) []string {
+		if i > 0 {
+			return nil
+		}
+		// d0's registry mirror, for the pull at the end
+		return []string{"--proxy-port", strconv.Itoa(mirrorPort), "--registry-mirror", "http://" + reg.addr}
+	})
 	amd := img.blobs["linux/amd64"]
 
 	id := c.mgr.preheat(t, map[string]any{"type": "image", "url": "http://" + reg.addr + "/v2/library/app/manifests/v1", "scope": "single_seed_peer"})
@@ -274,6 +287,36 @@ func TestManagerPreheatImage(t *testing.T) {
 		t.Fatalf("registry served %d blob bytes after the all_peers preheat, want still %d", got, sumSizes(amd))
 	}
 
+	// A pull through d0's registry mirror (skopeo, as CRI-O/Podman would):
+	// every preheated blob is a cache hit, the registry serves no blob bytes.
+	conf := filepath.Join(t.TempDir(), "registries.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\ninsecure = true\n\n[[registry.mirror]]\nlocation = \"127.0.0.1:%d\"\ninsecure = true\n",
+		reg.addr, reg.addr, mirrorPort)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gets := reg.blobGets.Load()
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "skopeo", "copy", "--registries-conf", conf, "--insecure-policy", "--override-os", "linux", "--override-arch", "amd64",
+		"docker://"+reg.addr+"/library/app:v1", "dir:"+out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("skopeo pull through the mirror: %v\n%s", err, b)
+	}
+	for _, d := range amd {
+		if fileSHA(t, filepath.Join(out, strings.TrimPrefix(d.Digest, "sha256:"))) != strings.TrimPrefix(d.Digest, "sha256:") {
+			t.Fatalf("pulled blob %s has the wrong content", d.Digest)
+		}
+	}
+	if p2p := metric(t, c.daemons[0].metrics, "damselfly_proxy_requests_total", `route="p2p"`); p2p < float64(len(amd)) {
+		t.Fatalf("the mirror served %v blobs over its P2P route, want %d: skopeo did not pull through it", p2p, len(amd))
+	}
+	t.Logf("pull through the mirror: %d blobs over the P2P route; registry blob GETs %d in all (%d bytes = the image's %d blobs once, all by the seed)",
+		int(metric(t, c.daemons[0].metrics, "damselfly_proxy_requests_total", `route="p2p"`)), reg.blobGets.Load(), reg.blobOut.Load(), len(amd))
+	if got, bytes := reg.blobGets.Load(), reg.blobOut.Load(); got != gets || bytes != sumSizes(amd) {
+		t.Fatalf("the pull through the mirror made the registry serve blobs: %d more GETs, %d bytes in all (want %d)", got-gets, bytes, sumSizes(amd))
+	}
+
 	// another platform of the index
 	arm := img.blobs["linux/arm64"]
 	id = c.mgr.preheat(t, map[string]any{"type": "image", "url": "http://" + reg.addr + "/v2/library/app/manifests/v1", "platform": "linux/arm64", "scope": "all_seed_peers"})
@@ -304,7 +347,7 @@ func TestManagerPreheatCredentials(t *testing.T) {
 	dir := t.TempDir()
 	img := makeImage(t, dir, "v2", []int{200 << 10, 600 << 10}, 2)
 	reg.push(t, dir, "team/private", "v2")
-	c := startManaged(t, 0)
+	c := startManaged(t, 0, nil)
 	u := "http://" + reg.addr + "/v2/team/private/manifests/v2"
 
 	j := c.mgr.waitJob(t, c.mgr.preheat(t, map[string]any{"type": "image", "url": u}))
@@ -350,7 +393,7 @@ func TestManagerRestartMidPreheat(t *testing.T) {
 	dir := t.TempDir()
 	img := makeImage(t, dir, "big", []int{6 << 20}, 3)
 	reg.push(t, dir, "library/big", "big")
-	c := startManaged(t, 0, "--download-rate-limit", "1M")
+	c := startManaged(t, 0, nil, "--download-rate-limit", "1M")
 	amd := img.blobs["linux/amd64"]
 	layer := amd[1]
 
