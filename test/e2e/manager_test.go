@@ -426,3 +426,52 @@ func TestManagerRestartMidPreheat(t *testing.T) {
 		t.Fatalf("jobs after restart: %d %d", code, len(jobs))
 	}
 }
+
+// TestManagerFilePreheatAndManagerDown preheats a plain file to all peers
+// (the origin serves it once), then stops the manager and restarts a
+// daemon: it starts with the scheduler list it saved on disk and downloads
+// through that scheduler.
+func TestManagerFilePreheatAndManagerDown(t *testing.T) {
+	o := newOrigin(t)
+	url, sum := o.add("model.bin", 3<<20+7, 11)
+	c := startManaged(t, 2, nil)
+
+	j := c.mgr.waitJob(t, c.mgr.preheat(t, map[string]any{"type": "file", "url": url, "scope": "all_peers"}))
+	if j.State != "SUCCESS" || len(j.Result.Tasks) != 1 || len(j.Result.Tasks[0].Peers) != 3 {
+		t.Fatalf("file preheat: %s %q %+v", j.State, j.Error, j.Result)
+	}
+	id := core.TaskID(url, core.TaskOptions{})
+	if j.Result.Tasks[0].TaskID != id {
+		t.Fatalf("task id %s, want dfget's %s", j.Result.Tasks[0].TaskID, id)
+	}
+	for _, d := range append([]*daemonProc{c.seed}, c.daemons...) {
+		if ok, l := statTask(t, d, id); !ok || l != 3<<20+7 {
+			t.Fatalf("%s holds the file: %v %d", d.name, ok, l)
+		}
+	}
+	if got := o.served.Load(); got != 3<<20+7 {
+		t.Fatalf("origin served %d bytes, want the file once (%d)", got, 3<<20+7)
+	}
+
+	d := c.daemons[0]
+	if _, err := os.Stat(filepath.Join(d.dataDir, "cache", "schedulers.json")); err != nil {
+		t.Fatalf("the daemon keeps no scheduler list on disk: %v", err)
+	}
+	c.mgr.kill()
+	d.kill()
+	d.restart(t)
+	url2, sum2 := o.add("second.bin", 1<<20, 12)
+	before := metric(t, c.sched.metrics, "damselfly_scheduler_decisions_total", "")
+	fetchAll(t, []*daemonProc{d}, url2, sum2)
+	if after := metric(t, c.sched.metrics, "damselfly_scheduler_decisions_total", ""); after <= before {
+		t.Fatalf("scheduler decisions %v → %v: the restarted daemon did not use the scheduler saved on disk", before, after)
+	}
+	if b, _ := os.ReadFile(d.log); !bytes.Contains(b, []byte("saved on disk")) {
+		t.Fatal("the restarted daemon did not say it used the saved scheduler list")
+	}
+	// and the preheated file is still a cache hit
+	fetchAll(t, []*daemonProc{d}, url, sum)
+	if got := o.served.Load(); got != 3<<20+7+1<<20 {
+		t.Fatalf("origin served %d bytes, want %d", got, 3<<20+7+1<<20)
+	}
+}
