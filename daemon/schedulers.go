@@ -131,7 +131,7 @@ func (d *Daemon) setSchedulers(ctx context.Context, addrs []string) error {
 		}
 	}
 	s.addrs = keep
-	if d.cfg.Seed && ctx != nil {
+	if d.cfg.Seed {
 		for _, a := range keep {
 			if s.seedLoops[a] == nil {
 				lctx, cancel := context.WithCancel(ctx)
