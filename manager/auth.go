@@ -133,6 +133,8 @@ func (m *Manager) signIn(ctx context.Context, name, password string) (string, in
 	if bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) != nil {
 		return "", 0, nil, errUnauthenticated
 	}
+	// Expired tokens are of no use to anyone; sweep them now and then.
+	_, _ = m.db.Exec(ctx, "DELETE FROM tokens WHERE expires_at < ?", nowMs())
 	tok, _, exp, err := m.issueToken(ctx, u.ID, kindSession, "", m.cfg.SessionTTL.D())
 	if err != nil {
 		return "", 0, nil, err

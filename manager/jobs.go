@@ -20,6 +20,7 @@ import (
 	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/manager/db"
 	"github.com/damselfly-io/damselfly/manager/job"
 )
 
@@ -278,8 +279,14 @@ func (m *Manager) claim(ctx context.Context) (int64, bool, error) {
 	now := nowMs()
 	lease := now + m.cfg.Jobs.Lease.D().Milliseconds()
 	var id int64
+	// On PostgreSQL, SKIP LOCKED lets racing replicas take different jobs
+	// instead of queueing on the same row.
+	lock := ""
+	if m.db.Type == db.Postgres {
+		lock = " FOR UPDATE SKIP LOCKED"
+	}
 	err := m.db.QueryRow(ctx, `UPDATE jobs SET state = ?, owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ?
-		WHERE id = (SELECT id FROM jobs WHERE state = ? OR (state = ? AND lease_until < ?) ORDER BY id LIMIT 1)
+		WHERE id = (SELECT id FROM jobs WHERE state = ? OR (state = ? AND lease_until < ?) ORDER BY id LIMIT 1`+lock+`)
 		AND (state = ? OR (state = ? AND lease_until < ?)) RETURNING id`,
 		StateRunning, m.owner, lease, now, StatePending, StateRunning, now, StatePending, StateRunning, now).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -347,8 +354,15 @@ func (m *Manager) runJob(ctx context.Context, id int64) {
 	result, jerr := p.run(jctx, &prev)
 	if ctx.Err() != nil || jctx.Err() != nil {
 		// Shutting down or lease lost: the job stays RUNNING with its
-		// progress saved; a replica takes it over when the lease expires.
-		log.Info("job interrupted; it resumes when its lease expires")
+		// progress saved. On a shutdown the lease is given back so that a
+		// replica (or this one, restarted) takes the job over at once; a
+		// replica that died leaves it to expire.
+		if ctx.Err() != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+			_, _ = m.db.Exec(rctx, "UPDATE jobs SET lease_until = 0 WHERE id = ? AND owner = ? AND state = ?", id, m.owner, StateRunning)
+			cancel()
+		}
+		log.Info("job interrupted; another run takes it over")
 		return
 	}
 	state, msg := StateSuccess, ""
