@@ -475,3 +475,37 @@ func TestManagerFilePreheatAndManagerDown(t *testing.T) {
 		t.Fatalf("origin served %d bytes, want %d", got, 3<<20+7+1<<20)
 	}
 }
+
+// logHas reports whether a process's log has a line containing every part.
+func logHas(p *proc, parts ...string) bool {
+	b, _ := os.ReadFile(p.log)
+	for _, line := range strings.Split(string(b), "\n") {
+		ok := true
+		for _, s := range parts {
+			ok = ok && strings.Contains(line, s)
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDaemonFollowsSchedulerList starts a daemon before any scheduler: it
+// picks the scheduler up on its next refresh once it registers, downloads
+// through it, and drops it when it stops keeping alive.
+func TestDaemonFollowsSchedulerList(t *testing.T) {
+	o := newOrigin(t)
+	url, sum := o.add("a.bin", 512<<10, 21)
+	mgr := startManager(t, t.TempDir())
+	d := startDaemon(t, daemonOpts{name: "d", extra: []string{"--manager", mgr.grpc}})
+	sched := startScheduler(t, "--manager", mgr.grpc, "--advertise-ip", "127.0.0.1")
+	waitFor(t, 20*time.Second, "the daemon to pick the scheduler up", func() bool { return logHas(d.proc, "msg=schedulers", sched.addr) })
+	fetchAll(t, []*daemonProc{d}, url, sum)
+	if n := metric(t, sched.metrics, "damselfly_scheduler_decisions_total", ""); n == 0 {
+		t.Fatal("the download did not go through the scheduler the manager named")
+	}
+	sched.kill()
+	waitFor(t, 20*time.Second, "the scheduler to turn inactive", func() bool { return mgr.count(t, "/api/v1/schedulers?state=inactive") == 1 })
+	waitFor(t, 20*time.Second, "the daemon to drop it", func() bool { return logHas(d.proc, "msg=schedulers", "addrs=[]") })
+}
