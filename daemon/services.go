@@ -292,15 +292,13 @@ func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (
 	if spec.GetTaskId() != want {
 		return nil, status.Errorf(codes.InvalidArgument, "preheat: task id %q does not match its url or digest", spec.GetTaskId())
 	}
+	cached := false
+	if t, ok := s.d.store.Get(spec.GetTaskId()); ok && t.Complete() {
+		cached = true
+	}
 	c, err := s.d.startConductor(taskRequest{spec: spec, seed: s.d.cfg.Seed})
 	if err != nil {
 		return nil, toStatus(err)
-	}
-	cached := false
-	select {
-	case <-c.done:
-		cached = c.err == nil
-	default:
 	}
 	select {
 	case <-c.done:
