@@ -23,8 +23,18 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 )
 
-// BinDir is where Debian installs PostgreSQL 15 (scripts/install-deps.sh).
-var BinDir = "/usr/lib/postgresql/15/bin"
+// BinDir is where Debian installs PostgreSQL (scripts/install-deps.sh
+// installs Debian's default, 15 on bookworm); the newest version present wins.
+var BinDir = func() string {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	best, bestV := "/usr/lib/postgresql/15/bin", 0
+	for _, d := range dirs {
+		if v, err := strconv.Atoi(filepath.Base(filepath.Dir(d))); err == nil && v > bestV {
+			best, bestV = d, v
+		}
+	}
+	return best
+}()
 
 // Server is a running cluster.
 type Server struct {
