@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -508,4 +510,46 @@ func TestDaemonFollowsSchedulerList(t *testing.T) {
 	sched.kill()
 	waitFor(t, 20*time.Second, "the scheduler to turn inactive", func() bool { return mgr.count(t, "/api/v1/schedulers?state=inactive") == 1 })
 	waitFor(t, 20*time.Second, "the daemon to drop it", func() bool { return logHas(d.proc, "msg=schedulers", "addrs=[]") })
+}
+
+// home is the scheduler a task goes to first: the daemon's rendezvous hash.
+func home(taskID string, addrs []string) string {
+	best, bestScore := "", uint64(0)
+	for _, a := range addrs {
+		h := sha256.Sum256([]byte(taskID + "\x00" + a))
+		if s := binary.BigEndian.Uint64(h[:8]); best == "" || s > bestScore {
+			best, bestScore = a, s
+		}
+	}
+	return best
+}
+
+// TestSchedulerFallback: with two schedulers from the manager, a task whose
+// scheduler is dead (not yet marked inactive) is announced to the other.
+func TestSchedulerFallback(t *testing.T) {
+	o := newOrigin(t)
+	mgr := startManager(t, t.TempDir(), "--keepalive-timeout", "60s")
+	a := startScheduler(t, "--manager", mgr.grpc, "--advertise-ip", "127.0.0.1")
+	b := startScheduler(t, "--manager", mgr.grpc, "--advertise-ip", "127.0.0.1")
+	waitFor(t, 20*time.Second, "schedulers registered", func() bool { return mgr.count(t, "/api/v1/schedulers?state=active") == 2 })
+	d := startDaemon(t, daemonOpts{name: "d", extra: []string{"--manager", mgr.grpc}})
+	waitFor(t, 20*time.Second, "the daemon to know both", func() bool { return logHas(d.proc, "msg=schedulers", a.addr, b.addr) })
+
+	var url, sum string
+	for i := range 64 {
+		u, s := o.add(fmt.Sprintf("f%d.bin", i), 256<<10, uint64(100+i))
+		if home(core.TaskID(u, core.TaskOptions{}), []string{a.addr, b.addr}) == a.addr {
+			url, sum = u, s
+			break
+		}
+	}
+	if url == "" {
+		t.Fatal("no task hashes to the first scheduler")
+	}
+	a.kill()
+	before := metric(t, b.metrics, "damselfly_scheduler_decisions_total", "")
+	fetchAll(t, []*daemonProc{d}, url, sum)
+	if after := metric(t, b.metrics, "damselfly_scheduler_decisions_total", ""); after <= before {
+		t.Fatalf("the other scheduler made no decision (%v → %v): no fallback", before, after)
+	}
 }
