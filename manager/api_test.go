@@ -380,3 +380,66 @@ func TestReplicasClaimEachJobOnce(t *testing.T) {
 		t.Logf("%d jobs run by %d replicas", n, owners)
 	})
 }
+
+// TestShutdownGivesTheLeaseBack: a replica stopped in the middle of a job
+// (its peer hangs) leaves the job RUNNING with its lease given back, and
+// another replica takes it over at once instead of after the lease.
+func TestShutdownGivesTheLeaseBack(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Jobs.Lease = config.Duration(time.Hour) // a takeover before expiry proves the release
+	// A seed peer that accepts connections and never answers.
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := hung.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		hung.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	a := newEnv(t, cfg)
+	port := hung.Addr().(*net.TCPAddr).Port
+	if _, err := a.grpc.Register(context.Background(), &managerv1.RegisterRequest{Type: managerv1.ComponentType_COMPONENT_TYPE_SEED_PEER, Hostname: "hung", Ip: "127.0.0.1", Port: int32(port)}); err != nil {
+		t.Fatal(err)
+	}
+	var j Job
+	a.must(http.StatusCreated, "POST", "/api/v1/jobs", a.admin, map[string]any{"type": "preheat", "args": map[string]any{"type": "file", "url": "http://127.0.0.1:1/f"}}, &j)
+	for i := 0; ; i++ {
+		a.must(http.StatusOK, "GET", fmt.Sprintf("/api/v1/jobs/%d", j.ID), a.admin, nil, &j)
+		if j.State == StateRunning && j.Result != nil && j.Result.Tasks[0].Peers[0].State == StateRunning {
+			break
+		}
+		if i > 400 {
+			t.Fatalf("job never reached its peer: %+v", j)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	a.stop()
+	b := newEnv(t, cfg)
+	for i := 0; ; i++ {
+		b.must(http.StatusOK, "GET", fmt.Sprintf("/api/v1/jobs/%d", j.ID), b.admin, nil, &j)
+		if j.Attempts == 2 && j.State == StateRunning {
+			break
+		}
+		if i > 400 {
+			t.Fatalf("the job was not taken over: %+v", j)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -82,6 +83,8 @@ type env struct {
 	url   string
 	grpc  managerv1.ManagerClient
 	admin string
+	// stop shuts the replica down as on SIGTERM (idempotent).
+	stop func()
 }
 
 func newEnv(t *testing.T, cfg Config) *env {
@@ -106,15 +109,19 @@ func newEnv(t *testing.T, cfg Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		conn.Close()
-		gs.Stop()
-		srv.Close()
-		m.Close()
-	})
-	e := &env{t: t, m: m, url: srv.URL, grpc: managerv1.NewManagerClient(conn)}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			conn.Close()
+			gs.Stop()
+			srv.Close()
+			m.Close()
+		})
+	}
+	t.Cleanup(stop)
+	e := &env{t: t, m: m, url: srv.URL, grpc: managerv1.NewManagerClient(conn), stop: stop}
 	e.admin = e.signIn("admin", cfg.AdminPassword)
 	return e
 }
