@@ -443,3 +443,48 @@ func TestShutdownGivesTheLeaseBack(t *testing.T) {
 		time.Sleep(25 * time.Millisecond)
 	}
 }
+
+// TestPreheatTargetsByScopeAndCluster: the peers a job reaches follow its
+// scope and cluster_ids (the peers here refuse connections, so each fails
+// with its reason and the job with a summary).
+func TestPreheatTargetsByScopeAndCluster(t *testing.T) {
+	forEachDB(t, func(t *testing.T, cfg Config) {
+		e := newEnv(t, cfg)
+		ctx := context.Background()
+		var c2 Cluster
+		e.must(http.StatusCreated, "POST", "/api/v1/clusters", e.admin, map[string]any{"name": "c2"}, &c2)
+		for i, cid := range []int64{0, 0, c2.ID} {
+			if _, err := e.grpc.Register(ctx, &managerv1.RegisterRequest{Type: managerv1.ComponentType_COMPONENT_TYPE_SEED_PEER, Hostname: fmt.Sprintf("seed%d", i), Ip: "127.0.0.1", Port: int32(1 + i), ClusterId: cid}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := e.grpc.ListSchedulers(ctx, &managerv1.ListSchedulersRequest{HostId: "h1", Hostname: "daemon1", Ip: "127.0.0.1", PeerPort: 9}); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			args  map[string]any
+			peers []string
+		}{
+			{map[string]any{}, []string{"seed0"}},
+			{map[string]any{"scope": "all_seed_peers"}, []string{"seed0", "seed1", "seed2"}},
+			{map[string]any{"scope": "all_seed_peers", "cluster_ids": []int64{c2.ID}}, []string{"seed2"}},
+			{map[string]any{"scope": "all_peers"}, []string{"seed0", "seed1", "seed2", "daemon1"}},
+		} {
+			tc.args["type"], tc.args["url"] = "file", "http://127.0.0.1:1/f"
+			var j Job
+			e.must(http.StatusCreated, "POST", "/api/v1/jobs", e.admin, map[string]any{"type": "preheat", "args": tc.args}, &j)
+			j = e.waitJob(j.ID)
+			var got []string
+			for _, p := range j.Result.Tasks[0].Peers {
+				got = append(got, p.Hostname)
+				if p.State != StateFailure || p.Error == "" {
+					t.Errorf("peer %+v: want FAILURE with a reason", p)
+				}
+			}
+			if strings.Join(got, ",") != strings.Join(tc.peers, ",") || j.State != StateFailure || !strings.Contains(j.Error, "127.0.0.1:1") {
+				t.Fatalf("%v: peers %v (want %v), %s %q", tc.args, got, tc.peers, j.State, j.Error)
+			}
+		}
+		e.must(http.StatusBadRequest, "POST", "/api/v1/jobs", e.admin, map[string]any{"type": "preheat", "args": map[string]any{"type": "file", "url": "http://h/f", "cluster_ids": []int{0}}}, nil)
+	})
+}

@@ -53,6 +53,8 @@ type PreheatArgs struct {
 	Username string            `json:"username,omitempty"`
 	Password string            `json:"password,omitempty"`
 	Scope    string            `json:"scope"`
+	// ClusterIDs restricts the peers to these scheduler clusters (all when empty).
+	ClusterIDs []int64 `json:"cluster_ids,omitempty"`
 	// Tag and Application enter a file's task ID, as with dfget.
 	Tag         string   `json:"tag,omitempty"`
 	Application string   `json:"application,omitempty"`
@@ -161,6 +163,11 @@ func (a *PreheatArgs) validate() error {
 	case ScopeSingleSeedPeer, ScopeAllSeedPeers, ScopeAllPeers:
 	default:
 		return badRequest("args.scope %q: want single_seed_peer, all_seed_peers or all_peers", a.Scope)
+	}
+	for _, id := range a.ClusterIDs {
+		if id < 1 {
+			return badRequest("args.cluster_ids: %d is not a cluster id", id)
+		}
 	}
 	if len(a.Headers) > 0 && a.Username != "" {
 		return badRequest("args: give headers or username and password, not both")
@@ -438,7 +445,7 @@ func (p *preheat) run(ctx context.Context, prev *JobResult) (*JobResult, error) 
 	default:
 		return res, fmt.Errorf("unknown preheat type %q", a.Type)
 	}
-	targets, err := p.m.targets(ctx, a.Scope)
+	targets, err := p.m.targets(ctx, a.Scope, a.ClusterIDs)
 	if err != nil {
 		return res, err
 	}
@@ -555,8 +562,15 @@ func (m *Manager) peerPreheat(ctx context.Context, addr string, spec *schedulerv
 
 // targets lists the daemons a scope covers: active seed peers (one for
 // single_seed_peer), plus, for all_peers, every daemon seen lately.
-func (m *Manager) targets(ctx context.Context, scope string) ([]target, error) {
-	rows, err := m.db.Query(ctx, "SELECT hostname, ip, port FROM seed_peers WHERE last_keepalive >= ? ORDER BY id", m.activeSince())
+func (m *Manager) targets(ctx context.Context, scope string, clusters []int64) ([]target, error) {
+	inClusters, cargs := "", []any{}
+	if len(clusters) > 0 {
+		inClusters = " AND cluster_id IN (?" + strings.Repeat(", ?", len(clusters)-1) + ")"
+		for _, c := range clusters {
+			cargs = append(cargs, c)
+		}
+	}
+	rows, err := m.db.Query(ctx, "SELECT hostname, ip, port FROM seed_peers WHERE last_keepalive >= ?"+inClusters+" ORDER BY id", append([]any{m.activeSince()}, cargs...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list seed peers: %w", err)
 	}
@@ -587,7 +601,7 @@ func (m *Manager) targets(ctx context.Context, scope string) ([]target, error) {
 	if scope == ScopeAllSeedPeers {
 		return ts, nil
 	}
-	rows, err = m.db.Query(ctx, "SELECT hostname, ip, port FROM peers WHERE last_seen >= ? ORDER BY id", nowMs()-m.cfg.PeerTTL.D().Milliseconds())
+	rows, err = m.db.Query(ctx, "SELECT hostname, ip, port FROM peers WHERE last_seen >= ?"+inClusters+" ORDER BY id", append([]any{nowMs() - m.cfg.PeerTTL.D().Milliseconds()}, cargs...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list peers: %w", err)
 	}
