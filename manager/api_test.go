@@ -350,6 +350,12 @@ func TestReplicasClaimEachJobOnce(t *testing.T) {
 	forEachDB(t, func(t *testing.T, cfg Config) {
 		a := newEnv(t, cfg)
 		b := newEnv(t, cfg)
+		// a session made on one replica works on the other
+		var me User
+		b.must(http.StatusOK, "GET", "/api/v1/users/me", a.admin, nil, &me)
+		if me.Name != "admin" {
+			t.Fatalf("cross-replica session: %+v", me)
+		}
 		const n = 12
 		var wg sync.WaitGroup
 		ids := make([]int64, n)
