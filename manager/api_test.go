@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -116,6 +117,18 @@ func TestAuthAndUsers(t *testing.T) {
 		e.must(http.StatusBadRequest, "DELETE", "/api/v1/users/1", e.admin, nil, nil)
 		e.must(http.StatusNoContent, "DELETE", fmt.Sprintf("/api/v1/users/%d", guest.ID), e.admin, nil, nil)
 		e.must(http.StatusNotFound, "GET", fmt.Sprintf("/api/v1/users/%d", guest.ID), e.admin, nil, nil)
+
+		resp, err := http.Get(e.url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{`damselfly_manager_http_requests_total{code="401",method="GET"}`, `damselfly_manager_http_requests_total{code="403",method="POST"}`} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
 	})
 }
 
@@ -143,6 +156,24 @@ func TestFirstAdminRandomPassword(t *testing.T) {
 	}
 	if _, _, _, err := m.signIn(context.Background(), "admin", pass); err != nil {
 		t.Fatalf("sign in with the printed password: %v", err)
+	}
+
+	// The environment variable wins over the configuration.
+	cfg = testConfig(t)
+	t.Setenv("DAMSELFLY_ADMIN_PASSWORD", "from-the-environment")
+	m2, err := New(context.Background(), cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	if m2.InitialPassword() != "" {
+		t.Fatal("a configured password was printed")
+	}
+	if _, _, _, err := m2.signIn(context.Background(), "admin", "from-the-environment"); err != nil {
+		t.Fatalf("sign in with the environment's password: %v", err)
+	}
+	if _, _, _, err := m2.signIn(context.Background(), "admin", cfg.AdminPassword); err == nil {
+		t.Fatal("the configured password works though the environment overrides it")
 	}
 }
 

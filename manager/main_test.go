@@ -21,6 +21,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/managerv1"
 	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/internal/pgtest"
 )
 
@@ -90,7 +91,7 @@ type env struct {
 func newEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	m, err := New(ctx, cfg, nil, nil)
+	m, err := New(ctx, cfg, nil, obs.NewRegistry())
 	if err != nil {
 		cancel()
 		t.Fatal(err)
