@@ -1,0 +1,106 @@
+package piece
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+func TestSlotsResize(t *testing.T) {
+	s := NewSlots(2)
+	ctx := context.Background()
+	for range 2 {
+		if waited, err := s.Acquire(ctx); err != nil || waited {
+			t.Fatalf("free slot: waited=%v err=%v", waited, err)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if waited, err := s.Acquire(cctx); err == nil || !waited {
+		t.Fatalf("full slots: waited=%v err=%v, want a wait ended by the context", waited, err)
+	}
+	got := make(chan bool, 1)
+	go func() {
+		waited, err := s.Acquire(ctx)
+		got <- waited && err == nil
+	}()
+	s.SetMax(3) // a reload raises the cap: the waiter goes on
+	if !<-got {
+		t.Fatal("waiter not admitted after the cap grew")
+	}
+	s.SetMax(1) // lowered below what runs: nothing new until it fits
+	s.Release()
+	s.Release()
+	go func() {
+		waited, err := s.Acquire(ctx)
+		got <- err == nil && waited
+	}()
+	select {
+	case <-got:
+		t.Fatal("admitted above the lowered cap")
+	case <-time.After(50 * time.Millisecond):
+	}
+	s.Release()
+	if !<-got {
+		t.Fatal("waiter not admitted after a release")
+	}
+	if s.Max() != 1 {
+		t.Fatalf("max %d", s.Max())
+	}
+}
+
+func TestPeerLimits(t *testing.T) {
+	var p peerLimits
+	now := time.Unix(1000, 0)
+	if p.get("a", now) != nil {
+		t.Fatal("per-peer limiter without a limit")
+	}
+	p.set(1 << 20)
+	a, b := p.get("a", now), p.get("b", now)
+	if a == nil || b == nil || a == b {
+		t.Fatal("peers must get limiters of their own")
+	}
+	if p.get("a", now.Add(time.Second)) != a {
+		t.Fatal("one peer's requests must share its limiter")
+	}
+	if a.Limit() != rate.Limit(1<<20) {
+		t.Fatalf("rate %v", a.Limit())
+	}
+	p.set(2 << 20) // reload
+	if a.Limit() != rate.Limit(2<<20) || b.Limit() != rate.Limit(2<<20) {
+		t.Fatal("reload did not reach the existing peers")
+	}
+	// b idle for more than a minute is forgotten; a, still active, kept.
+	p.get("a", now.Add(50*time.Second))
+	p.get("a", now.Add(90*time.Second))
+	if _, ok := p.peers["b"]; ok {
+		t.Fatal("idle peer kept")
+	}
+	if p.get("a", now.Add(91*time.Second)) != a {
+		t.Fatal("active peer's limiter replaced")
+	}
+	p.set(0)
+	if p.get("a", now) != nil {
+		t.Fatal("limit removed but limiter still handed out")
+	}
+}
+
+func TestHostLimiterSetRate(t *testing.T) {
+	l := NewHostLimiter(0)
+	if !Unlimited(l) {
+		t.Fatal("0 must be unlimited")
+	}
+	if err := WaitN(context.Background(), l, 1<<30); err != nil {
+		t.Fatalf("unlimited wait: %v", err)
+	}
+	SetRate(l, 10<<20)
+	if Unlimited(l) || l.Limit() != rate.Limit(10<<20) || l.Burst() != 1<<20 {
+		t.Fatalf("after SetRate: limit %v burst %d", l.Limit(), l.Burst())
+	}
+	SetRate(l, 0)
+	if !Unlimited(l) {
+		t.Fatal("SetRate(0) must lift the limit")
+	}
+}
