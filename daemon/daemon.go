@@ -356,7 +356,8 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	id := r.spec.GetTaskId()
-	if c, ok := d.conductors[id]; ok {
+	cur, _ := d.store.Get(id)
+	if c, ok := d.conductors[id]; ok && (cur == nil || cur == c.task) {
 		select {
 		case <-c.exited:
 		default:

@@ -83,7 +83,6 @@ type apiService struct {
 }
 
 func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
-	ctx := stream.Context()
 	s.d.log.Debug("download requested", "url", req.GetUrl())
 	u, err := url.Parse(req.GetUrl())
 	if err != nil || u.Host == "" && u.Scheme != "file" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") {
@@ -105,10 +104,20 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		TaskId: id, Url: req.GetUrl(), Headers: req.GetHeaders(), Tag: req.GetTag(),
 		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),
 	}
+	return s.download(req, spec, stream)
+}
+
+// download serves a Download (or an ExportCache turned into one) of spec.
+func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.TaskSpec, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
+	ctx := stream.Context()
+	id := spec.GetTaskId()
 	c, err := s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit(), streaming: req.GetStream()})
 	if err != nil {
 		return toStatus(err)
 	}
+	// Pinned while we read it: GC and deletion wait for us.
+	release := c.task.Hold()
+	defer func() { release() }()
 	// A task already complete when the request arrives is a local cache hit,
 	// whether or not its conductor is still announcing it.
 	cached := false
@@ -127,9 +136,11 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 			case <-c.exited:
 			case <-time.After(5 * time.Second):
 			}
+			release()
 			if c, err = s.d.startConductor(taskRequest{spec: spec, disableBackSource: req.GetDisableBackSource(), rateLimit: req.GetRateLimit(), streaming: req.GetStream()}); err != nil {
 				return toStatus(err)
 			}
+			release = c.task.Hold()
 			cached = false
 		}
 	}
@@ -276,6 +287,8 @@ func (s *apiService) StatTask(ctx context.Context, req *daemonv1.StatTaskRequest
 func toStatus(err error) error {
 	var se *source.StatusError
 	switch {
+	case errors.Is(err, core.ErrNoSpace):
+		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, core.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, core.ErrInvalid):

@@ -199,6 +199,7 @@ func (t *Task) remove() error {
 			}
 		}
 		t.removed = true
+		t.notifyLocked() // followers (piece streams) look again and find it gone
 		t.mu.Unlock()
 		return nil
 	}
