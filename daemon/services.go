@@ -125,6 +125,8 @@ func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.T
 	case <-c.done:
 		cached = c.err == nil
 	default:
+		// a conductor just started for a task already complete
+		cached = c.task.Complete()
 	}
 	if cached {
 		if err := c.task.CheckIntact(); err != nil {
