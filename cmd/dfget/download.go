@@ -73,7 +73,8 @@ func (d *downloader) download(ctx context.Context) (*result, error) {
 		// (bytes already on standard output cannot be taken back)
 		return nil, err
 	}
-	if started {
+	if started || !errors.Is(err, core.ErrUnavailable) {
+		// (the daemon answered, with an error of its own: say which)
 		d.note("daemon download failed: %v: downloading directly", err)
 	} else {
 		d.note("daemon not reachable at %s: downloading directly", o.sock)
