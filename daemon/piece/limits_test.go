@@ -2,10 +2,15 @@ package piece
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
+
+	"github.com/damselfly-io/damselfly/daemon/store"
 )
 
 func TestSlotsResize(t *testing.T) {
@@ -102,5 +107,41 @@ func TestHostLimiterSetRate(t *testing.T) {
 	SetRate(l, 0)
 	if !Unlimited(l) {
 		t.Fatal("SetRate(0) must lift the limit")
+	}
+}
+
+// An upload in progress holds its task: GC cannot evict it under the reader.
+func TestUploadHoldsTask(t *testing.T) {
+	s, _ := holding(t, 1<<20, 2, 0, 1)
+	task, _ := s.Get("t1")
+	// 64 KiB/s with a 256 KiB burst: the 1 MiB piece stays in flight.
+	addr, m := serve(t, s, NewHostLimiter(64<<10))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/pieces/t1/0", nil)
+	req.Header.Set(PeerHeader, "child-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if !task.Held() {
+		t.Fatal("task not held during its upload")
+	}
+	if res, _ := s.GC(store.Policy{HighBytes: 1, LowBytes: 1, TTL: time.Nanosecond}, nil); len(res.Evicted) != 0 {
+		t.Fatalf("GC evicted %v during an upload", res.Evicted)
+	}
+	cancel()
+	resp.Body.Close()
+	for i := 0; task.Held(); i++ {
+		if i > 500 {
+			t.Fatal("task still held after the upload ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if testutil.ToFloat64(m.LimitWaits.WithLabelValues("upload")) == 0 {
+		t.Error("the wait for the upload limit was not counted")
 	}
 }
