@@ -131,9 +131,17 @@ func (s *Store) GC(p Policy, busy func(id string) bool) (GCResult, error) {
 	if p.HighPercent > 0 && fsErr == nil {
 		budget = min(budget, int64(p.HighPercent/100*float64(fsTotal))-fsUsed)
 	}
-	// Kick again only after a meaningful amount: a cache stuck above its
-	// watermark (everything held) must not run GC on every write.
-	s.budget.Store(max(budget, 64<<20))
+	// Kick again only after a meaningful amount (a sixteenth of the
+	// watermark, 1 to 64 MiB): a cache stuck above its watermark
+	// (everything held) must not run GC on every write.
+	floor := int64(64 << 20)
+	if p.HighBytes > 0 {
+		floor = min(floor, max(p.HighBytes/16, 1<<20))
+	}
+	if p.HighPercent > 0 && fsErr == nil {
+		floor = min(floor, max(int64(p.HighPercent/100*float64(fsTotal))/16, 1<<20))
+	}
+	s.budget.Store(max(budget, floor))
 	res.Bytes, res.Tasks = total, len(s.List())
 	return res, fsErr
 }

@@ -234,3 +234,37 @@ func TestConfigReloadOnSIGHUP(t *testing.T) {
 		t.Error("the rejected reload is not explained in the log")
 	}
 }
+
+// A daemon with a small cache evicts the least recently used task when a
+// download crosses the high watermark, and keeps the one in use.
+func TestCacheWatermarkEviction(t *testing.T) {
+	o := newOrigin(t)
+	sched := startScheduler(t)
+	d := startDaemon(t, daemonOpts{name: "small-cache", scheduler: sched.addr,
+		extra: []string{"--cache-high-watermark", "10M", "--cache-low-watermark", "6M"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var ids []string
+	for i, name := range []string{"one", "two", "three"} {
+		url, sum := o.add(name, 4<<20, uint64(900+i))
+		startFetch(ctx, t, d, url).check(t, sum)
+		ids = append(ids, core.TaskID(url, core.TaskOptions{}))
+	}
+	waitFor(t, 20*time.Second, "an eviction", func() bool {
+		return metric(t, d.metrics, "damselfly_daemon_cache_evictions_total", `reason="watermark"`) >= 1
+	})
+	cl, err := client.Dial(ctx, d.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if _, err := cl.StatTask(ctx, ids[0]); !errors.Is(err, core.ErrNotFound) {
+		t.Errorf("least recently used task still cached: %v", err)
+	}
+	if st, err := cl.StatTask(ctx, ids[2]); err != nil || !st.GetComplete() {
+		t.Errorf("most recent task not cached: %v", err)
+	}
+	if size := metric(t, d.metrics, "damselfly_daemon_cache_size_bytes", ""); size > 10<<20 {
+		t.Errorf("cache holds %.0f bytes after GC, above the high watermark", size)
+	}
+}
