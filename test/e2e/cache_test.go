@@ -268,3 +268,35 @@ func TestCacheWatermarkEviction(t *testing.T) {
 		t.Errorf("cache holds %.0f bytes after GC, above the high watermark", size)
 	}
 }
+
+// The importer stays the entry's source across its own restart and the
+// scheduler's: it reloads the entry from its cache and teaches a fresh
+// scheduler the entry's shape and digests again.
+func TestDfcacheSurvivesRestarts(t *testing.T) {
+	sched := startScheduler(t)
+	a := startDaemon(t, daemonOpts{name: "importer", scheduler: sched.addr})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	in, sum := randomFile(t, 6<<20+7, 78)
+	if code, _, msg := dfcache(ctx, "import", in, "--id", "restart-me", "--sock", a.sock); code != 0 {
+		t.Fatalf("import: exit %d: %s", code, msg)
+	}
+	a.stop(syscall.SIGTERM)
+	a.restart(t)
+	sched.stop(syscall.SIGTERM)
+	sched2 := start(t, "scheduler-restarted", sched.cmd.Args[1:]...)
+	waitHTTP(t, sched.metrics+"/healthy", sched2)
+
+	b := startDaemon(t, daemonOpts{name: "exporter", scheduler: sched.addr})
+	out := filepath.Join(t.TempDir(), "out.bin")
+	var code int
+	var msg string
+	// the importer re-registers with backoff once the scheduler is back
+	waitFor(t, 30*time.Second, "an export from the restarted importer", func() bool {
+		code, _, msg = dfcache(ctx, "export", "--id", "restart-me", "-O", out, "--sock", b.sock, "-q")
+		return code == 0
+	})
+	if got := fileSHA(t, out); got != sum {
+		t.Fatalf("export after restarts has sha256 %s, want %s (last: %d %s)", got, sum, code, msg)
+	}
+}
