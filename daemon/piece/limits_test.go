@@ -3,7 +3,9 @@ package piece
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -143,5 +145,35 @@ func TestUploadHoldsTask(t *testing.T) {
 	}
 	if testutil.ToFloat64(m.LimitWaits.WithLabelValues("upload")) == 0 {
 		t.Error("the wait for the upload limit was not counted")
+	}
+}
+
+// The per-peer limit holds back one peer's transfer even when the host has
+// no limit.
+func TestPerPeerUploadLimitApplies(t *testing.T) {
+	s, _ := holding(t, 1<<20, 1, 0)
+	m := NewMetrics(nil)
+	srv := NewServer(s, 8, NewHostLimiter(0), m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv.SetLimits(8, 64<<10)
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, hs.URL+"/pieces/t1/0", nil)
+	req.Header.Set(PeerHeader, "child-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// past the 256 KiB burst: the rest comes at 64 KiB/s
+	if _, err := io.ReadFull(resp.Body, make([]byte, 320<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(m.LimitWaits.WithLabelValues("peer_upload")); n == 0 {
+		t.Fatal("no wait for the per-peer limit")
+	}
+	if n := testutil.ToFloat64(m.LimitWaits.WithLabelValues("upload")); n != 0 {
+		t.Fatalf("%v waits for a host limit that is off", n)
 	}
 }
