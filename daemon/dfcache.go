@@ -140,8 +140,8 @@ func (s *apiService) ExportCache(req *daemonv1.ExportCacheRequest, stream grpc.S
 	spec := cacheSpec(req.GetId(), req.GetTag())
 	id := spec.GetTaskId()
 	name := entryName(req.GetId(), req.GetTag())
-	t, held := s.d.store.Get(id)
-	if req.GetLocalOnly() && (!held || !t.Complete()) {
+	t, present := s.d.store.Get(id)
+	if req.GetLocalOnly() && (!present || !t.Complete()) {
 		return status.Errorf(codes.NotFound, "%s is not in this daemon's cache", name)
 	}
 	dreq := &daemonv1.DownloadRequest{
@@ -149,7 +149,7 @@ func (s *apiService) ExportCache(req *daemonv1.ExportCacheRequest, stream grpc.S
 		Stream: req.GetStream(), Tag: req.GetTag(), DisableBackSource: true,
 	}
 	err := s.download(dreq, spec, stream)
-	if err != nil && !held {
+	if err != nil && !present {
 		// Nothing of it came: leave no empty entry behind.
 		if t, ok := s.d.store.Get(id); ok && t.Count() == 0 && !s.d.downloading(id) {
 			_ = s.d.store.Delete(id)

@@ -186,6 +186,19 @@ func TestLifecycleOnOneDaemon(t *testing.T) {
 	if r := dfcache(t, append([]string{"stat", "--id", "model", "--tag", "v1"}, s...)...); r.code != exitNotFound {
 		t.Fatalf("stat after delete: exit %d", r.code)
 	}
+	// an empty file is an entry too
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, nil, 0o644)
+	if r := dfcache(t, append([]string{"import", "--id", "empty", empty}, s...)...); r.code != 0 {
+		t.Fatalf("import of an empty file: exit %d, %q", r.code, r.stderr)
+	}
+	emptyOut := filepath.Join(dir, "empty.out")
+	if r := dfcache(t, append([]string{"export", "--id", "empty", "-O", emptyOut}, s...)...); r.code != 0 {
+		t.Fatalf("export of an empty entry: exit %d, %q", r.code, r.stderr)
+	}
+	if st, err := os.Stat(emptyOut); err != nil || st.Size() != 0 {
+		t.Fatalf("exported empty entry: %v", err)
+	}
 	// and it can be imported again
 	if r := dfcache(t, append([]string{"import", "--id", "model", "--tag", "v1", in}, s...)...); r.code != 0 {
 		t.Fatalf("import after delete: exit %d, %q", r.code, r.stderr)

@@ -99,6 +99,18 @@ func TestDfcacheImportExportAcrossDaemons(t *testing.T) {
 	if code, _, msg := dfcache(ctx, "export", "--id", "dataset/train", "--tag", "v2", "-O", missing, "--sock", c.sock); code != 3 {
 		t.Errorf("export under another tag: exit %d, %q; want 3", code, msg)
 	}
+	// an empty file is an entry like any other
+	empty := filepath.Join(t.TempDir(), "empty")
+	os.WriteFile(empty, nil, 0o644)
+	if code, _, msg := dfcache(ctx, "import", empty, "--id", "empty", "--sock", b.sock); code != 0 {
+		t.Fatalf("import of an empty file: exit %d: %s", code, msg)
+	}
+	emptyOut := filepath.Join(t.TempDir(), "empty.out")
+	if code, _, msg := dfcache(ctx, "export", "--id", "empty", "-O", emptyOut, "--sock", c.sock); code != 0 {
+		t.Errorf("export of an empty entry: exit %d: %s", code, msg)
+	} else if st, err := os.Stat(emptyOut); err != nil || st.Size() != 0 {
+		t.Errorf("exported empty entry: %v", err)
+	}
 	if code, _, msg := dfcache(ctx, "delete", "--id", "dataset/train", "--tag", "v1", "--sock", c.sock); code != 0 {
 		t.Errorf("delete: exit %d: %s", code, msg)
 	}
