@@ -60,7 +60,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintln(stderr, "damselfly daemon:", err)
 		return 2
 	}
-	fs := newFlagSet("daemon", "Run the node daemon: downloads through the swarm, caches, serves pieces to other peers.", stderr)
+	fs := newFlagSet("daemon", "Run the node daemon: downloads through the swarm, caches, serves pieces to other peers.\nSIGHUP re-reads --config (then the flags) and applies rate limits, upload and origin caps and cache bounds without a restart.", stderr)
 	daemonFlags(fs, &cfg)
 	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
 	if err := fs.Parse(args); err != nil {
