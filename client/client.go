@@ -116,12 +116,12 @@ func (c *Client) Download(ctx context.Context, req *daemonv1.DownloadRequest, pr
 	}
 }
 
-// ImportCache imports the file at path (absolute; the daemon reads it) as
-// the dfcache entry (id, tag).
-func (c *Client) ImportCache(ctx context.Context, id, tag, path string) (*daemonv1.StatTaskResponse, error) {
-	resp, err := c.api.ImportCache(ctx, &daemonv1.ImportCacheRequest{Id: id, Tag: tag, Path: path})
+// ImportCache imports the file req.Path (absolute; the daemon reads it) as
+// the dfcache entry (req.Id, req.Tag).
+func (c *Client) ImportCache(ctx context.Context, req *daemonv1.ImportCacheRequest) (*daemonv1.StatTaskResponse, error) {
+	resp, err := c.api.ImportCache(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("import %s as %q via daemon at %s: %w", path, id, c.sock, fromStatus(ctx, err))
+		return nil, fmt.Errorf("import %s as %q via daemon at %s: %w", req.GetPath(), req.GetId(), c.sock, fromStatus(ctx, err))
 	}
 	return resp, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -33,7 +34,7 @@ func statOf(t *store.Task) *daemonv1.StatTaskResponse {
 	r := &daemonv1.StatTaskResponse{
 		TaskId: m.TaskID, ContentLength: m.ContentLength, PieceSize: m.PieceSize,
 		PiecesDone: t.Count(), PieceCount: core.PieceCount(m.ContentLength, m.PieceSize),
-		Complete: m.Complete, Url: m.URL, Tag: m.Tag,
+		Complete: m.Complete, Url: m.URL, Tag: m.Tag, TtlSeconds: int64(m.TTL / time.Second),
 	}
 	r.CacheId, _ = core.ParseCacheURL(m.URL)
 	return r
@@ -53,6 +54,9 @@ func (s *apiService) ImportCache(ctx context.Context, req *daemonv1.ImportCacheR
 	path := req.GetPath()
 	if !filepath.IsAbs(path) {
 		return nil, status.Errorf(codes.InvalidArgument, "path %q must be absolute", path)
+	}
+	if req.GetTtlSeconds() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "ttl %ds: must be ≥ 0", req.GetTtlSeconds())
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -90,7 +94,11 @@ func (s *apiService) ImportCache(ctx context.Context, req *daemonv1.ImportCacheR
 	}
 	release := t.Hold()
 	defer release()
-	if err := importFile(ctx, t, f, st.Size()); err != nil {
+	err = importFile(ctx, t, f, st.Size())
+	if err == nil && req.GetTtlSeconds() > 0 {
+		err = t.SetTTL(time.Duration(req.GetTtlSeconds()) * time.Second)
+	}
+	if err != nil {
 		_ = s.d.store.Delete(id)
 		return nil, toStatus(fmt.Errorf("import %s as %s: %w", path, name, err))
 	}

@@ -78,7 +78,10 @@ type ImportCacheRequest struct {
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Tag   string                 `protobuf:"bytes,2,opt,name=tag,proto3" json:"tag,omitempty"`
 	// Absolute path of the file to import; the daemon reads it.
-	Path          string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	Path string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	// Evict the entry from this daemon's cache when unused for this long;
+	// 0 means the daemon's cache.task_ttl.
+	TtlSeconds    int64 `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -132,6 +135,13 @@ func (x *ImportCacheRequest) GetPath() string {
 		return x.Path
 	}
 	return ""
+}
+
+func (x *ImportCacheRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
 }
 
 type ExportCacheRequest struct {
@@ -551,8 +561,10 @@ type StatTaskResponse struct {
 	Complete      bool                   `protobuf:"varint,6,opt,name=complete,proto3" json:"complete,omitempty"`
 	Url           string                 `protobuf:"bytes,7,opt,name=url,proto3" json:"url,omitempty"`
 	// Set for dfcache entries.
-	CacheId       string `protobuf:"bytes,8,opt,name=cache_id,json=cacheId,proto3" json:"cache_id,omitempty"`
-	Tag           string `protobuf:"bytes,9,opt,name=tag,proto3" json:"tag,omitempty"`
+	CacheId string `protobuf:"bytes,8,opt,name=cache_id,json=cacheId,proto3" json:"cache_id,omitempty"`
+	Tag     string `protobuf:"bytes,9,opt,name=tag,proto3" json:"tag,omitempty"`
+	// The task's own TTL (0: the cache's).
+	TtlSeconds    int64 `protobuf:"varint,10,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -650,6 +662,13 @@ func (x *StatTaskResponse) GetTag() string {
 	return ""
 }
 
+func (x *StatTaskResponse) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 var File_api_daemonv1_daemon_proto protoreflect.FileDescriptor
 
 const file_api_daemonv1_daemon_proto_rawDesc = "" +
@@ -657,11 +676,13 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\x19api/daemonv1/daemon.proto\x12\x13damselfly.daemon.v1\"0\n" +
 	"\fCacheRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
-	"\x03tag\x18\x02 \x01(\tR\x03tag\"J\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\"k\n" +
 	"\x12ImportCacheRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03tag\x18\x02 \x01(\tR\x03tag\x12\x12\n" +
-	"\x04path\x18\x03 \x01(\tR\x04path\"\xca\x01\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x1f\n" +
+	"\vttl_seconds\x18\x04 \x01(\x03R\n" +
+	"ttlSeconds\"\xca\x01\n" +
 	"\x12ExportCacheRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03tag\x18\x02 \x01(\tR\x03tag\x12\x16\n" +
@@ -706,7 +727,7 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\x04data\x18\b \x01(\fR\x04data\x12\x16\n" +
 	"\x06offset\x18\t \x01(\x03R\x06offset\"*\n" +
 	"\x0fStatTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\x8e\x02\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xaf\x02\n" +
 	"\x10StatTaskResponse\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12%\n" +
 	"\x0econtent_length\x18\x02 \x01(\x03R\rcontentLength\x12\x1d\n" +
@@ -719,7 +740,10 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\bcomplete\x18\x06 \x01(\bR\bcomplete\x12\x10\n" +
 	"\x03url\x18\a \x01(\tR\x03url\x12\x19\n" +
 	"\bcache_id\x18\b \x01(\tR\acacheId\x12\x10\n" +
-	"\x03tag\x18\t \x01(\tR\x03tag2\xac\x04\n" +
+	"\x03tag\x18\t \x01(\tR\x03tag\x12\x1f\n" +
+	"\vttl_seconds\x18\n" +
+	" \x01(\x03R\n" +
+	"ttlSeconds2\xac\x04\n" +
 	"\x06Daemon\x12Y\n" +
 	"\bDownload\x12$.damselfly.daemon.v1.DownloadRequest\x1a%.damselfly.daemon.v1.DownloadProgress0\x01\x12W\n" +
 	"\bStatTask\x12$.damselfly.daemon.v1.StatTaskRequest\x1a%.damselfly.daemon.v1.StatTaskResponse\x12]\n" +

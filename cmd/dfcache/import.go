@@ -6,7 +6,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
+	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/client"
 	"github.com/damselfly-io/damselfly/internal/progress"
 )
@@ -29,7 +31,7 @@ func runImport(ctx context.Context, c *client.Client, o *options, stderr io.Writ
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("import %s: not a regular file", o.file)
 	}
-	resp, err := c.ImportCache(ctx, o.id, o.tag, o.file)
+	resp, err := c.ImportCache(ctx, &daemonv1.ImportCacheRequest{Id: o.id, Tag: o.tag, Path: o.file, TtlSeconds: int64(o.ttl / time.Second)})
 	if err != nil {
 		return err
 	}

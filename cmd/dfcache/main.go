@@ -68,6 +68,10 @@ Flags (all commands; flags may come before or after FILE):
   -q, --quiet            print errors only
       --version          print the version and exit
   -h, --help             print this help and exit
+import only:
+      --ttl DURATION     evict the entry from this node's cache when unused for
+                         this long, e.g. 72h (default 0: the daemon's
+                         cache.task_ttl; other nodes use their own)
 export only:
   -O, --output FILE      where to write the entry (required)
       --local            only this node's cache: do not ask the swarm
@@ -107,6 +111,7 @@ type options struct {
 	sock       string
 	timeout    time.Duration
 	local      bool
+	ttl        time.Duration // import: the entry's own TTL (0: the daemon's)
 	noProgress bool
 	quiet      bool
 	version    bool
@@ -214,6 +219,11 @@ func parseArgs(args []string) (*options, error) {
 	fs.StringVar(&o.sock, "sock", client.DefaultSock, "")
 	fs.Var(durationFlag{&o.timeout}, "timeout", "")
 	fs.BoolVar(&o.local, "local", false, "")
+	ttlSet := false
+	fs.Func("ttl", "", func(v string) error {
+		ttlSet = true
+		return durationFlag{&o.ttl}.Set(v)
+	})
 	fs.BoolVar(&o.noProgress, "no-progress", false, "")
 	for _, n := range []string{"q", "quiet"} {
 		fs.BoolVar(&o.quiet, n, false, "")
@@ -265,6 +275,12 @@ func parseArgs(args []string) (*options, error) {
 	}
 	if o.local && o.cmd != "export" {
 		return nil, errors.New("--local is for export")
+	}
+	if ttlSet && o.cmd != "import" {
+		return nil, errors.New("--ttl is for import")
+	}
+	if ttlSet && o.ttl > 0 && o.ttl < time.Second {
+		return nil, fmt.Errorf("--ttl %s: at least 1s (or 0 for the daemon's TTL)", o.ttl)
 	}
 	return o, nil
 }

@@ -150,7 +150,7 @@ func TestLifecycleOnOneDaemon(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "x")); !os.IsNotExist(err) {
 		t.Fatal("failed export left an output file")
 	}
-	if r := dfcache(t, append([]string{"import", "--id", "model", "--tag", "v1", in}, s...)...); r.code != 0 || !strings.Contains(r.stderr, "imported") {
+	if r := dfcache(t, append([]string{"import", "--id", "model", "--tag", "v1", in, "--ttl", "72h"}, s...)...); r.code != 0 || !strings.Contains(r.stderr, "imported") {
 		t.Fatalf("import: exit %d, %q", r.code, r.stderr)
 	}
 	if r := dfcache(t, append([]string{"import", "--id", "model", "--tag", "v1", in}, s...)...); r.code != exitExists {
@@ -164,7 +164,7 @@ func TestLifecycleOnOneDaemon(t *testing.T) {
 		t.Fatalf("stat without the tag: exit %d", r.code)
 	}
 	r := dfcache(t, append([]string{"stat", "--id", "model", "--tag", "v1"}, s...)...)
-	if r.code != 0 || !strings.Contains(r.stdout, "state: complete") || !strings.Contains(r.stdout, "size: 5400000 ") {
+	if r.code != 0 || !strings.Contains(r.stdout, "state: complete") || !strings.Contains(r.stdout, "size: 5400000 ") || !strings.Contains(r.stdout, "ttl: 72h0m0s") {
 		t.Fatalf("stat: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
 	outFile := filepath.Join(dir, "out.bin")

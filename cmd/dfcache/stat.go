@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/damselfly-io/damselfly/client"
 	"github.com/damselfly-io/damselfly/internal/progress"
@@ -20,8 +21,12 @@ func runStat(ctx context.Context, c *client.Client, o *options, stdout io.Writer
 	if r.GetComplete() {
 		state = "complete"
 	}
-	fmt.Fprintf(stdout, "id: %s\ntag: %s\ntask_id: %s\nstate: %s\nsize: %d (%s)\npiece_size: %d\npieces: %d/%d\n",
+	ttl := "default"
+	if s := r.GetTtlSeconds(); s > 0 {
+		ttl = (time.Duration(s) * time.Second).String()
+	}
+	fmt.Fprintf(stdout, "id: %s\ntag: %s\ntask_id: %s\nstate: %s\nsize: %d (%s)\npiece_size: %d\npieces: %d/%d\nttl: %s\n",
 		o.id, o.tag, r.GetTaskId(), state, r.GetContentLength(), progress.Size(max(r.GetContentLength(), 0)),
-		r.GetPieceSize(), r.GetPiecesDone(), r.GetPieceCount())
+		r.GetPieceSize(), r.GetPiecesDone(), r.GetPieceCount(), ttl)
 	return nil
 }

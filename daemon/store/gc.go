@@ -16,7 +16,8 @@ import (
 
 // Policy says how much the cache may keep. Zero fields are off.
 type Policy struct {
-	// TTL evicts tasks not used for this long.
+	// TTL evicts tasks not used for this long (a task's own TTL, see
+	// Task.SetTTL, takes precedence).
 	TTL time.Duration
 	// HighBytes and LowBytes bound the bytes the cache's tasks occupy on
 	// disk: above HighBytes, least recently used tasks are evicted until
@@ -66,13 +67,15 @@ func (s *Store) GC(p Policy, busy func(id string) bool) (GCResult, error) {
 		t      *Task
 		bytes  int64
 		access time.Time
+		ttl    time.Duration
 	}
 	var res GCResult
 	now := s.now()
 	var es []entry
 	var total int64
 	for _, t := range s.List() {
-		e := entry{t: t, bytes: diskBytes(t.DataPath()), access: t.accessed()}
+		e := entry{t: t, bytes: diskBytes(t.DataPath()), ttl: p.TTL}
+		e.access, e.ttl = t.accessed(p.TTL)
 		es = append(es, e)
 		total += e.bytes
 	}
@@ -101,7 +104,7 @@ func (s *Store) GC(p Policy, busy func(id string) bool) (GCResult, error) {
 	sort.Slice(es, func(i, j int) bool { return es[i].access.Before(es[j].access) })
 	kept := es[:0]
 	for _, e := range es {
-		if p.TTL > 0 && now.Sub(e.access) > p.TTL && evict(e, "ttl") {
+		if e.ttl > 0 && now.Sub(e.access) > e.ttl && evict(e, "ttl") {
 			fsUsed -= e.bytes
 			continue
 		}
@@ -171,10 +174,14 @@ func (s *Store) evict(t *Task) bool {
 	return true
 }
 
-func (t *Task) accessed() time.Time {
+// accessed returns the last use and the TTL that applies (its own, else def).
+func (t *Task) accessed(def time.Duration) (time.Time, time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.meta.AccessedAt
+	if t.meta.TTL > 0 {
+		def = t.meta.TTL
+	}
+	return t.meta.AccessedAt, def
 }
 
 // diskBytes is the space a file takes on disk (sparse parts not counted).

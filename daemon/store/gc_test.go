@@ -153,8 +153,47 @@ func TestGCTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	if n, ok := s2.Get("new"); !ok || !n.accessed().Equal(s.tasks["new"].accessed()) {
+	n, ok := s2.Get("new")
+	if !ok {
+		t.Fatal("task lost across reload")
+	}
+	a2, _ := n.accessed(0)
+	a1, _ := s.tasks["new"].accessed(0)
+	if !a2.Equal(a1) {
 		t.Fatal("last access lost across reload")
+	}
+}
+
+// A task's own TTL (a dfcache entry imported with --ttl) wins over the
+// cache's, both ways, and survives a reload.
+func TestGCTaskTTL(t *testing.T) {
+	s, c, dir := openClocked(t)
+	short := completeTask(t, s, "short", 16<<10)
+	long := completeTask(t, s, "long", 16<<10)
+	completeTask(t, s, "default", 16<<10)
+	if err := short.SetTTL(10 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := long.SetTTL(48 * time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(context.Background(), dir, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if m := s2.tasks["long"].Meta(); m.TTL != 48*time.Hour {
+		t.Fatalf("own TTL after reload: %v", m.TTL)
+	}
+	c.add(20 * time.Minute)
+	res, _ := s.GC(Policy{TTL: time.Hour}, nil)
+	if got := ids(res.Evicted); !slices.Equal(got, []string{"short"}) {
+		t.Fatalf("after 20 min evicted %v, want [short]", got)
+	}
+	c.add(2 * time.Hour)
+	res, _ = s.GC(Policy{TTL: time.Hour}, nil)
+	if got := ids(res.Evicted); !slices.Equal(got, []string{"default"}) {
+		t.Fatalf("after 2 h evicted %v, want [default] (long has 48 h)", got)
 	}
 }
 

@@ -49,6 +49,9 @@ type Meta struct {
 	DataMtime  int64     `json:"data_mtime,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
 	AccessedAt time.Time `json:"accessed_at"`
+	// TTL, when set, replaces the cache's TTL for this task (e.g. a dfcache
+	// entry imported with --ttl).
+	TTL time.Duration `json:"ttl,omitempty"`
 }
 
 // Store is a directory of tasks.
@@ -691,6 +694,14 @@ func (t *Task) doSync() {
 	if err := t.Flush(); err != nil {
 		t.s.log.Warn("record task sync", "task_id", t.meta.TaskID, "err", err)
 	}
+}
+
+// SetTTL gives the task a TTL of its own (0: the cache's) and records it.
+func (t *Task) SetTTL(d time.Duration) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.meta.TTL = d
+	return t.persistLocked()
 }
 
 // Touch records an access for LRU.
