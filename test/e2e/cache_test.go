@@ -181,8 +181,18 @@ func TestDiskFull(t *testing.T) {
 	}
 	emptyDir(t, outDir)
 
+	// dfcache import: exit 8, and no entry left behind.
+	big, _ := randomFile(t, 8<<20, 79)
+	code, _, msg := dfcache(ctx, "import", big, "--id", "too-big", "--sock", d.sock)
+	if code != 8 || !strings.Contains(msg, "no space left") {
+		t.Errorf("import into a full cache: exit %d, %q; want 8 and 'no space left'", code, msg)
+	}
+	if code, _, _ := dfcache(ctx, "stat", "--id", "too-big", "--sock", d.sock); code != 3 {
+		t.Errorf("failed import left an entry (stat exit %d)", code)
+	}
+
 	// dfget, by default, then fetches from the origin itself.
-	code, msg := dfget(ctx, url, "-O", out, "--sock", d.sock, "--no-progress")
+	code, msg = dfget(ctx, url, "-O", out, "--sock", d.sock, "--no-progress")
 	if code != 0 {
 		t.Fatalf("dfget into a full cache: exit %d: %s", code, msg)
 	}
