@@ -202,15 +202,6 @@ func statfs(dir string) (total, used int64, err error) {
 	return int64(st.Blocks) * bs, int64(st.Blocks-st.Bfree) * bs, nil
 }
 
-// Usage returns the bytes the cache's tasks take on disk and their count.
-func (s *Store) Usage() (bytes int64, tasks int) {
-	ts := s.List()
-	for _, t := range ts {
-		bytes += diskBytes(t.DataPath())
-	}
-	return bytes, len(ts)
-}
-
 // noSpace marks a full file system as core.ErrNoSpace (keeping the OS error
 // in the chain) and asks for a GC run.
 func (s *Store) noSpace(err error) error {
