@@ -63,6 +63,12 @@ type Daemon struct {
 	// runCtx lives as long as Run; conductors run under it, not under the
 	// request that started them, so a client hanging up does not waste a fetch.
 	runCtx context.Context
+
+	// Limits that a config reload changes in place (see Reload).
+	originSlots *piece.Slots
+	up          *piece.Server
+	limitsMu    sync.Mutex
+	limits      reloadable
 }
 
 type metrics struct {
@@ -71,6 +77,7 @@ type metrics struct {
 	originBytes prometheus.Counter
 	cacheBytes  prometheus.Counter
 	backSource  *prometheus.CounterVec
+	cache       *cacheMetrics
 }
 
 // New builds a daemon; Run starts it. gather may be nil (no metrics port).
@@ -96,9 +103,12 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 		src:        src,
 		httpSrc:    httpSrc,
 		conductors: map[string]*conductor{},
-		dl:         piece.NewLimiter(int64(cfg.Download.RateLimit)),
-		ul:         piece.NewLimiter(int64(cfg.Upload.RateLimit)),
+		dl:         piece.NewHostLimiter(int64(cfg.Download.RateLimit)),
+		ul:         piece.NewHostLimiter(int64(cfg.Upload.RateLimit)),
 		ready:      make(chan struct{}),
+
+		originSlots: piece.NewSlots(cfg.Download.MaxConcurrentOrigin),
+		limits:      reloadableOf(cfg),
 	}
 	var r prometheus.Registerer
 	if reg != nil {
@@ -124,6 +134,8 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 	if r != nil {
 		r.MustRegister(d.metrics.downloads, d.metrics.activeTasks, d.metrics.originBytes, d.metrics.cacheBytes, d.metrics.backSource)
 	}
+	d.metrics.cache = newCacheMetrics(r)
+	d.metrics.cache.setLimits(d.limits)
 	return d, nil
 }
 
@@ -225,6 +237,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	apiSrv := grpc.NewServer()
 	daemonv1.RegisterDaemonServer(apiSrv, &apiService{d: d})
 	upSrv := piece.NewServer(st, d.cfg.Upload.MaxConcurrent, d.ul, d.pm, d.log)
+	d.limitsMu.Lock()
+	d.up = upSrv
+	upSrv.SetLimits(d.limits.uploadMaxConcurrent, d.limits.uploadPeerRate)
+	d.limitsMu.Unlock()
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveGRPC(gctx, peerSrv, peerLis) })
@@ -251,10 +267,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if refresh != nil {
 		g.Go(func() error { refresh(gctx); return nil })
 	}
+	g.Go(func() error { d.gcLoop(gctx); return nil })
 	// Tasks complete in the cache become parents again.
 	for _, t := range st.List() {
 		if t.Complete() {
-			if _, err := d.startConductor(taskRequest{spec: &schedulerv1.TaskSpec{TaskId: t.ID(), Url: t.Meta().URL}, fromCache: true}); err != nil {
+			m := t.Meta()
+			if _, err := d.startConductor(taskRequest{spec: &schedulerv1.TaskSpec{TaskId: t.ID(), Url: m.URL, Tag: m.Tag, Application: m.Application}, fromCache: true}); err != nil {
 				d.log.Warn("cannot announce cached task", "task_id", t.ID(), "err", err)
 			}
 		}
@@ -370,7 +388,8 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	id := r.spec.GetTaskId()
-	if c, ok := d.conductors[id]; ok {
+	cur, _ := d.store.Get(id)
+	if c, ok := d.conductors[id]; ok && (cur == nil || cur == c.task) {
 		select {
 		case <-c.exited:
 		default:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"path/filepath"
 	"time"
@@ -83,7 +84,6 @@ type apiService struct {
 }
 
 func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
-	ctx := stream.Context()
 	s.d.log.Debug("download requested", "url", req.GetUrl())
 	u, err := url.Parse(req.GetUrl())
 	if err != nil || u.Host == "" && u.Scheme != "file" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") {
@@ -106,11 +106,20 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		TaskId: id, Url: req.GetUrl(), Headers: public, Tag: req.GetTag(),
 		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),
 	}
-	c, cached, err := s.d.openTask(taskRequest{spec: spec, originHeaders: private, disableBackSource: req.GetDisableBackSource(),
+	return s.download(req, spec, private, stream)
+}
+
+// download serves a Download (or an ExportCache turned into one) of spec.
+func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.TaskSpec, originHeaders http.Header, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
+	ctx := stream.Context()
+	id := spec.GetTaskId()
+	c, cached, release, err := s.d.openTask(taskRequest{spec: spec, originHeaders: originHeaders, disableBackSource: req.GetDisableBackSource(),
 		rateLimit: req.GetRateLimit(), streaming: req.GetStream()})
 	if err != nil {
 		return toStatus(err)
 	}
+	// Pinned while we read it: GC and deletion wait for us.
+	defer release()
 	progress := func(done bool) *daemonv1.DownloadProgress {
 		p := &daemonv1.DownloadProgress{TaskId: id, ContentLength: -1, Done: done,
 			PeerBytes: c.peerBytes.Load(), OriginBytes: c.originBytes.Load(), FromCache: cached}
@@ -254,6 +263,8 @@ func (s *apiService) StatTask(ctx context.Context, req *daemonv1.StatTaskRequest
 func toStatus(err error) error {
 	var se *source.StatusError
 	switch {
+	case errors.Is(err, core.ErrNoSpace):
+		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, core.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, core.ErrInvalid):

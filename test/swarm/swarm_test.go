@@ -111,7 +111,7 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("damselfly: origin served %d bytes, want ≤ 1.05 × %d", s.OriginServerBytes, cfg.Size)
 		}
 	}
-	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), Prefix+cfg.RunID) {
+	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), Prefix+res.Params.RunID+"-") {
 		t.Errorf("namespaces left behind:\n%s", out)
 	}
 }
