@@ -4,7 +4,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 BIN := bin
-PROTOS := api/schedulerv1/scheduler.proto api/peerv1/peer.proto api/daemonv1/daemon.proto
+PROTOS := api/schedulerv1/scheduler.proto api/peerv1/peer.proto api/daemonv1/daemon.proto api/managerv1/manager.proto
 
 .PHONY: all build run test test-unit deps proto bench bench-swarm vet fmt clean
 

@@ -116,6 +116,61 @@ func (c *Client) Download(ctx context.Context, req *daemonv1.DownloadRequest, pr
 	}
 }
 
+// ImportCache imports the file req.Path (absolute; the daemon reads it) as
+// the dfcache entry (req.Id, req.Tag).
+func (c *Client) ImportCache(ctx context.Context, req *daemonv1.ImportCacheRequest) (*daemonv1.StatTaskResponse, error) {
+	resp, err := c.api.ImportCache(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("import %s as %q via daemon at %s: %w", req.GetPath(), req.GetId(), c.sock, fromStatus(ctx, err))
+	}
+	return resp, nil
+}
+
+// ExportCache asks the daemon to write the dfcache entry req names, calling
+// progress (when not nil) for every progress message, and returns the
+// final message (Done set).
+func (c *Client) ExportCache(ctx context.Context, req *daemonv1.ExportCacheRequest, progress func(*daemonv1.DownloadProgress)) (*daemonv1.DownloadProgress, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.api.ExportCache(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("export %q via daemon at %s: %w", req.GetId(), c.sock, fromStatus(ctx, err))
+	}
+	for {
+		p, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("export %q via daemon at %s: stream ended before the export was done: %w", req.GetId(), c.sock, core.ErrUnavailable)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("export %q via daemon at %s: %w", req.GetId(), c.sock, fromStatus(ctx, err))
+		}
+		if progress != nil {
+			progress(p)
+		}
+		if p.GetDone() {
+			return p, nil
+		}
+	}
+}
+
+// StatCache reports what the daemon holds of the dfcache entry (id, tag).
+func (c *Client) StatCache(ctx context.Context, id, tag string) (*daemonv1.StatTaskResponse, error) {
+	resp, err := c.api.StatCache(ctx, &daemonv1.CacheRequest{Id: id, Tag: tag})
+	if err != nil {
+		return nil, fmt.Errorf("stat %q via daemon at %s: %w", id, c.sock, fromStatus(ctx, err))
+	}
+	return resp, nil
+}
+
+// DeleteCache removes the dfcache entry (id, tag) from the daemon's cache.
+func (c *Client) DeleteCache(ctx context.Context, id, tag string) (*daemonv1.StatTaskResponse, error) {
+	resp, err := c.api.DeleteCache(ctx, &daemonv1.CacheRequest{Id: id, Tag: tag})
+	if err != nil {
+		return nil, fmt.Errorf("delete %q via daemon at %s: %w", id, c.sock, fromStatus(ctx, err))
+	}
+	return resp, nil
+}
+
 // StatTask reports what the daemon holds of task id.
 func (c *Client) StatTask(ctx context.Context, id string) (*daemonv1.StatTaskResponse, error) {
 	resp, err := c.api.StatTask(ctx, &daemonv1.StatTaskRequest{TaskId: id})
@@ -157,7 +212,8 @@ func (e *Error) GRPCStatus() *status.Status { return status.New(e.Code, e.Messag
 // Kind maps a gRPC code to a core error kind (nil when none fits):
 // NotFound→ErrNotFound, InvalidArgument→ErrInvalid, DataLoss→ErrDigestMismatch,
 // Unavailable→ErrUnavailable, FailedPrecondition and Aborted→ErrOrigin,
-// DeadlineExceeded and Canceled→the context errors.
+// ResourceExhausted→ErrNoSpace, DeadlineExceeded and Canceled→the context
+// errors.
 func Kind(c codes.Code) error {
 	switch c {
 	case codes.NotFound:
@@ -170,6 +226,8 @@ func Kind(c codes.Code) error {
 		return core.ErrUnavailable
 	case codes.FailedPrecondition, codes.Aborted:
 		return core.ErrOrigin
+	case codes.ResourceExhausted:
+		return core.ErrNoSpace
 	case codes.DeadlineExceeded:
 		return context.DeadlineExceeded
 	case codes.Canceled:

@@ -119,3 +119,48 @@ func ParseDigest(d string) (algo, hexsum string, err error) {
 
 // ContainsString reports whether s is in list.
 func ContainsString(list []string, s string) bool { return slices.Contains(list, s) }
+
+// ErrNoSpace: the cache's file system is full. The daemon keeps running; the
+// download fails cleanly (or goes straight to the origin) and works again
+// once space is freed.
+var ErrNoSpace = errors.New("no space left in the cache")
+
+// CacheScheme is the URL scheme of dfcache entries: content a user imported
+// into the swarm under an ID; it has no origin.
+const CacheScheme = "dfcache"
+
+// CacheURL names the dfcache entry id.
+func CacheURL(id string) string { return CacheScheme + "://" + id }
+
+// CacheTaskID is the task ID of the dfcache entry id under tag, derived like
+// a URL's task ID from CacheURL(id), so it cannot collide with a download.
+func CacheTaskID(id, tag string) string {
+	return TaskID(CacheURL(id), TaskOptions{Tag: tag})
+}
+
+// ParseCacheURL returns the ID of a dfcache URL, and false for any other URL.
+func ParseCacheURL(u string) (string, bool) {
+	id, ok := strings.CutPrefix(u, CacheScheme+"://")
+	if !ok || ValidateCacheID(id) != nil {
+		return "", false
+	}
+	return id, true
+}
+
+// ValidateCacheID checks a dfcache ID: 1 to 255 bytes of letters, digits and
+// . _ - : / @ +, starting with a letter or digit.
+func ValidateCacheID(id string) error {
+	if id == "" || len(id) > 255 {
+		return fmt.Errorf("cache id %q: want 1 to 255 characters: %w", id, ErrInvalid)
+	}
+	for i, r := range id {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+		if !ok && i > 0 {
+			ok = strings.ContainsRune("._-:/@+", r)
+		}
+		if !ok {
+			return fmt.Errorf("cache id %q: character %q not allowed (letters, digits and . _ - : / @ +, starting with a letter or digit): %w", id, r, ErrInvalid)
+		}
+	}
+	return nil
+}

@@ -85,3 +85,29 @@ func TestContentTaskID(t *testing.T) {
 		}
 	}
 }
+
+func TestCacheTaskID(t *testing.T) {
+	a := CacheTaskID("model-v1", "")
+	if a == CacheTaskID("model-v1", "x") || a == CacheTaskID("model-v2", "") {
+		t.Fatal("cache task IDs collide across id or tag")
+	}
+	if a != CacheTaskID("model-v1", "") {
+		t.Fatal("cache task ID not stable")
+	}
+	if a == TaskID("http://model-v1", TaskOptions{}) {
+		t.Fatal("cache task ID equals a URL task ID")
+	}
+	if id, ok := ParseCacheURL(CacheURL("team/model:v1")); !ok || id != "team/model:v1" {
+		t.Fatalf("ParseCacheURL round trip: %q %v", id, ok)
+	}
+	for _, u := range []string{"http://x", "dfcache://", "dfcache://a b", "dfcache://?x"} {
+		if _, ok := ParseCacheURL(u); ok {
+			t.Errorf("ParseCacheURL(%q) accepted", u)
+		}
+	}
+	for _, id := range []string{"", "-x", "a b", "a?b", strings.Repeat("a", 256)} {
+		if err := ValidateCacheID(id); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ValidateCacheID(%q) = %v", id, err)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
 
 	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
@@ -39,6 +40,9 @@ type conductor struct {
 	log    *slog.Logger
 	task   *store.Task
 	limit  *rate.Limiter // this download's own limit, nil for none
+	// cache: a dfcache entry; there is no origin, and a daemon holding it
+	// complete announces itself as its source (Register.imported).
+	cache bool
 
 	done   chan struct{} // closed when the content is complete or failed
 	err    error         // valid once done is closed
@@ -61,6 +65,7 @@ type conductor struct {
 	bad           map[string]bool
 	inflight      map[uint32]*parentState
 	need          []uint32 // missing pieces, for selection
+	needPos       map[uint32]int
 	needOK        bool
 	mode          int
 	pending       []*schedulerv1.PieceResult
@@ -130,6 +135,7 @@ func newConductor(d *Daemon, r taskRequest, hostname string) *conductor {
 		rnd:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 	c.log = d.log.With("task_id", c.id, "peer_id", c.peerID)
+	_, c.cache = core.ParseCacheURL(r.spec.GetUrl())
 	if r.rateLimit > 0 {
 		c.limit = piece.NewLimiter(r.rateLimit)
 	}
@@ -186,33 +192,49 @@ func (c *conductor) run(ctx context.Context) {
 			return
 		}
 	}
-	if c.d.sched != nil {
+	if c.d.p2p() {
 		c.serve(ctx)
 	}
 }
 
-// announce opens a fresh Announce stream and registers.
+// announce opens a fresh Announce stream and registers, with the task's
+// scheduler or, when it is unreachable, the next one in hash order.
 func (c *conductor) announce(ctx context.Context) error {
 	c.closeStream()
-	sctx, cancel := context.WithCancel(ctx)
-	stream, err := c.d.sched.Announce(sctx)
-	if err != nil {
-		cancel()
-		return fmt.Errorf("announce to scheduler %s: %w", c.d.cfg.Scheduler, err)
-	}
 	spec := c.req.spec
 	reg := &schedulerv1.Register{
 		PeerId:            c.peerID,
 		Host:              c.d.Host(),
 		Task:              spec,
 		Have:              c.task.Pieces(),
-		DisableBackSource: c.req.disableBackSource,
-		SeedRequest:       c.req.seed,
+		DisableBackSource: c.req.disableBackSource || c.cache,
+		SeedRequest:       c.req.seed && !c.cache,
+		Imported:          c.cache && c.task.Complete(),
 	}
-	if err := stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: reg}}); err != nil {
-		cancel()
-		return fmt.Errorf("register with scheduler: %w", err)
+	cands := c.d.schedulersFor(c.id)
+	if len(cands) == 0 {
+		return errNoScheduler
 	}
+	var errs []error
+	for _, sc := range cands {
+		sctx, cancel := context.WithCancel(ctx)
+		stream, err := sc.client.Announce(sctx)
+		if err == nil {
+			err = stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: reg}})
+		}
+		if err != nil {
+			cancel()
+			errs = append(errs, fmt.Errorf("announce to scheduler %s: %w", sc.addr, err))
+			continue
+		}
+		c.listen(sctx, stream, cancel)
+		return nil
+	}
+	return errors.Join(errs...)
+}
+
+// listen makes stream the conductor's and forwards what it receives.
+func (c *conductor) listen(sctx context.Context, stream grpc.BidiStreamingClient[schedulerv1.PeerMessage, schedulerv1.SchedulerMessage], cancel context.CancelFunc) {
 	c.stream, c.streamCancel = stream, cancel
 	go func() {
 		for {
@@ -226,7 +248,6 @@ func (c *conductor) announce(ctx context.Context) error {
 			}
 		}
 	}()
-	return nil
 }
 
 func (c *conductor) post(ctx context.Context, ev any) bool {
@@ -260,12 +281,12 @@ func (c *conductor) send(m *schedulerv1.PeerMessage) {
 	}
 }
 
-func (c *conductor) backSourceAllowed() bool { return !c.req.disableBackSource }
+func (c *conductor) backSourceAllowed() bool { return !c.req.disableBackSource && !c.cache }
 
 // download runs until the task is complete, or fails.
 func (c *conductor) download(ctx context.Context) error {
 	c.lastProgress = time.Now()
-	if c.d.sched == nil {
+	if !c.d.p2p() {
 		if err := c.fallback(ctx, "no_scheduler"); err != nil {
 			return err
 		}
@@ -391,6 +412,9 @@ func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMes
 		if c.mode != modeP2P {
 			return nil
 		}
+		if c.cache {
+			return fmt.Errorf("dfcache task %s: no peer holds it: %w", c.id, core.ErrNotFound)
+		}
 		c.log.Info("fetching from the origin", "reason", x.BackToSource.GetReason())
 		c.d.metrics.backSource.WithLabelValues("scheduled").Inc()
 		c.mode = modeBackToSource
@@ -400,6 +424,9 @@ func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMes
 		c.log.Debug("scheduler says wait", "reason", x.Wait.GetReason())
 	case *schedulerv1.SchedulerMessage_Fail:
 		c.log.Warn("scheduler gave up on the task", "reason", x.Fail.GetReason())
+		if c.cache {
+			return fmt.Errorf("dfcache task %s: %s: %w", c.id, x.Fail.GetReason(), core.ErrNotFound)
+		}
 		return c.fallback(ctx, "scheduler_failed")
 	}
 	return nil
@@ -409,6 +436,9 @@ func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMes
 func (c *conductor) fallback(ctx context.Context, reason string) error {
 	if c.mode != modeP2P {
 		return nil
+	}
+	if c.cache {
+		return fmt.Errorf("dfcache task %s: the swarm cannot serve it (%s), and it has no origin: %w", c.id, reason, core.ErrUnavailable)
 	}
 	if !c.backSourceAllowed() {
 		return fmt.Errorf("task %s: P2P failed (%s) and back-to-source is disabled: %w", c.id, reason, core.ErrUnavailable)
@@ -551,13 +581,25 @@ func (c *conductor) handleParent(ctx context.Context, e evParent) {
 }
 
 func (c *conductor) removeNeed(n uint32) {
-	for i, m := range c.need {
-		if m == n {
-			c.need[i] = c.need[len(c.need)-1]
-			c.need = c.need[:len(c.need)-1]
-			return
-		}
+	i, ok := c.needPos[n]
+	if !ok {
+		return
 	}
+	last := len(c.need) - 1
+	c.need[i] = c.need[last]
+	c.needPos[c.need[i]] = i
+	c.need = c.need[:last]
+	delete(c.needPos, n)
+}
+
+// setNeed sets the missing pieces selection works on.
+func (c *conductor) setNeed(ns []uint32) {
+	c.need = ns
+	c.needPos = make(map[uint32]int, len(ns))
+	for i, n := range ns {
+		c.needPos[n] = i
+	}
+	c.needOK = true
 }
 
 // schedule starts piece fetches while there is room.
@@ -566,8 +608,7 @@ func (c *conductor) schedule(ctx context.Context) {
 		return
 	}
 	if !c.needOK {
-		c.need = c.task.Missing()
-		c.needOK = true
+		c.setNeed(c.task.Missing())
 	}
 	cfg := c.d.cfg.Download
 	for len(c.inflight) < cfg.ConcurrentPieces {
@@ -584,6 +625,7 @@ func (c *conductor) schedule(ctx context.Context) {
 			Addr: p.addr, TaskID: c.id, Number: n, Size: size, Digest: dg,
 			Stall:  c.stallTimeout(p, size),
 			Limits: []*rate.Limiter{c.d.dl, c.limit},
+			PeerID: c.peerID,
 		}
 		go c.fetchPiece(ctx, req, p)
 	}
@@ -599,6 +641,9 @@ func (c *conductor) stallTimeout(p *parentState, size int64) time.Duration {
 	}
 	return min(max(t, cfg.MinStallTimeout.D()), cfg.MaxStallTimeout.D())
 }
+
+// pickSample bounds the candidates one rarest-first pick compares.
+const pickSample = 512
 
 // pick chooses the next piece and parent: rarest first among the parents'
 // pieces (ties broken from a random start, so peers hold different pieces
@@ -628,7 +673,12 @@ func (c *conductor) pick() (uint32, *parentState) {
 	}
 	start := c.rnd.IntN(nn)
 	bestN, bestRare := uint32(0), -1
-	for i := 0; i < nn; i++ {
+	// The rarest among a bounded sample of available pieces, from a random
+	// start: exact for small tasks, and a pick stays cheap on a 100 GB task
+	// (tens of thousands of pieces) where a full scan per pick would be
+	// quadratic over the download.
+	seen := 0
+	for i := 0; i < nn && seen < pickSample; i++ {
 		n := c.need[(start+i)%nn]
 		if _, busy := c.inflight[n]; busy {
 			continue
@@ -648,6 +698,7 @@ func (c *conductor) pick() (uint32, *parentState) {
 		if !avail {
 			continue
 		}
+		seen++
 		if bestRare < 0 || rare < bestRare {
 			bestN, bestRare = n, rare
 			if rare == 1 {
@@ -744,6 +795,10 @@ func (c *conductor) handlePiece(ctx context.Context, e evPiece) error {
 	if ctx.Err() != nil {
 		return nil
 	}
+	if errors.Is(e.err, core.ErrNoSpace) {
+		// Not the parent's fault, and no other parent helps: fail cleanly.
+		return e.err
+	}
 	corrupt := errors.Is(e.err, core.ErrDigestMismatch)
 	reason := "error"
 	switch {
@@ -792,7 +847,16 @@ func (c *conductor) startOrigin(ctx context.Context) {
 	}
 	c.originRunning = true
 	go func() {
-		err := c.fetchOrigin(ctx)
+		// The host's cap on concurrent origin fetches.
+		start := time.Now()
+		waited, err := c.d.originSlots.Acquire(ctx)
+		if err == nil {
+			if waited {
+				c.d.pm.ObserveWait("origin_slots", time.Since(start))
+			}
+			err = c.fetchOrigin(ctx)
+			c.d.originSlots.Release()
+		}
 		c.post(ctx, evOriginDone{err})
 	}()
 }
@@ -862,7 +926,7 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 		if length >= 0 && length-read < int64(len(buf)) {
 			want = buf[:length-read]
 		}
-		k, err := readLimited(ctx, resp.Body, want, c.d.dl, c.limit)
+		k, err := readLimited(ctx, c.d.pm, resp.Body, want, c.d.dl, c.limit)
 		if k > 0 {
 			read += int64(k)
 			c.originBytes.Add(int64(k))
@@ -897,13 +961,13 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 }
 
 // readLimited fills b from r, paying the limiters as it goes.
-func readLimited(ctx context.Context, r io.Reader, b []byte, ls ...*rate.Limiter) (int, error) {
+func readLimited(ctx context.Context, m *piece.Metrics, r io.Reader, b []byte, ls ...*rate.Limiter) (int, error) {
 	const step = 64 << 10
 	got := 0
 	for got < len(b) {
 		end := min(len(b), got+step)
 		for _, l := range ls {
-			if err := piece.WaitN(ctx, l, end-got); err != nil {
+			if err := waitObserved(ctx, m, l, end-got); err != nil {
 				return got, err
 			}
 		}
@@ -917,6 +981,17 @@ func readLimited(ctx context.Context, r io.Reader, b []byte, ls ...*rate.Limiter
 		}
 	}
 	return got, nil
+}
+
+// waitObserved pays n bytes to l, recording a wait in m.
+func waitObserved(ctx context.Context, m *piece.Metrics, l *rate.Limiter, n int) error {
+	if piece.Unlimited(l) {
+		return nil
+	}
+	start := time.Now()
+	err := piece.WaitN(ctx, l, n)
+	m.ObserveWait("download", time.Since(start))
+	return err
 }
 
 // complete verifies the whole content when a digest is known, commits the
@@ -979,8 +1054,8 @@ func (r *ctxReader) Read(b []byte) (int, error) {
 func (c *conductor) serve(ctx context.Context) {
 	backoff := 500 * time.Millisecond
 	for ctx.Err() == nil {
-		if _, ok := c.d.store.Get(c.id); !ok {
-			return
+		if t, ok := c.d.store.Get(c.id); !ok || t != c.task {
+			return // deleted (perhaps already imported or fetched anew)
 		}
 		if c.stream == nil {
 			if err := c.announce(ctx); err != nil {
@@ -992,6 +1067,9 @@ func (c *conductor) serve(ctx context.Context) {
 				}
 				backoff = min(2*backoff, 30*time.Second)
 				continue
+			}
+			if c.cache {
+				c.sendSource()
 			}
 			l, _ := c.task.Shape()
 			c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: l}}})
@@ -1008,5 +1086,27 @@ func (c *conductor) serve(ctx context.Context) {
 		case <-c.task.Changed():
 			// task deleted or changed: loop re-checks the store
 		}
+	}
+}
+
+// sendSource tells the scheduler, as the source of a dfcache entry, the
+// entry's shape and piece digests (it registered as imported).
+func (c *conductor) sendSource() {
+	m := c.task.Meta()
+	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: m.ContentLength, PieceSize: m.PieceSize}}})
+	var batch []*schedulerv1.PieceResult
+	for _, n := range m.Pieces {
+		if int(n) >= len(m.PieceDigests) {
+			continue
+		}
+		_, size := core.PieceRange(n, m.ContentLength, m.PieceSize)
+		batch = append(batch, &schedulerv1.PieceResult{Number: n, Digest: m.PieceDigests[n], Length: uint32(size)})
+		if len(batch) == 1024 {
+			c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Pieces{Pieces: &schedulerv1.PiecesDone{Pieces: batch}}})
+			batch = nil
+		}
+	}
+	if len(batch) > 0 {
+		c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Pieces{Pieces: &schedulerv1.PiecesDone{Pieces: batch}}})
 	}
 }

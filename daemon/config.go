@@ -18,6 +18,11 @@ type Config struct {
 	// Scheduler is host:port of the scheduler; empty runs without P2P
 	// (every download goes to the origin).
 	Scheduler string `yaml:"scheduler"`
+	// Manager is host:port of the manager's gRPC API. When set, the daemon
+	// asks it for its schedulers (kept fresh, and saved under data_dir for
+	// starts while the manager is down) and uses Scheduler only when that
+	// list is empty; a seed peer also registers with it.
+	Manager string `yaml:"manager"`
 	// DataDir holds the cache.
 	DataDir string `yaml:"data_dir"`
 	// AdvertiseIP is the address other peers dial; empty picks the first
@@ -48,6 +53,7 @@ type Config struct {
 	Download DownloadConfig `yaml:"download"`
 	Upload   UploadConfig   `yaml:"upload"`
 	Proxy    ProxyConfig    `yaml:"proxy"`
+	Cache    CacheConfig    `yaml:"cache"`
 
 	// OriginTimeout bounds connecting to the origin and waiting for headers.
 	OriginTimeout config.Duration `yaml:"origin_timeout"`
@@ -81,6 +87,9 @@ type DownloadConfig struct {
 	HardlinkOutput bool `yaml:"hardlink_output"`
 	// ReportInterval batches piece reports to the scheduler.
 	ReportInterval config.Duration `yaml:"report_interval"`
+	// MaxConcurrentOrigin bounds the origin fetches running at once on this
+	// host (over all tasks); more wait their turn.
+	MaxConcurrentOrigin int `yaml:"max_concurrent_origin"`
 }
 
 // UploadConfig tunes serving pieces to others.
@@ -91,6 +100,28 @@ type UploadConfig struct {
 	Slots int `yaml:"slots"`
 	// MaxConcurrent bounds piece transfers served at once.
 	MaxConcurrent int `yaml:"max_concurrent"`
+	// PeerRateLimit is the upload limit towards any one peer in bytes/s
+	// (0: none), within RateLimit for the host.
+	PeerRateLimit config.ByteSize `yaml:"peer_rate_limit"`
+}
+
+// CacheConfig bounds the on-disk cache. A task that is being read, uploaded
+// or downloaded is never evicted.
+type CacheConfig struct {
+	// TaskTTL evicts tasks not used for this long (0: never).
+	TaskTTL config.Duration `yaml:"task_ttl"`
+	// GCInterval is how often garbage collection runs; it also runs as soon
+	// as a write crosses a high watermark or the disk is full.
+	GCInterval config.Duration `yaml:"gc_interval"`
+	// HighWatermark and LowWatermark bound the bytes the cache takes: above
+	// the high one, least recently used tasks go until the low one is
+	// reached (0: no byte limit).
+	HighWatermark config.ByteSize `yaml:"high_watermark"`
+	LowWatermark  config.ByteSize `yaml:"low_watermark"`
+	// HighWatermarkPercent and LowWatermarkPercent do the same for the use
+	// of the cache's whole file system, in percent (0: no limit).
+	HighWatermarkPercent float64 `yaml:"high_watermark_percent"`
+	LowWatermarkPercent  float64 `yaml:"low_watermark_percent"`
 }
 
 // ProxyConfig configures the registry mirror and HTTP(S) proxy on proxy_port.
@@ -113,8 +144,8 @@ type ProxyConfig struct {
 	Registries []RegistryConfig `yaml:"registries"`
 	// Rules decide, in order, which requests go P2P; the first whose regex
 	// matches the upstream URL (query string included) wins, and a URL no
-	// rule matches passes straight through. Only GETs go P2P. Empty: registry blob GETs go P2P, everything else
-	// passes through.
+	// rule matches passes straight through. Only GETs go P2P. Empty:
+	// registry blob GETs go P2P, everything else passes through.
 	Rules []ProxyRule `yaml:"rules"`
 	// HijackHosts are regexes of "host:port"; a CONNECT to a matching host is
 	// terminated with a certificate from the proxy's CA so its requests can
@@ -180,6 +211,8 @@ func DefaultConfig() Config {
 			ParentFailures:    3,
 			ReportInterval:    config.Duration(50 * time.Millisecond),
 			HardlinkOutput:    true,
+
+			MaxConcurrentOrigin: 16,
 		},
 		Upload: UploadConfig{
 			Slots:         16,
@@ -190,6 +223,12 @@ func DefaultConfig() Config {
 			AllowedClients: []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"},
 			RegistryMirror: "https://index.docker.io",
 			VerifyAccess:   true,
+		},
+		Cache: CacheConfig{
+			TaskTTL:              config.Duration(24 * time.Hour),
+			GCInterval:           config.Duration(time.Minute),
+			HighWatermarkPercent: 90,
+			LowWatermarkPercent:  80,
 		},
 	}
 }
@@ -228,6 +267,11 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("scheduler %q: want host:port", c.Scheduler))
 		}
 	}
+	if c.Manager != "" {
+		if _, _, err := net.SplitHostPort(c.Manager); err != nil {
+			errs = append(errs, fmt.Errorf("manager %q: want host:port", c.Manager))
+		}
+	}
 	d := c.Download
 	if d.ConcurrentPieces < 1 || d.PerParentRequests < 1 || d.ParentFailures < 1 {
 		errs = append(errs, errors.New("download.concurrent_pieces, per_parent_requests and parent_failures must be ≥ 1"))
@@ -241,6 +285,13 @@ func (c Config) Validate() error {
 	if c.Upload.Slots < 1 || c.Upload.MaxConcurrent < 1 {
 		errs = append(errs, errors.New("upload.slots and upload.max_concurrent must be ≥ 1"))
 	}
+	if d.MaxConcurrentOrigin < 1 {
+		errs = append(errs, errors.New("download.max_concurrent_origin must be ≥ 1"))
+	}
+	if c.Download.RateLimit < 0 || c.Upload.RateLimit < 0 || c.Upload.PeerRateLimit < 0 {
+		errs = append(errs, errors.New("download.rate_limit, upload.rate_limit and upload.peer_rate_limit must be ≥ 0 (0: no limit)"))
+	}
+	errs = append(errs, c.Cache.validate()...)
 	if c.OriginRetries < 0 {
 		errs = append(errs, errors.New("origin_retries must be ≥ 0"))
 	}
@@ -284,4 +335,32 @@ func (p ProxyConfig) validate() error {
 		errs = append(errs, errors.New("proxy: set both ca_cert and ca_key, or neither"))
 	}
 	return errors.Join(errs...)
+}
+
+func (c CacheConfig) validate() []error {
+	var errs []error
+	if c.TaskTTL < 0 {
+		errs = append(errs, errors.New("cache.task_ttl must be ≥ 0 (0: no TTL)"))
+	}
+	if c.GCInterval <= 0 {
+		errs = append(errs, errors.New("cache.gc_interval must be > 0"))
+	}
+	switch {
+	case c.HighWatermark < 0 || c.LowWatermark < 0:
+		errs = append(errs, errors.New("cache.high_watermark and low_watermark must be ≥ 0"))
+	case c.HighWatermark > 0 && (c.LowWatermark <= 0 || c.LowWatermark >= c.HighWatermark):
+		errs = append(errs, fmt.Errorf("cache: need 0 < low_watermark < high_watermark, have %s and %s", c.LowWatermark, c.HighWatermark))
+	case c.HighWatermark == 0 && c.LowWatermark != 0:
+		errs = append(errs, errors.New("cache.low_watermark is set without high_watermark"))
+	}
+	hp, lp := c.HighWatermarkPercent, c.LowWatermarkPercent
+	switch {
+	case hp < 0 || hp > 100 || lp < 0 || lp > 100:
+		errs = append(errs, fmt.Errorf("cache: watermark percentages must be within 0..100, have %g and %g", hp, lp))
+	case hp > 0 && (lp <= 0 || lp >= hp):
+		errs = append(errs, fmt.Errorf("cache: need 0 < low_watermark_percent < high_watermark_percent, have %g and %g", lp, hp))
+	case hp == 0 && lp != 0:
+		errs = append(errs, errors.New("cache.low_watermark_percent is set without high_watermark_percent"))
+	}
+	return errs
 }

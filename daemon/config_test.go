@@ -36,13 +36,24 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("defaults invalid: %v", err)
 	}
 	for name, mut := range map[string]func(*Config){
-		"no data dir":     func(c *Config) { c.DataDir = "" },
-		"bad port":        func(c *Config) { c.PeerPort = 70000 },
-		"bad ip":          func(c *Config) { c.AdvertiseIP = "nope" },
-		"bad scheduler":   func(c *Config) { c.Scheduler = "no-port" },
-		"zero pieces":     func(c *Config) { c.Download.ConcurrentPieces = 0 },
-		"stall inverted":  func(c *Config) { c.Download.MaxStallTimeout = 1 },
-		"no upload slots": func(c *Config) { c.Upload.Slots = 0 },
+		"no data dir":        func(c *Config) { c.DataDir = "" },
+		"bad port":           func(c *Config) { c.PeerPort = 70000 },
+		"bad ip":             func(c *Config) { c.AdvertiseIP = "nope" },
+		"bad scheduler":      func(c *Config) { c.Scheduler = "no-port" },
+		"zero pieces":        func(c *Config) { c.Download.ConcurrentPieces = 0 },
+		"stall inverted":     func(c *Config) { c.Download.MaxStallTimeout = 1 },
+		"no upload slots":    func(c *Config) { c.Upload.Slots = 0 },
+		"no origin slots":    func(c *Config) { c.Download.MaxConcurrentOrigin = 0 },
+		"negative peer rate": func(c *Config) { c.Upload.PeerRateLimit = -1 },
+		"no gc interval":     func(c *Config) { c.Cache.GCInterval = 0 },
+		"negative ttl":       func(c *Config) { c.Cache.TaskTTL = -1 },
+		"low above high": func(c *Config) {
+			c.Cache.HighWatermark, c.Cache.LowWatermark = 10<<30, 20<<30
+		},
+		"low without high":  func(c *Config) { c.Cache.LowWatermark = 1 << 30 },
+		"percent over 100":  func(c *Config) { c.Cache.HighWatermarkPercent = 120 },
+		"percent inverted":  func(c *Config) { c.Cache.LowWatermarkPercent = 95 },
+		"percent low alone": func(c *Config) { c.Cache.HighWatermarkPercent = 0 },
 	} {
 		c := DefaultConfig()
 		mut(&c)

@@ -22,7 +22,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/damselfly-io/damselfly/api/daemonv1"
@@ -50,8 +49,7 @@ type Daemon struct {
 	pm      *piece.Metrics
 	dl, ul  *rate.Limiter
 
-	schedConn *grpc.ClientConn
-	sched     schedulerv1.SchedulerClient
+	scheds schedSet
 
 	peerMu    sync.Mutex
 	peerConns map[string]*grpc.ClientConn
@@ -65,6 +63,12 @@ type Daemon struct {
 	// runCtx lives as long as Run; conductors run under it, not under the
 	// request that started them, so a client hanging up does not waste a fetch.
 	runCtx context.Context
+
+	// Limits that a config reload changes in place (see Reload).
+	originSlots *piece.Slots
+	up          *piece.Server
+	limitsMu    sync.Mutex
+	limits      reloadable
 }
 
 type metrics struct {
@@ -73,6 +77,7 @@ type metrics struct {
 	originBytes prometheus.Counter
 	cacheBytes  prometheus.Counter
 	backSource  *prometheus.CounterVec
+	cache       *cacheMetrics
 }
 
 // New builds a daemon; Run starts it. gather may be nil (no metrics port).
@@ -98,9 +103,12 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 		src:        src,
 		httpSrc:    httpSrc,
 		conductors: map[string]*conductor{},
-		dl:         piece.NewLimiter(int64(cfg.Download.RateLimit)),
-		ul:         piece.NewLimiter(int64(cfg.Upload.RateLimit)),
+		dl:         piece.NewHostLimiter(int64(cfg.Download.RateLimit)),
+		ul:         piece.NewHostLimiter(int64(cfg.Upload.RateLimit)),
 		ready:      make(chan struct{}),
+
+		originSlots: piece.NewSlots(cfg.Download.MaxConcurrentOrigin),
+		limits:      reloadableOf(cfg),
 	}
 	var r prometheus.Registerer
 	if reg != nil {
@@ -126,6 +134,8 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 	if r != nil {
 		r.MustRegister(d.metrics.downloads, d.metrics.activeTasks, d.metrics.originBytes, d.metrics.cacheBytes, d.metrics.backSource)
 	}
+	d.metrics.cache = newCacheMetrics(r)
+	d.metrics.cache.setLimits(d.limits)
 	return d, nil
 }
 
@@ -157,18 +167,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.store = st
 	defer st.Close()
-
-	if d.cfg.Scheduler != "" {
-		conn, err := grpc.NewClient(d.cfg.Scheduler,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
-		if err != nil {
-			return fmt.Errorf("scheduler client for %s: %w", d.cfg.Scheduler, err)
-		}
-		defer conn.Close()
-		d.schedConn, d.sched = conn, schedulerv1.NewSchedulerClient(conn)
-	}
 
 	lc := net.ListenConfig{}
 	peerLis, err := lc.Listen(ctx, "tcp", net.JoinHostPort(d.cfg.ListenIP, strconv.Itoa(d.cfg.PeerPort)))
@@ -239,6 +237,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	apiSrv := grpc.NewServer()
 	daemonv1.RegisterDaemonServer(apiSrv, &apiService{d: d})
 	upSrv := piece.NewServer(st, d.cfg.Upload.MaxConcurrent, d.ul, d.pm, d.log)
+	d.limitsMu.Lock()
+	d.up = upSrv
+	upSrv.SetLimits(d.limits.uploadMaxConcurrent, d.limits.uploadPeerRate)
+	d.limitsMu.Unlock()
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveGRPC(gctx, peerSrv, peerLis) })
@@ -255,19 +257,28 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.mu.Unlock()
 		g.Go(func() error { return obs.ServeHTTP(gctx, proxyLis, prx) })
 	}
-	if d.cfg.Seed && d.sched != nil {
-		g.Go(func() error { d.seedLoop(gctx); return nil })
+	// Schedulers: the static one, or the manager's list (seed peers also
+	// register with the manager and open their SeedTasks streams here).
+	refresh, err := d.startSchedulers(gctx)
+	if err != nil {
+		return err
 	}
+	defer d.closeSchedulers()
+	if refresh != nil {
+		g.Go(func() error { refresh(gctx); return nil })
+	}
+	g.Go(func() error { d.gcLoop(gctx); return nil })
 	// Tasks complete in the cache become parents again.
 	for _, t := range st.List() {
 		if t.Complete() {
-			if _, err := d.startConductor(taskRequest{spec: &schedulerv1.TaskSpec{TaskId: t.ID(), Url: t.Meta().URL}, fromCache: true}); err != nil {
+			m := t.Meta()
+			if _, err := d.startConductor(taskRequest{spec: &schedulerv1.TaskSpec{TaskId: t.ID(), Url: m.URL, Tag: m.Tag, Application: m.Application}, fromCache: true}); err != nil {
 				d.log.Warn("cannot announce cached task", "task_id", t.ID(), "err", err)
 			}
 		}
 	}
 	d.log.Info("daemon ready", "peer_addr", peerLis.Addr().String(), "upload_addr", upLis.Addr().String(),
-		"advertise_ip", ip, "sock", d.cfg.Sock, "proxy_addr", proxyAddr, "seed", d.cfg.Seed, "scheduler", d.cfg.Scheduler)
+		"advertise_ip", ip, "sock", d.cfg.Sock, "proxy_addr", proxyAddr, "seed", d.cfg.Seed, "scheduler", d.cfg.Scheduler, "manager", d.cfg.Manager)
 	close(d.ready)
 	err = g.Wait()
 	d.mu.Lock()
@@ -322,10 +333,10 @@ func detectIP() string {
 
 // seedLoop holds the SeedTasks stream open and starts every task the
 // scheduler pushes. It reconnects with backoff until ctx ends.
-func (d *Daemon) seedLoop(ctx context.Context) {
+func (d *Daemon) seedLoop(ctx context.Context, sched schedulerv1.SchedulerClient) {
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
-		stream, err := d.sched.SeedTasks(ctx, &schedulerv1.SeedTasksRequest{Host: d.Host()})
+		stream, err := sched.SeedTasks(ctx, &schedulerv1.SeedTasksRequest{Host: d.Host()})
 		if err == nil {
 			for {
 				t, rerr := stream.Recv()
@@ -377,7 +388,8 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	id := r.spec.GetTaskId()
-	if c, ok := d.conductors[id]; ok {
+	cur, _ := d.store.Get(id)
+	if c, ok := d.conductors[id]; ok && (cur == nil || cur == c.task) {
 		select {
 		case <-c.exited:
 		default:

@@ -34,7 +34,7 @@ func conductorWithParents(t *testing.T, n int, parents map[string][]uint32) *con
 	d := &Daemon{cfg: DefaultConfig(), log: log, store: st}
 	c := newConductor(d, taskRequest{spec: &schedulerv1.TaskSpec{TaskId: "t"}}, "h")
 	c.task = task
-	c.need = task.Missing()
+	c.setNeed(task.Missing())
 	for id, held := range parents {
 		p := &parentState{info: &schedulerv1.PeerInfo{PeerId: id}, cancel: func() {}}
 		for _, h := range held {
@@ -109,7 +109,8 @@ func TestPickNeedsTrustedDigest(t *testing.T) {
 	task.SetDigests(map[uint32][]byte{2: core.PieceDigest([]byte("x"))})
 	d := &Daemon{cfg: DefaultConfig(), log: log, store: st}
 	c := newConductor(d, taskRequest{spec: &schedulerv1.TaskSpec{TaskId: "t"}}, "h")
-	c.task, c.need = task, task.Missing()
+	c.task = task
+	c.setNeed(task.Missing())
 	c.parents["a"] = &parentState{info: &schedulerv1.PeerInfo{PeerId: "a"}, has: []bool{true, true, true, true}, count: 4, cancel: func() {}}
 	n, p := c.pick()
 	if p == nil || n != 2 {
@@ -118,5 +119,43 @@ func TestPickNeedsTrustedDigest(t *testing.T) {
 	take(c, n, p)
 	if _, p := c.pick(); p != nil {
 		t.Fatal("picked a piece without a trusted digest")
+	}
+}
+
+// A large task: picks stay bounded, every piece is picked exactly once, and
+// a piece only one parent holds still goes early.
+func TestPickLargeTask(t *testing.T) {
+	const n = 30000
+	all := make([]uint32, 0, n)
+	for i := uint32(0); i < n; i++ {
+		if i != 777 {
+			all = append(all, i)
+		}
+	}
+	c := conductorWithParents(t, n, map[string][]uint32{"a": append(all, 777), "b": all, "c": all})
+	c.d.cfg.Download.PerParentRequests = n
+	got := map[uint32]bool{}
+	rareAt := -1
+	for i := 0; i < n; i++ {
+		k, p := c.pick()
+		if p == nil {
+			t.Fatalf("pick %d: nothing, %d pieces left", i, len(c.need))
+		}
+		if got[k] {
+			t.Fatalf("piece %d picked twice", k)
+		}
+		got[k] = true
+		if k == 777 {
+			rareAt = i
+		}
+		c.removeNeed(k) // as if fetched at once
+	}
+	if len(c.need) != 0 || len(got) != n {
+		t.Fatalf("%d pieces left, %d picked", len(c.need), len(got))
+	}
+	// With samples of pickSample among n, the rare piece is found within a
+	// few dozen picks almost surely; far later means rarity is ignored.
+	if rareAt < 0 || rareAt > n/4 {
+		t.Fatalf("the rare piece went at pick %d of %d", rareAt, n)
 	}
 }

@@ -350,11 +350,12 @@ func (p *proxy) serveP2P(w http.ResponseWriter, r *http.Request, upstream *url.U
 	public, private := p.taskHeaders(hdr, digest != "")
 	spec := &schedulerv1.TaskSpec{TaskId: id, Url: upstream.String(), Digest: digest, Headers: public,
 		Tag: opts.Tag, Application: opts.Application, FilteredQuery: opts.FilteredQuery}
-	c, _, err := p.d.openTask(taskRequest{spec: spec, originHeaders: private, streaming: true})
+	c, _, release, err := p.d.openTask(taskRequest{spec: spec, originHeaders: private, streaming: true})
 	if err != nil {
 		p.fallback(w, r, upstream, id, err)
 		return
 	}
+	defer release()
 	length, err := c.waitShape(ctx)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -466,5 +467,33 @@ func TestSplitCredentialsAndTaskOptions(t *testing.T) {
 	o := taskOptionsFrom(h)
 	if o.Tag != "t" || o.Application != "app" || strings.Join(o.FilteredQuery, " ") != "Signature Expires x" || len(h) != 0 {
 		t.Fatalf("task options %+v, left headers %v", o, h)
+	}
+}
+
+// An HTTPS upstream with its own CA: both the P2P path (the daemon's origin
+// fetch) and the pass-through trust it through proxy.registries[].ca_file.
+func TestMirrorHTTPSUpstreamWithCustomCA(t *testing.T) {
+	reg := newTestRegistry(t, true)
+	blob := randomBytes(700_000, 6)
+	dg := reg.addBlob(blob, false)
+	host := strings.TrimPrefix(reg.URL, "https://")
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: reg.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	untrusted := startProxyDaemon(t, func(c *Config) { c.Proxy.RegistryMirror = reg.URL })
+	if resp, _ := mirrorGet(t, untrusted, "/v2/lib/app/manifests/v1?ns="+host, nil); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("unknown CA: status %d, want 502", resp.StatusCode)
+	}
+	d := startProxyDaemon(t, func(c *Config) {
+		c.Proxy.RegistryMirror = reg.URL
+		c.Proxy.Registries = []RegistryConfig{{Host: host, CAFile: ca}}
+	})
+	if resp, _ := mirrorGet(t, d, "/v2/lib/app/manifests/v1?ns="+host, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("manifest over https with ca_file: %d", resp.StatusCode)
+	}
+	resp, got := mirrorGet(t, d, "/v2/lib/app/blobs/"+dg+"?ns="+host, nil)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, blob) {
+		t.Fatalf("blob over https with ca_file: %d, %d bytes", resp.StatusCode, len(got))
 	}
 }

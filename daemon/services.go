@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"path/filepath"
 	"time"
@@ -83,7 +84,6 @@ type apiService struct {
 }
 
 func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
-	ctx := stream.Context()
 	s.d.log.Debug("download requested", "url", req.GetUrl())
 	u, err := url.Parse(req.GetUrl())
 	if err != nil || u.Host == "" && u.Scheme != "file" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") {
@@ -106,11 +106,20 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		TaskId: id, Url: req.GetUrl(), Headers: public, Tag: req.GetTag(),
 		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),
 	}
-	c, cached, err := s.d.openTask(taskRequest{spec: spec, originHeaders: private, disableBackSource: req.GetDisableBackSource(),
+	return s.download(req, spec, private, stream)
+}
+
+// download serves a Download (or an ExportCache turned into one) of spec.
+func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.TaskSpec, originHeaders http.Header, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
+	ctx := stream.Context()
+	id := spec.GetTaskId()
+	c, cached, release, err := s.d.openTask(taskRequest{spec: spec, originHeaders: originHeaders, disableBackSource: req.GetDisableBackSource(),
 		rateLimit: req.GetRateLimit(), streaming: req.GetStream()})
 	if err != nil {
 		return toStatus(err)
 	}
+	// Pinned while we read it: GC and deletion wait for us.
+	defer release()
 	progress := func(done bool) *daemonv1.DownloadProgress {
 		p := &daemonv1.DownloadProgress{TaskId: id, ContentLength: -1, Done: done,
 			PeerBytes: c.peerBytes.Load(), OriginBytes: c.originBytes.Load(), FromCache: cached}
@@ -254,6 +263,8 @@ func (s *apiService) StatTask(ctx context.Context, req *daemonv1.StatTaskRequest
 func toStatus(err error) error {
 	var se *source.StatusError
 	switch {
+	case errors.Is(err, core.ErrNoSpace):
+		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, core.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, core.ErrInvalid):
@@ -268,4 +279,47 @@ func toStatus(err error) error {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
+}
+
+// Preheat fetches a task into the cache for the manager and answers when it
+// is complete. The task ID must be the one the daemon itself would derive
+// (the content digest's for registry blobs, the URL's otherwise), so a
+// preheat cannot file content under another task's name.
+func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (*peerv1.PreheatResponse, error) {
+	spec := req.GetTask()
+	u, err := url.Parse(spec.GetUrl())
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, status.Errorf(codes.InvalidArgument, "preheat: url %q: want an absolute http or https URL", spec.GetUrl())
+	}
+	want := core.TaskID(spec.GetUrl(), core.TaskOptions{Tag: spec.GetTag(), Application: spec.GetApplication(), FilteredQuery: spec.GetFilteredQuery()})
+	if d := spec.GetDigest(); d != "" {
+		if _, _, err := core.ParseDigest(d); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "preheat: %v", err)
+		}
+		if cid, _ := core.ContentTaskID(d); cid == spec.GetTaskId() {
+			want = cid
+		}
+	}
+	if spec.GetTaskId() != want {
+		return nil, status.Errorf(codes.InvalidArgument, "preheat: task id %q does not match its url or digest", spec.GetTaskId())
+	}
+	cached := false
+	if t, ok := s.d.store.Get(spec.GetTaskId()); ok && t.Complete() {
+		cached = true
+	}
+	c, err := s.d.startConductor(taskRequest{spec: spec, seed: s.d.cfg.Seed})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	if c.err != nil {
+		return nil, toStatus(fmt.Errorf("preheat %s: %w", spec.GetTaskId(), c.err))
+	}
+	l, _ := c.task.Shape()
+	s.d.log.Info("preheated", "task_id", spec.GetTaskId(), "content_length", l, "cached", cached)
+	return &peerv1.PreheatResponse{ContentLength: l, Cached: cached}, nil
 }

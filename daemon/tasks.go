@@ -38,34 +38,42 @@ func splitCredentials(h map[string]string) (public map[string]string, private ht
 	return public, private
 }
 
-// openTask returns the conductor serving r, starting one when none runs, and
-// whether the task was already complete in the cache. A cached copy modified
-// on disk (a hard-linked output edited in place) is dropped and fetched again.
-func (d *Daemon) openTask(r taskRequest) (c *conductor, cached bool, err error) {
+// openTask returns the conductor serving r, starting one when none runs,
+// whether the task was already complete in the cache, and a hold on the task
+// (GC and deletion wait until release is called; call it once when done
+// reading). A cached copy modified on disk (a hard-linked output edited in
+// place) is dropped and fetched again.
+func (d *Daemon) openTask(r taskRequest) (c *conductor, cached bool, release func(), err error) {
 	c, err = d.startConductor(r)
 	if err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
+	release = c.task.Hold()
 	select {
 	case <-c.done:
 		cached = c.err == nil
 	default:
+		// a conductor just started for a task already complete
+		cached = c.task.Complete()
 	}
 	if !cached {
-		return c, false, nil
+		return c, false, release, nil
 	}
 	if err := c.task.CheckIntact(); err != nil {
 		id := r.spec.GetTaskId()
 		d.log.Warn("cached copy damaged; downloading again", "task_id", id, "err", err)
+		release()
 		_ = d.store.Delete(id)
 		select {
 		case <-c.exited:
 		case <-time.After(5 * time.Second):
 		}
-		c, err = d.startConductor(r)
-		return c, false, err
+		if c, err = d.startConductor(r); err != nil {
+			return nil, false, nil, err
+		}
+		return c, false, c.task.Hold(), nil
 	}
-	return c, true, nil
+	return c, true, release, nil
 }
 
 // waitShape waits until the task's length is known, the task ends, or ctx

@@ -132,8 +132,18 @@ func validateRegister(r *schedulerv1.Register) error {
 		return fmt.Errorf("register: host.id is empty: %w", core.ErrInvalid)
 	case r.GetTask().GetTaskId() == "":
 		return fmt.Errorf("register: task.task_id is empty: %w", core.ErrInvalid)
+	case r.GetImported() && !isCacheSpec(r.GetTask()):
+		return fmt.Errorf("register: imported is only for dfcache tasks (url dfcache://ID, task_id core.CacheTaskID(ID, tag)): %w", core.ErrInvalid)
 	}
 	return nil
+}
+
+// isCacheSpec reports whether spec names a dfcache entry: content imported
+// by a user, with no origin, whose task ID follows from its ID and tag (so a
+// claim to be its source can never touch a URL's task).
+func isCacheSpec(spec *schedulerv1.TaskSpec) bool {
+	id, ok := core.ParseCacheURL(spec.GetUrl())
+	return ok && spec.GetTaskId() == core.CacheTaskID(id, spec.GetTag())
 }
 
 // hostLocked returns the host of info, created or refreshed.
@@ -156,6 +166,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 	t := s.tasks[spec.GetTaskId()]
 	if t == nil {
 		t = newTask(spec.GetTaskId(), now)
+		t.cache = isCacheSpec(spec)
 		s.tasks[t.id] = t
 		s.m.tasks.Inc()
 		s.log.Debug("task created", "task_id", t.id)
@@ -199,6 +210,12 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 			"have", p.pieces.count, "seed_request", p.seedRequest)
 	}
 
+	if reg.GetImported() && t.cache {
+		// The importer is the origin of a dfcache entry: trusted for shape
+		// and digests exactly like a peer fetching from the origin.
+		s.backToSourceLocked(p, "imported: this peer is the source", now)
+		return p
+	}
 	if p.seedRequest {
 		t.seedPhase, t.seedPeer = seedRunning, p
 		if !othersHaveData(t, p) {

@@ -36,6 +36,10 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 	}
 	t := p.task
 	switch {
+	case t.cache && !othersHaveData(t, p):
+		s.failLocked(p, "no peer holds this dfcache entry", start)
+	case t.cache:
+		s.waitLocked(p, now, "the holders of this dfcache entry are busy", force, start)
 	case s.seedPendingLocked(t, now):
 		s.waitLocked(p, now, "waiting for the seed peer", force, start)
 	case s.triggerSeedLocked(t, now):

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
 )
 
 func TestFirstPeerBackToSourceSecondGetsParents(t *testing.T) {
@@ -840,6 +842,52 @@ func TestPipelinePerIDC(t *testing.T) {
 	for _, id := range []string{"a2", "a3", "b2", "b3"} {
 		if idc[parent[id]] != idc[id] {
 			t.Errorf("%s (%s) got parent %s in %q", id, idc[id], parent[id], idc[parent[id]])
+		}
+	}
+}
+
+func cacheSpec(id, tag string) *schedulerv1.TaskSpec {
+	return &schedulerv1.TaskSpec{TaskId: core.CacheTaskID(id, tag), Url: core.CacheURL(id), Tag: tag}
+}
+
+// The importer of a dfcache entry is its source: its digests are trusted and
+// handed to the peers exporting it; a peer asking for an entry nobody holds
+// fails at once; and no peer may claim to have imported a URL's content.
+func TestCacheImportIsTrustedSource(t *testing.T) {
+	ts := startServer(t, nil)
+	taskID := core.CacheTaskID("model", "v1")
+
+	early := ts.register(taskID, "early", func(r *schedulerv1.Register) { r.Task = cacheSpec("model", "v1") }, noBackSource())
+	early.expectFail()
+
+	imp := ts.register(taskID, "importer", func(r *schedulerv1.Register) {
+		r.Task, r.Imported = cacheSpec("model", "v1"), true
+	})
+	imp.expectBackToSource()
+	imp.meta(2*1024, 1024)
+	imp.pieces(originPiece(0), originPiece(1))
+	imp.done(2 * 1024)
+	ts.waitPeer(taskID, "importer", func(p *peer) bool { return p.state == stateSucceeded })
+
+	exp := ts.register(taskID, "exporter", func(r *schedulerv1.Register) { r.Task = cacheSpec("model", "v1") }, noBackSource())
+	info := exp.expectTaskInfo()
+	if info.GetContentLength() != 2*1024 || len(info.GetDigests()) != 2 || !bytes.Equal(info.GetDigests()[0].GetDigest(), pieceDigest(0)) {
+		t.Fatalf("exporter got task info %v, want the importer's shape and digests", info)
+	}
+	if got := exp.expectParents(); len(got) != 1 || got[0] != "importer" {
+		t.Fatalf("exporter parents %v, want [importer]", got)
+	}
+
+	// imported on a URL task, or on a cache URL whose task ID does not
+	// follow from it, is refused
+	for name, sp := range map[string]*schedulerv1.TaskSpec{
+		"url task":     spec("t-url"),
+		"id mismatch":  {TaskId: core.CacheTaskID("other", ""), Url: core.CacheURL("model"), Tag: "v1"},
+		"tag mismatch": {TaskId: taskID, Url: core.CacheURL("model")},
+	} {
+		liar := ts.register(sp.GetTaskId(), "liar-"+strings.ReplaceAll(name, " ", "-"), func(r *schedulerv1.Register) { r.Task, r.Imported = sp, true })
+		if code := liar.expectEnd(); code != codes.InvalidArgument {
+			t.Errorf("%s: imported register ended with %v, want InvalidArgument", name, code)
 		}
 	}
 }

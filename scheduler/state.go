@@ -144,6 +144,9 @@ type task struct {
 	emptySince    time.Time
 	dirty         bool
 	nextOrd       uint64
+	// cache: a dfcache entry. It has no origin: only its importers are
+	// sources, seeds are never triggered, and a peer finding no holder fails.
+	cache bool
 }
 
 func newTask(id string, now time.Time) *task {

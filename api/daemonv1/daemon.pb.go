@@ -21,6 +21,232 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type CacheRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Tag           string                 `protobuf:"bytes,2,opt,name=tag,proto3" json:"tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheRequest) Reset() {
+	*x = CacheRequest{}
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheRequest) ProtoMessage() {}
+
+func (x *CacheRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheRequest.ProtoReflect.Descriptor instead.
+func (*CacheRequest) Descriptor() ([]byte, []int) {
+	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CacheRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CacheRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+type ImportCacheRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Tag   string                 `protobuf:"bytes,2,opt,name=tag,proto3" json:"tag,omitempty"`
+	// Absolute path of the file to import; the daemon reads it.
+	Path string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	// Evict the entry from this daemon's cache when unused for this long;
+	// 0 means the daemon's cache.task_ttl.
+	TtlSeconds    int64 `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportCacheRequest) Reset() {
+	*x = ImportCacheRequest{}
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportCacheRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportCacheRequest) ProtoMessage() {}
+
+func (x *ImportCacheRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportCacheRequest.ProtoReflect.Descriptor instead.
+func (*ImportCacheRequest) Descriptor() ([]byte, []int) {
+	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ImportCacheRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ImportCacheRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *ImportCacheRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ImportCacheRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type ExportCacheRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Tag   string                 `protobuf:"bytes,2,opt,name=tag,proto3" json:"tag,omitempty"`
+	// Absolute path to write (as DownloadRequest.output).
+	Output     string `protobuf:"bytes,3,opt,name=output,proto3" json:"output,omitempty"`
+	OutputMode uint32 `protobuf:"varint,4,opt,name=output_mode,json=outputMode,proto3" json:"output_mode,omitempty"`
+	Uid        int64  `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid        int64  `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"`
+	// Send the content in the progress messages instead of writing output.
+	Stream bool `protobuf:"varint,7,opt,name=stream,proto3" json:"stream,omitempty"`
+	// Only the local cache: fail with NOT_FOUND rather than ask the swarm.
+	LocalOnly     bool `protobuf:"varint,8,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportCacheRequest) Reset() {
+	*x = ExportCacheRequest{}
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportCacheRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportCacheRequest) ProtoMessage() {}
+
+func (x *ExportCacheRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportCacheRequest.ProtoReflect.Descriptor instead.
+func (*ExportCacheRequest) Descriptor() ([]byte, []int) {
+	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ExportCacheRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ExportCacheRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *ExportCacheRequest) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
+func (x *ExportCacheRequest) GetOutputMode() uint32 {
+	if x != nil {
+		return x.OutputMode
+	}
+	return 0
+}
+
+func (x *ExportCacheRequest) GetUid() int64 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ExportCacheRequest) GetGid() int64 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *ExportCacheRequest) GetStream() bool {
+	if x != nil {
+		return x.Stream
+	}
+	return false
+}
+
+func (x *ExportCacheRequest) GetLocalOnly() bool {
+	if x != nil {
+		return x.LocalOnly
+	}
+	return false
+}
+
 type DownloadRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Url   string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
@@ -51,7 +277,7 @@ type DownloadRequest struct {
 
 func (x *DownloadRequest) Reset() {
 	*x = DownloadRequest{}
-	mi := &file_api_daemonv1_daemon_proto_msgTypes[0]
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -63,7 +289,7 @@ func (x *DownloadRequest) String() string {
 func (*DownloadRequest) ProtoMessage() {}
 
 func (x *DownloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_daemonv1_daemon_proto_msgTypes[0]
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -76,7 +302,7 @@ func (x *DownloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadRequest.ProtoReflect.Descriptor instead.
 func (*DownloadRequest) Descriptor() ([]byte, []int) {
-	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{0}
+	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DownloadRequest) GetUrl() string {
@@ -190,7 +416,7 @@ type DownloadProgress struct {
 
 func (x *DownloadProgress) Reset() {
 	*x = DownloadProgress{}
-	mi := &file_api_daemonv1_daemon_proto_msgTypes[1]
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +428,7 @@ func (x *DownloadProgress) String() string {
 func (*DownloadProgress) ProtoMessage() {}
 
 func (x *DownloadProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_daemonv1_daemon_proto_msgTypes[1]
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +441,7 @@ func (x *DownloadProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadProgress.ProtoReflect.Descriptor instead.
 func (*DownloadProgress) Descriptor() ([]byte, []int) {
-	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{1}
+	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DownloadProgress) GetTaskId() string {
@@ -290,7 +516,7 @@ type StatTaskRequest struct {
 
 func (x *StatTaskRequest) Reset() {
 	*x = StatTaskRequest{}
-	mi := &file_api_daemonv1_daemon_proto_msgTypes[2]
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -302,7 +528,7 @@ func (x *StatTaskRequest) String() string {
 func (*StatTaskRequest) ProtoMessage() {}
 
 func (x *StatTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_daemonv1_daemon_proto_msgTypes[2]
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -315,7 +541,7 @@ func (x *StatTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatTaskRequest.ProtoReflect.Descriptor instead.
 func (*StatTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{2}
+	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StatTaskRequest) GetTaskId() string {
@@ -334,13 +560,18 @@ type StatTaskResponse struct {
 	PieceCount    uint32                 `protobuf:"varint,5,opt,name=piece_count,json=pieceCount,proto3" json:"piece_count,omitempty"`
 	Complete      bool                   `protobuf:"varint,6,opt,name=complete,proto3" json:"complete,omitempty"`
 	Url           string                 `protobuf:"bytes,7,opt,name=url,proto3" json:"url,omitempty"`
+	// Set for dfcache entries.
+	CacheId string `protobuf:"bytes,8,opt,name=cache_id,json=cacheId,proto3" json:"cache_id,omitempty"`
+	Tag     string `protobuf:"bytes,9,opt,name=tag,proto3" json:"tag,omitempty"`
+	// The task's own TTL (0: the cache's).
+	TtlSeconds    int64 `protobuf:"varint,10,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatTaskResponse) Reset() {
 	*x = StatTaskResponse{}
-	mi := &file_api_daemonv1_daemon_proto_msgTypes[3]
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +583,7 @@ func (x *StatTaskResponse) String() string {
 func (*StatTaskResponse) ProtoMessage() {}
 
 func (x *StatTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_daemonv1_daemon_proto_msgTypes[3]
+	mi := &file_api_daemonv1_daemon_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +596,7 @@ func (x *StatTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatTaskResponse.ProtoReflect.Descriptor instead.
 func (*StatTaskResponse) Descriptor() ([]byte, []int) {
-	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{3}
+	return file_api_daemonv1_daemon_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StatTaskResponse) GetTaskId() string {
@@ -417,11 +648,52 @@ func (x *StatTaskResponse) GetUrl() string {
 	return ""
 }
 
+func (x *StatTaskResponse) GetCacheId() string {
+	if x != nil {
+		return x.CacheId
+	}
+	return ""
+}
+
+func (x *StatTaskResponse) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *StatTaskResponse) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 var File_api_daemonv1_daemon_proto protoreflect.FileDescriptor
 
 const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\n" +
-	"\x19api/daemonv1/daemon.proto\x12\x13damselfly.daemon.v1\"\xe3\x03\n" +
+	"\x19api/daemonv1/daemon.proto\x12\x13damselfly.daemon.v1\"0\n" +
+	"\fCacheRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\"k\n" +
+	"\x12ImportCacheRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x1f\n" +
+	"\vttl_seconds\x18\x04 \x01(\x03R\n" +
+	"ttlSeconds\"\xca\x01\n" +
+	"\x12ExportCacheRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\x12\x16\n" +
+	"\x06output\x18\x03 \x01(\tR\x06output\x12\x1f\n" +
+	"\voutput_mode\x18\x04 \x01(\rR\n" +
+	"outputMode\x12\x10\n" +
+	"\x03uid\x18\x05 \x01(\x03R\x03uid\x12\x10\n" +
+	"\x03gid\x18\x06 \x01(\x03R\x03gid\x12\x16\n" +
+	"\x06stream\x18\a \x01(\bR\x06stream\x12\x1d\n" +
+	"\n" +
+	"local_only\x18\b \x01(\bR\tlocalOnly\"\xe3\x03\n" +
 	"\x0fDownloadRequest\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
 	"\x06output\x18\x02 \x01(\tR\x06output\x12\x16\n" +
@@ -455,7 +727,7 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\x04data\x18\b \x01(\fR\x04data\x12\x16\n" +
 	"\x06offset\x18\t \x01(\x03R\x06offset\"*\n" +
 	"\x0fStatTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xe1\x01\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xaf\x02\n" +
 	"\x10StatTaskResponse\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12%\n" +
 	"\x0econtent_length\x18\x02 \x01(\x03R\rcontentLength\x12\x1d\n" +
@@ -466,10 +738,19 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\vpiece_count\x18\x05 \x01(\rR\n" +
 	"pieceCount\x12\x1a\n" +
 	"\bcomplete\x18\x06 \x01(\bR\bcomplete\x12\x10\n" +
-	"\x03url\x18\a \x01(\tR\x03url2\xbc\x01\n" +
+	"\x03url\x18\a \x01(\tR\x03url\x12\x19\n" +
+	"\bcache_id\x18\b \x01(\tR\acacheId\x12\x10\n" +
+	"\x03tag\x18\t \x01(\tR\x03tag\x12\x1f\n" +
+	"\vttl_seconds\x18\n" +
+	" \x01(\x03R\n" +
+	"ttlSeconds2\xac\x04\n" +
 	"\x06Daemon\x12Y\n" +
 	"\bDownload\x12$.damselfly.daemon.v1.DownloadRequest\x1a%.damselfly.daemon.v1.DownloadProgress0\x01\x12W\n" +
-	"\bStatTask\x12$.damselfly.daemon.v1.StatTaskRequest\x1a%.damselfly.daemon.v1.StatTaskResponseB9Z7github.com/damselfly-io/damselfly/api/daemonv1;daemonv1b\x06proto3"
+	"\bStatTask\x12$.damselfly.daemon.v1.StatTaskRequest\x1a%.damselfly.daemon.v1.StatTaskResponse\x12]\n" +
+	"\vImportCache\x12'.damselfly.daemon.v1.ImportCacheRequest\x1a%.damselfly.daemon.v1.StatTaskResponse\x12_\n" +
+	"\vExportCache\x12'.damselfly.daemon.v1.ExportCacheRequest\x1a%.damselfly.daemon.v1.DownloadProgress0\x01\x12U\n" +
+	"\tStatCache\x12!.damselfly.daemon.v1.CacheRequest\x1a%.damselfly.daemon.v1.StatTaskResponse\x12W\n" +
+	"\vDeleteCache\x12!.damselfly.daemon.v1.CacheRequest\x1a%.damselfly.daemon.v1.StatTaskResponseB9Z7github.com/damselfly-io/damselfly/api/daemonv1;daemonv1b\x06proto3"
 
 var (
 	file_api_daemonv1_daemon_proto_rawDescOnce sync.Once
@@ -483,22 +764,33 @@ func file_api_daemonv1_daemon_proto_rawDescGZIP() []byte {
 	return file_api_daemonv1_daemon_proto_rawDescData
 }
 
-var file_api_daemonv1_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_api_daemonv1_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_api_daemonv1_daemon_proto_goTypes = []any{
-	(*DownloadRequest)(nil),  // 0: damselfly.daemon.v1.DownloadRequest
-	(*DownloadProgress)(nil), // 1: damselfly.daemon.v1.DownloadProgress
-	(*StatTaskRequest)(nil),  // 2: damselfly.daemon.v1.StatTaskRequest
-	(*StatTaskResponse)(nil), // 3: damselfly.daemon.v1.StatTaskResponse
-	nil,                      // 4: damselfly.daemon.v1.DownloadRequest.HeadersEntry
+	(*CacheRequest)(nil),       // 0: damselfly.daemon.v1.CacheRequest
+	(*ImportCacheRequest)(nil), // 1: damselfly.daemon.v1.ImportCacheRequest
+	(*ExportCacheRequest)(nil), // 2: damselfly.daemon.v1.ExportCacheRequest
+	(*DownloadRequest)(nil),    // 3: damselfly.daemon.v1.DownloadRequest
+	(*DownloadProgress)(nil),   // 4: damselfly.daemon.v1.DownloadProgress
+	(*StatTaskRequest)(nil),    // 5: damselfly.daemon.v1.StatTaskRequest
+	(*StatTaskResponse)(nil),   // 6: damselfly.daemon.v1.StatTaskResponse
+	nil,                        // 7: damselfly.daemon.v1.DownloadRequest.HeadersEntry
 }
 var file_api_daemonv1_daemon_proto_depIdxs = []int32{
-	4, // 0: damselfly.daemon.v1.DownloadRequest.headers:type_name -> damselfly.daemon.v1.DownloadRequest.HeadersEntry
-	0, // 1: damselfly.daemon.v1.Daemon.Download:input_type -> damselfly.daemon.v1.DownloadRequest
-	2, // 2: damselfly.daemon.v1.Daemon.StatTask:input_type -> damselfly.daemon.v1.StatTaskRequest
-	1, // 3: damselfly.daemon.v1.Daemon.Download:output_type -> damselfly.daemon.v1.DownloadProgress
-	3, // 4: damselfly.daemon.v1.Daemon.StatTask:output_type -> damselfly.daemon.v1.StatTaskResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
+	7, // 0: damselfly.daemon.v1.DownloadRequest.headers:type_name -> damselfly.daemon.v1.DownloadRequest.HeadersEntry
+	3, // 1: damselfly.daemon.v1.Daemon.Download:input_type -> damselfly.daemon.v1.DownloadRequest
+	5, // 2: damselfly.daemon.v1.Daemon.StatTask:input_type -> damselfly.daemon.v1.StatTaskRequest
+	1, // 3: damselfly.daemon.v1.Daemon.ImportCache:input_type -> damselfly.daemon.v1.ImportCacheRequest
+	2, // 4: damselfly.daemon.v1.Daemon.ExportCache:input_type -> damselfly.daemon.v1.ExportCacheRequest
+	0, // 5: damselfly.daemon.v1.Daemon.StatCache:input_type -> damselfly.daemon.v1.CacheRequest
+	0, // 6: damselfly.daemon.v1.Daemon.DeleteCache:input_type -> damselfly.daemon.v1.CacheRequest
+	4, // 7: damselfly.daemon.v1.Daemon.Download:output_type -> damselfly.daemon.v1.DownloadProgress
+	6, // 8: damselfly.daemon.v1.Daemon.StatTask:output_type -> damselfly.daemon.v1.StatTaskResponse
+	6, // 9: damselfly.daemon.v1.Daemon.ImportCache:output_type -> damselfly.daemon.v1.StatTaskResponse
+	4, // 10: damselfly.daemon.v1.Daemon.ExportCache:output_type -> damselfly.daemon.v1.DownloadProgress
+	6, // 11: damselfly.daemon.v1.Daemon.StatCache:output_type -> damselfly.daemon.v1.StatTaskResponse
+	6, // 12: damselfly.daemon.v1.Daemon.DeleteCache:output_type -> damselfly.daemon.v1.StatTaskResponse
+	7, // [7:13] is the sub-list for method output_type
+	1, // [1:7] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
@@ -515,7 +807,7 @@ func file_api_daemonv1_daemon_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_daemonv1_daemon_proto_rawDesc), len(file_api_daemonv1_daemon_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,8 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Daemon_Download_FullMethodName = "/damselfly.daemon.v1.Daemon/Download"
-	Daemon_StatTask_FullMethodName = "/damselfly.daemon.v1.Daemon/StatTask"
+	Daemon_Download_FullMethodName    = "/damselfly.daemon.v1.Daemon/Download"
+	Daemon_StatTask_FullMethodName    = "/damselfly.daemon.v1.Daemon/StatTask"
+	Daemon_ImportCache_FullMethodName = "/damselfly.daemon.v1.Daemon/ImportCache"
+	Daemon_ExportCache_FullMethodName = "/damselfly.daemon.v1.Daemon/ExportCache"
+	Daemon_StatCache_FullMethodName   = "/damselfly.daemon.v1.Daemon/StatCache"
+	Daemon_DeleteCache_FullMethodName = "/damselfly.daemon.v1.Daemon/DeleteCache"
 )
 
 // DaemonClient is the client API for Daemon service.
@@ -34,6 +38,20 @@ type DaemonClient interface {
 	Download(ctx context.Context, in *DownloadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadProgress], error)
 	// StatTask reports what the daemon holds of a task.
 	StatTask(ctx context.Context, in *StatTaskRequest, opts ...grpc.CallOption) (*StatTaskResponse, error)
+	// ImportCache puts a local file into the cache as the dfcache entry
+	// (id, tag) and announces it to the swarm; this daemon becomes its source.
+	// ALREADY_EXISTS when the entry is already in this daemon's cache.
+	ImportCache(ctx context.Context, in *ImportCacheRequest, opts ...grpc.CallOption) (*StatTaskResponse, error)
+	// ExportCache writes the dfcache entry (id, tag) to output, from the local
+	// cache or from the peers that hold it (there is no origin), and streams
+	// progress like Download. NOT_FOUND when no peer holds it.
+	ExportCache(ctx context.Context, in *ExportCacheRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadProgress], error)
+	// StatCache reports what this daemon holds of the dfcache entry (id, tag).
+	// NOT_FOUND when it holds nothing of it.
+	StatCache(ctx context.Context, in *CacheRequest, opts ...grpc.CallOption) (*StatTaskResponse, error)
+	// DeleteCache removes the dfcache entry (id, tag) from this daemon's cache
+	// (other peers keep their copies). NOT_FOUND when it is not there.
+	DeleteCache(ctx context.Context, in *CacheRequest, opts ...grpc.CallOption) (*StatTaskResponse, error)
 }
 
 type daemonClient struct {
@@ -73,6 +91,55 @@ func (c *daemonClient) StatTask(ctx context.Context, in *StatTaskRequest, opts .
 	return out, nil
 }
 
+func (c *daemonClient) ImportCache(ctx context.Context, in *ImportCacheRequest, opts ...grpc.CallOption) (*StatTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatTaskResponse)
+	err := c.cc.Invoke(ctx, Daemon_ImportCache_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *daemonClient) ExportCache(ctx context.Context, in *ExportCacheRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Daemon_ServiceDesc.Streams[1], Daemon_ExportCache_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportCacheRequest, DownloadProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Daemon_ExportCacheClient = grpc.ServerStreamingClient[DownloadProgress]
+
+func (c *daemonClient) StatCache(ctx context.Context, in *CacheRequest, opts ...grpc.CallOption) (*StatTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatTaskResponse)
+	err := c.cc.Invoke(ctx, Daemon_StatCache_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *daemonClient) DeleteCache(ctx context.Context, in *CacheRequest, opts ...grpc.CallOption) (*StatTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatTaskResponse)
+	err := c.cc.Invoke(ctx, Daemon_DeleteCache_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DaemonServer is the server API for Daemon service.
 // All implementations must embed UnimplementedDaemonServer
 // for forward compatibility.
@@ -84,6 +151,20 @@ type DaemonServer interface {
 	Download(*DownloadRequest, grpc.ServerStreamingServer[DownloadProgress]) error
 	// StatTask reports what the daemon holds of a task.
 	StatTask(context.Context, *StatTaskRequest) (*StatTaskResponse, error)
+	// ImportCache puts a local file into the cache as the dfcache entry
+	// (id, tag) and announces it to the swarm; this daemon becomes its source.
+	// ALREADY_EXISTS when the entry is already in this daemon's cache.
+	ImportCache(context.Context, *ImportCacheRequest) (*StatTaskResponse, error)
+	// ExportCache writes the dfcache entry (id, tag) to output, from the local
+	// cache or from the peers that hold it (there is no origin), and streams
+	// progress like Download. NOT_FOUND when no peer holds it.
+	ExportCache(*ExportCacheRequest, grpc.ServerStreamingServer[DownloadProgress]) error
+	// StatCache reports what this daemon holds of the dfcache entry (id, tag).
+	// NOT_FOUND when it holds nothing of it.
+	StatCache(context.Context, *CacheRequest) (*StatTaskResponse, error)
+	// DeleteCache removes the dfcache entry (id, tag) from this daemon's cache
+	// (other peers keep their copies). NOT_FOUND when it is not there.
+	DeleteCache(context.Context, *CacheRequest) (*StatTaskResponse, error)
 	mustEmbedUnimplementedDaemonServer()
 }
 
@@ -99,6 +180,18 @@ func (UnimplementedDaemonServer) Download(*DownloadRequest, grpc.ServerStreaming
 }
 func (UnimplementedDaemonServer) StatTask(context.Context, *StatTaskRequest) (*StatTaskResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StatTask not implemented")
+}
+func (UnimplementedDaemonServer) ImportCache(context.Context, *ImportCacheRequest) (*StatTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ImportCache not implemented")
+}
+func (UnimplementedDaemonServer) ExportCache(*ExportCacheRequest, grpc.ServerStreamingServer[DownloadProgress]) error {
+	return status.Error(codes.Unimplemented, "method ExportCache not implemented")
+}
+func (UnimplementedDaemonServer) StatCache(context.Context, *CacheRequest) (*StatTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StatCache not implemented")
+}
+func (UnimplementedDaemonServer) DeleteCache(context.Context, *CacheRequest) (*StatTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteCache not implemented")
 }
 func (UnimplementedDaemonServer) mustEmbedUnimplementedDaemonServer() {}
 func (UnimplementedDaemonServer) testEmbeddedByValue()                {}
@@ -150,6 +243,71 @@ func _Daemon_StatTask_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Daemon_ImportCache_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ImportCacheRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).ImportCache(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_ImportCache_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).ImportCache(ctx, req.(*ImportCacheRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Daemon_ExportCache_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportCacheRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DaemonServer).ExportCache(m, &grpc.GenericServerStream[ExportCacheRequest, DownloadProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Daemon_ExportCacheServer = grpc.ServerStreamingServer[DownloadProgress]
+
+func _Daemon_StatCache_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CacheRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).StatCache(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_StatCache_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).StatCache(ctx, req.(*CacheRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Daemon_DeleteCache_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CacheRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).DeleteCache(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_DeleteCache_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).DeleteCache(ctx, req.(*CacheRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Daemon_ServiceDesc is the grpc.ServiceDesc for Daemon service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -161,11 +319,28 @@ var Daemon_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "StatTask",
 			Handler:    _Daemon_StatTask_Handler,
 		},
+		{
+			MethodName: "ImportCache",
+			Handler:    _Daemon_ImportCache_Handler,
+		},
+		{
+			MethodName: "StatCache",
+			Handler:    _Daemon_StatCache_Handler,
+		},
+		{
+			MethodName: "DeleteCache",
+			Handler:    _Daemon_DeleteCache_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Download",
 			Handler:       _Daemon_Download_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ExportCache",
+			Handler:       _Daemon_ExportCache_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -7,6 +7,7 @@
 package peerv1
 
 import (
+	schedulerv1 "github.com/damselfly-io/damselfly/api/schedulerv1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -143,11 +144,108 @@ func (x *PieceState) GetDone() bool {
 	return false
 }
 
+type PreheatRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *schedulerv1.TaskSpec  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreheatRequest) Reset() {
+	*x = PreheatRequest{}
+	mi := &file_api_peerv1_peer_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreheatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreheatRequest) ProtoMessage() {}
+
+func (x *PreheatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_peerv1_peer_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreheatRequest.ProtoReflect.Descriptor instead.
+func (*PreheatRequest) Descriptor() ([]byte, []int) {
+	return file_api_peerv1_peer_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PreheatRequest) GetTask() *schedulerv1.TaskSpec {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+type PreheatResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContentLength int64                  `protobuf:"varint,1,opt,name=content_length,json=contentLength,proto3" json:"content_length,omitempty"`
+	// The task was already complete in the cache.
+	Cached        bool `protobuf:"varint,2,opt,name=cached,proto3" json:"cached,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreheatResponse) Reset() {
+	*x = PreheatResponse{}
+	mi := &file_api_peerv1_peer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreheatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreheatResponse) ProtoMessage() {}
+
+func (x *PreheatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_peerv1_peer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreheatResponse.ProtoReflect.Descriptor instead.
+func (*PreheatResponse) Descriptor() ([]byte, []int) {
+	return file_api_peerv1_peer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PreheatResponse) GetContentLength() int64 {
+	if x != nil {
+		return x.ContentLength
+	}
+	return 0
+}
+
+func (x *PreheatResponse) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
 var File_api_peerv1_peer_proto protoreflect.FileDescriptor
 
 const file_api_peerv1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x15api/peerv1/peer.proto\x12\x11damselfly.peer.v1\"E\n" +
+	"\x15api/peerv1/peer.proto\x12\x11damselfly.peer.v1\x1a\x1fapi/schedulerv1/scheduler.proto\"E\n" +
 	"\x11SyncPiecesRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\"~\n" +
@@ -157,10 +255,16 @@ const file_api_peerv1_peer_proto_rawDesc = "" +
 	"\n" +
 	"piece_size\x18\x02 \x01(\rR\tpieceSize\x12\x16\n" +
 	"\x06pieces\x18\x03 \x03(\rR\x06pieces\x12\x12\n" +
-	"\x04done\x18\x04 \x01(\bR\x04done2[\n" +
+	"\x04done\x18\x04 \x01(\bR\x04done\"F\n" +
+	"\x0ePreheatRequest\x124\n" +
+	"\x04task\x18\x01 \x01(\v2 .damselfly.scheduler.v1.TaskSpecR\x04task\"P\n" +
+	"\x0fPreheatResponse\x12%\n" +
+	"\x0econtent_length\x18\x01 \x01(\x03R\rcontentLength\x12\x16\n" +
+	"\x06cached\x18\x02 \x01(\bR\x06cached2\xad\x01\n" +
 	"\x04Peer\x12S\n" +
 	"\n" +
-	"SyncPieces\x12$.damselfly.peer.v1.SyncPiecesRequest\x1a\x1d.damselfly.peer.v1.PieceState0\x01B5Z3github.com/damselfly-io/damselfly/api/peerv1;peerv1b\x06proto3"
+	"SyncPieces\x12$.damselfly.peer.v1.SyncPiecesRequest\x1a\x1d.damselfly.peer.v1.PieceState0\x01\x12P\n" +
+	"\aPreheat\x12!.damselfly.peer.v1.PreheatRequest\x1a\".damselfly.peer.v1.PreheatResponseB5Z3github.com/damselfly-io/damselfly/api/peerv1;peerv1b\x06proto3"
 
 var (
 	file_api_peerv1_peer_proto_rawDescOnce sync.Once
@@ -174,19 +278,25 @@ func file_api_peerv1_peer_proto_rawDescGZIP() []byte {
 	return file_api_peerv1_peer_proto_rawDescData
 }
 
-var file_api_peerv1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_api_peerv1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_api_peerv1_peer_proto_goTypes = []any{
-	(*SyncPiecesRequest)(nil), // 0: damselfly.peer.v1.SyncPiecesRequest
-	(*PieceState)(nil),        // 1: damselfly.peer.v1.PieceState
+	(*SyncPiecesRequest)(nil),    // 0: damselfly.peer.v1.SyncPiecesRequest
+	(*PieceState)(nil),           // 1: damselfly.peer.v1.PieceState
+	(*PreheatRequest)(nil),       // 2: damselfly.peer.v1.PreheatRequest
+	(*PreheatResponse)(nil),      // 3: damselfly.peer.v1.PreheatResponse
+	(*schedulerv1.TaskSpec)(nil), // 4: damselfly.scheduler.v1.TaskSpec
 }
 var file_api_peerv1_peer_proto_depIdxs = []int32{
-	0, // 0: damselfly.peer.v1.Peer.SyncPieces:input_type -> damselfly.peer.v1.SyncPiecesRequest
-	1, // 1: damselfly.peer.v1.Peer.SyncPieces:output_type -> damselfly.peer.v1.PieceState
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	4, // 0: damselfly.peer.v1.PreheatRequest.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	0, // 1: damselfly.peer.v1.Peer.SyncPieces:input_type -> damselfly.peer.v1.SyncPiecesRequest
+	2, // 2: damselfly.peer.v1.Peer.Preheat:input_type -> damselfly.peer.v1.PreheatRequest
+	1, // 3: damselfly.peer.v1.Peer.SyncPieces:output_type -> damselfly.peer.v1.PieceState
+	3, // 4: damselfly.peer.v1.Peer.Preheat:output_type -> damselfly.peer.v1.PreheatResponse
+	3, // [3:5] is the sub-list for method output_type
+	1, // [1:3] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_api_peerv1_peer_proto_init() }
@@ -200,7 +310,7 @@ func file_api_peerv1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_peerv1_peer_proto_rawDesc), len(file_api_peerv1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Peer_SyncPieces_FullMethodName = "/damselfly.peer.v1.Peer/SyncPieces"
+	Peer_Preheat_FullMethodName    = "/damselfly.peer.v1.Peer/Preheat"
 )
 
 // PeerClient is the client API for Peer service.
@@ -35,6 +36,11 @@ type PeerClient interface {
 	// ends with done=true once the task is complete, or with NOT_FOUND when the
 	// task is unknown.
 	SyncPieces(ctx context.Context, in *SyncPiecesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PieceState], error)
+	// Preheat makes the daemon fetch a task into its cache (through its
+	// scheduler, or from the origin) and answers once the task is complete or
+	// has failed. The manager calls it for preheat jobs. Task headers (e.g.
+	// registry credentials) are used for the fetch and never stored.
+	Preheat(ctx context.Context, in *PreheatRequest, opts ...grpc.CallOption) (*PreheatResponse, error)
 }
 
 type peerClient struct {
@@ -64,6 +70,16 @@ func (c *peerClient) SyncPieces(ctx context.Context, in *SyncPiecesRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Peer_SyncPiecesClient = grpc.ServerStreamingClient[PieceState]
 
+func (c *peerClient) Preheat(ctx context.Context, in *PreheatRequest, opts ...grpc.CallOption) (*PreheatResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PreheatResponse)
+	err := c.cc.Invoke(ctx, Peer_Preheat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -77,6 +93,11 @@ type PeerServer interface {
 	// ends with done=true once the task is complete, or with NOT_FOUND when the
 	// task is unknown.
 	SyncPieces(*SyncPiecesRequest, grpc.ServerStreamingServer[PieceState]) error
+	// Preheat makes the daemon fetch a task into its cache (through its
+	// scheduler, or from the origin) and answers once the task is complete or
+	// has failed. The manager calls it for preheat jobs. Task headers (e.g.
+	// registry credentials) are used for the fetch and never stored.
+	Preheat(context.Context, *PreheatRequest) (*PreheatResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -89,6 +110,9 @@ type UnimplementedPeerServer struct{}
 
 func (UnimplementedPeerServer) SyncPieces(*SyncPiecesRequest, grpc.ServerStreamingServer[PieceState]) error {
 	return status.Error(codes.Unimplemented, "method SyncPieces not implemented")
+}
+func (UnimplementedPeerServer) Preheat(context.Context, *PreheatRequest) (*PreheatResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Preheat not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -122,13 +146,36 @@ func _Peer_SyncPieces_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Peer_SyncPiecesServer = grpc.ServerStreamingServer[PieceState]
 
+func _Peer_Preheat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PreheatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Preheat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Preheat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Preheat(ctx, req.(*PreheatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var Peer_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "damselfly.peer.v1.Peer",
 	HandlerType: (*PeerServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Preheat",
+			Handler:    _Peer_Preheat_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "SyncPieces",

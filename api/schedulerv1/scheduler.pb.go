@@ -378,7 +378,12 @@ type Register struct {
 	DisableBackSource bool `protobuf:"varint,5,opt,name=disable_back_source,json=disableBackSource,proto3" json:"disable_back_source,omitempty"`
 	// Set by a seed peer answering SeedTasks: it goes to the origin at once
 	// unless the scheduler already knows the content.
-	SeedRequest   bool `protobuf:"varint,6,opt,name=seed_request,json=seedRequest,proto3" json:"seed_request,omitempty"`
+	SeedRequest bool `protobuf:"varint,6,opt,name=seed_request,json=seedRequest,proto3" json:"seed_request,omitempty"`
+	// The peer is the source of a dfcache entry (task.url "dfcache://ID"): a
+	// user imported the content there, and there is no origin. The scheduler
+	// then trusts its shape and piece digests like those of a peer it sent to
+	// the origin. Refused for any other task.
+	Imported      bool `protobuf:"varint,7,opt,name=imported,proto3" json:"imported,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -451,6 +456,13 @@ func (x *Register) GetDisableBackSource() bool {
 func (x *Register) GetSeedRequest() bool {
 	if x != nil {
 		return x.SeedRequest
+	}
+	return false
+}
+
+func (x *Register) GetImported() bool {
+	if x != nil {
+		return x.Imported
 	}
 	return false
 }
@@ -1475,14 +1487,15 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x16\n" +
 	"\x06digest\x18\x03 \x01(\fR\x06digest\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\rR\x06length\x12\x17\n" +
-	"\acost_ns\x18\x05 \x01(\x03R\x06costNs\"\xf2\x01\n" +
+	"\acost_ns\x18\x05 \x01(\x03R\x06costNs\"\x8e\x02\n" +
 	"\bRegister\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x120\n" +
 	"\x04host\x18\x02 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\x124\n" +
 	"\x04task\x18\x03 \x01(\v2 .damselfly.scheduler.v1.TaskSpecR\x04task\x12\x12\n" +
 	"\x04have\x18\x04 \x03(\rR\x04have\x12.\n" +
 	"\x13disable_back_source\x18\x05 \x01(\bR\x11disableBackSource\x12!\n" +
-	"\fseed_request\x18\x06 \x01(\bR\vseedRequest\"P\n" +
+	"\fseed_request\x18\x06 \x01(\bR\vseedRequest\x12\x1a\n" +
+	"\bimported\x18\a \x01(\bR\bimported\"P\n" +
 	"\bTaskMeta\x12%\n" +
 	"\x0econtent_length\x18\x01 \x01(\x03R\rcontentLength\x12\x1d\n" +
 	"\n" +

@@ -5,7 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/damselfly-io/damselfly/daemon"
 	"github.com/damselfly-io/damselfly/internal/obs"
@@ -14,6 +17,7 @@ import (
 // daemonFlags binds the daemon's flags to cfg (whose values are the defaults).
 func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.StringVar(&cfg.Scheduler, "scheduler", cfg.Scheduler, "scheduler address host:port (empty: no P2P, every download from the origin)")
+	fs.StringVar(&cfg.Manager, "manager", cfg.Manager, "manager gRPC address host:port: ask it for the schedulers (--scheduler is then the fallback)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "cache directory")
 	fs.StringVar(&cfg.AdvertiseIP, "advertise-ip", cfg.AdvertiseIP, "IP other peers dial (default: first non-loopback IPv4)")
 	fs.StringVar(&cfg.ListenIP, "listen-ip", cfg.ListenIP, "IP the peer, upload and metrics ports listen on")
@@ -40,6 +44,14 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.IntVar(&cfg.Download.ParentFailures, "parent-failures", cfg.Download.ParentFailures, "failures in a row that drop a parent")
 	fs.Var(&cfg.Download.ReportInterval, "report-interval", "how long piece reports to the scheduler may be batched")
 	fs.IntVar(&cfg.Upload.MaxConcurrent, "upload-max-concurrent", cfg.Upload.MaxConcurrent, "piece transfers served at once")
+	fs.Var(&cfg.Upload.PeerRateLimit, "upload-peer-rate-limit", "upload limit towards any one peer in bytes/s, e.g. 20M (0: none)")
+	fs.IntVar(&cfg.Download.MaxConcurrentOrigin, "max-concurrent-origin", cfg.Download.MaxConcurrentOrigin, "origin fetches running at once on this host (over all tasks)")
+	fs.Var(&cfg.Cache.TaskTTL, "cache-task-ttl", "evict cached tasks not used for this long (0: never)")
+	fs.Var(&cfg.Cache.GCInterval, "cache-gc-interval", "how often cache garbage collection runs (also when a write crosses a high watermark)")
+	fs.Var(&cfg.Cache.HighWatermark, "cache-high-watermark", "cache size that starts eviction of least recently used tasks, e.g. 100G (0: none)")
+	fs.Var(&cfg.Cache.LowWatermark, "cache-low-watermark", "cache size eviction brings the cache down to")
+	fs.Float64Var(&cfg.Cache.HighWatermarkPercent, "cache-high-watermark-percent", cfg.Cache.HighWatermarkPercent, "use of the cache's file system, in percent, that starts eviction (0: none)")
+	fs.Float64Var(&cfg.Cache.LowWatermarkPercent, "cache-low-watermark-percent", cfg.Cache.LowWatermarkPercent, "file system use, in percent, eviction brings it down to")
 	fs.Var(&cfg.OriginTimeout, "origin-timeout", "timeout to connect to the origin and to wait for its headers or next bytes")
 	fs.IntVar(&cfg.OriginRetries, "origin-retries", cfg.OriginRetries, "retries of a failed or reset origin request")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
@@ -51,7 +63,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintln(stderr, "damselfly daemon:", err)
 		return 2
 	}
-	fs := newFlagSet("daemon", "Run the node daemon: downloads through the swarm, caches, serves pieces to other peers.", stderr)
+	fs := newFlagSet("daemon", "Run the node daemon: downloads through the swarm, caches, serves pieces to other peers.\nSIGHUP re-reads --config (then the flags) and applies rate limits, upload and origin caps and cache bounds without a restart.", stderr)
 	daemonFlags(fs, &cfg)
 	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
 	if err := fs.Parse(args); err != nil {
@@ -79,9 +91,51 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintln(stderr, "damselfly daemon:", err)
 		return 1
 	}
+	go reloadOnHUP(ctx, d, args, log)
 	if err := d.Run(ctx); err != nil {
 		fmt.Fprintln(stderr, "damselfly daemon:", err)
 		return 1
 	}
 	return 0
+}
+
+// reloadOnHUP reloads the configuration on SIGHUP — defaults, the --config
+// file read again, then the command line's flags — and applies what can
+// change while running (limits, cache bounds; see daemon.Reload).
+func reloadOnHUP(ctx context.Context, d *daemon.Daemon, args []string, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	select {
+	case <-d.Ready():
+	case <-ctx.Done():
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		cfg := daemon.DefaultConfig()
+		if err := loadConfig(args, &cfg); err != nil {
+			log.Error("reload: configuration not changed", "err", err)
+			continue
+		}
+		fs := newFlagSet("daemon", "", io.Discard)
+		daemonFlags(fs, &cfg)
+		fs.Bool("print-config", false, "")
+		if err := fs.Parse(args); err != nil {
+			log.Error("reload: configuration not changed", "err", err)
+			continue
+		}
+		restart, err := d.Reload(cfg)
+		if err != nil {
+			log.Error("reload: configuration not changed", "err", err)
+			continue
+		}
+		if len(restart) > 0 {
+			log.Warn("reload: some changed settings take effect only after a restart", "settings", restart)
+		}
+	}
 }

@@ -70,3 +70,30 @@ func TestSchedulerAndAllInOneConfig(t *testing.T) {
 		t.Fatalf("all-in-one print-config: %d %s %s", code, out, errs)
 	}
 }
+
+func TestManagerConfig(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "m.yaml")
+	os.WriteFile(p, []byte("database:\n  type: postgres\n  dsn: postgres://file/db\njobs:\n  workers: 7\n"), 0o644)
+	code, out, errs := runCmd("manager", "--config", p, "--listen", "127.0.0.1:9080", "--database-dsn", "postgres://flag/db", "--print-config")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"listen: 127.0.0.1:9080", "grpc_listen: :65003", "type: postgres", "dsn: postgres://flag/db", "workers: 7"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("effective config lacks %q:\n%s", want, out)
+		}
+	}
+	if code, _, errs := runCmd("manager", "--database-type", "postgres", "--data-dir", t.TempDir()); code != 2 || !strings.Contains(errs, "database.dsn") {
+		t.Fatalf("postgres without dsn: %d %q", code, errs)
+	}
+	if code, _, errs := runCmd("scheduler", "--manager", "nohostport"); code != 2 || !strings.Contains(errs, "manager") {
+		t.Fatalf("scheduler bad manager: %d %q", code, errs)
+	}
+	if code, _, errs := runCmd("daemon", "--manager", "nohostport", "--data-dir", t.TempDir()); code != 2 || !strings.Contains(errs, "manager") {
+		t.Fatalf("daemon bad manager: %d %q", code, errs)
+	}
+	code, out, _ = runCmd("scheduler", "--manager", "10.0.0.1:65003", "--cluster-id", "3", "--print-config")
+	if code != 0 || !strings.Contains(out, "manager: 10.0.0.1:65003") || !strings.Contains(out, "cluster_id: 3") {
+		t.Fatalf("scheduler manager config: %d %s", code, out)
+	}
+}

@@ -11,6 +11,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/damselfly-io/damselfly/api/managerv1"
+	"github.com/damselfly-io/damselfly/client"
+	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/scheduler"
 )
@@ -21,6 +24,14 @@ type schedulerCmdConfig struct {
 	scheduler.Config `yaml:",inline"`
 	MetricsPort      int    `yaml:"metrics_port"`
 	LogLevel         string `yaml:"log_level"`
+	// Manager is the manager's gRPC address; when set the scheduler
+	// registers there (in ClusterID, 0 for the default cluster) and keeps
+	// alive, advertising AdvertiseIP (default: the listen IP, else the
+	// first non-loopback IPv4) and its listen port.
+	Manager     string `yaml:"manager"`
+	ClusterID   int64  `yaml:"cluster_id"`
+	AdvertiseIP string `yaml:"advertise_ip"`
+	Hostname    string `yaml:"hostname"`
 }
 
 func schedulerFlags(fs *flag.FlagSet, cfg *scheduler.Config) {
@@ -57,6 +68,10 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	schedulerFlags(fs, &cfg.Config)
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", cfg.MetricsPort, "port for /metrics and /healthy; -1 disables")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&cfg.Manager, "manager", cfg.Manager, "manager gRPC address host:port to register with (empty: none)")
+	fs.Int64Var(&cfg.ClusterID, "cluster-id", cfg.ClusterID, "scheduler cluster to join at the manager (0: the default cluster)")
+	fs.StringVar(&cfg.AdvertiseIP, "advertise-ip", cfg.AdvertiseIP, "IP daemons dial, as registered with the manager (default: the listen IP, else the first non-loopback IPv4)")
+	fs.StringVar(&cfg.Hostname, "hostname", cfg.Hostname, "host name registered with the manager (default: the machine's)")
 	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -69,6 +84,10 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return printConfig(stdout, cfg)
 	}
 	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(stderr, "damselfly scheduler: invalid config:", err)
+		return 2
+	}
+	if err := validateSchedulerCmd(cfg); err != nil {
 		fmt.Fprintln(stderr, "damselfly scheduler: invalid config:", err)
 		return 2
 	}
@@ -98,6 +117,20 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 		g.Go(func() error { return obs.ServeHTTP(gctx, ml, obs.Handler(reg, nil)) })
 	}
+	if cfg.Manager != "" {
+		req, err := schedulerRegistration(cfg, lis.Addr().(*net.TCPAddr).Port)
+		if err != nil {
+			fmt.Fprintln(stderr, "damselfly scheduler:", err)
+			return 2
+		}
+		mc, conn, err := client.DialManager(cfg.Manager)
+		if err != nil {
+			fmt.Fprintln(stderr, "damselfly scheduler:", err)
+			return 1
+		}
+		defer conn.Close()
+		g.Go(func() error { client.KeepRegistered(gctx, mc, req, log); return nil })
+	}
 	log.Info("scheduler listening", "addr", lis.Addr().String())
 	g.Go(func() error { return s.Serve(gctx, lis) })
 	if err := g.Wait(); err != nil {
@@ -105,4 +138,59 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return 1
 	}
 	return 0
+}
+
+func validateSchedulerCmd(cfg schedulerCmdConfig) error {
+	if cfg.Manager != "" {
+		if _, _, err := net.SplitHostPort(cfg.Manager); err != nil {
+			return fmt.Errorf("manager %q: want host:port", cfg.Manager)
+		}
+	}
+	if cfg.AdvertiseIP != "" && net.ParseIP(cfg.AdvertiseIP) == nil {
+		return fmt.Errorf("advertise_ip %q is not an IP address", cfg.AdvertiseIP)
+	}
+	if cfg.ClusterID < 0 {
+		return fmt.Errorf("cluster_id %d: want ≥ 0", cfg.ClusterID)
+	}
+	return nil
+}
+
+// schedulerRegistration is what the scheduler tells the manager about itself.
+func schedulerRegistration(cfg schedulerCmdConfig, port int) (*managerv1.RegisterRequest, error) {
+	ip := cfg.AdvertiseIP
+	if ip == "" {
+		host, _, _ := net.SplitHostPort(cfg.Listen)
+		if a := net.ParseIP(host); a != nil && !a.IsUnspecified() {
+			ip = host
+		} else {
+			ip = firstIPv4()
+		}
+	}
+	hostname := cfg.Hostname
+	if hostname == "" {
+		hostname = core.Hostname()
+	}
+	return &managerv1.RegisterRequest{
+		Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Hostname: hostname, Ip: ip,
+		Port: int32(port), ClusterId: cfg.ClusterID,
+	}, nil
+}
+
+// firstIPv4 returns the first non-loopback IPv4 address of an up interface.
+func firstIPv4() string {
+	ifs, err := net.Interfaces()
+	if err == nil {
+		for _, i := range ifs {
+			if i.Flags&net.FlagUp == 0 || i.Flags&net.FlagLoopback != 0 {
+				continue
+			}
+			addrs, _ := i.Addrs()
+			for _, a := range addrs {
+				if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+					return n.IP.String()
+				}
+			}
+		}
+	}
+	return "127.0.0.1"
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/client"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/progress"
 	"github.com/damselfly-io/damselfly/source"
 )
 
@@ -72,7 +73,8 @@ func (d *downloader) download(ctx context.Context) (*result, error) {
 		// (bytes already on standard output cannot be taken back)
 		return nil, err
 	}
-	if started {
+	if started || !errors.Is(err, core.ErrUnavailable) {
+		// (the daemon answered, with an error of its own: say which)
 		d.note("daemon download failed: %v: downloading directly", err)
 	} else {
 		d.note("daemon not reachable at %s: downloading directly", o.sock)
@@ -136,7 +138,7 @@ func (d *downloader) viaDaemon(ctx context.Context, c *client.Client) (*result, 
 				werr = fmt.Errorf("write standard output: %w", err)
 			}
 		}
-		bar.update(p.GetCompletedLength(), p.GetContentLength())
+		bar.Update(p.GetCompletedLength(), p.GetContentLength())
 	})
 	if err == nil && werr != nil {
 		err = werr
@@ -144,7 +146,7 @@ func (d *downloader) viaDaemon(ctx context.Context, c *client.Client) (*result, 
 	if err == nil && stream && final.GetContentLength() >= 0 && d.written != final.GetContentLength() {
 		err = fmt.Errorf("daemon streamed %d of %d bytes: %w", d.written, final.GetContentLength(), core.ErrUnavailable)
 	}
-	bar.finish(err == nil)
+	bar.Finish(err == nil)
 	if err != nil {
 		return nil, started, err
 	}
@@ -178,14 +180,14 @@ func (d *downloader) direct(ctx context.Context) (*result, error) {
 	bar := d.newBar(ctx)
 	if o.output == "-" {
 		n, err := d.directStream(ctx, src, bar)
-		bar.finish(err == nil)
+		bar.Finish(err == nil)
 		if err != nil {
 			return nil, err
 		}
 		return &result{bytes: n, elapsed: time.Since(start), direct: true}, nil
 	}
-	n, err := source.Download(ctx, src, source.Request{URL: o.url, Header: o.header, Length: -1}, o.output, o.digest, 0o644, bar.update)
-	bar.finish(err == nil)
+	n, err := source.Download(ctx, src, source.Request{URL: o.url, Header: o.header, Length: -1}, o.output, o.digest, 0o644, bar.Update)
+	bar.Finish(err == nil)
 	if err != nil {
 		return nil, err
 	}
@@ -265,18 +267,7 @@ func (r *result) summary(output string) string {
 }
 
 // size renders bytes with binary units.
-func size(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func size(n int64) string { return progress.Size(n) }
 
 // redactURL drops the query (often a signature) and password for messages.
 func redactURL(raw string) string {
@@ -311,7 +302,7 @@ func (d *downloader) directStream(ctx context.Context, src source.Source, bar *b
 			if werr != nil {
 				return d.written, fmt.Errorf("write standard output: %w", werr)
 			}
-			bar.update(d.written, resp.ContentLength)
+			bar.Update(d.written, resp.ContentLength)
 		}
 		if rerr == io.EOF {
 			break

@@ -3,41 +3,15 @@ package main
 import (
 	"context"
 	"io"
-	"math"
-	"os"
 	"path/filepath"
-	"sync/atomic"
-	"time"
 
-	"github.com/vbauerster/mpb/v8"
-	"github.com/vbauerster/mpb/v8/decor"
-	"golang.org/x/term"
+	"github.com/damselfly-io/damselfly/internal/progress"
 )
 
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
-}
+func isTerminal(w io.Writer) bool { return progress.IsTerminal(w) }
 
-const (
-	// minRedraw spaces bar updates: progress callbacks come per chunk.
-	minRedraw = 50 * time.Millisecond
-	// speedTau is the time constant of the speed average.
-	speedTau = 3 * time.Second
-)
-
-// bar is a progress bar on a terminal, or nothing. Speed and ETA are ours:
-// mpb's EWMA ETA rounds the nanoseconds per byte to an integer, which reads
-// 0s at any speed above about 500 MB/s.
-type bar struct {
-	p     *mpb.Progress
-	b     *mpb.Bar
-	done  int64
-	total int64
-	last  time.Time
-	start time.Time
-	speed atomic.Uint64 // float64 bits, bytes per second
-}
+// bar is the shared progress bar (internal/progress).
+type bar = progress.Bar
 
 // newBar returns a live bar when stderr is a terminal and progress is
 // wanted; otherwise a bar whose methods do nothing.
@@ -46,73 +20,5 @@ func (d *downloader) newBar(ctx context.Context) *bar {
 		return &bar{}
 	}
 	d.barShown = true
-	now := time.Now()
-	br := &bar{total: -1, last: now, start: now}
-	br.p = mpb.NewWithContext(ctx, mpb.WithOutput(d.stderr), mpb.WithWidth(40), mpb.WithRefreshRate(150*time.Millisecond))
-	br.b = br.p.New(0,
-		mpb.BarStyle().Lbound("[").Filler("=").Tip(">").Padding(" ").Rbound("]"),
-		mpb.PrependDecorators(
-			decor.Name(filepath.Base(d.opts.output), decor.WCSyncSpaceR),
-			decor.Counters(decor.SizeB1024(0), "% .1f / % .1f", decor.WCSyncSpace),
-		),
-		mpb.AppendDecorators(
-			decor.Any(func(decor.Statistics) string { return size(int64(br.bytesPerSec())) + "/s" }, decor.WCSyncSpace),
-			decor.OnComplete(decor.Any(br.eta, decor.WCSyncSpace), "done"),
-		),
-	)
-	return br
-}
-
-func (b *bar) bytesPerSec() float64 { return math.Float64frombits(b.speed.Load()) }
-
-func (b *bar) eta(s decor.Statistics) string {
-	v := b.bytesPerSec()
-	if s.Total <= 0 || v <= 0 {
-		return "ETA -"
-	}
-	left := time.Duration(float64(s.Total-s.Current) / v * float64(time.Second))
-	return "ETA " + left.Round(time.Second).String()
-}
-
-// update reports done bytes of total (-1 when unknown).
-func (b *bar) update(done, total int64) {
-	if b.b == nil {
-		return
-	}
-	now := time.Now()
-	dt := now.Sub(b.last)
-	if dt < minRedraw && total == b.total && done != total {
-		return
-	}
-	if total >= 0 && total != b.total {
-		b.total = total
-		b.b.SetTotal(total, false)
-	} else if total < 0 && done > b.done {
-		b.b.SetTotal(-1, false) // unknown: keep total at current
-	}
-	switch since := now.Sub(b.start); {
-	case since < speedTau && since > 0:
-		// Too early for an average over time: take the overall rate.
-		b.speed.Store(math.Float64bits(float64(done) / since.Seconds()))
-	case done > b.done && dt > 0:
-		inst := float64(done-b.done) / dt.Seconds()
-		old := b.bytesPerSec()
-		w := 1 - math.Exp(-float64(dt)/float64(speedTau))
-		b.speed.Store(math.Float64bits(old + w*(inst-old)))
-	}
-	b.b.SetCurrent(done)
-	b.done, b.last = done, now
-}
-
-// finish completes (ok) or abandons the bar and waits for its last render.
-func (b *bar) finish(ok bool) {
-	if b.b == nil {
-		return
-	}
-	if ok {
-		b.b.SetTotal(-1, true)
-	} else {
-		b.b.Abort(true) // drop it: an error or the next attempt's bar follows
-	}
-	b.p.Wait()
+	return progress.New(ctx, d.stderr, filepath.Base(d.opts.output))
 }

@@ -51,7 +51,7 @@ func NewLimiter(bytesPerSec int64) *rate.Limiter {
 // WaitN takes n tokens from l (nil: unlimited), in steps no larger than its
 // burst, which rate.Limiter refuses to wait for in one call.
 func WaitN(ctx context.Context, l *rate.Limiter, n int) error {
-	if l == nil {
+	if Unlimited(l) {
 		return nil
 	}
 	for n > 0 {
@@ -73,6 +73,11 @@ type Metrics struct {
 	PieceFailures  *prometheus.CounterVec
 	DownloadBytes  *prometheus.CounterVec
 	UploadRequests prometheus.Counter
+	// LimitWaits and LimitWaitSeconds count transfers held back by a rate
+	// limit or a concurrency cap, by limit (download, upload, peer_upload,
+	// upload_slots, origin_slots).
+	LimitWaits       *prometheus.CounterVec
+	LimitWaitSeconds *prometheus.CounterVec
 }
 
 // NewMetrics registers the piece metrics on reg.
@@ -94,18 +99,29 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "damselfly_daemon_piece_failures_total", Help: "Failed piece fetches, by reason."}, []string{"reason"}),
 		DownloadBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "damselfly_daemon_download_bytes_total", Help: "Bytes downloaded, by source (peer, origin)."}, []string{"source"}),
+		LimitWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "damselfly_daemon_limit_waits_total",
+			Help: "Transfers held back by a limit, by limit (download, upload, peer_upload, upload_slots, origin_slots)."}, []string{"limit"}),
+		LimitWaitSeconds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "damselfly_daemon_limit_wait_seconds_total", Help: "Time spent waiting for a limit, by limit."}, []string{"limit"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.UploadBytes, m.UploadsActive, m.UploadsDenied, m.UploadRequests, m.PieceDuration, m.PieceFailures, m.DownloadBytes)
+		reg.MustRegister(m.UploadBytes, m.UploadsActive, m.UploadsDenied, m.UploadRequests, m.PieceDuration, m.PieceFailures, m.DownloadBytes,
+			m.LimitWaits, m.LimitWaitSeconds)
 	}
 	return m
 }
+
+// PeerHeader names the requesting peer on a piece request, for the
+// per-peer upload limit (the remote IP when absent).
+const PeerHeader = "X-Damselfly-Peer"
 
 // Server serves pieces over HTTP: GET /pieces/{task}/{n}.
 type Server struct {
 	lookup  Lookup
 	limit   *rate.Limiter
-	slots   chan struct{}
+	slots   *Slots
+	peers   peerLimits
 	metrics *Metrics
 	log     *slog.Logger
 }
@@ -116,7 +132,16 @@ func NewServer(l Lookup, maxUploads int, limit *rate.Limiter, m *Metrics, log *s
 	if maxUploads <= 0 {
 		maxUploads = 64
 	}
-	return &Server{lookup: l, limit: limit, slots: make(chan struct{}, maxUploads), metrics: m, log: log}
+	return &Server{lookup: l, limit: limit, slots: NewSlots(maxUploads), metrics: m, log: log}
+}
+
+// SetLimits changes the concurrent upload cap and the per-peer limit in
+// bytes/s (0: none) while the server runs.
+func (s *Server) SetLimits(maxUploads int, peerBytesPerSec int64) {
+	if maxUploads > 0 {
+		s.slots.SetMax(maxUploads)
+	}
+	s.peers.set(peerBytesPerSec)
 }
 
 // Handler returns the HTTP handler.
@@ -147,12 +172,16 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "piece not held", http.StatusNotFound)
 		return
 	}
-	select {
-	case s.slots <- struct{}{}:
-		defer func() { <-s.slots }()
-	case <-r.Context().Done():
+	// Pinned while its bytes go out: GC and deletion wait for us.
+	release := t.Hold()
+	defer release()
+	start := time.Now()
+	if waited, err := s.slots.Acquire(r.Context()); err != nil {
 		return
+	} else if waited {
+		s.metrics.ObserveWait("upload_slots", time.Since(start))
 	}
+	defer s.slots.Release()
 	s.metrics.UploadsActive.Inc()
 	defer s.metrics.UploadsActive.Dec()
 	f, err := os.Open(t.DataPath())
@@ -170,12 +199,20 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	// io.CopyN over an *os.File lets net/http use sendfile(2).
 	var sent int64
-	if s.limit == nil {
+	peer := r.Header.Get(PeerHeader)
+	if peer == "" {
+		peer, _, _ = net.SplitHostPort(r.RemoteAddr)
+	}
+	peerLimit := s.peers.get(peer, time.Now())
+	if Unlimited(s.limit) && Unlimited(peerLimit) {
 		sent, err = io.CopyN(w, f, size)
 	} else {
 		for sent < size && err == nil {
 			c := min(int64(chunk), size-sent)
-			if err = WaitN(r.Context(), s.limit, int(c)); err != nil {
+			if err = s.metrics.wait(r.Context(), "peer_upload", peerLimit, int(c)); err != nil {
+				break
+			}
+			if err = s.metrics.wait(r.Context(), "upload", s.limit, int(c)); err != nil {
 				break
 			}
 			var k int64
@@ -222,6 +259,8 @@ type Request struct {
 	Stall time.Duration
 	// Limits apply to this transfer (host-wide and per-download); nil ones are skipped.
 	Limits []*rate.Limiter
+	// PeerID names the requester to the parent, for its per-peer upload limit.
+	PeerID string
 }
 
 // ErrCorrupt marks bytes that do not match the trusted digest.
@@ -244,6 +283,9 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
+	}
+	if r.PeerID != "" {
+		req.Header.Set(PeerHeader, r.PeerID)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -275,7 +317,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 		if k > 0 {
 			watchdog.Reset(stall)
 			for _, l := range r.Limits {
-				if werr := WaitN(ctx, l, k); werr != nil {
+				if werr := c.metrics.wait(ctx, "download", l, k); werr != nil {
 					c.Release(buf)
 					return nil, fmt.Errorf("fetch piece %d from %s: rate limit: %w", r.Number, r.Addr, werr)
 				}

@@ -11,10 +11,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/damselfly-io/damselfly/core"
@@ -46,6 +49,9 @@ type Meta struct {
 	DataMtime  int64     `json:"data_mtime,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
 	AccessedAt time.Time `json:"accessed_at"`
+	// TTL, when set, replaces the cache's TTL for this task (e.g. a dfcache
+	// entry imported with --ttl).
+	TTL time.Duration `json:"ttl,omitempty"`
 }
 
 // Store is a directory of tasks.
@@ -55,6 +61,14 @@ type Store struct {
 
 	mu    sync.Mutex
 	tasks map[string]*Task
+
+	// budget is how many bytes may still be written before a GC watermark
+	// is crossed (see GC); a write that takes it to zero or below kicks GC.
+	budget atomic.Int64
+	kick   chan struct{}
+	// now and statfs are the clock and the file system query, for tests.
+	now    func() time.Time
+	statfs func(dir string) (total, used int64, err error)
 }
 
 // Open opens (creating) the store at dir and reloads the tasks found there.
@@ -64,13 +78,19 @@ func Open(ctx context.Context, dir string, log *slog.Logger) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create store dir %s: %w", dir, err)
 	}
-	s := &Store{dir: dir, log: log, tasks: map[string]*Task{}}
+	s := &Store{dir: dir, log: log, tasks: map[string]*Task{}, kick: make(chan struct{}, 1), now: time.Now, statfs: statfs}
+	s.budget.Store(math.MaxInt64)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read store dir %s: %w", dir, err)
 	}
 	for _, e := range ents {
 		if !e.IsDir() || ctx.Err() != nil {
+			continue
+		}
+		if strings.Contains(e.Name(), ".deleted-") {
+			// deleted while held when the daemon stopped
+			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
 			continue
 		}
 		t, err := s.load(e.Name())
@@ -129,13 +149,14 @@ func (s *Store) GetOrCreate(m Meta) (*Task, bool, error) {
 	}
 	tdir := filepath.Join(s.dir, m.TaskID)
 	if err := os.MkdirAll(tdir, 0o755); err != nil {
-		return nil, false, fmt.Errorf("create task dir: %w", err)
+		return nil, false, s.noSpace(fmt.Errorf("create task dir: %w", err))
 	}
 	f, err := os.OpenFile(filepath.Join(tdir, dataFile), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return nil, false, fmt.Errorf("create data file: %w", err)
+		_ = os.RemoveAll(tdir)
+		return nil, false, s.noSpace(fmt.Errorf("create data file: %w", err))
 	}
-	now := time.Now()
+	now := s.now()
 	m.CreatedAt, m.AccessedAt = now, now
 	m.Pieces, m.Complete = nil, false
 	if m.ContentLength == 0 && m.PieceSize == 0 {
@@ -146,13 +167,16 @@ func (s *Store) GetOrCreate(m Meta) (*Task, bool, error) {
 	if err := t.persist(); err != nil {
 		t.close()
 		_ = os.RemoveAll(tdir)
-		return nil, false, err
+		return nil, false, s.noSpace(err)
 	}
 	s.tasks[m.TaskID] = t
 	return t, true, nil
 }
 
-// Delete removes a task and its files.
+// Delete removes a task and its files. The task leaves the store at once (no
+// new reader finds it); while it is held (see Task.Hold) its files move aside
+// and are removed when the last hold is released, so a reader in progress
+// finishes with the bytes it started with.
 func (s *Store) Delete(id string) error {
 	s.mu.Lock()
 	t, ok := s.tasks[id]
@@ -161,8 +185,73 @@ func (s *Store) Delete(id string) error {
 	if !ok {
 		return fmt.Errorf("task %s: %w", id, core.ErrNotFound)
 	}
+	return t.remove()
+}
+
+// remove deletes the files of a task already out of the map, or defers that
+// to the last release of a hold.
+func (t *Task) remove() error {
+	t.mu.Lock()
+	if t.holds > 0 {
+		if t.tomb == "" {
+			t.tomb = fmt.Sprintf("%s.deleted-%d", t.dir, t.s.now().UnixNano())
+			if err := os.Rename(t.dir, t.tomb); err != nil {
+				t.tomb = ""
+				t.mu.Unlock()
+				return fmt.Errorf("task %s: move aside: %w", t.meta.TaskID, err)
+			}
+		}
+		t.removed = true
+		t.notifyLocked() // followers (piece streams) look again and find it gone
+		t.mu.Unlock()
+		return nil
+	}
+	t.removed = true
+	t.mu.Unlock()
 	t.close()
 	return os.RemoveAll(t.dir)
+}
+
+// Hold pins the task while the caller reads or uploads it: garbage
+// collection skips a held task, and Delete defers removing its files until
+// the last hold is released. Call Hold right after Store.Get and call the
+// returned release exactly once when done (it is safe to call it more often);
+// hold only as long as the bytes are being read. Holding also counts as a use
+// for least-recently-used eviction. A task deleted between Get and Hold
+// fails later reads with an error; it never returns wrong bytes.
+//
+// Every path that streams a task's bytes holds it: the local API's download
+// and export, the piece upload server, and the registry mirror.
+func (t *Task) Hold() (release func()) {
+	t.mu.Lock()
+	t.holds++
+	t.meta.AccessedAt = t.s.now()
+	t.dirty = true
+	t.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(t.release) }
+}
+
+func (t *Task) release() {
+	t.mu.Lock()
+	t.holds--
+	// (a task removed while not held has no files left to remove, and its
+	// directory may already belong to a new task of the same ID)
+	last := t.holds == 0 && t.removed && t.tomb != ""
+	tomb := t.tomb
+	t.mu.Unlock()
+	if !last {
+		return
+	}
+	t.close()
+	_ = os.RemoveAll(tomb)
+}
+
+// Held reports whether someone holds the task.
+func (t *Task) Held() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.holds > 0
 }
 
 // List returns the IDs of all tasks.
@@ -205,6 +294,9 @@ type Task struct {
 	closed    bool
 	syncOnce  sync.Once
 	journal   *os.File // pieces stored since meta.json was written; see journal.go
+	holds     int      // see Hold
+	removed   bool     // out of the store; files go with the last hold
+	tomb      string   // where the files moved while held after removal
 }
 
 func newTask(s *Store, dir string, f *os.File, m Meta) *Task {
@@ -506,8 +598,11 @@ func (t *Task) WritePiece(n uint32, b []byte, digest []byte) error {
 	if digest == nil {
 		digest = core.PieceDigest(b)
 	}
+	if t.s.budget.Add(-int64(len(b))) <= 0 {
+		t.s.KickGC()
+	}
 	if _, err := t.data.WriteAt(b, off); err != nil {
-		return fmt.Errorf("task %s: write piece %d: %w", t.meta.TaskID, n, err)
+		return t.s.noSpace(fmt.Errorf("task %s: write piece %d: %w", t.meta.TaskID, n, err))
 	}
 	t.mu.Lock()
 	for int(n) >= len(t.meta.PieceDigests) {
@@ -521,7 +616,15 @@ func (t *Task) WritePiece(n uint32, b []byte, digest []byte) error {
 	save := time.Since(t.lastSave) > 500*time.Millisecond
 	t.mu.Unlock()
 	if save {
-		return t.Flush()
+		// The piece is stored and verified; a record that cannot be
+		// written now (a full disk) is written by a later flush, and until
+		// then the journal or re-verification covers a crash.
+		if err := t.Flush(); err != nil {
+			t.s.log.Warn("save task record", "task_id", t.meta.TaskID, "err", err)
+			if errors.Is(err, core.ErrNoSpace) {
+				t.s.KickGC()
+			}
+		}
 	}
 	return nil
 }
@@ -593,10 +696,18 @@ func (t *Task) doSync() {
 	}
 }
 
+// SetTTL gives the task a TTL of its own (0: the cache's) and records it.
+func (t *Task) SetTTL(d time.Duration) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.meta.TTL = d
+	return t.persistLocked()
+}
+
 // Touch records an access for LRU.
 func (t *Task) Touch() {
 	t.mu.Lock()
-	t.meta.AccessedAt = time.Now()
+	t.meta.AccessedAt = t.s.now()
 	t.dirty = true
 	t.mu.Unlock()
 }
@@ -628,7 +739,7 @@ func (t *Task) persistLocked() error {
 	}
 	tmp := filepath.Join(t.dir, metaFile+".tmp")
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("task %s: write meta: %w", m.TaskID, err)
+		return t.s.noSpace(fmt.Errorf("task %s: write meta: %w", m.TaskID, err))
 	}
 	if err := os.Rename(tmp, filepath.Join(t.dir, metaFile)); err != nil {
 		return fmt.Errorf("task %s: commit meta: %w", m.TaskID, err)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -344,5 +345,104 @@ func TestNewPieces(t *testing.T) {
 	task.WritePiece(0, data[:1024], nil)
 	if got := task.NewPieces(&seen); len(got) != 1 || got[0] != 0 {
 		t.Fatalf("after piece 0: %v", got)
+	}
+}
+
+// Every way a crash or a broken disk can damage a task's files ends in the
+// damaged part being dropped at reload, never served.
+func TestReloadDamagedFiles(t *testing.T) {
+	data := content(8 * 1024)
+	const ps = 1024
+	cases := []struct {
+		name   string
+		damage func(t *testing.T, dir string)
+		// want: pieces readable after reload; nil means the task is dropped
+		want []uint32
+	}{
+		{"empty meta", func(t *testing.T, dir string) {
+			os.Truncate(filepath.Join(dir, metaFile), 0)
+		}, nil},
+		{"garbage meta", func(t *testing.T, dir string) {
+			os.WriteFile(filepath.Join(dir, metaFile), []byte("\x00\xff\x13garbage{"), 0o644)
+		}, nil},
+		{"meta of another task", func(t *testing.T, dir string) {
+			b, _ := os.ReadFile(filepath.Join(dir, metaFile))
+			os.WriteFile(filepath.Join(dir, metaFile), bytes.Replace(b, []byte(`"task_id":"a"`), []byte(`"task_id":"z"`), 1), 0o644)
+		}, nil},
+		{"data file missing", func(t *testing.T, dir string) {
+			os.Remove(filepath.Join(dir, dataFile))
+		}, nil},
+		{"half-written new meta next to the old", func(t *testing.T, dir string) {
+			os.WriteFile(filepath.Join(dir, metaFile+".tmp"), []byte(`{"task_id":"a","pieces":[0,1,2,3,4,5`), 0o644)
+		}, []uint32{0, 1, 2, 5}},
+		{"data truncated inside piece 2", func(t *testing.T, dir string) {
+			os.Truncate(filepath.Join(dir, dataFile), 2*ps+100)
+		}, []uint32{0, 1}},
+		{"piece 5 zeroed", func(t *testing.T, dir string) {
+			f, _ := os.OpenFile(filepath.Join(dir, dataFile), os.O_RDWR, 0)
+			f.WriteAt(make([]byte, ps), 5*ps)
+			f.Close()
+		}, []uint32{0, 1, 2}},
+		{"journal of garbage records", func(t *testing.T, dir string) {
+			// piece numbers 1, 3 and 7 with made-up digests
+			var b []byte
+			for _, n := range []byte{1, 3, 7} {
+				rec := make([]byte, journalRecord)
+				rec[0] = n
+				for i := 4; i < len(rec); i++ {
+					rec[i] = byte(i) ^ n
+				}
+				b = append(b, rec...)
+			}
+			os.WriteFile(filepath.Join(dir, journalFile), b, 0o644)
+		}, []uint32{0, 2, 5}},
+		{"journal truncated mid-record", func(t *testing.T, dir string) {
+			os.WriteFile(filepath.Join(dir, journalFile), []byte{3, 0, 0, 0, 1, 2}, 0o644)
+		}, []uint32{0, 1, 2, 5}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := Open(context.Background(), dir, testLog())
+			if err != nil {
+				t.Fatal(err)
+			}
+			fill(t, s, "a", data, ps, []uint32{0, 1, 2, 5})
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			tc.damage(t, filepath.Join(dir, "a"))
+			s2, err := Open(context.Background(), dir, testLog())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s2.Close()
+			a, ok := s2.Get("a")
+			if tc.want == nil {
+				if ok {
+					t.Fatalf("damaged task reloaded with pieces %v", a.Pieces())
+				}
+				if _, err := os.Stat(filepath.Join(dir, "a")); !os.IsNotExist(err) {
+					t.Fatal("damaged task's directory left behind")
+				}
+				return
+			}
+			if !ok {
+				t.Fatal("task dropped entirely")
+			}
+			if got := a.Pieces(); !slices.Equal(got, tc.want) {
+				t.Fatalf("pieces after reload %v, want %v", got, tc.want)
+			}
+			for n := uint32(0); n < 8; n++ {
+				b, err := a.ReadPiece(n)
+				if slices.Contains(tc.want, n) {
+					if err != nil || !bytes.Equal(b, data[n*ps:(n+1)*ps]) {
+						t.Fatalf("piece %d: %v", n, err)
+					}
+				} else if !errors.Is(err, core.ErrNotFound) {
+					t.Fatalf("damaged or missing piece %d readable: %v", n, err)
+				}
+			}
+		})
 	}
 }

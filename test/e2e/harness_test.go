@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/damselfly", "../../cmd/dfget")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/damselfly", "../../cmd/dfget", "../../cmd/dfcache")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)
@@ -251,6 +251,22 @@ func dfget(ctx context.Context, args ...string) (int, string) {
 // standard error separately.
 func dfgetStdout(ctx context.Context, args ...string) (int, []byte, string) {
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "dfget"), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.Bytes(), errb.String()
+	}
+	if err != nil {
+		return -1, out.Bytes(), errb.String() + err.Error()
+	}
+	return 0, out.Bytes(), errb.String()
+}
+
+// dfcache runs the dfcache binary and returns its exit code, standard
+// output and standard error.
+func dfcache(ctx context.Context, args ...string) (int, []byte, string) {
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "dfcache"), args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

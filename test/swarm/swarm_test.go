@@ -120,7 +120,7 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: origin served %d bytes, want ≤ 1.05 × %d", s.Name, s.OriginServerBytes, cfg.Size)
 		}
 	}
-	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), Prefix+cfg.RunID) {
+	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), Prefix+res.Params.RunID+"-") {
 		t.Errorf("namespaces left behind:\n%s", out)
 	}
 }

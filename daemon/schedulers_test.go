@@ -1,0 +1,82 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+func TestSchedulersForConsistentHashing(t *testing.T) {
+	d := &Daemon{cfg: DefaultConfig(), log: slog.New(slog.DiscardHandler)}
+	defer d.closeSchedulers()
+	all := []string{"10.0.0.1:8002", "10.0.0.2:8002", "10.0.0.3:8002", "10.0.0.4:8002"}
+	if err := d.setSchedulers(context.Background(), all); err != nil {
+		t.Fatal(err)
+	}
+	home := map[string]string{}
+	count := map[string]int{}
+	for i := range 4000 {
+		id := fmt.Sprintf("task-%d", i)
+		ts := d.schedulersFor(id)
+		if len(ts) != len(all) {
+			t.Fatalf("%d candidates, want every scheduler as a fallback", len(ts))
+		}
+		seen := map[string]bool{}
+		for _, s := range ts {
+			seen[s.addr] = true
+		}
+		if len(seen) != len(all) {
+			t.Fatalf("candidates repeat: %v", ts)
+		}
+		if again := d.schedulersFor(id); again[0].addr != ts[0].addr {
+			t.Fatal("the same task went to two schedulers")
+		}
+		home[id] = ts[0].addr
+		count[ts[0].addr]++
+	}
+	for _, a := range all {
+		if count[a] < 700 || count[a] > 1300 {
+			t.Fatalf("uneven share: %v", count)
+		}
+	}
+	// One scheduler leaves: only its tasks move, to its fallback.
+	gone := all[1]
+	if err := d.setSchedulers(context.Background(), slices.Delete(slices.Clone(all), 1, 2)); err != nil {
+		t.Fatal(err)
+	}
+	for id, h := range home {
+		now := d.schedulersFor(id)[0].addr
+		if h != gone && now != h {
+			t.Fatalf("task %s moved from %s to %s though %s stayed", id, h, now, h)
+		}
+		if now == gone {
+			t.Fatalf("task %s still goes to the scheduler that left", id)
+		}
+	}
+}
+
+func TestSchedulerListOnDisk(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.Scheduler = "127.0.0.1:8002"
+	d := &Daemon{cfg: cfg, log: slog.New(slog.DiscardHandler)}
+	if got := d.savedSchedulers(); got != nil {
+		t.Fatalf("saved list without a file: %v", got)
+	}
+	if got := d.withFallback(nil); !slices.Equal(got, []string{"127.0.0.1:8002"}) {
+		t.Fatalf("empty list falls back to %v", got)
+	}
+	if got := d.withFallback([]string{"10.0.0.9:8002"}); !slices.Equal(got, []string{"10.0.0.9:8002"}) {
+		t.Fatalf("the manager's list is %v", got)
+	}
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, schedulersFile), []byte(`{"schedulers":["10.0.0.5:8002"]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.savedSchedulers(); !slices.Equal(got, []string{"10.0.0.5:8002"}) {
+		t.Fatalf("saved list %v", got)
+	}
+}

@@ -1,0 +1,131 @@
+// Package pgtest runs a throwaway PostgreSQL cluster for tests: initdb in a
+// temporary directory, the server on a free loopback port, one fresh
+// database per test. As root it runs the server as the postgres OS user
+// (initdb refuses root). For tests only.
+package pgtest
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+)
+
+// BinDir is where Debian installs PostgreSQL (scripts/install-deps.sh
+// installs Debian's default, 15 on bookworm); the newest version present wins.
+var BinDir = func() string {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	best, bestV := "/usr/lib/postgresql/15/bin", 0
+	for _, d := range dirs {
+		if v, err := strconv.Atoi(filepath.Base(filepath.Dir(d))); err == nil && v > bestV {
+			best, bestV = d, v
+		}
+	}
+	return best
+}()
+
+// Server is a running cluster.
+type Server struct {
+	dir  string
+	port int
+	cred *syscall.Credential
+	n    atomic.Int64
+}
+
+// ErrMissing means the PostgreSQL binaries are not installed.
+var ErrMissing = errors.New("postgresql binaries missing (apt-get install postgresql, see scripts/install-deps.sh)")
+
+// Start initialises and starts a cluster. Stop it with Stop.
+func Start() (*Server, error) {
+	if _, err := os.Stat(filepath.Join(BinDir, "initdb")); err != nil {
+		return nil, fmt.Errorf("%w: %s/initdb", ErrMissing, BinDir)
+	}
+	dir, err := os.MkdirTemp("", "damselfly-pg-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{dir: dir}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("running as root needs the postgres user: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s.port = l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	data := filepath.Join(dir, "data")
+	if out, err := s.run("initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("initdb: %w: %s", err, out)
+	}
+	opts := fmt.Sprintf("-p %d -k %s -h 127.0.0.1 -F -c fsync=off -c full_page_writes=off -c max_connections=200", s.port, dir)
+	if out, err := s.run("pg_ctl", "-D", data, "-o", opts, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "start"); err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "log"))
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pg_ctl start: %w: %s %s", err, out, log)
+	}
+	return s, nil
+}
+
+func (s *Server) run(bin string, args ...string) ([]byte, error) {
+	cmd := exec.Command(filepath.Join(BinDir, bin), args...)
+	cmd.Dir = s.dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	return cmd.CombinedOutput()
+}
+
+// DSN of a database on the server.
+func (s *Server) DSN(db string) string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", s.port, db)
+}
+
+var mu sync.Mutex
+
+// NewDatabase creates a fresh, empty database and returns its DSN.
+func (s *Server) NewDatabase(ctx context.Context) (string, error) {
+	name := fmt.Sprintf("t%d_%d", os.Getpid(), s.n.Add(1))
+	mu.Lock()
+	defer mu.Unlock()
+	db, err := sql.Open("pgx", s.DSN("postgres"))
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", fmt.Errorf("create database: %w", err)
+	}
+	return s.DSN(name), nil
+}
+
+// Stop stops the server at once and removes its files.
+func (s *Server) Stop() {
+	_, _ = s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "-t", "30", "stop")
+	os.RemoveAll(s.dir)
+}
