@@ -271,7 +271,11 @@ func (p *proxy) passThrough(w http.ResponseWriter, r *http.Request, upstream *ur
 		if r.Context().Err() == nil {
 			p.log.Warn("upstream unreachable", "method", r.Method, "url", redactURL(upstream), "err", err)
 		}
-		http.Error(w, fmt.Sprintf("damselfly proxy: upstream %s: %v", upstream.Host, unwrapURLError(err)), http.StatusBadGateway)
+		msg := fmt.Sprintf("damselfly proxy: upstream %s: %v", upstream.Host, unwrapURLError(err))
+		if upstream.Scheme == "https" && strings.Contains(err.Error(), "HTTP response to HTTPS client") {
+			msg += fmt.Sprintf(" (a plain-HTTP registry: add {host: %q, scheme: http} to proxy.registries, or make it --registry-mirror http://%s)", upstream.Host, upstream.Host)
+		}
+		http.Error(w, msg, http.StatusBadGateway)
 		return
 	}
 	defer resp.Body.Close()
@@ -329,8 +333,10 @@ func (p *proxy) checkAccess(w http.ResponseWriter, r *http.Request, upstream *ur
 // serveP2P answers a GET from the task: the cache when complete, else the
 // swarm (pieces stream to the client as they are verified). Before the first
 // byte, any P2P failure falls back to passing the request through; after it,
-// a failure aborts the response, so the client sees an error, never a short
-// or corrupt body.
+// a failure aborts the response. The piece that completes the content is sent
+// only after the whole content matched its digest, so a client never receives
+// a corrupt blob whole: it sees an aborted body (and fails its own digest
+// check), never a 200 with every byte.
 func (p *proxy) serveP2P(w http.ResponseWriter, r *http.Request, upstream *url.URL, opts core.TaskOptions) {
 	ctx := r.Context()
 	if p.verify && p.checkAccess(w, r, upstream) {
