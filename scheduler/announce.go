@@ -405,7 +405,7 @@ func (s *Scheduler) onPieceFailedLocked(p *peer, m *schedulerv1.PieceFailed, now
 	}
 	if m.GetCorrupt() && id != "" && id != p.id {
 		s.log.Warn("corrupt piece reported", "task_id", t.id, "peer_id", p.id, "parent_id", id, "piece", m.GetNumber())
-		s.markBadLocked(p, id)
+		s.markBadLocked(p, id, badCorrupt, now)
 		if par != nil {
 			h := par.host
 			h.corrupt++
@@ -424,12 +424,15 @@ func (s *Scheduler) onPieceFailedLocked(p *peer, m *schedulerv1.PieceFailed, now
 	}
 }
 
-func (s *Scheduler) markBadLocked(p *peer, id string) {
+func (s *Scheduler) markBadLocked(p *peer, id string, kind badKind, now time.Time) {
 	if p.bad == nil {
-		p.bad = make(map[string]struct{})
+		p.bad = make(map[string]badMark)
+	}
+	if old, ok := p.bad[id]; ok && old.kind == badCorrupt {
+		return // corrupt stays corrupt
 	}
 	if len(p.bad) < maxBadPerPeer {
-		p.bad[id] = struct{}{}
+		p.bad[id] = badMark{kind: kind, at: now}
 	}
 }
 
@@ -467,7 +470,7 @@ func (s *Scheduler) onRescheduleLocked(p *peer, m *schedulerv1.Reschedule, now t
 		if id == "" || id == p.id {
 			continue
 		}
-		s.markBadLocked(p, id)
+		s.markBadLocked(p, id, badFailed, now)
 		if par := t.peers[id]; par != nil {
 			s.removeEdge(par, p)
 		}

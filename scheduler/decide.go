@@ -23,8 +23,7 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		return
 	}
 	start := time.Now()
-	changed := s.fillParentsLocked(p)
-	if len(p.parents) > 0 {
+	run := func(changed bool) {
 		prev := p.state
 		s.unwaitLocked(p)
 		s.setState(p, stateRunning)
@@ -32,6 +31,9 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		if changed || force || prev != stateRunning {
 			s.sendParentsLocked(p, start)
 		}
+	}
+	if changed := s.fillParentsLocked(p, false); len(p.parents) > 0 {
+		run(changed)
 		return
 	}
 	t := p.task
@@ -46,6 +48,9 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		s.waitLocked(p, now, "seed peer triggered", force, start)
 	case !p.disableBackSource && t.backToSource < s.cfg.MaxBackToSource:
 		s.backToSourceLocked(p, "no peer has the content yet", start)
+	case s.fillParentsLocked(p, true):
+		// A parent found slow lately beats waiting.
+		run(true)
 	default:
 		s.waitLocked(p, now, "no parent has data and the origin budget is used up", force, start)
 	}
@@ -219,7 +224,7 @@ func (s *Scheduler) updatePoolLocked(p *peer) bool {
 // would close a cycle) is refused by linkLocked. Hosts without a free upload
 // slot are used only when nothing else is left. At most CandidateLimit
 // candidates are scored, sampled at random.
-func (s *Scheduler) fillParentsLocked(p *peer) bool {
+func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	need := s.cfg.MaxParents - len(p.parents)
 	t := p.task
 	if need <= 0 || len(t.pool) == 0 || p.state == stateLeft {
@@ -244,6 +249,11 @@ func (s *Scheduler) fillParentsLocked(p *peer) bool {
 	// own pipeline and only its head crosses between IDCs.
 	group := localityGroup(p.host.info)
 	free, full := s.freeCands[:0], s.fullCands[:0]
+	var soft []*peer // found slow lately: the last resort
+	var now time.Time
+	if len(p.bad) > 0 {
+		now = time.Now()
+	}
 	for range n {
 		c := t.pool[idx]
 		if idx += stride; idx >= n {
@@ -252,8 +262,14 @@ func (s *Scheduler) fillParentsLocked(p *peer) bool {
 		if c.mark == e {
 			continue
 		}
-		if _, bad := p.bad[c.id]; bad {
-			continue
+		if m, bad := p.bad[c.id]; bad {
+			if m.kind == badCorrupt || now.Sub(m.at) < badParentTTL {
+				if m.kind == badSlow && len(soft) < limit {
+					soft = append(soft, c)
+				}
+				continue
+			}
+			delete(p.bad, c.id) // forgiven
 		}
 		if c.host.used >= c.host.slots || (s.cfg.MaxChildren > 0 && childrenIn(c, group) >= s.cfg.MaxChildren) {
 			if len(full) < limit {
@@ -281,10 +297,16 @@ func (s *Scheduler) fillParentsLocked(p *peer) bool {
 		}
 	}
 	// Free candidates first; hosts (or peers) without a free slot only when
-	// the free ones cannot take p (none, or all would close a cycle).
+	// the free ones cannot take p (none, or all would close a cycle). With
+	// lastResort, only parents replaced as slow lately: the caller asks for
+	// those when the alternative is to wait.
 	added := 0
-	for k, chosen := range [][]*peer{free, full} {
-		if added == need || len(chosen) == 0 || (k == 1 && added > 0) {
+	tiers := [][]*peer{free, full}
+	if lastResort {
+		tiers = [][]*peer{soft}
+	}
+	for k, chosen := range tiers {
+		if added == need || len(chosen) == 0 || (k > 0 && added > 0) {
 			continue
 		}
 		cands := s.cands[:0]
@@ -304,6 +326,7 @@ func (s *Scheduler) fillParentsLocked(p *peer) bool {
 			}
 			if s.linkLocked(chosen[i], p) {
 				added++
+				delete(p.bad, chosen[i].id)
 			}
 		}
 		clear(cands)

@@ -85,7 +85,7 @@ func TestGraphInvariantsUnderRandomEvents(t *testing.T) {
 				case 9:
 					join(i) // a restart: replaces the live entry
 				default:
-					if p.state == stateRunning && s.fillParentsLocked(p) {
+					if p.state == stateRunning && s.fillParentsLocked(p, false) {
 						s.sendParentsLocked(p, now)
 					}
 				}

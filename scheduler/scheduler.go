@@ -238,7 +238,7 @@ func (s *Scheduler) refresh(ctx context.Context) {
 				continue
 			}
 			start := time.Now()
-			if s.fillParentsLocked(p) {
+			if s.fillParentsLocked(p, false) {
 				s.sendParentsLocked(p, start)
 			}
 		}
@@ -321,7 +321,7 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 			s.log.Info("replacing slow parent", "task_id", t.id, "peer_id", p.id, "parent", par.id,
 				"parent_bps", int64(h.throughput), "median_bps", int64(limit/s.cfg.SlowParentRatio))
 			s.removeEdge(par, p)
-			s.markBadLocked(p, par.id)
+			s.markBadLocked(p, par.id, badSlow, now)
 			s.m.slowParents.Inc()
 			moved = append(moved, p)
 			i--

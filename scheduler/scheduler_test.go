@@ -891,3 +891,49 @@ func TestCacheImportIsTrustedSource(t *testing.T) {
 		}
 	}
 }
+
+// A parent found slow is kept from the peer for a while, but comes back when
+// the alternative is to wait; a parent the peer reported failed does not,
+// until its mark expires; a corrupt one never does.
+func TestBadParentMarksExpireAndSlowBeatsWaiting(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxBackToSource = 1 })
+	a := ts.register("t", "a")
+	a.expectBackToSource()
+	b := ts.register("t", "b")
+	if got := b.expectParents(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("b parents %v", got)
+	}
+	mark := func(kind badKind, age time.Duration) {
+		ts.inspect(func(s *Scheduler) {
+			p := s.tasks["t"].peers["b"]
+			s.removeEdge(s.tasks["t"].peers["a"], p)
+			p.bad = map[string]badMark{"a": {kind: kind, at: time.Now().Add(-age)}}
+		})
+	}
+	// Slow, the only candidate, no origin budget: b gets it back.
+	mark(badSlow, 0)
+	b.reschedule()
+	if got := b.expectParents(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("slow parent as a last resort: b parents %v", got)
+	}
+	ts.mustInvariants()
+	// Reported failed, just now: b waits.
+	b.reschedule("a")
+	b.expectWait()
+	// The same mark, expired: a comes back and the mark is forgotten.
+	mark(badFailed, badParentTTL+time.Second)
+	b.reschedule()
+	if got := b.expectParents(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("expired failure mark: b parents %v", got)
+	}
+	ts.inspect(func(s *Scheduler) {
+		if _, ok := s.tasks["t"].peers["b"].bad["a"]; ok {
+			t.Fatal("expired mark kept")
+		}
+	})
+	// Corrupt, however old: never.
+	mark(badCorrupt, time.Hour)
+	b.reschedule()
+	b.expectWait()
+	ts.mustInvariants()
+}

@@ -16,6 +16,28 @@ const maxPieces = 1 << 20
 // maxBadPerPeer bounds the bad-parent set one peer can build.
 const maxBadPerPeer = 4096
 
+// badParentTTL is how long a parent a peer reported as failed, or that the
+// scheduler found slow, is kept from that peer. Under load, rates and stalls
+// come and go: a parent that was slow a minute ago may be the best one now.
+// A slow parent also comes back before the TTL when the alternative is to
+// wait (slow beats none). A parent that sent a corrupt piece never comes
+// back.
+const badParentTTL = 30 * time.Second
+
+// badMark records why and when a parent was kept from a peer.
+type badMark struct {
+	kind badKind
+	at   time.Time
+}
+
+type badKind uint8
+
+const (
+	badFailed  badKind = iota // the peer reported failures (Reschedule)
+	badSlow                   // the scheduler replaced it as slow
+	badCorrupt                // it sent a corrupt piece: for good
+)
+
 type peerState uint8
 
 const (
@@ -69,7 +91,7 @@ type peer struct {
 	parents           []link              // few: at most MaxParents
 	children          []*peer             // see link for the index bookkeeping
 	ord               uint64              // topological order within the task; see graph.go
-	bad               map[string]struct{} // parents this peer reported; never given back to it
+	bad               map[string]badMark // parents this peer reported (see badMark)
 	lastSeen          time.Time
 	waitSince         time.Time
 	disableBackSource bool
