@@ -88,9 +88,9 @@ type peer struct {
 	host              *host
 	state             peerState
 	pieces            bitset
-	parents           []link              // few: at most MaxParents
-	children          []*peer             // see link for the index bookkeeping
-	ord               uint64              // topological order within the task; see graph.go
+	parents           []link             // few: at most MaxParents
+	children          []*peer            // see link for the index bookkeeping
+	ord               uint64             // topological order within the task; see graph.go
 	bad               map[string]badMark // parents this peer reported (see badMark)
 	lastSeen          time.Time
 	waitSince         time.Time
