@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -134,6 +136,9 @@ func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.T
 		}
 		return p
 	}
+	if req.GetStream() {
+		return s.streamOut(c, cached, req, progress, stream)
+	}
 	var exp *exporter
 	if o := req.GetOutput(); o != "" {
 		var err error
@@ -147,39 +152,6 @@ func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.T
 			exp.abort()
 		}
 	}()
-	// Stream mode: send the verified prefix of the content as it grows.
-	var next int64
-	var chunk []byte
-	sendData := func() error {
-		if !req.GetStream() {
-			return nil
-		}
-		for {
-			l, ps := c.task.Shape()
-			if ps == 0 || (l >= 0 && next >= l) {
-				return nil
-			}
-			off, size, err := c.task.PieceSection(uint32(next / int64(ps)))
-			if err != nil {
-				return nil // the next piece is not here yet
-			}
-			for end := off + size; next < end; {
-				k := min(end-next, 1<<20)
-				if chunk == nil {
-					chunk = make([]byte, 1<<20)
-				}
-				if _, err := c.task.Data().ReadAt(chunk[:k], next); err != nil {
-					return toStatus(fmt.Errorf("read cached content at %d: %w", next, err))
-				}
-				p := progress(false)
-				p.Data, p.Offset = chunk[:k], next
-				if err := stream.Send(p); err != nil {
-					return err
-				}
-				next += k
-			}
-		}
-	}
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	var changed <-chan struct{}
@@ -207,9 +179,6 @@ wait:
 					return toStatus(err)
 				}
 			}
-			if err := sendData(); err != nil {
-				return err
-			}
 		case <-tick.C:
 			if err := stream.Send(progress(false)); err != nil {
 				return err
@@ -236,14 +205,127 @@ wait:
 			return toStatus(err)
 		}
 	}
-	if err := sendData(); err != nil {
-		return err
-	}
 	ok = true
 	s.d.log.Debug("download answered", "task_id", id)
 	p := progress(true)
 	p.CompletedLength = p.ContentLength
 	return stream.Send(p)
+}
+
+// streamOut answers a stream-mode download: the content itself, in order, in
+// the progress messages, as verified pieces arrive (the piece that ends it
+// only once the whole content has passed its digest), with a progress
+// message every 200 ms while it waits.
+func (s *apiService) streamOut(c *conductor, cached bool, req *daemonv1.DownloadRequest,
+	progress func(done bool) *daemonv1.DownloadProgress, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
+	ctx := stream.Context()
+	// A task taken from a cached copy must still match a digest the caller names.
+	if d := req.GetDigest(); d != "" && cached && d != c.req.spec.GetDigest() {
+		if err := verifyFile(ctx, c.task.DataPath(), d); err != nil {
+			return toStatus(err)
+		}
+	}
+	var sendMu sync.Mutex
+	send := func(p *daemonv1.DownloadProgress) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(p)
+	}
+	copied := make(chan error, 1)
+	go func() {
+		l, err := c.waitShape(ctx)
+		if err == nil {
+			w := &chunkWriter{send: func(b []byte, off int64) error {
+				p := progress(false)
+				p.Data, p.Offset = b, off
+				return send(p)
+			}}
+			_, err = c.copyOut(ctx, w, 0, l)
+		}
+		if err == nil {
+			select { // a 0-byte content has no last piece to wait on
+			case <-c.done:
+				err = c.err
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+		}
+		copied <- err
+	}()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-copied:
+			if err != nil {
+				if ctx.Err() != nil {
+					return status.FromContextError(ctx.Err()).Err()
+				}
+				return toStatus(err)
+			}
+			c.task.Touch()
+			if cached {
+				l, _ := c.task.Shape()
+				s.d.metrics.cacheBytes.Add(float64(l))
+				s.d.metrics.downloads.WithLabelValues("success", "cache").Inc()
+			}
+			p := progress(true)
+			p.CompletedLength = p.ContentLength
+			return send(p)
+		case <-tick.C:
+			if err := send(progress(false)); err != nil {
+				<-copied
+				return err
+			}
+		}
+	}
+}
+
+// chunkWriter turns a byte stream into messages of at most 1 MiB, each with
+// its offset in the content.
+type chunkWriter struct {
+	off  int64
+	buf  []byte
+	send func(b []byte, off int64) error
+}
+
+func (w *chunkWriter) Write(b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		k := min(len(b), 1<<20)
+		if err := w.send(b[:k], w.off); err != nil {
+			return n, err
+		}
+		w.off += int64(k)
+		n += k
+		b = b[k:]
+	}
+	return n, nil
+}
+
+// ReadFrom reads in 1 MiB steps, so io.Copy does not cut the content into
+// 32 KiB messages.
+func (w *chunkWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.buf == nil {
+		w.buf = make([]byte, 1<<20)
+	}
+	var total int64
+	for {
+		k, err := io.ReadFull(r, w.buf)
+		if k > 0 {
+			if serr := w.send(w.buf[:k], w.off); serr != nil {
+				return total, serr
+			}
+			w.off += int64(k)
+			total += int64(k)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 func (s *apiService) StatTask(ctx context.Context, req *daemonv1.StatTaskRequest) (*daemonv1.StatTaskResponse, error) {

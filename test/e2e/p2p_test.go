@@ -136,6 +136,13 @@ func TestStreamToStdout(t *testing.T) {
 	if code, _, errs := dfgetStdout(ctx, url, "-O", "-", "--direct", "--digest", bad); code != 4 {
 		t.Fatalf("wrong digest, direct stream: exit %d (%s), want 4", code, errs)
 	}
+	// Through a daemon, a content that fails its digest is never streamed
+	// whole: its last piece waits for the whole-content check.
+	url2, _ := o.add("streamed-bad", 3<<20+9, 78)
+	code, out, errs := dfgetStdout(ctx, url2, "-O", "-", "--sock", c.daemons[0].sock, "--digest", bad)
+	if code == 0 || len(out) >= 3<<20+9 {
+		t.Fatalf("wrong digest through the daemon: exit %d, %d bytes streamed (%s); want a failure before the last piece", code, len(out), errs)
+	}
 }
 
 // TestOutputLinkOrCopy: an output on the cache's file system is a hard link
