@@ -194,12 +194,7 @@ wait:
 			return toStatus(err)
 		}
 	}
-	c.task.Touch()
-	if cached {
-		l, _ := c.task.Shape()
-		s.d.metrics.cacheBytes.Add(float64(l))
-		s.d.metrics.downloads.WithLabelValues("success", "cache").Inc()
-	}
+	s.served(c, cached)
 	if exp != nil {
 		if err := exp.finish(ctx, c.task); err != nil {
 			return toStatus(err)
@@ -263,12 +258,7 @@ func (s *apiService) streamOut(c *conductor, cached bool, req *daemonv1.Download
 				}
 				return toStatus(err)
 			}
-			c.task.Touch()
-			if cached {
-				l, _ := c.task.Shape()
-				s.d.metrics.cacheBytes.Add(float64(l))
-				s.d.metrics.downloads.WithLabelValues("success", "cache").Inc()
-			}
+			s.served(c, cached)
 			p := progress(true)
 			p.CompletedLength = p.ContentLength
 			return send(p)
@@ -278,6 +268,17 @@ func (s *apiService) streamOut(c *conductor, cached bool, req *daemonv1.Download
 				return err
 			}
 		}
+	}
+}
+
+// served records a download answered: the task was used now, and a cache
+// hit is counted here (the conductor counts the others).
+func (s *apiService) served(c *conductor, cached bool) {
+	c.task.Touch()
+	if cached {
+		l, _ := c.task.Shape()
+		s.d.metrics.cacheBytes.Add(float64(l))
+		s.d.metrics.downloads.WithLabelValues("success", "cache").Inc()
 	}
 }
 
