@@ -11,7 +11,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/client"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/cli"
 )
 
 // version is set at build time: -ldflags "-X main.version=v1.2.3".
@@ -134,7 +134,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	case o.version:
-		fmt.Fprintf(stdout, "dfcache %s\n", buildVersion())
+		fmt.Fprintf(stdout, "dfcache %s\n", cli.Version(version))
 		return exitOK
 	}
 	if err := o.validate(); err != nil {
@@ -217,12 +217,12 @@ func parseArgs(args []string) (*options, error) {
 	}
 	fs.StringVar(&o.tag, "tag", "", "")
 	fs.StringVar(&o.sock, "sock", client.DefaultSock, "")
-	fs.Var(durationFlag{&o.timeout}, "timeout", "")
+	fs.Var(cli.Duration{D: &o.timeout}, "timeout", "")
 	fs.BoolVar(&o.local, "local", false, "")
 	ttlSet := false
 	fs.Func("ttl", "", func(v string) error {
 		ttlSet = true
-		return durationFlag{&o.ttl}.Set(v)
+		return cli.Duration{D: &o.ttl}.Set(v)
 	})
 	fs.BoolVar(&o.noProgress, "no-progress", false, "")
 	for _, n := range []string{"q", "quiet"} {
@@ -232,21 +232,9 @@ func parseArgs(args []string) (*options, error) {
 	for _, n := range []string{"h", "help"} {
 		fs.BoolVar(&o.help, n, false, "")
 	}
-	var positional []string
-	for rest := args; len(rest) > 0; {
-		if err := fs.Parse(rest); err != nil {
-			return nil, err
-		}
-		left := fs.Args()
-		if consumed := len(rest) - len(left); consumed > 0 && rest[consumed-1] == "--" {
-			positional = append(positional, left...)
-			break
-		}
-		if len(left) == 0 {
-			break
-		}
-		positional = append(positional, left[0])
-		rest = left[1:]
+	positional, err := cli.ParseInterleaved(fs, args)
+	if err != nil {
+		return nil, err
 	}
 	if o.help || o.version {
 		return o, nil
@@ -305,35 +293,4 @@ func (o *options) validate() error {
 		o.file = abs
 	}
 	return nil
-}
-
-// durationFlag takes a Go duration or a plain number of seconds.
-type durationFlag struct{ d *time.Duration }
-
-func (f durationFlag) String() string { return "" }
-
-func (f durationFlag) Set(v string) error {
-	if secs, err := strconv.ParseFloat(v, 64); err == nil {
-		if secs < 0 || secs > float64(1<<62)/float64(time.Second) {
-			return fmt.Errorf("bad duration %q", v)
-		}
-		*f.d = time.Duration(secs * float64(time.Second))
-		return nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		return fmt.Errorf("bad duration %q (want e.g. 30m, 2h, 90s)", v)
-	}
-	*f.d = d
-	return nil
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
 }

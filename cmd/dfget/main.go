@@ -10,10 +10,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/cli"
 )
 
 // version is set at build time: -ldflags "-X main.version=v1.2.3".
@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	case o.version:
-		fmt.Fprintf(stdout, "dfget %s\n", buildVersion())
+		fmt.Fprintf(stdout, "dfget %s\n", cli.Version(version))
 		return exitOK
 	}
 	if err := o.validate(); err != nil {
@@ -111,14 +111,4 @@ func exitCode(ctx context.Context, err error, disableBackSource bool) int {
 		return exitUsage
 	}
 	return exitFailed
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/client"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/cli"
 )
 
 // defaultTimeout bounds a whole download, like Dragonfly's dfget: long
@@ -139,27 +140,6 @@ func (f rateFlag) Set(v string) error {
 	return nil
 }
 
-// durationFlag takes a Go duration or a plain number of seconds.
-type durationFlag struct{ d *time.Duration }
-
-func (f durationFlag) String() string { return "" }
-
-func (f durationFlag) Set(v string) error {
-	if secs, err := strconv.ParseFloat(v, 64); err == nil {
-		if secs < 0 || math.IsNaN(secs) || secs > math.MaxInt64/float64(time.Second) {
-			return fmt.Errorf("bad duration %q", v)
-		}
-		*f.d = time.Duration(secs * float64(time.Second))
-		return nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		return fmt.Errorf("bad duration %q (want e.g. 30m, 2h, 90s)", v)
-	}
-	*f.d = d
-	return nil
-}
-
 // parseArgs parses the command line. Flags may follow the URL: Go's flag
 // package stops at the first non-flag argument, so parsing resumes after
 // each one; after "--" everything is an argument.
@@ -181,7 +161,7 @@ func parseArgs(args []string) (*options, error) {
 	fs.Var(filterFlag{&o.filter}, "filter", "")
 	fs.StringVar(&o.tag, "tag", "", "")
 	fs.StringVar(&o.application, "application", "", "")
-	fs.Var(durationFlag{&o.timeout}, "timeout", "")
+	fs.Var(cli.Duration{D: &o.timeout}, "timeout", "")
 	fs.Var(rateFlag{&o.rateLimit}, "rate-limit", "")
 	fs.Var(rateFlag{&o.rateLimit}, "ratelimit", "")
 	fs.BoolVar(&o.disableBackSource, "disable-back-source", false, "")
@@ -195,22 +175,9 @@ func parseArgs(args []string) (*options, error) {
 	fs.BoolVar(&o.help, "h", false, "")
 	fs.BoolVar(&o.help, "help", false, "")
 
-	var positional []string
-	rest := args
-	for len(rest) > 0 {
-		if err := fs.Parse(rest); err != nil {
-			return nil, err
-		}
-		left := fs.Args()
-		if consumed := len(rest) - len(left); consumed > 0 && rest[consumed-1] == "--" {
-			positional = append(positional, left...)
-			break
-		}
-		if len(left) == 0 {
-			break
-		}
-		positional = append(positional, left[0])
-		rest = left[1:]
+	positional, err := cli.ParseInterleaved(fs, args)
+	if err != nil {
+		return nil, err
 	}
 	if o.help || o.version {
 		return o, nil
