@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -18,9 +19,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/damselfly-io/damselfly/test/oci"
 )
 
 // This file builds small multi-platform OCI images by hand, pushes them with
@@ -130,8 +132,9 @@ type registry struct {
 	creds    string // user:password when the registry wants basic auth
 }
 
-// startRegistry starts docker-registry on a free loopback port with
-// filesystem storage in a temp dir; with user set, behind htpasswd auth.
+// startRegistry starts docker-registry (test/oci) on a free loopback port
+// with filesystem storage in a temp dir; with user set, behind htpasswd
+// auth. A counting reverse proxy stands in front of it.
 func startRegistry(t testing.TB, user, pass string) *registry {
 	t.Helper()
 	if _, err := exec.LookPath("docker-registry"); err != nil {
@@ -140,54 +143,27 @@ func startRegistry(t testing.TB, user, pass string) *registry {
 	if _, err := exec.LookPath("skopeo"); err != nil {
 		t.Skip("skopeo not installed (scripts/install-deps.sh installs it)")
 	}
-	dir := t.TempDir()
-	port := freePort(t)
-	r := &registry{direct: fmt.Sprintf("127.0.0.1:%d", port)}
-	auth := ""
+	r := &registry{direct: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	cfg := oci.RegistryConfig{Addr: r.direct, Dir: t.TempDir()}
 	if user != "" {
-		h, err := exec.Command("htpasswd", "-nbB", user, pass).Output()
-		if err != nil {
-			t.Skipf("htpasswd: %v", err)
+		if _, err := exec.LookPath("htpasswd"); err != nil {
+			t.Skip("htpasswd not installed (scripts/install-deps.sh installs apache2-utils)")
 		}
-		if err := os.WriteFile(filepath.Join(dir, "htpasswd"), h, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: damselfly-test\n    path: %s\n", filepath.Join(dir, "htpasswd"))
+		cfg.Auth, cfg.User, cfg.Password = oci.AuthBasic, user, pass
 		r.creds = user + ":" + pass
 	}
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  secret: e2e-secret\n%s",
-		filepath.Join(dir, "data"), r.direct, auth)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "registry.log"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reg, err := oci.StartRegistry(ctx, "", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("docker-registry", "serve", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
+		reg.Stop()
 		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
+			b, _ := os.ReadFile(reg.Log())
 			t.Logf("---- registry log ----\n%s", b)
 		}
-	})
-	waitFor(t, 20*time.Second, "registry up", func() bool {
-		resp, err := http.Get("http://" + r.direct + "/v2/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200 || resp.StatusCode == 401
 	})
 	u, _ := url.Parse("http://" + r.direct)
 	rp := httputil.NewSingleHostReverseProxy(u)
