@@ -6,7 +6,6 @@
 package mirror
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -15,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -162,22 +160,9 @@ func metric(t testing.TB, c *http.Client, base, name, match string) float64 {
 		t.Fatalf("metrics %s: %v", base, err)
 	}
 	defer resp.Body.Close()
-	sum := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) || strings.HasPrefix(line, "#") {
-			continue
-		}
-		rest := line[len(name):]
-		if rest == "" || (rest[0] != ' ' && rest[0] != '{') || !strings.Contains(rest, match) {
-			continue
-		}
-		f := strings.Fields(rest)
-		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-			sum += v
-		}
+	sum, err := oci.SumMetric(resp.Body, name, match)
+	if err != nil {
+		t.Fatalf("metrics %s: %v", base, err)
 	}
 	return sum
 }
