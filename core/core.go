@@ -1,6 +1,7 @@
 // Package core holds the vocabulary every Damselfly component shares: task and
 // peer identities, the piece layout of a content, digests and error kinds.
-// It depends on the standard library (and BLAKE3) only and does no I/O.
+// It depends on the standard library (and BLAKE3) only; its only look at the
+// machine is the host name and addresses a component advertises.
 package core
 
 import (
@@ -9,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -84,6 +86,26 @@ func NewPeerID(host string) string {
 // HostID returns a stable host identifier for ip and hostname.
 func HostID(hostname, ip string) string {
 	return hostname + "-" + ip
+}
+
+// LocalIPv4 returns the first non-loopback IPv4 address of an up interface,
+// or 127.0.0.1: the address a component advertises when none is configured.
+func LocalIPv4() string {
+	ifs, err := net.Interfaces()
+	if err == nil {
+		for _, i := range ifs {
+			if i.Flags&net.FlagUp == 0 || i.Flags&net.FlagLoopback != 0 {
+				continue
+			}
+			addrs, _ := i.Addrs()
+			for _, a := range addrs {
+				if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+					return n.IP.String()
+				}
+			}
+		}
+	}
+	return "127.0.0.1"
 }
 
 // Hostname returns the machine's host name, or "localhost".

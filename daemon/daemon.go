@@ -209,7 +209,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	ip := d.cfg.AdvertiseIP
 	if ip == "" {
-		ip = detectIP()
+		ip = core.LocalIPv4()
 	}
 	hostname := d.cfg.Hostname
 	if hostname == "" {
@@ -243,8 +243,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.limitsMu.Unlock()
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveGRPC(gctx, peerSrv, peerLis) })
-	g.Go(func() error { return serveGRPC(gctx, apiSrv, sockLis) })
+	g.Go(func() error { return obs.ServeGRPC(gctx, peerSrv, peerLis, 2*time.Second) })
+	g.Go(func() error { return obs.ServeGRPC(gctx, apiSrv, sockLis, 2*time.Second) })
 	g.Go(func() error { return obs.ServeHTTP(gctx, upLis, upSrv.Handler()) })
 	if metricsLis != nil {
 		g.Go(func() error { return obs.ServeHTTP(gctx, metricsLis, obs.Handler(d.gather, nil)) })
@@ -292,43 +292,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	_ = os.Remove(d.cfg.Sock)
 	return err
-}
-
-func serveGRPC(ctx context.Context, s *grpc.Server, lis net.Listener) error {
-	errc := make(chan error, 1)
-	go func() { errc <- s.Serve(lis) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-		stopped := make(chan struct{})
-		go func() { s.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-time.After(2 * time.Second):
-			s.Stop()
-		}
-		return nil
-	}
-}
-
-// detectIP returns the first non-loopback IPv4 address of an up interface.
-func detectIP() string {
-	ifs, err := net.Interfaces()
-	if err == nil {
-		for _, i := range ifs {
-			if i.Flags&net.FlagUp == 0 || i.Flags&net.FlagLoopback != 0 {
-				continue
-			}
-			addrs, _ := i.Addrs()
-			for _, a := range addrs {
-				if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
-					return n.IP.String()
-				}
-			}
-		}
-	}
-	return "127.0.0.1"
 }
 
 // seedLoop holds the SeedTasks stream open and starts every task the

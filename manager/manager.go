@@ -131,19 +131,8 @@ func (m *Manager) Serve(ctx context.Context, httpLis, grpcLis net.Listener) erro
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return obs.ServeHTTP(gctx, httpLis, m.Handler()) })
 	g.Go(func() error {
-		if err := gs.Serve(grpcLis); err != nil {
+		if err := obs.ServeGRPC(gctx, gs, grpcLis, 3*time.Second); err != nil {
 			return fmt.Errorf("serve manager gRPC on %s: %w", grpcLis.Addr(), err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		stopped := make(chan struct{})
-		go func() { gs.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-time.After(3 * time.Second):
-			gs.Stop()
 		}
 		return nil
 	})

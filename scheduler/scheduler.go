@@ -34,6 +34,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/scheduler/policy"
 )
 
@@ -163,23 +164,8 @@ func (s *Scheduler) Serve(ctx context.Context, lis net.Listener) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Run(gctx) })
 	g.Go(func() error {
-		if err := gs.Serve(lis); err != nil {
+		if err := obs.ServeGRPC(gctx, gs, lis, stopGrace); err != nil {
 			return fmt.Errorf("serve scheduler on %s: %w", lis.Addr(), err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		stopped := make(chan struct{})
-		go func() {
-			gs.GracefulStop()
-			close(stopped)
-		}()
-		select {
-		case <-stopped:
-		case <-time.After(stopGrace):
-			gs.Stop()
-			<-stopped
 		}
 		return nil
 	})

@@ -163,7 +163,7 @@ func schedulerRegistration(cfg schedulerCmdConfig, port int) (*managerv1.Registe
 		if a := net.ParseIP(host); a != nil && !a.IsUnspecified() {
 			ip = host
 		} else {
-			ip = firstIPv4()
+			ip = core.LocalIPv4()
 		}
 	}
 	hostname := cfg.Hostname
@@ -174,23 +174,4 @@ func schedulerRegistration(cfg schedulerCmdConfig, port int) (*managerv1.Registe
 		Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Hostname: hostname, Ip: ip,
 		Port: int32(port), ClusterId: cfg.ClusterID,
 	}, nil
-}
-
-// firstIPv4 returns the first non-loopback IPv4 address of an up interface.
-func firstIPv4() string {
-	ifs, err := net.Interfaces()
-	if err == nil {
-		for _, i := range ifs {
-			if i.Flags&net.FlagUp == 0 || i.Flags&net.FlagLoopback != 0 {
-				continue
-			}
-			addrs, _ := i.Addrs()
-			for _, a := range addrs {
-				if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
-					return n.IP.String()
-				}
-			}
-		}
-	}
-	return "127.0.0.1"
 }

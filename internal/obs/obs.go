@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
 )
 
 // NewRegistry returns a registry with the Go and process collectors.
@@ -62,6 +63,28 @@ func ServeHTTP(ctx context.Context, lis net.Listener, h http.Handler) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
+		return nil
+	}
+}
+
+// ServeGRPC serves s on lis until ctx is done, then stops it gracefully,
+// cutting streams still open after grace. It returns Serve's error when
+// serving fails, and nil after a stop caused by ctx.
+func ServeGRPC(ctx context.Context, s *grpc.Server, lis net.Listener, grace time.Duration) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		stopped := make(chan struct{})
+		go func() { s.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(grace):
+			s.Stop()
+			<-stopped
+		}
 		return nil
 	}
 }
