@@ -171,31 +171,29 @@ func (p *proxy) clientAllowed(remote string) bool {
 	return false
 }
 
-// p2p applies the rules to an upstream URL.
-func (p *proxy) p2p(u *url.URL) bool {
+// rule returns the first rule matching u, or nil.
+func (p *proxy) rule(u *url.URL) *rule {
 	s := u.String()
-	for _, r := range p.rules {
-		if r.re.MatchString(s) {
-			return !r.direct
+	for i := range p.rules {
+		if p.rules[i].re.MatchString(s) {
+			return &p.rules[i]
 		}
 	}
-	return false
+	return nil
+}
+
+// p2p applies the rules to an upstream URL.
+func (p *proxy) p2p(u *url.URL) bool {
+	r := p.rule(u)
+	return r != nil && !r.direct
 }
 
 // proxyUpstream is the upstream of an absolute-form (HTTP proxy) request;
 // a rule with use_https upgrades plain HTTP.
 func (p *proxy) proxyUpstream(in *url.URL) *url.URL {
 	u := *in
-	if u.Scheme == "http" {
-		s := u.String()
-		for _, r := range p.rules {
-			if r.re.MatchString(s) {
-				if r.useHTTPS {
-					u.Scheme = "https"
-				}
-				break
-			}
-		}
+	if r := p.rule(&u); u.Scheme == "http" && r != nil && r.useHTTPS {
+		u.Scheme = "https"
 	}
 	return &u
 }

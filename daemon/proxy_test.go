@@ -497,3 +497,32 @@ func TestMirrorHTTPSUpstreamWithCustomCA(t *testing.T) {
 		t.Fatalf("blob over https with ca_file: %d, %d bytes", resp.StatusCode, len(got))
 	}
 }
+
+// A rule with use_https fetches a plain-HTTP proxy request over https (the
+// upstream here speaks only TLS, so without the upgrade the fetch fails).
+func TestHTTPProxyUseHTTPS(t *testing.T) {
+	reg := newTestRegistry(t, true)
+	file := randomBytes(300_000, 7)
+	reg.mu.Lock()
+	reg.blobs["file"] = file
+	reg.mu.Unlock()
+	host := strings.TrimPrefix(reg.URL, "https://")
+	plain := "http://" + host + "/files/big.bin"
+	for _, upgrade := range []bool{false, true} {
+		d := startProxyDaemon(t, func(c *Config) {
+			c.Proxy.Rules = []ProxyRule{{Regex: `/files/.*\.bin$`, UseHTTPS: upgrade}}
+			c.Proxy.Registries = []RegistryConfig{{Host: host, Insecure: true}}
+		})
+		pu, _ := url.Parse("http://" + d.ProxyAddr())
+		client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}}
+		resp, err := client.Get(plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if ok := resp.StatusCode == http.StatusOK && bytes.Equal(got, file); ok != upgrade {
+			t.Fatalf("use_https=%v: status %d, %d bytes", upgrade, resp.StatusCode, len(got))
+		}
+	}
+}
