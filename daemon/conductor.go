@@ -90,9 +90,13 @@ type parentState struct {
 	count    int
 	inflight int
 	failures int
-	rate     float64 // bytes/s EWMA
-	cancel   context.CancelFunc
-	removed  bool
+	rate     float64 // bytes/s: rateBytes/rateNs
+	// rateBytes and rateNs are EWMAs of the bytes of each piece from this
+	// parent and of the time it took to deliver it (see deliveryCost).
+	rateBytes, rateNs float64
+	lastDone          time.Time // latest end of a piece fetch from this parent
+	cancel            context.CancelFunc
+	removed           bool
 }
 
 // events
@@ -108,7 +112,8 @@ type (
 		n      uint32
 		parent *parentState
 		size   int64
-		dur    time.Duration
+		start  time.Time
+		end    time.Time
 		err    error
 	}
 	evOriginPiece struct {
@@ -632,12 +637,14 @@ func (c *conductor) schedule(ctx context.Context) {
 }
 
 // stallTimeout follows the parent's measured rate: ten 64 KiB chunks' worth
-// of time at that rate, within the configured bounds.
+// of time at that rate shared by the requests one parent may serve at once,
+// within the configured bounds.
 func (c *conductor) stallTimeout(p *parentState, size int64) time.Duration {
 	cfg := c.d.cfg.Download
 	t := cfg.MaxStallTimeout.D()
 	if p.rate > 0 {
-		t = time.Duration(float64(10*64<<10) / p.rate * float64(time.Second))
+		per := max(cfg.PerParentRequests, 1)
+		t = time.Duration(float64(10*64<<10*per) / p.rate * float64(time.Second))
 	}
 	return min(max(t, cfg.MinStallTimeout.D()), cfg.MaxStallTimeout.D())
 }
@@ -737,6 +744,38 @@ func (c *conductor) pickSequential(per int) (uint32, bool) {
 	return best, found
 }
 
+// deliveryCost is the time a parent spent delivering a piece fetched from
+// start to end: from the later of start and the end of the parent's
+// previous piece. With several requests in flight to one parent, a piece's
+// own start-to-end time also counts the time it waited behind the others,
+// which made a backlogged parent look several times slower than its link
+// (and got the seed peer, with children always behind it, replaced as
+// slow); the time between completions is what the parent's uplink gave.
+func (p *parentState) deliveryCost(start, end time.Time) time.Duration {
+	from := start
+	if p.lastDone.After(start) && p.lastDone.Before(end) {
+		from = p.lastDone
+	}
+	if end.After(p.lastDone) {
+		p.lastDone = end
+	}
+	return max(end.Sub(from), time.Microsecond)
+}
+
+// observeRate folds one delivered piece into the parent's rate: EWMAs of
+// bytes and of time kept apart, so that many short samples (pieces that
+// completed together) and few long ones weigh by the time they cover.
+func (p *parentState) observeRate(size int64, cost time.Duration) {
+	const alpha = 0.3
+	if p.rateNs == 0 {
+		p.rateBytes, p.rateNs = float64(size), float64(cost)
+	} else {
+		p.rateBytes = alpha*float64(size) + (1-alpha)*p.rateBytes
+		p.rateNs = alpha*float64(cost) + (1-alpha)*p.rateNs
+	}
+	p.rate = p.rateBytes / p.rateNs * 1e9
+}
+
 func (c *conductor) chooseParent(n uint32) *parentState {
 	per := c.d.cfg.Download.PerParentRequests
 	var best *parentState
@@ -766,27 +805,23 @@ func (c *conductor) fetchPiece(ctx context.Context, r piece.Request, p *parentSt
 		err = c.task.WritePiece(r.Number, buf, r.Digest)
 		c.d.pieces.Release(buf)
 	}
-	c.post(ctx, evPiece{n: r.Number, parent: p, size: r.Size, dur: time.Since(start), err: err})
+	c.post(ctx, evPiece{n: r.Number, parent: p, size: r.Size, start: start, end: time.Now(), err: err})
 }
 
 func (c *conductor) handlePiece(ctx context.Context, e evPiece) error {
 	p := e.parent
 	delete(c.inflight, e.n)
 	p.inflight--
+	cost := p.deliveryCost(e.start, e.end)
 	if e.err == nil {
-		c.d.pm.PieceDuration.WithLabelValues("peer").Observe(e.dur.Seconds())
+		c.d.pm.PieceDuration.WithLabelValues("peer").Observe(e.end.Sub(e.start).Seconds())
 		c.peerBytes.Add(e.size)
 		c.lastProgress = time.Now()
 		p.failures = 0
-		r := float64(e.size) / max(e.dur.Seconds(), 1e-6)
-		if p.rate == 0 {
-			p.rate = r
-		} else {
-			p.rate = 0.7*p.rate + 0.3*r
-		}
+		p.observeRate(e.size, cost)
 		c.removeNeed(e.n)
 		c.pending = append(c.pending, &schedulerv1.PieceResult{
-			Number: e.n, ParentId: p.info.GetPeerId(), Length: uint32(e.size), CostNs: e.dur.Nanoseconds()})
+			Number: e.n, ParentId: p.info.GetPeerId(), Length: uint32(e.size), CostNs: cost.Nanoseconds()})
 		if len(c.pending) >= 32 {
 			c.flushReports()
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/fnv"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
@@ -54,6 +55,10 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 	default:
 		s.waitLocked(p, now, "no parent has data and the origin budget is used up", force, start)
 	}
+}
+
+func isParent(p, c *peer) bool {
+	return slices.ContainsFunc(p.parents, func(l link) bool { return l.peer == c })
 }
 
 // debug reports whether debug logs are wanted; hot paths check it first so
@@ -319,14 +324,31 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		}
 		child := policy.Child{IDC: p.host.info.GetIdc(), Location: p.host.info.GetLocation()}
 		// Rank a few more than needed: a candidate that turns out to be a
-		// descendant of p is skipped for the next best.
-		for _, i := range policy.SelectParents(cands, child, s.cfg.Weights, 2*(need-added), s.rnd) {
-			if added == need {
-				break
+		// descendant of p is skipped for the next best. When all of those
+		// close a cycle (p heads a long branch of a pipeline, so most
+		// peers descend from it), rank the whole tier: a parent among the
+		// rest beats sending p to the origin.
+		ranked := policy.SelectParents(cands, child, s.cfg.Weights, 2*(need-added), s.rnd)
+		tried := len(ranked)
+		for pass := 0; pass < 2 && added < need; pass++ {
+			if pass == 1 {
+				if tried >= len(chosen) {
+					break
+				}
+				ranked = policy.SelectParents(cands, child, s.cfg.Weights, len(chosen), s.rnd)
 			}
-			if s.linkLocked(chosen[i], p) {
-				added++
-				delete(p.bad, chosen[i].id)
+			for _, i := range ranked {
+				if added == need {
+					break
+				}
+				c := chosen[i]
+				if pass == 1 && isParent(p, c) {
+					continue // linked in the first pass
+				}
+				if s.linkLocked(c, p) {
+					added++
+					delete(p.bad, c.id)
+				}
 			}
 		}
 		clear(cands)

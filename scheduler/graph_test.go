@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -144,5 +145,31 @@ func TestReorderRefusesCycleAndKeepsOrder(t *testing.T) {
 	}
 	if h.used != 3 {
 		t.Fatalf("slots used %d", h.used)
+	}
+}
+
+// A host's throughput weighs its reports by the time they cover: pieces that
+// a child got together (one long report, then three nearly free ones) give
+// the rate the host really delivered.
+func TestHostThroughputWeighsReportsByTime(t *testing.T) {
+	const size = 256 << 10
+	d := int64(40 * time.Millisecond)
+	h := &host{}
+	for range 20 {
+		h.observeThroughput(size, 4*d)
+		for range 3 {
+			h.observeThroughput(size, 1000)
+		}
+	}
+	want := float64(size) / (float64(d) / 1e9)
+	if h.throughput < want/2 || h.throughput > want*2 {
+		t.Fatalf("throughput %.0f B/s, want about %.0f", h.throughput, want)
+	}
+	h = &host{}
+	for range 10 {
+		h.observeThroughput(size, d)
+	}
+	if math.Abs(h.throughput-want)/want > 1e-9 {
+		t.Fatalf("steady: throughput %.0f B/s, want %.0f", h.throughput, want)
 	}
 }

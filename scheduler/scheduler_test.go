@@ -937,3 +937,66 @@ func TestBadParentMarksExpireAndSlowBeatsWaiting(t *testing.T) {
 	b.expectWait()
 	ts.mustInvariants()
 }
+
+// A peer heading a long branch of the pipeline that loses its parent gets a
+// parent outside its own branch, even when almost every other peer descends
+// from it, rather than going to the origin or waiting.
+func TestReparentAvoidsOwnBranch(t *testing.T) {
+	d := DefaultConfig()
+	ts := startServer(t, func(c *Config) {
+		c.MaxParents, c.MaxChildren, c.PipelineParents = d.MaxParents, d.MaxChildren, d.PipelineParents
+		c.MaxBackToSource = 2 // a budget left: the old code spent it here
+	})
+	ts.register("t1", "a").expectBackToSource()
+	ids := []string{"a"}
+	peers := map[string]*testPeer{}
+	for i := 1; i <= 24; i++ {
+		id := fmt.Sprintf("p%02d", i)
+		p := ts.register("t1", id)
+		if got := p.expectParents(); len(got) != 1 || got[0] != ids[len(ids)-1] {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[len(ids)-1])
+		}
+		ids, peers[id] = append(ids, id), p
+	}
+	// 21 of the other 23 peers descend from p03, and only a and p01 may take
+	// it (both already serve one child). The descendants look best: fast,
+	// reliable uplinks, where a's and p01's are slow.
+	ts.inspect(func(s *Scheduler) {
+		byID := map[string]*peer{}
+		for _, q := range s.tasks["t1"].peers {
+			byID[q.id] = q
+		}
+		for i, id := range ids {
+			h := byID[id].host
+			h.successes = 100
+			h.throughput = 1e9
+			if i < 2 {
+				h.throughput = 1e6
+			}
+		}
+		p02, p03 := byID["p02"], byID["p03"]
+		for trial := 0; trial < 20; trial++ {
+			s.removeEdge(p02, p03)
+			s.markBadLocked(p03, p02.id, badFailed, time.Now())
+			if !s.fillParentsLocked(p03, false) {
+				t.Fatalf("trial %d: no parent for p03", trial)
+			}
+			if got := p03.parents[0].peer.id; len(p03.parents) != 1 || (got != "a" && got != "p01") {
+				t.Fatalf("trial %d: p03 got parent %s, want a or p01", trial, got)
+			}
+			if err := checkInvariants(s); err != nil {
+				t.Fatal(err)
+			}
+			s.dropParentsLocked(p03)
+			delete(p03.bad, p02.id)
+			if !s.linkLocked(p02, p03) {
+				t.Fatal("relinking p02→p03 failed")
+			}
+		}
+	})
+	// The same through the protocol: p03 reports p02 failed.
+	peers["p03"].reschedule("p02")
+	if got := peers["p03"].expectParents(); len(got) != 1 || (got[0] != "a" && got[0] != "p01") {
+		t.Fatalf("p03 re-parented to %v, want a or p01", got)
+	}
+}

@@ -112,7 +112,9 @@ type host struct {
 	failures   uint64
 	corrupt    uint32              // corrupt-piece reports against this host
 	corruptBy  map[string]struct{} // hosts that reported them (bounded)
-	throughput float64             // EWMA bytes/s as a parent
+	throughput float64             // bytes/s as a parent: tpBytes/tpNs
+	tpBytes    float64             // EWMA of the bytes of a reported piece
+	tpNs       float64             // EWMA of its delivery time
 	peers      int
 	seed       *seedConn
 	idleSince  time.Time
@@ -121,16 +123,21 @@ type host struct {
 // throughputAlpha is the EWMA weight of a new throughput sample.
 const throughputAlpha = 0.2
 
+// observeThroughput folds one piece a child got from this host into its
+// throughput. Bytes and time are averaged apart and divided, so pieces that
+// completed together (one long sample, then a few short ones) weigh by the
+// time they cover instead of letting the short ones' huge rates dominate.
 func (h *host) observeThroughput(length uint32, costNs int64) {
 	if length == 0 || costNs <= 0 {
 		return
 	}
-	bps := float64(length) / (float64(costNs) / 1e9)
-	if h.throughput == 0 {
-		h.throughput = bps
-		return
+	if h.tpNs == 0 {
+		h.tpBytes, h.tpNs = float64(length), float64(costNs)
+	} else {
+		h.tpBytes = throughputAlpha*float64(length) + (1-throughputAlpha)*h.tpBytes
+		h.tpNs = throughputAlpha*float64(costNs) + (1-throughputAlpha)*h.tpNs
 	}
-	h.throughput = throughputAlpha*bps + (1-throughputAlpha)*h.throughput
+	h.throughput = h.tpBytes / h.tpNs * 1e9
 }
 
 type seedPhase uint8

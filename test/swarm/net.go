@@ -97,21 +97,28 @@ func run(ctx context.Context, name string, args ...string) ([]byte, error) {
 }
 
 // tbfArgs shapes egress of dev to rate. burst is what tbf may send at line
-// speed after idling; it must hold at least one GSO packet (64 KiB) or tbf
-// splits them, and much more than a few ms of traffic makes the shaped rate
-// bursty. latency bounds the queue: rate×latency bytes wait at most.
+// speed after idling. It must hold a whole GSO packet as tbf counts it — up
+// to 64 KiB of payload plus the headers of each of its ~45 segments, about
+// 68 KiB — or tbf splits every such packet into MTU-sized ones, and that
+// splitting, not the systems under test, becomes what limits the machine.
+// Much more than a few ms of traffic makes the shaped rate bursty. latency
+// bounds the queue: rate×latency bytes wait at most.
 func (s shaping) tbfArgs(ns, dev string, rate Rate) []string {
 	burst := s.burstFor(rate)
 	return []string{"-n", ns, "qdisc", "replace", "dev", dev, "root", "handle", "1:", "tbf",
 		"rate", rate.String(), "burst", fmt.Sprint(burst), "latency", fmt.Sprintf("%dms", s.latency.Milliseconds())}
 }
 
+// minBurst holds one GSO packet of 64 KiB with its segments' headers
+// (tbfArgs), with room to spare.
+const minBurst = 128 << 10
+
 // burstFor is the tbf burst for a link of rate.
 func (s shaping) burstFor(rate Rate) int64 {
 	if s.burst > 0 {
 		return s.burst
 	}
-	return max(64<<10, int64(rate.BytesPerSec()*0.004)) // 4 ms of traffic
+	return max(minBurst, int64(rate.BytesPerSec()*0.004)) // 4 ms of traffic
 }
 
 // netemArgs adds delay/loss under the tbf of dev.

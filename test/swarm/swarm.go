@@ -61,7 +61,7 @@ type Config struct {
 	DownRate   Rate          // every peer's downlink; 0 means Rate
 	OriginRate Rate          // the origin host's uplink
 	SeedRate   Rate          // the seed peer host's uplink; 0 means Rate
-	Burst      int64         // tbf burst in bytes; 0 means max(64 KiB, 4 ms of traffic)
+	Burst      int64         // tbf burst in bytes; 0 means max(128 KiB, 4 ms of traffic)
 	Latency    time.Duration // tbf queue bound
 	Delay      time.Duration // one-way delay per host uplink (netem only)
 	Loss       float64       // loss fraction per host uplink (netem only)

@@ -71,7 +71,7 @@ func run(args []string) int {
 	fs.Var(rateFlag{&cfg.DownRate}, "down-rate", "every peer's downlink (default: -rate)")
 	fs.Var(rateFlag{&cfg.OriginRate}, "origin-rate", "the origin host's uplink")
 	fs.Var(rateFlag{&cfg.SeedRate}, "seed-rate", "the seed peer host's uplink (default: -rate)")
-	fs.Var(sizeFlag{&cfg.Burst}, "burst", "tbf burst (default: max(64KiB, 4 ms at the link's rate))")
+	fs.Var(sizeFlag{&cfg.Burst}, "burst", "tbf burst (default: max(128KiB, 4 ms at the link's rate))")
 	fs.DurationVar(&cfg.Latency, "latency", cfg.Latency, "tbf latency: the longest a packet may queue in a shaper")
 	fs.DurationVar(&cfg.Delay, "delay", 0, "one-way delay added to every host's uplink (needs netem)")
 	fs.Float64Var(&cfg.Loss, "loss", 0, "packet loss fraction on every host's uplink, e.g. 0.001 (needs netem)")
