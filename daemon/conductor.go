@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -571,7 +572,7 @@ func (c *conductor) handleParent(ctx context.Context, e evParent) {
 		}
 		return
 	}
-	for _, n := range e.st.GetPieces() {
+	for _, n := range slices.Concat(e.st.GetPieces(), e.st.GetRelaying()) {
 		if n > 1<<26 {
 			continue
 		}
@@ -800,10 +801,28 @@ func (c *conductor) chooseParent(n uint32) *parentState {
 
 func (c *conductor) fetchPiece(ctx context.Context, r piece.Request, p *parentState) {
 	start := time.Now()
+	// Relayed: this daemon's children may fetch the piece while it arrives.
+	var relay *store.Relay
+	if c.d.cfg.Upload.Relay {
+		buf := c.d.pieces.Buffer(int(r.Size))
+		if relay = c.task.StartRelay(r.Number, buf, c.d.pieces.Release); relay != nil {
+			r.Buf, r.Progress = buf, relay.Progress
+		} else {
+			c.d.pieces.Release(buf)
+		}
+	}
 	buf, err := c.d.pieces.Fetch(ctx, r)
 	if err == nil {
+		if relay != nil {
+			relay.Verified()
+		}
 		err = c.task.WritePiece(r.Number, buf, r.Digest)
-		c.d.pieces.Release(buf)
+		if relay == nil {
+			c.d.pieces.Release(buf)
+		}
+	}
+	if relay != nil {
+		relay.Finish()
 	}
 	c.post(ctx, evPiece{n: r.Number, parent: p, size: r.Size, start: start, end: time.Now(), err: err})
 }

@@ -103,6 +103,11 @@ type UploadConfig struct {
 	// PeerRateLimit is the upload limit towards any one peer in bytes/s
 	// (0: none), within RateLimit for the host.
 	PeerRateLimit config.ByteSize `yaml:"peer_rate_limit"`
+	// Relay lets children fetch a piece while it is still arriving here
+	// (cut-through): a pipeline of N hops then costs about N times the
+	// first bytes of a piece instead of N whole pieces. The last byte goes
+	// out only after this daemon verified the piece.
+	Relay bool `yaml:"relay"`
 }
 
 // CacheConfig bounds the on-disk cache. A task that is being read, uploaded
@@ -217,6 +222,7 @@ func DefaultConfig() Config {
 		Upload: UploadConfig{
 			Slots:         16,
 			MaxConcurrent: 64,
+			Relay:         true,
 		},
 		Proxy: ProxyConfig{
 			ListenIP:       "127.0.0.1",

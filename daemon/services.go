@@ -52,7 +52,7 @@ func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serv
 	if !ok {
 		return status.Errorf(codes.NotFound, "task %s not held", req.GetTaskId())
 	}
-	var sent []bool
+	var sent, relayed []bool
 	first := true
 	for {
 		ch := t.Changed()
@@ -62,9 +62,13 @@ func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serv
 		l, ps := t.Shape()
 		complete := t.Complete()
 		add := t.NewPieces(&sent)
-		if first || len(add) > 0 || complete {
+		var relaying []uint32
+		if s.d.cfg.Upload.Relay && !complete {
+			relaying = t.NewRelays(&relayed)
+		}
+		if first || len(add) > 0 || len(relaying) > 0 || complete {
 			first = false
-			if err := stream.Send(&peerv1.PieceState{ContentLength: l, PieceSize: ps, Pieces: add, Done: complete}); err != nil {
+			if err := stream.Send(&peerv1.PieceState{ContentLength: l, PieceSize: ps, Pieces: add, Relaying: relaying, Done: complete}); err != nil {
 				return err
 			}
 		}

@@ -82,6 +82,11 @@ type PieceState struct {
 	PieceSize     uint32   `protobuf:"varint,2,opt,name=piece_size,json=pieceSize,proto3" json:"piece_size,omitempty"`
 	Pieces        []uint32 `protobuf:"varint,3,rep,packed,name=pieces,proto3" json:"pieces,omitempty"`
 	Done          bool     `protobuf:"varint,4,opt,name=done,proto3" json:"done,omitempty"`
+	// Pieces the daemon is receiving right now, which a child may already
+	// request (cut-through): the response streams as the bytes arrive and
+	// its last byte follows the parent's own verification; a piece that fails
+	// upstream ends the response early. Like pieces, only what was added.
+	Relaying      []uint32 `protobuf:"varint,5,rep,packed,name=relaying,proto3" json:"relaying,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -142,6 +147,13 @@ func (x *PieceState) GetDone() bool {
 		return x.Done
 	}
 	return false
+}
+
+func (x *PieceState) GetRelaying() []uint32 {
+	if x != nil {
+		return x.Relaying
+	}
+	return nil
 }
 
 type PreheatRequest struct {
@@ -248,14 +260,15 @@ const file_api_peerv1_peer_proto_rawDesc = "" +
 	"\x15api/peerv1/peer.proto\x12\x11damselfly.peer.v1\x1a\x1fapi/schedulerv1/scheduler.proto\"E\n" +
 	"\x11SyncPiecesRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x17\n" +
-	"\apeer_id\x18\x02 \x01(\tR\x06peerId\"~\n" +
+	"\apeer_id\x18\x02 \x01(\tR\x06peerId\"\x9a\x01\n" +
 	"\n" +
 	"PieceState\x12%\n" +
 	"\x0econtent_length\x18\x01 \x01(\x03R\rcontentLength\x12\x1d\n" +
 	"\n" +
 	"piece_size\x18\x02 \x01(\rR\tpieceSize\x12\x16\n" +
 	"\x06pieces\x18\x03 \x03(\rR\x06pieces\x12\x12\n" +
-	"\x04done\x18\x04 \x01(\bR\x04done\"F\n" +
+	"\x04done\x18\x04 \x01(\bR\x04done\x12\x1a\n" +
+	"\brelaying\x18\x05 \x03(\rR\brelaying\"F\n" +
 	"\x0ePreheatRequest\x124\n" +
 	"\x04task\x18\x01 \x01(\v2 .damselfly.scheduler.v1.TaskSpecR\x04task\"P\n" +
 	"\x0fPreheatResponse\x12%\n" +

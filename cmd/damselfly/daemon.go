@@ -44,6 +44,7 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.IntVar(&cfg.Download.ParentFailures, "parent-failures", cfg.Download.ParentFailures, "failures in a row that drop a parent")
 	fs.Var(&cfg.Download.ReportInterval, "report-interval", "how long piece reports to the scheduler may be batched")
 	fs.IntVar(&cfg.Upload.MaxConcurrent, "upload-max-concurrent", cfg.Upload.MaxConcurrent, "piece transfers served at once")
+	fs.BoolVar(&cfg.Upload.Relay, "relay", cfg.Upload.Relay, "let children fetch a piece while it still arrives here (cut-through; the last byte waits for verification)")
 	fs.Var(&cfg.Upload.PeerRateLimit, "upload-peer-rate-limit", "upload limit towards any one peer in bytes/s, e.g. 20M (0: none)")
 	fs.IntVar(&cfg.Download.MaxConcurrentOrigin, "max-concurrent-origin", cfg.Download.MaxConcurrentOrigin, "origin fetches running at once on this host (over all tasks)")
 	fs.Var(&cfg.Cache.TaskTTL, "cache-task-ttl", "evict cached tasks not used for this long (0: never)")

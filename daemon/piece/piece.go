@@ -73,6 +73,8 @@ type Metrics struct {
 	PieceFailures  *prometheus.CounterVec
 	DownloadBytes  *prometheus.CounterVec
 	UploadRequests prometheus.Counter
+	// UploadsRelayed counts uploads of pieces still arriving (store.Relay).
+	UploadsRelayed prometheus.Counter
 	// LimitWaits and LimitWaitSeconds count transfers held back by a rate
 	// limit or a concurrency cap, by limit (download, upload, peer_upload,
 	// upload_slots, origin_slots).
@@ -91,6 +93,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "damselfly_daemon_upload_denied_total", Help: "Piece requests refused, by reason."}, []string{"reason"}),
 		UploadRequests: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "damselfly_daemon_upload_requests_total", Help: "Piece requests received."}),
+		UploadsRelayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "damselfly_daemon_uploads_relayed_total", Help: "Piece uploads served while the piece was still arriving (cut-through)."}),
 		PieceDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "damselfly_daemon_piece_duration_seconds",
 			Help:    "Time to fetch and verify one piece, by source (peer, origin).",
@@ -106,7 +110,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "damselfly_daemon_limit_wait_seconds_total", Help: "Time spent waiting for a limit, by limit."}, []string{"limit"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.UploadBytes, m.UploadsActive, m.UploadsDenied, m.UploadRequests, m.PieceDuration, m.PieceFailures, m.DownloadBytes,
+		reg.MustRegister(m.UploadBytes, m.UploadsActive, m.UploadsDenied, m.UploadRequests, m.UploadsRelayed, m.PieceDuration, m.PieceFailures, m.DownloadBytes,
 			m.LimitWaits, m.LimitWaitSeconds)
 	}
 	return m
@@ -167,10 +171,15 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	off, size, err := t.PieceSection(n)
+	var relay *store.RelayReader
 	if err != nil {
-		s.metrics.UploadsDenied.WithLabelValues("unknown_piece").Inc()
-		http.Error(w, "piece not held", http.StatusNotFound)
-		return
+		var ok bool
+		if relay, ok = t.OpenRelay(n); !ok {
+			s.metrics.UploadsDenied.WithLabelValues("unknown_piece").Inc()
+			http.Error(w, "piece not held", http.StatusNotFound)
+			return
+		}
+		defer relay.Close()
 	}
 	// Pinned while its bytes go out: GC and deletion wait for us.
 	release := t.Hold()
@@ -184,6 +193,15 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 	defer s.slots.Release()
 	s.metrics.UploadsActive.Inc()
 	defer s.metrics.UploadsActive.Dec()
+	peer := r.Header.Get(PeerHeader)
+	if peer == "" {
+		peer, _, _ = net.SplitHostPort(r.RemoteAddr)
+	}
+	peerLimit := s.peers.get(peer, time.Now())
+	if relay != nil {
+		s.serveRelay(w, r, relay, id, n, peerLimit)
+		return
+	}
 	f, err := os.Open(t.DataPath())
 	if err != nil {
 		http.Error(w, "task data gone", http.StatusNotFound)
@@ -199,11 +217,6 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	// io.CopyN over an *os.File lets net/http use sendfile(2).
 	var sent int64
-	peer := r.Header.Get(PeerHeader)
-	if peer == "" {
-		peer, _, _ = net.SplitHostPort(r.RemoteAddr)
-	}
-	peerLimit := s.peers.get(peer, time.Now())
 	if Unlimited(s.limit) && Unlimited(peerLimit) {
 		sent, err = io.CopyN(w, f, size)
 	} else {
@@ -223,6 +236,46 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 	s.metrics.UploadBytes.Add(float64(sent))
 	if err != nil && !errors.Is(err, context.Canceled) {
 		s.log.Debug("piece upload ended early", "task_id", id, "piece", n, "sent", sent, "err", err)
+	}
+}
+
+// serveRelay sends a piece this daemon is still receiving, as its bytes
+// arrive; the last byte goes only after the piece was verified here, and
+// the response is aborted if it failed, so the child sees a broken transfer
+// rather than a complete piece with bad bytes.
+func (s *Server) serveRelay(w http.ResponseWriter, r *http.Request, rr *store.RelayReader, id string, n uint32, peerLimit *rate.Limiter) {
+	s.metrics.UploadsRelayed.Inc()
+	size := rr.Size()
+	w.Header().Set("Content-Length", strconv.Itoa(size))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	sent := 0
+	defer func() { s.metrics.UploadBytes.Add(float64(sent)) }()
+	for sent < size {
+		b, err := rr.Next(r.Context(), sent)
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				s.log.Debug("relayed piece upload aborted", "task_id", id, "piece", n, "sent", sent, "err", err)
+			}
+			panic(http.ErrAbortHandler) // the child must not take a short body for a piece
+		}
+		for len(b) > 0 {
+			c := b[:min(len(b), chunk)]
+			if err := s.metrics.wait(r.Context(), "peer_upload", peerLimit, len(c)); err != nil {
+				return
+			}
+			if err := s.metrics.wait(r.Context(), "upload", s.limit, len(c)); err != nil {
+				return
+			}
+			k, err := w.Write(c)
+			sent += k
+			if err != nil {
+				return
+			}
+			b = b[k:]
+		}
+		_ = rc.Flush()
 	}
 }
 
@@ -261,6 +314,13 @@ type Request struct {
 	Limits []*rate.Limiter
 	// PeerID names the requester to the parent, for its per-peer upload limit.
 	PeerID string
+	// Buf, when set, receives the piece (len(Buf) == Size); the caller owns
+	// it whatever Fetch returns. Otherwise Fetch takes a pooled buffer and
+	// returns it, to be handed back with Release.
+	Buf []byte
+	// Progress, when set, is told after every read how much of the buffer
+	// has arrived; with Buf set it lets the caller relay the piece onwards.
+	Progress func(filled int)
 }
 
 // ErrCorrupt marks bytes that do not match the trusted digest.
@@ -305,7 +365,17 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 	if resp.ContentLength >= 0 && resp.ContentLength != r.Size {
 		return nil, fmt.Errorf("fetch piece %d from %s: %d bytes offered, want %d: %w", r.Number, r.Addr, resp.ContentLength, r.Size, ErrCorrupt)
 	}
-	buf := c.get(int(r.Size))
+	buf := r.Buf
+	if buf == nil {
+		buf = c.get(int(r.Size))
+	} else if int64(len(buf)) != r.Size {
+		return nil, fmt.Errorf("fetch piece %d: buffer of %d bytes for %d", r.Number, len(buf), r.Size)
+	}
+	drop := func() {
+		if r.Buf == nil {
+			c.Release(buf)
+		}
+	}
 	// Plain Reads of up to 1 MiB: larger than the transport's buffer, so the
 	// bytes land in buf directly, and every Read that returns is progress for
 	// the stall watchdog. Limiters are paid after each read.
@@ -316,9 +386,12 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 		got += k
 		if k > 0 {
 			watchdog.Reset(stall)
+			if r.Progress != nil {
+				r.Progress(got)
+			}
 			for _, l := range r.Limits {
 				if werr := c.metrics.wait(ctx, "download", l, k); werr != nil {
-					c.Release(buf)
+					drop()
 					return nil, fmt.Errorf("fetch piece %d from %s: rate limit: %w", r.Number, r.Addr, werr)
 				}
 			}
@@ -327,7 +400,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 			if err == io.EOF && got == len(buf) {
 				break
 			}
-			c.Release(buf)
+			drop()
 			if cerr := context.Cause(ctx); cerr != nil {
 				err = cerr
 			} else if err == io.EOF {
@@ -337,12 +410,16 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 		}
 	}
 	if !core.EqualDigest(core.PieceDigest(buf), r.Digest) {
-		c.Release(buf)
+		drop()
 		return nil, fmt.Errorf("piece %d from %s: %w", r.Number, r.Addr, ErrCorrupt)
 	}
 	c.metrics.DownloadBytes.WithLabelValues("peer").Add(float64(len(buf)))
 	return buf, nil
 }
+
+// Buffer returns a pooled buffer of n bytes, for Request.Buf; hand it back
+// with Release.
+func (c *Client) Buffer(n int) []byte { return c.get(n) }
 
 func (c *Client) get(n int) []byte {
 	if v := c.bufs.Get(); v != nil {

@@ -293,10 +293,11 @@ type Task struct {
 	lastSave  time.Time
 	closed    bool
 	syncOnce  sync.Once
-	journal   *os.File // pieces stored since meta.json was written; see journal.go
-	holds     int      // see Hold
-	removed   bool     // out of the store; files go with the last hold
-	tomb      string   // where the files moved while held after removal
+	journal   *os.File          // pieces stored since meta.json was written; see journal.go
+	holds     int               // see Hold
+	removed   bool              // out of the store; files go with the last hold
+	tomb      string            // where the files moved while held after removal
+	relays    map[uint32]*Relay // pieces arriving, readable by uploads (relay.go)
 }
 
 func newTask(s *Store, dir string, f *os.File, m Meta) *Task {

@@ -177,3 +177,37 @@ func TestOutputLinkOrCopy(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayedPipeline runs the default pipeline (seed → peer0 → peer1 → …)
+// with every host's download held to 8 MB/s, so each parent is still
+// receiving most pieces when its child asks for them: children must get
+// them relayed (cut-through) and every copy must be exact. With relays off
+// the same run must relay nothing.
+func TestRelayedPipeline(t *testing.T) {
+	o := newOrigin(t)
+	const size = 12 << 20
+	for _, relay := range []bool{true, false} {
+		t.Run(fmt.Sprintf("relay=%v", relay), func(t *testing.T) {
+			c := startCluster(t, 3, "--download-rate-limit", "8M", "--relay="+strconv.FormatBool(relay))
+			url, sum := o.add(fmt.Sprintf("relayed-%v", relay), size, 77)
+			before := o.served.Load()
+			fetchAll(t, c.daemons, url, sum)
+			if served := o.served.Load() - before; served > size*105/100 {
+				t.Errorf("origin served %d bytes for %d", served, size)
+			}
+			all := append([]*daemonProc{c.seed}, c.daemons...)
+			relayed := sumMetric(t, all, "damselfly_daemon_uploads_relayed_total", "")
+			corrupt := sumMetric(t, all, "damselfly_daemon_piece_failures_total", `reason="corrupt"`)
+			t.Logf("relay=%v: %v uploads relayed, %v corrupt pieces", relay, relayed, corrupt)
+			if relay && relayed < 1 {
+				t.Error("no piece was relayed: every hop waited for whole pieces")
+			}
+			if !relay && relayed != 0 {
+				t.Errorf("%v pieces relayed with --relay=false", relayed)
+			}
+			if corrupt != 0 {
+				t.Errorf("%v corrupt pieces counted", corrupt)
+			}
+		})
+	}
+}
