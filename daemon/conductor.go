@@ -91,13 +91,13 @@ type parentState struct {
 	count    int
 	inflight int
 	failures int
-	rate     float64 // bytes/s: rateBytes/rateNs
-	// rateBytes and rateNs are EWMAs of the bytes of each piece from this
-	// parent and of the time it took to deliver it (see deliveryCost).
-	rateBytes, rateNs float64
-	lastDone          time.Time // latest end of a piece fetch from this parent
-	cancel            context.CancelFunc
-	removed           bool
+	hasAt    []uint32  // the update (of updates) that last announced each piece
+	updates  uint32    // piece-stream messages handled
+	rate     float64   // bytes/s delivered, from rates
+	rates    core.Rate // pieces from this parent over their delivery times (deliveryCost)
+	lastDone time.Time // latest end of a piece fetch from this parent
+	cancel   context.CancelFunc
+	removed  bool
 }
 
 // events
@@ -113,6 +113,7 @@ type (
 		n      uint32
 		parent *parentState
 		size   int64
+		asked  uint32 // the parent's updates count when the request went out
 		start  time.Time
 		end    time.Time
 		err    error
@@ -572,16 +573,28 @@ func (c *conductor) handleParent(ctx context.Context, e evParent) {
 		}
 		return
 	}
-	for _, n := range slices.Concat(e.st.GetPieces(), e.st.GetRelaying()) {
-		if n > 1<<26 {
-			continue
-		}
+	p.updates++
+	mark := func(n uint32) {
 		for int(n) >= len(p.has) {
 			p.has = append(p.has, false)
+			p.hasAt = append(p.hasAt, 0)
 		}
+		p.hasAt[n] = p.updates
 		if !p.has[n] {
 			p.has[n] = true
 			p.count++
+		}
+	}
+	for _, n := range slices.Concat(e.st.GetPieces(), e.st.GetRelaying()) {
+		if n <= 1<<26 {
+			mark(n)
+		}
+	}
+	// A complete parent holds every piece, whatever a not-found answer
+	// (to a request that raced its announcements) made us believe.
+	if e.st.GetDone() && c.shapeKnown() {
+		for n := range c.pieceCount() {
+			mark(n)
 		}
 	}
 }
@@ -633,7 +646,7 @@ func (c *conductor) schedule(ctx context.Context) {
 			Limits: []*rate.Limiter{c.d.dl, c.limit},
 			PeerID: c.peerID,
 		}
-		go c.fetchPiece(ctx, req, p)
+		go c.fetchPiece(ctx, req, p, p.updates)
 	}
 }
 
@@ -763,18 +776,10 @@ func (p *parentState) deliveryCost(start, end time.Time) time.Duration {
 	return max(end.Sub(from), time.Microsecond)
 }
 
-// observeRate folds one delivered piece into the parent's rate: EWMAs of
-// bytes and of time kept apart, so that many short samples (pieces that
-// completed together) and few long ones weigh by the time they cover.
+// observeRate folds one delivered piece into the parent's rate.
 func (p *parentState) observeRate(size int64, cost time.Duration) {
-	const alpha = 0.3
-	if p.rateNs == 0 {
-		p.rateBytes, p.rateNs = float64(size), float64(cost)
-	} else {
-		p.rateBytes = alpha*float64(size) + (1-alpha)*p.rateBytes
-		p.rateNs = alpha*float64(cost) + (1-alpha)*p.rateNs
-	}
-	p.rate = p.rateBytes / p.rateNs * 1e9
+	p.rates.Observe(size, cost.Nanoseconds(), 0.3)
+	p.rate = p.rates.BytesPerSec()
 }
 
 func (c *conductor) chooseParent(n uint32) *parentState {
@@ -799,7 +804,7 @@ func (c *conductor) chooseParent(n uint32) *parentState {
 	return best
 }
 
-func (c *conductor) fetchPiece(ctx context.Context, r piece.Request, p *parentState) {
+func (c *conductor) fetchPiece(ctx context.Context, r piece.Request, p *parentState, asked uint32) {
 	start := time.Now()
 	// Relayed: this daemon's children may fetch the piece while it arrives.
 	var relay *store.Relay
@@ -824,7 +829,7 @@ func (c *conductor) fetchPiece(ctx context.Context, r piece.Request, p *parentSt
 	if relay != nil {
 		relay.Finish()
 	}
-	c.post(ctx, evPiece{n: r.Number, parent: p, size: r.Size, start: start, end: time.Now(), err: err})
+	c.post(ctx, evPiece{n: r.Number, parent: p, size: r.Size, asked: asked, start: start, end: time.Now(), err: err})
 }
 
 func (c *conductor) handlePiece(ctx context.Context, e evPiece) error {
@@ -860,7 +865,11 @@ func (c *conductor) handlePiece(ctx context.Context, e evPiece) error {
 		reason = "corrupt"
 	case errors.Is(e.err, core.ErrNotFound):
 		reason = "not_found"
-		if int(e.n) < len(p.has) && p.has[e.n] {
+		// Forget the piece at this parent unless it was announced again
+		// after the request went out: a relay that failed and started over,
+		// or the piece now held, arrives on the piece stream, which may
+		// overtake this answer.
+		if int(e.n) < len(p.has) && p.has[e.n] && (int(e.n) >= len(p.hasAt) || p.hasAt[e.n] <= e.asked) {
 			p.has[e.n] = false
 			p.count--
 		}

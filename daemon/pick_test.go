@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"testing"
 
+	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/daemon/piece"
 	"github.com/damselfly-io/damselfly/daemon/store"
 )
 
@@ -31,7 +33,7 @@ func conductorWithParents(t *testing.T, n int, parents map[string][]uint32) *con
 		ds[uint32(i)] = core.PieceDigest([]byte{byte(i)})
 	}
 	task.SetDigests(ds)
-	d := &Daemon{cfg: DefaultConfig(), log: log, store: st}
+	d := &Daemon{cfg: DefaultConfig(), log: log, store: st, pm: piece.NewMetrics(nil)}
 	c := newConductor(d, taskRequest{spec: &schedulerv1.TaskSpec{TaskId: "t"}}, "h")
 	c.task = task
 	c.setNeed(task.Missing())
@@ -107,7 +109,7 @@ func TestPickNeedsTrustedDigest(t *testing.T) {
 	task, _, _ := st.GetOrCreate(store.Meta{TaskID: "t", ContentLength: -1})
 	task.SetShape(4096, 1024)
 	task.SetDigests(map[uint32][]byte{2: core.PieceDigest([]byte("x"))})
-	d := &Daemon{cfg: DefaultConfig(), log: log, store: st}
+	d := &Daemon{cfg: DefaultConfig(), log: log, store: st, pm: piece.NewMetrics(nil)}
 	c := newConductor(d, taskRequest{spec: &schedulerv1.TaskSpec{TaskId: "t"}}, "h")
 	c.task = task
 	c.setNeed(task.Missing())
@@ -157,5 +159,45 @@ func TestPickLargeTask(t *testing.T) {
 	// few dozen picks almost surely; far later means rarity is ignored.
 	if rareAt < 0 || rareAt > n/4 {
 		t.Fatalf("the rare piece went at pick %d of %d", rareAt, n)
+	}
+}
+
+// A not-found answer forgets the piece at that parent, unless the piece was
+// announced again after the request went out (its relay restarted, or it is
+// now held): the piece stream may overtake the answer. A parent that says
+// it is done holds every piece.
+func TestNotFoundRacingAnnouncement(t *testing.T) {
+	c := conductorWithParents(t, 8, map[string][]uint32{"a": nil})
+	p := c.parents["a"]
+	ctx := context.Background()
+	announce := func(st *peerv1.PieceState) { c.handleParent(ctx, evParent{id: "a", st: st}) }
+	notFound := func(n, asked uint32) {
+		take(c, n, p)
+		if err := c.handlePiece(ctx, evPiece{n: n, parent: p, asked: asked, err: core.ErrNotFound}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	holds := func(n uint32) bool { return int(n) < len(p.has) && p.has[n] }
+
+	announce(&peerv1.PieceState{Relaying: []uint32{3}})
+	asked := p.updates
+	notFound(3, asked) // the relay failed before the request arrived
+	if holds(3) {
+		t.Fatal("piece 3 still expected at a parent that said it has not got it")
+	}
+
+	announce(&peerv1.PieceState{Relaying: []uint32{5}})
+	asked = p.updates
+	announce(&peerv1.PieceState{Pieces: []uint32{5}}) // held now, announced before the answer came
+	notFound(5, asked)
+	if !holds(5) {
+		t.Fatal("a stale not-found erased a newer announcement of piece 5")
+	}
+
+	announce(&peerv1.PieceState{Pieces: []uint32{7}, Done: true})
+	for n := uint32(0); n < 8; n++ {
+		if !holds(n) {
+			t.Fatalf("parent done but piece %d not expected there", n)
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/daemon/store"
 	"github.com/damselfly-io/damselfly/source"
 )
 
@@ -52,7 +53,8 @@ func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serv
 	if !ok {
 		return status.Errorf(codes.NotFound, "task %s not held", req.GetTaskId())
 	}
-	var sent, relayed []bool
+	var sent []bool
+	relayed := map[uint32]*store.Relay{}
 	first := true
 	for {
 		ch := t.Changed()
@@ -64,7 +66,7 @@ func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serv
 		add := t.NewPieces(&sent)
 		var relaying []uint32
 		if s.d.cfg.Upload.Relay && !complete {
-			relaying = t.NewRelays(&relayed)
+			relaying = t.NewRelays(relayed)
 		}
 		if first || len(add) > 0 || len(relaying) > 0 || complete {
 			first = false

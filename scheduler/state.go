@@ -112,9 +112,8 @@ type host struct {
 	failures   uint64
 	corrupt    uint32              // corrupt-piece reports against this host
 	corruptBy  map[string]struct{} // hosts that reported them (bounded)
-	throughput float64             // bytes/s as a parent: tpBytes/tpNs
-	tpBytes    float64             // EWMA of the bytes of a reported piece
-	tpNs       float64             // EWMA of its delivery time
+	throughput float64             // bytes/s as a parent, from tp
+	tp         core.Rate           // pieces children got from this host
 	peers      int
 	seed       *seedConn
 	idleSince  time.Time
@@ -124,20 +123,11 @@ type host struct {
 const throughputAlpha = 0.2
 
 // observeThroughput folds one piece a child got from this host into its
-// throughput. Bytes and time are averaged apart and divided, so pieces that
-// completed together (one long sample, then a few short ones) weigh by the
-// time they cover instead of letting the short ones' huge rates dominate.
+// throughput (see core.Rate: pieces that completed together weigh by the
+// time they cover).
 func (h *host) observeThroughput(length uint32, costNs int64) {
-	if length == 0 || costNs <= 0 {
-		return
-	}
-	if h.tpNs == 0 {
-		h.tpBytes, h.tpNs = float64(length), float64(costNs)
-	} else {
-		h.tpBytes = throughputAlpha*float64(length) + (1-throughputAlpha)*h.tpBytes
-		h.tpNs = throughputAlpha*float64(costNs) + (1-throughputAlpha)*h.tpNs
-	}
-	h.throughput = h.tpBytes / h.tpNs * 1e9
+	h.tp.Observe(int64(length), costNs, throughputAlpha)
+	h.throughput = h.tp.BytesPerSec()
 }
 
 type seedPhase uint8

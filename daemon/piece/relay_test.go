@@ -98,8 +98,7 @@ func TestRelayServesArrivingPiece(t *testing.T) {
 	if err != nil || !bytes.Equal(b, want) {
 		t.Fatalf("fetch after store: %v", err)
 	}
-	var seen []bool
-	if rs := task.NewRelays(&seen); len(rs) != 0 {
+	if rs := task.NewRelays(map[uint32]*store.Relay{}); len(rs) != 0 {
 		t.Fatalf("relays after finish: %v", rs)
 	}
 }

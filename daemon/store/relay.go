@@ -190,22 +190,24 @@ func (rr *RelayReader) Close() {
 	}
 }
 
-// NewRelays returns, in order, the pieces being relayed that are not marked
-// in seen, and marks them (see NewPieces).
-func (t *Task) NewRelays(seen *[]bool) []uint32 {
+// NewRelays returns, in order, the pieces being relayed that seen does not
+// map to their current relay, and records them there. A piece whose relay
+// failed and started again is returned again: a child that asked for it in
+// between was told the piece is not here, and must learn it is coming.
+func (t *Task) NewRelays(seen map[uint32]*Relay) []uint32 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	for n, r := range seen {
+		if t.relays[n] != r {
+			delete(seen, n)
+		}
+	}
 	var out []uint32
-	for n := range t.relays {
-		i := int(n)
-		if i < len(*seen) && (*seen)[i] {
-			continue
+	for n, r := range t.relays {
+		if seen[n] != r {
+			seen[n] = r
+			out = append(out, n)
 		}
-		for i >= len(*seen) {
-			*seen = append(*seen, false)
-		}
-		(*seen)[i] = true
-		out = append(out, n)
 	}
 	slices.Sort(out)
 	return out

@@ -37,11 +37,11 @@ func TestRelayLifecycle(t *testing.T) {
 	default:
 		t.Fatal("starting a relay did not wake the task's followers")
 	}
-	var seen []bool
-	if got := task.NewRelays(&seen); !slices.Equal(got, []uint32{1, 3}) {
+	seen := map[uint32]*Relay{}
+	if got := task.NewRelays(seen); !slices.Equal(got, []uint32{1, 3}) {
 		t.Fatalf("relays %v, want [1 3]", got)
 	}
-	if got := task.NewRelays(&seen); len(got) != 0 {
+	if got := task.NewRelays(seen); len(got) != 0 {
 		t.Fatalf("relays announced twice: %v", got)
 	}
 
@@ -89,5 +89,9 @@ func TestRelayLifecycle(t *testing.T) {
 	rr3.Close()
 	if task.StartRelay(3, make([]byte, 1024), nil) == nil {
 		t.Fatal("a failed piece cannot be relayed again")
+	}
+	// relayed again after failing: announced again
+	if got := task.NewRelays(seen); !slices.Equal(got, []uint32{3}) {
+		t.Fatalf("after a failed relay restarted: announced %v, want [3]", got)
 	}
 }
