@@ -255,10 +255,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	group := localityGroup(p.host.info)
 	free, full := s.freeCands[:0], s.fullCands[:0]
 	var soft []*peer // found slow lately: the last resort
-	var now time.Time
-	if len(p.bad) > 0 {
-		now = time.Now()
-	}
+	now := time.Now()
 	for range n {
 		c := t.pool[idx]
 		if idx += stride; idx >= n {
@@ -276,7 +273,10 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 			}
 			delete(p.bad, c.id) // forgiven
 		}
-		if c.host.used >= c.host.slots || (s.cfg.MaxChildren > 0 && childrenIn(c, group) >= s.cfg.MaxChildren) {
+		// A host replaced as slow lately is used like a full one: only when
+		// nothing else can take p, so it drifts to the end of the pipeline
+		// instead of slowing whoever joins below it next.
+		if c.host.used >= c.host.slots || (s.cfg.MaxChildren > 0 && childrenIn(c, group) >= s.cfg.MaxChildren) || now.Before(c.host.slowUntil) {
 			if len(full) < limit {
 				full = append(full, c)
 			}

@@ -1,6 +1,9 @@
 package scheduler
 
-import "slices"
+import (
+	"slices"
+	"time"
+)
 
 // The parent→child graph of a task must stay acyclic. Checking a new edge by
 // walking all of the child's descendants costs O(swarm) per decision once the
@@ -34,6 +37,7 @@ func (s *Scheduler) linkLocked(parent, child *peer) bool {
 		return false
 	}
 	child.parents = append(child.parents, link{peer: parent, at: len(parent.children)})
+	child.parentsAt = time.Now()
 	parent.children = append(parent.children, child)
 	parent.host.used++
 	return true

@@ -289,7 +289,7 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 		return // too few parents measured to call one slow
 	}
 	slices.Sort(rates)
-	limit := s.cfg.SlowParentRatio * rates[len(rates)/2]
+	median := rates[len(rates)/2]
 	var moved []*peer
 	for _, p := range t.peers {
 		if p.state != stateRunning {
@@ -298,16 +298,34 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 		for i := 0; i < len(p.parents); i++ {
 			par := p.parents[i].peer
 			h := par.host
-			if !seen[h] || h.throughput >= limit {
+			if !seen[h] {
+				continue
+			}
+			// A parent is judged against what it gets itself when that is
+			// measured: with relays, every peer below a slow uplink passes
+			// pieces on at that uplink's rate, so the task's median drops
+			// to it and only the comparison with the parent's own input
+			// still tells the slow link from those merely fed slowly.
+			// Fetchers from the origin are judged against the median.
+			ref := median
+			if in := s.inputRate(par); in > 0 {
+				if now.Sub(par.parentsAt) < inputGrace {
+					continue // its new input has yet to show in what it passes on
+				}
+				ref = in
+			}
+			limit := s.cfg.SlowParentRatio * ref
+			if h.throughput >= limit {
 				continue
 			}
 			if g := localityGroup(p.host.info); g != localityGroup(h.info) {
 				continue // links between IDCs are expected to be slower
 			}
 			s.log.Info("replacing slow parent", "task_id", t.id, "peer_id", p.id, "parent", par.id,
-				"parent_bps", int64(h.throughput), "median_bps", int64(limit/s.cfg.SlowParentRatio))
+				"parent_bps", int64(h.throughput), "reference_bps", int64(ref))
 			s.removeEdge(par, p)
 			s.markBadLocked(p, par.id, badSlow, now)
+			h.slowUntil = now.Add(badParentTTL)
 			s.m.slowParents.Inc()
 			moved = append(moved, p)
 			i--
@@ -316,4 +334,22 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 	for _, p := range moved {
 		s.decideLocked(p, now, true)
 	}
+}
+
+// inputGrace is how long a peer that got a new parent is not judged
+// against that parent's rate: its children's reports still describe what it
+// passed on from the old one.
+var inputGrace = 3 * time.Second
+
+// inputRate is the best measured upload throughput among p's own parents'
+// hosts: how fast p could receive, 0 when none is measured.
+func (s *Scheduler) inputRate(p *peer) float64 {
+	best := 0.0
+	for _, l := range p.parents {
+		h := l.peer.host
+		if h.successes >= uint64(s.cfg.SlowParentSamples) {
+			best = max(best, h.throughput)
+		}
+	}
+	return best
 }

@@ -780,6 +780,9 @@ func TestPipelineDefaults(t *testing.T) {
 
 // A parent whose host uploads far below the others is replaced.
 func TestSlowParentReplaced(t *testing.T) {
+	g := inputGrace
+	t.Cleanup(func() { inputGrace = g }) // after the server stops
+	inputGrace = 100 * time.Millisecond
 	d := DefaultConfig()
 	ts := startServer(t, func(c *Config) {
 		c.MaxParents, c.MaxChildren, c.PipelineParents = d.MaxParents, d.MaxChildren, d.PipelineParents
@@ -998,5 +1001,59 @@ func TestReparentAvoidsOwnBranch(t *testing.T) {
 	peers["p03"].reschedule("p02")
 	if got := peers["p03"].expectParents(); len(got) != 1 || (got[0] != "a" && got[0] != "p01") {
 		t.Fatalf("p03 re-parented to %v, want a or p01", got)
+	}
+}
+
+// With relays every peer below a slow uplink passes pieces on at that
+// uplink's rate, so most measured parents are slow: the slow link is the
+// parent much slower than its own input, and only it is replaced.
+func TestSlowParentJudgedAgainstItsInput(t *testing.T) {
+	g := inputGrace
+	t.Cleanup(func() { inputGrace = g }) // after the server stops
+	inputGrace = 300 * time.Millisecond
+	d := DefaultConfig()
+	ts := startServer(t, func(c *Config) {
+		c.MaxParents, c.MaxChildren, c.PipelineParents = d.MaxParents, d.MaxChildren, d.PipelineParents
+		c.SlowParentRatio, c.SlowParentSamples = 0.3, 2
+	})
+	a := ts.register("t1", "a")
+	a.expectBackToSource()
+	a.meta(16<<20, 256<<10)
+	ids := []string{"a", "b", "c", "d", "e", "f", "g"}
+	peers := map[string]*testPeer{"a": a}
+	for i, id := range ids[1:] {
+		p := ts.register("t1", id)
+		if got := p.expectParents(); !slices.Equal(got, []string{ids[i]}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
+		}
+		peers[id] = p
+	}
+	const piece = 256 << 10
+	fast, slow := int64(20*time.Millisecond), int64(200*time.Millisecond)
+	// c's uplink is slow; d, e, f relay what they get at that rate
+	for n := uint32(0); n < 3; n++ {
+		for i, id := range ids[1:] {
+			cost := slow
+			if i < 2 { // b from a, c from b
+				cost = fast
+			}
+			peers[id].pieces(&schedulerv1.PieceResult{Number: n, ParentId: ids[i], Length: piece, CostNs: cost})
+		}
+	}
+	got := peers["d"].expectParents()
+	if len(got) != 1 || got[0] == "c" {
+		t.Fatalf("d kept its slow parent c: %v", got)
+	}
+	// d now gets pieces fast and passes them on fast; within the grace
+	// period its children's old reports must not get it replaced.
+	for n := uint32(3); n < 20; n++ {
+		peers["d"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: got[0], Length: piece, CostNs: fast})
+		for i, id := range ids[4:] {
+			peers[id].pieces(&schedulerv1.PieceResult{Number: n, ParentId: ids[3+i], Length: piece, CostNs: fast})
+		}
+	}
+	time.Sleep(time.Second) // many refresh rounds
+	if n := ts.metric("damselfly_scheduler_slow_parents_replaced_total"); n != 1 {
+		t.Fatalf("slow parents replaced %v, want 1 (c only)", n)
 	}
 }

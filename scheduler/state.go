@@ -97,9 +97,10 @@ type peer struct {
 	disableBackSource bool
 	seedRequest       bool
 	conn              *conn
-	poolIdx           int    // index in task.pool, -1 when not a candidate
-	mark              uint64 // visit epoch, see Scheduler.epoch
-	dropping          bool   // queued for removal after a send overflow
+	poolIdx           int       // index in task.pool, -1 when not a candidate
+	mark              uint64    // visit epoch, see Scheduler.epoch
+	parentsAt         time.Time // when the peer last got a parent
+	dropping          bool      // queued for removal after a send overflow
 }
 
 // host is a machine across all its peers and tasks.
@@ -113,6 +114,7 @@ type host struct {
 	corrupt    uint32              // corrupt-piece reports against this host
 	corruptBy  map[string]struct{} // hosts that reported them (bounded)
 	throughput float64             // bytes/s as a parent, from tp
+	slowUntil  time.Time           // replaced as a slow parent lately: a candidate of last resort until then
 	tp         core.Rate           // pieces children got from this host
 	peers      int
 	seed       *seedConn
