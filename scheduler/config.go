@@ -29,8 +29,9 @@ type Config struct {
 	// holds a piece: it relays pieces as they arrive (default true).
 	PipelineParents bool `yaml:"pipeline_parents"`
 	// SlowParentRatio: a parent whose host uploads at less than this share of
-	// the task's median parent throughput is replaced (default 0.3; 0 keeps
-	// slow parents).
+	// what it receives itself (its own parents' measured throughput; the
+	// task's median parent throughput for peers fetching from the origin) is
+	// replaced (default 0.3; 0 keeps slow parents).
 	SlowParentRatio float64 `yaml:"slow_parent_ratio"`
 	// SlowParentSamples is how many pieces a host must have served before it
 	// can be called slow (default 8).

@@ -328,12 +328,38 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 			h.slowUntil = now.Add(badParentTTL)
 			s.m.slowParents.Inc()
 			moved = append(moved, p)
+			// In a pipeline every other peer above p already serves a
+			// child, so p would split one of their uplinks. Splice instead:
+			// p takes the slow parent's place under its own parent, and
+			// the slow parent, left without children, goes to the end.
+			if gp := s.spliceParent(par, p); gp != nil {
+				s.removeEdge(gp, par)
+				if s.linkLocked(gp, p) {
+					moved = append(moved, par)
+				} else {
+					s.linkLocked(gp, par) // cannot happen (gp is above par); keep par served
+				}
+			}
 			i--
 		}
 	}
 	for _, p := range moved {
 		s.decideLocked(p, now, true)
 	}
+}
+
+// spliceParent returns the parent whose place child can take when slow is
+// replaced: slow's only parent, when slow has no other child left, p has no
+// other parent, and the three share a locality group; nil otherwise.
+func (s *Scheduler) spliceParent(slow, child *peer) *peer {
+	if len(slow.parents) != 1 || len(slow.children) != 0 || len(child.parents) != 0 || slow.state != stateRunning {
+		return nil
+	}
+	gp := slow.parents[0].peer
+	if gp == child || localityGroup(gp.host.info) != localityGroup(child.host.info) {
+		return nil
+	}
+	return gp
 }
 
 // inputGrace is how long a peer that got a new parent is not judged

@@ -1006,7 +1006,8 @@ func TestReparentAvoidsOwnBranch(t *testing.T) {
 
 // With relays every peer below a slow uplink passes pieces on at that
 // uplink's rate, so most measured parents are slow: the slow link is the
-// parent much slower than its own input, and only it is replaced.
+// parent much slower than its own input, and only it is replaced — spliced
+// out of the pipeline and moved to its end, so no uplink is split.
 func TestSlowParentJudgedAgainstItsInput(t *testing.T) {
 	g := inputGrace
 	t.Cleanup(func() { inputGrace = g }) // after the server stops
@@ -1040,10 +1041,24 @@ func TestSlowParentJudgedAgainstItsInput(t *testing.T) {
 			peers[id].pieces(&schedulerv1.PieceResult{Number: n, ParentId: ids[i], Length: piece, CostNs: cost})
 		}
 	}
+	// d takes c's place under b; c, now childless, goes to the end (g)
 	got := peers["d"].expectParents()
-	if len(got) != 1 || got[0] == "c" {
-		t.Fatalf("d kept its slow parent c: %v", got)
+	if !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("d re-parented to %v, want [b] (c spliced out)", got)
 	}
+	if got := peers["c"].expectParents(); !slices.Equal(got, []string{"g"}) {
+		t.Fatalf("slow c re-parented to %v, want [g], the end of the pipeline", got)
+	}
+	ts.inspect(func(s *Scheduler) {
+		if err := checkInvariants(s); err != nil {
+			t.Error(err)
+		}
+		for _, p := range s.tasks["t1"].peers {
+			if len(p.children) > 1 {
+				t.Errorf("%s serves %d children after the splice", p.id, len(p.children))
+			}
+		}
+	})
 	// d now gets pieces fast and passes them on fast; within the grace
 	// period its children's old reports must not get it replaced.
 	for n := uint32(3); n < 20; n++ {
