@@ -590,6 +590,13 @@ func (c *conductor) handleParent(ctx context.Context, e evParent) {
 			mark(n)
 		}
 	}
+	// A parent that stored a new piece is progress of the swarm even when
+	// it is not ours yet: a source shared by many tasks may trickle, and
+	// leaving for the origin then only adds to its load (swarm_timeout is
+	// for a swarm that has stopped, not for a slow one).
+	if len(e.st.GetPieces()) > 0 {
+		c.lastProgress = time.Now()
+	}
 	// A complete parent holds every piece, whatever a not-found answer
 	// (to a request that raced its announcements) made us believe.
 	if e.st.GetDone() && c.shapeKnown() {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
@@ -199,5 +200,23 @@ func TestNotFoundRacingAnnouncement(t *testing.T) {
 		if !holds(n) {
 			t.Fatalf("parent done but piece %d not expected there", n)
 		}
+	}
+}
+
+// A parent storing new pieces is progress of the swarm (the swarm timeout
+// must not send a peer to the origin while its source trickles); a relay
+// announcement alone is not.
+func TestParentPiecesAreSwarmProgress(t *testing.T) {
+	c := conductorWithParents(t, 8, map[string][]uint32{"a": nil})
+	ctx := context.Background()
+	old := time.Now().Add(-time.Hour)
+	c.lastProgress = old
+	c.handleParent(ctx, evParent{id: "a", st: &peerv1.PieceState{Relaying: []uint32{1}}})
+	if !c.lastProgress.Equal(old) {
+		t.Fatal("a relay announcement counted as progress")
+	}
+	c.handleParent(ctx, evParent{id: "a", st: &peerv1.PieceState{Pieces: []uint32{1}}})
+	if time.Since(c.lastProgress) > time.Minute {
+		t.Fatal("a parent's new piece did not count as progress")
 	}
 }
