@@ -71,6 +71,8 @@ type conductor struct {
 	mode          int
 	pending       []*schedulerv1.PieceResult
 	lastProgress  time.Time
+	gone          []string  // parents whose stream broke, not yet reported (see handleParent)
+	goneAt        time.Time // when the last of them broke
 	lastResched   time.Time
 	rnd           *rand.Rand
 	originRunning bool
@@ -461,6 +463,15 @@ func (c *conductor) checkStall(ctx context.Context) error {
 	if c.mode != modeP2P {
 		return nil
 	}
+	if len(c.gone) > 0 {
+		switch {
+		case len(c.parents) > 0:
+			c.gone = nil
+		case time.Since(c.goneAt) >= parentGoneGrace:
+			c.reschedule(c.gone, "parent gone")
+			c.gone = nil
+		}
+	}
 	idle := time.Since(c.lastProgress)
 	if idle >= c.d.cfg.Download.SwarmTimeout.D() {
 		c.log.Warn("no progress from the swarm", "for", idle.Round(time.Millisecond))
@@ -471,6 +482,10 @@ func (c *conductor) checkStall(ctx context.Context) error {
 	}
 	return nil
 }
+
+// parentGoneGrace is how long a peer left without parents by a broken
+// parent stream waits for the scheduler's own new parents before asking.
+const parentGoneGrace = time.Second
 
 func (c *conductor) reschedule(bad []string, reason string) {
 	c.lastResched = time.Now()
@@ -569,7 +584,13 @@ func (c *conductor) handleParent(ctx context.Context, e evParent) {
 		c.log.Debug("parent gone", "parent", e.id, "err", e.err)
 		c.removeParent(p)
 		if len(c.parents) == 0 {
-			c.reschedule([]string{e.id}, "parent gone")
+			// A parent that died is seen by the scheduler on its own
+			// stream, which then gives us the dead peer's place (under its
+			// parent, whose slot just freed). Asking at once races that and
+			// can get a parent that already serves a child, splitting its
+			// uplink; ask only if nothing came within parentGoneGrace.
+			c.gone = append(c.gone, e.id)
+			c.goneAt = time.Now()
 		}
 		return
 	}

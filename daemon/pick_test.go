@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"testing"
@@ -218,5 +219,36 @@ func TestParentPiecesAreSwarmProgress(t *testing.T) {
 	c.handleParent(ctx, evParent{id: "a", st: &peerv1.PieceState{Pieces: []uint32{1}}})
 	if time.Since(c.lastProgress) > time.Minute {
 		t.Fatal("a parent's new piece did not count as progress")
+	}
+}
+
+// When the only parent's stream breaks, the peer waits a moment for the
+// scheduler (which sees a dead peer itself) before asking for new parents,
+// and does not ask at all if parents came meanwhile.
+func TestParentGoneWaitsForScheduler(t *testing.T) {
+	ctx := context.Background()
+	c := conductorWithParents(t, 8, map[string][]uint32{"a": {0, 1}})
+	c.mode = modeP2P
+	c.lastProgress = time.Now()
+	c.handleParent(ctx, evParent{id: "a", err: errors.New("stream broke")})
+	if !c.lastResched.IsZero() {
+		t.Fatal("rescheduled at once")
+	}
+	if err := c.checkStall(ctx); err != nil || !c.lastResched.IsZero() {
+		t.Fatalf("rescheduled within the grace: %v", err)
+	}
+	c.goneAt = time.Now().Add(-parentGoneGrace)
+	if err := c.checkStall(ctx); err != nil || c.lastResched.IsZero() {
+		t.Fatalf("no reschedule after the grace: %v", err)
+	}
+
+	c = conductorWithParents(t, 8, map[string][]uint32{"a": {0, 1}})
+	c.mode = modeP2P
+	c.lastProgress = time.Now()
+	c.handleParent(ctx, evParent{id: "a", err: errors.New("stream broke")})
+	c.parents["b"] = &parentState{info: &schedulerv1.PeerInfo{PeerId: "b"}, cancel: func() {}} // the scheduler's answer
+	c.goneAt = time.Now().Add(-parentGoneGrace)
+	if err := c.checkStall(ctx); err != nil || !c.lastResched.IsZero() || c.gone != nil {
+		t.Fatalf("asked although the scheduler already gave parents: %v", err)
 	}
 }
