@@ -768,8 +768,8 @@ func TestPipelineDefaults(t *testing.T) {
 	// peer ends with two children
 	peers["c"].leave()
 	got := peers["d"].expectParents()
-	if len(got) != 1 || got[0] == "e" || got[0] == "c" {
-		t.Fatalf("d re-parented to %v", got)
+	if !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("d re-parented to %v, want [b]: c's place", got)
 	}
 	ts.inspect(func(s *Scheduler) {
 		if err := checkInvariants(s); err != nil {
