@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -595,20 +594,11 @@ func (c *conductor) handleParent(ctx context.Context, e evParent) {
 		return
 	}
 	p.updates++
-	mark := func(n uint32) {
-		for int(n) >= len(p.has) {
-			p.has = append(p.has, false)
-			p.hasAt = append(p.hasAt, 0)
-		}
-		p.hasAt[n] = p.updates
-		if !p.has[n] {
-			p.has[n] = true
-			p.count++
-		}
-	}
-	for _, n := range slices.Concat(e.st.GetPieces(), e.st.GetRelaying()) {
-		if n <= 1<<26 {
-			mark(n)
+	for _, ns := range [2][]uint32{e.st.GetPieces(), e.st.GetRelaying()} {
+		for _, n := range ns {
+			if n <= 1<<26 {
+				p.mark(n)
+			}
 		}
 	}
 	// A parent that stored a new piece is progress of the swarm even when
@@ -622,8 +612,21 @@ func (c *conductor) handleParent(ctx context.Context, e evParent) {
 	// (to a request that raced its announcements) made us believe.
 	if e.st.GetDone() && c.shapeKnown() {
 		for n := range c.pieceCount() {
-			mark(n)
+			p.mark(n)
 		}
+	}
+}
+
+// mark records that the parent announced piece n in its current update.
+func (p *parentState) mark(n uint32) {
+	for int(n) >= len(p.has) {
+		p.has = append(p.has, false)
+		p.hasAt = append(p.hasAt, 0)
+	}
+	p.hasAt[n] = p.updates
+	if !p.has[n] {
+		p.has[n] = true
+		p.count++
 	}
 }
 
@@ -897,7 +900,7 @@ func (c *conductor) handlePiece(ctx context.Context, e evPiece) error {
 		// after the request went out: a relay that failed and started over,
 		// or the piece now held, arrives on the piece stream, which may
 		// overtake this answer.
-		if int(e.n) < len(p.has) && p.has[e.n] && (int(e.n) >= len(p.hasAt) || p.hasAt[e.n] <= e.asked) {
+		if int(e.n) < len(p.has) && p.has[e.n] && p.hasAt[e.n] <= e.asked {
 			p.has[e.n] = false
 			p.count--
 		}

@@ -42,11 +42,7 @@ func conductorWithParents(t *testing.T, n int, parents map[string][]uint32) *con
 	for id, held := range parents {
 		p := &parentState{info: &schedulerv1.PeerInfo{PeerId: id}, cancel: func() {}}
 		for _, h := range held {
-			for int(h) >= len(p.has) {
-				p.has = append(p.has, false)
-			}
-			p.has[h] = true
-			p.count++
+			p.mark(h)
 		}
 		c.parents[id] = p
 	}

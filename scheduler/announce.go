@@ -252,23 +252,20 @@ func (s *Scheduler) removeLocked(p *peer, now time.Time) {
 	if t.peers[p.id] == p {
 		delete(t.peers, p.id)
 	}
-	// In a pipeline the leaving peer's child takes its place under its
-	// parent, whose slot this frees: any other parent would already serve a
-	// child and split its uplink.
-	var heir *peer
-	if len(p.parents) == 1 && len(p.children) == 1 {
-		heir = p.parents[0].peer
-	}
-	s.dropParentsLocked(p)
 	children := slices.Clone(p.children)
 	for _, c := range children {
 		s.removeEdge(p, c)
 	}
-	if c := children; heir != nil && heir.state != stateLeft && len(c[0].parents) == 0 && c[0].state == stateRunning &&
-		localityGroup(heir.host.info) == localityGroup(c[0].host.info) {
-		if _, bad := c[0].bad[heir.id]; !bad {
-			s.linkLocked(heir, c[0])
-		}
+	// In a pipeline the leaving peer's child takes its place under its
+	// parent, whose slot this frees: any other parent would already serve a
+	// child and split its uplink.
+	var heir *peer
+	if len(children) == 1 && children[0].state == stateRunning {
+		heir = s.heirParent(p, children[0])
+	}
+	s.dropParentsLocked(p)
+	if heir != nil {
+		s.linkLocked(heir, children[0])
 	}
 	if wasFetcher {
 		t.backToSource--

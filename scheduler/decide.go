@@ -329,11 +329,10 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		// peers descend from it), rank the whole tier: a parent among the
 		// rest beats sending p to the origin.
 		ranked := policy.SelectParents(cands, child, s.cfg.Weights, 2*(need-added), s.rnd)
-		tried := len(ranked)
 		for pass := 0; pass < 2 && added < need; pass++ {
 			if pass == 1 {
-				if tried >= len(chosen) {
-					break
+				if len(ranked) >= len(chosen) {
+					break // the first pass ranked them all
 				}
 				ranked = policy.SelectParents(cands, child, s.cfg.Weights, len(chosen), s.rnd)
 			}

@@ -332,13 +332,10 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 			// child, so p would split one of their uplinks. Splice instead:
 			// p takes the slow parent's place under its own parent, and
 			// the slow parent, left without children, goes to the end.
-			if gp := s.spliceParent(par, p); gp != nil {
+			if gp := s.heirParent(par, p); gp != nil && len(par.children) == 0 && par.state == stateRunning {
 				s.removeEdge(gp, par)
-				if s.linkLocked(gp, p) {
-					moved = append(moved, par)
-				} else {
-					s.linkLocked(gp, par) // cannot happen (gp is above par); keep par served
-				}
+				s.linkLocked(gp, p)
+				moved = append(moved, par) // decided below, like p
 			}
 			i--
 		}
@@ -348,15 +345,19 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 	}
 }
 
-// spliceParent returns the parent whose place child can take when slow is
-// replaced: slow's only parent, when slow has no other child left, p has no
-// other parent, and the three share a locality group; nil otherwise.
-func (s *Scheduler) spliceParent(slow, child *peer) *peer {
-	if len(slow.parents) != 1 || len(slow.children) != 0 || len(child.parents) != 0 || slow.state != stateRunning {
+// heirParent returns the parent under which child may take x's place in a
+// pipeline (x leaving, or spliced out as slow): x's only parent, when child
+// has no parent left, the two share a locality group, it is still in the
+// task and child has not reported it bad; nil otherwise.
+func (s *Scheduler) heirParent(x, child *peer) *peer {
+	if len(x.parents) != 1 || len(child.parents) != 0 {
 		return nil
 	}
-	gp := slow.parents[0].peer
-	if gp == child || localityGroup(gp.host.info) != localityGroup(child.host.info) {
+	gp := x.parents[0].peer
+	if gp == child || gp.state == stateLeft || localityGroup(gp.host.info) != localityGroup(child.host.info) {
+		return nil
+	}
+	if _, bad := child.bad[gp.id]; bad {
 		return nil
 	}
 	return gp

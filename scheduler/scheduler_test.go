@@ -780,14 +780,7 @@ func TestPipelineDefaults(t *testing.T) {
 
 // A parent whose host uploads far below the others is replaced.
 func TestSlowParentReplaced(t *testing.T) {
-	g := inputGrace
-	t.Cleanup(func() { inputGrace = g }) // after the server stops
-	inputGrace = 100 * time.Millisecond
-	d := DefaultConfig()
-	ts := startServer(t, func(c *Config) {
-		c.MaxParents, c.MaxChildren, c.PipelineParents = d.MaxParents, d.MaxChildren, d.PipelineParents
-		c.SlowParentRatio, c.SlowParentSamples = 0.3, 2
-	})
+	ts := startSlowParentServer(t, 100*time.Millisecond)
 	a := ts.register("t1", "a")
 	a.expectBackToSource()
 	a.meta(16<<20, 256<<10)
@@ -1009,14 +1002,7 @@ func TestReparentAvoidsOwnBranch(t *testing.T) {
 // parent much slower than its own input, and only it is replaced — spliced
 // out of the pipeline and moved to its end, so no uplink is split.
 func TestSlowParentJudgedAgainstItsInput(t *testing.T) {
-	g := inputGrace
-	t.Cleanup(func() { inputGrace = g }) // after the server stops
-	inputGrace = 300 * time.Millisecond
-	d := DefaultConfig()
-	ts := startServer(t, func(c *Config) {
-		c.MaxParents, c.MaxChildren, c.PipelineParents = d.MaxParents, d.MaxChildren, d.PipelineParents
-		c.SlowParentRatio, c.SlowParentSamples = 0.3, 2
-	})
+	ts := startSlowParentServer(t, 300*time.Millisecond)
 	a := ts.register("t1", "a")
 	a.expectBackToSource()
 	a.meta(16<<20, 256<<10)
@@ -1071,4 +1057,17 @@ func TestSlowParentJudgedAgainstItsInput(t *testing.T) {
 	if n := ts.metric("damselfly_scheduler_slow_parents_replaced_total"); n != 1 {
 		t.Fatalf("slow parents replaced %v, want 1 (c only)", n)
 	}
+}
+
+// startSlowParentServer runs the pipeline defaults with slow parents judged
+// after 2 pieces and a short input grace (restored after the server stops).
+func startSlowParentServer(t *testing.T, grace time.Duration) *testServer {
+	g := inputGrace
+	t.Cleanup(func() { inputGrace = g })
+	inputGrace = grace
+	d := DefaultConfig()
+	return startServer(t, func(c *Config) {
+		c.MaxParents, c.MaxChildren, c.PipelineParents = d.MaxParents, d.MaxChildren, d.PipelineParents
+		c.SlowParentRatio, c.SlowParentSamples = 0.3, 2
+	})
 }

@@ -72,8 +72,7 @@ func (r *Relay) Progress(filled int) {
 	r.mu.Lock()
 	if filled > r.filled && r.state == relayReceiving {
 		r.filled = min(filled, len(r.buf))
-		close(r.wake)
-		r.wake = make(chan struct{})
+		r.wakeLocked()
 	}
 	r.mu.Unlock()
 }
@@ -85,8 +84,7 @@ func (r *Relay) Verified() {
 	r.mu.Lock()
 	if r.state == relayReceiving {
 		r.filled, r.state = len(r.buf), relayVerified
-		close(r.wake)
-		r.wake = make(chan struct{})
+		r.wakeLocked()
 	}
 	r.mu.Unlock()
 }
@@ -104,11 +102,16 @@ func (r *Relay) Finish() {
 	r.mu.Lock()
 	if r.state == relayReceiving {
 		r.state = relayFailed
-		close(r.wake)
-		r.wake = make(chan struct{})
+		r.wakeLocked()
 	}
 	r.mu.Unlock()
 	r.unref()
+}
+
+// wakeLocked wakes every reader waiting in Next.
+func (r *Relay) wakeLocked() {
+	close(r.wake)
+	r.wake = make(chan struct{})
 }
 
 func (r *Relay) unref() {
