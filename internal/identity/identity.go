@@ -45,8 +45,12 @@ type Identity struct {
 	Role   Role
 	HostID string
 	// Verified is true when Role and HostID come from a certificate the
-	// server's CA signed; false for plaintext (insecure mode) callers.
+	// server's CA signed; false for plaintext callers.
 	Verified bool
+	// Insecure is true when the server runs without TLS because its operator
+	// chose so explicitly (--insecure): callers are then trusted as they
+	// claim, as before mTLS existed. Never set together with Verified.
+	Insecure bool
 }
 
 const scheme = "damselfly"
@@ -107,10 +111,18 @@ func FromContext(ctx context.Context) (Identity, bool) {
 	return id, ok
 }
 
-// Is reports whether ctx carries a verified identity of one of roles.
-func Is(ctx context.Context, roles ...Role) bool {
+// Allows reports whether the caller in ctx may act as one of roles: a
+// verified identity of one of them, or any caller of a server in insecure
+// mode.
+func Allows(ctx context.Context, roles ...Role) bool {
 	id, ok := FromContext(ctx)
-	if !ok || !id.Verified {
+	if !ok {
+		return false
+	}
+	if id.Insecure {
+		return true
+	}
+	if !id.Verified {
 		return false
 	}
 	for _, r := range roles {
@@ -121,8 +133,21 @@ func Is(ctx context.Context, roles ...Role) bool {
 	return false
 }
 
+// OwnsHost reports whether the caller in ctx may speak for hostID: its
+// certificate names that host, or the server is in insecure mode.
+func OwnsHost(ctx context.Context, hostID string) bool {
+	id, ok := FromContext(ctx)
+	if !ok {
+		return false
+	}
+	return id.Insecure || (id.Verified && id.HostID == hostID)
+}
+
 // fromPeer derives the identity of a gRPC caller from its TLS state.
-func fromPeer(ctx context.Context) Identity {
+func fromPeer(ctx context.Context, insecure bool) Identity {
+	if insecure {
+		return Identity{Insecure: true}
+	}
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return Identity{}
@@ -139,16 +164,17 @@ func fromPeer(ctx context.Context) Identity {
 }
 
 // UnaryServerInterceptor puts the caller's identity into the handler's ctx.
-func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
+// insecure marks a server that runs without TLS by the operator's choice.
+func UnaryServerInterceptor(insecure bool) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		return h(NewContext(ctx, fromPeer(ctx)), req)
+		return h(NewContext(ctx, fromPeer(ctx, insecure)), req)
 	}
 }
 
 // StreamServerInterceptor puts the caller's identity into the stream's ctx.
-func StreamServerInterceptor() grpc.StreamServerInterceptor {
+func StreamServerInterceptor(insecure bool) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		return h(srv, &identityStream{ServerStream: ss, ctx: NewContext(ss.Context(), fromPeer(ss.Context()))})
+		return h(srv, &identityStream{ServerStream: ss, ctx: NewContext(ss.Context(), fromPeer(ss.Context(), insecure))})
 	}
 }
 
