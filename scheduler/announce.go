@@ -14,7 +14,24 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/identity"
 )
+
+// authorizeHost refuses a caller that speaks for a host its certificate
+// does not name, or claims to be a seed peer without a seed certificate.
+func authorizeHost(ctx context.Context, h *schedulerv1.Host) error {
+	if !identity.Allows(ctx, identity.RolePeer, identity.RoleSeed) {
+		return status.Error(codes.PermissionDenied, "only peers and seed peers may announce")
+	}
+	if !identity.OwnsHost(ctx, h.GetId()) {
+		id, _ := identity.FromContext(ctx)
+		return status.Errorf(codes.PermissionDenied, "host %q is not the caller's (certificate names %q)", h.GetId(), id.HostID)
+	}
+	if h.GetSeed() && !identity.Allows(ctx, identity.RoleSeed) {
+		return status.Error(codes.PermissionDenied, "a peer certificate cannot announce a seed host")
+	}
+	return nil
+}
 
 var (
 	// errPeerFinished ends a stream normally after PeerFailed.
@@ -41,6 +58,9 @@ func (svc *service) Announce(stream schedulerv1.Scheduler_AnnounceServer) error 
 	}
 	if err := validateRegister(reg); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := authorizeHost(stream.Context(), reg.GetHost()); err != nil {
+		return err
 	}
 
 	ctx, cancel := context.WithCancelCause(stream.Context())
@@ -513,6 +533,12 @@ func (svc *service) SeedTasks(req *schedulerv1.SeedTasksRequest, stream schedule
 	info := req.GetHost()
 	if info.GetId() == "" {
 		return status.Error(codes.InvalidArgument, "seed tasks: host.id is empty")
+	}
+	if !identity.Allows(stream.Context(), identity.RoleSeed) {
+		return status.Error(codes.PermissionDenied, "seed tasks: only a seed peer's certificate may open this stream")
+	}
+	if err := authorizeHost(stream.Context(), info); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
 // step bounds every wait for a protocol step. Nothing here measures speed.
@@ -79,7 +80,7 @@ func startServer(t *testing.T, mutate func(*Config), dialOpts ...grpc.DialOption
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, lis) }()
+	go func() { done <- s.Serve(ctx, lis, pki.ServerOptions(nil)...) }()
 	stopped := false
 	stop := func() error {
 		if stopped {

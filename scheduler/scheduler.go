@@ -149,8 +149,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 // Serve serves the Scheduler on lis with keepalive enforcement and runs it
 // until ctx is done, then stops gracefully (cutting connections after a few
 // seconds). It returns nil after a stop caused by ctx.
-func (s *Scheduler) Serve(ctx context.Context, lis net.Listener) error {
-	gs := grpc.NewServer(
+// opts are the transport's: pki.ServerOptions (mutual TLS and the identity
+// interceptors the handlers rely on).
+func (s *Scheduler) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
+	gs := grpc.NewServer(append(opts,
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             keepaliveMinTime,
 			PermitWithoutStream: true,
@@ -159,7 +161,7 @@ func (s *Scheduler) Serve(ctx context.Context, lis net.Listener) error {
 			Time:    keepaliveTime,
 			Timeout: keepaliveTimeout,
 		}),
-	)
+	)...)
 	s.Register(gs)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Run(gctx) })
