@@ -171,8 +171,8 @@ func (c Config) Validate() error {
 	if !c.TLS.Insecure && c.CA.Dir == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("ca.dir (or data_dir) is required for the manager's CA"))
 	}
-	if c.CA.CertTTL < config.Duration(time.Minute) {
-		errs = append(errs, errors.New("ca.cert_ttl must be ≥ 1m"))
+	if c.CA.CertTTL < config.Duration(time.Second) {
+		errs = append(errs, errors.New("ca.cert_ttl must be ≥ 1s"))
 	}
 	for _, r := range c.CA.TokenRoles {
 		if !identity.Role(r).Valid() || identity.Role(r) == identity.RoleManager {
