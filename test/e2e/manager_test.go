@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -156,10 +157,16 @@ type managedCluster struct {
 	daemons []*daemonProc
 }
 
+// A seedExtra holding --insecure runs the manager and the scheduler with
+// --insecure too (the daemons' daemonExtra must say so itself).
 func startManaged(t testing.TB, n int, daemonExtra func(i int) []string, seedExtra ...string) *managedCluster {
 	t.Helper()
-	c := &managedCluster{mgr: startManager(t, t.TempDir())}
-	c.sched = startScheduler(t, "--manager", c.mgr.grpc, "--advertise-ip", "127.0.0.1")
+	var plain []string
+	if slices.Contains(seedExtra, "--insecure") {
+		plain = []string{"--insecure"}
+	}
+	c := &managedCluster{mgr: startManager(t, t.TempDir(), plain...)}
+	c.sched = startScheduler(t, append([]string{"--manager", c.mgr.grpc, "--advertise-ip", "127.0.0.1"}, plain...)...)
 	waitFor(t, 20*time.Second, "scheduler registered", func() bool { return c.mgr.count(t, "/api/v1/schedulers?state=active") == 1 })
 	c.seed = startDaemon(t, daemonOpts{name: "seed", seed: true, extra: append([]string{"--manager", c.mgr.grpc}, seedExtra...)})
 	for i := range n {
