@@ -248,3 +248,81 @@ func TestPreheatSecretStaysWithVerifiedPeers(t *testing.T) {
 		})
 	}
 }
+
+// TestBootstrapTokenJoin: manager, scheduler, seed peer and daemons start
+// with nothing but the manager's address, the bootstrap token (one file, as
+// from a Kubernetes Secret) and the CA pin; each gets its certificate from
+// the manager's CA, keeps it 0600 in its data dir, and a dfget through the
+// swarm works. A daemon with a wrong token exits with an error that says so.
+func TestBootstrapTokenJoin(t *testing.T) {
+	mgr := startManager(t, t.TempDir(), "--token-roles", "peer,seed,scheduler")
+	tok, err := os.ReadFile(filepath.Join(caDir, "bootstrap-token"))
+	if err != nil {
+		t.Fatalf("the manager keeps its token in its CA dir: %v", err)
+	}
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, tok, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hash, err := exec.Command(filepath.Join(binDir, "damselfly"), "certs", "hash", "--ca-dir", caDir).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	join := []string{"--manager", mgr.grpc, "--bootstrap-token-file", tokFile, "--manager-ca-hash", strings.TrimSpace(string(hash))}
+
+	schedDir := t.TempDir()
+	sched := startScheduler(t, append([]string{"--advertise-ip", "127.0.0.1", "--data-dir", schedDir}, join...)...)
+	waitFor(t, 20*time.Second, "scheduler registered", func() bool { return mgr.count(t, "/api/v1/schedulers?state=active") == 1 })
+	seed := startDaemon(t, daemonOpts{name: "seed", seed: true, extra: join})
+	var ds []*daemonProc
+	for i := range 2 {
+		ds = append(ds, startDaemon(t, daemonOpts{name: fmt.Sprintf("j%d", i), extra: join}))
+	}
+	waitFor(t, 20*time.Second, "seed peer registered", func() bool { return mgr.count(t, "/api/v1/seed-peers?state=active") == 1 })
+	for _, dir := range []string{filepath.Join(schedDir, "tls"), filepath.Join(seed.dataDir, "cache", "tls"), filepath.Join(ds[0].dataDir, "cache", "tls")} {
+		for _, f := range []string{"tls.key", "tls.crt"} {
+			st, err := os.Stat(filepath.Join(dir, f))
+			if err != nil || st.Mode().Perm() != 0o600 {
+				t.Fatalf("%s/%s: %v %v", dir, f, st, err)
+			}
+		}
+	}
+	o := newOrigin(t)
+	url, sum := o.add("joined.bin", 3<<20, 21)
+	fetchAll(t, ds, url, sum)
+	// Through the swarm, not around it: the origin served the file about
+	// once (the seed peer's fetch), not once per daemon.
+	if served := o.served.Load(); served > (3<<20)*3/2 {
+		t.Fatalf("origin served %d bytes for a 3 MiB file and 2 daemons: the swarm (scheduler over mTLS) was not used", served)
+	}
+	_ = sched
+
+	// A wrong token: the daemon refuses to start and says why.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	wrong := []string{"daemon", "--manager", mgr.grpc, "--scheduler", "", "--bootstrap-token", "abcdef.0123456789abcdefghij",
+		"--manager-ca-hash", strings.TrimSpace(string(hash)), "--data-dir", filepath.Join(dir, "cache"), "--sock", filepath.Join(dir, "d.sock"),
+		"--listen-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1", "--peer-port", "0", "--upload-port", "0", "--proxy-port", "-1", "--metrics-port", "-1"}
+	out, err := exec.CommandContext(ctx, filepath.Join(binDir, "damselfly"), wrong...).CombinedOutput()
+	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "bootstrap token refused") {
+		t.Fatalf("daemon with a wrong token: %v\n%s", err, out)
+	}
+}
+
+// TestNoTLSMaterialRefused: a standalone component with no certificate, no
+// token and no --insecure does not start, and its error names the flags.
+func TestNoTLSMaterialRefused(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"scheduler", "--listen", "127.0.0.1:0", "--metrics-port", "-1"},
+		{"daemon", "--scheduler", "127.0.0.1:1", "--data-dir", filepath.Join(dir, "c"), "--sock", filepath.Join(dir, "d.sock"), "--peer-port", "0", "--upload-port", "0", "--proxy-port", "-1", "--metrics-port", "-1"},
+	} {
+		cmd := exec.Command(filepath.Join(binDir, "damselfly"), args...)
+		cmd.Env = append(os.Environ(), "DAMSELFLY_BOOTSTRAP_TOKEN=")
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "--tls-cert") || !strings.Contains(string(out), "--bootstrap-token") || !strings.Contains(string(out), "--insecure") {
+			t.Errorf("%s without TLS material: %v\n%s", args[0], err, out)
+		}
+	}
+}
