@@ -168,6 +168,9 @@ func (c Config) Validate() error {
 	if c.TLS.ManagerCAHash != "" {
 		errs = append(errs, errors.New("tls.manager_ca_hash is for components joining a manager, not for the manager"))
 	}
+	if c.TLS.CA != "" && !c.TLS.HasFiles() {
+		errs = append(errs, errors.New("tls.ca needs tls.cert and tls.key on the manager (without them it uses its own CA in ca.dir)"))
+	}
 	if !c.TLS.Insecure && c.CA.Dir == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("ca.dir (or data_dir) is required for the manager's CA"))
 	}
