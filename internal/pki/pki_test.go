@@ -37,7 +37,9 @@ func TestCADirAndPin(t *testing.T) {
 
 // echo answers ListSchedulers with the caller's identity as the server's
 // interceptor established it.
-type echo struct{ managerv1.UnimplementedManagerServer }
+type echo struct {
+	managerv1.UnimplementedManagerServer
+}
 
 func (echo) ListSchedulers(ctx context.Context, _ *managerv1.ListSchedulersRequest) (*managerv1.ListSchedulersResponse, error) {
 	id, ok := identity.FromContext(ctx)
