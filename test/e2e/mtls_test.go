@@ -253,9 +253,13 @@ func TestPreheatSecretStaysWithVerifiedPeers(t *testing.T) {
 // with nothing but the manager's address, the bootstrap token (one file, as
 // from a Kubernetes Secret) and the CA pin; each gets its certificate from
 // the manager's CA, keeps it 0600 in its data dir, and a dfget through the
-// swarm works. A daemon with a wrong token exits with an error that says so.
+// swarm works. Certificates live 4 s here: after every first certificate has
+// expired, each component has renewed its own, and a daemon started then
+// (new connections everywhere) downloads through the swarm too. A daemon
+// with a wrong token exits with an error that says so.
 func TestBootstrapTokenJoin(t *testing.T) {
-	mgr := startManager(t, t.TempDir(), "--token-roles", "peer,seed,scheduler")
+	const ttl = 4 * time.Second
+	mgr := startManager(t, t.TempDir(), "--token-roles", "peer,seed,scheduler", "--cert-ttl", ttl.String())
 	tok, err := os.ReadFile(filepath.Join(caDir, "bootstrap-token"))
 	if err != nil {
 		t.Fatalf("the manager keeps its token in its CA dir: %v", err)
@@ -294,6 +298,29 @@ func TestBootstrapTokenJoin(t *testing.T) {
 	// once (the seed peer's fetch), not once per daemon.
 	if served := o.served.Load(); served > (3<<20)*3/2 {
 		t.Fatalf("origin served %d bytes for a 3 MiB file and 2 daemons: the swarm (scheduler over mTLS) was not used", served)
+	}
+
+	// Renewal: wait out the first certificates, then check each was replaced
+	// and that fresh connections still work.
+	certs := map[string]string{"scheduler": filepath.Join(schedDir, "tls", "tls.crt"), "seed": filepath.Join(seed.dataDir, "cache", "tls", "tls.crt"), "j0": filepath.Join(ds[0].dataDir, "cache", "tls", "tls.crt")}
+	first := map[string][]byte{}
+	for name, p := range certs {
+		if first[name], err = os.ReadFile(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(ttl + 500*time.Millisecond)
+	for name, p := range certs {
+		if now, err := os.ReadFile(p); err != nil || string(now) == string(first[name]) {
+			t.Fatalf("%s's certificate not renewed after %s: %v", name, ttl, err)
+		}
+	}
+	ds = append(ds, startDaemon(t, daemonOpts{name: "late", extra: join}))
+	url2, sum2 := o.add("after-renewal.bin", 3<<20, 22)
+	served := o.served.Load()
+	fetchAll(t, ds, url2, sum2)
+	if n := o.served.Load() - served; n > (3<<20)*3/2 {
+		t.Fatalf("after renewal the origin served %d bytes for a 3 MiB file and 3 daemons: the swarm was not used", n)
 	}
 	_ = sched
 
