@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -548,18 +547,15 @@ func (p *proxy) terminate(w http.ResponseWriter, target string) {
 	}
 	host, _, _ := net.SplitHostPort(target)
 	tlsConn := p.ca.server(&bufferedConn{Conn: conn, r: brw.Reader}, host)
-	srv := &http.Server{
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			u := *r.URL
-			u.Scheme, u.Host = "https", target
-			if strings.HasSuffix(target, ":443") {
-				u.Host = host
-			}
-			p.serve(w, r, &u)
-		}),
-	}
+	// The same timeouts as the proxy port itself.
+	srv := p.d.cfg.Obs.Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u := *r.URL
+		u.Scheme, u.Host = "https", target
+		if strings.HasSuffix(target, ":443") {
+			u.Host = host
+		}
+		p.serve(w, r, &u)
+	}))
+	srv.ErrorLog = slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
 	_ = srv.Serve(newOneConnListener(tlsConn))
 }
