@@ -211,6 +211,9 @@ func (p *proxy) mirrorUpstream(in *url.URL) (*url.URL, error) {
 	u := &url.URL{Path: in.Path, RawPath: in.RawPath, RawQuery: q.Encode()}
 	switch {
 	case ns != "":
+		if !core.ValidHostPort(ns) {
+			return nil, fmt.Errorf("ns %q is not a registry host[:port]", ns)
+		}
 		host := ns
 		if host == "docker.io" {
 			host = "registry-1.docker.io" // docker.io's registry API lives there
@@ -454,7 +457,9 @@ func parseRange(v string, l int64) (start, end int64, partial, ok bool) {
 		if err != nil || n < 0 {
 			return 0, l, false, true
 		}
-		if n == 0 {
+		if n == 0 || l == 0 {
+			// No byte to send: a suffix of an empty content is not
+			// satisfiable (it once answered "bytes 0--1/0").
 			return 0, 0, false, false
 		}
 		return max(l-n, 0), l, true, true
