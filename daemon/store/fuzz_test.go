@@ -24,7 +24,7 @@ func FuzzReplayJournal(f *testing.F) {
 	}
 	two := append(rec(0, 1), rec(1, 2)...)
 	f.Add(two, int64(2*core.MinPieceSize), uint32(core.MinPieceSize))
-	f.Add(append(two, rec(0, 3)[:10]...), int64(-1), uint32(core.MaxPieceSize))       // torn tail
+	f.Add(append(two, rec(0, 3)[:10]...), int64(-1), uint32(core.MaxPieceSize))            // torn tail
 	f.Add(append(rec(0xffffffff, 9), rec(7, 9)...), int64(100), uint32(core.MinPieceSize)) // beyond the task
 	f.Add(append(rec(journalMaxPiece, 1), rec(journalMaxPiece-1, 1)...), int64(-1), uint32(core.MaxPieceSize))
 	f.Add([]byte{}, int64(0), uint32(core.MinPieceSize))
