@@ -27,7 +27,7 @@ go test -count=1 -timeout 30m ./cmd/... ./test/...
 
 # Fuzz every parser of untrusted input for 3 s each (FUZZTIME=30s for a
 # longer run; about 100 s in all on 2 cores, mostly building). The seed corpora
-# and testdata/fuzz regressions also run as plain tests above).
+# and testdata/fuzz regressions also run as plain tests above.
 echo "== fuzz"
 fuzz=(
 	"FuzzParseRange ./daemon"
