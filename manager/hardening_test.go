@@ -344,6 +344,18 @@ func TestJobCredentialsNeverInDatabaseFiles(t *testing.T) {
 	if strings.Contains(string(j2.Args), user) || strings.Contains(string(j2.Args), pass) {
 		t.Fatalf("job args show the credentials: %s", j2.Args)
 	}
+	es := auditLog(t, e, "&action=job_create")
+	if len(es) != 2 || es[0].UserName != "admin" || !strings.Contains(es[0].Detail, fmt.Sprintf("job %d", j2.ID)) || !strings.Contains(es[1].Detail, "http://127.0.0.1:1/blob") {
+		t.Fatalf("job creation audit: %+v", es)
+	}
+	for _, a := range es {
+		if strings.Contains(a.Detail, pass) || strings.Contains(a.Detail, "Zq8Xw2") {
+			t.Fatalf("audit shows credentials: %+v", a)
+		}
+	}
+	if got := auditURL("https://u:pw@h.example/f?X-Amz-Signature=s#x"); got != "https://h.example/f" {
+		t.Fatalf("auditURL: %q", got)
+	}
 	if j2 = e.waitJob(j2.ID); j2.State != StateFailure {
 		t.Fatalf("job 2: %s", j2.State)
 	}

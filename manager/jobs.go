@@ -251,7 +251,7 @@ func (m *Manager) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.audit(r.Context(), auditEntry{Action: auditJobCreate, Outcome: outcomeSuccess, UserID: u.ID, UserName: u.Name, Source: sourceOf(r),
-		Detail: fmt.Sprintf("job %d: %s %s %s", id, in.Type, in.Args.Type, in.Args.URL)})
+		Detail: fmt.Sprintf("job %d: %s %s %s", id, in.Type, in.Args.Type, auditURL(in.Args.URL))})
 	m.poke()
 	j, err := scanJob(m.db.QueryRow(r.Context(), "SELECT "+jobCols+" FROM jobs WHERE id = ?", id))
 	if err != nil {
@@ -650,4 +650,15 @@ func (m *Manager) targets(ctx context.Context, scope string, clusters []int64) (
 		return nil, errors.New("no active peer")
 	}
 	return ts, rows.Err()
+}
+
+// auditURL is u without what may be a secret: userinfo, query and fragment
+// (presigned URLs carry their signature in the query).
+func auditURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil || p.Host == "" {
+		return u
+	}
+	p.User, p.RawQuery, p.Fragment, p.RawFragment = nil, "", "", ""
+	return p.String()
 }

@@ -36,7 +36,9 @@ type Config struct {
 	// request's headers (a slowloris is cut after it).
 	ReadHeaderTimeout config.Duration `yaml:"read_header_timeout"`
 	// IdleTimeout closes a keep-alive connection that carries no request
-	// this long.
+	// this long. Longer than the usual client idle timeout (Go's and
+	// containerd's 90s), so that clients normally close first and never
+	// reuse a connection the server is closing.
 	IdleTimeout config.Duration `yaml:"idle_timeout"`
 	// WriteStallTimeout cuts a response whose bytes make no progress this
 	// long (a reader that stopped reading). It is renewed with every chunk
@@ -52,7 +54,7 @@ func DefaultConfig() Config {
 	return Config{
 		PprofListen:       DefaultPprofListen,
 		ReadHeaderTimeout: config.Duration(10 * time.Second),
-		IdleTimeout:       config.Duration(90 * time.Second),
+		IdleTimeout:       config.Duration(2 * time.Minute),
 		WriteStallTimeout: config.Duration(60 * time.Second),
 	}
 }
