@@ -59,7 +59,6 @@ type testServer struct {
 	cc   *grpc.ClientConn
 	cl   schedulerv1.SchedulerClient
 	stop func() error
-	seq  int
 }
 
 // startServer runs a real Scheduler with Serve on 127.0.0.1:0 and dials it.

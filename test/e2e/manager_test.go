@@ -29,6 +29,7 @@ type managerProc struct {
 	api, grpc string
 	args      []string
 	token     string
+	dataDir   string
 }
 
 const adminPass = "e2e-admin-pass"
@@ -39,7 +40,7 @@ func startManager(t testing.TB, dataDir string, extra ...string) *managerProc {
 	args := append([]string{"manager", "--listen", api, "--grpc-listen", g, "--data-dir", dataDir, "--admin-password", adminPass,
 		"--keepalive-interval", "200ms", "--keepalive-timeout", "3s", "--scheduler-refresh-interval", "500ms",
 		"--job-poll-interval", "100ms", "--job-lease", "2s", "--ca-dir", caDir}, extra...)
-	m := &managerProc{api: "http://" + api, grpc: g, args: args}
+	m := &managerProc{api: "http://" + api, grpc: g, args: args, dataDir: dataDir}
 	m.proc = start(t, "manager", args...)
 	waitHTTP(t, m.api+"/healthy", m.proc)
 	m.token = m.signIn(t)
@@ -390,6 +391,32 @@ func TestManagerPreheatCredentials(t *testing.T) {
 		if b, _ := os.ReadFile(p.log); bytes.Contains(b, []byte(pass)) || bytes.Contains(b, []byte(basic)) {
 			t.Errorf("%s logged the registry credentials", p.name)
 		}
+	}
+	// The manager's database (and its -wal) holds no credential bytes after
+	// the jobs (FAILURE and SUCCESS) ended: they were sealed with a key kept
+	// apart and the sealed copy was dropped.
+	ents, err := os.ReadDir(c.mgr.dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scanned := 0
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), "manager.db") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(c.mgr.dataDir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		scanned++
+		for _, needle := range []string{pass, basic, "wrong\"", user} {
+			if bytes.Contains(b, []byte(needle)) {
+				t.Errorf("manager file %s holds %q", e.Name(), needle)
+			}
+		}
+	}
+	if scanned == 0 {
+		t.Fatalf("no manager.db under %s", c.mgr.dataDir)
 	}
 }
 
