@@ -34,6 +34,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/scheduler/policy"
 )
@@ -150,7 +151,12 @@ func (s *Scheduler) Run(ctx context.Context) error {
 // until ctx is done, then stops gracefully (cutting connections after a few
 // seconds). It returns nil after a stop caused by ctx.
 func (s *Scheduler) Serve(ctx context.Context, lis net.Listener) error {
+	// Callers' identities: until TLS is configured the scheduler runs in
+	// the explicit insecure mode, where every caller is trusted as it
+	// claims (internal/identity).
 	gs := grpc.NewServer(
+		grpc.UnaryInterceptor(identity.UnaryServerInterceptor(true)),
+		grpc.StreamInterceptor(identity.StreamServerInterceptor(true)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             keepaliveMinTime,
 			PermitWithoutStream: true,
@@ -202,6 +208,9 @@ func (s *Scheduler) refresh(ctx context.Context) {
 		}
 		if len(t.waiting) > 0 {
 			s.markDirty(t)
+		}
+		if t.private {
+			s.renewAccessLocked(t, now)
 		}
 		if len(t.pool) == 0 {
 			continue

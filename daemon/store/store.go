@@ -52,6 +52,10 @@ type Meta struct {
 	// TTL, when set, replaces the cache's TTL for this task (e.g. a dfcache
 	// entry imported with --ttl).
 	TTL time.Duration `json:"ttl,omitempty"`
+	// Private: fetched with credentials. The upload port serves its pieces
+	// only to peers with a token the scheduler issued for it, and a local
+	// request without credentials is not answered from the cache.
+	Private bool `json:"private,omitempty"`
 }
 
 // Store is a directory of tasks.
@@ -794,6 +798,43 @@ func (t *Task) DataPath() string { return filepath.Join(t.dir, dataFile) }
 
 // Data returns the open data file for ReadAt.
 func (t *Task) Data() io.ReaderAt { return t.data }
+
+// Reset forgets every held piece and digest (the shape stays): the content
+// assembled failed its whole-content digest and is fetched again. Readers
+// waiting on the task see the change.
+func (t *Task) Reset() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return fmt.Errorf("task %s: closed: %w", t.meta.TaskID, core.ErrUnavailable)
+	}
+	clear(t.have)
+	t.haveCount = 0
+	t.meta.PieceDigests = nil
+	t.meta.Complete = false
+	t.meta.Synced = false
+	t.dirty = true
+	t.notifyLocked()
+	return t.persistLocked()
+}
+
+// Private reports whether the task was fetched with credentials (Meta.Private).
+func (t *Task) Private() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.meta.Private
+}
+
+// SetPrivate marks the task private; a private task never becomes public.
+func (t *Task) SetPrivate() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.meta.Private {
+		return nil
+	}
+	t.meta.Private = true
+	return t.persistLocked()
+}
 
 // Missing returns the pieces not held, in order (nil while the shape is unknown).
 func (t *Task) Missing() []uint32 {
