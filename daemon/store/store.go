@@ -30,10 +30,13 @@ const (
 
 // Meta is the persisted record of a task. Credentials are never part of it.
 type Meta struct {
-	TaskID        string   `json:"task_id"`
-	URL           string   `json:"url"`
-	Tag           string   `json:"tag,omitempty"`
-	Application   string   `json:"application,omitempty"`
+	TaskID      string `json:"task_id"`
+	URL         string `json:"url"`
+	Tag         string `json:"tag,omitempty"`
+	Application string `json:"application,omitempty"`
+	// FilteredQuery: query parameters left out of the task ID, so the task
+	// spec (and its ID) can be rebuilt after a restart.
+	FilteredQuery []string `json:"filtered_query,omitempty"`
 	Digest        string   `json:"digest,omitempty"`
 	ContentLength int64    `json:"content_length"` // -1 unknown
 	PieceSize     uint32   `json:"piece_size"`
@@ -302,10 +305,13 @@ type Task struct {
 	removed   bool              // out of the store; files go with the last hold
 	tomb      string            // where the files moved while held after removal
 	relays    map[uint32]*Relay // pieces arriving, readable by uploads (relay.go)
+	private   atomic.Bool       // meta.Private, readable without the lock (uploads)
+	resets    atomic.Uint64     // Reset calls: a reader of pieces starts over
 }
 
 func newTask(s *Store, dir string, f *os.File, m Meta) *Task {
 	t := &Task{s: s, dir: dir, data: f, meta: m, changed: make(chan struct{})}
+	t.private.Store(m.Private)
 	return t
 }
 
@@ -810,6 +816,7 @@ func (t *Task) Reset() error {
 	}
 	clear(t.have)
 	t.haveCount = 0
+	t.resets.Add(1)
 	t.meta.PieceDigests = nil
 	t.meta.Complete = false
 	t.meta.Synced = false
@@ -818,12 +825,13 @@ func (t *Task) Reset() error {
 	return t.persistLocked()
 }
 
-// Private reports whether the task was fetched with credentials (Meta.Private).
-func (t *Task) Private() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.meta.Private
-}
+// Resets counts the calls to Reset: a reader that copied pieces before a
+// reset must start over (or give up).
+func (t *Task) Resets() uint64 { return t.resets.Load() }
+
+// Private reports whether the task was fetched with credentials
+// (Meta.Private). It takes no lock: uploads ask it for every piece.
+func (t *Task) Private() bool { return t.private.Load() }
 
 // SetPrivate marks the task private; a private task never becomes public.
 func (t *Task) SetPrivate() error {
@@ -833,6 +841,7 @@ func (t *Task) SetPrivate() error {
 		return nil
 	}
 	t.meta.Private = true
+	t.private.Store(true)
 	return t.persistLocked()
 }
 
