@@ -7,15 +7,15 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/damselfly-io/damselfly/api/managerv1"
 )
 
 // DialManager returns a client of the manager's gRPC API at addr (the
 // connection is made lazily).
-func DialManager(addr string) (managerv1.ManagerClient, *grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// transport is the connection's credentials (pki.DialOption).
+func DialManager(addr string, transport grpc.DialOption) (managerv1.ManagerClient, *grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(addr, transport)
 	if err != nil {
 		return nil, nil, fmt.Errorf("manager client for %s: %w", addr, err)
 	}

@@ -14,6 +14,7 @@ import (
 func TestReloadChangesLimitsInPlace(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Download.RateLimit = 10 << 20
+	cfg.TLS.Insecure = true
 	d, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	if err != nil {
 		t.Fatal(err)

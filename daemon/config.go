@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
 // Config is the daemon's configuration. Zero values are not defaults: start
@@ -59,6 +60,11 @@ type Config struct {
 	OriginTimeout config.Duration `yaml:"origin_timeout"`
 	// OriginRetries is how often a failed or reset origin request is retried.
 	OriginRetries int `yaml:"origin_retries"`
+
+	// TLS is how the daemon proves who it is on gRPC (peer port, and as a
+	// client of schedulers, the manager and other peers): certificate
+	// files, a bootstrap token for the manager's CA, or explicit insecure.
+	TLS pki.Config `yaml:"tls"`
 
 	LogLevel string `yaml:"log_level"`
 }
@@ -255,6 +261,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProxyPort < -1 || c.ProxyPort > 65535 {
 		errs = append(errs, fmt.Errorf("proxy_port %d out of range (-1 disables)", c.ProxyPort))
+	}
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.Proxy.validate(); err != nil {
 		errs = append(errs, err)

@@ -31,6 +31,7 @@ import (
 	"github.com/damselfly-io/damselfly/daemon/piece"
 	"github.com/damselfly-io/damselfly/daemon/store"
 	"github.com/damselfly-io/damselfly/internal/obs"
+	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/source"
 )
 
@@ -53,6 +54,9 @@ type Daemon struct {
 
 	peerMu    sync.Mutex
 	peerConns map[string]*grpc.ClientConn
+	// creds are the daemon's TLS credentials (nil in insecure mode), set
+	// in Run before any gRPC connection is made.
+	creds *pki.Creds
 
 	mu         sync.Mutex
 	conductors map[string]*conductor
@@ -105,6 +109,9 @@ type metrics struct {
 func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("daemon config: %w", err)
+	}
+	if err := cfg.TLS.Require(); err != nil {
+		return nil, err
 	}
 	srcCfg := source.DefaultConfig()
 	srcCfg.Timeout = cfg.OriginTimeout.D()
@@ -237,8 +244,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 		hostname = core.Hostname()
 	}
 	peerPort := peerLis.Addr().(*net.TCPAddr).Port
+	hostID, err := d.setupTLS(ctx, core.HostID(hostname, net.JoinHostPort(ip, strconv.Itoa(peerPort))))
+	if err != nil {
+		for _, l := range []net.Listener{peerLis, upLis, sockLis, proxyLis, metricsLis} {
+			if l != nil {
+				l.Close()
+			}
+		}
+		return err
+	}
 	host := &schedulerv1.Host{
-		Id:          core.HostID(hostname, net.JoinHostPort(ip, strconv.Itoa(peerPort))),
+		Id:          hostID,
 		Hostname:    hostname,
 		Ip:          ip,
 		PeerPort:    int32(peerPort),
@@ -253,7 +269,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.runCtx = ctx
 	d.mu.Unlock()
 
-	peerSrv := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}))
+	peerSrv := grpc.NewServer(append(pki.ServerOptions(d.creds),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}))...)
 	peerv1.RegisterPeerServer(peerSrv, &peerService{d: d})
 	apiSrv := grpc.NewServer()
 	daemonv1.RegisterDaemonServer(apiSrv, &apiService{d: d})

@@ -135,6 +135,7 @@ func startProxyDaemon(t *testing.T, mutate func(*Config)) *Daemon {
 	cfg.PeerPort, cfg.UploadPort, cfg.ProxyPort, cfg.MetricsPort = 0, 0, 0, -1
 	cfg.OriginTimeout.Set("5s")
 	cfg.LogLevel = "error"
+	cfg.TLS.Insecure = true
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -16,12 +16,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/damselfly-io/damselfly/api/managerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/client"
+	"github.com/damselfly-io/damselfly/internal/identity"
+	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
 // schedulersFile keeps the manager's last answer, so that a daemon restarted
@@ -84,9 +85,9 @@ func (d *Daemon) schedulersFor(taskID string) []schedTarget {
 	return ts
 }
 
-func dialScheduler(addr string) (*grpc.ClientConn, error) {
+func (d *Daemon) dialScheduler(addr string) (*grpc.ClientConn, error) {
 	return grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		pki.DialOption(d.creds, identity.RoleScheduler),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 }
@@ -111,7 +112,7 @@ func (d *Daemon) setSchedulers(ctx context.Context, addrs []string) error {
 	keep := addrs[:0:0]
 	for _, a := range addrs {
 		if s.conns[a] == nil {
-			c, err := dialScheduler(a)
+			c, err := d.dialScheduler(a)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("scheduler client for %s: %w", a, err))
 				continue
@@ -226,7 +227,7 @@ func (d *Daemon) startSchedulers(ctx context.Context) (func(context.Context), er
 		}
 		return nil, d.setSchedulers(ctx, []string{d.cfg.Scheduler})
 	}
-	m, conn, err := client.DialManager(d.cfg.Manager)
+	m, conn, err := client.DialManager(d.cfg.Manager, pki.DialOption(d.creds, identity.RoleManager))
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +248,7 @@ func (d *Daemon) startSchedulers(ctx context.Context) (func(context.Context), er
 		if d.cfg.Seed {
 			h := d.Host()
 			go client.KeepRegistered(ctx, m, &managerv1.RegisterRequest{
-				Type: managerv1.ComponentType_COMPONENT_TYPE_SEED_PEER, Hostname: h.GetHostname(), Ip: h.GetIp(),
+				Type: managerv1.ComponentType_COMPONENT_TYPE_SEED_PEER, HostId: h.GetId(), Hostname: h.GetHostname(), Ip: h.GetIp(),
 				Port: h.GetPeerPort(), UploadPort: h.GetUploadPort(), Idc: h.GetIdc(), Location: h.GetLocation(),
 			}, d.log)
 		}

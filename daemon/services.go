@@ -13,7 +13,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/damselfly-io/damselfly/api/daemonv1"
@@ -21,6 +20,8 @@ import (
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/daemon/store"
+	"github.com/damselfly-io/damselfly/internal/identity"
+	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/source"
 )
 
@@ -31,7 +32,7 @@ func (d *Daemon) peerConn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := d.peerConns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, pki.DialOption(d.creds, identity.RolePeer, identity.RoleSeed))
 	if err != nil {
 		return nil, fmt.Errorf("peer client for %s: %w", addr, err)
 	}
@@ -49,6 +50,9 @@ type peerService struct {
 }
 
 func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.ServerStreamingServer[peerv1.PieceState]) error {
+	if !identity.Allows(stream.Context(), identity.RolePeer, identity.RoleSeed) {
+		return status.Error(codes.PermissionDenied, "sync pieces: only peers and seed peers may ask")
+	}
 	t, ok := s.d.store.Get(req.GetTaskId())
 	if !ok {
 		return status.Errorf(codes.NotFound, "task %s not held", req.GetTaskId())
@@ -388,6 +392,9 @@ func toStatus(err error) error {
 // (the content digest's for registry blobs, the URL's otherwise), so a
 // preheat cannot file content under another task's name.
 func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (*peerv1.PreheatResponse, error) {
+	if !identity.Allows(ctx, identity.RoleManager, identity.RoleScheduler) {
+		return nil, status.Error(codes.PermissionDenied, "preheat: only the manager or a scheduler may ask")
+	}
 	spec := req.GetTask()
 	u, err := url.Parse(spec.GetUrl())
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {

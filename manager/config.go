@@ -9,6 +9,8 @@ import (
 
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/internal/identity"
+	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/manager/db"
 )
 
@@ -38,7 +40,29 @@ type Config struct {
 	// SessionTTL is how long a sign-in token is valid.
 	SessionTTL config.Duration `yaml:"session_ttl"`
 	Jobs       JobConfig       `yaml:"jobs"`
-	LogLevel   string          `yaml:"log_level"`
+	// TLS is the manager's gRPC transport: by default mutual TLS with a
+	// certificate its own CA issues; cert, key and ca name files instead;
+	// insecure serves plaintext. bootstrap_token is the token joiners
+	// present (default: made on first start, kept in the data dir).
+	TLS pki.Config `yaml:"tls"`
+	// CA is the manager's certificate authority for components that join
+	// with the bootstrap token.
+	CA       CAConfig `yaml:"ca"`
+	LogLevel string   `yaml:"log_level"`
+}
+
+// CAConfig configures the manager's CA.
+type CAConfig struct {
+	// Dir holds ca.crt and ca.key (0600), created on first start; default
+	// data_dir/ca. Replicas of one manager must share it.
+	Dir string `yaml:"dir"`
+	// CertTTL is the lifetime of the certificates it issues; components
+	// renew theirs when two thirds of it have passed.
+	CertTTL config.Duration `yaml:"cert_ttl"`
+	// TokenRoles are the roles the bootstrap token may ask for. The default,
+	// peer and seed, keeps the scheduler role (which daemons are sent to)
+	// for certificates made from files with `damselfly certs issue`.
+	TokenRoles []string `yaml:"token_roles"`
 }
 
 // DatabaseConfig chooses the database.
@@ -87,8 +111,17 @@ func DefaultConfig() Config {
 			Concurrency:     16,
 			RegistryTimeout: config.Duration(30 * time.Second),
 		},
+		CA:       CAConfig{CertTTL: config.Duration(pki.DefaultCertTTL), TokenRoles: []string{"peer", "seed"}},
 		LogLevel: "info",
 	}
+}
+
+// CADir is where the manager's CA lives.
+func (c Config) CADir() string {
+	if c.CA.Dir != "" {
+		return c.CA.Dir
+	}
+	return filepath.Join(c.DataDir, "ca")
 }
 
 // DSN returns the database's data source: the configured DSN, or the SQLite
@@ -128,6 +161,23 @@ func (c Config) Validate() error {
 	}
 	if c.SessionTTL <= 0 {
 		errs = append(errs, errors.New("session_ttl must be > 0"))
+	}
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.TLS.ManagerCAHash != "" {
+		errs = append(errs, errors.New("tls.manager_ca_hash is for components joining a manager, not for the manager"))
+	}
+	if !c.TLS.Insecure && c.CA.Dir == "" && c.DataDir == "" {
+		errs = append(errs, errors.New("ca.dir (or data_dir) is required for the manager's CA"))
+	}
+	if c.CA.CertTTL < config.Duration(time.Minute) {
+		errs = append(errs, errors.New("ca.cert_ttl must be ≥ 1m"))
+	}
+	for _, r := range c.CA.TokenRoles {
+		if !identity.Role(r).Valid() || identity.Role(r) == identity.RoleManager {
+			errs = append(errs, fmt.Errorf("ca.token_roles: %q is not peer, seed or scheduler", r))
+		}
 	}
 	j := c.Jobs
 	if j.Workers < 1 || j.Concurrency < 1 {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -27,7 +28,7 @@ func TestDefaultConfigGolden(t *testing.T) {
 	if err := config.LoadFile(p, &c); err != nil {
 		t.Fatal(err)
 	}
-	if c != DefaultConfig() {
+	if !reflect.DeepEqual(c, DefaultConfig()) {
 		t.Fatalf("round trip changed the config: %+v", c)
 	}
 	if err := c.Validate(); err != nil {

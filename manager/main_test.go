@@ -72,6 +72,7 @@ func testConfig(t *testing.T) Config {
 	cfg.DataDir = filepath.Join(t.TempDir(), "manager")
 	cfg.Listen, cfg.GRPCListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.AdminPassword = "admin-secret-1"
+	cfg.TLS.Insecure = true
 	cfg.Jobs.PollInterval = config.Duration(50 * time.Millisecond)
 	cfg.Jobs.Lease = config.Duration(3 * time.Second)
 	return cfg
@@ -101,7 +102,7 @@ func newEnv(t *testing.T, cfg Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(m.GRPCServerOptions()...)
 	m.RegisterGRPC(gs)
 	go func() { _ = gs.Serve(lis) }()
 	done := make(chan struct{})

@@ -26,10 +26,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/damselfly-io/damselfly/api/managerv1"
+	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/obs"
+	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/manager/db"
 	"github.com/damselfly-io/damselfly/manager/job"
 )
@@ -48,6 +49,12 @@ type Manager struct {
 
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn
+
+	// ca issues component certificates; creds is the manager's own
+	// certificate (nil in insecure mode); token is the bootstrap token.
+	ca    *pki.CA
+	creds *pki.Creds
+	token string
 }
 
 type metrics struct {
@@ -94,6 +101,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 		d.Close()
 		return nil, err
 	}
+	if err := m.setupTLS(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	return m, nil
 }
 
@@ -126,7 +137,7 @@ func (m *Manager) RegisterGRPC(gs *grpc.Server) {
 // Serve serves REST on httpLis and gRPC on grpcLis and runs the job workers
 // until ctx is done.
 func (m *Manager) Serve(ctx context.Context, httpLis, grpcLis net.Listener) error {
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(m.GRPCServerOptions()...)
 	m.RegisterGRPC(gs)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return obs.ServeHTTP(gctx, httpLis, m.Handler()) })
@@ -137,6 +148,7 @@ func (m *Manager) Serve(ctx context.Context, httpLis, grpcLis net.Listener) erro
 		return nil
 	})
 	g.Go(func() error { return m.Run(gctx) })
+	g.Go(func() error { m.renewSelf(gctx); return nil })
 	return g.Wait()
 }
 
@@ -168,7 +180,7 @@ func (m *Manager) peerConn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := m.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, pki.DialOption(m.creds, identity.RolePeer, identity.RoleSeed))
 	if err != nil {
 		return nil, fmt.Errorf("peer client for %s: %w", addr, err)
 	}

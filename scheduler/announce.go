@@ -17,6 +17,22 @@ import (
 	"github.com/damselfly-io/damselfly/internal/identity"
 )
 
+// authorizeHost refuses a caller that speaks for a host its certificate
+// does not name, or claims to be a seed peer without a seed certificate.
+func authorizeHost(ctx context.Context, h *schedulerv1.Host) error {
+	if !identity.Allows(ctx, identity.RolePeer, identity.RoleSeed) {
+		return status.Error(codes.PermissionDenied, "only peers and seed peers may announce")
+	}
+	if !identity.OwnsHost(ctx, h.GetId()) {
+		id, _ := identity.FromContext(ctx)
+		return status.Errorf(codes.PermissionDenied, "host %q is not the caller's (certificate names %q)", h.GetId(), id.HostID)
+	}
+	if h.GetSeed() && !identity.Allows(ctx, identity.RoleSeed) {
+		return status.Error(codes.PermissionDenied, "a peer certificate cannot announce a seed host")
+	}
+	return nil
+}
+
 var (
 	// errPeerFinished ends a stream normally after PeerFailed.
 	errPeerFinished = errors.New("peer finished")
@@ -42,6 +58,9 @@ func (svc *service) Announce(stream schedulerv1.Scheduler_AnnounceServer) error 
 	}
 	if err := validateRegister(reg); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := authorizeHost(stream.Context(), reg.GetHost()); err != nil {
+		return err
 	}
 	if err := s.authorizeRegister(stream.Context(), reg); err != nil {
 		return err
@@ -151,15 +170,11 @@ func validateRegister(r *schedulerv1.Register) error {
 	return nil
 }
 
-// authorizeRegister checks what the caller's certificate allows: any
-// component of the cluster (peer or seed) may announce; only a seed may ask
-// to be sent to the origin at once (seed_request), which would otherwise let
-// any process become the trusted source of a task's piece digests.
+// authorizeRegister checks what the caller's certificate allows beyond
+// announcing for its own host (authorizeHost): only a seed may ask to be sent
+// to the origin at once (seed_request), which would otherwise let any peer
+// become the trusted source of a task's piece digests.
 func (s *Scheduler) authorizeRegister(ctx context.Context, reg *schedulerv1.Register) error {
-	if !identity.Allows(ctx, identity.RolePeer, identity.RoleSeed) {
-		s.log.Warn("register refused: caller has no peer or seed certificate", "peer_id", reg.GetPeerId(), "host_id", reg.GetHost().GetId())
-		return status.Error(codes.PermissionDenied, "announce needs a peer or seed certificate")
-	}
 	if reg.GetSeedRequest() && !identity.Allows(ctx, identity.RoleSeed) {
 		s.m.specRefused.Inc()
 		s.log.Warn("register refused: seed_request from a caller without the seed role", "task_id", reg.GetTask().GetTaskId(),
@@ -574,10 +589,11 @@ func (svc *service) SeedTasks(req *schedulerv1.SeedTasksRequest, stream schedule
 	if info.GetId() == "" {
 		return status.Error(codes.InvalidArgument, "seed tasks: host.id is empty")
 	}
-	// Seed tasks carry task headers and make the caller a trusted source.
 	if !identity.Allows(stream.Context(), identity.RoleSeed) {
-		s.log.Warn("seed tasks refused: caller has no seed certificate", "host_id", info.GetId())
-		return status.Error(codes.PermissionDenied, "seed tasks need a seed certificate")
+		return status.Error(codes.PermissionDenied, "seed tasks: only a seed peer's certificate may open this stream")
+	}
+	if err := authorizeHost(stream.Context(), info); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
 // BenchmarkDecide measures one decision for a peer joining a task that
@@ -101,7 +102,7 @@ func BenchmarkSwarm10kPeers(b *testing.B) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, lis) }()
+	go func() { served <- s.Serve(ctx, lis, pki.ServerOptions(nil)...) }()
 	defer func() {
 		cancel()
 		if err := <-served; err != nil {

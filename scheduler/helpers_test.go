@@ -24,6 +24,7 @@ import (
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/internal/identity"
+	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
 // step bounds every wait for a protocol step. Nothing here measures speed.
@@ -85,7 +86,7 @@ func startServer(t *testing.T, mutate func(*Config), dialOpts ...grpc.DialOption
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, lis) }()
+	go func() { done <- s.Serve(ctx, lis, pki.ServerOptions(nil)...) }()
 	stopped := false
 	stop := func() error {
 		if stopped {
@@ -114,16 +115,16 @@ func startServer(t *testing.T, mutate func(*Config), dialOpts ...grpc.DialOption
 	return &testServer{t: t, s: s, reg: reg, cc: cc, cl: schedulerv1.NewSchedulerClient(cc), stop: stop}
 }
 
-// callCtx is the context of a new call: it names ts.role to a server from
-// startIdentityServer.
-func (ts *testServer) callCtx() context.Context {
+// callCtx is the context of a new call: it names ts.role and host hostID
+// to a server from startIdentityServer.
+func (ts *testServer) callCtx(hostID string) context.Context {
 	if ts.role == "" {
 		return context.Background()
 	}
-	return metadata.AppendToOutgoingContext(context.Background(), testRoleKey, string(ts.role))
+	return metadata.AppendToOutgoingContext(context.Background(), testRoleKey, string(ts.role), testHostKey, hostID)
 }
 
-const testRoleKey = "x-test-role"
+const testRoleKey, testHostKey = "x-test-role", "x-test-host"
 
 // startIdentityServer runs a real Scheduler behind an interceptor that gives
 // every call the verified identity whose role the call names in metadata
@@ -143,7 +144,7 @@ func startIdentityServer(t *testing.T, mutate func(*Config)) *testServer {
 	ident := func(ctx context.Context) context.Context {
 		id := identity.Identity{}
 		if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(testRoleKey)) == 1 {
-			id = identity.Identity{Role: identity.Role(md.Get(testRoleKey)[0]), HostID: "test", Verified: true}
+			id = identity.Identity{Role: identity.Role(md.Get(testRoleKey)[0]), HostID: md.Get(testHostKey)[0], Verified: true}
 		}
 		return identity.NewContext(ctx, id)
 	}
@@ -226,7 +227,7 @@ func (ts *testServer) newHost(name string) *schedulerv1.Host {
 // open starts a stream without sending anything.
 func (ts *testServer) open(id string) *testPeer {
 	ts.t.Helper()
-	ctx, cancel := context.WithCancel(ts.callCtx())
+	ctx, cancel := context.WithCancel(ts.callCtx("host-" + id))
 	stream, err := ts.cl.Announce(ctx)
 	if err != nil {
 		cancel()

@@ -34,7 +34,6 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
-	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/scheduler/policy"
 )
@@ -150,13 +149,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 // Serve serves the Scheduler on lis with keepalive enforcement and runs it
 // until ctx is done, then stops gracefully (cutting connections after a few
 // seconds). It returns nil after a stop caused by ctx.
-func (s *Scheduler) Serve(ctx context.Context, lis net.Listener) error {
-	// Callers' identities: until TLS is configured the scheduler runs in
-	// the explicit insecure mode, where every caller is trusted as it
-	// claims (internal/identity).
-	gs := grpc.NewServer(
-		grpc.UnaryInterceptor(identity.UnaryServerInterceptor(true)),
-		grpc.StreamInterceptor(identity.StreamServerInterceptor(true)),
+// opts are the transport's: pki.ServerOptions (mutual TLS and the identity
+// interceptors the handlers rely on).
+func (s *Scheduler) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
+	gs := grpc.NewServer(append(opts,
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             keepaliveMinTime,
 			PermitWithoutStream: true,
@@ -165,7 +161,7 @@ func (s *Scheduler) Serve(ctx context.Context, lis net.Listener) error {
 			Time:    keepaliveTime,
 			Timeout: keepaliveTimeout,
 		}),
-	)
+	)...)
 	s.Register(gs)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Run(gctx) })

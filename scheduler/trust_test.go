@@ -71,7 +71,7 @@ func TestSeedRequestNeedsSeedRole(t *testing.T) {
 	if code := rogue.expectEnd(); code != codes.PermissionDenied {
 		t.Fatalf("seed_request with a peer certificate ended with %v, want PermissionDenied", code)
 	}
-	stream, err := ts.cl.SeedTasks(ts.callCtx(), &schedulerv1.SeedTasksRequest{Host: ts.newHost("rogue")})
+	stream, err := ts.cl.SeedTasks(ts.callCtx("host-rogue"), &schedulerv1.SeedTasksRequest{Host: ts.newHost("rogue")})
 	if err == nil {
 		_, err = stream.Recv()
 	}
@@ -172,6 +172,11 @@ func TestContentCorruptFalseReportClears(t *testing.T) {
 	ts := startServer(t, nil)
 	_, b := poisonedTask(t, ts, false)
 	b.contentCorrupt()
+	eventually(t, "digests suspended", func() bool {
+		ok := false
+		ts.inspect(func(s *Scheduler) { ok = s.tasks[tid("t")].suspect != nil })
+		return ok
+	})
 	c := ts.register("t", "c")
 	c.expectBackToSource()
 	c.meta(2<<18, 1<<18)

@@ -70,6 +70,131 @@ func (ComponentType) EnumDescriptor() ([]byte, []int) {
 	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{0}
 }
 
+type IssueCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bootstrap token <id>.<secret>; empty when renewing with a certificate.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Role (peer, seed, scheduler) and host ID the certificate is for.
+	Role   string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	HostId string `protobuf:"bytes,3,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// PKCS#10 certificate request (DER) signed by the component's key, which
+	// never leaves the component.
+	Csr           []byte `protobuf:"bytes,4,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueCertificateRequest) Reset() {
+	*x = IssueCertificateRequest{}
+	mi := &file_api_managerv1_manager_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueCertificateRequest) ProtoMessage() {}
+
+func (x *IssueCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_managerv1_manager_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueCertificateRequest.ProtoReflect.Descriptor instead.
+func (*IssueCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *IssueCertificateRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *IssueCertificateRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *IssueCertificateRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *IssueCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type IssueCertificateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The certificate (PEM) and the CA bundle to trust (PEM).
+	Certificate   []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	Ca            []byte `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueCertificateResponse) Reset() {
+	*x = IssueCertificateResponse{}
+	mi := &file_api_managerv1_manager_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueCertificateResponse) ProtoMessage() {}
+
+func (x *IssueCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_managerv1_manager_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueCertificateResponse.ProtoReflect.Descriptor instead.
+func (*IssueCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *IssueCertificateResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *IssueCertificateResponse) GetCa() []byte {
+	if x != nil {
+		return x.Ca
+	}
+	return nil
+}
+
 type RegisterRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Type     ComponentType          `protobuf:"varint,1,opt,name=type,proto3,enum=damselfly.manager.v1.ComponentType" json:"type,omitempty"`
@@ -82,14 +207,17 @@ type RegisterRequest struct {
 	Idc        string `protobuf:"bytes,6,opt,name=idc,proto3" json:"idc,omitempty"`
 	Location   string `protobuf:"bytes,7,opt,name=location,proto3" json:"location,omitempty"`
 	// Cluster to join; 0 joins the default cluster.
-	ClusterId     int64 `protobuf:"varint,8,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	ClusterId int64 `protobuf:"varint,8,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// Host ID of the component (with mutual TLS it must be the one its
+	// certificate names).
+	HostId        string `protobuf:"bytes,9,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_api_managerv1_manager_proto_msgTypes[0]
+	mi := &file_api_managerv1_manager_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -101,7 +229,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_managerv1_manager_proto_msgTypes[0]
+	mi := &file_api_managerv1_manager_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -114,7 +242,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{0}
+	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RegisterRequest) GetType() ComponentType {
@@ -173,6 +301,13 @@ func (x *RegisterRequest) GetClusterId() int64 {
 	return 0
 }
 
+func (x *RegisterRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
 type RegisterResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// ID of the scheduler or seed peer record.
@@ -186,7 +321,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_api_managerv1_manager_proto_msgTypes[1]
+	mi := &file_api_managerv1_manager_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -198,7 +333,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_managerv1_manager_proto_msgTypes[1]
+	mi := &file_api_managerv1_manager_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -211,7 +346,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{1}
+	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RegisterResponse) GetId() int64 {
@@ -245,7 +380,7 @@ type KeepAliveRequest struct {
 
 func (x *KeepAliveRequest) Reset() {
 	*x = KeepAliveRequest{}
-	mi := &file_api_managerv1_manager_proto_msgTypes[2]
+	mi := &file_api_managerv1_manager_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -257,7 +392,7 @@ func (x *KeepAliveRequest) String() string {
 func (*KeepAliveRequest) ProtoMessage() {}
 
 func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_managerv1_manager_proto_msgTypes[2]
+	mi := &file_api_managerv1_manager_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -270,7 +405,7 @@ func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*KeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{2}
+	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *KeepAliveRequest) GetType() ComponentType {
@@ -295,7 +430,7 @@ type KeepAliveResponse struct {
 
 func (x *KeepAliveResponse) Reset() {
 	*x = KeepAliveResponse{}
-	mi := &file_api_managerv1_manager_proto_msgTypes[3]
+	mi := &file_api_managerv1_manager_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +442,7 @@ func (x *KeepAliveResponse) String() string {
 func (*KeepAliveResponse) ProtoMessage() {}
 
 func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_managerv1_manager_proto_msgTypes[3]
+	mi := &file_api_managerv1_manager_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +455,7 @@ func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*KeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{3}
+	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{5}
 }
 
 type ListSchedulersRequest struct {
@@ -340,7 +475,7 @@ type ListSchedulersRequest struct {
 
 func (x *ListSchedulersRequest) Reset() {
 	*x = ListSchedulersRequest{}
-	mi := &file_api_managerv1_manager_proto_msgTypes[4]
+	mi := &file_api_managerv1_manager_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +487,7 @@ func (x *ListSchedulersRequest) String() string {
 func (*ListSchedulersRequest) ProtoMessage() {}
 
 func (x *ListSchedulersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_managerv1_manager_proto_msgTypes[4]
+	mi := &file_api_managerv1_manager_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +500,7 @@ func (x *ListSchedulersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchedulersRequest.ProtoReflect.Descriptor instead.
 func (*ListSchedulersRequest) Descriptor() ([]byte, []int) {
-	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{4}
+	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListSchedulersRequest) GetHostname() string {
@@ -437,7 +572,7 @@ type Scheduler struct {
 
 func (x *Scheduler) Reset() {
 	*x = Scheduler{}
-	mi := &file_api_managerv1_manager_proto_msgTypes[5]
+	mi := &file_api_managerv1_manager_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +584,7 @@ func (x *Scheduler) String() string {
 func (*Scheduler) ProtoMessage() {}
 
 func (x *Scheduler) ProtoReflect() protoreflect.Message {
-	mi := &file_api_managerv1_manager_proto_msgTypes[5]
+	mi := &file_api_managerv1_manager_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +597,7 @@ func (x *Scheduler) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Scheduler.ProtoReflect.Descriptor instead.
 func (*Scheduler) Descriptor() ([]byte, []int) {
-	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{5}
+	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Scheduler) GetId() int64 {
@@ -511,7 +646,7 @@ type ListSchedulersResponse struct {
 
 func (x *ListSchedulersResponse) Reset() {
 	*x = ListSchedulersResponse{}
-	mi := &file_api_managerv1_manager_proto_msgTypes[6]
+	mi := &file_api_managerv1_manager_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +658,7 @@ func (x *ListSchedulersResponse) String() string {
 func (*ListSchedulersResponse) ProtoMessage() {}
 
 func (x *ListSchedulersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_managerv1_manager_proto_msgTypes[6]
+	mi := &file_api_managerv1_manager_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +671,7 @@ func (x *ListSchedulersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchedulersResponse.ProtoReflect.Descriptor instead.
 func (*ListSchedulersResponse) Descriptor() ([]byte, []int) {
-	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{6}
+	return file_api_managerv1_manager_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListSchedulersResponse) GetSchedulers() []*Scheduler {
@@ -557,7 +692,15 @@ var File_api_managerv1_manager_proto protoreflect.FileDescriptor
 
 const file_api_managerv1_manager_proto_rawDesc = "" +
 	"\n" +
-	"\x1bapi/managerv1/manager.proto\x12\x14damselfly.manager.v1\"\xf8\x01\n" +
+	"\x1bapi/managerv1/manager.proto\x12\x14damselfly.manager.v1\"n\n" +
+	"\x17IssueCertificateRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x17\n" +
+	"\ahost_id\x18\x03 \x01(\tR\x06hostId\x12\x10\n" +
+	"\x03csr\x18\x04 \x01(\fR\x03csr\"L\n" +
+	"\x18IssueCertificateResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x0e\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\"\x91\x02\n" +
 	"\x0fRegisterRequest\x127\n" +
 	"\x04type\x18\x01 \x01(\x0e2#.damselfly.manager.v1.ComponentTypeR\x04type\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x0e\n" +
@@ -568,7 +711,8 @@ const file_api_managerv1_manager_proto_rawDesc = "" +
 	"\x03idc\x18\x06 \x01(\tR\x03idc\x12\x1a\n" +
 	"\blocation\x18\a \x01(\tR\blocation\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\b \x01(\x03R\tclusterId\"u\n" +
+	"cluster_id\x18\b \x01(\x03R\tclusterId\x12\x17\n" +
+	"\ahost_id\x18\t \x01(\tR\x06hostId\"u\n" +
 	"\x10RegisterResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1d\n" +
 	"\n" +
@@ -603,11 +747,12 @@ const file_api_managerv1_manager_proto_rawDesc = "" +
 	"\rComponentType\x12\x1e\n" +
 	"\x1aCOMPONENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18COMPONENT_TYPE_SCHEDULER\x10\x01\x12\x1c\n" +
-	"\x18COMPONENT_TYPE_SEED_PEER\x10\x022\xaf\x02\n" +
+	"\x18COMPONENT_TYPE_SEED_PEER\x10\x022\xa2\x03\n" +
 	"\aManager\x12Y\n" +
 	"\bRegister\x12%.damselfly.manager.v1.RegisterRequest\x1a&.damselfly.manager.v1.RegisterResponse\x12\\\n" +
 	"\tKeepAlive\x12&.damselfly.manager.v1.KeepAliveRequest\x1a'.damselfly.manager.v1.KeepAliveResponse\x12k\n" +
-	"\x0eListSchedulers\x12+.damselfly.manager.v1.ListSchedulersRequest\x1a,.damselfly.manager.v1.ListSchedulersResponseB;Z9github.com/damselfly-io/damselfly/api/managerv1;managerv1b\x06proto3"
+	"\x0eListSchedulers\x12+.damselfly.manager.v1.ListSchedulersRequest\x1a,.damselfly.manager.v1.ListSchedulersResponse\x12q\n" +
+	"\x10IssueCertificate\x12-.damselfly.manager.v1.IssueCertificateRequest\x1a..damselfly.manager.v1.IssueCertificateResponseB;Z9github.com/damselfly-io/damselfly/api/managerv1;managerv1b\x06proto3"
 
 var (
 	file_api_managerv1_manager_proto_rawDescOnce sync.Once
@@ -622,29 +767,33 @@ func file_api_managerv1_manager_proto_rawDescGZIP() []byte {
 }
 
 var file_api_managerv1_manager_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_managerv1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_api_managerv1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_api_managerv1_manager_proto_goTypes = []any{
-	(ComponentType)(0),             // 0: damselfly.manager.v1.ComponentType
-	(*RegisterRequest)(nil),        // 1: damselfly.manager.v1.RegisterRequest
-	(*RegisterResponse)(nil),       // 2: damselfly.manager.v1.RegisterResponse
-	(*KeepAliveRequest)(nil),       // 3: damselfly.manager.v1.KeepAliveRequest
-	(*KeepAliveResponse)(nil),      // 4: damselfly.manager.v1.KeepAliveResponse
-	(*ListSchedulersRequest)(nil),  // 5: damselfly.manager.v1.ListSchedulersRequest
-	(*Scheduler)(nil),              // 6: damselfly.manager.v1.Scheduler
-	(*ListSchedulersResponse)(nil), // 7: damselfly.manager.v1.ListSchedulersResponse
+	(ComponentType)(0),               // 0: damselfly.manager.v1.ComponentType
+	(*IssueCertificateRequest)(nil),  // 1: damselfly.manager.v1.IssueCertificateRequest
+	(*IssueCertificateResponse)(nil), // 2: damselfly.manager.v1.IssueCertificateResponse
+	(*RegisterRequest)(nil),          // 3: damselfly.manager.v1.RegisterRequest
+	(*RegisterResponse)(nil),         // 4: damselfly.manager.v1.RegisterResponse
+	(*KeepAliveRequest)(nil),         // 5: damselfly.manager.v1.KeepAliveRequest
+	(*KeepAliveResponse)(nil),        // 6: damselfly.manager.v1.KeepAliveResponse
+	(*ListSchedulersRequest)(nil),    // 7: damselfly.manager.v1.ListSchedulersRequest
+	(*Scheduler)(nil),                // 8: damselfly.manager.v1.Scheduler
+	(*ListSchedulersResponse)(nil),   // 9: damselfly.manager.v1.ListSchedulersResponse
 }
 var file_api_managerv1_manager_proto_depIdxs = []int32{
 	0, // 0: damselfly.manager.v1.RegisterRequest.type:type_name -> damselfly.manager.v1.ComponentType
 	0, // 1: damselfly.manager.v1.KeepAliveRequest.type:type_name -> damselfly.manager.v1.ComponentType
-	6, // 2: damselfly.manager.v1.ListSchedulersResponse.schedulers:type_name -> damselfly.manager.v1.Scheduler
-	1, // 3: damselfly.manager.v1.Manager.Register:input_type -> damselfly.manager.v1.RegisterRequest
-	3, // 4: damselfly.manager.v1.Manager.KeepAlive:input_type -> damselfly.manager.v1.KeepAliveRequest
-	5, // 5: damselfly.manager.v1.Manager.ListSchedulers:input_type -> damselfly.manager.v1.ListSchedulersRequest
-	2, // 6: damselfly.manager.v1.Manager.Register:output_type -> damselfly.manager.v1.RegisterResponse
-	4, // 7: damselfly.manager.v1.Manager.KeepAlive:output_type -> damselfly.manager.v1.KeepAliveResponse
-	7, // 8: damselfly.manager.v1.Manager.ListSchedulers:output_type -> damselfly.manager.v1.ListSchedulersResponse
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
+	8, // 2: damselfly.manager.v1.ListSchedulersResponse.schedulers:type_name -> damselfly.manager.v1.Scheduler
+	3, // 3: damselfly.manager.v1.Manager.Register:input_type -> damselfly.manager.v1.RegisterRequest
+	5, // 4: damselfly.manager.v1.Manager.KeepAlive:input_type -> damselfly.manager.v1.KeepAliveRequest
+	7, // 5: damselfly.manager.v1.Manager.ListSchedulers:input_type -> damselfly.manager.v1.ListSchedulersRequest
+	1, // 6: damselfly.manager.v1.Manager.IssueCertificate:input_type -> damselfly.manager.v1.IssueCertificateRequest
+	4, // 7: damselfly.manager.v1.Manager.Register:output_type -> damselfly.manager.v1.RegisterResponse
+	6, // 8: damselfly.manager.v1.Manager.KeepAlive:output_type -> damselfly.manager.v1.KeepAliveResponse
+	9, // 9: damselfly.manager.v1.Manager.ListSchedulers:output_type -> damselfly.manager.v1.ListSchedulersResponse
+	2, // 10: damselfly.manager.v1.Manager.IssueCertificate:output_type -> damselfly.manager.v1.IssueCertificateResponse
+	7, // [7:11] is the sub-list for method output_type
+	3, // [3:7] is the sub-list for method input_type
 	3, // [3:3] is the sub-list for extension type_name
 	3, // [3:3] is the sub-list for extension extendee
 	0, // [0:3] is the sub-list for field type_name
@@ -661,7 +810,7 @@ func file_api_managerv1_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_managerv1_manager_proto_rawDesc), len(file_api_managerv1_manager_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Manager_Register_FullMethodName       = "/damselfly.manager.v1.Manager/Register"
-	Manager_KeepAlive_FullMethodName      = "/damselfly.manager.v1.Manager/KeepAlive"
-	Manager_ListSchedulers_FullMethodName = "/damselfly.manager.v1.Manager/ListSchedulers"
+	Manager_Register_FullMethodName         = "/damselfly.manager.v1.Manager/Register"
+	Manager_KeepAlive_FullMethodName        = "/damselfly.manager.v1.Manager/KeepAlive"
+	Manager_ListSchedulers_FullMethodName   = "/damselfly.manager.v1.Manager/ListSchedulers"
+	Manager_IssueCertificate_FullMethodName = "/damselfly.manager.v1.Manager/IssueCertificate"
 )
 
 // ManagerClient is the client API for Manager service.
@@ -41,6 +42,11 @@ type ManagerClient interface {
 	// matches the daemon (IDC, location, CIDR), else of the default cluster.
 	// The daemon is recorded as a known peer (a target of all_peers preheats).
 	ListSchedulers(ctx context.Context, in *ListSchedulersRequest, opts ...grpc.CallOption) (*ListSchedulersResponse, error)
+	// IssueCertificate signs a component's certificate with the manager's CA.
+	// Reachable without a client certificate (server-authenticated TLS; the
+	// joiner pins the CA): the bootstrap token then authorizes it. A caller
+	// with a valid certificate renews it without a token (same identity).
+	IssueCertificate(ctx context.Context, in *IssueCertificateRequest, opts ...grpc.CallOption) (*IssueCertificateResponse, error)
 }
 
 type managerClient struct {
@@ -81,6 +87,16 @@ func (c *managerClient) ListSchedulers(ctx context.Context, in *ListSchedulersRe
 	return out, nil
 }
 
+func (c *managerClient) IssueCertificate(ctx context.Context, in *IssueCertificateRequest, opts ...grpc.CallOption) (*IssueCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueCertificateResponse)
+	err := c.cc.Invoke(ctx, Manager_IssueCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ManagerServer is the server API for Manager service.
 // All implementations must embed UnimplementedManagerServer
 // for forward compatibility.
@@ -98,6 +114,11 @@ type ManagerServer interface {
 	// matches the daemon (IDC, location, CIDR), else of the default cluster.
 	// The daemon is recorded as a known peer (a target of all_peers preheats).
 	ListSchedulers(context.Context, *ListSchedulersRequest) (*ListSchedulersResponse, error)
+	// IssueCertificate signs a component's certificate with the manager's CA.
+	// Reachable without a client certificate (server-authenticated TLS; the
+	// joiner pins the CA): the bootstrap token then authorizes it. A caller
+	// with a valid certificate renews it without a token (same identity).
+	IssueCertificate(context.Context, *IssueCertificateRequest) (*IssueCertificateResponse, error)
 	mustEmbedUnimplementedManagerServer()
 }
 
@@ -116,6 +137,9 @@ func (UnimplementedManagerServer) KeepAlive(context.Context, *KeepAliveRequest) 
 }
 func (UnimplementedManagerServer) ListSchedulers(context.Context, *ListSchedulersRequest) (*ListSchedulersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSchedulers not implemented")
+}
+func (UnimplementedManagerServer) IssueCertificate(context.Context, *IssueCertificateRequest) (*IssueCertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueCertificate not implemented")
 }
 func (UnimplementedManagerServer) mustEmbedUnimplementedManagerServer() {}
 func (UnimplementedManagerServer) testEmbeddedByValue()                 {}
@@ -192,6 +216,24 @@ func _Manager_ListSchedulers_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Manager_IssueCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).IssueCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_IssueCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).IssueCertificate(ctx, req.(*IssueCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Manager_ServiceDesc is the grpc.ServiceDesc for Manager service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -210,6 +252,10 @@ var Manager_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListSchedulers",
 			Handler:    _Manager_ListSchedulers_Handler,
+		},
+		{
+			MethodName: "IssueCertificate",
+			Handler:    _Manager_IssueCertificate_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

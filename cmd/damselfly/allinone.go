@@ -8,11 +8,15 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/daemon"
+	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/obs"
+	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/scheduler"
 )
 
@@ -22,6 +26,10 @@ type allInOneConfig struct {
 	Daemon    daemon.Config    `yaml:"daemon"`
 	Seed      daemon.Config    `yaml:"seed"`
 	LogLevel  string           `yaml:"log_level"`
+	// Insecure runs the components' gRPC in plaintext. By default the
+	// all-in-one keeps a CA under its data dir (ca/) and gives the
+	// scheduler, seed peer and daemon certificates from it at each start.
+	Insecure bool `yaml:"insecure"`
 }
 
 func defaultAllInOne() allInOneConfig {
@@ -63,6 +71,7 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	fs.IntVar(&cfg.Seed.PeerPort, "seed-peer-port", cfg.Seed.PeerPort, "seed peer gRPC port")
 	fs.IntVar(&cfg.Seed.UploadPort, "seed-upload-port", cfg.Seed.UploadPort, "seed upload port")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	fs.BoolVar(&cfg.Insecure, "insecure", cfg.Insecure, "plaintext gRPC between the components instead of mutual TLS from the all-in-one's own CA")
 	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -93,6 +102,15 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		fmt.Fprintln(stderr, "damselfly all-in-one:", err)
 		return 2
 	}
+	root := *dataDir
+	if root == "" {
+		root = filepath.Dir(cfg.Daemon.DataDir)
+	}
+	schedCreds, err := allInOneTLS(&cfg, root)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly all-in-one:", err)
+		return 1
+	}
 	reg := obs.NewRegistry()
 	s, err := scheduler.New(cfg.Scheduler, log.With("component", "scheduler"), reg)
 	if err != nil {
@@ -118,7 +136,7 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return 1
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.Serve(gctx, lis) })
+	g.Go(func() error { return s.Serve(gctx, lis, pki.ServerOptions(schedCreds)...) })
 	g.Go(func() error { return seed.Run(gctx) })
 	g.Go(func() error { return d.Run(gctx) })
 	log.Info("all-in-one running", "scheduler", lis.Addr().String(), "sock", cfg.Daemon.Sock,
@@ -128,4 +146,45 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return 1
 	}
 	return 0
+}
+
+// allInOneTLS gives the all-in-one's components their credentials: nil
+// and insecure daemons with --insecure; else certificates (valid a year,
+// made again at each start) from a CA kept in root/ca, written under
+// root/tls. A daemon or seed whose config names its own files keeps them.
+func allInOneTLS(cfg *allInOneConfig, root string) (*pki.Creds, error) {
+	if cfg.Insecure {
+		cfg.Daemon.TLS, cfg.Seed.TLS = pki.Config{Insecure: true}, pki.Config{Insecure: true}
+		return nil, nil
+	}
+	ca, _, err := pki.LoadOrCreateCA(filepath.Join(root, "ca"), "damselfly all-in-one CA")
+	if err != nil {
+		return nil, fmt.Errorf("all-in-one CA: %w", err)
+	}
+	const ttl = 365 * 24 * time.Hour
+	host := core.Hostname()
+	issue := func(name string, role identity.Role) (pki.Config, error) {
+		dir := filepath.Join(root, "tls", name)
+		if err := ca.IssueFiles(dir, identity.Identity{Role: role, HostID: host + "-" + name}, ttl); err != nil {
+			return pki.Config{}, err
+		}
+		return pki.Config{Cert: filepath.Join(dir, pki.CertFile), Key: filepath.Join(dir, pki.KeyFile), CA: filepath.Join(dir, pki.TrustFile)}, nil
+	}
+	for _, c := range []struct {
+		name string
+		role identity.Role
+		tls  *pki.Config
+	}{{"daemon", identity.RolePeer, &cfg.Daemon.TLS}, {"seed", identity.RoleSeed, &cfg.Seed.TLS}} {
+		if c.tls.HasFiles() || c.tls.Insecure {
+			continue
+		}
+		if *c.tls, err = issue(c.name, c.role); err != nil {
+			return nil, err
+		}
+	}
+	sc, err := issue("scheduler", identity.RoleScheduler)
+	if err != nil {
+		return nil, err
+	}
+	return sc.LoadFiles()
 }

@@ -56,6 +56,7 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.Var(&cfg.OriginTimeout, "origin-timeout", "timeout to connect to the origin and to wait for its headers or next bytes")
 	fs.IntVar(&cfg.OriginRetries, "origin-retries", cfg.OriginRetries, "retries of a failed or reset origin request")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	cfg.TLS.Flags(fs, true)
 }
 
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -79,6 +80,10 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintln(stderr, "damselfly daemon: invalid config:", err)
+		return 2
+	}
+	if err := cfg.TLS.Require(); err != nil {
+		fmt.Fprintln(stderr, "damselfly daemon:", err)
 		return 2
 	}
 	log, err := obs.NewLogger(os.Stderr, cfg.LogLevel)

@@ -25,6 +25,7 @@ func commands() []command {
 		{"scheduler", "run the scheduler (tracks tasks and peers, picks parents)", runScheduler},
 		{"daemon", "run the node daemon (peer, cache, local API); --seed for a seed peer", runDaemon},
 		{"manager", "run the manager (clusters, registry of schedulers and seed peers, preheat jobs, REST API)", runManager},
+		{"certs", "make a CA and component certificates for mutual TLS from files (init-ca, issue, hash)", runCerts},
 		{"all-in-one", "run scheduler, seed peer and daemon in one process on embedded defaults", runAllInOne},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "damselfly", Version)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/manager"
@@ -31,6 +33,13 @@ func managerFlags(fs *flag.FlagSet, cfg *manager.Config) {
 	fs.IntVar(&cfg.Jobs.Concurrency, "job-concurrency", cfg.Jobs.Concurrency, "peer fetches one job runs at once")
 	fs.Var(&cfg.Jobs.RegistryTimeout, "registry-timeout", "bound on each registry request while resolving an image")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&cfg.CA.Dir, "ca-dir", cfg.CA.Dir, "directory of the manager's CA (ca.crt, ca.key; created on first start; default DATA_DIR/ca)")
+	fs.Var(&cfg.CA.CertTTL, "cert-ttl", "lifetime of the certificates the manager's CA issues")
+	fs.Func("token-roles", "comma-separated roles the bootstrap token may ask for (default peer,seed; add scheduler to let schedulers join with it)", func(v string) error {
+		cfg.CA.TokenRoles = strings.Split(v, ",")
+		return nil
+	})
+	cfg.TLS.Flags(fs, false)
 }
 
 func runManager(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -68,6 +77,10 @@ func runManager(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 1
 	}
 	defer m.Close()
+	if h := m.CAHash(); h != "" {
+		fmt.Fprintf(stdout, "components join with: --manager HOST:PORT --manager-ca-hash %s --bootstrap-token-file FILE (the token is in %s unless configured)\n",
+			h, filepath.Join(cfg.CADir(), "bootstrap-token"))
+	}
 	if p := m.InitialPassword(); p != "" {
 		fmt.Fprintf(stdout, "created user admin with password %s (shown once; change it with PUT /api/v1/users/{id}/password)\n", p)
 	}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -14,7 +15,9 @@ import (
 	"github.com/damselfly-io/damselfly/api/managerv1"
 	"github.com/damselfly-io/damselfly/client"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/obs"
+	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/scheduler"
 )
 
@@ -32,6 +35,12 @@ type schedulerCmdConfig struct {
 	ClusterID   int64  `yaml:"cluster_id"`
 	AdvertiseIP string `yaml:"advertise_ip"`
 	Hostname    string `yaml:"hostname"`
+	// DataDir keeps the certificate a bootstrap token got (tls/).
+	DataDir string `yaml:"data_dir"`
+	// TLS is the gRPC transport: certificate files, a bootstrap token
+	// (needs the manager, and a token allowed the scheduler role), or
+	// explicit insecure.
+	TLS pki.Config `yaml:"tls"`
 }
 
 func schedulerFlags(fs *flag.FlagSet, cfg *scheduler.Config) {
@@ -59,7 +68,7 @@ func schedulerFlags(fs *flag.FlagSet, cfg *scheduler.Config) {
 }
 
 func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg := schedulerCmdConfig{Config: scheduler.DefaultConfig(), MetricsPort: 8000, LogLevel: "info"}
+	cfg := schedulerCmdConfig{Config: scheduler.DefaultConfig(), MetricsPort: 8000, LogLevel: "info", DataDir: "/var/lib/damselfly/scheduler"}
 	if err := loadConfig(args, &cfg); err != nil {
 		fmt.Fprintln(stderr, "damselfly scheduler:", err)
 		return 2
@@ -72,6 +81,8 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.Int64Var(&cfg.ClusterID, "cluster-id", cfg.ClusterID, "scheduler cluster to join at the manager (0: the default cluster)")
 	fs.StringVar(&cfg.AdvertiseIP, "advertise-ip", cfg.AdvertiseIP, "IP daemons dial, as registered with the manager (default: the listen IP, else the first non-loopback IPv4)")
 	fs.StringVar(&cfg.Hostname, "hostname", cfg.Hostname, "host name registered with the manager (default: the machine's)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the certificate got with a bootstrap token")
+	cfg.TLS.Flags(fs, true)
 	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -91,6 +102,10 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintln(stderr, "damselfly scheduler: invalid config:", err)
 		return 2
 	}
+	if err := cfg.TLS.Require(); err != nil {
+		fmt.Fprintln(stderr, "damselfly scheduler:", err)
+		return 2
+	}
 	log, err := obs.NewLogger(os.Stderr, cfg.LogLevel)
 	if err != nil {
 		fmt.Fprintln(stderr, "damselfly scheduler:", err)
@@ -108,6 +123,20 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return 1
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	req, err := schedulerRegistration(cfg, lis.Addr().(*net.TCPAddr).Port)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly scheduler:", err)
+		return 2
+	}
+	creds, err := schedulerCreds(gctx, cfg, req, log)
+	if err != nil {
+		lis.Close()
+		fmt.Fprintln(stderr, "damselfly scheduler:", err)
+		return 1
+	}
+	if creds != nil {
+		req.HostId = creds.Identity().HostID
+	}
 	if cfg.MetricsPort >= 0 {
 		host, _, _ := net.SplitHostPort(cfg.Listen)
 		ml, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(cfg.MetricsPort)))
@@ -118,12 +147,7 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		g.Go(func() error { return obs.ServeHTTP(gctx, ml, obs.Handler(reg, nil)) })
 	}
 	if cfg.Manager != "" {
-		req, err := schedulerRegistration(cfg, lis.Addr().(*net.TCPAddr).Port)
-		if err != nil {
-			fmt.Fprintln(stderr, "damselfly scheduler:", err)
-			return 2
-		}
-		mc, conn, err := client.DialManager(cfg.Manager)
+		mc, conn, err := client.DialManager(cfg.Manager, pki.DialOption(creds, identity.RoleManager))
 		if err != nil {
 			fmt.Fprintln(stderr, "damselfly scheduler:", err)
 			return 1
@@ -132,7 +156,7 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		g.Go(func() error { client.KeepRegistered(gctx, mc, req, log); return nil })
 	}
 	log.Info("scheduler listening", "addr", lis.Addr().String())
-	g.Go(func() error { return s.Serve(gctx, lis) })
+	g.Go(func() error { return s.Serve(gctx, lis, pki.ServerOptions(creds)...) })
 	if err := g.Wait(); err != nil {
 		fmt.Fprintln(stderr, "damselfly scheduler:", err)
 		return 1
@@ -173,5 +197,41 @@ func schedulerRegistration(cfg schedulerCmdConfig, port int) (*managerv1.Registe
 	return &managerv1.RegisterRequest{
 		Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Hostname: hostname, Ip: ip,
 		Port: int32(port), ClusterId: cfg.ClusterID,
+		HostId: core.HostID(hostname, net.JoinHostPort(ip, strconv.Itoa(port))),
 	}, nil
+}
+
+// schedulerCreds returns the scheduler's TLS credentials (nil in insecure
+// mode): from files (re-read when they change), or from the manager's CA
+// with the bootstrap token (renewed while ctx lasts).
+func schedulerCreds(ctx context.Context, cfg schedulerCmdConfig, req *managerv1.RegisterRequest, log *slog.Logger) (*pki.Creds, error) {
+	var creds *pki.Creds
+	switch t := cfg.TLS; {
+	case t.Insecure:
+		log.Warn("insecure mode: scheduler gRPC in plaintext; any caller is trusted as it claims (--insecure)")
+		return nil, nil
+	case t.HasFiles():
+		c, err := t.LoadFiles()
+		if err != nil {
+			return nil, err
+		}
+		go pki.WatchFiles(ctx, c, log)
+		creds = c
+	default:
+		j, err := t.TokenJoin(cfg.Manager, identity.RoleScheduler, req.GetHostId(), cfg.DataDir, log)
+		if err != nil {
+			return nil, err
+		}
+		c, err := j.Creds(ctx)
+		if err != nil {
+			return nil, err
+		}
+		go j.Maintain(ctx, c)
+		creds = c
+	}
+	if id := creds.Identity(); id.Role != identity.RoleScheduler {
+		return nil, fmt.Errorf("tls: certificate is for %s, the scheduler needs role scheduler", id.URI())
+	}
+	log.Info("mutual TLS on gRPC", "identity", creds.Identity().URI().String(), "not_after", creds.Leaf().NotAfter)
+	return creds, nil
 }

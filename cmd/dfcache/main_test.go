@@ -104,6 +104,7 @@ func startDaemon(t *testing.T) string {
 	cfg.Sock = filepath.Join(dir, "d.sock")
 	cfg.ListenIP, cfg.AdvertiseIP = "127.0.0.1", "127.0.0.1"
 	cfg.PeerPort, cfg.UploadPort, cfg.MetricsPort = 0, 0, -1
+	cfg.TLS.Insecure = true
 	d, err := daemon.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -27,7 +27,33 @@ import (
 	"github.com/damselfly-io/damselfly/test/oci"
 )
 
-var binDir string
+var (
+	binDir string
+	// caDir is the run's CA (damselfly certs init-ca).
+	caDir string
+)
+
+// issue makes a certificate for damselfly://role/hostID from the run's CA
+// into dir and returns the flags that use it.
+func issue(t testing.TB, role, hostID, dir string) []string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(binDir, "damselfly"), "certs", "issue", "--ca-dir", caDir, "--role", role, "--host-id", hostID, "--out", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("certs issue %s/%s: %v: %s", role, hostID, err, out)
+	}
+	return []string{"--tls-cert", filepath.Join(dir, "tls.crt"), "--tls-key", filepath.Join(dir, "tls.key"), "--tls-ca", filepath.Join(dir, "ca.crt")}
+}
+
+// tlsArgs are the TLS flags of a component: none when extra already
+// chooses (--insecure, --tls-cert, a token), else a new certificate.
+func tlsArgs(t testing.TB, role, hostID string, extra []string) []string {
+	for _, a := range extra {
+		if a == "--insecure" || a == "--tls-cert" || a == "--bootstrap-token" || a == "--bootstrap-token-file" {
+			return nil
+		}
+	}
+	return issue(t, role, hostID, t.TempDir())
+}
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "damselfly-e2e-bin-")
@@ -40,6 +66,13 @@ func TestMain(m *testing.M) {
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)
+		os.Exit(1)
+	}
+	// One CA for the whole run: every component gets a certificate from it
+	// (the manager uses it as its own CA), as `damselfly certs` documents.
+	caDir = filepath.Join(dir, "ca")
+	if out, err := exec.Command(filepath.Join(dir, "damselfly"), "certs", "init-ca", "--dir", caDir).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "init-ca: %v: %s\n", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -124,6 +157,7 @@ func startScheduler(t testing.TB, extra ...string) *schedulerProc {
 	port, mport := freePort(t), freePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	args := append([]string{"scheduler", "--listen", addr, "--metrics-port", strconv.Itoa(mport)}, extra...)
+	args = append(args, tlsArgs(t, "scheduler", "scheduler-"+strconv.Itoa(port), extra)...)
 	p := start(t, "scheduler", args...)
 	s := &schedulerProc{proc: p, addr: addr, metrics: "http://127.0.0.1:" + strconv.Itoa(mport)}
 	waitHTTP(t, s.metrics+"/healthy", p)
@@ -157,10 +191,13 @@ func startDaemon(t testing.TB, o daemonOpts) *daemonProc {
 	args := []string{"daemon", "--scheduler", o.scheduler, "--data-dir", filepath.Join(dir, "cache"),
 		"--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1", "--peer-port", "0", "--upload-port", "0", "--proxy-port", "0",
 		"--metrics-port", strconv.Itoa(mport), "--sock", sock, "--hostname", o.name}
+	role := "peer"
 	if o.seed {
 		args = append(args, "--seed")
+		role = "seed"
 	}
 	args = append(args, o.extra...)
+	args = append(args, tlsArgs(t, role, o.name+"-"+strconv.Itoa(mport), o.extra)...)
 	d := &daemonProc{sock: sock, dataDir: dir, metrics: "http://127.0.0.1:" + strconv.Itoa(mport), args: args}
 	d.proc = start(t, o.name, args...)
 	waitHTTP(t, d.metrics+"/healthy", d.proc)

@@ -65,7 +65,10 @@ func startLiar(t testing.TB, sched, url string) *liarProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-scheduler", sched, "-url", url, "-stats", statsPath)
+	// The liar holds a valid peer certificate: mTLS says who a peer is, not
+	// whether its pieces are true; digests catch those.
+	tlsFlags := issue(t, "peer", "liar-"+filepath.Base(dir), filepath.Join(dir, "tls"))
+	cmd := exec.Command(bin, append([]string{"-scheduler", sched, "-url", url, "-stats", statsPath}, tlsFlags...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

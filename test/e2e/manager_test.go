@@ -37,7 +37,7 @@ func startManager(t testing.TB, dataDir string, extra ...string) *managerProc {
 	api, g := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := append([]string{"manager", "--listen", api, "--grpc-listen", g, "--data-dir", dataDir, "--admin-password", adminPass,
 		"--keepalive-interval", "200ms", "--keepalive-timeout", "3s", "--scheduler-refresh-interval", "500ms",
-		"--job-poll-interval", "100ms", "--job-lease", "2s"}, extra...)
+		"--job-poll-interval", "100ms", "--job-lease", "2s", "--ca-dir", caDir}, extra...)
 	m := &managerProc{api: "http://" + api, grpc: g, args: args}
 	m.proc = start(t, "manager", args...)
 	waitHTTP(t, m.api+"/healthy", m.proc)

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -70,7 +71,10 @@ func startRogue(t testing.TB, args ...string) *rogueProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, append(args, "-stats", r.statsPath)...)
+	// The rogue holds a valid peer certificate (not a seed one): a member
+	// of the cluster that lies.
+	tlsFlags := issue(t, "peer", "rogue-"+filepath.Base(dir), filepath.Join(dir, "tls"))
+	cmd := exec.Command(bin, append(append(args, "-stats", r.statsPath), tlsFlags...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -220,6 +224,34 @@ func TestPoisonedDigestsFallBackToOriginOnceAndBanTheLiar(t *testing.T) {
 	b, _ := os.ReadFile(sched.log)
 	if !regexp.MustCompile(`host banned.*banned_host=` + regexp.QuoteMeta(r.stats(t).HostID)).Match(b) {
 		t.Errorf("scheduler log does not name the rogue's host %s as banned", r.stats(t).HostID)
+	}
+}
+
+// Attack: a rogue with a valid peer certificate announces with seed_request
+// (as if it were a seed peer answering SeedTasks), hoping to be sent to the
+// origin at once and have its forged piece digests trusted. It is refused;
+// the seed fetches the content and a victim dfget without --digest gets the
+// origin's bytes.
+func TestRogueSeedRequestRefused(t *testing.T) {
+	o := newOrigin(t)
+	url, sum := o.add("tool.bin", 1<<20+99, 13)
+	c := startCluster(t, 1)
+	r := startRogue(t, "-mode", "poison", "-seed-request", "-scheduler", c.sched.addr, "-url", url)
+	if d := r.stats(t).Decision; !strings.HasPrefix(d, "ended:") || !strings.Contains(d, "PermissionDenied") {
+		t.Errorf("rogue with seed_request and a peer certificate got %q, want the stream refused with PermissionDenied", d)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	code, msg := dfget(ctx, url, "-O", out, "--sock", c.daemons[0].sock)
+	if code != 0 {
+		t.Fatalf("victim dfget exited %d: %s", code, msg)
+	}
+	if got := fileSHA(t, out); got != sum {
+		t.Fatalf("victim exited 0 with sha256 %s, want the origin's %s", got, sum)
+	}
+	if n := r.stats(t).PieceRequests; n != 0 {
+		t.Errorf("the victim fetched %d pieces from the rogue", n)
 	}
 }
 

@@ -85,7 +85,9 @@ func startCluster(t *testing.T) *cluster {
 
 	s := netw.Scheduler()
 	schedAddr := net.JoinHostPort(s.IP.String(), strconv.Itoa(schedPort))
-	c.sched = startProc(t, s.NS, "scheduler", bin, "scheduler", "--listen", schedAddr, "--metrics-port", strconv.Itoa(metricsPort))
+	schedArgs := append([]string{bin, "scheduler", "--listen", schedAddr, "--metrics-port", strconv.Itoa(metricsPort)},
+		tlsFlags(t, "scheduler", "scheduler", shortDir(t))...)
+	c.sched = startProc(t, s.NS, "scheduler", schedArgs...)
 	sc := netns.HTTPClient(s.NS, 2*time.Second)
 	waitUntil(t, c.sched, 30*time.Second, "scheduler", func() error {
 		return httpOK(sc, "http://"+net.JoinHostPort(s.IP.String(), strconv.Itoa(metricsPort))+"/healthy")
@@ -97,6 +99,12 @@ func startCluster(t *testing.T) *cluster {
 			"--sock", filepath.Join(dir, "daemon.sock"), "--hostname", h.Name,
 			"--proxy-port", strconv.Itoa(proxyPort), "--proxy-ip", "127.0.0.1",
 			"--registry-mirror", "http://" + c.registry}
+		role := "peer"
+		if seed {
+			role = "seed"
+		}
+		// Each namespaced host's certificate sits in its own directory.
+		args = append(args, tlsFlags(t, role, h.Name, dir)...)
 		if seed {
 			// Seed peers fetch with their own credentials (clients' never
 			// leave their node), as an operator would configure them.

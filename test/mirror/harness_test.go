@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +24,33 @@ import (
 )
 
 var binDir string
+
+var (
+	caOnce sync.Once
+	caErr  error
+)
+
+// tlsFlags issues a certificate for damselfly://role/hostID into dir/tls
+// from a CA made once per test binary (damselfly certs) and returns the
+// flags that use it.
+func tlsFlags(t *testing.T, role, hostID, dir string) []string {
+	t.Helper()
+	bin := filepath.Join(binDir, "damselfly")
+	caDir := filepath.Join(binDir, "ca")
+	caOnce.Do(func() {
+		if out, err := exec.Command(bin, "certs", "init-ca", "--dir", caDir).CombinedOutput(); err != nil {
+			caErr = fmt.Errorf("certs init-ca: %w: %s", err, out)
+		}
+	})
+	if caErr != nil {
+		t.Fatal(caErr)
+	}
+	out := filepath.Join(dir, "tls")
+	if b, err := exec.Command(bin, "certs", "issue", "--ca-dir", caDir, "--role", role, "--host-id", hostID, "--out", out).CombinedOutput(); err != nil {
+		t.Fatalf("certs issue %s/%s: %v: %s", role, hostID, err, b)
+	}
+	return []string{"--tls-cert", filepath.Join(out, "tls.crt"), "--tls-key", filepath.Join(out, "tls.key"), "--tls-ca", filepath.Join(out, "ca.crt")}
+}
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "damselfly-mirror-bin-")

@@ -34,7 +34,8 @@ func startLoopDaemon(t *testing.T, upstream string, extra ...string) *loopDaemon
 	t.Helper()
 	sport, smport := freePort(t), freePort(t)
 	sched := fmt.Sprintf("127.0.0.1:%d", sport)
-	sp := startProc(t, "", "scheduler", filepath.Join(binDir, "damselfly"), "scheduler", "--listen", sched, "--metrics-port", strconv.Itoa(smport))
+	// These tests are about the mirror; gRPC runs in plaintext, explicitly.
+	sp := startProc(t, "", "scheduler", filepath.Join(binDir, "damselfly"), "scheduler", "--listen", sched, "--metrics-port", strconv.Itoa(smport), "--insecure")
 	hc := &http.Client{Timeout: 2 * time.Second}
 	waitUntil(t, sp, 20*time.Second, "scheduler", func() error { return httpOK(hc, fmt.Sprintf("http://127.0.0.1:%d/healthy", smport)) })
 	dir := shortDir(t)
@@ -48,7 +49,7 @@ func startLoopDaemon(t *testing.T, upstream string, extra ...string) *loopDaemon
 		"--data-dir", filepath.Join(dir, "cache"), "--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1",
 		"--peer-port", "0", "--upload-port", "0", "--metrics-port", strconv.Itoa(mport), "--sock", d.sock,
 		"--hostname", "loop", "--proxy-port", strconv.Itoa(pport), "--proxy-ip", "127.0.0.1",
-		"--registry-mirror", upstream}
+		"--registry-mirror", upstream, "--insecure"}
 	dp := startProc(t, "", "daemon", append(args, extra...)...)
 	waitUntil(t, dp, 20*time.Second, "daemon", func() error { return httpOK(hc, d.metrics+"/healthy") })
 	waitUntil(t, dp, 20*time.Second, "daemon's mirror port", func() error {

@@ -86,6 +86,10 @@ type Config struct {
 	SchedulerArgs []string
 	DaemonArgs    []string
 	SeedArgs      []string
+	// TLS runs Damselfly's gRPC with mutual TLS (a CA made for the run,
+	// a certificate per component in its host's directory); false runs it
+	// with --insecure, to measure what mTLS costs.
+	TLS bool
 
 	Deadline time.Duration // per system
 	BinDir   string        // holds damselfly and dfget
@@ -111,6 +115,7 @@ func DefaultConfig() Config {
 		ChurnFrac:   0.25,
 		Deadline:    10 * time.Minute,
 		BinDir:      "bin",
+		TLS:         true,
 	}
 }
 

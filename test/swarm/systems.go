@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -389,8 +390,16 @@ func (e *sysEnv) startDamselfly(ctx context.Context, extra ...string) ([]damself
 	}
 	s := e.netw.Scheduler()
 	schedAddr := net.JoinHostPort(s.IP.String(), strconv.Itoa(schedPort))
+	tlsFor, err := e.damselflyTLS(ctx, damselfly)
+	if err != nil {
+		return nil, err
+	}
+	schedTLS, err := tlsFor("scheduler", "scheduler", filepath.Join(e.dir, "scheduler"))
+	if err != nil {
+		return nil, err
+	}
 	if _, err := e.ps.startIn(s.NS, "scheduler", e.logf("scheduler"), nil, false,
-		append([]string{damselfly, "scheduler", "--listen", schedAddr, "--metrics-port", strconv.Itoa(metricsPort)}, e.cfg.SchedulerArgs...)...); err != nil {
+		append(append([]string{damselfly, "scheduler", "--listen", schedAddr, "--metrics-port", strconv.Itoa(metricsPort)}, schedTLS...), e.cfg.SchedulerArgs...)...); err != nil {
 		return nil, err
 	}
 	if err := waitFor(ctx, readyTimeout, "scheduler", func(ctx context.Context) error {
@@ -420,6 +429,16 @@ func (e *sysEnv) startDamselfly(ctx context.Context, extra ...string) ([]damself
 			"--sock", sock,
 			"--log-level", "info",
 		}
+		role := "peer"
+		if h.Role == RoleSeed {
+			role = "seed"
+		}
+		// Each namespaced host's certificate lives in its own directory.
+		tlsArgs, err := tlsFor(role, h.Name, dir)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, tlsArgs...)
 		args = append(args, extra...)
 		if h.Role == RoleSeed {
 			args = append(args, "--seed")
@@ -514,4 +533,25 @@ func sumCounter(body []byte, name string) (int64, bool) {
 		found = true
 	}
 	return int64(sum), found
+}
+
+// damselflyTLS prepares the run's certificates: with cfg.TLS a CA made by
+// `damselfly certs init-ca` in the run's directory, and a function that
+// issues one component's certificate into dir/tls and returns its flags;
+// without, a function returning --insecure.
+func (e *sysEnv) damselflyTLS(ctx context.Context, damselfly string) (func(role, hostID, dir string) ([]string, error), error) {
+	if !e.cfg.TLS {
+		return func(string, string, string) ([]string, error) { return []string{"--insecure"}, nil }, nil
+	}
+	caDir := filepath.Join(e.dir, "ca")
+	if out, err := exec.CommandContext(ctx, damselfly, "certs", "init-ca", "--dir", caDir).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("setup damselfly: certs init-ca: %w: %s", err, out)
+	}
+	return func(role, hostID, dir string) ([]string, error) {
+		out := filepath.Join(dir, "tls")
+		if b, err := exec.CommandContext(ctx, damselfly, "certs", "issue", "--ca-dir", caDir, "--role", role, "--host-id", hostID, "--out", out).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("setup damselfly: certs issue %s/%s: %w: %s", role, hostID, err, b)
+		}
+		return []string{"--tls-cert", filepath.Join(out, "tls.crt"), "--tls-key", filepath.Join(out, "tls.key"), "--tls-ca", filepath.Join(out, "ca.crt")}, nil
+	}, nil
 }

@@ -26,12 +26,13 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/identity"
+	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
 // Stats is what the liar writes to its stats file after every change.
@@ -118,6 +119,11 @@ func main() {
 	url := flag.String("url", "", "URL whose task to lie about (task ID as dfget with no tag/filter)")
 	statsPath := flag.String("stats", "", "JSON stats file")
 	hostname := flag.String("hostname", "liar", "host name to report")
+	var tc pki.Config
+	flag.StringVar(&tc.Cert, "tls-cert", "", "peer certificate (PEM)")
+	flag.StringVar(&tc.Key, "tls-key", "", "its key")
+	flag.StringVar(&tc.CA, "tls-ca", "", "CA bundle")
+	flag.BoolVar(&tc.Insecure, "insecure", false, "plaintext gRPC")
 	flag.Parse()
 	if *schedAddr == "" || *url == "" || *statsPath == "" {
 		fmt.Fprintln(os.Stderr, "liar: -scheduler, -url and -stats are required")
@@ -125,13 +131,18 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *schedAddr, *url, *statsPath, *hostname); err != nil && ctx.Err() == nil {
+	creds, err := tc.LoadFiles()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "liar:", err)
+		os.Exit(2)
+	}
+	if err := run(ctx, *schedAddr, *url, *statsPath, *hostname, creds); err != nil && ctx.Err() == nil {
 		fmt.Fprintln(os.Stderr, "liar:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, schedAddr, url, statsPath, hostname string) error {
+func run(ctx context.Context, schedAddr, url, statsPath, hostname string, creds *pki.Creds) error {
 	abs, err := filepath.Abs(statsPath)
 	if err != nil {
 		return err
@@ -146,7 +157,7 @@ func run(ctx context.Context, schedAddr, url, statsPath, hostname string) error 
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(pki.ServerOptions(creds)...)
 	peerv1.RegisterPeerServer(gs, &peerServer{l: l})
 	go func() { _ = gs.Serve(peerLis) }()
 	defer gs.Stop()
@@ -157,8 +168,12 @@ func run(ctx context.Context, schedAddr, url, statsPath, hostname string) error 
 	defer hs.Close()
 
 	peerPort := peerLis.Addr().(*net.TCPAddr).Port
+	hostID := core.HostID(hostname, net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort)))
+	if creds != nil {
+		hostID = creds.Identity().HostID
+	}
 	host := &schedulerv1.Host{
-		Id:          core.HostID(hostname, net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort))),
+		Id:          hostID,
 		Hostname:    hostname,
 		Ip:          "127.0.0.1",
 		PeerPort:    int32(peerPort),
@@ -167,7 +182,7 @@ func run(ctx context.Context, schedAddr, url, statsPath, hostname string) error 
 	}
 	peerID := core.NewPeerID(hostname)
 
-	conn, err := grpc.NewClient(schedAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(schedAddr, pki.DialOption(creds, identity.RoleScheduler))
 	if err != nil {
 		return err
 	}

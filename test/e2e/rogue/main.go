@@ -5,10 +5,14 @@
 //	rogue -mode file -scheduler S -task ID -url file:///secret -stats F
 //	    registers under a victim task's ID with a file:// URL, hoping the
 //	    scheduler makes a seed peer read that file and serve it as the task.
-//	rogue -mode poison -scheduler S -url URL -stats F
-//	    registers for URL's task; when sent to the origin it fetches the real
-//	    content, flips one byte of every piece, reports the forged pieces'
-//	    digests and serves the forged pieces to whoever asks.
+//	rogue -mode poison -scheduler S -url URL -stats F [-seed-request]
+//	    registers for URL's task (claiming to be a seed peer answering
+//	    SeedTasks with -seed-request); when sent to the origin it fetches the
+//	    real content, flips one byte of every piece, reports the forged
+//	    pieces' digests and serves the forged pieces to whoever asks.
+//
+// With -tls-cert/-tls-key/-tls-ca it speaks mTLS with that (peer)
+// certificate: a valid member of the cluster that lies.
 package main
 
 import (
@@ -30,12 +34,13 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/identity"
+	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
 // Stats is what the rogue writes after every change.
@@ -113,6 +118,12 @@ func main() {
 	url := flag.String("url", "", "URL to register with")
 	task := flag.String("task", "", "task ID to register under (file mode)")
 	statsPath := flag.String("stats", "", "JSON stats file")
+	seedRequest := flag.Bool("seed-request", false, "register with seed_request")
+	var tc pki.Config
+	flag.StringVar(&tc.Cert, "tls-cert", "", "certificate (PEM)")
+	flag.StringVar(&tc.Key, "tls-key", "", "its key")
+	flag.StringVar(&tc.CA, "tls-ca", "", "CA bundle")
+	flag.BoolVar(&tc.Insecure, "insecure", false, "plaintext gRPC")
 	flag.Parse()
 	if *schedAddr == "" || *url == "" || *statsPath == "" || (*mode != "file" && *mode != "poison") || (*mode == "file" && *task == "") {
 		fmt.Fprintln(os.Stderr, "rogue: -mode file|poison, -scheduler, -url and -stats are required (-task for file)")
@@ -120,13 +131,18 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *mode, *schedAddr, *url, *task, *statsPath); err != nil && ctx.Err() == nil {
+	creds, err := tc.LoadFiles()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "rogue:", err)
+		os.Exit(2)
+	}
+	if err := run(ctx, *mode, *schedAddr, *url, *task, *statsPath, *seedRequest, creds); err != nil && ctx.Err() == nil {
 		fmt.Fprintln(os.Stderr, "rogue:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, mode, schedAddr, url, task, statsPath string) error {
+func run(ctx context.Context, mode, schedAddr, url, task, statsPath string, seedRequest bool, creds *pki.Creds) error {
 	abs, err := filepath.Abs(statsPath)
 	if err != nil {
 		return err
@@ -144,7 +160,7 @@ func run(ctx context.Context, mode, schedAddr, url, task, statsPath string) erro
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(pki.ServerOptions(creds)...)
 	peerv1.RegisterPeerServer(gs, &peerServer{r: r})
 	go func() { _ = gs.Serve(peerLis) }()
 	defer gs.Stop()
@@ -155,8 +171,12 @@ func run(ctx context.Context, mode, schedAddr, url, task, statsPath string) erro
 	defer hs.Close()
 
 	peerPort := peerLis.Addr().(*net.TCPAddr).Port
+	hostID := core.HostID("rogue", net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort)))
+	if creds != nil {
+		hostID = creds.Identity().HostID
+	}
 	host := &schedulerv1.Host{
-		Id:          core.HostID("rogue", net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort))),
+		Id:          hostID,
 		Hostname:    "rogue",
 		Ip:          "127.0.0.1",
 		PeerPort:    int32(peerPort),
@@ -164,7 +184,7 @@ func run(ctx context.Context, mode, schedAddr, url, task, statsPath string) erro
 		UploadSlots: 16,
 	}
 	r.update(func(s *Stats) { s.HostID = host.GetId() })
-	conn, err := grpc.NewClient(schedAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(schedAddr, pki.DialOption(creds, identity.RoleScheduler))
 	if err != nil {
 		return err
 	}
@@ -175,6 +195,7 @@ func run(ctx context.Context, mode, schedAddr, url, task, statsPath string) erro
 	}
 	err = stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: &schedulerv1.Register{
 		PeerId: core.NewPeerID("rogue"), Host: host, Task: &schedulerv1.TaskSpec{TaskId: task, Url: url},
+		SeedRequest: seedRequest,
 	}}})
 	if err != nil {
 		return fmt.Errorf("register: %w", err)

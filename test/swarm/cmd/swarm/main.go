@@ -91,6 +91,7 @@ func run(args []string) int {
 	schedArgs := fs.String("scheduler-args", "", "extra flags for damselfly scheduler (space separated)")
 	daemonArgs := fs.String("daemon-args", "", "extra flags for the peer daemons (space separated)")
 	seedArgs := fs.String("seed-args", "", "extra flags for the seed peer daemon (space separated)")
+	fs.BoolVar(&cfg.TLS, "tls", cfg.TLS, "Damselfly's gRPC with mutual TLS (-tls=false: --insecure plaintext, to compare)")
 	cleanup := fs.Bool("cleanup", false, "remove leftover namespaces, processes and scratch directories of earlier runs (all, or -run-id's), then exit")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
