@@ -283,7 +283,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 	}
 	if p.seedRequest && !t.private && !s.excludedLocked(t, p.host, now) {
 		t.seedPhase, t.seedPeer = seedRunning, p
-		if !othersHaveData(t, p) {
+		if t.suspect != nil || !othersHaveData(t, p) {
 			s.backToSourceLocked(p, "seed peer fetches from the origin", time.Now())
 			return p
 		}

@@ -40,7 +40,9 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 			s.sendParentsLocked(p, start)
 		}
 	}
-	if changed := s.fillParentsLocked(p, false); len(p.parents) > 0 {
+	// While a task's digests are suspended and no fresh ones came yet, no
+	// parent can be checked against anything: the origin (or a seed) first.
+	if changed := (t.suspect == nil || len(t.digests) > 0) && s.fillParentsLocked(p, false); len(p.parents) > 0 {
 		run(changed)
 		return
 	}
@@ -467,7 +469,7 @@ func (s *Scheduler) pickSeedLocked(t *task) *seedConn {
 	var bestW, bestFailedW uint64
 	now := time.Now()
 	for id, sc := range s.seeds {
-		if sc.dead || now.Before(sc.host.bannedUntil) {
+		if sc.dead || now.Before(sc.host.bannedUntil) || t.accused(sc.host) {
 			continue
 		}
 		h := fnv.New64a()

@@ -330,3 +330,46 @@ func TestPrivateTaskAccess(t *testing.T) {
 	case <-time.After(quiet):
 	}
 }
+
+// With a seed peer connected, a content-corrupt report triggers it at once
+// for the fresh fetch, and the seed peer goes to the origin although others
+// hold (suspect) data.
+func TestContentCorruptTriggersSeed(t *testing.T) {
+	ts := startServer(t, nil)
+	_, b := poisonedTask(t, ts, true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	seeds, err := ts.cl.SeedTasks(ctx, &schedulerv1.SeedTasksRequest{Host: &schedulerv1.Host{Id: "host-seed", Seed: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "seed connected", func() bool {
+		n := 0
+		ts.inspect(func(s *Scheduler) { n = len(s.seeds) })
+		return n == 1
+	})
+	b.contentCorrupt()
+	got := make(chan *schedulerv1.SeedTask, 1)
+	go func() {
+		if st, err := seeds.Recv(); err == nil {
+			got <- st
+		}
+	}()
+	select {
+	case st := <-got:
+		if st.GetTask().GetTaskId() != tid("t") {
+			t.Fatalf("seed got %v", st)
+		}
+	case <-time.After(step):
+		t.Fatal("no seed triggered for the fresh fetch")
+	}
+	sp := ts.register("t", "seedpeer", withHost(&schedulerv1.Host{Id: "host-seed", Seed: true}), seedRequest())
+	sp.expectBackToSource()
+	sp.meta(2<<18, 1<<18)
+	sp.pieces(originPiece(0))
+	eventually(t, "host-a banned", func() bool {
+		banned := false
+		ts.inspect(func(s *Scheduler) { banned = time.Now().Before(s.hosts["host-a"].bannedUntil) })
+		return banned
+	})
+}
