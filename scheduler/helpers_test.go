@@ -62,7 +62,6 @@ type testServer struct {
 	cc   *grpc.ClientConn
 	cl   schedulerv1.SchedulerClient
 	stop func() error
-	seq  int
 	// role, when set, is the certificate role the next streams claim (only
 	// a server from startIdentityServer reads it).
 	role identity.Role

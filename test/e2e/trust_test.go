@@ -293,6 +293,15 @@ func TestPrivateContentStaysPrivate(t *testing.T) {
 		t.Fatalf("a got sha256 %s", got)
 	}
 
+	// Another local user of a, without credentials: not from a's cache.
+	outA2 := filepath.Join(t.TempDir(), "a2")
+	if code, msg := dfget(ctx, url, "-O", outA2, "--sock", a.sock); code == 0 {
+		t.Errorf("dfget on a without credentials exited 0 (%s)", msg)
+	}
+	if got, err := os.ReadFile(outA2); err == nil && len(got) > 0 {
+		t.Errorf("dfget on a without credentials wrote %d bytes", len(got))
+	}
+
 	// A plain HTTP client at a's upload port.
 	logb, _ := os.ReadFile(a.log)
 	m := uploadAddr.FindSubmatch(logb)
