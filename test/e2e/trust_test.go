@@ -297,6 +297,8 @@ func TestPrivateContentStaysPrivate(t *testing.T) {
 	outA2 := filepath.Join(t.TempDir(), "a2")
 	if code, msg := dfget(ctx, url, "-O", outA2, "--sock", a.sock); code == 0 {
 		t.Errorf("dfget on a without credentials exited 0 (%s)", msg)
+	} else {
+		t.Logf("dfget on a without credentials: exit %d: %s", code, msg)
 	}
 	if got, err := os.ReadFile(outA2); err == nil && len(got) > 0 {
 		t.Errorf("dfget on a without credentials wrote %d bytes", len(got))
@@ -335,8 +337,13 @@ func TestPrivateContentStaysPrivate(t *testing.T) {
 
 	// b without credentials: nothing from the swarm, and dfget fails.
 	outB := filepath.Join(t.TempDir(), "b")
-	if code, msg := dfget(ctx, url, "-O", outB, "--sock", b.sock); code == 0 {
+	code, msg := dfget(ctx, url, "-O", outB, "--sock", b.sock)
+	if code == 0 {
 		t.Fatalf("dfget without credentials exited 0 (%s)", msg)
+	}
+	t.Logf("dfget without credentials: exit %d: %s", code, msg)
+	if !strings.Contains(msg, "401") {
+		t.Errorf("dfget without credentials does not say the origin refused it: %s", msg)
 	}
 	if got, err := os.ReadFile(outB); err == nil && len(got) > 0 {
 		t.Fatalf("dfget without credentials wrote %d bytes", len(got))
