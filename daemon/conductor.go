@@ -1015,12 +1015,30 @@ func (c *conductor) fetchOrigin(ctx context.Context) error {
 }
 
 func (c *conductor) headers() http.Header {
-	h := http.Header{}
-	for k, v := range c.req.spec.GetHeaders() {
-		h.Set(k, v)
-	}
+	h := specHeaders(c.req.spec.GetHeaders())
 	for k, vs := range c.req.originHeaders {
 		h[k] = vs
+	}
+	return h
+}
+
+// representationHeaders would make the origin send other bytes than the
+// content as it stores it (a part, an encoding, nothing when unchanged) or
+// another resource: a task's spec travels to seed peers, so whoever
+// registered it last must not choose what they fetch through these.
+var representationHeaders = []string{
+	"Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",
+	"Accept-Encoding", "Te", "Host", "Connection", "Upgrade", "Transfer-Encoding", "Content-Length",
+}
+
+// specHeaders returns a task spec's headers for an origin request, without
+// representationHeaders.
+func specHeaders(m map[string]string) http.Header {
+	h := http.Header{}
+	for k, v := range m {
+		if !core.ContainsString(representationHeaders, http.CanonicalHeaderKey(k)) {
+			h.Set(k, v)
+		}
 	}
 	return h
 }

@@ -84,3 +84,15 @@ func TestSeedRefusesTasksThatDoNotHold(t *testing.T) {
 		}
 	}
 }
+
+// The headers of a task's spec (which seed peers fetch with) cannot choose
+// a part, an encoding or another resource.
+func TestSpecHeadersDropRepresentationHeaders(t *testing.T) {
+	h := specHeaders(map[string]string{
+		"range": "bytes=0-9", "Accept-Encoding": "gzip", "Host": "evil.test", "if-none-match": `"x"`,
+		"X-Custom": "kept", "User-Agent": "kept-too",
+	})
+	if len(h) != 2 || h.Get("X-Custom") != "kept" || h.Get("User-Agent") != "kept-too" {
+		t.Fatalf("spec headers %v, want only X-Custom and User-Agent", h)
+	}
+}
