@@ -43,6 +43,15 @@ type conductor struct {
 	// cache: a dfcache entry; there is no origin, and a daemon holding it
 	// complete announces itself as its source (Register.imported).
 	cache bool
+	// swarm: the URL's scheme may enter the swarm (core.SwarmScheme); a
+	// task of any other (file://) is fetched for the local caller only and
+	// never announced.
+	swarm bool
+	// token is the piece token for a private task (see PieceAccess).
+	token atomic.Value // string
+	// retried: the content failed its whole-content digest once and is
+	// being fetched again from the origin.
+	retried bool
 
 	done   chan struct{} // closed when the content is complete or failed
 	err    error         // valid once done is closed
@@ -144,6 +153,7 @@ func newConductor(d *Daemon, r taskRequest, hostname string) *conductor {
 	}
 	c.log = d.log.With("task_id", c.id, "peer_id", c.peerID)
 	_, c.cache = core.ParseCacheURL(r.spec.GetUrl())
+	c.swarm = core.CheckSwarmURL(r.spec.GetUrl()) == nil
 	if r.rateLimit > 0 {
 		c.limit = piece.NewLimiter(r.rateLimit)
 	}
@@ -200,7 +210,7 @@ func (c *conductor) run(ctx context.Context) {
 			return
 		}
 	}
-	if c.d.p2p() {
+	if c.d.p2p() && c.swarm {
 		c.serve(ctx)
 	}
 }
@@ -218,6 +228,7 @@ func (c *conductor) announce(ctx context.Context) error {
 		DisableBackSource: c.req.disableBackSource || c.cache,
 		SeedRequest:       c.req.seed && !c.cache,
 		Imported:          c.cache && c.task.Complete(),
+		OriginVerified:    c.req.verified,
 	}
 	cands := c.d.schedulersFor(c.id)
 	if len(cands) == 0 {
@@ -294,7 +305,11 @@ func (c *conductor) backSourceAllowed() bool { return !c.req.disableBackSource &
 // download runs until the task is complete, or fails.
 func (c *conductor) download(ctx context.Context) error {
 	c.lastProgress = time.Now()
-	if !c.d.p2p() {
+	if !c.swarm {
+		if err := c.fallback(ctx, "local_only"); err != nil {
+			return err
+		}
+	} else if !c.d.p2p() {
 		if err := c.fallback(ctx, "no_scheduler"); err != nil {
 			return err
 		}
@@ -310,7 +325,9 @@ func (c *conductor) download(ctx context.Context) error {
 	for {
 		// (a running origin fetch winds down before the task is committed)
 		if !c.originRunning && c.shapeKnown() && c.task.Count() == c.pieceCount() {
-			return c.complete(ctx)
+			if err := c.complete(ctx); !errors.Is(err, errFetchAgain) {
+				return err
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -384,6 +401,22 @@ func (c *conductor) handle(ctx context.Context, ev any) error {
 	return nil
 }
 
+// onAccess keeps a private task's key (for the upload port to check
+// children's tokens) and this peer's own token (for its parents).
+func (c *conductor) onAccess(a *schedulerv1.PieceAccess) {
+	if len(a.GetKey()) > 0 {
+		c.d.setTaskKey(c.id, a.GetKey())
+	}
+	if a.GetToken() != "" {
+		c.token.Store(a.GetToken())
+	}
+}
+
+func (c *conductor) pieceToken() string {
+	s, _ := c.token.Load().(string)
+	return s
+}
+
 func (c *conductor) sendShape() {
 	l, ps := c.task.Shape()
 	if c.mode != modeBackToSource || ps == 0 {
@@ -430,6 +463,8 @@ func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMes
 		c.startOrigin(ctx)
 	case *schedulerv1.SchedulerMessage_Wait:
 		c.log.Debug("scheduler says wait", "reason", x.Wait.GetReason())
+	case *schedulerv1.SchedulerMessage_Access:
+		c.onAccess(x.Access)
 	case *schedulerv1.SchedulerMessage_Fail:
 		c.log.Warn("scheduler gave up on the task", "reason", x.Fail.GetReason())
 		if c.cache {
@@ -676,6 +711,7 @@ func (c *conductor) schedule(ctx context.Context) {
 			Stall:  c.stallTimeout(p, size),
 			Limits: []*rate.Limiter{c.d.dl, c.limit},
 			PeerID: c.peerID,
+			Token:  c.pieceToken(),
 		}
 		go c.fetchPiece(ctx, req, p, p.updates)
 	}
@@ -979,12 +1015,30 @@ func (c *conductor) fetchOrigin(ctx context.Context) error {
 }
 
 func (c *conductor) headers() http.Header {
-	h := http.Header{}
-	for k, v := range c.req.spec.GetHeaders() {
-		h.Set(k, v)
-	}
+	h := specHeaders(c.req.spec.GetHeaders())
 	for k, vs := range c.req.originHeaders {
 		h[k] = vs
+	}
+	return h
+}
+
+// representationHeaders would make the origin send other bytes than the
+// content as it stores it (a part, an encoding, nothing when unchanged) or
+// another resource: a task's spec travels to seed peers, so whoever
+// registered it last must not choose what they fetch through these.
+var representationHeaders = []string{
+	"Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",
+	"Accept-Encoding", "Te", "Host", "Connection", "Upgrade", "Transfer-Encoding", "Content-Length",
+}
+
+// specHeaders returns a task spec's headers for an origin request, without
+// representationHeaders.
+func specHeaders(m map[string]string) http.Header {
+	h := http.Header{}
+	for k, v := range m {
+		if !core.ContainsString(representationHeaders, http.CanonicalHeaderKey(k)) {
+			h.Set(k, v)
+		}
 	}
 	return h
 }
@@ -1094,6 +1148,11 @@ func (c *conductor) complete(ctx context.Context) error {
 	c.flushReports()
 	if d := c.req.spec.GetDigest(); d != "" {
 		if err := verifyFile(ctx, c.task.DataPath(), d); err != nil {
+			if errors.Is(err, core.ErrDigestMismatch) {
+				if rerr := c.contentCorrupt(ctx, err); rerr != nil {
+					return rerr
+				}
+			}
 			_ = c.d.store.Delete(c.id)
 			return fmt.Errorf("task %s: %w", c.id, err)
 		}
@@ -1108,6 +1167,39 @@ func (c *conductor) complete(ctx context.Context) error {
 	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: l}}})
 	return nil
 }
+
+// contentCorrupt handles a content whose every piece matched the digests the
+// scheduler gave but whose whole does not match the task's digest: those
+// digests are wrong. The scheduler is told (ContentCorrupt: it checks the
+// digests' source against a fresh origin fetch and bans it if they prove
+// wrong), and, once, every piece is fetched again from the origin. It reports
+// errFetchAgain when the download goes on; a content fetched from the origin
+// itself that fails is the origin's (or the caller's digest's) fault, and the
+// download fails.
+func (c *conductor) contentCorrupt(ctx context.Context, cause error) error {
+	fromPeers := c.mode != modeBackToSource && c.peerBytes.Load() > 0
+	if c.mode == modeBackToSource || fromPeers {
+		c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_ContentCorrupt{ContentCorrupt: &schedulerv1.ContentCorrupt{Reason: cause.Error()}}})
+	}
+	if !fromPeers || c.retried || !c.backSourceAllowed() {
+		return nil
+	}
+	c.retried = true
+	c.log.Warn("content failed its digest although every piece matched the scheduler's digests; fetching it again from the origin", "err", cause)
+	if err := c.task.Reset(); err != nil {
+		return fmt.Errorf("task %s: reset after a digest failure: %w", c.id, err)
+	}
+	c.needOK = false
+	c.d.metrics.backSource.WithLabelValues("content_corrupt").Inc()
+	c.mode = modeOrigin
+	c.dropParents()
+	c.startOrigin(ctx)
+	return errFetchAgain
+}
+
+// errFetchAgain: complete found the content corrupt and started fetching it
+// again from the origin; the download goes on.
+var errFetchAgain = errors.New("fetching the content again from the origin")
 
 // verifyFile checks a file against "sha256:<hex>".
 func verifyFile(ctx context.Context, path, digest string) error {
@@ -1172,9 +1264,15 @@ func (c *conductor) serve(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case ev := <-c.events:
-			if _, ok := ev.(evSchedErr); ok {
+			switch e := ev.(type) {
+			case evSchedErr:
 				c.closeStream()
-			} else {
+			case evSched:
+				if a := e.m.GetAccess(); a != nil {
+					c.onAccess(a)
+				}
+				backoff = 500 * time.Millisecond
+			default:
 				backoff = 500 * time.Millisecond
 			}
 		case <-c.task.Changed():

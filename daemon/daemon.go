@@ -73,6 +73,27 @@ type Daemon struct {
 	up          *piece.Server
 	limitsMu    sync.Mutex
 	limits      reloadable
+
+	// keys of private tasks, from their schedulers (PieceAccess): they
+	// check the piece tokens children present on the upload port.
+	keysMu sync.RWMutex
+	keys   map[string][]byte
+}
+
+// taskKey returns the key a scheduler shared for the private task id.
+func (d *Daemon) taskKey(id string) []byte {
+	d.keysMu.RLock()
+	defer d.keysMu.RUnlock()
+	return d.keys[id]
+}
+
+func (d *Daemon) setTaskKey(id string, key []byte) {
+	d.keysMu.Lock()
+	defer d.keysMu.Unlock()
+	if d.keys == nil {
+		d.keys = map[string][]byte{}
+	}
+	d.keys[id] = key
 }
 
 type metrics struct {
@@ -262,6 +283,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	apiSrv := grpc.NewServer()
 	daemonv1.RegisterDaemonServer(apiSrv, &apiService{d: d})
 	upSrv := piece.NewServer(st, d.cfg.Upload.MaxConcurrent, d.ul, d.pm, d.log)
+	upSrv.SetKeys(d.taskKey)
 	d.limitsMu.Lock()
 	d.up = upSrv
 	upSrv.SetLimits(d.limits.uploadMaxConcurrent, d.limits.uploadPeerRate)
@@ -300,7 +322,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for _, t := range st.List() {
 		if t.Complete() {
 			m := t.Meta()
-			if _, err := d.startConductor(taskRequest{spec: &schedulerv1.TaskSpec{TaskId: t.ID(), Url: m.URL, Tag: m.Tag, Application: m.Application}, fromCache: true}); err != nil {
+			// A private task was fetched with credentials the origin
+			// accepted; it serves peers that show theirs (verified).
+			spec := &schedulerv1.TaskSpec{TaskId: t.ID(), Url: m.URL, Tag: m.Tag, Application: m.Application,
+				FilteredQuery: m.FilteredQuery, Digest: m.Digest, Private: m.Private}
+			if _, err := d.startConductor(taskRequest{spec: spec, fromCache: true, verified: m.Private}); err != nil {
 				d.log.Warn("cannot announce cached task", "task_id", t.ID(), "err", err)
 			}
 		}
@@ -339,6 +365,13 @@ func (d *Daemon) seedLoop(ctx context.Context, sched schedulerv1.SchedulerClient
 				if t.GetTask() == nil || t.GetTask().GetTaskId() == "" || t.GetTask().GetUrl() == "" {
 					continue
 				}
+				// Fetch only what the task says, from a scheme the swarm
+				// fetches: never a file of this host, never under another
+				// task's ID.
+				if err := checkSwarmSpec(t.GetTask()); err != nil {
+					d.log.Warn("seed task refused", "task_id", t.GetTask().GetTaskId(), "err", err)
+					continue
+				}
 				d.log.Info("seed task", "task_id", t.GetTask().GetTaskId())
 				if _, err := d.startConductor(taskRequest{spec: t.GetTask(), seed: true}); err != nil {
 					d.log.Warn("cannot start seed task", "task_id", t.GetTask().GetTaskId(), "err", err)
@@ -367,9 +400,12 @@ type taskRequest struct {
 	originHeaders     http.Header
 	disableBackSource bool
 	seed              bool
-	fromCache         bool
-	rateLimit         int64
-	streaming         bool
+	// verified: this daemon showed, with the caller's credentials, that the
+	// origin grants the content (a private task's peers must).
+	verified  bool
+	fromCache bool
+	rateLimit int64
+	streaming bool
 }
 
 // startConductor returns the conductor of the task, starting one if none
@@ -393,10 +429,15 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 	s := r.spec
 	t, _, err := d.store.GetOrCreate(store.Meta{
 		TaskID: id, URL: s.GetUrl(), Tag: s.GetTag(), Application: s.GetApplication(),
-		Digest: s.GetDigest(), ContentLength: -1,
+		FilteredQuery: s.GetFilteredQuery(), Digest: s.GetDigest(), ContentLength: -1, Private: s.GetPrivate(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cache task %s: %w", id, err)
+	}
+	if s.GetPrivate() {
+		if err := t.SetPrivate(); err != nil {
+			return nil, fmt.Errorf("cache task %s: %w", id, err)
+		}
 	}
 	c := newConductor(d, r, hostname)
 	c.task = t
@@ -414,3 +455,14 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 }
 
 var errClosed = errors.New("daemon shutting down")
+
+// checkSwarmSpec checks a task this daemon is asked to fetch for the swarm
+// (a seed task, a preheat): a URL of a swarm scheme (core.CheckSwarmURL) and
+// a task ID that follows from the spec (core.CheckTaskID).
+func checkSwarmSpec(s *schedulerv1.TaskSpec) error {
+	if err := core.CheckSwarmURL(s.GetUrl()); err != nil {
+		return err
+	}
+	return core.CheckTaskID(s.GetTaskId(), s.GetUrl(), s.GetDigest(), core.TaskOptions{
+		Tag: s.GetTag(), Application: s.GetApplication(), FilteredQuery: s.GetFilteredQuery()})
+}

@@ -156,7 +156,7 @@ func (s *apiService) ExportCache(req *daemonv1.ExportCacheRequest, stream grpc.S
 		Output: req.GetOutput(), OutputMode: req.GetOutputMode(), Uid: req.GetUid(), Gid: req.GetGid(),
 		Stream: req.GetStream(), Tag: req.GetTag(), DisableBackSource: true,
 	}
-	err := s.download(dreq, spec, nil, stream)
+	err := s.download(dreq, spec, taskRequest{}, stream)
 	if err != nil && !present {
 		// Nothing of it came: leave no empty entry behind.
 		if t, ok := s.d.store.Get(id); ok && t.Count() == 0 && !s.d.downloading(id) {

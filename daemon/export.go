@@ -30,6 +30,7 @@ type exporter struct {
 	src    *os.File
 	copied []bool
 	count  uint32
+	resets uint64 // the task's Resets when copied was started
 }
 
 func newExporter(output string, req *daemonv1.DownloadRequest, cachePath string, link bool) (*exporter, error) {
@@ -64,6 +65,11 @@ func (e *exporter) abort() {
 
 // sync copies the pieces stored since the last call.
 func (e *exporter) sync(t *store.Task) error {
+	if t != nil && t.Resets() != e.resets {
+		// The content failed its digest and is fetched anew: every piece
+		// copied so far is suspect.
+		e.resets, e.copied, e.count = t.Resets(), nil, 0
+	}
 	if e.link || t == nil || t.Count() == e.count {
 		return nil
 	}

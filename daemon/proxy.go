@@ -305,29 +305,38 @@ func redactURL(u *url.URL) string {
 // the client may read the URL. A definite no (401, 403, 404) is answered by
 // passing the request through, so the client sees the upstream's answer
 // unchanged (e.g. its WWW-Authenticate challenge); it reports whether it
-// answered. An unreachable or failing upstream does not block P2P.
-func (p *proxy) checkAccess(w http.ResponseWriter, r *http.Request, upstream *url.URL) bool {
+// answered. err is set when the upstream could not tell (unreachable,
+// failing): the caller then serves no private content.
+func (p *proxy) checkAccess(w http.ResponseWriter, r *http.Request, upstream *url.URL) (answered bool, err error) {
 	ctx, cancel := context.WithTimeout(r.Context(), p.d.cfg.OriginTimeout.D())
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, upstream.String(), nil)
 	if err != nil {
-		return false
+		return false, err
 	}
 	req.Header = outHeaders(r.Header)
 	req.Header.Del("Range")
 	resp, err := p.d.httpSrc.Client(upstream.Host).Do(req)
 	if err != nil {
-		p.log.Debug("access check failed; trying the swarm", "url", redactURL(upstream), "err", err)
-		return false
+		p.log.Debug("access check failed", "url", redactURL(upstream), "err", err)
+		return false, fmt.Errorf("access check: %w", err)
 	}
 	resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized, resp.StatusCode == http.StatusForbidden, resp.StatusCode == http.StatusNotFound:
 		p.requests.WithLabelValues("direct").Inc()
 		p.passThrough(w, r, upstream, "direct")
-		return true
+		return true, nil
+	case resp.StatusCode >= 500:
+		return false, fmt.Errorf("access check: upstream answered %s", resp.Status)
 	}
-	return false
+	return false, nil
+}
+
+// hasCredentials reports whether a client request carries credentials for
+// the upstream: what it fetches with them is private.
+func hasCredentials(h http.Header) bool {
+	return h.Get("Authorization") != "" || h.Get("Cookie") != ""
 }
 
 // serveP2P answers a GET from the task: the cache when complete, else the
@@ -339,9 +348,6 @@ func (p *proxy) checkAccess(w http.ResponseWriter, r *http.Request, upstream *ur
 // check), never a 200 with every byte.
 func (p *proxy) serveP2P(w http.ResponseWriter, r *http.Request, upstream *url.URL, opts core.TaskOptions) {
 	ctx := r.Context()
-	if p.verify && p.checkAccess(w, r, upstream) {
-		return
-	}
 	var id, digest string
 	if m := blobPath.FindStringSubmatch(upstream.Path); m != nil {
 		digest = strings.ToLower(m[2])
@@ -349,14 +355,35 @@ func (p *proxy) serveP2P(w http.ResponseWriter, r *http.Request, upstream *url.U
 	} else {
 		id = core.TaskID(upstream.String(), opts)
 	}
+	// Private content (fetched with credentials, or held as such) is served
+	// only once the upstream granted it to this client: when it cannot be
+	// asked, fail closed, neither from the cache nor from the swarm.
+	private := hasCredentials(r.Header)
+	if t, ok := p.d.store.Get(id); ok && t.Private() {
+		private = true
+	}
+	verified := false
+	if p.verify || private {
+		answered, err := p.checkAccess(w, r, upstream)
+		if answered {
+			return
+		}
+		if err != nil && private {
+			p.requests.WithLabelValues("refused").Inc()
+			p.log.Warn("registry unreachable for the access check; private content not served", "task_id", id, "url", redactURL(upstream), "err", err)
+			http.Error(w, "damselfly proxy: cannot reach the registry to check access to private content; not served: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		verified = err == nil
+	}
 	hdr := outHeaders(r.Header)
 	for _, k := range []string{"Range", "If-Range", "If-None-Match", "If-Modified-Since", "Accept-Encoding"} {
 		hdr.Del(k) // the task is the whole content, as the origin stores it
 	}
-	public, private := p.taskHeaders(hdr, digest != "")
+	public, creds := p.taskHeaders(hdr, digest != "")
 	spec := &schedulerv1.TaskSpec{TaskId: id, Url: upstream.String(), Digest: digest, Headers: public,
-		Tag: opts.Tag, Application: opts.Application, FilteredQuery: opts.FilteredQuery}
-	c, _, release, err := p.d.openTask(taskRequest{spec: spec, originHeaders: private, streaming: true})
+		Tag: opts.Tag, Application: opts.Application, FilteredQuery: opts.FilteredQuery, Private: len(creds) > 0}
+	c, _, release, err := p.d.openTask(taskRequest{spec: spec, originHeaders: creds, streaming: true, verified: verified})
 	if err != nil {
 		p.fallback(w, r, upstream, id, err)
 		return

@@ -540,3 +540,44 @@ func TestHTTPProxyUseHTTPS(t *testing.T) {
 		}
 	}
 }
+
+// A blob fetched with credentials is private: when the registry cannot be
+// reached for the access check, the cached copy is not served (fail closed),
+// with or without credentials, while a public cached blob still is.
+func TestMirrorFailsClosedForPrivateBlob(t *testing.T) {
+	reg := newTestRegistry(t, false)
+	reg.needsAuth = true
+	blob := randomBytes(300_000, 5)
+	dg := reg.addBlob(blob, false)
+	d := startProxyDaemon(t, func(c *Config) { c.Proxy.RegistryMirror = reg.URL })
+	auth := http.Header{"Authorization": {"Basic dTpw"}}
+	resp, got := mirrorGet(t, d, "/v2/lib/app/blobs/"+dg, auth)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, blob) {
+		t.Fatalf("with credentials: %d, %d bytes", resp.StatusCode, len(got))
+	}
+	id, _ := core.ContentTaskID(dg)
+	tk, ok := d.Store().Get(id)
+	if !ok || !tk.Complete() || !tk.Private() {
+		t.Fatalf("blob fetched with credentials: cached %v, private %v", ok, ok && tk.Private())
+	}
+	// A public blob, fetched without credentials, for comparison.
+	reg.mu.Lock()
+	reg.needsAuth = false
+	reg.mu.Unlock()
+	pub := randomBytes(100_000, 6)
+	pdg := reg.addBlob(pub, false)
+	if resp, got := mirrorGet(t, d, "/v2/lib/app/blobs/"+pdg, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(got, pub) {
+		t.Fatalf("public blob: %d", resp.StatusCode)
+	}
+
+	reg.Close() // the registry is gone
+	for name, h := range map[string]http.Header{"with credentials": auth, "without": nil} {
+		resp, got := mirrorGet(t, d, "/v2/lib/app/blobs/"+dg, h)
+		if resp.StatusCode != http.StatusServiceUnavailable || bytes.Contains(got, blob[:1000]) {
+			t.Errorf("private cached blob, registry unreachable, %s: status %d, %d bytes", name, resp.StatusCode, len(got))
+		}
+	}
+	if resp, got := mirrorGet(t, d, "/v2/lib/app/blobs/"+pdg, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(got, pub) {
+		t.Errorf("public cached blob, registry unreachable: status %d, %d bytes", resp.StatusCode, len(got))
+	}
+}

@@ -117,16 +117,29 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 	spec := &schedulerv1.TaskSpec{
 		TaskId: id, Url: req.GetUrl(), Headers: public, Tag: req.GetTag(),
 		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),
+		// Fetched with credentials: private to the peers the origin grants it.
+		Private: len(private) > 0 && u.Scheme != "file",
 	}
-	return s.download(req, spec, private, stream)
+	verified := false
+	if u.Scheme != "file" {
+		h := http.Header{}
+		for k, v := range req.GetHeaders() {
+			h.Set(k, v)
+		}
+		if verified, err = s.d.localAccess(stream.Context(), id, req.GetUrl(), h, len(private) > 0); err != nil {
+			return err
+		}
+	}
+	return s.download(req, spec, taskRequest{originHeaders: private, verified: verified}, stream)
 }
 
-// download serves a Download (or an ExportCache turned into one) of spec.
-func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.TaskSpec, originHeaders http.Header, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
+// download serves a Download (or an ExportCache turned into one) of spec;
+// tr carries the caller's credentials and whether the origin granted them.
+func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.TaskSpec, tr taskRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
 	ctx := stream.Context()
 	id := spec.GetTaskId()
-	c, cached, release, err := s.d.openTask(taskRequest{spec: spec, originHeaders: originHeaders, disableBackSource: req.GetDisableBackSource(),
-		rateLimit: req.GetRateLimit(), streaming: req.GetStream()})
+	tr.spec, tr.disableBackSource, tr.rateLimit, tr.streaming = spec, req.GetDisableBackSource(), req.GetRateLimit(), req.GetStream()
+	c, cached, release, err := s.d.openTask(tr)
 	if err != nil {
 		return toStatus(err)
 	}
@@ -387,17 +400,13 @@ func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 		return nil, status.Errorf(codes.InvalidArgument, "preheat: url %q: want an absolute http or https URL", spec.GetUrl())
 	}
-	want := core.TaskID(spec.GetUrl(), core.TaskOptions{Tag: spec.GetTag(), Application: spec.GetApplication(), FilteredQuery: spec.GetFilteredQuery()})
 	if d := spec.GetDigest(); d != "" {
 		if _, _, err := core.ParseDigest(d); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "preheat: %v", err)
 		}
-		if cid, _ := core.ContentTaskID(d); cid == spec.GetTaskId() {
-			want = cid
-		}
 	}
-	if spec.GetTaskId() != want {
-		return nil, status.Errorf(codes.InvalidArgument, "preheat: task id %q does not match its url or digest", spec.GetTaskId())
+	if err := checkSwarmSpec(spec); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "preheat: %v", err)
 	}
 	cached := false
 	if t, ok := s.d.store.Get(spec.GetTaskId()); ok && t.Complete() {

@@ -114,8 +114,14 @@ func (c *conductor) copyOut(ctx context.Context, w io.Writer, off, end int64) (i
 	l, ps := c.task.Shape()
 	next := off
 	doneSeen := false
+	resets := c.task.Resets()
 	for next < end {
 		ch := c.task.Changed()
+		if c.task.Resets() != resets && next > off {
+			// Bytes already written came from content that failed its
+			// digest; they cannot be taken back.
+			return next - off, fmt.Errorf("task %s: content failed its digest after %d bytes were sent; fetching it again: %w", c.id, next-off, core.ErrDigestMismatch)
+		}
 		progressed := false
 		for next < end {
 			n := uint32(next / int64(ps))

@@ -62,6 +62,18 @@ func (svc *service) Announce(stream schedulerv1.Scheduler_AnnounceServer) error 
 	if err := authorizeHost(stream.Context(), reg.GetHost()); err != nil {
 		return err
 	}
+	if err := s.authorizeRegister(stream.Context(), reg); err != nil {
+		return err
+	}
+	if err := checkSpec(reg.GetTask()); err != nil {
+		// Refused, not registered: the peer may still fetch what it asked
+		// for itself, but the scheduler sends nobody anywhere for it.
+		s.m.specRefused.Inc()
+		s.log.Warn("register refused: task spec does not hold", "task_id", reg.GetTask().GetTaskId(),
+			"peer_id", reg.GetPeerId(), "host_id", reg.GetHost().GetId(), "err", err)
+		return stream.Send(&schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_Fail{
+			Fail: &schedulerv1.Fail{Reason: "task refused: " + err.Error()}}})
+	}
 
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
@@ -158,6 +170,32 @@ func validateRegister(r *schedulerv1.Register) error {
 	return nil
 }
 
+// authorizeRegister checks what the caller's certificate allows beyond
+// announcing for its own host (authorizeHost): only a seed may ask to be sent
+// to the origin at once (seed_request), which would otherwise let any peer
+// become the trusted source of a task's piece digests.
+func (s *Scheduler) authorizeRegister(ctx context.Context, reg *schedulerv1.Register) error {
+	if reg.GetSeedRequest() && !identity.Allows(ctx, identity.RoleSeed) {
+		s.m.specRefused.Inc()
+		s.log.Warn("register refused: seed_request from a caller without the seed role", "task_id", reg.GetTask().GetTaskId(),
+			"peer_id", reg.GetPeerId(), "host_id", reg.GetHost().GetId())
+		return status.Error(codes.PermissionDenied, "seed_request needs a seed certificate")
+	}
+	return nil
+}
+
+// checkSpec checks that a task's ID follows from its spec and that its URL
+// is one the swarm may fetch (core.CheckSwarmURL): a peer registering under
+// another task's ID, or with a file:// URL, could otherwise make a seed or a
+// back-to-source peer fetch something else and file it under that task.
+func checkSpec(spec *schedulerv1.TaskSpec) error {
+	if err := core.CheckSwarmURL(spec.GetUrl()); err != nil {
+		return err
+	}
+	return core.CheckTaskID(spec.GetTaskId(), spec.GetUrl(), spec.GetDigest(), core.TaskOptions{
+		Tag: spec.GetTag(), Application: spec.GetApplication(), FilteredQuery: spec.GetFilteredQuery()})
+}
+
 // isCacheSpec reports whether spec names a dfcache entry: content imported
 // by a user, with no origin, whose task ID follows from its ID and tag (so a
 // claim to be its source can never touch a URL's task).
@@ -194,6 +232,9 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 	// The latest spec wins: its headers (e.g. a fresh token) go to a seed.
 	t.spec = spec
 	h := s.hostLocked(reg.GetHost(), now)
+	if spec.GetPrivate() && !t.private {
+		s.makePrivateLocked(t, now)
+	}
 
 	if old := t.peers[reg.GetPeerId()]; old != nil {
 		s.log.Info("peer re-registered, replacing the old entry", "task_id", t.id, "peer_id", old.id)
@@ -208,6 +249,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 		lastSeen:          now,
 		disableBackSource: reg.GetDisableBackSource(),
 		seedRequest:       reg.GetSeedRequest(),
+		verified:          reg.GetOriginVerified(),
 		conn:              c,
 		poolIdx:           -1,
 	}
@@ -222,7 +264,10 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 	}
 	s.updatePoolLocked(p)
 	s.markDirty(t)
-	if t.shapeKnown() {
+	if t.private && p.verified {
+		s.grantLocked(p, now)
+	}
+	if t.shapeKnown() && (!t.private || p.verified) {
 		s.sendLocked(p, t.infoMessage())
 	}
 	if s.debug() {
@@ -236,9 +281,9 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 		s.backToSourceLocked(p, "imported: this peer is the source", now)
 		return p
 	}
-	if p.seedRequest {
+	if p.seedRequest && !t.private && !s.excludedLocked(t, p.host, now) {
 		t.seedPhase, t.seedPeer = seedRunning, p
-		if !othersHaveData(t, p) {
+		if t.suspect != nil || !othersHaveData(t, p) {
 			s.backToSourceLocked(p, "seed peer fetches from the origin", time.Now())
 			return p
 		}
@@ -330,6 +375,8 @@ func (s *Scheduler) handleLocked(p *peer, m *schedulerv1.PeerMessage, now time.T
 		return errPeerFinished
 	case *schedulerv1.PeerMessage_Reschedule:
 		s.onRescheduleLocked(p, msg.Reschedule, now)
+	case *schedulerv1.PeerMessage_ContentCorrupt:
+		s.onContentCorruptLocked(p, msg.ContentCorrupt, now)
 	default:
 		s.log.Debug("unknown peer message ignored", "task_id", p.task.id, "peer_id", p.id)
 	}
@@ -339,7 +386,7 @@ func (s *Scheduler) handleLocked(p *peer, m *schedulerv1.PeerMessage, now time.T
 // onMetaLocked records the content's shape, from a fetcher only.
 func (s *Scheduler) onMetaLocked(p *peer, m *schedulerv1.TaskMeta) {
 	t := p.task
-	if p.state != stateBackToSource {
+	if p.state != stateBackToSource || t.accused(p.host) {
 		s.log.Debug("task meta from a peer not fetching from the origin ignored", "task_id", t.id, "peer_id", p.id)
 		return
 	}
@@ -364,14 +411,15 @@ func (s *Scheduler) onMetaLocked(p *peer, m *schedulerv1.TaskMeta) {
 	}
 	if changed {
 		t.info = nil
-		s.broadcastLocked(t, p, t.infoMessage())
+		s.broadcastInfoLocked(t, p, t.infoMessage())
 	}
 }
 
-// broadcastLocked sends msg to every peer of t but except.
-func (s *Scheduler) broadcastLocked(t *task, except *peer, msg *schedulerv1.SchedulerMessage) {
+// broadcastInfoLocked sends a TaskInfo to every peer of t but except; in a
+// private task only to the peers taking part in it.
+func (s *Scheduler) broadcastInfoLocked(t *task, except *peer, msg *schedulerv1.SchedulerMessage) {
 	for _, o := range t.peers {
-		if o != except {
+		if o != except && (!t.private || o.verified) {
 			s.sendLocked(o, msg)
 		}
 	}
@@ -381,7 +429,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 	t := p.task
 	// Only a peer the scheduler sent to the origin is trusted for digests,
 	// and only for pieces it says came from the origin.
-	fetcher := p.state == stateBackToSource
+	fetcher := p.state == stateBackToSource && !t.accused(p.host)
 	var fresh []*schedulerv1.PieceDigest
 	for _, r := range m.GetPieces() {
 		n := r.GetNumber()
@@ -398,7 +446,11 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 			case !ok:
 				d := bytes.Clone(r.GetDigest())
 				t.digests[n] = d
+				t.digestHost[n] = p.host.id
 				fresh = append(fresh, &schedulerv1.PieceDigest{Number: n, Digest: d})
+				if t.suspect != nil && !t.reporter(p.host) {
+					s.checkSuspectLocked(t, n, d, p, time.Now())
+				}
 			case !bytes.Equal(old, r.GetDigest()):
 				s.log.Warn("fetchers disagree on a piece digest; keeping the first", "task_id", t.id, "peer_id", p.id, "piece", n)
 			}
@@ -414,7 +466,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 	s.markDirty(t)
 	if len(fresh) > 0 {
 		t.info = nil
-		s.broadcastLocked(t, p, taskInfo(t, fresh))
+		s.broadcastInfoLocked(t, p, taskInfo(t, fresh))
 	}
 }
 
@@ -483,10 +535,13 @@ func (s *Scheduler) onDoneLocked(p *peer, m *schedulerv1.PeerDone) {
 	s.setState(p, stateSucceeded)
 	s.updatePoolLocked(p)
 	// Like TaskMeta, the length is trusted from a fetcher only.
-	if l := m.GetContentLength(); fetcher && l >= 0 && t.contentLength < 0 {
+	if l := m.GetContentLength(); fetcher && !t.accused(p.host) && l >= 0 && t.contentLength < 0 {
 		t.contentLength = l
 		t.info = nil
-		s.broadcastLocked(t, p, t.infoMessage())
+		s.broadcastInfoLocked(t, p, t.infoMessage())
+	}
+	if fetcher && t.suspect != nil && !t.accused(p.host) && !t.reporter(p.host) {
+		s.clearSuspectLocked(t, p, time.Now())
 	}
 	s.markDirty(t)
 	if s.debug() {

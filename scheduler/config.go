@@ -66,6 +66,15 @@ type Config struct {
 	// falls this far behind is dropped with ResourceExhausted rather than
 	// slowing down everyone else (default 1024).
 	SendBuffer int `yaml:"send_buffer"`
+	// PieceTokenTTL is how long a piece token for a private task lives; the
+	// scheduler renews it for every peer still in the task when half of it
+	// is left (default 5m).
+	PieceTokenTTL Duration `yaml:"piece_token_ttl"`
+	// BanTTL is how long a host whose piece digests were proven wrong (a
+	// fresh fetch from the origin disagreed with them) is neither a parent
+	// nor a fetcher for any task, and how long the reports of a host whose
+	// corruption claim was proven false are ignored (default 1h).
+	BanTTL Duration `yaml:"ban_ttl"`
 	// Weights weigh parent scoring, including the seed penalty (defaults in
 	// policy.DefaultWeights).
 	Weights policy.Weights `yaml:"weights"`
@@ -89,6 +98,8 @@ func DefaultConfig() Config {
 		DefaultUploadSlots: 16,
 		CandidateLimit:     64,
 		SendBuffer:         1024,
+		PieceTokenTTL:      Duration(5 * time.Minute),
+		BanTTL:             Duration(time.Hour),
 		Weights:            policy.DefaultWeights(),
 	}
 }
@@ -126,6 +137,8 @@ func (c Config) Validate() error {
 		{"refresh_interval", c.RefreshInterval},
 		{"task_ttl", c.TaskTTL},
 		{"gc_interval", c.GCInterval},
+		{"piece_token_ttl", c.PieceTokenTTL},
+		{"ban_ttl", c.BanTTL},
 	} {
 		if d.v <= 0 {
 			bad("%s %s must be positive", d.name, d.v)

@@ -24,6 +24,13 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		return
 	}
 	start := time.Now()
+	t := p.task
+	if t.private && !p.verified {
+		if p.state != stateFailed || force {
+			s.failLocked(p, "private content: only a peer the origin granted it with its own credentials may take part", start)
+		}
+		return
+	}
 	run := func(changed bool) {
 		prev := p.state
 		s.unwaitLocked(p)
@@ -33,11 +40,12 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 			s.sendParentsLocked(p, start)
 		}
 	}
-	if changed := s.fillParentsLocked(p, false); len(p.parents) > 0 {
+	// While a task's digests are suspended and no fresh ones came yet, no
+	// parent can be checked against anything: the origin (or a seed) first.
+	if changed := (t.suspect == nil || len(t.digests) > 0) && s.fillParentsLocked(p, false); len(p.parents) > 0 {
 		run(changed)
 		return
 	}
-	t := p.task
 	switch {
 	case t.cache && !othersHaveData(t, p):
 		s.failLocked(p, "no peer holds this dfcache entry", start)
@@ -47,7 +55,7 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		s.waitLocked(p, now, "waiting for the seed peer", force, start)
 	case s.triggerSeedLocked(t, now):
 		s.waitLocked(p, now, "seed peer triggered", force, start)
-	case !p.disableBackSource && t.backToSource < s.cfg.MaxBackToSource:
+	case !p.disableBackSource && t.backToSource < s.cfg.MaxBackToSource && !s.excludedLocked(t, p.host, now) && !t.reporter(p.host):
 		s.backToSourceLocked(p, "no peer has the content yet", start)
 	case s.fillParentsLocked(p, true):
 		// A parent found slow lately beats waiting.
@@ -264,6 +272,12 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		if c.mark == e {
 			continue
 		}
+		// Banned hosts, accused sources and those that reported their
+		// content corrupt and, in a private task, peers that never showed
+		// credentials are no parents.
+		if now.Before(c.host.bannedUntil) || (t.suspect != nil && (t.accused(c.host) || t.reporter(c.host))) || (t.private && !c.verified) {
+			continue
+		}
 		if m, bad := p.bad[c.id]; bad {
 			if m.kind == badCorrupt || now.Sub(m.at) < badParentTTL {
 				if m.kind == badSlow && len(soft) < limit {
@@ -419,7 +433,9 @@ func (s *Scheduler) seedPendingLocked(t *task, now time.Time) bool {
 // triggerSeedLocked pushes t to a seed peer when one is connected and t was
 // not seeded yet (or the last attempt failed), and reports whether it did.
 func (s *Scheduler) triggerSeedLocked(t *task, now time.Time) bool {
-	if len(s.seeds) == 0 || t.spec == nil {
+	// A private task's credentials never leave the peers that hold them,
+	// so a seed peer could not fetch it.
+	if len(s.seeds) == 0 || t.spec == nil || t.private {
 		return false
 	}
 	if t.seedPhase != seedIdle && (t.seedPhase != seedFailed || t.seedAttempts >= maxSeedAttempts) {
@@ -451,8 +467,9 @@ func (s *Scheduler) triggerSeedLocked(t *task, now time.Time) bool {
 func (s *Scheduler) pickSeedLocked(t *task) *seedConn {
 	var best, bestFailed *seedConn
 	var bestW, bestFailedW uint64
+	now := time.Now()
 	for id, sc := range s.seeds {
-		if sc.dead {
+		if sc.dead || now.Before(sc.host.bannedUntil) || t.accused(sc.host) {
 			continue
 		}
 		h := fnv.New64a()

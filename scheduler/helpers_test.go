@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,10 +18,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
@@ -59,6 +62,9 @@ type testServer struct {
 	cc   *grpc.ClientConn
 	cl   schedulerv1.SchedulerClient
 	stop func() error
+	// role, when set, is the certificate role the next streams claim (only
+	// a server from startIdentityServer reads it).
+	role identity.Role
 }
 
 // startServer runs a real Scheduler with Serve on 127.0.0.1:0 and dials it.
@@ -108,6 +114,71 @@ func startServer(t *testing.T, mutate func(*Config), dialOpts ...grpc.DialOption
 	return &testServer{t: t, s: s, reg: reg, cc: cc, cl: schedulerv1.NewSchedulerClient(cc), stop: stop}
 }
 
+// callCtx is the context of a new call: it names ts.role and host hostID
+// to a server from startIdentityServer.
+func (ts *testServer) callCtx(hostID string) context.Context {
+	if ts.role == "" {
+		return context.Background()
+	}
+	return metadata.AppendToOutgoingContext(context.Background(), testRoleKey, string(ts.role), testHostKey, hostID)
+}
+
+const testRoleKey, testHostKey = "x-test-role", "x-test-host"
+
+// startIdentityServer runs a real Scheduler behind an interceptor that gives
+// every call the verified identity whose role the call names in metadata
+// (testServer.role), or an unverified one when it names none: a stand-in for
+// mTLS client certificates.
+func startIdentityServer(t *testing.T, mutate func(*Config)) *testServer {
+	t.Helper()
+	cfg := testConfig()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	reg := prometheus.NewRegistry()
+	s, err := New(cfg, testLogger(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ident := func(ctx context.Context) context.Context {
+		id := identity.Identity{}
+		if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(testRoleKey)) == 1 {
+			id = identity.Identity{Role: identity.Role(md.Get(testRoleKey)[0]), HostID: md.Get(testHostKey)[0], Verified: true}
+		}
+		return identity.NewContext(ctx, id)
+	}
+	gs := grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		return h(srv, &ctxStream{ServerStream: ss, ctx: ident(ss.Context())})
+	}))
+	s.Register(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() { _ = s.Run(ctx); close(runDone) }()
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(func() {
+		cancel()
+		<-runDone
+		gs.Stop()
+	})
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return &testServer{t: t, s: s, reg: reg, cc: cc, cl: schedulerv1.NewSchedulerClient(cc), stop: func() error { return nil }}
+}
+
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *ctxStream) Context() context.Context { return s.ctx }
+
 type regOpt func(*schedulerv1.Register)
 
 func withHost(h *schedulerv1.Host) regOpt { return func(r *schedulerv1.Register) { r.Host = h } }
@@ -126,11 +197,25 @@ type testPeer struct {
 	stream schedulerv1.Scheduler_AnnounceClient
 	cancel context.CancelFunc
 	msgs   chan *schedulerv1.SchedulerMessage
+	access chan *schedulerv1.PieceAccess
 	end    chan error
 }
 
-func spec(taskID string) *schedulerv1.TaskSpec {
-	return &schedulerv1.TaskSpec{TaskId: taskID, Url: "http://origin.test/" + taskID}
+// spec is the spec of the test task named name: URL http://origin.test/name
+// and the task ID that follows from it (tid). A name that is already a task
+// ID (64 hex digits) is kept.
+func spec(name string) *schedulerv1.TaskSpec {
+	return &schedulerv1.TaskSpec{TaskId: tid(name), Url: "http://origin.test/" + name}
+}
+
+// tid is the task ID of the test task named name (see spec).
+func tid(name string) string {
+	if len(name) == 64 {
+		if _, err := hex.DecodeString(name); err == nil {
+			return name
+		}
+	}
+	return core.TaskID("http://origin.test/"+name, core.TaskOptions{})
 }
 
 // newHost returns a distinct host with 16 upload slots.
@@ -141,14 +226,14 @@ func (ts *testServer) newHost(name string) *schedulerv1.Host {
 // open starts a stream without sending anything.
 func (ts *testServer) open(id string) *testPeer {
 	ts.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ts.callCtx("host-" + id))
 	stream, err := ts.cl.Announce(ctx)
 	if err != nil {
 		cancel()
 		ts.t.Fatalf("announce %s: %v", id, err)
 	}
 	p := &testPeer{t: ts.t, id: id, stream: stream, cancel: cancel,
-		msgs: make(chan *schedulerv1.SchedulerMessage, 1<<14), end: make(chan error, 1)}
+		msgs: make(chan *schedulerv1.SchedulerMessage, 1<<14), access: make(chan *schedulerv1.PieceAccess, 64), end: make(chan error, 1)}
 	ts.t.Cleanup(cancel)
 	return p
 }
@@ -160,6 +245,13 @@ func (p *testPeer) startReading() {
 			if err != nil {
 				p.end <- err
 				return
+			}
+			if a := m.GetAccess(); a != nil {
+				select {
+				case p.access <- a:
+				default:
+				}
+				continue
 			}
 			p.msgs <- m
 		}
@@ -352,7 +444,7 @@ func (ts *testServer) waitPeer(task, id string, cond func(p *peer) bool) {
 	eventually(ts.t, "peer "+id+" reached the expected state", func() bool {
 		ok := false
 		ts.inspect(func(s *Scheduler) {
-			if t := s.tasks[task]; t != nil {
+			if t := s.tasks[tid(task)]; t != nil {
 				if p := t.peers[id]; p != nil {
 					ok = cond(p)
 				}
@@ -368,7 +460,7 @@ func (ts *testServer) waitGone(task, id string) {
 	eventually(ts.t, "peer "+id+" removed", func() bool {
 		gone := true
 		ts.inspect(func(s *Scheduler) {
-			if t := s.tasks[task]; t != nil && t.peers[id] != nil {
+			if t := s.tasks[tid(task)]; t != nil && t.peers[id] != nil {
 				gone = false
 			}
 		})

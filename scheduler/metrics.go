@@ -29,6 +29,8 @@ type metrics struct {
 	pieceCorrupt     prometheus.Counter
 	peersLeft        prometheus.Counter
 	slowParents      prometheus.Counter
+	specRefused      prometheus.Counter // registers refused: spec or role
+	contentCorrupt   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -56,6 +58,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "damselfly_scheduler_slow_parents_replaced_total",
 			Help: "Parent links dropped because the parent's host uploaded far below the task's median.",
 		}),
+		specRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "registers_refused_total",
+			Help: "Registers refused: a task ID that does not follow from its spec, a URL scheme the swarm does not fetch, or a role the caller lacks.",
+		}),
+		contentCorrupt: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "content_corrupt_total",
+			Help: "Whole-content digest failures and their outcome (reported, self, ignored, confirmed, cleared).",
+		}, []string{"outcome"}),
 		peersLeft: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "peers_left_total",
 			Help: "Peers removed from their task (stream ended, failed, replaced or dropped).",
@@ -89,6 +99,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.decisions, m.decisionDuration, peers, m.tasks, m.seedTriggers, pieces, m.peersLeft, m.slowParents,
+		m.specRefused, m.contentCorrupt,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register scheduler metrics: %w", err)

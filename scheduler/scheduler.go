@@ -205,6 +205,9 @@ func (s *Scheduler) refresh(ctx context.Context) {
 		if len(t.waiting) > 0 {
 			s.markDirty(t)
 		}
+		if t.private {
+			s.renewAccessLocked(t, now)
+		}
 		if len(t.pool) == 0 {
 			continue
 		}

@@ -86,7 +86,7 @@ func TestFirstMessageMustBeRegister(t *testing.T) {
 	}
 	eventually(t, "peer removed", func() bool {
 		n := 0
-		ts.inspect(func(s *Scheduler) { n = len(s.tasks["t"].peers) })
+		ts.inspect(func(s *Scheduler) { n = len(s.tasks[tid("t")].peers) })
 		return n == 0
 	})
 }
@@ -121,7 +121,7 @@ func TestMaxBackToSourceBound(t *testing.T) {
 		t.Fatalf("%s: want parents [%s], got %v", other.id, fetcher.id, om)
 	}
 	ts.inspect(func(s *Scheduler) {
-		if n := s.tasks["t"].backToSource; n != 1 {
+		if n := s.tasks[tid("t")].backToSource; n != 1 {
 			t.Fatalf("back_to_source count %d", n)
 		}
 	})
@@ -358,7 +358,7 @@ func TestSeedTriggerFlow(t *testing.T) {
 	case <-time.After(step):
 		t.Fatal("seed host got no task")
 	}
-	if st.GetTask().GetTaskId() != "t" || st.GetTask().GetHeaders()["Authorization"] != "Bearer secret" {
+	if st.GetTask().GetTaskId() != tid("t") || st.GetTask().GetHeaders()["Authorization"] != "Bearer secret" {
 		t.Fatalf("seed task %v", st)
 	}
 	if n := ts.metric("damselfly_scheduler_seed_triggers_total"); n != 1 {
@@ -598,7 +598,7 @@ func TestScoringSpreadsChildrenBySlots(t *testing.T) {
 	eventually(t, "parents done", func() bool {
 		done := 0
 		ts.inspect(func(s *Scheduler) {
-			for _, p := range s.tasks["t"].peers {
+			for _, p := range s.tasks[tid("t")].peers {
 				if p.state == stateSucceeded && p.host.used == 0 {
 					done++
 				}
@@ -672,7 +672,7 @@ func TestSlowPeerIsDropped(t *testing.T) {
 	}}})
 	eventually(t, "slow peer registered", func() bool {
 		ok := false
-		ts.inspect(func(s *Scheduler) { ok = s.tasks["t"].peers["slow"] != nil })
+		ts.inspect(func(s *Scheduler) { ok = s.tasks[tid("t")].peers["slow"] != nil })
 		return ok
 	})
 	// Every new digest is forwarded to slow, which does not read.
@@ -681,12 +681,12 @@ func TestSlowPeerIsDropped(t *testing.T) {
 	}
 	eventually(t, "all digests known", func() bool {
 		n := 0
-		ts.inspect(func(s *Scheduler) { n = len(s.tasks["t"].digests) })
+		ts.inspect(func(s *Scheduler) { n = len(s.tasks[tid("t")].digests) })
 		return n == 8000
 	})
 	eventually(t, "slow peer dropped", func() bool {
 		gone := false
-		ts.inspect(func(s *Scheduler) { gone = s.tasks["t"].peers["slow"] == nil })
+		ts.inspect(func(s *Scheduler) { gone = s.tasks[tid("t")].peers["slow"] == nil })
 		return gone
 	})
 	// The fetcher was never held up and still works.
@@ -758,7 +758,7 @@ func TestPipelineDefaults(t *testing.T) {
 	}
 	// every peer serves one child: a→b→c→d→e
 	ts.inspect(func(s *Scheduler) {
-		for _, p := range s.tasks["t1"].peers {
+		for _, p := range s.tasks[tid("t1")].peers {
 			if len(p.children) > 1 {
 				t.Errorf("%s has %d children", p.id, len(p.children))
 			}
@@ -901,8 +901,8 @@ func TestBadParentMarksExpireAndSlowBeatsWaiting(t *testing.T) {
 	}
 	mark := func(kind badKind, age time.Duration) {
 		ts.inspect(func(s *Scheduler) {
-			p := s.tasks["t"].peers["b"]
-			s.removeEdge(s.tasks["t"].peers["a"], p)
+			p := s.tasks[tid("t")].peers["b"]
+			s.removeEdge(s.tasks[tid("t")].peers["a"], p)
 			p.bad = map[string]badMark{"a": {kind: kind, at: time.Now().Add(-age)}}
 		})
 	}
@@ -923,7 +923,7 @@ func TestBadParentMarksExpireAndSlowBeatsWaiting(t *testing.T) {
 		t.Fatalf("expired failure mark: b parents %v", got)
 	}
 	ts.inspect(func(s *Scheduler) {
-		if _, ok := s.tasks["t"].peers["b"].bad["a"]; ok {
+		if _, ok := s.tasks[tid("t")].peers["b"].bad["a"]; ok {
 			t.Fatal("expired mark kept")
 		}
 	})
@@ -959,7 +959,7 @@ func TestReparentAvoidsOwnBranch(t *testing.T) {
 	// reliable uplinks, where a's and p01's are slow.
 	ts.inspect(func(s *Scheduler) {
 		byID := map[string]*peer{}
-		for _, q := range s.tasks["t1"].peers {
+		for _, q := range s.tasks[tid("t1")].peers {
 			byID[q.id] = q
 		}
 		for i, id := range ids {
@@ -1039,7 +1039,7 @@ func TestSlowParentJudgedAgainstItsInput(t *testing.T) {
 		if err := checkInvariants(s); err != nil {
 			t.Error(err)
 		}
-		for _, p := range s.tasks["t1"].peers {
+		for _, p := range s.tasks[tid("t1")].peers {
 			if len(p.children) > 1 {
 				t.Errorf("%s serves %d children after the splice", p.id, len(p.children))
 			}

@@ -96,11 +96,17 @@ type peer struct {
 	waitSince         time.Time
 	disableBackSource bool
 	seedRequest       bool
-	conn              *conn
-	poolIdx           int       // index in task.pool, -1 when not a candidate
-	mark              uint64    // visit epoch, see Scheduler.epoch
-	parentsAt         time.Time // when the peer last got a parent
-	dropping          bool      // queued for removal after a send overflow
+	// verified: the peer showed the origin grants it the content with its
+	// own credentials (Register.origin_verified); only such peers take part
+	// in a private task.
+	verified bool
+	// accessUntil is the expiry of the last piece token sent (private tasks).
+	accessUntil time.Time
+	conn        *conn
+	poolIdx     int       // index in task.pool, -1 when not a candidate
+	mark        uint64    // visit epoch, see Scheduler.epoch
+	parentsAt   time.Time // when the peer last got a parent
+	dropping    bool      // queued for removal after a send overflow
 }
 
 // host is a machine across all its peers and tasks.
@@ -115,10 +121,16 @@ type host struct {
 	corruptBy  map[string]struct{} // hosts that reported them (bounded)
 	throughput float64             // bytes/s as a parent, from tp
 	slowUntil  time.Time           // replaced as a slow parent lately: a candidate of last resort until then
-	tp         core.Rate           // pieces children got from this host
-	peers      int
-	seed       *seedConn
-	idleSince  time.Time
+	// bannedUntil: its piece digests were proven wrong; until then it is no
+	// parent and no fetcher, in any task.
+	bannedUntil time.Time
+	// falseReportUntil: it accused a source that a fresh fetch cleared; its
+	// content-corrupt reports are ignored until then.
+	falseReportUntil time.Time
+	tp               core.Rate // pieces children got from this host
+	peers            int
+	seed             *seedConn
+	idleSince        time.Time
 }
 
 // throughputAlpha is the EWMA weight of a new throughput sample.
@@ -151,20 +163,27 @@ type task struct {
 	contentLength int64                 // -1 while unknown
 	pieceSize     uint32
 	digests       map[uint32][]byte // trusted: from peers fetching from the origin only
-	info          *schedulerv1.SchedulerMessage
-	peers         map[string]*peer
-	pool          []*peer // candidate parents: hold data, are done, or fetch from the origin
-	waiting       map[*peer]struct{}
-	backToSource  int
-	seedPhase     seedPhase
-	seedHost      string
-	seedAt        time.Time
-	seedAttempts  int
-	seedFailed    map[string]struct{} // hosts whose seed attempt failed
-	seedPeer      *peer
-	emptySince    time.Time
-	dirty         bool
-	nextOrd       uint64
+	digestHost    map[uint32]string // the host each trusted digest came from
+	// suspect: the digests a peer's whole-content check accused, under check
+	// (see onContentCorruptLocked); nil when none is.
+	suspect *suspicion
+	// private: fetched with credentials (sticky); key signs its piece tokens.
+	private      bool
+	key          []byte
+	info         *schedulerv1.SchedulerMessage
+	peers        map[string]*peer
+	pool         []*peer // candidate parents: hold data, are done, or fetch from the origin
+	waiting      map[*peer]struct{}
+	backToSource int
+	seedPhase    seedPhase
+	seedHost     string
+	seedAt       time.Time
+	seedAttempts int
+	seedFailed   map[string]struct{} // hosts whose seed attempt failed
+	seedPeer     *peer
+	emptySince   time.Time
+	dirty        bool
+	nextOrd      uint64
 	// cache: a dfcache entry. It has no origin: only its importers are
 	// sources, seeds are never triggered, and a peer finding no holder fails.
 	cache bool
@@ -175,10 +194,40 @@ func newTask(id string, now time.Time) *task {
 		id:            id,
 		contentLength: -1,
 		digests:       make(map[uint32][]byte),
+		digestHost:    make(map[uint32]string),
 		peers:         make(map[string]*peer),
 		waiting:       make(map[*peer]struct{}),
 		emptySince:    now,
 	}
+}
+
+// suspicion holds the digests accused by a content-corrupt report until a
+// fresh fetch from the origin, by a host that is neither accused nor a
+// reporter, confirms or clears them.
+type suspicion struct {
+	digests   map[uint32][]byte
+	from      map[uint32]string   // host that gave each digest
+	accused   map[string]struct{} // hosts that gave any of them
+	reporters map[string]struct{} // hosts that reported the content corrupt
+	agreed    int                 // digests the fresh fetch confirmed
+}
+
+// accused reports whether host h's digests for t are under suspicion.
+func (t *task) accused(h *host) bool {
+	if t.suspect == nil {
+		return false
+	}
+	_, ok := t.suspect.accused[h.id]
+	return ok
+}
+
+// reporter reports whether host h accused t's digests in the open suspicion.
+func (t *task) reporter(h *host) bool {
+	if t.suspect == nil {
+		return false
+	}
+	_, ok := t.suspect.reporters[h.id]
+	return ok
 }
 
 // pieceCount returns the number of pieces, 0 while the shape is unknown.

@@ -149,7 +149,11 @@ type TaskSpec struct {
 	Application   string                 `protobuf:"bytes,5,opt,name=application,proto3" json:"application,omitempty"`
 	FilteredQuery []string               `protobuf:"bytes,6,rep,name=filtered_query,json=filteredQuery,proto3" json:"filtered_query,omitempty"`
 	// Expected digest of the whole content ("sha256:<hex>"), when known.
-	Digest        string `protobuf:"bytes,7,opt,name=digest,proto3" json:"digest,omitempty"`
+	Digest string `protobuf:"bytes,7,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Fetched with credentials (Authorization, Cookie...): its pieces are
+	// served only to peers holding a PieceAccess token for the task. Sticky at
+	// the scheduler once any peer says so.
+	Private       bool `protobuf:"varint,8,opt,name=private,proto3" json:"private,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -231,6 +235,13 @@ func (x *TaskSpec) GetDigest() string {
 		return x.Digest
 	}
 	return ""
+}
+
+func (x *TaskSpec) GetPrivate() bool {
+	if x != nil {
+		return x.Private
+	}
+	return false
 }
 
 type PieceDigest struct {
@@ -383,9 +394,13 @@ type Register struct {
 	// user imported the content there, and there is no origin. The scheduler
 	// then trusts its shape and piece digests like those of a peer it sent to
 	// the origin. Refused for any other task.
-	Imported      bool `protobuf:"varint,7,opt,name=imported,proto3" json:"imported,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Imported bool `protobuf:"varint,7,opt,name=imported,proto3" json:"imported,omitempty"`
+	// The peer showed, with its own credentials, that the origin grants it
+	// the content (a HEAD or 0-byte ranged GET, the mirror's access check).
+	// A private task gives parents and piece tokens only to such peers.
+	OriginVerified bool `protobuf:"varint,8,opt,name=origin_verified,json=originVerified,proto3" json:"origin_verified,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Register) Reset() {
@@ -463,6 +478,13 @@ func (x *Register) GetSeedRequest() bool {
 func (x *Register) GetImported() bool {
 	if x != nil {
 		return x.Imported
+	}
+	return false
+}
+
+func (x *Register) GetOriginVerified() bool {
+	if x != nil {
+		return x.OriginVerified
 	}
 	return false
 }
@@ -723,6 +745,56 @@ func (x *PeerFailed) GetReason() string {
 	return ""
 }
 
+// ContentCorrupt: the content the peer assembled, every piece matching the
+// digests the scheduler gave, does not match the task's whole-content digest.
+// From a peer that fetched from the origin on the scheduler's word it means
+// its own digests are wrong (the origin served other bytes); from any other
+// peer it accuses the sources of the task's digests, which the scheduler then
+// checks against a fresh fetch from the origin (docs/security.md).
+type ContentCorrupt struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContentCorrupt) Reset() {
+	*x = ContentCorrupt{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContentCorrupt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContentCorrupt) ProtoMessage() {}
+
+func (x *ContentCorrupt) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContentCorrupt.ProtoReflect.Descriptor instead.
+func (*ContentCorrupt) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ContentCorrupt) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // Reschedule asks for new parents, e.g. when all current ones failed or are slow.
 type Reschedule struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -734,7 +806,7 @@ type Reschedule struct {
 
 func (x *Reschedule) Reset() {
 	*x = Reschedule{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[10]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +818,7 @@ func (x *Reschedule) String() string {
 func (*Reschedule) ProtoMessage() {}
 
 func (x *Reschedule) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[10]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +831,7 @@ func (x *Reschedule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reschedule.ProtoReflect.Descriptor instead.
 func (*Reschedule) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Reschedule) GetBadParents() []string {
@@ -787,6 +859,7 @@ type PeerMessage struct {
 	//	*PeerMessage_Done
 	//	*PeerMessage_Failed
 	//	*PeerMessage_Reschedule
+	//	*PeerMessage_ContentCorrupt
 	Msg           isPeerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -794,7 +867,7 @@ type PeerMessage struct {
 
 func (x *PeerMessage) Reset() {
 	*x = PeerMessage{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[11]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +879,7 @@ func (x *PeerMessage) String() string {
 func (*PeerMessage) ProtoMessage() {}
 
 func (x *PeerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[11]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +892,7 @@ func (x *PeerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerMessage.ProtoReflect.Descriptor instead.
 func (*PeerMessage) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PeerMessage) GetMsg() isPeerMessage_Msg {
@@ -892,6 +965,15 @@ func (x *PeerMessage) GetReschedule() *Reschedule {
 	return nil
 }
 
+func (x *PeerMessage) GetContentCorrupt() *ContentCorrupt {
+	if x != nil {
+		if x, ok := x.Msg.(*PeerMessage_ContentCorrupt); ok {
+			return x.ContentCorrupt
+		}
+	}
+	return nil
+}
+
 type isPeerMessage_Msg interface {
 	isPeerMessage_Msg()
 }
@@ -924,6 +1006,10 @@ type PeerMessage_Reschedule struct {
 	Reschedule *Reschedule `protobuf:"bytes,7,opt,name=reschedule,proto3,oneof"`
 }
 
+type PeerMessage_ContentCorrupt struct {
+	ContentCorrupt *ContentCorrupt `protobuf:"bytes,8,opt,name=content_corrupt,json=contentCorrupt,proto3,oneof"`
+}
+
 func (*PeerMessage_Register) isPeerMessage_Msg() {}
 
 func (*PeerMessage_Meta) isPeerMessage_Msg() {}
@@ -938,6 +1024,8 @@ func (*PeerMessage_Failed) isPeerMessage_Msg() {}
 
 func (*PeerMessage_Reschedule) isPeerMessage_Msg() {}
 
+func (*PeerMessage_ContentCorrupt) isPeerMessage_Msg() {}
+
 type PeerInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PeerId        string                 `protobuf:"bytes,1,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
@@ -948,7 +1036,7 @@ type PeerInfo struct {
 
 func (x *PeerInfo) Reset() {
 	*x = PeerInfo{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[12]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1048,7 @@ func (x *PeerInfo) String() string {
 func (*PeerInfo) ProtoMessage() {}
 
 func (x *PeerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[12]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1061,7 @@ func (x *PeerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerInfo.ProtoReflect.Descriptor instead.
 func (*PeerInfo) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PeerInfo) GetPeerId() string {
@@ -1000,7 +1088,7 @@ type Parents struct {
 
 func (x *Parents) Reset() {
 	*x = Parents{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[13]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1100,7 @@ func (x *Parents) String() string {
 func (*Parents) ProtoMessage() {}
 
 func (x *Parents) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[13]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1113,7 @@ func (x *Parents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Parents.ProtoReflect.Descriptor instead.
 func (*Parents) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Parents) GetParents() []*PeerInfo {
@@ -1045,7 +1133,7 @@ type BackToSource struct {
 
 func (x *BackToSource) Reset() {
 	*x = BackToSource{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[14]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1057,7 +1145,7 @@ func (x *BackToSource) String() string {
 func (*BackToSource) ProtoMessage() {}
 
 func (x *BackToSource) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[14]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1070,7 +1158,7 @@ func (x *BackToSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackToSource.ProtoReflect.Descriptor instead.
 func (*BackToSource) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BackToSource) GetReason() string {
@@ -1091,7 +1179,7 @@ type Wait struct {
 
 func (x *Wait) Reset() {
 	*x = Wait{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[15]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1191,7 @@ func (x *Wait) String() string {
 func (*Wait) ProtoMessage() {}
 
 func (x *Wait) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[15]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1204,7 @@ func (x *Wait) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wait.ProtoReflect.Descriptor instead.
 func (*Wait) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Wait) GetReason() string {
@@ -1139,7 +1227,7 @@ type TaskInfo struct {
 
 func (x *TaskInfo) Reset() {
 	*x = TaskInfo{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[16]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1239,7 @@ func (x *TaskInfo) String() string {
 func (*TaskInfo) ProtoMessage() {}
 
 func (x *TaskInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[16]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1252,7 @@ func (x *TaskInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskInfo.ProtoReflect.Descriptor instead.
 func (*TaskInfo) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TaskInfo) GetContentLength() int64 {
@@ -1199,7 +1287,7 @@ type Fail struct {
 
 func (x *Fail) Reset() {
 	*x = Fail{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[17]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1299,7 @@ func (x *Fail) String() string {
 func (*Fail) ProtoMessage() {}
 
 func (x *Fail) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[17]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1312,7 @@ func (x *Fail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fail.ProtoReflect.Descriptor instead.
 func (*Fail) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Fail) GetReason() string {
@@ -1232,6 +1320,73 @@ func (x *Fail) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+// PieceAccess is sent, for a private task only, to peers that showed the
+// origin grants them the content, and renewed before it expires. The key
+// lets this peer's upload port check the tokens its children present; the
+// token is what this peer presents to its parents (header
+// X-Damselfly-Token). Tokens are core.PieceToken: an HMAC with the task's key
+// over the task ID, the child's peer ID and the expiry.
+type PieceAccess struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Token string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// Expiry of token, Unix milliseconds.
+	ExpiresUnixMs int64 `protobuf:"varint,3,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PieceAccess) Reset() {
+	*x = PieceAccess{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PieceAccess) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PieceAccess) ProtoMessage() {}
+
+func (x *PieceAccess) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PieceAccess.ProtoReflect.Descriptor instead.
+func (*PieceAccess) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *PieceAccess) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *PieceAccess) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *PieceAccess) GetExpiresUnixMs() int64 {
+	if x != nil {
+		return x.ExpiresUnixMs
+	}
+	return 0
 }
 
 type SchedulerMessage struct {
@@ -1243,6 +1398,7 @@ type SchedulerMessage struct {
 	//	*SchedulerMessage_Wait
 	//	*SchedulerMessage_TaskInfo
 	//	*SchedulerMessage_Fail
+	//	*SchedulerMessage_Access
 	Msg           isSchedulerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1250,7 +1406,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[18]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1262,7 +1418,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[18]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1275,7 +1431,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -1330,6 +1486,15 @@ func (x *SchedulerMessage) GetFail() *Fail {
 	return nil
 }
 
+func (x *SchedulerMessage) GetAccess() *PieceAccess {
+	if x != nil {
+		if x, ok := x.Msg.(*SchedulerMessage_Access); ok {
+			return x.Access
+		}
+	}
+	return nil
+}
+
 type isSchedulerMessage_Msg interface {
 	isSchedulerMessage_Msg()
 }
@@ -1354,6 +1519,10 @@ type SchedulerMessage_Fail struct {
 	Fail *Fail `protobuf:"bytes,5,opt,name=fail,proto3,oneof"`
 }
 
+type SchedulerMessage_Access struct {
+	Access *PieceAccess `protobuf:"bytes,6,opt,name=access,proto3,oneof"`
+}
+
 func (*SchedulerMessage_Parents) isSchedulerMessage_Msg() {}
 
 func (*SchedulerMessage_BackToSource) isSchedulerMessage_Msg() {}
@@ -1364,6 +1533,8 @@ func (*SchedulerMessage_TaskInfo) isSchedulerMessage_Msg() {}
 
 func (*SchedulerMessage_Fail) isSchedulerMessage_Msg() {}
 
+func (*SchedulerMessage_Access) isSchedulerMessage_Msg() {}
+
 type SeedTasksRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Host          *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
@@ -1373,7 +1544,7 @@ type SeedTasksRequest struct {
 
 func (x *SeedTasksRequest) Reset() {
 	*x = SeedTasksRequest{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[19]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1556,7 @@ func (x *SeedTasksRequest) String() string {
 func (*SeedTasksRequest) ProtoMessage() {}
 
 func (x *SeedTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[19]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1569,7 @@ func (x *SeedTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedTasksRequest.ProtoReflect.Descriptor instead.
 func (*SeedTasksRequest) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SeedTasksRequest) GetHost() *Host {
@@ -1417,7 +1588,7 @@ type SeedTask struct {
 
 func (x *SeedTask) Reset() {
 	*x = SeedTask{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[20]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1600,7 @@ func (x *SeedTask) String() string {
 func (*SeedTask) ProtoMessage() {}
 
 func (x *SeedTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[20]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1613,7 @@ func (x *SeedTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedTask.ProtoReflect.Descriptor instead.
 func (*SeedTask) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SeedTask) GetTask() *TaskSpec {
@@ -1467,7 +1638,7 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x03idc\x18\x06 \x01(\tR\x03idc\x12\x1a\n" +
 	"\blocation\x18\a \x01(\tR\blocation\x12\x12\n" +
 	"\x04seed\x18\b \x01(\bR\x04seed\x12!\n" +
-	"\fupload_slots\x18\t \x01(\x05R\vuploadSlots\"\xad\x02\n" +
+	"\fupload_slots\x18\t \x01(\x05R\vuploadSlots\"\xc7\x02\n" +
 	"\bTaskSpec\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12G\n" +
@@ -1475,7 +1646,8 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x03tag\x18\x04 \x01(\tR\x03tag\x12 \n" +
 	"\vapplication\x18\x05 \x01(\tR\vapplication\x12%\n" +
 	"\x0efiltered_query\x18\x06 \x03(\tR\rfilteredQuery\x12\x16\n" +
-	"\x06digest\x18\a \x01(\tR\x06digest\x1a:\n" +
+	"\x06digest\x18\a \x01(\tR\x06digest\x12\x18\n" +
+	"\aprivate\x18\b \x01(\bR\aprivate\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"=\n" +
@@ -1487,7 +1659,7 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x16\n" +
 	"\x06digest\x18\x03 \x01(\fR\x06digest\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\rR\x06length\x12\x17\n" +
-	"\acost_ns\x18\x05 \x01(\x03R\x06costNs\"\x8e\x02\n" +
+	"\acost_ns\x18\x05 \x01(\x03R\x06costNs\"\xb7\x02\n" +
 	"\bRegister\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x120\n" +
 	"\x04host\x18\x02 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\x124\n" +
@@ -1495,7 +1667,8 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x04have\x18\x04 \x03(\rR\x04have\x12.\n" +
 	"\x13disable_back_source\x18\x05 \x01(\bR\x11disableBackSource\x12!\n" +
 	"\fseed_request\x18\x06 \x01(\bR\vseedRequest\x12\x1a\n" +
-	"\bimported\x18\a \x01(\bR\bimported\"P\n" +
+	"\bimported\x18\a \x01(\bR\bimported\x12'\n" +
+	"\x0forigin_verified\x18\b \x01(\bR\x0eoriginVerified\"P\n" +
 	"\bTaskMeta\x12%\n" +
 	"\x0econtent_length\x18\x01 \x01(\x03R\rcontentLength\x12\x1d\n" +
 	"\n" +
@@ -1512,12 +1685,14 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x0econtent_length\x18\x01 \x01(\x03R\rcontentLength\"$\n" +
 	"\n" +
 	"PeerFailed\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"(\n" +
+	"\x0eContentCorrupt\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"E\n" +
 	"\n" +
 	"Reschedule\x12\x1f\n" +
 	"\vbad_parents\x18\x01 \x03(\tR\n" +
 	"badParents\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xd0\x03\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xa3\x04\n" +
 	"\vPeerMessage\x12>\n" +
 	"\bregister\x18\x01 \x01(\v2 .damselfly.scheduler.v1.RegisterH\x00R\bregister\x126\n" +
 	"\x04meta\x18\x02 \x01(\v2 .damselfly.scheduler.v1.TaskMetaH\x00R\x04meta\x12<\n" +
@@ -1527,7 +1702,8 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x06failed\x18\x06 \x01(\v2\".damselfly.scheduler.v1.PeerFailedH\x00R\x06failed\x12D\n" +
 	"\n" +
 	"reschedule\x18\a \x01(\v2\".damselfly.scheduler.v1.RescheduleH\x00R\n" +
-	"rescheduleB\x05\n" +
+	"reschedule\x12Q\n" +
+	"\x0fcontent_corrupt\x18\b \x01(\v2&.damselfly.scheduler.v1.ContentCorruptH\x00R\x0econtentCorruptB\x05\n" +
 	"\x03msg\"U\n" +
 	"\bPeerInfo\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x120\n" +
@@ -1544,13 +1720,18 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"piece_size\x18\x02 \x01(\rR\tpieceSize\x12=\n" +
 	"\adigests\x18\x03 \x03(\v2#.damselfly.scheduler.v1.PieceDigestR\adigests\"\x1e\n" +
 	"\x04Fail\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xcd\x02\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"]\n" +
+	"\vPieceAccess\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12&\n" +
+	"\x0fexpires_unix_ms\x18\x03 \x01(\x03R\rexpiresUnixMs\"\x8c\x03\n" +
 	"\x10SchedulerMessage\x12;\n" +
 	"\aparents\x18\x01 \x01(\v2\x1f.damselfly.scheduler.v1.ParentsH\x00R\aparents\x12L\n" +
 	"\x0eback_to_source\x18\x02 \x01(\v2$.damselfly.scheduler.v1.BackToSourceH\x00R\fbackToSource\x122\n" +
 	"\x04wait\x18\x03 \x01(\v2\x1c.damselfly.scheduler.v1.WaitH\x00R\x04wait\x12?\n" +
 	"\ttask_info\x18\x04 \x01(\v2 .damselfly.scheduler.v1.TaskInfoH\x00R\btaskInfo\x122\n" +
-	"\x04fail\x18\x05 \x01(\v2\x1c.damselfly.scheduler.v1.FailH\x00R\x04failB\x05\n" +
+	"\x04fail\x18\x05 \x01(\v2\x1c.damselfly.scheduler.v1.FailH\x00R\x04fail\x12=\n" +
+	"\x06access\x18\x06 \x01(\v2#.damselfly.scheduler.v1.PieceAccessH\x00R\x06accessB\x05\n" +
 	"\x03msg\"D\n" +
 	"\x10SeedTasksRequest\x120\n" +
 	"\x04host\x18\x01 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\"@\n" +
@@ -1572,7 +1753,7 @@ func file_api_schedulerv1_scheduler_proto_rawDescGZIP() []byte {
 	return file_api_schedulerv1_scheduler_proto_rawDescData
 }
 
-var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_api_schedulerv1_scheduler_proto_goTypes = []any{
 	(*Host)(nil),             // 0: damselfly.scheduler.v1.Host
 	(*TaskSpec)(nil),         // 1: damselfly.scheduler.v1.TaskSpec
@@ -1584,21 +1765,23 @@ var file_api_schedulerv1_scheduler_proto_goTypes = []any{
 	(*PieceFailed)(nil),      // 7: damselfly.scheduler.v1.PieceFailed
 	(*PeerDone)(nil),         // 8: damselfly.scheduler.v1.PeerDone
 	(*PeerFailed)(nil),       // 9: damselfly.scheduler.v1.PeerFailed
-	(*Reschedule)(nil),       // 10: damselfly.scheduler.v1.Reschedule
-	(*PeerMessage)(nil),      // 11: damselfly.scheduler.v1.PeerMessage
-	(*PeerInfo)(nil),         // 12: damselfly.scheduler.v1.PeerInfo
-	(*Parents)(nil),          // 13: damselfly.scheduler.v1.Parents
-	(*BackToSource)(nil),     // 14: damselfly.scheduler.v1.BackToSource
-	(*Wait)(nil),             // 15: damselfly.scheduler.v1.Wait
-	(*TaskInfo)(nil),         // 16: damselfly.scheduler.v1.TaskInfo
-	(*Fail)(nil),             // 17: damselfly.scheduler.v1.Fail
-	(*SchedulerMessage)(nil), // 18: damselfly.scheduler.v1.SchedulerMessage
-	(*SeedTasksRequest)(nil), // 19: damselfly.scheduler.v1.SeedTasksRequest
-	(*SeedTask)(nil),         // 20: damselfly.scheduler.v1.SeedTask
-	nil,                      // 21: damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	(*ContentCorrupt)(nil),   // 10: damselfly.scheduler.v1.ContentCorrupt
+	(*Reschedule)(nil),       // 11: damselfly.scheduler.v1.Reschedule
+	(*PeerMessage)(nil),      // 12: damselfly.scheduler.v1.PeerMessage
+	(*PeerInfo)(nil),         // 13: damselfly.scheduler.v1.PeerInfo
+	(*Parents)(nil),          // 14: damselfly.scheduler.v1.Parents
+	(*BackToSource)(nil),     // 15: damselfly.scheduler.v1.BackToSource
+	(*Wait)(nil),             // 16: damselfly.scheduler.v1.Wait
+	(*TaskInfo)(nil),         // 17: damselfly.scheduler.v1.TaskInfo
+	(*Fail)(nil),             // 18: damselfly.scheduler.v1.Fail
+	(*PieceAccess)(nil),      // 19: damselfly.scheduler.v1.PieceAccess
+	(*SchedulerMessage)(nil), // 20: damselfly.scheduler.v1.SchedulerMessage
+	(*SeedTasksRequest)(nil), // 21: damselfly.scheduler.v1.SeedTasksRequest
+	(*SeedTask)(nil),         // 22: damselfly.scheduler.v1.SeedTask
+	nil,                      // 23: damselfly.scheduler.v1.TaskSpec.HeadersEntry
 }
 var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
-	21, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	23, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
 	0,  // 1: damselfly.scheduler.v1.Register.host:type_name -> damselfly.scheduler.v1.Host
 	1,  // 2: damselfly.scheduler.v1.Register.task:type_name -> damselfly.scheduler.v1.TaskSpec
 	3,  // 3: damselfly.scheduler.v1.PiecesDone.pieces:type_name -> damselfly.scheduler.v1.PieceResult
@@ -1608,26 +1791,28 @@ var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
 	7,  // 7: damselfly.scheduler.v1.PeerMessage.piece_failed:type_name -> damselfly.scheduler.v1.PieceFailed
 	8,  // 8: damselfly.scheduler.v1.PeerMessage.done:type_name -> damselfly.scheduler.v1.PeerDone
 	9,  // 9: damselfly.scheduler.v1.PeerMessage.failed:type_name -> damselfly.scheduler.v1.PeerFailed
-	10, // 10: damselfly.scheduler.v1.PeerMessage.reschedule:type_name -> damselfly.scheduler.v1.Reschedule
-	0,  // 11: damselfly.scheduler.v1.PeerInfo.host:type_name -> damselfly.scheduler.v1.Host
-	12, // 12: damselfly.scheduler.v1.Parents.parents:type_name -> damselfly.scheduler.v1.PeerInfo
-	2,  // 13: damselfly.scheduler.v1.TaskInfo.digests:type_name -> damselfly.scheduler.v1.PieceDigest
-	13, // 14: damselfly.scheduler.v1.SchedulerMessage.parents:type_name -> damselfly.scheduler.v1.Parents
-	14, // 15: damselfly.scheduler.v1.SchedulerMessage.back_to_source:type_name -> damselfly.scheduler.v1.BackToSource
-	15, // 16: damselfly.scheduler.v1.SchedulerMessage.wait:type_name -> damselfly.scheduler.v1.Wait
-	16, // 17: damselfly.scheduler.v1.SchedulerMessage.task_info:type_name -> damselfly.scheduler.v1.TaskInfo
-	17, // 18: damselfly.scheduler.v1.SchedulerMessage.fail:type_name -> damselfly.scheduler.v1.Fail
-	0,  // 19: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
-	1,  // 20: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	11, // 21: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
-	19, // 22: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
-	18, // 23: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
-	20, // 24: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
-	23, // [23:25] is the sub-list for method output_type
-	21, // [21:23] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	11, // 10: damselfly.scheduler.v1.PeerMessage.reschedule:type_name -> damselfly.scheduler.v1.Reschedule
+	10, // 11: damselfly.scheduler.v1.PeerMessage.content_corrupt:type_name -> damselfly.scheduler.v1.ContentCorrupt
+	0,  // 12: damselfly.scheduler.v1.PeerInfo.host:type_name -> damselfly.scheduler.v1.Host
+	13, // 13: damselfly.scheduler.v1.Parents.parents:type_name -> damselfly.scheduler.v1.PeerInfo
+	2,  // 14: damselfly.scheduler.v1.TaskInfo.digests:type_name -> damselfly.scheduler.v1.PieceDigest
+	14, // 15: damselfly.scheduler.v1.SchedulerMessage.parents:type_name -> damselfly.scheduler.v1.Parents
+	15, // 16: damselfly.scheduler.v1.SchedulerMessage.back_to_source:type_name -> damselfly.scheduler.v1.BackToSource
+	16, // 17: damselfly.scheduler.v1.SchedulerMessage.wait:type_name -> damselfly.scheduler.v1.Wait
+	17, // 18: damselfly.scheduler.v1.SchedulerMessage.task_info:type_name -> damselfly.scheduler.v1.TaskInfo
+	18, // 19: damselfly.scheduler.v1.SchedulerMessage.fail:type_name -> damselfly.scheduler.v1.Fail
+	19, // 20: damselfly.scheduler.v1.SchedulerMessage.access:type_name -> damselfly.scheduler.v1.PieceAccess
+	0,  // 21: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
+	1,  // 22: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	12, // 23: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
+	21, // 24: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
+	20, // 25: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
+	22, // 26: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
+	25, // [25:27] is the sub-list for method output_type
+	23, // [23:25] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_api_schedulerv1_scheduler_proto_init() }
@@ -1635,7 +1820,7 @@ func file_api_schedulerv1_scheduler_proto_init() {
 	if File_api_schedulerv1_scheduler_proto != nil {
 		return
 	}
-	file_api_schedulerv1_scheduler_proto_msgTypes[11].OneofWrappers = []any{
+	file_api_schedulerv1_scheduler_proto_msgTypes[12].OneofWrappers = []any{
 		(*PeerMessage_Register)(nil),
 		(*PeerMessage_Meta)(nil),
 		(*PeerMessage_Pieces)(nil),
@@ -1643,13 +1828,15 @@ func file_api_schedulerv1_scheduler_proto_init() {
 		(*PeerMessage_Done)(nil),
 		(*PeerMessage_Failed)(nil),
 		(*PeerMessage_Reschedule)(nil),
+		(*PeerMessage_ContentCorrupt)(nil),
 	}
-	file_api_schedulerv1_scheduler_proto_msgTypes[18].OneofWrappers = []any{
+	file_api_schedulerv1_scheduler_proto_msgTypes[20].OneofWrappers = []any{
 		(*SchedulerMessage_Parents)(nil),
 		(*SchedulerMessage_BackToSource)(nil),
 		(*SchedulerMessage_Wait)(nil),
 		(*SchedulerMessage_TaskInfo)(nil),
 		(*SchedulerMessage_Fail)(nil),
+		(*SchedulerMessage_Access)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1657,7 +1844,7 @@ func file_api_schedulerv1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_schedulerv1_scheduler_proto_rawDesc), len(file_api_schedulerv1_scheduler_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -120,8 +120,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // per-peer upload limit (the remote IP when absent).
 const PeerHeader = "X-Damselfly-Peer"
 
+// Keys returns the key a scheduler shared for a private task, nil when
+// none arrived (see core.PieceToken).
+type Keys func(taskID string) []byte
+
 // Server serves pieces over HTTP: GET /pieces/{task}/{n}.
 type Server struct {
+	keys    Keys
 	lookup  Lookup
 	limit   *rate.Limiter
 	slots   *Slots
@@ -137,6 +142,33 @@ func NewServer(l Lookup, maxUploads int, limit *rate.Limiter, m *Metrics, log *s
 		maxUploads = 64
 	}
 	return &Server{lookup: l, limit: limit, slots: NewSlots(maxUploads), metrics: m, log: log}
+}
+
+// SetKeys sets where the server finds the keys that check the piece tokens
+// of private tasks. Without keys every private task's pieces are refused.
+func (s *Server) SetKeys(k Keys) { s.keys = k }
+
+// allowed checks a request for a piece of the private task id: it must carry
+// a token the scheduler issued for this task to the requesting peer, still
+// valid. Public tasks never get here.
+func (s *Server) allowed(w http.ResponseWriter, r *http.Request, id string) bool {
+	tok := r.Header.Get(core.TokenHeader)
+	if tok == "" {
+		s.metrics.UploadsDenied.WithLabelValues("no_token").Inc()
+		http.Error(w, "private task: a piece token is required", http.StatusUnauthorized)
+		return false
+	}
+	var key []byte
+	if s.keys != nil {
+		key = s.keys(id)
+	}
+	if err := core.CheckPieceToken(key, tok, id, r.Header.Get(PeerHeader), time.Now()); err != nil {
+		s.metrics.UploadsDenied.WithLabelValues("bad_token").Inc()
+		s.log.Info("piece request with a bad token refused", "task_id", id, "remote", r.RemoteAddr, "err", err)
+		http.Error(w, "private task: "+err.Error(), http.StatusForbidden)
+		return false
+	}
+	return true
 }
 
 // SetLimits changes the concurrent upload cap and the per-peer limit in
@@ -168,6 +200,9 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		s.metrics.UploadsDenied.WithLabelValues("unknown_task").Inc()
 		http.Error(w, "unknown task", http.StatusNotFound)
+		return
+	}
+	if t.Private() && !s.allowed(w, r, id) {
 		return
 	}
 	off, size, err := t.PieceSection(n)
@@ -314,6 +349,8 @@ type Request struct {
 	Limits []*rate.Limiter
 	// PeerID names the requester to the parent, for its per-peer upload limit.
 	PeerID string
+	// Token is the piece token for a private task (empty for public ones).
+	Token string
 	// Buf, when set, receives the piece (len(Buf) == Size); the caller owns
 	// it whatever Fetch returns. Otherwise Fetch takes a pooled buffer and
 	// returns it, to be handed back with Release.
@@ -322,6 +359,10 @@ type Request struct {
 	// has arrived; with Buf set it lets the caller relay the piece onwards.
 	Progress func(filled int)
 }
+
+// ErrDenied marks a parent that refused a piece of a private task (no valid
+// token yet): not the parent's fault.
+var ErrDenied = errors.New("piece token refused")
 
 // ErrCorrupt marks bytes that do not match the trusted digest.
 var ErrCorrupt = fmt.Errorf("piece %w", core.ErrDigestMismatch)
@@ -347,6 +388,9 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 	if r.PeerID != "" {
 		req.Header.Set(PeerHeader, r.PeerID)
 	}
+	if r.Token != "" {
+		req.Header.Set(core.TokenHeader, r.Token)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if cerr := context.Cause(ctx); cerr != nil && cerr != context.Canceled {
@@ -359,6 +403,9 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 		if resp.StatusCode == http.StatusNotFound {
 			return nil, fmt.Errorf("fetch piece %d from %s: %w", r.Number, r.Addr, core.ErrNotFound)
+		}
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			return nil, fmt.Errorf("fetch piece %d from %s: %s: %w", r.Number, r.Addr, resp.Status, ErrDenied)
 		}
 		return nil, fmt.Errorf("fetch piece %d from %s: status %s", r.Number, r.Addr, resp.Status)
 	}

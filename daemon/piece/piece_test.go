@@ -1,6 +1,7 @@
 package piece
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -172,5 +173,79 @@ func BenchmarkFetch4MiB(b *testing.B) {
 			b.Fatal(err)
 		}
 		c.Release(buf)
+	}
+}
+
+// The pieces of a private task go only to a request with a token the
+// scheduler issued for that task and that peer, still valid; public tasks
+// are served as before.
+func TestPrivateTaskNeedsToken(t *testing.T) {
+	st, pieces := holding(t, 1<<16, 2, 0, 1)
+	tk, _ := st.Get("t1")
+	if err := tk.SetPrivate(); err != nil {
+		t.Fatal(err)
+	}
+	key := []byte("0123456789abcdef0123456789abcdef")
+	s := NewServer(st, 4, nil, NewMetrics(nil), slog.New(slog.DiscardHandler))
+	s.SetKeys(func(id string) []byte {
+		if id == "t1" {
+			return key
+		}
+		return nil
+	})
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	now := time.Now()
+	get := func(peer, token string) int {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/pieces/t1/0", nil)
+		req.Header.Set(PeerHeader, peer)
+		if token != "" {
+			req.Header.Set(core.TokenHeader, token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK && !bytes.Equal(b, pieces[0]) {
+			t.Fatalf("served wrong bytes")
+		}
+		return resp.StatusCode
+	}
+	for name, c := range map[string]struct {
+		peer, token string
+		want        int
+	}{
+		"no token":      {"child", "", http.StatusUnauthorized},
+		"forged token":  {"child", core.PieceToken([]byte("not the task's key, 32 bytes...."), "t1", "child", now.Add(time.Minute)), http.StatusForbidden},
+		"expired token": {"child", core.PieceToken(key, "t1", "child", now.Add(-time.Second)), http.StatusForbidden},
+		"other task":    {"child", core.PieceToken(key, "u", "child", now.Add(time.Minute)), http.StatusForbidden},
+		"other peer's":  {"thief", core.PieceToken(key, "t1", "child", now.Add(time.Minute)), http.StatusForbidden},
+		"garbage":       {"child", "garbage", http.StatusForbidden},
+		"valid":         {"child", core.PieceToken(key, "t1", "child", now.Add(time.Minute)), http.StatusOK},
+	} {
+		if got := get(c.peer, c.token); got != c.want {
+			t.Errorf("%s: status %d, want %d", name, got, c.want)
+		}
+	}
+	// A daemon that has no key for the task (none arrived yet) refuses too.
+	s.SetKeys(func(string) []byte { return nil })
+	if got := get("child", core.PieceToken(key, "t1", "child", now.Add(time.Minute))); got != http.StatusForbidden {
+		t.Errorf("no key: status %d, want 403", got)
+	}
+	// The client carries the token and reports a refusal as ErrDenied.
+	c := NewClient(NewMetrics(nil))
+	_, err := c.Fetch(context.Background(), Request{Addr: strings.TrimPrefix(srv.URL, "http://"), TaskID: "t1", Number: 0,
+		Size: int64(len(pieces[0])), Digest: core.PieceDigest(pieces[0]), PeerID: "child"})
+	if !errors.Is(err, ErrDenied) {
+		t.Fatalf("fetch without token: %v, want ErrDenied", err)
+	}
+	s.SetKeys(func(string) []byte { return key })
+	b, err := c.Fetch(context.Background(), Request{Addr: strings.TrimPrefix(srv.URL, "http://"), TaskID: "t1", Number: 0,
+		Size: int64(len(pieces[0])), Digest: core.PieceDigest(pieces[0]), PeerID: "child",
+		Token: core.PieceToken(key, "t1", "child", now.Add(time.Minute))})
+	if err != nil || !bytes.Equal(b, pieces[0]) {
+		t.Fatalf("fetch with token: %v", err)
 	}
 }

@@ -30,10 +30,13 @@ const (
 
 // Meta is the persisted record of a task. Credentials are never part of it.
 type Meta struct {
-	TaskID        string   `json:"task_id"`
-	URL           string   `json:"url"`
-	Tag           string   `json:"tag,omitempty"`
-	Application   string   `json:"application,omitempty"`
+	TaskID      string `json:"task_id"`
+	URL         string `json:"url"`
+	Tag         string `json:"tag,omitempty"`
+	Application string `json:"application,omitempty"`
+	// FilteredQuery: query parameters left out of the task ID, so the task
+	// spec (and its ID) can be rebuilt after a restart.
+	FilteredQuery []string `json:"filtered_query,omitempty"`
 	Digest        string   `json:"digest,omitempty"`
 	ContentLength int64    `json:"content_length"` // -1 unknown
 	PieceSize     uint32   `json:"piece_size"`
@@ -52,6 +55,10 @@ type Meta struct {
 	// TTL, when set, replaces the cache's TTL for this task (e.g. a dfcache
 	// entry imported with --ttl).
 	TTL time.Duration `json:"ttl,omitempty"`
+	// Private: fetched with credentials. The upload port serves its pieces
+	// only to peers with a token the scheduler issued for it, and a local
+	// request without credentials is not answered from the cache.
+	Private bool `json:"private,omitempty"`
 }
 
 // Store is a directory of tasks.
@@ -298,10 +305,13 @@ type Task struct {
 	removed   bool              // out of the store; files go with the last hold
 	tomb      string            // where the files moved while held after removal
 	relays    map[uint32]*Relay // pieces arriving, readable by uploads (relay.go)
+	private   atomic.Bool       // meta.Private, readable without the lock (uploads)
+	resets    atomic.Uint64     // Reset calls: a reader of pieces starts over
 }
 
 func newTask(s *Store, dir string, f *os.File, m Meta) *Task {
 	t := &Task{s: s, dir: dir, data: f, meta: m, changed: make(chan struct{})}
+	t.private.Store(m.Private)
 	return t
 }
 
@@ -794,6 +804,46 @@ func (t *Task) DataPath() string { return filepath.Join(t.dir, dataFile) }
 
 // Data returns the open data file for ReadAt.
 func (t *Task) Data() io.ReaderAt { return t.data }
+
+// Reset forgets every held piece and digest (the shape stays): the content
+// assembled failed its whole-content digest and is fetched again. Readers
+// waiting on the task see the change.
+func (t *Task) Reset() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return fmt.Errorf("task %s: closed: %w", t.meta.TaskID, core.ErrUnavailable)
+	}
+	clear(t.have)
+	t.haveCount = 0
+	t.resets.Add(1)
+	t.meta.PieceDigests = nil
+	t.meta.Complete = false
+	t.meta.Synced = false
+	t.dirty = true
+	t.notifyLocked()
+	return t.persistLocked()
+}
+
+// Resets counts the calls to Reset: a reader that copied pieces before a
+// reset must start over (or give up).
+func (t *Task) Resets() uint64 { return t.resets.Load() }
+
+// Private reports whether the task was fetched with credentials
+// (Meta.Private). It takes no lock: uploads ask it for every piece.
+func (t *Task) Private() bool { return t.private.Load() }
+
+// SetPrivate marks the task private; a private task never becomes public.
+func (t *Task) SetPrivate() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.meta.Private {
+		return nil
+	}
+	t.meta.Private = true
+	t.private.Store(true)
+	return t.persistLocked()
+}
 
 // Missing returns the pieces not held, in order (nil while the shape is unknown).
 func (t *Task) Missing() []uint32 {

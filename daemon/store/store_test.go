@@ -446,3 +446,55 @@ func TestReloadDamagedFiles(t *testing.T) {
 		})
 	}
 }
+
+// Reset forgets every piece and digest (a content that failed its digest is
+// fetched again), and a reload does not bring them back; Private survives a
+// reload and is readable without the lock.
+func TestResetAndPrivate(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(context.Background(), dir, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := content(4*1024 + 5)
+	task := fill(t, s, "a", data, 1024, []uint32{0, 1, 2, 3, 4})
+	if task.Private() {
+		t.Fatal("new task private")
+	}
+	if err := task.SetPrivate(); err != nil {
+		t.Fatal(err)
+	}
+	ch := task.Changed()
+	if err := task.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	default:
+		t.Fatal("Reset did not notify")
+	}
+	if task.Count() != 0 || task.Has(0) || task.Resets() != 1 {
+		t.Fatalf("after Reset: count %d, resets %d", task.Count(), task.Resets())
+	}
+	if _, ok := task.PieceDigest(0); ok {
+		t.Fatal("digest kept after Reset")
+	}
+	if l, ps := task.Shape(); l != int64(len(data)) || ps != 1024 {
+		t.Fatalf("shape changed by Reset: %d %d", l, ps)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(context.Background(), dir, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	a, ok := s2.Get("a")
+	if !ok {
+		t.Fatal("task lost on reload")
+	}
+	if a.Count() != 0 || !a.Private() {
+		t.Fatalf("reloaded: %d pieces (want 0), private %v (want true)", a.Count(), a.Private())
+	}
+}

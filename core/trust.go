@@ -1,0 +1,112 @@
+package core
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// SwarmScheme reports whether a task whose URL has this scheme may enter the
+// swarm: be announced to a scheduler, be pushed to a seed peer, be fetched by
+// a back-to-source peer on the scheduler's word or preheated. This is the one
+// allow-list; object-storage schemes join it here. file:// is never on it: a
+// daemon reads a file only for its own local caller, and never lets another
+// host make it read one.
+func SwarmScheme(scheme string) bool {
+	switch strings.ToLower(scheme) {
+	case "http", "https":
+		return true
+	}
+	return false
+}
+
+// CheckSwarmURL checks that rawURL is an absolute URL of a swarm scheme (or
+// a dfcache entry's URL).
+func CheckSwarmURL(rawURL string) error {
+	if _, ok := ParseCacheURL(rawURL); ok {
+		return nil
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return fmt.Errorf("task url: %w: %w", err, ErrInvalid)
+	}
+	if !SwarmScheme(u.Scheme) || u.Host == "" {
+		return fmt.Errorf("task url scheme %q is not one the swarm fetches (http, https): %w", u.Scheme, ErrInvalid)
+	}
+	return nil
+}
+
+// CheckTaskID checks that id follows from a task's spec: a dfcache entry's
+// ID from its cache ID and tag (CacheTaskID), a content task's from its
+// digest (ContentTaskID), any other from the URL, the filtered query, the
+// tag and the application (TaskID). A claim under any other ID could make a
+// peer fetch one thing and file it as another.
+func CheckTaskID(id, rawURL, digest string, o TaskOptions) error {
+	if cid, ok := ParseCacheURL(rawURL); ok {
+		if id == CacheTaskID(cid, o.Tag) {
+			return nil
+		}
+		return fmt.Errorf("task id %q does not follow from dfcache entry %q: %w", id, cid, ErrInvalid)
+	}
+	if digest != "" {
+		if cid, err := ContentTaskID(digest); err == nil && cid == id {
+			return nil
+		}
+	}
+	if id == TaskID(rawURL, o) {
+		return nil
+	}
+	return fmt.Errorf("task id %q does not follow from its url, options or digest: %w", id, ErrInvalid)
+}
+
+// TokenHeader carries a piece token on a piece request (see PieceToken).
+const TokenHeader = "X-Damselfly-Token"
+
+// PieceToken returns the token that lets peer peerID fetch pieces of the
+// private task taskID until exp: the expiry in Unix milliseconds and an
+// HMAC-SHA256 with the task's key over the task ID, the peer ID and the
+// expiry. The scheduler issues it; a parent checks it with CheckPieceToken
+// and the key it got for the task, without a round trip.
+func PieceToken(key []byte, taskID, peerID string, exp time.Time) string {
+	ms := strconv.FormatInt(exp.UnixMilli(), 10)
+	return ms + "." + hex.EncodeToString(tokenMAC(key, taskID, peerID, ms))
+}
+
+func tokenMAC(key []byte, taskID, peerID, ms string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("damselfly piece token\x00"))
+	m.Write([]byte(taskID))
+	m.Write([]byte{0})
+	m.Write([]byte(peerID))
+	m.Write([]byte{0})
+	m.Write([]byte(ms))
+	return m.Sum(nil)
+}
+
+// CheckPieceToken checks a token for (taskID, peerID) at now.
+func CheckPieceToken(key []byte, token, taskID, peerID string, now time.Time) error {
+	if len(key) == 0 {
+		return fmt.Errorf("piece token: no key for task %s: %w", taskID, ErrUnavailable)
+	}
+	ms, mac, ok := strings.Cut(token, ".")
+	if !ok {
+		return fmt.Errorf("piece token: malformed: %w", ErrInvalid)
+	}
+	exp, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return fmt.Errorf("piece token: malformed expiry: %w", ErrInvalid)
+	}
+	got, err := hex.DecodeString(mac)
+	if err != nil || !hmac.Equal(got, tokenMAC(key, taskID, peerID, ms)) {
+		return fmt.Errorf("piece token: not valid for task %s and peer %s: %w", taskID, peerID, ErrInvalid)
+	}
+	if now.UnixMilli() >= exp {
+		return fmt.Errorf("piece token: expired: %w", ErrInvalid)
+	}
+	return nil
+}

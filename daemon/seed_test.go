@@ -1,0 +1,98 @@
+package daemon
+
+import (
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
+)
+
+// fakeSeedScheduler pushes the given tasks on every SeedTasks stream and
+// refuses announces (the seed then fetches on its own).
+type fakeSeedScheduler struct {
+	schedulerv1.UnimplementedSchedulerServer
+	tasks []*schedulerv1.TaskSpec
+}
+
+func (f *fakeSeedScheduler) SeedTasks(_ *schedulerv1.SeedTasksRequest, stream grpc.ServerStreamingServer[schedulerv1.SeedTask]) error {
+	for _, t := range f.tasks {
+		if err := stream.Send(&schedulerv1.SeedTask{Task: t}); err != nil {
+			return err
+		}
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
+// A seed peer fetches only what a task says, from a swarm scheme: a seed
+// task with a file:// URL (under a victim task's ID or its own) or under an
+// ID that does not follow from its URL is refused; the valid one pushed
+// after them is fetched.
+func TestSeedRefusesTasksThatDoNotHold(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("root-only secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("public content"))
+	}))
+	t.Cleanup(origin.Close)
+	good := origin.URL + "/good"
+	victim := core.TaskID(origin.URL+"/victim", core.TaskOptions{})
+	fileURL := "file://" + secret
+	bad := []*schedulerv1.TaskSpec{
+		{TaskId: victim, Url: fileURL},
+		{TaskId: core.TaskID(fileURL, core.TaskOptions{}), Url: fileURL},
+		{TaskId: victim, Url: origin.URL + "/other"},
+	}
+	fake := &fakeSeedScheduler{tasks: append(bad, &schedulerv1.TaskSpec{TaskId: core.TaskID(good, core.TaskOptions{}), Url: good})}
+	gs := grpc.NewServer()
+	schedulerv1.RegisterSchedulerServer(gs, fake)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+
+	d := startProxyDaemon(t, func(c *Config) {
+		c.Seed = true
+		c.Scheduler = lis.Addr().String()
+	})
+	goodID := core.TaskID(good, core.TaskOptions{})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if tk, ok := d.Store().Get(goodID); ok && tk.Complete() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the valid seed task was not fetched")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, s := range bad {
+		if _, ok := d.Store().Get(s.GetTaskId()); ok {
+			t.Errorf("seed task %s (%s) was started", s.GetTaskId(), s.GetUrl())
+		}
+	}
+}
+
+// The headers of a task's spec (which seed peers fetch with) cannot choose
+// a part, an encoding or another resource.
+func TestSpecHeadersDropRepresentationHeaders(t *testing.T) {
+	h := specHeaders(map[string]string{
+		"range": "bytes=0-9", "Accept-Encoding": "gzip", "Host": "evil.test", "if-none-match": `"x"`,
+		"X-Custom": "kept", "User-Agent": "kept-too",
+	})
+	if len(h) != 2 || h.Get("X-Custom") != "kept" || h.Get("User-Agent") != "kept-too" {
+		t.Fatalf("spec headers %v, want only X-Custom and User-Agent", h)
+	}
+}
