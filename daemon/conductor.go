@@ -991,7 +991,11 @@ func (c *conductor) headers() http.Header {
 
 func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) error {
 	url := c.req.spec.GetUrl()
-	resp, err := c.d.src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length})
+	var src source.Source = c.d.src
+	if c.req.localFile != nil {
+		src = &source.Opened{F: c.req.localFile}
+	}
+	resp, err := src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length})
 	if err != nil {
 		return fmt.Errorf("fetch %s from origin: %w", url, err)
 	}

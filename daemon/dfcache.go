@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,6 +17,7 @@ import (
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/daemon/store"
+	"github.com/damselfly-io/damselfly/internal/fdpass"
 )
 
 // dfcache entries are tasks like any other, named by core.CacheTaskID and
@@ -52,23 +53,23 @@ func (s *apiService) ImportCache(ctx context.Context, req *daemonv1.ImportCacheR
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	path := req.GetPath()
-	if !filepath.IsAbs(path) {
-		return nil, status.Errorf(codes.InvalidArgument, "path %q must be absolute", path)
-	}
 	if req.GetTtlSeconds() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "ttl %ds: must be ≥ 0", req.GetTtlSeconds())
 	}
-	f, err := os.Open(path)
+	// The daemon reads only the file the caller opened with its own rights.
+	files, err := s.takeFiles(ctx, req.GetFdToken())
 	if err != nil {
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-			return nil, status.Errorf(codes.NotFound, "import %s: %v", path, err)
-		case errors.Is(err, os.ErrPermission):
-			return nil, status.Errorf(codes.PermissionDenied, "import %s: the daemon may not read it: %v", path, err)
-		}
-		return nil, status.Errorf(codes.Internal, "import %s: %v", path, err)
+		return nil, err
 	}
-	defer f.Close()
+	defer files.Close()
+	f := files[fdpass.RoleIn]
+	if f == nil {
+		return nil, status.Errorf(codes.PermissionDenied,
+			"import %s: the daemon reads the file only through the caller's own descriptor (pass it as \"in\"); update dfcache", path)
+	}
+	if fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err != nil || (fl&unix.O_ACCMODE != unix.O_RDONLY && fl&unix.O_ACCMODE != unix.O_RDWR) {
+		return nil, status.Errorf(codes.PermissionDenied, "import %s: the passed file is not open for reading", path)
+	}
 	st, err := f.Stat()
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "import %s: %v", path, err)
@@ -139,11 +140,17 @@ func (s *apiService) ExportCache(req *daemonv1.ExportCacheRequest, stream grpc.S
 	if err := core.ValidateCacheID(req.GetId()); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	if req.GetStream() && req.GetOutput() != "" {
-		return status.Error(codes.InvalidArgument, "stream and output exclude each other")
+	if req.GetOutput() != "" {
+		return errOutputPath
 	}
-	if o := req.GetOutput(); !req.GetStream() && !filepath.IsAbs(o) {
-		return status.Errorf(codes.InvalidArgument, "output %q must be an absolute path", o)
+	files, err := s.takeFiles(stream.Context(), req.GetFdToken())
+	if err != nil {
+		return err
+	}
+	defer files.Close()
+	out := files[fdpass.RoleOut]
+	if req.GetStream() == (out != nil) {
+		return status.Error(codes.InvalidArgument, "want exactly one of stream and an output file")
 	}
 	spec := cacheSpec(req.GetId(), req.GetTag())
 	id := spec.GetTaskId()
@@ -152,11 +159,8 @@ func (s *apiService) ExportCache(req *daemonv1.ExportCacheRequest, stream grpc.S
 	if req.GetLocalOnly() && (!present || !t.Complete()) {
 		return status.Errorf(codes.NotFound, "%s is not in this daemon's cache", name)
 	}
-	dreq := &daemonv1.DownloadRequest{
-		Output: req.GetOutput(), OutputMode: req.GetOutputMode(), Uid: req.GetUid(), Gid: req.GetGid(),
-		Stream: req.GetStream(), Tag: req.GetTag(), DisableBackSource: true,
-	}
-	err := s.download(dreq, spec, nil, stream)
+	dreq := &daemonv1.DownloadRequest{Stream: req.GetStream(), Tag: req.GetTag(), DisableBackSource: true}
+	err = s.download(dreq, spec, taskRequest{}, out, stream)
 	if err != nil && !present {
 		// Nothing of it came: leave no empty entry behind.
 		if t, ok := s.d.store.Get(id); ok && t.Count() == 0 && !s.d.downloading(id) {

@@ -171,6 +171,14 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	off, size, err := t.PieceSection(n)
+	if err == nil && t.Complete() {
+		// A complete task's file is checked (a stat) before its bytes go
+		// out: a file changed on disk is verified again, and a piece that
+		// no longer matches its digest is not held any more.
+		if t.CheckIntact() != nil {
+			off, size, err = t.PieceSection(n)
+		}
+	}
 	var relay *store.RelayReader
 	if err != nil {
 		var ok bool
