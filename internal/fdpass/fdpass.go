@@ -104,12 +104,13 @@ func Send(ctx context.Context, sock string, files map[string]*os.File) (string, 
 	}
 	c := nc.(*net.UnixConn)
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
-	} else {
-		// (a daemon that does not know the protocol never answers)
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	// The answer is immediate; a daemon that does not know the protocol
+	// never answers.
+	dl := time.Now().Add(5 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
 	}
+	_ = c.SetDeadline(dl)
 	msg := []byte(Magic + strings.Join(roles, ",") + "\n")
 	n, oobn, err := c.WriteMsgUnix(msg, unix.UnixRights(fds...), nil)
 	if err != nil {
