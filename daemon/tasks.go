@@ -59,7 +59,12 @@ func (d *Daemon) openTask(r taskRequest) (c *conductor, cached bool, release fun
 	if !cached {
 		return c, false, release, nil
 	}
-	if err := c.task.CheckIntact(); err != nil {
+	err = c.task.CheckIntact()
+	if err == nil && !c.task.Complete() {
+		// a check on another path (the upload port) dropped pieces already
+		err = fmt.Errorf("task %s: cached copy lost pieces to re-verification: %w", r.spec.GetTaskId(), core.ErrDigestMismatch)
+	}
+	if err != nil {
 		id := r.spec.GetTaskId()
 		d.log.Warn("cached copy damaged; downloading again", "task_id", id, "err", err)
 		release()

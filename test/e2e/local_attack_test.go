@@ -4,14 +4,20 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/damselfly-io/damselfly/core"
 )
 
 // The attacks of a local user on the daemon's socket (docs/security.md,
@@ -277,5 +283,108 @@ func TestLocalDeviceOutputWrittenThrough(t *testing.T) {
 		if ents, _ := filepath.Glob(filepath.Join(l.base, ".null-*")); len(ents) != 0 {
 			t.Errorf("%s: temp files left: %v", how, ents)
 		}
+	}
+}
+
+// TestCorruptCachedPieceNotServed: a piece of a cached task corrupted on
+// disk with its mtime set back (size and mtime as before) is neither
+// copied to a local dfget from the cache nor sent to a peer that asks the
+// upload port for it. On the old code both got the corrupt bytes.
+func TestCorruptCachedPieceNotServed(t *testing.T) {
+	sched := startScheduler(t)
+	up := freePort(t)
+	d := startDaemon(t, daemonOpts{name: "a", scheduler: sched.addr, extra: []string{"--upload-port", strconv.Itoa(up)}})
+	o := newOrigin(t)
+	const size = 600_000
+	url, sum := o.add("cached", size, 7)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out := filepath.Join(t.TempDir(), "out")
+	if code, msg := dfget(ctx, url, "-O", out, "--sock", d.sock); code != 0 {
+		t.Fatalf("first download: exit %d: %s", code, msg)
+	}
+	id := core.TaskID(url, core.TaskOptions{})
+	data := filepath.Join(d.dataDir, "cache", id, "data")
+	ps := core.PieceSize(size)
+	pieceURL := fmt.Sprintf("http://127.0.0.1:%d/pieces/%s/1", up, id)
+	good, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off, n := core.PieceRange(1, size, ps)
+	want := good[off : off+n]
+
+	// A peer asking for the piece.
+	corruptKeepingMtime(t, data, off+100)
+	resp, err := http.Get(pieceURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && !bytes.Equal(got, want) {
+		t.Fatalf("the upload port served the corrupt piece (%d bytes)", len(got))
+	}
+
+	// The local client: fetch again (the daemon has dropped the bad piece
+	// or must notice now), corrupting again first if it re-fetched already.
+	for i := 0; i < 2; i++ {
+		if i == 1 {
+			corruptKeepingMtime(t, data, off+200)
+		}
+		out2 := filepath.Join(t.TempDir(), "again")
+		if code, msg := dfget(ctx, url, "-O", out2, "--sock", d.sock); code != 0 {
+			t.Fatalf("download %d after the corruption: exit %d: %s", i, code, msg)
+		}
+		if s := fileSHA(t, out2); s != sum {
+			t.Fatalf("download %d after the corruption: got the corrupt content", i)
+		}
+	}
+}
+
+// corruptKeepingMtime flips bytes of path in place and sets its mtime
+// back: size and mtime are as before, only the inode change time shows it.
+func corruptKeepingMtime(t *testing.T, path string, off int64) {
+	t.Helper()
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the file system's ctime clock to move past the file's.
+	var ref unix.Stat_t
+	_ = unix.Stat(path, &ref)
+	probe := path + ".probe"
+	for i := 0; ; i++ {
+		if err := os.WriteFile(probe, []byte{byte(i)}, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		_ = unix.Stat(probe, &st)
+		if st.Ctim != ref.Ctim {
+			break
+		}
+		if i > 2000 {
+			t.Fatal("the file system's ctime did not move")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	os.Remove(probe)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	for i := range b {
+		b[i] = ^b[i]
+	}
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Chtimes(path, before.ModTime(), before.ModTime()); err != nil {
+		t.Fatal(err)
 	}
 }
