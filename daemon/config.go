@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -255,6 +256,9 @@ func (c Config) Validate() error {
 	}
 	if c.Sock == "" {
 		errs = append(errs, errors.New("sock is required"))
+	}
+	if n, err := strconv.Atoi(c.SockGroup); err == nil && n < 0 {
+		errs = append(errs, fmt.Errorf("sock_group %q: a gid must be ≥ 0", c.SockGroup))
 	}
 	for name, p := range map[string]int{"peer_port": c.PeerPort, "upload_port": c.UploadPort} {
 		if p < 0 || p > 65535 {
