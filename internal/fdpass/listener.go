@@ -53,8 +53,7 @@ func (l *Listener) loop() {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			l.err = err
-			l.Close()
+			l.closeWith(err)
 			return
 		}
 		l.wg.Add(1)
@@ -206,9 +205,13 @@ func (l *Listener) Accept() (net.Conn, error) {
 }
 
 // Close stops accepting; connections being classified are dropped.
-func (l *Listener) Close() error {
+func (l *Listener) Close() error { return l.closeWith(nil) }
+
+// closeWith closes once; cause (nil: closed by Close) is what Accept returns.
+func (l *Listener) closeWith(cause error) error {
 	var err error
 	l.once.Do(func() {
+		l.err = cause
 		close(l.done)
 		err = l.ln.Close()
 	})
