@@ -43,6 +43,10 @@ type conductor struct {
 	// cache: a dfcache entry; there is no origin, and a daemon holding it
 	// complete announces itself as its source (Register.imported).
 	cache bool
+	// local: a file:// URL. It is read on this host through the local
+	// caller's descriptor and never shared with the swarm: another host's
+	// file of that name is other content, and this one may be private.
+	local bool
 
 	done   chan struct{} // closed when the content is complete or failed
 	err    error         // valid once done is closed
@@ -144,6 +148,7 @@ func newConductor(d *Daemon, r taskRequest, hostname string) *conductor {
 	}
 	c.log = d.log.With("task_id", c.id, "peer_id", c.peerID)
 	_, c.cache = core.ParseCacheURL(r.spec.GetUrl())
+	c.local = store.IsLocalURL(r.spec.GetUrl())
 	if r.rateLimit > 0 {
 		c.limit = piece.NewLimiter(r.rateLimit)
 	}
@@ -200,7 +205,7 @@ func (c *conductor) run(ctx context.Context) {
 			return
 		}
 	}
-	if c.d.p2p() {
+	if c.d.p2p() && !c.local {
 		c.serve(ctx)
 	}
 }
@@ -294,7 +299,11 @@ func (c *conductor) backSourceAllowed() bool { return !c.req.disableBackSource &
 // download runs until the task is complete, or fails.
 func (c *conductor) download(ctx context.Context) error {
 	c.lastProgress = time.Now()
-	if !c.d.p2p() {
+	if c.local {
+		if err := c.fallback(ctx, "local_file"); err != nil {
+			return err
+		}
+	} else if !c.d.p2p() {
 		if err := c.fallback(ctx, "no_scheduler"); err != nil {
 			return err
 		}
@@ -448,7 +457,7 @@ func (c *conductor) fallback(ctx context.Context, reason string) error {
 	if c.cache {
 		return fmt.Errorf("dfcache task %s: the swarm cannot serve it (%s), and it has no origin: %w", c.id, reason, core.ErrUnavailable)
 	}
-	if !c.backSourceAllowed() {
+	if !c.backSourceAllowed() && !c.local {
 		return fmt.Errorf("task %s: P2P failed (%s) and back-to-source is disabled: %w", c.id, reason, core.ErrUnavailable)
 	}
 	c.d.metrics.backSource.WithLabelValues(reason).Inc()

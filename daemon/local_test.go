@@ -3,7 +3,9 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/client"
+	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/internal/fdpass"
 )
 
@@ -175,6 +178,20 @@ func TestLocalAPIRefusesPaths(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(out); string(b) != "secret" {
 		t.Fatalf("copy holds %q", b)
+	}
+	// A local file is for local clients only: the upload port does not
+	// serve it to peers.
+	id := core.TaskID("file://"+secret, core.TaskOptions{})
+	if _, ok := d.Store().Get(id); !ok {
+		t.Fatal("the file:// task is not in the cache")
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/pieces/%s/0", d.Host().GetUploadPort(), id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("upload port answered %d for a local file's piece, want 404", resp.StatusCode)
 	}
 	if _, err := c.ImportCache(ctx, &daemonv1.ImportCacheRequest{Id: "entry", Path: other}); err != nil {
 		t.Fatal(err)

@@ -51,7 +51,8 @@ type peerService struct {
 
 func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.ServerStreamingServer[peerv1.PieceState]) error {
 	t, ok := s.d.store.Get(req.GetTaskId())
-	if !ok {
+	if !ok || t.Local() {
+		// (a file of this host is for local clients only)
 		return status.Errorf(codes.NotFound, "task %s not held", req.GetTaskId())
 	}
 	var sent []bool

@@ -170,6 +170,12 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "unknown task", http.StatusNotFound)
 		return
 	}
+	if t.Local() {
+		// a file of this host, read with a local caller's rights: not for peers
+		s.metrics.UploadsDenied.WithLabelValues("local_file").Inc()
+		http.Error(w, "unknown task", http.StatusNotFound)
+		return
+	}
 	off, size, err := t.PieceSection(n)
 	if err == nil && t.Complete() {
 		// A complete task's file is checked (a stat) before its bytes go

@@ -517,6 +517,15 @@ func (t *Task) setHave(n uint32) {
 	}
 }
 
+// IsLocalURL reports whether url names a file on this host (file://).
+func IsLocalURL(url string) bool {
+	return len(url) >= 5 && strings.EqualFold(url[:5], "file:")
+}
+
+// Local reports whether the task is a file of this host (a file:// URL): its
+// pieces are for local clients only, never for peers.
+func (t *Task) Local() bool { return IsLocalURL(t.meta.URL) }
+
 // ID returns the task ID.
 func (t *Task) ID() string { return t.meta.TaskID }
 
