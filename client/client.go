@@ -104,6 +104,9 @@ func (c *Client) Download(ctx context.Context, req *daemonv1.DownloadRequest, pr
 	// Cancelling on return releases the stream whatever way we leave.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if req.GetStream() && req.GetOutput() != "" {
+		return nil, fmt.Errorf("download %s: stream and output exclude each other: %w", req.GetUrl(), core.ErrInvalid)
+	}
 	files := map[string]*os.File{}
 	defer func() {
 		for _, f := range files {
@@ -118,7 +121,7 @@ func (c *Client) Download(ctx context.Context, req *daemonv1.DownloadRequest, pr
 		files[fdpass.RoleSrc] = src
 	}
 	var out *output
-	if req.GetOutput() != "" && !req.GetStream() {
+	if req.GetOutput() != "" {
 		if out, err = openOutput(req.GetOutput(), req.GetOutputMode()); err != nil {
 			return nil, fmt.Errorf("download %s: %w", req.GetUrl(), err)
 		}
@@ -203,9 +206,12 @@ func (c *Client) ImportCache(ctx context.Context, req *daemonv1.ImportCacheReque
 func (c *Client) ExportCache(ctx context.Context, req *daemonv1.ExportCacheRequest, progress func(*daemonv1.DownloadProgress)) (*daemonv1.DownloadProgress, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if req.GetStream() && req.GetOutput() != "" {
+		return nil, fmt.Errorf("export %q: stream and output exclude each other: %w", req.GetId(), core.ErrInvalid)
+	}
 	var out *output
 	req = proto.CloneOf(req)
-	if req.GetOutput() != "" && !req.GetStream() {
+	if req.GetOutput() != "" {
 		var err error
 		if out, err = openOutput(req.GetOutput(), req.GetOutputMode()); err != nil {
 			return nil, fmt.Errorf("export %q: %w", req.GetId(), err)
