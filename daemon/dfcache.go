@@ -106,7 +106,9 @@ func (s *apiService) ImportCache(ctx context.Context, req *daemonv1.ImportCacheR
 	if _, err := s.d.startConductor(taskRequest{spec: spec, fromCache: true}); err != nil {
 		s.d.log.Warn("cannot announce imported entry", "task_id", id, "err", err)
 	}
-	s.d.log.Info("dfcache entry imported", "task_id", id, "cache_id", req.GetId(), "tag", req.GetTag(), "bytes", st.Size())
+	cred, _ := fdpass.CallerCred(ctx)
+	s.d.log.Info("dfcache entry imported", "task_id", id, "cache_id", req.GetId(), "tag", req.GetTag(), "bytes", st.Size(),
+		"caller_uid", cred.UID, "caller_pid", cred.PID)
 	return statOf(t), nil
 }
 
@@ -184,7 +186,7 @@ func (s *apiService) StatCache(_ context.Context, req *daemonv1.CacheRequest) (*
 	return statOf(t), nil
 }
 
-func (s *apiService) DeleteCache(_ context.Context, req *daemonv1.CacheRequest) (*daemonv1.StatTaskResponse, error) {
+func (s *apiService) DeleteCache(ctx context.Context, req *daemonv1.CacheRequest) (*daemonv1.StatTaskResponse, error) {
 	if err := core.ValidateCacheID(req.GetId()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -197,6 +199,7 @@ func (s *apiService) DeleteCache(_ context.Context, req *daemonv1.CacheRequest) 
 	if err := s.d.store.Delete(id); err != nil {
 		return nil, toStatus(err)
 	}
-	s.d.log.Info("dfcache entry deleted", "task_id", id, "cache_id", req.GetId(), "tag", req.GetTag())
+	cred, _ := fdpass.CallerCred(ctx)
+	s.d.log.Info("dfcache entry deleted", "task_id", id, "cache_id", req.GetId(), "tag", req.GetTag(), "caller_uid", cred.UID, "caller_pid", cred.PID)
 	return st, nil
 }

@@ -94,11 +94,12 @@ type apiService struct {
 }
 
 func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
-	s.d.log.Debug("download requested", "url", req.GetUrl())
 	u, err := url.Parse(req.GetUrl())
 	if err != nil || u.Host == "" && u.Scheme != "file" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") {
 		return status.Errorf(codes.InvalidArgument, "url %q: want an absolute http, https or file URL", req.GetUrl())
 	}
+	cred, _ := fdpass.CallerCred(stream.Context())
+	s.d.log.Debug("download requested", "url", redactURL(u), "caller_uid", cred.UID, "caller_pid", cred.PID)
 	if d := req.GetDigest(); d != "" {
 		if _, _, err := core.ParseDigest(d); err != nil {
 			return status.Error(codes.InvalidArgument, err.Error())
