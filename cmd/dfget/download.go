@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -113,9 +112,8 @@ func (d *downloader) viaDaemon(ctx context.Context, c *client.Client) (*result, 
 		Application:       o.application,
 		RateLimit:         o.rateLimit,
 		DisableBackSource: o.disableBackSource,
-		OutputMode:        0o644,
-		Uid:               int64(os.Getuid()),
-		Gid:               int64(os.Getgid()),
+		// The client library creates the output with our own rights:
+		// 0666 less the umask, owned by us.
 	}
 	stream := o.output == "-"
 	if stream {
