@@ -36,7 +36,7 @@ fi
 
 # helm (v4, from the Go module proxy) for the chart tests.
 gobin="$(go env GOPATH)/bin"
-if ! PATH="$gobin:$PATH" helm version 2>/dev/null | grep -q 'v4\.3\.2'; then
+if ! go version -m "$gobin/helm" 2>/dev/null | grep -qE '^\s*mod\s+helm\.sh/helm/v4\s+v4\.3\.2'; then
 	go install helm.sh/helm/v4/cmd/helm@v4.3.2
 	echo "install-deps: installed helm v4.3.2 into $gobin"
 fi

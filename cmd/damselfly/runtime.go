@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"sort"
 	"strings"
 
 	"github.com/damselfly-io/damselfly/internal/runtimes"
@@ -72,6 +74,7 @@ its first change, and changes nothing when run again.`, stderr)
 	runtimeFlags(fs, &cfg)
 	dry := fs.Bool("dry-run", false, "print the changes as a unified diff and change nothing")
 	undo := fs.Bool("undo", false, "restore every file as it was before the first run")
+	reloadFile := fs.String("reload-file", "", "also write the runtimes that must re-read their configuration to this file, one per line (for a later step that can restart them, e.g. a privileged init container)")
 	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -128,6 +131,17 @@ its first change, and changes nothing when run again.`, stderr)
 			verb = "restored"
 		}
 		fmt.Fprintf(stdout, "%s: %s %s\n", ch.Runtime, verb, ch.Path)
+	}
+	if *reloadFile != "" {
+		var names []string
+		for n := range cfg.Reloads(p) {
+			names = append(names, n+"\n")
+		}
+		sort.Strings(names)
+		if err := os.WriteFile(*reloadFile, []byte(strings.Join(names, "")), 0o644); err != nil {
+			fmt.Fprintln(stderr, "damselfly configure-runtime: write --reload-file:", err)
+			return 1
+		}
 	}
 	msgs, err := cfg.RunReloads(ctx, p)
 	for _, m := range msgs {
