@@ -90,7 +90,9 @@ func (c *Containerd) Log() string { return c.proc.Log }
 
 // Ctr runs ctr against this containerd (namespace damselfly-test) and
 // returns its standard output.
-func (c *Containerd) Ctr(ctx context.Context, args ...string) ([]byte, error) { return c.ctr(ctx, args...) }
+func (c *Containerd) Ctr(ctx context.Context, args ...string) ([]byte, error) {
+	return c.ctr(ctx, args...)
+}
 
 func (c *Containerd) ctr(ctx context.Context, args ...string) ([]byte, error) {
 	return Output(ctx, c.NS, append([]string{"ctr", "-a", c.Sock, "-n", "damselfly-test"}, args...)...)
