@@ -26,6 +26,7 @@ func commands() []command {
 		{"daemon", "run the node daemon (peer, cache, local API); --seed for a seed peer", runDaemon},
 		{"manager", "run the manager (clusters, registry of schedulers and seed peers, preheat jobs, REST API)", runManager},
 		{"all-in-one", "run scheduler, seed peer and daemon in one process on embedded defaults", runAllInOne},
+		{"dev-cluster", "start a scheduler, a seed peer and N daemons on loopback, to try several nodes on one machine", runDevCluster},
 		{"configure-runtime", "point containerd, CRI-O, Podman or Docker at the local daemon's registry mirror", runConfigureRuntime},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "damselfly", Version)
