@@ -50,6 +50,8 @@ type conductor struct {
 
 	peerBytes   atomic.Int64
 	originBytes atomic.Int64
+	// fallbackReason is why P2P was given up for the origin ("" if not).
+	fallbackReason atomic.Pointer[string]
 	fromCache   atomic.Bool
 	// streaming: a reader consumes the content in order, so pieces are
 	// picked near-sequentially instead of rarest first.
@@ -452,6 +454,7 @@ func (c *conductor) fallback(ctx context.Context, reason string) error {
 		return fmt.Errorf("task %s: P2P failed (%s) and back-to-source is disabled: %w", c.id, reason, core.ErrUnavailable)
 	}
 	c.d.metrics.backSource.WithLabelValues(reason).Inc()
+	c.fallbackReason.Store(&reason)
 	c.mode = modeOrigin
 	c.dropParents()
 	c.startOrigin(ctx)
