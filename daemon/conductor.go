@@ -52,7 +52,7 @@ type conductor struct {
 	originBytes atomic.Int64
 	// fallbackReason is why P2P was given up for the origin ("" if not).
 	fallbackReason atomic.Pointer[string]
-	fromCache   atomic.Bool
+	fromCache      atomic.Bool
 	// streaming: a reader consumes the content in order, so pieces are
 	// picked near-sequentially instead of rarest first.
 	streaming atomic.Bool
