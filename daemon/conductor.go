@@ -50,9 +50,10 @@ type conductor struct {
 
 	peerBytes   atomic.Int64
 	originBytes atomic.Int64
+	fromCache   atomic.Bool
+
 	// fallbackReason is why P2P was given up for the origin ("" if not).
 	fallbackReason atomic.Pointer[string]
-	fromCache      atomic.Bool
 	// streaming: a reader consumes the content in order, so pieces are
 	// picked near-sequentially instead of rarest first.
 	streaming atomic.Bool
