@@ -103,6 +103,12 @@ its first change, and changes nothing when run again.`, stderr)
 		fmt.Fprintln(stderr, "note:", n)
 	}
 	if len(p.Changes) == 0 {
+		if *reloadFile != "" && !*dry {
+			if err := os.WriteFile(*reloadFile, nil, 0o644); err != nil {
+				fmt.Fprintln(stderr, "damselfly configure-runtime: write --reload-file:", err)
+				return 1
+			}
+		}
 		if *undo {
 			fmt.Fprintln(stdout, "nothing to undo")
 		} else {
