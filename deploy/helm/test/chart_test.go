@@ -384,7 +384,11 @@ func TestSeveralSchedulers(t *testing.T) {
 	if *seed.Spec.Replicas != 2 || *seed.Spec.VolumeClaimTemplates[0].Spec.StorageClassName != "fast-ssd" {
 		t.Errorf("seed peers: %d, class %v", *seed.Spec.Replicas, seed.Spec.VolumeClaimTemplates[0].Spec.StorageClassName)
 	}
-	d := args(container(t, r.daemonSets["rel-damselfly-daemon"].Spec.Template.Spec, "daemon"))
+	dc := container(t, r.daemonSets["rel-damselfly-daemon"].Spec.Template.Spec, "daemon")
+	if m := dc.VolumeMounts[len(dc.VolumeMounts)-1]; m.Name != "output-0" || m.MountPath != "/data/models" {
+		t.Errorf("output host path mount: %+v", m)
+	}
+	d := args(dc)
 	for _, want := range []string{"--cache-high-watermark=100Gi", "--cache-low-watermark=80Gi", "--download-rate-limit=500M", "--upload-rate-limit=200M", "--upload-peer-rate-limit=50M"} {
 		if !strings.Contains(d, want) {
 			t.Errorf("daemon args lack %q: %s", want, d)
