@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A second daemon on the same data dir fails with an error naming the
@@ -54,7 +56,10 @@ func TestDaemonRefusesSharedDataDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Run(t.Context()); !errors.Is(err, ErrDataDirInUse) {
+	// Bounded: a daemon that wrongly starts serves until this context ends.
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := d.Run(ctx); !errors.Is(err, ErrDataDirInUse) {
 		t.Fatalf("Run on a locked data dir: %v", err)
 	}
 }
