@@ -263,8 +263,9 @@ var (
 	headerRe     = regexp.MustCompile(`^\s*\[\[?([^\]]+)\]\]?`)
 )
 
+// normHeader makes table headers comparable: no spaces, one quote style.
 func normHeader(h string) string {
-	return strings.ReplaceAll(strings.ReplaceAll(strings.Join(strings.Fields(h), ""), "'", `"`), `""`, `"`)
+	return strings.ReplaceAll(strings.Join(strings.Fields(h), ""), "'", `"`)
 }
 
 // registrySection is the CRI registry table of containerd's config format v.
