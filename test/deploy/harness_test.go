@@ -220,3 +220,22 @@ func startRegistry(t *testing.T) *oci.Registry {
 	t.Cleanup(r.Stop)
 	return r
 }
+
+// removeNewEmptyDirs removes, at cleanup, those of dirs (listed parent
+// first) that did not exist before and are empty by then: runtime
+// directories containerd's shims and dockerd create under /run whatever
+// their configured roots.
+func removeNewEmptyDirs(t *testing.T, dirs ...string) {
+	t.Helper()
+	var fresh []string
+	for _, d := range dirs {
+		if _, err := os.Stat(d); os.IsNotExist(err) {
+			fresh = append(fresh, d)
+		}
+	}
+	t.Cleanup(func() {
+		for i := len(fresh) - 1; i >= 0; i-- {
+			_ = os.Remove(fresh[i]) // fails, and keeps it, unless empty
+		}
+	})
+}

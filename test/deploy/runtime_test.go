@@ -175,6 +175,8 @@ func TestConfigurePodman(t *testing.T) {
 func TestConfigureDocker(t *testing.T) {
 	requireRoot(t, "dockerd")
 	requireTools(t, "dockerd", "containerd")
+	// dockerd creates its plugin directory there whatever its roots.
+	removeNewEmptyDirs(t, "/run/docker", "/run/docker/plugins")
 	root := shortDir(t)
 	cfg := filepath.Join(root, "etc", "docker", "daemon.json")
 	os.MkdirAll(filepath.Dir(cfg), 0o755)
