@@ -492,3 +492,22 @@ func TestRefusedValues(t *testing.T) {
 		t.Error("strict decode accepted an unknown field")
 	}
 }
+
+// Without the restart step the pod needs neither the host's PID namespace
+// nor a privileged container; the files are still written.
+func TestRuntimeWiringWithoutRestart(t *testing.T) {
+	out, err := helm(t, "template", "rel", chart, "--set", "daemon.configureRuntime.restart=false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := decodeAll(t, out)
+	pod := r.daemonSets["rel-damselfly-daemon"].Spec.Template.Spec
+	if pod.HostPID || len(pod.InitContainers) != 1 || pod.InitContainers[0].Name != "configure-runtime" {
+		t.Fatalf("hostPID %v, init containers %d", pod.HostPID, len(pod.InitContainers))
+	}
+	for _, c := range append(pod.InitContainers, pod.Containers...) {
+		if c.SecurityContext != nil && c.SecurityContext.Privileged != nil && *c.SecurityContext.Privileged {
+			t.Errorf("%s is privileged", c.Name)
+		}
+	}
+}
