@@ -44,8 +44,9 @@ images: dist
 
 # push copies the layout to REGISTRY (host[:port]/repo) as REGISTRY:VERSION;
 # INSECURE=1 allows a plain-HTTP registry. Credentials: docker login's config.
-push: images
+push:
 	@test -n "$(REGISTRY)" || (echo "usage: make push REGISTRY=host:port/repo [INSECURE=1]"; exit 2)
+	$(MAKE) images
 	cd tools/image && $(GO) run . push --layout ../../$(IMAGE_LAYOUT) --ref $(REGISTRY):$(VERSION) $(if $(INSECURE),--insecure)
 
 # deps installs what the tests need on a fresh Debian machine (idempotent).
