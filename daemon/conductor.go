@@ -64,6 +64,9 @@ type conductor struct {
 	peerBytes   atomic.Int64
 	originBytes atomic.Int64
 	fromCache   atomic.Bool
+
+	// fallbackReason is why P2P was given up for the origin ("" if not).
+	fallbackReason atomic.Pointer[string]
 	// streaming: a reader consumes the content in order, so pieces are
 	// picked near-sequentially instead of rarest first.
 	streaming atomic.Bool
@@ -496,6 +499,7 @@ func (c *conductor) fallback(ctx context.Context, reason string) error {
 		return fmt.Errorf("task %s: P2P failed (%s) and back-to-source is disabled: %w", c.id, reason, core.ErrUnavailable)
 	}
 	c.d.metrics.backSource.WithLabelValues(reason).Inc()
+	c.fallbackReason.Store(&reason)
 	c.mode = modeOrigin
 	c.dropParents()
 	c.startOrigin(ctx)

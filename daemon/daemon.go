@@ -196,6 +196,11 @@ func (d *Daemon) Store() *store.Store { return d.store }
 
 // Run serves until ctx is done.
 func (d *Daemon) Run(ctx context.Context) error {
+	unlock, err := lockDataDir(d.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	st, err := store.Open(ctx, d.cfg.DataDir, d.log)
 	if err != nil {
 		return err

@@ -236,6 +236,8 @@ func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.T
 			PeerBytes: c.peerBytes.Load(), OriginBytes: c.originBytes.Load(), FromCache: cached}
 		if cached {
 			p.PeerBytes, p.OriginBytes = 0, 0
+		} else if r := c.fallbackReason.Load(); r != nil {
+			p.BackSourceReason = *r
 		}
 		l, ps := c.task.Shape()
 		p.ContentLength = l

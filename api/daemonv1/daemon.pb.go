@@ -444,10 +444,15 @@ type DownloadProgress struct {
 	OriginBytes int64 `protobuf:"varint,6,opt,name=origin_bytes,json=originBytes,proto3" json:"origin_bytes,omitempty"`
 	FromCache   bool  `protobuf:"varint,7,opt,name=from_cache,json=fromCache,proto3" json:"from_cache,omitempty"`
 	// Stream mode: the next bytes of the content, starting at offset.
-	Data          []byte `protobuf:"bytes,8,opt,name=data,proto3" json:"data,omitempty"`
-	Offset        int64  `protobuf:"varint,9,opt,name=offset,proto3" json:"offset,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Data   []byte `protobuf:"bytes,8,opt,name=data,proto3" json:"data,omitempty"`
+	Offset int64  `protobuf:"varint,9,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Why this daemon fetched from the origin itself because peer-to-peer
+	// was unavailable (no_scheduler, scheduler_unreachable, scheduler_lost,
+	// scheduler_failed, swarm_stalled); empty when the swarm served or the
+	// scheduler chose the origin as usual. dfget warns when it is set.
+	BackSourceReason string `protobuf:"bytes,10,opt,name=back_source_reason,json=backSourceReason,proto3" json:"back_source_reason,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DownloadProgress) Reset() {
@@ -541,6 +546,13 @@ func (x *DownloadProgress) GetOffset() int64 {
 		return x.Offset
 	}
 	return 0
+}
+
+func (x *DownloadProgress) GetBackSourceReason() string {
+	if x != nil {
+		return x.BackSourceReason
+	}
+	return ""
 }
 
 type StatTaskRequest struct {
@@ -752,7 +764,7 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\bfd_token\x18\x0e \x01(\tR\afdToken\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x02\n" +
 	"\x10DownloadProgress\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12%\n" +
 	"\x0econtent_length\x18\x02 \x01(\x03R\rcontentLength\x12)\n" +
@@ -764,7 +776,9 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\n" +
 	"from_cache\x18\a \x01(\bR\tfromCache\x12\x12\n" +
 	"\x04data\x18\b \x01(\fR\x04data\x12\x16\n" +
-	"\x06offset\x18\t \x01(\x03R\x06offset\"*\n" +
+	"\x06offset\x18\t \x01(\x03R\x06offset\x12,\n" +
+	"\x12back_source_reason\x18\n" +
+	" \x01(\tR\x10backSourceReason\"*\n" +
 	"\x0fStatTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xaf\x02\n" +
 	"\x10StatTaskResponse\x12\x17\n" +
