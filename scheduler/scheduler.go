@@ -34,6 +34,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/scheduler/policy"
 )
@@ -72,6 +73,7 @@ type Scheduler struct {
 	epoch   uint64  // visit marks: a fresh epoch per walk avoids clearing
 	dirty   []*task // tasks whose waiting peers need a new look
 	dropped []*peer // peers whose send buffer overflowed
+	counters counters
 
 	// Scratch space reused across decisions (under mu).
 	fwd       []*peer
@@ -159,6 +161,11 @@ func (s *Scheduler) Serve(ctx context.Context, lis net.Listener) error {
 			Time:    keepaliveTime,
 			Timeout: keepaliveTimeout,
 		}),
+		// The scheduler serves plaintext gRPC: every caller is taken as it
+		// claims (identity's insecure mode) until mTLS puts verified
+		// identities here. The manager-only calls ask identity.Allows.
+		grpc.ChainUnaryInterceptor(identity.UnaryServerInterceptor(true)),
+		grpc.ChainStreamInterceptor(identity.StreamServerInterceptor(true)),
 	)
 	s.Register(gs)
 	g, gctx := errgroup.WithContext(ctx)

@@ -118,6 +118,9 @@ type host struct {
 	tp         core.Rate           // pieces children got from this host
 	peers      int
 	seed       *seedConn
+	// Verified piece bytes children got from this host, and that this
+	// host got (from peers or the origin), for Stats.
+	uploadBytes, downloadBytes int64
 	idleSince  time.Time
 }
 
