@@ -193,4 +193,3 @@ func quantile(xs []float64, q float64) float64 {
 // Stats returns the same summary as the Stats RPC (for the all-in-one node
 // and tests).
 func (s *Scheduler) Stats() *schedulerv1.StatsResponse { return s.stats() }
-

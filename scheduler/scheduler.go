@@ -64,15 +64,15 @@ type Scheduler struct {
 
 	// mu guards everything below. Decisions take microseconds; nothing that
 	// blocks (sending on a stream, I/O) happens while it is held.
-	mu      sync.Mutex
-	closed  bool
-	tasks   map[string]*task
-	hosts   map[string]*host
-	seeds   map[string]*seedConn // by host ID
-	rnd     *mrand.Rand
-	epoch   uint64  // visit marks: a fresh epoch per walk avoids clearing
-	dirty   []*task // tasks whose waiting peers need a new look
-	dropped []*peer // peers whose send buffer overflowed
+	mu       sync.Mutex
+	closed   bool
+	tasks    map[string]*task
+	hosts    map[string]*host
+	seeds    map[string]*seedConn // by host ID
+	rnd      *mrand.Rand
+	epoch    uint64  // visit marks: a fresh epoch per walk avoids clearing
+	dirty    []*task // tasks whose waiting peers need a new look
+	dropped  []*peer // peers whose send buffer overflowed
 	counters counters
 
 	// Scratch space reused across decisions (under mu).

@@ -121,7 +121,7 @@ type host struct {
 	// Verified piece bytes children got from this host, and that this
 	// host got (from peers or the origin), for Stats.
 	uploadBytes, downloadBytes int64
-	idleSince  time.Time
+	idleSince                  time.Time
 }
 
 // throughputAlpha is the EWMA weight of a new throughput sample.
