@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,7 @@ import (
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/daemon/piece"
 	"github.com/damselfly-io/damselfly/daemon/store"
+	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/source"
 )
@@ -41,6 +43,9 @@ type Daemon struct {
 	reg     prometheus.Registerer
 	gather  prometheus.Gatherer
 	metrics *metrics
+	// cacheBytes and cacheTasks are the cache's use as of the last GC
+	// pass, reported to the manager.
+	cacheBytes, cacheTasks atomic.Int64
 
 	store   *store.Store
 	src     source.Source
@@ -232,7 +237,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.runCtx = ctx
 	d.mu.Unlock()
 
-	peerSrv := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}))
+	// Plaintext peer gRPC: callers are taken as they claim (identity's
+	// insecure mode) until mTLS verifies them; DeleteTask asks for the
+	// manager role.
+	peerSrv := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(identity.UnaryServerInterceptor(true)),
+		grpc.ChainStreamInterceptor(identity.StreamServerInterceptor(true)))
 	peerv1.RegisterPeerServer(peerSrv, &peerService{d: d})
 	apiSrv := grpc.NewServer()
 	daemonv1.RegisterDaemonServer(apiSrv, &apiService{d: d})

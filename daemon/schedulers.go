@@ -22,6 +22,7 @@ import (
 	"github.com/damselfly-io/damselfly/api/managerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/client"
+	"github.com/damselfly-io/damselfly/internal/config"
 )
 
 // schedulersFile keeps the manager's last answer, so that a daemon restarted
@@ -179,6 +180,7 @@ func (d *Daemon) fetchSchedulers(ctx context.Context, m managerv1.ManagerClient)
 	resp, err := m.ListSchedulers(cctx, &managerv1.ListSchedulersRequest{
 		Hostname: h.GetHostname(), Ip: h.GetIp(), Idc: h.GetIdc(), Location: h.GetLocation(),
 		HostId: h.GetId(), PeerPort: h.GetPeerPort(), UploadPort: h.GetUploadPort(), Seed: h.GetSeed(),
+		CacheBytes: d.cacheBytes.Load(), CacheTasks: int32(d.cacheTasks.Load()),
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("ask the manager %s for schedulers: %w", d.cfg.Manager, err)
@@ -246,9 +248,15 @@ func (d *Daemon) startSchedulers(ctx context.Context) (func(context.Context), er
 		defer conn.Close()
 		if d.cfg.Seed {
 			h := d.Host()
+			// The effective configuration, secrets redacted, for the console.
+			shown, err := config.RenderRedacted(d.cfg)
+			if err != nil {
+				d.log.Warn("render config for the manager", "err", err)
+			}
 			go client.KeepRegistered(ctx, m, &managerv1.RegisterRequest{
 				Type: managerv1.ComponentType_COMPONENT_TYPE_SEED_PEER, Hostname: h.GetHostname(), Ip: h.GetIp(),
 				Port: h.GetPeerPort(), UploadPort: h.GetUploadPort(), Idc: h.GetIdc(), Location: h.GetLocation(),
+				Config: string(shown),
 			}, d.log)
 		}
 		t := time.NewTimer(every)
