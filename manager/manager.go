@@ -48,6 +48,8 @@ type Manager struct {
 
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn
+
+	overview *overview
 }
 
 type metrics struct {
@@ -78,6 +80,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 		resolver: &job.Resolver{Client: &http.Client{Timeout: cfg.Jobs.RegistryTimeout.D()}},
 		wake:     make(chan struct{}, 1),
 		conns:    map[string]*grpc.ClientConn{},
+		overview: newOverview(cfg.Console.Samples),
 		m: &metrics{
 			http: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "damselfly_manager_http_requests_total", Help: "REST requests by method and status code."}, []string{"method", "code"}),
 			grpc: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "damselfly_manager_grpc_requests_total", Help: "gRPC requests by method and outcome."}, []string{"method", "outcome"}),
@@ -140,9 +143,14 @@ func (m *Manager) Serve(ctx context.Context, httpLis, grpcLis net.Listener) erro
 	return g.Wait()
 }
 
-// Run runs the job workers until ctx is done.
+// Run runs the job workers and the overview's sampler until ctx is done.
 func (m *Manager) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		m.sampleLoop(ctx)
+	}()
 	for range m.cfg.Jobs.Workers {
 		wg.Add(1)
 		go func() {
@@ -161,7 +169,8 @@ func (m *Manager) poke() {
 	}
 }
 
-// peerConn returns a shared client connection to a daemon's peer port.
+// peerConn returns a shared client connection to a daemon's peer port or a
+// scheduler.
 func (m *Manager) peerConn(addr string) (*grpc.ClientConn, error) {
 	m.connMu.Lock()
 	defer m.connMu.Unlock()
