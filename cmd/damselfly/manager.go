@@ -30,6 +30,10 @@ func managerFlags(fs *flag.FlagSet, cfg *manager.Config) {
 	fs.Var(&cfg.Jobs.TaskTimeout, "job-task-timeout", "bound on one peer fetching one layer or file")
 	fs.IntVar(&cfg.Jobs.Concurrency, "job-concurrency", cfg.Jobs.Concurrency, "peer fetches one job runs at once")
 	fs.Var(&cfg.Jobs.RegistryTimeout, "registry-timeout", "bound on each registry request while resolving an image")
+	fs.BoolVar(&cfg.Console.Enabled, "console", cfg.Console.Enabled, "serve the web console at / (the REST API stays either way)")
+	fs.Var(&cfg.Console.SchedulerTimeout, "console-scheduler-timeout", "bound on each call to a scheduler for the task API and the overview")
+	fs.Var(&cfg.Console.SampleInterval, "console-sample-interval", "how often the overview samples the schedulers' stats")
+	fs.IntVar(&cfg.Console.Samples, "console-samples", cfg.Console.Samples, "overview samples kept per cluster (in memory)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 }
 
