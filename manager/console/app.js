@@ -140,7 +140,7 @@ async function route() {
   timers.forEach(clearInterval);
   timers = [];
   const gen = ++seq;
-  let path = location.hash.replace(/^#/, '') || '/overview';
+  const path = location.hash.replace(/^#/, '').split('?')[0] || '/overview';
   const signedIn = !!sessionStorage.getItem(TOKEN);
   if (!signedIn && path !== '/signin') { location.replace('#/signin'); return; }
   if (signedIn && path === '/signin') { location.replace('#/overview'); return; }
@@ -608,7 +608,7 @@ async function pageJob(view, live, id) {
         j.result && j.result.manifest_digest ? [h('dt', {}, 'Manifest'), h('dd', { class: 'mono' }, j.result.manifest_digest)] : '',
         h('dt', {}, 'Created'), h('dd', {}, when(j.created_at)), h('dt', {}, 'Updated'), h('dd', {}, when(j.updated_at)))),
       j.error ? h('div', { class: 'error', role: 'alert' }, h('strong', {}, 'Why it failed: '), j.error) : '',
-      layers.length ? layers : h('p', { class: 'muted' }, j.state === 'PENDING' ? 'Waiting for a worker…' : 'Resolving…'));
+      ...(layers.length ? layers : [h('p', { class: 'muted' }, j.state === 'PENDING' ? 'Waiting for a worker…' : 'Resolving…')]));
     if ((j.state === 'SUCCESS' || j.state === 'FAILURE') && timer) { clearInterval(timer); announce('Job ' + id + ': ' + j.state); }
   };
   await load();
