@@ -40,6 +40,17 @@ function bytes(n) {
   while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
   return (i === 0 ? n : n.toFixed(n < 10 ? 2 : 1)) + ' ' + u[i];
 }
+// shortURL keeps a URL's host and its last path segment (full URL in the title).
+function shortURL(u) {
+  if (!u) return '—';
+  try {
+    const x = new URL(u);
+    const segs = x.pathname.split('/').filter(Boolean);
+    let last = segs.at(-1) || '';
+    if (last.length > 28) last = last.slice(0, 24) + '…';
+    return x.host + (segs.length > 1 ? '/…/' : '/') + last;
+  } catch { return u; }
+}
 const rate = (n) => bytes(n) + '/s';
 const pct = (x) => (x === null || isNaN(x)) ? '—' : (x * 100).toFixed(1) + ' %';
 const ms = (sec) => (!sec) ? '—' : (sec < 1 ? (sec * 1000).toFixed(sec < 0.01 ? 2 : 1) + ' ms' : sec.toFixed(2) + ' s');
@@ -217,7 +228,7 @@ function chart(title, series, opts) {
   // series: [{name, cls, color, points: [[t, v], ...]}]; inline SVG, no library.
   const W = 600, H = 150, P = 28;
   const all = series.flatMap((x) => x.points);
-  const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': title + ': ' + (opts.describe || '') , preserveAspectRatio: 'none' });
+  const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': title + ': ' + (opts.describe || '') });
   if (all.length < 2) {
     svg.append(s('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', fill: '#545d68', 'font-size': 14 }, 'Collecting samples…'));
   } else {
@@ -273,17 +284,18 @@ async function pageOverview(view, live) {
       const dp = Math.max(0, b.peer_bytes - a.peer_bytes), dor = Math.max(0, b.origin_bytes - a.origin_bytes);
       peerRate.push([b.at, dp / dt]);
       originRate.push([b.at, dor / dt]);
-      if (dp + dor > 0) ratioPts.push([b.at, dp / (dp + dor)]);
     }
+    // The ratio over time is the running one (since the manager started).
+    for (const x of se) if (x.peer_bytes + x.origin_bytes > 0) ratioPts.push([x.at, x.peer_bytes / (x.peer_bytes + x.origin_bytes)]);
     for (const x of se) { dl.push([x.at, x.active_downloads]); p99.push([x.at, x.piece_latency_p99]); }
     const charts = h('div', { class: 'charts' },
       chart('Traffic', [
         { name: 'from peers', cls: 'peer', color: '#0b57d0', fill: true, points: peerRate },
         { name: 'from the origin', cls: 'origin', color: '#c2410c', fill: true, points: originRate }],
       { fmt: rate, describe: 'bytes per second from peers and from the origin over time' }),
-      chart('P2P traffic ratio', [{ name: 'ratio', color: '#136c2e', points: ratioPts }], { fmt: pct, min: 1, describe: 'share of bytes that came from peers, per interval' }),
-      chart('Active downloads', [{ name: 'downloads', color: '#6b21a8', points: dl }], { fmt: (v) => v.toFixed(0), min: 1, describe: 'peers downloading over time' }),
-      chart('Piece latency p99', [{ name: 'p99', color: '#b3261e', points: p99 }], { fmt: ms, describe: '99th percentile of piece transfer time' }));
+      chart('P2P traffic ratio', [{ name: 'ratio', color: '#136c2e', points: ratioPts }], { fmt: pct, min: 1, describe: 'share of bytes that came from peers, since the manager started' }),
+      chart('Active downloads', [{ name: 'downloads', color: '#6b21a8', points: dl }], { fmt: (v) => v.toFixed(0), min: 2, describe: 'peers downloading over time' }),
+      chart('Piece latency p99', [{ name: 'p99', color: '#b3261e', points: p99 }], { fmt: (v) => v ? ms(v) : '0', describe: '99th percentile of piece transfer time' }));
     const per = (ov.clusters || []).map((cl) => {
       const t = cl.current.peer_bytes + cl.current.origin_bytes;
       return h('tr', {}, td(String(cl.cluster_id)), td(pct(t ? cl.current.peer_bytes / t : NaN), 'num'),
@@ -426,8 +438,8 @@ async function pageTasks(view, live) {
     if (!live()) return;
     const unreachable = r.headers.get('X-Unreachable-Schedulers');
     const rows = r.data.map((t) => h('tr', { 'data-task': t.task_id },
-      td(h('a', { href: '#/tasks/' + t.task_id }, h('code', {}, t.task_id.slice(0, 16) + '…'))),
-      td(h('span', { class: 'mono' }, t.url || '—')), td(t.application || '—', 'hide-sm'), td(bytes(t.content_length), 'num'),
+      td(h('a', { href: '#/tasks/' + t.task_id, title: t.task_id }, h('code', {}, t.task_id.slice(0, 12) + '…'))),
+      td(h('span', { class: 'mono', title: t.url }, shortURL(t.url))), td(t.application || '—', 'hide-sm'), td(bytes(t.content_length), 'num'),
       td(t.done_peers + ' / ' + t.peers, 'num'), td(String(t.seed_peers), 'num')));
     const pages = Math.max(1, Math.ceil(r.total / 20));
     const nav = (n, label) => {
@@ -593,7 +605,7 @@ async function pageJob(view, live, id) {
           (p.content_length ? bytes(p.content_length) + (p.cached ? ' (cached)' : '') : (p.bytes ? bytes(p.bytes) : '')), 'num'),
         td(p.error || '')));
       return h('section', { class: 'card', 'aria-label': 'Task ' + (i + 1) },
-        h('h2', {}, (t.digest ? 'Layer ' + (i + 1) : 'Task') + ' ', badge(t.state)),
+        h('h2', {}, (!t.digest ? 'Task' : i === 0 ? 'Image config' : 'Layer ' + i) + ' ', badge(t.state)),
         h('dl', { class: 'kv' }, h('dt', {}, 'Task ID'), h('dd', { class: 'mono' }, t.task_id),
           t.url ? [h('dt', {}, 'URL'), h('dd', { class: 'mono' }, t.url)] : '', t.size ? [h('dt', {}, 'Size'), h('dd', {}, bytes(t.size))] : ''),
         h('p', {}, h('label', { for: 'prog-' + i }, 'Peers done: ' + done + ' of ' + t.peers.length),

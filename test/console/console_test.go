@@ -203,9 +203,15 @@ func (b *browser) checkAccessibility(page string) {
 	if !eval[bool](b, "typeof window.axe === 'object'") {
 		eval[bool](b, b.axe+"\n;true")
 	}
-	vs := eval[[]axeViolation](b, `axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map(v => ({
-		id: v.id, impact: v.impact || '', help: v.help, nodes: v.nodes.slice(0, 5).map(n => n.target.join(' ')) })))`)
-	for _, v := range vs {
+	res := eval[struct {
+		Passes     int            `json:"passes"`
+		Violations []axeViolation `json:"violations"`
+	}](b, `axe.run(document).then(r => ({passes: r.passes.length, violations: r.violations.map(v => ({
+		id: v.id, impact: v.impact || '', help: v.help, nodes: v.nodes.slice(0, 5).map(n => n.target.join(' ')) }))}))`)
+	if res.Passes == 0 {
+		b.t.Fatalf("%s: axe checked nothing", page)
+	}
+	for _, v := range res.Violations {
 		msg := fmt.Sprintf("%s: axe %s (%s): %s on %v", page, v.ID, v.Impact, v.Help, v.Nodes)
 		if v.Impact == "critical" {
 			b.t.Error(msg)
