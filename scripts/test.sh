@@ -20,3 +20,7 @@ go test -count=1 -timeout 20m -race ./core/... ./internal/... ./scheduler/... ./
 # ./test/... includes test/mirror (docker-registry, containerd, skopeo; root
 # for its network-namespace and containerd parts).
 go test -count=1 -timeout 30m ./cmd/... ./test/...
+# The web console in headless Chromium: its own module (chromedp stays out
+# of the product's go.mod); it builds and starts the real binaries.
+echo "== console (headless Chromium)"
+(cd test/console && go vet ./... && go test -count=1 -timeout 10m ./...)
