@@ -91,3 +91,55 @@ func TestDeleteTaskManagerOnly(t *testing.T) {
 		t.Fatal("the task was deleted for an unverified caller")
 	}
 }
+
+// TestDeleteTaskWhileDownloading: a task still being fetched is not evicted
+// under the download's feet; the refusal says why, and the download goes on.
+func TestDeleteTaskWhileDownloading(t *testing.T) {
+	blob := randomBytes(256<<10, 5)
+	release := make(chan struct{})
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		http.ServeContent(w, r, "", time.Time{}, strings.NewReader(string(blob)))
+	}))
+	defer origin.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	d := startProxyDaemon(t, nil)
+	h := d.Host()
+	conn, err := grpc.NewClient(net.JoinHostPort(h.GetIp(), strconv.Itoa(int(h.GetPeerPort()))), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	pc := peerv1.NewPeerClient(conn)
+	url := origin.URL + "/slow.bin"
+	id := core.TaskID(url, core.TaskOptions{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := pc.Preheat(context.Background(), &peerv1.PreheatRequest{Task: &schedulerv1.TaskSpec{TaskId: id, Url: url}})
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !d.downloading(id) {
+		if time.Now().After(deadline) {
+			t.Fatal("the download did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, err = pc.DeleteTask(context.Background(), &peerv1.DeleteTaskRequest{TaskId: id})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "being downloaded") {
+		t.Fatalf("delete during download: %v, want FailedPrecondition", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("the download failed after the refused eviction: %v", err)
+	}
+	if tk, ok := d.Store().Get(id); !ok || !tk.Complete() {
+		t.Fatal("the task is not complete in the cache")
+	}
+}

@@ -2,12 +2,21 @@ package scheduler
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
 	"net"
+	"net/url"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -137,5 +146,91 @@ func TestInspectManagerOnly(t *testing.T) {
 		if status.Code(err) != codes.PermissionDenied {
 			t.Errorf("call %d: %v, want PermissionDenied", i, err)
 		}
+	}
+}
+
+// testCA issues certificates carrying damselfly:// identities.
+type testCA struct {
+	t    *testing.T
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newTestCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{t: t, cert: cert, key: key, pool: pool}
+}
+
+// issue returns a certificate for id (damselfly://role/host) valid for
+// 127.0.0.1, for servers and clients alike.
+func (ca *testCA) issue(id string, serial int64) tls.Certificate {
+	ca.t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	u, _ := url.Parse(id)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: id}, URIs: []*url.URL{u},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestInspectRolesOverMTLS: with verified identities, a peer's certificate
+// (a daemon asking what the swarm holds) is refused and the manager's is
+// served.
+func TestInspectRolesOverMTLS(t *testing.T) {
+	ca := newTestCA(t)
+	s, err := New(testConfig(), testLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvCreds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{ca.issue("damselfly://scheduler/sched-1", 2)},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.pool})
+	gs := grpc.NewServer(grpc.Creds(srvCreds), grpc.ChainUnaryInterceptor(identity.UnaryServerInterceptor(false)))
+	s.Register(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	call := func(id string, serial int64) error {
+		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{ca.issue(id, serial)}, RootCAs: ca.pool})
+		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		_, err = schedulerv1.NewSchedulerClient(cc).Stats(context.Background(), &schedulerv1.StatsRequest{})
+		return err
+	}
+	if err := call("damselfly://peer/node-7", 3); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("peer certificate: %v, want PermissionDenied", err)
+	}
+	if err := call("damselfly://seed/seed-1", 4); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("seed certificate: %v, want PermissionDenied", err)
+	}
+	if err := call("damselfly://manager/mgr-1", 5); err != nil {
+		t.Fatalf("manager certificate: %v", err)
 	}
 }
