@@ -301,6 +301,7 @@ async function pageOverview(view, live) {
       return h('tr', {}, td(String(cl.cluster_id)), td(pct(t ? cl.current.peer_bytes / t : NaN), 'num'),
         td(bytes(cl.current.origin_bytes), 'num'), td(String(cl.current.active_downloads), 'num'), td(ms(cl.current.piece_latency_p99), 'num'));
     });
+    if (!performance.getEntriesByName('overview-drawn').length) performance.mark('overview-drawn');
     body.replaceChildren(stats, charts, h('h2', {}, 'By cluster'),
       table('Clusters', ['Cluster', ['P2P ratio', 'num'], ['From origin', 'num'], ['Active downloads', 'num'], ['Latency p99', 'num']], per, 'No scheduler has answered yet.'),
       h('p', { class: 'muted' }, 'Sampled every ' + Math.round(ov.interval_ms / 1000) + ' s from every active scheduler; totals count from the manager\u2019s start.'));
