@@ -119,8 +119,6 @@ func (d *Daemon) runGC() {
 		d.metrics.cache.evictions.WithLabelValues(e.Reason).Inc()
 		d.metrics.cache.evictedBytes.Add(float64(e.Bytes))
 	}
-	d.cacheBytes.Store(res.Bytes)
-	d.cacheTasks.Store(int64(res.Tasks))
 	d.metrics.cache.size.Set(float64(res.Bytes))
 	d.metrics.cache.tasks.Set(float64(res.Tasks))
 	d.metrics.cache.gcRuns.Inc()

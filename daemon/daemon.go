@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,9 +42,6 @@ type Daemon struct {
 	reg     prometheus.Registerer
 	gather  prometheus.Gatherer
 	metrics *metrics
-	// cacheBytes and cacheTasks are the cache's use as of the last GC
-	// pass, reported to the manager.
-	cacheBytes, cacheTasks atomic.Int64
 
 	store   *store.Store
 	src     source.Source

@@ -175,12 +175,13 @@ type savedSchedulers struct {
 // the answer on disk. It returns the refresh interval the manager wants.
 func (d *Daemon) fetchSchedulers(ctx context.Context, m managerv1.ManagerClient) ([]string, time.Duration, error) {
 	h := d.Host()
+	cacheBytes, cacheTasks := d.store.Usage()
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, err := m.ListSchedulers(cctx, &managerv1.ListSchedulersRequest{
 		Hostname: h.GetHostname(), Ip: h.GetIp(), Idc: h.GetIdc(), Location: h.GetLocation(),
 		HostId: h.GetId(), PeerPort: h.GetPeerPort(), UploadPort: h.GetUploadPort(), Seed: h.GetSeed(),
-		CacheBytes: d.cacheBytes.Load(), CacheTasks: int32(d.cacheTasks.Load()),
+		CacheBytes: cacheBytes, CacheTasks: int32(cacheTasks),
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("ask the manager %s for schedulers: %w", d.cfg.Manager, err)

@@ -621,7 +621,7 @@ async function pageJob(view, live, id) {
         j.result && j.result.manifest_digest ? [h('dt', {}, 'Manifest'), h('dd', { class: 'mono' }, j.result.manifest_digest)] : '',
         h('dt', {}, 'Created'), h('dd', {}, when(j.created_at)), h('dt', {}, 'Updated'), h('dd', {}, when(j.updated_at)))),
       j.error ? h('div', { class: 'error', role: 'alert' }, h('strong', {}, 'Why it failed: '), j.error) : '',
-      ...(layers.length ? layers : [h('p', { class: 'muted' }, j.state === 'PENDING' ? 'Waiting for a worker…' : 'Resolving…')]));
+      ...(layers.length ? layers : [h('p', { class: 'muted' }, { PENDING: 'Waiting for a worker…', RUNNING: 'Resolving…' }[j.state] || 'Nothing was fetched.')]));
     if ((j.state === 'SUCCESS' || j.state === 'FAILURE') && timer) { clearInterval(timer); announce('Job ' + id + ': ' + j.state); }
   };
   await load();

@@ -38,6 +38,22 @@ func TestTaskControl(t *testing.T) {
 	if list[0].TaskID != id || list[0].ContentLength != 2<<20+3 {
 		t.Fatalf("task %+v, want %s", list[0], id)
 	}
+	// The daemons report their cache use when they refresh their schedulers.
+	waitFor(t, 20*time.Second, "d0 and d1 to report what their caches hold", func() bool {
+		var peers []struct {
+			Hostname   string `json:"hostname"`
+			CacheBytes int64  `json:"cache_bytes"`
+			CacheTasks int    `json:"cache_tasks"`
+		}
+		c.mgr.call(t, "GET", "/api/v1/peers", nil, &peers)
+		n := 0
+		for _, p := range peers {
+			if (p.Hostname == "d0" || p.Hostname == "d1") && p.CacheTasks >= 1 && p.CacheBytes >= 2<<20 {
+				n++
+			}
+		}
+		return n == 2
+	})
 	var detail struct {
 		PeerList []struct {
 			Hostname string `json:"hostname"`
