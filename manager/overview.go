@@ -11,10 +11,11 @@ import (
 )
 
 // Sample is the state of one cluster (or of all) at one moment. Byte and
-// count fields are totals since the manager started sampling, built from
-// each scheduler's counters (a scheduler that restarts counts from zero
-// again and is not subtracted), so the difference between two samples is
-// what happened in between; the others are the state then.
+// count fields are running totals: a scheduler's first sample adds all it
+// counted since it started, later ones what its counters grew by (a scheduler that
+// restarted, told by its start time, counts from zero again), so the
+// difference between two samples is what happened in between; the others
+// are the state then.
 type Sample struct {
 	At              int64   `json:"at"`
 	PeerBytes       int64   `json:"peer_bytes"`
@@ -37,6 +38,10 @@ type HostRate struct {
 	UploadRate, DownloadRate   float64 // bytes/s over the last interval
 	at                         int64
 }
+
+// hostForget is how long a host's traffic is kept after no scheduler
+// reports it any more.
+const hostForget = 10 * time.Minute
 
 // overview keeps bounded rings of samples per cluster and the hosts'
 // latest traffic.
@@ -65,7 +70,7 @@ func (o *overview) host(id string) (HostRate, bool) {
 }
 
 // delta is what a counter grew by since the previous stats (all of it when
-// the scheduler restarted and its counter went back).
+// it went back, as a safety net; a restart is told by the start time).
 func delta(cur, prev int64) int64 {
 	if cur >= prev {
 		return cur - prev
@@ -89,8 +94,8 @@ func (o *overview) add(now time.Time, refs []schedRef, stats []*schedulerv1.Stat
 			cur[cid] = s
 		}
 		prev := o.last[refs[i].ID]
-		if prev == nil {
-			prev = &schedulerv1.StatsResponse{}
+		if prev == nil || prev.GetStartedAtMs() != st.GetStartedAtMs() {
+			prev = &schedulerv1.StatsResponse{} // new, or restarted: counts from zero
 		}
 		s.PeerBytes += delta(st.GetPeerBytes(), prev.GetPeerBytes())
 		s.OriginBytes += delta(st.GetOriginBytes(), prev.GetOriginBytes())
@@ -116,6 +121,12 @@ func (o *overview) add(now time.Time, refs []schedRef, stats []*schedulerv1.Stat
 				n.DownloadRate = float64(delta(n.DownloadBytes, old.DownloadBytes)) / secs
 			}
 			o.hosts[h.GetHostId()] = n
+		}
+	}
+	// Hosts no scheduler has reported for a while are gone.
+	for id, h := range o.hosts {
+		if at-h.at > hostForget.Milliseconds() {
+			delete(o.hosts, id)
 		}
 	}
 	for cid, s := range cur {

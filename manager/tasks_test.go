@@ -236,3 +236,58 @@ func TestTaskAPI(t *testing.T) {
 		}
 	})
 }
+
+// TestOverviewCounters: the overview adds up what each scheduler's counters
+// grew by, across a scheduler restart (its counters start again from zero),
+// keeps a bounded series per cluster, and turns host totals into rates.
+func TestOverviewCounters(t *testing.T) {
+	o := newOverview(3)
+	refs := []schedRef{{ID: 1, ClusterID: 1}, {ID: 2, ClusterID: 2}}
+	at := time.Unix(1000, 0)
+	started := int64(1)
+	st := func(peer, origin int64, up int64) *schedulerv1.StatsResponse {
+		return &schedulerv1.StatsResponse{PeerBytes: peer, OriginBytes: origin, BackToSource: 1, Registrations: 2, ActivePeers: 1,
+			StartedAtMs: started, HostTraffic: []*schedulerv1.HostTraffic{{HostId: "h1", UploadBytes: up}}}
+	}
+	o.add(at, refs, []*schedulerv1.StatsResponse{st(100, 50, 0), st(10, 0, 0)})
+	o.add(at.Add(10*time.Second), refs, []*schedulerv1.StatsResponse{st(300, 50, 1000), st(20, 5, 0)})
+	// scheduler 1 restarted: its counters start again (back_to_source is
+	// 1 again, which only the start time tells apart from no change)
+	started = 2
+	o.add(at.Add(20*time.Second), refs[:1], []*schedulerv1.StatsResponse{st(40, 10, 3000)})
+	o.add(at.Add(30*time.Second), refs[:1], []*schedulerv1.StatsResponse{st(40, 10, 3000)})
+	snap := o.snapshot(10 * time.Second)
+	if len(snap.Clusters) != 2 {
+		t.Fatalf("clusters %+v", snap.Clusters)
+	}
+	c1 := snap.Clusters[0]
+	if len(c1.Series) != 3 {
+		t.Fatalf("cluster 1 keeps %d samples, want the last 3", len(c1.Series))
+	}
+	if c1.Current.PeerBytes != 300+40 || c1.Current.OriginBytes != 50+10 || c1.Current.BackToSource != 2 {
+		t.Fatalf("cluster 1 totals %+v", c1.Current)
+	}
+	if c2 := snap.Clusters[1].Current; c2.PeerBytes != 20 || c2.OriginBytes != 5 {
+		t.Fatalf("cluster 2 totals %+v", c2)
+	}
+	if snap.Current.At != at.Add(30*time.Second).UnixMilli() || snap.Current.PeerBytes != 340 {
+		t.Fatalf("sum %+v", snap.Current)
+	}
+	h, ok := o.host("h1")
+	if !ok || h.UploadBytes != 3000 || h.UploadRate != 0 {
+		t.Fatalf("host h1 %+v", h)
+	}
+	// the rate between two reports 10 s apart
+	o.add(at.Add(40*time.Second), refs[:1], []*schedulerv1.StatsResponse{st(40, 10, 8000)})
+	if c := o.snapshot(time.Second).Clusters[0].Current; c.PeerBytes != 340 || c.BackToSource != 2 {
+		t.Fatalf("no growth counted as growth: %+v", c)
+	}
+	if h, _ := o.host("h1"); h.UploadRate != 500 {
+		t.Fatalf("upload rate %v, want 500 B/s", h.UploadRate)
+	}
+	// a host nobody reports is forgotten after a while
+	o.add(at.Add(40*time.Second+hostForget+time.Second), refs[:1], []*schedulerv1.StatsResponse{{StartedAtMs: started}})
+	if _, ok := o.host("h1"); ok {
+		t.Fatal("a host unreported for long is still kept")
+	}
+}

@@ -156,7 +156,7 @@ func (s *Scheduler) stats() *schedulerv1.StatsResponse {
 	r := &schedulerv1.StatsResponse{
 		PeerBytes: c.peerBytes, OriginBytes: c.originBytes, BackToSource: c.backToSource,
 		Registrations: c.registrations, Tasks: int32(len(s.tasks)), Hosts: int32(len(s.hosts)),
-		PieceLatencySamples: c.latN,
+		PieceLatencySamples: c.latN, StartedAtMs: s.started.UnixMilli(),
 	}
 	n := int(min(c.latN, latencyWindow))
 	lat := slices.Clone(c.lat[:n])

@@ -74,6 +74,7 @@ type Scheduler struct {
 	dirty    []*task // tasks whose waiting peers need a new look
 	dropped  []*peer // peers whose send buffer overflowed
 	counters counters
+	started  time.Time
 
 	// Scratch space reused across decisions (under mu).
 	fwd       []*peer
@@ -101,13 +102,14 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Scheduler, e
 	var seed [16]byte
 	_, _ = rand.Read(seed[:]) // crypto/rand.Read never fails on supported platforms
 	return &Scheduler{
-		cfg:   cfg,
-		log:   log,
-		m:     m,
-		tasks: make(map[string]*task),
-		hosts: make(map[string]*host),
-		seeds: make(map[string]*seedConn),
-		rnd:   mrand.New(mrand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:]))),
+		cfg:     cfg,
+		log:     log,
+		m:       m,
+		tasks:   make(map[string]*task),
+		hosts:   make(map[string]*host),
+		seeds:   make(map[string]*seedConn),
+		started: time.Now(),
+		rnd:     mrand.New(mrand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:]))),
 	}, nil
 }
 

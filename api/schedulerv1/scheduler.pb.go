@@ -2055,8 +2055,10 @@ type StatsResponse struct {
 	PieceLatencyP99     float64        `protobuf:"fixed64,11,opt,name=piece_latency_p99,json=pieceLatencyP99,proto3" json:"piece_latency_p99,omitempty"`
 	PieceLatencySamples int64          `protobuf:"varint,12,opt,name=piece_latency_samples,json=pieceLatencySamples,proto3" json:"piece_latency_samples,omitempty"`
 	HostTraffic         []*HostTraffic `protobuf:"bytes,13,rep,name=host_traffic,json=hostTraffic,proto3" json:"host_traffic,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// When this scheduler started (Unix ms): the counters above count from then.
+	StartedAtMs   int64 `protobuf:"varint,14,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatsResponse) Reset() {
@@ -2178,6 +2180,13 @@ func (x *StatsResponse) GetHostTraffic() []*HostTraffic {
 		return x.HostTraffic
 	}
 	return nil
+}
+
+func (x *StatsResponse) GetStartedAtMs() int64 {
+	if x != nil {
+		return x.StartedAtMs
+	}
+	return 0
 }
 
 var File_api_schedulerv1_scheduler_proto protoreflect.FileDescriptor
@@ -2334,7 +2343,7 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x04seed\x18\x04 \x01(\bR\x04seed\x12!\n" +
 	"\fupload_bytes\x18\x05 \x01(\x03R\vuploadBytes\x12%\n" +
 	"\x0edownload_bytes\x18\x06 \x01(\x03R\rdownloadBytes\x12\x14\n" +
-	"\x05peers\x18\a \x01(\x05R\x05peers\"\x97\x04\n" +
+	"\x05peers\x18\a \x01(\x05R\x05peers\"\xbb\x04\n" +
 	"\rStatsResponse\x12\x1d\n" +
 	"\n" +
 	"peer_bytes\x18\x01 \x01(\x03R\tpeerBytes\x12!\n" +
@@ -2350,7 +2359,8 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	" \x01(\x01R\x0fpieceLatencyP90\x12*\n" +
 	"\x11piece_latency_p99\x18\v \x01(\x01R\x0fpieceLatencyP99\x122\n" +
 	"\x15piece_latency_samples\x18\f \x01(\x03R\x13pieceLatencySamples\x12F\n" +
-	"\fhost_traffic\x18\r \x03(\v2#.damselfly.scheduler.v1.HostTrafficR\vhostTraffic2\xd4\x03\n" +
+	"\fhost_traffic\x18\r \x03(\v2#.damselfly.scheduler.v1.HostTrafficR\vhostTraffic\x12\"\n" +
+	"\rstarted_at_ms\x18\x0e \x01(\x03R\vstartedAtMs2\xd4\x03\n" +
 	"\tScheduler\x12]\n" +
 	"\bAnnounce\x12#.damselfly.scheduler.v1.PeerMessage\x1a(.damselfly.scheduler.v1.SchedulerMessage(\x010\x01\x12Y\n" +
 	"\tSeedTasks\x12(.damselfly.scheduler.v1.SeedTasksRequest\x1a .damselfly.scheduler.v1.SeedTask0\x01\x12`\n" +

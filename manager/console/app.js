@@ -285,7 +285,7 @@ async function pageOverview(view, live) {
       peerRate.push([b.at, dp / dt]);
       originRate.push([b.at, dor / dt]);
     }
-    // The ratio over time is the running one (since the manager started).
+    // The ratio over time is the running one (over the totals).
     for (const x of se) if (x.peer_bytes + x.origin_bytes > 0) ratioPts.push([x.at, x.peer_bytes / (x.peer_bytes + x.origin_bytes)]);
     for (const x of se) { dl.push([x.at, x.active_downloads]); p99.push([x.at, x.piece_latency_p99]); }
     const charts = h('div', { class: 'charts' },
@@ -293,7 +293,7 @@ async function pageOverview(view, live) {
         { name: 'from peers', cls: 'peer', color: '#0b57d0', fill: true, points: peerRate },
         { name: 'from the origin', cls: 'origin', color: '#c2410c', fill: true, points: originRate }],
       { fmt: rate, describe: 'bytes per second from peers and from the origin over time' }),
-      chart('P2P traffic ratio', [{ name: 'ratio', color: '#136c2e', points: ratioPts }], { fmt: pct, min: 1, describe: 'share of bytes that came from peers, since the manager started' }),
+      chart('P2P traffic ratio', [{ name: 'ratio', color: '#136c2e', points: ratioPts }], { fmt: pct, min: 1, describe: 'share of bytes that came from peers, running total' }),
       chart('Active downloads', [{ name: 'downloads', color: '#6b21a8', points: dl }], { fmt: (v) => v.toFixed(0), min: 2, describe: 'peers downloading over time' }),
       chart('Piece latency p99', [{ name: 'p99', color: '#b3261e', points: p99 }], { fmt: (v) => v ? ms(v) : '0', describe: '99th percentile of piece transfer time' }));
     const per = (ov.clusters || []).map((cl) => {
@@ -304,7 +304,7 @@ async function pageOverview(view, live) {
     if (!performance.getEntriesByName('overview-drawn').length) performance.mark('overview-drawn');
     body.replaceChildren(stats, charts, h('h2', {}, 'By cluster'),
       table('Clusters', ['Cluster', ['P2P ratio', 'num'], ['From origin', 'num'], ['Active downloads', 'num'], ['Latency p99', 'num']], per, 'No scheduler has answered yet.'),
-      h('p', { class: 'muted' }, 'Sampled every ' + Math.round(ov.interval_ms / 1000) + ' s from every active scheduler; totals count from the manager\u2019s start.'));
+      h('p', { class: 'muted' }, 'Sampled every ' + Math.round(ov.interval_ms / 1000) + ' s from every active scheduler; totals cover what the schedulers saw since they started.'));
     return ov;
   };
   const ov = await draw(false);
