@@ -372,6 +372,28 @@ func TestConsole(t *testing.T) {
 	// Sign out: the token is gone and the sign-in form is back.
 	b.do(chromedp.Click(chromedp.ID("signout")))
 	b.waitJS("the sign-in form after sign-out", "document.getElementById('signin-name') && !sessionStorage.getItem('damselfly.token')", 20*time.Second)
+	// A guest sees the tasks and jobs but is offered no change.
+	if code := c.call(t, "POST", "/api/v1/users", map[string]string{"name": "viewer", "password": "viewer-pass-1", "role": "guest"}, nil); code != 201 {
+		t.Fatalf("create guest: %d", code)
+	}
+	cfgID, err := core.ContentTaskID(im.Config.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.do(chromedp.SendKeys(chromedp.ID("signin-name"), "viewer"), chromedp.SendKeys(chromedp.ID("signin-password"), "viewer-pass-1\r"))
+	b.waitJS("the guest's overview", "document.querySelector('.stats')", 30*time.Second)
+	b.open("#/jobs", "tr[data-job]")
+	if eval[bool](b, "!!document.getElementById('pf-url')") {
+		t.Fatal("a guest is offered the preheat form")
+	}
+	b.open("#/tasks/"+cfgID, "tr[data-peer]")
+	if eval[bool](b, "!!document.getElementById('evict')") {
+		t.Fatal("a guest is offered the eviction")
+	}
+	b.open("#/users", "#tok-name")
+	if eval[bool](b, "!!document.getElementById('nu-name')") {
+		t.Fatal("a guest is offered to create users")
+	}
 	if n := len(b.shotList); n < 24 {
 		t.Fatalf("%d screenshots, want two of every page", n)
 	}
