@@ -197,6 +197,9 @@ func (m *Manager) listTasks(ctx context.Context, req *schedulerv1.ListTasksReque
 	lists, refs, errs := fanOut(ctx, m, scheds, func(ctx context.Context, c schedulerv1.SchedulerClient) (*schedulerv1.ListTasksResponse, error) {
 		return c.ListTasks(ctx, req)
 	})
+	if len(scheds) > 0 && len(errs) == len(scheds) {
+		return nil, errs, fmt.Errorf("list tasks: %w: %s", errUnavailable, errs[0].Error)
+	}
 	byID := map[string]*TaskInfo{}
 	for i, l := range lists {
 		for _, s := range l.GetTasks() {
@@ -358,7 +361,11 @@ func (a *TaskArgs) validate() error {
 		if err != nil || u.Scheme == "" || (u.Host == "" && u.Scheme != "dfcache") {
 			return badRequest("args.url %q: want an absolute URL", a.URL)
 		}
-		a.TaskID = core.TaskID(a.URL, core.TaskOptions{Tag: a.Tag, Application: a.Application, FilteredQuery: a.FilterQuery})
+		if id, ok := core.ParseCacheURL(a.URL); ok {
+			a.TaskID = core.CacheTaskID(id, a.Tag) // a dfcache entry
+		} else {
+			a.TaskID = core.TaskID(a.URL, core.TaskOptions{Tag: a.Tag, Application: a.Application, FilteredQuery: a.FilterQuery})
+		}
 	default:
 		return badRequest("args: task_id or url is required")
 	}

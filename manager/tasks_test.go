@@ -291,3 +291,47 @@ func TestOverviewCounters(t *testing.T) {
 		t.Fatal("a host unreported for long is still kept")
 	}
 }
+
+// TestTaskAPISchedulersDown: with no scheduler answering, the task API says
+// so (503) instead of claiming the swarm is empty, and a get_task job fails
+// with the reason.
+func TestTaskAPISchedulersDown(t *testing.T) {
+	forEachDB(t, func(t *testing.T, cfg Config) {
+		cfg.Console.SchedulerTimeout = config.Duration(2 * time.Second)
+		e := newEnv(t, cfg)
+		var tasks []TaskInfo
+		if code, _ := e.do("GET", "/api/v1/tasks", e.admin, nil, &tasks); code != http.StatusOK || len(tasks) != 0 {
+			t.Fatalf("no scheduler at all: %d %v", code, tasks)
+		}
+		dead, _ := net.Listen("tcp", "127.0.0.1:0")
+		port := dead.Addr().(*net.TCPAddr).Port
+		dead.Close()
+		if _, err := e.grpc.Register(context.Background(), &managerv1.RegisterRequest{Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Hostname: "dead", Ip: "127.0.0.1", Port: int32(port)}); err != nil {
+			t.Fatal(err)
+		}
+		id := strings.Repeat("ab", 32)
+		e.must(http.StatusServiceUnavailable, "GET", "/api/v1/tasks", e.admin, nil, nil)
+		e.must(http.StatusServiceUnavailable, "GET", "/api/v1/tasks/"+id, e.admin, nil, nil)
+		var j Job
+		e.must(http.StatusCreated, "POST", "/api/v1/jobs", e.admin, map[string]any{"type": "get_task", "args": map[string]any{"task_id": id}}, &j)
+		if j = e.waitJob(j.ID); j.State != StateFailure || !strings.Contains(j.Error, "no scheduler answered") {
+			t.Fatalf("get_task with no scheduler: %s %q", j.State, j.Error)
+		}
+	})
+}
+
+func TestTaskArgsIDs(t *testing.T) {
+	a := TaskArgs{URL: "dfcache://models/llama", Tag: "v2"}
+	if err := a.validate(); err != nil || a.TaskID != core.CacheTaskID("models/llama", "v2") {
+		t.Fatalf("dfcache entry: %v %s", err, a.TaskID)
+	}
+	b := TaskArgs{URL: "https://o.example/f?x=1&sig=2", FilterQuery: []string{"sig"}, Application: "app"}
+	if err := b.validate(); err != nil || b.TaskID != core.TaskID(b.URL, core.TaskOptions{FilteredQuery: []string{"sig"}, Application: "app"}) {
+		t.Fatalf("url: %v %s", err, b.TaskID)
+	}
+	for _, bad := range []TaskArgs{{}, {TaskID: "x"}, {URL: "not a url"}, {TaskID: strings.Repeat("a", 64), URL: "https://o/f"}, {TaskID: strings.Repeat("a", 64), ClusterIDs: []int64{0}}} {
+		if err := bad.validate(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
