@@ -410,14 +410,14 @@ func (m *Manager) runTaskJob(ctx context.Context, id int64, typ string, a TaskAr
 		wg  sync.WaitGroup
 		sem = make(chan struct{}, m.cfg.Jobs.Concurrency)
 	)
-	seen := map[string]int{}
+	seen := map[string]bool{}
 	for i := range t.Peers {
 		pr := &t.Peers[i]
-		if j, ok := seen[pr.Addr]; ok {
-			pr.State, pr.Deleted, pr.Error = StateSuccess, false, "same daemon as "+t.Peers[j].PeerID
+		if seen[pr.Addr] {
+			pr.State = StateSuccess // the same daemon, evicted through its other entry
 			continue
 		}
-		seen[pr.Addr] = i
+		seen[pr.Addr] = true
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
