@@ -169,8 +169,7 @@ func (m *Manager) poke() {
 	}
 }
 
-// peerConn returns a shared client connection to a daemon's peer port or a
-// scheduler.
+// peerConn returns a shared client connection to a daemon's peer port.
 func (m *Manager) peerConn(addr string) (*grpc.ClientConn, error) {
 	m.connMu.Lock()
 	defer m.connMu.Unlock()

@@ -13,7 +13,9 @@ import (
 	"strings"
 	"sync"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/damselfly-io/damselfly/api/peerv1"
@@ -70,6 +72,24 @@ func (m *Manager) activeSchedulers(ctx context.Context, clusters []int64) ([]sch
 // errUnavailable: no scheduler answered (503).
 var errUnavailable = errors.New("no scheduler answered")
 
+// schedulerConn returns a shared client connection to a scheduler (kept
+// apart from the daemons' connections: with mutual TLS the server's expected
+// role differs).
+func (m *Manager) schedulerConn(addr string) (*grpc.ClientConn, error) {
+	m.connMu.Lock()
+	defer m.connMu.Unlock()
+	key := "scheduler " + addr
+	if c, ok := m.conns[key]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("scheduler client for %s: %w", addr, err)
+	}
+	m.conns[key] = c
+	return c, nil
+}
+
 // schedErr is a scheduler that did not answer.
 type schedErr struct {
 	SchedulerID int64  `json:"scheduler_id"`
@@ -92,7 +112,7 @@ func fanOut[T any](ctx context.Context, m *Manager, scheds []schedRef, fn func(c
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			conn, err := m.peerConn(s.Addr)
+			conn, err := m.schedulerConn(s.Addr)
 			if err != nil {
 				out[i].err = err
 				return
