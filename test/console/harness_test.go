@@ -23,7 +23,13 @@ import (
 	"github.com/damselfly-io/damselfly/test/oci"
 )
 
-var binDir string
+var (
+	binDir string
+	// caDir is the run's CA when the binary has mutual TLS (`damselfly
+	// certs`): every component then gets a certificate from it, as the
+	// e2e harness does. Empty for a build without it.
+	caDir string
+)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "damselfly-console-bin-")
@@ -40,9 +46,30 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
+	ca := filepath.Join(dir, "ca")
+	if out, err := exec.Command(filepath.Join(dir, "damselfly"), "certs", "init-ca", "--dir", ca).CombinedOutput(); err == nil {
+		caDir = ca
+	} else {
+		fmt.Fprintf(os.Stderr, "no mutual TLS in this build (damselfly certs init-ca: %v: %.200s); components run without it\n", err, out)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// tlsArgs issues a certificate for damselfly://role/hostID from the run's
+// CA and returns the flags that use it (none without mutual TLS).
+func tlsArgs(t testing.TB, role, hostID string) []string {
+	t.Helper()
+	if caDir == "" {
+		return nil
+	}
+	dir := t.TempDir()
+	out, err := exec.Command(filepath.Join(binDir, "damselfly"), "certs", "issue", "--ca-dir", caDir, "--role", role, "--host-id", hostID, "--out", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("certs issue %s/%s: %v: %s", role, hostID, err, out)
+	}
+	return []string{"--tls-cert", filepath.Join(dir, "tls.crt"), "--tls-key", filepath.Join(dir, "tls.key"), "--tls-ca", filepath.Join(dir, "ca.crt")}
 }
 
 func freePort(t testing.TB) int {
@@ -128,16 +155,20 @@ func startCluster(t *testing.T) *cluster {
 	c := &cluster{daemons: map[string]*daemonProc{}}
 	apiAddr, g := "127.0.0.1:"+strconv.Itoa(freePort(t)), "127.0.0.1:"+strconv.Itoa(freePort(t))
 	c.api, c.grpc = "http://"+apiAddr, g
-	mgr := start(t, "manager", "manager", "--listen", apiAddr, "--grpc-listen", g, "--data-dir", t.TempDir(),
+	margs := []string{"manager", "--listen", apiAddr, "--grpc-listen", g, "--data-dir", t.TempDir(),
 		"--admin-password", adminPass, "--keepalive-interval", "200ms", "--keepalive-timeout", "3s",
 		"--scheduler-refresh-interval", "300ms", "--peer-ttl", "3s", "--job-poll-interval", "100ms",
-		"--console-sample-interval", "1s")
+		"--console-sample-interval", "1s"}
+	if caDir != "" {
+		margs = append(margs, "--ca-dir", caDir)
+	}
+	mgr := start(t, "manager", margs...)
 	waitHTTP(t, c.api+"/healthy", mgr)
 	c.token = c.signIn(t)
 
 	sport, smetrics := freePort(t), freePort(t)
-	sched := start(t, "scheduler", "scheduler", "--listen", "127.0.0.1:"+strconv.Itoa(sport), "--metrics-port", strconv.Itoa(smetrics),
-		"--manager", g, "--advertise-ip", "127.0.0.1", "--hostname", "sched-1")
+	sched := start(t, "scheduler", append([]string{"scheduler", "--listen", "127.0.0.1:" + strconv.Itoa(sport), "--metrics-port", strconv.Itoa(smetrics),
+		"--manager", g, "--advertise-ip", "127.0.0.1", "--hostname", "sched-1"}, tlsArgs(t, "scheduler", "sched-1")...)...)
 	waitHTTP(t, "http://127.0.0.1:"+strconv.Itoa(smetrics)+"/healthy", sched)
 	waitFor(t, 20*time.Second, "the scheduler to register", func() bool { return c.count(t, "/api/v1/schedulers?state=active") == 1 })
 
@@ -157,9 +188,11 @@ func (c *cluster) startDaemon(t *testing.T, name string, seed bool) {
 	args := []string{"daemon", "--manager", c.grpc, "--scheduler", "", "--data-dir", filepath.Join(dir, "cache"),
 		"--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1", "--peer-port", "0", "--upload-port", "0", "--proxy-port", "-1",
 		"--metrics-port", strconv.Itoa(mport), "--sock", sock, "--hostname", name}
+	role := "peer"
 	if seed {
-		args = append(args, "--seed")
+		args, role = append(args, "--seed"), "seed"
 	}
+	args = append(args, tlsArgs(t, role, name)...)
 	p := start(t, name, args...)
 	waitHTTP(t, "http://127.0.0.1:"+strconv.Itoa(mport)+"/healthy", p)
 	c.daemons[name] = &daemonProc{proc: p, sock: sock}
