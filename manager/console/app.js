@@ -187,10 +187,9 @@ function focusMain() {
   if (h1) { h1.tabIndex = -1; h1.focus({ preventScroll: true }); }
 }
 window.addEventListener('hashchange', () => route().then(focusMain));
-document.getElementById('signout').addEventListener('click', () => {
-  api('GET', '/api/v1/users/me').catch(() => {});
-  signOut('Signed out.');
-});
+// Sign-out forgets the session token in this tab (it expires on its own
+// after the manager's session_ttl).
+document.getElementById('signout').addEventListener('click', () => signOut('Signed out.'));
 
 // ---- sign in ----
 
@@ -642,7 +641,7 @@ async function pageUsers(view, live) {
       td(t.name), td(when(t.expires_at)), td(t.last_used_at ? ago(t.last_used_at) : 'never'),
       td(h('button', { type: 'button', class: 'secondary', 'aria-label': 'Revoke token ' + t.name, onclick: async () => {
         if (!await confirmDialog('Revoke token ' + t.name + '?', 'Programs using it lose access at once.', 'Revoke')) return;
-        await api('DELETE', '/api/v1/tokens/' + t.id); announce('Token revoked.'); loadTokens();
+        try { await api('DELETE', '/api/v1/tokens/' + t.id); announce('Token revoked.'); loadTokens(); } catch (e) { toks.prepend(errorBox(e)); }
       } }, 'Revoke')))), 'You have no token.'));
   };
   const tname = h('input', { required: true, pattern: '[A-Za-z0-9._-]{1,64}' });
@@ -681,7 +680,7 @@ async function pageUsers(view, live) {
       td(h('strong', {}, x.name)), td(x.email || '—'), td(badge(x.role)), td(when(x.created_at)),
       td(x.id === u.id ? h('span', { class: 'muted' }, 'you') : h('button', { type: 'button', class: 'secondary', 'aria-label': 'Delete user ' + x.name, onclick: async () => {
         if (!await confirmDialog('Delete user ' + x.name + '?', 'Their sessions and tokens stop working.', 'Delete')) return;
-        await api('DELETE', '/api/v1/users/' + x.id); announce('User deleted.'); loadUsers();
+        try { await api('DELETE', '/api/v1/users/' + x.id); announce('User deleted.'); loadUsers(); } catch (e) { users.prepend(errorBox(e)); }
       } }, 'Delete'))))));
   };
   const nn = h('input', { required: true, pattern: '[A-Za-z0-9._-]{1,64}', autocomplete: 'off' });
