@@ -362,6 +362,14 @@ func TestConsole(t *testing.T) {
 	b.waitJS("the new token, shown once", "document.getElementById('new-token') && document.getElementById('new-token').textContent.startsWith('dfp_')", 20*time.Second)
 	b.waitJS("the users table", "[...document.querySelectorAll('caption')].some(c => c.textContent === 'Users')", 20*time.Second)
 	b.shoot("users")
+	b.do(chromedp.Click(chromedp.CSS("button[aria-label='Revoke token ci-token']")))
+	b.waitJS("the revocation's confirmation", "document.querySelector('dialog[open] #dlg-ok')", 10*time.Second)
+	b.do(chromedp.Click(chromedp.ID("dlg-ok")))
+	b.waitJS("the token gone", "!document.querySelector(\"button[aria-label='Revoke token ci-token']\")", 20*time.Second)
+	var pats []struct{ Name string }
+	if c.call(t, "GET", "/api/v1/tokens", nil, &pats); len(pats) != 0 {
+		t.Fatalf("tokens after revocation: %+v", pats)
+	}
 
 	// A peer disappears when its daemon stops.
 	b.open("#/peers", "tr[data-host=\"d1\"]")
