@@ -23,6 +23,7 @@ import (
 	"github.com/damselfly-io/damselfly/client"
 	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/pki"
+	"github.com/damselfly-io/damselfly/internal/config"
 )
 
 // schedulersFile keeps the manager's last answer, so that a daemon restarted
@@ -175,11 +176,13 @@ type savedSchedulers struct {
 // the answer on disk. It returns the refresh interval the manager wants.
 func (d *Daemon) fetchSchedulers(ctx context.Context, m managerv1.ManagerClient) ([]string, time.Duration, error) {
 	h := d.Host()
+	cacheBytes, cacheTasks := d.store.Usage()
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, err := m.ListSchedulers(cctx, &managerv1.ListSchedulersRequest{
 		Hostname: h.GetHostname(), Ip: h.GetIp(), Idc: h.GetIdc(), Location: h.GetLocation(),
 		HostId: h.GetId(), PeerPort: h.GetPeerPort(), UploadPort: h.GetUploadPort(), Seed: h.GetSeed(),
+		CacheBytes: cacheBytes, CacheTasks: int32(cacheTasks),
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("ask the manager %s for schedulers: %w", d.cfg.Manager, err)
@@ -247,9 +250,15 @@ func (d *Daemon) startSchedulers(ctx context.Context) (func(context.Context), er
 		defer conn.Close()
 		if d.cfg.Seed {
 			h := d.Host()
+			// The effective configuration, secrets redacted, for the console.
+			shown, err := config.RenderRedacted(d.cfg)
+			if err != nil {
+				d.log.Warn("render config for the manager", "err", err)
+			}
 			go client.KeepRegistered(ctx, m, &managerv1.RegisterRequest{
 				Type: managerv1.ComponentType_COMPONENT_TYPE_SEED_PEER, HostId: h.GetId(), Hostname: h.GetHostname(), Ip: h.GetIp(),
 				Port: h.GetPeerPort(), UploadPort: h.GetUploadPort(), Idc: h.GetIdc(), Location: h.GetLocation(),
+				Config: string(shown),
 			}, d.log)
 		}
 		t := time.NewTimer(every)

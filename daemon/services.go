@@ -506,3 +506,41 @@ func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (
 	s.d.log.Info("preheated", "task_id", spec.GetTaskId(), "content_length", l, "cached", cached)
 	return &peerv1.PreheatResponse{ContentLength: l, Cached: cached}, nil
 }
+
+// DeleteTask evicts a task for the manager (a delete_task job): the task
+// leaves the cache (a reader in progress finishes first, see store.Delete),
+// and its conductor stops serving it, which ends its Announce stream so the
+// scheduler forgets this peer in the task. It waits, briefly, for that.
+func (s *peerService) DeleteTask(ctx context.Context, req *peerv1.DeleteTaskRequest) (*peerv1.DeleteTaskResponse, error) {
+	if !identity.Allows(ctx, identity.RoleManager) {
+		return nil, status.Error(codes.PermissionDenied, "delete task: only the manager may evict tasks")
+	}
+	id := req.GetTaskId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "delete task: task_id is empty")
+	}
+	if s.d.downloading(id) {
+		return nil, status.Errorf(codes.FailedPrecondition, "delete task %s: it is being downloaded", id)
+	}
+	t, ok := s.d.store.Get(id)
+	if !ok {
+		return &peerv1.DeleteTaskResponse{Deleted: false, ContentLength: -1}, nil
+	}
+	l, _ := t.Shape()
+	s.d.mu.Lock()
+	c := s.d.conductors[id]
+	s.d.mu.Unlock()
+	if err := s.d.store.Delete(id); err != nil && !errors.Is(err, core.ErrNotFound) {
+		return nil, toStatus(fmt.Errorf("delete task %s: %w", id, err))
+	}
+	if c != nil && c.task == t {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		select {
+		case <-c.exited:
+		case <-wctx.Done():
+		}
+		cancel()
+	}
+	s.d.log.Info("task evicted on the manager's request", "task_id", id, "content_length", l)
+	return &peerv1.DeleteTaskResponse{Deleted: true, ContentLength: l}, nil
+}

@@ -22,6 +22,9 @@ func bcryptHash(p string) (string, error) {
 	return string(h), err
 }
 
+// maxConfigSize bounds the configuration a component reports.
+const maxConfigSize = 64 << 10
+
 // componentKind is a scheduler or a seed peer: same columns, own table.
 type componentKind struct {
 	table, path string
@@ -46,6 +49,9 @@ type Component struct {
 	State         string `json:"state"`
 	LastKeepAlive int64  `json:"last_keepalive"`
 	CreatedAt     int64  `json:"created_at"`
+	// Config is the component's effective configuration (YAML, secrets
+	// redacted) as it reported it at registration.
+	Config string `json:"config"`
 }
 
 func (k componentKind) cols() string {
@@ -53,12 +59,12 @@ func (k componentKind) cols() string {
 	if k == kindSeedPeer {
 		up = "upload_port"
 	}
-	return "id, cluster_id, hostname, ip, port, " + up + ", idc, location, last_keepalive, created_at"
+	return "id, cluster_id, hostname, ip, port, " + up + ", idc, location, last_keepalive, created_at, config"
 }
 
 func (m *Manager) scanComponent(s interface{ Scan(...any) error }) (Component, error) {
 	var c Component
-	err := s.Scan(&c.ID, &c.ClusterID, &c.Hostname, &c.IP, &c.Port, &c.UploadPort, &c.IDC, &c.Location, &c.LastKeepAlive, &c.CreatedAt)
+	err := s.Scan(&c.ID, &c.ClusterID, &c.Hostname, &c.IP, &c.Port, &c.UploadPort, &c.IDC, &c.Location, &c.LastKeepAlive, &c.CreatedAt, &c.Config)
 	c.State = "inactive"
 	if nowMs()-c.LastKeepAlive <= m.cfg.KeepAliveTimeout.D().Milliseconds() {
 		c.State = "active"
@@ -137,22 +143,56 @@ type Peer struct {
 	Location   string `json:"location"`
 	Seed       bool   `json:"seed"`
 	LastSeen   int64  `json:"last_seen"`
+	// CacheBytes and CacheTasks: the daemon's cache use as it last reported.
+	CacheBytes int64 `json:"cache_bytes"`
+	CacheTasks int   `json:"cache_tasks"`
+	// Traffic as the schedulers last reported it (since they started) and
+	// the rates over the last sample interval, bytes/s; zero when unknown.
+	UploadBytes   int64   `json:"upload_bytes"`
+	DownloadBytes int64   `json:"download_bytes"`
+	UploadRate    float64 `json:"upload_rate"`
+	DownloadRate  float64 `json:"download_rate"`
 }
 
-const peerCols = "id, host_id, cluster_id, hostname, ip, port, upload_port, idc, location, seed, last_seen"
+const peerCols = "id, host_id, cluster_id, hostname, ip, port, upload_port, idc, location, seed, last_seen, cache_bytes, cache_tasks"
 
 func scanPeer(s interface{ Scan(...any) error }) (Peer, error) {
 	var (
 		p    Peer
 		seed int
 	)
-	err := s.Scan(&p.ID, &p.HostID, &p.ClusterID, &p.Hostname, &p.IP, &p.Port, &p.UploadPort, &p.IDC, &p.Location, &seed, &p.LastSeen)
+	err := s.Scan(&p.ID, &p.HostID, &p.ClusterID, &p.Hostname, &p.IP, &p.Port, &p.UploadPort, &p.IDC, &p.Location, &seed, &p.LastSeen, &p.CacheBytes, &p.CacheTasks)
 	p.Seed = seed != 0
 	return p, err
 }
 
 func (m *Manager) handleListPeers(w http.ResponseWriter, r *http.Request) {
-	listRows(m, w, r, "peers", peerCols, "last_seen >= ?", []any{nowMs() - m.cfg.PeerTTL.D().Milliseconds()}, scanPeer)
+	limit, offset, err := paging(r)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	where, args := "last_seen >= ?", []any{nowMs() - m.cfg.PeerTTL.D().Milliseconds()}
+	if s := r.URL.Query().Get("cluster_id"); s != "" {
+		var id int64
+		if _, err := fmt.Sscan(s, &id); err != nil {
+			fail(w, badRequest("cluster_id %q is not an integer", s))
+			return
+		}
+		where, args = where+" AND cluster_id = ?", append(args, id)
+	}
+	items, total, err := queryPage(m, r, "peers", peerCols, where, args, limit, offset, scanPeer)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	for i := range items {
+		if h, ok := m.overview.host(items[i].HostID); ok {
+			items[i].UploadBytes, items[i].DownloadBytes = h.UploadBytes, h.DownloadBytes
+			items[i].UploadRate, items[i].DownloadRate = h.UploadRate, h.DownloadRate
+		}
+	}
+	writeList(w, items, total)
 }
 
 // ---- gRPC ----
@@ -214,9 +254,12 @@ func (s *grpcService) register(ctx context.Context, req *managerv1.RegisterReque
 		}
 	}
 	now := nowMs()
-	cols, vals, upd := "cluster_id, hostname, ip, port, idc, location, last_keepalive, created_at, host_id", "?, ?, ?, ?, ?, ?, ?, ?, ?",
-		"cluster_id = excluded.cluster_id, hostname = excluded.hostname, idc = excluded.idc, location = excluded.location, last_keepalive = excluded.last_keepalive, host_id = excluded.host_id"
-	args := []any{cid, req.GetHostname(), req.GetIp(), req.GetPort(), req.GetIdc(), req.GetLocation(), now, now, hostID}
+	if len(req.GetConfig()) > maxConfigSize {
+		return nil, status.Errorf(codes.InvalidArgument, "register: config of %d bytes: want at most %d", len(req.GetConfig()), maxConfigSize)
+	}
+	cols, vals, upd := "cluster_id, hostname, ip, port, idc, location, last_keepalive, created_at, host_id, config", "?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+		"cluster_id = excluded.cluster_id, hostname = excluded.hostname, idc = excluded.idc, location = excluded.location, last_keepalive = excluded.last_keepalive, host_id = excluded.host_id, config = excluded.config"
+	args := []any{cid, req.GetHostname(), req.GetIp(), req.GetPort(), req.GetIdc(), req.GetLocation(), now, now, hostID, req.GetConfig()}
 	if k == kindSeedPeer {
 		cols, vals, upd = cols+", upload_port", vals+", ?", upd+", upload_port = excluded.upload_port"
 		args = append(args, req.GetUploadPort())
@@ -276,11 +319,12 @@ func (s *grpcService) listSchedulers(ctx context.Context, req *managerv1.ListSch
 		if req.GetSeed() {
 			seed = 1
 		}
-		_, err := m.db.Exec(ctx, `INSERT INTO peers (host_id, cluster_id, hostname, ip, port, upload_port, idc, location, seed, last_seen)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host_id) DO UPDATE SET cluster_id = excluded.cluster_id, hostname = excluded.hostname,
+		_, err := m.db.Exec(ctx, `INSERT INTO peers (host_id, cluster_id, hostname, ip, port, upload_port, idc, location, seed, last_seen, cache_bytes, cache_tasks)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host_id) DO UPDATE SET cluster_id = excluded.cluster_id, hostname = excluded.hostname,
 			ip = excluded.ip, port = excluded.port, upload_port = excluded.upload_port, idc = excluded.idc, location = excluded.location,
-			seed = excluded.seed, last_seen = excluded.last_seen`,
-			req.GetHostId(), cid, req.GetHostname(), req.GetIp(), req.GetPeerPort(), req.GetUploadPort(), req.GetIdc(), req.GetLocation(), seed, now)
+			seed = excluded.seed, last_seen = excluded.last_seen, cache_bytes = excluded.cache_bytes, cache_tasks = excluded.cache_tasks`,
+			req.GetHostId(), cid, req.GetHostname(), req.GetIp(), req.GetPeerPort(), req.GetUploadPort(), req.GetIdc(), req.GetLocation(), seed, now,
+			max(0, req.GetCacheBytes()), max(0, req.GetCacheTasks()))
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "record peer: %v", err)
 		}

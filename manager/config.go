@@ -44,6 +44,7 @@ type Config struct {
 	// Credentials encrypts the registry credentials of jobs at rest.
 	Credentials CredentialsConfig `yaml:"credentials"`
 	Jobs        JobConfig         `yaml:"jobs"`
+	Console     ConsoleConfig     `yaml:"console"`
 	// Obs sets the REST server's timeouts and the profiler.
 	Obs obs.Config `yaml:"obs"`
 	// TLS is the manager's gRPC transport: by default mutual TLS with a
@@ -94,6 +95,21 @@ type CAConfig struct {
 	// peer and seed, keeps the scheduler role (which daemons are sent to)
 	// for certificates made from files with `damselfly certs issue`.
 	TokenRoles []string `yaml:"token_roles"`
+}
+
+// ConsoleConfig tunes the web console and the task API, which ask every
+// active scheduler of the clusters.
+type ConsoleConfig struct {
+	// Enabled serves the web console at /.
+	Enabled bool `yaml:"enabled"`
+	// SchedulerTimeout bounds each call to a scheduler (task list, task,
+	// stats); a scheduler that does not answer in time is left out.
+	SchedulerTimeout config.Duration `yaml:"scheduler_timeout"`
+	// SampleInterval is how often the manager samples the schedulers'
+	// stats for the overview's charts; Samples is how many it keeps per
+	// cluster (in memory: 360 at 10s is the last hour).
+	SampleInterval config.Duration `yaml:"sample_interval"`
+	Samples        int             `yaml:"samples"`
 }
 
 // DatabaseConfig chooses the database.
@@ -151,6 +167,12 @@ func DefaultConfig() Config {
 			RegistryTimeout: config.Duration(30 * time.Second),
 		},
 		CA:       CAConfig{CertTTL: config.Duration(pki.DefaultCertTTL), TokenRoles: []string{"peer", "seed"}},
+		Console: ConsoleConfig{
+			Enabled:          true,
+			SchedulerTimeout: config.Duration(5 * time.Second),
+			SampleInterval:   config.Duration(10 * time.Second),
+			Samples:          360,
+		},
 		LogLevel: "info",
 	}
 }
@@ -249,6 +271,12 @@ func (c Config) Validate() error {
 	}
 	if j.Lease <= 0 || j.PollInterval <= 0 || j.TaskTimeout <= 0 || j.RegistryTimeout <= 0 {
 		errs = append(errs, errors.New("jobs.lease, poll_interval, task_timeout and registry_timeout must be > 0"))
+	}
+	if c.Console.SchedulerTimeout <= 0 || c.Console.SampleInterval <= 0 {
+		errs = append(errs, errors.New("console.scheduler_timeout and console.sample_interval must be > 0"))
+	}
+	if c.Console.Samples < 2 || c.Console.Samples > 100000 {
+		errs = append(errs, errors.New("console.samples: want 2..100000"))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", core.ErrInvalid, errors.Join(errs...))

@@ -107,6 +107,16 @@ type PeerResult struct {
 	ContentLength int64  `json:"content_length,omitempty"`
 	Cached        bool   `json:"cached,omitempty"`
 	Error         string `json:"error,omitempty"`
+	// get_task and delete_task: the peer as its scheduler knows it, and
+	// (delete_task) whether the daemon held the task when asked to evict it.
+	HostID      string `json:"host_id,omitempty"`
+	PeerID      string `json:"peer_id,omitempty"`
+	PeerState   string `json:"peer_state,omitempty"`
+	Bytes       int64  `json:"bytes,omitempty"`
+	Done        bool   `json:"done,omitempty"`
+	Deleted     bool   `json:"deleted,omitempty"`
+	SchedulerID int64  `json:"scheduler_id,omitempty"`
+	ClusterID   int64  `json:"cluster_id,omitempty"`
 }
 
 const jobCols = "id, type, state, args, result, error, user_id, attempts, created_at, updated_at"
@@ -139,6 +149,18 @@ func (m *Manager) handleListJobs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		where, args = "state = ?", []any{st}
+	}
+	if typ := r.URL.Query().Get("type"); typ != "" {
+		switch typ {
+		case JobPreheat, JobGetTask, JobDeleteTask:
+		default:
+			fail(w, badRequest("type %q: want preheat, get_task or delete_task", typ))
+			return
+		}
+		if where != "" {
+			where += " AND "
+		}
+		where, args = where+"type = ?", append(args, typ)
 	}
 	listRows(m, w, r, "jobs", jobCols, where, args, scanJob)
 }
@@ -200,65 +222,102 @@ func (a *PreheatArgs) validate() error {
 
 func (m *Manager) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	var in struct {
-		Type string      `json:"type"`
-		Args PreheatArgs `json:"args"`
+		Type string          `json:"type"`
+		Args json.RawMessage `json:"args"`
 	}
 	if err := readJSON(r, &in); err != nil {
 		fail(w, err)
 		return
 	}
-	if in.Type != "preheat" {
-		fail(w, badRequest("type %q: want preheat", in.Type))
-		return
-	}
-	if err := in.Args.validate(); err != nil {
-		fail(w, err)
-		return
-	}
-	// Credentials are kept apart, encrypted with a key that is not in the
-	// database, and wiped when the job ends; the args everyone can read show
-	// only that they were given.
-	sec := secret{Headers: in.Args.Headers, Username: in.Args.Username, Password: in.Args.Password}
-	visible := in.Args
-	if len(visible.Headers) > 0 {
-		visible.Headers = map[string]string{}
-		for k := range in.Args.Headers {
-			visible.Headers[k] = redacted
+	strict := func(v any) error {
+		if len(in.Args) == 0 {
+			return badRequest("args are required")
 		}
-	}
-	if visible.Username != "" {
-		visible.Username = redacted
-	}
-	if visible.Password != "" {
-		visible.Password = redacted
-	}
-	argsJSON, _ := json.Marshal(visible)
-	secCol := ""
-	if len(sec.Headers) > 0 || sec.Username != "" || sec.Password != "" {
-		b, _ := json.Marshal(sec)
-		var err error
-		if secCol, err = m.sealer.seal(b); err != nil {
-			fail(w, err)
-			return
+		dec := json.NewDecoder(strings.NewReader(string(in.Args)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(v); err != nil {
+			return badRequest("args: %v", err)
 		}
+		return nil
 	}
-	now := nowMs()
-	u := userFrom(r)
-	id, err := m.db.Insert(r.Context(), "INSERT INTO jobs (type, state, args, secret, user_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-		in.Type, StatePending, string(argsJSON), secCol, u.ID, now, now)
-	if err != nil {
-		fail(w, err)
-		return
+	var (
+		j   Job
+		err error
+	)
+	switch in.Type {
+	case JobPreheat:
+		var a PreheatArgs
+		if err = strict(&a); err == nil {
+			err = a.validate()
+		}
+		if err == nil {
+			j, err = m.createPreheat(r, a)
+		}
+	case JobGetTask, JobDeleteTask:
+		var a TaskArgs
+		if err = strict(&a); err == nil {
+			err = a.validate()
+		}
+		if err == nil {
+			j, err = m.insertJob(r, in.Type, a, "")
+		}
+	default:
+		err = badRequest("type %q: want preheat, get_task or delete_task", in.Type)
 	}
-	m.audit(r.Context(), auditEntry{Action: auditJobCreate, Outcome: outcomeSuccess, UserID: u.ID, UserName: u.Name, Source: sourceOf(r),
-		Detail: fmt.Sprintf("job %d: %s %s %s", id, in.Type, in.Args.Type, auditURL(in.Args.URL))})
-	m.poke()
-	j, err := scanJob(m.db.QueryRow(r.Context(), "SELECT "+jobCols+" FROM jobs WHERE id = ?", id))
 	if err != nil {
 		fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, j)
+}
+
+// createPreheat stores a preheat job. Credentials are kept apart, encrypted
+// with a key that is not in the database, and wiped when the job ends; the
+// args everyone can read show only that they were given.
+func (m *Manager) createPreheat(r *http.Request, a PreheatArgs) (Job, error) {
+	sec := secret{Headers: a.Headers, Username: a.Username, Password: a.Password}
+	visible := a
+	if len(visible.Headers) > 0 {
+		visible.Headers = map[string]string{}
+		for k := range a.Headers {
+			visible.Headers[k] = redacted
+		}
+	}
+	if visible.Password != "" {
+		visible.Password = redacted
+	}
+	if visible.Username != "" {
+		visible.Username = redacted
+	}
+	secCol := ""
+	if len(sec.Headers) > 0 || sec.Username != "" || sec.Password != "" {
+		b, _ := json.Marshal(sec)
+		var err error
+		if secCol, err = m.sealer.seal(b); err != nil {
+			return Job{}, err
+		}
+	}
+	return m.insertJob(r, JobPreheat, visible, secCol)
+}
+
+// insertJob stores a pending job (secCol: its sealed credentials, if any),
+// audits its creation, wakes a worker and returns the job.
+func (m *Manager) insertJob(r *http.Request, typ string, args any, secCol string) (Job, error) {
+	argsJSON, err := json.Marshal(args)
+	if err != nil {
+		return Job{}, err
+	}
+	now := nowMs()
+	u := userFrom(r)
+	id, err := m.db.Insert(r.Context(), "INSERT INTO jobs (type, state, args, secret, user_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+		typ, StatePending, string(argsJSON), secCol, u.ID, now, now)
+	if err != nil {
+		return Job{}, err
+	}
+	m.audit(r.Context(), auditEntry{Action: auditJobCreate, Outcome: outcomeSuccess, UserID: u.ID, UserName: u.Name, Source: sourceOf(r),
+		Detail: fmt.Sprintf("job %d: %s %s", id, typ, auditArgs(args))})
+	m.poke()
+	return scanJob(m.db.QueryRow(r.Context(), "SELECT "+jobCols+" FROM jobs WHERE id = ?", id))
 }
 
 // ---- execution ----
@@ -356,34 +415,41 @@ func (m *Manager) runJob(ctx context.Context, id int64) {
 		m.log.Warn("load job", "job_id", id, "err", err)
 		return
 	}
-	log := m.log.With("job_id", id)
+	log := m.log.With("job_id", id, "type", typ)
 	log.Info("job started")
-	var a PreheatArgs
-	_ = json.Unmarshal([]byte(args), &a)
-	var s secret
-	plain, serr := m.sealer.open(sec)
-	if serr == nil && len(plain) > 0 {
-		serr = json.Unmarshal(plain, &s)
-	}
-	clear(plain)
-	a.Headers, a.Password = s.Headers, s.Password
-	if s.Username != "" {
-		a.Username = s.Username
-	}
-	var prev JobResult
-	if res != "" {
-		_ = json.Unmarshal([]byte(res), &prev)
-	}
-	p := &preheat{m: m, id: id, args: a}
 	var (
 		result *JobResult
 		jerr   error
 	)
-	if serr != nil {
-		// Running without the credentials would only fail at the registry.
-		result, jerr = &JobResult{}, fmt.Errorf("job credentials: %w", serr)
-	} else {
-		result, jerr = p.run(jctx, &prev)
+	switch typ {
+	case JobGetTask, JobDeleteTask:
+		var a TaskArgs
+		_ = json.Unmarshal([]byte(args), &a)
+		result, jerr = m.runTaskJob(jctx, id, typ, a)
+	default:
+		var a PreheatArgs
+		_ = json.Unmarshal([]byte(args), &a)
+		var s secret
+		plain, serr := m.sealer.open(sec)
+		if serr == nil && len(plain) > 0 {
+			serr = json.Unmarshal(plain, &s)
+		}
+		clear(plain)
+		a.Headers, a.Password = s.Headers, s.Password
+		if s.Username != "" {
+			a.Username = s.Username
+		}
+		var prev JobResult
+		if res != "" {
+			_ = json.Unmarshal([]byte(res), &prev)
+		}
+		p := &preheat{m: m, id: id, args: a}
+		if serr != nil {
+			// Running without the credentials would only fail at the registry.
+			result, jerr = &JobResult{}, fmt.Errorf("job credentials: %w", serr)
+		} else {
+			result, jerr = p.run(jctx, &prev)
+		}
 	}
 	if ctx.Err() != nil || jctx.Err() != nil {
 		// Shutting down or lease lost: the job stays RUNNING with its
@@ -661,4 +727,18 @@ func auditURL(u string) string {
 	}
 	p.User, p.RawQuery, p.Fragment, p.RawFragment = nil, "", "", ""
 	return p.String()
+}
+
+// auditArgs describes a job's args for the audit log without secrets.
+func auditArgs(args any) string {
+	switch a := args.(type) {
+	case PreheatArgs:
+		return a.Type + " " + auditURL(a.URL)
+	case TaskArgs:
+		if a.TaskID != "" {
+			return a.TaskID
+		}
+		return auditURL(a.URL)
+	}
+	return ""
 }

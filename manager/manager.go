@@ -56,6 +56,7 @@ type Manager struct {
 	ca    *pki.CA
 	creds *pki.Creds
 	token string
+	overview *overview
 }
 
 type metrics struct {
@@ -103,6 +104,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 		wake:     make(chan struct{}, 1),
 		sealer:   seal,
 		conns:    map[string]*grpc.ClientConn{},
+		overview: newOverview(cfg.Console.Samples),
 		m: &metrics{
 			http: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "damselfly_manager_http_requests_total", Help: "REST requests by method and status code."}, []string{"method", "code"}),
 			grpc: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "damselfly_manager_grpc_requests_total", Help: "gRPC requests by method and outcome."}, []string{"method", "outcome"}),
@@ -181,9 +183,14 @@ func (m *Manager) Serve(ctx context.Context, httpLis, grpcLis net.Listener) erro
 	return g.Wait()
 }
 
-// Run runs the job workers until ctx is done.
+// Run runs the job workers and the overview's sampler until ctx is done.
 func (m *Manager) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		m.sampleLoop(ctx)
+	}()
 	for range m.cfg.Jobs.Workers {
 		wg.Add(1)
 		go func() {

@@ -64,6 +64,15 @@ func (m *Manager) routes() http.Handler {
 	mux.HandleFunc("GET /api/v1/jobs/{id}", m.authed(g, m.handleGetJob))
 
 	mux.HandleFunc("GET /api/v1/audit", m.authed(a, m.handleListAudit))
+	mux.HandleFunc("GET /api/v1/tasks", m.authed(g, m.handleListTasks))
+	mux.HandleFunc("GET /api/v1/tasks/{id}", m.authed(g, m.handleGetTask))
+	mux.HandleFunc("DELETE /api/v1/tasks/{id}", m.authed(a, m.handleDeleteTask))
+	mux.HandleFunc("GET /api/v1/overview", m.authed(g, m.handleOverview))
+	mux.HandleFunc("GET /api/v1/config", m.authed(g, m.handleConfig))
+
+	if m.cfg.Console.Enabled {
+		mux.Handle("/", consoleHandler())
+	}
 
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -116,6 +125,8 @@ func fail(w http.ResponseWriter, err error) {
 		writeErr(w, http.StatusConflict, errors.New("an object with that name already exists"))
 	case errors.Is(err, errForbidden):
 		writeErr(w, http.StatusForbidden, err)
+	case errors.Is(err, errUnavailable):
+		writeErr(w, http.StatusServiceUnavailable, err)
 	default:
 		writeErr(w, http.StatusInternalServerError, err)
 	}
@@ -465,7 +476,11 @@ func queryPage[T any](m *Manager, r *http.Request, table, cols, where string, ar
 	if err := m.db.QueryRow(ctx, "SELECT COUNT(*) FROM "+table+where, args...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count %s: %w", table, err)
 	}
-	rows, err := m.db.Query(ctx, "SELECT "+cols+" FROM "+table+where+" ORDER BY id LIMIT ? OFFSET ?", append(args, limit, offset)...)
+	order := "id"
+	if r.URL.Query().Get("sort") == "-id" {
+		order = "id DESC" // newest first
+	}
+	rows, err := m.db.Query(ctx, "SELECT "+cols+" FROM "+table+where+" ORDER BY "+order+" LIMIT ? OFFSET ?", append(args, limit, offset)...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list %s: %w", table, err)
 	}

@@ -255,6 +255,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 	}
 	t.nextOrd++
 	t.peers[p.id] = p
+	s.counters.registrations++
 	h.peers++
 	s.setState(p, statePending)
 	for _, n := range reg.GetHave() {
@@ -437,7 +438,15 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 			s.log.Debug("piece number out of range ignored", "task_id", t.id, "peer_id", p.id, "piece", n)
 			continue
 		}
-		p.pieces.set(n)
+		if p.pieces.set(n) { // new: traffic counted once per piece
+			p.host.downloadBytes += int64(r.GetLength())
+			if r.GetParentId() == "" {
+				s.counters.originBytes += int64(r.GetLength())
+			} else {
+				s.counters.peerBytes += int64(r.GetLength())
+				s.counters.observeLatency(r.GetCostNs())
+			}
+		}
 		s.m.pieceSuccess.Inc()
 		if fetcher && r.GetParentId() == "" && len(r.GetDigest()) > 0 {
 			switch old, ok := t.digests[n]; {
@@ -458,6 +467,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 		if id := r.GetParentId(); id != "" && id != p.id {
 			if par := t.peers[id]; par != nil {
 				par.host.successes++
+				par.host.uploadBytes += int64(r.GetLength())
 				par.host.observeThroughput(r.GetLength(), r.GetCostNs())
 			}
 		}

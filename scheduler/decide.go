@@ -117,6 +117,7 @@ func (s *Scheduler) backToSourceLocked(p *peer, reason string, start time.Time) 
 	s.dropParentsLocked(p)
 	s.setState(p, stateBackToSource)
 	t.backToSource++
+	s.counters.backToSource++
 	s.updatePoolLocked(p)
 	s.markDirty(t)
 	s.record(decisionBackToSource, start)

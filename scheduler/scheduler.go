@@ -63,15 +63,17 @@ type Scheduler struct {
 
 	// mu guards everything below. Decisions take microseconds; nothing that
 	// blocks (sending on a stream, I/O) happens while it is held.
-	mu      sync.Mutex
-	closed  bool
-	tasks   map[string]*task
-	hosts   map[string]*host
-	seeds   map[string]*seedConn // by host ID
-	rnd     *mrand.Rand
-	epoch   uint64  // visit marks: a fresh epoch per walk avoids clearing
-	dirty   []*task // tasks whose waiting peers need a new look
-	dropped []*peer // peers whose send buffer overflowed
+	mu       sync.Mutex
+	closed   bool
+	tasks    map[string]*task
+	hosts    map[string]*host
+	seeds    map[string]*seedConn // by host ID
+	rnd      *mrand.Rand
+	epoch    uint64  // visit marks: a fresh epoch per walk avoids clearing
+	dirty    []*task // tasks whose waiting peers need a new look
+	dropped  []*peer // peers whose send buffer overflowed
+	counters counters
+	started  time.Time
 
 	// Scratch space reused across decisions (under mu).
 	fwd       []*peer
@@ -99,13 +101,14 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Scheduler, e
 	var seed [16]byte
 	_, _ = rand.Read(seed[:]) // crypto/rand.Read never fails on supported platforms
 	return &Scheduler{
-		cfg:   cfg,
-		log:   log,
-		m:     m,
-		tasks: make(map[string]*task),
-		hosts: make(map[string]*host),
-		seeds: make(map[string]*seedConn),
-		rnd:   mrand.New(mrand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:]))),
+		cfg:     cfg,
+		log:     log,
+		m:       m,
+		tasks:   make(map[string]*task),
+		hosts:   make(map[string]*host),
+		seeds:   make(map[string]*seedConn),
+		started: time.Now(),
+		rnd:     mrand.New(mrand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:]))),
 	}, nil
 }
 

@@ -130,7 +130,10 @@ type host struct {
 	tp               core.Rate // pieces children got from this host
 	peers            int
 	seed             *seedConn
-	idleSince        time.Time
+	// Verified piece bytes children got from this host, and that this
+	// host got (from peers or the origin), for Stats.
+	uploadBytes, downloadBytes int64
+	idleSince                  time.Time
 }
 
 // throughputAlpha is the EWMA weight of a new throughput sample.

@@ -22,6 +22,8 @@ command -v runc >/dev/null || need+=(runc)
 command -v podman >/dev/null || need+=(podman)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd units
+# Headless Chromium drives the web console's tests (test/console).
+command -v chromium >/dev/null || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then

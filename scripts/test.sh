@@ -54,3 +54,7 @@ for f in "${fuzz[@]}"; do
 	set -- $f
 	go test -count=1 -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-3s}" "$2"
 done
+# The web console in headless Chromium: its own module (chromedp stays out
+# of the product's go.mod); it builds and starts the real binaries.
+echo "== console (headless Chromium)"
+(cd test/console && go vet ./... && go test -count=1 -timeout 10m ./...)

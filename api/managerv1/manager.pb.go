@@ -210,7 +210,10 @@ type RegisterRequest struct {
 	ClusterId int64 `protobuf:"varint,8,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	// Host ID of the component (with mutual TLS it must be the one its
 	// certificate names).
-	HostId        string `protobuf:"bytes,9,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	HostId string `protobuf:"bytes,9,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// The component's effective configuration as YAML, secrets redacted,
+	// shown read-only in the console.
+	Config        string `protobuf:"bytes,20,opt,name=config,proto3" json:"config,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -304,6 +307,13 @@ func (x *RegisterRequest) GetClusterId() int64 {
 func (x *RegisterRequest) GetHostId() string {
 	if x != nil {
 		return x.HostId
+	}
+	return ""
+}
+
+func (x *RegisterRequest) GetConfig() string {
+	if x != nil {
+		return x.Config
 	}
 	return ""
 }
@@ -465,10 +475,13 @@ type ListSchedulersRequest struct {
 	Idc      string                 `protobuf:"bytes,3,opt,name=idc,proto3" json:"idc,omitempty"`
 	Location string                 `protobuf:"bytes,4,opt,name=location,proto3" json:"location,omitempty"`
 	// The daemon's host ID, peer gRPC port and upload port.
-	HostId        string `protobuf:"bytes,5,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
-	PeerPort      int32  `protobuf:"varint,6,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
-	UploadPort    int32  `protobuf:"varint,7,opt,name=upload_port,json=uploadPort,proto3" json:"upload_port,omitempty"`
-	Seed          bool   `protobuf:"varint,8,opt,name=seed,proto3" json:"seed,omitempty"`
+	HostId     string `protobuf:"bytes,5,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	PeerPort   int32  `protobuf:"varint,6,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
+	UploadPort int32  `protobuf:"varint,7,opt,name=upload_port,json=uploadPort,proto3" json:"upload_port,omitempty"`
+	Seed       bool   `protobuf:"varint,8,opt,name=seed,proto3" json:"seed,omitempty"`
+	// The daemon's cache use: bytes on disk and tasks held.
+	CacheBytes    int64 `protobuf:"varint,20,opt,name=cache_bytes,json=cacheBytes,proto3" json:"cache_bytes,omitempty"`
+	CacheTasks    int32 `protobuf:"varint,21,opt,name=cache_tasks,json=cacheTasks,proto3" json:"cache_tasks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -557,6 +570,20 @@ func (x *ListSchedulersRequest) GetSeed() bool {
 		return x.Seed
 	}
 	return false
+}
+
+func (x *ListSchedulersRequest) GetCacheBytes() int64 {
+	if x != nil {
+		return x.CacheBytes
+	}
+	return 0
+}
+
+func (x *ListSchedulersRequest) GetCacheTasks() int32 {
+	if x != nil {
+		return x.CacheTasks
+	}
+	return 0
 }
 
 type Scheduler struct {
@@ -700,7 +727,7 @@ const file_api_managerv1_manager_proto_rawDesc = "" +
 	"\x03csr\x18\x04 \x01(\fR\x03csr\"L\n" +
 	"\x18IssueCertificateResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x0e\n" +
-	"\x02ca\x18\x02 \x01(\fR\x02ca\"\x91\x02\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\"\xa9\x02\n" +
 	"\x0fRegisterRequest\x127\n" +
 	"\x04type\x18\x01 \x01(\x0e2#.damselfly.manager.v1.ComponentTypeR\x04type\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x0e\n" +
@@ -712,7 +739,8 @@ const file_api_managerv1_manager_proto_rawDesc = "" +
 	"\blocation\x18\a \x01(\tR\blocation\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\b \x01(\x03R\tclusterId\x12\x17\n" +
-	"\ahost_id\x18\t \x01(\tR\x06hostId\"u\n" +
+	"\ahost_id\x18\t \x01(\tR\x06hostId\x12\x16\n" +
+	"\x06config\x18\x14 \x01(\tR\x06config\"u\n" +
 	"\x10RegisterResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1d\n" +
 	"\n" +
@@ -721,7 +749,7 @@ const file_api_managerv1_manager_proto_rawDesc = "" +
 	"\x10KeepAliveRequest\x127\n" +
 	"\x04type\x18\x01 \x01(\x0e2#.damselfly.manager.v1.ComponentTypeR\x04type\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x03R\x02id\"\x13\n" +
-	"\x11KeepAliveResponse\"\xdc\x01\n" +
+	"\x11KeepAliveResponse\"\x9e\x02\n" +
 	"\x15ListSchedulersRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02ip\x18\x02 \x01(\tR\x02ip\x12\x10\n" +
@@ -731,7 +759,11 @@ const file_api_managerv1_manager_proto_rawDesc = "" +
 	"\tpeer_port\x18\x06 \x01(\x05R\bpeerPort\x12\x1f\n" +
 	"\vupload_port\x18\a \x01(\x05R\n" +
 	"uploadPort\x12\x12\n" +
-	"\x04seed\x18\b \x01(\bR\x04seed\"z\n" +
+	"\x04seed\x18\b \x01(\bR\x04seed\x12\x1f\n" +
+	"\vcache_bytes\x18\x14 \x01(\x03R\n" +
+	"cacheBytes\x12\x1f\n" +
+	"\vcache_tasks\x18\x15 \x01(\x05R\n" +
+	"cacheTasks\"z\n" +
 	"\tScheduler\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x0e\n" +

@@ -253,6 +253,104 @@ func (x *PreheatResponse) GetCached() bool {
 	return false
 }
 
+type DeleteTaskRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTaskRequest) Reset() {
+	*x = DeleteTaskRequest{}
+	mi := &file_api_peerv1_peer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTaskRequest) ProtoMessage() {}
+
+func (x *DeleteTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_peerv1_peer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTaskRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTaskRequest) Descriptor() ([]byte, []int) {
+	return file_api_peerv1_peer_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DeleteTaskRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+type DeleteTaskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when the task was not in the cache (nothing to do).
+	Deleted bool `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	// Bytes the task held (-1 unknown).
+	ContentLength int64 `protobuf:"varint,2,opt,name=content_length,json=contentLength,proto3" json:"content_length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTaskResponse) Reset() {
+	*x = DeleteTaskResponse{}
+	mi := &file_api_peerv1_peer_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTaskResponse) ProtoMessage() {}
+
+func (x *DeleteTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_peerv1_peer_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTaskResponse.ProtoReflect.Descriptor instead.
+func (*DeleteTaskResponse) Descriptor() ([]byte, []int) {
+	return file_api_peerv1_peer_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeleteTaskResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+func (x *DeleteTaskResponse) GetContentLength() int64 {
+	if x != nil {
+		return x.ContentLength
+	}
+	return 0
+}
+
 var File_api_peerv1_peer_proto protoreflect.FileDescriptor
 
 const file_api_peerv1_peer_proto_rawDesc = "" +
@@ -273,11 +371,18 @@ const file_api_peerv1_peer_proto_rawDesc = "" +
 	"\x04task\x18\x01 \x01(\v2 .damselfly.scheduler.v1.TaskSpecR\x04task\"P\n" +
 	"\x0fPreheatResponse\x12%\n" +
 	"\x0econtent_length\x18\x01 \x01(\x03R\rcontentLength\x12\x16\n" +
-	"\x06cached\x18\x02 \x01(\bR\x06cached2\xad\x01\n" +
+	"\x06cached\x18\x02 \x01(\bR\x06cached\",\n" +
+	"\x11DeleteTaskRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"U\n" +
+	"\x12DeleteTaskResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\x12%\n" +
+	"\x0econtent_length\x18\x02 \x01(\x03R\rcontentLength2\x88\x02\n" +
 	"\x04Peer\x12S\n" +
 	"\n" +
 	"SyncPieces\x12$.damselfly.peer.v1.SyncPiecesRequest\x1a\x1d.damselfly.peer.v1.PieceState0\x01\x12P\n" +
-	"\aPreheat\x12!.damselfly.peer.v1.PreheatRequest\x1a\".damselfly.peer.v1.PreheatResponseB5Z3github.com/damselfly-io/damselfly/api/peerv1;peerv1b\x06proto3"
+	"\aPreheat\x12!.damselfly.peer.v1.PreheatRequest\x1a\".damselfly.peer.v1.PreheatResponse\x12Y\n" +
+	"\n" +
+	"DeleteTask\x12$.damselfly.peer.v1.DeleteTaskRequest\x1a%.damselfly.peer.v1.DeleteTaskResponseB5Z3github.com/damselfly-io/damselfly/api/peerv1;peerv1b\x06proto3"
 
 var (
 	file_api_peerv1_peer_proto_rawDescOnce sync.Once
@@ -291,22 +396,26 @@ func file_api_peerv1_peer_proto_rawDescGZIP() []byte {
 	return file_api_peerv1_peer_proto_rawDescData
 }
 
-var file_api_peerv1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_api_peerv1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_api_peerv1_peer_proto_goTypes = []any{
 	(*SyncPiecesRequest)(nil),    // 0: damselfly.peer.v1.SyncPiecesRequest
 	(*PieceState)(nil),           // 1: damselfly.peer.v1.PieceState
 	(*PreheatRequest)(nil),       // 2: damselfly.peer.v1.PreheatRequest
 	(*PreheatResponse)(nil),      // 3: damselfly.peer.v1.PreheatResponse
-	(*schedulerv1.TaskSpec)(nil), // 4: damselfly.scheduler.v1.TaskSpec
+	(*DeleteTaskRequest)(nil),    // 4: damselfly.peer.v1.DeleteTaskRequest
+	(*DeleteTaskResponse)(nil),   // 5: damselfly.peer.v1.DeleteTaskResponse
+	(*schedulerv1.TaskSpec)(nil), // 6: damselfly.scheduler.v1.TaskSpec
 }
 var file_api_peerv1_peer_proto_depIdxs = []int32{
-	4, // 0: damselfly.peer.v1.PreheatRequest.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	6, // 0: damselfly.peer.v1.PreheatRequest.task:type_name -> damselfly.scheduler.v1.TaskSpec
 	0, // 1: damselfly.peer.v1.Peer.SyncPieces:input_type -> damselfly.peer.v1.SyncPiecesRequest
 	2, // 2: damselfly.peer.v1.Peer.Preheat:input_type -> damselfly.peer.v1.PreheatRequest
-	1, // 3: damselfly.peer.v1.Peer.SyncPieces:output_type -> damselfly.peer.v1.PieceState
-	3, // 4: damselfly.peer.v1.Peer.Preheat:output_type -> damselfly.peer.v1.PreheatResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
+	4, // 3: damselfly.peer.v1.Peer.DeleteTask:input_type -> damselfly.peer.v1.DeleteTaskRequest
+	1, // 4: damselfly.peer.v1.Peer.SyncPieces:output_type -> damselfly.peer.v1.PieceState
+	3, // 5: damselfly.peer.v1.Peer.Preheat:output_type -> damselfly.peer.v1.PreheatResponse
+	5, // 6: damselfly.peer.v1.Peer.DeleteTask:output_type -> damselfly.peer.v1.DeleteTaskResponse
+	4, // [4:7] is the sub-list for method output_type
+	1, // [1:4] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
@@ -323,7 +432,7 @@ func file_api_peerv1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_peerv1_peer_proto_rawDesc), len(file_api_peerv1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Peer_SyncPieces_FullMethodName = "/damselfly.peer.v1.Peer/SyncPieces"
 	Peer_Preheat_FullMethodName    = "/damselfly.peer.v1.Peer/Preheat"
+	Peer_DeleteTask_FullMethodName = "/damselfly.peer.v1.Peer/DeleteTask"
 )
 
 // PeerClient is the client API for Peer service.
@@ -41,6 +42,10 @@ type PeerClient interface {
 	// has failed. The manager calls it for preheat jobs. Task headers (e.g.
 	// registry credentials) are used for the fetch and never stored.
 	Preheat(ctx context.Context, in *PreheatRequest, opts ...grpc.CallOption) (*PreheatResponse, error)
+	// DeleteTask evicts a task from the daemon's cache and stops serving it
+	// (the scheduler forgets this peer in the task). Only the manager may call
+	// it. A task being downloaded is refused with FAILED_PRECONDITION.
+	DeleteTask(ctx context.Context, in *DeleteTaskRequest, opts ...grpc.CallOption) (*DeleteTaskResponse, error)
 }
 
 type peerClient struct {
@@ -80,6 +85,16 @@ func (c *peerClient) Preheat(ctx context.Context, in *PreheatRequest, opts ...gr
 	return out, nil
 }
 
+func (c *peerClient) DeleteTask(ctx context.Context, in *DeleteTaskRequest, opts ...grpc.CallOption) (*DeleteTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteTaskResponse)
+	err := c.cc.Invoke(ctx, Peer_DeleteTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -98,6 +113,10 @@ type PeerServer interface {
 	// has failed. The manager calls it for preheat jobs. Task headers (e.g.
 	// registry credentials) are used for the fetch and never stored.
 	Preheat(context.Context, *PreheatRequest) (*PreheatResponse, error)
+	// DeleteTask evicts a task from the daemon's cache and stops serving it
+	// (the scheduler forgets this peer in the task). Only the manager may call
+	// it. A task being downloaded is refused with FAILED_PRECONDITION.
+	DeleteTask(context.Context, *DeleteTaskRequest) (*DeleteTaskResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -113,6 +132,9 @@ func (UnimplementedPeerServer) SyncPieces(*SyncPiecesRequest, grpc.ServerStreami
 }
 func (UnimplementedPeerServer) Preheat(context.Context, *PreheatRequest) (*PreheatResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Preheat not implemented")
+}
+func (UnimplementedPeerServer) DeleteTask(context.Context, *DeleteTaskRequest) (*DeleteTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteTask not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -164,6 +186,24 @@ func _Peer_Preheat_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_DeleteTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).DeleteTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_DeleteTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).DeleteTask(ctx, req.(*DeleteTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -174,6 +214,10 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Preheat",
 			Handler:    _Peer_Preheat_Handler,
+		},
+		{
+			MethodName: "DeleteTask",
+			Handler:    _Peer_DeleteTask_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

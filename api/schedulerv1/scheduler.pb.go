@@ -1623,6 +1623,743 @@ func (x *SeedTask) GetTask() *TaskSpec {
 	return nil
 }
 
+type ListTasksRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only tasks whose URL contains this substring (empty: any).
+	UrlContains string `protobuf:"bytes,1,opt,name=url_contains,json=urlContains,proto3" json:"url_contains,omitempty"`
+	// Only this task (empty: any).
+	TaskId string `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Only tasks of this application (empty: any).
+	Application   string `protobuf:"bytes,3,opt,name=application,proto3" json:"application,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTasksRequest) Reset() {
+	*x = ListTasksRequest{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTasksRequest) ProtoMessage() {}
+
+func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
+func (*ListTasksRequest) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListTasksRequest) GetUrlContains() string {
+	if x != nil {
+		return x.UrlContains
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetApplication() string {
+	if x != nil {
+		return x.Application
+	}
+	return ""
+}
+
+// TaskSummary is one task as the scheduler knows it.
+type TaskSummary struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// The URL without its query (which may carry signatures).
+	Url         string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	Tag         string `protobuf:"bytes,3,opt,name=tag,proto3" json:"tag,omitempty"`
+	Application string `protobuf:"bytes,4,opt,name=application,proto3" json:"application,omitempty"`
+	// -1 while unknown.
+	ContentLength int64  `protobuf:"varint,5,opt,name=content_length,json=contentLength,proto3" json:"content_length,omitempty"`
+	PieceSize     uint32 `protobuf:"varint,6,opt,name=piece_size,json=pieceSize,proto3" json:"piece_size,omitempty"`
+	PieceCount    uint32 `protobuf:"varint,7,opt,name=piece_count,json=pieceCount,proto3" json:"piece_count,omitempty"`
+	// Peers registered in the task, those done, and those on seed hosts.
+	Peers         int32 `protobuf:"varint,8,opt,name=peers,proto3" json:"peers,omitempty"`
+	DonePeers     int32 `protobuf:"varint,9,opt,name=done_peers,json=donePeers,proto3" json:"done_peers,omitempty"`
+	SeedPeers     int32 `protobuf:"varint,10,opt,name=seed_peers,json=seedPeers,proto3" json:"seed_peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskSummary) Reset() {
+	*x = TaskSummary{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskSummary) ProtoMessage() {}
+
+func (x *TaskSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskSummary.ProtoReflect.Descriptor instead.
+func (*TaskSummary) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *TaskSummary) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *TaskSummary) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *TaskSummary) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *TaskSummary) GetApplication() string {
+	if x != nil {
+		return x.Application
+	}
+	return ""
+}
+
+func (x *TaskSummary) GetContentLength() int64 {
+	if x != nil {
+		return x.ContentLength
+	}
+	return 0
+}
+
+func (x *TaskSummary) GetPieceSize() uint32 {
+	if x != nil {
+		return x.PieceSize
+	}
+	return 0
+}
+
+func (x *TaskSummary) GetPieceCount() uint32 {
+	if x != nil {
+		return x.PieceCount
+	}
+	return 0
+}
+
+func (x *TaskSummary) GetPeers() int32 {
+	if x != nil {
+		return x.Peers
+	}
+	return 0
+}
+
+func (x *TaskSummary) GetDonePeers() int32 {
+	if x != nil {
+		return x.DonePeers
+	}
+	return 0
+}
+
+func (x *TaskSummary) GetSeedPeers() int32 {
+	if x != nil {
+		return x.SeedPeers
+	}
+	return 0
+}
+
+type ListTasksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tasks         []*TaskSummary         `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTasksResponse) Reset() {
+	*x = ListTasksResponse{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTasksResponse) ProtoMessage() {}
+
+func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
+func (*ListTasksResponse) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListTasksResponse) GetTasks() []*TaskSummary {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+type GetTaskRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTaskRequest) Reset() {
+	*x = GetTaskRequest{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTaskRequest) ProtoMessage() {}
+
+func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
+func (*GetTaskRequest) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetTaskRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+// TaskPeer is one peer in a task.
+type TaskPeer struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	PeerId   string                 `protobuf:"bytes,1,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
+	HostId   string                 `protobuf:"bytes,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Hostname string                 `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Ip       string                 `protobuf:"bytes,4,opt,name=ip,proto3" json:"ip,omitempty"`
+	PeerPort int32                  `protobuf:"varint,5,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
+	Seed     bool                   `protobuf:"varint,6,opt,name=seed,proto3" json:"seed,omitempty"`
+	// pending, waiting, back_to_source, running, succeeded, failed.
+	State      string `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
+	Pieces     uint32 `protobuf:"varint,8,opt,name=pieces,proto3" json:"pieces,omitempty"`
+	PieceCount uint32 `protobuf:"varint,9,opt,name=piece_count,json=pieceCount,proto3" json:"piece_count,omitempty"`
+	// Bytes held (pieces times piece size, bounded by the content length).
+	Bytes         int64 `protobuf:"varint,10,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Done          bool  `protobuf:"varint,11,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskPeer) Reset() {
+	*x = TaskPeer{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskPeer) ProtoMessage() {}
+
+func (x *TaskPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskPeer.ProtoReflect.Descriptor instead.
+func (*TaskPeer) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *TaskPeer) GetPeerId() string {
+	if x != nil {
+		return x.PeerId
+	}
+	return ""
+}
+
+func (x *TaskPeer) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *TaskPeer) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *TaskPeer) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *TaskPeer) GetPeerPort() int32 {
+	if x != nil {
+		return x.PeerPort
+	}
+	return 0
+}
+
+func (x *TaskPeer) GetSeed() bool {
+	if x != nil {
+		return x.Seed
+	}
+	return false
+}
+
+func (x *TaskPeer) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *TaskPeer) GetPieces() uint32 {
+	if x != nil {
+		return x.Pieces
+	}
+	return 0
+}
+
+func (x *TaskPeer) GetPieceCount() uint32 {
+	if x != nil {
+		return x.PieceCount
+	}
+	return 0
+}
+
+func (x *TaskPeer) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *TaskPeer) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+type TaskDetail struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *TaskSummary           `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	Peers         []*TaskPeer            `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskDetail) Reset() {
+	*x = TaskDetail{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskDetail) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskDetail) ProtoMessage() {}
+
+func (x *TaskDetail) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskDetail.ProtoReflect.Descriptor instead.
+func (*TaskDetail) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *TaskDetail) GetTask() *TaskSummary {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+func (x *TaskDetail) GetPeers() []*TaskPeer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+type StatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsRequest) Reset() {
+	*x = StatsRequest{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsRequest) ProtoMessage() {}
+
+func (x *StatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
+func (*StatsRequest) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{29}
+}
+
+// HostTraffic is what one host moved since the scheduler started.
+type HostTraffic struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	HostId   string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Hostname string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Ip       string                 `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"`
+	Seed     bool                   `protobuf:"varint,4,opt,name=seed,proto3" json:"seed,omitempty"`
+	// Bytes of verified pieces children got from this host.
+	UploadBytes int64 `protobuf:"varint,5,opt,name=upload_bytes,json=uploadBytes,proto3" json:"upload_bytes,omitempty"`
+	// Bytes of verified pieces this host got (from peers and the origin).
+	DownloadBytes int64 `protobuf:"varint,6,opt,name=download_bytes,json=downloadBytes,proto3" json:"download_bytes,omitempty"`
+	// Peers of this host in tasks now.
+	Peers         int32 `protobuf:"varint,7,opt,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostTraffic) Reset() {
+	*x = HostTraffic{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostTraffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostTraffic) ProtoMessage() {}
+
+func (x *HostTraffic) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostTraffic.ProtoReflect.Descriptor instead.
+func (*HostTraffic) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *HostTraffic) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *HostTraffic) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *HostTraffic) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *HostTraffic) GetSeed() bool {
+	if x != nil {
+		return x.Seed
+	}
+	return false
+}
+
+func (x *HostTraffic) GetUploadBytes() int64 {
+	if x != nil {
+		return x.UploadBytes
+	}
+	return 0
+}
+
+func (x *HostTraffic) GetDownloadBytes() int64 {
+	if x != nil {
+		return x.DownloadBytes
+	}
+	return 0
+}
+
+func (x *HostTraffic) GetPeers() int32 {
+	if x != nil {
+		return x.Peers
+	}
+	return 0
+}
+
+// StatsResponse: counters since the scheduler started, plus the current state.
+type StatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Verified piece bytes that came from other peers and from the origin.
+	PeerBytes   int64 `protobuf:"varint,1,opt,name=peer_bytes,json=peerBytes,proto3" json:"peer_bytes,omitempty"`
+	OriginBytes int64 `protobuf:"varint,2,opt,name=origin_bytes,json=originBytes,proto3" json:"origin_bytes,omitempty"`
+	// Peers told to fetch from the origin, and peer registrations.
+	BackToSource  int64 `protobuf:"varint,3,opt,name=back_to_source,json=backToSource,proto3" json:"back_to_source,omitempty"`
+	Registrations int64 `protobuf:"varint,4,opt,name=registrations,proto3" json:"registrations,omitempty"`
+	// Peers now in a task (any state but left) and those still downloading.
+	ActivePeers     int32 `protobuf:"varint,5,opt,name=active_peers,json=activePeers,proto3" json:"active_peers,omitempty"`
+	ActiveDownloads int32 `protobuf:"varint,6,opt,name=active_downloads,json=activeDownloads,proto3" json:"active_downloads,omitempty"`
+	Tasks           int32 `protobuf:"varint,7,opt,name=tasks,proto3" json:"tasks,omitempty"`
+	Hosts           int32 `protobuf:"varint,8,opt,name=hosts,proto3" json:"hosts,omitempty"`
+	// Quantiles of the transfer time of the most recent pieces from peers
+	// (seconds; 0 without samples).
+	PieceLatencyP50     float64        `protobuf:"fixed64,9,opt,name=piece_latency_p50,json=pieceLatencyP50,proto3" json:"piece_latency_p50,omitempty"`
+	PieceLatencyP90     float64        `protobuf:"fixed64,10,opt,name=piece_latency_p90,json=pieceLatencyP90,proto3" json:"piece_latency_p90,omitempty"`
+	PieceLatencyP99     float64        `protobuf:"fixed64,11,opt,name=piece_latency_p99,json=pieceLatencyP99,proto3" json:"piece_latency_p99,omitempty"`
+	PieceLatencySamples int64          `protobuf:"varint,12,opt,name=piece_latency_samples,json=pieceLatencySamples,proto3" json:"piece_latency_samples,omitempty"`
+	HostTraffic         []*HostTraffic `protobuf:"bytes,13,rep,name=host_traffic,json=hostTraffic,proto3" json:"host_traffic,omitempty"`
+	// When this scheduler started (Unix ms): the counters above count from then.
+	StartedAtMs   int64 `protobuf:"varint,14,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsResponse) Reset() {
+	*x = StatsResponse{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsResponse) ProtoMessage() {}
+
+func (x *StatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
+func (*StatsResponse) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *StatsResponse) GetPeerBytes() int64 {
+	if x != nil {
+		return x.PeerBytes
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetOriginBytes() int64 {
+	if x != nil {
+		return x.OriginBytes
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetBackToSource() int64 {
+	if x != nil {
+		return x.BackToSource
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetRegistrations() int64 {
+	if x != nil {
+		return x.Registrations
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetActivePeers() int32 {
+	if x != nil {
+		return x.ActivePeers
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetActiveDownloads() int32 {
+	if x != nil {
+		return x.ActiveDownloads
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetTasks() int32 {
+	if x != nil {
+		return x.Tasks
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetHosts() int32 {
+	if x != nil {
+		return x.Hosts
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetPieceLatencyP50() float64 {
+	if x != nil {
+		return x.PieceLatencyP50
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetPieceLatencyP90() float64 {
+	if x != nil {
+		return x.PieceLatencyP90
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetPieceLatencyP99() float64 {
+	if x != nil {
+		return x.PieceLatencyP99
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetPieceLatencySamples() int64 {
+	if x != nil {
+		return x.PieceLatencySamples
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetHostTraffic() []*HostTraffic {
+	if x != nil {
+		return x.HostTraffic
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetStartedAtMs() int64 {
+	if x != nil {
+		return x.StartedAtMs
+	}
+	return 0
+}
+
 var File_api_schedulerv1_scheduler_proto protoreflect.FileDescriptor
 
 const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
@@ -1736,10 +2473,81 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x10SeedTasksRequest\x120\n" +
 	"\x04host\x18\x01 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\"@\n" +
 	"\bSeedTask\x124\n" +
-	"\x04task\x18\x01 \x01(\v2 .damselfly.scheduler.v1.TaskSpecR\x04task2\xc5\x01\n" +
+	"\x04task\x18\x01 \x01(\v2 .damselfly.scheduler.v1.TaskSpecR\x04task\"p\n" +
+	"\x10ListTasksRequest\x12!\n" +
+	"\furl_contains\x18\x01 \x01(\tR\vurlContains\x12\x17\n" +
+	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12 \n" +
+	"\vapplication\x18\x03 \x01(\tR\vapplication\"\xa7\x02\n" +
+	"\vTaskSummary\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x10\n" +
+	"\x03tag\x18\x03 \x01(\tR\x03tag\x12 \n" +
+	"\vapplication\x18\x04 \x01(\tR\vapplication\x12%\n" +
+	"\x0econtent_length\x18\x05 \x01(\x03R\rcontentLength\x12\x1d\n" +
+	"\n" +
+	"piece_size\x18\x06 \x01(\rR\tpieceSize\x12\x1f\n" +
+	"\vpiece_count\x18\a \x01(\rR\n" +
+	"pieceCount\x12\x14\n" +
+	"\x05peers\x18\b \x01(\x05R\x05peers\x12\x1d\n" +
+	"\n" +
+	"done_peers\x18\t \x01(\x05R\tdonePeers\x12\x1d\n" +
+	"\n" +
+	"seed_peers\x18\n" +
+	" \x01(\x05R\tseedPeers\"N\n" +
+	"\x11ListTasksResponse\x129\n" +
+	"\x05tasks\x18\x01 \x03(\v2#.damselfly.scheduler.v1.TaskSummaryR\x05tasks\")\n" +
+	"\x0eGetTaskRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\x92\x02\n" +
+	"\bTaskPeer\x12\x17\n" +
+	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x17\n" +
+	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12\x1a\n" +
+	"\bhostname\x18\x03 \x01(\tR\bhostname\x12\x0e\n" +
+	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x1b\n" +
+	"\tpeer_port\x18\x05 \x01(\x05R\bpeerPort\x12\x12\n" +
+	"\x04seed\x18\x06 \x01(\bR\x04seed\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\x12\x16\n" +
+	"\x06pieces\x18\b \x01(\rR\x06pieces\x12\x1f\n" +
+	"\vpiece_count\x18\t \x01(\rR\n" +
+	"pieceCount\x12\x14\n" +
+	"\x05bytes\x18\n" +
+	" \x01(\x03R\x05bytes\x12\x12\n" +
+	"\x04done\x18\v \x01(\bR\x04done\"}\n" +
+	"\n" +
+	"TaskDetail\x127\n" +
+	"\x04task\x18\x01 \x01(\v2#.damselfly.scheduler.v1.TaskSummaryR\x04task\x126\n" +
+	"\x05peers\x18\x02 \x03(\v2 .damselfly.scheduler.v1.TaskPeerR\x05peers\"\x0e\n" +
+	"\fStatsRequest\"\xc6\x01\n" +
+	"\vHostTraffic\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x0e\n" +
+	"\x02ip\x18\x03 \x01(\tR\x02ip\x12\x12\n" +
+	"\x04seed\x18\x04 \x01(\bR\x04seed\x12!\n" +
+	"\fupload_bytes\x18\x05 \x01(\x03R\vuploadBytes\x12%\n" +
+	"\x0edownload_bytes\x18\x06 \x01(\x03R\rdownloadBytes\x12\x14\n" +
+	"\x05peers\x18\a \x01(\x05R\x05peers\"\xbb\x04\n" +
+	"\rStatsResponse\x12\x1d\n" +
+	"\n" +
+	"peer_bytes\x18\x01 \x01(\x03R\tpeerBytes\x12!\n" +
+	"\forigin_bytes\x18\x02 \x01(\x03R\voriginBytes\x12$\n" +
+	"\x0eback_to_source\x18\x03 \x01(\x03R\fbackToSource\x12$\n" +
+	"\rregistrations\x18\x04 \x01(\x03R\rregistrations\x12!\n" +
+	"\factive_peers\x18\x05 \x01(\x05R\vactivePeers\x12)\n" +
+	"\x10active_downloads\x18\x06 \x01(\x05R\x0factiveDownloads\x12\x14\n" +
+	"\x05tasks\x18\a \x01(\x05R\x05tasks\x12\x14\n" +
+	"\x05hosts\x18\b \x01(\x05R\x05hosts\x12*\n" +
+	"\x11piece_latency_p50\x18\t \x01(\x01R\x0fpieceLatencyP50\x12*\n" +
+	"\x11piece_latency_p90\x18\n" +
+	" \x01(\x01R\x0fpieceLatencyP90\x12*\n" +
+	"\x11piece_latency_p99\x18\v \x01(\x01R\x0fpieceLatencyP99\x122\n" +
+	"\x15piece_latency_samples\x18\f \x01(\x03R\x13pieceLatencySamples\x12F\n" +
+	"\fhost_traffic\x18\r \x03(\v2#.damselfly.scheduler.v1.HostTrafficR\vhostTraffic\x12\"\n" +
+	"\rstarted_at_ms\x18\x0e \x01(\x03R\vstartedAtMs2\xd4\x03\n" +
 	"\tScheduler\x12]\n" +
 	"\bAnnounce\x12#.damselfly.scheduler.v1.PeerMessage\x1a(.damselfly.scheduler.v1.SchedulerMessage(\x010\x01\x12Y\n" +
-	"\tSeedTasks\x12(.damselfly.scheduler.v1.SeedTasksRequest\x1a .damselfly.scheduler.v1.SeedTask0\x01B?Z=github.com/damselfly-io/damselfly/api/schedulerv1;schedulerv1b\x06proto3"
+	"\tSeedTasks\x12(.damselfly.scheduler.v1.SeedTasksRequest\x1a .damselfly.scheduler.v1.SeedTask0\x01\x12`\n" +
+	"\tListTasks\x12(.damselfly.scheduler.v1.ListTasksRequest\x1a).damselfly.scheduler.v1.ListTasksResponse\x12U\n" +
+	"\aGetTask\x12&.damselfly.scheduler.v1.GetTaskRequest\x1a\".damselfly.scheduler.v1.TaskDetail\x12T\n" +
+	"\x05Stats\x12$.damselfly.scheduler.v1.StatsRequest\x1a%.damselfly.scheduler.v1.StatsResponseB?Z=github.com/damselfly-io/damselfly/api/schedulerv1;schedulerv1b\x06proto3"
 
 var (
 	file_api_schedulerv1_scheduler_proto_rawDescOnce sync.Once
@@ -1753,35 +2561,44 @@ func file_api_schedulerv1_scheduler_proto_rawDescGZIP() []byte {
 	return file_api_schedulerv1_scheduler_proto_rawDescData
 }
 
-var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_api_schedulerv1_scheduler_proto_goTypes = []any{
-	(*Host)(nil),             // 0: damselfly.scheduler.v1.Host
-	(*TaskSpec)(nil),         // 1: damselfly.scheduler.v1.TaskSpec
-	(*PieceDigest)(nil),      // 2: damselfly.scheduler.v1.PieceDigest
-	(*PieceResult)(nil),      // 3: damselfly.scheduler.v1.PieceResult
-	(*Register)(nil),         // 4: damselfly.scheduler.v1.Register
-	(*TaskMeta)(nil),         // 5: damselfly.scheduler.v1.TaskMeta
-	(*PiecesDone)(nil),       // 6: damselfly.scheduler.v1.PiecesDone
-	(*PieceFailed)(nil),      // 7: damselfly.scheduler.v1.PieceFailed
-	(*PeerDone)(nil),         // 8: damselfly.scheduler.v1.PeerDone
-	(*PeerFailed)(nil),       // 9: damselfly.scheduler.v1.PeerFailed
-	(*ContentCorrupt)(nil),   // 10: damselfly.scheduler.v1.ContentCorrupt
-	(*Reschedule)(nil),       // 11: damselfly.scheduler.v1.Reschedule
-	(*PeerMessage)(nil),      // 12: damselfly.scheduler.v1.PeerMessage
-	(*PeerInfo)(nil),         // 13: damselfly.scheduler.v1.PeerInfo
-	(*Parents)(nil),          // 14: damselfly.scheduler.v1.Parents
-	(*BackToSource)(nil),     // 15: damselfly.scheduler.v1.BackToSource
-	(*Wait)(nil),             // 16: damselfly.scheduler.v1.Wait
-	(*TaskInfo)(nil),         // 17: damselfly.scheduler.v1.TaskInfo
-	(*Fail)(nil),             // 18: damselfly.scheduler.v1.Fail
-	(*PieceAccess)(nil),      // 19: damselfly.scheduler.v1.PieceAccess
-	(*SchedulerMessage)(nil), // 20: damselfly.scheduler.v1.SchedulerMessage
-	(*SeedTasksRequest)(nil), // 21: damselfly.scheduler.v1.SeedTasksRequest
-	(*SeedTask)(nil),         // 22: damselfly.scheduler.v1.SeedTask
-	nil,                      // 23: damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	(*Host)(nil),              // 0: damselfly.scheduler.v1.Host
+	(*TaskSpec)(nil),          // 1: damselfly.scheduler.v1.TaskSpec
+	(*PieceDigest)(nil),       // 2: damselfly.scheduler.v1.PieceDigest
+	(*PieceResult)(nil),       // 3: damselfly.scheduler.v1.PieceResult
+	(*Register)(nil),          // 4: damselfly.scheduler.v1.Register
+	(*TaskMeta)(nil),          // 5: damselfly.scheduler.v1.TaskMeta
+	(*PiecesDone)(nil),        // 6: damselfly.scheduler.v1.PiecesDone
+	(*PieceFailed)(nil),       // 7: damselfly.scheduler.v1.PieceFailed
+	(*PeerDone)(nil),          // 8: damselfly.scheduler.v1.PeerDone
+	(*PeerFailed)(nil),        // 9: damselfly.scheduler.v1.PeerFailed
+	(*ContentCorrupt)(nil),    // 10: damselfly.scheduler.v1.ContentCorrupt
+	(*Reschedule)(nil),        // 11: damselfly.scheduler.v1.Reschedule
+	(*PeerMessage)(nil),       // 12: damselfly.scheduler.v1.PeerMessage
+	(*PeerInfo)(nil),          // 13: damselfly.scheduler.v1.PeerInfo
+	(*Parents)(nil),           // 14: damselfly.scheduler.v1.Parents
+	(*BackToSource)(nil),      // 15: damselfly.scheduler.v1.BackToSource
+	(*Wait)(nil),              // 16: damselfly.scheduler.v1.Wait
+	(*TaskInfo)(nil),          // 17: damselfly.scheduler.v1.TaskInfo
+	(*Fail)(nil),              // 18: damselfly.scheduler.v1.Fail
+	(*PieceAccess)(nil),       // 19: damselfly.scheduler.v1.PieceAccess
+	(*SchedulerMessage)(nil),  // 20: damselfly.scheduler.v1.SchedulerMessage
+	(*SeedTasksRequest)(nil),  // 21: damselfly.scheduler.v1.SeedTasksRequest
+	(*SeedTask)(nil),          // 22: damselfly.scheduler.v1.SeedTask
+	(*ListTasksRequest)(nil),  // 23: damselfly.scheduler.v1.ListTasksRequest
+	(*TaskSummary)(nil),       // 24: damselfly.scheduler.v1.TaskSummary
+	(*ListTasksResponse)(nil), // 25: damselfly.scheduler.v1.ListTasksResponse
+	(*GetTaskRequest)(nil),    // 26: damselfly.scheduler.v1.GetTaskRequest
+	(*TaskPeer)(nil),          // 27: damselfly.scheduler.v1.TaskPeer
+	(*TaskDetail)(nil),        // 28: damselfly.scheduler.v1.TaskDetail
+	(*StatsRequest)(nil),      // 29: damselfly.scheduler.v1.StatsRequest
+	(*HostTraffic)(nil),       // 30: damselfly.scheduler.v1.HostTraffic
+	(*StatsResponse)(nil),     // 31: damselfly.scheduler.v1.StatsResponse
+	nil,                       // 32: damselfly.scheduler.v1.TaskSpec.HeadersEntry
 }
 var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
-	23, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	32, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
 	0,  // 1: damselfly.scheduler.v1.Register.host:type_name -> damselfly.scheduler.v1.Host
 	1,  // 2: damselfly.scheduler.v1.Register.task:type_name -> damselfly.scheduler.v1.TaskSpec
 	3,  // 3: damselfly.scheduler.v1.PiecesDone.pieces:type_name -> damselfly.scheduler.v1.PieceResult
@@ -1804,15 +2621,25 @@ var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
 	19, // 20: damselfly.scheduler.v1.SchedulerMessage.access:type_name -> damselfly.scheduler.v1.PieceAccess
 	0,  // 21: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
 	1,  // 22: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	12, // 23: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
-	21, // 24: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
-	20, // 25: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
-	22, // 26: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
-	25, // [25:27] is the sub-list for method output_type
-	23, // [23:25] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	24, // 23: damselfly.scheduler.v1.ListTasksResponse.tasks:type_name -> damselfly.scheduler.v1.TaskSummary
+	24, // 24: damselfly.scheduler.v1.TaskDetail.task:type_name -> damselfly.scheduler.v1.TaskSummary
+	27, // 25: damselfly.scheduler.v1.TaskDetail.peers:type_name -> damselfly.scheduler.v1.TaskPeer
+	30, // 26: damselfly.scheduler.v1.StatsResponse.host_traffic:type_name -> damselfly.scheduler.v1.HostTraffic
+	12, // 27: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
+	21, // 28: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
+	23, // 29: damselfly.scheduler.v1.Scheduler.ListTasks:input_type -> damselfly.scheduler.v1.ListTasksRequest
+	26, // 30: damselfly.scheduler.v1.Scheduler.GetTask:input_type -> damselfly.scheduler.v1.GetTaskRequest
+	29, // 31: damselfly.scheduler.v1.Scheduler.Stats:input_type -> damselfly.scheduler.v1.StatsRequest
+	20, // 32: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
+	22, // 33: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
+	25, // 34: damselfly.scheduler.v1.Scheduler.ListTasks:output_type -> damselfly.scheduler.v1.ListTasksResponse
+	28, // 35: damselfly.scheduler.v1.Scheduler.GetTask:output_type -> damselfly.scheduler.v1.TaskDetail
+	31, // 36: damselfly.scheduler.v1.Scheduler.Stats:output_type -> damselfly.scheduler.v1.StatsResponse
+	32, // [32:37] is the sub-list for method output_type
+	27, // [27:32] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_api_schedulerv1_scheduler_proto_init() }
@@ -1844,7 +2671,7 @@ func file_api_schedulerv1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_schedulerv1_scheduler_proto_rawDesc), len(file_api_schedulerv1_scheduler_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

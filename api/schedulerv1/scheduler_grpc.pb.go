@@ -21,6 +21,9 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Scheduler_Announce_FullMethodName  = "/damselfly.scheduler.v1.Scheduler/Announce"
 	Scheduler_SeedTasks_FullMethodName = "/damselfly.scheduler.v1.Scheduler/SeedTasks"
+	Scheduler_ListTasks_FullMethodName = "/damselfly.scheduler.v1.Scheduler/ListTasks"
+	Scheduler_GetTask_FullMethodName   = "/damselfly.scheduler.v1.Scheduler/GetTask"
+	Scheduler_Stats_FullMethodName     = "/damselfly.scheduler.v1.Scheduler/Stats"
 )
 
 // SchedulerClient is the client API for Scheduler service.
@@ -36,6 +39,12 @@ type SchedulerClient interface {
 	// SeedTasks is held open by every seed peer; the scheduler pushes the tasks
 	// that the seed peer should fetch from the origin and serve to the swarm.
 	SeedTasks(ctx context.Context, in *SeedTasksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SeedTask], error)
+	// ListTasks lists the tasks this scheduler knows, filtered.
+	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
+	// GetTask describes one task and every peer in it (NOT_FOUND if unknown).
+	GetTask(ctx context.Context, in *GetTaskRequest, opts ...grpc.CallOption) (*TaskDetail, error)
+	// Stats summarises the traffic and peers this scheduler has seen.
+	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
 }
 
 type schedulerClient struct {
@@ -78,6 +87,36 @@ func (c *schedulerClient) SeedTasks(ctx context.Context, in *SeedTasksRequest, o
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_SeedTasksClient = grpc.ServerStreamingClient[SeedTask]
 
+func (c *schedulerClient) ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTasksResponse)
+	err := c.cc.Invoke(ctx, Scheduler_ListTasks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerClient) GetTask(ctx context.Context, in *GetTaskRequest, opts ...grpc.CallOption) (*TaskDetail, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TaskDetail)
+	err := c.cc.Invoke(ctx, Scheduler_GetTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerClient) Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatsResponse)
+	err := c.cc.Invoke(ctx, Scheduler_Stats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServer is the server API for Scheduler service.
 // All implementations must embed UnimplementedSchedulerServer
 // for forward compatibility.
@@ -91,6 +130,12 @@ type SchedulerServer interface {
 	// SeedTasks is held open by every seed peer; the scheduler pushes the tasks
 	// that the seed peer should fetch from the origin and serve to the swarm.
 	SeedTasks(*SeedTasksRequest, grpc.ServerStreamingServer[SeedTask]) error
+	// ListTasks lists the tasks this scheduler knows, filtered.
+	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)
+	// GetTask describes one task and every peer in it (NOT_FOUND if unknown).
+	GetTask(context.Context, *GetTaskRequest) (*TaskDetail, error)
+	// Stats summarises the traffic and peers this scheduler has seen.
+	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	mustEmbedUnimplementedSchedulerServer()
 }
 
@@ -106,6 +151,15 @@ func (UnimplementedSchedulerServer) Announce(grpc.BidiStreamingServer[PeerMessag
 }
 func (UnimplementedSchedulerServer) SeedTasks(*SeedTasksRequest, grpc.ServerStreamingServer[SeedTask]) error {
 	return status.Error(codes.Unimplemented, "method SeedTasks not implemented")
+}
+func (UnimplementedSchedulerServer) ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTasks not implemented")
+}
+func (UnimplementedSchedulerServer) GetTask(context.Context, *GetTaskRequest) (*TaskDetail, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTask not implemented")
+}
+func (UnimplementedSchedulerServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
 }
 func (UnimplementedSchedulerServer) mustEmbedUnimplementedSchedulerServer() {}
 func (UnimplementedSchedulerServer) testEmbeddedByValue()                   {}
@@ -146,13 +200,80 @@ func _Scheduler_SeedTasks_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_SeedTasksServer = grpc.ServerStreamingServer[SeedTask]
 
+func _Scheduler_ListTasks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTasksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).ListTasks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_ListTasks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).ListTasks(ctx, req.(*ListTasksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Scheduler_GetTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).GetTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_GetTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).GetTask(ctx, req.(*GetTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Scheduler_Stats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).Stats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_Stats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).Stats(ctx, req.(*StatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Scheduler_ServiceDesc is the grpc.ServiceDesc for Scheduler service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var Scheduler_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "damselfly.scheduler.v1.Scheduler",
 	HandlerType: (*SchedulerServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ListTasks",
+			Handler:    _Scheduler_ListTasks_Handler,
+		},
+		{
+			MethodName: "GetTask",
+			Handler:    _Scheduler_GetTask_Handler,
+		},
+		{
+			MethodName: "Stats",
+			Handler:    _Scheduler_Stats_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Announce",

@@ -16,6 +16,7 @@ import (
 	"github.com/damselfly-io/damselfly/client"
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/internal/identity"
+	"github.com/damselfly-io/damselfly/internal/config"
 	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/scheduler"
@@ -216,9 +217,14 @@ func schedulerRegistration(cfg schedulerCmdConfig, port int) (*managerv1.Registe
 	if hostname == "" {
 		hostname = core.Hostname()
 	}
+	// The effective configuration, secrets redacted, for the console.
+	shown, err := config.RenderRedacted(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("render config: %w", err)
+	}
 	return &managerv1.RegisterRequest{
 		Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Hostname: hostname, Ip: ip,
-		Port: int32(port), ClusterId: cfg.ClusterID,
+		Port: int32(port), ClusterId: cfg.ClusterID, Config: string(shown),
 		HostId: core.HostID(hostname, net.JoinHostPort(ip, strconv.Itoa(port))),
 	}, nil
 }

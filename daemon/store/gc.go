@@ -211,3 +211,13 @@ func (s *Store) noSpace(err error) error {
 	s.KickGC()
 	return fmt.Errorf("%w: %w", core.ErrNoSpace, err)
 }
+
+// Usage returns the bytes the cached tasks take on disk and their count,
+// now (one stat per task).
+func (s *Store) Usage() (bytes int64, tasks int) {
+	ts := s.List()
+	for _, t := range ts {
+		bytes += diskBytes(t.DataPath())
+	}
+	return bytes, len(ts)
+}

@@ -160,3 +160,73 @@ func Render(v any) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+// Redacted is shown instead of a secret in RenderRedacted's output.
+const Redacted = "[redacted]"
+
+// secretKeys are parts of YAML keys whose values RenderRedacted hides:
+// passwords, tokens, credentials, header maps (which carry them) and
+// database DSNs (which may embed a password).
+var secretKeys = []string{"password", "secret", "token", "credential", "authorization", "headers", "dsn", "private"}
+
+// RenderRedacted renders v as YAML like Render, with the value of every key
+// that names a secret (see secretKeys) replaced by Redacted. Empty values
+// stay empty, so a reader sees whether a secret is set.
+func RenderRedacted(v any) ([]byte, error) {
+	var n yaml.Node
+	if err := n.Encode(v); err != nil {
+		return nil, err
+	}
+	redactNode(&n)
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(&n); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func redactNode(n *yaml.Node) {
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			if isSecretKey(k.Value) {
+				redactValue(val)
+				continue
+			}
+			redactNode(val)
+		}
+		return
+	}
+	for _, c := range n.Content {
+		redactNode(c)
+	}
+}
+
+func redactValue(v *yaml.Node) {
+	switch v.Kind {
+	case yaml.ScalarNode:
+		if v.Value != "" && v.Tag != "!!null" {
+			v.Value, v.Tag, v.Style = Redacted, "!!str", 0
+		}
+	case yaml.MappingNode:
+		for i := 1; i < len(v.Content); i += 2 {
+			redactValue(v.Content[i])
+		}
+	default:
+		for _, c := range v.Content {
+			redactValue(c)
+		}
+	}
+}
+
+func isSecretKey(k string) bool {
+	k = strings.ToLower(k)
+	for _, s := range secretKeys {
+		if strings.Contains(k, s) {
+			return true
+		}
+	}
+	return false
+}

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -45,5 +46,38 @@ func TestLoadFileStrict(t *testing.T) {
 	out, err := Render(C{Timeout: Duration(time.Second), Rate: 1 << 20})
 	if err != nil || string(out) != "timeout: 1s\nrate: 1MiB\nname: \"\"\n" {
 		t.Fatalf("render: %q %v", out, err)
+	}
+}
+
+func TestRenderRedacted(t *testing.T) {
+	type reg struct {
+		Host     string            `yaml:"host"`
+		Password string            `yaml:"password"`
+		Headers  map[string]string `yaml:"headers"`
+	}
+	type cfg struct {
+		Listen   string `yaml:"listen"`
+		Database struct {
+			DSN string `yaml:"dsn"`
+		} `yaml:"database"`
+		AdminPassword string `yaml:"admin_password"`
+		Registries    []reg  `yaml:"registries"`
+	}
+	var c cfg
+	c.Listen = ":8080"
+	c.Database.DSN = "postgres://u:hunter2@db/x"
+	c.Registries = []reg{{Host: "r.example", Password: "hunter2", Headers: map[string]string{"X-Token": "hunter2"}}}
+	b, err := RenderRedacted(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(b)
+	if strings.Contains(out, "hunter2") {
+		t.Fatalf("secret shown:\n%s", out)
+	}
+	for _, want := range []string{"listen: :8080", "host: r.example", "dsn: '[redacted]'", "password: '[redacted]'", "X-Token: '[redacted]'", `admin_password: ""`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
 	}
 }
