@@ -21,9 +21,9 @@ import (
 	"github.com/damselfly-io/damselfly/api/managerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/client"
+	"github.com/damselfly-io/damselfly/internal/config"
 	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/pki"
-	"github.com/damselfly-io/damselfly/internal/config"
 )
 
 // schedulersFile keeps the manager's last answer, so that a daemon restarted

@@ -166,7 +166,7 @@ func DefaultConfig() Config {
 			Concurrency:     16,
 			RegistryTimeout: config.Duration(30 * time.Second),
 		},
-		CA:       CAConfig{CertTTL: config.Duration(pki.DefaultCertTTL), TokenRoles: []string{"peer", "seed"}},
+		CA: CAConfig{CertTTL: config.Duration(pki.DefaultCertTTL), TokenRoles: []string{"peer", "seed"}},
 		Console: ConsoleConfig{
 			Enabled:          true,
 			SchedulerTimeout: config.Duration(5 * time.Second),

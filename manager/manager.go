@@ -53,9 +53,9 @@ type Manager struct {
 
 	// ca issues component certificates; creds is the manager's own
 	// certificate (nil in insecure mode); token is the bootstrap token.
-	ca    *pki.CA
-	creds *pki.Creds
-	token string
+	ca       *pki.CA
+	creds    *pki.Creds
+	token    string
 	overview *overview
 }
 
