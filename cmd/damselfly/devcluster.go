@@ -8,11 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/damselfly-io/damselfly/daemon"
+	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/obs"
+	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/scheduler"
 )
 
@@ -82,6 +85,30 @@ Usage: damselfly dev-cluster [flags] N`, stderr)
 		fmt.Fprintln(stderr, "damselfly dev-cluster:", err)
 		return 1
 	}
+	// Mutual TLS as in a real cluster: a CA kept under the cluster's
+	// directory issues every component's certificate.
+	ca, _, err := pki.LoadOrCreateCA(filepath.Join(*dir, "ca"), "damselfly dev-cluster CA")
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly dev-cluster: CA:", err)
+		return 1
+	}
+	issue := func(name string, role identity.Role) (pki.Config, error) {
+		tdir := filepath.Join(*dir, "tls", name)
+		if err := ca.IssueFiles(tdir, identity.Identity{Role: role, HostID: "dev-" + name}, 365*24*time.Hour); err != nil {
+			return pki.Config{}, fmt.Errorf("certificate for %s: %w", name, err)
+		}
+		return pki.Config{Cert: filepath.Join(tdir, pki.CertFile), Key: filepath.Join(tdir, pki.KeyFile), CA: filepath.Join(tdir, pki.TrustFile)}, nil
+	}
+	schedTLS, err := issue("scheduler", identity.RoleScheduler)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly dev-cluster:", err)
+		return 1
+	}
+	schedCreds, err := schedTLS.LoadFiles()
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly dev-cluster:", err)
+		return 1
+	}
 	var nodes []*devNode
 	for i := 0; i <= n; i++ {
 		name := "seed"
@@ -101,6 +128,14 @@ Usage: damselfly dev-cluster [flags] N`, stderr)
 		if c.Seed {
 			c.ProxyPort = -1
 		}
+		role := identity.RolePeer
+		if c.Seed {
+			role = identity.RoleSeed
+		}
+		if c.TLS, err = issue(name, role); err != nil {
+			fmt.Fprintln(stderr, "damselfly dev-cluster:", err)
+			return 1
+		}
 		if err := c.Validate(); err != nil {
 			fmt.Fprintf(stderr, "damselfly dev-cluster: %s: %v\n", name, err)
 			return 2
@@ -113,7 +148,7 @@ Usage: damselfly dev-cluster [flags] N`, stderr)
 		nodes = append(nodes, &devNode{name: name, cfg: c, d: d})
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.Serve(gctx, lis) })
+	g.Go(func() error { return s.Serve(gctx, lis, pki.ServerOptions(schedCreds)...) })
 	for _, nd := range nodes {
 		g.Go(func() error {
 			if err := nd.d.Run(gctx); err != nil {

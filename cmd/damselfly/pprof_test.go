@@ -53,7 +53,7 @@ func TestSchedulerPprofOnlyWhenEnabled(t *testing.T) {
 	for _, enabled := range []bool{false, true} {
 		grpcPort, metricsPort, pprofPort := freeTCPPort(t), freeTCPPort(t), freeTCPPort(t)
 		args := []string{"scheduler", "--listen", "127.0.0.1:" + strconv.Itoa(grpcPort), "--metrics-port", strconv.Itoa(metricsPort),
-			"--pprof-listen", "127.0.0.1:" + strconv.Itoa(pprofPort), "--log-level", "error"}
+			"--pprof-listen", "127.0.0.1:" + strconv.Itoa(pprofPort), "--log-level", "error", "--insecure"}
 		if enabled {
 			args = append(args, "--pprof")
 		}
