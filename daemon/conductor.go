@@ -167,10 +167,12 @@ func (c *conductor) finish(err error) {
 		src = "cache"
 	case c.originBytes.Load() > c.peerBytes.Load():
 		src = "origin"
+	case err != nil && c.peerBytes.Load() == 0:
+		src = "none" // failed before any byte arrived
 	}
 	// Cache hits are counted per request by the local API.
 	if !c.req.fromCache && src != "cache" {
-		c.d.metrics.downloads.WithLabelValues(outcome, src).Inc()
+		c.d.metrics.downloads.WithLabelValues(outcome, core.FailureReason(err), src).Inc()
 	}
 }
 
@@ -991,6 +993,7 @@ func (c *conductor) headers() http.Header {
 
 func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) error {
 	url := c.req.spec.GetUrl()
+	fetchStart := time.Now()
 	resp, err := c.d.src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length})
 	if err != nil {
 		return fmt.Errorf("fetch %s from origin: %w", url, err)
@@ -1015,6 +1018,9 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 	n := uint32(off / int64(ps))
 	buf := make([]byte, ps)
 	var read int64
+	// A piece's latency runs from asking for it (the request, for the first)
+	// to holding it verified and stored, as for pieces from peers.
+	pieceStart := fetchStart
 	for length < 0 || read < length {
 		want := buf
 		if length >= 0 && length-read < int64(len(buf)) {
@@ -1030,9 +1036,11 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 				if werr := c.task.WritePiece(n, want[:k], nil); werr != nil {
 					return werr
 				}
+				c.d.pm.PieceDuration.WithLabelValues("origin").Observe(time.Since(pieceStart).Seconds())
 				dg, _ := c.task.PieceDigest(n)
 				c.post(ctx, evOriginPiece{n: n, digest: dg, size: k})
 			}
+			pieceStart = time.Now()
 			n++
 		}
 		if err == io.EOF || err == io.ErrUnexpectedEOF {

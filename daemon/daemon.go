@@ -77,6 +77,7 @@ type metrics struct {
 	originBytes prometheus.Counter
 	cacheBytes  prometheus.Counter
 	backSource  *prometheus.CounterVec
+	schedulerUp prometheus.Gauge // nil when the daemon does not use schedulers
 	cache       *cacheMetrics
 }
 
@@ -120,8 +121,8 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 	d.metrics = &metrics{
 		downloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "damselfly_daemon_downloads_total",
-			Help: "Finished downloads by outcome (success, failure) and where most bytes came from (peer, origin, cache)."},
-			[]string{"outcome", "source"}),
+			Help: "Finished downloads by outcome (success, failure), failure reason (empty on success) and where most bytes came from (peer, origin, cache; none for a failure before any byte)."},
+			[]string{"outcome", "reason", "source"}),
 		activeTasks: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "damselfly_daemon_active_tasks", Help: "Tasks being downloaded."}),
 		originBytes: prometheus.NewCounter(prometheus.CounterOpts{
@@ -131,8 +132,16 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 		backSource: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "damselfly_daemon_back_to_source_total", Help: "Tasks fetched from the origin, by reason."}, []string{"reason"}),
 	}
+	if d.p2p() {
+		d.metrics.schedulerUp = prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "damselfly_daemon_scheduler_up",
+			Help: "1 when at least one of the daemon's schedulers is reachable, 0 when none is (downloads then go to the origin)."})
+	}
 	if r != nil {
 		r.MustRegister(d.metrics.downloads, d.metrics.activeTasks, d.metrics.originBytes, d.metrics.cacheBytes, d.metrics.backSource)
+		if d.metrics.schedulerUp != nil {
+			r.MustRegister(d.metrics.schedulerUp)
+		}
 	}
 	d.metrics.cache = newCacheMetrics(r)
 	d.metrics.cache.setLimits(d.limits)
@@ -247,7 +256,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error { return obs.ServeGRPC(gctx, apiSrv, sockLis, 2*time.Second) })
 	g.Go(func() error { return obs.ServeHTTP(gctx, upLis, upSrv.Handler()) })
 	if metricsLis != nil {
-		g.Go(func() error { return obs.ServeHTTP(gctx, metricsLis, obs.Handler(d.gather, nil)) })
+		mux := http.NewServeMux()
+		mux.Handle("GET /healthy", obs.HealthHandler(d.Health))
+		mux.Handle("/", obs.Handler(d.gather, nil))
+		g.Go(func() error { return obs.ServeHTTP(gctx, metricsLis, mux) })
 	}
 	proxyAddr := ""
 	if proxyLis != nil {
@@ -264,6 +276,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	defer d.closeSchedulers()
+	if d.p2p() {
+		d.startWatching(gctx)
+	}
 	if refresh != nil {
 		g.Go(func() error { refresh(gctx); return nil })
 	}

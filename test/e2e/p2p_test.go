@@ -97,7 +97,7 @@ func TestAllInOne(t *testing.T) {
 	if v := metric(t, metrics, "damselfly_scheduler_seed_triggers_total", ""); v < 1 {
 		t.Errorf("seed triggers %v, want ≥ 1", v)
 	}
-	if v := metric(t, metrics, "damselfly_daemon_downloads_total", `outcome="success",source="peer"`); v < 1 {
+	if v := metric(t, metrics, "damselfly_daemon_downloads_total", `outcome="success",reason="",source="peer"`); v < 1 {
 		t.Errorf("daemon downloads from peers %v, want ≥ 1", v)
 	}
 	if v := metric(t, metrics, "damselfly_daemon_cache_bytes_total", ""); v != 3<<20 {
