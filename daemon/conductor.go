@@ -123,6 +123,7 @@ type (
 		n      uint32
 		digest []byte
 		size   int
+		cost   time.Duration // from asking for the piece to holding it
 	}
 	evOriginShape struct{}
 	evOriginDone  struct{ err error }
@@ -364,7 +365,7 @@ func (c *conductor) handle(ctx context.Context, ev any) error {
 	case evOriginPiece:
 		c.lastProgress = time.Now()
 		c.removeNeed(e.n)
-		c.pending = append(c.pending, &schedulerv1.PieceResult{Number: e.n, Digest: e.digest, Length: uint32(e.size)})
+		c.pending = append(c.pending, &schedulerv1.PieceResult{Number: e.n, Digest: e.digest, Length: uint32(e.size), CostNs: e.cost.Nanoseconds()})
 		if len(c.pending) >= 32 {
 			c.flushReports()
 		}
@@ -1036,9 +1037,10 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 				if werr := c.task.WritePiece(n, want[:k], nil); werr != nil {
 					return werr
 				}
-				c.d.pm.PieceDuration.WithLabelValues("origin").Observe(time.Since(pieceStart).Seconds())
+				cost := time.Since(pieceStart)
+				c.d.pm.PieceDuration.WithLabelValues("origin").Observe(cost.Seconds())
 				dg, _ := c.task.PieceDigest(n)
-				c.post(ctx, evOriginPiece{n: n, digest: dg, size: k})
+				c.post(ctx, evOriginPiece{n: n, digest: dg, size: k, cost: cost})
 			}
 			pieceStart = time.Now()
 			n++

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/internal/obs"
 )
 
 // Config is the daemon's configuration. Zero values are not defaults: start
@@ -54,6 +55,9 @@ type Config struct {
 	Upload   UploadConfig   `yaml:"upload"`
 	Proxy    ProxyConfig    `yaml:"proxy"`
 	Cache    CacheConfig    `yaml:"cache"`
+
+	// Metrics: dragonfly_compat also exposes Dragonfly's metric names.
+	Metrics obs.MetricsConfig `yaml:"metrics"`
 
 	// OriginTimeout bounds connecting to the origin and waiting for headers.
 	OriginTimeout config.Duration `yaml:"origin_timeout"`

@@ -81,8 +81,20 @@ type metrics struct {
 	cache       *cacheMetrics
 }
 
-// New builds a daemon; Run starts it. gather may be nil (no metrics port).
+// New builds a daemon whose metrics live in reg (nil: no metrics port); Run
+// starts it.
 func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error) {
+	if reg == nil {
+		return NewWithMetrics(cfg, log, nil, nil)
+	}
+	return NewWithMetrics(cfg, log, reg, reg)
+}
+
+// NewWithMetrics builds a daemon that registers its metrics on reg and
+// serves gather on its metrics port (either may be nil: no metrics, no
+// port). Several daemons in one process share a registry through
+// prometheus.WrapRegistererWith and a label that tells them apart.
+func NewWithMetrics(cfg Config, log *slog.Logger, reg prometheus.Registerer, gather prometheus.Gatherer) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("daemon config: %w", err)
 	}
@@ -111,11 +123,8 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 		originSlots: piece.NewSlots(cfg.Download.MaxConcurrentOrigin),
 		limits:      reloadableOf(cfg),
 	}
-	var r prometheus.Registerer
-	if reg != nil {
-		r, d.gather = reg, reg
-	}
-	d.reg = r
+	r := reg
+	d.reg, d.gather = reg, gather
 	d.pm = piece.NewMetrics(r)
 	d.pieces = piece.NewClient(d.pm)
 	d.metrics = &metrics{
@@ -145,7 +154,30 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 	}
 	d.metrics.cache = newCacheMetrics(r)
 	d.metrics.cache.setLimits(d.limits)
+	if r != nil && cfg.Metrics.DragonflyCompat {
+		r.MustRegister(d.dragonflyAliases()...)
+	}
 	return d, nil
+}
+
+// dragonflyAliases are the Dragonfly (dfdaemon) names of the daemon's
+// metrics, for dashboards built for Dragonfly (metrics.dragonfly_compat).
+// The proxy adds its own when it starts.
+func (d *Daemon) dragonflyAliases() []prometheus.Collector {
+	traffic := map[string]string{"peer": "remote_peer", "origin": "back_to_source"}
+	return []prometheus.Collector{
+		&obs.Alias{Name: "dragonfly_dfdaemon_download_task_total", Help: "Downloads finished (Dragonfly name; from damselfly_daemon_downloads_total).",
+			Labels: []string{"type"}, Src: d.metrics.downloads,
+			Map: func(map[string]string) (map[string]string, bool) { return map[string]string{"type": "standard"}, true }},
+		&obs.Alias{Name: "dragonfly_dfdaemon_download_traffic_total", Help: "Bytes downloaded by type: remote_peer, back_to_source (Dragonfly name; from damselfly_daemon_download_bytes_total).",
+			Labels: []string{"type"}, Src: d.pm.DownloadBytes,
+			Map: func(in map[string]string) (map[string]string, bool) {
+				t, ok := traffic[in["source"]]
+				return map[string]string{"type": t}, ok
+			}},
+		&obs.Alias{Name: "dragonfly_dfdaemon_upload_traffic_total", Help: "Piece bytes uploaded to other peers (Dragonfly name; from damselfly_daemon_upload_bytes_total).",
+			Src: d.pm.UploadBytes},
+	}
 }
 
 // Ready is closed once every port listens.

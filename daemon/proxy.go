@@ -19,6 +19,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/obs"
 )
 
 // The proxy is what container runtimes and other HTTP clients talk to: a
@@ -115,6 +116,11 @@ func newProxy(d *Daemon) (*proxy, error) {
 		Help: "Body bytes the proxy sent to its clients, by route (p2p, direct)."}, []string{"route"})
 	if d.reg != nil {
 		d.reg.MustRegister(p.requests, p.bytes)
+		if d.cfg.Metrics.DragonflyCompat {
+			d.reg.MustRegister(&obs.Alias{Name: "dragonfly_dfdaemon_proxy_request_total",
+				Help: "Proxy requests (Dragonfly name; from damselfly_proxy_requests_total, all routes summed).", Src: p.requests,
+				Map: func(map[string]string) (map[string]string, bool) { return nil, true }})
+		}
 	}
 	return p, nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/manager/db"
 )
 
@@ -38,7 +39,9 @@ type Config struct {
 	// SessionTTL is how long a sign-in token is valid.
 	SessionTTL config.Duration `yaml:"session_ttl"`
 	Jobs       JobConfig       `yaml:"jobs"`
-	LogLevel   string          `yaml:"log_level"`
+	// Metrics: dragonfly_compat also exposes Dragonfly's metric names.
+	Metrics  obs.MetricsConfig `yaml:"metrics"`
+	LogLevel string            `yaml:"log_level"`
 }
 
 // DatabaseConfig chooses the database.

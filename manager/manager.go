@@ -85,7 +85,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 		},
 	}
 	if reg != nil {
-		reg.MustRegister(m.m.http, m.m.grpc, m.m.jobs)
+		comps := newComponentsCollector(m)
+		reg.MustRegister(m.m.http, m.m.grpc, m.m.jobs, comps)
+		if cfg.Metrics.DragonflyCompat {
+			reg.MustRegister(dragonflyAliases(comps)...)
+		}
 		m.gather = reg
 	} else {
 		m.gather = prometheus.NewRegistry()

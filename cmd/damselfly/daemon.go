@@ -27,6 +27,7 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.StringVar(&cfg.Proxy.ListenIP, "proxy-ip", cfg.Proxy.ListenIP, "IP the registry mirror / proxy listens on (clients outside proxy.allowed_clients get 403)")
 	fs.StringVar(&cfg.Proxy.RegistryMirror, "registry-mirror", cfg.Proxy.RegistryMirror, "default upstream registry of the mirror, e.g. https://registry.example:5000 (its scheme is also used when ns names its host)")
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", cfg.MetricsPort, "port for /metrics and /healthy; -1 disables")
+	fs.BoolVar(&cfg.Metrics.DragonflyCompat, "metrics-dragonfly-compat", cfg.Metrics.DragonflyCompat, "also expose Dragonfly's metric names (dragonfly_*) for dashboards built for Dragonfly")
 	fs.StringVar(&cfg.Sock, "sock", cfg.Sock, "unix socket of the local API used by dfget")
 	fs.BoolVar(&cfg.Seed, "seed", cfg.Seed, "run as a seed peer: fetch from the origin when the scheduler asks")
 	fs.StringVar(&cfg.IDC, "idc", cfg.IDC, "data centre label for locality-aware scheduling")

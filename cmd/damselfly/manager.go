@@ -18,6 +18,7 @@ func managerFlags(fs *flag.FlagSet, cfg *manager.Config) {
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the SQLite database")
 	fs.StringVar(&cfg.Database.Type, "database-type", cfg.Database.Type, "sqlite or postgres")
 	fs.StringVar(&cfg.Database.DSN, "database-dsn", cfg.Database.DSN, "PostgreSQL DSN or URL (sqlite: optional file path)")
+	fs.BoolVar(&cfg.Metrics.DragonflyCompat, "metrics-dragonfly-compat", cfg.Metrics.DragonflyCompat, "also expose Dragonfly's metric names (dragonfly_*) for dashboards built for Dragonfly")
 	fs.StringVar(&cfg.AdminPassword, "admin-password", cfg.AdminPassword, "password of the first admin user, set when it is created (env DAMSELFLY_ADMIN_PASSWORD overrides; empty: random, printed once)")
 	fs.Var(&cfg.KeepAliveInterval, "keepalive-interval", "how often schedulers and seed peers keep alive")
 	fs.Var(&cfg.KeepAliveTimeout, "keepalive-timeout", "a scheduler or seed peer silent this long is inactive")
