@@ -78,6 +78,8 @@ type metrics struct {
 	cacheBytes  prometheus.Counter
 	backSource  *prometheus.CounterVec
 	schedulerUp prometheus.Gauge // nil when the daemon does not use schedulers
+	// the registry mirror / proxy's, by route
+	proxyRequests, proxyBytes *prometheus.CounterVec
 	cache       *cacheMetrics
 }
 
@@ -146,8 +148,12 @@ func NewWithMetrics(cfg Config, log *slog.Logger, reg prometheus.Registerer, gat
 			Name: "damselfly_daemon_scheduler_up",
 			Help: "1 when at least one of the daemon's schedulers is reachable, 0 when none is (downloads then go to the origin)."})
 	}
+	d.metrics.proxyRequests, d.metrics.proxyBytes = newProxyMetrics()
 	if r != nil {
 		r.MustRegister(d.metrics.downloads, d.metrics.activeTasks, d.metrics.originBytes, d.metrics.cacheBytes, d.metrics.backSource)
+		if cfg.ProxyPort >= 0 {
+			r.MustRegister(d.metrics.proxyRequests, d.metrics.proxyBytes)
+		}
 		if d.metrics.schedulerUp != nil {
 			r.MustRegister(d.metrics.schedulerUp)
 		}
@@ -162,10 +168,12 @@ func NewWithMetrics(cfg Config, log *slog.Logger, reg prometheus.Registerer, gat
 
 // dragonflyAliases are the Dragonfly (dfdaemon) names of the daemon's
 // metrics, for dashboards built for Dragonfly (metrics.dragonfly_compat).
-// The proxy adds its own when it starts.
 func (d *Daemon) dragonflyAliases() []prometheus.Collector {
 	traffic := map[string]string{"peer": "remote_peer", "origin": "back_to_source"}
 	return []prometheus.Collector{
+		&obs.Alias{Name: "dragonfly_dfdaemon_proxy_request_total",
+			Help: "Proxy requests (Dragonfly name; from damselfly_proxy_requests_total, routes summed).", Src: d.metrics.proxyRequests,
+			Map: func(map[string]string) (map[string]string, bool) { return nil, true }},
 		&obs.Alias{Name: "dragonfly_dfdaemon_download_task_total", Help: "Downloads finished (Dragonfly name; from damselfly_daemon_downloads_total).",
 			Labels: []string{"type"}, Src: d.metrics.downloads,
 			Map: func(map[string]string) (map[string]string, bool) { return map[string]string{"type": "standard"}, true }},

@@ -19,7 +19,6 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
-	"github.com/damselfly-io/damselfly/internal/obs"
 )
 
 // The proxy is what container runtimes and other HTTP clients talk to: a
@@ -107,22 +106,21 @@ func newProxy(d *Daemon) (*proxy, error) {
 		p.ca = ca
 		p.log.Info("proxy terminates TLS for hijacked hosts; clients must trust the CA", "ca_cert", ca.certPath)
 	}
-	p.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+	p.requests, p.bytes = d.metrics.proxyRequests, d.metrics.proxyBytes
+	return p, nil
+}
+
+// newProxyMetrics builds the proxy's metrics (registered by New with the
+// daemon's, so that they exist, and are documented, before the proxy runs).
+func newProxyMetrics() (requests, bytes *prometheus.CounterVec) {
+	requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "damselfly_proxy_requests_total",
 		Help: "Proxy requests by route: p2p, direct (passed through), fallback (P2P failed, passed through), tunnel, hijack, denied."},
 		[]string{"route"})
-	p.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+	bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "damselfly_proxy_response_bytes_total",
 		Help: "Body bytes the proxy sent to its clients, by route (p2p, direct)."}, []string{"route"})
-	if d.reg != nil {
-		d.reg.MustRegister(p.requests, p.bytes)
-		if d.cfg.Metrics.DragonflyCompat {
-			d.reg.MustRegister(&obs.Alias{Name: "dragonfly_dfdaemon_proxy_request_total",
-				Help: "Proxy requests (Dragonfly name; from damselfly_proxy_requests_total, all routes summed).", Src: p.requests,
-				Map: func(map[string]string) (map[string]string, bool) { return nil, true }})
-		}
-	}
-	return p, nil
+	return requests, bytes
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {

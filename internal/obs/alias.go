@@ -9,6 +9,13 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
+// Registry is where a component registers its metrics and what its
+// /metrics serves (a *prometheus.Registry).
+type Registry interface {
+	prometheus.Registerer
+	prometheus.Gatherer
+}
+
 // MetricsConfig is the metrics section every component's config shares.
 type MetricsConfig struct {
 	// DragonflyCompat also exposes the metric names Dragonfly uses (for
@@ -29,9 +36,10 @@ type Alias struct {
 	Map    func(src map[string]string) (map[string]string, bool)
 }
 
-// Describe sends nothing: an alias is an unchecked collector (its series
-// follow its source's).
-func (a *Alias) Describe(chan<- *prometheus.Desc) {}
+// Describe sends the alias's one descriptor.
+func (a *Alias) Describe(ch chan<- *prometheus.Desc) { ch <- a.desc() }
+
+func (a *Alias) desc() *prometheus.Desc { return prometheus.NewDesc(a.Name, a.Help, a.Labels, nil) }
 
 type aliasSum struct {
 	values  []string
@@ -91,7 +99,7 @@ func (a *Alias) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	desc := prometheus.NewDesc(a.Name, a.Help, a.Labels, nil)
+	desc := a.desc()
 	keys := make([]string, 0, len(sums))
 	for k := range sums {
 		keys = append(keys, k)
