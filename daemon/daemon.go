@@ -80,7 +80,7 @@ type metrics struct {
 	schedulerUp prometheus.Gauge // nil when the daemon does not use schedulers
 	// the registry mirror / proxy's, by route
 	proxyRequests, proxyBytes *prometheus.CounterVec
-	cache       *cacheMetrics
+	cache                     *cacheMetrics
 }
 
 // New builds a daemon whose metrics live in reg (nil: no metrics port); Run
