@@ -120,6 +120,14 @@ func newProxyMetrics() (requests, bytes *prometheus.CounterVec) {
 	bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "damselfly_proxy_response_bytes_total",
 		Help: "Body bytes the proxy sent to its clients, by route (p2p, direct)."}, []string{"route"})
+	// Every route exists from the start (at 0), so rates and alerts over
+	// them have data before the first request.
+	for _, r := range []string{"p2p", "direct", "fallback", "tunnel", "hijack", "denied"} {
+		requests.WithLabelValues(r)
+	}
+	for _, r := range []string{"p2p", "direct", "fallback"} {
+		bytes.WithLabelValues(r)
+	}
 	return requests, bytes
 }
 
