@@ -161,3 +161,54 @@ func TestMetricsDocumented(t *testing.T) {
 		}
 	}
 }
+
+// Without metrics.dragonfly_compat no component exports a Dragonfly name;
+// with it, each exports its own.
+func TestDragonflyNamesOnlyWhenAsked(t *testing.T) {
+	ctx := context.Background()
+	for _, compat := range []bool{false, true} {
+		names := map[string][]string{}
+		record := func(component string, r *recorder) {
+			for _, d := range r.descs {
+				if n := descName.FindStringSubmatch(d.String()); n != nil && strings.HasPrefix(n[1], "dragonfly_") {
+					names[component] = append(names[component], n[1])
+				}
+			}
+		}
+		sc := scheduler.DefaultConfig()
+		sc.Metrics.DragonflyCompat = compat
+		rs := &recorder{Registry: prometheus.NewRegistry()}
+		if _, err := scheduler.New(sc, nil, rs); err != nil {
+			t.Fatal(err)
+		}
+		record("scheduler", rs)
+		dc := daemon.DefaultConfig()
+		dc.DataDir = t.TempDir()
+		dc.Metrics.DragonflyCompat = compat
+		rd := &recorder{Registry: prometheus.NewRegistry()}
+		if _, err := daemon.NewWithMetrics(dc, slog.New(slog.DiscardHandler), rd, rd); err != nil {
+			t.Fatal(err)
+		}
+		record("daemon", rd)
+		mc := manager.DefaultConfig()
+		mc.DataDir = filepath.Join(t.TempDir(), "m")
+		mc.AdminPassword = "admin-secret-1"
+		mc.Metrics.DragonflyCompat = compat
+		rm := &recorder{Registry: prometheus.NewRegistry()}
+		m, err := manager.New(ctx, mc, nil, rm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+		record("manager", rm)
+		want := map[string]int{"scheduler": 2, "daemon": 4, "manager": 1}
+		for c, n := range want {
+			if !compat {
+				n = 0
+			}
+			if len(names[c]) != n {
+				t.Errorf("compat %v: %s exports %v, want %d Dragonfly names", compat, c, names[c], n)
+			}
+		}
+	}
+}
