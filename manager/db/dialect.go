@@ -39,7 +39,7 @@ func (d *DB) ddl(ctx context.Context, tx *sql.Tx, stmt string) (string, error) {
 	s := strings.TrimSpace(stmt)
 	up := strings.ToUpper(s)
 	switch {
-	case strings.HasPrefix(up, "CREATE TABLE"):
+	case strings.HasPrefix(up, "CREATE TABLE"): // IF NOT EXISTS included
 		return mysqlCreateTable(s)
 	case strings.HasPrefix(up, "ALTER TABLE"):
 		return mysqlAlterTable(s), nil
@@ -159,7 +159,7 @@ func mysqlAlterTable(s string) string {
 	return s
 }
 
-var reCreateIndex = regexp.MustCompile(`(?is)^(CREATE\s+(?:UNIQUE\s+)?INDEX\s+\w+\s+ON\s+(\w+)\s*\()([^)]*)(\).*)$`)
+var reCreateIndex = regexp.MustCompile(`(?is)^(CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\s+ON\s+(\w+)\s*\()([^)]*)(\).*)$`)
 
 // mysqlCreateIndex gives LONGTEXT columns of an index a prefix length.
 func mysqlCreateIndex(ctx context.Context, tx *sql.Tx, s string) (string, error) {
