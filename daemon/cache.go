@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/damselfly-io/damselfly/daemon/piece"
 	"github.com/damselfly-io/damselfly/daemon/store"
@@ -120,6 +121,10 @@ func (d *Daemon) runGC() {
 		d.metrics.cache.evictedBytes.Add(float64(e.Bytes))
 	}
 	d.metrics.cache.size.Set(float64(res.Bytes))
+	var st unix.Statfs_t
+	if unix.Statfs(d.cfg.DataDir, &st) == nil && st.Blocks > 0 {
+		d.metrics.cache.fsUsed.Set(float64(st.Blocks-st.Bfree) / float64(st.Blocks))
+	}
 	d.metrics.cache.tasks.Set(float64(res.Tasks))
 	d.metrics.cache.gcRuns.Inc()
 }
@@ -147,6 +152,10 @@ type cacheMetrics struct {
 	evictedBytes prometheus.Counter
 	gcRuns       prometheus.Counter
 	limit        *prometheus.GaugeVec
+	// cache use against its watermarks, for dashboards and alerts
+	watermarkBytes *prometheus.GaugeVec
+	watermarkRatio *prometheus.GaugeVec
+	fsUsed         prometheus.Gauge
 }
 
 func newCacheMetrics(r prometheus.Registerer) *cacheMetrics {
@@ -165,9 +174,18 @@ func newCacheMetrics(r prometheus.Registerer) *cacheMetrics {
 			Name: "damselfly_daemon_limit",
 			Help: "Configured limits in force (0: none): download_rate, upload_rate, upload_peer_rate (bytes/s), upload_max_concurrent, max_concurrent_origin."},
 			[]string{"limit"}),
+		watermarkBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "damselfly_daemon_cache_watermark_bytes",
+			Help: "Cache size watermarks in force, by level (high starts eviction, low is where it stops; 0: none)."}, []string{"level"}),
+		watermarkRatio: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "damselfly_daemon_cache_watermark_ratio",
+			Help: "File-system use watermarks in force, as a fraction of the cache's file system, by level (high, low; 0: none)."}, []string{"level"}),
+		fsUsed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "damselfly_daemon_cache_fs_used_ratio",
+			Help: "Used fraction of the cache's file system, as of the last GC pass."}),
 	}
 	if r != nil {
-		r.MustRegister(m.size, m.tasks, m.evictions, m.evictedBytes, m.gcRuns, m.limit)
+		r.MustRegister(m.size, m.tasks, m.evictions, m.evictedBytes, m.gcRuns, m.limit, m.watermarkBytes, m.watermarkRatio, m.fsUsed)
 	}
 	return m
 }
@@ -178,4 +196,8 @@ func (m *cacheMetrics) setLimits(r reloadable) {
 	m.limit.WithLabelValues("upload_peer_rate").Set(float64(r.uploadPeerRate))
 	m.limit.WithLabelValues("upload_max_concurrent").Set(float64(r.uploadMaxConcurrent))
 	m.limit.WithLabelValues("max_concurrent_origin").Set(float64(r.maxConcurrentOrigin))
+	m.watermarkBytes.WithLabelValues("high").Set(float64(r.policy.HighBytes))
+	m.watermarkBytes.WithLabelValues("low").Set(float64(r.policy.LowBytes))
+	m.watermarkRatio.WithLabelValues("high").Set(r.policy.HighPercent / 100)
+	m.watermarkRatio.WithLabelValues("low").Set(r.policy.LowPercent / 100)
 }

@@ -139,6 +139,7 @@ type (
 		n      uint32
 		digest []byte
 		size   int
+		cost   time.Duration // from asking for the piece to holding it
 	}
 	evOriginShape struct{}
 	evOriginDone  struct{ err error }
@@ -185,10 +186,12 @@ func (c *conductor) finish(err error) {
 		src = "cache"
 	case c.originBytes.Load() > c.peerBytes.Load():
 		src = "origin"
+	case err != nil && c.peerBytes.Load() == 0:
+		src = "none" // failed before any byte arrived
 	}
 	// Cache hits are counted per request by the local API.
 	if !c.req.fromCache && src != "cache" {
-		c.d.metrics.downloads.WithLabelValues(outcome, src).Inc()
+		c.d.metrics.downloads.WithLabelValues(outcome, core.FailureReason(err), src).Inc()
 	}
 }
 
@@ -391,7 +394,7 @@ func (c *conductor) handle(ctx context.Context, ev any) error {
 	case evOriginPiece:
 		c.lastProgress = time.Now()
 		c.removeNeed(e.n)
-		c.pending = append(c.pending, &schedulerv1.PieceResult{Number: e.n, Digest: e.digest, Length: uint32(e.size)})
+		c.pending = append(c.pending, &schedulerv1.PieceResult{Number: e.n, Digest: e.digest, Length: uint32(e.size), CostNs: e.cost.Nanoseconds()})
 		if len(c.pending) >= 32 {
 			c.flushReports()
 		}
@@ -1062,6 +1065,7 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 	if c.req.localFile != nil {
 		src = &source.Opened{F: c.req.localFile}
 	}
+	fetchStart := time.Now()
 	resp, err := src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length})
 	if err != nil {
 		return fmt.Errorf("fetch %s from origin: %w", url, err)
@@ -1086,6 +1090,9 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 	n := uint32(off / int64(ps))
 	buf := make([]byte, ps)
 	var read int64
+	// A piece's latency runs from asking for it (the request, for the first)
+	// to holding it verified and stored, as for pieces from peers.
+	pieceStart := fetchStart
 	for length < 0 || read < length {
 		want := buf
 		if length >= 0 && length-read < int64(len(buf)) {
@@ -1101,9 +1108,12 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 				if werr := c.task.WritePiece(n, want[:k], nil); werr != nil {
 					return werr
 				}
+				cost := time.Since(pieceStart)
+				c.d.pm.PieceDuration.WithLabelValues("origin").Observe(cost.Seconds())
 				dg, _ := c.task.PieceDigest(n)
-				c.post(ctx, evOriginPiece{n: n, digest: dg, size: k})
+				c.post(ctx, evOriginPiece{n: n, digest: dg, size: k, cost: cost})
 			}
+			pieceStart = time.Now()
 			n++
 		}
 		if err == io.EOF || err == io.ErrUnexpectedEOF {

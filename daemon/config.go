@@ -71,6 +71,9 @@ type Config struct {
 	// profiler.
 	Obs obs.Config `yaml:"obs"`
 
+	// Metrics: dragonfly_compat also exposes Dragonfly's metric names.
+	Metrics obs.MetricsConfig `yaml:"metrics"`
+
 	// OriginTimeout bounds connecting to the origin and waiting for headers.
 	OriginTimeout config.Duration `yaml:"origin_timeout"`
 	// OriginRetries is how often a failed or reset origin request is retried.

@@ -105,11 +105,26 @@ type metrics struct {
 	originBytes prometheus.Counter
 	cacheBytes  prometheus.Counter
 	backSource  *prometheus.CounterVec
-	cache       *cacheMetrics
+	schedulerUp prometheus.Gauge // nil when the daemon does not use schedulers
+	// the registry mirror / proxy's, by route
+	proxyRequests, proxyBytes *prometheus.CounterVec
+	cache                     *cacheMetrics
 }
 
-// New builds a daemon; Run starts it. gather may be nil (no metrics port).
+// New builds a daemon whose metrics live in reg (nil: no metrics port); Run
+// starts it.
 func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error) {
+	if reg == nil {
+		return NewWithMetrics(cfg, log, nil, nil)
+	}
+	return NewWithMetrics(cfg, log, reg, reg)
+}
+
+// NewWithMetrics builds a daemon that registers its metrics on reg and
+// serves gather on its metrics port (either may be nil: no metrics, no
+// port). Several daemons in one process share a registry through
+// prometheus.WrapRegistererWith and a label that tells them apart.
+func NewWithMetrics(cfg Config, log *slog.Logger, reg prometheus.Registerer, gather prometheus.Gatherer) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("daemon config: %w", err)
 	}
@@ -145,18 +160,15 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 		originSlots: piece.NewSlots(cfg.Download.MaxConcurrentOrigin),
 		limits:      reloadableOf(cfg),
 	}
-	var r prometheus.Registerer
-	if reg != nil {
-		r, d.gather = reg, reg
-	}
-	d.reg = r
+	r := reg
+	d.reg, d.gather = reg, gather
 	d.pm = piece.NewMetrics(r)
 	d.pieces = piece.NewClient(d.pm)
 	d.metrics = &metrics{
 		downloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "damselfly_daemon_downloads_total",
-			Help: "Finished downloads by outcome (success, failure) and where most bytes came from (peer, origin, cache)."},
-			[]string{"outcome", "source"}),
+			Help: "Finished downloads by outcome (success, failure), failure reason (empty on success) and where most bytes came from (peer, origin, cache; none for a failure before any byte)."},
+			[]string{"outcome", "reason", "source"}),
 		activeTasks: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "damselfly_daemon_active_tasks", Help: "Tasks being downloaded."}),
 		originBytes: prometheus.NewCounter(prometheus.CounterOpts{
@@ -166,12 +178,49 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 		backSource: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "damselfly_daemon_back_to_source_total", Help: "Tasks fetched from the origin, by reason."}, []string{"reason"}),
 	}
+	if d.p2p() {
+		d.metrics.schedulerUp = prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "damselfly_daemon_scheduler_up",
+			Help: "1 when at least one of the daemon's schedulers is reachable, 0 when none is (downloads then go to the origin)."})
+	}
+	d.metrics.proxyRequests, d.metrics.proxyBytes = newProxyMetrics()
 	if r != nil {
 		r.MustRegister(d.metrics.downloads, d.metrics.activeTasks, d.metrics.originBytes, d.metrics.cacheBytes, d.metrics.backSource)
+		if cfg.ProxyPort >= 0 {
+			r.MustRegister(d.metrics.proxyRequests, d.metrics.proxyBytes)
+		}
+		if d.metrics.schedulerUp != nil {
+			r.MustRegister(d.metrics.schedulerUp)
+		}
 	}
 	d.metrics.cache = newCacheMetrics(r)
 	d.metrics.cache.setLimits(d.limits)
+	if r != nil && cfg.Metrics.DragonflyCompat {
+		r.MustRegister(d.dragonflyAliases()...)
+	}
 	return d, nil
+}
+
+// dragonflyAliases are the Dragonfly (dfdaemon) names of the daemon's
+// metrics, for dashboards built for Dragonfly (metrics.dragonfly_compat).
+func (d *Daemon) dragonflyAliases() []prometheus.Collector {
+	traffic := map[string]string{"peer": "remote_peer", "origin": "back_to_source"}
+	return []prometheus.Collector{
+		&obs.Alias{Name: "dragonfly_dfdaemon_proxy_request_total",
+			Help: "Proxy requests (Dragonfly name; from damselfly_proxy_requests_total, routes summed).", Src: d.metrics.proxyRequests,
+			Map: func(map[string]string) (map[string]string, bool) { return nil, true }},
+		&obs.Alias{Name: "dragonfly_dfdaemon_download_task_total", Help: "Downloads finished (Dragonfly name; from damselfly_daemon_downloads_total).",
+			Labels: []string{"type"}, Src: d.metrics.downloads,
+			Map: func(map[string]string) (map[string]string, bool) { return map[string]string{"type": "standard"}, true }},
+		&obs.Alias{Name: "dragonfly_dfdaemon_download_traffic_total", Help: "Bytes downloaded by type: remote_peer, back_to_source (Dragonfly name; from damselfly_daemon_download_bytes_total).",
+			Labels: []string{"type"}, Src: d.pm.DownloadBytes,
+			Map: func(in map[string]string) (map[string]string, bool) {
+				t, ok := traffic[in["source"]]
+				return map[string]string{"type": t}, ok
+			}},
+		&obs.Alias{Name: "dragonfly_dfdaemon_upload_traffic_total", Help: "Piece bytes uploaded to other peers (Dragonfly name; from damselfly_daemon_upload_bytes_total).",
+			Src: d.pm.UploadBytes},
+	}
 }
 
 // Ready is closed once every port listens.
@@ -312,7 +361,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error { return obs.ServeGRPC(gctx, apiSrv, sockLis, 2*time.Second) })
 	g.Go(func() error { return d.cfg.Obs.Serve(gctx, upLis, upSrv.Handler()) })
 	if metricsLis != nil {
-		g.Go(func() error { return d.cfg.Obs.Serve(gctx, metricsLis, obs.Handler(d.gather, nil)) })
+		mux := http.NewServeMux()
+		mux.Handle("GET /healthy", obs.HealthHandler(d.Health))
+		mux.Handle("/", obs.Handler(d.gather, nil))
+		g.Go(func() error { return d.cfg.Obs.Serve(gctx, metricsLis, mux) })
 	}
 	if pprofLis != nil {
 		g.Go(func() error { return d.cfg.Obs.ServePprof(gctx, pprofLis) })
@@ -332,6 +384,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	defer d.closeSchedulers()
+	if d.p2p() {
+		d.startWatching(gctx)
+	}
 	if refresh != nil {
 		g.Go(func() error { refresh(gctx); return nil })
 	}

@@ -105,17 +105,29 @@ func newProxy(d *Daemon) (*proxy, error) {
 		p.ca = ca
 		p.log.Info("proxy terminates TLS for hijacked hosts; clients must trust the CA", "ca_cert", ca.certPath)
 	}
-	p.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+	p.requests, p.bytes = d.metrics.proxyRequests, d.metrics.proxyBytes
+	return p, nil
+}
+
+// newProxyMetrics builds the proxy's metrics (registered by New with the
+// daemon's, so that they exist, and are documented, before the proxy runs).
+func newProxyMetrics() (requests, bytes *prometheus.CounterVec) {
+	requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "damselfly_proxy_requests_total",
 		Help: "Proxy requests by route: p2p, direct (passed through), fallback (P2P failed, passed through), tunnel, hijack, denied."},
 		[]string{"route"})
-	p.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+	bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "damselfly_proxy_response_bytes_total",
 		Help: "Body bytes the proxy sent to its clients, by route (p2p, direct)."}, []string{"route"})
-	if d.reg != nil {
-		d.reg.MustRegister(p.requests, p.bytes)
+	// Every route exists from the start (at 0), so rates and alerts over
+	// them have data before the first request.
+	for _, r := range []string{"p2p", "direct", "fallback", "tunnel", "hijack", "denied"} {
+		requests.WithLabelValues(r)
 	}
-	return p, nil
+	for _, r := range []string{"p2p", "direct", "fallback"} {
+		bytes.WithLabelValues(r)
+	}
+	return requests, bytes
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {

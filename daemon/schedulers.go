@@ -45,6 +45,15 @@ type schedSet struct {
 	// to every scheduler that may trigger them)
 	seedLoops map[string]context.CancelFunc
 	seedWG    sync.WaitGroup
+
+	// Reachability (health.go): watching is set by Run; up holds each
+	// scheduler's last known state; down is the verdict last reported
+	// (judged once a verdict was reached).
+	watching bool
+	watchCtx context.Context
+	up       map[string]bool
+	judged   bool
+	down     bool
 }
 
 type schedTarget struct {
@@ -119,6 +128,9 @@ func (d *Daemon) setSchedulers(ctx context.Context, addrs []string) error {
 				continue
 			}
 			s.conns[a] = c
+			if s.watching {
+				go d.watchScheduler(s.watchCtx, a, c)
+			}
 		}
 		keep = append(keep, a)
 	}
@@ -130,9 +142,11 @@ func (d *Daemon) setSchedulers(ctx context.Context, addrs []string) error {
 			}
 			c.Close()
 			delete(s.conns, a)
+			delete(s.up, a)
 		}
 	}
 	s.addrs = keep
+	d.schedulersChangedLocked(false)
 	if d.cfg.Seed {
 		for _, a := range keep {
 			if s.seedLoops[a] == nil {

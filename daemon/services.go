@@ -379,7 +379,7 @@ func (s *apiService) served(c *conductor, cached bool) {
 	if cached {
 		l, _ := c.task.Shape()
 		s.d.metrics.cacheBytes.Add(float64(l))
-		s.d.metrics.downloads.WithLabelValues("success", "cache").Inc()
+		s.d.metrics.downloads.WithLabelValues("success", "", "cache").Inc()
 	}
 }
 

@@ -230,9 +230,15 @@ func TestClustersRegistrationAndDiscovery(t *testing.T) {
 		if _, err := e.grpc.Register(ctx, &managerv1.RegisterRequest{Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Ip: "127.0.0.9", Port: 1, ClusterId: 999}); status.Code(err) != codes.NotFound {
 			t.Fatalf("unknown cluster: %v", err)
 		}
+		keep := []int64{a, b}
 		list := func(ip, idc, location, host string) []string {
-			if _, err := e.grpc.KeepAlive(ctx, &managerv1.KeepAliveRequest{Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Id: b}); err != nil {
-				t.Fatal(err)
+			// Both stay alive while scopes are checked (a loaded machine
+			// may take longer than the short keepalive timeout between two
+			// lists); A stops below.
+			for _, id := range keep {
+				if _, err := e.grpc.KeepAlive(ctx, &managerv1.KeepAliveRequest{Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Id: id}); err != nil {
+					t.Fatal(err)
+				}
 			}
 			resp, err := e.grpc.ListSchedulers(ctx, &managerv1.ListSchedulersRequest{Ip: ip, Idc: idc, Location: location, HostId: host, Hostname: host, PeerPort: 65000})
 			if err != nil {
@@ -264,6 +270,7 @@ func TestClustersRegistrationAndDiscovery(t *testing.T) {
 		}
 
 		// keepalive: B stays, A stops and goes inactive
+		keep = []int64{b}
 		var sa Component
 		for i := 0; ; i++ {
 			if _, err := e.grpc.KeepAlive(ctx, &managerv1.KeepAliveRequest{Type: managerv1.ComponentType_COMPONENT_TYPE_SCHEDULER, Id: b}); err != nil {

@@ -54,8 +54,10 @@ type Config struct {
 	TLS pki.Config `yaml:"tls"`
 	// CA is the manager's certificate authority for components that join
 	// with the bootstrap token.
-	CA       CAConfig `yaml:"ca"`
-	LogLevel string   `yaml:"log_level"`
+	CA CAConfig `yaml:"ca"`
+	// Metrics: dragonfly_compat also exposes Dragonfly's metric names.
+	Metrics  obs.MetricsConfig `yaml:"metrics"`
+	LogLevel string            `yaml:"log_level"`
 }
 
 // AuthConfig limits tokens and sign-in attempts.
@@ -114,10 +116,12 @@ type ConsoleConfig struct {
 
 // DatabaseConfig chooses the database.
 type DatabaseConfig struct {
-	// Type is sqlite (a file under data_dir) or postgres.
+	// Type is sqlite (a file under data_dir), postgres or mysql (MySQL 8
+	// or MariaDB 10.6+).
 	Type string `yaml:"type"`
-	// DSN is PostgreSQL's connection string or URL; for sqlite, an optional
-	// file path (default data_dir/manager.db).
+	// DSN is PostgreSQL's connection string or URL, or MySQL's
+	// user:password@tcp(host:port)/db; for sqlite, an optional file path
+	// (default data_dir/manager.db).
 	DSN string `yaml:"dsn"`
 }
 
@@ -216,12 +220,12 @@ func (c Config) Validate() error {
 		if c.DataDir == "" && c.Database.DSN == "" {
 			errs = append(errs, errors.New("data_dir (or database.dsn) is required for sqlite"))
 		}
-	case db.Postgres:
+	case db.Postgres, db.MySQL:
 		if c.Database.DSN == "" {
-			errs = append(errs, errors.New("database.dsn is required for postgres"))
+			errs = append(errs, fmt.Errorf("database.dsn is required for %s", c.Database.Type))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("database.type %q: want sqlite or postgres", c.Database.Type))
+		errs = append(errs, fmt.Errorf("database.type %q: want sqlite, postgres or mysql", c.Database.Type))
 	}
 	if c.KeepAliveInterval <= 0 || c.KeepAliveTimeout <= c.KeepAliveInterval {
 		errs = append(errs, errors.New("need 0 < keepalive_interval < keepalive_timeout"))

@@ -44,7 +44,8 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"defaults", func(*Config) {}, ""},
 		{"postgres without dsn", func(c *Config) { c.Database.Type = "postgres" }, "database.dsn"},
-		{"unknown database", func(c *Config) { c.Database.Type = "mysql" }, "database.type"},
+		{"unknown database", func(c *Config) { c.Database.Type = "oracle" }, "database.type"},
+		{"mysql without dsn", func(c *Config) { c.Database.Type = "mysql" }, "database.dsn"},
 		{"listen", func(c *Config) { c.Listen = "8080" }, "listen"},
 		{"keepalive", func(c *Config) { c.KeepAliveTimeout = c.KeepAliveInterval }, "keepalive"},
 		{"workers", func(c *Config) { c.Jobs.Workers = 0 }, "jobs.workers"},

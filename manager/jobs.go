@@ -356,6 +356,9 @@ func (m *Manager) worker(ctx context.Context) {
 func (m *Manager) claim(ctx context.Context) (int64, bool, error) {
 	now := nowMs()
 	lease := now + m.cfg.Jobs.Lease.D().Milliseconds()
+	if m.db.Type == db.MySQL {
+		return m.claimLocked(ctx, now, lease)
+	}
 	var id int64
 	// On PostgreSQL, SKIP LOCKED lets racing replicas take different jobs
 	// instead of queueing on the same row.
@@ -371,6 +374,35 @@ func (m *Manager) claim(ctx context.Context) (int64, bool, error) {
 		return 0, false, nil
 	}
 	if err != nil {
+		return 0, false, err
+	}
+	return id, true, nil
+}
+
+// claimLocked is claim for MySQL/MariaDB, which has no UPDATE … RETURNING
+// and cannot update a table it reads in a subquery: a transaction locks the
+// oldest claimable row (SKIP LOCKED: racing replicas take different rows,
+// MariaDB 10.6+ and MySQL 8) and updates it.
+func (m *Manager) claimLocked(ctx context.Context, now, lease int64) (int64, bool, error) {
+	tx, err := m.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, false, err
+	}
+	defer func() { _ = tx.Rollback() }()
+	var id int64
+	err = tx.QueryRowContext(ctx, `SELECT id FROM jobs WHERE state = ? OR (state = ? AND lease_until < ?) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`,
+		StatePending, StateRunning, now).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?`,
+		StateRunning, m.owner, lease, now, id); err != nil {
+		return 0, false, err
+	}
+	if err := tx.Commit(); err != nil {
 		return 0, false, err
 	}
 	return id, true, nil

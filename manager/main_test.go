@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/managerv1"
 	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/internal/mysqltest"
 	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/internal/pgtest"
 )
@@ -29,10 +31,14 @@ import (
 var (
 	pgSrv *pgtest.Server
 	pgErr error
+	myUp  sync.Once
+	mySrv *mysqltest.Server
+	myErr error
 )
 
 // TestMain starts one throwaway PostgreSQL for the package (each test gets
-// its own database) and stops it at the end.
+// its own database) and stops it at the end; MariaDB starts with the first
+// test that needs it.
 func TestMain(m *testing.M) {
 	bcryptCost = bcrypt.MinCost // the hash is checked, not its cost
 	pgSrv, pgErr = pgtest.Start()
@@ -43,10 +49,27 @@ func TestMain(m *testing.M) {
 	if pgSrv != nil {
 		pgSrv.Stop()
 	}
+	if mySrv != nil {
+		mySrv.Stop()
+	}
 	os.Exit(code)
 }
 
-// forEachDB runs fn against SQLite and against PostgreSQL.
+// mariaDB returns the package's MariaDB, starting it on first use. Without
+// the binaries the MariaDB runs are skipped, except under CI, where
+// scripts/install-deps.sh installs them.
+func mariaDB(t *testing.T) *mysqltest.Server {
+	myUp.Do(func() { mySrv, myErr = mysqltest.Start() })
+	if myErr != nil {
+		if errors.Is(myErr, mysqltest.ErrMissing) && os.Getenv("CI") == "" {
+			t.Skipf("no MariaDB: %v", myErr)
+		}
+		t.Fatalf("MariaDB: %v", myErr)
+	}
+	return mySrv
+}
+
+// forEachDB runs fn against SQLite, PostgreSQL and MariaDB.
 func forEachDB(t *testing.T, fn func(t *testing.T, base Config)) {
 	t.Run("sqlite", func(t *testing.T) {
 		t.Parallel()
@@ -64,6 +87,16 @@ func forEachDB(t *testing.T, fn func(t *testing.T, base Config)) {
 		}
 		cfg := testConfig(t)
 		cfg.Database = DatabaseConfig{Type: "postgres", DSN: dsn}
+		fn(t, cfg)
+	})
+	t.Run("mariadb", func(t *testing.T) {
+		t.Parallel()
+		dsn, err := mariaDB(t).NewDatabase(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := testConfig(t)
+		cfg.Database = DatabaseConfig{Type: "mysql", DSN: dsn}
 		fn(t, cfg)
 	})
 }

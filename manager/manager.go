@@ -66,8 +66,9 @@ type metrics struct {
 }
 
 // New opens the database (migrating it), creates the first admin if there is
-// no user yet, and returns the manager. reg may be nil.
-func New(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Manager, error) {
+// no user yet, and returns the manager. reg (usually a *prometheus.Registry)
+// may be nil.
+func New(ctx context.Context, cfg Config, log *slog.Logger, reg obs.Registry) (*Manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("manager config: %w", err)
 	}
@@ -112,7 +113,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 		},
 	}
 	if reg != nil {
-		reg.MustRegister(m.m.http, m.m.grpc, m.m.jobs)
+		comps := newComponentsCollector(m)
+		reg.MustRegister(m.m.http, m.m.grpc, m.m.jobs, comps)
+		if cfg.Metrics.DragonflyCompat {
+			reg.MustRegister(dragonflyAliases(comps)...)
+		}
 		m.gather = reg
 	} else {
 		m.gather = prometheus.NewRegistry()

@@ -257,6 +257,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 	t.peers[p.id] = p
 	s.counters.registrations++
 	h.peers++
+	s.m.registered(h.info.GetSeed())
 	s.setState(p, statePending)
 	for _, n := range reg.GetHave() {
 		if t.validPiece(n) {
@@ -448,6 +449,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 			}
 		}
 		s.m.pieceSuccess.Inc()
+		s.m.pieceReported(r.GetParentId() == "", r.GetCostNs())
 		if fetcher && r.GetParentId() == "" && len(r.GetDigest()) > 0 {
 			switch old, ok := t.digests[n]; {
 			case len(r.GetDigest()) != core.DigestSize:

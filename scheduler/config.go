@@ -7,6 +7,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/scheduler/policy"
 )
 
@@ -78,6 +79,8 @@ type Config struct {
 	// Weights weigh parent scoring, including the seed penalty (defaults in
 	// policy.DefaultWeights).
 	Weights policy.Weights `yaml:"weights"`
+	// Metrics: dragonfly_compat also exposes Dragonfly's metric names.
+	Metrics obs.MetricsConfig `yaml:"metrics"`
 }
 
 // DefaultConfig returns the documented defaults.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/damselfly-io/damselfly/internal/obs"
 )
 
 // Decision labels.
@@ -31,9 +33,11 @@ type metrics struct {
 	slowParents      prometheus.Counter
 	specRefused      prometheus.Counter // registers refused: spec or role
 	contentCorrupt   *prometheus.CounterVec
+	registrations    [2]prometheus.Counter  // by host type: normal, seed
+	pieceCost        [2]prometheus.Observer // by source: peer, origin
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 	const ns, sub = "damselfly", "scheduler"
 	m := &metrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -90,6 +94,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 		m.peers[st] = peers.WithLabelValues(st.String())
 	}
+	registrations := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "peer_registrations_total",
+		Help: "Peers registered for a task, by host type (normal, seed).",
+	}, []string{"host_type"})
+	m.registrations[0] = registrations.WithLabelValues("normal")
+	m.registrations[1] = registrations.WithLabelValues("seed")
+	pieceCost := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: ns, Subsystem: sub, Name: "piece_cost_seconds",
+		Help: "Time peers report for fetching one piece, by source (peer, origin).",
+		// 1ms doubling up to ~33s, as the daemons' piece histogram.
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+	}, []string{"source"})
+	m.pieceCost[0] = pieceCost.WithLabelValues("peer")
+	m.pieceCost[1] = pieceCost.WithLabelValues("origin")
 	m.pieceSuccess = pieces.WithLabelValues("success")
 	m.pieceFailed = pieces.WithLabelValues("failed")
 	m.pieceCorrupt = pieces.WithLabelValues("corrupt")
@@ -97,10 +115,30 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{
+	cs := []prometheus.Collector{
 		m.decisions, m.decisionDuration, peers, m.tasks, m.seedTriggers, pieces, m.peersLeft, m.slowParents,
 		m.specRefused, m.contentCorrupt,
-	} {
+		registrations, pieceCost,
+	}
+	if compat {
+		// Dragonfly's names for dashboards built for it; host types as
+		// Dragonfly names them (a seed peer is a "super" host).
+		cs = append(cs,
+			&obs.Alias{Name: "dragonfly_scheduler_download_peer_total",
+				Help:   "Peers that started a download, by host type (Dragonfly name; from damselfly_scheduler_peer_registrations_total).",
+				Labels: []string{"host_type"}, Src: registrations,
+				Map: func(in map[string]string) (map[string]string, bool) {
+					t := in["host_type"]
+					if t == "seed" {
+						t = "super"
+					}
+					return map[string]string{"host_type": t}, true
+				}},
+			&obs.Alias{Name: "dragonfly_scheduler_download_piece_cost_seconds",
+				Help: "Time peers report for fetching one piece (Dragonfly name; from damselfly_scheduler_piece_cost_seconds, sources summed).",
+				Src:  pieceCost, Map: func(map[string]string) (map[string]string, bool) { return nil, true }})
+	}
+	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register scheduler metrics: %w", err)
 		}
@@ -132,4 +170,25 @@ func (m *metrics) stateChanged(from, to peerState) {
 	if g := m.peers[to]; g != nil && to != stateNone {
 		g.Inc()
 	}
+}
+
+// registered counts a peer registration.
+func (m *metrics) registered(seed bool) {
+	if seed {
+		m.registrations[1].Inc()
+	} else {
+		m.registrations[0].Inc()
+	}
+}
+
+// pieceReported records a piece's reported cost; origin pieces have no parent.
+func (m *metrics) pieceReported(fromOrigin bool, costNs int64) {
+	if costNs <= 0 {
+		return
+	}
+	i := 0
+	if fromOrigin {
+		i = 1
+	}
+	m.pieceCost[i].Observe(float64(costNs) / 1e9)
 }

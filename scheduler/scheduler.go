@@ -94,7 +94,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Scheduler, e
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m, err := newMetrics(reg)
+	m, err := newMetrics(reg, cfg.Metrics.DragonflyCompat)
 	if err != nil {
 		return nil, fmt.Errorf("new scheduler: %w", err)
 	}

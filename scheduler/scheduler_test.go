@@ -1071,3 +1071,22 @@ func startSlowParentServer(t *testing.T, grace time.Duration) *testServer {
 		c.SlowParentRatio, c.SlowParentSamples = 0.3, 2
 	})
 }
+
+// Reported piece times land in the piece-cost histogram by source (a piece
+// without a parent came from the origin), and registrations are counted.
+func TestPieceCostAndRegistrationMetrics(t *testing.T) {
+	ts := startServer(t, nil)
+	a := ts.register("t", "a")
+	a.expectBackToSource()
+	a.pieces(originPiece(0), originPiece(1))
+	b := ts.register("t", "b")
+	b.expectParents()
+	b.pieces(&schedulerv1.PieceResult{Number: 0, ParentId: "a", Length: 1 << 18, CostNs: 3e6})
+	eventually(t, "piece costs recorded", func() bool {
+		return ts.metric("damselfly_scheduler_piece_cost_seconds", "source", "origin") == 2 &&
+			ts.metric("damselfly_scheduler_piece_cost_seconds", "source", "peer") == 1
+	})
+	if n := ts.metric("damselfly_scheduler_peer_registrations_total", "host_type", "normal"); n != 2 {
+		t.Errorf("registrations %v, want 2", n)
+	}
+}

@@ -24,6 +24,11 @@ command -v dockerd >/dev/null || need+=(docker.io)
 command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd units
 # Headless Chromium drives the web console's tests (test/console).
 command -v chromium >/dev/null || need+=(chromium)
+# A real Prometheus (and promtool) for the dashboard and alert-rule test; a
+# real MariaDB for the manager's third database.
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then

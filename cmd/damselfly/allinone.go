@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/damselfly-io/damselfly/core"
@@ -75,6 +76,7 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&cfg.Insecure, "insecure", cfg.Insecure, "plaintext gRPC between the components instead of mutual TLS from the all-in-one's own CA")
 	obsFlags(fs, &cfg.Daemon.Obs)
+	compat := fs.Bool("metrics-dragonfly-compat", false, "also expose Dragonfly's metric names (dragonfly_*) for dashboards built for Dragonfly")
 	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -94,6 +96,9 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	// One process, one profiler: the daemon's (the seed's would collide).
 	cfg.Seed.Obs = cfg.Daemon.Obs
 	cfg.Seed.Obs.Pprof = false
+	if *compat {
+		cfg.Scheduler.Metrics.DragonflyCompat, cfg.Daemon.Metrics.DragonflyCompat, cfg.Seed.Metrics.DragonflyCompat = true, true, true
+	}
 	if *pc {
 		return printConfig(stdout, cfg)
 	}
@@ -130,13 +135,16 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	}
 	cfg.Daemon.Scheduler = lis.Addr().String()
 	cfg.Seed.Scheduler = lis.Addr().String()
-	// The seed peer keeps its own registry: its metric names equal the daemon's.
-	seed, err := daemon.New(cfg.Seed, log.With("component", "seed"), obs.NewRegistry())
+	// The seed peer's and the daemon's metrics share names; one registry
+	// serves both, told apart by a role label (seed, daemon).
+	seed, err := daemon.NewWithMetrics(cfg.Seed, log.With("component", "seed"),
+		prometheus.WrapRegistererWith(prometheus.Labels{"role": "seed"}, reg), nil)
 	if err != nil {
 		fmt.Fprintln(stderr, "damselfly all-in-one: seed:", err)
 		return 1
 	}
-	d, err := daemon.New(cfg.Daemon, log.With("component", "daemon"), reg)
+	d, err := daemon.NewWithMetrics(cfg.Daemon, log.With("component", "daemon"),
+		prometheus.WrapRegistererWith(prometheus.Labels{"role": "daemon"}, reg), reg)
 	if err != nil {
 		fmt.Fprintln(stderr, "damselfly all-in-one: daemon:", err)
 		return 1

@@ -28,6 +28,7 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.StringVar(&cfg.Proxy.RegistryMirror, "registry-mirror", cfg.Proxy.RegistryMirror, "default upstream registry of the mirror, e.g. https://registry.example:5000 (its scheme is also used when ns names its host)")
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", cfg.MetricsPort, "port for /metrics and /healthy; -1 disables")
 	fs.StringVar(&cfg.MetricsIP, "metrics-ip", cfg.MetricsIP, "IP the metrics port listens on (default: --listen-ip)")
+	fs.BoolVar(&cfg.Metrics.DragonflyCompat, "metrics-dragonfly-compat", cfg.Metrics.DragonflyCompat, "also expose Dragonfly's metric names (dragonfly_*) for dashboards built for Dragonfly")
 	fs.StringVar(&cfg.Sock, "sock", cfg.Sock, "unix socket of the local API used by dfget")
 	fs.StringVar(&cfg.SockGroup, "sock-group", cfg.SockGroup, "group (name or gid) allowed to use the local API socket (mode 0660); empty: root only (0600)")
 	fs.BoolVar(&cfg.Seed, "seed", cfg.Seed, "run as a seed peer: fetch from the origin when the scheduler asks")

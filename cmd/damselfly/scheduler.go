@@ -62,6 +62,7 @@ func schedulerFlags(fs *flag.FlagSet, cfg *scheduler.Config) {
 	fs.IntVar(&cfg.DefaultUploadSlots, "default-upload-slots", cfg.DefaultUploadSlots, "upload slots of a host that reports none")
 	fs.IntVar(&cfg.CandidateLimit, "candidate-limit", cfg.CandidateLimit, "candidate parents scored per decision (a random sample beyond this)")
 	fs.IntVar(&cfg.SendBuffer, "send-buffer", cfg.SendBuffer, "messages queued per peer stream before the peer is dropped")
+	fs.BoolVar(&cfg.Metrics.DragonflyCompat, "metrics-dragonfly-compat", cfg.Metrics.DragonflyCompat, "also expose Dragonfly's metric names (dragonfly_*) for dashboards built for Dragonfly")
 	w := &cfg.Weights
 	fs.Float64Var(&w.Progress, "weight-progress", w.Progress, "parent score weight: pieces held")
 	fs.Float64Var(&w.FreeSlots, "weight-free-slots", w.FreeSlots, "parent score weight: free upload slots")

@@ -109,6 +109,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LimitWaitSeconds: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "damselfly_daemon_limit_wait_seconds_total", Help: "Time spent waiting for a limit, by limit."}, []string{"limit"}),
 	}
+	// Known label values exist from the start (at 0), so dashboards and
+	// alerts over them have data before the first failure.
+	for _, r := range []string{"corrupt", "not_found", "error"} {
+		m.PieceFailures.WithLabelValues(r)
+	}
 	if reg != nil {
 		reg.MustRegister(m.UploadBytes, m.UploadsActive, m.UploadsDenied, m.UploadRequests, m.UploadsRelayed, m.PieceDuration, m.PieceFailures, m.DownloadBytes,
 			m.LimitWaits, m.LimitWaitSeconds)

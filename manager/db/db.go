@@ -1,7 +1,8 @@
-// Package db opens the manager's database — embedded SQLite (pure Go) or
-// PostgreSQL — and applies the one set of versioned migrations both share.
-// It owns the dialect differences (placeholders, primary keys, locking) and
-// nothing else: queries live with the code that uses them.
+// Package db opens the manager's database — embedded SQLite (pure Go),
+// PostgreSQL or MySQL/MariaDB — and applies the one set of versioned
+// migrations they all share. It owns the dialect differences (placeholders,
+// primary keys, upserts, inserted ids, locking; see dialect.go) and nothing
+// else: queries live with the code that uses them.
 package db
 
 import (
@@ -16,7 +17,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
+	_ "github.com/go-sql-driver/mysql" // registers "mysql"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 	_ "modernc.org/sqlite"             // registers "sqlite"
 )
@@ -25,6 +28,7 @@ import (
 const (
 	SQLite   = "sqlite"
 	Postgres = "postgres"
+	MySQL    = "mysql" // MySQL 8 or MariaDB 10.6+
 )
 
 //go:embed migrations/*.sql
@@ -37,7 +41,8 @@ type DB struct {
 }
 
 // Open opens the database and migrates it to the latest schema. For SQLite,
-// dsn is a file path (its directory is created); for PostgreSQL a DSN or URL.
+// dsn is a file path (its directory is created); for PostgreSQL a DSN or URL;
+// for MySQL/MariaDB the driver's form, user:password@tcp(host:port)/db.
 func Open(ctx context.Context, typ, dsn string) (*DB, error) {
 	var (
 		sdb *sql.DB
@@ -69,8 +74,17 @@ func Open(ctx context.Context, typ, dsn string) (*DB, error) {
 		if err == nil {
 			sdb.SetMaxOpenConns(16)
 		}
+	case MySQL:
+		var mdsn string
+		if mdsn, err = mysqlDSN(dsn); err == nil {
+			sdb, err = sql.Open("mysql", mdsn)
+		}
+		if err == nil {
+			sdb.SetMaxOpenConns(16)
+			sdb.SetConnMaxLifetime(5 * time.Minute) // below the server's wait_timeout
+		}
 	default:
-		return nil, fmt.Errorf("database type %q: want sqlite or postgres", typ)
+		return nil, fmt.Errorf("database type %q: want sqlite, postgres or mysql", typ)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s database: %w", typ, err)
@@ -114,8 +128,12 @@ func tightenFiles(dsn string) error {
 	return nil
 }
 
-// Q rewrites a query written with ? placeholders for the dialect.
+// Q rewrites a query written with ? placeholders (and PostgreSQL/SQLite
+// upserts) for the dialect.
 func (d *DB) Q(q string) string {
+	if d.Type == MySQL {
+		return mysqlQuery(q)
+	}
 	if d.Type != Postgres {
 		return q
 	}
@@ -146,8 +164,12 @@ func (d *DB) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
 	return d.QueryRowContext(ctx, d.Q(q), args...)
 }
 
-// Insert runs an INSERT and returns the new row's id.
+// Insert runs an INSERT (or an upsert: INSERT … ON CONFLICT … DO UPDATE)
+// and returns the id of the row inserted or updated.
 func (d *DB) Insert(ctx context.Context, q string, args ...any) (int64, error) {
+	if d.Type == MySQL {
+		return d.mysqlInsert(ctx, q, args...)
+	}
 	var id int64
 	err := d.QueryRow(ctx, q+" RETURNING id", args...).Scan(&id)
 	return id, err
@@ -159,7 +181,8 @@ func IsUnique(err error) bool {
 		return false
 	}
 	s := err.Error()
-	return strings.Contains(s, "UNIQUE constraint") || strings.Contains(s, "SQLSTATE 23505")
+	return strings.Contains(s, "UNIQUE constraint") || strings.Contains(s, "SQLSTATE 23505") ||
+		strings.Contains(s, "Error 1062") // MySQL/MariaDB: duplicate entry
 }
 
 type migration struct {
@@ -210,18 +233,23 @@ func (d *DB) migrate(ctx context.Context) error {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	defer conn.Close()
-	if d.Type == Postgres {
+	switch d.Type {
+	case Postgres:
 		if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock(4242001)"); err != nil {
 			return fmt.Errorf("migrate: lock: %w", err)
 		}
 		defer func() { _, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(4242001)") }()
+	case MySQL:
+		var got sql.NullInt64
+		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK('damselfly_migrate', 120)").Scan(&got); err != nil || got.Int64 != 1 {
+			return fmt.Errorf("migrate: lock (GET_LOCK returned %v): %w", got, err)
+		}
+		defer func() {
+			_, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK('damselfly_migrate')")
+		}()
 	}
 	if _, err := conn.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"); err != nil {
 		return fmt.Errorf("migrate: %w", err)
-	}
-	pk := "INTEGER PRIMARY KEY AUTOINCREMENT"
-	if d.Type == Postgres {
-		pk = "BIGSERIAL PRIMARY KEY"
 	}
 	for _, m := range ms {
 		tx, err := conn.BeginTx(ctx, nil)
@@ -237,11 +265,15 @@ func (d *DB) migrate(ctx context.Context) error {
 			_ = tx.Rollback()
 			continue
 		}
-		for _, stmt := range strings.Split(stripComments(strings.ReplaceAll(m.sql, "{{pk}}", pk)), ";") {
+		for _, stmt := range strings.Split(stripComments(m.sql), ";") {
 			if strings.TrimSpace(stmt) == "" {
 				continue
 			}
-			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			stmt, err := d.ddl(ctx, tx, stmt)
+			if err == nil {
+				_, err = tx.ExecContext(ctx, stmt)
+			}
+			if err != nil {
 				_ = tx.Rollback()
 				return fmt.Errorf("migrate %s: %w", m.name, err)
 			}

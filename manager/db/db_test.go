@@ -43,7 +43,7 @@ func TestMigrateOnce(t *testing.T) {
 		}
 		d.Close()
 	}
-	if _, err := Open(ctx, "mysql", path); err == nil {
+	if _, err := Open(ctx, "oracle", path); err == nil {
 		t.Fatal("unknown database type accepted")
 	}
 }

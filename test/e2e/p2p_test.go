@@ -98,11 +98,19 @@ func TestAllInOne(t *testing.T) {
 	if v := metric(t, metrics, "damselfly_scheduler_seed_triggers_total", ""); v < 1 {
 		t.Errorf("seed triggers %v, want ≥ 1", v)
 	}
-	if v := metric(t, metrics, "damselfly_daemon_downloads_total", `outcome="success",source="peer"`); v < 1 {
+	if v := metric(t, metrics, "damselfly_daemon_downloads_total", `outcome="success",reason="",role="daemon",source="peer"`); v < 1 {
 		t.Errorf("daemon downloads from peers %v, want ≥ 1", v)
 	}
-	if v := metric(t, metrics, "damselfly_daemon_cache_bytes_total", ""); v != 2*3<<20 {
+	if v := metric(t, metrics, "damselfly_daemon_cache_bytes_total", `role="daemon"`); v != 2*3<<20 {
 		t.Errorf("bytes served from cache %v, want %d", v, 2*3<<20)
+	}
+	// The seed peer's metrics are on the same port: it fetched the one copy
+	// from the origin and uploaded it to the daemon.
+	if v := metric(t, metrics, "damselfly_daemon_download_bytes_total", `role="seed",source="origin"`); v != 3<<20 {
+		t.Errorf("seed's origin bytes %v, want %d", v, 3<<20)
+	}
+	if v := metric(t, metrics, "damselfly_daemon_upload_bytes_total", `role="seed"`); v < 3<<20 {
+		t.Errorf("seed's upload bytes %v, want ≥ %d", v, 3<<20)
 	}
 }
 

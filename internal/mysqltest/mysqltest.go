@@ -1,0 +1,176 @@
+// Package mysqltest runs a throwaway MariaDB server for tests:
+// mariadb-install-db into a temporary data directory, mariadbd on a free
+// loopback port (as the unprivileged mysql user when the test runs as root),
+// one fresh database per test, everything removed at Stop. For tests only.
+package mysqltest
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql" // registers "mysql"
+)
+
+// ErrMissing means the MariaDB server is not installed.
+var ErrMissing = errors.New("mariadb binaries missing (apt-get install mariadb-server, see scripts/install-deps.sh)")
+
+// Server is a running MariaDB.
+type Server struct {
+	dir  string
+	port int
+	cred *syscall.Credential
+	cmd  *exec.Cmd
+	done chan struct{}
+	n    atomic.Int64
+	mu   sync.Mutex
+}
+
+func find(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, d := range []string{"/usr/sbin", "/usr/bin"} {
+		if p := filepath.Join(d, name); fileExists(p) {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s", ErrMissing, name)
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// Start initialises a data directory and starts the server. Stop it with Stop.
+func Start() (*Server, error) {
+	installDB, err := find("mariadb-install-db")
+	if err != nil {
+		return nil, err
+	}
+	mariadbd, err := find("mariadbd")
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "damselfly-mariadb-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{dir: dir, done: make(chan struct{})}
+	var userArgs []string
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("mysql")
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("running as root needs the mysql user (created by mariadb-server): %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		userArgs = []string{"--user=mysql"}
+	}
+	data := filepath.Join(dir, "data")
+	install := exec.Command(installDB, append([]string{"--no-defaults", "--datadir=" + data, "--auth-root-authentication-method=normal",
+		"--skip-test-db", "--skip-name-resolve"}, userArgs...)...)
+	install.Dir = dir
+	install.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	if out, err := install.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("mariadb-install-db: %w: %s", err, out)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s.port = l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	logPath := filepath.Join(dir, "error.log")
+	s.cmd = exec.Command(mariadbd, append([]string{"--no-defaults", "--datadir=" + data,
+		"--socket=" + filepath.Join(dir, "mysqld.sock"), "--pid-file=" + filepath.Join(dir, "mysqld.pid"),
+		"--port=" + strconv.Itoa(s.port), "--bind-address=127.0.0.1", "--skip-name-resolve",
+		"--log-error=" + logPath, "--skip-log-bin", "--innodb-buffer-pool-size=64M",
+		"--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--max-connections=400"}, userArgs...)...)
+	s.cmd.Dir = dir
+	// Pdeathsig: a test binary killed on timeout takes the server with it.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start mariadbd: %w", err)
+	}
+	go func() { _ = s.cmd.Wait(); close(s.done) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		db, err := sql.Open("mysql", s.DSN(""))
+		if err == nil {
+			err = db.Ping()
+			db.Close()
+		}
+		if err == nil {
+			return s, nil
+		}
+		select {
+		case <-s.done:
+			log, _ := os.ReadFile(logPath)
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("mariadbd exited during start: %s", log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(logPath)
+			s.Stop()
+			return nil, fmt.Errorf("mariadbd not answering after 60s: %w: %s", err, log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// DSN of a database on the server, in the driver's user:pw@tcp(host:port)/db form.
+func (s *Server) DSN(db string) string {
+	return fmt.Sprintf("root@tcp(127.0.0.1:%d)/%s", s.port, db)
+}
+
+// NewDatabase creates a fresh, empty database and returns its DSN.
+func (s *Server) NewDatabase(ctx context.Context) (string, error) {
+	name := fmt.Sprintf("t%d_%d", os.Getpid(), s.n.Add(1))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	db, err := sql.Open("mysql", s.DSN(""))
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", fmt.Errorf("create database: %w", err)
+	}
+	return s.DSN(name), nil
+}
+
+// Stop stops the server (SIGTERM, then SIGKILL after 20 s) and removes its files.
+func (s *Server) Stop() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.done:
+		case <-time.After(20 * time.Second):
+			_ = s.cmd.Process.Kill()
+			<-s.done
+		}
+	}
+	os.RemoveAll(s.dir)
+}
