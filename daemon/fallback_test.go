@@ -39,6 +39,7 @@ func TestProgressSaysWhyOrigin(t *testing.T) {
 		}
 		defer os.RemoveAll(dir)
 		cfg := DefaultConfig()
+		cfg.TLS.Insecure = true
 		cfg.Scheduler = tc.scheduler
 		cfg.DataDir = filepath.Join(dir, "data")
 		cfg.Sock = filepath.Join(dir, "d.sock")

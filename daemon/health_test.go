@@ -61,6 +61,7 @@ func startHealthDaemon(t *testing.T, sched string, log io.Writer) (*Daemon, *pro
 	t.Helper()
 	dir := t.TempDir()
 	cfg := DefaultConfig()
+	cfg.TLS.Insecure = true
 	cfg.Scheduler = sched
 	cfg.DataDir = filepath.Join(dir, "cache")
 	cfg.Sock = filepath.Join(dir, "d.sock")

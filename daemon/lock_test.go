@@ -47,6 +47,7 @@ func TestDaemonRefusesSharedDataDir(t *testing.T) {
 	}
 	defer release()
 	cfg := DefaultConfig()
+	cfg.TLS.Insecure = true
 	cfg.DataDir = dir
 	cfg.Sock = filepath.Join(t.TempDir(), "d.sock")
 	cfg.Scheduler = ""

@@ -122,8 +122,21 @@ func TestTaskAPI(t *testing.T) {
 		fetch(t, d1, url)
 		fetch(t, d2, url)
 
-		var tasks []TaskInfo
-		code, h := e.do("GET", "/api/v1/tasks", e.admin, nil, &tasks)
+		// Each daemon's "done" reaches the scheduler just after its dfget
+		// returns: ask until both are in (bounded).
+		var (
+			tasks []TaskInfo
+			code  int
+			h     http.Header
+		)
+		for range 100 {
+			tasks = nil
+			code, h = e.do("GET", "/api/v1/tasks", e.admin, nil, &tasks)
+			if code != http.StatusOK || len(tasks) != 1 || tasks[0].DonePeers == 2 {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		if code != http.StatusOK || len(tasks) != 1 || h.Get("X-Total-Count") != "1" {
 			t.Fatalf("tasks: %d %+v", code, tasks)
 		}

@@ -69,6 +69,7 @@ func registered(t *testing.T) map[string]metricDoc {
 		t.Fatal(err)
 	}
 	dc := daemon.DefaultConfig()
+	dc.TLS.Insecure = true
 	dc.DataDir = t.TempDir()
 	dc.Scheduler = "127.0.0.1:1" // a daemon using schedulers has scheduler_up; never dialled (not run)
 	dc.Metrics.DragonflyCompat = true
@@ -183,6 +184,7 @@ func TestDragonflyNamesOnlyWhenAsked(t *testing.T) {
 		}
 		record("scheduler", rs)
 		dc := daemon.DefaultConfig()
+		dc.TLS.Insecure = true
 		dc.DataDir = t.TempDir()
 		dc.Metrics.DragonflyCompat = compat
 		rd := &recorder{Registry: prometheus.NewRegistry()}
