@@ -110,3 +110,8 @@ func CheckPieceToken(key []byte, token, taskID, peerID string, now time.Time) er
 	}
 	return nil
 }
+
+// TaskRefused starts the reason of the scheduler's Fail to a register whose
+// task spec does not hold (CheckTaskID, CheckSwarmURL): the scheduler will
+// not have the task, so announcing it again is pointless.
+const TaskRefused = "task refused: "

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -1270,6 +1271,13 @@ func (c *conductor) serve(ctx context.Context) {
 			case evSched:
 				if a := e.m.GetAccess(); a != nil {
 					c.onAccess(a)
+				}
+				if f := e.m.GetFail(); f != nil && strings.HasPrefix(f.GetReason(), core.TaskRefused) {
+					// The scheduler will not have this task (its spec does
+					// not hold there): asking again changes nothing.
+					c.log.Warn("scheduler refused the task; no longer announcing it", "reason", f.GetReason())
+					c.closeStream()
+					return
 				}
 				backoff = 500 * time.Millisecond
 			default:
