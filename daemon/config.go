@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
@@ -40,6 +41,10 @@ type Config struct {
 	ProxyPort int `yaml:"proxy_port"`
 	// MetricsPort serves /metrics and /healthy; -1 disables.
 	MetricsPort int `yaml:"metrics_port"`
+	// MetricsIP is where the metrics port listens; empty: listen_ip (so
+	// that Prometheus and probes reach it). It serves only counters and
+	// /healthy; the profiler has its own loopback port (obs.pprof).
+	MetricsIP string `yaml:"metrics_ip"`
 	// Sock is the unix socket of the local API (dfget, dfcache).
 	Sock string `yaml:"sock"`
 	// Seed makes this daemon a seed peer: it fetches from the origin when
@@ -55,6 +60,9 @@ type Config struct {
 	Upload   UploadConfig   `yaml:"upload"`
 	Proxy    ProxyConfig    `yaml:"proxy"`
 	Cache    CacheConfig    `yaml:"cache"`
+	// Obs sets the HTTP servers' timeouts (upload, proxy, metrics) and the
+	// profiler.
+	Obs obs.Config `yaml:"obs"`
 
 	// OriginTimeout bounds connecting to the origin and waiting for headers.
 	OriginTimeout config.Duration `yaml:"origin_timeout"`
@@ -213,6 +221,7 @@ func DefaultConfig() Config {
 		OriginTimeout: config.Duration(30 * time.Second),
 		OriginRetries: 3,
 		LogLevel:      "info",
+		Obs:           obs.DefaultConfig(),
 		Download: DownloadConfig{
 			ConcurrentPieces:  16,
 			PerParentRequests: 4,
@@ -270,6 +279,12 @@ func (c Config) Validate() error {
 	}
 	if c.MetricsPort < -1 || c.MetricsPort > 65535 {
 		errs = append(errs, fmt.Errorf("metrics_port %d out of range (-1 disables)", c.MetricsPort))
+	}
+	if c.MetricsIP != "" && net.ParseIP(c.MetricsIP) == nil {
+		errs = append(errs, fmt.Errorf("metrics_ip %q is not an IP address", c.MetricsIP))
+	}
+	if err := c.Obs.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.AdvertiseIP != "" && net.ParseIP(c.AdvertiseIP) == nil {
 		errs = append(errs, fmt.Errorf("advertise_ip %q is not an IP address", c.AdvertiseIP))

@@ -229,10 +229,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	var metricsLis net.Listener
 	if d.cfg.MetricsPort >= 0 && d.gather != nil {
-		metricsLis, err = lc.Listen(ctx, "tcp", net.JoinHostPort(d.cfg.ListenIP, strconv.Itoa(d.cfg.MetricsPort)))
+		mip := d.cfg.MetricsIP
+		if mip == "" {
+			mip = d.cfg.ListenIP
+		}
+		metricsLis, err = lc.Listen(ctx, "tcp", net.JoinHostPort(mip, strconv.Itoa(d.cfg.MetricsPort)))
 		if err != nil {
 			return fmt.Errorf("listen metrics port: %w", err)
 		}
+	}
+	pprofLis, err := d.cfg.Obs.ListenPprof(ctx)
+	if err != nil {
+		return err
 	}
 
 	ip := d.cfg.AdvertiseIP
@@ -284,9 +292,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return obs.ServeGRPC(gctx, peerSrv, peerLis, 2*time.Second) })
 	g.Go(func() error { return obs.ServeGRPC(gctx, apiSrv, sockLis, 2*time.Second) })
-	g.Go(func() error { return obs.ServeHTTP(gctx, upLis, upSrv.Handler()) })
+	g.Go(func() error { return d.cfg.Obs.Serve(gctx, upLis, upSrv.Handler()) })
 	if metricsLis != nil {
-		g.Go(func() error { return obs.ServeHTTP(gctx, metricsLis, obs.Handler(d.gather, nil)) })
+		g.Go(func() error { return d.cfg.Obs.Serve(gctx, metricsLis, obs.Handler(d.gather, nil)) })
+	}
+	if pprofLis != nil {
+		g.Go(func() error { return d.cfg.Obs.ServePprof(gctx, pprofLis) })
 	}
 	proxyAddr := ""
 	if proxyLis != nil {
@@ -294,7 +305,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.mu.Lock()
 		d.proxyAddr = proxyAddr
 		d.mu.Unlock()
-		g.Go(func() error { return obs.ServeHTTP(gctx, proxyLis, prx) })
+		g.Go(func() error { return d.cfg.Obs.Serve(gctx, proxyLis, prx) })
 	}
 	// Schedulers: the static one, or the manager's list (seed peers also
 	// register with the manager and open their SeedTasks streams here).

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -212,6 +211,9 @@ func (p *proxy) mirrorUpstream(in *url.URL) (*url.URL, error) {
 	u := &url.URL{Path: in.Path, RawPath: in.RawPath, RawQuery: q.Encode()}
 	switch {
 	case ns != "":
+		if !core.ValidHostPort(ns) {
+			return nil, fmt.Errorf("ns %q is not a registry host[:port]", ns)
+		}
 		host := ns
 		if host == "docker.io" {
 			host = "registry-1.docker.io" // docker.io's registry API lives there
@@ -482,7 +484,9 @@ func parseRange(v string, l int64) (start, end int64, partial, ok bool) {
 		if err != nil || n < 0 {
 			return 0, l, false, true
 		}
-		if n == 0 {
+		if n == 0 || l == 0 {
+			// No byte to send: a suffix of an empty content is not
+			// satisfiable (it once answered "bytes 0--1/0").
 			return 0, 0, false, false
 		}
 		return max(l-n, 0), l, true, true
@@ -575,18 +579,15 @@ func (p *proxy) terminate(w http.ResponseWriter, target string) {
 	}
 	host, _, _ := net.SplitHostPort(target)
 	tlsConn := p.ca.server(&bufferedConn{Conn: conn, r: brw.Reader}, host)
-	srv := &http.Server{
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			u := *r.URL
-			u.Scheme, u.Host = "https", target
-			if strings.HasSuffix(target, ":443") {
-				u.Host = host
-			}
-			p.serve(w, r, &u)
-		}),
-	}
+	// The same timeouts as the proxy port itself.
+	srv := p.d.cfg.Obs.Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u := *r.URL
+		u.Scheme, u.Host = "https", target
+		if strings.HasSuffix(target, ":443") {
+			u.Host = host
+		}
+		p.serve(w, r, &u)
+	}))
+	srv.ErrorLog = slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
 	_ = srv.Serve(newOneConnListener(tlsConn))
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/damselfly-io/damselfly/api/managerv1"
+	"github.com/damselfly-io/damselfly/internal/identity"
 )
 
 func bcryptHash(p string) (string, error) {
@@ -194,6 +195,13 @@ func (s *grpcService) register(ctx context.Context, req *managerv1.RegisterReque
 		return nil, status.Errorf(codes.InvalidArgument, "register: want an IP and a port, got %q:%d", req.GetIp(), req.GetPort())
 	}
 	m := s.m
+	hostID, err := authorizeComponent(ctx, k, req.GetHostId())
+	if err != nil {
+		return nil, err
+	}
+	if err := m.checkOwner(ctx, k, "ip = ? AND port = ?", hostID, req.GetIp(), req.GetPort()); err != nil {
+		return nil, err
+	}
 	cid := req.GetClusterId()
 	if cid == 0 {
 		if err := m.db.QueryRow(ctx, "SELECT id FROM clusters WHERE is_default = 1 ORDER BY id LIMIT 1").Scan(&cid); err != nil {
@@ -206,9 +214,9 @@ func (s *grpcService) register(ctx context.Context, req *managerv1.RegisterReque
 		}
 	}
 	now := nowMs()
-	cols, vals, upd := "cluster_id, hostname, ip, port, idc, location, last_keepalive, created_at", "?, ?, ?, ?, ?, ?, ?, ?",
-		"cluster_id = excluded.cluster_id, hostname = excluded.hostname, idc = excluded.idc, location = excluded.location, last_keepalive = excluded.last_keepalive"
-	args := []any{cid, req.GetHostname(), req.GetIp(), req.GetPort(), req.GetIdc(), req.GetLocation(), now, now}
+	cols, vals, upd := "cluster_id, hostname, ip, port, idc, location, last_keepalive, created_at, host_id", "?, ?, ?, ?, ?, ?, ?, ?, ?",
+		"cluster_id = excluded.cluster_id, hostname = excluded.hostname, idc = excluded.idc, location = excluded.location, last_keepalive = excluded.last_keepalive, host_id = excluded.host_id"
+	args := []any{cid, req.GetHostname(), req.GetIp(), req.GetPort(), req.GetIdc(), req.GetLocation(), now, now, hostID}
 	if k == kindSeedPeer {
 		cols, vals, upd = cols+", upload_port", vals+", ?", upd+", upload_port = excluded.upload_port"
 		args = append(args, req.GetUploadPort())
@@ -224,6 +232,13 @@ func (s *grpcService) register(ctx context.Context, req *managerv1.RegisterReque
 func (s *grpcService) KeepAlive(ctx context.Context, req *managerv1.KeepAliveRequest) (*managerv1.KeepAliveResponse, error) {
 	k, err := kindOf(req.GetType())
 	if err == nil {
+		var hostID string
+		if hostID, err = authorizeComponent(ctx, k, ""); err == nil {
+			err = s.m.checkOwner(ctx, k, "id = ?", hostID, req.GetId())
+		}
+		if err != nil {
+			return nil, s.count("KeepAlive", err)
+		}
 		var res sql.Result
 		res, err = s.m.db.Exec(ctx, "UPDATE "+k.table+" SET last_keepalive = ? WHERE id = ?", nowMs(), req.GetId())
 		if err != nil {
@@ -245,6 +260,12 @@ func (s *grpcService) ListSchedulers(ctx context.Context, req *managerv1.ListSch
 
 func (s *grpcService) listSchedulers(ctx context.Context, req *managerv1.ListSchedulersRequest) (*managerv1.ListSchedulersResponse, error) {
 	m := s.m
+	if !identity.Allows(ctx, identity.RolePeer, identity.RoleSeed, identity.RoleScheduler) {
+		return nil, status.Error(codes.PermissionDenied, "list schedulers: only verified components may ask")
+	}
+	if req.GetHostId() != "" && !identity.OwnsHost(ctx, req.GetHostId()) {
+		return nil, status.Errorf(codes.PermissionDenied, "list schedulers: host %q is not the caller's", req.GetHostId())
+	}
 	cid, err := m.matchCluster(ctx, req.GetIp(), req.GetIdc(), req.GetLocation())
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "match cluster: %v", err)
@@ -341,4 +362,47 @@ func scopeScore(s ClusterScope, ip, idc, location string) int {
 		score++
 	}
 	return score
+}
+
+// authorizeComponent checks that the caller's certificate may act as a
+// component of kind k (a scheduler certificate for schedulers, a seed
+// certificate for seed peers) and for hostID, and returns the host ID to
+// record: the certificate's (hostID may be empty), or in insecure mode the
+// claimed one.
+func authorizeComponent(ctx context.Context, k componentKind, hostID string) (string, error) {
+	role := identity.RoleScheduler
+	if k == kindSeedPeer {
+		role = identity.RoleSeed
+	}
+	if !identity.Allows(ctx, role) {
+		id, _ := identity.FromContext(ctx)
+		return "", status.Errorf(codes.PermissionDenied, "%s: needs a %s certificate, the caller's is %q", k.table, role, id.Role)
+	}
+	id, _ := identity.FromContext(ctx)
+	if id.Insecure {
+		return hostID, nil
+	}
+	if hostID != "" && hostID != id.HostID {
+		return "", status.Errorf(codes.PermissionDenied, "%s: host %q is not the caller's (certificate names %q)", k.table, hostID, id.HostID)
+	}
+	return id.HostID, nil
+}
+
+// checkOwner refuses a verified caller acting on a record (found by where)
+// that another host registered. Insecure callers are not checked.
+func (m *Manager) checkOwner(ctx context.Context, k componentKind, where, hostID string, args ...any) error {
+	if id, _ := identity.FromContext(ctx); id.Insecure {
+		return nil
+	}
+	var owner string
+	err := m.db.QueryRow(ctx, "SELECT host_id FROM "+k.table+" WHERE "+where, args...).Scan(&owner)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil
+	case err != nil:
+		return status.Errorf(codes.Internal, "%s: owner: %v", k.table, err)
+	case owner != "" && owner != hostID:
+		return status.Errorf(codes.PermissionDenied, "%s: the record belongs to host %q, not %q", k.table, owner, hostID)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/internal/config"
 	"github.com/damselfly-io/damselfly/internal/identity"
+	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/manager/db"
 )
@@ -39,7 +40,12 @@ type Config struct {
 	PeerTTL                  config.Duration `yaml:"peer_ttl"`
 	// SessionTTL is how long a sign-in token is valid.
 	SessionTTL config.Duration `yaml:"session_ttl"`
-	Jobs       JobConfig       `yaml:"jobs"`
+	Auth       AuthConfig      `yaml:"auth"`
+	// Credentials encrypts the registry credentials of jobs at rest.
+	Credentials CredentialsConfig `yaml:"credentials"`
+	Jobs        JobConfig         `yaml:"jobs"`
+	// Obs sets the REST server's timeouts and the profiler.
+	Obs obs.Config `yaml:"obs"`
 	// TLS is the manager's gRPC transport: by default mutual TLS with a
 	// certificate its own CA issues; cert, key and ca name files instead;
 	// insecure serves plaintext. bootstrap_token is the token joiners
@@ -49,6 +55,31 @@ type Config struct {
 	// with the bootstrap token.
 	CA       CAConfig `yaml:"ca"`
 	LogLevel string   `yaml:"log_level"`
+}
+
+// AuthConfig limits tokens and sign-in attempts.
+type AuthConfig struct {
+	// MaxTokenTTL caps the lifetime of a personal access token; a request
+	// for a longer one is refused.
+	MaxTokenTTL config.Duration `yaml:"max_token_ttl"`
+	// A user name that failed to sign in MaxFailuresPerUser times within
+	// FailureWindow, or a source address that failed MaxFailuresPerSource
+	// times, is refused (429) for Lockout. Failures are counted in the
+	// database, so all replicas share them.
+	MaxFailuresPerUser   int             `yaml:"max_failures_per_user"`
+	MaxFailuresPerSource int             `yaml:"max_failures_per_source"`
+	FailureWindow        config.Duration `yaml:"failure_window"`
+	Lockout              config.Duration `yaml:"lockout"`
+}
+
+// CredentialsConfig chooses the key that encrypts jobs' registry
+// credentials (AES-256-GCM). The key never enters the database.
+type CredentialsConfig struct {
+	// KeyFile holds the key (32 random bytes, base64). Empty:
+	// data_dir/credentials.key, created 0600 on first start. Replicas that
+	// share a PostgreSQL database must share the key: mount the same file,
+	// or set DAMSELFLY_CREDENTIALS_KEY (base64), which takes precedence.
+	KeyFile string `yaml:"key_file"`
 }
 
 // CAConfig configures the manager's CA.
@@ -103,6 +134,14 @@ func DefaultConfig() Config {
 		SchedulerRefreshInterval: config.Duration(30 * time.Second),
 		PeerTTL:                  config.Duration(5 * time.Minute),
 		SessionTTL:               config.Duration(24 * time.Hour),
+		Auth: AuthConfig{
+			MaxTokenTTL:          config.Duration(365 * 24 * time.Hour),
+			MaxFailuresPerUser:   5,
+			MaxFailuresPerSource: 20,
+			FailureWindow:        config.Duration(15 * time.Minute),
+			Lockout:              config.Duration(15 * time.Minute),
+		},
+		Obs: obs.DefaultConfig(),
 		Jobs: JobConfig{
 			Workers:         4,
 			Lease:           config.Duration(30 * time.Second),
@@ -131,6 +170,15 @@ func (c Config) DSN() string {
 		return filepath.Join(c.DataDir, "manager.db")
 	}
 	return c.Database.DSN
+}
+
+// CredentialsKeyFile returns the key file: the configured one, or
+// credentials.key under DataDir.
+func (c Config) CredentialsKeyFile() string {
+	if c.Credentials.KeyFile != "" {
+		return c.Credentials.KeyFile
+	}
+	return filepath.Join(c.DataDir, "credentials.key")
 }
 
 // Validate checks the configuration; errors wrap core.ErrInvalid.
@@ -168,16 +216,32 @@ func (c Config) Validate() error {
 	if c.TLS.ManagerCAHash != "" {
 		errs = append(errs, errors.New("tls.manager_ca_hash is for components joining a manager, not for the manager"))
 	}
+	if c.TLS.CA != "" && !c.TLS.HasFiles() {
+		errs = append(errs, errors.New("tls.ca needs tls.cert and tls.key on the manager (without them it uses its own CA in ca.dir)"))
+	}
 	if !c.TLS.Insecure && c.CA.Dir == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("ca.dir (or data_dir) is required for the manager's CA"))
 	}
-	if c.CA.CertTTL < config.Duration(time.Minute) {
-		errs = append(errs, errors.New("ca.cert_ttl must be ≥ 1m"))
+	if c.CA.CertTTL < config.Duration(time.Second) {
+		errs = append(errs, errors.New("ca.cert_ttl must be ≥ 1s"))
 	}
 	for _, r := range c.CA.TokenRoles {
 		if !identity.Role(r).Valid() || identity.Role(r) == identity.RoleManager {
 			errs = append(errs, fmt.Errorf("ca.token_roles: %q is not peer, seed or scheduler", r))
 		}
+	}
+	a := c.Auth
+	if a.MaxTokenTTL <= 0 || a.FailureWindow <= 0 || a.Lockout <= 0 {
+		errs = append(errs, errors.New("auth.max_token_ttl, failure_window and lockout must be > 0"))
+	}
+	if a.MaxFailuresPerUser < 1 || a.MaxFailuresPerSource < 1 {
+		errs = append(errs, errors.New("auth.max_failures_per_user and max_failures_per_source must be ≥ 1"))
+	}
+	if c.Credentials.KeyFile == "" && c.DataDir == "" {
+		errs = append(errs, errors.New("credentials.key_file (or data_dir) is required"))
+	}
+	if err := c.Obs.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	j := c.Jobs
 	if j.Workers < 1 || j.Concurrency < 1 {

@@ -64,6 +64,7 @@ type PreheatArgs struct {
 // secret is what is kept apart from the visible args.
 type secret struct {
 	Headers  map[string]string `json:"headers,omitempty"`
+	Username string            `json:"username,omitempty"`
 	Password string            `json:"password,omitempty"`
 }
 
@@ -214,9 +215,10 @@ func (m *Manager) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	// Credentials are kept apart and wiped when the job ends; the args
-	// everyone can read show only that they were given.
-	sec := secret{Headers: in.Args.Headers, Password: in.Args.Password}
+	// Credentials are kept apart, encrypted with a key that is not in the
+	// database, and wiped when the job ends; the args everyone can read show
+	// only that they were given.
+	sec := secret{Headers: in.Args.Headers, Username: in.Args.Username, Password: in.Args.Password}
 	visible := in.Args
 	if len(visible.Headers) > 0 {
 		visible.Headers = map[string]string{}
@@ -224,22 +226,32 @@ func (m *Manager) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 			visible.Headers[k] = redacted
 		}
 	}
+	if visible.Username != "" {
+		visible.Username = redacted
+	}
 	if visible.Password != "" {
 		visible.Password = redacted
 	}
 	argsJSON, _ := json.Marshal(visible)
-	secJSON := ""
-	if len(sec.Headers) > 0 || sec.Password != "" {
+	secCol := ""
+	if len(sec.Headers) > 0 || sec.Username != "" || sec.Password != "" {
 		b, _ := json.Marshal(sec)
-		secJSON = string(b)
+		var err error
+		if secCol, err = m.sealer.seal(b); err != nil {
+			fail(w, err)
+			return
+		}
 	}
 	now := nowMs()
+	u := userFrom(r)
 	id, err := m.db.Insert(r.Context(), "INSERT INTO jobs (type, state, args, secret, user_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-		in.Type, StatePending, string(argsJSON), secJSON, userFrom(r).ID, now, now)
+		in.Type, StatePending, string(argsJSON), secCol, u.ID, now, now)
 	if err != nil {
 		fail(w, err)
 		return
 	}
+	m.audit(r.Context(), auditEntry{Action: auditJobCreate, Outcome: outcomeSuccess, UserID: u.ID, UserName: u.Name, Source: sourceOf(r),
+		Detail: fmt.Sprintf("job %d: %s %s %s", id, in.Type, in.Args.Type, auditURL(in.Args.URL))})
 	m.poke()
 	j, err := scanJob(m.db.QueryRow(r.Context(), "SELECT "+jobCols+" FROM jobs WHERE id = ?", id))
 	if err != nil {
@@ -349,16 +361,30 @@ func (m *Manager) runJob(ctx context.Context, id int64) {
 	var a PreheatArgs
 	_ = json.Unmarshal([]byte(args), &a)
 	var s secret
-	if sec != "" {
-		_ = json.Unmarshal([]byte(sec), &s)
+	plain, serr := m.sealer.open(sec)
+	if serr == nil && len(plain) > 0 {
+		serr = json.Unmarshal(plain, &s)
 	}
+	clear(plain)
 	a.Headers, a.Password = s.Headers, s.Password
+	if s.Username != "" {
+		a.Username = s.Username
+	}
 	var prev JobResult
 	if res != "" {
 		_ = json.Unmarshal([]byte(res), &prev)
 	}
 	p := &preheat{m: m, id: id, args: a}
-	result, jerr := p.run(jctx, &prev)
+	var (
+		result *JobResult
+		jerr   error
+	)
+	if serr != nil {
+		// Running without the credentials would only fail at the registry.
+		result, jerr = &JobResult{}, fmt.Errorf("job credentials: %w", serr)
+	} else {
+		result, jerr = p.run(jctx, &prev)
+	}
 	if ctx.Err() != nil || jctx.Err() != nil {
 		// Shutting down or lease lost: the job stays RUNNING with its
 		// progress saved. On a shutdown the lease is given back so that a
@@ -624,4 +650,15 @@ func (m *Manager) targets(ctx context.Context, scope string, clusters []int64) (
 		return nil, errors.New("no active peer")
 	}
 	return ts, rows.Err()
+}
+
+// auditURL is u without what may be a secret: userinfo, query and fragment
+// (presigned URLs carry their signature in the query).
+func auditURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil || p.Host == "" {
+		return u
+	}
+	p.User, p.RawQuery, p.Fragment, p.RawFragment = nil, "", "", ""
+	return p.String()
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -91,8 +92,14 @@ type env struct {
 
 func newEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
+	return newEnvLog(t, cfg, nil)
+}
+
+// newEnvLog is newEnv with the replica logging to log.
+func newEnvLog(t *testing.T, cfg Config, log *slog.Logger) *env {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	m, err := New(ctx, cfg, nil, obs.NewRegistry())
+	m, err := New(ctx, cfg, log, obs.NewRegistry())
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -46,6 +46,7 @@ type Manager struct {
 	resolver *job.Resolver
 	wake     chan struct{}
 	initPass string
+	sealer   *sealer
 
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn
@@ -72,6 +73,22 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Database.Type == db.SQLite && cfg.Database.DSN == "" {
+		// The data directory is the manager's alone.
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
+		if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("data directory: tighten to 0700: %w", err)
+		}
+	}
+	seal, createdKey, err := loadSealer(cfg.CredentialsKeyFile())
+	if err != nil {
+		return nil, err
+	}
+	if createdKey {
+		log.Info("created the credentials key", "path", cfg.CredentialsKeyFile())
+	}
 	d, err := db.Open(ctx, cfg.Database.Type, cfg.DSN())
 	if err != nil {
 		return nil, err
@@ -84,6 +101,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 		owner:    host + "-" + hex.EncodeToString(b[:]),
 		resolver: &job.Resolver{Client: &http.Client{Timeout: cfg.Jobs.RegistryTimeout.D()}},
 		wake:     make(chan struct{}, 1),
+		sealer:   seal,
 		conns:    map[string]*grpc.ClientConn{},
 		m: &metrics{
 			http: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "damselfly_manager_http_requests_total", Help: "REST requests by method and status code."}, []string{"method", "code"}),
@@ -102,6 +120,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 		return nil, err
 	}
 	if err := m.setupTLS(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if err := m.sealLegacySecrets(ctx); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -139,8 +161,15 @@ func (m *Manager) RegisterGRPC(gs *grpc.Server) {
 func (m *Manager) Serve(ctx context.Context, httpLis, grpcLis net.Listener) error {
 	gs := grpc.NewServer(m.GRPCServerOptions()...)
 	m.RegisterGRPC(gs)
+	pprofLis, err := m.cfg.Obs.ListenPprof(ctx)
+	if err != nil {
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return obs.ServeHTTP(gctx, httpLis, m.Handler()) })
+	g.Go(func() error { return m.cfg.Obs.Serve(gctx, httpLis, m.Handler()) })
+	if pprofLis != nil {
+		g.Go(func() error { return m.cfg.Obs.ServePprof(gctx, pprofLis) })
+	}
 	g.Go(func() error {
 		if err := obs.ServeGRPC(gctx, gs, grpcLis, 3*time.Second); err != nil {
 			return fmt.Errorf("serve manager gRPC on %s: %w", grpcLis.Addr(), err)

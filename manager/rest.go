@@ -63,6 +63,8 @@ func (m *Manager) routes() http.Handler {
 	mux.HandleFunc("POST /api/v1/jobs", m.authed(a, m.handleCreateJob))
 	mux.HandleFunc("GET /api/v1/jobs/{id}", m.authed(g, m.handleGetJob))
 
+	mux.HandleFunc("GET /api/v1/audit", m.authed(a, m.handleListAudit))
+
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -177,8 +179,30 @@ func (m *Manager) handleSignIn(w http.ResponseWriter, r *http.Request) {
 		fail(w, badRequest("name and password are required"))
 		return
 	}
-	tok, exp, u, err := m.signIn(r.Context(), in.Name, in.Password)
+	ctx, src := r.Context(), sourceOf(r)
+	// A locked name or source is refused before its password is looked at.
+	if d, err := m.lockedFor(ctx, in.Name, src); err != nil {
+		fail(w, err)
+		return
+	} else if d > 0 {
+		m.audit(ctx, auditEntry{Action: auditSignIn, Outcome: outcomeLocked, UserName: in.Name, Source: src})
+		w.Header().Set("Retry-After", retryAfter(d))
+		writeErr(w, http.StatusTooManyRequests, fmt.Errorf("too many failed sign-ins: try again in %s", d.Round(time.Second)))
+		return
+	}
+	tok, exp, u, err := m.signIn(ctx, in.Name, in.Password)
 	if errors.Is(err, errUnauthenticated) {
+		m.audit(ctx, auditEntry{Action: auditSignIn, Outcome: outcomeFailure, UserName: in.Name, Source: src})
+		d, lerr := m.signInFailed(ctx, in.Name, src)
+		if lerr != nil {
+			fail(w, lerr)
+			return
+		}
+		if d > 0 {
+			w.Header().Set("Retry-After", retryAfter(d))
+			writeErr(w, http.StatusTooManyRequests, fmt.Errorf("wrong name or password; too many failed sign-ins: try again in %s", d.Round(time.Second)))
+			return
+		}
 		writeErr(w, http.StatusUnauthorized, errors.New("wrong name or password"))
 		return
 	}
@@ -186,6 +210,8 @@ func (m *Manager) handleSignIn(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
+	m.signInSucceeded(ctx, in.Name)
+	m.audit(ctx, auditEntry{Action: auditSignIn, Outcome: outcomeSuccess, UserID: u.ID, UserName: u.Name, Source: src})
 	writeJSON(w, http.StatusOK, map[string]any{"token": tok, "expires_at": exp, "user": u})
 }
 
@@ -359,11 +385,16 @@ func (m *Manager) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	ttl := 365 * 24 * time.Hour
+	maxTTL := m.cfg.Auth.MaxTokenTTL.D()
+	ttl := min(365*24*time.Hour, maxTTL)
 	if in.TTL != "" {
 		d, err := time.ParseDuration(in.TTL)
 		if err != nil || d <= 0 {
 			fail(w, badRequest("ttl %q: want a positive duration such as 720h", in.TTL))
+			return
+		}
+		if d > maxTTL {
+			fail(w, badRequest("ttl %s is longer than the cap auth.max_token_ttl = %s", d, maxTTL))
 			return
 		}
 		ttl = d
@@ -372,11 +403,14 @@ func (m *Manager) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		fail(w, badRequest("name %q: want 1-64 letters, digits, '.', '_' or '-'", in.Name))
 		return
 	}
-	tok, id, exp, err := m.issueToken(r.Context(), userFrom(r).ID, kindPAT, in.Name, ttl)
+	u := userFrom(r)
+	tok, id, exp, err := m.issueToken(r.Context(), u.ID, kindPAT, in.Name, ttl)
 	if err != nil {
 		fail(w, err)
 		return
 	}
+	m.audit(r.Context(), auditEntry{Action: auditTokenCreate, Outcome: outcomeSuccess, UserID: u.ID, UserName: u.Name, Source: sourceOf(r),
+		Detail: fmt.Sprintf("token %d %q expires %s", id, in.Name, time.UnixMilli(exp).UTC().Format(time.RFC3339))})
 	// The token is shown this once; only its hash is stored.
 	writeJSON(w, http.StatusCreated, map[string]any{"id": id, "name": in.Name, "token": tok, "expires_at": exp})
 }

@@ -119,7 +119,23 @@ func (m *Manager) loadToken() (string, error) {
 		return "", fmt.Errorf("read bootstrap token: %w", err)
 	}
 	t = NewToken()
-	if err := os.WriteFile(p, []byte(t+"\n"), 0o600); err != nil {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		// Another replica sharing the CA dir made it first.
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return "", fmt.Errorf("read bootstrap token: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("save bootstrap token: %w", err)
+	}
+	_, err = f.WriteString(t + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return "", fmt.Errorf("save bootstrap token: %w", err)
 	}
 	m.log.Info("created a bootstrap token", "file", p)

@@ -27,3 +27,13 @@ if [ ${#need[@]} -gt 0 ]; then
 	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 	echo "install-deps: installed ${need[*]}"
 fi
+
+# staticcheck (scripts/test.sh runs it): pinned to a release that supports
+# the Go version of go.mod. Installed into GOBIN (default $(go env GOPATH)/bin).
+STATICCHECK_VERSION=v0.8.2
+gobin=$(go env GOBIN)
+[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+if ! "$gobin/staticcheck" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
+	go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+	echo "install-deps: installed staticcheck $STATICCHECK_VERSION"
+fi

@@ -12,6 +12,10 @@ if [ -n "$unformatted" ]; then
 fi
 echo "== go vet"
 go vet ./...
+echo "== staticcheck"
+gobin=$(go env GOBIN)
+[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+"$gobin/staticcheck" ./...
 
 echo "== go test"
 # -race doubles memory and slows the 200 MB transfers; the packages with the
@@ -20,3 +24,25 @@ go test -count=1 -timeout 20m -race ./core/... ./internal/... ./scheduler/... ./
 # ./test/... includes test/mirror (docker-registry, containerd, skopeo; root
 # for its network-namespace and containerd parts).
 go test -count=1 -timeout 30m ./cmd/... ./test/...
+
+# Fuzz every parser of untrusted input for 3 s each (FUZZTIME=30s for a
+# longer run; about 100 s in all on 2 cores, mostly building). The seed corpora
+# and testdata/fuzz regressions also run as plain tests above.
+echo "== fuzz"
+fuzz=(
+	"FuzzParseRange ./daemon"
+	"FuzzMirrorUpstream ./daemon"
+	"FuzzReplayJournal ./daemon/store"
+	"FuzzParseChallenge ./source"
+	"FuzzParseContentRange ./source"
+	"FuzzParseRetryAfter ./source"
+	"FuzzParseChallenge ./manager/job"
+	"FuzzParseImage ./manager/job"
+	"FuzzParseDigest ./core"
+	"FuzzValidHostPort ./core"
+	"FuzzParseByteSize ./internal/config"
+)
+for f in "${fuzz[@]}"; do
+	set -- $f
+	go test -count=1 -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-3s}" "$2"
+done

@@ -121,15 +121,18 @@ func parseChallenge(v string) (challenge, bool) {
 		k = strings.ToLower(strings.TrimSpace(k))
 		var val string
 		if strings.HasPrefix(after, `"`) {
-			// quoted-string; scopes hold commas, so read to the closing quote
+			// quoted-string; scopes hold commas, so read to the closing
+			// quote. A backslash quotes the next byte (RFC 9110 5.6.4).
+			var b strings.Builder
 			end := 1
 			for end < len(after) && after[end] != '"' {
-				if after[end] == '\\' {
+				if after[end] == '\\' && end+1 < len(after) {
 					end++
 				}
+				b.WriteByte(after[end])
 				end++
 			}
-			val = strings.ReplaceAll(after[1:min(end, len(after))], `\`, "")
+			val = b.String()
 			rest = after[min(end+1, len(after)):]
 		} else {
 			val, rest, _ = strings.Cut(after, ",")

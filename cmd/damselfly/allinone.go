@@ -72,6 +72,7 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	fs.IntVar(&cfg.Seed.UploadPort, "seed-upload-port", cfg.Seed.UploadPort, "seed upload port")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&cfg.Insecure, "insecure", cfg.Insecure, "plaintext gRPC between the components instead of mutual TLS from the all-in-one's own CA")
+	obsFlags(fs, &cfg.Daemon.Obs)
 	pc := fs.Bool("print-config", false, "print the effective configuration as YAML and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -88,6 +89,9 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	cfg.Daemon.Scheduler = cfg.Scheduler.Listen
 	cfg.Seed.Scheduler = cfg.Scheduler.Listen
 	cfg.Daemon.LogLevel, cfg.Seed.LogLevel = cfg.LogLevel, cfg.LogLevel
+	// One process, one profiler: the daemon's (the seed's would collide).
+	cfg.Seed.Obs = cfg.Daemon.Obs
+	cfg.Seed.Obs.Pprof = false
 	if *pc {
 		return printConfig(stdout, cfg)
 	}

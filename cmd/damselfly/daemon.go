@@ -27,6 +27,7 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.StringVar(&cfg.Proxy.ListenIP, "proxy-ip", cfg.Proxy.ListenIP, "IP the registry mirror / proxy listens on (clients outside proxy.allowed_clients get 403)")
 	fs.StringVar(&cfg.Proxy.RegistryMirror, "registry-mirror", cfg.Proxy.RegistryMirror, "default upstream registry of the mirror, e.g. https://registry.example:5000 (its scheme is also used when ns names its host)")
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", cfg.MetricsPort, "port for /metrics and /healthy; -1 disables")
+	fs.StringVar(&cfg.MetricsIP, "metrics-ip", cfg.MetricsIP, "IP the metrics port listens on (default: --listen-ip)")
 	fs.StringVar(&cfg.Sock, "sock", cfg.Sock, "unix socket of the local API used by dfget")
 	fs.BoolVar(&cfg.Seed, "seed", cfg.Seed, "run as a seed peer: fetch from the origin when the scheduler asks")
 	fs.StringVar(&cfg.IDC, "idc", cfg.IDC, "data centre label for locality-aware scheduling")
@@ -57,6 +58,7 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.IntVar(&cfg.OriginRetries, "origin-retries", cfg.OriginRetries, "retries of a failed or reset origin request")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	cfg.TLS.Flags(fs, true)
+	obsFlags(fs, &cfg.Obs)
 }
 
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/internal/obs"
 )
 
 // configFlag finds --config FILE in args before the real parse, so that the
@@ -53,4 +54,13 @@ func printConfig(w io.Writer, cfg any) int {
 	}
 	_, _ = w.Write(b)
 	return 0
+}
+
+// obsFlags binds the profiler and HTTP timeout flags every component shares.
+func obsFlags(fs *flag.FlagSet, c *obs.Config) {
+	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve the Go profiler (/debug/pprof/) on --pprof-listen")
+	fs.StringVar(&c.PprofListen, "pprof-listen", c.PprofListen, "address of the profiler when --pprof is set (keep it on loopback)")
+	fs.Var(&c.ReadHeaderTimeout, "http-read-header-timeout", "HTTP servers: cut a client that has not sent its request headers after this long")
+	fs.Var(&c.IdleTimeout, "http-idle-timeout", "HTTP servers: close a keep-alive connection idle this long")
+	fs.Var(&c.WriteStallTimeout, "http-write-stall-timeout", "HTTP servers: cut a response whose bytes make no progress this long")
 }

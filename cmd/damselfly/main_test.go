@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
 func runCmd(args ...string) (int, string, string) {
@@ -95,5 +97,51 @@ func TestManagerConfig(t *testing.T) {
 	code, out, _ = runCmd("scheduler", "--manager", "10.0.0.1:65003", "--cluster-id", "3", "--print-config")
 	if code != 0 || !strings.Contains(out, "manager: 10.0.0.1:65003") || !strings.Contains(out, "cluster_id: 3") {
 		t.Fatalf("scheduler manager config: %d %s", code, out)
+	}
+}
+
+func TestCerts(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	code, hash, errs := runCmd("certs", "init-ca", "--dir", ca)
+	if code != 0 || !strings.HasPrefix(hash, "sha256:") {
+		t.Fatalf("init-ca: %d %q %s", code, hash, errs)
+	}
+	if code, again, _ := runCmd("certs", "hash", "--ca-dir", ca); code != 0 || again != hash {
+		t.Fatalf("hash: %d %q, want %q", code, again, hash)
+	}
+	out := filepath.Join(dir, "seed1")
+	code, uri, errs := runCmd("certs", "issue", "--ca-dir", ca, "--role", "seed", "--host-id", "node-1", "--out", out)
+	if code != 0 || strings.TrimSpace(uri) != "damselfly://seed/node-1" {
+		t.Fatalf("issue: %d %q %s", code, uri, errs)
+	}
+	c, err := pki.LoadDir(out)
+	if err != nil || c.Identity().Role != "seed" || c.Identity().HostID != "node-1" {
+		t.Fatalf("issued files: %v %v", c, err)
+	}
+	for _, f := range []string{"tls.crt", "tls.key", "ca.crt"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, st, err)
+		}
+	}
+	for _, bad := range [][]string{
+		{"certs", "issue", "--ca-dir", ca, "--role", "admin", "--host-id", "h", "--out", out},
+		{"certs", "issue", "--ca-dir", ca, "--role", "peer", "--host-id", "a/b", "--out", out},
+		{"certs", "issue", "--ca-dir", filepath.Join(dir, "none"), "--role", "peer", "--host-id", "h", "--out", out},
+		{"certs", "init-ca"},
+		{"certs", "frobnicate"},
+	} {
+		if code, _, _ := runCmd(bad...); code == 0 {
+			t.Errorf("%v succeeded", bad)
+		}
+	}
+	// The daemon starts only with TLS material, a token, or --insecure.
+	t.Setenv(pki.TokenEnv, "")
+	code, _, errs = runCmd("daemon", "--data-dir", t.TempDir(), "--sock", filepath.Join(dir, "s.sock"))
+	if code != 2 || !strings.Contains(errs, "--tls-cert") || !strings.Contains(errs, "--insecure") {
+		t.Fatalf("daemon without TLS material: %d %q", code, errs)
+	}
+	if code, _, errs := runCmd("daemon", "--insecure", "--tls-cert", "x", "--data-dir", t.TempDir()); code != 2 || !strings.Contains(errs, "insecure") {
+		t.Fatalf("insecure with a certificate: %d %q", code, errs)
 	}
 }

@@ -32,6 +32,12 @@ func managerFlags(fs *flag.FlagSet, cfg *manager.Config) {
 	fs.Var(&cfg.Jobs.TaskTimeout, "job-task-timeout", "bound on one peer fetching one layer or file")
 	fs.IntVar(&cfg.Jobs.Concurrency, "job-concurrency", cfg.Jobs.Concurrency, "peer fetches one job runs at once")
 	fs.Var(&cfg.Jobs.RegistryTimeout, "registry-timeout", "bound on each registry request while resolving an image")
+	fs.Var(&cfg.Auth.MaxTokenTTL, "max-token-ttl", "longest lifetime a personal access token may be given")
+	fs.IntVar(&cfg.Auth.MaxFailuresPerUser, "signin-max-failures-per-user", cfg.Auth.MaxFailuresPerUser, "failed sign-ins of one user name within --signin-failure-window that lock it out")
+	fs.IntVar(&cfg.Auth.MaxFailuresPerSource, "signin-max-failures-per-source", cfg.Auth.MaxFailuresPerSource, "failed sign-ins from one source address within --signin-failure-window that lock it out")
+	fs.Var(&cfg.Auth.FailureWindow, "signin-failure-window", "how long a failed sign-in counts")
+	fs.Var(&cfg.Auth.Lockout, "signin-lockout", "how long a locked-out user name or source is refused (429)")
+	fs.StringVar(&cfg.Credentials.KeyFile, "credentials-key-file", cfg.Credentials.KeyFile, "key that encrypts jobs' registry credentials (default data_dir/credentials.key, created 0600; env DAMSELFLY_CREDENTIALS_KEY overrides)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&cfg.CA.Dir, "ca-dir", cfg.CA.Dir, "directory of the manager's CA (ca.crt, ca.key; created on first start; default DATA_DIR/ca)")
 	fs.Var(&cfg.CA.CertTTL, "cert-ttl", "lifetime of the certificates the manager's CA issues")
@@ -40,6 +46,7 @@ func managerFlags(fs *flag.FlagSet, cfg *manager.Config) {
 		return nil
 	})
 	cfg.TLS.Flags(fs, false)
+	obsFlags(fs, &cfg.Obs)
 }
 
 func runManager(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -25,8 +25,11 @@ import (
 // plus the process's own.
 type schedulerCmdConfig struct {
 	scheduler.Config `yaml:",inline"`
-	MetricsPort      int    `yaml:"metrics_port"`
-	LogLevel         string `yaml:"log_level"`
+	MetricsPort      int `yaml:"metrics_port"`
+	// MetricsIP is where the metrics port listens (default: the listen IP).
+	MetricsIP string     `yaml:"metrics_ip"`
+	Obs       obs.Config `yaml:"obs"`
+	LogLevel  string     `yaml:"log_level"`
 	// Manager is the manager's gRPC address; when set the scheduler
 	// registers there (in ClusterID, 0 for the default cluster) and keeps
 	// alive, advertising AdvertiseIP (default: the listen IP, else the
@@ -68,7 +71,7 @@ func schedulerFlags(fs *flag.FlagSet, cfg *scheduler.Config) {
 }
 
 func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg := schedulerCmdConfig{Config: scheduler.DefaultConfig(), MetricsPort: 8000, LogLevel: "info", DataDir: "/var/lib/damselfly/scheduler"}
+	cfg := schedulerCmdConfig{Config: scheduler.DefaultConfig(), MetricsPort: 8000, Obs: obs.DefaultConfig(), LogLevel: "info", DataDir: "/var/lib/damselfly/scheduler"}
 	if err := loadConfig(args, &cfg); err != nil {
 		fmt.Fprintln(stderr, "damselfly scheduler:", err)
 		return 2
@@ -76,6 +79,8 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := newFlagSet("scheduler", "Run the scheduler: tracks tasks and peers, picks parents, decides who fetches from the origin.", stderr)
 	schedulerFlags(fs, &cfg.Config)
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", cfg.MetricsPort, "port for /metrics and /healthy; -1 disables")
+	fs.StringVar(&cfg.MetricsIP, "metrics-ip", cfg.MetricsIP, "IP the metrics port listens on (default: the --listen IP)")
+	obsFlags(fs, &cfg.Obs)
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&cfg.Manager, "manager", cfg.Manager, "manager gRPC address host:port to register with (empty: none)")
 	fs.Int64Var(&cfg.ClusterID, "cluster-id", cfg.ClusterID, "scheduler cluster to join at the manager (0: the default cluster)")
@@ -139,12 +144,23 @@ func runScheduler(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	if cfg.MetricsPort >= 0 {
 		host, _, _ := net.SplitHostPort(cfg.Listen)
+		if cfg.MetricsIP != "" {
+			host = cfg.MetricsIP
+		}
 		ml, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(cfg.MetricsPort)))
 		if err != nil {
 			fmt.Fprintln(stderr, "damselfly scheduler: listen metrics:", err)
 			return 1
 		}
-		g.Go(func() error { return obs.ServeHTTP(gctx, ml, obs.Handler(reg, nil)) })
+		g.Go(func() error { return cfg.Obs.Serve(gctx, ml, obs.Handler(reg, nil)) })
+	}
+	pl, err := cfg.Obs.ListenPprof(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "damselfly scheduler:", err)
+		return 1
+	}
+	if pl != nil {
+		g.Go(func() error { return cfg.Obs.ServePprof(gctx, pl) })
 	}
 	if cfg.Manager != "" {
 		mc, conn, err := client.DialManager(cfg.Manager, pki.DialOption(creds, identity.RoleManager))
@@ -172,6 +188,12 @@ func validateSchedulerCmd(cfg schedulerCmdConfig) error {
 	}
 	if cfg.AdvertiseIP != "" && net.ParseIP(cfg.AdvertiseIP) == nil {
 		return fmt.Errorf("advertise_ip %q is not an IP address", cfg.AdvertiseIP)
+	}
+	if cfg.MetricsIP != "" && net.ParseIP(cfg.MetricsIP) == nil {
+		return fmt.Errorf("metrics_ip %q is not an IP address", cfg.MetricsIP)
+	}
+	if err := cfg.Obs.Validate(); err != nil {
+		return err
 	}
 	if cfg.ClusterID < 0 {
 		return fmt.Errorf("cluster_id %d: want ≥ 0", cfg.ClusterID)

@@ -6,6 +6,7 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -59,8 +60,10 @@ func ParseByteSize(s string) (ByteSize, error) {
 	if t == "" {
 		return 0, fmt.Errorf("empty byte size")
 	}
+	bad := fmt.Errorf("byte size %q: want a number with an optional K, M, G or T suffix", s)
 	u := strings.ToUpper(t)
 	u = strings.TrimSuffix(u, "B")
+	iSuffix := strings.HasSuffix(u, "I")
 	u = strings.TrimSuffix(u, "I")
 	mult := int64(1)
 	if u != "" {
@@ -78,11 +81,21 @@ func ParseByteSize(s string) (ByteSize, error) {
 			u = u[:len(u)-1]
 		}
 	}
-	f, err := strconv.ParseFloat(strings.TrimSpace(u), 64)
-	if err != nil || f < 0 {
-		return 0, fmt.Errorf("byte size %q: want a number with an optional K, M, G or T suffix", s)
+	u = strings.TrimSpace(u)
+	// Plain decimal only: ParseFloat would also take "NaN", "Inf", "0x1p4",
+	// "1e30" and "1_0", and a float beyond int64 converts to garbage.
+	if (iSuffix && mult == 1) || u == "" || strings.Trim(u, "0123456789.") != "" || strings.Count(u, ".") > 1 || u == "." {
+		return 0, bad
 	}
-	return ByteSize(f * float64(mult)), nil
+	f, err := strconv.ParseFloat(u, 64)
+	if err != nil || f < 0 {
+		return 0, bad
+	}
+	v := f * float64(mult)
+	if v >= math.MaxInt64 {
+		return 0, fmt.Errorf("byte size %q: too large", s)
+	}
+	return ByteSize(v), nil
 }
 
 // String renders the size with the largest exact binary suffix.

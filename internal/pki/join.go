@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -90,8 +91,31 @@ func (j Join) Creds(ctx context.Context) (*Creds, error) {
 			return c, nil
 		}
 	}
-	return j.request(ctx, nil)
+	// The manager may be starting too: retry while it is unreachable, but
+	// not when it answered and refused, or presented the wrong CA.
+	deadline := time.Now().Add(joinPatience)
+	for {
+		c, err := j.request(ctx, nil)
+		var u unreachable
+		if err == nil || !errors.As(err, &u) || time.Now().After(deadline) {
+			return c, err
+		}
+		j.Log.Warn("manager unreachable; retrying the join", "manager", j.Manager, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
+
+// joinPatience is how long a start waits for an unreachable manager.
+const joinPatience = 30 * time.Second
+
+// unreachable marks a request that reached no manager.
+type unreachable struct{ error }
+
+func (u unreachable) Unwrap() error { return u.error }
 
 // pinned reports whether the CA a stored certificate trusts is the pinned one.
 func (j Join) pinned(c *Creds) bool {
@@ -129,8 +153,18 @@ func (j Join) request(ctx context.Context, cur *Creds) (*Creds, error) {
 	if cur != nil {
 		tc = cur.ClientConfig(identity.RoleManager)
 	} else {
-		tc = j.pinnedConfig()
+		tc = j.PinnedConfig()
 		req.Token = j.Token
+	}
+	// A server that fails verification is a wrong manager, not a slow one.
+	var verifyErr atomic.Pointer[error]
+	verify := tc.VerifyPeerCertificate
+	tc.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		err := verify(raw, chains)
+		if err != nil {
+			verifyErr.Store(&err)
+		}
+		return err
 	}
 	conn, err := grpc.NewClient(j.Manager, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
@@ -139,8 +173,14 @@ func (j Join) request(ctx context.Context, cur *Creds) (*Creds, error) {
 	defer conn.Close()
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	resp, err := managerv1.NewManagerClient(conn).IssueCertificate(rctx, req, grpc.WaitForReady(true))
+	resp, err := managerv1.NewManagerClient(conn).IssueCertificate(rctx, req)
 	if err != nil {
+		if ve := verifyErr.Load(); ve != nil {
+			return nil, fmt.Errorf("tls: the manager at %s is not the one expected: %w", j.Manager, *ve)
+		}
+		if status.Code(err) == codes.Unavailable {
+			return nil, unreachable{fmt.Errorf("tls: get a certificate from the manager at %s: %w", j.Manager, err)}
+		}
 		if s, ok := status.FromError(err); ok && (s.Code() == codes.Unauthenticated || s.Code() == codes.PermissionDenied) {
 			return nil, fmt.Errorf("tls: the manager at %s refused to issue a certificate for %s: %s", j.Manager, (identity.Identity{Role: j.Role, HostID: j.HostID}).URI(), s.Message())
 		}
@@ -167,10 +207,10 @@ func (j Join) request(ctx context.Context, cur *Creds) (*Creds, error) {
 	return c, nil
 }
 
-// pinnedConfig is the client TLS of the first contact: no client
+// PinnedConfig is the client TLS of the first contact: no client
 // certificate; the manager's chain must reach the pinned CA and name a
 // manager.
-func (j Join) pinnedConfig() *tls.Config {
+func (j Join) PinnedConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, //nolint:gosec // verified against the pin below

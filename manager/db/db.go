@@ -8,6 +8,7 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -47,7 +48,19 @@ func Open(ctx context.Context, typ, dsn string) (*DB, error) {
 		if err := os.MkdirAll(filepath.Dir(dsn), 0o700); err != nil {
 			return nil, fmt.Errorf("database directory: %w", err)
 		}
-		sdb, err = sql.Open("sqlite", "file:"+dsn+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_txlock=immediate")
+		// Created 0600 before SQLite opens it (SQLite would make it 0644;
+		// its -wal and -shm files take the database file's mode).
+		f, err := os.OpenFile(dsn, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("database file: %w", err)
+		}
+		f.Close()
+		if err := tightenFiles(dsn); err != nil {
+			return nil, err
+		}
+		// secure_delete overwrites deleted content with zeros, so a value
+		// cleared from a row does not linger in free pages of the file.
+		sdb, err = sql.Open("sqlite", "file:"+dsn+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=secure_delete(1)&_txlock=immediate")
 		if err == nil {
 			sdb.SetMaxOpenConns(4)
 		}
@@ -71,7 +84,34 @@ func Open(ctx context.Context, typ, dsn string) (*DB, error) {
 		sdb.Close()
 		return nil, err
 	}
+	if typ == SQLite {
+		if err := tightenFiles(dsn); err != nil {
+			sdb.Close()
+			return nil, err
+		}
+	}
 	return d, nil
+}
+
+// tightenFiles makes the SQLite file and its -wal and -shm companions (those
+// that exist) readable by the owner only: they hold password hashes and
+// sealed credentials.
+func tightenFiles(dsn string) error {
+	for _, p := range []string{dsn, dsn + "-wal", dsn + "-shm"} {
+		fi, err := os.Stat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("database file: %w", err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, 0o600); err != nil {
+				return fmt.Errorf("database file %s: tighten to 0600: %w", p, err)
+			}
+		}
+	}
+	return nil
 }
 
 // Q rewrites a query written with ? placeholders for the dialect.

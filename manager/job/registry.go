@@ -88,6 +88,11 @@ func ParseImage(s string) (Image, error) {
 			img.Scheme = "http"
 		}
 	}
+	// The registry becomes a URL's host: nothing in it may turn into a
+	// userinfo, a path or a fragment that sends the request elsewhere.
+	if !core.ValidHostPort(img.Registry) {
+		return Image{}, fmt.Errorf("%w: registry %q: want host[:port]", ErrBadReference, img.Registry)
+	}
 	if !repoRE.MatchString(img.Repo) {
 		return Image{}, fmt.Errorf("%w: repository %q", ErrBadReference, img.Repo)
 	}
@@ -365,12 +370,17 @@ func parseChallenge(h string) (string, map[string]string) {
 		}
 		k = strings.ToLower(strings.TrimSpace(k))
 		if strings.HasPrefix(v, `"`) {
-			end := strings.Index(v[1:], `"`)
-			if end < 0 {
-				params[k] = v[1:]
-				break
+			// quoted-string: a backslash quotes the next byte (RFC 9110 5.6.4)
+			var b strings.Builder
+			i := 1
+			for i < len(v) && v[i] != '"' {
+				if v[i] == '\\' && i+1 < len(v) {
+					i++
+				}
+				b.WriteByte(v[i])
+				i++
 			}
-			params[k], rest = v[1:1+end], v[2+end:]
+			params[k], rest = b.String(), v[min(i+1, len(v)):]
 		} else {
 			val, r, _ := strings.Cut(v, ",")
 			params[k], rest = strings.TrimSpace(val), r

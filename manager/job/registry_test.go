@@ -46,15 +46,6 @@ func TestParseImage(t *testing.T) {
 	}
 }
 
-func FuzzParseChallenge(f *testing.F) {
-	f.Add(`Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull"`)
-	f.Add(`Basic realm=x`)
-	f.Add(`Bearer realm="unterminated`)
-	f.Fuzz(func(t *testing.T, h string) {
-		_, _ = parseChallenge(h) // must not panic or loop
-	})
-}
-
 func TestParseChallenge(t *testing.T) {
 	s, p := parseChallenge(`Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"`)
 	if s != "Bearer" || p["realm"] != "https://auth.example/token" || p["service"] != "registry.example" || p["scope"] != "repository:a/b:pull,push" {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,6 +29,7 @@ type managerProc struct {
 	api, grpc string
 	args      []string
 	token     string
+	dataDir   string
 }
 
 const adminPass = "e2e-admin-pass"
@@ -38,7 +40,7 @@ func startManager(t testing.TB, dataDir string, extra ...string) *managerProc {
 	args := append([]string{"manager", "--listen", api, "--grpc-listen", g, "--data-dir", dataDir, "--admin-password", adminPass,
 		"--keepalive-interval", "200ms", "--keepalive-timeout", "3s", "--scheduler-refresh-interval", "500ms",
 		"--job-poll-interval", "100ms", "--job-lease", "2s", "--ca-dir", caDir}, extra...)
-	m := &managerProc{api: "http://" + api, grpc: g, args: args}
+	m := &managerProc{api: "http://" + api, grpc: g, args: args, dataDir: dataDir}
 	m.proc = start(t, "manager", args...)
 	waitHTTP(t, m.api+"/healthy", m.proc)
 	m.token = m.signIn(t)
@@ -156,10 +158,16 @@ type managedCluster struct {
 	daemons []*daemonProc
 }
 
+// A seedExtra holding --insecure runs the manager and the scheduler with
+// --insecure too (the daemons' daemonExtra must say so itself).
 func startManaged(t testing.TB, n int, daemonExtra func(i int) []string, seedExtra ...string) *managedCluster {
 	t.Helper()
-	c := &managedCluster{mgr: startManager(t, t.TempDir())}
-	c.sched = startScheduler(t, "--manager", c.mgr.grpc, "--advertise-ip", "127.0.0.1")
+	var plain []string
+	if slices.Contains(seedExtra, "--insecure") {
+		plain = []string{"--insecure"}
+	}
+	c := &managedCluster{mgr: startManager(t, t.TempDir(), plain...)}
+	c.sched = startScheduler(t, append([]string{"--manager", c.mgr.grpc, "--advertise-ip", "127.0.0.1"}, plain...)...)
 	waitFor(t, 20*time.Second, "scheduler registered", func() bool { return c.mgr.count(t, "/api/v1/schedulers?state=active") == 1 })
 	c.seed = startDaemon(t, daemonOpts{name: "seed", seed: true, extra: append([]string{"--manager", c.mgr.grpc}, seedExtra...)})
 	for i := range n {
@@ -383,6 +391,32 @@ func TestManagerPreheatCredentials(t *testing.T) {
 		if b, _ := os.ReadFile(p.log); bytes.Contains(b, []byte(pass)) || bytes.Contains(b, []byte(basic)) {
 			t.Errorf("%s logged the registry credentials", p.name)
 		}
+	}
+	// The manager's database (and its -wal) holds no credential bytes after
+	// the jobs (FAILURE and SUCCESS) ended: they were sealed with a key kept
+	// apart and the sealed copy was dropped.
+	ents, err := os.ReadDir(c.mgr.dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scanned := 0
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), "manager.db") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(c.mgr.dataDir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		scanned++
+		for _, needle := range []string{pass, basic, "wrong\"", user} {
+			if bytes.Contains(b, []byte(needle)) {
+				t.Errorf("manager file %s holds %q", e.Name(), needle)
+			}
+		}
+	}
+	if scanned == 0 {
+		t.Fatalf("no manager.db under %s", c.mgr.dataDir)
 	}
 }
 

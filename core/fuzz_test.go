@@ -1,0 +1,50 @@
+package core
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+)
+
+// FuzzParseDigest: an accepted digest is sha256 with 64 lower-case hex
+// digits and parses back to itself.
+func FuzzParseDigest(f *testing.F) {
+	for _, s := range []string{"sha256:" + strings.Repeat("a", 64), "SHA256:" + strings.Repeat("F", 64), "sha256:", ":", "",
+		"sha256:" + strings.Repeat("g", 64), "sha512:" + strings.Repeat("a", 128), "sha256:" + strings.Repeat("a", 63) + "\x00",
+		"sha256:" + strings.Repeat("a", 64) + ":"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, d string) {
+		algo, hexsum, err := ParseDigest(d)
+		if err != nil {
+			return
+		}
+		if algo != "sha256" || len(hexsum) != 64 || strings.Trim(hexsum, "0123456789abcdef") != "" {
+			t.Fatalf("ParseDigest(%q) = %q %q", d, algo, hexsum)
+		}
+		if a2, h2, err := ParseDigest(algo + ":" + hexsum); err != nil || a2 != algo || h2 != hexsum {
+			t.Fatalf("round trip of %q: %q %q %v", d, a2, h2, err)
+		}
+		if _, err := ContentTaskID(d); err != nil {
+			t.Fatalf("ContentTaskID(%q): %v", d, err)
+		}
+	})
+}
+
+// FuzzValidHostPort: an accepted host[:port] is, in a URL, exactly the host
+// that URL reaches.
+func FuzzValidHostPort(f *testing.F) {
+	for _, s := range []string{"reg.local:5000", "docker.io", "[::1]:5000", "[::1]", "a@b", "a/b", "a#b", "[X0]:1", "a:0",
+		"a:65536", "a:+1", "a:01", ":80", "-a", "1.2.3.4", "a b", "a%2fb", "[fe80::1%25eth0]:1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if !ValidHostPort(s) {
+			return
+		}
+		u, err := url.Parse("https://" + s + "/v2/")
+		if err != nil || u.Host != s || u.User != nil || u.Path != "/v2/" {
+			t.Fatalf("ValidHostPort(%q) but the URL parses as %+v (%v)", s, u, err)
+		}
+	})
+}
