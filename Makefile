@@ -4,9 +4,15 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 BIN := bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+PLATFORMS ?= linux/amd64,linux/arm64
+IMAGE_LAYOUT := $(BIN)/images/damselfly
+LDFLAGS := -s -w -X main.Version=$(VERSION) -X main.version=$(VERSION)
 PROTOS := api/schedulerv1/scheduler.proto api/peerv1/peer.proto api/daemonv1/daemon.proto api/managerv1/manager.proto
 
-.PHONY: all build run test test-unit deps proto bench bench-swarm vet fmt clean
+.PHONY: all build run test test-unit deps proto bench bench-swarm vet fmt clean dist images push
 
 all: build
 
@@ -18,6 +24,30 @@ build:
 # /var/run/damselfly/daemon.sock (dfget's default socket).
 run: build
 	./$(BIN)/damselfly all-in-one $(ARGS)
+
+# dist builds static binaries (CGO_ENABLED=0; the SQLite driver is pure Go)
+# for every platform in PLATFORMS under bin/dist/<os>_<arch>/.
+dist:
+	@set -e; for p in $$(echo $(PLATFORMS) | tr , ' '); do \
+		os=$${p%/*}; arch=$${p#*/}; \
+		echo "dist: $$os/$$arch"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" \
+			-o $(BIN)/dist/$${os}_$${arch}/ ./cmd/damselfly ./cmd/dfget ./cmd/dfcache; \
+	done
+
+# images writes one OCI image index (one image per platform, all binaries,
+# non-root user, OCI labels) as an OCI layout under bin/images/damselfly,
+# with go-containerregistry (tools/image): no Docker needed.
+images: dist
+	cd tools/image && $(GO) run . build --bin-dir ../../$(BIN)/dist --out ../../$(IMAGE_LAYOUT) \
+		--platforms $(PLATFORMS) --version $(VERSION) --revision $(REVISION) --created $(SOURCE_DATE_EPOCH)
+
+# push copies the layout to REGISTRY (host[:port]/repo) as REGISTRY:VERSION;
+# INSECURE=1 allows a plain-HTTP registry. Credentials: docker login's config.
+push:
+	@test -n "$(REGISTRY)" || (echo "usage: make push REGISTRY=host:port/repo [INSECURE=1]"; exit 2)
+	$(MAKE) images
+	cd tools/image && $(GO) run . push --layout ../../$(IMAGE_LAYOUT) --ref $(REGISTRY):$(VERSION) $(if $(INSECURE),--insecure)
 
 # deps installs what the tests need on a fresh Debian machine (idempotent).
 deps:

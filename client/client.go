@@ -18,9 +18,11 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/fdpass"
 )
 
 // DefaultSock is where the daemon serves its local API.
@@ -91,10 +93,68 @@ func (c *Client) Sock() string { return c.sock }
 
 // Download asks the daemon to download req and calls progress (when not nil)
 // for every progress message. It returns the final message (Done set).
+//
+// The daemon never opens a path: when req.Output is set, Download opens it
+// here with the caller's rights (a temp file next to it, renamed into place
+// on success with req.OutputMode masked to 0777 and by the umask; or, for
+// an existing device or fifo, the node itself, written through), and for a
+// file:// URL it opens the file; both go to the daemon as descriptors.
+// req.Uid and req.Gid are ignored: the output belongs to the caller.
 func (c *Client) Download(ctx context.Context, req *daemonv1.DownloadRequest, progress func(*daemonv1.DownloadProgress)) (*daemonv1.DownloadProgress, error) {
 	// Cancelling on return releases the stream whatever way we leave.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if req.GetStream() && req.GetOutput() != "" {
+		return nil, fmt.Errorf("download %s: stream and output exclude each other: %w", req.GetUrl(), core.ErrInvalid)
+	}
+	files := map[string]*os.File{}
+	defer func() {
+		for _, f := range files {
+			_ = f.Close()
+		}
+	}()
+	src, err := openSource(req.GetUrl())
+	if err != nil {
+		return nil, fmt.Errorf("download %s: %w", req.GetUrl(), err)
+	}
+	if src != nil {
+		files[fdpass.RoleSrc] = src
+	}
+	var out *output
+	if req.GetOutput() != "" {
+		if out, err = openOutput(req.GetOutput(), req.GetOutputMode()); err != nil {
+			return nil, fmt.Errorf("download %s: %w", req.GetUrl(), err)
+		}
+		files[fdpass.RoleOut] = out.f
+	}
+	ok := false
+	defer func() {
+		if out != nil && !ok {
+			out.abort()
+		}
+	}()
+	req = proto.CloneOf(req)
+	req.Output, req.Uid, req.Gid, req.OutputMode = "", 0, 0, 0
+	if len(files) > 0 {
+		if req.FdToken, err = c.pass(ctx, files); err != nil {
+			return nil, fmt.Errorf("download via daemon at %s: %w", c.sock, err)
+		}
+	}
+	p, err := c.download(ctx, req, progress)
+	if err != nil {
+		return nil, err
+	}
+	if out != nil {
+		delete(files, fdpass.RoleOut)
+		ok = true
+		if err := out.commit(); err != nil {
+			return nil, fmt.Errorf("download %s: %w", req.GetUrl(), err)
+		}
+	}
+	return p, nil
+}
+
+func (c *Client) download(ctx context.Context, req *daemonv1.DownloadRequest, progress func(*daemonv1.DownloadProgress)) (*daemonv1.DownloadProgress, error) {
 	stream, err := c.api.Download(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("download via daemon at %s: %w", c.sock, fromStatus(ctx, err))
@@ -116,9 +176,23 @@ func (c *Client) Download(ctx context.Context, req *daemonv1.DownloadRequest, pr
 	}
 }
 
-// ImportCache imports the file req.Path (absolute; the daemon reads it) as
-// the dfcache entry (req.Id, req.Tag).
+// ImportCache imports the file req.Path as the dfcache entry (req.Id,
+// req.Tag). The file is opened here, with the caller's rights, and passed to
+// the daemon as a descriptor: a file the caller cannot read cannot be
+// imported.
 func (c *Client) ImportCache(ctx context.Context, req *daemonv1.ImportCacheRequest) (*daemonv1.StatTaskResponse, error) {
+	f, err := os.Open(req.GetPath())
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			err = fmt.Errorf("%w: %w", core.ErrNotFound, err)
+		}
+		return nil, fmt.Errorf("import %s as %q: %w", req.GetPath(), req.GetId(), err)
+	}
+	defer f.Close()
+	req = proto.CloneOf(req)
+	if req.FdToken, err = c.pass(ctx, map[string]*os.File{fdpass.RoleIn: f}); err != nil {
+		return nil, fmt.Errorf("import %s as %q via daemon at %s: %w", req.GetPath(), req.GetId(), c.sock, err)
+	}
 	resp, err := c.api.ImportCache(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("import %s as %q via daemon at %s: %w", req.GetPath(), req.GetId(), c.sock, fromStatus(ctx, err))
@@ -128,10 +202,44 @@ func (c *Client) ImportCache(ctx context.Context, req *daemonv1.ImportCacheReque
 
 // ExportCache asks the daemon to write the dfcache entry req names, calling
 // progress (when not nil) for every progress message, and returns the
-// final message (Done set).
+// final message (Done set). req.Output is opened here as Download's is.
 func (c *Client) ExportCache(ctx context.Context, req *daemonv1.ExportCacheRequest, progress func(*daemonv1.DownloadProgress)) (*daemonv1.DownloadProgress, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if req.GetStream() && req.GetOutput() != "" {
+		return nil, fmt.Errorf("export %q: stream and output exclude each other: %w", req.GetId(), core.ErrInvalid)
+	}
+	var out *output
+	req = proto.CloneOf(req)
+	if req.GetOutput() != "" {
+		var err error
+		if out, err = openOutput(req.GetOutput(), req.GetOutputMode()); err != nil {
+			return nil, fmt.Errorf("export %q: %w", req.GetId(), err)
+		}
+		ok := false
+		defer func() {
+			if !ok {
+				out.abort()
+			}
+		}()
+		if req.FdToken, err = c.pass(ctx, map[string]*os.File{fdpass.RoleOut: out.f}); err != nil {
+			return nil, fmt.Errorf("export %q via daemon at %s: %w", req.GetId(), c.sock, err)
+		}
+		req.Output, req.Uid, req.Gid, req.OutputMode = "", 0, 0, 0
+		p, err := c.exportCache(ctx, req, progress)
+		if err != nil {
+			return nil, err
+		}
+		ok = true
+		if err := out.commit(); err != nil {
+			return nil, fmt.Errorf("export %q: %w", req.GetId(), err)
+		}
+		return p, nil
+	}
+	return c.exportCache(ctx, req, progress)
+}
+
+func (c *Client) exportCache(ctx context.Context, req *daemonv1.ExportCacheRequest, progress func(*daemonv1.DownloadProgress)) (*daemonv1.DownloadProgress, error) {
 	stream, err := c.api.ExportCache(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("export %q via daemon at %s: %w", req.GetId(), c.sock, fromStatus(ctx, err))

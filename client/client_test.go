@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,11 +18,13 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/internal/fdpass"
 )
 
 // daemon is a real gRPC server whose Download behaviour each test sets.
 type daemon struct {
 	daemonv1.UnimplementedDaemonServer
+	reg      *fdpass.Registry
 	download func(*daemonv1.DownloadRequest, grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error
 	tasks    map[string]*daemonv1.StatTaskResponse
 }
@@ -41,11 +44,13 @@ func (d *daemon) StatTask(_ context.Context, req *daemonv1.StatTaskRequest) (*da
 func serve(t *testing.T, d *daemon) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "d.sock")
-	lis, err := net.Listen("unix", sock)
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer()
+	d.reg = fdpass.NewRegistry(0)
+	lis := fdpass.NewListener(ul, d.reg, slog.New(slog.DiscardHandler))
+	s := grpc.NewServer(grpc.Creds(fdpass.Creds()))
 	daemonv1.RegisterDaemonServer(s, d)
 	go func() { _ = s.Serve(lis) }()
 	t.Cleanup(s.Stop)
@@ -64,8 +69,17 @@ func dial(t *testing.T, sock string) *Client {
 
 func TestDownloadStreamsProgress(t *testing.T) {
 	var got *daemonv1.DownloadRequest
-	d := &daemon{download: func(req *daemonv1.DownloadRequest, s grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
+	var d *daemon
+	d = &daemon{download: func(req *daemonv1.DownloadRequest, s grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
 		got = req
+		fs, err := d.reg.Take(s.Context(), req.GetFdToken())
+		if err != nil {
+			return status.Error(codes.PermissionDenied, err.Error())
+		}
+		defer fs.Close()
+		if _, err := fs[fdpass.RoleOut].WriteString(strings.Repeat("x", 30)); err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
 		for _, n := range []int64{0, 10, 20} {
 			if err := s.Send(&daemonv1.DownloadProgress{TaskId: "t", ContentLength: 30, CompletedLength: n}); err != nil {
 				return err
@@ -74,8 +88,9 @@ func TestDownloadStreamsProgress(t *testing.T) {
 		return s.Send(&daemonv1.DownloadProgress{TaskId: "t", ContentLength: 30, CompletedLength: 30, Done: true, PeerBytes: 20, OriginBytes: 10})
 	}}
 	c := dial(t, serve(t, d))
+	out := filepath.Join(t.TempDir(), "x")
 	req := &daemonv1.DownloadRequest{
-		Url: "https://o/x?sig=1", Output: "/tmp/x", Digest: "sha256:" + strings.Repeat("a", 64),
+		Url: "https://o/x?sig=1", Output: out, Digest: "sha256:" + strings.Repeat("a", 64),
 		Headers: map[string]string{"Authorization": "Bearer x"}, FilteredQuery: []string{"sig"},
 		Tag: "tag", Application: "app", RateLimit: 1 << 20, DisableBackSource: true, OutputMode: 0o644, Uid: 1000, Gid: 1000,
 	}
@@ -90,8 +105,27 @@ func TestDownloadStreamsProgress(t *testing.T) {
 	if len(seen) != 4 || seen[3] != 30 {
 		t.Fatalf("progress %v", seen)
 	}
-	if !proto.Equal(got, req) {
-		t.Fatalf("daemon got %v, want %v", got, req)
+	// The daemon gets the output as a descriptor, never a path, owner or mode.
+	if got.GetFdToken() == "" {
+		t.Fatal("no fd token")
+	}
+	want := proto.CloneOf(req)
+	want.Output, want.OutputMode, want.Uid, want.Gid, want.FdToken = "", 0, 0, 0, got.GetFdToken()
+	if !proto.Equal(got, want) {
+		t.Fatalf("daemon got %v, want %v", got, want)
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(out); string(b) != strings.Repeat("x", 30) {
+		t.Fatalf("output holds %q", b)
+	}
+	if wantMode := 0o644 &^ umask(); st.Mode().Perm() != wantMode {
+		t.Fatalf("output mode %v, want %v", st.Mode().Perm(), wantMode)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(out)); len(ents) != 1 {
+		t.Fatalf("leftovers next to the output: %v", ents)
 	}
 }
 

@@ -45,9 +45,13 @@ type conductor struct {
 	// complete announces itself as its source (Register.imported).
 	cache bool
 	// swarm: the URL's scheme may enter the swarm (core.SwarmScheme); a
-	// task of any other (file://) is fetched for the local caller only and
-	// never announced.
+	// task of any other is fetched for the local caller only and never
+	// announced.
 	swarm bool
+	// local: a file:// URL. It is read on this host through the local
+	// caller's descriptor and never shared with the swarm: another host's
+	// file of that name is other content, and this one may be private.
+	local bool
 	// token is the piece token for a private task (see PieceAccess).
 	token atomic.Value // string
 	// retried: the content failed its whole-content digest once and is
@@ -61,6 +65,9 @@ type conductor struct {
 	peerBytes   atomic.Int64
 	originBytes atomic.Int64
 	fromCache   atomic.Bool
+
+	// fallbackReason is why P2P was given up for the origin ("" if not).
+	fallbackReason atomic.Pointer[string]
 	// streaming: a reader consumes the content in order, so pieces are
 	// picked near-sequentially instead of rarest first.
 	streaming atomic.Bool
@@ -154,7 +161,8 @@ func newConductor(d *Daemon, r taskRequest, hostname string) *conductor {
 	}
 	c.log = d.log.With("task_id", c.id, "peer_id", c.peerID)
 	_, c.cache = core.ParseCacheURL(r.spec.GetUrl())
-	c.swarm = core.CheckSwarmURL(r.spec.GetUrl()) == nil
+	c.local = store.IsLocalURL(r.spec.GetUrl())
+	c.swarm = !c.local && core.CheckSwarmURL(r.spec.GetUrl()) == nil
 	if r.rateLimit > 0 {
 		c.limit = piece.NewLimiter(r.rateLimit)
 	}
@@ -306,7 +314,11 @@ func (c *conductor) backSourceAllowed() bool { return !c.req.disableBackSource &
 // download runs until the task is complete, or fails.
 func (c *conductor) download(ctx context.Context) error {
 	c.lastProgress = time.Now()
-	if !c.swarm {
+	if c.local {
+		if err := c.fallback(ctx, "local_file"); err != nil {
+			return err
+		}
+	} else if !c.swarm {
 		if err := c.fallback(ctx, "local_only"); err != nil {
 			return err
 		}
@@ -484,10 +496,11 @@ func (c *conductor) fallback(ctx context.Context, reason string) error {
 	if c.cache {
 		return fmt.Errorf("dfcache task %s: the swarm cannot serve it (%s), and it has no origin: %w", c.id, reason, core.ErrUnavailable)
 	}
-	if !c.backSourceAllowed() {
+	if !c.backSourceAllowed() && !c.local {
 		return fmt.Errorf("task %s: P2P failed (%s) and back-to-source is disabled: %w", c.id, reason, core.ErrUnavailable)
 	}
 	c.d.metrics.backSource.WithLabelValues(reason).Inc()
+	c.fallbackReason.Store(&reason)
 	c.mode = modeOrigin
 	c.dropParents()
 	c.startOrigin(ctx)
@@ -1046,7 +1059,11 @@ func specHeaders(m map[string]string) http.Header {
 
 func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) error {
 	url := c.req.spec.GetUrl()
-	resp, err := c.d.src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length})
+	var src source.Source = c.d.src
+	if c.req.localFile != nil {
+		src = &source.Opened{F: c.req.localFile}
+	}
+	resp, err := src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length})
 	if err != nil {
 		return fmt.Errorf("fetch %s from origin: %w", url, err)
 	}

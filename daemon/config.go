@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,6 +48,12 @@ type Config struct {
 	MetricsIP string `yaml:"metrics_ip"`
 	// Sock is the unix socket of the local API (dfget, dfcache).
 	Sock string `yaml:"sock"`
+	// SockGroup is the group (a name or a numeric gid) whose members may
+	// use the local API: the socket is made mode 0660 and owned by it. Empty
+	// makes the socket 0600 (root only). When the default group
+	// "damselfly" does not exist the daemon logs so and falls back to 0600;
+	// a group set explicitly that does not exist is an error.
+	SockGroup string `yaml:"sock_group"`
 	// Seed makes this daemon a seed peer: it fetches from the origin when
 	// the scheduler asks.
 	Seed bool `yaml:"seed"`
@@ -95,9 +102,10 @@ type DownloadConfig struct {
 	SwarmTimeout config.Duration `yaml:"swarm_timeout"`
 	// ParentFailures is how many failures in a row drop a parent.
 	ParentFailures int `yaml:"parent_failures"`
-	// HardlinkOutput makes a dfget output on the cache's filesystem a hard
-	// link to the cached data rather than a copy. The cache notices when such
-	// a file is modified in place and re-verifies it before serving it.
+	// HardlinkOutput is ignored and kept so that older configuration files
+	// still load: outputs are written through the file the client opened
+	// (with its own rights), never linked to the cache, whose files only
+	// root may read.
 	HardlinkOutput bool `yaml:"hardlink_output"`
 	// ReportInterval batches piece reports to the scheduler.
 	ReportInterval config.Duration `yaml:"report_interval"`
@@ -218,6 +226,7 @@ func DefaultConfig() Config {
 		ProxyPort:     65001,
 		MetricsPort:   8000,
 		Sock:          "/var/run/damselfly/daemon.sock",
+		SockGroup:     DefaultSockGroup,
 		OriginTimeout: config.Duration(30 * time.Second),
 		OriginRetries: 3,
 		LogLevel:      "info",
@@ -230,7 +239,7 @@ func DefaultConfig() Config {
 			SwarmTimeout:      config.Duration(20 * time.Second),
 			ParentFailures:    3,
 			ReportInterval:    config.Duration(50 * time.Millisecond),
-			HardlinkOutput:    true,
+			HardlinkOutput:    false,
 
 			MaxConcurrentOrigin: 16,
 		},
@@ -262,6 +271,9 @@ func (c Config) Validate() error {
 	}
 	if c.Sock == "" {
 		errs = append(errs, errors.New("sock is required"))
+	}
+	if n, err := strconv.Atoi(c.SockGroup); err == nil && n < 0 {
+		errs = append(errs, fmt.Errorf("sock_group %q: a gid must be ≥ 0", c.SockGroup))
 	}
 	for name, p := range map[string]int{"peer_port": c.PeerPort, "upload_port": c.UploadPort} {
 		if p < 0 || p > 65535 {

@@ -37,6 +37,7 @@ func TestValidate(t *testing.T) {
 	}
 	for name, mut := range map[string]func(*Config){
 		"no data dir":        func(c *Config) { c.DataDir = "" },
+		"negative sock gid":  func(c *Config) { c.SockGroup = "-1" },
 		"bad port":           func(c *Config) { c.PeerPort = 70000 },
 		"bad ip":             func(c *Config) { c.AdvertiseIP = "nope" },
 		"bad scheduler":      func(c *Config) { c.Scheduler = "no-port" },

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -30,6 +29,7 @@ import (
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/daemon/piece"
 	"github.com/damselfly-io/damselfly/daemon/store"
+	"github.com/damselfly-io/damselfly/internal/fdpass"
 	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/source"
@@ -51,6 +51,9 @@ type Daemon struct {
 	dl, ul  *rate.Limiter
 
 	scheds schedSet
+
+	// fds holds the files local clients pass for their next call.
+	fds *fdpass.Registry
 
 	peerMu    sync.Mutex
 	peerConns map[string]*grpc.ClientConn
@@ -125,6 +128,9 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 		return nil, fmt.Errorf("origin client: %w", err)
 	}
 	src := source.NewRegistry(httpSrc)
+	// Local files are read only through a descriptor the local caller
+	// opened (taskRequest.localFile), never by path with the daemon's rights.
+	src.Register("file", noLocalFiles{})
 	d := &Daemon{
 		cfg:        cfg,
 		log:        log,
@@ -134,6 +140,7 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 		dl:         piece.NewHostLimiter(int64(cfg.Download.RateLimit)),
 		ul:         piece.NewHostLimiter(int64(cfg.Upload.RateLimit)),
 		ready:      make(chan struct{}),
+		fds:        fdpass.NewRegistry(0),
 
 		originSlots: piece.NewSlots(cfg.Download.MaxConcurrentOrigin),
 		limits:      reloadableOf(cfg),
@@ -189,6 +196,11 @@ func (d *Daemon) Store() *store.Store { return d.store }
 
 // Run serves until ctx is done.
 func (d *Daemon) Run(ctx context.Context) error {
+	unlock, err := lockDataDir(d.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	st, err := store.Open(ctx, d.cfg.DataDir, d.log)
 	if err != nil {
 		return err
@@ -206,16 +218,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 		peerLis.Close()
 		return fmt.Errorf("listen upload port: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(d.cfg.Sock), 0o755); err != nil {
-		return fmt.Errorf("socket dir: %w", err)
-	}
-	_ = os.Remove(d.cfg.Sock) // a stale socket from a crash
-	sockLis, err := lc.Listen(ctx, "unix", d.cfg.Sock)
+	acc, err := resolveSockGroup(d.cfg.SockGroup, d.log)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", d.cfg.Sock, err)
+		peerLis.Close()
+		upLis.Close()
+		return err
 	}
-	// dfget runs as any user; the daemon decides what it writes.
-	_ = os.Chmod(d.cfg.Sock, 0o666)
+	rawSock, err := listenSock(ctx, d.cfg.Sock, acc)
+	if err != nil {
+		peerLis.Close()
+		upLis.Close()
+		return err
+	}
+	// The local API acts with its caller's rights: files come as
+	// descriptors the caller opened (internal/fdpass), never as paths.
+	sockLis := fdpass.NewListener(rawSock, d.fds, d.log)
+	defer d.fds.Close()
 	var proxyLis net.Listener
 	var prx *proxy
 	if d.cfg.ProxyPort >= 0 {
@@ -280,7 +298,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	peerSrv := grpc.NewServer(append(pki.ServerOptions(d.creds),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}))...)
 	peerv1.RegisterPeerServer(peerSrv, &peerService{d: d})
-	apiSrv := grpc.NewServer()
+	apiSrv := grpc.NewServer(grpc.Creds(fdpass.Creds()))
 	daemonv1.RegisterDaemonServer(apiSrv, &apiService{d: d})
 	upSrv := piece.NewServer(st, d.cfg.Upload.MaxConcurrent, d.ul, d.pm, d.log)
 	upSrv.SetKeys(d.taskKey)
@@ -332,7 +350,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 	d.log.Info("daemon ready", "peer_addr", peerLis.Addr().String(), "upload_addr", upLis.Addr().String(),
-		"advertise_ip", ip, "sock", d.cfg.Sock, "proxy_addr", proxyAddr, "seed", d.cfg.Seed, "scheduler", d.cfg.Scheduler, "manager", d.cfg.Manager)
+		"advertise_ip", ip, "sock", d.cfg.Sock, "sock_mode", acc.mode.String(), "sock_gid", acc.gid, "proxy_addr", proxyAddr, "seed", d.cfg.Seed, "scheduler", d.cfg.Scheduler, "manager", d.cfg.Manager)
 	close(d.ready)
 	err = g.Wait()
 	d.mu.Lock()
@@ -406,6 +424,11 @@ type taskRequest struct {
 	fromCache bool
 	rateLimit int64
 	streaming bool
+	// localFile is a file:// URL's file as the local caller opened it: the
+	// only way the daemon reads a local file (see localSource). The
+	// conductor that uses it closes it; one that joins a running task
+	// closes it at once.
+	localFile *os.File
 }
 
 // startConductor returns the conductor of the task, starting one if none
@@ -423,6 +446,9 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 			if r.streaming {
 				c.streaming.Store(true)
 			}
+			if r.localFile != nil {
+				r.localFile.Close()
+			}
 			return c, nil
 		}
 	}
@@ -432,6 +458,9 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 		FilteredQuery: s.GetFilteredQuery(), Digest: s.GetDigest(), ContentLength: -1, Private: s.GetPrivate(),
 	})
 	if err != nil {
+		if r.localFile != nil {
+			r.localFile.Close()
+		}
 		return nil, fmt.Errorf("cache task %s: %w", id, err)
 	}
 	if s.GetPrivate() {
@@ -445,6 +474,9 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 	d.conductors[id] = c
 	go func() {
 		c.run(d.runCtx)
+		if r.localFile != nil {
+			r.localFile.Close()
+		}
 		d.mu.Lock()
 		if d.conductors[id] == c {
 			delete(d.conductors, id)
@@ -465,4 +497,12 @@ func checkSwarmSpec(s *schedulerv1.TaskSpec) error {
 	}
 	return core.CheckTaskID(s.GetTaskId(), s.GetUrl(), s.GetDigest(), core.TaskOptions{
 		Tag: s.GetTag(), Application: s.GetApplication(), FilteredQuery: s.GetFilteredQuery()})
+}
+
+// noLocalFiles refuses file:// URLs that come without the caller's
+// descriptor (e.g. a task the scheduler pushes to a seed peer).
+type noLocalFiles struct{}
+
+func (noLocalFiles) Fetch(_ context.Context, req source.Request) (*source.Response, error) {
+	return nil, fmt.Errorf("fetch %s: the daemon reads local files only through a local caller's own descriptor: %w", req.URL, core.ErrInvalid)
 }

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,6 +17,7 @@ import (
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/daemon/store"
+	"github.com/damselfly-io/damselfly/internal/fdpass"
 )
 
 // dfcache entries are tasks like any other, named by core.CacheTaskID and
@@ -52,23 +53,23 @@ func (s *apiService) ImportCache(ctx context.Context, req *daemonv1.ImportCacheR
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	path := req.GetPath()
-	if !filepath.IsAbs(path) {
-		return nil, status.Errorf(codes.InvalidArgument, "path %q must be absolute", path)
-	}
 	if req.GetTtlSeconds() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "ttl %ds: must be ≥ 0", req.GetTtlSeconds())
 	}
-	f, err := os.Open(path)
+	// The daemon reads only the file the caller opened with its own rights.
+	files, err := s.takeFiles(ctx, req.GetFdToken())
 	if err != nil {
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-			return nil, status.Errorf(codes.NotFound, "import %s: %v", path, err)
-		case errors.Is(err, os.ErrPermission):
-			return nil, status.Errorf(codes.PermissionDenied, "import %s: the daemon may not read it: %v", path, err)
-		}
-		return nil, status.Errorf(codes.Internal, "import %s: %v", path, err)
+		return nil, err
 	}
-	defer f.Close()
+	defer files.Close()
+	f := files[fdpass.RoleIn]
+	if f == nil {
+		return nil, status.Errorf(codes.PermissionDenied,
+			"import %s: the daemon reads the file only through the caller's own descriptor (pass it as \"in\"); update dfcache", path)
+	}
+	if fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err != nil || (fl&unix.O_ACCMODE != unix.O_RDONLY && fl&unix.O_ACCMODE != unix.O_RDWR) {
+		return nil, status.Errorf(codes.PermissionDenied, "import %s: the passed file is not open for reading", path)
+	}
 	st, err := f.Stat()
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "import %s: %v", path, err)
@@ -105,7 +106,9 @@ func (s *apiService) ImportCache(ctx context.Context, req *daemonv1.ImportCacheR
 	if _, err := s.d.startConductor(taskRequest{spec: spec, fromCache: true}); err != nil {
 		s.d.log.Warn("cannot announce imported entry", "task_id", id, "err", err)
 	}
-	s.d.log.Info("dfcache entry imported", "task_id", id, "cache_id", req.GetId(), "tag", req.GetTag(), "bytes", st.Size())
+	cred, _ := fdpass.CallerCred(ctx)
+	s.d.log.Info("dfcache entry imported", "task_id", id, "cache_id", req.GetId(), "tag", req.GetTag(), "bytes", st.Size(),
+		"caller_uid", cred.UID, "caller_pid", cred.PID)
 	return statOf(t), nil
 }
 
@@ -139,11 +142,17 @@ func (s *apiService) ExportCache(req *daemonv1.ExportCacheRequest, stream grpc.S
 	if err := core.ValidateCacheID(req.GetId()); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	if req.GetStream() && req.GetOutput() != "" {
-		return status.Error(codes.InvalidArgument, "stream and output exclude each other")
+	if req.GetOutput() != "" {
+		return errOutputPath
 	}
-	if o := req.GetOutput(); !req.GetStream() && !filepath.IsAbs(o) {
-		return status.Errorf(codes.InvalidArgument, "output %q must be an absolute path", o)
+	files, err := s.takeFiles(stream.Context(), req.GetFdToken())
+	if err != nil {
+		return err
+	}
+	defer files.Close()
+	out := files[fdpass.RoleOut]
+	if req.GetStream() == (out != nil) {
+		return status.Error(codes.InvalidArgument, "want exactly one of stream and an output file")
 	}
 	spec := cacheSpec(req.GetId(), req.GetTag())
 	id := spec.GetTaskId()
@@ -152,11 +161,8 @@ func (s *apiService) ExportCache(req *daemonv1.ExportCacheRequest, stream grpc.S
 	if req.GetLocalOnly() && (!present || !t.Complete()) {
 		return status.Errorf(codes.NotFound, "%s is not in this daemon's cache", name)
 	}
-	dreq := &daemonv1.DownloadRequest{
-		Output: req.GetOutput(), OutputMode: req.GetOutputMode(), Uid: req.GetUid(), Gid: req.GetGid(),
-		Stream: req.GetStream(), Tag: req.GetTag(), DisableBackSource: true,
-	}
-	err := s.download(dreq, spec, taskRequest{}, stream)
+	dreq := &daemonv1.DownloadRequest{Stream: req.GetStream(), Tag: req.GetTag(), DisableBackSource: true}
+	err = s.download(dreq, spec, taskRequest{}, out, stream)
 	if err != nil && !present {
 		// Nothing of it came: leave no empty entry behind.
 		if t, ok := s.d.store.Get(id); ok && t.Count() == 0 && !s.d.downloading(id) {
@@ -180,7 +186,7 @@ func (s *apiService) StatCache(_ context.Context, req *daemonv1.CacheRequest) (*
 	return statOf(t), nil
 }
 
-func (s *apiService) DeleteCache(_ context.Context, req *daemonv1.CacheRequest) (*daemonv1.StatTaskResponse, error) {
+func (s *apiService) DeleteCache(ctx context.Context, req *daemonv1.CacheRequest) (*daemonv1.StatTaskResponse, error) {
 	if err := core.ValidateCacheID(req.GetId()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -193,6 +199,7 @@ func (s *apiService) DeleteCache(_ context.Context, req *daemonv1.CacheRequest) 
 	if err := s.d.store.Delete(id); err != nil {
 		return nil, toStatus(err)
 	}
-	s.d.log.Info("dfcache entry deleted", "task_id", id, "cache_id", req.GetId(), "tag", req.GetTag())
+	cred, _ := fdpass.CallerCred(ctx)
+	s.d.log.Info("dfcache entry deleted", "task_id", id, "cache_id", req.GetId(), "tag", req.GetTag(), "caller_uid", cred.UID, "caller_pid", cred.PID)
 	return st, nil
 }

@@ -5,72 +5,94 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/damselfly-io/damselfly/api/daemonv1"
+	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/daemon/store"
 )
 
-// exporter writes a task's content to a client's output file while the task
-// downloads: every verified piece is copied to its offset in a temp file
-// next to the output as soon as it is stored (copy_file_range: the bytes do
-// not pass through user space), so when the last piece lands only a rename
-// is left. The output path never holds a partial file.
+// exporter writes a task's content to the output file a client opened and
+// passed over the socket: the daemon never opens, creates, chmods or
+// renames a client's path, so it writes only where the client itself could.
+//
+// A regular output (the client's temp file next to its final name) gets
+// every verified piece at its offset as soon as it is stored
+// (copy_file_range: the bytes do not pass through user space) and is sized
+// at the end; the client renames it into place once the download succeeds.
+// Anything else (a character device such as /dev/null, a pipe, a socket)
+// is written through, in order, as the pieces arrive; the last piece is
+// written only after the whole content has passed its digest.
 type exporter struct {
-	// link: the output is on the cache's filesystem, so it becomes a hard
-	// link to the cached data instead of a copy (no second copy of the
-	// bytes in the page cache or on disk). The store notices if the output
-	// is later modified in place (CheckIntact) before serving it again.
-	link   bool
-	output string
-	req    *daemonv1.DownloadRequest
-	tmp    *os.File
-	src    *os.File
-	copied []bool
-	count  uint32
-	resets uint64 // the task's Resets when copied was started
+	out     *os.File
+	regular bool
+	src     *os.File
+	copied  []bool
+	count   uint32
+	resets  uint64 // the task's Resets when copied was started
+	// seq is the result of the in-order copy to a non-regular output.
+	seq chan error
 }
 
-func newExporter(output string, req *daemonv1.DownloadRequest, cachePath string, link bool) (*exporter, error) {
-	dir := filepath.Dir(output)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(output)+".dfget-*")
+// newExporter checks the passed output: open for writing, not in append
+// mode (pieces are written at their offsets).
+func newExporter(out *os.File) (*exporter, error) {
+	fl, err := unix.FcntlInt(out.Fd(), unix.F_GETFL, 0)
 	if err != nil {
-		return nil, fmt.Errorf("create output in %s: %w", dir, err)
+		return nil, fmt.Errorf("passed output: %w", err)
 	}
-	e := &exporter{output: output, req: req, tmp: tmp}
-	if link {
-		e.link = sameDevice(tmp.Name(), cachePath)
+	if acc := fl & unix.O_ACCMODE; acc != unix.O_WRONLY && acc != unix.O_RDWR {
+		return nil, fmt.Errorf("passed output is not open for writing: %w", core.ErrInvalid)
+	}
+	st, err := out.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("passed output: %w", err)
+	}
+	e := &exporter{out: out, regular: st.Mode().IsRegular()}
+	switch {
+	case st.IsDir():
+		return nil, fmt.Errorf("passed output is a directory: %w", core.ErrInvalid)
+	case e.regular && fl&unix.O_APPEND != 0:
+		return nil, fmt.Errorf("passed output is open for appending: %w", core.ErrInvalid)
 	}
 	return e, nil
 }
 
-func sameDevice(a, b string) bool {
-	var sa, sb unix.Stat_t
-	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
-		return false
+// start begins the in-order copy for a non-regular output.
+func (e *exporter) start(ctx context.Context, c *conductor) {
+	if e.regular {
+		return
 	}
-	return sa.Dev == sb.Dev
+	e.seq = make(chan error, 1)
+	go func() {
+		l, err := c.waitShape(ctx)
+		if err == nil {
+			_, err = c.copyOut(ctx, e.out, 0, l)
+		}
+		if err != nil {
+			err = fmt.Errorf("write output: %w", err)
+		}
+		e.seq <- err
+	}()
 }
 
-// abort removes the temp file.
-func (e *exporter) abort() {
+// close releases the files; the client keeps its own descriptor.
+func (e *exporter) close() {
 	if e.src != nil {
 		e.src.Close()
+		e.src = nil
 	}
-	e.tmp.Close()
-	os.Remove(e.tmp.Name())
+	e.out.Close()
 }
 
-// sync copies the pieces stored since the last call.
+// sync copies the pieces stored since the last call to a regular output.
 func (e *exporter) sync(t *store.Task) error {
 	if t != nil && t.Resets() != e.resets {
 		// The content failed its digest and is fetched anew: every piece
 		// copied so far is suspect.
 		e.resets, e.copied, e.count = t.Resets(), nil, 0
 	}
-	if e.link || t == nil || t.Count() == e.count {
+	if !e.regular || t == nil || t.Count() == e.count {
 		return nil
 	}
 	if e.src == nil {
@@ -86,23 +108,24 @@ func (e *exporter) sync(t *store.Task) error {
 			e.copied[n] = false // gone again (re-verified away); retry later
 			continue
 		}
-		if err := copyRange(e.src, e.tmp, off, size); err != nil {
-			return fmt.Errorf("write %s: %w", e.output, err)
+		if err := copyRange(e.src, e.out, off, size); err != nil {
+			return fmt.Errorf("write output: %w", err)
 		}
 		e.count++
 	}
 	return nil
 }
 
-// finish copies what is left, sets mode and owner and moves the file into place.
+// finish writes what is left: the remaining pieces and the size of a
+// regular output, or the end of the in-order copy.
 func (e *exporter) finish(ctx context.Context, t *store.Task) error {
-	if e.link {
-		err := e.finishLink(t)
-		if err == nil {
-			return nil
+	if !e.regular {
+		select {
+		case err := <-e.seq:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		// e.g. a filesystem without hard links: copy after all
-		e.link = false
 	}
 	if err := e.sync(t); err != nil {
 		return err
@@ -111,32 +134,8 @@ func (e *exporter) finish(ctx context.Context, t *store.Task) error {
 		return ctx.Err()
 	}
 	l, _ := t.Shape()
-	if err := e.tmp.Truncate(max(l, 0)); err != nil {
-		return fmt.Errorf("size %s: %w", e.output, err)
-	}
-	mode := os.FileMode(e.req.GetOutputMode())
-	if mode == 0 {
-		mode = 0o644
-	}
-	if err := e.tmp.Chmod(mode); err != nil {
-		return fmt.Errorf("chmod %s: %w", e.output, err)
-	}
-	uid, gid := e.req.GetUid(), e.req.GetGid()
-	if os.Getuid() == 0 && uid >= 0 && gid >= 0 && (uid != 0 || gid != 0) {
-		if err := e.tmp.Chown(int(uid), int(gid)); err != nil {
-			return fmt.Errorf("chown %s: %w", e.output, err)
-		}
-	}
-	if e.src != nil {
-		e.src.Close()
-		e.src = nil
-	}
-	if err := e.tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", e.output, err)
-	}
-	if err := os.Rename(e.tmp.Name(), e.output); err != nil {
-		os.Remove(e.tmp.Name())
-		return fmt.Errorf("move into %s: %w", e.output, err)
+	if err := e.out.Truncate(max(l, 0)); err != nil {
+		return fmt.Errorf("size output: %w", err)
 	}
 	return nil
 }
@@ -160,36 +159,6 @@ func copyRange(src, dst *os.File, off, size int64) error {
 			return io.ErrUnexpectedEOF
 		}
 		left -= int64(n)
-	}
-	return nil
-}
-
-// finishLink hard-links the cached data next to the output and renames it
-// into place.
-func (e *exporter) finishLink(t *store.Task) error {
-	name := e.tmp.Name()
-	e.tmp.Close()
-	os.Remove(name)
-	if err := os.Link(t.DataPath(), name); err != nil {
-		// recreate the temp file for the copy path
-		f, cerr := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if cerr != nil {
-			return cerr
-		}
-		e.tmp = f
-		return err
-	}
-	mode := os.FileMode(e.req.GetOutputMode())
-	if mode == 0 {
-		mode = 0o644
-	}
-	if err := os.Chmod(name, mode); err != nil {
-		os.Remove(name)
-		return fmt.Errorf("chmod %s: %w", e.output, err)
-	}
-	if err := os.Rename(name, e.output); err != nil {
-		os.Remove(name)
-		return fmt.Errorf("move into %s: %w", e.output, err)
 	}
 	return nil
 }

@@ -7,10 +7,11 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"path/filepath"
+	"os"
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,6 +21,7 @@ import (
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/daemon/store"
+	"github.com/damselfly-io/damselfly/internal/fdpass"
 	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/pki"
 	"github.com/damselfly-io/damselfly/source"
@@ -54,7 +56,8 @@ func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serv
 		return status.Error(codes.PermissionDenied, "sync pieces: only peers and seed peers may ask")
 	}
 	t, ok := s.d.store.Get(req.GetTaskId())
-	if !ok {
+	if !ok || t.Local() {
+		// (a file of this host is for local clients only)
 		return status.Errorf(codes.NotFound, "task %s not held", req.GetTaskId())
 	}
 	var sent []bool
@@ -96,21 +99,33 @@ type apiService struct {
 }
 
 func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
-	s.d.log.Debug("download requested", "url", req.GetUrl())
 	u, err := url.Parse(req.GetUrl())
 	if err != nil || u.Host == "" && u.Scheme != "file" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") {
 		return status.Errorf(codes.InvalidArgument, "url %q: want an absolute http, https or file URL", req.GetUrl())
 	}
+	cred, _ := fdpass.CallerCred(stream.Context())
+	s.d.log.Debug("download requested", "url", redactURL(u), "caller_uid", cred.UID, "caller_pid", cred.PID)
 	if d := req.GetDigest(); d != "" {
 		if _, _, err := core.ParseDigest(d); err != nil {
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
-	if req.GetStream() && req.GetOutput() != "" {
+	if req.GetOutput() != "" {
+		return errOutputPath
+	}
+	files, err := s.takeFiles(stream.Context(), req.GetFdToken())
+	if err != nil {
+		return err
+	}
+	defer files.Close()
+	if req.GetStream() && files[fdpass.RoleOut] != nil {
 		return status.Error(codes.InvalidArgument, "stream and output exclude each other")
 	}
-	if o := req.GetOutput(); o != "" && !filepath.IsAbs(o) {
-		return status.Errorf(codes.InvalidArgument, "output %q must be an absolute path", o)
+	var local *os.File
+	if u.Scheme == "file" {
+		if local, err = localSource(req.GetUrl(), files[fdpass.RoleSrc]); err != nil {
+			return err
+		}
 	}
 	id := core.TaskID(req.GetUrl(), core.TaskOptions{Tag: req.GetTag(), Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery()})
 	public, private := splitCredentials(req.GetHeaders())
@@ -127,18 +142,89 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 			h.Set(k, v)
 		}
 		if verified, err = s.d.localAccess(stream.Context(), id, req.GetUrl(), h, len(private) > 0); err != nil {
+			if local != nil {
+				local.Close()
+			}
 			return err
 		}
 	}
-	return s.download(req, spec, taskRequest{originHeaders: private, verified: verified}, stream)
+	return s.download(req, spec, taskRequest{originHeaders: private, verified: verified, localFile: local}, files[fdpass.RoleOut], stream)
 }
 
-// download serves a Download (or an ExportCache turned into one) of spec;
-// tr carries the caller's credentials and whether the origin granted them.
-func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.TaskSpec, tr taskRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
+// errOutputPath answers a client that names its output by path.
+var errOutputPath = status.Error(codes.PermissionDenied,
+	"the daemon does not write to paths: open the output yourself and pass it over the socket (fd_token); update dfget/dfcache")
+
+// takeFiles returns the files the caller passed under token (none for an
+// empty token). Only the process that passed them may take them.
+func (s *apiService) takeFiles(ctx context.Context, token string) (fdpass.Files, error) {
+	if token == "" {
+		return fdpass.Files{}, nil
+	}
+	fs, err := s.d.fds.Take(ctx, token)
+	if err != nil {
+		return nil, status.Errorf(codes.PermissionDenied, "passed files: %v", err)
+	}
+	return fs, nil
+}
+
+// localSource checks that f, passed by the caller, is the file the file://
+// URL names, open for reading: holding such a descriptor shows the caller
+// may read the file. It returns a duplicate the task keeps (the request's
+// files close when the request ends; the fetch may outlive it).
+func localSource(rawURL string, f *os.File) (*os.File, error) {
+	path, err := source.FilePath(rawURL)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if f == nil {
+		return nil, status.Errorf(codes.PermissionDenied,
+			"%s: the daemon reads local files only through the caller's own descriptor (pass it as \"src\")", path)
+	}
+	fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "passed source: %v", err)
+	}
+	if acc := fl & unix.O_ACCMODE; acc != unix.O_RDONLY && acc != unix.O_RDWR {
+		return nil, status.Errorf(codes.PermissionDenied, "passed source for %s is not open for reading", path)
+	}
+	got, err := f.Stat()
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "passed source: %v", err)
+	}
+	want, err := os.Stat(path)
+	if err != nil || !os.SameFile(got, want) {
+		return nil, status.Errorf(codes.PermissionDenied, "passed source is not %s", path)
+	}
+	if !got.Mode().IsRegular() {
+		return nil, status.Errorf(codes.InvalidArgument, "%s: not a regular file", path)
+	}
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "keep passed source: %v", err)
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// download serves a Download (or an ExportCache turned into one) of spec
+// into out (nil: none, or the stream). tr carries the request's origin
+// headers (the caller's credentials), whether the origin granted them, and
+// the local file; download fills in the rest.
+func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.TaskSpec, tr taskRequest, out *os.File, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
 	ctx := stream.Context()
 	id := spec.GetTaskId()
 	tr.spec, tr.disableBackSource, tr.rateLimit, tr.streaming = spec, req.GetDisableBackSource(), req.GetRateLimit(), req.GetStream()
+	var exp *exporter
+	if out != nil {
+		var err error
+		if exp, err = newExporter(out); err != nil {
+			if tr.localFile != nil {
+				tr.localFile.Close()
+			}
+			return toStatus(err)
+		}
+		defer exp.close()
+	}
 	c, cached, release, err := s.d.openTask(tr)
 	if err != nil {
 		return toStatus(err)
@@ -150,6 +236,8 @@ func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.T
 			PeerBytes: c.peerBytes.Load(), OriginBytes: c.originBytes.Load(), FromCache: cached}
 		if cached {
 			p.PeerBytes, p.OriginBytes = 0, 0
+		} else if r := c.fallbackReason.Load(); r != nil {
+			p.BackSourceReason = *r
 		}
 		l, ps := c.task.Shape()
 		p.ContentLength = l
@@ -162,19 +250,16 @@ func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.T
 	if req.GetStream() {
 		return s.streamOut(c, cached, req, progress, stream)
 	}
-	var exp *exporter
-	if o := req.GetOutput(); o != "" {
-		var err error
-		if exp, err = newExporter(o, req, c.task.DataPath(), s.d.cfg.Download.HardlinkOutput); err != nil {
+	// A task taken from a cached copy must still match a digest the caller
+	// names (checked before any byte goes to an output written in order).
+	if d := req.GetDigest(); d != "" && cached && d != c.req.spec.GetDigest() {
+		if err := verifyFile(ctx, c.task.DataPath(), d); err != nil {
 			return toStatus(err)
 		}
 	}
-	ok := false
-	defer func() {
-		if exp != nil && !ok {
-			exp.abort()
-		}
-	}()
+	if exp != nil {
+		exp.start(ctx, c)
+	}
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	var changed <-chan struct{}
@@ -211,19 +296,12 @@ wait:
 	if c.err != nil {
 		return toStatus(c.err)
 	}
-	// A task taken from a cached copy must still match a digest the caller names.
-	if d := req.GetDigest(); d != "" && cached && d != c.req.spec.GetDigest() {
-		if err := verifyFile(ctx, c.task.DataPath(), d); err != nil {
-			return toStatus(err)
-		}
-	}
 	s.served(c, cached)
 	if exp != nil {
 		if err := exp.finish(ctx, c.task); err != nil {
 			return toStatus(err)
 		}
 	}
-	ok = true
 	s.d.log.Debug("download answered", "task_id", id)
 	p := progress(true)
 	p.CompletedLength = p.ContentLength

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/damselfly-io/damselfly/core"
 )
 
@@ -41,9 +43,20 @@ func splitCredentials(h map[string]string) (public map[string]string, private ht
 // openTask returns the conductor serving r, starting one when none runs,
 // whether the task was already complete in the cache, and a hold on the task
 // (GC and deletion wait until release is called; call it once when done
-// reading). A cached copy modified on disk (a hard-linked output edited in
-// place) is dropped and fetched again.
+// reading). A cached copy modified on disk is dropped and fetched again.
 func (d *Daemon) openTask(r taskRequest) (c *conductor, cached bool, release func(), err error) {
+	// startConductor takes r.localFile; a second start (below) needs its own.
+	var spare *os.File
+	if r.localFile != nil {
+		if fd, derr := unix.FcntlInt(r.localFile.Fd(), unix.F_DUPFD_CLOEXEC, 0); derr == nil {
+			spare = os.NewFile(uintptr(fd), r.localFile.Name())
+			defer func() {
+				if spare != nil {
+					spare.Close()
+				}
+			}()
+		}
+	}
 	c, err = d.startConductor(r)
 	if err != nil {
 		return nil, false, nil, err
@@ -59,7 +72,12 @@ func (d *Daemon) openTask(r taskRequest) (c *conductor, cached bool, release fun
 	if !cached {
 		return c, false, release, nil
 	}
-	if err := c.task.CheckIntact(); err != nil {
+	err = c.task.CheckIntact()
+	if err == nil && !c.task.Complete() {
+		// a check on another path (the upload port) dropped pieces already
+		err = fmt.Errorf("task %s: cached copy lost pieces to re-verification: %w", r.spec.GetTaskId(), core.ErrDigestMismatch)
+	}
+	if err != nil {
 		id := r.spec.GetTaskId()
 		d.log.Warn("cached copy damaged; downloading again", "task_id", id, "err", err)
 		release()
@@ -68,6 +86,7 @@ func (d *Daemon) openTask(r taskRequest) (c *conductor, cached bool, release fun
 		case <-c.exited:
 		case <-time.After(5 * time.Second):
 		}
+		r.localFile, spare = spare, nil
 		if c, err = d.startConductor(r); err != nil {
 			return nil, false, nil, err
 		}

@@ -49,6 +49,20 @@ func (m *Manager) audit(ctx context.Context, e auditEntry) {
 	}
 }
 
+// auditLocked records a refused (locked-out) sign-in: always in the log,
+// in the table at most once a minute per source, so that an attacker
+// hammering a lockout cannot grow the table at its request rate.
+func (m *Manager) auditLocked(ctx context.Context, e auditEntry) {
+	var n int
+	err := m.db.QueryRow(ctx, "SELECT COUNT(*) FROM audit_log WHERE source = ? AND outcome = ? AND created_at > ?",
+		e.Source, outcomeLocked, nowMs()-time.Minute.Milliseconds()).Scan(&n)
+	if err == nil && n > 0 {
+		m.log.Info("audit", "audit", true, "action", e.Action, "outcome", e.Outcome, "user", e.UserName, "user_id", e.UserID, "source", e.Source, "detail", "not stored: one locked sign-in per source and minute is")
+		return
+	}
+	m.audit(ctx, e)
+}
+
 // sourceOf is the request's source address: the TCP peer's IP. Headers such
 // as X-Forwarded-For are not trusted (any client can send them).
 func sourceOf(r *http.Request) string {

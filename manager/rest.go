@@ -185,7 +185,7 @@ func (m *Manager) handleSignIn(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	} else if d > 0 {
-		m.audit(ctx, auditEntry{Action: auditSignIn, Outcome: outcomeLocked, UserName: in.Name, Source: src})
+		m.auditLocked(ctx, auditEntry{Action: auditSignIn, Outcome: outcomeLocked, UserName: in.Name, Source: src})
 		w.Header().Set("Retry-After", retryAfter(d))
 		writeErr(w, http.StatusTooManyRequests, fmt.Errorf("too many failed sign-ins: try again in %s", d.Round(time.Second)))
 		return

@@ -16,6 +16,12 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# The image test runs the built image with `ctr run` (runc); configure-runtime
+# is checked against real Podman and Docker's own config validation.
+command -v runc >/dev/null || need+=(runc)
+command -v podman >/dev/null || need+=(podman)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd units
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
@@ -24,7 +30,8 @@ if [ ${#need[@]} -gt 0 ]; then
 	fi
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	# Other jobs on the machine may hold dpkg's lock for a while.
+	apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${need[@]}" >/dev/null
 	echo "install-deps: installed ${need[*]}"
 fi
 
@@ -36,4 +43,10 @@ gobin=$(go env GOBIN)
 if ! "$gobin/staticcheck" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
 	go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
 	echo "install-deps: installed staticcheck $STATICCHECK_VERSION"
+fi
+
+# helm (v4, from the Go module proxy) for the chart tests.
+if ! go version -m "$gobin/helm" 2>/dev/null | grep -qE '^\s*mod\s+helm\.sh/helm/v4\s+v4\.3\.2'; then
+	go install helm.sh/helm/v4/cmd/helm@v4.3.2
+	echo "install-deps: installed helm v4.3.2 into $gobin"
 fi

@@ -33,6 +33,11 @@ func Download(ctx context.Context, s Source, req Request, output string, digest 
 	if mode == 0 {
 		mode = 0o644
 	}
+	mode &= 0o777
+	if st, err := os.Stat(output); err == nil && !st.Mode().IsRegular() && !st.IsDir() {
+		// A device, a fifo: write through, never replace the node.
+		return writeThrough(ctx, s, req, output, wantSum, digest, progress)
+	}
 	// Create the temporary file first: an unwritable directory should not
 	// cost the origin a request.
 	dir, base := filepath.Dir(output), filepath.Base(output)
@@ -95,6 +100,38 @@ func Download(ctx context.Context, s Source, req Request, output string, digest 
 	}
 	done = true
 	syncDir(dir)
+	return n, nil
+}
+
+// writeThrough copies req's content into the existing non-regular file
+// output (opened for writing, not replaced), checking the digest at the end.
+func writeThrough(ctx context.Context, s Source, req Request, output, wantSum, digest string, progress func(done, total int64)) (int64, error) {
+	f, err := os.OpenFile(output, os.O_WRONLY, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open output %s: %w", output, err)
+	}
+	defer f.Close()
+	resp, err := s.Fetch(ctx, req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, sum, err := copyHashed(f, resp.Body, wantSum != "", -1, progress)
+	if err != nil {
+		var werr *writeError
+		if errors.As(err, &werr) {
+			return n, fmt.Errorf("write %s: %w", output, werr.err)
+		}
+		return n, err
+	}
+	if wantSum != "" {
+		if got := hex.EncodeToString(sum); got != wantSum {
+			return n, fmt.Errorf("verify %s: content is sha256:%s, want %s: %w", output, got, digest, core.ErrDigestMismatch)
+		}
+	}
+	if err := f.Close(); err != nil {
+		return n, fmt.Errorf("close %s: %w", output, err)
+	}
 	return n, nil
 }
 

@@ -37,18 +37,28 @@ func (*File) Fetch(ctx context.Context, req Request) (*Response, error) {
 	if err != nil {
 		return nil, fileError(path, err)
 	}
+	return serveFile(ctx, f, path, req, true)
+}
+
+// serveFile answers req from the open file f; the body closes f when own.
+func serveFile(ctx context.Context, f *os.File, path string, req Request, own bool) (*Response, error) {
+	closeF := func() {
+		if own {
+			_ = f.Close()
+		}
+	}
 	st, err := f.Stat()
 	if err != nil {
-		_ = f.Close()
+		closeF()
 		return nil, fileError(path, err)
 	}
 	if !st.Mode().IsRegular() {
-		_ = f.Close()
+		closeF()
 		return nil, fmt.Errorf("read file %s: not a regular file: %w", path, core.ErrInvalid)
 	}
 	size := st.Size()
 	if req.Offset > size {
-		_ = f.Close()
+		closeF()
 		return nil, fmt.Errorf("read file %s: offset %d is past the end (%d bytes): %w", path, req.Offset, size, core.ErrInvalid)
 	}
 	n := size - req.Offset
@@ -57,13 +67,40 @@ func (*File) Fetch(ctx context.Context, req Request) (*Response, error) {
 	}
 	h := http.Header{}
 	h.Set("Last-Modified", st.ModTime().UTC().Format(http.TimeFormat))
+	var owned *os.File
+	if own {
+		owned = f
+	}
 	return &Response{
-		Body:          &fileBody{ctx: ctx, f: f, r: io.NewSectionReader(f, req.Offset, n), path: path},
+		Body:          &fileBody{ctx: ctx, f: owned, r: io.NewSectionReader(f, req.Offset, n), path: path},
 		ContentLength: size,
 		Header:        h,
 		RangeOK:       true,
 	}, nil
 }
+
+// Opened serves every request from one file that is already open: a
+// file:// URL's file as the local caller opened it (with the caller's
+// rights) and passed it to the daemon. It does not close F.
+type Opened struct {
+	F *os.File
+}
+
+var _ Source = (*Opened)(nil)
+
+// Fetch returns the requested range of o.F (req.URL only names it).
+func (o *Opened) Fetch(ctx context.Context, req Request) (*Response, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", req.URL, err)
+	}
+	if req.Offset < 0 || req.Length < -1 {
+		return nil, fmt.Errorf("read file %s: bad range offset %d length %d: %w", o.F.Name(), req.Offset, req.Length, core.ErrInvalid)
+	}
+	return serveFile(ctx, o.F, o.F.Name(), req, false)
+}
+
+// FilePath returns the absolute path a file:// URL names.
+func FilePath(raw string) (string, error) { return filePath(raw) }
 
 // filePath extracts the absolute path of a file URL.
 func filePath(raw string) (string, error) {
@@ -107,6 +144,9 @@ func (b *fileBody) Read(p []byte) (int, error) {
 }
 
 func (b *fileBody) Close() error {
+	if b.f == nil {
+		return nil
+	}
 	if err := b.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		return fmt.Errorf("close file %s: %w", b.path, err)
 	}

@@ -77,11 +77,15 @@ type ImportCacheRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Tag   string                 `protobuf:"bytes,2,opt,name=tag,proto3" json:"tag,omitempty"`
-	// Absolute path of the file to import; the daemon reads it.
+	// Absolute path of the file to import, for messages only: the daemon
+	// reads the file the caller passed as "in" (fd_token), never the path.
 	Path string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
 	// Evict the entry from this daemon's cache when unused for this long;
 	// 0 means the daemon's cache.task_ttl.
-	TtlSeconds    int64 `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	TtlSeconds int64 `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// Token of the files passed over the socket (internal/fdpass): "in", the
+	// file to import, opened by the caller. Required.
+	FdToken       string `protobuf:"bytes,5,opt,name=fd_token,json=fdToken,proto3" json:"fd_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -144,19 +148,30 @@ func (x *ImportCacheRequest) GetTtlSeconds() int64 {
 	return 0
 }
 
+func (x *ImportCacheRequest) GetFdToken() string {
+	if x != nil {
+		return x.FdToken
+	}
+	return ""
+}
+
 type ExportCacheRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Tag   string                 `protobuf:"bytes,2,opt,name=tag,proto3" json:"tag,omitempty"`
-	// Absolute path to write (as DownloadRequest.output).
-	Output     string `protobuf:"bytes,3,opt,name=output,proto3" json:"output,omitempty"`
+	// Refused when set: the output is passed as a file (fd_token), see
+	// DownloadRequest.output.
+	Output string `protobuf:"bytes,3,opt,name=output,proto3" json:"output,omitempty"`
+	// Ignored: the caller creates its output with its own mode and owner.
 	OutputMode uint32 `protobuf:"varint,4,opt,name=output_mode,json=outputMode,proto3" json:"output_mode,omitempty"`
 	Uid        int64  `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"`
 	Gid        int64  `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"`
 	// Send the content in the progress messages instead of writing output.
 	Stream bool `protobuf:"varint,7,opt,name=stream,proto3" json:"stream,omitempty"`
 	// Only the local cache: fail with NOT_FOUND rather than ask the swarm.
-	LocalOnly     bool `protobuf:"varint,8,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"`
+	LocalOnly bool `protobuf:"varint,8,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"`
+	// Token of the files passed over the socket: "out", the file to write.
+	FdToken       string `protobuf:"bytes,9,opt,name=fd_token,json=fdToken,proto3" json:"fd_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -247,10 +262,19 @@ func (x *ExportCacheRequest) GetLocalOnly() bool {
 	return false
 }
 
+func (x *ExportCacheRequest) GetFdToken() string {
+	if x != nil {
+		return x.FdToken
+	}
+	return ""
+}
+
 type DownloadRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Url   string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
-	// Absolute path to write; empty to only warm the cache.
+	// Refused when set: the daemon never writes to a path a caller names.
+	// The caller opens (or creates) its output itself and passes it as "out"
+	// (fd_token); without either the download only warms the cache.
 	Output string `protobuf:"bytes,2,opt,name=output,proto3" json:"output,omitempty"`
 	// Expected digest of the whole content, "sha256:<hex>".
 	Digest  string            `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
@@ -262,15 +286,20 @@ type DownloadRequest struct {
 	// Bytes per second for this download; 0 means no limit beyond the host's.
 	RateLimit         int64 `protobuf:"varint,8,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
 	DisableBackSource bool  `protobuf:"varint,9,opt,name=disable_back_source,json=disableBackSource,proto3" json:"disable_back_source,omitempty"`
-	// File mode bits for output; 0 means 0644.
+	// Ignored: the caller creates its output with its own mode and owner.
 	OutputMode uint32 `protobuf:"varint,10,opt,name=output_mode,json=outputMode,proto3" json:"output_mode,omitempty"`
-	// Owner to give the output file (the caller's uid/gid); -1 keeps the daemon's.
-	Uid int64 `protobuf:"varint,11,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid int64 `protobuf:"varint,12,opt,name=gid,proto3" json:"gid,omitempty"`
+	Uid        int64  `protobuf:"varint,11,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid        int64  `protobuf:"varint,12,opt,name=gid,proto3" json:"gid,omitempty"`
 	// Send the content itself, in order, in the progress messages (data and
 	// offset) instead of writing output; pieces are then fetched near
 	// sequentially so the stream keeps moving.
-	Stream        bool `protobuf:"varint,13,opt,name=stream,proto3" json:"stream,omitempty"`
+	Stream bool `protobuf:"varint,13,opt,name=stream,proto3" json:"stream,omitempty"`
+	// Token of the files passed over the socket (internal/fdpass): "out", the
+	// file to write (a regular file is written at piece offsets and sized;
+	// anything else, e.g. a device or a pipe, is written in order), and for
+	// a file:// URL "src", that file opened by the caller (required: the
+	// daemon reads local files only through the caller's descriptor).
+	FdToken       string `protobuf:"bytes,14,opt,name=fd_token,json=fdToken,proto3" json:"fd_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -396,6 +425,13 @@ func (x *DownloadRequest) GetStream() bool {
 	return false
 }
 
+func (x *DownloadRequest) GetFdToken() string {
+	if x != nil {
+		return x.FdToken
+	}
+	return ""
+}
+
 type DownloadProgress struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -408,10 +444,15 @@ type DownloadProgress struct {
 	OriginBytes int64 `protobuf:"varint,6,opt,name=origin_bytes,json=originBytes,proto3" json:"origin_bytes,omitempty"`
 	FromCache   bool  `protobuf:"varint,7,opt,name=from_cache,json=fromCache,proto3" json:"from_cache,omitempty"`
 	// Stream mode: the next bytes of the content, starting at offset.
-	Data          []byte `protobuf:"bytes,8,opt,name=data,proto3" json:"data,omitempty"`
-	Offset        int64  `protobuf:"varint,9,opt,name=offset,proto3" json:"offset,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Data   []byte `protobuf:"bytes,8,opt,name=data,proto3" json:"data,omitempty"`
+	Offset int64  `protobuf:"varint,9,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Why this daemon fetched from the origin itself because peer-to-peer
+	// was unavailable (no_scheduler, scheduler_unreachable, scheduler_lost,
+	// scheduler_failed, swarm_stalled); empty when the swarm served or the
+	// scheduler chose the origin as usual. dfget warns when it is set.
+	BackSourceReason string `protobuf:"bytes,10,opt,name=back_source_reason,json=backSourceReason,proto3" json:"back_source_reason,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DownloadProgress) Reset() {
@@ -505,6 +546,13 @@ func (x *DownloadProgress) GetOffset() int64 {
 		return x.Offset
 	}
 	return 0
+}
+
+func (x *DownloadProgress) GetBackSourceReason() string {
+	if x != nil {
+		return x.BackSourceReason
+	}
+	return ""
 }
 
 type StatTaskRequest struct {
@@ -676,13 +724,14 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\x19api/daemonv1/daemon.proto\x12\x13damselfly.daemon.v1\"0\n" +
 	"\fCacheRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
-	"\x03tag\x18\x02 \x01(\tR\x03tag\"k\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\"\x86\x01\n" +
 	"\x12ImportCacheRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03tag\x18\x02 \x01(\tR\x03tag\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12\x1f\n" +
 	"\vttl_seconds\x18\x04 \x01(\x03R\n" +
-	"ttlSeconds\"\xca\x01\n" +
+	"ttlSeconds\x12\x19\n" +
+	"\bfd_token\x18\x05 \x01(\tR\afdToken\"\xe5\x01\n" +
 	"\x12ExportCacheRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03tag\x18\x02 \x01(\tR\x03tag\x12\x16\n" +
@@ -693,7 +742,8 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\x03gid\x18\x06 \x01(\x03R\x03gid\x12\x16\n" +
 	"\x06stream\x18\a \x01(\bR\x06stream\x12\x1d\n" +
 	"\n" +
-	"local_only\x18\b \x01(\bR\tlocalOnly\"\xe3\x03\n" +
+	"local_only\x18\b \x01(\bR\tlocalOnly\x12\x19\n" +
+	"\bfd_token\x18\t \x01(\tR\afdToken\"\xfe\x03\n" +
 	"\x0fDownloadRequest\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
 	"\x06output\x18\x02 \x01(\tR\x06output\x12\x16\n" +
@@ -710,10 +760,11 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"outputMode\x12\x10\n" +
 	"\x03uid\x18\v \x01(\x03R\x03uid\x12\x10\n" +
 	"\x03gid\x18\f \x01(\x03R\x03gid\x12\x16\n" +
-	"\x06stream\x18\r \x01(\bR\x06stream\x1a:\n" +
+	"\x06stream\x18\r \x01(\bR\x06stream\x12\x19\n" +
+	"\bfd_token\x18\x0e \x01(\tR\afdToken\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x02\n" +
 	"\x10DownloadProgress\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12%\n" +
 	"\x0econtent_length\x18\x02 \x01(\x03R\rcontentLength\x12)\n" +
@@ -725,7 +776,9 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\n" +
 	"from_cache\x18\a \x01(\bR\tfromCache\x12\x12\n" +
 	"\x04data\x18\b \x01(\fR\x04data\x12\x16\n" +
-	"\x06offset\x18\t \x01(\x03R\x06offset\"*\n" +
+	"\x06offset\x18\t \x01(\x03R\x06offset\x12,\n" +
+	"\x12back_source_reason\x18\n" +
+	" \x01(\tR\x10backSourceReason\"*\n" +
 	"\x0fStatTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xaf\x02\n" +
 	"\x10StatTaskResponse\x12\x17\n" +

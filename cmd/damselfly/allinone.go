@@ -50,6 +50,7 @@ func defaultAllInOne() allInOneConfig {
 	c.Seed.ProxyPort = -1 // the node's clients use the daemon's mirror
 	c.Seed.MetricsPort = -1
 	c.Seed.Sock = "/var/run/damselfly/seed.sock"
+	c.Seed.SockGroup = "" // nobody but root needs the seed's local API
 	return c
 }
 
@@ -62,6 +63,7 @@ func runAllInOne(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	fs := newFlagSet("all-in-one", "Run scheduler, seed peer and daemon in one process on embedded defaults (loopback only).", stderr)
 	dataDir := fs.String("data-dir", "", "put the daemon's and the seed peer's caches under this directory (default /var/lib/damselfly)")
 	fs.StringVar(&cfg.Daemon.Sock, "sock", cfg.Daemon.Sock, "unix socket of the daemon's local API (dfget --sock)")
+	fs.StringVar(&cfg.Daemon.SockGroup, "sock-group", cfg.Daemon.SockGroup, "group (name or gid) allowed to use the daemon's socket (mode 0660); empty: root only (0600)")
 	fs.StringVar(&cfg.Scheduler.Listen, "scheduler-listen", cfg.Scheduler.Listen, "scheduler gRPC address")
 	fs.IntVar(&cfg.Daemon.PeerPort, "peer-port", cfg.Daemon.PeerPort, "daemon peer gRPC port")
 	fs.IntVar(&cfg.Daemon.UploadPort, "upload-port", cfg.Daemon.UploadPort, "daemon upload port")

@@ -27,6 +27,8 @@ func commands() []command {
 		{"manager", "run the manager (clusters, registry of schedulers and seed peers, preheat jobs, REST API)", runManager},
 		{"certs", "make a CA and component certificates for mutual TLS from files (init-ca, issue, hash)", runCerts},
 		{"all-in-one", "run scheduler, seed peer and daemon in one process on embedded defaults", runAllInOne},
+		{"dev-cluster", "start a scheduler, a seed peer and N daemons on loopback, to try several nodes on one machine", runDevCluster},
+		{"configure-runtime", "point containerd, CRI-O, Podman or Docker at the local daemon's registry mirror", runConfigureRuntime},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "damselfly", Version)
 			return 0
@@ -37,7 +39,7 @@ func commands() []command {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: damselfly <command> [flags]\n\nCommands:")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.synopsis)
+		fmt.Fprintf(w, "  %-17s %s\n", c.name, c.synopsis)
 	}
 	fmt.Fprintln(w, "\nRun 'damselfly <command> -h' for the flags of a command.")
 }

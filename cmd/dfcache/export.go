@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 func runExport(ctx context.Context, c *client.Client, o *options, stdout, stderr io.Writer) error {
 	req := &daemonv1.ExportCacheRequest{
 		Id: o.id, Tag: o.tag, Output: o.file, LocalOnly: o.local,
-		OutputMode: 0o644, Uid: int64(os.Getuid()), Gid: int64(os.Getgid()),
 	}
 	stream := o.file == "-"
 	if stream {

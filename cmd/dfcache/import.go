@@ -21,8 +21,8 @@ func absPath(p string) (string, error) {
 	return abs, nil
 }
 
-// runImport asks the daemon to import o.file; the daemon reads the file
-// itself, so it must be readable by the daemon's user.
+// runImport asks the daemon to import o.file. The file is opened here, with
+// our own rights, and the daemon reads it through that descriptor.
 func runImport(ctx context.Context, c *client.Client, o *options, stderr io.Writer) error {
 	st, err := os.Stat(o.file)
 	if err != nil {

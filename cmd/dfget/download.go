@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -113,9 +112,8 @@ func (d *downloader) viaDaemon(ctx context.Context, c *client.Client) (*result, 
 		Application:       o.application,
 		RateLimit:         o.rateLimit,
 		DisableBackSource: o.disableBackSource,
-		OutputMode:        0o644,
-		Uid:               int64(os.Getuid()),
-		Gid:               int64(os.Getgid()),
+		// The client library creates the output with our own rights:
+		// 0666 less the umask, owned by us.
 	}
 	stream := o.output == "-"
 	if stream {
@@ -264,6 +262,29 @@ func (r *result) summary(output string) string {
 		}
 	}
 	return fmt.Sprintf("dfget: downloaded %s to %s in %s%s, %s", size(r.bytes), output, r.elapsed.Round(time.Millisecond), speed, how)
+}
+
+// fallbackReasons words the daemon's back_source_reason for people.
+var fallbackReasons = map[string]string{
+	"no_scheduler":          "the daemon has no scheduler configured",
+	"scheduler_unreachable": "no scheduler could be reached",
+	"scheduler_lost":        "the daemon lost its scheduler",
+	"scheduler_failed":      "the scheduler gave up on the task",
+	"swarm_stalled":         "the swarm stopped delivering",
+}
+
+// warning is the one line printed when the daemon had to fetch from the
+// origin because peer-to-peer was unavailable ("" otherwise).
+func (r *result) warning() string {
+	f := r.final
+	if f == nil || f.GetBackSourceReason() == "" {
+		return ""
+	}
+	why, ok := fallbackReasons[f.GetBackSourceReason()]
+	if !ok {
+		why = f.GetBackSourceReason()
+	}
+	return fmt.Sprintf("dfget: warning: peer-to-peer was unavailable (%s); the daemon downloaded from the origin", why)
 }
 
 // size renders bytes with binary units.

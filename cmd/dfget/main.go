@@ -91,6 +91,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !o.quiet && !d.barShown {
 		fmt.Fprintln(stderr, res.summary(o.output))
 	}
+	if w := res.warning(); w != "" && !o.quiet {
+		fmt.Fprintln(stderr, w)
+	}
 	return exitOK
 }
 

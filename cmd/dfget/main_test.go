@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/client"
+	"github.com/damselfly-io/damselfly/internal/fdpass"
 )
 
 func sha(b []byte) string {
@@ -439,6 +441,7 @@ func TestRateLimitDirect(t *testing.T) {
 // Damselfly daemon; each test sets what Download does.
 type daemon struct {
 	daemonv1.UnimplementedDaemonServer
+	reg      *fdpass.Registry
 	mu       sync.Mutex
 	reqs     []*daemonv1.DownloadRequest
 	download func(*daemonv1.DownloadRequest, grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error
@@ -454,11 +457,13 @@ func (d *daemon) Download(req *daemonv1.DownloadRequest, s grpc.ServerStreamingS
 func startDaemon(t *testing.T, d *daemon) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "d.sock")
-	lis, err := net.Listen("unix", sock)
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer()
+	d.reg = fdpass.NewRegistry(0)
+	lis := fdpass.NewListener(ul, d.reg, slog.New(slog.DiscardHandler))
+	s := grpc.NewServer(grpc.Creds(fdpass.Creds()))
 	daemonv1.RegisterDaemonServer(s, d)
 	go func() { _ = s.Serve(lis) }()
 	t.Cleanup(s.Stop)
@@ -467,9 +472,15 @@ func startDaemon(t *testing.T, d *daemon) string {
 
 func TestDaemonDownload(t *testing.T) {
 	data := []byte("from the swarm")
-	d := &daemon{download: func(req *daemonv1.DownloadRequest, s grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
+	var d *daemon
+	d = &daemon{download: func(req *daemonv1.DownloadRequest, s grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
 		_ = s.Send(&daemonv1.DownloadProgress{TaskId: "t", ContentLength: -1})
-		if err := os.WriteFile(req.GetOutput(), data, os.FileMode(req.GetOutputMode())); err != nil {
+		fs, err := d.reg.Take(s.Context(), req.GetFdToken())
+		if err != nil {
+			return status.Error(codes.PermissionDenied, err.Error())
+		}
+		defer fs.Close()
+		if _, err := fs[fdpass.RoleOut].Write(data); err != nil {
 			return status.Error(codes.Internal, err.Error())
 		}
 		return s.Send(&daemonv1.DownloadProgress{TaskId: "t", ContentLength: int64(len(data)), CompletedLength: int64(len(data)),
@@ -492,10 +503,14 @@ func TestDaemonDownload(t *testing.T) {
 		t.Fatal("dfget went to the origin")
 	}
 	req := d.reqs[0]
+	// The output goes as a descriptor dfget opened, with no path, mode or owner.
 	want := &daemonv1.DownloadRequest{
-		Url: "https://registry.example/blob?sig=1&exp=2&keep=3", Output: filepath.Join(dir, "rel.bin"), Digest: sha(data),
+		Url: "https://registry.example/blob?sig=1&exp=2&keep=3", Digest: sha(data),
 		Headers: map[string]string{"Authorization": "Bearer x"}, FilteredQuery: []string{"sig", "exp"}, Tag: "tg", Application: "ap",
-		RateLimit: 10 << 20, OutputMode: 0o644, Uid: int64(os.Getuid()), Gid: int64(os.Getgid()),
+		RateLimit: 10 << 20, FdToken: req.GetFdToken(),
+	}
+	if req.GetFdToken() == "" {
+		t.Fatal("no fd token")
 	}
 	if req.String() != want.String() {
 		t.Fatalf("daemon got\n%v\nwant\n%v", req, want)
@@ -611,5 +626,35 @@ func TestSummaryAndSize(t *testing.T) {
 	}
 	if got := redactURL("https://u:pw@h/p?sig=s#f"); got != "https://u@h/p" {
 		t.Errorf("redactURL %q", got)
+	}
+}
+
+// A download the daemon had to take from the origin because P2P was
+// unavailable ends with one warning line saying why; -q silences it, and a
+// normal P2P download has none.
+func TestWarnsWhenP2PUnavailable(t *testing.T) {
+	data := []byte("from the origin, via the daemon")
+	var reason atomic.Value
+	reason.Store("scheduler_unreachable")
+	d := &daemon{download: func(req *daemonv1.DownloadRequest, s grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
+		if err := os.WriteFile(req.GetOutput(), data, 0o644); err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		return s.Send(&daemonv1.DownloadProgress{TaskId: "t", ContentLength: int64(len(data)), CompletedLength: int64(len(data)),
+			Done: true, OriginBytes: int64(len(data)), BackSourceReason: reason.Load().(string)})
+	}}
+	sock := startDaemon(t, d)
+	out := filepath.Join(t.TempDir(), "o")
+	r := dfget(t, "https://origin.example/f", "-O", out, "--sock", sock)
+	warn := "dfget: warning: peer-to-peer was unavailable (no scheduler could be reached); the daemon downloaded from the origin\n"
+	if r.code != 0 || strings.Count(r.stderr, "warning") != 1 || !strings.HasSuffix(r.stderr, warn) {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := dfget(t, "https://origin.example/f", "-O", out, "--sock", sock, "-q"); r.code != 0 || r.stderr != "" {
+		t.Fatalf("-q: exit %d, stderr %q", r.code, r.stderr)
+	}
+	reason.Store("")
+	if r := dfget(t, "https://origin.example/f", "-O", out, "--sock", sock); r.code != 0 || strings.Contains(r.stderr, "warning") {
+		t.Fatalf("P2P download warned: %q", r.stderr)
 	}
 }

@@ -202,10 +202,24 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "unknown task", http.StatusNotFound)
 		return
 	}
+	if t.Local() {
+		// a file of this host, read with a local caller's rights: not for peers
+		s.metrics.UploadsDenied.WithLabelValues("local_file").Inc()
+		http.Error(w, "unknown task", http.StatusNotFound)
+		return
+	}
 	if t.Private() && !s.allowed(w, r, id) {
 		return
 	}
 	off, size, err := t.PieceSection(n)
+	if err == nil && t.Complete() {
+		// A complete task's file is checked (a stat) before its bytes go
+		// out: a file changed on disk is verified again, and a piece that
+		// no longer matches its digest is not held any more.
+		if t.CheckIntact() != nil {
+			off, size, err = t.PieceSection(n)
+		}
+	}
 	var relay *store.RelayReader
 	if err != nil {
 		var ok bool

@@ -35,7 +35,7 @@ func openJournal(dir string, fresh bool) *os.File {
 	if fresh {
 		flags |= os.O_TRUNC
 	}
-	f, err := os.OpenFile(filepath.Join(dir, journalFile), flags, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, journalFile), flags, fileMode)
 	if err != nil {
 		return nil
 	}

@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/damselfly-io/damselfly/core"
 )
 
@@ -49,7 +51,12 @@ type Meta struct {
 	// DataMtime is the data file's modification time (Unix ns) when it was
 	// last known good; a different one means something wrote to it (e.g. a
 	// hard-linked dfget output edited in place) and the pieces are re-verified.
-	DataMtime  int64     `json:"data_mtime,omitempty"`
+	DataMtime int64 `json:"data_mtime,omitempty"`
+	// DataStamp is the data file's identity and change times when it was
+	// last known good (complete tasks). Any difference — including the
+	// inode change time, which utimes cannot set back — means the file may
+	// have changed, and its pieces are verified again before one is served.
+	DataStamp  *Stamp    `json:"data_stamp,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
 	AccessedAt time.Time `json:"accessed_at"`
 	// TTL, when set, replaces the cache's TTL for this task (e.g. a dfcache
@@ -60,6 +67,47 @@ type Meta struct {
 	// request without credentials is not answered from the cache.
 	Private bool `json:"private,omitempty"`
 }
+
+// Stamp identifies a data file's state: device, inode, size, and the
+// modification and inode change times (Unix ns).
+type Stamp struct {
+	Dev   uint64 `json:"dev"`
+	Ino   uint64 `json:"ino"`
+	Size  int64  `json:"size"`
+	Mtime int64  `json:"mtime"`
+	Ctime int64  `json:"ctime"`
+}
+
+func stampOf(st *unix.Stat_t) *Stamp {
+	return &Stamp{Dev: st.Dev, Ino: st.Ino, Size: st.Size,
+		Mtime: st.Mtim.Sec*1e9 + st.Mtim.Nsec, Ctime: st.Ctim.Sec*1e9 + st.Ctim.Nsec}
+}
+
+// statFile returns the stamp of f's file.
+func statFile(f *os.File) (*Stamp, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	return stampOf(&st), nil
+}
+
+// statPath returns the stamp of the file at path.
+func statPath(path string) (*Stamp, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return stampOf(&st), nil
+}
+
+// Modes of the cache: only the daemon's user reads or writes it (cached
+// content may be private; local users get it through the local API, with
+// their own rights).
+const (
+	dirMode  = 0o700
+	fileMode = 0o600
+)
 
 // Store is a directory of tasks.
 type Store struct {
@@ -82,8 +130,11 @@ type Store struct {
 // Pieces of incomplete tasks are re-verified against their digests; anything
 // that does not check out is dropped, never served.
 func Open(ctx context.Context, dir string, log *slog.Logger) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return nil, fmt.Errorf("create store dir %s: %w", dir, err)
+	}
+	if err := tighten(dir, log); err != nil {
+		return nil, err
 	}
 	s := &Store{dir: dir, log: log, tasks: map[string]*Task{}, kick: make(chan struct{}, 1), now: time.Now, statfs: statfs}
 	s.budget.Store(math.MaxInt64)
@@ -109,6 +160,42 @@ func Open(ctx context.Context, dir string, log *slog.Logger) (*Store, error) {
 		s.tasks[t.meta.TaskID] = t
 	}
 	return s, nil
+}
+
+// tighten makes a cache created by an older version private: the store
+// directory and task directories 0700, their files 0600.
+func tighten(dir string, log *slog.Logger) error {
+	if err := os.Chmod(dir, dirMode); err != nil {
+		return fmt.Errorf("restrict store dir %s: %w", dir, err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read store dir %s: %w", dir, err)
+	}
+	n := 0
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		tdir := filepath.Join(dir, e.Name())
+		if fi, err := e.Info(); err == nil && fi.Mode().Perm() != dirMode {
+			_ = os.Chmod(tdir, dirMode)
+			n++
+		}
+		files, err := os.ReadDir(tdir)
+		if err != nil {
+			continue
+		}
+		for _, f := range files {
+			if fi, err := f.Info(); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm() != fileMode {
+				_ = os.Chmod(filepath.Join(tdir, f.Name()), fileMode)
+			}
+		}
+	}
+	if n > 0 {
+		log.Info("cache made private (directories 0700, files 0600)", "dir", dir, "tasks", n)
+	}
+	return nil
 }
 
 func (s *Store) load(id string) (*Task, error) {
@@ -155,10 +242,10 @@ func (s *Store) GetOrCreate(m Meta) (*Task, bool, error) {
 		return t, false, nil
 	}
 	tdir := filepath.Join(s.dir, m.TaskID)
-	if err := os.MkdirAll(tdir, 0o755); err != nil {
+	if err := os.MkdirAll(tdir, dirMode); err != nil {
 		return nil, false, s.noSpace(fmt.Errorf("create task dir: %w", err))
 	}
-	f, err := os.OpenFile(filepath.Join(tdir, dataFile), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(filepath.Join(tdir, dataFile), os.O_RDWR|os.O_CREATE|os.O_TRUNC, fileMode)
 	if err != nil {
 		_ = os.RemoveAll(tdir)
 		return nil, false, s.noSpace(fmt.Errorf("create data file: %w", err))
@@ -323,12 +410,12 @@ func (t *Task) verifyOnLoad() error {
 	if err != nil {
 		return err
 	}
-	if m.Complete && m.DataMtime != 0 && st.ModTime().UnixNano() != m.DataMtime {
-		m.Synced = false // modified since commit: verify like an unsynced task
+	if m.Complete && t.changedLocked() {
+		m.Synced = false // modified since verified (or no record of it): verify like an unsynced task
 	}
 	if m.Complete && !m.Synced {
 		// Committed but perhaps not on disk: check every piece.
-		if t.reverifyAllLocked(st.ModTime().UnixNano()) {
+		if t.reverifyAllLocked() {
 			m.Synced = true
 		}
 		t.dirty = true
@@ -350,10 +437,29 @@ func (t *Task) verifyOnLoad() error {
 	return nil
 }
 
+// changedLocked reports whether the data file may have changed since it
+// was last verified: its stamp differs from the recorded one, or there is
+// no record (a cache written by an older version), or it cannot be read.
+func (t *Task) changedLocked() bool {
+	cur, err := statFile(t.data)
+	if err != nil || t.meta.DataStamp == nil {
+		return true
+	}
+	return *cur != *t.meta.DataStamp
+}
+
+// stampLocked records the data file's current state as known good.
+func (t *Task) stampLocked() {
+	if st, err := statFile(t.data); err == nil {
+		t.meta.DataStamp = st
+		t.meta.DataMtime = st.Mtime
+	}
+}
+
 // reverifyAllLocked checks every piece of a committed task against its
 // digest and keeps the good ones. The task stays complete only if all pass;
-// mtime is then recorded as the data file's known-good state.
-func (t *Task) reverifyAllLocked(mtime int64) bool {
+// the data file's state is then recorded as known good.
+func (t *Task) reverifyAllLocked() bool {
 	m := &t.meta
 	n := core.PieceCount(m.ContentLength, m.PieceSize)
 	m.Complete = false
@@ -366,7 +472,8 @@ func (t *Task) reverifyAllLocked(mtime int64) bool {
 	if m.ContentLength < 0 || t.haveCount != n {
 		return false
 	}
-	m.Complete, m.DataMtime = true, mtime
+	m.Complete = true
+	t.stampLocked()
 	return true
 }
 
@@ -419,6 +526,15 @@ func (t *Task) setHave(n uint32) {
 		t.haveCount++
 	}
 }
+
+// IsLocalURL reports whether url names a file on this host (file://).
+func IsLocalURL(url string) bool {
+	return len(url) >= 5 && strings.EqualFold(url[:5], "file:")
+}
+
+// Local reports whether the task is a file of this host (a file:// URL): its
+// pieces are for local clients only, never for peers.
+func (t *Task) Local() bool { return IsLocalURL(t.meta.URL) }
 
 // ID returns the task ID.
 func (t *Task) ID() string { return t.meta.TaskID }
@@ -660,9 +776,7 @@ func (t *Task) Commit() error {
 	}
 	m.Complete = true
 	m.Synced = false
-	if st, err := t.data.Stat(); err == nil {
-		m.DataMtime = st.ModTime().UnixNano()
-	}
+	t.stampLocked()
 	t.dirty = true
 	t.notifyLocked()
 	t.mu.Unlock()
@@ -749,7 +863,7 @@ func (t *Task) persistLocked() error {
 		return fmt.Errorf("task %s: encode meta: %w", m.TaskID, err)
 	}
 	tmp := filepath.Join(t.dir, metaFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+	if err := os.WriteFile(tmp, b, fileMode); err != nil {
 		return t.s.noSpace(fmt.Errorf("task %s: write meta: %w", m.TaskID, err))
 	}
 	if err := os.Rename(tmp, filepath.Join(t.dir, metaFile)); err != nil {
@@ -869,22 +983,25 @@ func SortedIDs(ts []*Task) []string {
 }
 
 // CheckIntact makes sure a complete task's data file was not modified since
-// it was verified: a cheap stat normally; when the file changed, every piece
-// is checked again and the task loses the ones that fail (it is then no
-// longer complete, and ErrDigestMismatch is returned).
+// it was verified: a cheap stat normally (inode, size, modification and
+// inode change time: restoring the mtime with utimes does not hide a
+// change); when anything differs, every piece is checked again and the task
+// loses the ones that fail (it is then no longer complete, and
+// ErrDigestMismatch is returned). Every path that serves a complete task's
+// bytes calls it first: the local API and the upload port.
 func (t *Task) CheckIntact() error {
-	st, err := os.Stat(t.DataPath())
+	cur, err := statPath(t.DataPath())
 	if err != nil {
 		return fmt.Errorf("task %s: %w", t.meta.TaskID, err)
 	}
 	t.mu.Lock()
 	m := &t.meta
-	if !m.Complete || (st.ModTime().UnixNano() == m.DataMtime && st.Size() == m.ContentLength) {
+	if !m.Complete || (m.DataStamp != nil && *cur == *m.DataStamp) {
 		t.mu.Unlock()
 		return nil
 	}
 	t.s.log.Warn("cached data changed on disk; verifying it again", "task_id", m.TaskID)
-	ok := t.reverifyAllLocked(st.ModTime().UnixNano())
+	ok := t.reverifyAllLocked()
 	t.dirty = true
 	t.notifyLocked()
 	t.mu.Unlock()

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/damselfly-io/damselfly/core"
 )
 
@@ -327,6 +329,160 @@ func TestCheckIntact(t *testing.T) {
 	}
 	if task.Complete() || task.Has(2) || !task.Has(1) {
 		t.Fatalf("after check: complete=%v pieces=%v", task.Complete(), task.Pieces())
+	}
+}
+
+// waitCtimeTick returns once the file system's clock for inode change
+// times has moved past path's ctime, so that a change made now shows.
+func waitCtimeTick(t *testing.T, path string) {
+	t.Helper()
+	var ref unix.Stat_t
+	if err := unix.Stat(path, &ref); err != nil {
+		t.Fatal(err)
+	}
+	probe := filepath.Join(filepath.Dir(path), "probe")
+	defer os.Remove(probe)
+	for i := 0; i < 2000; i++ {
+		if err := os.WriteFile(probe, []byte{byte(i)}, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(probe, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Ctim != ref.Ctim {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatal("the file system's ctime did not move")
+}
+
+// corruptKeepingMtime changes bytes of path in place and sets its
+// modification time back, as a careless tool (or an attacker with utimes)
+// would: size and mtime are unchanged, only the inode change time shows it.
+func corruptKeepingMtime(t *testing.T, path string, off int64) {
+	t.Helper()
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCtimeTick(t, path)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 2)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0], b[1] = ^b[0], ^b[1]
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Chtimes(path, before.ModTime(), before.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.Stat(path)
+	if !after.ModTime().Equal(before.ModTime()) || after.Size() != before.Size() {
+		t.Fatal("could not restore the mtime")
+	}
+}
+
+// A piece corrupted on disk with the mtime restored is still caught: the
+// inode change time differs from the one recorded at verification.
+func TestCheckIntactMtimeRestored(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(context.Background(), dir, testLog())
+	data := content(4096)
+	task := fill(t, s, "a", data, 1024, []uint32{0, 1, 2, 3})
+	if err := task.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	corruptKeepingMtime(t, task.DataPath(), 1024+10)
+	if err := task.CheckIntact(); !errors.Is(err, core.ErrDigestMismatch) {
+		t.Fatalf("corrupted task with its mtime restored: %v", err)
+	}
+	if task.Complete() || task.Has(1) || !task.Has(0) || !task.Has(2) {
+		t.Fatalf("after check: complete=%v pieces=%v", task.Complete(), task.Pieces())
+	}
+	if _, err := task.ReadPiece(1); err == nil {
+		t.Fatal("the corrupt piece is still readable")
+	}
+	// A clean re-verification records the new state: no second check.
+	s.Close()
+
+	// Reload: the same trick on a closed cache is caught when it opens.
+	dir2 := t.TempDir()
+	s2, _ := Open(context.Background(), dir2, testLog())
+	task2 := fill(t, s2, "b", data, 1024, []uint32{0, 1, 2, 3})
+	if err := task2.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	task2.syncData()
+	s2.Close()
+	corruptKeepingMtime(t, filepath.Join(dir2, "b", dataFile), 3*1024+1)
+	s3, _ := Open(context.Background(), dir2, testLog())
+	defer s3.Close()
+	b, ok := s3.Get("b")
+	if !ok {
+		t.Fatal("task lost on reload")
+	}
+	if b.Complete() || b.Has(3) || !b.Has(0) {
+		t.Fatalf("after reload: complete=%v pieces=%v", b.Complete(), b.Pieces())
+	}
+}
+
+// The cache is private: directories 0700 and files 0600, and a cache left
+// world-readable by an older version is tightened when it opens.
+func TestCacheModes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "cache")
+	s, _ := Open(context.Background(), dir, testLog())
+	task := fill(t, s, "a", content(2048), 1024, []uint32{0, 1})
+	if err := task.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	check := func() {
+		t.Helper()
+		err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			want := os.FileMode(0o600)
+			if fi.IsDir() {
+				want = 0o700
+			}
+			if fi.Mode().Perm() != want {
+				t.Errorf("%s: mode %v, want %v", p, fi.Mode().Perm(), want)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	check()
+	// As an older version left it.
+	_ = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil {
+			mode := os.FileMode(0o644)
+			if fi.IsDir() {
+				mode = 0o755
+			}
+			_ = os.Chmod(p, mode)
+		}
+		return nil
+	})
+	s2, err := Open(context.Background(), dir, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	check()
+	if a, ok := s2.Get("a"); !ok || !a.Complete() {
+		t.Fatal("task lost when the cache was tightened")
 	}
 }
 

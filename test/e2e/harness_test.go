@@ -62,7 +62,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/damselfly", "../../cmd/dfget", "../../cmd/dfcache")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/damselfly", "../../cmd/dfget", "../../cmd/dfcache", "./localrogue")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)
@@ -74,6 +74,17 @@ func TestMain(m *testing.M) {
 	if out, err := exec.Command(filepath.Join(dir, "damselfly"), "certs", "init-ca", "--dir", caDir).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "init-ca: %v: %s\n", err, out)
 		os.Exit(1)
+	}
+	// DAMSELFLY_E2E_BIN: run against the damselfly, dfget and dfcache
+	// binaries in that directory instead (e.g. an older release's, to see
+	// an attack test fail there); the rogue client is still built here.
+	if old := os.Getenv("DAMSELFLY_E2E_BIN"); old != "" {
+		for _, b := range []string{"damselfly", "dfget", "dfcache"} {
+			if out, err := exec.Command("cp", filepath.Join(old, b), dir+"/").CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "copy %s: %v %s\n", b, err, out)
+				os.Exit(1)
+			}
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -75,8 +75,9 @@ func TestAllInOne(t *testing.T) {
 			t.Fatalf("sha256 %s, want %s", got, sum)
 		}
 	}
-	// The outputs are hard links to the cache (same file system). Editing
-	// one in place must not leak into later downloads.
+	// The outputs are copies written through the caller's own file, never
+	// links to the cache: editing one in place must not leak into later
+	// downloads (which still come from the cache).
 	f, err := os.OpenFile(filepath.Join(dir, "out0"), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -100,8 +101,8 @@ func TestAllInOne(t *testing.T) {
 	if v := metric(t, metrics, "damselfly_daemon_downloads_total", `outcome="success",source="peer"`); v < 1 {
 		t.Errorf("daemon downloads from peers %v, want ≥ 1", v)
 	}
-	if v := metric(t, metrics, "damselfly_daemon_cache_bytes_total", ""); v != 3<<20 {
-		t.Errorf("bytes served from cache %v, want %d", v, 3<<20)
+	if v := metric(t, metrics, "damselfly_daemon_cache_bytes_total", ""); v != 2*3<<20 {
+		t.Errorf("bytes served from cache %v, want %d", v, 2*3<<20)
 	}
 }
 
@@ -145,20 +146,21 @@ func TestStreamToStdout(t *testing.T) {
 	}
 }
 
-// TestOutputLinkOrCopy: an output on the cache's file system is a hard link
-// to the cached copy; with --hardlink-output=false it is written piece by
-// piece as a copy. Both hold exactly the content.
-func TestOutputLinkOrCopy(t *testing.T) {
+// TestOutputIsACopy: an output is written by the daemon through the file
+// dfget created (a copy of the content, piece by piece), never a hard link
+// to the cache (whose files only root may read, and which a user must not
+// be able to change); the old --hardlink-output flag is accepted and
+// ignored. The copy holds exactly the content.
+func TestOutputIsACopy(t *testing.T) {
 	o := newOrigin(t)
 	s := startScheduler(t)
-	url, sum := o.add("linked", 3<<20+5, 91)
+	url, sum := o.add("copied", 3<<20+5, 91)
 	for _, tc := range []struct {
 		name  string
 		extra []string
-		links uint64
 	}{
-		{"link", nil, 2},
-		{"copy", []string{"--hardlink-output=false"}, 1},
+		{"default", nil},
+		{"old-flag", []string{"--hardlink-output=true"}},
 	} {
 		d := startDaemon(t, daemonOpts{name: tc.name, scheduler: s.addr, extra: tc.extra})
 		out := filepath.Join(d.dataDir, "out")
@@ -172,8 +174,8 @@ func TestOutputLinkOrCopy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n := st.Sys().(*syscall.Stat_t).Nlink; uint64(n) != tc.links {
-			t.Errorf("%s: output has %d links, want %d", tc.name, n, tc.links)
+		if n := st.Sys().(*syscall.Stat_t).Nlink; n != 1 {
+			t.Errorf("%s: output has %d links, want 1", tc.name, n)
 		}
 	}
 }

@@ -23,49 +23,49 @@ import (
 	"github.com/damselfly-io/damselfly/core"
 )
 
-// The swarm rogue (./swarmrogue) is an attacker process speaking our protocols: it
+// The poisoner (./poisoner) is an attacker process speaking our protocols: it
 // registers with the scheduler under a victim task's ID with a file:// URL,
 // or becomes a task's origin fetcher and reports forged piece digests.
 
 var (
-	swarmRogueOnce sync.Once
-	swarmRogueErr  error
+	poisonerOnce sync.Once
+	poisonerErr  error
 )
 
-func buildSwarmRogue(t testing.TB) string {
+func buildPoisoner(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(binDir, "swarmrogue")
-	swarmRogueOnce.Do(func() {
-		out, err := exec.Command("go", "build", "-o", bin, "./swarmrogue").CombinedOutput()
+	bin := filepath.Join(binDir, "poisoner")
+	poisonerOnce.Do(func() {
+		out, err := exec.Command("go", "build", "-o", bin, "./poisoner").CombinedOutput()
 		if err != nil {
-			swarmRogueErr = err
-			t.Logf("build swarmrogue: %s", out)
+			poisonerErr = err
+			t.Logf("build poisoner: %s", out)
 		}
 	})
-	if swarmRogueErr != nil {
-		t.Fatalf("build swarmrogue: %v", swarmRogueErr)
+	if poisonerErr != nil {
+		t.Fatalf("build poisoner: %v", poisonerErr)
 	}
 	return bin
 }
 
-type swarmRogueStats struct {
+type rogueStats struct {
 	Decision      string `json:"decision"`
 	Ready         bool   `json:"ready"`
 	HostID        string `json:"host_id"`
 	PieceRequests int64  `json:"piece_requests"`
 }
 
-type swarmRogueProc struct {
+type rogueProc struct {
 	*proc
 	statsPath string
 }
 
-// startSwarmRogue runs the rogue and waits for the scheduler's first answer.
-func startSwarmRogue(t testing.TB, args ...string) *swarmRogueProc {
+// startRogue runs the rogue and waits for the scheduler's first answer.
+func startRogue(t testing.TB, args ...string) *rogueProc {
 	t.Helper()
-	bin := buildSwarmRogue(t)
+	bin := buildPoisoner(t)
 	dir := t.TempDir()
-	r := &swarmRogueProc{statsPath: filepath.Join(dir, "stats.json")}
+	r := &rogueProc{statsPath: filepath.Join(dir, "stats.json")}
 	logPath := filepath.Join(dir, "rogue.log")
 	f, err := os.Create(logPath)
 	if err != nil {
@@ -101,9 +101,9 @@ func startSwarmRogue(t testing.TB, args ...string) *swarmRogueProc {
 	return r
 }
 
-func (r *swarmRogueProc) stats(t testing.TB) swarmRogueStats {
+func (r *rogueProc) stats(t testing.TB) rogueStats {
 	t.Helper()
-	var s swarmRogueStats
+	var s rogueStats
 	b, err := os.ReadFile(r.statsPath)
 	if os.IsNotExist(err) {
 		return s
@@ -148,7 +148,7 @@ func TestRogueFileURLUnderVictimTaskRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	victimID := core.TaskID(url, core.TaskOptions{})
-	r := startSwarmRogue(t, "-mode", "file", "-scheduler", c.sched.addr, "-task", victimID, "-url", "file://"+secretPath)
+	r := startRogue(t, "-mode", "file", "-scheduler", c.sched.addr, "-task", victimID, "-url", "file://"+secretPath)
 	if d := r.stats(t).Decision; d != "fail" {
 		t.Errorf("rogue with a file:// URL under the victim's task ID got %q, want fail", d)
 	}
@@ -183,7 +183,7 @@ func TestPoisonedDigestsFallBackToOriginOnceAndBanTheLiar(t *testing.T) {
 	o := newOrigin(t)
 	url, sum := o.add("layer.bin", 3<<20+4321, 12)
 	sched := startScheduler(t)
-	r := startSwarmRogue(t, "-mode", "poison", "-scheduler", sched.addr, "-url", url)
+	r := startRogue(t, "-mode", "poison", "-scheduler", sched.addr, "-url", url)
 	if d := r.stats(t).Decision; d != "back_to_source" {
 		t.Fatalf("rogue got %q, want back_to_source (it registered first, no seed peer)", d)
 	}
@@ -236,7 +236,7 @@ func TestRogueSeedRequestRefused(t *testing.T) {
 	o := newOrigin(t)
 	url, sum := o.add("tool.bin", 1<<20+99, 13)
 	c := startCluster(t, 1)
-	r := startSwarmRogue(t, "-mode", "poison", "-seed-request", "-scheduler", c.sched.addr, "-url", url)
+	r := startRogue(t, "-mode", "poison", "-seed-request", "-scheduler", c.sched.addr, "-url", url)
 	if d := r.stats(t).Decision; !strings.HasPrefix(d, "ended:") || !strings.Contains(d, "PermissionDenied") {
 		t.Errorf("rogue with seed_request and a peer certificate got %q, want the stream refused with PermissionDenied", d)
 	}

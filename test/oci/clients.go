@@ -27,6 +27,13 @@ type Containerd struct {
 // StartContainerd runs containerd in ns with everything under dir and waits
 // until ctr can talk to it. dir's path must be short enough for a socket.
 func StartContainerd(ctx context.Context, ns, dir string) (*Containerd, error) {
+	return StartContainerdWith(ctx, ns, dir, nil)
+}
+
+// StartContainerdWith is StartContainerd with a chance to change
+// containerd's config file (dir/config.toml) before containerd reads it,
+// e.g. by `damselfly configure-runtime`.
+func StartContainerdWith(ctx context.Context, ns, dir string, edit func(configPath string) error) (*Containerd, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("containerd: %w", err)
 	}
@@ -55,6 +62,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
 		return nil, fmt.Errorf("containerd: %w", err)
 	}
+	if edit != nil {
+		if err := edit(cfgPath); err != nil {
+			return nil, fmt.Errorf("containerd config: %w", err)
+		}
+	}
 	p, err := Start(ns, "containerd", filepath.Join(dir, "containerd.log"), "containerd", "--config", cfgPath)
 	if err != nil {
 		return nil, err
@@ -75,6 +87,12 @@ func (c *Containerd) Stop() { c.proc.Stop(3 * time.Second) }
 
 // Log is containerd's log file.
 func (c *Containerd) Log() string { return c.proc.Log }
+
+// Ctr runs ctr against this containerd (namespace damselfly-test) and
+// returns its standard output.
+func (c *Containerd) Ctr(ctx context.Context, args ...string) ([]byte, error) {
+	return c.ctr(ctx, args...)
+}
 
 func (c *Containerd) ctr(ctx context.Context, args ...string) ([]byte, error) {
 	return Output(ctx, c.NS, append([]string{"ctr", "-a", c.Sock, "-n", "damselfly-test"}, args...)...)

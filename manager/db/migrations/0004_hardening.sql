@@ -32,3 +32,4 @@ CREATE TABLE audit_log (
   detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX audit_log_action ON audit_log (action, id);
+CREATE INDEX audit_log_source ON audit_log (source, outcome, created_at);

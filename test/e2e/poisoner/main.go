@@ -1,11 +1,11 @@
-// Command swarmrogue is an attacker inside the swarm, speaking Damselfly's
-// protocols, for the end-to-end security tests of what the scheduler trusts. It registers with a scheduler and records the
+// Command poisoner is an attacker speaking Damselfly's protocols, for the
+// end-to-end security tests. It registers with a scheduler and records the
 // decision it got in a JSON stats file.
 //
-//	swarmrogue -mode file -scheduler S -task ID -url file:///secret -stats F
+//	poisoner -mode file -scheduler S -task ID -url file:///secret -stats F
 //	    registers under a victim task's ID with a file:// URL, hoping the
 //	    scheduler makes a seed peer read that file and serve it as the task.
-//	swarmrogue -mode poison -scheduler S -url URL -stats F [-seed-request]
+//	poisoner -mode poison -scheduler S -url URL -stats F [-seed-request]
 //	    registers for URL's task (claiming to be a seed peer answering
 //	    SeedTasks with -seed-request); when sent to the origin it fetches the
 //	    real content, flips one byte of every piece, reports the forged
