@@ -6,12 +6,15 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/client"
 	"github.com/damselfly-io/damselfly/core"
 )
 
@@ -94,5 +97,62 @@ func TestSpecHeadersDropRepresentationHeaders(t *testing.T) {
 	})
 	if len(h) != 2 || h.Get("X-Custom") != "kept" || h.Get("User-Agent") != "kept-too" {
 		t.Fatalf("spec headers %v, want only X-Custom and User-Agent", h)
+	}
+}
+
+// refusingScheduler answers every Register with the Fail a scheduler sends
+// for a spec that does not hold, and counts the registers.
+type refusingScheduler struct {
+	schedulerv1.UnimplementedSchedulerServer
+	registers atomic.Int64
+}
+
+func (f *refusingScheduler) Announce(stream grpc.BidiStreamingServer[schedulerv1.PeerMessage, schedulerv1.SchedulerMessage]) error {
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	f.registers.Add(1)
+	return stream.Send(&schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_Fail{
+		Fail: &schedulerv1.Fail{Reason: core.TaskRefused + "test"}}})
+}
+
+// A daemon holding a task its scheduler refuses (the spec does not hold
+// there) fetches it itself and then stops announcing it, instead of asking
+// again and again.
+func TestRefusedTaskIsNotAnnouncedAgain(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("content the scheduler refuses"))
+	}))
+	t.Cleanup(origin.Close)
+	fake := &refusingScheduler{}
+	gs := grpc.NewServer()
+	schedulerv1.RegisterSchedulerServer(gs, fake)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	d := startProxyDaemon(t, func(c *Config) { c.Scheduler = lis.Addr().String() })
+	c, err := client.Dial(t.Context(), d.cfg.Sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	out := filepath.Join(t.TempDir(), "out")
+	if _, err := c.Download(t.Context(), &daemonv1.DownloadRequest{Url: origin.URL + "/f", Output: out, Uid: -1, Gid: -1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The download's register, then the complete task's one.
+	deadline := time.Now().Add(10 * time.Second)
+	for fake.registers.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("registers %d, want the complete task announced once", fake.registers.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // a daemon that kept asking would have asked again by now
+	if n := fake.registers.Load(); n != 2 {
+		t.Fatalf("the refused task was announced %d times, want 2", n)
 	}
 }
