@@ -1257,11 +1257,13 @@ func (r *ctxReader) Read(b []byte) (int, error) {
 // scheduler restarted) until ctx ends or the task leaves the cache.
 func (c *conductor) serve(ctx context.Context) {
 	backoff := 500 * time.Millisecond
+	var announced time.Time
 	for ctx.Err() == nil {
 		if t, ok := c.d.store.Get(c.id); !ok || t != c.task {
 			return // deleted (perhaps already imported or fetched anew)
 		}
 		if c.stream == nil {
+			announced = time.Now()
 			if err := c.announce(ctx); err != nil {
 				c.log.Debug("re-announce failed", "err", err)
 				select {
@@ -1285,6 +1287,18 @@ func (c *conductor) serve(ctx context.Context) {
 			switch e := ev.(type) {
 			case evSchedErr:
 				c.closeStream()
+				if time.Since(announced) < time.Second {
+					// Ended at once (refused, say): do not hammer the
+					// scheduler; a stream that lived a while (the
+					// scheduler restarted) re-registers at once.
+					c.log.Debug("announce stream ended at once; backing off", "err", e.err, "backoff", backoff)
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(backoff):
+					}
+					backoff = min(2*backoff, 30*time.Second)
+				}
 			case evSched:
 				if a := e.m.GetAccess(); a != nil {
 					c.onAccess(a)

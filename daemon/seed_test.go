@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
@@ -154,5 +156,49 @@ func TestRefusedTaskIsNotAnnouncedAgain(t *testing.T) {
 	time.Sleep(time.Second) // a daemon that kept asking would have asked again by now
 	if n := fake.registers.Load(); n != 2 {
 		t.Fatalf("the refused task was announced %d times, want 2", n)
+	}
+}
+
+// deniedScheduler ends every Announce at once with PermissionDenied (a
+// certificate the scheduler does not accept for this) and counts them.
+type deniedScheduler struct {
+	schedulerv1.UnimplementedSchedulerServer
+	announces atomic.Int64
+}
+
+func (f *deniedScheduler) Announce(stream grpc.BidiStreamingServer[schedulerv1.PeerMessage, schedulerv1.SchedulerMessage]) error {
+	f.announces.Add(1)
+	return status.Error(codes.PermissionDenied, "not for you")
+}
+
+// A complete task whose announce stream the scheduler ends at once is
+// announced again with backoff, not in a tight loop.
+func TestAnnounceRefusedAtOnceBacksOff(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("some content"))
+	}))
+	t.Cleanup(origin.Close)
+	fake := &deniedScheduler{}
+	gs := grpc.NewServer()
+	schedulerv1.RegisterSchedulerServer(gs, fake)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	d := startProxyDaemon(t, func(c *Config) { c.Scheduler = lis.Addr().String() })
+	c, err := client.Dial(t.Context(), d.cfg.Sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Download(t.Context(), &daemonv1.DownloadRequest{Url: origin.URL + "/f", Output: filepath.Join(t.TempDir(), "out"), Uid: -1, Gid: -1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	// 0.5 s, 1 s, 2 s of backoff: a handful within two seconds, not thousands.
+	if n := fake.announces.Load(); n > 6 {
+		t.Fatalf("%d announces within 2 s of a scheduler that refuses at once", n)
 	}
 }
