@@ -2,8 +2,10 @@ package core
 
 import (
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzParseDigest: an accepted digest is sha256 with 64 lower-case hex
@@ -45,6 +47,29 @@ func FuzzValidHostPort(f *testing.F) {
 		u, err := url.Parse("https://" + s + "/v2/")
 		if err != nil || u.Host != s || u.User != nil || u.Path != "/v2/" {
 			t.Fatalf("ValidHostPort(%q) but the URL parses as %+v (%v)", s, u, err)
+		}
+	})
+}
+
+// FuzzCheckPieceToken: a token from the upload port's request is accepted
+// only when it is exactly the one PieceToken makes for that task, peer and
+// expiry (and the expiry is still ahead); nothing panics.
+func FuzzCheckPieceToken(f *testing.F) {
+	key := []byte("0123456789abcdef0123456789abcdef")
+	now := time.Unix(1_700_000_000, 0)
+	good := PieceToken(key, "task", "peer", now.Add(time.Minute))
+	for _, s := range []string{good, "", ".", "1.", ".ab", "9223372036854775807.00", "-1.ab", good + "0", "x" + good,
+		strings.ToUpper(good), "1700000060000." + strings.Repeat("0", 64)} {
+		f.Add(s, "task", "peer")
+	}
+	f.Fuzz(func(t *testing.T, token, task, peer string) {
+		if CheckPieceToken(key, token, task, peer, now) != nil {
+			return
+		}
+		ms, _, _ := strings.Cut(token, ".")
+		exp, err := strconv.ParseInt(ms, 10, 64)
+		if err != nil || exp <= now.UnixMilli() || PieceToken(key, task, peer, time.UnixMilli(exp)) != token {
+			t.Fatalf("token %q accepted for %q/%q but PieceToken does not make it", token, task, peer)
 		}
 	})
 }

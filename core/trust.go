@@ -98,11 +98,12 @@ func CheckPieceToken(key []byte, token, taskID, peerID string, now time.Time) er
 		return fmt.Errorf("piece token: malformed: %w", ErrInvalid)
 	}
 	exp, err := strconv.ParseInt(ms, 10, 64)
-	if err != nil {
+	if err != nil || strconv.FormatInt(exp, 10) != ms {
 		return fmt.Errorf("piece token: malformed expiry: %w", ErrInvalid)
 	}
-	got, err := hex.DecodeString(mac)
-	if err != nil || !hmac.Equal(got, tokenMAC(key, taskID, peerID, ms)) {
+	// Only the canonical form (lower-case hex) is accepted.
+	want := hex.EncodeToString(tokenMAC(key, taskID, peerID, ms))
+	if !hmac.Equal([]byte(mac), []byte(want)) {
 		return fmt.Errorf("piece token: not valid for task %s and peer %s: %w", taskID, peerID, ErrInvalid)
 	}
 	if now.UnixMilli() >= exp {
@@ -110,3 +111,8 @@ func CheckPieceToken(key []byte, token, taskID, peerID string, now time.Time) er
 	}
 	return nil
 }
+
+// TaskRefused starts the reason of the scheduler's Fail to a register whose
+// task spec does not hold (CheckTaskID, CheckSwarmURL): the scheduler will
+// not have the task, so announcing it again is pointless.
+const TaskRefused = "task refused: "

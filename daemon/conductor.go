@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -1266,11 +1267,13 @@ func (r *ctxReader) Read(b []byte) (int, error) {
 // scheduler restarted) until ctx ends or the task leaves the cache.
 func (c *conductor) serve(ctx context.Context) {
 	backoff := 500 * time.Millisecond
+	var announced time.Time
 	for ctx.Err() == nil {
 		if t, ok := c.d.store.Get(c.id); !ok || t != c.task {
 			return // deleted (perhaps already imported or fetched anew)
 		}
 		if c.stream == nil {
+			announced = time.Now()
 			if err := c.announce(ctx); err != nil {
 				c.log.Debug("re-announce failed", "err", err)
 				select {
@@ -1294,9 +1297,28 @@ func (c *conductor) serve(ctx context.Context) {
 			switch e := ev.(type) {
 			case evSchedErr:
 				c.closeStream()
+				if time.Since(announced) < time.Second {
+					// Ended at once (refused, say): do not hammer the
+					// scheduler; a stream that lived a while (the
+					// scheduler restarted) re-registers at once.
+					c.log.Debug("announce stream ended at once; backing off", "err", e.err, "backoff", backoff)
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(backoff):
+					}
+					backoff = min(2*backoff, 30*time.Second)
+				}
 			case evSched:
 				if a := e.m.GetAccess(); a != nil {
 					c.onAccess(a)
+				}
+				if f := e.m.GetFail(); f != nil && strings.HasPrefix(f.GetReason(), core.TaskRefused) {
+					// The scheduler will not have this task (its spec does
+					// not hold there): asking again changes nothing.
+					c.log.Warn("scheduler refused the task; no longer announcing it", "reason", f.GetReason())
+					c.closeStream()
+					return
 				}
 				backoff = 500 * time.Millisecond
 			default:

@@ -6,12 +6,17 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/client"
 	"github.com/damselfly-io/damselfly/core"
 )
 
@@ -94,5 +99,106 @@ func TestSpecHeadersDropRepresentationHeaders(t *testing.T) {
 	})
 	if len(h) != 2 || h.Get("X-Custom") != "kept" || h.Get("User-Agent") != "kept-too" {
 		t.Fatalf("spec headers %v, want only X-Custom and User-Agent", h)
+	}
+}
+
+// refusingScheduler answers every Register with the Fail a scheduler sends
+// for a spec that does not hold, and counts the registers.
+type refusingScheduler struct {
+	schedulerv1.UnimplementedSchedulerServer
+	registers atomic.Int64
+}
+
+func (f *refusingScheduler) Announce(stream grpc.BidiStreamingServer[schedulerv1.PeerMessage, schedulerv1.SchedulerMessage]) error {
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	f.registers.Add(1)
+	return stream.Send(&schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_Fail{
+		Fail: &schedulerv1.Fail{Reason: core.TaskRefused + "test"}}})
+}
+
+// A daemon holding a task its scheduler refuses (the spec does not hold
+// there) fetches it itself and then stops announcing it, instead of asking
+// again and again.
+func TestRefusedTaskIsNotAnnouncedAgain(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("content the scheduler refuses"))
+	}))
+	t.Cleanup(origin.Close)
+	fake := &refusingScheduler{}
+	gs := grpc.NewServer()
+	schedulerv1.RegisterSchedulerServer(gs, fake)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	d := startProxyDaemon(t, func(c *Config) { c.Scheduler = lis.Addr().String() })
+	c, err := client.Dial(t.Context(), d.cfg.Sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	out := filepath.Join(t.TempDir(), "out")
+	if _, err := c.Download(t.Context(), &daemonv1.DownloadRequest{Url: origin.URL + "/f", Output: out, Uid: -1, Gid: -1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The download's register, then the complete task's one.
+	deadline := time.Now().Add(10 * time.Second)
+	for fake.registers.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("registers %d, want the complete task announced once", fake.registers.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // a daemon that kept asking would have asked again by now
+	if n := fake.registers.Load(); n != 2 {
+		t.Fatalf("the refused task was announced %d times, want 2", n)
+	}
+}
+
+// deniedScheduler ends every Announce at once with PermissionDenied (a
+// certificate the scheduler does not accept for this) and counts them.
+type deniedScheduler struct {
+	schedulerv1.UnimplementedSchedulerServer
+	announces atomic.Int64
+}
+
+func (f *deniedScheduler) Announce(stream grpc.BidiStreamingServer[schedulerv1.PeerMessage, schedulerv1.SchedulerMessage]) error {
+	f.announces.Add(1)
+	return status.Error(codes.PermissionDenied, "not for you")
+}
+
+// A complete task whose announce stream the scheduler ends at once is
+// announced again with backoff, not in a tight loop.
+func TestAnnounceRefusedAtOnceBacksOff(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("some content"))
+	}))
+	t.Cleanup(origin.Close)
+	fake := &deniedScheduler{}
+	gs := grpc.NewServer()
+	schedulerv1.RegisterSchedulerServer(gs, fake)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	d := startProxyDaemon(t, func(c *Config) { c.Scheduler = lis.Addr().String() })
+	c, err := client.Dial(t.Context(), d.cfg.Sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Download(t.Context(), &daemonv1.DownloadRequest{Url: origin.URL + "/f", Output: filepath.Join(t.TempDir(), "out"), Uid: -1, Gid: -1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	// 0.5 s, 1 s, 2 s of backoff: a handful within two seconds, not thousands.
+	if n := fake.announces.Load(); n > 6 {
+		t.Fatalf("%d announces within 2 s of a scheduler that refuses at once", n)
 	}
 }

@@ -72,7 +72,7 @@ func (svc *service) Announce(stream schedulerv1.Scheduler_AnnounceServer) error 
 		s.log.Warn("register refused: task spec does not hold", "task_id", reg.GetTask().GetTaskId(),
 			"peer_id", reg.GetPeerId(), "host_id", reg.GetHost().GetId(), "err", err)
 		return stream.Send(&schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_Fail{
-			Fail: &schedulerv1.Fail{Reason: "task refused: " + err.Error()}}})
+			Fail: &schedulerv1.Fail{Reason: core.TaskRefused + err.Error()}}})
 	}
 
 	ctx, cancel := context.WithCancelCause(stream.Context())

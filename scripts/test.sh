@@ -48,6 +48,7 @@ fuzz=(
 	"FuzzParseImage ./manager/job"
 	"FuzzParseDigest ./core"
 	"FuzzValidHostPort ./core"
+	"FuzzCheckPieceToken ./core"
 	"FuzzParseByteSize ./internal/config"
 )
 for f in "${fuzz[@]}"; do
