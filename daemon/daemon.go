@@ -89,6 +89,7 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 	srcCfg.Timeout = cfg.OriginTimeout.D()
 	srcCfg.Retries = cfg.OriginRetries
 	srcCfg.Hosts = map[string]source.HostConfig{}
+	srcCfg.S3 = cfg.Source.S3
 	for _, r := range cfg.Proxy.Registries {
 		srcCfg.Hosts[r.Host] = source.HostConfig{Insecure: r.Insecure, CAFile: r.CAFile, Username: r.Username, Password: r.Password}
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/api/peerv1"
@@ -93,9 +94,9 @@ type apiService struct {
 
 func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
 	s.d.log.Debug("download requested", "url", req.GetUrl())
-	u, err := url.Parse(req.GetUrl())
-	if err != nil || u.Host == "" && u.Scheme != "file" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") {
-		return status.Errorf(codes.InvalidArgument, "url %q: want an absolute http, https or file URL", req.GetUrl())
+	u, err := checkOriginURL(req.GetUrl())
+	if err != nil {
+		return toStatus(err)
 	}
 	if d := req.GetDigest(); d != "" {
 		if _, _, err := core.ParseDigest(d); err != nil {
@@ -108,8 +109,18 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 	if o := req.GetOutput(); o != "" && !filepath.IsAbs(o) {
 		return status.Errorf(codes.InvalidArgument, "output %q must be an absolute path", o)
 	}
-	id := core.TaskID(req.GetUrl(), core.TaskOptions{Tag: req.GetTag(), Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery()})
+	opts := core.TaskOptions{Tag: req.GetTag(), Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery()}
 	public, private := splitCredentials(req.GetHeaders())
+	if opts.Version, err = s.d.objectVersion(stream.Context(), u, public, private); err != nil {
+		return toStatus(err)
+	}
+	if opts.Version != "" {
+		if public == nil {
+			public = map[string]string{}
+		}
+		public["If-Match"] = opts.Version
+	}
+	id := core.TaskID(req.GetUrl(), opts)
 	spec := &schedulerv1.TaskSpec{
 		TaskId: id, Url: req.GetUrl(), Headers: public, Tag: req.GetTag(),
 		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),
@@ -356,6 +367,8 @@ func toStatus(err error) error {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, core.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, core.ErrDenied):
+		return status.Error(codes.Unauthenticated, err.Error())
 	case errors.Is(err, core.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, core.ErrDigestMismatch):
@@ -377,10 +390,28 @@ func toStatus(err error) error {
 func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (*peerv1.PreheatResponse, error) {
 	spec := req.GetTask()
 	u, err := url.Parse(spec.GetUrl())
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return nil, status.Errorf(codes.InvalidArgument, "preheat: url %q: want an absolute http or https URL", spec.GetUrl())
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "s3") {
+		return nil, status.Errorf(codes.InvalidArgument, "preheat: url %q: want an absolute http, https or s3 URL", spec.GetUrl())
 	}
-	want := core.TaskID(spec.GetUrl(), core.TaskOptions{Tag: spec.GetTag(), Application: spec.GetApplication(), FilteredQuery: spec.GetFilteredQuery()})
+	opts := core.TaskOptions{Tag: spec.GetTag(), Application: spec.GetApplication(), FilteredQuery: spec.GetFilteredQuery()}
+	if u.Scheme == "s3" {
+		opts.Version = spec.GetHeaders()["If-Match"]
+		if opts.Version == "" && spec.GetTaskId() == core.TaskID(spec.GetUrl(), opts) {
+			// The manager cannot see the object: name the task after the
+			// version this seed's bucket configuration finds, as a dfget
+			// with the same object would.
+			if opts.Version, err = s.d.objectVersion(ctx, u, spec.GetHeaders(), nil); err != nil {
+				return nil, toStatus(fmt.Errorf("preheat: %w", err))
+			}
+			spec = proto.Clone(spec).(*schedulerv1.TaskSpec)
+			if spec.Headers == nil {
+				spec.Headers = map[string]string{}
+			}
+			spec.Headers["If-Match"] = opts.Version
+			spec.TaskId = core.TaskID(spec.GetUrl(), opts)
+		}
+	}
+	want := core.TaskID(spec.GetUrl(), opts)
 	if d := spec.GetDigest(); d != "" {
 		if _, _, err := core.ParseDigest(d); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "preheat: %v", err)

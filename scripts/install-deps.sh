@@ -15,6 +15,8 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v containerd >/dev/null || need+=(containerd)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+# nginx serves the directory listings of the recursive-download tests.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -26,4 +28,13 @@ if [ ${#need[@]} -gt 0 ]; then
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 	echo "install-deps: installed ${need[*]}"
+fi
+
+# versitygw: the real S3 server the S3 and recursive-download tests start
+# (a Go program: go install into $(go env GOPATH)/bin, where the tests look).
+VERSITYGW_VERSION=v1.8.0
+gobin="$(go env GOPATH)/bin"
+if ! command -v versitygw >/dev/null && [ ! -x "$gobin/versitygw" ]; then
+	GOFLAGS= go install "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW_VERSION}"
+	echo "install-deps: installed versitygw ${VERSITYGW_VERSION} into $gobin"
 fi

@@ -86,6 +86,7 @@ type options struct {
 	timeout           time.Duration
 	rateLimit         int64
 	disableBackSource bool
+	s3PathStyle       bool
 	sock              string
 	direct            bool
 	noProgress        bool
@@ -165,6 +166,7 @@ func parseArgs(args []string) (*options, error) {
 	fs.Var(rateFlag{&o.rateLimit}, "rate-limit", "")
 	fs.Var(rateFlag{&o.rateLimit}, "ratelimit", "")
 	fs.BoolVar(&o.disableBackSource, "disable-back-source", false, "")
+	fs.BoolVar(&o.s3PathStyle, "s3-path-style", false, "")
 	fs.StringVar(&o.sock, "sock", client.DefaultSock, "")
 	fs.StringVar(&o.sock, "daemon-sock", client.DefaultSock, "")
 	fs.BoolVar(&o.direct, "direct", false, "")
@@ -268,10 +270,14 @@ func validateURL(raw string) error {
 		if u.Opaque != "" || !filepath.IsAbs(u.Path) || (u.Host != "" && u.Host != "localhost") {
 			return fmt.Errorf("URL %q: want file:///absolute/path", raw)
 		}
+	case "s3":
+		if u.Host == "" || u.User != nil {
+			return fmt.Errorf("URL %q: want s3://bucket/key", raw)
+		}
 	case "":
-		return fmt.Errorf("URL %q: no scheme (want http, https or file)", raw)
+		return fmt.Errorf("URL %q: no scheme (want http, https, s3 or file)", raw)
 	default:
-		return fmt.Errorf("URL %q: unsupported scheme %q (want http, https or file)", raw, u.Scheme)
+		return fmt.Errorf("URL %q: unsupported scheme %q (want http, https, s3 or file)", raw, u.Scheme)
 	}
 	return nil
 }
