@@ -56,7 +56,7 @@ type Config struct {
 	Proxy    ProxyConfig    `yaml:"proxy"`
 	// Source configures origins other than plain http(s): S3 buckets.
 	Source SourceConfig `yaml:"source"`
-	Cache    CacheConfig    `yaml:"cache"`
+	Cache  CacheConfig  `yaml:"cache"`
 
 	// OriginTimeout bounds connecting to the origin and waiting for headers.
 	OriginTimeout config.Duration `yaml:"origin_timeout"`

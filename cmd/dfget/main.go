@@ -10,8 +10,8 @@ import (
 	"io"
 	"net/url"
 	"os"
-	"strings"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/damselfly-io/damselfly/core"
