@@ -218,6 +218,7 @@ func (c *conductor) announce(ctx context.Context) error {
 		DisableBackSource: c.req.disableBackSource || c.cache,
 		SeedRequest:       c.req.seed && !c.cache,
 		Imported:          c.cache && c.task.Complete(),
+		Priority:          c.req.priority,
 	}
 	cands := c.d.schedulersFor(c.id)
 	if len(cands) == 0 {
@@ -434,6 +435,10 @@ func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMes
 		c.log.Warn("scheduler gave up on the task", "reason", x.Fail.GetReason())
 		if c.cache {
 			return fmt.Errorf("dfcache task %s: %s: %w", c.id, x.Fail.GetReason(), core.ErrNotFound)
+		}
+		if p := c.req.priority; p == schedulerv1.Priority_LEVEL1 || p == schedulerv1.Priority_LEVEL2 {
+			// The level forbids this download or its trip to the origin.
+			return fmt.Errorf("task %s: %s: %w", c.id, x.Fail.GetReason(), core.ErrUnavailable)
 		}
 		return c.fallback(ctx, "scheduler_failed")
 	}

@@ -343,6 +343,8 @@ type taskRequest struct {
 	fromCache         bool
 	rateLimit         int64
 	streaming         bool
+	// priority is the request's Dragonfly level, passed to the scheduler.
+	priority schedulerv1.Priority
 }
 
 // startConductor returns the conductor of the task, starting one if none

@@ -103,6 +103,9 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
+	if pr := req.GetPriority(); pr < 0 || pr > int32(schedulerv1.Priority_LEVEL6) {
+		return status.Errorf(codes.InvalidArgument, "priority %d: want 0..6 (LEVEL0..LEVEL6)", pr)
+	}
 	if req.GetStream() && req.GetOutput() != "" {
 		return status.Error(codes.InvalidArgument, "stream and output exclude each other")
 	}
@@ -133,7 +136,7 @@ func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.T
 	ctx := stream.Context()
 	id := spec.GetTaskId()
 	c, cached, release, err := s.d.openTask(taskRequest{spec: spec, originHeaders: originHeaders, disableBackSource: req.GetDisableBackSource(),
-		rateLimit: req.GetRateLimit(), streaming: req.GetStream()})
+		rateLimit: req.GetRateLimit(), streaming: req.GetStream(), priority: schedulerv1.Priority(req.GetPriority())})
 	if err != nil {
 		return toStatus(err)
 	}

@@ -188,6 +188,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 		lastSeen:          now,
 		disableBackSource: reg.GetDisableBackSource(),
 		seedRequest:       reg.GetSeedRequest(),
+		priority:          reg.GetPriority(),
 		conn:              c,
 		poolIdx:           -1,
 	}
@@ -210,6 +211,10 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 			"have", p.pieces.count, "seed_request", p.seedRequest)
 	}
 
+	if p.priority == schedulerv1.Priority_LEVEL1 {
+		s.failLocked(p, "priority LEVEL1: downloading this task is forbidden", now)
+		return p
+	}
 	if reg.GetImported() && t.cache {
 		// The importer is the origin of a dfcache entry: trusted for shape
 		// and digests exactly like a peer fetching from the origin.

@@ -270,7 +270,10 @@ type DownloadRequest struct {
 	// Send the content itself, in order, in the progress messages (data and
 	// offset) instead of writing output; pieces are then fetched near
 	// sequentially so the stream keeps moving.
-	Stream        bool `protobuf:"varint,13,opt,name=stream,proto3" json:"stream,omitempty"`
+	Stream bool `protobuf:"varint,13,opt,name=stream,proto3" json:"stream,omitempty"`
+	// Dragonfly's priority level 0..6 (damselfly.scheduler.v1.Priority),
+	// passed to the scheduler.
+	Priority      int32 `protobuf:"varint,14,opt,name=priority,proto3" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -394,6 +397,13 @@ func (x *DownloadRequest) GetStream() bool {
 		return x.Stream
 	}
 	return false
+}
+
+func (x *DownloadRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
 }
 
 type DownloadProgress struct {
@@ -693,7 +703,7 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\x03gid\x18\x06 \x01(\x03R\x03gid\x12\x16\n" +
 	"\x06stream\x18\a \x01(\bR\x06stream\x12\x1d\n" +
 	"\n" +
-	"local_only\x18\b \x01(\bR\tlocalOnly\"\xe3\x03\n" +
+	"local_only\x18\b \x01(\bR\tlocalOnly\"\xff\x03\n" +
 	"\x0fDownloadRequest\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
 	"\x06output\x18\x02 \x01(\tR\x06output\x12\x16\n" +
@@ -710,7 +720,8 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"outputMode\x12\x10\n" +
 	"\x03uid\x18\v \x01(\x03R\x03uid\x12\x10\n" +
 	"\x03gid\x18\f \x01(\x03R\x03gid\x12\x16\n" +
-	"\x06stream\x18\r \x01(\bR\x06stream\x1a:\n" +
+	"\x06stream\x18\r \x01(\bR\x06stream\x12\x1a\n" +
+	"\bpriority\x18\x0e \x01(\x05R\bpriority\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x02\n" +

@@ -21,6 +21,78 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Priority of a download, Dragonfly's levels. A level's rule applies to the
+// task's first download (no peer holds any of it yet); later ones are
+// scheduled normally.
+type Priority int32
+
+const (
+	// No special treatment.
+	Priority_LEVEL0 Priority = 0
+	// Downloading the task is forbidden: the scheduler answers Fail at once,
+	// and the daemon does not go to the origin itself.
+	Priority_LEVEL1 Priority = 1
+	// Peers only: the first download may not go to the origin (neither the
+	// peer nor a seed peer); with no peer holding the task it fails.
+	Priority_LEVEL2 Priority = 2
+	// The peer itself goes to the origin first, instead of a seed peer.
+	Priority_LEVEL3 Priority = 3
+	// A seed peer is triggered to go to the origin first (the default);
+	// Dragonfly's weak, strong and super seed peers are one kind here.
+	Priority_LEVEL4 Priority = 4
+	Priority_LEVEL5 Priority = 5
+	Priority_LEVEL6 Priority = 6
+)
+
+// Enum value maps for Priority.
+var (
+	Priority_name = map[int32]string{
+		0: "LEVEL0",
+		1: "LEVEL1",
+		2: "LEVEL2",
+		3: "LEVEL3",
+		4: "LEVEL4",
+		5: "LEVEL5",
+		6: "LEVEL6",
+	}
+	Priority_value = map[string]int32{
+		"LEVEL0": 0,
+		"LEVEL1": 1,
+		"LEVEL2": 2,
+		"LEVEL3": 3,
+		"LEVEL4": 4,
+		"LEVEL5": 5,
+		"LEVEL6": 6,
+	}
+)
+
+func (x Priority) Enum() *Priority {
+	p := new(Priority)
+	*p = x
+	return p
+}
+
+func (x Priority) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Priority) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_schedulerv1_scheduler_proto_enumTypes[0].Descriptor()
+}
+
+func (Priority) Type() protoreflect.EnumType {
+	return &file_api_schedulerv1_scheduler_proto_enumTypes[0]
+}
+
+func (x Priority) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Priority.Descriptor instead.
+func (Priority) EnumDescriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{0}
+}
+
 // Host describes the machine a peer runs on.
 type Host struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -383,7 +455,9 @@ type Register struct {
 	// user imported the content there, and there is no origin. The scheduler
 	// then trusts its shape and piece digests like those of a peer it sent to
 	// the origin. Refused for any other task.
-	Imported      bool `protobuf:"varint,7,opt,name=imported,proto3" json:"imported,omitempty"`
+	Imported bool `protobuf:"varint,7,opt,name=imported,proto3" json:"imported,omitempty"`
+	// The download's priority (dfget --priority), with Dragonfly's meaning.
+	Priority      Priority `protobuf:"varint,8,opt,name=priority,proto3,enum=damselfly.scheduler.v1.Priority" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -465,6 +539,13 @@ func (x *Register) GetImported() bool {
 		return x.Imported
 	}
 	return false
+}
+
+func (x *Register) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_LEVEL0
 }
 
 // TaskMeta is sent by a peer that fetches from the origin as soon as it knows
@@ -1487,7 +1568,7 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x16\n" +
 	"\x06digest\x18\x03 \x01(\fR\x06digest\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\rR\x06length\x12\x17\n" +
-	"\acost_ns\x18\x05 \x01(\x03R\x06costNs\"\x8e\x02\n" +
+	"\acost_ns\x18\x05 \x01(\x03R\x06costNs\"\xcc\x02\n" +
 	"\bRegister\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x120\n" +
 	"\x04host\x18\x02 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\x124\n" +
@@ -1495,7 +1576,8 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x04have\x18\x04 \x03(\rR\x04have\x12.\n" +
 	"\x13disable_back_source\x18\x05 \x01(\bR\x11disableBackSource\x12!\n" +
 	"\fseed_request\x18\x06 \x01(\bR\vseedRequest\x12\x1a\n" +
-	"\bimported\x18\a \x01(\bR\bimported\"P\n" +
+	"\bimported\x18\a \x01(\bR\bimported\x12<\n" +
+	"\bpriority\x18\b \x01(\x0e2 .damselfly.scheduler.v1.PriorityR\bpriority\"P\n" +
 	"\bTaskMeta\x12%\n" +
 	"\x0econtent_length\x18\x01 \x01(\x03R\rcontentLength\x12\x1d\n" +
 	"\n" +
@@ -1555,7 +1637,22 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x10SeedTasksRequest\x120\n" +
 	"\x04host\x18\x01 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\"@\n" +
 	"\bSeedTask\x124\n" +
-	"\x04task\x18\x01 \x01(\v2 .damselfly.scheduler.v1.TaskSpecR\x04task2\xc5\x01\n" +
+	"\x04task\x18\x01 \x01(\v2 .damselfly.scheduler.v1.TaskSpecR\x04task*^\n" +
+	"\bPriority\x12\n" +
+	"\n" +
+	"\x06LEVEL0\x10\x00\x12\n" +
+	"\n" +
+	"\x06LEVEL1\x10\x01\x12\n" +
+	"\n" +
+	"\x06LEVEL2\x10\x02\x12\n" +
+	"\n" +
+	"\x06LEVEL3\x10\x03\x12\n" +
+	"\n" +
+	"\x06LEVEL4\x10\x04\x12\n" +
+	"\n" +
+	"\x06LEVEL5\x10\x05\x12\n" +
+	"\n" +
+	"\x06LEVEL6\x10\x062\xc5\x01\n" +
 	"\tScheduler\x12]\n" +
 	"\bAnnounce\x12#.damselfly.scheduler.v1.PeerMessage\x1a(.damselfly.scheduler.v1.SchedulerMessage(\x010\x01\x12Y\n" +
 	"\tSeedTasks\x12(.damselfly.scheduler.v1.SeedTasksRequest\x1a .damselfly.scheduler.v1.SeedTask0\x01B?Z=github.com/damselfly-io/damselfly/api/schedulerv1;schedulerv1b\x06proto3"
@@ -1572,62 +1669,65 @@ func file_api_schedulerv1_scheduler_proto_rawDescGZIP() []byte {
 	return file_api_schedulerv1_scheduler_proto_rawDescData
 }
 
+var file_api_schedulerv1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_api_schedulerv1_scheduler_proto_goTypes = []any{
-	(*Host)(nil),             // 0: damselfly.scheduler.v1.Host
-	(*TaskSpec)(nil),         // 1: damselfly.scheduler.v1.TaskSpec
-	(*PieceDigest)(nil),      // 2: damselfly.scheduler.v1.PieceDigest
-	(*PieceResult)(nil),      // 3: damselfly.scheduler.v1.PieceResult
-	(*Register)(nil),         // 4: damselfly.scheduler.v1.Register
-	(*TaskMeta)(nil),         // 5: damselfly.scheduler.v1.TaskMeta
-	(*PiecesDone)(nil),       // 6: damselfly.scheduler.v1.PiecesDone
-	(*PieceFailed)(nil),      // 7: damselfly.scheduler.v1.PieceFailed
-	(*PeerDone)(nil),         // 8: damselfly.scheduler.v1.PeerDone
-	(*PeerFailed)(nil),       // 9: damselfly.scheduler.v1.PeerFailed
-	(*Reschedule)(nil),       // 10: damselfly.scheduler.v1.Reschedule
-	(*PeerMessage)(nil),      // 11: damselfly.scheduler.v1.PeerMessage
-	(*PeerInfo)(nil),         // 12: damselfly.scheduler.v1.PeerInfo
-	(*Parents)(nil),          // 13: damselfly.scheduler.v1.Parents
-	(*BackToSource)(nil),     // 14: damselfly.scheduler.v1.BackToSource
-	(*Wait)(nil),             // 15: damselfly.scheduler.v1.Wait
-	(*TaskInfo)(nil),         // 16: damselfly.scheduler.v1.TaskInfo
-	(*Fail)(nil),             // 17: damselfly.scheduler.v1.Fail
-	(*SchedulerMessage)(nil), // 18: damselfly.scheduler.v1.SchedulerMessage
-	(*SeedTasksRequest)(nil), // 19: damselfly.scheduler.v1.SeedTasksRequest
-	(*SeedTask)(nil),         // 20: damselfly.scheduler.v1.SeedTask
-	nil,                      // 21: damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	(Priority)(0),            // 0: damselfly.scheduler.v1.Priority
+	(*Host)(nil),             // 1: damselfly.scheduler.v1.Host
+	(*TaskSpec)(nil),         // 2: damselfly.scheduler.v1.TaskSpec
+	(*PieceDigest)(nil),      // 3: damselfly.scheduler.v1.PieceDigest
+	(*PieceResult)(nil),      // 4: damselfly.scheduler.v1.PieceResult
+	(*Register)(nil),         // 5: damselfly.scheduler.v1.Register
+	(*TaskMeta)(nil),         // 6: damselfly.scheduler.v1.TaskMeta
+	(*PiecesDone)(nil),       // 7: damselfly.scheduler.v1.PiecesDone
+	(*PieceFailed)(nil),      // 8: damselfly.scheduler.v1.PieceFailed
+	(*PeerDone)(nil),         // 9: damselfly.scheduler.v1.PeerDone
+	(*PeerFailed)(nil),       // 10: damselfly.scheduler.v1.PeerFailed
+	(*Reschedule)(nil),       // 11: damselfly.scheduler.v1.Reschedule
+	(*PeerMessage)(nil),      // 12: damselfly.scheduler.v1.PeerMessage
+	(*PeerInfo)(nil),         // 13: damselfly.scheduler.v1.PeerInfo
+	(*Parents)(nil),          // 14: damselfly.scheduler.v1.Parents
+	(*BackToSource)(nil),     // 15: damselfly.scheduler.v1.BackToSource
+	(*Wait)(nil),             // 16: damselfly.scheduler.v1.Wait
+	(*TaskInfo)(nil),         // 17: damselfly.scheduler.v1.TaskInfo
+	(*Fail)(nil),             // 18: damselfly.scheduler.v1.Fail
+	(*SchedulerMessage)(nil), // 19: damselfly.scheduler.v1.SchedulerMessage
+	(*SeedTasksRequest)(nil), // 20: damselfly.scheduler.v1.SeedTasksRequest
+	(*SeedTask)(nil),         // 21: damselfly.scheduler.v1.SeedTask
+	nil,                      // 22: damselfly.scheduler.v1.TaskSpec.HeadersEntry
 }
 var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
-	21, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
-	0,  // 1: damselfly.scheduler.v1.Register.host:type_name -> damselfly.scheduler.v1.Host
-	1,  // 2: damselfly.scheduler.v1.Register.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	3,  // 3: damselfly.scheduler.v1.PiecesDone.pieces:type_name -> damselfly.scheduler.v1.PieceResult
-	4,  // 4: damselfly.scheduler.v1.PeerMessage.register:type_name -> damselfly.scheduler.v1.Register
-	5,  // 5: damselfly.scheduler.v1.PeerMessage.meta:type_name -> damselfly.scheduler.v1.TaskMeta
-	6,  // 6: damselfly.scheduler.v1.PeerMessage.pieces:type_name -> damselfly.scheduler.v1.PiecesDone
-	7,  // 7: damselfly.scheduler.v1.PeerMessage.piece_failed:type_name -> damselfly.scheduler.v1.PieceFailed
-	8,  // 8: damselfly.scheduler.v1.PeerMessage.done:type_name -> damselfly.scheduler.v1.PeerDone
-	9,  // 9: damselfly.scheduler.v1.PeerMessage.failed:type_name -> damselfly.scheduler.v1.PeerFailed
-	10, // 10: damselfly.scheduler.v1.PeerMessage.reschedule:type_name -> damselfly.scheduler.v1.Reschedule
-	0,  // 11: damselfly.scheduler.v1.PeerInfo.host:type_name -> damselfly.scheduler.v1.Host
-	12, // 12: damselfly.scheduler.v1.Parents.parents:type_name -> damselfly.scheduler.v1.PeerInfo
-	2,  // 13: damselfly.scheduler.v1.TaskInfo.digests:type_name -> damselfly.scheduler.v1.PieceDigest
-	13, // 14: damselfly.scheduler.v1.SchedulerMessage.parents:type_name -> damselfly.scheduler.v1.Parents
-	14, // 15: damselfly.scheduler.v1.SchedulerMessage.back_to_source:type_name -> damselfly.scheduler.v1.BackToSource
-	15, // 16: damselfly.scheduler.v1.SchedulerMessage.wait:type_name -> damselfly.scheduler.v1.Wait
-	16, // 17: damselfly.scheduler.v1.SchedulerMessage.task_info:type_name -> damselfly.scheduler.v1.TaskInfo
-	17, // 18: damselfly.scheduler.v1.SchedulerMessage.fail:type_name -> damselfly.scheduler.v1.Fail
-	0,  // 19: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
-	1,  // 20: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	11, // 21: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
-	19, // 22: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
-	18, // 23: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
-	20, // 24: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
-	23, // [23:25] is the sub-list for method output_type
-	21, // [21:23] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	22, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	1,  // 1: damselfly.scheduler.v1.Register.host:type_name -> damselfly.scheduler.v1.Host
+	2,  // 2: damselfly.scheduler.v1.Register.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	0,  // 3: damselfly.scheduler.v1.Register.priority:type_name -> damselfly.scheduler.v1.Priority
+	4,  // 4: damselfly.scheduler.v1.PiecesDone.pieces:type_name -> damselfly.scheduler.v1.PieceResult
+	5,  // 5: damselfly.scheduler.v1.PeerMessage.register:type_name -> damselfly.scheduler.v1.Register
+	6,  // 6: damselfly.scheduler.v1.PeerMessage.meta:type_name -> damselfly.scheduler.v1.TaskMeta
+	7,  // 7: damselfly.scheduler.v1.PeerMessage.pieces:type_name -> damselfly.scheduler.v1.PiecesDone
+	8,  // 8: damselfly.scheduler.v1.PeerMessage.piece_failed:type_name -> damselfly.scheduler.v1.PieceFailed
+	9,  // 9: damselfly.scheduler.v1.PeerMessage.done:type_name -> damselfly.scheduler.v1.PeerDone
+	10, // 10: damselfly.scheduler.v1.PeerMessage.failed:type_name -> damselfly.scheduler.v1.PeerFailed
+	11, // 11: damselfly.scheduler.v1.PeerMessage.reschedule:type_name -> damselfly.scheduler.v1.Reschedule
+	1,  // 12: damselfly.scheduler.v1.PeerInfo.host:type_name -> damselfly.scheduler.v1.Host
+	13, // 13: damselfly.scheduler.v1.Parents.parents:type_name -> damselfly.scheduler.v1.PeerInfo
+	3,  // 14: damselfly.scheduler.v1.TaskInfo.digests:type_name -> damselfly.scheduler.v1.PieceDigest
+	14, // 15: damselfly.scheduler.v1.SchedulerMessage.parents:type_name -> damselfly.scheduler.v1.Parents
+	15, // 16: damselfly.scheduler.v1.SchedulerMessage.back_to_source:type_name -> damselfly.scheduler.v1.BackToSource
+	16, // 17: damselfly.scheduler.v1.SchedulerMessage.wait:type_name -> damselfly.scheduler.v1.Wait
+	17, // 18: damselfly.scheduler.v1.SchedulerMessage.task_info:type_name -> damselfly.scheduler.v1.TaskInfo
+	18, // 19: damselfly.scheduler.v1.SchedulerMessage.fail:type_name -> damselfly.scheduler.v1.Fail
+	1,  // 20: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
+	2,  // 21: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	12, // 22: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
+	20, // 23: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
+	19, // 24: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
+	21, // 25: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
+	24, // [24:26] is the sub-list for method output_type
+	22, // [22:24] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_api_schedulerv1_scheduler_proto_init() }
@@ -1656,13 +1756,14 @@ func file_api_schedulerv1_scheduler_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_schedulerv1_scheduler_proto_rawDesc), len(file_api_schedulerv1_scheduler_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_api_schedulerv1_scheduler_proto_goTypes,
 		DependencyIndexes: file_api_schedulerv1_scheduler_proto_depIdxs,
+		EnumInfos:         file_api_schedulerv1_scheduler_proto_enumTypes,
 		MessageInfos:      file_api_schedulerv1_scheduler_proto_msgTypes,
 	}.Build()
 	File_api_schedulerv1_scheduler_proto = out.File

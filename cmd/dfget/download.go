@@ -69,7 +69,8 @@ func (d *downloader) download(ctx context.Context) (*result, error) {
 	if err == nil {
 		return res, nil
 	}
-	if ctx.Err() != nil || o.disableBackSource || !worthDirect(err) || d.written > 0 {
+	if ctx.Err() != nil || o.disableBackSource || o.priority == 1 || o.priority == 2 || !worthDirect(err) || d.written > 0 {
+		// (LEVEL1 forbids the download, LEVEL2 its trip to the origin)
 		// (bytes already on standard output cannot be taken back)
 		return nil, err
 	}
@@ -113,6 +114,7 @@ func (d *downloader) viaDaemon(ctx context.Context, c *client.Client) (*result, 
 		Application:       o.application,
 		RateLimit:         o.rateLimit,
 		DisableBackSource: o.disableBackSource,
+		Priority:          o.priority,
 		OutputMode:        0o644,
 		Uid:               int64(os.Getuid()),
 		Gid:               int64(os.Getgid()),

@@ -87,6 +87,7 @@ type options struct {
 	rateLimit         int64
 	disableBackSource bool
 	s3PathStyle       bool
+	priority          int32
 	sock              string
 	direct            bool
 	noProgress        bool
@@ -167,6 +168,7 @@ func parseArgs(args []string) (*options, error) {
 	fs.Var(rateFlag{&o.rateLimit}, "ratelimit", "")
 	fs.BoolVar(&o.disableBackSource, "disable-back-source", false, "")
 	fs.BoolVar(&o.s3PathStyle, "s3-path-style", false, "")
+	fs.Var(priorityFlag{&o.priority}, "priority", "")
 	fs.StringVar(&o.sock, "sock", client.DefaultSock, "")
 	fs.StringVar(&o.sock, "daemon-sock", client.DefaultSock, "")
 	fs.BoolVar(&o.direct, "direct", false, "")
@@ -318,4 +320,20 @@ func parseRate(s string) (int64, error) {
 		return 1, nil
 	}
 	return int64(v), nil
+}
+
+// priorityFlag parses Dragonfly's priority levels: LEVEL0..LEVEL6 (any case)
+// or 0..6.
+type priorityFlag struct{ p *int32 }
+
+func (f priorityFlag) String() string { return "" }
+
+func (f priorityFlag) Set(v string) error {
+	t := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(v)), "LEVEL")
+	n, err := strconv.Atoi(t)
+	if err != nil || n < 0 || n > 6 {
+		return fmt.Errorf("priority %q: want LEVEL0..LEVEL6", v)
+	}
+	*f.p = int32(n)
+	return nil
 }
