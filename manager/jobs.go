@@ -59,6 +59,12 @@ type PreheatArgs struct {
 	Tag         string   `json:"tag,omitempty"`
 	Application string   `json:"application,omitempty"`
 	FilterQuery []string `json:"filtered_query,omitempty"`
+	// IPs, Count and Percentage narrow an all_seed_peers or all_peers scope
+	// as Dragonfly's open API does: the peers with these IPs; else the
+	// first Count (1..200); else Percentage (1..100) of them, at least one.
+	IPs        []string `json:"ips,omitempty"`
+	Count      int      `json:"count,omitempty"`
+	Percentage int      `json:"percentage,omitempty"`
 }
 
 // secret is what is kept apart from the visible args.
@@ -105,6 +111,7 @@ type PeerResult struct {
 	State         string `json:"state"`
 	ContentLength int64  `json:"content_length,omitempty"`
 	Cached        bool   `json:"cached,omitempty"`
+	ClusterID     int64  `json:"cluster_id,omitempty"`
 	Error         string `json:"error,omitempty"`
 }
 
@@ -169,6 +176,19 @@ func (a *PreheatArgs) validate() error {
 			return badRequest("args.cluster_ids: %d is not a cluster id", id)
 		}
 	}
+	switch {
+	case a.Count < 0 || a.Count > 200:
+		return badRequest("args.count %d: want 1..200", a.Count)
+	case a.Percentage < 0 || a.Percentage > 100:
+		return badRequest("args.percentage %d: want 1..100", a.Percentage)
+	case (len(a.IPs) > 0 || a.Count > 0 || a.Percentage > 0) && a.Scope == ScopeSingleSeedPeer:
+		return badRequest("args.ips, count and percentage apply to the all_seed_peers and all_peers scopes")
+	}
+	for _, ip := range a.IPs {
+		if net.ParseIP(ip) == nil {
+			return badRequest("args.ips: %q is not an IP address", ip)
+		}
+	}
 	if len(a.Headers) > 0 && a.Username != "" {
 		return badRequest("args: give headers or username and password, not both")
 	}
@@ -188,8 +208,8 @@ func (a *PreheatArgs) validate() error {
 		}
 	case "file":
 		u, err := url.Parse(a.URL)
-		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			return badRequest("args.url %q: want an absolute http or https URL", a.URL)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "s3") {
+			return badRequest("args.url %q: want an absolute http, https or s3 URL", a.URL)
 		}
 	default:
 		return badRequest("args.type %q: want image or file", a.Type)
@@ -198,21 +218,31 @@ func (a *PreheatArgs) validate() error {
 }
 
 func (m *Manager) handleCreateJob(w http.ResponseWriter, r *http.Request) {
-	var in struct {
-		Type string      `json:"type"`
-		Args PreheatArgs `json:"args"`
-	}
-	if err := readJSON(r, &in); err != nil {
+	j, err := m.createJob(r)
+	if err != nil {
 		fail(w, err)
 		return
+	}
+	writeJSON(w, http.StatusCreated, j)
+}
+
+// createJob reads a job request (ours or Dragonfly's open-API shape), stores
+// the job and returns it.
+func (m *Manager) createJob(r *http.Request) (Job, error) {
+	var in jobRequest
+	if err := readJSON(r, &in); err != nil {
+		return Job{}, err
 	}
 	if in.Type != "preheat" {
-		fail(w, badRequest("type %q: want preheat", in.Type))
-		return
+		return Job{}, badRequest("type %q: want preheat", in.Type)
+	}
+	for _, id := range in.SchedulerClusterIDs {
+		if !containsInt(in.Args.ClusterIDs, id) {
+			in.Args.ClusterIDs = append(in.Args.ClusterIDs, id)
+		}
 	}
 	if err := in.Args.validate(); err != nil {
-		fail(w, err)
-		return
+		return Job{}, err
 	}
 	// Credentials are kept apart and wiped when the job ends; the args
 	// everyone can read show only that they were given.
@@ -237,16 +267,10 @@ func (m *Manager) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	id, err := m.db.Insert(r.Context(), "INSERT INTO jobs (type, state, args, secret, user_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
 		in.Type, StatePending, string(argsJSON), secJSON, userFrom(r).ID, now, now)
 	if err != nil {
-		fail(w, err)
-		return
+		return Job{}, err
 	}
 	m.poke()
-	j, err := scanJob(m.db.QueryRow(r.Context(), "SELECT "+jobCols+" FROM jobs WHERE id = ?", id))
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, j)
+	return scanJob(m.db.QueryRow(r.Context(), "SELECT "+jobCols+" FROM jobs WHERE id = ?", id))
 }
 
 // ---- execution ----
@@ -401,6 +425,7 @@ type preheat struct {
 type target struct {
 	hostname, addr string
 	seed           bool
+	cluster        int64
 }
 
 func (p *preheat) save(ctx context.Context) {
@@ -449,6 +474,9 @@ func (p *preheat) run(ctx context.Context, prev *JobResult) (*JobResult, error) 
 	if err != nil {
 		return res, err
 	}
+	if targets, err = narrow(targets, a); err != nil {
+		return res, err
+	}
 	done := map[string]PeerResult{} // task_id/addr → a finished peer result
 	for _, t := range prev.Tasks {
 		for _, pr := range t.Peers {
@@ -460,7 +488,7 @@ func (p *preheat) run(ctx context.Context, prev *JobResult) (*JobResult, error) 
 	for i := range res.Tasks {
 		t := &res.Tasks[i]
 		for _, tg := range targets {
-			pr := PeerResult{Hostname: tg.hostname, Addr: tg.addr, Seed: tg.seed, State: StatePending}
+			pr := PeerResult{Hostname: tg.hostname, Addr: tg.addr, Seed: tg.seed, ClusterID: tg.cluster, State: StatePending}
 			if d, ok := done[t.TaskID+"/"+tg.addr]; ok {
 				pr = d
 			}
@@ -570,7 +598,7 @@ func (m *Manager) targets(ctx context.Context, scope string, clusters []int64) (
 			cargs = append(cargs, c)
 		}
 	}
-	rows, err := m.db.Query(ctx, "SELECT hostname, ip, port FROM seed_peers WHERE last_keepalive >= ?"+inClusters+" ORDER BY id", append([]any{m.activeSince()}, cargs...)...)
+	rows, err := m.db.Query(ctx, "SELECT hostname, ip, port, cluster_id FROM seed_peers WHERE last_keepalive >= ?"+inClusters+" ORDER BY id", append([]any{m.activeSince()}, cargs...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list seed peers: %w", err)
 	}
@@ -578,17 +606,18 @@ func (m *Manager) targets(ctx context.Context, scope string, clusters []int64) (
 	seen := map[string]bool{}
 	for rows.Next() {
 		var (
-			h, ip string
-			port  int
+			h, ip   string
+			port    int
+			cluster int64
 		)
-		if err := rows.Scan(&h, &ip, &port); err != nil {
+		if err := rows.Scan(&h, &ip, &port, &cluster); err != nil {
 			rows.Close()
 			return nil, err
 		}
 		addr := net.JoinHostPort(ip, strconv.Itoa(port))
 		if !seen[addr] {
 			seen[addr] = true
-			ts = append(ts, target{hostname: h, addr: addr, seed: true})
+			ts = append(ts, target{hostname: h, addr: addr, seed: true, cluster: cluster})
 		}
 	}
 	rows.Close()
@@ -601,23 +630,24 @@ func (m *Manager) targets(ctx context.Context, scope string, clusters []int64) (
 	if scope == ScopeAllSeedPeers {
 		return ts, nil
 	}
-	rows, err = m.db.Query(ctx, "SELECT hostname, ip, port FROM peers WHERE last_seen >= ?"+inClusters+" ORDER BY id", append([]any{nowMs() - m.cfg.PeerTTL.D().Milliseconds()}, cargs...)...)
+	rows, err = m.db.Query(ctx, "SELECT hostname, ip, port, cluster_id FROM peers WHERE last_seen >= ?"+inClusters+" ORDER BY id", append([]any{nowMs() - m.cfg.PeerTTL.D().Milliseconds()}, cargs...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list peers: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			h, ip string
-			port  int
+			h, ip   string
+			port    int
+			cluster int64
 		)
-		if err := rows.Scan(&h, &ip, &port); err != nil {
+		if err := rows.Scan(&h, &ip, &port, &cluster); err != nil {
 			return nil, err
 		}
 		addr := net.JoinHostPort(ip, strconv.Itoa(port))
 		if !seen[addr] {
 			seen[addr] = true
-			ts = append(ts, target{hostname: h, addr: addr})
+			ts = append(ts, target{hostname: h, addr: addr, cluster: cluster})
 		}
 	}
 	if len(ts) == 0 {
