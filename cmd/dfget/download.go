@@ -31,6 +31,19 @@ type downloader struct {
 	stderr   io.Writer
 	tty      bool
 	barShown bool
+	// onProgress, when set, also gets every progress update (the
+	// recursive mode's bar for the whole set).
+	onProgress func(done, total int64)
+}
+
+// update feeds bar and onProgress.
+func (d *downloader) update(b *bar) func(done, total int64) {
+	return func(done, total int64) {
+		b.Update(done, total)
+		if d.onProgress != nil {
+			d.onProgress(done, total)
+		}
+	}
 }
 
 // result says how a download went, for the summary line.
@@ -140,7 +153,7 @@ func (d *downloader) viaDaemon(ctx context.Context, c *client.Client) (*result, 
 				werr = fmt.Errorf("write standard output: %w", err)
 			}
 		}
-		bar.Update(p.GetCompletedLength(), p.GetContentLength())
+		d.update(bar)(p.GetCompletedLength(), p.GetContentLength())
 	})
 	if err == nil && werr != nil {
 		err = werr
@@ -188,7 +201,7 @@ func (d *downloader) direct(ctx context.Context) (*result, error) {
 		}
 		return &result{bytes: n, elapsed: time.Since(start), direct: true}, nil
 	}
-	n, err := source.Download(ctx, src, source.Request{URL: o.url, Header: o.header, Length: -1}, o.output, o.digest, 0o644, bar.Update)
+	n, err := source.Download(ctx, src, source.Request{URL: o.url, Header: o.header, Length: -1}, o.output, o.digest, 0o644, d.update(bar))
 	bar.Finish(err == nil)
 	if err != nil {
 		return nil, err

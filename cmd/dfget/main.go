@@ -91,6 +91,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "dfget: no AWS credentials found: reading the bucket anonymously")
 		}
 	}
+	if o.recursive {
+		return runRecursive(ctx, o, stderr)
+	}
 	d := &downloader{opts: o, stdout: stdout, stderr: stderr, tty: isTerminal(stderr)}
 	res, err := d.download(ctx)
 	if err != nil {

@@ -88,6 +88,10 @@ type options struct {
 	disableBackSource bool
 	s3PathStyle       bool
 	priority          int32
+	recursive         bool
+	include           []string
+	exclude           []string
+	parallel          int
 	sock              string
 	direct            bool
 	noProgress        bool
@@ -169,6 +173,10 @@ func parseArgs(args []string) (*options, error) {
 	fs.BoolVar(&o.disableBackSource, "disable-back-source", false, "")
 	fs.BoolVar(&o.s3PathStyle, "s3-path-style", false, "")
 	fs.Var(priorityFlag{&o.priority}, "priority", "")
+	fs.BoolVar(&o.recursive, "recursive", false, "")
+	fs.Var(listFlag{&o.include}, "include", "")
+	fs.Var(listFlag{&o.exclude}, "exclude", "")
+	fs.IntVar(&o.parallel, "parallel", defaultParallel, "")
 	fs.StringVar(&o.sock, "sock", client.DefaultSock, "")
 	fs.StringVar(&o.sock, "daemon-sock", client.DefaultSock, "")
 	fs.BoolVar(&o.direct, "direct", false, "")
@@ -215,6 +223,9 @@ func validToken(s string) bool {
 func (o *options) validate() error {
 	if o.url == "" {
 		return errors.New("no URL given")
+	}
+	if o.recursive {
+		return o.validateRecursive()
 	}
 	if err := validateURL(o.url); err != nil {
 		return err
@@ -335,5 +346,15 @@ func (f priorityFlag) Set(v string) error {
 		return fmt.Errorf("priority %q: want LEVEL0..LEVEL6", v)
 	}
 	*f.p = int32(n)
+	return nil
+}
+
+// listFlag collects repeatable string values.
+type listFlag struct{ list *[]string }
+
+func (f listFlag) String() string { return "" }
+
+func (f listFlag) Set(v string) error {
+	*f.list = append(*f.list, v)
 	return nil
 }
