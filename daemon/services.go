@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -124,6 +125,14 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		public["If-Match"] = opts.Version
 	}
 	id := core.TaskID(req.GetUrl(), opts)
+	if m := blobPath.FindStringSubmatch(u.Path); m != nil && (u.Scheme == "http" || u.Scheme == "https") && strings.EqualFold(m[2], req.GetDigest()) {
+		// A registry blob named by the digest the caller expects (dfget
+		// oci://): a content task, shared with the registry mirror and
+		// preheats whatever the repository or registry; like the mirror's,
+		// only credentials go with it, kept on this node.
+		id, _ = core.ContentTaskID(strings.ToLower(m[2]))
+		public = nil
+	}
 	spec := &schedulerv1.TaskSpec{
 		TaskId: id, Url: req.GetUrl(), Headers: public, Tag: req.GetTag(),
 		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),

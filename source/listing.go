@@ -33,6 +33,9 @@ type Entry struct {
 	Path string
 	// Size is the length when the listing says (S3), else -1.
 	Size int64
+	// Digest is the content's digest when the listing names one (an OCI
+	// artifact's layers), else "".
+	Digest string
 }
 
 // ListDir crawls an HTTP directory listing (nginx autoindex, Apache's

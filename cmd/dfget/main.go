@@ -91,6 +91,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "dfget: no AWS credentials found: reading the bucket anonymously")
 		}
 	}
+	if isOCI(o.url) {
+		return runOCI(ctx, o, stderr)
+	}
 	if o.recursive {
 		return runRecursive(ctx, o, stderr)
 	}

@@ -92,6 +92,7 @@ type options struct {
 	include           []string
 	exclude           []string
 	parallel          int
+	platform          string
 	sock              string
 	direct            bool
 	noProgress        bool
@@ -177,6 +178,7 @@ func parseArgs(args []string) (*options, error) {
 	fs.Var(listFlag{&o.include}, "include", "")
 	fs.Var(listFlag{&o.exclude}, "exclude", "")
 	fs.IntVar(&o.parallel, "parallel", defaultParallel, "")
+	fs.StringVar(&o.platform, "platform", "", "")
 	fs.StringVar(&o.sock, "sock", client.DefaultSock, "")
 	fs.StringVar(&o.sock, "daemon-sock", client.DefaultSock, "")
 	fs.BoolVar(&o.direct, "direct", false, "")
@@ -223,6 +225,9 @@ func validToken(s string) bool {
 func (o *options) validate() error {
 	if o.url == "" {
 		return errors.New("no URL given")
+	}
+	if isOCI(o.url) {
+		return o.validateOCI()
 	}
 	if o.recursive {
 		return o.validateRecursive()

@@ -163,6 +163,12 @@ func runRecursive(ctx context.Context, o *options, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dfget: list %s: %v\n", redactURL(o.url), err)
 		return exitCode(ctx, err, o.disableBackSource)
 	}
+	return o.runSet(ctx, entries, start, stderr)
+}
+
+// runSet downloads entries into o.output (the recursive mode's and an OCI
+// artifact's files), o.parallel at a time, and prints a summary.
+func (o *options) runSet(ctx context.Context, entries []source.Entry, start time.Time, stderr io.Writer) int {
 	var picked []source.Entry
 	skipped := 0
 	for _, e := range entries {
@@ -255,7 +261,7 @@ func (o *options) fetchOne(ctx context.Context, e source.Entry, onProgress func(
 		return fileResult{entry: e, err: err, code: exitFailed}
 	}
 	sub := *o
-	sub.url, sub.output, sub.recursive = e.URL, out, false
+	sub.url, sub.output, sub.recursive, sub.digest = e.URL, out, false, e.Digest
 	sub.quiet, sub.noProgress = true, true
 	d := &downloader{opts: &sub, stdout: io.Discard, stderr: io.Discard, onProgress: onProgress}
 	res, err := d.download(ctx)
