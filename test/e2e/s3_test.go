@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/test/objstore"
 )
 
@@ -174,5 +177,69 @@ func TestS3TwoDaemonsOneObject(t *testing.T) {
 	sum2 := sha256.Sum256(content2)
 	if got := fileSHA(t, out2); got != hex.EncodeToString(sum2[:]) {
 		t.Errorf("after the change: got sha256 %s, want the new object's", got)
+	}
+}
+
+// uploadAddr reads the daemon's piece upload address from its log.
+func uploadAddr(t *testing.T, d *daemonProc) string {
+	t.Helper()
+	b, err := os.ReadFile(d.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, "daemon ready") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "upload_addr="); ok {
+				return v
+			}
+		}
+	}
+	t.Fatalf("%s: no upload_addr in its log", d.name)
+	return ""
+}
+
+// TestS3PrivateObjectNotServed: an object fetched with credentials is the
+// fetching node's private business. A node without credentials cannot get
+// it through its daemon (the HEAD that names the task is refused: exit 7),
+// and a rogue peer that knows the task ID (URL and ETag are no secret)
+// asking the holder's upload port for a piece gets nothing.
+func TestS3PrivateObjectNotServed(t *testing.T) {
+	// Private tasks (served to other peers only with a scheduler token) are
+	// the security work of the sec-sched branch; until it is merged the
+	// rogue peer's piece request below succeeds. The lead enables this test
+	// at merge by removing this skip.
+	t.Skip("needs private tasks from sec-sched")
+
+	s := startS3(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := s.CreateBucket(ctx, "secret"); err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("private payload "), 64<<10) // 1 MiB
+	etag, err := s.Put(ctx, "secret", "plans.bin", content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, 2)
+	url := "s3://secret/plans.bin"
+	if code, out := dfgetEnv(ctx, awsEnv(t, s, s.SecretKey), url, "-O", filepath.Join(t.TempDir(), "p"), "--sock", c.daemons[0].sock); code != 0 {
+		t.Fatalf("owner: exit %d: %s", code, out)
+	}
+	if code, out := dfgetEnv(ctx, awsEnv(t, s, ""), url, "-O", filepath.Join(t.TempDir(), "p"), "--sock", c.daemons[1].sock); code != 7 {
+		t.Fatalf("node without credentials: exit %d, want 7: %s", code, out)
+	}
+	id := core.TaskID(url, core.TaskOptions{Version: etag})
+	resp, err := http.Get("http://" + uploadAddr(t, c.daemons[0]) + "/pieces/" + id + "/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK || bytes.Contains(content, body[:min(len(body), 64)]) && len(body) > 0 {
+		t.Fatalf("a rogue peer got %d bytes of the private object from its holder (%s)", len(body), resp.Status)
 	}
 }
