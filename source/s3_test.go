@@ -3,6 +3,7 @@ package source
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -152,5 +153,41 @@ func TestS3FetchSignsAndAddresses(t *testing.T) {
 	resp.Body.Close()
 	if strings.Contains(strings.ToLower(got.URL.RawQuery), "x-amz-") {
 		t.Errorf("anonymous GET carries a signature: %q", got.URL.RawQuery)
+	}
+}
+
+// TestS3VirtualHostAddressing: without path style the bucket is the host's
+// first label (bucket.endpoint/key), as AWS wants. Every dial goes to the
+// local test server whatever the name.
+func TestS3VirtualHostAddressing(t *testing.T) {
+	var host, path string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, path = r.Host, r.URL.Path
+		_, _ = w.Write([]byte("abc"))
+	}))
+	defer srv.Close()
+	h, err := NewHTTP(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := h.client.Transport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, srv.Listener.Addr().String())
+	}
+	h.client.Transport = tr
+	reg := NewRegistry(h)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	hdr := http.Header{}
+	hdr.Set(HeaderS3Endpoint, "http://s3.test:"+port)
+	hdr.Set(HeaderS3AccessKeyID, "AKID")
+	hdr.Set(HeaderS3SecretAccessKey, "SECRET")
+	resp, err := reg.Fetch(context.Background(), Request{URL: "s3://bkt/dir/obj", Header: hdr, Length: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if host != "bkt.s3.test:"+port || path != "/dir/obj" {
+		t.Fatalf("virtual-host request went to %s%s", host, path)
 	}
 }

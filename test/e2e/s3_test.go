@@ -243,3 +243,41 @@ func TestS3PrivateObjectNotServed(t *testing.T) {
 		t.Fatalf("a rogue peer got %d bytes of the private object from its holder (%s)", len(body), resp.Status)
 	}
 }
+
+// TestS3Preheat: the manager preheats an s3:// file on the seed peer, which
+// reads it with its own bucket credentials and names the task after the
+// object's ETag; a later dfget with the caller's credentials finds it in
+// the swarm: the S3 server sends the object once in all.
+func TestS3Preheat(t *testing.T) {
+	s := startS3(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := s.CreateBucket(ctx, "pre"); err != nil {
+		t.Fatal(err)
+	}
+	content := make([]byte, 2<<20+5)
+	r := rand.NewChaCha8([32]byte{9})
+	_, _ = r.Read(content)
+	if _, err := s.Put(ctx, "pre", "warm.bin", content); err != nil {
+		t.Fatal(err)
+	}
+	c := startManaged(t, 1, nil, "--config", seedS3Config(t, s, "pre"))
+	j := c.mgr.waitJob(t, c.mgr.preheat(t, map[string]any{"type": "file", "url": "s3://pre/warm.bin", "scope": "single_seed_peer"}))
+	if j.State != "SUCCESS" {
+		t.Fatalf("s3 preheat: %s %q", j.State, j.Error)
+	}
+	if n := s.Served("pre", "warm.bin"); n != int64(len(content)) {
+		t.Fatalf("after the preheat the S3 server sent %d bytes, want %d", n, len(content))
+	}
+	out := filepath.Join(t.TempDir(), "warm.bin")
+	if code, msg := dfgetEnv(ctx, awsEnv(t, s, s.SecretKey), "s3://pre/warm.bin", "-O", out, "--sock", c.daemons[0].sock, "--disable-back-source"); code != 0 {
+		t.Fatalf("dfget after the preheat: exit %d: %s", code, msg)
+	}
+	sum := sha256.Sum256(content)
+	if got := fileSHA(t, out); got != hex.EncodeToString(sum[:]) {
+		t.Fatalf("copy sha256 %s", got)
+	}
+	if n := s.Served("pre", "warm.bin"); n != int64(len(content)) {
+		t.Errorf("the S3 server sent %d bytes in all, want one copy (%d): the dfget did not find the preheated task", n, len(content))
+	}
+}
