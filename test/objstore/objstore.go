@@ -75,7 +75,25 @@ func Binary(name string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("%s not found in PATH or GOPATH/bin: run scripts/install-deps.sh", name)
+	return "", fmt.Errorf("%s not found in PATH or GOPATH/bin: run scripts/install-deps.sh: %w", name, ErrMissing)
+}
+
+// ErrMissing: a program the harness needs is not installed.
+var ErrMissing = errors.New("not installed")
+
+// SkipIfMissing is what a test does with a StartS3 or StartNginx error:
+// outside CI a missing program skips the test (scripts/install-deps.sh
+// installs it); in CI (CI set) every error fails it.
+func SkipIfMissing(t interface {
+	Helper()
+	Skip(...any)
+	Fatal(...any)
+}, err error) {
+	t.Helper()
+	if errors.Is(err, ErrMissing) && os.Getenv("CI") == "" {
+		t.Skip(err)
+	}
+	t.Fatal(err)
 }
 
 func freePort() (int, error) {
@@ -234,4 +252,4 @@ func (s *S3) Stop() {
 }
 
 // ErrNoNginx: nginx is not installed.
-var ErrNoNginx = errors.New("nginx not installed: run scripts/install-deps.sh")
+var ErrNoNginx = fmt.Errorf("nginx: run scripts/install-deps.sh: %w", ErrMissing)
