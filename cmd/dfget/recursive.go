@@ -230,6 +230,9 @@ func (o *options) runSet(ctx context.Context, entries []source.Entry, start time
 		}
 		total += r.bytes
 	}
+	if len(failed) == 0 {
+		sb.bar.Update(total, total) // the last updates may have been throttled
+	}
 	sb.bar.Finish(len(failed) == 0)
 	if !o.quiet || len(failed) > 0 {
 		fmt.Fprintf(stderr, "dfget: downloaded %d of %d files (%s) from %s to %s in %s\n", len(picked)-len(failed), len(picked),
