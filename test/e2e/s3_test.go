@@ -152,6 +152,16 @@ func TestS3TwoDaemonsOneObject(t *testing.T) {
 		t.Errorf("S3 server sent %d bytes; want about one copy (%d)", served, size)
 	}
 
+	// Without a daemon dfget reads the object itself, with the same
+	// credentials and addressing.
+	direct := filepath.Join(t.TempDir(), "direct.bin")
+	if code, out := dfgetEnv(ctx, env, url, "-O", direct, "--direct"); code != 0 {
+		t.Fatalf("--direct: exit %d: %s", code, out)
+	}
+	if got := fileSHA(t, direct); got != want {
+		t.Errorf("--direct copy: sha256 %s, want %s", got, want)
+	}
+
 	// Wrong secret: the server verifies the signature and refuses; dfget
 	// says so and exits 7, without a direct retry.
 	code, out := dfgetEnv(ctx, awsEnv(t, s, "wrong-secret"), url, "-O", filepath.Join(t.TempDir(), "x"), "--sock", c.daemons[0].sock)
