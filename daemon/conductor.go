@@ -996,7 +996,7 @@ func (c *conductor) headers() http.Header {
 
 func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) error {
 	url := c.req.spec.GetUrl()
-	resp, err := c.d.src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length})
+	resp, err := c.d.src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length, Trusted: c.req.seed || c.req.preheat})
 	if err != nil {
 		return fmt.Errorf("fetch %s from origin: %w", url, err)
 	}

@@ -345,6 +345,9 @@ type taskRequest struct {
 	streaming         bool
 	// priority is the request's Dragonfly level, passed to the scheduler.
 	priority schedulerv1.Priority
+	// preheat: the manager asked for the task (with seed, what makes the
+	// daemon's fetches trusted: source.Request.Trusted).
+	preheat bool
 }
 
 // startConductor returns the conductor of the task, starting one if none

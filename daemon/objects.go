@@ -46,7 +46,9 @@ func checkOriginURL(raw string) (*url.URL, error) {
 // object then makes a new task, and fetches of the task send it as If-Match.
 // It returns "" for URLs whose origin names no versions. A HEAD refused for
 // the caller's credentials fails here, before any task exists.
-func (d *Daemon) objectVersion(ctx context.Context, u *url.URL, public map[string]string, private http.Header) (string, error) {
+// trusted is set for the daemon's own fetches (preheat), never for a local
+// client's request (see source.Request.Trusted).
+func (d *Daemon) objectVersion(ctx context.Context, u *url.URL, public map[string]string, private http.Header, trusted bool) (string, error) {
 	if !strings.EqualFold(u.Scheme, "s3") {
 		return "", nil
 	}
@@ -69,7 +71,7 @@ func (d *Daemon) objectVersion(ctx context.Context, u *url.URL, public map[strin
 	for k, vs := range private {
 		h[k] = vs
 	}
-	info, err := st.Stat(ctx, source.Request{URL: u.String(), Header: h})
+	info, err := st.Stat(ctx, source.Request{URL: u.String(), Header: h, Trusted: trusted})
 	if err != nil {
 		return "", fmt.Errorf("look up %s: %w", u.Redacted(), err)
 	}

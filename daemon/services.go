@@ -115,7 +115,7 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 	}
 	opts := core.TaskOptions{Tag: req.GetTag(), Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery()}
 	public, private := splitCredentials(req.GetHeaders())
-	if opts.Version, err = s.d.objectVersion(stream.Context(), u, public, private); err != nil {
+	if opts.Version, err = s.d.objectVersion(stream.Context(), u, public, private, false); err != nil {
 		return toStatus(err)
 	}
 	if opts.Version != "" {
@@ -412,7 +412,7 @@ func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (
 			// The manager cannot see the object: name the task after the
 			// version this seed's bucket configuration finds, as a dfget
 			// with the same object would.
-			if opts.Version, err = s.d.objectVersion(ctx, u, spec.GetHeaders(), nil); err != nil {
+			if opts.Version, err = s.d.objectVersion(ctx, u, spec.GetHeaders(), nil, true); err != nil {
 				return nil, toStatus(fmt.Errorf("preheat: %w", err))
 			}
 			spec = proto.Clone(spec).(*schedulerv1.TaskSpec)
@@ -439,7 +439,7 @@ func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (
 	if t, ok := s.d.store.Get(spec.GetTaskId()); ok && t.Complete() {
 		cached = true
 	}
-	c, err := s.d.startConductor(taskRequest{spec: spec, seed: s.d.cfg.Seed})
+	c, err := s.d.startConductor(taskRequest{spec: spec, seed: s.d.cfg.Seed, preheat: true})
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -160,10 +160,11 @@ type s3Params struct {
 }
 
 // params resolves a request's endpoint and credentials: the request's own
-// credentials if it carries any; otherwise the bucket's configured ones, but
-// only towards the bucket's configured endpoint (a request cannot send the
+// credentials if it carries any; otherwise, for a trusted request (the
+// daemon's own fetch for the swarm), the bucket's configured ones, but only
+// towards the bucket's configured endpoint (a request cannot send the
 // configured secret elsewhere); otherwise anonymous.
-func (s *S3) params(bucket string, h http.Header) (s3Params, error) {
+func (s *S3) params(bucket string, h http.Header, trusted bool) (s3Params, error) {
 	p := s3Params{
 		endpoint:  h.Get(HeaderS3Endpoint),
 		region:    h.Get(HeaderS3Region),
@@ -179,7 +180,7 @@ func (s *S3) params(bucket string, h http.Header) (s3Params, error) {
 			return p, fmt.Errorf("s3 credentials: access key id without secret key: %w", core.ErrInvalid)
 		}
 		p.creds = credentials.NewStaticCredentialsProvider(ak, sk, h.Get(HeaderS3SessionToken))
-	} else if b, ok := s.cfg.Buckets[bucket]; ok && (p.endpoint == "" || sameEndpoint(p.endpoint, b.Endpoint)) {
+	} else if b, ok := s.cfg.Buckets[bucket]; ok && trusted && (p.endpoint == "" || sameEndpoint(p.endpoint, b.Endpoint)) {
 		p.endpoint = b.Endpoint
 		if p.region == "" {
 			p.region = b.Region
@@ -234,7 +235,7 @@ func (s *S3) Fetch(ctx context.Context, req Request) (*Response, error) {
 	if obj.Key == "" || strings.HasSuffix(obj.Key, "/") {
 		return nil, fmt.Errorf("fetch %s: names a prefix, not an object (use --recursive): %w", req.URL, core.ErrInvalid)
 	}
-	p, err := s.params(obj.Bucket, req.Header)
+	p, err := s.params(obj.Bucket, req.Header, req.Trusted)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", req.URL, err)
 	}
@@ -298,7 +299,7 @@ func (s *S3) Stat(ctx context.Context, req Request) (ObjectInfo, error) {
 	if obj.Key == "" {
 		return ObjectInfo{}, fmt.Errorf("stat %s: no object key: %w", req.URL, core.ErrInvalid)
 	}
-	p, err := s.params(obj.Bucket, req.Header)
+	p, err := s.params(obj.Bucket, req.Header, req.Trusted)
 	if err != nil {
 		return ObjectInfo{}, fmt.Errorf("stat %s: %w", req.URL, err)
 	}
@@ -320,7 +321,7 @@ func (s *S3) List(ctx context.Context, req Request, limit int) ([]ObjectInfo, er
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.params(obj.Bucket, req.Header)
+	p, err := s.params(obj.Bucket, req.Header, req.Trusted)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", req.URL, err)
 	}

@@ -53,36 +53,40 @@ func TestS3Params(t *testing.T) {
 	h := http.Header{}
 	h.Set(HeaderS3AccessKeyID, "AKREQ")
 	h.Set(HeaderS3SecretAccessKey, "req-secret")
-	p, err := s.params("conf", h)
+	p, err := s.params("conf", h, true)
 	if ak, sk := keys(p); err != nil || ak != "AKREQ" || sk != "req-secret" {
 		t.Errorf("request keys: %s %s %v", ak, sk, err)
 	}
 
-	p, err = s.params("conf", http.Header{})
+	p, err = s.params("conf", http.Header{}, false)
+	if _, anon := p.creds.(aws.AnonymousCredentials); err != nil || !anon {
+		t.Errorf("a client's request must not borrow the configured keys: %+v %v", p, err)
+	}
+	p, err = s.params("conf", http.Header{}, true)
 	if ak, sk := keys(p); err != nil || ak != "AKCONF" || sk != "configured-secret" || p.endpoint != "http://store.internal:9000" || p.region != "eu-1" || !p.pathStyle {
 		t.Errorf("configured bucket: %+v %s %s %v", p, ak, sk, err)
 	}
 
 	h = http.Header{}
 	h.Set(HeaderS3Endpoint, "http://attacker.example:9000")
-	p, err = s.params("conf", h)
+	p, err = s.params("conf", h, true)
 	if _, anon := p.creds.(aws.AnonymousCredentials); err != nil || !anon || p.endpoint != "http://attacker.example:9000" {
 		t.Errorf("configured keys must not go to another endpoint: %+v %v", p, err)
 	}
 
-	p, err = s.params("other", http.Header{})
+	p, err = s.params("other", http.Header{}, true)
 	if _, anon := p.creds.(aws.AnonymousCredentials); err != nil || !anon || p.region != defaultS3Region {
 		t.Errorf("unconfigured bucket: %+v %v", p, err)
 	}
 
 	h = http.Header{}
 	h.Set(HeaderS3AccessKeyID, "AKREQ")
-	if _, err := s.params("x", h); !errors.Is(err, core.ErrInvalid) {
+	if _, err := s.params("x", h, true); !errors.Is(err, core.ErrInvalid) {
 		t.Errorf("key id without secret: %v", err)
 	}
 	h = http.Header{}
 	h.Set(HeaderS3Endpoint, "ftp://x")
-	if _, err := s.params("x", h); !errors.Is(err, core.ErrInvalid) {
+	if _, err := s.params("x", h, true); !errors.Is(err, core.ErrInvalid) {
 		t.Errorf("bad endpoint: %v", err)
 	}
 }

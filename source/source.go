@@ -33,6 +33,11 @@ type Request struct {
 	// Length is how many bytes are wanted; -1 reads to the end. A range that
 	// runs past the end of the content is clipped to the end.
 	Length int64
+	// Trusted marks the daemon's own fetches for the swarm (a seed peer's
+	// task, a preheat): only they may use credentials from the source's
+	// configuration (S3 buckets) when the request carries none. A local
+	// client's request never borrows them.
+	Trusted bool
 }
 
 // Response is what an origin returned for a Request.

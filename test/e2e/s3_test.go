@@ -174,6 +174,15 @@ func TestS3TwoDaemonsOneObject(t *testing.T) {
 		t.Errorf("anonymous: exit %d, %s; want exit 7 after a note on anonymous reading", code, out)
 	}
 
+	// A local client of the seed peer without credentials cannot borrow
+	// the seed's configured bucket credentials (they serve the swarm's
+	// fetches, not whoever can reach the daemon's socket), even though the
+	// seed holds the object.
+	code, out = dfgetEnv(ctx, awsEnv(t, s, ""), url, "-O", filepath.Join(t.TempDir(), "x"), "--sock", c.seed.sock)
+	if code != 7 {
+		t.Errorf("no credentials on the seed's socket: exit %d, %s; want 7", code, out)
+	}
+
 	// A changed object is a new task: the daemon's cached copy of the old
 	// one is not what it returns.
 	content2 := append([]byte("changed "), content[:1<<20]...)
