@@ -530,6 +530,7 @@ func TestDaemonFailures(t *testing.T) {
 		{"origin not found", codes.NotFound, true, nil, exitNotFound, false, "404 from origin"},
 		{"digest mismatch", codes.DataLoss, true, nil, exitDigest, false, "digest"},
 		{"origin error", codes.FailedPrecondition, true, nil, exitFailed, false, "origin"},
+		{"credentials refused", codes.Unauthenticated, false, nil, exitDenied, false, "refused"},
 		{"internal after start", codes.Internal, true, nil, 0, true, "daemon download failed"},
 		{"unavailable before start", codes.Unavailable, false, nil, 0, true, "daemon not reachable"},
 		{"unavailable, no back-source", codes.Unavailable, true, []string{"--disable-back-source"}, exitNoDaemon, false, "unavailable"},
@@ -549,6 +550,8 @@ func TestDaemonFailures(t *testing.T) {
 					msg = "digest mismatch"
 				case codes.FailedPrecondition:
 					msg = "origin answered 403"
+				case codes.Unauthenticated:
+					msg = "HEAD s3://b/k: origin answered 403 Forbidden: the origin refused the credentials"
 				case codes.Unavailable:
 					msg = "scheduler unavailable"
 				}
