@@ -90,6 +90,9 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Daemon, error
 	srcCfg.Retries = cfg.OriginRetries
 	srcCfg.Hosts = map[string]source.HostConfig{}
 	srcCfg.S3 = cfg.Source.S3
+	if err := srcCfg.S3.CheckSecrets(); err != nil {
+		return nil, fmt.Errorf("daemon config: %w", err)
+	}
 	for _, r := range cfg.Proxy.Registries {
 		srcCfg.Hosts[r.Host] = source.HostConfig{Insecure: r.Insecure, CAFile: r.CAFile, Username: r.Username, Password: r.Password}
 	}

@@ -114,6 +114,25 @@ type S3 struct {
 
 var _ Source = (*S3)(nil)
 
+// CheckSecrets reads every configured bucket's secret key file, so a
+// missing or unreadable one is reported when a component starts rather than
+// at its first fetch.
+func (c S3Config) CheckSecrets() error {
+	for name, b := range c.Buckets {
+		if b.SecretAccessKeyFile == "" {
+			continue
+		}
+		sk, err := os.ReadFile(b.SecretAccessKeyFile)
+		if err != nil {
+			return fmt.Errorf("source config: s3 bucket %s: read secret_access_key_file: %w", name, err)
+		}
+		if strings.TrimSpace(string(sk)) == "" {
+			return fmt.Errorf("source config: s3 bucket %s: secret_access_key_file %s is empty: %w", name, b.SecretAccessKeyFile, core.ErrInvalid)
+		}
+	}
+	return nil
+}
+
 // NewS3 returns an S3 source that sends its requests through h.
 func NewS3(h *HTTP, cfg S3Config) (*S3, error) {
 	if err := cfg.Validate(); err != nil {

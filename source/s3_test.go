@@ -195,3 +195,18 @@ func TestS3VirtualHostAddressing(t *testing.T) {
 		t.Fatalf("virtual-host request went to %s%s", host, path)
 	}
 }
+
+func TestS3CheckSecrets(t *testing.T) {
+	dir := t.TempDir()
+	good, empty := filepath.Join(dir, "good"), filepath.Join(dir, "empty")
+	_ = os.WriteFile(good, []byte("s3cr3t\n"), 0o600)
+	_ = os.WriteFile(empty, []byte("\n"), 0o600)
+	if err := (S3Config{Buckets: map[string]S3Bucket{"b": {AccessKeyID: "a", SecretAccessKeyFile: good}}}).CheckSecrets(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{empty, filepath.Join(dir, "missing")} {
+		if err := (S3Config{Buckets: map[string]S3Bucket{"b": {AccessKeyID: "a", SecretAccessKeyFile: f}}}).CheckSecrets(); err == nil || !strings.Contains(err.Error(), "bucket b") {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
