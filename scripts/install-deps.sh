@@ -33,8 +33,8 @@ fi
 # versitygw: the real S3 server the S3 and recursive-download tests start
 # (a Go program: go install into $(go env GOPATH)/bin, where the tests look).
 VERSITYGW_VERSION=v1.8.0
-gobin="$(go env GOPATH)/bin"
+gobin="$(go env GOPATH | cut -d: -f1)/bin"
 if ! command -v versitygw >/dev/null && [ ! -x "$gobin/versitygw" ]; then
-	GOFLAGS= go install "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW_VERSION}"
+	GOBIN="$gobin" GOFLAGS= go install "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW_VERSION}"
 	echo "install-deps: installed versitygw ${VERSITYGW_VERSION} into $gobin"
 fi
