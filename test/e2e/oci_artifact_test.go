@@ -24,7 +24,9 @@ func pushBlob(t *testing.T, reg *registry, repo, mediaType string, b []byte, ann
 	t.Helper()
 	sum := sha256.Sum256(b)
 	digest := "sha256:" + hex.EncodeToString(sum[:])
-	resp, err := http.Post("http://"+reg.direct+"/v2/"+repo+"/blobs/uploads/", "application/octet-stream", nil)
+	start, _ := http.NewRequest(http.MethodPost, "http://"+reg.direct+"/v2/"+repo+"/blobs/uploads/", nil)
+	reg.auth(start)
+	resp, err := http.DefaultClient.Do(start)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +44,7 @@ func pushBlob(t *testing.T, reg *registry, repo, mediaType string, b []byte, ann
 	loc.RawQuery = q.Encode()
 	req, _ := http.NewRequest(http.MethodPut, loc.String(), bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/octet-stream")
+	reg.auth(req)
 	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -65,6 +68,7 @@ func pushManifest(t *testing.T, reg *registry, repo, ref, mediaType string, m ma
 	b, _ := json.Marshal(m)
 	req, _ := http.NewRequest(http.MethodPut, "http://"+reg.direct+"/v2/"+repo+"/manifests/"+ref, bytes.NewReader(b))
 	req.Header.Set("Content-Type", mediaType)
+	reg.auth(req)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -204,6 +208,7 @@ func manifestSize(t *testing.T, reg *registry, repo, digest string) int {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, "http://"+reg.direct+"/v2/"+repo+"/manifests/"+digest, nil)
 	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+	reg.auth(req)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -212,4 +217,36 @@ func manifestSize(t *testing.T, reg *registry, repo, digest string) int {
 	var buf bytes.Buffer
 	_, _ = buf.ReadFrom(resp.Body)
 	return buf.Len()
+}
+
+// auth adds the registry's basic credentials, if it has any.
+func (r *registry) auth(req *http.Request) {
+	if u, p, ok := strings.Cut(r.creds, ":"); ok {
+		req.SetBasicAuth(u, p)
+	}
+}
+
+// TestOCIArtifactWithCredentials: an artifact in a registry behind basic
+// auth is fetched with DAMSELFLY_REGISTRY_USERNAME/PASSWORD; without them
+// dfget exits 7 naming the refusal.
+func TestOCIArtifactWithCredentials(t *testing.T) {
+	reg := startRegistry(t, "puller", "pull-secret")
+	files := map[string][]byte{"weights.bin": randomBytes(300<<10, 7)}
+	orasArtifact(t, reg, "private/model", "v1", files)
+	c := startCluster(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ref := "oci://" + reg.addr + "/private/model:v1"
+	out := filepath.Join(t.TempDir(), "w.bin")
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "DAMSELFLY_REGISTRY_USERNAME=puller", "DAMSELFLY_REGISTRY_PASSWORD=pull-secret"}
+	if code, msg := dfgetEnv(ctx, env, ref, "-O", out, "--sock", c.daemons[0].sock); code != 0 {
+		t.Fatalf("with credentials: exit %d: %s", code, msg)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, files["weights.bin"]) {
+		t.Fatalf("with credentials: got %d bytes", len(got))
+	}
+	code, msg := dfgetEnv(ctx, env[:2], ref, "-O", filepath.Join(t.TempDir(), "x"), "--sock", c.daemons[0].sock)
+	if code != 7 || !strings.Contains(msg, "requires credentials") {
+		t.Fatalf("without credentials: exit %d: %s", code, msg)
+	}
 }
