@@ -320,7 +320,7 @@ func (e *Error) GRPCStatus() *status.Status { return status.New(e.Code, e.Messag
 // Kind maps a gRPC code to a core error kind (nil when none fits):
 // NotFound→ErrNotFound, InvalidArgument→ErrInvalid, DataLoss→ErrDigestMismatch,
 // Unavailable→ErrUnavailable, FailedPrecondition and Aborted→ErrOrigin,
-// ResourceExhausted→ErrNoSpace, DeadlineExceeded and Canceled→the context
+// ResourceExhausted→ErrNoSpace, Unauthenticated→ErrDenied, DeadlineExceeded and Canceled→the context
 // errors.
 func Kind(c codes.Code) error {
 	switch c {
@@ -336,6 +336,8 @@ func Kind(c codes.Code) error {
 		return core.ErrOrigin
 	case codes.ResourceExhausted:
 		return core.ErrNoSpace
+	case codes.Unauthenticated:
+		return core.ErrDenied
 	case codes.DeadlineExceeded:
 		return context.DeadlineExceeded
 	case codes.Canceled:

@@ -25,6 +25,9 @@ var (
 	ErrDigestMismatch = errors.New("digest mismatch")
 	ErrUnavailable    = errors.New("unavailable")
 	ErrOrigin         = errors.New("origin error")
+	// ErrDenied: the origin refused the request's credentials (HTTP 401
+	// or 403, S3 AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch).
+	ErrDenied = errors.New("access denied by the origin")
 )
 
 // TaskOptions are the parts of a request that, with the URL, name a task.
@@ -34,6 +37,10 @@ type TaskOptions struct {
 	// FilteredQuery lists query parameters left out of the task ID (e.g.
 	// signatures that change on every request for the same object).
 	FilteredQuery []string
+	// Version is the origin's name for this version of the content (an S3
+	// object's ETag), when the origin gives one: a changed object is a new
+	// task. Empty leaves the ID as the URL, tag and application make it.
+	Version string
 }
 
 // TaskID derives the task ID of a URL: a hex sha256 over the URL with the
@@ -46,6 +53,10 @@ func TaskID(rawURL string, o TaskOptions) string {
 	h.Write([]byte(o.Tag))
 	h.Write([]byte{0})
 	h.Write([]byte(o.Application))
+	if o.Version != "" {
+		h.Write([]byte("\x00version\x00"))
+		h.Write([]byte(o.Version))
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 

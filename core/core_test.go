@@ -111,3 +111,16 @@ func TestCacheTaskID(t *testing.T) {
 		}
 	}
 }
+
+func TestTaskIDVersion(t *testing.T) {
+	plain := TaskID("s3://b/k", TaskOptions{})
+	v1 := TaskID("s3://b/k", TaskOptions{Version: `"e1"`})
+	v2 := TaskID("s3://b/k", TaskOptions{Version: `"e2"`})
+	if plain == v1 || v1 == v2 || v1 != TaskID("s3://b/k", TaskOptions{Version: `"e1"`}) {
+		t.Fatalf("versions must name distinct, stable tasks: %s %s %s", plain, v1, v2)
+	}
+	// IDs without a version are unchanged (caches and preheats keep them).
+	if plain != TaskID("s3://b/k", TaskOptions{Version: ""}) {
+		t.Fatal("empty version changed the ID")
+	}
+}

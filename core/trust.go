@@ -19,10 +19,26 @@ import (
 // host make it read one.
 func SwarmScheme(scheme string) bool {
 	switch strings.ToLower(scheme) {
-	case "http", "https":
+	case "http", "https", "s3":
 		return true
 	}
 	return false
+}
+
+// SpecVersion is the object version a task spec names: for an s3:// URL its
+// If-Match header (the object's ETag, part of the task ID through
+// TaskOptions.Version), for any other URL none.
+func SpecVersion(rawURL string, headers map[string]string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || !strings.EqualFold(u.Scheme, "s3") {
+		return ""
+	}
+	for k, v := range headers {
+		if strings.EqualFold(k, "If-Match") {
+			return v
+		}
+	}
+	return ""
 }
 
 // CheckSwarmURL checks that rawURL is an absolute URL of a swarm scheme (or
@@ -36,7 +52,7 @@ func CheckSwarmURL(rawURL string) error {
 		return fmt.Errorf("task url: %w: %w", err, ErrInvalid)
 	}
 	if !SwarmScheme(u.Scheme) || u.Host == "" {
-		return fmt.Errorf("task url scheme %q is not one the swarm fetches (http, https): %w", u.Scheme, ErrInvalid)
+		return fmt.Errorf("task url scheme %q is not one the swarm fetches (http, https, s3): %w", u.Scheme, ErrInvalid)
 	}
 	return nil
 }

@@ -241,6 +241,7 @@ func (c *conductor) announce(ctx context.Context) error {
 		SeedRequest:       c.req.seed && !c.cache,
 		Imported:          c.cache && c.task.Complete(),
 		OriginVerified:    c.req.verified,
+		Priority:          c.req.priority,
 	}
 	cands := c.d.schedulersFor(c.id)
 	if len(cands) == 0 {
@@ -485,6 +486,10 @@ func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMes
 		c.log.Warn("scheduler gave up on the task", "reason", x.Fail.GetReason())
 		if c.cache {
 			return fmt.Errorf("dfcache task %s: %s: %w", c.id, x.Fail.GetReason(), core.ErrNotFound)
+		}
+		if p := c.req.priority; p == schedulerv1.Priority_LEVEL1 || p == schedulerv1.Priority_LEVEL2 {
+			// The level forbids this download or its trip to the origin.
+			return fmt.Errorf("task %s: %s: %w", c.id, x.Fail.GetReason(), core.ErrUnavailable)
 		}
 		return c.fallback(ctx, "scheduler_failed")
 	}
@@ -1033,6 +1038,11 @@ func (c *conductor) fetchOrigin(ctx context.Context) error {
 
 func (c *conductor) headers() http.Header {
 	h := specHeaders(c.req.spec.GetHeaders())
+	if v := core.SpecVersion(c.req.spec.GetUrl(), c.req.spec.GetHeaders()); v != "" {
+		// An object's version is part of its task ID (checked against the
+		// spec), so this If-Match names the bytes the ID stands for.
+		h.Set("If-Match", v)
+	}
 	for k, vs := range c.req.originHeaders {
 		h[k] = vs
 	}
@@ -1067,7 +1077,7 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 		src = &source.Opened{F: c.req.localFile}
 	}
 	fetchStart := time.Now()
-	resp, err := src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length})
+	resp, err := src.Fetch(ctx, source.Request{URL: url, Header: c.headers(), Offset: off, Length: length, Trusted: c.req.seed || c.req.preheat})
 	if err != nil {
 		return fmt.Errorf("fetch %s from origin: %w", url, err)
 	}

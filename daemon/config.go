@@ -13,6 +13,7 @@ import (
 	"github.com/damselfly-io/damselfly/internal/config"
 	"github.com/damselfly-io/damselfly/internal/obs"
 	"github.com/damselfly-io/damselfly/internal/pki"
+	"github.com/damselfly-io/damselfly/source"
 )
 
 // Config is the daemon's configuration. Zero values are not defaults: start
@@ -66,7 +67,9 @@ type Config struct {
 	Download DownloadConfig `yaml:"download"`
 	Upload   UploadConfig   `yaml:"upload"`
 	Proxy    ProxyConfig    `yaml:"proxy"`
-	Cache    CacheConfig    `yaml:"cache"`
+	// Source configures origins other than plain http(s): S3 buckets.
+	Source SourceConfig `yaml:"source"`
+	Cache  CacheConfig  `yaml:"cache"`
 	// Obs sets the HTTP servers' timeouts (upload, proxy, metrics) and the
 	// profiler.
 	Obs obs.Config `yaml:"obs"`
@@ -286,6 +289,9 @@ func (c Config) Validate() error {
 	if c.ProxyPort < -1 || c.ProxyPort > 65535 {
 		errs = append(errs, fmt.Errorf("proxy_port %d out of range (-1 disables)", c.ProxyPort))
 	}
+	if err := c.Source.S3.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := c.TLS.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -408,4 +414,12 @@ func (c CacheConfig) validate() []error {
 		errs = append(errs, errors.New("cache.low_watermark_percent is set without high_watermark_percent"))
 	}
 	return errs
+}
+
+// SourceConfig configures the daemon's origin clients beyond http(s).
+type SourceConfig struct {
+	// S3 holds path-style addressing and per-bucket endpoints and
+	// credentials for s3:// URLs (what a seed peer or a preheat uses when no
+	// client credentials come with the task).
+	S3 source.S3Config `yaml:"s3"`
 }

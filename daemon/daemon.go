@@ -135,6 +135,10 @@ func NewWithMetrics(cfg Config, log *slog.Logger, reg prometheus.Registerer, gat
 	srcCfg.Timeout = cfg.OriginTimeout.D()
 	srcCfg.Retries = cfg.OriginRetries
 	srcCfg.Hosts = map[string]source.HostConfig{}
+	srcCfg.S3 = cfg.Source.S3
+	if err := srcCfg.S3.CheckSecrets(); err != nil {
+		return nil, fmt.Errorf("daemon config: %w", err)
+	}
 	for _, r := range cfg.Proxy.Registries {
 		srcCfg.Hosts[r.Host] = source.HostConfig{Insecure: r.Insecure, CAFile: r.CAFile, Username: r.Username, Password: r.Password}
 	}
@@ -484,6 +488,11 @@ type taskRequest struct {
 	// conductor that uses it closes it; one that joins a running task
 	// closes it at once.
 	localFile *os.File
+	// priority is the request's Dragonfly level, passed to the scheduler.
+	priority schedulerv1.Priority
+	// preheat: the manager asked for the task (with seed, what makes the
+	// daemon's fetches trusted: source.Request.Trusted).
+	preheat bool
 }
 
 // startConductor returns the conductor of the task, starting one if none
@@ -551,7 +560,8 @@ func checkSwarmSpec(s *schedulerv1.TaskSpec) error {
 		return err
 	}
 	return core.CheckTaskID(s.GetTaskId(), s.GetUrl(), s.GetDigest(), core.TaskOptions{
-		Tag: s.GetTag(), Application: s.GetApplication(), FilteredQuery: s.GetFilteredQuery()})
+		Tag: s.GetTag(), Application: s.GetApplication(), FilteredQuery: s.GetFilteredQuery(),
+		Version: core.SpecVersion(s.GetUrl(), s.GetHeaders())})
 }
 
 // noLocalFiles refuses file:// URLs that come without the caller's

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/damselfly-io/damselfly/api/daemonv1"
 	"github.com/damselfly-io/damselfly/api/peerv1"
@@ -99,9 +101,9 @@ type apiService struct {
 }
 
 func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerStreamingServer[daemonv1.DownloadProgress]) error {
-	u, err := url.Parse(req.GetUrl())
-	if err != nil || u.Host == "" && u.Scheme != "file" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") {
-		return status.Errorf(codes.InvalidArgument, "url %q: want an absolute http, https or file URL", req.GetUrl())
+	u, err := checkOriginURL(req.GetUrl())
+	if err != nil {
+		return toStatus(err)
 	}
 	cred, _ := fdpass.CallerCred(stream.Context())
 	s.d.log.Debug("download requested", "url", redactURL(u), "caller_uid", cred.UID, "caller_pid", cred.PID)
@@ -109,6 +111,9 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 		if _, _, err := core.ParseDigest(d); err != nil {
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
+	}
+	if pr := req.GetPriority(); pr < 0 || pr > int32(schedulerv1.Priority_LEVEL6) {
+		return status.Errorf(codes.InvalidArgument, "priority %d: want 0..6 (LEVEL0..LEVEL6)", pr)
 	}
 	if req.GetOutput() != "" {
 		return errOutputPath
@@ -127,21 +132,43 @@ func (s *apiService) Download(req *daemonv1.DownloadRequest, stream grpc.ServerS
 			return err
 		}
 	}
-	id := core.TaskID(req.GetUrl(), core.TaskOptions{Tag: req.GetTag(), Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery()})
+	opts := core.TaskOptions{Tag: req.GetTag(), Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery()}
 	public, private := splitCredentials(req.GetHeaders())
+	if opts.Version, err = s.d.objectVersion(stream.Context(), u, public, private, false); err != nil {
+		return toStatus(err)
+	}
+	if opts.Version != "" {
+		if public == nil {
+			public = map[string]string{}
+		}
+		public["If-Match"] = opts.Version
+	}
+	id := core.TaskID(req.GetUrl(), opts)
+	if m := blobPath.FindStringSubmatch(u.Path); m != nil && (u.Scheme == "http" || u.Scheme == "https") && strings.EqualFold(m[2], req.GetDigest()) {
+		// A registry blob named by the digest the caller expects (dfget
+		// oci://): a content task, shared with the registry mirror and
+		// preheats whatever the repository or registry; like the mirror's,
+		// only credentials go with it, kept on this node.
+		id, _ = core.ContentTaskID(strings.ToLower(m[2]))
+		public = nil
+	}
 	spec := &schedulerv1.TaskSpec{
 		TaskId: id, Url: req.GetUrl(), Headers: public, Tag: req.GetTag(),
 		Application: req.GetApplication(), FilteredQuery: req.GetFilteredQuery(), Digest: req.GetDigest(),
 		// Fetched with credentials: private to the peers the origin grants it.
-		Private: len(private) > 0 && u.Scheme != "file",
+		Private: carriesCredentials(private) && u.Scheme != "file",
 	}
 	verified := false
-	if u.Scheme != "file" {
+	if u.Scheme == "s3" {
+		// objectVersion above asked S3 with the caller's own credentials:
+		// an answer is the origin granting them.
+		verified = carriesCredentials(private)
+	} else if u.Scheme != "file" {
 		h := http.Header{}
 		for k, v := range req.GetHeaders() {
 			h.Set(k, v)
 		}
-		if verified, err = s.d.localAccess(stream.Context(), id, req.GetUrl(), h, len(private) > 0); err != nil {
+		if verified, err = s.d.localAccess(stream.Context(), id, req.GetUrl(), h, carriesCredentials(private)); err != nil {
 			if local != nil {
 				local.Close()
 			}
@@ -214,6 +241,7 @@ func (s *apiService) download(req *daemonv1.DownloadRequest, spec *schedulerv1.T
 	ctx := stream.Context()
 	id := spec.GetTaskId()
 	tr.spec, tr.disableBackSource, tr.rateLimit, tr.streaming = spec, req.GetDisableBackSource(), req.GetRateLimit(), req.GetStream()
+	tr.priority = schedulerv1.Priority(req.GetPriority())
 	var exp *exporter
 	if out != nil {
 		var err error
@@ -451,6 +479,8 @@ func toStatus(err error) error {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, core.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, core.ErrDenied):
+		return status.Error(codes.Unauthenticated, err.Error())
 	case errors.Is(err, core.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, core.ErrDigestMismatch):
@@ -475,8 +505,26 @@ func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (
 	}
 	spec := req.GetTask()
 	u, err := url.Parse(spec.GetUrl())
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return nil, status.Errorf(codes.InvalidArgument, "preheat: url %q: want an absolute http or https URL", spec.GetUrl())
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "s3") {
+		return nil, status.Errorf(codes.InvalidArgument, "preheat: url %q: want an absolute http, https or s3 URL", spec.GetUrl())
+	}
+	opts := core.TaskOptions{Tag: spec.GetTag(), Application: spec.GetApplication(), FilteredQuery: spec.GetFilteredQuery()}
+	if u.Scheme == "s3" {
+		opts.Version = spec.GetHeaders()["If-Match"]
+		if opts.Version == "" && spec.GetTaskId() == core.TaskID(spec.GetUrl(), opts) {
+			// The manager cannot see the object: name the task after the
+			// version this seed's bucket configuration finds, as a dfget
+			// with the same object would.
+			if opts.Version, err = s.d.objectVersion(ctx, u, spec.GetHeaders(), nil, true); err != nil {
+				return nil, toStatus(fmt.Errorf("preheat: %w", err))
+			}
+			spec = proto.Clone(spec).(*schedulerv1.TaskSpec)
+			if spec.Headers == nil {
+				spec.Headers = map[string]string{}
+			}
+			spec.Headers["If-Match"] = opts.Version
+			spec.TaskId = core.TaskID(spec.GetUrl(), opts)
+		}
 	}
 	if d := spec.GetDigest(); d != "" {
 		if _, _, err := core.ParseDigest(d); err != nil {
@@ -490,7 +538,7 @@ func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (
 	if t, ok := s.d.store.Get(spec.GetTaskId()); ok && t.Complete() {
 		cached = true
 	}
-	c, err := s.d.startConductor(taskRequest{spec: spec, seed: s.d.cfg.Seed})
+	c, err := s.d.startConductor(taskRequest{spec: spec, seed: s.d.cfg.Seed, preheat: true})
 	if err != nil {
 		return nil, toStatus(err)
 	}

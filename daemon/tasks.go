@@ -12,12 +12,26 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/source"
 )
 
 // credentialHeaders never leave this daemon except towards the origin: they
 // are kept out of the task spec that the scheduler and other peers see, and
 // out of the cache.
-var credentialHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie"}
+var credentialHeaders = append([]string{"Authorization", "Proxy-Authorization", "Cookie"}, source.S3CredentialHeaders...)
+
+// carriesCredentials reports whether a request's private part (what
+// splitCredentials kept back) holds credentials: an Authorization or Cookie
+// header, or S3 keys. Content fetched with credentials is the caller's
+// private business, not the swarm's.
+func carriesCredentials(private http.Header) bool {
+	for _, k := range credentialHeaders {
+		if private.Get(k) != "" {
+			return true
+		}
+	}
+	return false
+}
 
 // splitCredentials separates a request's headers into those that may travel
 // with the task (to the scheduler, seed peers) and the credentials that only

@@ -59,6 +59,12 @@ type PreheatArgs struct {
 	Tag         string   `json:"tag,omitempty"`
 	Application string   `json:"application,omitempty"`
 	FilterQuery []string `json:"filtered_query,omitempty"`
+	// IPs, Count and Percentage narrow an all_seed_peers or all_peers scope
+	// as Dragonfly's open API does: the peers with these IPs; else the
+	// first Count (1..200); else Percentage (1..100) of them, at least one.
+	IPs        []string `json:"ips,omitempty"`
+	Count      int      `json:"count,omitempty"`
+	Percentage int      `json:"percentage,omitempty"`
 }
 
 // secret is what is kept apart from the visible args.
@@ -106,6 +112,7 @@ type PeerResult struct {
 	State         string `json:"state"`
 	ContentLength int64  `json:"content_length,omitempty"`
 	Cached        bool   `json:"cached,omitempty"`
+	ClusterID     int64  `json:"cluster_id,omitempty"`
 	Error         string `json:"error,omitempty"`
 	// get_task and delete_task: the peer as its scheduler knows it, and
 	// (delete_task) whether the daemon held the task when asked to evict it.
@@ -116,7 +123,6 @@ type PeerResult struct {
 	Done        bool   `json:"done,omitempty"`
 	Deleted     bool   `json:"deleted,omitempty"`
 	SchedulerID int64  `json:"scheduler_id,omitempty"`
-	ClusterID   int64  `json:"cluster_id,omitempty"`
 }
 
 const jobCols = "id, type, state, args, result, error, user_id, attempts, created_at, updated_at"
@@ -192,6 +198,19 @@ func (a *PreheatArgs) validate() error {
 			return badRequest("args.cluster_ids: %d is not a cluster id", id)
 		}
 	}
+	switch {
+	case a.Count < 0 || a.Count > 200:
+		return badRequest("args.count %d: want 1..200", a.Count)
+	case a.Percentage < 0 || a.Percentage > 100:
+		return badRequest("args.percentage %d: want 1..100", a.Percentage)
+	case (len(a.IPs) > 0 || a.Count > 0 || a.Percentage > 0) && a.Scope == ScopeSingleSeedPeer:
+		return badRequest("args.ips, count and percentage apply to the all_seed_peers and all_peers scopes")
+	}
+	for _, ip := range a.IPs {
+		if net.ParseIP(ip) == nil {
+			return badRequest("args.ips: %q is not an IP address", ip)
+		}
+	}
 	if len(a.Headers) > 0 && a.Username != "" {
 		return badRequest("args: give headers or username and password, not both")
 	}
@@ -211,8 +230,8 @@ func (a *PreheatArgs) validate() error {
 		}
 	case "file":
 		u, err := url.Parse(a.URL)
-		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			return badRequest("args.url %q: want an absolute http or https URL", a.URL)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "s3") {
+			return badRequest("args.url %q: want an absolute http, https or s3 URL", a.URL)
 		}
 	default:
 		return badRequest("args.type %q: want image or file", a.Type)
@@ -221,13 +240,21 @@ func (a *PreheatArgs) validate() error {
 }
 
 func (m *Manager) handleCreateJob(w http.ResponseWriter, r *http.Request) {
-	var in struct {
-		Type string          `json:"type"`
-		Args json.RawMessage `json:"args"`
-	}
-	if err := readJSON(r, &in); err != nil {
+	j, err := m.createJob(r)
+	if err != nil {
 		fail(w, err)
 		return
+	}
+	writeJSON(w, http.StatusCreated, j)
+}
+
+// createJob reads a job request (ours or Dragonfly's open-API shape: the
+// scheduler clusters may come beside the args), stores the job and returns
+// it.
+func (m *Manager) createJob(r *http.Request) (Job, error) {
+	var in jobRequest
+	if err := readJSON(r, &in); err != nil {
+		return Job{}, err
 	}
 	strict := func(v any) error {
 		if len(in.Args) == 0 {
@@ -240,35 +267,37 @@ func (m *Manager) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		}
 		return nil
 	}
-	var (
-		j   Job
-		err error
-	)
 	switch in.Type {
 	case JobPreheat:
 		var a PreheatArgs
-		if err = strict(&a); err == nil {
-			err = a.validate()
+		if err := strict(&a); err != nil {
+			return Job{}, err
 		}
-		if err == nil {
-			j, err = m.createPreheat(r, a)
+		for _, id := range in.SchedulerClusterIDs {
+			if !containsInt(a.ClusterIDs, id) {
+				a.ClusterIDs = append(a.ClusterIDs, id)
+			}
 		}
+		if err := a.validate(); err != nil {
+			return Job{}, err
+		}
+		return m.createPreheat(r, a)
 	case JobGetTask, JobDeleteTask:
 		var a TaskArgs
-		if err = strict(&a); err == nil {
-			err = a.validate()
+		if err := strict(&a); err != nil {
+			return Job{}, err
 		}
-		if err == nil {
-			j, err = m.insertJob(r, in.Type, a, "")
+		for _, id := range in.SchedulerClusterIDs {
+			if !containsInt(a.ClusterIDs, id) {
+				a.ClusterIDs = append(a.ClusterIDs, id)
+			}
 		}
-	default:
-		err = badRequest("type %q: want preheat, get_task or delete_task", in.Type)
+		if err := a.validate(); err != nil {
+			return Job{}, err
+		}
+		return m.insertJob(r, in.Type, a, "")
 	}
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, j)
+	return Job{}, badRequest("type %q: want preheat, get_task or delete_task", in.Type)
 }
 
 // createPreheat stores a preheat job. Credentials are kept apart, encrypted
@@ -525,6 +554,7 @@ type preheat struct {
 type target struct {
 	hostname, addr string
 	seed           bool
+	cluster        int64
 }
 
 func (p *preheat) save(ctx context.Context) {
@@ -573,6 +603,9 @@ func (p *preheat) run(ctx context.Context, prev *JobResult) (*JobResult, error) 
 	if err != nil {
 		return res, err
 	}
+	if targets, err = narrow(targets, a); err != nil {
+		return res, err
+	}
 	done := map[string]PeerResult{} // task_id/addr → a finished peer result
 	for _, t := range prev.Tasks {
 		for _, pr := range t.Peers {
@@ -584,7 +617,7 @@ func (p *preheat) run(ctx context.Context, prev *JobResult) (*JobResult, error) 
 	for i := range res.Tasks {
 		t := &res.Tasks[i]
 		for _, tg := range targets {
-			pr := PeerResult{Hostname: tg.hostname, Addr: tg.addr, Seed: tg.seed, State: StatePending}
+			pr := PeerResult{Hostname: tg.hostname, Addr: tg.addr, Seed: tg.seed, ClusterID: tg.cluster, State: StatePending}
 			if d, ok := done[t.TaskID+"/"+tg.addr]; ok {
 				pr = d
 			}
@@ -694,7 +727,7 @@ func (m *Manager) targets(ctx context.Context, scope string, clusters []int64) (
 			cargs = append(cargs, c)
 		}
 	}
-	rows, err := m.db.Query(ctx, "SELECT hostname, ip, port FROM seed_peers WHERE last_keepalive >= ?"+inClusters+" ORDER BY id", append([]any{m.activeSince()}, cargs...)...)
+	rows, err := m.db.Query(ctx, "SELECT hostname, ip, port, cluster_id FROM seed_peers WHERE last_keepalive >= ?"+inClusters+" ORDER BY id", append([]any{m.activeSince()}, cargs...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list seed peers: %w", err)
 	}
@@ -702,17 +735,18 @@ func (m *Manager) targets(ctx context.Context, scope string, clusters []int64) (
 	seen := map[string]bool{}
 	for rows.Next() {
 		var (
-			h, ip string
-			port  int
+			h, ip   string
+			port    int
+			cluster int64
 		)
-		if err := rows.Scan(&h, &ip, &port); err != nil {
+		if err := rows.Scan(&h, &ip, &port, &cluster); err != nil {
 			rows.Close()
 			return nil, err
 		}
 		addr := net.JoinHostPort(ip, strconv.Itoa(port))
 		if !seen[addr] {
 			seen[addr] = true
-			ts = append(ts, target{hostname: h, addr: addr, seed: true})
+			ts = append(ts, target{hostname: h, addr: addr, seed: true, cluster: cluster})
 		}
 	}
 	rows.Close()
@@ -725,23 +759,24 @@ func (m *Manager) targets(ctx context.Context, scope string, clusters []int64) (
 	if scope == ScopeAllSeedPeers {
 		return ts, nil
 	}
-	rows, err = m.db.Query(ctx, "SELECT hostname, ip, port FROM peers WHERE last_seen >= ?"+inClusters+" ORDER BY id", append([]any{nowMs() - m.cfg.PeerTTL.D().Milliseconds()}, cargs...)...)
+	rows, err = m.db.Query(ctx, "SELECT hostname, ip, port, cluster_id FROM peers WHERE last_seen >= ?"+inClusters+" ORDER BY id", append([]any{nowMs() - m.cfg.PeerTTL.D().Milliseconds()}, cargs...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list peers: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			h, ip string
-			port  int
+			h, ip   string
+			port    int
+			cluster int64
 		)
-		if err := rows.Scan(&h, &ip, &port); err != nil {
+		if err := rows.Scan(&h, &ip, &port, &cluster); err != nil {
 			return nil, err
 		}
 		addr := net.JoinHostPort(ip, strconv.Itoa(port))
 		if !seen[addr] {
 			seen[addr] = true
-			ts = append(ts, target{hostname: h, addr: addr})
+			ts = append(ts, target{hostname: h, addr: addr, cluster: cluster})
 		}
 	}
 	if len(ts) == 0 {

@@ -73,6 +73,9 @@ func (m *Manager) routes() http.Handler {
 	if m.cfg.Console.Enabled {
 		mux.Handle("/", consoleHandler())
 	}
+	// Dragonfly's open API (Harbor's Dragonfly preheat provider): oapi.go.
+	mux.HandleFunc("POST /oapi/v1/jobs", m.authed(a, m.handleOAPICreateJob))
+	mux.HandleFunc("GET /oapi/v1/jobs/{id}", m.authed(g, m.handleOAPIGetJob))
 
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))

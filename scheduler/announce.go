@@ -193,7 +193,8 @@ func checkSpec(spec *schedulerv1.TaskSpec) error {
 		return err
 	}
 	return core.CheckTaskID(spec.GetTaskId(), spec.GetUrl(), spec.GetDigest(), core.TaskOptions{
-		Tag: spec.GetTag(), Application: spec.GetApplication(), FilteredQuery: spec.GetFilteredQuery()})
+		Tag: spec.GetTag(), Application: spec.GetApplication(), FilteredQuery: spec.GetFilteredQuery(),
+		Version: core.SpecVersion(spec.GetUrl(), spec.GetHeaders())})
 }
 
 // isCacheSpec reports whether spec names a dfcache entry: content imported
@@ -250,6 +251,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 		disableBackSource: reg.GetDisableBackSource(),
 		seedRequest:       reg.GetSeedRequest(),
 		verified:          reg.GetOriginVerified(),
+		priority:          reg.GetPriority(),
 		conn:              c,
 		poolIdx:           -1,
 	}
@@ -277,6 +279,10 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 			"have", p.pieces.count, "seed_request", p.seedRequest)
 	}
 
+	if p.priority == schedulerv1.Priority_LEVEL1 {
+		s.failLocked(p, "priority LEVEL1: downloading this task is forbidden", now)
+		return p
+	}
 	if reg.GetImported() && t.cache {
 		// The importer is the origin of a dfcache entry: trusted for shape
 		// and digests exactly like a peer fetching from the origin.

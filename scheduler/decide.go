@@ -53,6 +53,16 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		s.waitLocked(p, now, "the holders of this dfcache entry are busy", force, start)
 	case s.seedPendingLocked(t, now):
 		s.waitLocked(p, now, "waiting for the seed peer", force, start)
+	case p.priority == schedulerv1.Priority_LEVEL2 && !othersHaveData(t, p):
+		// Peers only: nobody goes to the origin for a first download.
+		if t.backToSource > 0 {
+			s.waitLocked(p, now, "priority LEVEL2: waiting for the peers fetching the task", force, start)
+		} else {
+			s.failLocked(p, "priority LEVEL2: no peer holds the task and its first download may not go to the origin", start)
+		}
+	case p.priority == schedulerv1.Priority_LEVEL3 && !p.disableBackSource && t.backToSource < s.cfg.MaxBackToSource && !othersHaveData(t, p):
+		// The peer itself goes to the origin first, not a seed peer.
+		s.backToSourceLocked(p, "priority LEVEL3: the peer fetches the first download itself", start)
 	case s.triggerSeedLocked(t, now):
 		s.waitLocked(p, now, "seed peer triggered", force, start)
 	case !p.disableBackSource && t.backToSource < s.cfg.MaxBackToSource && !s.excludedLocked(t, p.host, now) && !t.reporter(p.host):

@@ -1090,3 +1090,46 @@ func TestPieceCostAndRegistrationMetrics(t *testing.T) {
 		t.Errorf("registrations %v, want 2", n)
 	}
 }
+
+func withPriority(p schedulerv1.Priority) regOpt {
+	return func(r *schedulerv1.Register) { r.Priority = p }
+}
+
+// TestPriorityLevels: Dragonfly's levels change the first download of a
+// task: LEVEL1 is refused, LEVEL2 may not go to the origin (and fails with
+// nobody holding the task), LEVEL3 goes to the origin itself instead of
+// triggering a seed peer; LEVEL0 (and LEVEL4..6) trigger the seed peer.
+func TestPriorityLevels(t *testing.T) {
+	ts := startServer(t, nil)
+	seedHost := &schedulerv1.Host{Id: "host-seed", Hostname: "seed", Ip: "127.0.0.1", Seed: true, UploadSlots: 64}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := ts.cl.SeedTasks(ctx, &schedulerv1.SeedTasksRequest{Host: seedHost}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "seed host connected", func() bool {
+		n := 0
+		ts.inspect(func(s *Scheduler) { n = len(s.seeds) })
+		return n == 1
+	})
+
+	ts.register("t1", "forbidden", withPriority(schedulerv1.Priority_LEVEL1)).expectFail()
+	ts.register("t2", "peers-only", withPriority(schedulerv1.Priority_LEVEL2)).expectFail()
+	ts.register("t3", "self", withPriority(schedulerv1.Priority_LEVEL3)).expectBackToSource()
+	if n := ts.metric("damselfly_scheduler_seed_triggers_total"); n != 0 {
+		t.Fatalf("seed triggered %v times for LEVEL1..3", n)
+	}
+	ts.register("t4", "seeded", withPriority(schedulerv1.Priority_LEVEL5)).expectWait()
+	if n := ts.metric("damselfly_scheduler_seed_triggers_total"); n != 1 {
+		t.Fatalf("LEVEL5: seed triggers %v, want 1", n)
+	}
+
+	// Not the first download: LEVEL2 gets the peer that holds data.
+	holder := ts.register("t5", "holder", withHave(0))
+	holder.nextDecision()
+	if got := ts.register("t5", "late", withPriority(schedulerv1.Priority_LEVEL2)).expectParents(); !slices.Equal(got, []string{"holder"}) {
+		t.Fatalf("LEVEL2 with a holder: parents %v", got)
+	}
+	// LEVEL1 is refused even then.
+	ts.register("t5", "forbidden-late", withPriority(schedulerv1.Priority_LEVEL1)).expectFail()
+}

@@ -107,6 +107,9 @@ type peer struct {
 	mark        uint64    // visit epoch, see Scheduler.epoch
 	parentsAt   time.Time // when the peer last got a parent
 	dropping    bool      // queued for removal after a send overflow
+
+	// priority is the download's Dragonfly level (dfget --priority).
+	priority schedulerv1.Priority
 }
 
 // host is a machine across all its peers and tasks.

@@ -15,6 +15,8 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v containerd >/dev/null || need+=(containerd)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+# nginx serves the directory listings of the recursive-download tests.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # The image test runs the built image with `ctr run` (runc); configure-runtime
 # is checked against real Podman and Docker's own config validation.
@@ -56,4 +58,13 @@ fi
 if ! go version -m "$gobin/helm" 2>/dev/null | grep -qE '^\s*mod\s+helm\.sh/helm/v4\s+v4\.3\.2'; then
 	go install helm.sh/helm/v4/cmd/helm@v4.3.2
 	echo "install-deps: installed helm v4.3.2 into $gobin"
+fi
+
+# versitygw: the real S3 server the S3 and recursive-download tests start
+# (a Go program: go install into $(go env GOPATH)/bin, where the tests look).
+VERSITYGW_VERSION=v1.8.0
+gopathbin="$(go env GOPATH | cut -d: -f1)/bin"
+if ! command -v versitygw >/dev/null && [ ! -x "$gopathbin/versitygw" ]; then
+	GOBIN="$gopathbin" GOFLAGS= go install "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW_VERSION}"
+	echo "install-deps: installed versitygw ${VERSITYGW_VERSION} into $gopathbin"
 fi

@@ -243,8 +243,8 @@ func TestHTTPStatusErrors(t *testing.T) {
 	}{
 		{http.StatusNotFound, core.ErrNotFound, 1},
 		{http.StatusGone, core.ErrNotFound, 1},
-		{http.StatusForbidden, core.ErrOrigin, 1},
-		{http.StatusUnauthorized, core.ErrOrigin, 1},
+		{http.StatusForbidden, core.ErrDenied, 1},
+		{http.StatusUnauthorized, core.ErrDenied, 1},
 		{http.StatusRequestTimeout, core.ErrOrigin, 4},
 		{http.StatusTooManyRequests, core.ErrOrigin, 4},
 		{http.StatusInternalServerError, core.ErrOrigin, 4},

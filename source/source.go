@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +33,11 @@ type Request struct {
 	// Length is how many bytes are wanted; -1 reads to the end. A range that
 	// runs past the end of the content is clipped to the end.
 	Length int64
+	// Trusted marks the daemon's own fetches for the swarm (a seed peer's
+	// task, a preheat): only they may use credentials from the source's
+	// configuration (S3 buckets) when the request carries none. A local
+	// client's request never borrows them.
+	Trusted bool
 }
 
 // Response is what an origin returned for a Request.
@@ -78,6 +84,9 @@ type Config struct {
 	// Hosts holds per-host TLS settings and credentials, keyed by "host" or
 	// "host:port" (the more specific key wins).
 	Hosts map[string]HostConfig `yaml:"hosts"`
+	// S3 configures s3:// URLs: path-style addressing and per-bucket
+	// endpoints and credentials.
+	S3 S3Config `yaml:"s3"`
 }
 
 // DefaultConfig returns the documented defaults.
@@ -100,7 +109,7 @@ func (c Config) Validate() error {
 	case c.RetryBackoff < 0:
 		return fmt.Errorf("source config: retry_backoff %s is negative: %w", c.RetryBackoff, core.ErrInvalid)
 	}
-	return nil
+	return c.S3.Validate()
 }
 
 // buildVersion returns the main module's version, "dev" for local builds.
@@ -119,7 +128,7 @@ type Registry struct {
 
 var _ Source = (*Registry)(nil)
 
-// New returns a registry serving http, https and file URLs.
+// New returns a registry serving http, https, s3 and file URLs.
 func New(cfg Config) (*Registry, error) {
 	h, err := NewHTTP(cfg)
 	if err != nil {
@@ -128,14 +137,35 @@ func New(cfg Config) (*Registry, error) {
 	return NewRegistry(h), nil
 }
 
-// NewRegistry returns a registry serving http and https URLs through h, and
-// file URLs.
+// NewRegistry returns a registry serving http and https URLs through h, s3
+// URLs through h with the S3 settings of h's configuration, and file URLs.
 func NewRegistry(h *HTTP) *Registry {
 	r := &Registry{sources: map[string]Source{}}
 	r.Register("http", h)
 	r.Register("https", h)
+	r.Register("s3", &S3{http: h, cfg: h.cfg.S3})
 	r.Register("file", &File{})
 	return r
+}
+
+// Schemes lists the URL schemes the registry serves, sorted.
+func (r *Registry) Schemes() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]string, 0, len(r.sources))
+	for s := range r.sources {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Lookup returns the source registered for scheme.
+func (r *Registry) Lookup(scheme string) (Source, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s, ok := r.sources[strings.ToLower(scheme)]
+	return s, ok
 }
 
 // Register makes s serve URLs of scheme (case-insensitive), replacing any
@@ -167,6 +197,7 @@ func (r *Registry) Fetch(ctx context.Context, req Request) (*Response, error) {
 
 // StatusError is an HTTP answer other than success from an origin.
 type StatusError struct {
+	Method string // "" means GET
 	URL    string // without query string or password
 	Code   int
 	Status string // e.g. "404 Not Found"
@@ -175,16 +206,24 @@ type StatusError struct {
 }
 
 func (e *StatusError) Error() string {
-	return fmt.Sprintf("GET %s: origin answered %s", e.URL, e.Status)
+	m := e.Method
+	if m == "" {
+		m = http.MethodGet
+	}
+	return fmt.Sprintf("%s %s: origin answered %s", m, e.URL, e.Status)
 }
 
 // Unwrap gives the error kind: core.ErrNotFound for 404 and 410,
-// core.ErrOrigin otherwise.
-func (e *StatusError) Unwrap() error {
-	if e.Code == http.StatusNotFound || e.Code == http.StatusGone {
-		return core.ErrNotFound
+// core.ErrDenied (and core.ErrOrigin) for 401 and 403, core.ErrOrigin
+// otherwise.
+func (e *StatusError) Unwrap() []error {
+	switch e.Code {
+	case http.StatusNotFound, http.StatusGone:
+		return []error{core.ErrNotFound}
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return []error{core.ErrDenied, core.ErrOrigin}
 	}
-	return core.ErrOrigin
+	return []error{core.ErrOrigin}
 }
 
 func (e *StatusError) retryable() bool {

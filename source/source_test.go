@@ -62,13 +62,13 @@ func TestRegistryDispatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, u := range []string{"gopher://x/y", "x", "://bad", "s3://bucket/key"} {
+	for _, u := range []string{"gopher://x/y", "x", "://bad", "oss://bucket/key"} {
 		if _, err := r.Fetch(context.Background(), Request{URL: u, Length: -1}); !errors.Is(err, core.ErrInvalid) {
 			t.Errorf("%q: err %v, want ErrInvalid", u, err)
 		}
 	}
-	r.Register("S3", staticSource("hello"))
-	resp, err := r.Fetch(context.Background(), Request{URL: "s3://bucket/key", Length: -1})
+	r.Register("OSS", staticSource("hello"))
+	resp, err := r.Fetch(context.Background(), Request{URL: "oss://bucket/key", Length: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

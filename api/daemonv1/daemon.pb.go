@@ -299,7 +299,10 @@ type DownloadRequest struct {
 	// anything else, e.g. a device or a pipe, is written in order), and for
 	// a file:// URL "src", that file opened by the caller (required: the
 	// daemon reads local files only through the caller's descriptor).
-	FdToken       string `protobuf:"bytes,14,opt,name=fd_token,json=fdToken,proto3" json:"fd_token,omitempty"`
+	FdToken string `protobuf:"bytes,14,opt,name=fd_token,json=fdToken,proto3" json:"fd_token,omitempty"`
+	// Dragonfly's priority level 0..6 (damselfly.scheduler.v1.Priority),
+	// passed to the scheduler.
+	Priority      int32 `protobuf:"varint,15,opt,name=priority,proto3" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -430,6 +433,13 @@ func (x *DownloadRequest) GetFdToken() string {
 		return x.FdToken
 	}
 	return ""
+}
+
+func (x *DownloadRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
 }
 
 type DownloadProgress struct {
@@ -743,7 +753,7 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\x06stream\x18\a \x01(\bR\x06stream\x12\x1d\n" +
 	"\n" +
 	"local_only\x18\b \x01(\bR\tlocalOnly\x12\x19\n" +
-	"\bfd_token\x18\t \x01(\tR\afdToken\"\xfe\x03\n" +
+	"\bfd_token\x18\t \x01(\tR\afdToken\"\x9a\x04\n" +
 	"\x0fDownloadRequest\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
 	"\x06output\x18\x02 \x01(\tR\x06output\x12\x16\n" +
@@ -761,7 +771,8 @@ const file_api_daemonv1_daemon_proto_rawDesc = "" +
 	"\x03uid\x18\v \x01(\x03R\x03uid\x12\x10\n" +
 	"\x03gid\x18\f \x01(\x03R\x03gid\x12\x16\n" +
 	"\x06stream\x18\r \x01(\bR\x06stream\x12\x19\n" +
-	"\bfd_token\x18\x0e \x01(\tR\afdToken\x1a:\n" +
+	"\bfd_token\x18\x0e \x01(\tR\afdToken\x12\x1a\n" +
+	"\bpriority\x18\x0f \x01(\x05R\bpriority\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x02\n" +

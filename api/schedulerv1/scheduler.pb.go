@@ -21,6 +21,78 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Priority of a download, Dragonfly's levels. A level's rule applies to the
+// task's first download (no peer holds any of it yet); later ones are
+// scheduled normally.
+type Priority int32
+
+const (
+	// No special treatment.
+	Priority_LEVEL0 Priority = 0
+	// Downloading the task is forbidden: the scheduler answers Fail at once,
+	// and the daemon does not go to the origin itself.
+	Priority_LEVEL1 Priority = 1
+	// Peers only: the first download may not go to the origin (neither the
+	// peer nor a seed peer); with no peer holding the task it fails.
+	Priority_LEVEL2 Priority = 2
+	// The peer itself goes to the origin first, instead of a seed peer.
+	Priority_LEVEL3 Priority = 3
+	// A seed peer is triggered to go to the origin first (the default);
+	// Dragonfly's weak, strong and super seed peers are one kind here.
+	Priority_LEVEL4 Priority = 4
+	Priority_LEVEL5 Priority = 5
+	Priority_LEVEL6 Priority = 6
+)
+
+// Enum value maps for Priority.
+var (
+	Priority_name = map[int32]string{
+		0: "LEVEL0",
+		1: "LEVEL1",
+		2: "LEVEL2",
+		3: "LEVEL3",
+		4: "LEVEL4",
+		5: "LEVEL5",
+		6: "LEVEL6",
+	}
+	Priority_value = map[string]int32{
+		"LEVEL0": 0,
+		"LEVEL1": 1,
+		"LEVEL2": 2,
+		"LEVEL3": 3,
+		"LEVEL4": 4,
+		"LEVEL5": 5,
+		"LEVEL6": 6,
+	}
+)
+
+func (x Priority) Enum() *Priority {
+	p := new(Priority)
+	*p = x
+	return p
+}
+
+func (x Priority) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Priority) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_schedulerv1_scheduler_proto_enumTypes[0].Descriptor()
+}
+
+func (Priority) Type() protoreflect.EnumType {
+	return &file_api_schedulerv1_scheduler_proto_enumTypes[0]
+}
+
+func (x Priority) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Priority.Descriptor instead.
+func (Priority) EnumDescriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{0}
+}
+
 // Host describes the machine a peer runs on.
 type Host struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -399,8 +471,10 @@ type Register struct {
 	// the content (a HEAD or 0-byte ranged GET, the mirror's access check).
 	// A private task gives parents and piece tokens only to such peers.
 	OriginVerified bool `protobuf:"varint,8,opt,name=origin_verified,json=originVerified,proto3" json:"origin_verified,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The download's priority (dfget --priority), with Dragonfly's meaning.
+	Priority      Priority `protobuf:"varint,9,opt,name=priority,proto3,enum=damselfly.scheduler.v1.Priority" json:"priority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Register) Reset() {
@@ -487,6 +561,13 @@ func (x *Register) GetOriginVerified() bool {
 		return x.OriginVerified
 	}
 	return false
+}
+
+func (x *Register) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_LEVEL0
 }
 
 // TaskMeta is sent by a peer that fetches from the origin as soon as it knows
@@ -2396,7 +2477,7 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x16\n" +
 	"\x06digest\x18\x03 \x01(\fR\x06digest\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\rR\x06length\x12\x17\n" +
-	"\acost_ns\x18\x05 \x01(\x03R\x06costNs\"\xb7\x02\n" +
+	"\acost_ns\x18\x05 \x01(\x03R\x06costNs\"\xf5\x02\n" +
 	"\bRegister\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x120\n" +
 	"\x04host\x18\x02 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\x124\n" +
@@ -2405,7 +2486,8 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x13disable_back_source\x18\x05 \x01(\bR\x11disableBackSource\x12!\n" +
 	"\fseed_request\x18\x06 \x01(\bR\vseedRequest\x12\x1a\n" +
 	"\bimported\x18\a \x01(\bR\bimported\x12'\n" +
-	"\x0forigin_verified\x18\b \x01(\bR\x0eoriginVerified\"P\n" +
+	"\x0forigin_verified\x18\b \x01(\bR\x0eoriginVerified\x12<\n" +
+	"\bpriority\x18\t \x01(\x0e2 .damselfly.scheduler.v1.PriorityR\bpriority\"P\n" +
 	"\bTaskMeta\x12%\n" +
 	"\x0econtent_length\x18\x01 \x01(\x03R\rcontentLength\x12\x1d\n" +
 	"\n" +
@@ -2541,7 +2623,22 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x11piece_latency_p99\x18\v \x01(\x01R\x0fpieceLatencyP99\x122\n" +
 	"\x15piece_latency_samples\x18\f \x01(\x03R\x13pieceLatencySamples\x12F\n" +
 	"\fhost_traffic\x18\r \x03(\v2#.damselfly.scheduler.v1.HostTrafficR\vhostTraffic\x12\"\n" +
-	"\rstarted_at_ms\x18\x0e \x01(\x03R\vstartedAtMs2\xd4\x03\n" +
+	"\rstarted_at_ms\x18\x0e \x01(\x03R\vstartedAtMs*^\n" +
+	"\bPriority\x12\n" +
+	"\n" +
+	"\x06LEVEL0\x10\x00\x12\n" +
+	"\n" +
+	"\x06LEVEL1\x10\x01\x12\n" +
+	"\n" +
+	"\x06LEVEL2\x10\x02\x12\n" +
+	"\n" +
+	"\x06LEVEL3\x10\x03\x12\n" +
+	"\n" +
+	"\x06LEVEL4\x10\x04\x12\n" +
+	"\n" +
+	"\x06LEVEL5\x10\x05\x12\n" +
+	"\n" +
+	"\x06LEVEL6\x10\x062\xd4\x03\n" +
 	"\tScheduler\x12]\n" +
 	"\bAnnounce\x12#.damselfly.scheduler.v1.PeerMessage\x1a(.damselfly.scheduler.v1.SchedulerMessage(\x010\x01\x12Y\n" +
 	"\tSeedTasks\x12(.damselfly.scheduler.v1.SeedTasksRequest\x1a .damselfly.scheduler.v1.SeedTask0\x01\x12`\n" +
@@ -2561,85 +2658,88 @@ func file_api_schedulerv1_scheduler_proto_rawDescGZIP() []byte {
 	return file_api_schedulerv1_scheduler_proto_rawDescData
 }
 
+var file_api_schedulerv1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_api_schedulerv1_scheduler_proto_goTypes = []any{
-	(*Host)(nil),              // 0: damselfly.scheduler.v1.Host
-	(*TaskSpec)(nil),          // 1: damselfly.scheduler.v1.TaskSpec
-	(*PieceDigest)(nil),       // 2: damselfly.scheduler.v1.PieceDigest
-	(*PieceResult)(nil),       // 3: damselfly.scheduler.v1.PieceResult
-	(*Register)(nil),          // 4: damselfly.scheduler.v1.Register
-	(*TaskMeta)(nil),          // 5: damselfly.scheduler.v1.TaskMeta
-	(*PiecesDone)(nil),        // 6: damselfly.scheduler.v1.PiecesDone
-	(*PieceFailed)(nil),       // 7: damselfly.scheduler.v1.PieceFailed
-	(*PeerDone)(nil),          // 8: damselfly.scheduler.v1.PeerDone
-	(*PeerFailed)(nil),        // 9: damselfly.scheduler.v1.PeerFailed
-	(*ContentCorrupt)(nil),    // 10: damselfly.scheduler.v1.ContentCorrupt
-	(*Reschedule)(nil),        // 11: damselfly.scheduler.v1.Reschedule
-	(*PeerMessage)(nil),       // 12: damselfly.scheduler.v1.PeerMessage
-	(*PeerInfo)(nil),          // 13: damselfly.scheduler.v1.PeerInfo
-	(*Parents)(nil),           // 14: damselfly.scheduler.v1.Parents
-	(*BackToSource)(nil),      // 15: damselfly.scheduler.v1.BackToSource
-	(*Wait)(nil),              // 16: damselfly.scheduler.v1.Wait
-	(*TaskInfo)(nil),          // 17: damselfly.scheduler.v1.TaskInfo
-	(*Fail)(nil),              // 18: damselfly.scheduler.v1.Fail
-	(*PieceAccess)(nil),       // 19: damselfly.scheduler.v1.PieceAccess
-	(*SchedulerMessage)(nil),  // 20: damselfly.scheduler.v1.SchedulerMessage
-	(*SeedTasksRequest)(nil),  // 21: damselfly.scheduler.v1.SeedTasksRequest
-	(*SeedTask)(nil),          // 22: damselfly.scheduler.v1.SeedTask
-	(*ListTasksRequest)(nil),  // 23: damselfly.scheduler.v1.ListTasksRequest
-	(*TaskSummary)(nil),       // 24: damselfly.scheduler.v1.TaskSummary
-	(*ListTasksResponse)(nil), // 25: damselfly.scheduler.v1.ListTasksResponse
-	(*GetTaskRequest)(nil),    // 26: damselfly.scheduler.v1.GetTaskRequest
-	(*TaskPeer)(nil),          // 27: damselfly.scheduler.v1.TaskPeer
-	(*TaskDetail)(nil),        // 28: damselfly.scheduler.v1.TaskDetail
-	(*StatsRequest)(nil),      // 29: damselfly.scheduler.v1.StatsRequest
-	(*HostTraffic)(nil),       // 30: damselfly.scheduler.v1.HostTraffic
-	(*StatsResponse)(nil),     // 31: damselfly.scheduler.v1.StatsResponse
-	nil,                       // 32: damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	(Priority)(0),             // 0: damselfly.scheduler.v1.Priority
+	(*Host)(nil),              // 1: damselfly.scheduler.v1.Host
+	(*TaskSpec)(nil),          // 2: damselfly.scheduler.v1.TaskSpec
+	(*PieceDigest)(nil),       // 3: damselfly.scheduler.v1.PieceDigest
+	(*PieceResult)(nil),       // 4: damselfly.scheduler.v1.PieceResult
+	(*Register)(nil),          // 5: damselfly.scheduler.v1.Register
+	(*TaskMeta)(nil),          // 6: damselfly.scheduler.v1.TaskMeta
+	(*PiecesDone)(nil),        // 7: damselfly.scheduler.v1.PiecesDone
+	(*PieceFailed)(nil),       // 8: damselfly.scheduler.v1.PieceFailed
+	(*PeerDone)(nil),          // 9: damselfly.scheduler.v1.PeerDone
+	(*PeerFailed)(nil),        // 10: damselfly.scheduler.v1.PeerFailed
+	(*ContentCorrupt)(nil),    // 11: damselfly.scheduler.v1.ContentCorrupt
+	(*Reschedule)(nil),        // 12: damselfly.scheduler.v1.Reschedule
+	(*PeerMessage)(nil),       // 13: damselfly.scheduler.v1.PeerMessage
+	(*PeerInfo)(nil),          // 14: damselfly.scheduler.v1.PeerInfo
+	(*Parents)(nil),           // 15: damselfly.scheduler.v1.Parents
+	(*BackToSource)(nil),      // 16: damselfly.scheduler.v1.BackToSource
+	(*Wait)(nil),              // 17: damselfly.scheduler.v1.Wait
+	(*TaskInfo)(nil),          // 18: damselfly.scheduler.v1.TaskInfo
+	(*Fail)(nil),              // 19: damselfly.scheduler.v1.Fail
+	(*PieceAccess)(nil),       // 20: damselfly.scheduler.v1.PieceAccess
+	(*SchedulerMessage)(nil),  // 21: damselfly.scheduler.v1.SchedulerMessage
+	(*SeedTasksRequest)(nil),  // 22: damselfly.scheduler.v1.SeedTasksRequest
+	(*SeedTask)(nil),          // 23: damselfly.scheduler.v1.SeedTask
+	(*ListTasksRequest)(nil),  // 24: damselfly.scheduler.v1.ListTasksRequest
+	(*TaskSummary)(nil),       // 25: damselfly.scheduler.v1.TaskSummary
+	(*ListTasksResponse)(nil), // 26: damselfly.scheduler.v1.ListTasksResponse
+	(*GetTaskRequest)(nil),    // 27: damselfly.scheduler.v1.GetTaskRequest
+	(*TaskPeer)(nil),          // 28: damselfly.scheduler.v1.TaskPeer
+	(*TaskDetail)(nil),        // 29: damselfly.scheduler.v1.TaskDetail
+	(*StatsRequest)(nil),      // 30: damselfly.scheduler.v1.StatsRequest
+	(*HostTraffic)(nil),       // 31: damselfly.scheduler.v1.HostTraffic
+	(*StatsResponse)(nil),     // 32: damselfly.scheduler.v1.StatsResponse
+	nil,                       // 33: damselfly.scheduler.v1.TaskSpec.HeadersEntry
 }
 var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
-	32, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
-	0,  // 1: damselfly.scheduler.v1.Register.host:type_name -> damselfly.scheduler.v1.Host
-	1,  // 2: damselfly.scheduler.v1.Register.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	3,  // 3: damselfly.scheduler.v1.PiecesDone.pieces:type_name -> damselfly.scheduler.v1.PieceResult
-	4,  // 4: damselfly.scheduler.v1.PeerMessage.register:type_name -> damselfly.scheduler.v1.Register
-	5,  // 5: damselfly.scheduler.v1.PeerMessage.meta:type_name -> damselfly.scheduler.v1.TaskMeta
-	6,  // 6: damselfly.scheduler.v1.PeerMessage.pieces:type_name -> damselfly.scheduler.v1.PiecesDone
-	7,  // 7: damselfly.scheduler.v1.PeerMessage.piece_failed:type_name -> damselfly.scheduler.v1.PieceFailed
-	8,  // 8: damselfly.scheduler.v1.PeerMessage.done:type_name -> damselfly.scheduler.v1.PeerDone
-	9,  // 9: damselfly.scheduler.v1.PeerMessage.failed:type_name -> damselfly.scheduler.v1.PeerFailed
-	11, // 10: damselfly.scheduler.v1.PeerMessage.reschedule:type_name -> damselfly.scheduler.v1.Reschedule
-	10, // 11: damselfly.scheduler.v1.PeerMessage.content_corrupt:type_name -> damselfly.scheduler.v1.ContentCorrupt
-	0,  // 12: damselfly.scheduler.v1.PeerInfo.host:type_name -> damselfly.scheduler.v1.Host
-	13, // 13: damselfly.scheduler.v1.Parents.parents:type_name -> damselfly.scheduler.v1.PeerInfo
-	2,  // 14: damselfly.scheduler.v1.TaskInfo.digests:type_name -> damselfly.scheduler.v1.PieceDigest
-	14, // 15: damselfly.scheduler.v1.SchedulerMessage.parents:type_name -> damselfly.scheduler.v1.Parents
-	15, // 16: damselfly.scheduler.v1.SchedulerMessage.back_to_source:type_name -> damselfly.scheduler.v1.BackToSource
-	16, // 17: damselfly.scheduler.v1.SchedulerMessage.wait:type_name -> damselfly.scheduler.v1.Wait
-	17, // 18: damselfly.scheduler.v1.SchedulerMessage.task_info:type_name -> damselfly.scheduler.v1.TaskInfo
-	18, // 19: damselfly.scheduler.v1.SchedulerMessage.fail:type_name -> damselfly.scheduler.v1.Fail
-	19, // 20: damselfly.scheduler.v1.SchedulerMessage.access:type_name -> damselfly.scheduler.v1.PieceAccess
-	0,  // 21: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
-	1,  // 22: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	24, // 23: damselfly.scheduler.v1.ListTasksResponse.tasks:type_name -> damselfly.scheduler.v1.TaskSummary
-	24, // 24: damselfly.scheduler.v1.TaskDetail.task:type_name -> damselfly.scheduler.v1.TaskSummary
-	27, // 25: damselfly.scheduler.v1.TaskDetail.peers:type_name -> damselfly.scheduler.v1.TaskPeer
-	30, // 26: damselfly.scheduler.v1.StatsResponse.host_traffic:type_name -> damselfly.scheduler.v1.HostTraffic
-	12, // 27: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
-	21, // 28: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
-	23, // 29: damselfly.scheduler.v1.Scheduler.ListTasks:input_type -> damselfly.scheduler.v1.ListTasksRequest
-	26, // 30: damselfly.scheduler.v1.Scheduler.GetTask:input_type -> damselfly.scheduler.v1.GetTaskRequest
-	29, // 31: damselfly.scheduler.v1.Scheduler.Stats:input_type -> damselfly.scheduler.v1.StatsRequest
-	20, // 32: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
-	22, // 33: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
-	25, // 34: damselfly.scheduler.v1.Scheduler.ListTasks:output_type -> damselfly.scheduler.v1.ListTasksResponse
-	28, // 35: damselfly.scheduler.v1.Scheduler.GetTask:output_type -> damselfly.scheduler.v1.TaskDetail
-	31, // 36: damselfly.scheduler.v1.Scheduler.Stats:output_type -> damselfly.scheduler.v1.StatsResponse
-	32, // [32:37] is the sub-list for method output_type
-	27, // [27:32] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	33, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	1,  // 1: damselfly.scheduler.v1.Register.host:type_name -> damselfly.scheduler.v1.Host
+	2,  // 2: damselfly.scheduler.v1.Register.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	0,  // 3: damselfly.scheduler.v1.Register.priority:type_name -> damselfly.scheduler.v1.Priority
+	4,  // 4: damselfly.scheduler.v1.PiecesDone.pieces:type_name -> damselfly.scheduler.v1.PieceResult
+	5,  // 5: damselfly.scheduler.v1.PeerMessage.register:type_name -> damselfly.scheduler.v1.Register
+	6,  // 6: damselfly.scheduler.v1.PeerMessage.meta:type_name -> damselfly.scheduler.v1.TaskMeta
+	7,  // 7: damselfly.scheduler.v1.PeerMessage.pieces:type_name -> damselfly.scheduler.v1.PiecesDone
+	8,  // 8: damselfly.scheduler.v1.PeerMessage.piece_failed:type_name -> damselfly.scheduler.v1.PieceFailed
+	9,  // 9: damselfly.scheduler.v1.PeerMessage.done:type_name -> damselfly.scheduler.v1.PeerDone
+	10, // 10: damselfly.scheduler.v1.PeerMessage.failed:type_name -> damselfly.scheduler.v1.PeerFailed
+	12, // 11: damselfly.scheduler.v1.PeerMessage.reschedule:type_name -> damselfly.scheduler.v1.Reschedule
+	11, // 12: damselfly.scheduler.v1.PeerMessage.content_corrupt:type_name -> damselfly.scheduler.v1.ContentCorrupt
+	1,  // 13: damselfly.scheduler.v1.PeerInfo.host:type_name -> damselfly.scheduler.v1.Host
+	14, // 14: damselfly.scheduler.v1.Parents.parents:type_name -> damselfly.scheduler.v1.PeerInfo
+	3,  // 15: damselfly.scheduler.v1.TaskInfo.digests:type_name -> damselfly.scheduler.v1.PieceDigest
+	15, // 16: damselfly.scheduler.v1.SchedulerMessage.parents:type_name -> damselfly.scheduler.v1.Parents
+	16, // 17: damselfly.scheduler.v1.SchedulerMessage.back_to_source:type_name -> damselfly.scheduler.v1.BackToSource
+	17, // 18: damselfly.scheduler.v1.SchedulerMessage.wait:type_name -> damselfly.scheduler.v1.Wait
+	18, // 19: damselfly.scheduler.v1.SchedulerMessage.task_info:type_name -> damselfly.scheduler.v1.TaskInfo
+	19, // 20: damselfly.scheduler.v1.SchedulerMessage.fail:type_name -> damselfly.scheduler.v1.Fail
+	20, // 21: damselfly.scheduler.v1.SchedulerMessage.access:type_name -> damselfly.scheduler.v1.PieceAccess
+	1,  // 22: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
+	2,  // 23: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	25, // 24: damselfly.scheduler.v1.ListTasksResponse.tasks:type_name -> damselfly.scheduler.v1.TaskSummary
+	25, // 25: damselfly.scheduler.v1.TaskDetail.task:type_name -> damselfly.scheduler.v1.TaskSummary
+	28, // 26: damselfly.scheduler.v1.TaskDetail.peers:type_name -> damselfly.scheduler.v1.TaskPeer
+	31, // 27: damselfly.scheduler.v1.StatsResponse.host_traffic:type_name -> damselfly.scheduler.v1.HostTraffic
+	13, // 28: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
+	22, // 29: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
+	24, // 30: damselfly.scheduler.v1.Scheduler.ListTasks:input_type -> damselfly.scheduler.v1.ListTasksRequest
+	27, // 31: damselfly.scheduler.v1.Scheduler.GetTask:input_type -> damselfly.scheduler.v1.GetTaskRequest
+	30, // 32: damselfly.scheduler.v1.Scheduler.Stats:input_type -> damselfly.scheduler.v1.StatsRequest
+	21, // 33: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
+	23, // 34: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
+	26, // 35: damselfly.scheduler.v1.Scheduler.ListTasks:output_type -> damselfly.scheduler.v1.ListTasksResponse
+	29, // 36: damselfly.scheduler.v1.Scheduler.GetTask:output_type -> damselfly.scheduler.v1.TaskDetail
+	32, // 37: damselfly.scheduler.v1.Scheduler.Stats:output_type -> damselfly.scheduler.v1.StatsResponse
+	33, // [33:38] is the sub-list for method output_type
+	28, // [28:33] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_api_schedulerv1_scheduler_proto_init() }
@@ -2670,13 +2770,14 @@ func file_api_schedulerv1_scheduler_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_schedulerv1_scheduler_proto_rawDesc), len(file_api_schedulerv1_scheduler_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_api_schedulerv1_scheduler_proto_goTypes,
 		DependencyIndexes: file_api_schedulerv1_scheduler_proto_depIdxs,
+		EnumInfos:         file_api_schedulerv1_scheduler_proto_enumTypes,
 		MessageInfos:      file_api_schedulerv1_scheduler_proto_msgTypes,
 	}.Build()
 	File_api_schedulerv1_scheduler_proto = out.File

@@ -30,6 +30,19 @@ type downloader struct {
 	stderr   io.Writer
 	tty      bool
 	barShown bool
+	// onProgress, when set, also gets every progress update (the
+	// recursive mode's bar for the whole set).
+	onProgress func(done, total int64)
+}
+
+// update feeds bar and onProgress.
+func (d *downloader) update(b *bar) func(done, total int64) {
+	return func(done, total int64) {
+		b.Update(done, total)
+		if d.onProgress != nil {
+			d.onProgress(done, total)
+		}
+	}
 }
 
 // result says how a download went, for the summary line.
@@ -68,7 +81,8 @@ func (d *downloader) download(ctx context.Context) (*result, error) {
 	if err == nil {
 		return res, nil
 	}
-	if ctx.Err() != nil || o.disableBackSource || !worthDirect(err) || d.written > 0 {
+	if ctx.Err() != nil || o.disableBackSource || o.priority == 1 || o.priority == 2 || !worthDirect(err) || d.written > 0 {
+		// (LEVEL1 forbids the download, LEVEL2 its trip to the origin)
 		// (bytes already on standard output cannot be taken back)
 		return nil, err
 	}
@@ -114,6 +128,7 @@ func (d *downloader) viaDaemon(ctx context.Context, c *client.Client) (*result, 
 		DisableBackSource: o.disableBackSource,
 		// The client library creates the output with our own rights:
 		// 0666 less the umask, owned by us.
+		Priority: o.priority,
 	}
 	stream := o.output == "-"
 	if stream {
@@ -136,7 +151,7 @@ func (d *downloader) viaDaemon(ctx context.Context, c *client.Client) (*result, 
 				werr = fmt.Errorf("write standard output: %w", err)
 			}
 		}
-		bar.Update(p.GetCompletedLength(), p.GetContentLength())
+		d.update(bar)(p.GetCompletedLength(), p.GetContentLength())
 	})
 	if err == nil && werr != nil {
 		err = werr
@@ -184,7 +199,7 @@ func (d *downloader) direct(ctx context.Context) (*result, error) {
 		}
 		return &result{bytes: n, elapsed: time.Since(start), direct: true}, nil
 	}
-	n, err := source.Download(ctx, src, source.Request{URL: o.url, Header: o.header, Length: -1}, o.output, o.digest, 0o644, bar.Update)
+	n, err := source.Download(ctx, src, source.Request{URL: o.url, Header: o.header, Length: -1}, o.output, o.digest, 0o644, d.update(bar))
 	bar.Finish(err == nil)
 	if err != nil {
 		return nil, err

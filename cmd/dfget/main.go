@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/damselfly-io/damselfly/core"
@@ -28,6 +30,7 @@ const (
 	exitDigest      = 4
 	exitTimeout     = 5
 	exitNoDaemon    = 6
+	exitDenied      = 7
 	exitInterrupted = 130
 )
 
@@ -73,6 +76,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
+	if isS3(o.url) {
+		h, anonymous, err := s3Headers(ctx, o.s3PathStyle)
+		if err != nil {
+			fmt.Fprintf(stderr, "dfget: %v\n", err)
+			return exitUsage
+		}
+		for k, vs := range h {
+			if o.header.Get(k) == "" {
+				o.header[k] = vs
+			}
+		}
+		if anonymous && !o.quiet {
+			fmt.Fprintln(stderr, "dfget: no AWS credentials found: reading the bucket anonymously")
+		}
+	}
+	if isOCI(o.url) {
+		return runOCI(ctx, o, stderr)
+	}
+	if o.recursive {
+		return runRecursive(ctx, o, stderr)
+	}
 	d := &downloader{opts: o, stdout: stdout, stderr: stderr, tty: isTerminal(stderr)}
 	res, err := d.download(ctx)
 	if err != nil {
@@ -106,6 +130,8 @@ func exitCode(ctx context.Context, err error, disableBackSource bool) int {
 		return exitInterrupted
 	case errors.Is(err, core.ErrNotFound):
 		return exitNotFound
+	case errors.Is(err, core.ErrDenied):
+		return exitDenied
 	case errors.Is(err, core.ErrDigestMismatch):
 		return exitDigest
 	case errors.Is(err, core.ErrUnavailable) && disableBackSource:
@@ -114,4 +140,10 @@ func exitCode(ctx context.Context, err error, disableBackSource bool) int {
 		return exitUsage
 	}
 	return exitFailed
+}
+
+// isS3 reports whether raw is an s3:// URL.
+func isS3(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && strings.EqualFold(u.Scheme, "s3")
 }

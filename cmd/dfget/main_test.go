@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"log/slog"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -232,6 +233,16 @@ func TestUsageErrors(t *testing.T) {
 		{"output is dir", []string{"http://o/x", "-O", dir}, "is a directory"},
 		{"direct and no back-source", []string{"http://o/x", "-O", outFile, "--direct", "--disable-back-source", "--digest", good}, "exclude"},
 		{"bad flag", []string{"http://o/x", "-O", outFile, "--bogus"}, "not defined"},
+		{"bad priority", []string{"http://o/x", "-O", outFile, "--priority", "LEVEL7"}, "LEVEL0..LEVEL6"},
+		{"s3 no bucket", []string{"s3:///k", "-O", outFile}, "s3://bucket/key"},
+		{"recursive to a file", []string{"--recursive", "http://o/d/", "-O", outFile + "x/y"}, "parent directory"},
+		{"recursive stdout", []string{"--recursive", "http://o/d/", "-O", "-"}, "-O - is not possible"},
+		{"recursive file url", []string{"--recursive", "file:///tmp/", "-O", dir}, "--recursive takes"},
+		{"recursive digest", []string{"--recursive", "http://o/d/", "-O", dir, "--digest", good}, "does not go with --recursive"},
+		{"recursive parallel", []string{"--recursive", "http://o/d/", "-O", dir, "--parallel", "0"}, "--parallel 0"},
+		{"recursive bad glob", []string{"--recursive", "http://o/d/", "-O", dir, "--include", "["}, "glob"},
+		{"oci bad ref", []string{"oci://noregistry", "-O", dir}, "oci://registry/repository"},
+		{"oci digest", []string{"oci://r.example/a/b:v1", "-O", dir, "--digest", good}, "own digests"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -534,6 +545,7 @@ func TestDaemonFailures(t *testing.T) {
 		{"origin not found", codes.NotFound, true, nil, exitNotFound, false, "404 from origin"},
 		{"digest mismatch", codes.DataLoss, true, nil, exitDigest, false, "digest"},
 		{"origin error", codes.FailedPrecondition, true, nil, exitFailed, false, "origin"},
+		{"credentials refused", codes.Unauthenticated, false, nil, exitDenied, false, "refused"},
 		{"internal after start", codes.Internal, true, nil, 0, true, "daemon download failed"},
 		{"unavailable before start", codes.Unavailable, false, nil, 0, true, "daemon not reachable"},
 		{"unavailable, no back-source", codes.Unavailable, true, []string{"--disable-back-source"}, exitNoDaemon, false, "unavailable"},
@@ -553,6 +565,8 @@ func TestDaemonFailures(t *testing.T) {
 					msg = "digest mismatch"
 				case codes.FailedPrecondition:
 					msg = "origin answered 403"
+				case codes.Unauthenticated:
+					msg = "HEAD s3://b/k: origin answered 403 Forbidden: the origin refused the credentials"
 				case codes.Unavailable:
 					msg = "scheduler unavailable"
 				}
@@ -664,5 +678,68 @@ func TestWarnsWhenP2PUnavailable(t *testing.T) {
 	reason.Store("")
 	if r := dfget(t, "http://127.0.0.1:1/f", "-O", out, "--sock", sock); r.code != 0 || strings.Contains(r.stderr, "warning") {
 		t.Fatalf("P2P download warned: %q", r.stderr)
+	}
+}
+
+func TestPriorityFlag(t *testing.T) {
+	for in, want := range map[string]int32{"LEVEL0": 0, "level3": 3, "6": 6, " Level2 ": 2} {
+		o, err := parseArgs([]string{"http://o/x", "--priority", in})
+		if err != nil || o.priority != want {
+			t.Errorf("--priority %q: %v, %v; want %d", in, o, err, want)
+		}
+	}
+	for _, in := range []string{"LEVEL7", "-1", "high", ""} {
+		if _, err := parseArgs([]string{"http://o/x", "--priority", in}); err == nil {
+			t.Errorf("--priority %q accepted", in)
+		}
+	}
+}
+
+func TestSelectedGlobs(t *testing.T) {
+	o := &options{include: []string{"*.bin", "docs/*"}, exclude: []string{"skip.bin", "sub/*.tmp.bin"}}
+	for rel, want := range map[string]bool{
+		"a.bin": true, "sub/deep/a.bin": true, "docs/x.md": true, "docs/more/x.md": false,
+		"x.md": false, "skip.bin": false, "sub/skip.bin": false, "sub/y.tmp.bin": false,
+	} {
+		if got := o.selected(rel); got != want {
+			t.Errorf("selected(%q) = %v, want %v", rel, got, want)
+		}
+	}
+	if !(&options{}).selected("anything/at/all") {
+		t.Error("no globs: everything is selected")
+	}
+}
+
+// TestRecursiveDirectWithoutDaemon: a listing is fetched file by file
+// straight from the origin when no daemon answers; a 404 among them is
+// reported in the summary and sets exit code 3.
+func TestRecursiveDirectWithoutDaemon(t *testing.T) {
+	files := map[string]string{"/d/a.txt": "alpha", "/d/s/b.txt": "beta"}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/d/":
+			w.Header().Set("Content-Type", "text/html")
+			fmt.Fprint(w, `<a href="../">../</a><a href="a.txt">a.txt</a><a href="s/">s/</a><a href="gone.txt">gone.txt</a>`)
+		case "/d/s/":
+			w.Header().Set("Content-Type", "text/html")
+			fmt.Fprint(w, `<a href="../">../</a><a href="b.txt">b.txt</a>`)
+		default:
+			if c, ok := files[r.URL.Path]; ok {
+				fmt.Fprint(w, c)
+				return
+			}
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	out := filepath.Join(t.TempDir(), "tree")
+	r := dfget(t, "--recursive", srv.URL+"/d/", "-O", out, "--sock", noDaemon(t), "--exclude", "nothing")
+	if r.code != exitNotFound || !strings.Contains(r.stderr, "downloaded 2 of 3 files") || !strings.Contains(r.stderr, "gone.txt") {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for p, c := range map[string]string{"a.txt": "alpha", "s/b.txt": "beta"} {
+		if b, err := os.ReadFile(filepath.Join(out, p)); err != nil || string(b) != c {
+			t.Errorf("%s: %q %v", p, b, err)
+		}
 	}
 }

@@ -24,11 +24,26 @@ import (
 const defaultTimeout = 2 * time.Hour
 
 const usage = `Usage: dfget [flags] URL -O FILE
+       dfget --recursive URL -O DIR
+       dfget oci://REGISTRY/REPO:TAG -O DIR|FILE
 
 Download URL to FILE through the local Damselfly daemon (peer-to-peer), or
 straight from the origin when no daemon answers. FILE appears only once the
 content is complete (and verified when --digest is given). Flags may come
-before or after the URL. URL schemes: http, https, file.
+before or after the URL. URL schemes: http, https, s3, file, and oci for an
+OCI artifact's layers.
+
+s3://BUCKET/KEY reads credentials, region and endpoint from the standard
+AWS environment and files (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws/config
+and ~/.aws/credentials); they stay on this node. Without credentials the
+bucket is read anonymously.
+
+oci://REGISTRY/REPO:TAG (or @sha256:...) writes every layer of the artifact
+into the directory -O under its org.opencontainers.image.title, or to -O
+itself when there is one layer and -O is not a directory. Registry
+credentials: -H 'Authorization: ...' or DAMSELFLY_REGISTRY_USERNAME and
+DAMSELFLY_REGISTRY_PASSWORD.
 
 Flags:
   -O, --output FILE          where to write the content (required; its
@@ -52,6 +67,26 @@ Flags:
                              (alias --ratelimit)
       --disable-back-source  never fetch from the origin directly: fail when
                              the daemon cannot serve the download
+      --priority LEVEL       LEVEL0..LEVEL6 (Dragonfly's levels): LEVEL1 the
+                             download is refused; LEVEL2 a first download
+                             may come from peers only, never the origin;
+                             LEVEL3 this peer fetches a first download from
+                             the origin itself instead of a seed peer;
+                             LEVEL0 and LEVEL4-6 (default) a seed peer does
+      --recursive            URL is a directory: an HTTP directory listing
+                             (nginx/Apache autoindex) or an s3:// prefix;
+                             every file below it is downloaded, each its own
+                             task, into the directory -O
+      --include GLOB         with --recursive (and oci://): only files whose
+                             relative path or name matches (repeatable)
+      --exclude GLOB         skip files whose relative path or name matches
+                             (repeatable; wins over --include)
+      --parallel N           files fetched at once by --recursive and oci://
+                             (default 4, at most 64)
+      --platform OS/ARCH     oci:// from an index: the platform's manifest
+                             (default linux/amd64)
+      --s3-path-style        address buckets as ENDPOINT/BUCKET/KEY (most
+                             S3-compatible servers); also AWS_S3_FORCE_PATH_STYLE
       --sock PATH            the daemon's unix socket (alias --daemon-sock;
                              default ` + client.DefaultSock + `)
       --direct               skip the daemon and download from the origin
@@ -71,6 +106,11 @@ Exit codes:
   4    digest mismatch
   5    timeout (--timeout)
   6    daemon unavailable and --disable-back-source set
+  7    the origin refused the credentials (HTTP 401/403, S3 AccessDenied,
+       SignatureDoesNotMatch, no credentials for a private bucket)
+
+With --recursive and oci://, a summary lists the files that failed; the
+exit code is the one they all share, else 1.
   130  interrupted (Ctrl-C / SIGTERM)
 `
 
@@ -86,6 +126,13 @@ type options struct {
 	timeout           time.Duration
 	rateLimit         int64
 	disableBackSource bool
+	s3PathStyle       bool
+	priority          int32
+	recursive         bool
+	include           []string
+	exclude           []string
+	parallel          int
+	platform          string
 	sock              string
 	direct            bool
 	noProgress        bool
@@ -165,6 +212,13 @@ func parseArgs(args []string) (*options, error) {
 	fs.Var(rateFlag{&o.rateLimit}, "rate-limit", "")
 	fs.Var(rateFlag{&o.rateLimit}, "ratelimit", "")
 	fs.BoolVar(&o.disableBackSource, "disable-back-source", false, "")
+	fs.BoolVar(&o.s3PathStyle, "s3-path-style", false, "")
+	fs.Var(priorityFlag{&o.priority}, "priority", "")
+	fs.BoolVar(&o.recursive, "recursive", false, "")
+	fs.Var(listFlag{&o.include}, "include", "")
+	fs.Var(listFlag{&o.exclude}, "exclude", "")
+	fs.IntVar(&o.parallel, "parallel", defaultParallel, "")
+	fs.StringVar(&o.platform, "platform", "", "")
 	fs.StringVar(&o.sock, "sock", client.DefaultSock, "")
 	fs.StringVar(&o.sock, "daemon-sock", client.DefaultSock, "")
 	fs.BoolVar(&o.direct, "direct", false, "")
@@ -211,6 +265,12 @@ func validToken(s string) bool {
 func (o *options) validate() error {
 	if o.url == "" {
 		return errors.New("no URL given")
+	}
+	if isOCI(o.url) {
+		return o.validateOCI()
+	}
+	if o.recursive {
+		return o.validateRecursive()
 	}
 	if err := validateURL(o.url); err != nil {
 		return err
@@ -268,10 +328,14 @@ func validateURL(raw string) error {
 		if u.Opaque != "" || !filepath.IsAbs(u.Path) || (u.Host != "" && u.Host != "localhost") {
 			return fmt.Errorf("URL %q: want file:///absolute/path", raw)
 		}
+	case "s3":
+		if u.Host == "" || u.User != nil {
+			return fmt.Errorf("URL %q: want s3://bucket/key", raw)
+		}
 	case "":
-		return fmt.Errorf("URL %q: no scheme (want http, https or file)", raw)
+		return fmt.Errorf("URL %q: no scheme (want http, https, s3 or file)", raw)
 	default:
-		return fmt.Errorf("URL %q: unsupported scheme %q (want http, https or file)", raw, u.Scheme)
+		return fmt.Errorf("URL %q: unsupported scheme %q (want http, https, s3 or file)", raw, u.Scheme)
 	}
 	return nil
 }
@@ -312,4 +376,30 @@ func parseRate(s string) (int64, error) {
 		return 1, nil
 	}
 	return int64(v), nil
+}
+
+// priorityFlag parses Dragonfly's priority levels: LEVEL0..LEVEL6 (any case)
+// or 0..6.
+type priorityFlag struct{ p *int32 }
+
+func (f priorityFlag) String() string { return "" }
+
+func (f priorityFlag) Set(v string) error {
+	t := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(v)), "LEVEL")
+	n, err := strconv.Atoi(t)
+	if err != nil || n < 0 || n > 6 {
+		return fmt.Errorf("priority %q: want LEVEL0..LEVEL6", v)
+	}
+	*f.p = int32(n)
+	return nil
+}
+
+// listFlag collects repeatable string values.
+type listFlag struct{ list *[]string }
+
+func (f listFlag) String() string { return "" }
+
+func (f listFlag) Set(v string) error {
+	*f.list = append(*f.list, v)
+	return nil
 }

@@ -120,11 +120,19 @@ type Blob struct {
 	Size      int64  `json:"size"`
 	MediaType string `json:"media_type"`
 	URL       string `json:"url"`
+	// Config marks the manifest's config blob (the others are layers).
+	Config bool `json:"config,omitempty"`
+	// Annotations are the layer descriptor's (ORAS names a file with
+	// org.opencontainers.image.title).
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // Resolved is an image reduced to what peers fetch.
 type Resolved struct {
 	Manifest string `json:"manifest_digest"`
+	// ArtifactType is the manifest's artifactType, or else its config's
+	// media type when that is not an image config (OCI artifacts).
+	ArtifactType string `json:"artifact_type,omitempty"`
 	// Blobs are the config blob and the layers (a pull fetches both).
 	Blobs []Blob `json:"blobs"`
 	// Header is what peers must send to fetch the blobs (e.g. a bearer
@@ -146,10 +154,11 @@ const (
 )
 
 type descriptor struct {
-	MediaType string `json:"mediaType"`
-	Digest    string `json:"digest"`
-	Size      int64  `json:"size"`
-	Platform  *struct {
+	MediaType   string            `json:"mediaType"`
+	Digest      string            `json:"digest"`
+	Size        int64             `json:"size"`
+	Annotations map[string]string `json:"annotations"`
+	Platform    *struct {
 		OS           string `json:"os"`
 		Architecture string `json:"architecture"`
 		Variant      string `json:"variant"`
@@ -157,10 +166,11 @@ type descriptor struct {
 }
 
 type manifest struct {
-	MediaType string       `json:"mediaType"`
-	Manifests []descriptor `json:"manifests"`
-	Config    *descriptor  `json:"config"`
-	Layers    []descriptor `json:"layers"`
+	MediaType    string       `json:"mediaType"`
+	ArtifactType string       `json:"artifactType"`
+	Manifests    []descriptor `json:"manifests"`
+	Config       *descriptor  `json:"config"`
+	Layers       []descriptor `json:"layers"`
 }
 
 // Resolve fetches the manifest of img (the platform's, from an index; the
@@ -192,12 +202,16 @@ func (r *Resolver) Resolve(ctx context.Context, img Image, platform string, cred
 			}
 			ref = d.Digest
 		case mt == mtOCIManifest || mt == mtDockerV2 || (mt == "" && m.Config != nil):
-			res := &Resolved{Manifest: digest, Header: a.header}
+			res := &Resolved{Manifest: digest, Header: a.header, ArtifactType: m.ArtifactType}
 			if m.Config != nil {
-				res.Blobs = append(res.Blobs, Blob{Digest: m.Config.Digest, Size: m.Config.Size, MediaType: m.Config.MediaType, URL: img.BlobURL(m.Config.Digest)})
+				res.Blobs = append(res.Blobs, Blob{Digest: m.Config.Digest, Size: m.Config.Size, MediaType: m.Config.MediaType, URL: img.BlobURL(m.Config.Digest), Config: true})
+				if res.ArtifactType == "" && m.Config.MediaType != "application/vnd.oci.image.config.v1+json" &&
+					m.Config.MediaType != "application/vnd.docker.container.image.v1+json" {
+					res.ArtifactType = m.Config.MediaType
+				}
 			}
 			for _, l := range m.Layers {
-				res.Blobs = append(res.Blobs, Blob{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, URL: img.BlobURL(l.Digest)})
+				res.Blobs = append(res.Blobs, Blob{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, URL: img.BlobURL(l.Digest), Annotations: l.Annotations})
 			}
 			for _, b := range res.Blobs {
 				if _, _, err := core.ParseDigest(b.Digest); err != nil {
