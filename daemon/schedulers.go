@@ -44,6 +44,21 @@ type schedSet struct {
 	// to every scheduler that may trigger them)
 	seedLoops map[string]context.CancelFunc
 	seedWG    sync.WaitGroup
+	// changed is closed (and replaced) whenever addrs changes: the cached
+	// tasks' announcers then check whether their task moved (the hash ring).
+	changed chan struct{}
+}
+
+// ringChanged returns a channel closed at the next change of the scheduler
+// list.
+func (d *Daemon) ringChanged() <-chan struct{} {
+	s := &d.scheds
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	return s.changed
 }
 
 type schedTarget struct {
@@ -130,6 +145,10 @@ func (d *Daemon) setSchedulers(ctx context.Context, addrs []string) error {
 			c.Close()
 			delete(s.conns, a)
 		}
+	}
+	if !slices.Equal(keep, s.addrs) && s.changed != nil {
+		close(s.changed)
+		s.changed = nil
 	}
 	s.addrs = keep
 	if d.cfg.Seed {

@@ -283,7 +283,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 	}
 	if p.seedRequest && !t.private && !s.excludedLocked(t, p.host, now) {
 		t.seedPhase, t.seedPeer = seedRunning, p
-		if t.suspect != nil || !othersHaveData(t, p) {
+		if t.suspect != nil || !othersHaveData(t, p) || t.unverifiable() {
 			s.backToSourceLocked(p, "seed peer fetches from the origin", time.Now())
 			return p
 		}
@@ -387,7 +387,8 @@ func (s *Scheduler) handleLocked(p *peer, m *schedulerv1.PeerMessage, now time.T
 func (s *Scheduler) onMetaLocked(p *peer, m *schedulerv1.TaskMeta) {
 	t := p.task
 	if p.state != stateBackToSource || t.accused(p.host) {
-		s.log.Debug("task meta from a peer not fetching from the origin ignored", "task_id", t.id, "peer_id", p.id)
+		// Not trusted as it is; a holder's claim (restore.go) at most.
+		s.claimMetaLocked(p, m)
 		return
 	}
 	changed := false
@@ -431,6 +432,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 	// and only for pieces it says came from the origin.
 	fetcher := p.state == stateBackToSource && !t.accused(p.host)
 	var fresh []*schedulerv1.PieceDigest
+	claimed := false
 	for _, r := range m.GetPieces() {
 		n := r.GetNumber()
 		if !t.validPiece(n) {
@@ -454,6 +456,8 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 			case !bytes.Equal(old, r.GetDigest()):
 				s.log.Warn("fetchers disagree on a piece digest; keeping the first", "task_id", t.id, "peer_id", p.id, "piece", n)
 			}
+		} else if !fetcher && r.GetParentId() == "" && len(r.GetDigest()) > 0 {
+			claimed = s.claimDigestLocked(p, n, r.GetDigest()) || claimed
 		}
 		if id := r.GetParentId(); id != "" && id != p.id {
 			if par := t.peers[id]; par != nil {
@@ -467,6 +471,9 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 	if len(fresh) > 0 {
 		t.info = nil
 		s.broadcastInfoLocked(t, p, taskInfo(t, fresh))
+	}
+	if claimed {
+		s.restoreTrustLocked(p, time.Now())
 	}
 }
 

@@ -31,6 +31,7 @@ type metrics struct {
 	slowParents      prometheus.Counter
 	specRefused      prometheus.Counter // registers refused: spec or role
 	contentCorrupt   *prometheus.CounterVec
+	trustRestored    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -66,6 +67,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "content_corrupt_total",
 			Help: "Whole-content digest failures and their outcome (reported, self, ignored, confirmed, cleared).",
 		}, []string{"outcome"}),
+		trustRestored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "trust_restored_total",
+			Help: "Tasks whose piece digests were restored from holders' re-announcements, by rule (seed, content_digest, two_hosts).",
+		}, []string{"rule"}),
 		peersLeft: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "peers_left_total",
 			Help: "Peers removed from their task (stream ended, failed, replaced or dropped).",
@@ -99,7 +104,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.decisions, m.decisionDuration, peers, m.tasks, m.seedTriggers, pieces, m.peersLeft, m.slowParents,
-		m.specRefused, m.contentCorrupt,
+		m.specRefused, m.contentCorrupt, m.trustRestored,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register scheduler metrics: %w", err)

@@ -107,6 +107,9 @@ type peer struct {
 	mark        uint64    // visit epoch, see Scheduler.epoch
 	parentsAt   time.Time // when the peer last got a parent
 	dropping    bool      // queued for removal after a send overflow
+	// claim: the shape and digests this peer, holding the task, re-announced
+	// to a scheduler that had none (restore.go); nil otherwise.
+	claim *claim
 }
 
 // host is a machine across all its peers and tasks.
