@@ -558,15 +558,36 @@ func (s *Scheduler) onDoneLocked(p *peer, m *schedulerv1.PeerDone) {
 
 func (s *Scheduler) onRescheduleLocked(p *peer, m *schedulerv1.Reschedule, now time.Time) {
 	t := p.task
+	var spliced []*peer
 	for _, id := range m.GetBadParents() {
 		if id == "" || id == p.id {
 			continue
 		}
 		s.markBadLocked(p, id, badFailed, now)
-		if par := t.peers[id]; par != nil {
-			s.removeEdge(par, p)
+		par := t.peers[id]
+		if par == nil || !s.removeEdge(par, p) {
+			continue
+		}
+		// In a pipeline a stalled parent is spliced out as a slow one is
+		// (replaceSlowParentsLocked): p takes its place under its own
+		// parent at once, whose uplink it then has whole, and the stalled
+		// peer, left without children, goes to the tail. Any other parent
+		// would already serve a child and split its uplink.
+		if gp := s.heirParent(par, p); gp != nil && len(par.children) == 0 && par.state == stateRunning &&
+			p.state == stateRunning && !s.excludedLocked(t, gp.host, now) {
+			s.removeEdge(gp, par)
+			if s.linkLocked(gp, p) {
+				spliced = append(spliced, par)
+			} else {
+				s.linkLocked(gp, par) // put back: the chain stays as it was
+			}
 		}
 	}
+	defer func() {
+		for _, par := range spliced {
+			s.decideLocked(par, now, true)
+		}
+	}()
 	switch p.state {
 	case stateSucceeded:
 		return
