@@ -78,4 +78,8 @@ func TestSchedulerRestartKeepsCacheWarm(t *testing.T) {
 	}
 	// A, A2 hold url2, A and B hold url: 4 complete peers.
 	warmAfterRestart(t, c, o, b, 4, url2, sum2, size2)
+	// url2 had no seed: its digests came from A's and A2's agreeing claims.
+	if n := metric(t, c.sched.metrics, "damselfly_scheduler_trust_restored_total", `rule="two_hosts"`); n < 1 {
+		t.Errorf("trust_restored_total{rule=two_hosts} = %v after the second restart, want ≥ 1", n)
+	}
 }
