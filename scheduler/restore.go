@@ -91,8 +91,11 @@ func (s *Scheduler) claimMetaLocked(p *peer, m *schedulerv1.TaskMeta) {
 	if m.GetPieceSize() > 0 {
 		p.claim.pieceSize = m.GetPieceSize()
 	}
-	if n := p.claim.pieceCount(); n > maxPieces {
-		p.claim = nil // a shape no honest peer reports
+	// A holder registered with every piece it claims (Register.have, sent
+	// before the shape): a claim of more pieces than that is no holder's,
+	// and would only make the scheduler keep digests for nothing.
+	if n := p.claim.pieceCount(); n > maxPieces || n > p.pieces.count {
+		p.claim = nil
 	}
 }
 

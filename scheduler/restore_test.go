@@ -190,3 +190,22 @@ func TestRestoreForgedClaimNotTrusted(t *testing.T) {
 	victim3 := ts.register("t", "victim3")
 	expectTrustedDigests(t, victim3)
 }
+
+// A claim of more pieces than the peer registered with is no holder's: the
+// scheduler keeps nothing of it (a peer must not make it store digests for
+// a shape it invents).
+func TestRestoreClaimBoundedByHave(t *testing.T) {
+	ts := startIdentityServer(t, nil)
+	ts.role = identity.RolePeer
+	p := ts.register("t", "greedy", withHave(0))
+	p.expectWait()
+	p.meta(1000<<18, 1<<18) // 1000 pieces claimed, one held
+	p.pieces(originPiece(0))
+	p.done(1000 << 18) // applied after the claim: the stream is in order
+	ts.waitPeer("t", "greedy", func(pp *peer) bool { return pp.state == stateSucceeded })
+	ts.inspect(func(s *Scheduler) {
+		if c := s.tasks[tid("t")].peers["greedy"].claim; c != nil {
+			t.Errorf("claim kept: length %d, %d digests", c.length, len(c.digests))
+		}
+	})
+}
