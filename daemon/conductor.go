@@ -91,6 +91,7 @@ type conductor struct {
 	goneAt        time.Time // when the last of them broke
 	lastResched   time.Time
 	rnd           *rand.Rand
+	schedAddr     string // the scheduler of the open Announce stream
 	originRunning bool
 	shapeSent     bool
 }
@@ -260,6 +261,7 @@ func (c *conductor) announce(ctx context.Context) error {
 			continue
 		}
 		c.listen(sctx, stream, cancel)
+		c.schedAddr = sc.addr
 		return nil
 	}
 	return errors.Join(errs...)
@@ -298,7 +300,7 @@ func (c *conductor) closeStream() {
 		}
 		c.streamCancel()
 	}
-	c.stream, c.streamCancel = nil, nil
+	c.stream, c.streamCancel, c.schedAddr = nil, nil, ""
 }
 
 func (c *conductor) send(m *schedulerv1.PeerMessage) {
@@ -1235,6 +1237,16 @@ func (c *conductor) contentCorrupt(ctx context.Context, cause error) error {
 	return errFetchAgain
 }
 
+// reconnectDelay returns a random delay in [d/2, d): the jitter that keeps
+// the re-registrations of many cached tasks on many daemons, after a
+// scheduler restart, from arriving in step.
+func reconnectDelay(r *rand.Rand, d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + time.Duration(r.Int64N(int64(d/2)))
+}
+
 // errFetchAgain: complete found the content corrupt and started fetching it
 // again from the origin; the download goes on.
 var errFetchAgain = errors.New("fetching the content again from the origin")
@@ -1274,49 +1286,62 @@ func (r *ctxReader) Read(b []byte) (int, error) {
 
 // serve keeps a complete task announced so the scheduler can hand this
 // daemon out as a parent; it re-registers when the stream breaks (e.g. the
-// scheduler restarted) until ctx ends or the task leaves the cache.
+// scheduler restarted) or the task's scheduler changes (the hash ring), until
+// ctx ends or the task leaves the cache. Every re-registration carries the
+// task's shape and piece digests, so that a scheduler that does not know the
+// task can trust them by its rules (a seed host, a content digest, two hosts
+// agreeing) instead of leaving the task's next peers without digests.
+// Re-registrations wait a random delay first (reconnectDelay): after a
+// scheduler restart, thousands of streams must not come back in step.
 func (c *conductor) serve(ctx context.Context) {
 	backoff := 500 * time.Millisecond
+	var wait time.Duration // before the next re-announce; 0 on the first
 	var announced time.Time
 	for ctx.Err() == nil {
 		if t, ok := c.d.store.Get(c.id); !ok || t != c.task {
 			return // deleted (perhaps already imported or fetched anew)
 		}
 		if c.stream == nil {
-			announced = time.Now()
-			if err := c.announce(ctx); err != nil {
-				c.log.Debug("re-announce failed", "err", err)
+			if wait > 0 {
 				select {
 				case <-ctx.Done():
 					return
-				case <-time.After(backoff):
+				case <-time.After(wait):
 				}
+			}
+			announced = time.Now()
+			if err := c.announce(ctx); err != nil {
+				c.log.Debug("re-announce failed", "err", err)
+				wait = reconnectDelay(c.rnd, backoff)
 				backoff = min(2*backoff, 30*time.Second)
 				continue
 			}
-			if c.cache {
-				c.sendSource()
-			}
+			c.sendSource()
 			l, _ := c.task.Shape()
 			c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: l}}})
 		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-c.d.ringChanged():
+			// The scheduler list changed: when this task's home is another
+			// scheduler now, register there (the old one forgets us).
+			if home := c.d.schedulersFor(c.id); len(home) > 0 && home[0].addr != c.schedAddr {
+				c.log.Info("task moved to another scheduler; re-announcing", "scheduler", home[0].addr)
+				c.closeStream()
+				wait = reconnectDelay(c.rnd, time.Second)
+			}
 		case ev := <-c.events:
 			switch e := ev.(type) {
 			case evSchedErr:
 				c.closeStream()
+				wait = reconnectDelay(c.rnd, backoff)
 				if time.Since(announced) < time.Second {
 					// Ended at once (refused, say): do not hammer the
-					// scheduler; a stream that lived a while (the
-					// scheduler restarted) re-registers at once.
+					// scheduler; back off further each time. A stream that
+					// lived a while (the scheduler restarted) comes back
+					// after the first, jittered, delay.
 					c.log.Debug("announce stream ended at once; backing off", "err", e.err, "backoff", backoff)
-					select {
-					case <-ctx.Done():
-						return
-					case <-time.After(backoff):
-					}
 					backoff = min(2*backoff, 30*time.Second)
 				}
 			case evSched:
@@ -1340,8 +1365,10 @@ func (c *conductor) serve(ctx context.Context) {
 	}
 }
 
-// sendSource tells the scheduler, as the source of a dfcache entry, the
-// entry's shape and piece digests (it registered as imported).
+// sendSource tells the scheduler the task's shape and piece digests: as
+// the source of a dfcache entry (it registered as imported), or as a holder
+// re-announcing a complete task (a claim the scheduler trusts only by its
+// rules; see docs/architecture.md, "Scheduler restarts").
 func (c *conductor) sendSource() {
 	m := c.task.Meta()
 	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: m.ContentLength, PieceSize: m.PieceSize}}})

@@ -54,6 +54,21 @@ type schedSet struct {
 	up       map[string]bool
 	judged   bool
 	down     bool
+	// changed is closed (and replaced) whenever addrs changes: the cached
+	// tasks' announcers then check whether their task moved (the hash ring).
+	changed chan struct{}
+}
+
+// ringChanged returns a channel closed at the next change of the scheduler
+// list.
+func (d *Daemon) ringChanged() <-chan struct{} {
+	s := &d.scheds
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	return s.changed
 }
 
 type schedTarget struct {
@@ -144,6 +159,10 @@ func (d *Daemon) setSchedulers(ctx context.Context, addrs []string) error {
 			delete(s.conns, a)
 			delete(s.up, a)
 		}
+	}
+	if !slices.Equal(keep, s.addrs) && s.changed != nil {
+		close(s.changed)
+		s.changed = nil
 	}
 	s.addrs = keep
 	d.schedulersChangedLocked(false)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestSchedulersForConsistentHashing(t *testing.T) {
@@ -78,5 +80,57 @@ func TestSchedulerListOnDisk(t *testing.T) {
 	}
 	if got := d.savedSchedulers(); !slices.Equal(got, []string{"10.0.0.5:8002"}) {
 		t.Fatalf("saved list %v", got)
+	}
+}
+
+// A change of the scheduler list wakes the cached tasks' announcers (they
+// check whether their task moved on the hash ring); setting the same list
+// again does not.
+func TestRingChangedSignalsListChanges(t *testing.T) {
+	d := &Daemon{cfg: DefaultConfig(), log: slog.New(slog.DiscardHandler)}
+	defer d.closeSchedulers()
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	if err := d.setSchedulers(context.Background(), []string{"10.0.0.1:8002", "10.0.0.2:8002"}); err != nil {
+		t.Fatal(err)
+	}
+	ch := d.ringChanged()
+	if err := d.setSchedulers(context.Background(), []string{"10.0.0.2:8002", "10.0.0.1:8002"}); err != nil {
+		t.Fatal(err)
+	}
+	if closed(ch) {
+		t.Fatal("the same list (another order) signalled a change")
+	}
+	if err := d.setSchedulers(context.Background(), []string{"10.0.0.1:8002", "10.0.0.3:8002"}); err != nil {
+		t.Fatal(err)
+	}
+	if !closed(ch) {
+		t.Fatal("a new list did not signal a change")
+	}
+	if closed(d.ringChanged()) {
+		t.Fatal("the next change's channel is closed already")
+	}
+}
+
+// Re-announce delays are drawn in [d/2, d): spread out, never in step.
+func TestReconnectDelayJitter(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	const d = time.Second
+	seen := map[time.Duration]bool{}
+	for range 1000 {
+		w := reconnectDelay(r, d)
+		if w < d/2 || w >= d {
+			t.Fatalf("delay %v outside [%v, %v)", w, d/2, d)
+		}
+		seen[w/(10*time.Millisecond)] = true
+	}
+	if len(seen) < 40 {
+		t.Fatalf("1000 delays fell in only %d of 50 10-ms buckets: not spread", len(seen))
 	}
 }

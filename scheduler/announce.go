@@ -291,7 +291,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 	}
 	if p.seedRequest && !t.private && !s.excludedLocked(t, p.host, now) {
 		t.seedPhase, t.seedPeer = seedRunning, p
-		if t.suspect != nil || !othersHaveData(t, p) {
+		if t.suspect != nil || !othersHaveData(t, p) || t.unverifiable() {
 			s.backToSourceLocked(p, "seed peer fetches from the origin", time.Now())
 			return p
 		}
@@ -395,7 +395,8 @@ func (s *Scheduler) handleLocked(p *peer, m *schedulerv1.PeerMessage, now time.T
 func (s *Scheduler) onMetaLocked(p *peer, m *schedulerv1.TaskMeta) {
 	t := p.task
 	if p.state != stateBackToSource || t.accused(p.host) {
-		s.log.Debug("task meta from a peer not fetching from the origin ignored", "task_id", t.id, "peer_id", p.id)
+		// Not trusted as it is; a holder's claim (restore.go) at most.
+		s.claimMetaLocked(p, m)
 		return
 	}
 	changed := false
@@ -439,6 +440,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 	// and only for pieces it says came from the origin.
 	fetcher := p.state == stateBackToSource && !t.accused(p.host)
 	var fresh []*schedulerv1.PieceDigest
+	claimed := false
 	for _, r := range m.GetPieces() {
 		n := r.GetNumber()
 		if !t.validPiece(n) {
@@ -471,6 +473,8 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 			case !bytes.Equal(old, r.GetDigest()):
 				s.log.Warn("fetchers disagree on a piece digest; keeping the first", "task_id", t.id, "peer_id", p.id, "piece", n)
 			}
+		} else if !fetcher && r.GetParentId() == "" && len(r.GetDigest()) > 0 {
+			claimed = s.claimDigestLocked(p, n, r.GetDigest()) || claimed
 		}
 		if id := r.GetParentId(); id != "" && id != p.id {
 			if par := t.peers[id]; par != nil {
@@ -485,6 +489,9 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 	if len(fresh) > 0 {
 		t.info = nil
 		s.broadcastInfoLocked(t, p, taskInfo(t, fresh))
+	}
+	if claimed {
+		s.restoreTrustLocked(p, time.Now())
 	}
 }
 
@@ -569,15 +576,36 @@ func (s *Scheduler) onDoneLocked(p *peer, m *schedulerv1.PeerDone) {
 
 func (s *Scheduler) onRescheduleLocked(p *peer, m *schedulerv1.Reschedule, now time.Time) {
 	t := p.task
+	var spliced []*peer
 	for _, id := range m.GetBadParents() {
 		if id == "" || id == p.id {
 			continue
 		}
 		s.markBadLocked(p, id, badFailed, now)
-		if par := t.peers[id]; par != nil {
-			s.removeEdge(par, p)
+		par := t.peers[id]
+		if par == nil || !s.removeEdge(par, p) {
+			continue
+		}
+		// In a pipeline a stalled parent is spliced out as a slow one is
+		// (replaceSlowParentsLocked): p takes its place under its own
+		// parent at once, whose uplink it then has whole, and the stalled
+		// peer, left without children, goes to the tail. Any other parent
+		// would already serve a child and split its uplink.
+		if gp := s.heirParent(par, p); gp != nil && len(par.children) == 0 && par.state == stateRunning &&
+			p.state == stateRunning && !s.excludedLocked(t, gp.host, now) {
+			s.removeEdge(gp, par)
+			if s.linkLocked(gp, p) {
+				spliced = append(spliced, par)
+			} else {
+				s.linkLocked(gp, par) // put back: the chain stays as it was
+			}
 		}
 	}
+	defer func() {
+		for _, par := range spliced {
+			s.decideLocked(par, now, true)
+		}
+	}()
 	switch p.state {
 	case stateSucceeded:
 		return

@@ -42,7 +42,9 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 	}
 	// While a task's digests are suspended and no fresh ones came yet, no
 	// parent can be checked against anything: the origin (or a seed) first.
-	if changed := (t.suspect == nil || len(t.digests) > 0) && s.fillParentsLocked(p, false); len(p.parents) > 0 {
+	// Likewise while nobody could check a piece at all (a task cached before
+	// a scheduler restart whose holders' digests are not trusted yet).
+	if changed := (t.suspect == nil || len(t.digests) > 0) && !t.unverifiable() && s.fillParentsLocked(p, false); len(p.parents) > 0 {
 		run(changed)
 		return
 	}
@@ -51,6 +53,14 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		s.failLocked(p, "no peer holds this dfcache entry", start)
 	case t.cache:
 		s.waitLocked(p, now, "the holders of this dfcache entry are busy", force, start)
+	case p.pieces.count > 0 && t.unverifiable():
+		// A holder re-announcing a task this scheduler has no trusted
+		// digests for (it restarted, or the task moved here): its pieces
+		// are unchecked claims (restore.go). It is no fetcher — whatever
+		// it reported would pass for the origin's — and triggers nothing;
+		// trust comes from the rules of restoreTrustLocked, or from the
+		// fetch of the next peer that needs the content.
+		s.waitLocked(p, now, "holding pieces with no trusted digests yet", force, start)
 	case s.seedPendingLocked(t, now):
 		s.waitLocked(p, now, "waiting for the seed peer", force, start)
 	case p.priority == schedulerv1.Priority_LEVEL2 && !othersHaveData(t, p):

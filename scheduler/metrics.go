@@ -35,6 +35,7 @@ type metrics struct {
 	contentCorrupt   *prometheus.CounterVec
 	registrations    [2]prometheus.Counter  // by host type: normal, seed
 	pieceCost        [2]prometheus.Observer // by source: peer, origin
+	trustRestored    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
@@ -70,6 +71,10 @@ func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "content_corrupt_total",
 			Help: "Whole-content digest failures and their outcome (reported, self, ignored, confirmed, cleared).",
 		}, []string{"outcome"}),
+		trustRestored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "trust_restored_total",
+			Help: "Tasks whose piece digests were restored from holders' re-announcements, by rule (seed, content_digest, two_hosts).",
+		}, []string{"rule"}),
 		peersLeft: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "peers_left_total",
 			Help: "Peers removed from their task (stream ended, failed, replaced or dropped).",
@@ -117,7 +122,7 @@ func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 	}
 	cs := []prometheus.Collector{
 		m.decisions, m.decisionDuration, peers, m.tasks, m.seedTriggers, pieces, m.peersLeft, m.slowParents,
-		m.specRefused, m.contentCorrupt,
+		m.specRefused, m.contentCorrupt, m.trustRestored,
 		registrations, pieceCost,
 	}
 	if compat {

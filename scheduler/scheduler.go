@@ -228,8 +228,8 @@ func (s *Scheduler) refresh(ctx context.Context) {
 		n := min(refreshBatch, len(under))
 		s.mu.Lock()
 		for _, p := range under[:n] {
-			if p.state != stateRunning {
-				continue
+			if p.state != stateRunning || p.task.unverifiable() {
+				continue // no parent could be checked (restore.go)
 			}
 			start := time.Now()
 			if s.fillParentsLocked(p, false) {

@@ -593,6 +593,10 @@ func TestScoringSpreadsChildrenBySlots(t *testing.T) {
 		h.UploadSlots = p.slots
 		tp := ts.register("t", p.id, withHost(h), withHave(0, 1, 2, 3))
 		tp.nextDecision()
+		// Holders re-announcing: their agreeing claims (two hosts) make
+		// the task's digests (restore.go).
+		tp.meta(4<<18, 1<<18)
+		tp.pieces(originPiece(0), originPiece(1), originPiece(2), originPiece(3))
 		tp.done(4 << 18) // done peers hold no slots of their own parents
 	}
 	eventually(t, "parents done", func() bool {

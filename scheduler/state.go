@@ -110,6 +110,9 @@ type peer struct {
 
 	// priority is the download's Dragonfly level (dfget --priority).
 	priority schedulerv1.Priority
+	// claim: the shape and digests this peer, holding the task, re-announced
+	// to a scheduler that had none (restore.go); nil otherwise.
+	claim *claim
 }
 
 // host is a machine across all its peers and tasks.

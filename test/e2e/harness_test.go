@@ -161,6 +161,7 @@ type schedulerProc struct {
 	*proc
 	addr    string
 	metrics string
+	args    []string
 }
 
 func startScheduler(t testing.TB, extra ...string) *schedulerProc {
@@ -170,9 +171,18 @@ func startScheduler(t testing.TB, extra ...string) *schedulerProc {
 	args := append([]string{"scheduler", "--listen", addr, "--metrics-port", strconv.Itoa(mport)}, extra...)
 	args = append(args, tlsArgs(t, "scheduler", "scheduler-"+strconv.Itoa(port), extra)...)
 	p := start(t, "scheduler", args...)
-	s := &schedulerProc{proc: p, addr: addr, metrics: "http://127.0.0.1:" + strconv.Itoa(mport)}
+	s := &schedulerProc{proc: p, addr: addr, metrics: "http://127.0.0.1:" + strconv.Itoa(mport), args: args}
 	waitHTTP(t, s.metrics+"/healthy", p)
 	return s
+}
+
+// restart stops the scheduler (SIGTERM) and starts it again on the same
+// address with the same arguments: a fresh process that knows nothing.
+func (s *schedulerProc) restart(t testing.TB) {
+	t.Helper()
+	s.stop(syscall.SIGTERM)
+	s.proc = start(t, "scheduler-restarted", s.args...)
+	waitHTTP(t, s.metrics+"/healthy", s.proc)
 }
 
 type daemonProc struct {

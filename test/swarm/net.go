@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,7 +42,10 @@ type Host struct {
 	Rack int        `json:"rack"`
 	Up   Rate       `json:"uplink_bps"`
 	Down Rate       `json:"downlink_bps"`
-	port string     // the bridge-side veth end, in the switch namespace
+	// On names the host whose namespace, address and link this one shares
+	// (the seed peer on the origin's host); empty for a host of its own.
+	On   string `json:"on,omitempty"`
+	port string // the bridge-side veth end, in the switch namespace
 }
 
 // Network is the emulated network of one run: a switch namespace holding
@@ -192,6 +196,9 @@ func buildNetwork(ctx context.Context, log *slog.Logger, runID string, racks int
 		}
 	}
 	for i, h := range hosts {
+		if h.On != "" {
+			continue // shares another host's namespace: set up below
+		}
 		h.NS = n.ns(h.Name)
 		h.port = fmt.Sprintf("p%d", i)
 		if err := n.addNS(ctx, h.NS); err != nil {
@@ -217,6 +224,17 @@ func buildNetwork(ctx context.Context, log *slog.Logger, runID string, racks int
 				return nil, fmt.Errorf("netem on %s: %w", h.Name, err)
 			}
 		}
+	}
+	for _, h := range hosts {
+		if h.On == "" {
+			continue
+		}
+		i := slices.IndexFunc(hosts, func(o *Host) bool { return o.Name == h.On && o.On == "" })
+		if i < 0 {
+			return nil, fmt.Errorf("host %s shares host %q, which does not exist", h.Name, h.On)
+		}
+		o := hosts[i]
+		h.NS, h.IP, h.Rack, h.Up, h.Down, h.port = o.NS, o.IP, o.Rack, o.Up, o.Down, o.port
 	}
 	return n, nil
 }

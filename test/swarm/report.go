@@ -45,6 +45,11 @@ type Params struct {
 	SlowFactor    float64   `json:"slow_factor,omitempty"`
 	ChurnFrac     float64   `json:"churn_frac,omitempty"`
 	ChurnAtS      float64   `json:"churn_at_s,omitempty"`
+	SpreadMinBps  int64     `json:"spread_min_bps,omitempty"`
+	SpreadMaxBps  int64     `json:"spread_max_bps,omitempty"`
+	SpreadSeed    uint64    `json:"spread_seed,omitempty"`
+	SeedOnOrigin  bool      `json:"seed_on_origin,omitempty"`
+	MixedDown     bool      `json:"mixed_down,omitempty"`
 	DeadlineS     float64   `json:"deadline_s"`
 	Hosts         []*Host   `json:"hosts"`
 }
@@ -55,7 +60,8 @@ type Bound struct {
 	// N downloading hosts (churn: over the survivors), and for racks also
 	// F/u_interrack (rack 2 needs the file once across the router).
 	TStar float64 `json:"t_star_s"`
-	// TStarWithSeed also counts the seed peer host's uplink in the sum.
+	// TStarWithSeed also counts the seed peer host's uplink in the sum (the
+	// same as TStar when the seed peer shares the origin's host and link).
 	TStarWithSeed float64 `json:"t_star_with_seed_s"`
 	OriginTerm    float64 `json:"origin_term_s"`
 	DownTerm      float64 `json:"download_term_s"`
@@ -119,6 +125,10 @@ func paramsOf(c Config, n *Network) Params {
 		RateBps: int64(c.Rate), DownRateBps: int64(c.DownRate), OriginRateBps: int64(c.OriginRate),
 		SeedRateBps: int64(c.SeedRate), BurstBytes: n.shape.burstFor(c.Rate), LatencyMS: c.Latency.Milliseconds(),
 		Netem: n.Netem, DeadlineS: c.Deadline.Seconds(), Hosts: n.Hosts,
+		SeedOnOrigin: c.SeedOnOrigin, MixedDown: c.MixedDown,
+	}
+	if c.MixedDown {
+		p.SlowFrac, p.SlowFactor = c.SlowFrac, c.SlowFactor
 	}
 	if n.Netem {
 		p.DelayMS, p.Loss = float64(c.Delay.Microseconds())/1000, c.Loss
@@ -128,6 +138,8 @@ func paramsOf(c Config, n *Network) Params {
 		p.SlowFrac, p.SlowFactor = c.SlowFrac, c.SlowFactor
 	case ScenarioRacks:
 		p.InterRackBps = int64(c.InterRackRate)
+	case ScenarioSpread:
+		p.SpreadMinBps, p.SpreadMaxBps, p.SpreadSeed = int64(c.SpreadMin), int64(c.SpreadMax), c.SpreadSeed
 	case ScenarioChurn:
 		p.ChurnFrac = c.ChurnFrac
 		p.ChurnAtS = c.churnAt(lowerBound(c, n.Peers(), n.Seed(), n.Origin())).Seconds()
@@ -135,7 +147,9 @@ func paramsOf(c Config, n *Network) Params {
 	return p
 }
 
-// lowerBound computes T* for the peers that must finish.
+// lowerBound computes T* for the peers that must finish, from every host's
+// actual rates. A seed peer on the origin's host adds no uplink: it shares
+// the origin's.
 func lowerBound(c Config, peers []*Host, seed, origin *Host) Bound {
 	victims := c.churnVictims(peers)
 	bits := float64(c.Size) * 8
@@ -156,6 +170,9 @@ func lowerBound(c Config, peers []*Host, seed, origin *Host) Bound {
 		DownTerm:      bits / dmin,
 		SwarmTerm:     n * bits / (float64(origin.Up) + sumUp),
 		SwarmSeedTerm: n * bits / (float64(origin.Up) + float64(seed.Up) + sumUp),
+	}
+	if seed.On == origin.Name {
+		b.SwarmSeedTerm = b.SwarmTerm
 	}
 	if c.Scenario == ScenarioRacks && rack2 {
 		b.InterRackTerm = bits / float64(c.InterRackRate)
@@ -211,7 +228,16 @@ func (r *Results) Markdown() string {
 		fmt.Fprintf(&b, "; two racks, inter-rack link %s", Rate(p.InterRackBps))
 	case ScenarioChurn:
 		fmt.Fprintf(&b, "; %.0f%% of peers killed mid-run (T* and times over the survivors)", p.ChurnFrac*100)
+	case ScenarioSpread:
+		fmt.Fprintf(&b, "; peer uplinks drawn uniformly in [%s, %s] (seed %d)", Rate(p.SpreadMinBps), Rate(p.SpreadMaxBps), p.SpreadSeed)
 	}
+	if p.MixedDown {
+		fmt.Fprintf(&b, "; %.0f%% of peers with downlinks %.0f× slower", p.SlowFrac*100, p.SlowFactor)
+	}
+	if p.SeedOnOrigin {
+		b.WriteString("; the seed peer runs on the origin's host and shares its uplink")
+	}
+	fmt.Fprintf(&b, ". Rates (up/down): %s", hostRates(p.Hosts))
 	fmt.Fprintf(&b, ". tbf latency %d ms.", p.LatencyMS)
 	if !p.Netem {
 		b.WriteString(" netem unavailable: delay/loss not emulated.")
@@ -342,4 +368,18 @@ func (r *Results) plotCDF(path string) error {
 	p.X.Min, p.X.Max = 0, xmax*1.05
 	p.Add(plotter.NewGrid())
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
+}
+
+// hostRates names every host's uplink and downlink, in the order of the
+// run's hosts: origin, scheduler, seed peer, then the peers.
+func hostRates(hs []*Host) string {
+	parts := make([]string, 0, len(hs))
+	for _, h := range hs {
+		s := fmt.Sprintf("%s %s/%s", h.Name, h.Up, h.Down)
+		if h.On != "" {
+			s = fmt.Sprintf("%s on %s's link", h.Name, h.On)
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, ", ")
 }

@@ -18,6 +18,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	mrand "math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -51,6 +53,7 @@ const (
 	ScenarioMixed   = "mixed"   // a fraction of peers with 10× slower uplinks
 	ScenarioRacks   = "racks"   // two racks joined by a slower router link
 	ScenarioChurn   = "churn"   // a fraction of peers killed mid-run
+	ScenarioSpread  = "spread"  // peer uplinks drawn uniformly in [SpreadMin, SpreadMax]
 )
 
 // Config is one harness run.
@@ -80,6 +83,17 @@ type Config struct {
 	// ChurnAt 0 means half of T*.
 	ChurnFrac float64
 	ChurnAt   time.Duration
+	// SpreadMin and SpreadMax bound the peers' uplinks (spread), drawn
+	// uniformly with SpreadSeed so that a run can be repeated.
+	SpreadMin  Rate
+	SpreadMax  Rate
+	SpreadSeed uint64
+	// SeedOnOrigin runs the seed peer on the origin's host: one namespace,
+	// one link (the origin's uplink carries the seed's uploads too).
+	SeedOnOrigin bool
+	// MixedDown gives SlowFrac of the peers downlinks SlowFactor times
+	// slower than DownRate (any scenario; in mixed, the slow-uplink ones).
+	MixedDown bool
 
 	// Extra command-line flags for Damselfly's scheduler, peer daemons and
 	// seed peer, for tuning runs (e.g. "--max-parents 2").
@@ -113,6 +127,9 @@ func DefaultConfig() Config {
 		SlowFrac:    0.25,
 		SlowFactor:  10,
 		ChurnFrac:   0.25,
+		SpreadMin:   20e6,
+		SpreadMax:   100e6,
+		SpreadSeed:  1,
 		Deadline:    10 * time.Minute,
 		BinDir:      "bin",
 		TLS:         true,
@@ -154,9 +171,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	switch c.Scenario {
-	case ScenarioUniform, ScenarioMixed, ScenarioRacks, ScenarioChurn:
+	case ScenarioUniform, ScenarioMixed, ScenarioRacks, ScenarioChurn, ScenarioSpread:
 	default:
-		return fmt.Errorf("unknown scenario %q (want uniform, mixed, racks, churn)", c.Scenario)
+		return fmt.Errorf("unknown scenario %q (want uniform, mixed, racks, churn, spread)", c.Scenario)
+	}
+	if c.Scenario == ScenarioSpread && (c.SpreadMin <= 0 || c.SpreadMax < c.SpreadMin) {
+		return fmt.Errorf("spread: uplinks in [%v, %v]: want 0 < min ≤ max", c.SpreadMin, c.SpreadMax)
 	}
 	if c.SlowFrac < 0 || c.SlowFrac > 1 || c.ChurnFrac < 0 || c.ChurnFrac >= 1 {
 		return errors.New("slow and churn fractions must be in [0,1)")
@@ -207,10 +227,17 @@ func (c *Config) hosts() []*Host {
 		{Name: "sched", Role: RoleScheduler, Rack: 1, IP: rackAddr(1, 3), Up: c.Rate, Down: c.DownRate},
 		{Name: "seed", Role: RoleSeed, Rack: 1, IP: rackAddr(1, 4), Up: c.SeedRate, Down: c.DownRate},
 	}
+	if c.SeedOnOrigin {
+		// The seed peer is a process on the origin's host: its address and
+		// its link (buildNetwork makes no namespace for it).
+		hs[2] = &Host{Name: "seed", Role: RoleSeed, Rack: 1, IP: hs[0].IP, Up: hs[0].Up, Down: hs[0].Down, On: "origin"}
+	}
 	slow := 0
-	if c.Scenario == ScenarioMixed {
+	if c.Scenario == ScenarioMixed || c.MixedDown {
 		slow = int(float64(c.Hosts)*c.SlowFrac + 0.5)
 	}
+	// One generator per run, seeded: the same flags draw the same rates.
+	rnd := mrand.New(mrand.NewPCG(c.SpreadSeed, c.SpreadSeed^0x5eed))
 	for i := range c.Hosts {
 		rack := 1 + i*racks/c.Hosts
 		h := &Host{
@@ -222,8 +249,17 @@ func (c *Config) hosts() []*Host {
 			Down: c.DownRate,
 		}
 		// Slow peers are spread over the index range, not bunched at the end.
-		if slow > 0 && (i*slow)/c.Hosts != ((i+1)*slow)/c.Hosts {
+		isSlow := slow > 0 && (i*slow)/c.Hosts != ((i+1)*slow)/c.Hosts
+		if isSlow && c.Scenario == ScenarioMixed {
 			h.Up = Rate(float64(c.Rate) / c.SlowFactor)
+		}
+		if isSlow && c.MixedDown {
+			h.Down = Rate(float64(c.DownRate) / c.SlowFactor)
+		}
+		if c.Scenario == ScenarioSpread {
+			// Whole kbit/s, so that tc takes the rate as written.
+			r := float64(c.SpreadMin) + rnd.Float64()*float64(c.SpreadMax-c.SpreadMin)
+			h.Up = Rate(math.Round(r/1000) * 1000)
 		}
 		hs = append(hs, h)
 	}
