@@ -449,8 +449,18 @@ func (d *Daemon) seedLoop(ctx context.Context, sched schedulerv1.SchedulerClient
 					d.log.Warn("seed task refused", "task_id", t.GetTask().GetTaskId(), "err", err)
 					continue
 				}
+				verified := false
+				if t.GetTask().GetPrivate() {
+					// Fetched with credentials elsewhere: this seed takes
+					// part only if the origin grants its own (an object
+					// store bucket in its configuration).
+					if verified = d.seedGranted(ctx, t.GetTask()); !verified {
+						d.log.Info("private seed task refused: no credentials of this seed's own for it", "task_id", t.GetTask().GetTaskId())
+						continue
+					}
+				}
 				d.log.Info("seed task", "task_id", t.GetTask().GetTaskId())
-				if _, err := d.startConductor(taskRequest{spec: t.GetTask(), seed: true}); err != nil {
+				if _, err := d.startConductor(taskRequest{spec: t.GetTask(), seed: true, verified: verified}); err != nil {
 					d.log.Warn("cannot start seed task", "task_id", t.GetTask().GetTaskId(), "err", err)
 				}
 			}

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/source"
 )
@@ -76,4 +77,16 @@ func (d *Daemon) objectVersion(ctx context.Context, u *url.URL, public map[strin
 		return "", fmt.Errorf("look up %s: %w", u.Redacted(), err)
 	}
 	return info.ETag, nil
+}
+
+// seedGranted reports whether the origin grants this daemon, with the
+// credentials of its own configuration (source.Request.Trusted), the object
+// a private task names in the version the task's ID stands for.
+func (d *Daemon) seedGranted(ctx context.Context, spec *schedulerv1.TaskSpec) bool {
+	u, err := url.Parse(spec.GetUrl())
+	if err != nil || !strings.EqualFold(u.Scheme, "s3") {
+		return false
+	}
+	v, err := d.objectVersion(ctx, u, spec.GetHeaders(), nil, true)
+	return err == nil && v != "" && v == core.SpecVersion(spec.GetUrl(), spec.GetHeaders())
 }

@@ -538,7 +538,11 @@ func (s *peerService) Preheat(ctx context.Context, req *peerv1.PreheatRequest) (
 	if t, ok := s.d.store.Get(spec.GetTaskId()); ok && t.Complete() {
 		cached = true
 	}
-	c, err := s.d.startConductor(taskRequest{spec: spec, seed: s.d.cfg.Seed, preheat: true})
+	// An object fetched with this seed's own bucket credentials: it shows
+	// the store granted them, so it may also serve the object to peers that
+	// fetch it with credentials of theirs (a private task).
+	verified := s.d.cfg.Seed && u.Scheme == "s3" && s.d.seedGranted(ctx, spec)
+	c, err := s.d.startConductor(taskRequest{spec: spec, seed: s.d.cfg.Seed, preheat: true, verified: verified})
 	if err != nil {
 		return nil, toStatus(err)
 	}

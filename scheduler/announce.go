@@ -289,7 +289,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 		s.backToSourceLocked(p, "imported: this peer is the source", now)
 		return p
 	}
-	if p.seedRequest && !t.private && !s.excludedLocked(t, p.host, now) {
+	if p.seedRequest && (!t.private || p.verified) && !s.excludedLocked(t, p.host, now) {
 		t.seedPhase, t.seedPeer = seedRunning, p
 		if t.suspect != nil || !othersHaveData(t, p) || t.unverifiable() {
 			s.backToSourceLocked(p, "seed peer fetches from the origin", time.Now())

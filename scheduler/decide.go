@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
@@ -455,8 +456,10 @@ func (s *Scheduler) seedPendingLocked(t *task, now time.Time) bool {
 // not seeded yet (or the last attempt failed), and reports whether it did.
 func (s *Scheduler) triggerSeedLocked(t *task, now time.Time) bool {
 	// A private task's credentials never leave the peers that hold them,
-	// so a seed peer could not fetch it.
-	if len(s.seeds) == 0 || t.spec == nil || t.private {
+	// so a seed peer could fetch it only with credentials of its own: an
+	// object store's bucket configured on the seed. The seed then shows the
+	// store granted them (origin_verified) like any peer of a private task.
+	if len(s.seeds) == 0 || t.spec == nil || (t.private && !seedMayHoldCredentials(t.spec.GetUrl())) {
 		return false
 	}
 	if t.seedPhase != seedIdle && (t.seedPhase != seedFailed || t.seedAttempts >= maxSeedAttempts) {
@@ -542,4 +545,13 @@ func childrenIn(c *peer, group string) int {
 		}
 	}
 	return n
+}
+
+// seedMayHoldCredentials reports whether a seed peer can have credentials of
+// its own for url: object storage, whose buckets a seed's configuration may
+// name. For any other origin a private task's credentials are the fetching
+// peers' alone.
+func seedMayHoldCredentials(rawURL string) bool {
+	scheme, _, ok := strings.Cut(rawURL, "://")
+	return ok && strings.EqualFold(scheme, "s3")
 }

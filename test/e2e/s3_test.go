@@ -226,12 +226,6 @@ func uploadAddr(t *testing.T, d *daemonProc) string {
 // and a rogue peer that knows the task ID (URL and ETag are no secret)
 // asking the holder's upload port for a piece gets nothing.
 func TestS3PrivateObjectNotServed(t *testing.T) {
-	// Private tasks (served to other peers only with a scheduler token) are
-	// the security work of the sec-sched branch; until it is merged the
-	// rogue peer's piece request below succeeds. The lead enables this test
-	// at merge by removing this skip.
-	t.Skip("needs private tasks from sec-sched")
-
 	s := startS3(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -271,8 +271,6 @@ func privateOrigin(t testing.TB, size int) (url, sum string, body []byte) {
 	return srv.URL + "/private.bin", hex.EncodeToString(s[:]), body
 }
 
-var uploadAddr = regexp.MustCompile(`upload_addr=(\S+)`)
-
 // Private content: a file fetched with credentials is served from the swarm
 // only to a peer whose own credentials the origin accepts. A plain HTTP
 // client asking the upload port for its pieces is refused (no token, a
@@ -305,17 +303,13 @@ func TestPrivateContentStaysPrivate(t *testing.T) {
 	}
 
 	// A plain HTTP client at a's upload port.
-	logb, _ := os.ReadFile(a.log)
-	m := uploadAddr.FindSubmatch(logb)
-	if m == nil {
-		t.Fatalf("no upload_addr in a's log")
-	}
+	upload := uploadAddr(t, a)
 	id := core.TaskID(url, core.TaskOptions{})
 	for name, tok := range map[string]string{
 		"no token":     "",
 		"forged token": core.PieceToken([]byte("guessed key guessed key guessed!"), id, "thief", time.Now().Add(time.Minute)),
 	} {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+string(m[1])+"/pieces/"+id+"/0", nil)
+		req, _ := http.NewRequest(http.MethodGet, "http://"+upload+"/pieces/"+id+"/0", nil)
 		req.Header.Set("X-Damselfly-Peer", "thief")
 		if tok != "" {
 			req.Header.Set(core.TokenHeader, tok)
