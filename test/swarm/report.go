@@ -214,7 +214,7 @@ func num(v float64, format string) string {
 	return fmt.Sprintf(format, v)
 }
 
-// Markdown renders the results as the table in DESIGN.md, plus parameters.
+// Markdown renders the results as the table in docs/benchmarks.md, plus parameters.
 func (r *Results) Markdown() string {
 	var b strings.Builder
 	p := r.Params

@@ -113,7 +113,7 @@ type Config struct {
 	Logger   *slog.Logger
 }
 
-// DefaultConfig is the uniform 8-host, 128 MiB, 100 Mbit/s run of DESIGN.md.
+// DefaultConfig is the uniform 8-host, 128 MiB, 100 Mbit/s run of docs/benchmarks.md.
 func DefaultConfig() Config {
 	return Config{
 		Hosts:       8,

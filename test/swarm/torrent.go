@@ -14,7 +14,7 @@ import (
 )
 
 // TorrentPieceSize is the BitTorrent piece size the harness uses: 256 KiB,
-// what the measurements in DESIGN.md used.
+// as in our earlier field measurements (docs/benchmarks.md).
 const TorrentPieceSize = 256 << 10
 
 // Torrent is a single-file .torrent written by MakeTorrent.
