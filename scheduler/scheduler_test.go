@@ -1128,9 +1128,12 @@ func TestPriorityLevels(t *testing.T) {
 		t.Fatalf("LEVEL5: seed triggers %v, want 1", n)
 	}
 
-	// Not the first download: LEVEL2 gets the peer that holds data.
-	holder := ts.register("t5", "holder", withHave(0))
-	holder.nextDecision()
+	// Not the first download: LEVEL2 gets the peer that holds data (one
+	// that fetched it from the origin, so its digests are trusted).
+	holder := ts.register("t5", "holder", withPriority(schedulerv1.Priority_LEVEL3))
+	holder.expectBackToSource()
+	holder.pieces(originPiece(0))
+	ts.waitPeer("t5", "holder", func(p *peer) bool { return p.pieces.count == 1 })
 	if got := ts.register("t5", "late", withPriority(schedulerv1.Priority_LEVEL2)).expectParents(); !slices.Equal(got, []string{"holder"}) {
 		t.Fatalf("LEVEL2 with a holder: parents %v", got)
 	}
