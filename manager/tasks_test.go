@@ -151,8 +151,21 @@ func TestTaskAPI(t *testing.T) {
 				t.Errorf("tasks%s: %d, want %d", q, len(l), n)
 			}
 		}
+		// A peer's last piece report may reach the scheduler just after its
+		// "done": ask until both peers' reports are in (bounded).
 		var d TaskDetail
-		e.must(http.StatusOK, "GET", "/api/v1/tasks/"+id, e.admin, nil, &d)
+		for range 100 {
+			d = TaskDetail{}
+			e.must(http.StatusOK, "GET", "/api/v1/tasks/"+id, e.admin, nil, &d)
+			complete := len(d.PeerList) == 2
+			for _, p := range d.PeerList {
+				complete = complete && p.Pieces == p.PieceCount
+			}
+			if complete {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		if len(d.PeerList) != 2 {
 			t.Fatalf("task peers %+v", d.PeerList)
 		}
