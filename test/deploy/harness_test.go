@@ -197,12 +197,12 @@ func startLoopNode(t *testing.T, upstream string) *loopNode {
 	t.Helper()
 	sport, smport := freePort(t), freePort(t)
 	sched := "127.0.0.1:" + strconv.Itoa(sport)
-	sp := startProc(t, "scheduler", damselfly(), "scheduler", "--listen", sched, "--metrics-port", strconv.Itoa(smport))
+	sp := startProc(t, "scheduler", damselfly(), "scheduler", "--listen", sched, "--metrics-port", strconv.Itoa(smport), "--insecure")
 	waitUntil(t, sp, 30*time.Second, "scheduler", func() error { return httpOK(fmt.Sprintf("http://127.0.0.1:%d/healthy", smport)) })
 	dir := shortDir(t)
 	mport, pport := freePort(t), freePort(t)
 	n := &loopNode{mirror: fmt.Sprintf("http://127.0.0.1:%d", pport), metrics: fmt.Sprintf("http://127.0.0.1:%d", mport)}
-	dp := startProc(t, "daemon", damselfly(), "daemon", "--scheduler", sched,
+	dp := startProc(t, "daemon", damselfly(), "daemon", "--scheduler", sched, "--insecure",
 		"--data-dir", filepath.Join(dir, "cache"), "--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1",
 		"--peer-port", "0", "--upload-port", "0", "--metrics-port", strconv.Itoa(mport), "--sock", filepath.Join(dir, "d.sock"),
 		"--hostname", "node", "--proxy-port", strconv.Itoa(pport), "--proxy-ip", "127.0.0.1", "--registry-mirror", upstream)
