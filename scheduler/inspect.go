@@ -125,6 +125,11 @@ func (svc *service) GetTask(ctx context.Context, req *schedulerv1.GetTaskRequest
 	total := t.pieceCount()
 	for _, p := range t.peers {
 		held := p.pieces.count
+		if p.state == stateSucceeded && total > 0 {
+			// A peer reports done only with every piece verified and
+			// stored; its last piece reports may still be on the way.
+			held = total
+		}
 		var bytes int64
 		if t.pieceSize > 0 {
 			bytes = int64(held) * int64(t.pieceSize)
