@@ -179,8 +179,17 @@ func TestTaskAPI(t *testing.T) {
 
 		// the overview samples the scheduler: all bytes came from the
 		// origin or from the other peer
+		// (piece reports may still be on their way: ask until they are in,
+		// bounded)
 		var ov Overview
-		e.must(http.StatusOK, "GET", "/api/v1/overview?refresh=1", e.admin, nil, &ov)
+		for range 100 {
+			ov = Overview{}
+			e.must(http.StatusOK, "GET", "/api/v1/overview?refresh=1", e.admin, nil, &ov)
+			if ov.Current.PeerBytes+ov.Current.OriginBytes >= 2*int64(len(blob)) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		if c := ov.Current; c.PeerBytes+c.OriginBytes != 2*int64(len(blob)) || c.OriginBytes < int64(len(blob)) || c.ActivePeers != 2 || c.Tasks != 1 || c.Schedulers != 1 || len(ov.Series) == 0 {
 			t.Fatalf("overview %+v", ov.Current)
 		}
