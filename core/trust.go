@@ -132,3 +132,16 @@ func CheckPieceToken(key []byte, token, taskID, peerID string, now time.Time) er
 // task spec does not hold (CheckTaskID, CheckSwarmURL): the scheduler will
 // not have the task, so announcing it again is pointless.
 const TaskRefused = "task refused: "
+
+// CheckSpec checks a task spec that may enter the swarm: a URL of a swarm
+// scheme (CheckSwarmURL) and a task ID that follows from the spec's URL,
+// digest, tag, application, filtered query and object version (CheckTaskID,
+// SpecVersion). The scheduler checks every register with it and a daemon
+// every task it is asked to fetch for others.
+func CheckSpec(id, rawURL, digest, tag, application string, filtered []string, headers map[string]string) error {
+	if err := CheckSwarmURL(rawURL); err != nil {
+		return err
+	}
+	return CheckTaskID(id, rawURL, digest, TaskOptions{Tag: tag, Application: application, FilteredQuery: filtered,
+		Version: SpecVersion(rawURL, headers)})
+}

@@ -566,12 +566,7 @@ var errClosed = errors.New("daemon shutting down")
 // (a seed task, a preheat): a URL of a swarm scheme (core.CheckSwarmURL) and
 // a task ID that follows from the spec (core.CheckTaskID).
 func checkSwarmSpec(s *schedulerv1.TaskSpec) error {
-	if err := core.CheckSwarmURL(s.GetUrl()); err != nil {
-		return err
-	}
-	return core.CheckTaskID(s.GetTaskId(), s.GetUrl(), s.GetDigest(), core.TaskOptions{
-		Tag: s.GetTag(), Application: s.GetApplication(), FilteredQuery: s.GetFilteredQuery(),
-		Version: core.SpecVersion(s.GetUrl(), s.GetHeaders())})
+	return core.CheckSpec(s.GetTaskId(), s.GetUrl(), s.GetDigest(), s.GetTag(), s.GetApplication(), s.GetFilteredQuery(), s.GetHeaders())
 }
 
 // noLocalFiles refuses file:// URLs that come without the caller's

@@ -189,12 +189,7 @@ func (s *Scheduler) authorizeRegister(ctx context.Context, reg *schedulerv1.Regi
 // another task's ID, or with a file:// URL, could otherwise make a seed or a
 // back-to-source peer fetch something else and file it under that task.
 func checkSpec(spec *schedulerv1.TaskSpec) error {
-	if err := core.CheckSwarmURL(spec.GetUrl()); err != nil {
-		return err
-	}
-	return core.CheckTaskID(spec.GetTaskId(), spec.GetUrl(), spec.GetDigest(), core.TaskOptions{
-		Tag: spec.GetTag(), Application: spec.GetApplication(), FilteredQuery: spec.GetFilteredQuery(),
-		Version: core.SpecVersion(spec.GetUrl(), spec.GetHeaders())})
+	return core.CheckSpec(spec.GetTaskId(), spec.GetUrl(), spec.GetDigest(), spec.GetTag(), spec.GetApplication(), spec.GetFilteredQuery(), spec.GetHeaders())
 }
 
 // isCacheSpec reports whether spec names a dfcache entry: content imported
