@@ -133,7 +133,16 @@ func (o *overview) add(now time.Time, refs []schedRef, stats []*schedulerv1.Stat
 		l := lat[cid]
 		s.LatencyP50, s.LatencyP90, s.LatencyP99 = l[0], l[1], l[2]
 		o.totals[cid] = *s
-		ring := append(o.series[cid], *s)
+		ring := o.series[cid]
+		// Two samples in one millisecond (the ticker and a ?refresh=1):
+		// the later one, cumulative like every sample, replaces the
+		// earlier, or the snapshot's sum over a sample time would count
+		// the cluster twice.
+		if n := len(ring); n > 0 && ring[n-1].At >= s.At {
+			s.At = ring[n-1].At
+			ring = ring[:n-1]
+		}
+		ring = append(ring, *s)
 		if len(ring) > o.max {
 			ring = ring[len(ring)-o.max:]
 		}

@@ -329,6 +329,26 @@ func TestOverviewCounters(t *testing.T) {
 	}
 }
 
+// TestOverviewSameMillisecond: the ticker's sample and a ?refresh=1 that
+// land in one millisecond are one point of the series, not a cluster
+// counted twice in the sum.
+func TestOverviewSameMillisecond(t *testing.T) {
+	o := newOverview(10)
+	refs := []schedRef{{ID: 1, ClusterID: 1}}
+	at := time.Unix(1000, 0)
+	st := func(peer int64) *schedulerv1.StatsResponse {
+		return &schedulerv1.StatsResponse{PeerBytes: peer, ActivePeers: 2, Tasks: 1, StartedAtMs: 1}
+	}
+	o.add(at, refs, []*schedulerv1.StatsResponse{st(100)})
+	o.add(at, refs, []*schedulerv1.StatsResponse{st(150)})
+	// and one that was asked earlier but arrives later
+	o.add(at.Add(-time.Millisecond), refs, []*schedulerv1.StatsResponse{st(150)})
+	snap := o.snapshot(time.Second)
+	if c := snap.Current; len(snap.Series) != 1 || c.Schedulers != 1 || c.Tasks != 1 || c.ActivePeers != 2 || c.PeerBytes != 150 || c.At != at.UnixMilli() {
+		t.Fatalf("series %+v", snap.Series)
+	}
+}
+
 // TestTaskAPISchedulersDown: with no scheduler answering, the task API says
 // so (503) instead of claiming the swarm is empty, and a get_task job fails
 // with the reason.

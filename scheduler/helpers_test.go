@@ -291,6 +291,14 @@ func (p *testPeer) next() *schedulerv1.SchedulerMessage {
 	case m := <-p.msgs:
 		return m
 	case err := <-p.end:
+		// The reader queues every message before it reports the end, and
+		// select picks among ready cases at random: drain what came first.
+		select {
+		case m := <-p.msgs:
+			p.end <- err // p.end is buffered: keep the end for expectEnd
+			return m
+		default:
+		}
 		p.t.Fatalf("peer %s: stream ended while waiting for a message: %v", p.id, err)
 	case <-time.After(step):
 		p.t.Fatalf("peer %s: no message within %v", p.id, step)
