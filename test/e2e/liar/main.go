@@ -10,19 +10,14 @@ package main
 import (
 	"context"
 	crand "crypto/rand"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -31,8 +26,8 @@ import (
 	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
-	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/pki"
+	"github.com/damselfly-io/damselfly/test/e2e/attack"
 )
 
 // Stats is what the liar writes to its stats file after every change.
@@ -49,28 +44,15 @@ type Stats struct {
 }
 
 type liar struct {
-	taskID    string
-	statsPath string
-
-	mu    sync.Mutex
-	stats Stats
+	taskID string
+	stats  *attack.Stats[Stats]
 }
 
-func (l *liar) update(f func(*Stats)) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	f(&l.stats)
-	b, _ := json.Marshal(&l.stats)
-	tmp := l.statsPath + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err == nil {
-		_ = os.Rename(tmp, l.statsPath)
-	}
-}
+func (l *liar) update(f func(*Stats)) { l.stats.Update(f) }
 
 func (l *liar) shape() (int64, uint32) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.stats.ContentLength, l.stats.PieceSize
+	st := l.stats.Get()
+	return st.ContentLength, st.PieceSize
 }
 
 // SyncPieces claims every piece at once and that the task is complete.
@@ -85,12 +67,7 @@ func (s *peerServer) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serve
 	}
 	s.l.update(func(st *Stats) { st.SyncRequests++ })
 	length, ps := s.l.shape()
-	n := core.PieceCount(length, ps)
-	all := make([]uint32, n)
-	for i := range all {
-		all[i] = uint32(i)
-	}
-	return stream.Send(&peerv1.PieceState{ContentLength: length, PieceSize: ps, Pieces: all, Done: true})
+	return stream.Send(&peerv1.PieceState{ContentLength: length, PieceSize: ps, Pieces: attack.AllPieces(core.PieceCount(length, ps)), Done: true})
 }
 
 // servePiece answers with the right number of random bytes.
@@ -119,11 +96,7 @@ func main() {
 	url := flag.String("url", "", "URL whose task to lie about (task ID as dfget with no tag/filter)")
 	statsPath := flag.String("stats", "", "JSON stats file")
 	hostname := flag.String("hostname", "liar", "host name to report")
-	var tc pki.Config
-	flag.StringVar(&tc.Cert, "tls-cert", "", "peer certificate (PEM)")
-	flag.StringVar(&tc.Key, "tls-key", "", "its key")
-	flag.StringVar(&tc.CA, "tls-ca", "", "CA bundle")
-	flag.BoolVar(&tc.Insecure, "insecure", false, "plaintext gRPC")
+	tc := attack.TLSFlags()
 	flag.Parse()
 	if *schedAddr == "" || *url == "" || *statsPath == "" {
 		fmt.Fprintln(os.Stderr, "liar: -scheduler, -url and -stats are required")
@@ -143,60 +116,24 @@ func main() {
 }
 
 func run(ctx context.Context, schedAddr, url, statsPath, hostname string, creds *pki.Creds) error {
-	abs, err := filepath.Abs(statsPath)
+	stats, err := attack.NewStats[Stats](statsPath)
 	if err != nil {
 		return err
 	}
-	l := &liar{taskID: core.TaskID(url, core.TaskOptions{}), statsPath: abs}
-
-	peerLis, err := net.Listen("tcp", "127.0.0.1:0")
+	l := &liar{taskID: core.TaskID(url, core.TaskOptions{}), stats: stats}
+	host, stop, err := attack.Serve(hostname, creds, &peerServer{l: l}, l.servePiece)
 	if err != nil {
 		return err
 	}
-	upLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	gs := grpc.NewServer(pki.ServerOptions(creds)...)
-	peerv1.RegisterPeerServer(gs, &peerServer{l: l})
-	go func() { _ = gs.Serve(peerLis) }()
-	defer gs.Stop()
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /pieces/{task}/{n}", l.servePiece)
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = hs.Serve(upLis) }()
-	defer hs.Close()
-
-	peerPort := peerLis.Addr().(*net.TCPAddr).Port
-	hostID := core.HostID(hostname, net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort)))
-	if creds != nil {
-		hostID = creds.Identity().HostID
-	}
-	host := &schedulerv1.Host{
-		Id:          hostID,
-		Hostname:    hostname,
-		Ip:          "127.0.0.1",
-		PeerPort:    int32(peerPort),
-		UploadPort:  int32(upLis.Addr().(*net.TCPAddr).Port),
-		UploadSlots: 16,
-	}
+	defer stop()
 	peerID := core.NewPeerID(hostname)
-
-	conn, err := grpc.NewClient(schedAddr, pki.DialOption(creds, identity.RoleScheduler))
+	stream, conn, err := attack.Announce(ctx, schedAddr, creds, &schedulerv1.Register{
+		PeerId: peerID, Host: host, Task: &schedulerv1.TaskSpec{TaskId: l.taskID, Url: url},
+	})
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	stream, err := schedulerv1.NewSchedulerClient(conn).Announce(ctx)
-	if err != nil {
-		return fmt.Errorf("announce: %w", err)
-	}
-	err = stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: &schedulerv1.Register{
-		PeerId: peerID, Host: host, Task: &schedulerv1.TaskSpec{TaskId: l.taskID, Url: url},
-	}}})
-	if err != nil {
-		return fmt.Errorf("register: %w", err)
-	}
 
 	// The scheduler sends the trusted shape at registration when it knows it.
 	var length int64 = -1

@@ -17,20 +17,16 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -39,8 +35,8 @@ import (
 	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
-	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/pki"
+	"github.com/damselfly-io/damselfly/test/e2e/attack"
 )
 
 // Stats is what the rogue writes after every change.
@@ -54,26 +50,16 @@ type Stats struct {
 }
 
 type rogue struct {
-	statsPath string
-	taskID    string
+	taskID string
+	stats  *attack.Stats[Stats]
 
 	mu     sync.Mutex
-	stats  Stats
 	pieces [][]byte // forged
 	length int64
 	ps     uint32
 }
 
-func (r *rogue) update(f func(*Stats)) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	f(&r.stats)
-	b, _ := json.Marshal(&r.stats)
-	tmp := r.statsPath + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err == nil {
-		_ = os.Rename(tmp, r.statsPath)
-	}
-}
+func (r *rogue) update(f func(*Stats)) { r.stats.Update(f) }
 
 type peerServer struct {
 	peerv1.UnimplementedPeerServer
@@ -87,11 +73,7 @@ func (s *peerServer) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serve
 	if req.GetTaskId() != s.r.taskID || n == 0 {
 		return status.Errorf(codes.NotFound, "task %s not held", req.GetTaskId())
 	}
-	all := make([]uint32, n)
-	for i := range all {
-		all[i] = uint32(i)
-	}
-	return stream.Send(&peerv1.PieceState{ContentLength: l, PieceSize: ps, Pieces: all, Done: true})
+	return stream.Send(&peerv1.PieceState{ContentLength: l, PieceSize: ps, Pieces: attack.AllPieces(uint32(n)), Done: true})
 }
 
 func (r *rogue) servePiece(w http.ResponseWriter, req *http.Request) {
@@ -119,11 +101,7 @@ func main() {
 	task := flag.String("task", "", "task ID to register under (file mode)")
 	statsPath := flag.String("stats", "", "JSON stats file")
 	seedRequest := flag.Bool("seed-request", false, "register with seed_request")
-	var tc pki.Config
-	flag.StringVar(&tc.Cert, "tls-cert", "", "certificate (PEM)")
-	flag.StringVar(&tc.Key, "tls-key", "", "its key")
-	flag.StringVar(&tc.CA, "tls-ca", "", "CA bundle")
-	flag.BoolVar(&tc.Insecure, "insecure", false, "plaintext gRPC")
+	tc := attack.TLSFlags()
 	flag.Parse()
 	if *schedAddr == "" || *url == "" || *statsPath == "" || (*mode != "file" && *mode != "poison") || (*mode == "file" && *task == "") {
 		fmt.Fprintln(os.Stderr, "rogue: -mode file|poison, -scheduler, -url and -stats are required (-task for file)")
@@ -143,63 +121,28 @@ func main() {
 }
 
 func run(ctx context.Context, mode, schedAddr, url, task, statsPath string, seedRequest bool, creds *pki.Creds) error {
-	abs, err := filepath.Abs(statsPath)
+	stats, err := attack.NewStats[Stats](statsPath)
 	if err != nil {
 		return err
 	}
 	if mode == "poison" {
 		task = core.TaskID(url, core.TaskOptions{})
 	}
-	r := &rogue{statsPath: abs, taskID: task}
-
-	peerLis, err := net.Listen("tcp", "127.0.0.1:0")
+	r := &rogue{stats: stats, taskID: task}
+	host, stop, err := attack.Serve("rogue", creds, &peerServer{r: r}, r.servePiece)
 	if err != nil {
 		return err
 	}
-	upLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	gs := grpc.NewServer(pki.ServerOptions(creds)...)
-	peerv1.RegisterPeerServer(gs, &peerServer{r: r})
-	go func() { _ = gs.Serve(peerLis) }()
-	defer gs.Stop()
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /pieces/{task}/{n}", r.servePiece)
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = hs.Serve(upLis) }()
-	defer hs.Close()
-
-	peerPort := peerLis.Addr().(*net.TCPAddr).Port
-	hostID := core.HostID("rogue", net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort)))
-	if creds != nil {
-		hostID = creds.Identity().HostID
-	}
-	host := &schedulerv1.Host{
-		Id:          hostID,
-		Hostname:    "rogue",
-		Ip:          "127.0.0.1",
-		PeerPort:    int32(peerPort),
-		UploadPort:  int32(upLis.Addr().(*net.TCPAddr).Port),
-		UploadSlots: 16,
-	}
+	defer stop()
 	r.update(func(s *Stats) { s.HostID = host.GetId() })
-	conn, err := grpc.NewClient(schedAddr, pki.DialOption(creds, identity.RoleScheduler))
+	stream, conn, err := attack.Announce(ctx, schedAddr, creds, &schedulerv1.Register{
+		PeerId: core.NewPeerID("rogue"), Host: host, Task: &schedulerv1.TaskSpec{TaskId: task, Url: url},
+		SeedRequest: seedRequest,
+	})
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	stream, err := schedulerv1.NewSchedulerClient(conn).Announce(ctx)
-	if err != nil {
-		return fmt.Errorf("announce: %w", err)
-	}
-	err = stream.Send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: &schedulerv1.Register{
-		PeerId: core.NewPeerID("rogue"), Host: host, Task: &schedulerv1.TaskSpec{TaskId: task, Url: url},
-		SeedRequest: seedRequest,
-	}}})
-	if err != nil {
-		return fmt.Errorf("register: %w", err)
-	}
 	var decision string
 	for decision == "" {
 		m, err := stream.Recv()
