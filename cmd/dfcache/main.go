@@ -120,26 +120,9 @@ type options struct {
 
 // run is dfcache without the process around it: it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return exitUsage
-	}
-	o, err := parseArgs(args)
-	if err != nil {
-		fmt.Fprintf(stderr, "dfcache: parse arguments: %v\nRun 'dfcache --help' for usage.\n", err)
-		return exitUsage
-	}
-	switch {
-	case o.help:
-		fmt.Fprint(stdout, usage)
-		return exitOK
-	case o.version:
-		fmt.Fprintf(stdout, "dfcache %s\n", cli.Version(version))
-		return exitOK
-	}
-	if err := o.validate(); err != nil {
-		fmt.Fprintf(stderr, "dfcache: check arguments: %v\nRun 'dfcache --help' for usage.\n", err)
-		return exitUsage
+	o, code, done := cli.Begin("dfcache", usage, version, args, stdout, stderr, parseArgs)
+	if done {
+		return code
 	}
 	if o.timeout > 0 {
 		var cancel context.CancelFunc
@@ -163,7 +146,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
-	code := exitCode(ctx, err)
+	code = exitCode(ctx, err)
 	what := o.cmd + " " + strconv.Quote(o.id)
 	switch {
 	case code == exitTimeout && errors.Is(ctx.Err(), context.DeadlineExceeded):
@@ -294,3 +277,9 @@ func (o *options) validate() error {
 	}
 	return nil
 }
+
+// WantsHelp, WantsVersion and Validate are what cli.Begin asks of the
+// parsed arguments.
+func (o *options) WantsHelp() bool    { return o.help }
+func (o *options) WantsVersion() bool { return o.version }
+func (o *options) Validate() error    { return o.validate() }

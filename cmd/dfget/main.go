@@ -50,26 +50,9 @@ func main() {
 // run is dfget without the process around it: it parses args, downloads,
 // and returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return exitUsage
-	}
-	o, err := parseArgs(args)
-	if err != nil {
-		fmt.Fprintf(stderr, "dfget: parse arguments: %v\nRun 'dfget --help' for usage.\n", err)
-		return exitUsage
-	}
-	switch {
-	case o.help:
-		fmt.Fprint(stdout, usage)
-		return exitOK
-	case o.version:
-		fmt.Fprintf(stdout, "dfget %s\n", cli.Version(version))
-		return exitOK
-	}
-	if err := o.validate(); err != nil {
-		fmt.Fprintf(stderr, "dfget: check arguments: %v\nRun 'dfget --help' for usage.\n", err)
-		return exitUsage
+	o, code, done := cli.Begin("dfget", usage, version, args, stdout, stderr, parseArgs)
+	if done {
+		return code
 	}
 	if o.timeout > 0 {
 		var cancel context.CancelFunc
@@ -147,3 +130,9 @@ func isS3(raw string) bool {
 	u, err := url.Parse(raw)
 	return err == nil && strings.EqualFold(u.Scheme, "s3")
 }
+
+// WantsHelp, WantsVersion and Validate are what cli.Begin asks of the
+// parsed arguments.
+func (o *options) WantsHelp() bool    { return o.help }
+func (o *options) WantsVersion() bool { return o.version }
+func (o *options) Validate() error    { return o.validate() }

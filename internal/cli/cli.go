@@ -1,11 +1,12 @@
 // Package cli holds what the client commands (dfget, dfcache) share in
 // reading their command lines: flags that may follow arguments, a duration
-// flag, and the version string.
+// flag, the version string, and the steps before a command's work (Begin).
 package cli
 
 import (
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"runtime/debug"
 	"strconv"
@@ -68,4 +69,46 @@ func Version(set string) string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// Command is what a client command's parsed arguments tell Begin.
+type Command interface {
+	WantsHelp() bool
+	WantsVersion() bool
+	Validate() error
+}
+
+// Exit codes every client command shares.
+const (
+	ExitOK    = 0
+	ExitUsage = 2
+)
+
+// Begin does what every client command does before its work: usage when
+// there are no arguments, parse and validation errors with a pointer to
+// --help (exit 2), --help and --version (exit 0). When done is true the
+// command exits with code; otherwise it goes on with the parsed arguments.
+func Begin[T Command](name, usage, version string, args []string, stdout, stderr io.Writer, parse func([]string) (T, error)) (o T, code int, done bool) {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return o, ExitUsage, true
+	}
+	o, err := parse(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: parse arguments: %v\nRun '%s --help' for usage.\n", name, err, name)
+		return o, ExitUsage, true
+	}
+	switch {
+	case o.WantsHelp():
+		fmt.Fprint(stdout, usage)
+		return o, ExitOK, true
+	case o.WantsVersion():
+		fmt.Fprintf(stdout, "%s %s\n", name, Version(version))
+		return o, ExitOK, true
+	}
+	if err := o.Validate(); err != nil {
+		fmt.Fprintf(stderr, "%s: check arguments: %v\nRun '%s --help' for usage.\n", name, err, name)
+		return o, ExitUsage, true
+	}
+	return o, ExitOK, false
 }

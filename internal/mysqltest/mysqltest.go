@@ -9,17 +9,14 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/damselfly-io/damselfly/internal/dbtest"
 	_ "github.com/go-sql-driver/mysql" // registers "mysql"
 )
 
@@ -33,8 +30,6 @@ type Server struct {
 	cred *syscall.Credential
 	cmd  *exec.Cmd
 	done chan struct{}
-	n    atomic.Int64
-	mu   sync.Mutex
 }
 
 func find(name string) (string, error) {
@@ -67,19 +62,11 @@ func Start() (*Server, error) {
 	}
 	s := &Server{dir: dir, done: make(chan struct{})}
 	var userArgs []string
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("mysql")
-		if err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("running as root needs the mysql user (created by mariadb-server): %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			os.RemoveAll(dir)
-			return nil, err
-		}
+	if s.cred, err = dbtest.ServiceUser(dir, "mysql"); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	if s.cred != nil {
 		userArgs = []string{"--user=mysql"}
 	}
 	data := filepath.Join(dir, "data")
@@ -91,13 +78,10 @@ func Start() (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("mariadb-install-db: %w: %s", err, out)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if s.port, err = dbtest.FreePort(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	s.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	logPath := filepath.Join(dir, "error.log")
 	s.cmd = exec.Command(mariadbd, append([]string{"--no-defaults", "--datadir=" + data,
 		"--socket=" + filepath.Join(dir, "mysqld.sock"), "--pid-file=" + filepath.Join(dir, "mysqld.pid"),
@@ -145,18 +129,9 @@ func (s *Server) DSN(db string) string {
 
 // NewDatabase creates a fresh, empty database and returns its DSN.
 func (s *Server) NewDatabase(ctx context.Context) (string, error) {
-	name := fmt.Sprintf("t%d_%d", os.Getpid(), s.n.Add(1))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	db, err := sql.Open("mysql", s.DSN(""))
+	name, err := dbtest.CreateDatabase(ctx, "mysql", s.DSN(""))
 	if err != nil {
 		return "", err
-	}
-	defer db.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if _, err := db.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
-		return "", fmt.Errorf("create database: %w", err)
 	}
 	return s.DSN(name), nil
 }

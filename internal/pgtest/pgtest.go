@@ -6,20 +6,15 @@ package pgtest
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"syscall"
-	"time"
 
+	"github.com/damselfly-io/damselfly/internal/dbtest"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 )
 
@@ -41,7 +36,6 @@ type Server struct {
 	dir  string
 	port int
 	cred *syscall.Credential
-	n    atomic.Int64
 }
 
 // ErrMissing means the PostgreSQL binaries are not installed.
@@ -57,27 +51,13 @@ func Start() (*Server, error) {
 		return nil, err
 	}
 	s := &Server{dir: dir}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("running as root needs the postgres user: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			os.RemoveAll(dir)
-			return nil, err
-		}
+	if s.cred, err = dbtest.ServiceUser(dir, "postgres"); err == nil {
+		s.port, err = dbtest.FreePort()
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	s.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	data := filepath.Join(dir, "data")
 	if out, err := s.run("initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"); err != nil {
 		os.RemoveAll(dir)
@@ -104,22 +84,11 @@ func (s *Server) DSN(db string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", s.port, db)
 }
 
-var mu sync.Mutex
-
 // NewDatabase creates a fresh, empty database and returns its DSN.
 func (s *Server) NewDatabase(ctx context.Context) (string, error) {
-	name := fmt.Sprintf("t%d_%d", os.Getpid(), s.n.Add(1))
-	mu.Lock()
-	defer mu.Unlock()
-	db, err := sql.Open("pgx", s.DSN("postgres"))
+	name, err := dbtest.CreateDatabase(ctx, "pgx", s.DSN("postgres"))
 	if err != nil {
 		return "", err
-	}
-	defer db.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if _, err := db.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
-		return "", fmt.Errorf("create database: %w", err)
 	}
 	return s.DSN(name), nil
 }

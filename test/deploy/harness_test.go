@@ -89,53 +89,6 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// shortDir is a temp dir with a short path (unix sockets allow ~100 bytes).
-func shortDir(t testing.TB) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "dfd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
-// startProc starts argv via oci.Start and stops it by PID at cleanup,
-// printing its log's tail when the test failed.
-func startProc(t testing.TB, name string, argv ...string) *oci.Proc {
-	t.Helper()
-	p, err := oci.Start("", name, filepath.Join(shortDir(t), name+".log"), argv...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.Stop(5 * time.Second)
-		if t.Failed() {
-			t.Logf("---- %s log (tail) ----\n%s", name, p.LogTail(6000))
-		}
-	})
-	return p
-}
-
-// waitUntil polls check every 100 ms for up to timeout; p's exit fails fast.
-func waitUntil(t testing.TB, p *oci.Proc, timeout time.Duration, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last error
-	for time.Now().Before(deadline) {
-		if last = check(); last == nil {
-			return
-		}
-		if p != nil {
-			if exited, err := p.Exited(); exited {
-				t.Fatalf("%s: process exited (%v) before ready; last check: %v\n%s", what, err, last, p.LogTail(4000))
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s not ready after %s: %v", what, timeout, last)
-}
-
 func httpGet(url string) (int, string, error) {
 	c := &http.Client{Timeout: 3 * time.Second}
 	resp, err := c.Get(url)
@@ -197,23 +150,23 @@ func startLoopNode(t *testing.T, upstream string) *loopNode {
 	t.Helper()
 	sport, smport := freePort(t), freePort(t)
 	sched := "127.0.0.1:" + strconv.Itoa(sport)
-	sp := startProc(t, "scheduler", damselfly(), "scheduler", "--listen", sched, "--metrics-port", strconv.Itoa(smport), "--insecure")
-	waitUntil(t, sp, 30*time.Second, "scheduler", func() error { return httpOK(fmt.Sprintf("http://127.0.0.1:%d/healthy", smport)) })
-	dir := shortDir(t)
+	sp := oci.StartT(t, "", "scheduler", damselfly(), "scheduler", "--listen", sched, "--metrics-port", strconv.Itoa(smport), "--insecure")
+	oci.WaitUntil(t, sp, 30*time.Second, "scheduler", func() error { return httpOK(fmt.Sprintf("http://127.0.0.1:%d/healthy", smport)) })
+	dir := oci.ShortDir(t)
 	mport, pport := freePort(t), freePort(t)
 	n := &loopNode{mirror: fmt.Sprintf("http://127.0.0.1:%d", pport), metrics: fmt.Sprintf("http://127.0.0.1:%d", mport)}
-	dp := startProc(t, "daemon", damselfly(), "daemon", "--scheduler", sched, "--insecure",
+	dp := oci.StartT(t, "", "daemon", damselfly(), "daemon", "--scheduler", sched, "--insecure",
 		"--data-dir", filepath.Join(dir, "cache"), "--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1",
 		"--peer-port", "0", "--upload-port", "0", "--metrics-port", strconv.Itoa(mport), "--sock", filepath.Join(dir, "d.sock"),
 		"--hostname", "node", "--proxy-port", strconv.Itoa(pport), "--proxy-ip", "127.0.0.1", "--registry-mirror", upstream)
-	waitUntil(t, dp, 30*time.Second, "daemon", func() error { return httpOK(n.metrics + "/healthy") })
+	oci.WaitUntil(t, dp, 30*time.Second, "daemon", func() error { return httpOK(n.metrics + "/healthy") })
 	return n
 }
 
 // startRegistry runs docker-registry on a loopback port.
 func startRegistry(t *testing.T) *oci.Registry {
 	t.Helper()
-	r, err := oci.StartRegistry(t.Context(), "", oci.RegistryConfig{Addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), Dir: shortDir(t)})
+	r, err := oci.StartRegistry(t.Context(), "", oci.RegistryConfig{Addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), Dir: oci.ShortDir(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

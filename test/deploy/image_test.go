@@ -31,7 +31,7 @@ func TestImageRunsAllInOne(t *testing.T) {
 	requireTools(t, "containerd", "ctr", "runc", "docker-registry")
 	ctx := t.Context()
 
-	layoutDir := filepath.Join(shortDir(t), "layout")
+	layoutDir := filepath.Join(oci.ShortDir(t), "layout")
 	runCmd(t, nil, imageTool, "build", "--bin-dir", filepath.Dir(binDir), "--out", layoutDir,
 		"--platforms", "linux/amd64", "--version", "test", "--revision", "r1")
 	reg := startRegistry(t)
@@ -42,7 +42,7 @@ func TestImageRunsAllInOne(t *testing.T) {
 
 	// containerd's shims keep sockets and fifos under /run/containerd.
 	removeNewEmptyDirs(t, "/run/containerd", "/run/containerd/s", "/run/containerd/fifo", "/run/containerd/runc", "/run/containerd/runc/damselfly-test")
-	cdir := filepath.Join(shortDir(t), "c")
+	cdir := filepath.Join(oci.ShortDir(t), "c")
 	c, err := oci.StartContainerd(ctx, "", cdir)
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +99,7 @@ func TestImageRunsAllInOne(t *testing.T) {
 	})
 
 	base := fmt.Sprintf("http://127.0.0.1:%d", ports["metrics"])
-	waitUntil(t, nil, 60*time.Second, "the container's /healthy", func() error { return httpOK(base + "/healthy") })
+	oci.WaitUntil(t, nil, 60*time.Second, "the container's /healthy", func() error { return httpOK(base + "/healthy") })
 
 	url := fmt.Sprintf("http://%s/blob.bin", ln.Addr())
 	if out, err := c.Ctr(ctx, "task", "exec", "--exec-id", "dfget1", id, "/usr/local/bin/dfget", url,

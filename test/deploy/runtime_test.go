@@ -32,7 +32,7 @@ func TestConfigureContainerd(t *testing.T) {
 	requireTools(t, "containerd", "ctr", "docker-registry", "skopeo")
 	ctx := t.Context()
 	reg := startRegistry(t)
-	im, err := oci.WriteImage(filepath.Join(shortDir(t), "img"), "v1", 2, 3<<20)
+	im, err := oci.WriteImage(filepath.Join(oci.ShortDir(t), "img"), "v1", 2, 3<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestConfigureContainerd(t *testing.T) {
 	}
 	node := startLoopNode(t, "http://"+reg.Addr)
 
-	root := shortDir(t)
+	root := oci.ShortDir(t)
 	cdir := filepath.Join(root, "etc", "containerd")
 	restarted := filepath.Join(root, "restarted")
 	args := []string{"--root", root, "--runtimes", "containerd", "--mirror", node.mirror,
@@ -108,7 +108,7 @@ func TestConfigurePodman(t *testing.T) {
 	requireTools(t, "podman", "docker-registry", "skopeo")
 	ctx := t.Context()
 	reg := startRegistry(t)
-	im, err := oci.WriteImage(filepath.Join(shortDir(t), "img"), "v1", 2, 2<<20)
+	im, err := oci.WriteImage(filepath.Join(oci.ShortDir(t), "img"), "v1", 2, 2<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestConfigurePodman(t *testing.T) {
 	}
 	node := startLoopNode(t, "http://"+reg.Addr)
 
-	root := shortDir(t)
+	root := oci.ShortDir(t)
 	// Podman reads drop-ins from $HOME/.config/containers/registries.conf.d
 	// (its system directory is fixed at /etc, which tests never touch).
 	home := filepath.Join(root, "home")
@@ -177,7 +177,7 @@ func TestConfigureDocker(t *testing.T) {
 	requireTools(t, "dockerd", "containerd")
 	// dockerd creates its plugin directory there whatever its roots.
 	removeNewEmptyDirs(t, "/run/docker", "/run/docker/plugins")
-	root := shortDir(t)
+	root := oci.ShortDir(t)
 	cfg := filepath.Join(root, "etc", "docker", "daemon.json")
 	os.MkdirAll(filepath.Dir(cfg), 0o755)
 	if err := os.WriteFile(cfg, []byte(`{"debug": false, "registry-mirrors": ["https://mirror.example"]}`), 0o644); err != nil {
@@ -216,7 +216,7 @@ type dockerInfoResp struct {
 // GET /info over its socket, and stops it by PID.
 func dockerInfo(t *testing.T, cfg string) (*dockerInfoResp, error) {
 	t.Helper()
-	dir := shortDir(t)
+	dir := oci.ShortDir(t)
 	sock := filepath.Join(dir, "d.sock")
 	p, err := oci.Start("", "dockerd", filepath.Join(dir, "dockerd.log"), "dockerd", "--config-file", cfg,
 		"--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "exec"), "--pidfile", filepath.Join(dir, "d.pid"),

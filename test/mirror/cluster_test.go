@@ -86,10 +86,10 @@ func startCluster(t *testing.T) *cluster {
 	s := netw.Scheduler()
 	schedAddr := net.JoinHostPort(s.IP.String(), strconv.Itoa(schedPort))
 	schedArgs := append([]string{bin, "scheduler", "--listen", schedAddr, "--metrics-port", strconv.Itoa(metricsPort)},
-		tlsFlags(t, "scheduler", "scheduler", shortDir(t))...)
-	c.sched = startProc(t, s.NS, "scheduler", schedArgs...)
+		tlsFlags(t, "scheduler", "scheduler", oci.ShortDir(t))...)
+	c.sched = oci.StartT(t, s.NS, "scheduler", schedArgs...)
 	sc := netns.HTTPClient(s.NS, 2*time.Second)
-	waitUntil(t, c.sched, 30*time.Second, "scheduler", func() error {
+	oci.WaitUntil(t, c.sched, 30*time.Second, "scheduler", func() error {
 		return httpOK(sc, "http://"+net.JoinHostPort(s.IP.String(), strconv.Itoa(metricsPort))+"/healthy")
 	})
 
@@ -115,16 +115,16 @@ func startCluster(t *testing.T) *cluster {
 			}
 			args = append(args, "--seed", "--config", conf)
 		}
-		p := startProc(t, h.NS, h.Name+"-daemon", args...)
+		p := oci.StartT(t, h.NS, h.Name+"-daemon", args...)
 		hc := netns.HTTPClient(h.NS, 2*time.Second)
-		waitUntil(t, p, 30*time.Second, "daemon on "+h.Name, func() error {
+		oci.WaitUntil(t, p, 30*time.Second, "daemon on "+h.Name, func() error {
 			return httpOK(hc, "http://"+net.JoinHostPort(h.IP.String(), strconv.Itoa(metricsPort))+"/healthy")
 		})
 		return p
 	}
-	c.seed = daemon(netw.Seed(), shortDir(t), true)
+	c.seed = daemon(netw.Seed(), oci.ShortDir(t), true)
 	for _, h := range netw.Peers() {
-		n := &node{host: h, dir: shortDir(t)}
+		n := &node{host: h, dir: oci.ShortDir(t)}
 		n.daemon = daemon(h, n.dir, false)
 		if n.cd, err = oci.StartContainerd(ctx, h.NS, filepath.Join(n.dir, "cd")); err != nil {
 			t.Fatal(err)

@@ -62,7 +62,7 @@ func TestDirectPull(t *testing.T) {
 				return
 			}
 			requireTools(t, "containerd", "ctr")
-			cd, err := oci.StartContainerd(ctx, "", filepath.Join(shortDir(t), "cd"))
+			cd, err := oci.StartContainerd(ctx, "", filepath.Join(oci.ShortDir(t), "cd"))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -119,54 +119,6 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// shortDir is a temp dir with a short path: unix sockets (containerd's)
-// allow about 100 bytes, and t.TempDir's paths hold the test's name.
-func shortDir(t testing.TB) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "dfm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
-// startProc starts argv in ns via oci.Start and stops it (by PID) at
-// cleanup, printing the tail of its log if the test failed.
-func startProc(t testing.TB, ns, name string, argv ...string) *oci.Proc {
-	t.Helper()
-	p, err := oci.Start(ns, name, filepath.Join(shortDir(t), name+".log"), argv...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.Stop(3 * time.Second)
-		if t.Failed() {
-			t.Logf("---- %s log (tail) ----\n%s", name, p.LogTail(8000))
-		}
-	})
-	return p
-}
-
-// waitUntil polls check every 100 ms for up to timeout; p's exit fails fast.
-func waitUntil(t testing.TB, p *oci.Proc, timeout time.Duration, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last error
-	for time.Now().Before(deadline) {
-		if last = check(); last == nil {
-			return
-		}
-		if p != nil {
-			if done, err := p.Exited(); done {
-				t.Fatalf("%s: %s exited (%v):\n%s", what, p.Name, err, p.LogTail(4000))
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, last)
-}
-
 func httpOK(c *http.Client, url string) error {
 	resp, err := c.Get(url)
 	if err != nil {
@@ -213,7 +165,7 @@ func startRegistry(t testing.TB, ns, addr, tokenAddr string, auth oci.Auth) *reg
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	env := &registryEnv{}
-	cfg := oci.RegistryConfig{Addr: addr, Dir: shortDir(t), Auth: auth, User: testUser, Password: testPassword}
+	cfg := oci.RegistryConfig{Addr: addr, Dir: oci.ShortDir(t), Auth: auth, User: testUser, Password: testPassword}
 	if auth == oci.AuthToken {
 		ts, err := oci.NewTokenServer(testUser, testPassword, testLogger(t))
 		if err != nil {

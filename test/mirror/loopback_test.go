@@ -35,10 +35,10 @@ func startLoopDaemon(t *testing.T, upstream string, extra ...string) *loopDaemon
 	sport, smport := freePort(t), freePort(t)
 	sched := fmt.Sprintf("127.0.0.1:%d", sport)
 	// These tests are about the mirror; gRPC runs in plaintext, explicitly.
-	sp := startProc(t, "", "scheduler", filepath.Join(binDir, "damselfly"), "scheduler", "--listen", sched, "--metrics-port", strconv.Itoa(smport), "--insecure")
+	sp := oci.StartT(t, "", "scheduler", filepath.Join(binDir, "damselfly"), "scheduler", "--listen", sched, "--metrics-port", strconv.Itoa(smport), "--insecure")
 	hc := &http.Client{Timeout: 2 * time.Second}
-	waitUntil(t, sp, 20*time.Second, "scheduler", func() error { return httpOK(hc, fmt.Sprintf("http://127.0.0.1:%d/healthy", smport)) })
-	dir := shortDir(t)
+	oci.WaitUntil(t, sp, 20*time.Second, "scheduler", func() error { return httpOK(hc, fmt.Sprintf("http://127.0.0.1:%d/healthy", smport)) })
+	dir := oci.ShortDir(t)
 	mport, pport := freePort(t), freePort(t)
 	d := &loopDaemon{
 		proxy:   fmt.Sprintf("http://127.0.0.1:%d", pport),
@@ -50,9 +50,9 @@ func startLoopDaemon(t *testing.T, upstream string, extra ...string) *loopDaemon
 		"--peer-port", "0", "--upload-port", "0", "--metrics-port", strconv.Itoa(mport), "--sock", d.sock,
 		"--hostname", "loop", "--proxy-port", strconv.Itoa(pport), "--proxy-ip", "127.0.0.1",
 		"--registry-mirror", upstream, "--insecure"}
-	dp := startProc(t, "", "daemon", append(args, extra...)...)
-	waitUntil(t, dp, 20*time.Second, "daemon", func() error { return httpOK(hc, d.metrics+"/healthy") })
-	waitUntil(t, dp, 20*time.Second, "daemon's mirror port", func() error {
+	dp := oci.StartT(t, "", "daemon", append(args, extra...)...)
+	oci.WaitUntil(t, dp, 20*time.Second, "daemon", func() error { return httpOK(hc, d.metrics+"/healthy") })
+	oci.WaitUntil(t, dp, 20*time.Second, "daemon's mirror port", func() error {
 		resp, err := hc.Get(d.proxy + "/v2/")
 		if err == nil {
 			resp.Body.Close()
