@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -394,6 +396,8 @@ func failureKind(err error) fetch.Kind {
 		return fetch.KindNotFound
 	case errors.Is(err, piece.ErrStalled):
 		return fetch.KindTimeout
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED):
+		return fetch.KindConnLost
 	default:
 		return fetch.KindError
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"syscall"
 	"testing"
 
 	"github.com/damselfly-io/damselfly/core"
@@ -22,6 +24,8 @@ func TestFailureKind(t *testing.T) {
 		fmt.Errorf("write piece: %w", core.ErrNoSpace):                               fetch.KindNoSpace,
 		fmt.Errorf("fetch piece 1 from x: %w", context.Canceled):                     fetch.KindError,
 		errors.New("status 500"):                                                     fetch.KindError,
+		fmt.Errorf("after 100 bytes: %w", io.ErrUnexpectedEOF):                       fetch.KindConnLost,
+		fmt.Errorf("dial: %w", syscall.ECONNREFUSED):                                 fetch.KindConnLost,
 	} {
 		if got := failureKind(err); got != want {
 			t.Errorf("%v: %v, want %v", err, got, want)
