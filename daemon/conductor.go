@@ -458,7 +458,9 @@ func (c *conductor) exec(ctx context.Context, acts []fetch.Action) {
 			case a.Reason == "scheduled":
 				c.log.Info("fetching from the origin")
 			}
-			c.d.metrics.backSource.WithLabelValues(a.Reason).Inc()
+			if a.Reason != fetch.ReasonRest {
+				c.d.metrics.backSource.WithLabelValues(a.Reason).Inc()
+			}
 			c.startOrigin(ctx, a.Ranges)
 		case fetch.ActReset:
 			c.log.Warn("content failed its digest although every piece matched the scheduler's digests; fetching it again from the origin")
