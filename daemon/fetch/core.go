@@ -251,9 +251,10 @@ func (c *Core) handle(now time.Time, ev Event) error {
 	case EvOriginPiece:
 		c.lastProgress = now
 		c.originBytes += e.Bytes
-		if c.hold(e.Piece) {
-			c.report(now, Report{Piece: e.Piece, Bytes: e.Bytes, Cost: e.Cost})
-		}
+		c.hold(e.Piece)
+		// Reported even when a parent's copy came first: a peer sent to
+		// the origin is whom the scheduler takes the piece's digest from.
+		c.report(now, Report{Piece: e.Piece, Bytes: e.Bytes, Cost: e.Cost})
 	case EvOriginDone:
 		c.originRunning = false
 		c.originDone = e.Err == nil
