@@ -251,10 +251,11 @@ func (c *Core) handle(now time.Time, ev Event) error {
 	case EvOriginPiece:
 		c.lastProgress = now
 		c.originBytes += e.Bytes
-		c.hold(e.Piece)
 		// Reported even when a parent's copy came first: a peer sent to
 		// the origin is whom the scheduler takes the piece's digest from.
-		c.report(now, Report{Piece: e.Piece, Bytes: e.Bytes, Cost: e.Cost})
+		if c.hold(e.Piece) || c.isHeld(e.Piece) {
+			c.report(now, Report{Piece: e.Piece, Bytes: e.Bytes, Cost: e.Cost})
+		}
 	case EvOriginDone:
 		c.originRunning = false
 		c.originDone = e.Err == nil
@@ -369,6 +370,8 @@ func (c *Core) hold(n uint32) bool {
 	c.removeNeed(n)
 	return true
 }
+
+func (c *Core) isHeld(n uint32) bool { return int(n) < len(c.held) && c.held[n] }
 
 func (c *Core) report(now time.Time, r Report) {
 	if len(c.pending) == 0 {
@@ -552,12 +555,13 @@ func (c *Core) contentCorrupt(now time.Time, cause error) {
 		}
 		c.emit(ActContentCorrupt{Reason: reason})
 	}
+	c.completing = false
 	if !fromPeers || c.retried || c.cfg.NoOrigin || c.cfg.Cache {
 		c.emit(ActFailed{Err: fmt.Errorf("task %s: %w", c.cfg.TaskID, cause)})
 		return
 	}
 	c.retried = true
-	c.completing, c.ended = false, false
+	c.ended = false
 	c.emit(ActReset{})
 	for i := range c.held {
 		c.held[i] = false
@@ -667,9 +671,15 @@ func (c *Core) parentPieces(now time.Time, e EvParentPieces) {
 		return
 	}
 	p.updates++
+	// Beyond the task's pieces (or, while its length is unknown, beyond
+	// maxPiece) a number is a lie that would only cost memory.
+	limit := uint32(maxPiece)
+	if c.length >= 0 && c.psize > 0 {
+		limit = c.count
+	}
 	for _, ns := range [2][]uint32{e.Pieces, e.Relaying} {
 		for _, n := range ns {
-			if n < maxPiece {
+			if n < limit {
 				p.mark(n)
 			}
 		}
