@@ -150,6 +150,9 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 	}
 	s.updatePoolLocked(p)
 	s.markDirty(t)
+	if len(t.list) <= capacitySmallTask {
+		s.updateRateLocked(t, now)
+	}
 	if t.private && p.verified {
 		s.grantLocked(p, now)
 	}

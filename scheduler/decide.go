@@ -315,7 +315,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		// A host replaced as slow lately is used like a full one: only when
 		// nothing else can take p, so it drifts to the end of the pipeline
 		// instead of slowing whoever joins below it next.
-		if c.host.used >= c.host.slots || (s.cfg.MaxChildren > 0 && childrenIn(c, group) >= s.cfg.MaxChildren) || now.Before(c.host.slowUntil) {
+		if c.host.used >= c.host.slots || s.childrenFull(c, group, now) || now.Before(c.host.slowUntil) {
 			if len(full) < limit {
 				full = append(full, c)
 			}
@@ -338,6 +338,14 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		if local > 0 {
 			clear(free[local:])
 			free = free[:local]
+		}
+	}
+	if len(free) == 0 && !lastResort {
+		full = s.preferLeafSplits(full)
+		if s.displaceSlowLeafLocked(p, full, group, now) {
+			clear(full)
+			s.freeCands, s.fullCands = free[:0], full[:0]
+			return true
 		}
 	}
 	// Free candidates first; hosts (or peers) without a free slot only when

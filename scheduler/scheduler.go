@@ -87,6 +87,7 @@ type Scheduler struct {
 	fullCands   []*peer
 	cands       []policy.Candidate
 	waitScratch []*peer
+	rateScratch []float64
 }
 
 // Option sets what a Scheduler takes from outside besides its Config.
@@ -271,6 +272,7 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 		if t.private {
 			s.renewAccessLocked(t, now)
 		}
+		s.updateRateLocked(t, now)
 		if len(t.pool) == 0 {
 			continue
 		}

@@ -199,7 +199,10 @@ type task struct {
 	seedPeer     *peer
 	emptySince   time.Time
 	dirty        bool
-	nextOrd      uint64
+	// rate is the target rate R of every receiver in bytes/s (capacity.go),
+	// 0 when no capacity is known.
+	rate    float64
+	nextOrd uint64
 	// cache: a dfcache entry. It has no origin: only its importers are
 	// sources, seeds are never triggered, and a peer finding no holder fails.
 	cache bool
