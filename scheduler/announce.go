@@ -136,6 +136,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 		conn:              c,
 		poolIdx:           -1,
 		waitIdx:           -1,
+		openIdx:           -1,
 	}
 	t.nextOrd++
 	t.addPeer(p)
@@ -148,8 +149,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 			p.pieces.set(n)
 		}
 	}
-	s.updatePoolLocked(p)
-	s.markDirty(t)
+	s.updatePoolLocked(p) // marks t dirty when p holds pieces
 	if len(t.list) <= capacitySmallTask {
 		s.updateRateLocked(t, now)
 	}
@@ -367,9 +367,12 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 			}
 		}
 	}
-	s.updatePoolLocked(p)
-	s.markDirty(t)
+	// A new piece of a peer already in the pool changes nothing a waiting
+	// peer could use; marking the task dirty on every report re-decided
+	// every waiting peer per piece (O(waiting) per event).
+	s.updatePoolLocked(p) // marks t dirty when p joins the pool
 	if len(fresh) > 0 {
+		s.markDirty(t) // trusted digests: unverifiable tasks may move on
 		t.info = nil
 		s.broadcastInfoLocked(t, p, taskInfo(t, fresh))
 	}

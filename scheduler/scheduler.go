@@ -71,6 +71,7 @@ type Scheduler struct {
 	seeds    map[string]*seedConn // by host ID
 	rnd      *mrand.Rand
 	epoch    uint64  // visit marks: a fresh epoch per walk avoids clearing
+	visited  uint64  // candidates looked at by decisions (tests count them)
 	dirty    []*task // tasks whose waiting peers need a new look
 	dropped  []*peer // peers whose send buffer overflowed
 	counters counters
@@ -278,6 +279,7 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 		}
 		s.replaceSlowParentsLocked(t, now)
 		for _, p := range t.list {
+			s.touchOpenLocked(p)
 			if p.state == stateRunning && len(p.parents) < s.cfg.MaxParents {
 				under = append(under, p)
 			}

@@ -107,6 +107,7 @@ type peer struct {
 	poolIdx     int       // index in task.pool, -1 when not a candidate
 	listIdx     int       // index in task.list
 	waitIdx     int       // index in task.waitList, -1 when not waiting
+	openIdx     int       // index in task.open, -1 when not in it
 	mark        uint64    // visit epoch, see Scheduler.epoch
 	parentsAt   time.Time // when the peer last got a parent
 	dropping    bool      // queued for removal after a send overflow
@@ -190,6 +191,9 @@ type task struct {
 	listIdx      int     // index in Scheduler.taskList
 	pool         []*peer // candidate parents: hold data, are done, or fetch from the origin
 	waitList     []*peer // waiting peers (peer.waitIdx)
+	// open: pool members with a free child slot when last looked at
+	// (touchOpenLocked); decisions in large tasks look here first.
+	open []*peer
 	backToSource int
 	seedPhase    seedPhase
 	seedHost     string
@@ -356,4 +360,20 @@ func (t *task) removeWaiting(p *peer) {
 	t.waitList[len(t.waitList)-1] = nil
 	t.waitList = t.waitList[:len(t.waitList)-1]
 	p.waitIdx = -1
+}
+
+// setOpen puts p in t.open or takes it out.
+func (t *task) setOpen(p *peer, in bool) {
+	switch {
+	case in && p.openIdx < 0:
+		p.openIdx = len(t.open)
+		t.open = append(t.open, p)
+	case !in && p.openIdx >= 0:
+		i := p.openIdx
+		last := t.open[len(t.open)-1]
+		t.open[i], last.openIdx = last, i
+		t.open[len(t.open)-1] = nil
+		t.open = t.open[:len(t.open)-1]
+		p.openIdx = -1
+	}
 }
