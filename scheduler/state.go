@@ -187,13 +187,13 @@ type task struct {
 	peers   map[string]*peer
 	// list holds the peers of peers in a order that depends only on the
 	// events (unlike a map's): walks over it decide alike in every run.
-	list         []*peer
-	listIdx      int     // index in Scheduler.taskList
-	pool         []*peer // candidate parents: hold data, are done, or fetch from the origin
-	waitList     []*peer // waiting peers (peer.waitIdx)
+	list     []*peer
+	listIdx  int     // index in Scheduler.taskList
+	pool     []*peer // candidate parents: hold data, are done, or fetch from the origin
+	waitList []*peer // waiting peers (peer.waitIdx)
 	// open: pool members with a free child slot when last looked at
 	// (touchOpenLocked); decisions in large tasks look here first.
-	open []*peer
+	open         []*peer
 	backToSource int
 	seedPhase    seedPhase
 	seedHost     string
