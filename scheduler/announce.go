@@ -249,6 +249,14 @@ func (s *Scheduler) handleLocked(p *peer, m *schedulerv1.PeerMessage, now time.T
 		return nil // replaced or dropped; its stream is closing
 	}
 	p.lastSeen = now
+	if !p.stalledAt.IsZero() {
+		// It speaks: whatever stalled it, it is alive.
+		p.stalledAt = time.Time{}
+		s.touchOpenLocked(p)
+		if p.poolIdx >= 0 {
+			s.markDirty(p.task)
+		}
+	}
 	switch msg := m.GetMsg().(type) {
 	case *schedulerv1.PeerMessage_Register:
 		return status.Error(codes.InvalidArgument, "register sent twice on one stream")
@@ -471,6 +479,16 @@ func (s *Scheduler) onRescheduleLocked(p *peer, m *schedulerv1.Reschedule, now t
 		par := t.peers[id]
 		if par == nil || !s.removeEdge(par, p) {
 			continue
+		}
+		// A downloading parent that stalled for its child and has not
+		// reported a piece for stallSilence is likely dead (a host gone
+		// without closing its stream) or cut off: until it speaks again
+		// nobody else is sent to it either. One that spoke lately is
+		// alive, whatever the report says: a lone reporter cannot turn
+		// the swarm away from it.
+		if (par.state == stateRunning || par.state == stateBackToSource) && now.Sub(par.lastSeen) >= stallSilence {
+			par.stalledAt = now
+			s.touchOpenLocked(par)
 		}
 		// In a pipeline a stalled parent is spliced out as a slow one is
 		// (replaceSlowParentsLocked): p takes its place under its own

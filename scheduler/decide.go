@@ -268,6 +268,9 @@ func (s *Scheduler) updatePoolLocked(p *peer) bool {
 // check every candidate anyway.
 func (s *Scheduler) touchOpenLocked(p *peer) {
 	in := p.poolIdx >= 0 && p.state != stateLeft && p.host.used < p.host.slots
+	if in && !p.stalledAt.IsZero() {
+		in = !stalled(p, s.now())
+	}
 	if in {
 		now := s.now()
 		lim := s.childLimit(p, now)
@@ -314,7 +317,8 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		// Banned hosts, accused sources and those that reported their
 		// content corrupt and, in a private task, peers that never showed
 		// credentials are no parents.
-		if now.Before(c.host.bannedUntil) || (t.suspect != nil && (t.accused(c.host) || t.reporter(c.host))) || (t.private && !c.verified) {
+		if now.Before(c.host.bannedUntil) || (t.suspect != nil && (t.accused(c.host) || t.reporter(c.host))) || (t.private && !c.verified) ||
+			stalled(c, now) {
 			return true
 		}
 		if m, bad := p.bad[c.id]; bad {
@@ -449,6 +453,17 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	s.freeCands, s.fullCands = free[:0], full[:0]
 	return added > 0
 }
+
+// stalled reports whether a child reported c stalled and c has not sent a
+// message since, within badParentTTL: a host that died without closing its
+// stream must not get new children while its keepalive runs out.
+func stalled(c *peer, now time.Time) bool {
+	return !c.stalledAt.IsZero() && now.Sub(c.stalledAt) < badParentTTL
+}
+
+// stallSilence: a downloading peer reports every piece it gets, so one
+// silent this long while a child reports it stalled is taken for dead.
+const stallSilence = 2 * time.Second
 
 // largeTask: a task whose pool holds more than largeTask×CandidateLimit
 // peers has its free candidates looked up in t.open instead of walking the

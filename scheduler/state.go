@@ -110,6 +110,10 @@ type peer struct {
 	openIdx     int       // index in task.open, -1 when not in it
 	mark        uint64    // visit epoch, see Scheduler.epoch
 	parentsAt   time.Time // when the peer last got a parent
+	// stalledAt: a child reported this peer stalled then (Reschedule naming
+	// it); until it sends a message again it is nobody's candidate parent
+	// (see suspectLocked). Zero when not.
+	stalledAt time.Time
 	dropping    bool      // queued for removal after a send overflow
 
 	// priority is the download's Dragonfly level (dfget --priority).
