@@ -114,7 +114,7 @@ type peer struct {
 	// it); until it sends a message again it is nobody's candidate parent
 	// (see suspectLocked). Zero when not.
 	stalledAt time.Time
-	dropping    bool      // queued for removal after a send overflow
+	dropping  bool // queued for removal after a send overflow
 
 	// priority is the download's Dragonfly level (dfget --priority).
 	priority schedulerv1.Priority
