@@ -112,7 +112,7 @@ type peer struct {
 	parentsAt   time.Time // when the peer last got a parent
 	// stalledAt: a child reported this peer stalled then (Reschedule naming
 	// it); until it sends a message again it is nobody's candidate parent
-	// (see suspectLocked). Zero when not.
+	// (see stalled). Zero when not.
 	stalledAt time.Time
 	dropping  bool // queued for removal after a send overflow
 
