@@ -17,12 +17,17 @@ import (
 // recomputed on every registration (cheap); above it, once per Tick.
 const capacitySmallTask = 64
 
-// upCapacity is the upload capacity of h in bytes/s when known: declared
-// by its operator (Host.upload_bps), or measured when the slow-parent rule
-// found it slow (its measured rate is then what it gives); 0 when unknown.
+// upCapacity is the rate in bytes/s at which h can pass the content on,
+// when known: its uplink declared by its operator (Host.upload_bps), capped
+// by its declared downlink (a relay cannot pass pieces on faster than it
+// gets them), or measured when the slow-parent rule found it slow (its
+// measured rate is then what it gives); 0 when unknown.
 func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
-	if d := h.info.GetUploadBps(); d > 0 {
-		return float64(d)
+	if u := h.info.GetUploadBps(); u > 0 {
+		if d := h.info.GetDownloadBps(); d > 0 && d < u {
+			return float64(d)
+		}
+		return float64(u)
 	}
 	if now.Before(h.slowUntil) && h.throughput > 0 {
 		return h.throughput
@@ -31,25 +36,25 @@ func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
 }
 
 // updateRateLocked recomputes t's target rate R from its peers' known
-// capacities: the least of the source's uplink, the smallest declared
-// downlink and the median uplink of the receivers. The median rather than
-// the mean of the fluid bound's N·F/(u_src+Σu_i): the bound holds when slow
-// uplinks are used in full, which the tree reaches only through several
-// parents per child; the median keeps the fast majority at full rate and
-// hangs the slow minority below it. 0 when no capacity is known.
+// capacities: the lesser of the source's uplink and the median of the
+// receivers' relay capacities. The median rather than the mean of the fluid
+// bound's N·F/(u_src+Σu_i): the bound holds when slow uplinks are used in
+// full, which the tree reaches only through several parents per child; the
+// median keeps the fast majority at full rate and hangs the slow minority
+// below it. The bound's F/d_min term is not the rate of the others: a host
+// with a slow downlink only limits itself once it sits at a leaf, which its
+// relay capacity (capped by that downlink) sees to. 0 when no capacity is
+// known.
 func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 	t.rate = 0
 	if !s.cfg.CapacityAware {
 		return
 	}
 	ups := s.rateScratch[:0]
-	src, down := 0.0, 0.0
+	src := 0.0
 	for _, p := range t.list {
 		if p.state == stateLeft {
 			continue
-		}
-		if d := float64(p.host.info.GetDownloadBps()); d > 0 && p.state != stateSucceeded && (down == 0 || d < down) {
-			down = d
 		}
 		u := s.upCapacity(p.host, now)
 		if u <= 0 {
@@ -66,10 +71,8 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 		slices.Sort(ups)
 		r = ups[len(ups)/2]
 	}
-	for _, b := range []float64{src, down} {
-		if b > 0 && (r == 0 || b < r) {
-			r = b
-		}
+	if src > 0 && (r == 0 || src < r) {
+		r = src
 	}
 	t.rate = r
 	s.rateScratch = ups[:0]

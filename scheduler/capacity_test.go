@@ -15,6 +15,12 @@ func capHost(id string, upMbps float64, seed bool) regOpt {
 		UploadBps: int64(upMbps * mbps), Seed: seed})
 }
 
+// capHost2 declares both directions.
+func capHost2(id string, upMbps, downMbps float64) regOpt {
+	return withHost(&schedulerv1.Host{Id: "host-" + id, Hostname: id, Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002,
+		UploadBps: int64(upMbps * mbps), DownloadBps: int64(downMbps * mbps)})
+}
+
 // source makes id the task's fetcher, done with all 4 pieces.
 func (v *vsched) source(task, id string, opts ...regOpt) *vpeer {
 	v.t.Helper()
@@ -69,13 +75,18 @@ func TestCapacityFastHostServesSeveral(t *testing.T) {
 	}
 }
 
-// A slow uplink is not placed above a fast one: a fast newcomer takes the
-// slow leaf's place and the slow host hangs below it.
+// A slow uplink (or a slow downlink: a relay passes pieces on no faster
+// than it gets them) is not placed above a fast one: a fast newcomer takes
+// the slow leaf's place and the slow host hangs below it.
 func TestCapacitySlowHostAtLeaf(t *testing.T) {
-	for _, aware := range []bool{true, false} {
+	for _, c := range []struct {
+		aware bool
+		slow  regOpt
+	}{{true, capHost("s", 10, false)}, {true, capHost2("s", 100, 10)}, {false, capHost("s", 10, false)}} {
+		aware := c.aware
 		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
 		v.source("t", "src", capHost("src", 100, false))
-		s := v.join("t", "s", capHost("s", 10, false))
+		s := v.join("t", "s", c.slow)
 		if got := s.parents(); !slices.Equal(got, []string{"src"}) {
 			t.Fatalf("s parents %v", got)
 		}
