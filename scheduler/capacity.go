@@ -50,22 +50,34 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 	if !s.cfg.CapacityAware {
 		return
 	}
-	ups := s.rateScratch[:0]
+	ups, measured := s.rateScratch[:0], s.measuredScratch[:0]
 	src := 0.0
 	for _, p := range t.list {
 		if p.state == stateLeft {
 			continue
 		}
-		u := s.upCapacity(p.host, now)
-		if u <= 0 {
+		if p.host.info.GetUploadBps() <= 0 {
+			// Undeclared: what children measured, whatever it is, stands
+			// in for the rate when nobody declared anything.
+			if h := p.host; h.throughput > 0 && h.successes >= uint64(s.cfg.SlowParentSamples) {
+				measured = append(measured, h.throughput)
+			}
 			continue
 		}
+		u := s.upCapacity(p.host, now)
 		if p.state == stateBackToSource || p.state == stateSucceeded {
 			src = max(src, u)
 			continue
 		}
 		ups = append(ups, u)
 	}
+	if len(ups) == 0 {
+		// Nobody declared a capacity: the rate is the median of the
+		// measured ones, so that a host the slow-parent rule measured
+		// slow (its capacity then; upCapacity) is judged against it.
+		ups, measured = measured, ups
+	}
+	s.measuredScratch = measured[:0]
 	r := 0.0
 	if len(ups) > 0 {
 		slices.Sort(ups)

@@ -198,3 +198,46 @@ func TestCapacitySeedNotOverused(t *testing.T) {
 		v.invariants()
 	}
 }
+
+// With no capacity declared anywhere, a host the slow-parent rule measured
+// slow is judged against the task's measured rate: it hangs at a leaf, and
+// a newcomer takes its place rather than sitting below it.
+func TestCapacityMeasuredSlowHostAtLeaf(t *testing.T) {
+	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples = 0.3, 2 })
+	src := v.join("t1", "src")
+	src.decision()
+	src.meta(16<<20, 256<<10)
+	ids := []string{"src", "a", "b", "c", "d"}
+	ps := map[string]*vpeer{"src": src}
+	for i, id := range ids[1:] {
+		p := v.join("t1", id)
+		if got := p.parents(); !slices.Equal(got, []string{ids[i]}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
+		}
+		ps[id] = p
+	}
+	const piece = 256 << 10
+	fast, slow := int64(20e6), int64(400e6)
+	for n := range uint32(3) {
+		for i, id := range ids[1:] {
+			cost := fast
+			if id == "c" { // from b: b's uplink is slow
+				cost = slow
+			}
+			ps[id].pieces(&schedulerv1.PieceResult{Number: n, ParentId: ids[i], Length: piece, CostNs: cost})
+		}
+	}
+	v.advance(inputGrace)
+	// b was spliced out and hangs at the tail, below d.
+	if got := ps["b"].parents(); !slices.Equal(got, []string{"d"}) {
+		t.Fatalf("slow b parents %v, want [d]", got)
+	}
+	e := v.join("t1", "e")
+	if got := e.parents(); !slices.Equal(got, []string{"d"}) {
+		t.Fatalf("e parents %v, want [d]: the slow leaf's place", got)
+	}
+	if got := ps["b"].parents(); !slices.Equal(got, []string{"e"}) {
+		t.Fatalf("slow b parents %v, want [e]: below the newcomer", got)
+	}
+	v.invariants()
+}

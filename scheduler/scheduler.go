@@ -80,15 +80,16 @@ type Scheduler struct {
 	lastGC   time.Time        // when Tick last collected
 
 	// Scratch space reused across decisions (under mu).
-	fwd         []*peer
-	bwd         []*peer
-	stack       []*peer
-	ords        []uint64
-	freeCands   []*peer
-	fullCands   []*peer
-	cands       []policy.Candidate
-	waitScratch []*peer
-	rateScratch []float64
+	fwd             []*peer
+	bwd             []*peer
+	stack           []*peer
+	ords            []uint64
+	freeCands       []*peer
+	fullCands       []*peer
+	cands           []policy.Candidate
+	waitScratch     []*peer
+	rateScratch     []float64
+	measuredScratch []float64
 }
 
 // Option sets what a Scheduler takes from outside besides its Config.
