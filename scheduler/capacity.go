@@ -127,10 +127,12 @@ func (s *Scheduler) slowHost(c *peer, now time.Time) bool {
 // preferLeafSplits narrows the candidates that have no free slot, from
 // which p must take a share of someone's uplink: a seed host only when
 // nothing else is left (its uplink is the origin's, which should carry the
-// content about once), and among the others those whose children are all
-// leaves, since splitting an uplink then slows only those leaves and not a
-// whole pipeline below them.
-func (s *Scheduler) preferLeafSplits(full []*peer) []*peer {
+// content about once), a host known to be slow only when no other is left
+// (a share of a fast uplink beats a whole slow one, and the slow host stays
+// a leaf), and among the rest those whose children are all leaves, since
+// splitting an uplink then slows only those leaves and not a whole pipeline
+// below them.
+func (s *Scheduler) preferLeafSplits(full []*peer, now time.Time) []*peer {
 	if !s.cfg.CapacityAware || len(full) < 2 {
 		return full
 	}
@@ -148,6 +150,7 @@ func (s *Scheduler) preferLeafSplits(full []*peer) []*peer {
 		}
 	}
 	keep(func(c *peer) bool { return !c.host.info.GetSeed() })
+	keep(func(c *peer) bool { return !s.slowHost(c, now) })
 	keep(func(c *peer) bool {
 		for _, ch := range c.children {
 			if len(ch.children) > 0 {
@@ -160,39 +163,49 @@ func (s *Scheduler) preferLeafSplits(full []*peer) []*peer {
 }
 
 // displaceSlowLeafLocked gives p, a newcomer with an uplink fit to relay,
-// the place of a slow leaf when no parent has a free slot: x→y becomes
-// x→p→y. A slow uplink above a fast one would hold back everyone below it;
-// at a leaf it holds back nobody. It reports whether it did.
+// the place of the slow leaves below a full parent x when no parent has a
+// free slot: x→y₁…yₖ becomes x→p→y₁…yₖ. A slow uplink above a fast one
+// would hold back everyone below it; at a leaf it holds back nobody. All of
+// x's slow leaves move, so that x feeds p alone and p's uplink, at the end
+// of the pipeline, is what the slow leaves share. It reports whether it
+// did.
 func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, now time.Time) bool {
 	if len(p.parents) > 0 || len(p.children) > 0 || s.childLimit(p, now) == 0 || p.task.rate <= 0 {
 		return false
+	}
+	isSlowLeaf := func(y *peer) bool {
+		return len(y.children) == 0 && len(y.parents) == 1 && y.state == stateRunning && s.slowHost(y, now) &&
+			localityGroup(y.host.info) == group && y.host != p.host
 	}
 	for _, x := range full {
 		if x.host.info.GetSeed() && len(full) > 1 {
 			continue
 		}
-		for _, y := range x.children {
-			if len(y.children) > 0 || len(y.parents) != 1 || y.state != stateRunning || !s.slowHost(y, now) ||
-				localityGroup(y.host.info) != group || (y.host == p.host) {
-				continue
+		if _, bad := p.bad[x.id]; bad || !slices.ContainsFunc(x.children, isSlowLeaf) {
+			continue
+		}
+		var moved []*peer
+		for i := 0; i < len(x.children); i++ {
+			if y := x.children[i]; isSlowLeaf(y) {
+				s.removeEdge(x, y)
+				moved = append(moved, y)
+				i--
 			}
-			if _, bad := p.bad[x.id]; bad {
-				continue
-			}
-			s.removeEdge(x, y)
-			if !s.linkLocked(x, p) {
+		}
+		if !s.linkLocked(x, p) {
+			for _, y := range moved {
 				s.linkLocked(x, y)
-				continue
 			}
+			continue
+		}
+		for _, y := range moved {
 			if !s.linkLocked(p, y) {
-				s.removeEdge(x, p)
-				s.linkLocked(x, y)
-				continue
+				s.linkLocked(x, y) // cannot happen: y is a leaf and p new
 			}
 			s.sendParentsLocked(y, now)
-			s.log.Debug("slow leaf displaced", "task_id", p.task.id, "peer_id", p.id, "parent", x.id, "leaf", y.id)
-			return true
 		}
+		s.log.Debug("slow leaves displaced", "task_id", p.task.id, "peer_id", p.id, "parent", x.id, "leaves", len(moved))
+		return true
 	}
 	return false
 }

@@ -131,13 +131,29 @@ func TestCapacitySplitOnlyAboveLeaves(t *testing.T) {
 		}
 		// Two slow hosts: the first hangs below the tail, the second finds
 		// no free slot anywhere.
-		v.join("t", "s1", capHost("s1", 10, false)).parents()
-		got := v.join("t", "s2", capHost("s2", 10, false)).parents()
+		s1 := v.join("t", "s1", capHost("s1", 10, false))
+		s1.parents()
+		s2 := v.join("t", "s2", capHost("s2", 10, false))
+		got := s2.parents()
 		if !aware {
 			continue // any full host, the pipeline's head included
 		}
-		if len(got) != 1 || (got[0] != "c" && got[0] != "s1") {
-			t.Fatalf("s2 parents %v, want c or s1: only leaves below", got)
+		if !slices.Equal(got, []string{"c"}) {
+			t.Fatalf("s2 parents %v, want [c]: only leaves below, and a share of a fast uplink", got)
+		}
+		v.invariants()
+		// A fast newcomer takes both slow leaves' place: c feeds it alone,
+		// and both hang below it.
+		if got := v.join("t", "f", capHost("f", 100, false)).parents(); !slices.Equal(got, []string{"c"}) {
+			t.Fatalf("f parents %v, want [c]", got)
+		}
+		for _, s := range []*vpeer{s1, s2} {
+			if got := s.parents(); !slices.Equal(got, []string{"f"}) {
+				t.Fatalf("%s parents %v, want [f]", s.id, got)
+			}
+		}
+		if got := v.children("t", "c"); !slices.Equal(got, []string{"f"}) {
+			t.Fatalf("c children %v, want [f]", got)
 		}
 		v.invariants()
 	}

@@ -389,7 +389,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		}
 	}
 	if len(free) == 0 && !lastResort {
-		full = s.preferLeafSplits(full)
+		full = s.preferLeafSplits(full, now)
 		if s.displaceSlowLeafLocked(p, full, group, now) {
 			clear(full)
 			s.freeCands, s.fullCands = free[:0], full[:0]
