@@ -209,3 +209,55 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 	}
 	return false
 }
+
+// crowdLocked records that p shares an uplink that has no room for it.
+func (s *Scheduler) crowdLocked(p *peer) {
+	if !p.crowded {
+		p.crowded = true
+		p.task.crowded = append(p.task.crowded, p)
+	}
+}
+
+// oversubscribed reports whether x feeds more children than its uplink has
+// room for, or is known slow while feeding any.
+func (s *Scheduler) oversubscribed(x *peer, now time.Time) bool {
+	if len(x.children) == 0 {
+		return false
+	}
+	lim := s.childLimit(x, now)
+	return (lim >= 0 && len(x.children) > lim) || x.host.used > x.host.slots || now.Before(x.host.slowUntil)
+}
+
+// rehomeBatch bounds the peers one event rehomes; the Tick goes on.
+const rehomeBatch = 16
+
+// rehomeLocked moves peers that share a full or slow uplink to parents with
+// a free slot, as soon as there are any: capacity freed by a peer that
+// finished or left is used at once, not at the next timer. A peer whose
+// parent has room for it again is left alone.
+func (s *Scheduler) rehomeLocked(t *task, now time.Time) {
+	for n := 0; n < rehomeBatch && len(t.crowded) > 0 && len(t.open) > 0; n++ {
+		c := t.crowded[len(t.crowded)-1]
+		t.crowded[len(t.crowded)-1] = nil
+		t.crowded = t.crowded[:len(t.crowded)-1]
+		c.crowded = false
+		if c.state != stateRunning || len(c.parents) != 1 || t.unverifiable() {
+			continue
+		}
+		x := c.parents[0].peer
+		if !s.oversubscribed(x, now) {
+			continue
+		}
+		s.removeEdge(x, c)
+		s.fillFreeOnly, s.fillExclude = true, x
+		moved := s.fillParentsLocked(c, false)
+		s.fillFreeOnly, s.fillExclude = false, nil
+		if !moved {
+			s.linkLocked(x, c)
+			s.crowdLocked(c)
+			return // no free slot takes it: none will take the others
+		}
+		s.sendParentsLocked(c, now)
+		s.log.Debug("crowded peer rehomed", "task_id", t.id, "peer_id", c.id, "from", x.id, "to", c.parents[0].peer.id)
+	}
+}

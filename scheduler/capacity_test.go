@@ -257,3 +257,41 @@ func TestCapacityMeasuredSlowHostAtLeaf(t *testing.T) {
 	}
 	v.invariants()
 }
+
+// A peer that had to share an uplink moves, in the same event, to a slot
+// that frees up: capacity idle elsewhere is used at once.
+func TestCapacityCrowdedPeerRehomedWhenSlotFrees(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	prev := "src"
+	ps := map[string]*vpeer{}
+	for _, id := range []string{"a", "b", "x"} {
+		p := v.join("t", id, capHost(id, 100, false))
+		if got := p.parents(); !slices.Equal(got, []string{prev}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, prev)
+		}
+		ps[id], prev = p, id
+	}
+	// Two slow hosts: both end up below x, the tail, sharing its uplink.
+	for _, id := range []string{"s1", "s2"} {
+		ps[id] = v.join("t", id, capHost(id, 10, false))
+		if got := ps[id].parents(); !slices.Equal(got, []string{"x"}) {
+			t.Fatalf("%s parents %v, want [x]", id, got)
+		}
+	}
+	// x finishes: b's slot is free, and one of them takes it at once.
+	x := ps["x"]
+	x.pieces(&schedulerv1.PieceResult{Number: 0, ParentId: "b", Length: 1 << 18, CostNs: 1e6})
+	x.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 4 << 18}}})
+	if got := v.children("t", "x"); len(got) != 1 {
+		t.Errorf("x still feeds %v with b's slot free", got)
+	}
+	got := v.children("t", "b")
+	if len(got) != 1 || (got[0] != "s1" && got[0] != "s2") {
+		t.Fatalf("b children %v, want one slow host", got)
+	}
+	if p := ps[got[0]].parents(); !slices.Equal(p, []string{"b"}) {
+		t.Fatalf("%s was not told its new parent: %v", got[0], p)
+	}
+	v.invariants()
+}
