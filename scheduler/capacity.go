@@ -174,6 +174,9 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 		return false
 	}
 	isSlowLeaf := func(y *peer) bool {
+		if _, bad := y.bad[p.id]; bad {
+			return false // y reported p: never its parent
+		}
 		return len(y.children) == 0 && len(y.parents) == 1 && y.state == stateRunning && s.slowHost(y, now) &&
 			localityGroup(y.host.info) == group && y.host != p.host
 	}
