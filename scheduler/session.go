@@ -27,6 +27,15 @@ type Session struct {
 	cancel context.CancelCauseFunc
 }
 
+// InsecureContext returns ctx carrying the identity of explicit insecure
+// mode, in which every caller is trusted as it claims (as on a server its
+// operator runs without TLS). It is for in-process drivers such as a
+// simulator, which may live outside this module and cannot build an
+// identity themselves; a gRPC server never uses it.
+func InsecureContext(ctx context.Context) context.Context {
+	return identity.NewContext(ctx, identity.Identity{Insecure: true})
+}
+
 // errRefused ends a session whose register was refused with a Fail message:
 // the stream itself ends normally.
 var errRefused = errors.New("register refused")
