@@ -5,6 +5,7 @@ import (
 	mrand "math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 )
@@ -298,44 +299,61 @@ func TestCapacityCrowdedPeerRehomedWhenSlotFrees(t *testing.T) {
 	v.invariants()
 }
 
-// Whatever the order hosts join in, no slow uplink ends above anyone while
-// fast ones are there, and every fast host relays to at most one fast host:
-// the pipeline runs at the fast rate, slow hosts hang at its leaves.
+// Whatever the order hosts join in, and with peers leaving among the joins
+// (a tick every 20 joins), no slow uplink ends above anyone while fast ones
+// are there, and every fast host relays to at most one fast host: the
+// pipeline runs at the fast rate, slow hosts hang at its leaves.
 func TestCapacityRandomJoinOrder(t *testing.T) {
-	for seed := range uint64(3) {
-		v := pipelineVirtual(t, nil)
-		v.source("t", "src", capHost("src", 100, false))
-		rnd := mrand.New(mrand.NewPCG(seed, 7))
-		slow := map[string]bool{}
-		for i := range 200 {
-			id := fmt.Sprintf("p%d", i)
-			up := 100.0
-			if rnd.IntN(4) == 0 {
-				up, slow[id] = 10, true
-			}
-			p := v.join("t", id, capHost(id, up, false))
-			if d := p.decision(); d.GetParents() == nil {
-				t.Fatalf("seed %d: %s got %v", seed, id, d)
-			}
+	for _, churn := range []bool{false, true} {
+		for seed := range uint64(3) {
+			capacityRandomJoins(t, seed, churn)
 		}
-		v.s.mu.Lock()
-		for _, p := range v.s.tasks[tid("t")].list {
-			fast := 0
-			for _, c := range p.children {
-				if !slow[c.id] {
-					fast++
-				}
-			}
-			if slow[p.id] && len(p.children) > 0 {
-				t.Errorf("seed %d: slow %s feeds %d children", seed, p.id, len(p.children))
-			}
-			if fast > 1 {
-				t.Errorf("seed %d: %s splits its uplink over %d fast children", seed, p.id, fast)
-			}
-		}
-		v.s.mu.Unlock()
-		v.invariants()
 	}
+}
+
+func capacityRandomJoins(t *testing.T, seed uint64, churn bool) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	rnd := mrand.New(mrand.NewPCG(seed, 7))
+	slow := map[string]bool{}
+	var live []*vpeer
+	for i := range 200 {
+		id := fmt.Sprintf("p%d", i)
+		up := 100.0
+		if rnd.IntN(4) == 0 {
+			up, slow[id] = 10, true
+		}
+		p := v.join("t", id, capHost(id, up, false))
+		if d := p.decision(); d.GetParents() == nil {
+			t.Fatalf("seed %d churn %v: %s got %v", seed, churn, id, d)
+		}
+		live = append(live, p)
+		if churn && rnd.IntN(8) == 0 { // a peer leaves
+			k := rnd.IntN(len(live))
+			live[k].leave()
+			live = slices.Delete(live, k, k+1)
+		}
+		if i%20 == 19 {
+			v.advance(time.Second)
+		}
+	}
+	v.s.mu.Lock()
+	for _, p := range v.s.tasks[tid("t")].list {
+		fast := 0
+		for _, c := range p.children {
+			if !slow[c.id] {
+				fast++
+			}
+		}
+		if slow[p.id] && len(p.children) > 0 {
+			t.Errorf("seed %d churn %v: slow %s feeds %d children", seed, churn, p.id, len(p.children))
+		}
+		if fast > 1 {
+			t.Errorf("seed %d churn %v: %s splits its uplink over %d fast children", seed, churn, p.id, fast)
+		}
+	}
+	v.s.mu.Unlock()
+	v.invariants()
 }
 
 // A fast newcomer does not take a slow leaf's place below a parent that
