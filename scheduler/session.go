@@ -48,8 +48,10 @@ var errRefused = errors.New("register refused")
 // error and no session. A spec that does not hold is answered with a Fail
 // message through send and a session that has already ended (Err nil).
 //
-// send queues one message for the peer. It must not block — it is called
-// with the scheduler's lock held — and an error from it (a full buffer)
+// send queues one message for the peer. It must not block nor call back
+// into the Scheduler — it is called with the scheduler's lock held (a
+// simulator queues the message and delivers it after the call returns) —
+// and an error from it (a full buffer)
 // drops the peer at the end of the current event. now is the current time
 // on the scheduler's clock (WithClock). ctx bounds the session: when it is
 // done the session counts as ended, and the caller still calls Close.
