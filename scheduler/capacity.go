@@ -124,35 +124,37 @@ func (s *Scheduler) slowHost(c *peer, now time.Time) bool {
 	return c.task.rate > 0 && s.childLimit(c, now) == 0
 }
 
-// preferLeafSplits narrows the candidates that have no free slot, from
-// which p must take a share of someone's uplink: a seed host only when
-// nothing else is left (its uplink is the origin's, which should carry the
-// content about once), a host known to be slow only when no other is left
-// (a share of a fast uplink beats a whole slow one, and the slow host stays
-// a leaf), and among the rest those whose children are all leaves, since
-// splitting an uplink then slows only those leaves and not a whole pipeline
-// below them.
-func (s *Scheduler) preferLeafSplits(full []*peer, now time.Time) []*peer {
-	if !s.cfg.CapacityAware || len(full) < 2 {
-		return full
+// preferLeafSplits orders the candidates that have no free slot, from
+// which p must take a share of someone's uplink, and returns how many of
+// them, first in full, are preferred: not a seed host (its uplink is the
+// origin's, which should carry the content about once), not a host known
+// to be slow (a share of a fast uplink beats a whole slow one, and the slow
+// host stays a leaf), and among the rest those whose children are all
+// leaves, since splitting an uplink then slows only those leaves and not a
+// whole pipeline below them. Each preference applies only when some
+// candidate meets it; the others stay in full, after the preferred ones, to
+// be tried when none of those can take p (all would close a cycle).
+func (s *Scheduler) preferLeafSplits(full []*peer, now time.Time) int {
+	n := len(full)
+	if !s.cfg.CapacityAware || n < 2 {
+		return n
 	}
 	keep := func(f func(*peer) bool) {
-		n := 0
-		for _, c := range full {
-			if f(c) {
-				full[n] = c
-				n++
+		m := 0
+		for i := range n {
+			if f(full[i]) {
+				full[m], full[i] = full[i], full[m]
+				m++
 			}
 		}
-		if n > 0 {
-			clear(full[n:])
-			full = full[:n]
+		if m > 0 {
+			n = m
 		}
 	}
 	keep(func(c *peer) bool { return !c.host.info.GetSeed() })
 	keep(func(c *peer) bool { return !s.slowHost(c, now) })
 	keep(feedsLeaves)
-	return full
+	return n
 }
 
 // feedsLeaves reports whether every child of c is a leaf: sharing c's

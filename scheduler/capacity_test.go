@@ -391,3 +391,48 @@ func TestCapacityDisplaceOnlyWhereRoom(t *testing.T) {
 	}
 	v.invariants()
 }
+
+// The capacity preferences among full hosts order them, they exclude none:
+// when only hosts known to be slow can take a peer (every other would close
+// a cycle), it gets one of them rather than waiting.
+func TestCapacityPreferencesDoNotExclude(t *testing.T) {
+	v := pipelineVirtual(t, func(c *Config) { c.MaxBackToSource = 2 })
+	v.join("t", "a").decision()
+	ids := []string{"a"}
+	for i := 1; i <= 8; i++ {
+		id := fmt.Sprintf("p%02d", i)
+		if got := v.join("t", id).parents(); !slices.Equal(got, ids[len(ids)-1:]) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[len(ids)-1])
+		}
+		ids = append(ids, id)
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	tk := v.s.tasks[tid("t")]
+	// a and p01 were found slow; every other host is fast.
+	for i, id := range ids {
+		h := tk.peers[id].host
+		h.successes, h.throughput = 100, 1e9
+		if i < 2 {
+			h.throughput, h.slowUntil = 1e6, v.now.Add(badParentTTL)
+		}
+	}
+	// The tail, replaced as slow a while ago, is no free candidate either.
+	tk.peers["p08"].host.slowUntil = v.now.Add(badParentTTL)
+	v.s.updateRateLocked(tk, v.now)
+	p02, p03 := tk.peers["p02"], tk.peers["p03"]
+	if !v.s.slowHost(tk.peers["a"], v.now) {
+		t.Fatal("a not known slow: the test shows nothing")
+	}
+	v.s.removeEdge(p02, p03)
+	v.s.markBadLocked(p03, p02.id, badFailed, v.now)
+	if !v.s.fillParentsLocked(p03, false) {
+		t.Fatal("p03 got no parent: only a and p01 could take it, both slow")
+	}
+	if got := p03.parents[0].peer.id; got != "a" && got != "p01" {
+		t.Fatalf("p03 parent %s, want a or p01", got)
+	}
+	if err := checkInvariants(v.s); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -399,8 +399,9 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 			free = free[:local]
 		}
 	}
+	pref := len(full)
 	if len(free) == 0 && !lastResort && !s.fillFreeOnly {
-		full = s.preferLeafSplits(full, now)
+		pref = s.preferLeafSplits(full, now)
 		if s.displaceSlowLeafLocked(p, full, group, now) {
 			clear(full)
 			s.freeCands, s.fullCands = free[:0], full[:0]
@@ -412,7 +413,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	// lastResort, only parents replaced as slow lately: the caller asks for
 	// those when the alternative is to wait.
 	added := 0
-	tiers := [][]*peer{free, full}
+	tiers := [][]*peer{free, full[:pref], full[pref:]}
 	switch {
 	case lastResort:
 		tiers = [][]*peer{soft}
