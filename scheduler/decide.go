@@ -24,7 +24,7 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		// that asks for parents leaves back_to_source first (onReschedule).
 		return
 	}
-	start := time.Now()
+	start := s.now()
 	t := p.task
 	if t.private && !p.verified {
 		if p.state != stateFailed || force {
@@ -96,7 +96,7 @@ func (s *Scheduler) debug() bool { return s.log.Enabled(context.Background(), sl
 
 func (s *Scheduler) record(kind string, start time.Time) {
 	s.m.decision(kind)
-	s.m.decisionDuration.Observe(time.Since(start).Seconds())
+	s.m.decisionDuration.Observe(s.now().Sub(start).Seconds())
 }
 
 func (s *Scheduler) sendParentsLocked(p *peer, start time.Time) {
@@ -119,7 +119,7 @@ func (s *Scheduler) waitLocked(p *peer, now time.Time, reason string, force bool
 	}
 	if p.state != stateWaiting {
 		p.waitSince = now
-		p.task.waiting[p] = struct{}{}
+		p.task.addWaiting(p)
 		s.setState(p, stateWaiting)
 		s.updatePoolLocked(p)
 	}
@@ -161,7 +161,7 @@ func (s *Scheduler) failLocked(p *peer, reason string, start time.Time) {
 }
 
 func (s *Scheduler) unwaitLocked(p *peer) {
-	delete(p.task.waiting, p)
+	p.task.removeWaiting(p)
 }
 
 func (s *Scheduler) setState(p *peer, st peerState) {
@@ -175,9 +175,7 @@ func (s *Scheduler) sendLocked(p *peer, msg *schedulerv1.SchedulerMessage) {
 	if p.state == stateLeft || p.dropping {
 		return
 	}
-	select {
-	case p.conn.out <- msg:
-	default:
+	if err := p.conn.send(msg); err != nil {
 		p.dropping = true
 		s.dropped = append(s.dropped, p)
 	}
@@ -207,9 +205,17 @@ func (s *Scheduler) flushLocked(now time.Time) {
 			t := s.dirty[len(s.dirty)-1]
 			s.dirty = s.dirty[:len(s.dirty)-1]
 			t.dirty = false
-			for w := range t.waiting {
-				s.decideLocked(w, now, false)
+			if len(t.crowded) > 0 && len(t.open) > 0 && s.cfg.CapacityAware {
+				s.rehomeLocked(t, now)
 			}
+			ws := append(s.waitScratch[:0], t.waitList...)
+			for _, w := range ws {
+				if w.waitIdx >= 0 { // not decided away by an earlier one
+					s.decideLocked(w, now, false)
+				}
+			}
+			clear(ws)
+			s.waitScratch = ws[:0]
 		}
 	}
 }
@@ -236,11 +242,12 @@ func isSource(p *peer, pipeline bool) bool {
 func (s *Scheduler) updatePoolLocked(p *peer) bool {
 	t := p.task
 	in := isSource(p, s.cfg.PipelineParents)
+	joined := false
 	switch {
 	case in && p.poolIdx < 0:
 		p.poolIdx = len(t.pool)
 		t.pool = append(t.pool, p)
-		return true
+		joined = true
 	case !in && p.poolIdx >= 0:
 		last := t.pool[len(t.pool)-1]
 		t.pool[p.poolIdx] = last
@@ -249,7 +256,30 @@ func (s *Scheduler) updatePoolLocked(p *peer) bool {
 		t.pool = t.pool[:len(t.pool)-1]
 		p.poolIdx = -1
 	}
-	return false
+	s.touchOpenLocked(p)
+	if joined {
+		s.markDirty(t) // a new candidate: waiting peers get another look
+	}
+	return joined
+}
+
+// touchOpenLocked puts p in its task's open set when it is a candidate
+// with a free child slot, and takes it out otherwise. Call it whenever p's
+// children, pool membership or host change; what it cannot see (another
+// task using the host's slots, a limit changed by a new target rate, a slow
+// mark expiring) is set right by the rebuild in every Tick, and decisions
+// check every candidate anyway.
+func (s *Scheduler) touchOpenLocked(p *peer) {
+	in := p.poolIdx >= 0 && p.state != stateLeft && p.host.used < p.host.slots
+	if in && !p.stalledAt.IsZero() {
+		in = !stalled(p, s.now())
+	}
+	if in {
+		now := s.now()
+		lim := s.childLimit(p, now)
+		in = (lim < 0 || len(p.children) < lim) && !now.Before(p.host.slowUntil)
+	}
+	p.task.setOpen(p, in)
 }
 
 // fillParentsLocked adds parents to p up to MaxParents from the best
@@ -272,55 +302,87 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		l.peer.mark = e
 	}
 
-	// Walk the pool from a random start with a random stride coprime to its
-	// length: every member is visited once, in an order that differs per
-	// decision, so a sample of CandidateLimit is unbiased enough and cheap.
-	n, limit := len(t.pool), s.cfg.CandidateLimit
-	idx, stride := 0, 1
-	if n > limit {
-		idx, stride = s.rnd.IntN(n), s.coprimeStride(n)
-	}
 	// Children are counted per locality group (IDC), so every IDC grows its
 	// own pipeline and only its head crosses between IDCs.
 	group := localityGroup(p.host.info)
 	free, full := s.freeCands[:0], s.fullCands[:0]
 	var soft []*peer // found slow lately: the last resort
-	now := time.Now()
-	for range n {
-		c := t.pool[idx]
-		if idx += stride; idx >= n {
-			idx -= n
+	now := s.now()
+	limit := s.cfg.CandidateLimit
+	// consider sorts one candidate into its tier; false once enough free
+	// candidates are found.
+	consider := func(c *peer) bool {
+		s.visited++
+		if c.mark == e || c == s.fillExclude {
+			return true
 		}
-		if c.mark == e {
-			continue
-		}
+		c.mark = e
 		// Banned hosts, accused sources and those that reported their
 		// content corrupt and, in a private task, peers that never showed
 		// credentials are no parents.
-		if now.Before(c.host.bannedUntil) || (t.suspect != nil && (t.accused(c.host) || t.reporter(c.host))) || (t.private && !c.verified) {
-			continue
+		if now.Before(c.host.bannedUntil) || (t.suspect != nil && (t.accused(c.host) || t.reporter(c.host))) || (t.private && !c.verified) ||
+			stalled(c, now) {
+			return true
 		}
 		if m, bad := p.bad[c.id]; bad {
 			if m.kind == badCorrupt || now.Sub(m.at) < badParentTTL {
 				if m.kind == badSlow && len(soft) < limit {
 					soft = append(soft, c)
 				}
-				continue
+				return true
 			}
 			delete(p.bad, c.id) // forgiven
 		}
 		// A host replaced as slow lately is used like a full one: only when
 		// nothing else can take p, so it drifts to the end of the pipeline
 		// instead of slowing whoever joins below it next.
-		if c.host.used >= c.host.slots || (s.cfg.MaxChildren > 0 && childrenIn(c, group) >= s.cfg.MaxChildren) || now.Before(c.host.slowUntil) {
-			if len(full) < limit {
+		if c.host.used >= c.host.slots || s.childrenFull(c, group, now) || now.Before(c.host.slowUntil) {
+			switch {
+			case len(full) < limit:
 				full = append(full, c)
+			case s.cfg.CapacityAware && s.feedsLeaves(c, now):
+				// The sample is full: a host that feeds only leaves
+				// (the one to split, see preferLeafSplits) takes the
+				// place of one that feeds a pipeline.
+				if i := slices.IndexFunc(full, func(f *peer) bool { return !s.feedsLeaves(f, now) }); i >= 0 {
+					full[i] = c
+				}
 			}
-			continue
+			return true
 		}
 		free = append(free, c)
-		if len(free) >= limit {
-			break
+		return len(free) < limit
+	}
+	// Walk from a random start with a random stride coprime to the length:
+	// every member is visited once, in an order that differs per decision,
+	// so a sample is unbiased enough and cheap. In a large task the peers
+	// with a free slot (t.open) are walked first: in a pipeline of 10,000
+	// nearly every peer is full, and finding the few free ones by walking
+	// the whole pool made every decision O(N). The pool is then only
+	// sampled, for hosts without a free slot and for those t.open misses (a
+	// peer full in one locality group may be free in another).
+	walk := func(list []*peer, visits int) {
+		n := len(list)
+		idx, stride := 0, 1
+		if n > limit {
+			idx, stride = s.rnd.IntN(n), s.coprimeStride(n)
+		}
+		for range min(n, visits) {
+			c := list[idx]
+			if idx += stride; idx >= n {
+				idx -= n
+			}
+			if !consider(c) {
+				return
+			}
+		}
+	}
+	if len(t.pool) <= largeTask*limit {
+		walk(t.pool, len(t.pool))
+	} else {
+		walk(t.open, len(t.open))
+		if len(free) == 0 || lastResort {
+			walk(t.pool, 2*limit)
 		}
 	}
 	// A free candidate in p's own group beats any other free candidate.
@@ -337,14 +399,26 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 			free = free[:local]
 		}
 	}
+	pref := len(full)
+	if len(free) == 0 && !lastResort && !s.fillFreeOnly {
+		pref = s.preferLeafSplits(p, full, now)
+		if s.displaceSlowLeafLocked(p, full, group, now) {
+			clear(full)
+			s.freeCands, s.fullCands = free[:0], full[:0]
+			return true
+		}
+	}
 	// Free candidates first; hosts (or peers) without a free slot only when
 	// the free ones cannot take p (none, or all would close a cycle). With
 	// lastResort, only parents replaced as slow lately: the caller asks for
 	// those when the alternative is to wait.
 	added := 0
-	tiers := [][]*peer{free, full}
-	if lastResort {
+	tiers := [][]*peer{free, full[:pref], full[pref:]}
+	switch {
+	case lastResort:
 		tiers = [][]*peer{soft}
+	case s.fillFreeOnly:
+		tiers = tiers[:1]
 	}
 	for k, chosen := range tiers {
 		if added == need || len(chosen) == 0 || (k > 0 && added > 0) {
@@ -383,6 +457,9 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 				if s.linkLocked(c, p) {
 					added++
 					delete(p.bad, c.id)
+					if k > 0 || lastResort {
+						s.crowdLocked(p) // sharing a full or slow uplink
+					}
 				}
 			}
 		}
@@ -394,6 +471,22 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	s.freeCands, s.fullCands = free[:0], full[:0]
 	return added > 0
 }
+
+// stalled reports whether a child reported c stalled and c has not sent a
+// message since, within badParentTTL: a host that died without closing its
+// stream must not get new children while its keepalive runs out.
+func stalled(c *peer, now time.Time) bool {
+	return !c.stalledAt.IsZero() && now.Sub(c.stalledAt) < badParentTTL
+}
+
+// stallSilence: a downloading peer reports every piece it gets, so one
+// silent this long while a child reports it stalled is taken for dead.
+const stallSilence = 2 * time.Second
+
+// largeTask: a task whose pool holds more than largeTask×CandidateLimit
+// peers has its free candidates looked up in t.open instead of walking the
+// whole pool on every decision.
+const largeTask = 4
 
 func (s *Scheduler) candidate(c *peer, fastest float64) policy.Candidate {
 	h := c.host
@@ -469,10 +562,8 @@ func (s *Scheduler) triggerSeedLocked(t *task, now time.Time) bool {
 	if sc == nil {
 		return false
 	}
-	select {
-	case sc.out <- &schedulerv1.SeedTask{Task: t.spec}:
-	default:
-		s.log.Warn("seed peer dropped: send buffer full", "host_id", sc.host.id)
+	if err := sc.send(&schedulerv1.SeedTask{Task: t.spec}); err != nil {
+		s.log.Warn("seed peer dropped: send failed", "host_id", sc.host.id, "err", err)
 		sc.dead = true
 		sc.cancel(errOverflow)
 		return false
@@ -491,7 +582,7 @@ func (s *Scheduler) triggerSeedLocked(t *task, now time.Time) bool {
 func (s *Scheduler) pickSeedLocked(t *task) *seedConn {
 	var best, bestFailed *seedConn
 	var bestW, bestFailedW uint64
-	now := time.Now()
+	now := s.now()
 	for id, sc := range s.seeds {
 		if sc.dead || now.Before(sc.host.bannedUntil) || t.accused(sc.host) {
 			continue

@@ -1,0 +1,445 @@
+package scheduler
+
+import (
+	"fmt"
+	mrand "math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+)
+
+const mbps = 1e6 / 8 // bytes/s in one Mbit/s
+
+// capHost is a host declaring its upload capacity in Mbit/s.
+func capHost(id string, upMbps float64, seed bool) regOpt {
+	return withHost(&schedulerv1.Host{Id: "host-" + id, Hostname: id, Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002,
+		UploadBps: int64(upMbps * mbps), Seed: seed})
+}
+
+// capHost2 declares both directions.
+func capHost2(id string, upMbps, downMbps float64) regOpt {
+	return withHost(&schedulerv1.Host{Id: "host-" + id, Hostname: id, Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002,
+		UploadBps: int64(upMbps * mbps), DownloadBps: int64(downMbps * mbps)})
+}
+
+// source makes id the task's fetcher, done with all 4 pieces.
+func (v *vsched) source(task, id string, opts ...regOpt) *vpeer {
+	v.t.Helper()
+	p := v.join(task, id, opts...)
+	if d := p.decision(); d.GetBackToSource() == nil {
+		v.t.Fatalf("%s: want back to source, got %v", id, d)
+	}
+	p.meta(4<<18, 1<<18)
+	p.pieces(originPiece(0), originPiece(1), originPiece(2), originPiece(3))
+	p.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 4 << 18}}})
+	return p
+}
+
+// children returns the IDs of id's children in task.
+func (v *vsched) children(task, id string) []string {
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	var ids []string
+	for _, c := range v.s.tasks[tid(task)].peers[id].children {
+		ids = append(ids, c.id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func (v *vsched) invariants() {
+	v.t.Helper()
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	if err := checkInvariants(v.s); err != nil {
+		v.t.Fatal(err)
+	}
+}
+
+// A host whose uplink is four times the task's rate serves four children;
+// with capacity ignored it serves MaxChildren (one).
+func TestCapacityFastHostServesSeveral(t *testing.T) {
+	for _, aware := range []bool{true, false} {
+		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
+		v.source("t", "src", capHost("src", 400, false))
+		for _, id := range []string{"a", "b", "c", "d", "e"} {
+			v.join("t", id, capHost(id, 100, false)).parents()
+		}
+		want := 4
+		if !aware {
+			want = 1
+		}
+		if got := v.children("t", "src"); len(got) != want {
+			t.Errorf("capacity_aware %v: src serves %v, want %d children", aware, got, want)
+		}
+		v.invariants()
+	}
+}
+
+// A slow uplink (or a slow downlink: a relay passes pieces on no faster
+// than it gets them) is not placed above a fast one: a fast newcomer takes
+// the slow leaf's place and the slow host hangs below it.
+func TestCapacitySlowHostAtLeaf(t *testing.T) {
+	for _, c := range []struct {
+		aware bool
+		slow  regOpt
+	}{{true, capHost("s", 10, false)}, {true, capHost2("s", 100, 10)}, {false, capHost("s", 10, false)}} {
+		aware := c.aware
+		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
+		v.source("t", "src", capHost("src", 100, false))
+		s := v.join("t", "s", c.slow)
+		if got := s.parents(); !slices.Equal(got, []string{"src"}) {
+			t.Fatalf("s parents %v", got)
+		}
+		f := v.join("t", "f", capHost("f", 100, false))
+		got := f.parents()
+		if !aware {
+			if !slices.Equal(got, []string{"s"}) {
+				t.Fatalf("without capacity: f parents %v, want [s] (the chain's tail)", got)
+			}
+			continue
+		}
+		if !slices.Equal(got, []string{"src"}) {
+			t.Fatalf("f parents %v, want [src]: the slow leaf's place", got)
+		}
+		if got := s.parents(); !slices.Equal(got, []string{"f"}) {
+			t.Fatalf("s parents %v, want [f]: below the fast newcomer", got)
+		}
+		// The next fast host takes the slow leaf's place again.
+		g := v.join("t", "g", capHost("g", 100, false))
+		if got := g.parents(); !slices.Equal(got, []string{"f"}) {
+			t.Fatalf("g parents %v, want [f]", got)
+		}
+		if got := s.parents(); !slices.Equal(got, []string{"g"}) {
+			t.Fatalf("s parents %v, want [g]", got)
+		}
+		v.invariants()
+	}
+}
+
+// When every parent is full, a newcomer splits an uplink that feeds only
+// leaves rather than one that feeds a whole pipeline.
+func TestCapacitySplitOnlyAboveLeaves(t *testing.T) {
+	for _, aware := range []bool{true, false} {
+		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
+		v.source("t", "src", capHost("src", 100, false))
+		prev := "src"
+		for _, id := range []string{"a", "b", "c"} {
+			if got := v.join("t", id, capHost(id, 100, false)).parents(); !slices.Equal(got, []string{prev}) {
+				t.Fatalf("%s parents %v, want [%s]", id, got, prev)
+			}
+			prev = id
+		}
+		// Two slow hosts: the first hangs below the tail, the second finds
+		// no free slot anywhere.
+		s1 := v.join("t", "s1", capHost("s1", 10, false))
+		s1.parents()
+		s2 := v.join("t", "s2", capHost("s2", 10, false))
+		got := s2.parents()
+		if !aware {
+			continue // any full host, the pipeline's head included
+		}
+		if !slices.Equal(got, []string{"c"}) {
+			t.Fatalf("s2 parents %v, want [c]: only leaves below, and a share of a fast uplink", got)
+		}
+		v.invariants()
+		// A fast newcomer takes both slow leaves' place: c feeds it alone,
+		// and both hang below it.
+		if got := v.join("t", "f", capHost("f", 100, false)).parents(); !slices.Equal(got, []string{"c"}) {
+			t.Fatalf("f parents %v, want [c]", got)
+		}
+		for _, s := range []*vpeer{s1, s2} {
+			if got := s.parents(); !slices.Equal(got, []string{"f"}) {
+				t.Fatalf("%s parents %v, want [f]", s.id, got)
+			}
+		}
+		if got := v.children("t", "c"); !slices.Equal(got, []string{"f"}) {
+			t.Fatalf("c children %v, want [f]", got)
+		}
+		v.invariants()
+	}
+}
+
+// A seed host, whose uplink may be the origin's, serves one child when its
+// capacity is unknown, even where children are otherwise unbounded, and is
+// not the host that newcomers split when everyone is full.
+func TestCapacitySeedNotOverused(t *testing.T) {
+	seedJoin := func(v *vsched) {
+		seed := v.join("t", "seed", withHost(&schedulerv1.Host{Id: "host-seed", Seed: true}), seedRequest())
+		if d := seed.decision(); d.GetBackToSource() == nil {
+			t.Fatalf("seed: %v", d)
+		}
+		seed.meta(4<<18, 1<<18)
+		seed.pieces(originPiece(0), originPiece(1))
+	}
+	for _, aware := range []bool{true, false} {
+		// Children unbounded by config.
+		v := newVirtual(t, func(c *Config) {
+			c.MaxParents, c.MaxChildren, c.PipelineParents, c.CapacityAware = 1, 0, true, aware
+		})
+		seedJoin(v)
+		for _, id := range []string{"a", "b", "c"} {
+			v.join("t", id, noBackSource()).decision()
+		}
+		n := len(v.children("t", "seed"))
+		if aware && n != 1 {
+			t.Errorf("seed serves %d children, want 1", n)
+		}
+		if !aware && n < 2 {
+			t.Errorf("without capacity rules the seed serves %d children; the test shows nothing", n)
+		}
+		v.invariants()
+
+		// The pipeline defaults; everyone full (the tail was found slow
+		// lately): the newcomer splits a pipeline host's uplink, not the
+		// seed's.
+		v = pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
+		seedJoin(v)
+		prev := "seed"
+		for _, id := range []string{"a", "b", "c"} {
+			if got := v.join("t", id).parents(); !slices.Equal(got, []string{prev}) {
+				t.Fatalf("%s parents %v, want [%s]", id, got, prev)
+			}
+			prev = id
+		}
+		v.s.mu.Lock()
+		v.s.hosts["host-c"].slowUntil = v.now.Add(badParentTTL)
+		v.s.mu.Unlock()
+		got := v.join("t", "d").parents()
+		if aware && slices.Contains(got, "seed") {
+			t.Errorf("d parents %v: the seed's uplink split", got)
+		}
+		if !aware && !slices.Contains(got, "seed") {
+			t.Errorf("without capacity rules d parents %v; the test shows nothing", got)
+		}
+		v.invariants()
+	}
+}
+
+// With no capacity declared anywhere, a host the slow-parent rule measured
+// slow is judged against the task's measured rate: it hangs at a leaf, and
+// a newcomer takes its place rather than sitting below it.
+func TestCapacityMeasuredSlowHostAtLeaf(t *testing.T) {
+	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples = 0.3, 2 })
+	src := v.join("t1", "src")
+	src.decision()
+	src.meta(16<<20, 256<<10)
+	ids := []string{"src", "a", "b", "c", "d"}
+	ps := map[string]*vpeer{"src": src}
+	for i, id := range ids[1:] {
+		p := v.join("t1", id)
+		if got := p.parents(); !slices.Equal(got, []string{ids[i]}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
+		}
+		ps[id] = p
+	}
+	const piece = 256 << 10
+	fast, slow := int64(20e6), int64(400e6)
+	for n := range uint32(3) {
+		for i, id := range ids[1:] {
+			cost := fast
+			if id == "c" { // from b: b's uplink is slow
+				cost = slow
+			}
+			ps[id].pieces(&schedulerv1.PieceResult{Number: n, ParentId: ids[i], Length: piece, CostNs: cost})
+		}
+	}
+	v.advance(inputGrace)
+	// b was spliced out and hangs at the tail, below d.
+	if got := ps["b"].parents(); !slices.Equal(got, []string{"d"}) {
+		t.Fatalf("slow b parents %v, want [d]", got)
+	}
+	e := v.join("t1", "e")
+	if got := e.parents(); !slices.Equal(got, []string{"d"}) {
+		t.Fatalf("e parents %v, want [d]: the slow leaf's place", got)
+	}
+	if got := ps["b"].parents(); !slices.Equal(got, []string{"e"}) {
+		t.Fatalf("slow b parents %v, want [e]: below the newcomer", got)
+	}
+	v.invariants()
+}
+
+// A peer that had to share an uplink moves, in the same event, to a slot
+// that frees up: capacity idle elsewhere is used at once.
+func TestCapacityCrowdedPeerRehomedWhenSlotFrees(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	prev := "src"
+	ps := map[string]*vpeer{}
+	for _, id := range []string{"a", "b", "x"} {
+		p := v.join("t", id, capHost(id, 100, false))
+		if got := p.parents(); !slices.Equal(got, []string{prev}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, prev)
+		}
+		ps[id], prev = p, id
+	}
+	// Two slow hosts: both end up below x, the tail, sharing its uplink.
+	for _, id := range []string{"s1", "s2"} {
+		ps[id] = v.join("t", id, capHost(id, 10, false))
+		if got := ps[id].parents(); !slices.Equal(got, []string{"x"}) {
+			t.Fatalf("%s parents %v, want [x]", id, got)
+		}
+	}
+	// x finishes: b's slot is free, and one of them takes it at once.
+	x := ps["x"]
+	x.pieces(&schedulerv1.PieceResult{Number: 0, ParentId: "b", Length: 1 << 18, CostNs: 1e6})
+	x.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 4 << 18}}})
+	if got := v.children("t", "x"); len(got) != 1 {
+		t.Errorf("x still feeds %v with b's slot free", got)
+	}
+	got := v.children("t", "b")
+	if len(got) != 1 || (got[0] != "s1" && got[0] != "s2") {
+		t.Fatalf("b children %v, want one slow host", got)
+	}
+	if p := ps[got[0]].parents(); !slices.Equal(p, []string{"b"}) {
+		t.Fatalf("%s was not told its new parent: %v", got[0], p)
+	}
+	v.invariants()
+}
+
+// Whatever the order hosts join in, and with peers leaving among the joins
+// (a tick every 20 joins), no slow uplink ends above a fast host, every
+// fast host relays to at most one fast host (the pipeline runs at the fast
+// rate), and slow hosts do not pile up below one uplink but hang in slow
+// branches below the pipeline.
+func TestCapacityRandomJoinOrder(t *testing.T) {
+	for _, churn := range []bool{false, true} {
+		for seed := range uint64(3) {
+			capacityRandomJoins(t, seed, churn)
+		}
+	}
+}
+
+func capacityRandomJoins(t *testing.T, seed uint64, churn bool) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	rnd := mrand.New(mrand.NewPCG(seed, 7))
+	slow := map[string]bool{}
+	var live []*vpeer
+	for i := range 200 {
+		id := fmt.Sprintf("p%d", i)
+		up := 100.0
+		if rnd.IntN(4) == 0 {
+			up, slow[id] = 10, true
+		}
+		p := v.join("t", id, capHost(id, up, false))
+		if d := p.decision(); d.GetParents() == nil {
+			t.Fatalf("seed %d churn %v: %s got %v", seed, churn, id, d)
+		}
+		live = append(live, p)
+		if churn && rnd.IntN(8) == 0 { // a peer leaves
+			k := rnd.IntN(len(live))
+			live[k].leave()
+			live = slices.Delete(live, k, k+1)
+		}
+		if i%20 == 19 {
+			v.advance(time.Second)
+		}
+	}
+	v.s.mu.Lock()
+	for _, p := range v.s.tasks[tid("t")].list {
+		fast := 0
+		for _, c := range p.children {
+			if !slow[c.id] {
+				fast++
+			}
+		}
+		if slow[p.id] && fast > 0 {
+			t.Errorf("seed %d churn %v: slow %s feeds %d fast hosts", seed, churn, p.id, fast)
+		}
+		// A slow host gets a tenth of the rate from its own uplink: an
+		// uplink shared by more than about ten slow hosts gives each less
+		// than a slow host of their own would.
+		if n := len(p.children) - fast; n > 12 {
+			t.Errorf("seed %d churn %v: %s feeds %d slow hosts", seed, churn, p.id, n)
+		}
+		if fast > 1 {
+			t.Errorf("seed %d churn %v: %s splits its uplink over %d fast children", seed, churn, p.id, fast)
+		}
+	}
+	v.s.mu.Unlock()
+	v.invariants()
+}
+
+// A fast newcomer does not take a slow leaf's place below a parent that
+// also feeds a relay: that parent would split its uplink between two
+// relays.
+func TestCapacityDisplaceOnlyWhereRoom(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	for _, id := range []string{"a", "c1", "c2", "c3"} {
+		v.join("t", id, capHost(id, 100, false)).decision()
+	}
+	for _, id := range []string{"b", "s1", "s2"} {
+		v.join("t", id, capHost(id, 10, false)).decision()
+	}
+	// The shape last-resort splits can leave: src feeds the relay a and
+	// the slow leaf s1; the pipeline a→c1→c2→c3 ends in the slow b, which
+	// feeds the slow s2. No fast host feeds only leaves.
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, p := range tk.list {
+		v.s.dropParentsLocked(p)
+	}
+	for _, e := range [][2]string{{"src", "a"}, {"a", "c1"}, {"c1", "c2"}, {"c2", "c3"}, {"c3", "b"}, {"b", "s2"}, {"src", "s1"}} {
+		if !v.s.linkLocked(tk.peers[e[0]], tk.peers[e[1]]) {
+			t.Fatalf("link %v refused", e)
+		}
+	}
+	v.s.mu.Unlock()
+	v.join("t", "f", capHost("f", 100, false)).decision()
+	v.s.mu.Lock()
+	par := tk.peers["s1"].parents[0].peer.id
+	v.s.mu.Unlock()
+	if par != "src" {
+		t.Fatalf("s1 moved below %s: src now feeds two relays", par)
+	}
+	v.invariants()
+}
+
+// The capacity preferences among full hosts order them, they exclude none:
+// when only hosts known to be slow can take a peer (every other would close
+// a cycle), it gets one of them rather than waiting.
+func TestCapacityPreferencesDoNotExclude(t *testing.T) {
+	v := pipelineVirtual(t, func(c *Config) { c.MaxBackToSource = 2 })
+	v.join("t", "a").decision()
+	ids := []string{"a"}
+	for i := 1; i <= 8; i++ {
+		id := fmt.Sprintf("p%02d", i)
+		if got := v.join("t", id).parents(); !slices.Equal(got, ids[len(ids)-1:]) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[len(ids)-1])
+		}
+		ids = append(ids, id)
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	tk := v.s.tasks[tid("t")]
+	// a and p01 were found slow; every other host is fast.
+	for i, id := range ids {
+		h := tk.peers[id].host
+		h.successes, h.throughput = 100, 1e9
+		if i < 2 {
+			h.throughput, h.slowUntil = 1e6, v.now.Add(badParentTTL)
+		}
+	}
+	// The tail, replaced as slow a while ago, is no free candidate either.
+	tk.peers["p08"].host.slowUntil = v.now.Add(badParentTTL)
+	v.s.updateRateLocked(tk, v.now)
+	p02, p03 := tk.peers["p02"], tk.peers["p03"]
+	if !v.s.slowHost(tk.peers["a"], v.now) {
+		t.Fatal("a not known slow: the test shows nothing")
+	}
+	v.s.removeEdge(p02, p03)
+	v.s.markBadLocked(p03, p02.id, badFailed, v.now)
+	if !v.s.fillParentsLocked(p03, false) {
+		t.Fatal("p03 got no parent: only a and p01 could take it, both slow")
+	}
+	if got := p03.parents[0].peer.id; got != "a" && got != "p01" {
+		t.Fatalf("p03 parent %s, want a or p01", got)
+	}
+	if err := checkInvariants(v.s); err != nil {
+		t.Fatal(err)
+	}
+}
