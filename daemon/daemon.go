@@ -332,7 +332,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	up, down := d.cfg.DeclaredCapacity()
 	host := &schedulerv1.Host{
+		UploadBps:   up,
+		DownloadBps: down,
 		Id:          hostID,
 		Hostname:    hostname,
 		Ip:          ip,

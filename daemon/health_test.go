@@ -57,7 +57,7 @@ func runScheduler(t *testing.T, addr string) (string, func()) {
 	return lis.Addr().String(), stop
 }
 
-func startHealthDaemon(t *testing.T, sched string, log io.Writer) (*Daemon, *prometheus.Registry) {
+func startHealthDaemon(t *testing.T, sched string, log io.Writer, mutate ...func(*Config)) (*Daemon, *prometheus.Registry) {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := DefaultConfig()
@@ -67,6 +67,9 @@ func startHealthDaemon(t *testing.T, sched string, log io.Writer) (*Daemon, *pro
 	cfg.Sock = filepath.Join(dir, "d.sock")
 	cfg.ListenIP, cfg.AdvertiseIP = "127.0.0.1", "127.0.0.1"
 	cfg.PeerPort, cfg.UploadPort, cfg.ProxyPort, cfg.MetricsPort = 0, 0, -1, -1
+	for _, m := range mutate {
+		m(&cfg)
+	}
 	reg := obs.NewRegistry()
 	d, err := New(cfg, slog.New(slog.NewTextHandler(log, nil)), reg)
 	if err != nil {
@@ -164,5 +167,27 @@ func TestHealthWithoutSchedulerIsOK(t *testing.T) {
 	}
 	if n, err := testutil.GatherAndCount(reg, "damselfly_daemon_scheduler_up"); err != nil || n != 0 {
 		t.Errorf("scheduler_up exported without a scheduler configured: %d %v", n, err)
+	}
+}
+
+// The host's declared capacity goes to the scheduler in every Register
+// (Host.upload_bps/download_bps): upload_bps/download_bps when set, else
+// the host-wide rate limits, else nothing (the scheduler measures).
+func TestHostDeclaresCapacity(t *testing.T) {
+	sched, _ := runScheduler(t, "127.0.0.1:0")
+	for _, c := range []struct {
+		name     string
+		mutate   func(*Config)
+		up, down int64
+	}{
+		{"declared", func(c *Config) { c.UploadBps, c.DownloadBps = 12_500_000, 125_000_000 }, 12_500_000, 125_000_000},
+		{"rate limits", func(c *Config) { c.Upload.RateLimit, c.Download.RateLimit = 5_000_000, 7_000_000 }, 5_000_000, 7_000_000},
+		{"declared beats the limit", func(c *Config) { c.UploadBps, c.Upload.RateLimit = 9_000_000, 5_000_000 }, 9_000_000, 0},
+		{"nothing", func(*Config) {}, 0, 0},
+	} {
+		d, _ := startHealthDaemon(t, sched, io.Discard, c.mutate)
+		if h := d.Host(); h.GetUploadBps() != c.up || h.GetDownloadBps() != c.down {
+			t.Errorf("%s: host declares up %d down %d, want %d and %d", c.name, h.GetUploadBps(), h.GetDownloadBps(), c.up, c.down)
+		}
 	}
 }
