@@ -50,6 +50,7 @@ type Params struct {
 	SpreadSeed    uint64    `json:"spread_seed,omitempty"`
 	SeedOnOrigin  bool      `json:"seed_on_origin,omitempty"`
 	MixedDown     bool      `json:"mixed_down,omitempty"`
+	Declared      bool      `json:"declared,omitempty"` // daemons declared their link rates
 	DeadlineS     float64   `json:"deadline_s"`
 	Hosts         []*Host   `json:"hosts"`
 }
@@ -124,7 +125,7 @@ func paramsOf(c Config, n *Network) Params {
 		RunID: c.RunID, Started: time.Now().UTC(), Scenario: c.Scenario, N: c.Hosts, SizeBytes: c.Size,
 		RateBps: int64(c.Rate), DownRateBps: int64(c.DownRate), OriginRateBps: int64(c.OriginRate),
 		SeedRateBps: int64(c.SeedRate), BurstBytes: n.shape.burstFor(c.Rate), LatencyMS: c.Latency.Milliseconds(),
-		Netem: n.Netem, DeadlineS: c.Deadline.Seconds(), Hosts: n.Hosts,
+		Netem: n.Netem, DeadlineS: c.Deadline.Seconds(), Hosts: n.Hosts, Declared: c.Declare,
 		SeedOnOrigin: c.SeedOnOrigin, MixedDown: c.MixedDown,
 	}
 	if c.MixedDown {
@@ -236,6 +237,9 @@ func (r *Results) Markdown() string {
 	}
 	if p.SeedOnOrigin {
 		b.WriteString("; the seed peer runs on the origin's host and shares its uplink")
+	}
+	if p.Declared {
+		b.WriteString("; Damselfly daemons declare their link rates to the scheduler")
 	}
 	fmt.Fprintf(&b, ". Rates (up/down): %s", hostRates(p.Hosts))
 	fmt.Fprintf(&b, ". tbf latency %d ms.", p.LatencyMS)

@@ -99,7 +99,10 @@ type Config struct {
 	// seed peer, for tuning runs (e.g. "--max-parents 2").
 	SchedulerArgs []string
 	DaemonArgs    []string
-	SeedArgs      []string
+	// Declare has every Damselfly daemon declare its link rates
+	// (--upload-bps/--download-bps) instead of leaving them to be measured.
+	Declare  bool
+	SeedArgs []string
 	// TLS runs Damselfly's gRPC with mutual TLS (a CA made for the run,
 	// a certificate per component in its host's directory); false runs it
 	// with --insecure, to measure what mTLS costs.

@@ -440,6 +440,11 @@ func (e *sysEnv) startDamselfly(ctx context.Context, extra ...string) ([]damself
 		}
 		args = append(args, tlsArgs...)
 		args = append(args, extra...)
+		if e.cfg.Declare {
+			// The host's link rates as its operator would declare them
+			// (bytes/s), instead of the scheduler measuring them.
+			args = append(args, "--upload-bps", strconv.FormatInt(int64(h.Up)/8, 10), "--download-bps", strconv.FormatInt(int64(h.Down)/8, 10))
+		}
 		if h.Role == RoleSeed {
 			args = append(args, "--seed")
 			args = append(args, e.cfg.SeedArgs...)

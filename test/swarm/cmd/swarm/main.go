@@ -96,6 +96,7 @@ func run(args []string) int {
 	schedArgs := fs.String("scheduler-args", "", "extra flags for damselfly scheduler (space separated)")
 	daemonArgs := fs.String("daemon-args", "", "extra flags for the peer daemons (space separated)")
 	seedArgs := fs.String("seed-args", "", "extra flags for the seed peer daemon (space separated)")
+	fs.BoolVar(&cfg.Declare, "declare", false, "Damselfly daemons declare their link rates to the scheduler (--upload-bps/--download-bps) instead of it measuring them")
 	fs.BoolVar(&cfg.TLS, "tls", cfg.TLS, "Damselfly's gRPC with mutual TLS (-tls=false: --insecure plaintext, to compare)")
 	cleanup := fs.Bool("cleanup", false, "remove leftover namespaces, processes and scratch directories of earlier runs (all, or -run-id's), then exit")
 	verbose := fs.Bool("v", false, "debug logging")
