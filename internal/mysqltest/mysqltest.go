@@ -70,8 +70,19 @@ func Start() (*Server, error) {
 		userArgs = []string{"--user=mysql"}
 	}
 	data := filepath.Join(dir, "data")
+	// Its own temp dir: the bootstrap's temporary tables in the shared /tmp
+	// are where parallel test processes have tripped over each other.
+	tmp := filepath.Join(dir, "tmp")
+	err = os.Mkdir(tmp, 0o700)
+	if err == nil && s.cred != nil {
+		err = os.Chown(tmp, int(s.cred.Uid), int(s.cred.Gid))
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("mariadb temp dir: %w", err)
+	}
 	install := exec.Command(installDB, append([]string{"--no-defaults", "--datadir=" + data, "--auth-root-authentication-method=normal",
-		"--skip-test-db", "--skip-name-resolve"}, userArgs...)...)
+		"--skip-test-db", "--skip-name-resolve", "--tmpdir=" + tmp}, userArgs...)...)
 	install.Dir = dir
 	install.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
 	if out, err := install.CombinedOutput(); err != nil {
@@ -86,7 +97,7 @@ func Start() (*Server, error) {
 	s.cmd = exec.Command(mariadbd, append([]string{"--no-defaults", "--datadir=" + data,
 		"--socket=" + filepath.Join(dir, "mysqld.sock"), "--pid-file=" + filepath.Join(dir, "mysqld.pid"),
 		"--port=" + strconv.Itoa(s.port), "--bind-address=127.0.0.1", "--skip-name-resolve",
-		"--log-error=" + logPath, "--skip-log-bin", "--innodb-buffer-pool-size=64M",
+		"--log-error=" + logPath, "--skip-log-bin", "--innodb-buffer-pool-size=64M", "--tmpdir=" + tmp,
 		"--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--max-connections=400"}, userArgs...)...)
 	s.cmd.Dir = dir
 	// Pdeathsig: a test binary killed on timeout takes the server with it.
