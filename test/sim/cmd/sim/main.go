@@ -1,0 +1,135 @@
+// Command sim runs the swarm simulator: Damselfly's scheduler and download
+// core in virtual time over a flow-level network model, with the swarm
+// harness's flags. The last line of its output is one JSON object. See
+// docs/simulator.md.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/damselfly-io/damselfly/test/sim"
+	"github.com/damselfly-io/damselfly/test/swarm"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type rateFlag struct{ r *swarm.Rate }
+
+func (f rateFlag) String() string {
+	if f.r == nil || *f.r == 0 {
+		return ""
+	}
+	return f.r.String()
+}
+
+func (f rateFlag) Set(s string) error {
+	r, err := swarm.ParseRate(s)
+	if err == nil {
+		*f.r = r
+	}
+	return err
+}
+
+type sizeFlag struct{ n *int64 }
+
+func (f sizeFlag) String() string {
+	if f.n == nil {
+		return ""
+	}
+	return swarm.FormatSize(*f.n)
+}
+
+func (f sizeFlag) Set(s string) error {
+	n, err := swarm.ParseSize(s)
+	if err == nil {
+		*f.n = n
+	}
+	return err
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg := sim.DefaultConfig()
+	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: sim [flags]\n\nSimulates a swarm download with Damselfly's scheduler and download core in virtual time.\nThe last line of output is one JSON object (docs/simulator.md).\n\n")
+		fs.PrintDefaults()
+	}
+	var pieceSize int64
+	fs.IntVar(&cfg.Hosts, "n", cfg.Hosts, "number of downloading peer hosts (N)")
+	fs.Var(sizeFlag{&cfg.Size}, "size", "file size F (e.g. 500MiB)")
+	fs.Var(sizeFlag{&pieceSize}, "piece-size", "piece size (default: the daemon's rule for F)")
+	fs.Var(rateFlag{&cfg.Rate}, "rate", "every peer's uplink (e.g. 1gbit)")
+	fs.Var(rateFlag{&cfg.DownRate}, "down-rate", "every peer's downlink (default: -rate)")
+	fs.Var(rateFlag{&cfg.OriginRate}, "origin-rate", "the origin host's uplink")
+	fs.Var(rateFlag{&cfg.SeedRate}, "seed-rate", "the seed peer host's uplink (default: -rate)")
+	fs.DurationVar(&cfg.HopLatency, "hop-latency", cfg.HopLatency, "one-way latency of one hop (host to host in a rack; two hops across racks)")
+	fs.StringVar(&cfg.Scenario, "scenario", cfg.Scenario, "uniform, mixed, spread, churn or racks")
+	fs.Float64Var(&cfg.SlowFrac, "slow-frac", cfg.SlowFrac, "mixed: fraction of peers with slow uplinks")
+	fs.Float64Var(&cfg.SlowFactor, "slow-factor", cfg.SlowFactor, "mixed: how many times slower their uplinks are")
+	fs.BoolVar(&cfg.MixedDown, "mixed-down", false, "give -slow-frac of the peers downlinks -slow-factor times slower than -down-rate")
+	fs.Var(rateFlag{&cfg.SpreadMin}, "spread-min", "spread: lowest peer uplink")
+	fs.Var(rateFlag{&cfg.SpreadMax}, "spread-max", "spread: highest peer uplink")
+	fs.Uint64Var(&cfg.SpreadSeed, "spread-seed", cfg.SpreadSeed, "spread: seed of the uplink draw (the harness's)")
+	fs.IntVar(&cfg.Racks, "racks", cfg.Racks, "racks: number of racks")
+	fs.Var(rateFlag{&cfg.InterRackRate}, "inter-rack-rate", "racks: rate of each rack's link from the router (default: -rate)")
+	fs.Float64Var(&cfg.ChurnFrac, "churn-frac", cfg.ChurnFrac, "churn: fraction of peers killed at -churn-at")
+	fs.DurationVar(&cfg.ChurnAt, "churn-at", 0, "churn: when to kill them (default: T*/2)")
+	fs.Float64Var(&cfg.LeaveRate, "leave-rate", 0, "any scenario: peers leaving per second of virtual time (Poisson)")
+	fs.Float64Var(&cfg.JoinRate, "join-rate", 0, "any scenario: peers joining per second of virtual time (Poisson), until -join-until")
+	fs.DurationVar(&cfg.JoinUntil, "join-until", 0, "last time a peer may join (default: T*)")
+	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of every random choice (same seed, same result)")
+	fs.DurationVar(&cfg.Deadline, "deadline", cfg.Deadline, "virtual-time limit; hosts not done by then count as failed")
+	fs.BoolVar(&cfg.Relay, "relay", cfg.Relay, "relays (cut-through): children may fetch a piece still arriving")
+	fs.DurationVar(&cfg.TickEvery, "tick", cfg.TickEvery, "period of the scheduler's and the cores' timers")
+	models := fs.String("models", "real", "real: the real scheduler and download core; double: the simulator's stand-ins (tests)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sim: unexpected arguments %v\n", fs.Args())
+		return 2
+	}
+	cfg.PieceSize = uint32(pieceSize)
+	newSched, newCore, err := sim.Models(*models)
+	if err != nil {
+		fmt.Fprintln(stderr, "sim:", err)
+		return 2
+	}
+	s, err := sim.New(cfg, newSched, newCore)
+	if err != nil {
+		fmt.Fprintln(stderr, "sim:", err)
+		return 2
+	}
+	start := time.Now()
+	res, err := s.Run()
+	if err != nil {
+		fmt.Fprintln(stderr, "sim:", err)
+		return 1
+	}
+	res.Models = *models
+	fmt.Fprintf(stderr, "sim: %s, n=%d: %d/%d done, T*=%.2fs T_median=%.2fs T_last=%.2fs (T*/T_last %.2f), origin %.2f×F, scheduler %.1fs CPU, %.1fs wall\n",
+		res.Scenario, res.N, res.Completed, res.Completed+res.Failed, res.TStar, res.TMedian, res.TLast, res.EffLast,
+		res.OriginOverF, res.SchedulerCPU, time.Since(start).Seconds())
+	b, err := json.Marshal(res)
+	if err != nil {
+		fmt.Fprintln(stderr, "sim:", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, string(b))
+	if res.Failed > 0 {
+		return 3
+	}
+	return 0
+}

@@ -1,0 +1,140 @@
+package sim
+
+import (
+	"runtime"
+	"slices"
+	"syscall"
+	"time"
+)
+
+// Result is one simulation's outcome: the JSON object the command prints
+// as its last line.
+type Result struct {
+	Scenario      string  `json:"scenario"`
+	N             int     `json:"n"`
+	SizeBytes     int64   `json:"size_bytes"`
+	PieceSize     uint32  `json:"piece_size"`
+	RateBps       int64   `json:"rate_bps"`
+	DownRateBps   int64   `json:"down_rate_bps"`
+	OriginRateBps int64   `json:"origin_rate_bps"`
+	SeedRateBps   int64   `json:"seed_rate_bps"`
+	InterRackBps  int64   `json:"inter_rack_bps,omitempty"`
+	Racks         int     `json:"racks,omitempty"`
+	HopLatencyMS  float64 `json:"hop_latency_ms"`
+	SlowFrac      float64 `json:"slow_frac,omitempty"`
+	SlowFactor    float64 `json:"slow_factor,omitempty"`
+	SpreadMinBps  int64   `json:"spread_min_bps,omitempty"`
+	SpreadMaxBps  int64   `json:"spread_max_bps,omitempty"`
+	ChurnFrac     float64 `json:"churn_frac,omitempty"`
+	ChurnAtS      float64 `json:"churn_at_s,omitempty"`
+	LeaveRate     float64 `json:"leave_rate,omitempty"`
+	JoinRate      float64 `json:"join_rate,omitempty"`
+	Seed          uint64  `json:"seed"`
+	Models        string  `json:"models"` // which scheduler and core ran
+
+	Completed int `json:"completed"`
+	Failed    int `json:"failed"`
+	Killed    int `json:"killed"`
+	Joined    int `json:"joined"`
+
+	Bound
+	TMedian   float64 `json:"t_median_s"`
+	TLast     float64 `json:"t_last_s"` // 0 if a surviving host did not finish
+	EffLast   float64 `json:"efficiency_last"`
+	EffMedian float64 `json:"efficiency_median"`
+
+	OriginOverF  float64 `json:"origin_bytes_over_f"`
+	SeedUpOverF  float64 `json:"seed_upload_over_f"`
+	InterRackOvF float64 `json:"inter_rack_bytes_over_f,omitempty"`
+
+	SchedulerCPU float64 `json:"scheduler_cpu_s"`
+	CPU          float64 `json:"cpu_s"`
+	Wall         float64 `json:"wall_s"`
+	Events       int64   `json:"events"`
+	Recomputes   int64   `json:"rate_recomputes"`
+	RecompFlows  int64   `json:"rate_recompute_flows"`
+	HeapMiB      float64 `json:"heap_mib"`
+	VirtualS     float64 `json:"virtual_s"`
+}
+
+func (s *Sim) result(lb Bound, wall time.Duration) *Result {
+	c := s.cfg
+	r := &Result{
+		Scenario: c.Scenario, N: c.Hosts, SizeBytes: c.Size, PieceSize: c.PieceSize,
+		RateBps: int64(c.Rate), DownRateBps: int64(c.DownRate), OriginRateBps: int64(c.OriginRate), SeedRateBps: int64(c.SeedRate),
+		HopLatencyMS: float64(c.HopLatency.Microseconds()) / 1000, Seed: c.Seed,
+		LeaveRate: c.LeaveRate, JoinRate: c.JoinRate, Bound: lb,
+		Killed: s.killed, Joined: s.joined, Events: s.nEvents,
+		Recomputes: s.net.Recomputes, RecompFlows: s.net.RecomputedFlows, VirtualS: s.now(),
+	}
+	switch c.Scenario {
+	case ScenarioMixed:
+		r.SlowFrac, r.SlowFactor = c.SlowFrac, c.SlowFactor
+	case ScenarioSpread:
+		r.SpreadMinBps, r.SpreadMaxBps = int64(c.SpreadMin), int64(c.SpreadMax)
+	case ScenarioRacks:
+		r.InterRackBps, r.Racks = int64(c.InterRackRate), c.Racks
+	case ScenarioChurn:
+		r.ChurnFrac = c.ChurnFrac
+		r.ChurnAtS = c.ChurnAt.Seconds()
+		if r.ChurnAtS == 0 {
+			r.ChurnAtS = lb.TStar / 2
+		}
+	}
+	var times []float64
+	for _, n := range s.nodes {
+		if n.victim {
+			continue
+		}
+		if n.done {
+			r.Completed++
+			times = append(times, n.doneAt)
+		} else {
+			r.Failed++
+		}
+	}
+	slices.Sort(times)
+	if len(times) > 0 {
+		r.TMedian = times[len(times)/2]
+		if len(times)%2 == 0 {
+			r.TMedian = (times[len(times)/2-1] + times[len(times)/2]) / 2
+		}
+		r.EffMedian = lb.TStar / r.TMedian
+	}
+	if r.Failed == 0 && len(times) > 0 {
+		r.TLast = times[len(times)-1]
+		r.EffLast = lb.TStar / r.TLast
+	}
+	F := float64(c.Size)
+	r.OriginOverF = float64(s.originSent) / F
+	r.SeedUpOverF = float64(s.seedNode.uploaded) / F
+	if s.rackIn != nil {
+		r.InterRackOvF = float64(s.interRack) / F
+	}
+	r.SchedulerCPU = s.schedCPU.Seconds()
+	r.Wall = wall.Seconds()
+	r.CPU = processCPU().Seconds()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	r.HeapMiB = float64(ms.HeapInuse) / (1 << 20)
+	return r
+}
+
+const rusageThread = 1 // RUSAGE_THREAD (Linux)
+
+// threadCPU is the CPU time of the calling OS thread (Run locks it).
+func threadCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(rusageThread, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
