@@ -627,7 +627,9 @@ func (s *Sim) kill(n *node) {
 	for t := range n.out {
 		out = append(out, t)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].to.idx < out[j].to.idx || (out[i].to.idx == out[j].to.idx && out[i].piece < out[j].piece) })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].to.idx < out[j].to.idx || (out[i].to.idx == out[j].to.idx && out[i].piece < out[j].piece)
+	})
 	for _, t := range out {
 		s.fail(t, "parent gone")
 	}
