@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"time"
 
@@ -40,121 +39,6 @@ var (
 	errReplaced     = status.Error(codes.Aborted, "replaced by a newer registration of the same id")
 	errShutdown     = status.Error(codes.Unavailable, "scheduler shutting down")
 )
-
-// Announce serves one peer in one task for the life of the stream. This
-// goroutine sends; a second one receives and applies messages under the lock.
-func (svc *service) Announce(stream schedulerv1.Scheduler_AnnounceServer) error {
-	s := svc.s
-	first, err := stream.Recv()
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		return err
-	}
-	reg := first.GetRegister()
-	if reg == nil {
-		return status.Error(codes.InvalidArgument, "first message must be Register")
-	}
-	if err := validateRegister(reg); err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := authorizeHost(stream.Context(), reg.GetHost()); err != nil {
-		return err
-	}
-	if err := s.authorizeRegister(stream.Context(), reg); err != nil {
-		return err
-	}
-	if err := checkSpec(reg.GetTask()); err != nil {
-		// Refused, not registered: the peer may still fetch what it asked
-		// for itself, but the scheduler sends nobody anywhere for it.
-		s.m.specRefused.Inc()
-		s.log.Warn("register refused: task spec does not hold", "task_id", reg.GetTask().GetTaskId(),
-			"peer_id", reg.GetPeerId(), "host_id", reg.GetHost().GetId(), "err", err)
-		return stream.Send(&schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_Fail{
-			Fail: &schedulerv1.Fail{Reason: core.TaskRefused + err.Error()}}})
-	}
-
-	ctx, cancel := context.WithCancelCause(stream.Context())
-	defer cancel(nil)
-	c := &conn{out: make(chan *schedulerv1.SchedulerMessage, s.cfg.SendBuffer), cancel: cancel}
-	now := time.Now()
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return errShutdown
-	}
-	if ctx.Err() != nil {
-		// The peer hung up already; registering it now could replace a
-		// newer registration of the same id.
-		s.mu.Unlock()
-		return status.FromContextError(ctx.Err()).Err()
-	}
-	p := s.registerLocked(reg, c, now)
-	s.flushLocked(now)
-	s.mu.Unlock()
-	defer s.leave(p)
-
-	recvDone := make(chan error, 1)
-	go func() { recvDone <- s.receive(stream, p) }()
-	for {
-		select {
-		case m := <-c.out:
-			if err := stream.Send(m); err != nil {
-				return err
-			}
-		case err := <-recvDone:
-			return streamEnd(err)
-		case <-ctx.Done():
-			return statusFromCause(ctx)
-		}
-	}
-}
-
-// receive applies p's messages until the stream ends or a message is invalid.
-func (s *Scheduler) receive(stream schedulerv1.Scheduler_AnnounceServer, p *peer) error {
-	for {
-		m, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		now := time.Now()
-		s.mu.Lock()
-		err = s.handleLocked(p, m, now)
-		s.flushLocked(now)
-		s.mu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// streamEnd turns the error that ended a peer's receive loop into the
-// stream's status: nil for a peer that closed its side or finished.
-func streamEnd(err error) error {
-	switch {
-	case err == nil, errors.Is(err, io.EOF), errors.Is(err, errPeerFinished):
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return status.FromContextError(err).Err()
-}
-
-// leave removes p when its stream ends, however it ended.
-func (s *Scheduler) leave(p *peer) {
-	now := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if p.state != stateLeft {
-		if s.debug() {
-			s.log.Debug("peer left", "task_id", p.task.id, "peer_id", p.id)
-		}
-		s.removeLocked(p, now)
-		s.flushLocked(now)
-	}
-}
 
 func validateRegister(r *schedulerv1.Register) error {
 	switch {
@@ -222,6 +106,8 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 		t = newTask(spec.GetTaskId(), now)
 		t.cache = isCacheSpec(spec)
 		s.tasks[t.id] = t
+		t.listIdx = len(s.taskList)
+		s.taskList = append(s.taskList, t)
 		s.m.tasks.Inc()
 		s.log.Debug("task created", "task_id", t.id)
 	}
@@ -249,9 +135,10 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 		priority:          reg.GetPriority(),
 		conn:              c,
 		poolIdx:           -1,
+		waitIdx:           -1,
 	}
 	t.nextOrd++
-	t.peers[p.id] = p
+	t.addPeer(p)
 	s.counters.registrations++
 	h.peers++
 	s.m.registered(h.info.GetSeed())
@@ -287,7 +174,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 	if p.seedRequest && (!t.private || p.verified) && !s.excludedLocked(t, p.host, now) {
 		t.seedPhase, t.seedPeer = seedRunning, p
 		if t.suspect != nil || !othersHaveData(t, p) || t.unverifiable() {
-			s.backToSourceLocked(p, "seed peer fetches from the origin", time.Now())
+			s.backToSourceLocked(p, "seed peer fetches from the origin", now)
 			return p
 		}
 	}
@@ -317,9 +204,7 @@ func (s *Scheduler) removeLocked(p *peer, now time.Time) {
 	s.setState(p, stateLeft)
 	s.updatePoolLocked(p)
 	s.m.peersLeft.Inc()
-	if t.peers[p.id] == p {
-		delete(t.peers, p.id)
-	}
+	t.removePeer(p)
 	children := slices.Clone(p.children)
 	for _, c := range children {
 		s.removeEdge(p, c)
@@ -367,11 +252,11 @@ func (s *Scheduler) handleLocked(p *peer, m *schedulerv1.PeerMessage, now time.T
 	case *schedulerv1.PeerMessage_Meta:
 		s.onMetaLocked(p, msg.Meta)
 	case *schedulerv1.PeerMessage_Pieces:
-		s.onPiecesLocked(p, msg.Pieces)
+		s.onPiecesLocked(p, msg.Pieces, now)
 	case *schedulerv1.PeerMessage_PieceFailed:
 		s.onPieceFailedLocked(p, msg.PieceFailed, now)
 	case *schedulerv1.PeerMessage_Done:
-		s.onDoneLocked(p, msg.Done)
+		s.onDoneLocked(p, msg.Done, now)
 	case *schedulerv1.PeerMessage_Failed:
 		s.log.Debug("peer failed", "task_id", p.task.id, "peer_id", p.id, "reason", msg.Failed.GetReason())
 		s.removeLocked(p, now)
@@ -422,14 +307,14 @@ func (s *Scheduler) onMetaLocked(p *peer, m *schedulerv1.TaskMeta) {
 // broadcastInfoLocked sends a TaskInfo to every peer of t but except; in a
 // private task only to the peers taking part in it.
 func (s *Scheduler) broadcastInfoLocked(t *task, except *peer, msg *schedulerv1.SchedulerMessage) {
-	for _, o := range t.peers {
+	for _, o := range t.list {
 		if o != except && (!t.private || o.verified) {
 			s.sendLocked(o, msg)
 		}
 	}
 }
 
-func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
+func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.Time) {
 	t := p.task
 	// Only a peer the scheduler sent to the origin is trusted for digests,
 	// and only for pieces it says came from the origin.
@@ -463,7 +348,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 				t.digestHost[n] = p.host.id
 				fresh = append(fresh, &schedulerv1.PieceDigest{Number: n, Digest: d})
 				if t.suspect != nil && !t.reporter(p.host) {
-					s.checkSuspectLocked(t, n, d, p, time.Now())
+					s.checkSuspectLocked(t, n, d, p, now)
 				}
 			case !bytes.Equal(old, r.GetDigest()):
 				s.log.Warn("fetchers disagree on a piece digest; keeping the first", "task_id", t.id, "peer_id", p.id, "piece", n)
@@ -486,7 +371,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone) {
 		s.broadcastInfoLocked(t, p, taskInfo(t, fresh))
 	}
 	if claimed {
-		s.restoreTrustLocked(p, time.Now())
+		s.restoreTrustLocked(p, now)
 	}
 }
 
@@ -538,7 +423,7 @@ func (s *Scheduler) markBadLocked(p *peer, id string, kind badKind, now time.Tim
 	}
 }
 
-func (s *Scheduler) onDoneLocked(p *peer, m *schedulerv1.PeerDone) {
+func (s *Scheduler) onDoneLocked(p *peer, m *schedulerv1.PeerDone, now time.Time) {
 	t := p.task
 	if p.state == stateSucceeded {
 		return
@@ -561,7 +446,7 @@ func (s *Scheduler) onDoneLocked(p *peer, m *schedulerv1.PeerDone) {
 		s.broadcastInfoLocked(t, p, t.infoMessage())
 	}
 	if fetcher && t.suspect != nil && !t.accused(p.host) && !t.reporter(p.host) {
-		s.clearSuspectLocked(t, p, time.Now())
+		s.clearSuspectLocked(t, p, now)
 	}
 	s.markDirty(t)
 	if s.debug() {
@@ -615,89 +500,13 @@ func (s *Scheduler) onRescheduleLocked(p *peer, m *schedulerv1.Reschedule, now t
 	s.decideLocked(p, now, true)
 }
 
-// seedConn is one seed host's open SeedTasks stream.
+// seedConn is one seed host's open seed session (SeedTasks stream). send
+// must not block (see conn).
 type seedConn struct {
 	host   *host
-	out    chan *schedulerv1.SeedTask
+	send   func(*schedulerv1.SeedTask) error
 	cancel context.CancelCauseFunc
 	dead   bool
-}
-
-// SeedTasks keeps a seed host connected and pushes it the tasks to seed.
-func (svc *service) SeedTasks(req *schedulerv1.SeedTasksRequest, stream schedulerv1.Scheduler_SeedTasksServer) error {
-	s := svc.s
-	info := req.GetHost()
-	if info.GetId() == "" {
-		return status.Error(codes.InvalidArgument, "seed tasks: host.id is empty")
-	}
-	if !identity.Allows(stream.Context(), identity.RoleSeed) {
-		return status.Error(codes.PermissionDenied, "seed tasks: only a seed peer's certificate may open this stream")
-	}
-	if err := authorizeHost(stream.Context(), info); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithCancelCause(stream.Context())
-	defer cancel(nil)
-	sc := &seedConn{out: make(chan *schedulerv1.SeedTask, s.cfg.SendBuffer), cancel: cancel}
-	now := time.Now()
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return errShutdown
-	}
-	sc.host = s.hostLocked(info, now)
-	if old := s.seeds[info.GetId()]; old != nil {
-		old.dead = true
-		old.cancel(errReplaced)
-	}
-	s.seeds[info.GetId()] = sc
-	sc.host.seed = sc
-	// A seed peer may unblock peers that were waiting without one.
-	for _, t := range s.tasks {
-		if len(t.waiting) > 0 {
-			s.markDirty(t)
-		}
-	}
-	s.flushLocked(now)
-	s.mu.Unlock()
-	s.log.Info("seed host connected", "host_id", info.GetId())
-	defer s.seedLeft(sc)
-
-	for {
-		select {
-		case m := <-sc.out:
-			if err := stream.Send(m); err != nil {
-				return err
-			}
-		case <-ctx.Done():
-			return statusFromCause(ctx)
-		}
-	}
-}
-
-// seedLeft forgets a seed stream; tasks still waiting for that host's seed
-// peer may trigger another seed or go to the origin.
-func (s *Scheduler) seedLeft(sc *seedConn) {
-	now := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sc.dead = true
-	id := sc.host.id
-	if s.seeds[id] != sc {
-		return
-	}
-	delete(s.seeds, id)
-	sc.host.seed = nil
-	if sc.host.peers == 0 {
-		sc.host.idleSince = now
-	}
-	for _, t := range s.tasks {
-		if t.seedPhase == seedTriggered && t.seedHost == id {
-			s.seedFailedLocked(t, id)
-		}
-	}
-	s.flushLocked(now)
-	s.log.Info("seed host disconnected", "host_id", id)
 }
 
 // A host is penalised for every child only once reporters on this many

@@ -28,8 +28,6 @@ func BenchmarkDecide(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	noop := func(error) {}
-	newConn := func() *conn { return &conn{out: make(chan *schedulerv1.SchedulerMessage, 8), cancel: noop} }
 	reg := func(id string, hostN int, have []uint32) *schedulerv1.Register {
 		return &schedulerv1.Register{
 			PeerId: id,
@@ -46,7 +44,8 @@ func BenchmarkDecide(b *testing.B) {
 		if i%2 == 0 {
 			have = []uint32{uint32(i % 64), uint32((i + 7) % 64)}
 		}
-		s.registerLocked(reg(fmt.Sprintf("p%d", i), i, have), newConn(), now)
+		c, _ := chanConn(8)
+		s.registerLocked(reg(fmt.Sprintf("p%d", i), i, have), c, now)
 		s.flushLocked(now)
 	}
 	s.mu.Unlock()
@@ -56,7 +55,7 @@ func BenchmarkDecide(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r := reg(fmt.Sprintf("new%d", i), peers+i%1000, nil)
-		c := newConn()
+		c, out := chanConn(8)
 		start := time.Now()
 		s.mu.Lock()
 		p := s.registerLocked(r, c, now)
@@ -65,7 +64,7 @@ func BenchmarkDecide(b *testing.B) {
 		if len(durs) < cap(durs) {
 			durs = append(durs, time.Since(start))
 		}
-		if m := <-c.out; m.GetParents() == nil {
+		if m := <-out; m.GetParents() == nil {
 			b.Fatalf("want parents, got %v", m)
 		}
 		s.mu.Lock()

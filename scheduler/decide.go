@@ -24,7 +24,7 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		// that asks for parents leaves back_to_source first (onReschedule).
 		return
 	}
-	start := time.Now()
+	start := s.now()
 	t := p.task
 	if t.private && !p.verified {
 		if p.state != stateFailed || force {
@@ -96,7 +96,7 @@ func (s *Scheduler) debug() bool { return s.log.Enabled(context.Background(), sl
 
 func (s *Scheduler) record(kind string, start time.Time) {
 	s.m.decision(kind)
-	s.m.decisionDuration.Observe(time.Since(start).Seconds())
+	s.m.decisionDuration.Observe(s.now().Sub(start).Seconds())
 }
 
 func (s *Scheduler) sendParentsLocked(p *peer, start time.Time) {
@@ -119,7 +119,7 @@ func (s *Scheduler) waitLocked(p *peer, now time.Time, reason string, force bool
 	}
 	if p.state != stateWaiting {
 		p.waitSince = now
-		p.task.waiting[p] = struct{}{}
+		p.task.addWaiting(p)
 		s.setState(p, stateWaiting)
 		s.updatePoolLocked(p)
 	}
@@ -161,7 +161,7 @@ func (s *Scheduler) failLocked(p *peer, reason string, start time.Time) {
 }
 
 func (s *Scheduler) unwaitLocked(p *peer) {
-	delete(p.task.waiting, p)
+	p.task.removeWaiting(p)
 }
 
 func (s *Scheduler) setState(p *peer, st peerState) {
@@ -175,9 +175,7 @@ func (s *Scheduler) sendLocked(p *peer, msg *schedulerv1.SchedulerMessage) {
 	if p.state == stateLeft || p.dropping {
 		return
 	}
-	select {
-	case p.conn.out <- msg:
-	default:
+	if err := p.conn.send(msg); err != nil {
 		p.dropping = true
 		s.dropped = append(s.dropped, p)
 	}
@@ -207,9 +205,14 @@ func (s *Scheduler) flushLocked(now time.Time) {
 			t := s.dirty[len(s.dirty)-1]
 			s.dirty = s.dirty[:len(s.dirty)-1]
 			t.dirty = false
-			for w := range t.waiting {
-				s.decideLocked(w, now, false)
+			ws := append(s.waitScratch[:0], t.waitList...)
+			for _, w := range ws {
+				if w.waitIdx >= 0 { // not decided away by an earlier one
+					s.decideLocked(w, now, false)
+				}
 			}
+			clear(ws)
+			s.waitScratch = ws[:0]
 		}
 	}
 }
@@ -285,7 +288,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	group := localityGroup(p.host.info)
 	free, full := s.freeCands[:0], s.fullCands[:0]
 	var soft []*peer // found slow lately: the last resort
-	now := time.Now()
+	now := s.now()
 	for range n {
 		c := t.pool[idx]
 		if idx += stride; idx >= n {
@@ -469,10 +472,8 @@ func (s *Scheduler) triggerSeedLocked(t *task, now time.Time) bool {
 	if sc == nil {
 		return false
 	}
-	select {
-	case sc.out <- &schedulerv1.SeedTask{Task: t.spec}:
-	default:
-		s.log.Warn("seed peer dropped: send buffer full", "host_id", sc.host.id)
+	if err := sc.send(&schedulerv1.SeedTask{Task: t.spec}); err != nil {
+		s.log.Warn("seed peer dropped: send failed", "host_id", sc.host.id, "err", err)
 		sc.dead = true
 		sc.cancel(errOverflow)
 		return false
@@ -491,7 +492,7 @@ func (s *Scheduler) triggerSeedLocked(t *task, now time.Time) bool {
 func (s *Scheduler) pickSeedLocked(t *task) *seedConn {
 	var best, bestFailed *seedConn
 	var bestW, bestFailedW uint64
-	now := time.Now()
+	now := s.now()
 	for id, sc := range s.seeds {
 		if sc.dead || now.Before(sc.host.bannedUntil) || t.accused(sc.host) {
 			continue

@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"slices"
-	"time"
 )
 
 // The parent→child graph of a task must stay acyclic. Checking a new edge by
@@ -37,7 +36,7 @@ func (s *Scheduler) linkLocked(parent, child *peer) bool {
 		return false
 	}
 	child.parents = append(child.parents, link{peer: parent, at: len(parent.children)})
-	child.parentsAt = time.Now()
+	child.parentsAt = s.now()
 	parent.children = append(parent.children, child)
 	parent.host.used++
 	return true

@@ -533,8 +533,11 @@ func checkInvariants(s *Scheduler) error {
 			if p.state == stateBackToSource {
 				b2s++
 			}
-			if _, w := t.waiting[p]; w != (p.state == stateWaiting) {
+			if w := p.waitIdx >= 0 && p.waitIdx < len(t.waitList) && t.waitList[p.waitIdx] == p; w != (p.state == stateWaiting) {
 				return fmt.Errorf("peer %s: waiting set disagrees with state %v", pid, p.state)
+			}
+			if p.listIdx < 0 || p.listIdx >= len(t.list) || t.list[p.listIdx] != p {
+				return fmt.Errorf("peer %s: list index %d wrong", pid, p.listIdx)
 			}
 			if isSource(p, s.cfg.PipelineParents) != (p.poolIdx >= 0) || (p.poolIdx >= 0 && t.pool[p.poolIdx] != p) {
 				return fmt.Errorf("peer %s: pool index %d wrong (state %v, pieces %d)", pid, p.poolIdx, p.state, p.pieces.count)
@@ -568,6 +571,12 @@ func checkInvariants(s *Scheduler) error {
 				}
 				used[p.host]++
 			}
+		}
+		if len(t.list) != len(t.peers) {
+			return fmt.Errorf("task %s: list holds %d peers, map %d", id, len(t.list), len(t.peers))
+		}
+		if t.listIdx >= len(s.taskList) || s.taskList[t.listIdx] != t {
+			return fmt.Errorf("task %s: task list index %d wrong", id, t.listIdx)
 		}
 		if b2s != t.backToSource {
 			return fmt.Errorf("task %s: back_to_source count %d, peers in that state %d", id, t.backToSource, b2s)
@@ -636,4 +645,18 @@ func (ts *testServer) mustInvariants() {
 	if err != nil {
 		ts.t.Fatal(err)
 	}
+}
+
+// chanConn is a conn that queues on a buffered channel, as a gRPC session's
+// send does, and reports a full buffer.
+func chanConn(n int) (*conn, chan *schedulerv1.SchedulerMessage) {
+	out := make(chan *schedulerv1.SchedulerMessage, n)
+	return &conn{send: func(m *schedulerv1.SchedulerMessage) error {
+		select {
+		case out <- m:
+			return nil
+		default:
+			return errSendFull
+		}
+	}, cancel: func(error) {}}, out
 }

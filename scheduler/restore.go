@@ -139,7 +139,7 @@ func (s *Scheduler) restoreTrustLocked(p *peer, now time.Time) {
 	case t.contentTask():
 		rule = "content_digest"
 	default:
-		for _, o := range t.peers {
+		for _, o := range t.list {
 			if o == p || o.host == p.host || o.state == stateLeft || o.pieces.count < c.pieceCount() ||
 				s.excludedLocked(t, o.host, now) || !o.claim.agrees(c) {
 				continue
@@ -163,7 +163,7 @@ func (s *Scheduler) restoreTrustLocked(p *peer, now time.Time) {
 		t.digests[n] = d
 		t.digestHost[n] = from[int(n)%len(from)]
 	}
-	for _, o := range t.peers {
+	for _, o := range t.list {
 		o.claim = nil // no longer needed: the task's digests are known
 	}
 	t.info = nil

@@ -66,6 +66,7 @@ type Scheduler struct {
 	mu       sync.Mutex
 	closed   bool
 	tasks    map[string]*task
+	taskList []*task // the tasks in an order that depends only on events
 	hosts    map[string]*host
 	seeds    map[string]*seedConn // by host ID
 	rnd      *mrand.Rand
@@ -74,20 +75,51 @@ type Scheduler struct {
 	dropped  []*peer // peers whose send buffer overflowed
 	counters counters
 	started  time.Time
+	now      func() time.Time // the clock (Option WithClock)
+	lastGC   time.Time        // when Tick last collected
 
 	// Scratch space reused across decisions (under mu).
-	fwd       []*peer
-	bwd       []*peer
-	stack     []*peer
-	ords      []uint64
-	freeCands []*peer
-	fullCands []*peer
-	cands     []policy.Candidate
+	fwd         []*peer
+	bwd         []*peer
+	stack       []*peer
+	ords        []uint64
+	freeCands   []*peer
+	fullCands   []*peer
+	cands       []policy.Candidate
+	waitScratch []*peer
+}
+
+// Option sets what a Scheduler takes from outside besides its Config.
+type Option func(*Scheduler)
+
+// WithClock makes the Scheduler read the time from now instead of time.Now:
+// every decision, timeout and TTL follows it. A simulator passes its virtual
+// clock, and then passes the same clock's reading as the now argument of
+// Tick, Open, Session.Handle and Session.Close.
+func WithClock(now func() time.Time) Option {
+	return func(s *Scheduler) {
+		if now != nil {
+			s.now = now
+		}
+	}
+}
+
+// WithRand makes the Scheduler draw its random choices (candidate sampling,
+// ties between parents) from r instead of a PCG seeded from crypto/rand: the
+// same seed and the same events give the same decisions. r is used under the
+// scheduler's lock only.
+func WithRand(r *mrand.Rand) Option {
+	return func(s *Scheduler) {
+		if r != nil {
+			s.rnd = r
+		}
+	}
 }
 
 // New returns a Scheduler for cfg. Metrics are registered on reg (skipped
-// when reg is nil); log may be nil to discard logs.
-func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Scheduler, error) {
+// when reg is nil); log may be nil to discard logs. Without options the
+// clock is time.Now and the random source a PCG seeded from crypto/rand.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Scheduler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("new scheduler: %w", err)
 	}
@@ -98,18 +130,26 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Scheduler, e
 	if err != nil {
 		return nil, fmt.Errorf("new scheduler: %w", err)
 	}
-	var seed [16]byte
-	_, _ = rand.Read(seed[:]) // crypto/rand.Read never fails on supported platforms
-	return &Scheduler{
-		cfg:     cfg,
-		log:     log,
-		m:       m,
-		tasks:   make(map[string]*task),
-		hosts:   make(map[string]*host),
-		seeds:   make(map[string]*seedConn),
-		started: time.Now(),
-		rnd:     mrand.New(mrand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:]))),
-	}, nil
+	s := &Scheduler{
+		cfg:   cfg,
+		log:   log,
+		m:     m,
+		tasks: make(map[string]*task),
+		hosts: make(map[string]*host),
+		seeds: make(map[string]*seedConn),
+		now:   time.Now,
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.rnd == nil {
+		var seed [16]byte
+		_, _ = rand.Read(seed[:]) // crypto/rand.Read never fails on supported platforms
+		s.rnd = mrand.New(mrand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:])))
+	}
+	s.started = s.now()
+	s.lastGC = s.started
+	return s, nil
 }
 
 // service adapts Scheduler to the generated interface without exporting the
@@ -124,8 +164,8 @@ func (s *Scheduler) Register(gs *grpc.Server) {
 	schedulerv1.RegisterSchedulerServer(gs, &service{s: s})
 }
 
-// Run drives the refresh (new parents, wait timeouts) and GC loops until ctx
-// is done. It then closes every open stream with codes.Unavailable so that
+// Run calls Tick every RefreshInterval with the scheduler's clock until ctx
+// is done. It then closes every open session with codes.Unavailable so that
 // peers re-register elsewhere and a graceful gRPC stop can finish, and
 // returns nil. Run may be called once.
 func (s *Scheduler) Run(ctx context.Context) error {
@@ -135,17 +175,36 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	defer s.closeAll()
 	refresh := time.NewTicker(s.cfg.RefreshInterval.D())
 	defer refresh.Stop()
-	gc := time.NewTicker(s.cfg.GCInterval.D())
-	defer gc.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-refresh.C:
-			s.refresh(ctx)
-		case <-gc.C:
-			s.gc(time.Now())
+			s.tick(ctx, s.now())
 		}
+	}
+}
+
+// Tick runs the scheduler's periodic work at now, synchronously: waiting
+// peers that waited WaitTimeout fail, waiting peers get another look, slow
+// parents are replaced, peers with fewer than MaxParents parents get new
+// ones when candidates appeared, piece tokens are renewed, and, when
+// GCInterval passed since the last collection, tasks and hosts idle for
+// TaskTTL are forgotten. Messages go out through the sessions' send
+// functions before Tick returns. Run calls it every RefreshInterval; a
+// simulator driving virtual time calls it itself at that period.
+func (s *Scheduler) Tick(now time.Time) { s.tick(context.Background(), now) }
+
+func (s *Scheduler) tick(ctx context.Context, now time.Time) {
+	s.refresh(ctx, now)
+	s.mu.Lock()
+	due := now.Sub(s.lastGC) >= s.cfg.GCInterval.D()
+	if due {
+		s.lastGC = now
+	}
+	s.mu.Unlock()
+	if due {
+		s.gc(now)
 	}
 }
 
@@ -182,8 +241,8 @@ func (s *Scheduler) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	for _, t := range s.tasks {
-		for _, p := range t.peers {
+	for _, t := range s.taskList {
+		for _, p := range t.list {
 			p.conn.cancel(errShutdown)
 		}
 	}
@@ -195,17 +254,18 @@ func (s *Scheduler) closeAll() {
 // refresh gives peers with fewer than MaxParents parents new ones when
 // candidates appeared, re-evaluates waiting peers and fails those that waited
 // too long.
-func (s *Scheduler) refresh(ctx context.Context) {
-	now := time.Now()
+func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 	var under []*peer
 	s.mu.Lock()
-	for _, t := range s.tasks {
-		for w := range t.waiting {
-			if now.Sub(w.waitSince) >= s.cfg.WaitTimeout.D() {
-				s.failLocked(w, "no parent and no origin budget within wait_timeout", time.Now())
+	for _, t := range s.taskList {
+		// Backwards: failing a peer swaps the last waiting one into its
+		// place, which was visited already.
+		for i := len(t.waitList) - 1; i >= 0; i-- {
+			if w := t.waitList[i]; now.Sub(w.waitSince) >= s.cfg.WaitTimeout.D() {
+				s.failLocked(w, "no parent and no origin budget within wait_timeout", now)
 			}
 		}
-		if len(t.waiting) > 0 {
+		if len(t.waitList) > 0 {
 			s.markDirty(t)
 		}
 		if t.private {
@@ -215,7 +275,7 @@ func (s *Scheduler) refresh(ctx context.Context) {
 			continue
 		}
 		s.replaceSlowParentsLocked(t, now)
-		for _, p := range t.peers {
+		for _, p := range t.list {
 			if p.state == stateRunning && len(p.parents) < s.cfg.MaxParents {
 				under = append(under, p)
 			}
@@ -231,12 +291,11 @@ func (s *Scheduler) refresh(ctx context.Context) {
 			if p.state != stateRunning || p.task.unverifiable() {
 				continue // no parent could be checked (restore.go)
 			}
-			start := time.Now()
 			if s.fillParentsLocked(p, false) {
-				s.sendParentsLocked(p, start)
+				s.sendParentsLocked(p, now)
 			}
 		}
-		s.flushLocked(time.Now())
+		s.flushLocked(now)
 		s.mu.Unlock()
 		clear(under[:n])
 		under = under[n:]
@@ -248,11 +307,16 @@ func (s *Scheduler) gc(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ttl := s.cfg.TaskTTL.D()
-	for id, t := range s.tasks {
+	for i := len(s.taskList) - 1; i >= 0; i-- {
+		t := s.taskList[i]
 		if len(t.peers) == 0 && now.Sub(t.emptySince) >= ttl {
-			delete(s.tasks, id)
+			delete(s.tasks, t.id)
+			last := s.taskList[len(s.taskList)-1]
+			s.taskList[i], last.listIdx = last, i
+			s.taskList[len(s.taskList)-1] = nil
+			s.taskList = s.taskList[:len(s.taskList)-1]
 			s.m.tasks.Dec()
-			s.log.Debug("task forgotten", "task_id", id)
+			s.log.Debug("task forgotten", "task_id", t.id)
 		}
 	}
 	for id, h := range s.hosts {
@@ -265,7 +329,7 @@ func (s *Scheduler) gc(now time.Time) {
 // statusFromCause turns the cause of a stream's end into its gRPC status.
 func statusFromCause(ctx context.Context) error {
 	cause := context.Cause(ctx)
-	if errors.Is(cause, errPeerFinished) {
+	if errors.Is(cause, errPeerFinished) || errors.Is(cause, errRefused) {
 		return nil
 	}
 	if _, ok := status.FromError(cause); ok {
@@ -284,7 +348,7 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 	}
 	var rates []float64
 	seen := map[*host]bool{}
-	for _, p := range t.peers {
+	for _, p := range t.list {
 		for _, l := range p.parents {
 			h := l.peer.host
 			if !seen[h] && h.throughput > 0 && h.successes >= uint64(s.cfg.SlowParentSamples) {
@@ -299,7 +363,7 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 	slices.Sort(rates)
 	median := rates[len(rates)/2]
 	var moved []*peer
-	for _, p := range t.peers {
+	for _, p := range t.list {
 		if p.state != stateRunning {
 			continue
 		}

@@ -573,16 +573,6 @@ func TestGCForgetsEmptyTasks(t *testing.T) {
 	}
 }
 
-func TestGCKeepsTasksWithPeers(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.TaskTTL = Duration(50 * time.Millisecond) })
-	a := ts.register("t", "a")
-	a.expectBackToSource()
-	time.Sleep(200 * time.Millisecond)
-	if n := ts.metric("damselfly_scheduler_tasks"); n != 1 {
-		t.Fatalf("tasks %v", n)
-	}
-}
-
 func TestScoringSpreadsChildrenBySlots(t *testing.T) {
 	ts := startServer(t, func(c *Config) { c.MaxParents = 1 })
 	for _, p := range []struct {

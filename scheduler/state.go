@@ -74,11 +74,12 @@ func (s peerState) String() string {
 	return "unknown"
 }
 
-// conn is the outbound side of one Announce stream. The channel is drained
-// by the stream's handler goroutine; the scheduler only ever does a
-// non-blocking send on it while holding its lock.
+// conn is the outbound side of one announce session. send must not block:
+// the scheduler calls it while holding its lock (the gRPC handler pushes on
+// a buffered channel its goroutine drains); an error drops the peer at the
+// next flush. cancel ends the session with a cause.
 type conn struct {
-	out    chan *schedulerv1.SchedulerMessage
+	send   func(*schedulerv1.SchedulerMessage) error
 	cancel context.CancelCauseFunc
 }
 
@@ -104,6 +105,8 @@ type peer struct {
 	accessUntil time.Time
 	conn        *conn
 	poolIdx     int       // index in task.pool, -1 when not a candidate
+	listIdx     int       // index in task.list
+	waitIdx     int       // index in task.waitList, -1 when not waiting
 	mark        uint64    // visit epoch, see Scheduler.epoch
 	parentsAt   time.Time // when the peer last got a parent
 	dropping    bool      // queued for removal after a send overflow
@@ -177,12 +180,16 @@ type task struct {
 	// (see onContentCorruptLocked); nil when none is.
 	suspect *suspicion
 	// private: fetched with credentials (sticky); key signs its piece tokens.
-	private      bool
-	key          []byte
-	info         *schedulerv1.SchedulerMessage
-	peers        map[string]*peer
+	private bool
+	key     []byte
+	info    *schedulerv1.SchedulerMessage
+	peers   map[string]*peer
+	// list holds the peers of peers in a order that depends only on the
+	// events (unlike a map's): walks over it decide alike in every run.
+	list         []*peer
+	listIdx      int     // index in Scheduler.taskList
 	pool         []*peer // candidate parents: hold data, are done, or fetch from the origin
-	waiting      map[*peer]struct{}
+	waitList     []*peer // waiting peers (peer.waitIdx)
 	backToSource int
 	seedPhase    seedPhase
 	seedHost     string
@@ -205,7 +212,6 @@ func newTask(id string, now time.Time) *task {
 		digests:       make(map[uint32][]byte),
 		digestHost:    make(map[uint32]string),
 		peers:         make(map[string]*peer),
-		waiting:       make(map[*peer]struct{}),
 		emptySince:    now,
 	}
 }
@@ -303,4 +309,48 @@ func (b *bitset) set(n uint32) bool {
 	b.words[w] |= mask
 	b.count++
 	return true
+}
+
+// addPeer puts p in t's list and map.
+func (t *task) addPeer(p *peer) {
+	t.peers[p.id] = p
+	p.listIdx = len(t.list)
+	t.list = append(t.list, p)
+}
+
+// removePeer takes p out of t's list and map.
+func (t *task) removePeer(p *peer) {
+	if t.peers[p.id] == p {
+		delete(t.peers, p.id)
+	}
+	i := p.listIdx
+	if i < 0 || i >= len(t.list) || t.list[i] != p {
+		return
+	}
+	last := t.list[len(t.list)-1]
+	t.list[i], last.listIdx = last, i
+	t.list[len(t.list)-1] = nil
+	t.list = t.list[:len(t.list)-1]
+	p.listIdx = -1
+}
+
+// addWaiting and removeWaiting keep t.waitList (order: by events only).
+func (t *task) addWaiting(p *peer) {
+	if p.waitIdx >= 0 {
+		return
+	}
+	p.waitIdx = len(t.waitList)
+	t.waitList = append(t.waitList, p)
+}
+
+func (t *task) removeWaiting(p *peer) {
+	i := p.waitIdx
+	if i < 0 {
+		return
+	}
+	last := t.waitList[len(t.waitList)-1]
+	t.waitList[i], last.waitIdx = last, i
+	t.waitList[len(t.waitList)-1] = nil
+	t.waitList = t.waitList[:len(t.waitList)-1]
+	p.waitIdx = -1
 }

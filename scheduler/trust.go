@@ -23,7 +23,7 @@ func (s *Scheduler) makePrivateLocked(t *task, now time.Time) {
 	_, _ = rand.Read(t.key) // crypto/rand.Read never fails on supported platforms
 	s.log.Info("task is private: fetched with credentials", "task_id", t.id)
 	var redo []*peer
-	for _, o := range t.peers {
+	for _, o := range t.list {
 		if o.verified {
 			s.grantLocked(o, now)
 			continue
@@ -59,7 +59,7 @@ func (s *Scheduler) grantLocked(p *peer, now time.Time) {
 // their lifetime left.
 func (s *Scheduler) renewAccessLocked(t *task, now time.Time) {
 	half := s.cfg.PieceTokenTTL.D() / 2
-	for _, p := range t.peers {
+	for _, p := range t.list {
 		if p.verified && p.state != stateLeft && p.accessUntil.Sub(now) < half {
 			s.grantLocked(p, now)
 		}
@@ -145,7 +145,7 @@ func (s *Scheduler) onContentCorruptLocked(p *peer, m *schedulerv1.ContentCorrup
 	s.log.Warn("content reported corrupt: digests suspended until a fresh fetch from the origin checks them",
 		"task_id", t.id, "peer_id", p.id, "host_id", p.host.id, "accused", slices.Sorted(maps.Keys(sus.accused)), "reason", m.GetReason())
 	var redo []*peer
-	for _, o := range t.peers {
+	for _, o := range t.list {
 		if !t.accused(o.host) {
 			continue
 		}
@@ -206,9 +206,9 @@ func (s *Scheduler) checkSuspectLocked(t *task, n uint32, d []byte, p *peer, now
 		"banned_host", liar, "piece", n, "checked_by", p.host.id, "ban", s.cfg.BanTTL.D())
 	t.suspect = nil
 	// Every peer of the banned host loses its children, in every task.
-	for _, ot := range s.tasks {
+	for _, ot := range s.taskList {
 		var redo []*peer
-		for _, o := range ot.peers {
+		for _, o := range ot.list {
 			if o.host.id != liar {
 				continue
 			}

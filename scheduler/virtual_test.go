@@ -1,0 +1,354 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	mrand "math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/internal/identity"
+)
+
+// vsched drives a Scheduler in virtual time through the transport-free
+// session API, as a simulator does: one goroutine, no sleeps, every message
+// observed as soon as the call that caused it returns.
+type vsched struct {
+	t   *testing.T
+	s   *Scheduler
+	now time.Time
+	ctx context.Context // explicit insecure mode: callers are who they claim
+}
+
+// newVirtual returns a scheduler on a virtual clock with a fixed random
+// seed, configured by testConfig then mutate.
+func newVirtual(t *testing.T, mutate func(*Config)) *vsched {
+	t.Helper()
+	cfg := testConfig()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	v := &vsched{t: t, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	v.ctx = identity.NewContext(context.Background(), identity.Identity{Insecure: true})
+	s, err := New(cfg, testLogger(), nil, WithClock(func() time.Time { return v.now }), WithRand(mrand.New(mrand.NewPCG(1, 2))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.s = s
+	return v
+}
+
+// pipelineVirtual is newVirtual with the pipeline defaults.
+func pipelineVirtual(t *testing.T, mutate func(*Config)) *vsched {
+	d := DefaultConfig()
+	return newVirtual(t, func(c *Config) {
+		c.MaxParents, c.MaxChildren, c.PipelineParents = d.MaxParents, d.MaxChildren, d.PipelineParents
+		c.RefreshInterval, c.GCInterval = d.RefreshInterval, d.GCInterval
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+}
+
+// advance moves the clock by d and runs the periodic work at the new time.
+func (v *vsched) advance(d time.Duration) {
+	v.now = v.now.Add(d)
+	v.s.Tick(v.now)
+}
+
+type vpeer struct {
+	v    *vsched
+	id   string
+	sess *Session
+	msgs []*schedulerv1.SchedulerMessage
+}
+
+func (v *vsched) join(task, id string, opts ...regOpt) *vpeer {
+	v.t.Helper()
+	r := &schedulerv1.Register{
+		PeerId: id,
+		Host:   &schedulerv1.Host{Id: "host-" + id, Hostname: id, Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002},
+		Task:   spec(task),
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	p := &vpeer{v: v, id: id}
+	sess, err := v.s.Open(v.ctx, r, func(m *schedulerv1.SchedulerMessage) error {
+		p.msgs = append(p.msgs, m)
+		return nil
+	}, v.now)
+	if err != nil {
+		v.t.Fatalf("open %s: %v", id, err)
+	}
+	p.sess = sess
+	return p
+}
+
+// decision returns the last decision p got since the last call (nil when
+// none) and forgets everything p got.
+func (p *vpeer) decision() *schedulerv1.SchedulerMessage {
+	var d *schedulerv1.SchedulerMessage
+	for _, m := range p.msgs {
+		if m.GetTaskInfo() == nil && m.GetAccess() == nil {
+			d = m
+		}
+	}
+	p.msgs = nil
+	return d
+}
+
+func (p *vpeer) parents() []string {
+	p.v.t.Helper()
+	d := p.decision()
+	if d.GetParents() == nil {
+		p.v.t.Fatalf("%s: want parents, got %v", p.id, d)
+	}
+	return parentIDs(d)
+}
+
+func (p *vpeer) handle(m *schedulerv1.PeerMessage) {
+	p.v.t.Helper()
+	if err := p.sess.Handle(m, p.v.now); err != nil {
+		p.v.t.Fatalf("%s: handle: %v", p.id, err)
+	}
+}
+
+func (p *vpeer) meta(length int64, pieceSize uint32) {
+	p.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: length, PieceSize: pieceSize}}})
+}
+
+func (p *vpeer) pieces(rs ...*schedulerv1.PieceResult) {
+	p.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Pieces{Pieces: &schedulerv1.PiecesDone{Pieces: rs}}})
+}
+
+func (p *vpeer) reschedule(bad ...string) {
+	p.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Reschedule{Reschedule: &schedulerv1.Reschedule{BadParents: bad}}})
+}
+
+func (p *vpeer) leave() { p.sess.Close(p.v.now) }
+
+// A peer that may not go to the origin fails exactly when it has waited
+// wait_timeout, not a tick before.
+func TestWaitTimeoutVirtual(t *testing.T) {
+	v := newVirtual(t, func(c *Config) { c.WaitTimeout = Duration(30 * time.Second) })
+	a := v.join("t", "a", noBackSource())
+	if d := a.decision(); d.GetWait() == nil {
+		t.Fatalf("want wait, got %v", d)
+	}
+	for range 29 {
+		v.advance(time.Second)
+	}
+	v.advance(time.Second - time.Millisecond)
+	if d := a.decision(); d != nil {
+		t.Fatalf("before wait_timeout: got %v", d)
+	}
+	v.advance(time.Millisecond)
+	if d := a.decision(); d.GetFail() == nil {
+		t.Fatalf("at wait_timeout: want fail, got %v", d)
+	}
+}
+
+// A task with a peer survives any number of TTLs; once empty, it is
+// forgotten one TTL later, at the first collection after that.
+func TestGCVirtual(t *testing.T) {
+	v := newVirtual(t, func(c *Config) {
+		c.TaskTTL, c.GCInterval, c.RefreshInterval = Duration(time.Minute), Duration(10*time.Second), Duration(time.Second)
+	})
+	a := v.join("t", "a")
+	if d := a.decision(); d.GetBackToSource() == nil {
+		t.Fatalf("want back to source, got %v", d)
+	}
+	tasks := func() int {
+		v.s.mu.Lock()
+		defer v.s.mu.Unlock()
+		return len(v.s.tasks)
+	}
+	for range 300 {
+		v.advance(time.Second)
+	}
+	if n := tasks(); n != 1 {
+		t.Fatalf("task with a peer: %d tasks after 5 TTLs", n)
+	}
+	a.leave()
+	for range 59 {
+		v.advance(time.Second)
+	}
+	if n := tasks(); n != 1 {
+		t.Fatalf("empty task forgotten before its TTL: %d tasks", n)
+	}
+	for range 11 {
+		v.advance(time.Second)
+	}
+	if n := tasks(); n != 0 {
+		t.Fatalf("empty task kept past TTL + gc_interval: %d tasks", n)
+	}
+}
+
+// A parent a peer reported failed stays away for badParentTTL of virtual
+// time, then comes back.
+func TestBadParentTTLVirtual(t *testing.T) {
+	v := newVirtual(t, func(c *Config) { c.MaxParents, c.WaitTimeout = 1, Duration(time.Hour) })
+	a := v.join("t", "a")
+	a.decision()
+	b := v.join("t", "b", noBackSource())
+	if got := b.parents(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("b parents %v", got)
+	}
+	b.reschedule("a")
+	if d := b.decision(); d.GetWait() == nil {
+		t.Fatalf("after reporting its only parent: want wait, got %v", d)
+	}
+	v.advance(badParentTTL - time.Second)
+	if d := b.decision(); d != nil {
+		t.Fatalf("before the TTL: got %v", d)
+	}
+	v.advance(time.Second)
+	if got := b.parents(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("after the TTL: b parents %v, want [a]", got)
+	}
+}
+
+// The input grace and the slow-parent rule run on the virtual clock: a
+// slow uplink is replaced at the first tick after its reports, a peer that
+// just got a new parent is not judged within inputGrace.
+func TestSlowParentReplacedVirtual(t *testing.T) {
+	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples = 0.3, 2 })
+	a := v.join("t1", "a")
+	a.decision()
+	a.meta(16<<20, 256<<10)
+	ids := []string{"a", "b", "c", "d"}
+	ps := map[string]*vpeer{"a": a}
+	for i, id := range ids[1:] {
+		p := v.join("t1", id)
+		if got := p.parents(); !slices.Equal(got, []string{ids[i]}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
+		}
+		ps[id] = p
+	}
+	// c's parents were set just now: within the grace nothing is judged.
+	const piece = 256 << 10
+	fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)
+	report := func(n uint32) {
+		ps["b"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "a", Length: piece, CostNs: fast})
+		ps["c"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "b", Length: piece, CostNs: slow})
+		ps["d"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "c", Length: piece, CostNs: fast})
+	}
+	for n := range uint32(3) {
+		report(n)
+	}
+	v.advance(inputGrace - time.Second)
+	if d := ps["c"].decision(); d != nil {
+		t.Fatalf("c judged within the input grace of its parent: %v", d)
+	}
+	v.advance(time.Second)
+	if d := ps["c"].decision(); d.GetParents() == nil || slices.Contains(parentIDs(d), "b") {
+		t.Fatalf("c: want new parents without slow b, got %v", d)
+	}
+}
+
+// The same seed and the same events give the same decisions: the messages
+// every peer gets are equal across two runs.
+func TestDeterministicWithSeed(t *testing.T) {
+	run := func() []string {
+		v := newVirtual(t, func(c *Config) { c.MaxParents, c.CandidateLimit = 2, 4 })
+		var log []string
+		ps := []*vpeer{v.join("t", "src")}
+		ps[0].meta(64<<18, 1<<18)
+		for i := range 40 {
+			ps = append(ps, v.join("t", fmt.Sprintf("p%d", i), withHave(uint32(i%8))))
+			if i%7 == 3 {
+				ps[i/2].leave()
+			}
+			v.advance(300 * time.Millisecond)
+		}
+		for _, p := range ps {
+			for _, m := range p.msgs {
+				log = append(log, p.id+":"+m.String())
+			}
+		}
+		return log
+	}
+	a, b := run(), run()
+	if !slices.Equal(a, b) {
+		t.Fatalf("two runs with one seed differ (%d vs %d messages)", len(a), len(b))
+	}
+	if len(a) < 40 {
+		t.Fatalf("only %d messages", len(a))
+	}
+}
+
+// The session API keeps the gRPC handler's checks: a second Register is a
+// protocol error that ends the session, seed_request needs the seed role, a
+// spec that does not hold gets a Fail and an ended session, and a failed
+// send drops the peer.
+func TestSessionChecks(t *testing.T) {
+	v := newVirtual(t, nil)
+	a := v.join("t", "a")
+	err := a.sess.Handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{Register: &schedulerv1.Register{}}}, v.now)
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("second register: %v", err)
+	}
+	select {
+	case <-a.sess.Done():
+	default:
+		t.Fatal("session goes on after a protocol error")
+	}
+	if status.Code(a.sess.Err()) != codes.InvalidArgument {
+		t.Fatalf("session end: %v", a.sess.Err())
+	}
+	a.leave()
+
+	peerCtx := identity.NewContext(context.Background(), identity.Identity{Role: identity.RolePeer, HostID: "host-x", Verified: true})
+	_, err = v.s.Open(peerCtx, &schedulerv1.Register{PeerId: "x", Host: &schedulerv1.Host{Id: "host-x"}, Task: spec("t"), SeedRequest: true},
+		func(*schedulerv1.SchedulerMessage) error { return nil }, v.now)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("seed_request from a peer certificate: %v", err)
+	}
+	_, err = v.s.Open(peerCtx, &schedulerv1.Register{PeerId: "x", Host: &schedulerv1.Host{Id: "host-y"}, Task: spec("t")},
+		func(*schedulerv1.SchedulerMessage) error { return nil }, v.now)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("register for another host: %v", err)
+	}
+
+	bad := spec("t")
+	bad.TaskId = tid("other")
+	var got []*schedulerv1.SchedulerMessage
+	sess, err := v.s.Open(v.ctx, &schedulerv1.Register{PeerId: "y", Host: &schedulerv1.Host{Id: "host-y"}, Task: bad},
+		func(m *schedulerv1.SchedulerMessage) error { got = append(got, m); return nil }, v.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].GetFail() == nil {
+		t.Fatalf("spec that does not hold: got %v", got)
+	}
+	select {
+	case <-sess.Done():
+	default:
+		t.Fatal("refused session not ended")
+	}
+	if sess.Err() != nil {
+		t.Fatalf("refused session ends with %v, want a normal end", sess.Err())
+	}
+
+	full := errSendFull
+	sess, err = v.s.Open(v.ctx, &schedulerv1.Register{PeerId: "z", Host: &schedulerv1.Host{Id: "host-z"}, Task: spec("t")},
+		func(*schedulerv1.SchedulerMessage) error { return full }, v.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status.Code(sess.Err()) != codes.ResourceExhausted {
+		t.Fatalf("peer whose send fails: %v", sess.Err())
+	}
+	v.s.mu.Lock()
+	_, still := v.s.tasks[tid("t")].peers["z"]
+	v.s.mu.Unlock()
+	if still {
+		t.Fatal("peer whose send fails stays registered")
+	}
+}
