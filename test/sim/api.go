@@ -5,6 +5,7 @@ import (
 
 	schedulerv1 "github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/scheduler"
 )
 
 // The simulator talks to the scheduler and to each node's download core
@@ -34,7 +35,11 @@ type SchedulerEnv struct {
 	// TriggerSeed asks the seed peer host to download a task (the
 	// scheduler's SeedTasks stream).
 	TriggerSeed func(spec *schedulerv1.TaskSpec)
-	Seed        uint64
+	// SeedHost is the seed peer's host (it keeps a SeedTasks session).
+	SeedHost *schedulerv1.Host
+	Seed     uint64
+	// Config replaces the real scheduler's defaults when set.
+	Config *scheduler.Config
 }
 
 // NewSchedulerFunc builds the scheduler of one simulation.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/scheduler"
 	"github.com/damselfly-io/damselfly/test/swarm"
 )
 
@@ -69,6 +70,8 @@ type Config struct {
 	Relay bool
 	// TickEvery is the period of the scheduler's and the cores' timers.
 	TickEvery time.Duration
+	// Scheduler replaces the real scheduler's default config when set.
+	Scheduler *scheduler.Config
 }
 
 // DefaultConfig is the harness's default run.

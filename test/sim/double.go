@@ -137,7 +137,7 @@ func (c *dcore) Handle(now time.Time, ev Event) []Action {
 	switch ev.Kind {
 	case EvStart:
 		out = append(out, Action{Kind: ActSend, Msg: &schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Register{
-			Register: &schedulerv1.Register{PeerId: c.p.PeerID, SeedRequest: c.p.SeedRequest}}}})
+			Register: &schedulerv1.Register{PeerId: c.p.PeerID, SeedRequest: c.p.SeedRequest, Host: c.p.Host, Task: c.p.Spec}}}})
 	case EvScheduler:
 		switch {
 		case ev.Msg.GetParents() != nil:
@@ -151,8 +151,13 @@ func (c *dcore) Handle(now time.Time, ev Event) []Action {
 				c.parents[pi.GetPeerId()] = map[uint32]bool{}
 				out = append(out, Action{Kind: ActSync, Parent: pi.GetPeerId()})
 			}
-		case ev.Msg.GetBackToSource() != nil:
+		case ev.Msg.GetBackToSource() != nil || ev.Msg.GetFail() != nil:
+			if c.origin {
+				break
+			}
 			c.origin = true
+			out = append(out, Action{Kind: ActSend, Msg: &schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{
+				Meta: &schedulerv1.TaskMeta{ContentLength: c.p.Length, PieceSize: c.p.PieceSize}}}})
 			var all []uint32
 			for i := range c.total() {
 				if !c.has(i) {

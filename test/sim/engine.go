@@ -169,7 +169,7 @@ func New(cfg Config, newSched NewSchedulerFunc, newCore NewCoreFunc) (*Sim, erro
 		n.victim = victims[i]
 		s.nodes = append(s.nodes, n)
 	}
-	sched, err := newSched(SchedulerEnv{TriggerSeed: s.triggerSeed, Seed: cfg.Seed})
+	sched, err := newSched(SchedulerEnv{TriggerSeed: s.triggerSeed, SeedHost: s.seedNode.host, Seed: cfg.Seed, Config: cfg.Scheduler})
 	if err != nil {
 		return nil, fmt.Errorf("start scheduler: %w", err)
 	}

@@ -10,6 +10,10 @@ func Models(name string) (NewSchedulerFunc, NewCoreFunc, error) {
 		return NewDoubleScheduler, NewDoubleCore, nil
 	case "real":
 		return newRealScheduler, newRealCore, nil
+	case "real-scheduler":
+		return newRealScheduler, NewDoubleCore, nil
+	case "real-core":
+		return NewDoubleScheduler, newRealCore, nil
 	}
-	return nil, nil, fmt.Errorf("unknown models %q (want real or double)", name)
+	return nil, nil, fmt.Errorf("unknown models %q (want real, double, real-scheduler or real-core)", name)
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/damselfly-io/damselfly/test/sim"
@@ -90,6 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Deadline, "deadline", cfg.Deadline, "virtual-time limit; hosts not done by then count as failed")
 	fs.BoolVar(&cfg.Relay, "relay", cfg.Relay, "relays (cut-through): children may fetch a piece still arriving")
 	fs.DurationVar(&cfg.TickEvery, "tick", cfg.TickEvery, "period of the scheduler's and the cores' timers")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	models := fs.String("models", "real", "real: the real scheduler and download core; double: the simulator's stand-ins (tests)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -111,6 +113,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "sim:", err)
 		return 2
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "sim:", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "sim:", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
 	}
 	start := time.Now()
 	res, err := s.Run()
