@@ -1,0 +1,816 @@
+package fetch
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/damselfly-io/damselfly/core"
+)
+
+// maxPiece bounds piece numbers a parent may announce (a lying parent must
+// not make this peer allocate without limit).
+const maxPiece = 1 << 26
+
+// Core is one download's state machine. It is not safe for concurrent use:
+// one goroutine steps it.
+type Core struct {
+	cfg Config
+	rnd *rand.Rand
+
+	mode    Mode
+	started bool
+	ended   bool // ActFailed or ActComplete given and not taken back
+
+	length int64
+	psize  uint32
+	count  uint32
+	held   []bool
+	nheld  uint32
+	trust  []bool
+	allOK  bool
+
+	need    []uint32 // missing pieces, for selection
+	needPos map[uint32]int
+	needOK  bool
+
+	parents map[string]*parent
+	order   []*parent // parents in arrival order: decisions never depend on map order
+	bad     map[string]bool
+	reqs    map[uint32][]*request // requests in flight by piece
+	nreq    int
+
+	streaming    bool
+	measured     bool // some parent's rate is known (estimate)
+	lastProgress time.Time
+	gone         []string  // parents whose stream broke, not yet reported
+	goneAt       time.Time // when the last of them broke
+	lastResched  time.Time
+
+	pending   []Report
+	pendingAt time.Time
+
+	originRunning bool
+	shapeSent     bool
+	retried       bool
+	completing    bool
+	peerBytes     int64
+	originBytes   int64
+
+	timer time.Time // last ActSetTimer given
+	out   []Action
+}
+
+type parent struct {
+	Parent
+	has      []bool
+	hasAt    []uint32 // the update that last announced each piece
+	updates  uint32   // piece-stream messages handled
+	count    int
+	inflight []*request
+	failures int
+	rate     core.Rate // delivered bytes over delivery time
+	est      float64   // rate estimate for this round of decisions (estimate)
+	lastDone time.Time // latest end of a piece from this parent
+	removed  bool
+}
+
+type request struct {
+	piece  uint32
+	p      *parent
+	size   int64
+	start  time.Time
+	ahead  int64  // bytes queued at the parent before this one when it went out
+	asked  uint32 // the parent's updates when the request went out
+	active bool   // false once cancelled or answered
+}
+
+// New returns a core for one download; Step it with EvStart first.
+func New(cfg Config) *Core {
+	def := DefaultConfig()
+	setDef := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	setDefD := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	setDef(&cfg.ConcurrentPieces, def.ConcurrentPieces)
+	setDef(&cfg.PerParentRequests, def.PerParentRequests)
+	setDef(&cfg.ParentFailures, def.ParentFailures)
+	setDef(&cfg.ReportBatch, def.ReportBatch)
+	setDefD(&cfg.MinStall, def.MinStall)
+	setDefD(&cfg.MaxStall, def.MaxStall)
+	setDefD(&cfg.SwarmTimeout, def.SwarmTimeout)
+	setDefD(&cfg.ParentGoneGrace, def.ParentGoneGrace)
+	setDefD(&cfg.NoParentsAsk, def.NoParentsAsk)
+	setDefD(&cfg.ReportDelay, def.ReportDelay)
+	cfg.MaxStall = max(cfg.MaxStall, cfg.MinStall)
+	rnd := cfg.Rand
+	if rnd == nil {
+		rnd = rand.New(rand.NewPCG(1, 2))
+	}
+	return &Core{
+		cfg:     cfg,
+		rnd:     rnd,
+		length:  -1,
+		parents: map[string]*parent{},
+		bad:     map[string]bool{},
+		reqs:    map[uint32][]*request{},
+	}
+}
+
+// Mode returns where the download gets its pieces now.
+func (c *Core) Mode() Mode { return c.mode }
+
+// Shape returns the content length (-1 unknown) and piece size (0 unknown).
+func (c *Core) Shape() (int64, uint32) { return c.length, c.psize }
+
+// Held returns how many pieces are held, and of how many (0 while the
+// length is unknown).
+func (c *Core) Held() (held, count uint32) { return c.nheld, c.count }
+
+// PeerBytes and OriginBytes are the bytes this download got from parents
+// and from the origin.
+func (c *Core) PeerBytes() int64   { return c.peerBytes }
+func (c *Core) OriginBytes() int64 { return c.originBytes }
+
+// ParentRate returns the delivery rate measured from a parent in bytes/s
+// (0: unknown or no such parent).
+func (c *Core) ParentRate(id string) float64 {
+	if p, ok := c.parents[id]; ok {
+		return p.rate.BytesPerSec()
+	}
+	return 0
+}
+
+// InFlight returns the pieces requested from a parent and not answered.
+func (c *Core) InFlight(id string) []uint32 {
+	p, ok := c.parents[id]
+	if !ok {
+		return nil
+	}
+	out := make([]uint32, 0, len(p.inflight))
+	for _, r := range p.inflight {
+		out = append(out, r.piece)
+	}
+	return out
+}
+
+// Step handles one event at time now and returns what to do.
+func (c *Core) Step(now time.Time, ev Event) []Action {
+	c.out = nil
+	if c.ended {
+		if e, ok := ev.(EvContentCorrupt); ok && c.completing {
+			c.contentCorrupt(now, e.Err)
+		}
+		c.setTimer()
+		return c.take()
+	}
+	if err := c.handle(now, ev); err != nil {
+		c.fail(err)
+	}
+	if !c.ended {
+		c.schedule(now)
+		c.checkComplete()
+	}
+	c.setTimer()
+	return c.take()
+}
+
+func (c *Core) take() []Action {
+	out := c.out
+	c.out = nil
+	return out
+}
+
+func (c *Core) emit(a Action) { c.out = append(c.out, a) }
+
+func (c *Core) fail(err error) {
+	c.flush()
+	c.ended = true
+	c.emit(ActFailed{Err: err})
+}
+
+func (c *Core) handle(now time.Time, ev Event) error {
+	switch e := ev.(type) {
+	case EvStart:
+		return c.start(now, e)
+	case EvTaskInfo:
+		c.setShape(e.Length, e.PieceSize)
+		c.setTrusted(e.Trusted, e.AllTrusted)
+	case EvParents:
+		if c.mode == ModeSwarm {
+			c.setParents(now, e.Parents)
+		}
+	case EvWait:
+	case EvBackToSource:
+		if c.mode != ModeSwarm {
+			return nil
+		}
+		if c.cfg.Cache {
+			return fmt.Errorf("dfcache task %s: no peer holds it: %w", c.cfg.TaskID, core.ErrNotFound)
+		}
+		c.mode = ModeBackToSource
+		c.dropParents()
+		c.startOrigin("scheduled", false)
+	case EvFail:
+		if c.cfg.Cache {
+			return fmt.Errorf("dfcache task %s: %s: %w", c.cfg.TaskID, e.Reason, core.ErrNotFound)
+		}
+		if c.cfg.FailIsFinal {
+			return fmt.Errorf("task %s: %s: %w", c.cfg.TaskID, e.Reason, core.ErrUnavailable)
+		}
+		return c.fallback("scheduler_failed")
+	case EvSchedulerLost:
+		if c.mode != ModeSwarm {
+			return nil // keep fetching; nobody to report to
+		}
+		return c.fallback("scheduler_lost")
+	case EvParentConnected:
+	case EvParentPieces:
+		c.parentPieces(now, e)
+	case EvParentGone:
+		c.parentGone(now, e)
+	case EvPieceDone:
+		c.pieceDone(now, e)
+	case EvPieceFailed:
+		return c.pieceFailed(now, e)
+	case EvOriginShape:
+		c.setShape(e.Length, e.PieceSize)
+		c.sendShape()
+	case EvOriginPiece:
+		c.lastProgress = now
+		c.originBytes += e.Bytes
+		if c.hold(e.Piece) {
+			c.report(now, Report{Piece: e.Piece, Bytes: e.Bytes, Cost: e.Cost})
+		}
+	case EvOriginDone:
+		c.originRunning = false
+		if e.Err != nil {
+			return e.Err
+		}
+		c.flush()
+		if c.mode == ModeBackToSource && !c.shapeSent {
+			c.sendShape()
+		}
+		if c.psize == 0 || c.length < 0 || c.nheld != c.count {
+			return fmt.Errorf("task %s: origin fetch ended with %d of %d pieces: %w", c.cfg.TaskID, c.nheld, c.count, core.ErrOrigin)
+		}
+	case EvContentCorrupt:
+		// (handled in Step: only valid after ActComplete)
+	case EvStreaming:
+		c.streaming = e.On
+	case EvTick:
+		if !c.pendingAt.IsZero() && !now.Before(c.pendingAt.Add(c.cfg.ReportDelay)) {
+			c.flush()
+		}
+		return c.checkStall(now)
+	case EvFlush:
+		c.flush()
+	default:
+		return fmt.Errorf("fetch: unknown event %T", ev)
+	}
+	return nil
+}
+
+func (c *Core) start(now time.Time, e EvStart) error {
+	if c.started {
+		return errors.New("fetch: started twice")
+	}
+	c.started = true
+	c.lastProgress = now
+	c.setShape(e.Length, e.PieceSize)
+	for _, n := range e.Held {
+		c.hold(n)
+	}
+	c.setTrusted(e.Trusted, e.AllTrusted)
+	if e.Origin != "" {
+		return c.fallback(e.Origin)
+	}
+	return nil
+}
+
+// setShape learns the shape; a known shape is never changed (the
+// executor's store refuses a conflicting one).
+func (c *Core) setShape(length int64, ps uint32) {
+	if ps == 0 {
+		return
+	}
+	if c.psize == 0 {
+		c.psize = ps
+	}
+	if length >= 0 && c.length < 0 && ps == c.psize {
+		c.length = length
+		c.count = core.PieceCount(length, ps)
+		c.held = growBools(c.held, int(c.count))[:c.count]
+		c.nheld = 0
+		for _, h := range c.held {
+			if h {
+				c.nheld++
+			}
+		}
+		c.needOK = false
+	}
+}
+
+func growBools(b []bool, n int) []bool {
+	for len(b) < n {
+		b = append(b, false)
+	}
+	return b
+}
+
+func (c *Core) setTrusted(ns []uint32, all bool) {
+	if all {
+		c.allOK = true
+	}
+	for _, n := range ns {
+		if n < maxPiece {
+			c.trust = growBools(c.trust, int(n)+1)
+			c.trust[n] = true
+		}
+	}
+}
+
+func (c *Core) trusted(n uint32) bool {
+	return c.allOK || int(n) < len(c.trust) && c.trust[n]
+}
+
+// hold records piece n as held; false when it already was (or is out of
+// range).
+func (c *Core) hold(n uint32) bool {
+	if c.length < 0 {
+		// Shape not known yet (origin fetch of unknown length): grow.
+		if n >= maxPiece {
+			return false
+		}
+		c.held = growBools(c.held, int(n)+1)
+	}
+	if int(n) >= len(c.held) || c.held[n] {
+		return false
+	}
+	c.held[n] = true
+	c.nheld++
+	c.removeNeed(n)
+	return true
+}
+
+func (c *Core) report(now time.Time, r Report) {
+	if len(c.pending) == 0 {
+		c.pendingAt = now
+	}
+	c.pending = append(c.pending, r)
+	if len(c.pending) >= c.cfg.ReportBatch {
+		c.flush()
+	}
+}
+
+func (c *Core) flush() {
+	if len(c.pending) == 0 {
+		return
+	}
+	c.emit(ActReport{Pieces: c.pending})
+	c.pending, c.pendingAt = nil, time.Time{}
+}
+
+func (c *Core) sendShape() {
+	if c.mode != ModeBackToSource || c.psize == 0 {
+		return
+	}
+	if c.length >= 0 {
+		c.shapeSent = true
+	}
+	c.emit(ActSendMeta{Length: c.length, PieceSize: c.psize})
+}
+
+// fallback switches to fetching the missing pieces from the origin.
+func (c *Core) fallback(reason string) error {
+	if c.mode != ModeSwarm {
+		return nil
+	}
+	if c.cfg.Cache {
+		return fmt.Errorf("dfcache task %s: the swarm cannot serve it (%s), and it has no origin: %w", c.cfg.TaskID, reason, core.ErrUnavailable)
+	}
+	if c.cfg.NoOrigin && !c.cfg.Local {
+		return fmt.Errorf("task %s: P2P failed (%s) and back-to-source is disabled: %w", c.cfg.TaskID, reason, core.ErrUnavailable)
+	}
+	c.mode = ModeOrigin
+	c.dropParents()
+	c.startOrigin(reason, true)
+	return nil
+}
+
+func (c *Core) startOrigin(reason string, fallback bool) {
+	if c.originRunning {
+		return
+	}
+	c.originRunning = true
+	var rs []Range
+	if c.length >= 0 && c.psize > 0 {
+		rs = []Range{}
+		for n := uint32(0); n < c.count; n++ {
+			if c.held[n] {
+				continue
+			}
+			if k := len(rs); k > 0 && rs[k-1].Last == n-1 {
+				rs[k-1].Last = n
+			} else {
+				rs = append(rs, Range{First: n, Last: n})
+			}
+		}
+	}
+	c.emit(ActStartOrigin{Ranges: rs, Reason: reason, Fallback: fallback})
+}
+
+func (c *Core) checkStall(now time.Time) error {
+	if c.mode != ModeSwarm {
+		return nil
+	}
+	if len(c.gone) > 0 {
+		switch {
+		case len(c.parents) > 0:
+			c.gone = nil
+		case now.Sub(c.goneAt) >= c.cfg.ParentGoneGrace:
+			c.reschedule(now, c.gone, "parent gone")
+			c.gone = nil
+		}
+	}
+	idle := now.Sub(c.lastProgress)
+	if idle >= c.cfg.SwarmTimeout {
+		return c.fallback("swarm_stalled")
+	}
+	if len(c.parents) == 0 && idle > c.cfg.NoParentsAsk && now.Sub(c.lastResched) > c.cfg.NoParentsAsk {
+		c.reschedule(now, nil, "no parents")
+	}
+	return nil
+}
+
+// NextDeadline returns when the core next needs an EvTick (zero: never,
+// until another event).
+func (c *Core) NextDeadline() time.Time {
+	if c.ended || !c.started {
+		return time.Time{}
+	}
+	var at time.Time
+	earliest := func(t time.Time) {
+		if at.IsZero() || t.Before(at) {
+			at = t
+		}
+	}
+	if !c.pendingAt.IsZero() {
+		earliest(c.pendingAt.Add(c.cfg.ReportDelay))
+	}
+	if c.mode == ModeSwarm {
+		earliest(c.lastProgress.Add(c.cfg.SwarmTimeout))
+		if len(c.parents) == 0 {
+			if len(c.gone) > 0 {
+				earliest(c.goneAt.Add(c.cfg.ParentGoneGrace))
+			}
+			// strictly after both marks
+			t := c.lastProgress
+			if c.lastResched.After(t) {
+				t = c.lastResched
+			}
+			earliest(t.Add(c.cfg.NoParentsAsk + time.Nanosecond))
+		}
+	}
+	return at
+}
+
+func (c *Core) setTimer() {
+	at := c.NextDeadline()
+	if !at.Equal(c.timer) {
+		c.timer = at
+		c.emit(ActSetTimer{At: at})
+	}
+}
+
+func (c *Core) reschedule(now time.Time, bad []string, reason string) {
+	c.lastResched = now
+	c.emit(ActReschedule{Bad: bad, Reason: reason})
+}
+
+func (c *Core) checkComplete() {
+	if c.originRunning || c.completing || c.psize == 0 || c.length < 0 || c.nheld != c.count {
+		return
+	}
+	c.flush()
+	if c.mode == ModeBackToSource && !c.shapeSent {
+		c.sendShape()
+	}
+	c.completing, c.ended = true, true
+	c.emit(ActComplete{})
+}
+
+// contentCorrupt handles a content whose every piece matched the trusted
+// digests but whose whole does not match the task's digest: those digests
+// are wrong. The scheduler is told; once, every piece is fetched again
+// from the origin. A content fetched from the origin itself that fails is
+// the origin's (or the caller's digest's) fault, and the download fails.
+func (c *Core) contentCorrupt(now time.Time, cause error) {
+	fromPeers := c.mode != ModeBackToSource && c.peerBytes > 0
+	if c.mode == ModeBackToSource || fromPeers {
+		reason := ""
+		if cause != nil {
+			reason = cause.Error()
+		}
+		c.emit(ActContentCorrupt{Reason: reason})
+	}
+	if !fromPeers || c.retried || c.cfg.NoOrigin || c.cfg.Cache {
+		c.emit(ActFailed{Err: fmt.Errorf("task %s: %w", c.cfg.TaskID, cause)})
+		return
+	}
+	c.retried = true
+	c.completing, c.ended = false, false
+	c.emit(ActReset{})
+	for i := range c.held {
+		c.held[i] = false
+	}
+	c.nheld = 0
+	c.needOK = false
+	c.lastProgress = now
+	c.mode = ModeOrigin
+	c.dropParents()
+	c.startOrigin("content_corrupt", false)
+}
+
+// missing pieces, kept for selection
+
+func (c *Core) removeNeed(n uint32) {
+	i, ok := c.needPos[n]
+	if !ok {
+		return
+	}
+	last := len(c.need) - 1
+	c.need[i] = c.need[last]
+	c.needPos[c.need[i]] = i
+	c.need = c.need[:last]
+	delete(c.needPos, n)
+}
+
+func (c *Core) ensureNeed() {
+	if c.needOK {
+		return
+	}
+	c.need = c.need[:0]
+	c.needPos = make(map[uint32]int, c.count)
+	for n := uint32(0); n < c.count; n++ {
+		if !c.held[n] {
+			c.needPos[n] = len(c.need)
+			c.need = append(c.need, n)
+		}
+	}
+	c.needOK = true
+}
+
+// parents
+
+func (c *Core) setParents(now time.Time, ps []Parent) {
+	want := map[string]Parent{}
+	var ids []string
+	for _, p := range ps {
+		if p.ID == "" || p.ID == c.cfg.PeerID || c.bad[p.ID] {
+			continue
+		}
+		if _, dup := want[p.ID]; !dup {
+			ids = append(ids, p.ID)
+		}
+		want[p.ID] = p
+	}
+	for _, p := range slices.Clone(c.order) {
+		if _, ok := want[p.ID]; !ok {
+			// Replaced by the scheduler: its requests in flight may still
+			// finish (they are not stalled).
+			c.removeParent(p, false)
+		}
+	}
+	for _, id := range ids {
+		if p, ok := c.parents[id]; ok {
+			if up := want[id].UploadBps; up > 0 {
+				p.UploadBps = up
+			}
+			continue
+		}
+		p := &parent{Parent: want[id]}
+		c.parents[id] = p
+		c.order = append(c.order, p)
+		c.emit(ActConnect{Parent: p.Parent})
+	}
+	if t := now.Add(-c.cfg.SwarmTimeout / 2); t.After(c.lastProgress) {
+		c.lastProgress = t
+	}
+}
+
+// removeParent drops a parent; cancel: its requests in flight go to other
+// parents now (it is stalled or gone) instead of being waited for.
+func (c *Core) removeParent(p *parent, cancel bool) {
+	if p.removed {
+		return
+	}
+	p.removed = true
+	delete(c.parents, p.ID)
+	c.order = slices.DeleteFunc(c.order, func(q *parent) bool { return q == p })
+	c.emit(ActDisconnect{Parent: p.ID})
+	if cancel {
+		for _, r := range slices.Clone(p.inflight) {
+			c.emit(ActCancel{Parent: p.ID, Piece: r.piece})
+			c.endRequest(r)
+		}
+	}
+}
+
+func (c *Core) dropParents() {
+	for _, p := range slices.Clone(c.order) {
+		c.removeParent(p, false)
+	}
+}
+
+func (c *Core) parentPieces(now time.Time, e EvParentPieces) {
+	p, ok := c.parents[e.Parent]
+	if !ok {
+		return
+	}
+	p.updates++
+	for _, ns := range [2][]uint32{e.Pieces, e.Relaying} {
+		for _, n := range ns {
+			if n < maxPiece {
+				p.mark(n)
+			}
+		}
+	}
+	// A parent that stored a new piece is progress of the swarm even when
+	// it is not ours yet: a source shared by many tasks may trickle, and
+	// leaving for the origin then only adds to its load.
+	if len(e.Pieces) > 0 {
+		c.lastProgress = now
+	}
+	// A complete parent holds every piece, whatever a not-found answer (to
+	// a request that raced its announcements) made us believe.
+	if e.Done && c.length >= 0 && c.psize > 0 {
+		for n := range c.count {
+			p.mark(n)
+		}
+	}
+}
+
+func (p *parent) mark(n uint32) {
+	for int(n) >= len(p.has) {
+		p.has = append(p.has, false)
+		p.hasAt = append(p.hasAt, 0)
+	}
+	p.hasAt[n] = p.updates
+	if !p.has[n] {
+		p.has[n] = true
+		p.count++
+	}
+}
+
+func (p *parent) holds(n uint32) bool { return int(n) < len(p.has) && p.has[n] }
+
+func (c *Core) parentGone(now time.Time, e EvParentGone) {
+	p, ok := c.parents[e.Parent]
+	if !ok {
+		return
+	}
+	// Its requests cannot finish: they go to other parents at once.
+	c.removeParent(p, true)
+	if len(c.parents) == 0 {
+		// A parent that died is seen by the scheduler on its own stream,
+		// which then gives this peer the dead one's place (under its
+		// parent, whose slot just freed). Asking at once races that and can
+		// get a parent that already serves a child, splitting its uplink;
+		// ask only if nothing came within ParentGoneGrace.
+		c.gone = append(c.gone, e.Parent)
+		c.goneAt = now
+	}
+}
+
+// requests
+
+func (c *Core) findRequest(parentID string, n uint32) *request {
+	for _, r := range c.reqs[n] {
+		if r.p.ID == parentID && r.active {
+			return r
+		}
+	}
+	return nil
+}
+
+func (c *Core) endRequest(r *request) {
+	if !r.active {
+		return
+	}
+	r.active = false
+	c.nreq--
+	c.reqs[r.piece] = slices.DeleteFunc(c.reqs[r.piece], func(q *request) bool { return q == r })
+	if len(c.reqs[r.piece]) == 0 {
+		delete(c.reqs, r.piece)
+	}
+	r.p.inflight = slices.DeleteFunc(r.p.inflight, func(q *request) bool { return q == r })
+}
+
+// deliveryCost is the time a parent spent delivering a piece fetched from
+// start to end: from the later of start and the end of the parent's
+// previous piece. With several requests in flight to one parent, a piece's
+// own start-to-end time also counts the time it waited behind the others,
+// which makes a backlogged parent look several times slower than its link;
+// the time between completions is what the parent's uplink gave.
+func (p *parent) deliveryCost(start, end time.Time) time.Duration {
+	from := start
+	if p.lastDone.After(start) && p.lastDone.Before(end) {
+		from = p.lastDone
+	}
+	if end.After(p.lastDone) {
+		p.lastDone = end
+	}
+	return max(end.Sub(from), time.Microsecond)
+}
+
+func (c *Core) pieceDone(now time.Time, e EvPieceDone) {
+	r := c.findRequest(e.Parent, e.Piece)
+	var p *parent
+	if r != nil {
+		p = r.p
+		c.endRequest(r)
+	} else if q, ok := c.parents[e.Parent]; ok {
+		p = q // a request the core cancelled that finished anyway
+	}
+	var cost time.Duration
+	if p != nil {
+		cost = p.deliveryCost(e.Start, e.End)
+		p.failures = 0
+		p.rate.Observe(e.Bytes, cost.Nanoseconds(), 0.3)
+	} else {
+		cost = max(e.End.Sub(e.Start), time.Microsecond)
+	}
+	c.lastProgress = now
+	if !c.hold(e.Piece) {
+		return // a duplicate (endgame) or a piece the origin brought
+	}
+	c.peerBytes += e.Bytes
+	// Other requests for it (endgame duplicates) are no longer needed.
+	for _, o := range slices.Clone(c.reqs[e.Piece]) {
+		c.emit(ActCancel{Parent: o.p.ID, Piece: o.piece})
+		c.endRequest(o)
+	}
+	c.report(now, Report{Piece: e.Piece, Parent: e.Parent, Bytes: e.Bytes, Cost: cost})
+}
+
+func (c *Core) pieceFailed(now time.Time, e EvPieceFailed) error {
+	r := c.findRequest(e.Parent, e.Piece)
+	if r == nil {
+		return nil // cancelled: nobody waits for it
+	}
+	p := r.p
+	c.endRequest(r)
+	p.deliveryCost(r.start, now)
+	if e.Kind == KindNoSpace {
+		// Not the parent's fault, and no other parent helps.
+		if e.Err != nil {
+			return e.Err
+		}
+		return fmt.Errorf("task %s: piece %d: %w", c.cfg.TaskID, e.Piece, core.ErrNoSpace)
+	}
+	corrupt := e.Kind == KindCorrupt
+	if e.Kind == KindNotFound {
+		// Forget the piece at this parent unless it was announced again
+		// after the request went out: a relay that failed and started
+		// over, or the piece now held, arrives on the piece stream, which
+		// may overtake this answer.
+		if p.holds(e.Piece) && p.hasAt[e.Piece] <= r.asked {
+			p.has[e.Piece] = false
+			p.count--
+		}
+	}
+	if p.removed && !corrupt {
+		return nil // a parent already dropped; its failures are expected
+	}
+	reason := e.Kind.String()
+	if e.Err != nil {
+		reason = e.Err.Error()
+	}
+	c.emit(ActPieceFailed{Parent: p.ID, Piece: e.Piece, Kind: e.Kind, Reason: reason, Corrupt: corrupt})
+	p.failures++
+	switch {
+	case corrupt:
+		c.bad[p.ID] = true
+		c.removeParent(p, false)
+	case e.Kind == KindTimeout && !p.removed:
+		// Stalled: nothing moved for a stall timeout that follows its
+		// measured rate. Its other requests go elsewhere now and the
+		// scheduler is asked for a replacement now: capacity must not
+		// idle while the peer waits for more timeouts.
+		c.removeParent(p, true)
+		c.reschedule(now, []string{p.ID}, "parent stalled")
+	case p.failures >= c.cfg.ParentFailures && !p.removed:
+		c.removeParent(p, false)
+		c.reschedule(now, []string{p.ID}, "parent failed repeatedly")
+	}
+	return nil
+}

@@ -1,0 +1,628 @@
+package fetch
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/damselfly-io/damselfly/core"
+)
+
+const ps = 256 << 10
+
+// startWith starts a core on a task of n pieces, all trusted, with parents
+// holding every piece and serving at rates (bytes/s; 0: stalled).
+func startWith(t *testing.T, cfg Config, n int, rates map[string]float64, parents ...Parent) (*Core, *net) {
+	t.Helper()
+	c := testCore(cfg)
+	w := newNet(t, c, rates)
+	w.step(EvStart{Length: int64(n) * ps, PieceSize: ps, AllTrusted: true})
+	w.step(EvParents{Parents: parents})
+	for _, p := range parents {
+		w.step(EvParentPieces{Parent: p.ID, Pieces: pieces(n)})
+	}
+	return c, w
+}
+
+func TestDownloadFromOneParent(t *testing.T) {
+	c := testCore(Config{})
+	w := newNet(t, c, map[string]float64{"a": 10 * ps})
+	acts := w.step(EvStart{Length: 10*ps - 5, PieceSize: ps, AllTrusted: true})
+	if len(find[ActRequest](acts)) != 0 {
+		t.Fatal("requested before any parent")
+	}
+	acts = w.step(EvParents{Parents: []Parent{{ID: "a"}, {ID: "me"}}})
+	if got := find[ActConnect](acts); len(got) != 1 || got[0].Parent.ID != "a" {
+		t.Fatalf("connects %v, want a only (never itself)", got)
+	}
+	acts = w.step(EvParentPieces{Parent: "a", Pieces: pieces(10)})
+	if got := find[ActRequest](acts); len(got) != 4 {
+		t.Fatalf("%d requests to one parent, want per_parent_requests (4)", len(got))
+	}
+	w.run(1000)
+	if got := w.from["a"]; got != 10 {
+		t.Fatalf("%d pieces from a, want 10", got)
+	}
+	var reported []uint32
+	for _, r := range find[ActReport](w.acts) {
+		for _, p := range r.Pieces {
+			reported = append(reported, p.Piece)
+			if p.Parent != "a" || p.Cost <= 0 {
+				t.Fatalf("report %+v", p)
+			}
+		}
+	}
+	slices.Sort(reported)
+	if !reflect.DeepEqual(reported, pieces(10)) {
+		t.Fatalf("reported %v", reported)
+	}
+	if _, last := core.PieceRange(9, 10*ps-5, ps); c.PeerBytes() != 9*ps+last {
+		t.Fatalf("peer bytes %d", c.PeerBytes())
+	}
+	// Done: nothing more happens.
+	if acts := c.Step(w.now, EvTick{}); len(acts) != 0 {
+		t.Fatalf("actions after completion: %v", acts)
+	}
+}
+
+// A 10× slower parent gets about a tenth of the requests, and the download
+// ends about when the two rates together allow.
+func TestPiecesSplitByRates(t *testing.T) {
+	const n = 220
+	_, w := startWith(t, Config{}, n, map[string]float64{"fast": 100 * ps, "slow": 10 * ps}, Parent{ID: "fast"}, Parent{ID: "slow"})
+	w.run(10000)
+	share := float64(w.from["slow"]) / float64(w.from["slow"]+w.from["fast"])
+	if share < 0.04 || share > 0.15 {
+		t.Fatalf("slow parent delivered %d of %d pieces (%.2f), want about 1/11", w.from["slow"], n, share)
+	}
+	ideal := float64(n) / 110 // seconds, both uplinks busy to the end
+	if took := w.now.Sub(t0).Seconds(); took > ideal*1.1 {
+		t.Fatalf("took %.2fs, the two rates allow %.2fs", took, ideal)
+	}
+}
+
+// Without measured rates, declared capacities steer the first requests: a
+// parent declared 10× slower gets fewer at once.
+func TestDeclaredRatesBeforeMeasurement(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 64 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "fast", UploadBps: 100e6}, {ID: "slow", UploadBps: 10e6}}})
+	c.Step(t0, EvParentPieces{Parent: "fast", Pieces: pieces(64)})
+	c.Step(t0, EvParentPieces{Parent: "slow", Pieces: pieces(64)})
+	if f, s := len(c.InFlight("fast")), len(c.InFlight("slow")); f != 4 || s != 1 {
+		t.Fatalf("in flight: fast %d, slow %d; want 4 and 1", f, s)
+	}
+}
+
+// The last piece held up by a slow parent is asked of an idle fast one
+// too; the first copy wins and the other request is cancelled.
+func TestEndgameDuplicatesSlowPiece(t *testing.T) {
+	// the slow one takes 2 s a piece
+	c, w := startWith(t, Config{}, 8, map[string]float64{"fast": 100 * ps, "slow": ps / 2}, Parent{ID: "fast"}, Parent{ID: "slow"})
+	w.run(1000)
+	if w.dups == 0 {
+		t.Fatal("no duplicate request in the endgame")
+	}
+	if took := w.now.Sub(t0); took > time.Second {
+		t.Fatalf("took %v: the slow parent's piece was waited for", took)
+	}
+	if c.nreq != 0 || len(c.reqs) != 0 {
+		t.Fatalf("%d requests left in flight", c.nreq)
+	}
+}
+
+// A parent whose stream breaks: its outstanding pieces are free for the
+// other parent, which takes up the freed capacity in the same step.
+func TestDeadParentPiecesMoveAtOnce(t *testing.T) {
+	c, w := startWith(t, Config{PerParentRequests: 8, ConcurrentPieces: 8}, 32, nil, Parent{ID: "a"}, Parent{ID: "b"})
+	held := c.InFlight("a")
+	if len(held) == 0 {
+		t.Fatal("nothing in flight at a")
+	}
+	acts := w.step(EvParentGone{Parent: "a", Err: errors.New("EOF")})
+	cancels := find[ActCancel](acts)
+	if len(cancels) != len(held) {
+		t.Fatalf("%d cancels, want %d", len(cancels), len(held))
+	}
+	for _, r := range find[ActRequest](acts) {
+		if r.Parent != "b" {
+			t.Fatalf("request to %s", r.Parent)
+		}
+	}
+	if len(c.InFlight("b")) != 8 || c.nreq != 8 {
+		t.Fatalf("b has %v in flight of %d", c.InFlight("b"), c.nreq)
+	}
+	for _, n := range held {
+		if rs := c.reqs[n]; len(rs) > 0 && rs[0].p.ID != "b" {
+			t.Fatalf("piece %d still waits for a", n)
+		}
+	}
+	if len(find[ActReschedule](acts)) != 0 {
+		t.Fatal("asked the scheduler although another parent serves")
+	}
+	// A late answer for a cancelled request changes nothing.
+	if acts := c.Step(w.now, EvPieceFailed{Parent: "a", Piece: held[0], Kind: KindConnLost}); len(find[ActPieceFailed](acts)) != 0 {
+		t.Fatal("reported a failure of a cancelled request")
+	}
+}
+
+// The only parent gone: the peer waits ParentGoneGrace for the scheduler
+// (which sees the dead peer itself) before asking, and does not ask at all
+// when parents came meanwhile.
+func TestParentGoneWaitsForScheduler(t *testing.T) {
+	c, w := startWith(t, Config{}, 8, nil, Parent{ID: "a"})
+	acts := w.step(EvParentGone{Parent: "a", Err: errors.New("EOF")})
+	if len(find[ActReschedule](acts)) != 0 {
+		t.Fatal("rescheduled at once")
+	}
+	if dl := c.NextDeadline(); !dl.Equal(w.now.Add(time.Second)) {
+		t.Fatalf("deadline %v, want the grace", dl.Sub(w.now))
+	}
+	w.now = w.now.Add(999 * time.Millisecond)
+	if acts := w.step(EvTick{}); len(find[ActReschedule](acts)) != 0 {
+		t.Fatal("rescheduled within the grace")
+	}
+	w.now = w.now.Add(time.Millisecond)
+	acts = w.step(EvTick{})
+	if rs := find[ActReschedule](acts); len(rs) != 1 || !reflect.DeepEqual(rs[0].Bad, []string{"a"}) {
+		t.Fatalf("after the grace: %v", rs)
+	}
+
+	c, w = startWith(t, Config{}, 8, nil, Parent{ID: "a"})
+	w.step(EvParentGone{Parent: "a", Err: errors.New("EOF")})
+	w.step(EvParents{Parents: []Parent{{ID: "b"}}})
+	w.now = w.now.Add(time.Second)
+	if acts := w.step(EvTick{}); len(find[ActReschedule](acts)) != 0 {
+		t.Fatal("asked although the scheduler already gave parents")
+	}
+	_ = c
+}
+
+// A stalled parent (connected, sending nothing): after its stall timeout
+// it is dropped, its other pieces go to the other parent at once, and the
+// scheduler is asked for a replacement at once, naming it.
+func TestStalledParent(t *testing.T) {
+	c, w := startWith(t, Config{MinStall: time.Second, MaxStall: 3 * time.Second}, 200, map[string]float64{"ok": 20 * ps, "stuck": 0}, Parent{ID: "ok"}, Parent{ID: "stuck"})
+	w.run(10000)
+	rs := find[ActReschedule](w.acts)
+	if len(rs) != 1 || !reflect.DeepEqual(rs[0].Bad, []string{"stuck"}) || rs[0].Reason != "parent stalled" {
+		t.Fatalf("reschedules %+v", rs)
+	}
+	if w.from["ok"] != 200 {
+		t.Fatalf("ok delivered %d", w.from["ok"])
+	}
+	// ok was busy all along: 10 s of transfer
+	if took := w.now.Sub(t0); took > 10*time.Second+100*time.Millisecond {
+		t.Fatalf("took %v", took)
+	}
+	if fs := find[ActPieceFailed](w.acts); len(fs) != 1 || fs[0].Kind != KindTimeout {
+		t.Fatalf("piece failures %+v: want the one that timed out", fs)
+	}
+	_ = c
+}
+
+// The stall timeout follows the parent's measured rate, within bounds.
+func TestStallTimeoutFollowsRate(t *testing.T) {
+	c := testCore(Config{MinStall: time.Second, MaxStall: 30 * time.Second})
+	p := &parent{}
+	if d := c.stallTimeout(p); d != 30*time.Second {
+		t.Fatalf("unmeasured: %v", d)
+	}
+	p.rate.Observe(10*64<<10*4, int64(2*time.Second), 1) // 2 s for ten chunks per request
+	if d := c.stallTimeout(p); d != 2*time.Second {
+		t.Fatalf("measured: %v, want 2s", d)
+	}
+	p.rate.Observe(1<<40, int64(time.Second), 1)
+	if d := c.stallTimeout(p); d != time.Second {
+		t.Fatalf("fast: %v, want the minimum", d)
+	}
+}
+
+// A parent failing repeatedly (not stalled) is dropped after
+// ParentFailures failures in a row, and the scheduler asked.
+func TestParentFailingRepeatedly(t *testing.T) {
+	c, w := startWith(t, Config{ParentFailures: 3}, 16, nil, Parent{ID: "a"}, Parent{ID: "b"})
+	for i := 0; i < 3; i++ {
+		fl := c.InFlight("a")
+		if len(fl) == 0 {
+			t.Fatalf("failure %d: nothing in flight at a", i)
+		}
+		acts := w.step(EvPieceFailed{Parent: "a", Piece: fl[0], Kind: KindError, Err: errors.New("500")})
+		rs := find[ActReschedule](acts)
+		if (i < 2) != (len(rs) == 0) {
+			t.Fatalf("failure %d: reschedules %v", i+1, rs)
+		}
+	}
+	if _, ok := c.parents["a"]; ok {
+		t.Fatal("a still a parent")
+	}
+}
+
+// A corrupt piece marks its parent bad: dropped at once, reported as
+// corrupt, never taken back from the scheduler; the piece is asked of
+// another parent.
+func TestCorruptPiece(t *testing.T) {
+	c, w := startWith(t, Config{}, 2, nil, Parent{ID: "liar"}, Parent{ID: "b"})
+	n := c.InFlight("liar")[0]
+	acts := w.step(EvPieceFailed{Parent: "liar", Piece: n, Kind: KindCorrupt, Err: core.ErrDigestMismatch})
+	fs := find[ActPieceFailed](acts)
+	if len(fs) != 1 || !fs[0].Corrupt || fs[0].Parent != "liar" {
+		t.Fatalf("failures %+v", fs)
+	}
+	if ds := find[ActDisconnect](acts); len(ds) != 1 || ds[0].Parent != "liar" {
+		t.Fatalf("disconnects %+v", ds)
+	}
+	acts = w.step(EvParents{Parents: []Parent{{ID: "liar"}, {ID: "b"}}})
+	if len(find[ActConnect](acts)) != 0 {
+		t.Fatal("took the liar back")
+	}
+	if !slices.Contains(c.InFlight("b"), n) {
+		t.Fatalf("piece %d not asked of b: %v", n, c.InFlight("b"))
+	}
+}
+
+// No progress of the swarm for swarm_timeout: the missing pieces from the
+// origin, one range per run.
+func TestStalledSwarmGoesToOrigin(t *testing.T) {
+	c, w := startWith(t, Config{SwarmTimeout: 20 * time.Second, PerParentRequests: 8}, 8, nil, Parent{ID: "a"})
+	for _, n := range []uint32{0, 1, 4} {
+		w.step(EvPieceDone{Parent: "a", Piece: n, Bytes: ps, Start: t0, End: t0})
+	}
+	w.step(EvFlush{})
+	// a never answers the rest, and stays connected without news.
+	progress := w.now
+	if dl := c.NextDeadline(); !dl.Equal(progress.Add(20 * time.Second)) {
+		t.Fatalf("deadline in %v", dl.Sub(progress))
+	}
+	w.now = progress.Add(20*time.Second - time.Nanosecond)
+	if acts := w.step(EvTick{}); len(find[ActStartOrigin](acts)) != 0 {
+		t.Fatal("went to the origin early")
+	}
+	w.now = progress.Add(20 * time.Second)
+	acts := w.step(EvTick{})
+	so := find[ActStartOrigin](acts)
+	if len(so) != 1 || so[0].Reason != "swarm_stalled" || !so[0].Fallback {
+		t.Fatalf("origin %+v", so)
+	}
+	want := []Range{{2, 3}, {5, 7}}
+	if !reflect.DeepEqual(so[0].Ranges, want) {
+		t.Fatalf("ranges %v, want %v", so[0].Ranges, want)
+	}
+	if c.Mode() != ModeOrigin || len(find[ActDisconnect](acts)) != 1 {
+		t.Fatalf("mode %v", c.Mode())
+	}
+	// the origin brings the rest
+	for _, n := range []uint32{2, 3, 5, 6, 7} {
+		w.step(EvOriginPiece{Piece: n, Bytes: ps})
+	}
+	if w.done {
+		t.Fatal("complete while the origin fetch runs")
+	}
+	acts = w.step(EvOriginDone{})
+	if len(find[ActComplete](acts)) != 1 {
+		t.Fatalf("not complete: %v", acts)
+	}
+	if c.OriginBytes() != 5*ps || c.PeerBytes() != 3*ps {
+		t.Fatalf("origin %d peer %d", c.OriginBytes(), c.PeerBytes())
+	}
+}
+
+// A parent storing new pieces is progress of the swarm; a relay alone
+// is not.
+func TestParentPiecesAreSwarmProgress(t *testing.T) {
+	c, w := startWith(t, Config{}, 8, nil, Parent{ID: "a"})
+	w.now = t0.Add(time.Hour)
+	w.step(EvParentPieces{Parent: "a", Relaying: []uint32{1}})
+	if c.lastProgress.Equal(w.now) {
+		t.Fatal("a relay announcement counted as progress")
+	}
+	w.step(EvParentPieces{Parent: "a", Pieces: []uint32{1}})
+	if !c.lastProgress.Equal(w.now) {
+		t.Fatal("a parent's new piece did not count as progress")
+	}
+}
+
+// Where the origin is not allowed, or there is none, falling back fails
+// the download with a clear error.
+func TestOriginFallbackRules(t *testing.T) {
+	cases := []struct {
+		cfg  Config
+		ev   Event
+		want error
+		orig string
+	}{
+		{Config{}, EvSchedulerLost{Err: errors.New("gone")}, nil, "scheduler_lost"},
+		{Config{}, EvFail{Reason: "x"}, nil, "scheduler_failed"},
+		{Config{NoOrigin: true}, EvSchedulerLost{}, core.ErrUnavailable, ""},
+		{Config{Cache: true}, EvSchedulerLost{}, core.ErrUnavailable, ""},
+		{Config{Cache: true}, EvBackToSource{}, core.ErrNotFound, ""},
+		{Config{Cache: true}, EvFail{}, core.ErrNotFound, ""},
+		{Config{FailIsFinal: true}, EvFail{Reason: "level1"}, core.ErrUnavailable, ""},
+		{Config{NoOrigin: true, Local: true}, EvSchedulerLost{}, nil, "scheduler_lost"},
+		{Config{}, EvBackToSource{}, nil, "scheduled"},
+	}
+	for i, tc := range cases {
+		c := testCore(tc.cfg)
+		c.Step(t0, EvStart{Length: -1})
+		acts := c.Step(t0, tc.ev)
+		fs := find[ActFailed](acts)
+		so := find[ActStartOrigin](acts)
+		if tc.want != nil {
+			if len(fs) != 1 || !errors.Is(fs[0].Err, tc.want) || len(so) != 0 {
+				t.Errorf("case %d: failed %v origin %v, want %v", i, fs, so, tc.want)
+			}
+			continue
+		}
+		if len(fs) != 0 || len(so) != 1 || so[0].Reason != tc.orig || so[0].Ranges != nil {
+			t.Errorf("case %d: failed %v origin %+v, want the whole content for %s", i, fs, so, tc.orig)
+		}
+	}
+}
+
+// Sent to the origin by the scheduler: the shape it learns goes to the
+// scheduler, pieces are reported with no parent, the download completes
+// when the fetch ends.
+func TestBackToSource(t *testing.T) {
+	c := testCore(Config{ReportBatch: 2})
+	w := newNet(t, c, nil)
+	w.step(EvStart{Length: -1})
+	acts := w.step(EvBackToSource{Reason: "first"})
+	if so := find[ActStartOrigin](acts); len(so) != 1 || so[0].Fallback || so[0].Ranges != nil {
+		t.Fatalf("origin %+v", so)
+	}
+	acts = w.step(EvOriginShape{Length: 3 * ps, PieceSize: ps})
+	if m := find[ActSendMeta](acts); len(m) != 1 || m[0].Length != 3*ps {
+		t.Fatalf("meta %+v", m)
+	}
+	var reports []Report
+	for n := uint32(0); n < 3; n++ {
+		acts = w.step(EvOriginPiece{Piece: n, Bytes: ps, Cost: time.Millisecond})
+		for _, r := range find[ActReport](acts) {
+			reports = append(reports, r.Pieces...)
+		}
+	}
+	if len(reports) != 2 {
+		t.Fatalf("reports %v: want a batch of 2", reports)
+	}
+	acts = w.step(EvOriginDone{})
+	for _, r := range find[ActReport](acts) {
+		reports = append(reports, r.Pieces...)
+	}
+	if len(reports) != 3 || reports[2].Parent != "" || len(find[ActComplete](acts)) != 1 {
+		t.Fatalf("reports %v, actions %v", reports, acts)
+	}
+}
+
+// An origin fetch that ends short fails the download.
+func TestOriginEndsShort(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 3 * ps, PieceSize: ps, Origin: "no_scheduler"})
+	c.Step(t0, EvOriginPiece{Piece: 0, Bytes: ps})
+	acts := c.Step(t0, EvOriginDone{})
+	if fs := find[ActFailed](acts); len(fs) != 1 || !errors.Is(fs[0].Err, core.ErrOrigin) {
+		t.Fatalf("%v", acts)
+	}
+	c = testCore(Config{})
+	c.Step(t0, EvStart{Length: 3 * ps, PieceSize: ps, Origin: "no_scheduler"})
+	boom := errors.New("boom")
+	if fs := find[ActFailed](c.Step(t0, EvOriginDone{Err: boom})); len(fs) != 1 || !errors.Is(fs[0].Err, boom) {
+		t.Fatal("origin error not the download's")
+	}
+}
+
+// A whole content failing its digest after pieces from peers: reported,
+// fetched again from the origin once; a second failure ends the download.
+func TestContentCorrupt(t *testing.T) {
+	c, w := startWith(t, Config{}, 4, map[string]float64{"a": 100 * ps}, Parent{ID: "a"})
+	w.run(100)
+	bad := errors.New("content is sha256:x: " + core.ErrDigestMismatch.Error())
+	acts := w.step(EvContentCorrupt{Err: bad})
+	if len(find[ActContentCorrupt](acts)) != 1 || len(find[ActReset](acts)) != 1 {
+		t.Fatalf("%v", acts)
+	}
+	so := find[ActStartOrigin](acts)
+	if len(so) != 1 || so[0].Reason != "content_corrupt" || !reflect.DeepEqual(so[0].Ranges, []Range{{0, 3}}) {
+		t.Fatalf("origin %+v", so)
+	}
+	w.done = false
+	for n := uint32(0); n < 4; n++ {
+		w.step(EvOriginPiece{Piece: n, Bytes: ps})
+	}
+	if acts := w.step(EvOriginDone{}); len(find[ActComplete](acts)) != 1 {
+		t.Fatalf("not complete again: %v", acts)
+	}
+	acts = w.step(EvContentCorrupt{Err: bad})
+	if fs := find[ActFailed](acts); len(fs) != 1 || len(find[ActStartOrigin](acts)) != 0 {
+		t.Fatalf("second failure: %v", acts)
+	}
+	_ = c
+}
+
+// A not-found answer forgets the piece at that parent, unless the piece was
+// announced again after the request went out; a parent that says it is
+// done holds every piece.
+func TestNotFoundRacingAnnouncement(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 8 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a"}}})
+	p := c.parents["a"]
+	c.Step(t0, EvParentPieces{Parent: "a", Relaying: []uint32{3}})
+	c.Step(t0, EvPieceFailed{Parent: "a", Piece: 3, Kind: KindNotFound})
+	if p.holds(3) {
+		t.Fatal("piece 3 still expected at a parent that said it has not got it")
+	}
+	c.Step(t0, EvParentPieces{Parent: "a", Relaying: []uint32{5}})
+	if !slices.Contains(c.InFlight("a"), 5) {
+		t.Fatal("5 not requested")
+	}
+	c.Step(t0, EvParentPieces{Parent: "a", Pieces: []uint32{5}}) // held now, before the answer
+	c.Step(t0, EvPieceFailed{Parent: "a", Piece: 5, Kind: KindNotFound})
+	if !p.holds(5) {
+		t.Fatal("a stale not-found erased a newer announcement of piece 5")
+	}
+	c.Step(t0, EvParentPieces{Parent: "a", Pieces: []uint32{7}, Done: true})
+	for n := uint32(0); n < 8; n++ {
+		if !p.holds(n) {
+			t.Fatalf("parent done but piece %d not expected there", n)
+		}
+	}
+}
+
+// Rarest first, ties broken at random: peers start with different pieces.
+func TestPickRarestFirstWithRandomTies(t *testing.T) {
+	common := pieces(8)
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 9 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a"}, {ID: "b"}}})
+	c.Step(t0, EvParentPieces{Parent: "b", Pieces: common})
+	acts := c.Step(t0, EvParentPieces{Parent: "a", Pieces: append(slices.Clone(common), 8)})
+	if rq := find[ActRequest](acts); len(rq) == 0 || rq[0].Piece != 8 {
+		t.Fatalf("first request %v, want the rare piece 8", rq)
+	}
+	firsts := map[uint32]bool{}
+	for i := range 50 {
+		c := testCore(Config{Rand: rand.New(rand.NewPCG(uint64(i), 1))})
+		c.Step(t0, EvStart{Length: 8 * ps, PieceSize: ps, AllTrusted: true})
+		c.Step(t0, EvParents{Parents: []Parent{{ID: "a"}}})
+		rq := find[ActRequest](c.Step(t0, EvParentPieces{Parent: "a", Pieces: common}))
+		firsts[rq[0].Piece] = true
+	}
+	if len(firsts) < 3 {
+		t.Fatalf("50 cores all started with pieces %v: ties are not random", firsts)
+	}
+}
+
+// Streaming: in order while a parent has room.
+func TestPickSequentialWhenStreaming(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 64 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvStreaming{On: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a"}, {ID: "b"}}})
+	c.Step(t0, EvParentPieces{Parent: "b", Pieces: pieces(64)[10:]})
+	c.Step(t0, EvParentPieces{Parent: "a", Pieces: pieces(64)})
+	var got []uint32
+	got = append(got, c.InFlight("a")...)
+	got = append(got, c.InFlight("b")...)
+	slices.Sort(got)
+	if want := []uint32{0, 1, 2, 3, 10, 11, 12, 13}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("in flight %v, want %v", got, want)
+	}
+}
+
+// A piece whose digest is not trusted yet is never requested.
+func TestPickNeedsTrustedDigest(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 4 * ps, PieceSize: ps, Trusted: []uint32{2}})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a"}}})
+	acts := c.Step(t0, EvParentPieces{Parent: "a", Pieces: pieces(4)})
+	if rq := find[ActRequest](acts); len(rq) != 1 || rq[0].Piece != 2 {
+		t.Fatalf("requests %v, want piece 2 only", rq)
+	}
+	acts = c.Step(t0, EvTaskInfo{Length: 4 * ps, PieceSize: ps, Trusted: []uint32{0}})
+	if rq := find[ActRequest](acts); len(rq) != 1 || rq[0].Piece != 0 {
+		t.Fatalf("after task info: %v", rq)
+	}
+}
+
+// A large task: every piece requested exactly once, picks stay cheap, and
+// a piece only one parent holds still goes early.
+func TestPickLargeTask(t *testing.T) {
+	const n = 30000
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: -1})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a"}, {ID: "b"}, {ID: "c"}}})
+	all := slices.DeleteFunc(pieces(n), func(x uint32) bool { return x == 777 })
+	c.Step(t0, EvParentPieces{Parent: "b", Pieces: all})
+	c.Step(t0, EvParentPieces{Parent: "c", Pieces: all})
+	c.Step(t0, EvParentPieces{Parent: "a", Pieces: append(all, 777)})
+	queue := find[ActRequest](c.Step(t0, EvTaskInfo{Length: n * ps, PieceSize: ps, AllTrusted: true}))
+	seen := map[uint32]bool{}
+	rareAt, i := -1, 0
+	for len(queue) > 0 {
+		r := queue[0]
+		queue = queue[1:]
+		if seen[r.Piece] {
+			t.Fatalf("piece %d requested twice", r.Piece)
+		}
+		seen[r.Piece] = true
+		if r.Piece == 777 {
+			rareAt = i
+		}
+		i++
+		acts := c.Step(t0, EvPieceDone{Parent: r.Parent, Piece: r.Piece, Bytes: ps, Start: t0, End: t0})
+		for _, x := range find[ActCancel](acts) { // endgame duplicates
+			queue = slices.DeleteFunc(queue, func(q ActRequest) bool { return q.Piece == x.Piece && q.Parent == x.Parent })
+		}
+		queue = append(queue, find[ActRequest](acts)...)
+	}
+	if len(seen) != n {
+		t.Fatalf("%d of %d requested", len(seen), n)
+	}
+	// With samples of pickSample among n, the rare piece is found within a
+	// few dozen picks almost surely; far later means rarity is ignored.
+	if rareAt < 0 || rareAt > n/4 {
+		t.Fatalf("the rare piece went at request %d of %d", rareAt, n)
+	}
+}
+
+// A parent serving four requests one after the other at d each delivers at
+// size/d, though each request's own start-to-end time is up to 4d.
+func TestParentRateCountsDeliveryNotQueueing(t *testing.T) {
+	d := 40 * time.Millisecond
+	p := &parent{}
+	for i := 1; i <= 4; i++ {
+		cost := p.deliveryCost(t0, t0.Add(time.Duration(i)*d))
+		if cost != d {
+			t.Fatalf("piece %d: cost %v, want %v", i, cost, d)
+		}
+		p.rate.Observe(ps, cost.Nanoseconds(), 0.3)
+	}
+	if want := float64(ps) / d.Seconds(); math.Abs(p.rate.BytesPerSec()-want)/want > 1e-9 {
+		t.Fatalf("rate %.0f, want %.0f", p.rate.BytesPerSec(), want)
+	}
+	start := t0.Add(10 * d)
+	if cost := p.deliveryCost(start, start.Add(2*d)); cost != 2*d {
+		t.Fatalf("after idling: cost %v", cost)
+	}
+	if cost := p.deliveryCost(t0.Add(9*d), t0.Add(11*d)); cost != 2*d {
+		t.Fatalf("out of order: cost %v", cost)
+	}
+}
+
+// The same events at the same times give the same actions.
+func TestDeterministic(t *testing.T) {
+	run := func() []Action {
+		c := testCore(Config{Rand: rand.New(rand.NewPCG(3, 4))})
+		w := newNet(t, c, map[string]float64{"a": 40 * ps, "b": 13 * ps, "c": 7 * ps})
+		w.step(EvStart{Length: 100 * ps, PieceSize: ps, AllTrusted: true})
+		w.step(EvParents{Parents: []Parent{{ID: "a"}, {ID: "b"}, {ID: "c", Seed: true}}})
+		for _, id := range []string{"a", "b", "c"} {
+			w.step(EvParentPieces{Parent: id, Pieces: pieces(100)})
+		}
+		w.run(10000)
+		return w.acts
+	}
+	if a, b := run(), run(); !reflect.DeepEqual(a, b) {
+		t.Fatal("two runs differ")
+	}
+}
+
+// A timer is asked for whenever the next deadline changes.
+func TestSetTimer(t *testing.T) {
+	c := testCore(Config{SwarmTimeout: 20 * time.Second})
+	acts := c.Step(t0, EvStart{Length: 4 * ps, PieceSize: ps})
+	if st := find[ActSetTimer](acts); len(st) != 1 || !st[0].At.Equal(t0.Add(2*time.Second+1)) {
+		t.Fatalf("timer %v: want the no-parents ask", st)
+	}
+	acts = c.Step(t0, EvParents{Parents: []Parent{{ID: "a"}}})
+	if st := find[ActSetTimer](acts); len(st) != 1 || !st[0].At.Equal(t0.Add(20*time.Second)) {
+		t.Fatalf("timer %v: want the swarm timeout", st)
+	}
+	if acts := c.Step(t0, EvWait{}); len(find[ActSetTimer](acts)) != 0 {
+		t.Fatal("timer repeated")
+	}
+}

@@ -1,0 +1,265 @@
+package fetch
+
+import (
+	"math"
+	"time"
+
+	"github.com/damselfly-io/damselfly/core"
+)
+
+// pickSample bounds the candidates one rarest-first pick compares.
+const pickSample = 512
+
+// schedule starts requests while there is room: new pieces first, then
+// (endgame) a duplicate of a piece a much slower parent holds up.
+func (c *Core) schedule(now time.Time) {
+	if c.mode != ModeSwarm || c.psize == 0 || c.length < 0 || len(c.order) == 0 {
+		return
+	}
+	c.ensureNeed()
+	top := c.estimate()
+	for c.nreq < c.cfg.ConcurrentPieces {
+		n, p := c.pick(top)
+		if p == nil {
+			break
+		}
+		c.request(now, n, p)
+	}
+	for c.nreq < c.cfg.ConcurrentPieces {
+		n, p := c.endgame(now)
+		if p == nil {
+			break
+		}
+		c.request(now, n, p)
+	}
+}
+
+// estimate refreshes every parent's rate estimate and returns the best:
+// the rate this peer measured from it, else the rate declared for its
+// host, else the best known rate among the parents (a new parent is
+// assumed as good as the best until measured, so it gets tried).
+func (c *Core) estimate() float64 {
+	known := 0.0
+	for _, p := range c.order {
+		r := p.rate.BytesPerSec()
+		if r == 0 {
+			r = p.UploadBps
+		}
+		p.est = r
+		known = max(known, r)
+	}
+	c.measured = known > 0
+	if known == 0 {
+		known = 1 // all alike until something is known
+	}
+	for _, p := range c.order {
+		if p.est == 0 {
+			p.est = known
+		}
+	}
+	return known
+}
+
+// depth is how many requests a parent may have in flight: the full
+// PerParentRequests for the fastest, fewer by their rates for slower ones
+// (at least one), so that a slow parent holds few pieces hostage while
+// each parent still gets requests in proportion to what it delivers.
+func (c *Core) depth(p *parent, top float64) int {
+	per := c.cfg.PerParentRequests
+	if top <= 0 || p.est >= top {
+		return per
+	}
+	return max(1, int(math.Ceil(float64(per)*p.est/top)))
+}
+
+func (c *Core) room(p *parent, top float64) bool { return len(p.inflight) < c.depth(p, top) }
+
+func (c *Core) request(now time.Time, n uint32, p *parent) {
+	_, size := core.PieceRange(n, c.length, c.psize)
+	var ahead int64
+	for _, r := range p.inflight {
+		ahead += r.size
+	}
+	r := &request{piece: n, p: p, size: size, start: now, ahead: ahead, asked: p.updates, active: true}
+	c.reqs[n] = append(c.reqs[n], r)
+	p.inflight = append(p.inflight, r)
+	c.nreq++
+	c.emit(ActRequest{Parent: p.ID, Piece: n, Size: size, Stall: c.stallTimeout(p)})
+}
+
+// stallTimeout follows the parent's measured rate: ten 64 KiB chunks' worth
+// of time at that rate shared by the requests one parent may serve at once,
+// within the configured bounds.
+func (c *Core) stallTimeout(p *parent) time.Duration {
+	t := c.cfg.MaxStall
+	if r := p.rate.BytesPerSec(); r > 0 {
+		per := max(c.cfg.PerParentRequests, 1)
+		t = time.Duration(float64(10*64<<10*per) / r * float64(time.Second))
+	}
+	return min(max(t, c.cfg.MinStall), c.cfg.MaxStall)
+}
+
+// eta is when a request is expected to end at its parent's estimated rate.
+func (r *request) eta() time.Time {
+	return r.start.Add(secs(float64(r.ahead+r.size) / r.p.est))
+}
+
+func secs(s float64) time.Duration {
+	if s > 1e6 || math.IsNaN(s) {
+		return 1e6 * time.Second
+	}
+	return time.Duration(s * float64(time.Second))
+}
+
+// pick chooses the next piece and parent: rarest first among the parents'
+// pieces (ties broken from a random start, so peers hold different pieces
+// and have something to trade), or in order while a reader streams the
+// content; a piece only once its trusted digest is known.
+func (c *Core) pick(top float64) (uint32, *parent) {
+	nn := len(c.need)
+	if nn == 0 {
+		return 0, nil
+	}
+	free := false
+	for _, p := range c.order {
+		if c.room(p, top) {
+			free = true
+			break
+		}
+	}
+	if !free {
+		return 0, nil
+	}
+	if c.streaming {
+		if n, ok := c.pickSequential(top); ok {
+			return n, c.chooseParent(n, top)
+		}
+		return 0, nil
+	}
+	start := c.rnd.IntN(nn)
+	bestN, bestRare := uint32(0), -1
+	// The rarest among a bounded sample of available pieces, from a random
+	// start: exact for small tasks, and a pick stays cheap on a task of
+	// tens of thousands of pieces, where a full scan per pick would be
+	// quadratic over the download.
+	seen := 0
+	for i := 0; i < nn && seen < pickSample; i++ {
+		n := c.need[(start+i)%nn]
+		if len(c.reqs[n]) > 0 || !c.trusted(n) {
+			continue
+		}
+		rare, avail := 0, false
+		for _, p := range c.order {
+			if p.holds(n) {
+				rare++
+				if c.room(p, top) {
+					avail = true
+				}
+			}
+		}
+		if !avail {
+			continue
+		}
+		seen++
+		if bestRare < 0 || rare < bestRare {
+			bestN, bestRare = n, rare
+			if rare == 1 {
+				break
+			}
+		}
+	}
+	if bestRare < 0 {
+		return 0, nil
+	}
+	return bestN, c.chooseParent(bestN, top)
+}
+
+// pickSequential returns the lowest-numbered missing piece that some parent
+// with room holds: with several requests in flight the reader's next bytes
+// are always among them.
+func (c *Core) pickSequential(top float64) (uint32, bool) {
+	best, found := uint32(0), false
+	for _, n := range c.need {
+		if found && n >= best {
+			continue
+		}
+		if len(c.reqs[n]) > 0 || !c.trusted(n) {
+			continue
+		}
+		for _, p := range c.order {
+			if p.holds(n) && c.room(p, top) {
+				best, found = n, true
+				break
+			}
+		}
+	}
+	return best, found
+}
+
+// chooseParent picks, among the parents with room that hold piece n, a
+// non-seed one when there is any (a seed's uplink is as scarce as
+// anyone's), then the one that would deliver it soonest: the best
+// estimated rate per request in flight, with a little noise so that equal
+// parents share.
+func (c *Core) chooseParent(n uint32, top float64) *parent {
+	nonSeed := false
+	for _, p := range c.order {
+		if !p.Seed && p.holds(n) && c.room(p, top) {
+			nonSeed = true
+			break
+		}
+	}
+	var best *parent
+	bestScore := -1.0
+	for _, p := range c.order {
+		if !p.holds(n) || !c.room(p, top) || (nonSeed && p.Seed) {
+			continue
+		}
+		s := p.est / float64(len(p.inflight)+1) * (1 + 0.1*c.rnd.Float64())
+		if s > bestScore {
+			best, bestScore = p, s
+		}
+	}
+	return best
+}
+
+// endgame finds a piece to request a second time: an idle parent that
+// holds a piece outstanding at another parent asks for it too when it
+// would deliver it in well under half the time that request is still
+// expected to take (or it is long overdue). Whichever copy arrives first
+// wins; the other is cancelled. So no piece waits on a slow parent while a
+// fast one idles, at the end of a download above all.
+func (c *Core) endgame(now time.Time) (uint32, *parent) {
+	if !c.measured {
+		return 0, nil // nothing tells a slow parent from a fast one yet
+	}
+	for _, p := range c.order {
+		if len(p.inflight) > 0 {
+			continue
+		}
+		own := secs(float64(c.psize) / p.est)
+		var bestN uint32
+		var bestLeft time.Duration = -1
+		for _, q := range c.order {
+			if q == p {
+				continue
+			}
+			for _, r := range q.inflight {
+				if len(c.reqs[r.piece]) != 1 || !p.holds(r.piece) {
+					continue
+				}
+				left := r.eta().Sub(now)
+				if left < 0 {
+					left = -left // overdue: the estimate was wrong by as much
+				}
+				if left > 2*own && left > bestLeft {
+					bestN, bestLeft = r.piece, left
+				}
+			}
+		}
+		if bestLeft >= 0 {
+			return bestN, p
+		}
+	}
+	return 0, nil
+}
