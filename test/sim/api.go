@@ -85,6 +85,15 @@ const (
 	EvPieceFailed                   // the transfer of Piece from Parent failed (Reason)
 	EvTick                          // timer
 	EvOriginMeta                    // the origin answered: Length is the content length
+	EvOriginDone                    // the origin stream fetched every piece it was asked for
+)
+
+// Why a transfer failed (Event.Reason of EvPieceFailed).
+const (
+	FailNotFound  = "not_found"  // the parent holds no such piece
+	FailConnLost  = "conn_lost"  // the parent died (connection refused or reset)
+	FailCancelled = "cancelled"  // the core cancelled it (ActCancel)
+	FailRelay     = "relay_lost" // the parent's own copy, being relayed, broke
 )
 
 // Event is one input of a core.
@@ -94,7 +103,11 @@ type Event struct {
 	Parent string
 	Piece  uint32
 	Pieces []uint32
-	Bytes  int64
+	// Relaying: EvParentHas of a piece still arriving at the parent;
+	// EvParentPieces: RelayingPieces are those, Pieces the ones held.
+	Relaying       bool
+	RelayingPieces []uint32
+	Bytes          int64
 	Cost   time.Duration
 	Digest []byte
 	Length int64
@@ -114,11 +127,13 @@ const (
 	ActOrigin                    // fetch Pieces from the origin, in order, one stream
 	ActDone                      // the content is complete and verified
 	ActFail                      // the download failed (Reason)
+	ActTimer                     // deliver EvTick at At (replaces the previous timer; zero: none)
 )
 
 // Action is one output of a core.
 type Action struct {
 	Kind   ActionKind
+	At     time.Time
 	Msg    *schedulerv1.PeerMessage
 	Parent string
 	Piece  uint32

@@ -18,6 +18,14 @@ import (
 // epoch is virtual time 0 as the scheduler and the cores see it.
 var epoch = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 
+// pieceDigest is the simulated content's digest of piece n.
+func pieceDigest(n uint32) []byte {
+	d := make([]byte, core.DigestSize)
+	binary.BigEndian.PutUint32(d, n)
+	copy(d[4:], "damselfly-sim")
+	return d
+}
+
 // node is one simulated host running a daemon (or the seed peer).
 type node struct {
 	idx    int
@@ -51,6 +59,8 @@ type node struct {
 
 	originQ    []uint32 // pieces left in its origin stream
 	originBusy bool
+	originMeta bool // the origin's answer (shape) was given
+	timerVer   int
 
 	uploaded int64
 }
@@ -146,10 +156,7 @@ func New(cfg Config, newSched NewSchedulerFunc, newCore NewCoreFunc) (*Sim, erro
 	s.digests = make([][]byte, s.pieces)
 	for i := range s.pieces {
 		_, s.pieceLen[i] = core.PieceRange(i, cfg.Size, cfg.PieceSize)
-		d := make([]byte, core.DigestSize)
-		binary.BigEndian.PutUint32(d, i)
-		copy(d[4:], "damselfly-sim")
-		s.digests[i] = d
+		s.digests[i] = pieceDigest(i)
 	}
 	racks := cfg.racks()
 	if cfg.Scenario == ScenarioRacks {
@@ -288,16 +295,11 @@ func (s *Sim) allDone() bool {
 	return true
 }
 
-// tick runs the scheduler's timer and every active core's, once per
-// TickEvery, while anyone is still downloading.
+// tick runs the scheduler's periodic work every TickEvery (the cores set
+// their own timers).
 func (s *Sim) tick() {
 	now := s.now()
 	s.timeSched(func() { s.sched.Tick(vtime(now)) })
-	for _, n := range append(s.nodes, s.seedNode) {
-		if n.started && !n.gone && !n.done && n.failed == "" {
-			s.handle(n, Event{Kind: EvTick})
-		}
-	}
 	s.at(now+s.cfg.TickEvery.Seconds(), s.tick)
 }
 
@@ -391,13 +393,16 @@ func (s *Sim) act(n *node, a Action) {
 				return
 			}
 			p.subs[n] = struct{}{}
-			var have []uint32
+			var have, relaying []uint32
 			for i, ok := range p.avail {
-				if ok {
+				switch {
+				case p.have[i]:
 					have = append(have, uint32(i))
+				case ok:
+					relaying = append(relaying, uint32(i))
 				}
 			}
-			s.handleLater(n, s.now()+s.lat(n, p), Event{Kind: EvParentPieces, Parent: p.peerID, Pieces: have})
+			s.handleLater(n, s.now()+s.lat(n, p), Event{Kind: EvParentPieces, Parent: p.peerID, Pieces: have, RelayingPieces: relaying})
 		})
 	case ActUnsync:
 		if p := s.byPeer[a.Parent]; p != nil {
@@ -408,7 +413,7 @@ func (s *Sim) act(n *node, a Action) {
 		s.request(n, a.Parent, a.Piece)
 	case ActCancel:
 		if t := n.recv[a.Piece]; t != nil && t.from != nil && t.from.peerID == a.Parent {
-			s.abort(t, "")
+			s.abort(t, FailCancelled)
 		}
 	case ActOrigin:
 		n.originQ = append(n.originQ, a.Pieces...)
@@ -417,6 +422,18 @@ func (s *Sim) act(n *node, a Action) {
 			// An HTTP request: one round trip before the first byte.
 			s.at(now+2*s.lat(n, s.origin), func() { s.originNext(n) })
 		}
+	case ActTimer:
+		n.timerVer++
+		if a.At.IsZero() {
+			return
+		}
+		ver := n.timerVer
+		at := math.Max(now, a.At.Sub(epoch).Seconds())
+		s.at(at, func() {
+			if n.timerVer == ver && !n.gone {
+				s.handle(n, Event{Kind: EvTick})
+			}
+		})
 	case ActDone:
 		if !n.done {
 			n.done = true
@@ -444,11 +461,11 @@ func (s *Sim) request(n *node, parentID string, piece uint32) {
 	now := s.now()
 	p := s.byPeer[parentID]
 	if p == nil || piece >= s.pieces {
-		s.handleLater(n, now, Event{Kind: EvPieceFailed, Parent: parentID, Piece: piece, Reason: "no such parent"})
+		s.handleLater(n, now, Event{Kind: EvPieceFailed, Parent: parentID, Piece: piece, Reason: FailConnLost})
 		return
 	}
 	if old := n.recv[piece]; old != nil {
-		s.abort(old, "superseded")
+		s.abort(old, FailCancelled)
 	}
 	t := &transfer{from: p, to: n, piece: piece, size: s.pieceLen[piece], requested: now}
 	n.recv[piece] = t
@@ -457,7 +474,7 @@ func (s *Sim) request(n *node, parentID string, piece uint32) {
 			return
 		}
 		if p.gone {
-			s.fail(t, "connection refused")
+			s.fail(t, FailConnLost)
 			return
 		}
 		switch {
@@ -466,7 +483,7 @@ func (s *Sim) request(n *node, parentID string, piece uint32) {
 			t.gate = p.recv[piece]
 			t.gate.waiters = append(t.gate.waiters, t)
 		default:
-			s.fail(t, "piece not held")
+			s.fail(t, FailNotFound)
 			return
 		}
 		p.out[t] = struct{}{}
@@ -485,7 +502,15 @@ func (s *Sim) originNext(n *node) {
 	}
 	if len(n.originQ) == 0 {
 		n.originBusy = false
+		s.handle(n, Event{Kind: EvOriginDone})
 		return
+	}
+	if !n.originMeta {
+		n.originMeta = true
+		s.handle(n, Event{Kind: EvOriginMeta, Length: s.cfg.Size})
+		if n.gone || len(n.originQ) == 0 {
+			return
+		}
 	}
 	piece := n.originQ[0]
 	n.originQ = n.originQ[1:]
@@ -502,7 +527,8 @@ func (s *Sim) originNext(n *node) {
 
 // announce tells n's children that n has (or is receiving) piece.
 func (s *Sim) announce(n *node, piece uint32) {
-	if n.avail[piece] || (!s.cfg.Relay && !n.have[piece]) {
+	held := n.have[piece]
+	if (n.avail[piece] && !held) || (!s.cfg.Relay && !held) {
 		return
 	}
 	n.avail[piece] = true
@@ -512,7 +538,7 @@ func (s *Sim) announce(n *node, piece uint32) {
 	}
 	sort.Slice(subs, func(i, j int) bool { return subs[i].idx < subs[j].idx })
 	for _, c := range subs {
-		s.handleLater(c, s.now()+s.lat(n, c), Event{Kind: EvParentHas, Parent: n.peerID, Piece: piece})
+		s.handleLater(c, s.now()+s.lat(n, c), Event{Kind: EvParentHas, Parent: n.peerID, Piece: piece, Relaying: !held})
 	}
 }
 
@@ -571,7 +597,9 @@ func (s *Sim) complete(t *transfer) {
 	if t.from != nil {
 		parent = t.from.peerID
 	}
-	s.announce(n, t.piece)
+	if first {
+		s.announce(n, t.piece)
+	}
 	s.handle(n, Event{Kind: EvPieceDone, Parent: parent, Piece: t.piece, Bytes: t.size,
 		Cost: time.Duration((s.now() - t.requested) * float64(time.Second)), Digest: s.digests[t.piece]})
 	if t.from == nil {
@@ -599,7 +627,7 @@ func (s *Sim) abort(t *transfer, reason string) {
 		}
 	}
 	for _, w := range t.waiters {
-		s.fail(w, "relay source failed")
+		s.fail(w, FailRelay)
 	}
 	t.waiters = nil
 	if reason != "" {
@@ -631,7 +659,7 @@ func (s *Sim) kill(n *node) {
 		return out[i].to.idx < out[j].to.idx || (out[i].to.idx == out[j].to.idx && out[i].piece < out[j].piece)
 	})
 	for _, t := range out {
-		s.fail(t, "parent gone")
+		s.fail(t, FailConnLost)
 	}
 	in := make([]*transfer, 0, len(n.recv))
 	for _, t := range n.recv {

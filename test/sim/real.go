@@ -112,7 +112,3 @@ func (r *realSess) Close(now time.Time) {
 	}
 }
 
-// The real download core is wired in once its state machine exists.
-var errNoRealCore = errors.New("the real download core's adapter is not built yet")
-
-func newRealCore(CoreParams) (Core, error) { return nil, errNoRealCore }
