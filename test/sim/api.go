@@ -108,10 +108,10 @@ type Event struct {
 	Relaying       bool
 	RelayingPieces []uint32
 	Bytes          int64
-	Cost   time.Duration
-	Digest []byte
-	Length int64
-	Reason string
+	Cost           time.Duration
+	Digest         []byte
+	Length         int64
+	Reason         string
 }
 
 // ActionKind names what a node does.

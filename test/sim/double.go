@@ -168,7 +168,7 @@ func (c *dcore) Handle(now time.Time, ev Event) []Action {
 		}
 	case EvParentPieces:
 		if set := c.parents[ev.Parent]; set != nil {
-			for _, n := range ev.Pieces {
+			for _, n := range append(ev.Pieces, ev.RelayingPieces...) {
 				set[n] = true
 			}
 		}

@@ -111,4 +111,3 @@ func (r *realSess) Close(now time.Time) {
 		r.sess.Close(now)
 	}
 }
-
