@@ -168,3 +168,44 @@ func TestLayoutAndBound(t *testing.T) {
 	bits := float64(128<<20) * 8
 	near(t, "T*", lb.TStar, math.Max(bits/100e6, 8*bits/720e6))
 }
+
+// The real scheduler and the real download core: a small swarm completes
+// with the origin sending the file once.
+func TestSmallSwarmReal(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Hosts, cfg.Size = 8, 16<<20
+	r := runSim(t, cfg, "real")
+	if r.Completed != 8 || r.Failed != 0 {
+		t.Fatalf("completed %d failed %d", r.Completed, r.Failed)
+	}
+	if r.OriginOverF < 1 || r.OriginOverF > 1.05 {
+		t.Errorf("origin bytes / F = %v, want ≈ 1", r.OriginOverF)
+	}
+	if r.TLast < r.TStar {
+		t.Errorf("T_last %.3f below the bound %.3f: the model leaks capacity", r.TLast, r.TStar)
+	}
+}
+
+func TestChurnReal(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Scenario = ScenarioChurn
+	cfg.Hosts, cfg.Size = 8, 16<<20
+	r := runSim(t, cfg, "real")
+	if r.Killed != 2 || r.Completed != 6 || r.Failed != 0 {
+		t.Fatalf("killed %d completed %d failed %d, want 2, 6, 0", r.Killed, r.Completed, r.Failed)
+	}
+	if r.OriginOverF > 1.05 {
+		t.Errorf("origin bytes / F = %v after churn, want ≈ 1", r.OriginOverF)
+	}
+}
+
+func TestDeterministicReal(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Scenario = ScenarioChurn
+	cfg.Hosts, cfg.Size = 12, 8<<20
+	cfg.JoinRate, cfg.LeaveRate = 2, 1
+	a, b := stable(runSim(t, cfg, "real")), stable(runSim(t, cfg, "real"))
+	if a != b {
+		t.Errorf("same seed, different results:\n%s\n%s", a, b)
+	}
+}
