@@ -37,6 +37,10 @@ type Config struct {
 	OriginRate swarm.Rate // the origin host's uplink
 	SeedRate   swarm.Rate // the seed peer host's uplink; 0 means Rate
 	HopLatency time.Duration
+	// PayloadFrac is the share of a link's rate that carries payload (1:
+	// none lost to headers; the harness's tbf also counts TCP/IP/Ethernet
+	// headers, 1448 of 1514 bytes per segment: HarnessPayloadFrac).
+	PayloadFrac float64
 
 	Scenario   string
 	SlowFrac   float64 // mixed: this fraction of the peers ...
@@ -78,8 +82,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Hosts: 8, Size: 128 << 20, Rate: 100e6, OriginRate: 100e6,
-		HopLatency: 200 * time.Microsecond,
-		Scenario:   ScenarioUniform, SlowFrac: 0.25, SlowFactor: 10,
+		HopLatency: 200 * time.Microsecond, PayloadFrac: 1,
+		Scenario: ScenarioUniform, SlowFrac: 0.25, SlowFactor: 10,
 		SpreadMin: 20e6, SpreadMax: 100e6, SpreadSeed: 1,
 		Racks: 2, ChurnFrac: 0.25, Seed: 1, Deadline: time.Hour,
 		Relay: true, TickEvery: time.Second,
@@ -108,6 +112,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PieceSize == 0 {
 		c.PieceSize = core.PieceSize(c.Size)
+	}
+	if c.PayloadFrac <= 0 || c.PayloadFrac > 1 {
+		return fmt.Errorf("payload fraction %v, want (0, 1]", c.PayloadFrac)
 	}
 	if c.HopLatency < 0 {
 		return errors.New("hop latency must be ≥ 0")
@@ -147,6 +154,11 @@ func (c *Config) racks() int {
 	}
 	return 1
 }
+
+// HarnessPayloadFrac is the payload share of a tbf-shaped link in the
+// netns harness: 1448 payload bytes per 1514-byte segment (TCP with
+// timestamps, IP, Ethernet).
+const HarnessPayloadFrac = 1448.0 / 1514.0
 
 // HostSpec is one simulated host's links.
 type HostSpec struct {

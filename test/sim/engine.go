@@ -162,10 +162,10 @@ func New(cfg Config, newSched NewSchedulerFunc, newCore NewCoreFunc) (*Sim, erro
 	if cfg.Scenario == ScenarioRacks {
 		s.rackIn = make([]*Link, racks+1)
 		for r := 1; r <= racks; r++ {
-			s.rackIn[r] = s.net.NewLink(fmt.Sprintf("rack%d-in", r), float64(cfg.InterRackRate)/8)
+			s.rackIn[r] = s.net.NewLink(fmt.Sprintf("rack%d-in", r), float64(cfg.InterRackRate)/8*cfg.PayloadFrac)
 		}
 	}
-	s.originUp = s.net.NewLink("origin-up", float64(cfg.OriginRate)/8)
+	s.originUp = s.net.NewLink("origin-up", float64(cfg.OriginRate)/8*cfg.PayloadFrac)
 	s.origin = &node{name: "origin", rack: 1, up: s.originUp}
 	s.seedNode = s.newNode("seed", 1, float64(cfg.SeedRate), float64(cfg.DownRate))
 	s.seedNode.seed = true
@@ -189,8 +189,8 @@ func (s *Sim) newNode(name string, rack int, upBps, downBps float64) *node {
 	n := &node{
 		idx: idx, name: name, rack: rack, peerID: name + "-p",
 		upBps: upBps, downBp: downBps,
-		up:   s.net.NewLink(name+"-up", upBps/8),
-		down: s.net.NewLink(name+"-down", downBps/8),
+		up:   s.net.NewLink(name+"-up", upBps/8*s.cfg.PayloadFrac),
+		down: s.net.NewLink(name+"-down", downBps/8*s.cfg.PayloadFrac),
 		have: make([]bool, s.pieces), avail: make([]bool, s.pieces),
 		recv: map[uint32]*transfer{}, out: map[*transfer]struct{}{},
 		subs: map[*node]struct{}{}, synced: map[*node]struct{}{},

@@ -21,6 +21,7 @@ type Result struct {
 	InterRackBps  int64   `json:"inter_rack_bps,omitempty"`
 	Racks         int     `json:"racks,omitempty"`
 	HopLatencyMS  float64 `json:"hop_latency_ms"`
+	PayloadFrac   float64 `json:"payload_frac"`
 	SlowFrac      float64 `json:"slow_frac,omitempty"`
 	SlowFactor    float64 `json:"slow_factor,omitempty"`
 	SpreadMinBps  int64   `json:"spread_min_bps,omitempty"`
@@ -62,7 +63,7 @@ func (s *Sim) result(lb Bound, wall time.Duration) *Result {
 	r := &Result{
 		Scenario: c.Scenario, N: c.Hosts, SizeBytes: c.Size, PieceSize: c.PieceSize,
 		RateBps: int64(c.Rate), DownRateBps: int64(c.DownRate), OriginRateBps: int64(c.OriginRate), SeedRateBps: int64(c.SeedRate),
-		HopLatencyMS: float64(c.HopLatency.Microseconds()) / 1000, Seed: c.Seed,
+		HopLatencyMS: float64(c.HopLatency.Microseconds()) / 1000, PayloadFrac: c.PayloadFrac, Seed: c.Seed,
 		LeaveRate: c.LeaveRate, JoinRate: c.JoinRate, Bound: lb,
 		Killed: s.killed, Joined: s.joined, Events: s.nEvents,
 		Recomputes: s.net.Recomputes, RecompFlows: s.net.RecomputedFlows, VirtualS: s.now(),

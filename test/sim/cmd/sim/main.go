@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"time"
 
 	"github.com/damselfly-io/damselfly/test/sim"
@@ -91,6 +93,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Deadline, "deadline", cfg.Deadline, "virtual-time limit; hosts not done by then count as failed")
 	fs.BoolVar(&cfg.Relay, "relay", cfg.Relay, "relays (cut-through): children may fetch a piece still arriving")
 	fs.DurationVar(&cfg.TickEvery, "tick", cfg.TickEvery, "period of the scheduler's and the cores' timers")
+	harness := fs.String("harness", "", "a netns harness results.json: simulate its scenario, sizes and rates (with its links' payload share) and add what it measured")
+	table := fs.Bool("table", false, "print the validation table of the sim JSON files named as arguments (outputs of -harness runs) and exit")
+	fs.Float64Var(&cfg.PayloadFrac, "payload-frac", cfg.PayloadFrac, "share of every link's rate that carries payload (the harness's tbf counts headers: 0.956)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	models := fs.String("models", "real", "real: the real scheduler and download core; double: the simulator's stand-ins (tests)")
 	if err := fs.Parse(args); err != nil {
@@ -99,11 +104,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
+	if *table {
+		return printTable(fs.Args(), stdout, stderr)
+	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "sim: unexpected arguments %v\n", fs.Args())
 		return 2
 	}
 	cfg.PieceSize = uint32(pieceSize)
+	var hrun *sim.HarnessRun
+	if *harness != "" {
+		c, h, err := sim.FromHarness(*harness, cfg)
+		if err != nil {
+			fmt.Fprintln(stderr, "sim:", err)
+			return 2
+		}
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "payload-frac" {
+				c.PayloadFrac = cfg.PayloadFrac
+			}
+		})
+		h.Dir = filepath.Dir(*harness)
+		cfg, hrun = c, &h
+	}
 	newSched, newCore, err := sim.Models(*models)
 	if err != nil {
 		fmt.Fprintln(stderr, "sim:", err)
@@ -137,7 +160,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "sim: %s, n=%d: %d/%d done, T*=%.2fs T_median=%.2fs T_last=%.2fs (T*/T_last %.2f), origin %.2f×F, scheduler %.1fs CPU, %.1fs wall\n",
 		res.Scenario, res.N, res.Completed, res.Completed+res.Failed, res.TStar, res.TMedian, res.TLast, res.EffLast,
 		res.OriginOverF, res.SchedulerCPU, time.Since(start).Seconds())
-	b, err := json.Marshal(res)
+	b, err := json.Marshal(output{Result: res, Harness: hrun})
 	if err != nil {
 		fmt.Fprintln(stderr, "sim:", err)
 		return 1
@@ -147,4 +170,80 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 3
 	}
 	return 0
+}
+
+// output is the last line: the result, and with -harness what the
+// harness measured.
+type output struct {
+	*sim.Result
+	Harness *sim.HarnessRun `json:"harness,omitempty"`
+}
+
+// printTable prints the validation table of -harness outputs: per run,
+// the harness's and the simulator's T_median and T_last and how far apart
+// they are.
+func printTable(files []string, stdout, stderr io.Writer) int {
+	if len(files) == 0 {
+		fmt.Fprintln(stderr, "sim: -table needs the JSON files of -harness runs")
+		return 2
+	}
+	fmt.Fprintln(stdout, "| scenario | N | T* (s) | harness T_median | sim T_median | Δ | harness T_last | sim T_last | Δ | origin / F (harness, sim) | harness CPU busy |")
+	fmt.Fprintln(stdout, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+	code := 0
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			fmt.Fprintln(stderr, "sim:", err)
+			code = 1
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		var o struct {
+			sim.Result
+			Harness *sim.HarnessRun `json:"harness"`
+		}
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &o); err != nil {
+			fmt.Fprintf(stderr, "sim: %s: %v\n", f, err)
+			code = 1
+			continue
+		}
+		h := o.Harness
+		if h == nil {
+			h = &sim.HarnessRun{}
+		}
+		fmt.Fprintf(stdout, "| %s | %d | %.2f | %s | %.2f | %s | %s | %s | %s | %s, %.2f | %s |\n", o.Scenario, o.N, o.TStar,
+			secs(h.TMedian), o.TMedian, delta(o.TMedian, h.TMedian), secs(h.TLast), secs(o.TLast), delta(o.TLast, h.TLast),
+			ratio(h.OriginOverF), o.OriginOverF, pct(h.CPUBusy))
+	}
+	return code
+}
+
+func secs(v float64) string {
+	if v == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func ratio(v float64) string {
+	if v == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func pct(v float64) string {
+	if v == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f %%", v*100)
+}
+
+// delta is how far the simulator is from the harness, in percent of the
+// harness's figure.
+func delta(sim, real float64) string {
+	if sim == 0 || real == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%+.0f %%", (sim-real)/real*100)
 }
