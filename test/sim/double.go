@@ -120,7 +120,6 @@ func NewDoubleCore(p CoreParams) (Core, error) {
 
 type dcore struct {
 	p        CoreParams
-	pieces   uint32
 	have     map[uint32]bool
 	parents  map[string]map[uint32]bool
 	order    []string

@@ -101,12 +101,11 @@ type Sim struct {
 	originSent int64
 	interRack  int64
 
-	schedCPU  time.Duration
-	nEvents   int64
-	joined    int
-	killed    int
-	lastEvent float64
-	err       error
+	schedCPU time.Duration
+	nEvents  int64
+	joined   int
+	killed   int
+	err      error
 }
 
 type event struct {
