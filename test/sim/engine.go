@@ -48,6 +48,7 @@ type node struct {
 	done    bool
 	gone    bool
 	failed  string
+	settled bool // done, failed or gone: no longer counted in Sim.pending
 
 	have   []bool
 	avail  []bool // held or arriving (announced to children)
@@ -105,6 +106,7 @@ type Sim struct {
 	nEvents  int64
 	joined   int
 	killed   int
+	pending  int // peers neither done, failed nor gone
 	err      error
 }
 
@@ -174,6 +176,7 @@ func New(cfg Config, newSched NewSchedulerFunc, newCore NewCoreFunc) (*Sim, erro
 		n := s.newNode(h.Name, h.Rack, h.Up, h.Down)
 		n.victim = victims[i]
 		s.nodes = append(s.nodes, n)
+		s.pending++
 	}
 	sched, err := newSched(SchedulerEnv{TriggerSeed: s.triggerSeed, SeedHost: s.seedNode.host, Seed: cfg.Seed, Config: cfg.Scheduler})
 	if err != nil {
@@ -285,13 +288,15 @@ func (s *Sim) mustFinish() []HostSpec {
 	return hs
 }
 
-func (s *Sim) allDone() bool {
-	for _, n := range s.nodes {
-		if !n.gone && !n.done && n.failed == "" {
-			return false
-		}
+func (s *Sim) allDone() bool { return s.pending == 0 }
+
+// settle takes a peer that is done, failed or gone out of the count of
+// those the run waits for.
+func (s *Sim) settle(n *node) {
+	if !n.settled && !n.seed {
+		n.settled = true
+		s.pending--
 	}
-	return true
 }
 
 // tick runs the scheduler's periodic work every TickEvery (the cores set
@@ -437,6 +442,7 @@ func (s *Sim) act(n *node, a Action) {
 		if !n.done {
 			n.done = true
 			n.doneAt = now
+			s.settle(n)
 		}
 	case ActFail:
 		if n.failed == "" {
@@ -444,6 +450,7 @@ func (s *Sim) act(n *node, a Action) {
 			if n.failed == "" {
 				n.failed = "failed"
 			}
+			s.settle(n)
 		}
 	}
 }
@@ -649,6 +656,7 @@ func (s *Sim) kill(n *node) {
 	}
 	n.gone = true
 	s.killed++
+	s.settle(n)
 	now := s.now()
 	out := make([]*transfer, 0, len(n.out))
 	for t := range n.out {
@@ -716,6 +724,7 @@ func (s *Sim) randomJoin(lb Bound) {
 	rack := 1 + (i % s.cfg.racks())
 	n := s.newNode(fmt.Sprintf("j%d", s.joined), rack, float64(s.cfg.Rate), float64(s.cfg.DownRate))
 	s.nodes = append(s.nodes, n)
+	s.pending++
 	s.startNode(n, false)
 	s.at(s.now()+s.rnd.ExpFloat64()/s.cfg.JoinRate, func() { s.randomJoin(lb) })
 }
