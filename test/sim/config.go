@@ -84,7 +84,7 @@ func DefaultConfig() Config {
 		Hosts: 8, Size: 128 << 20, Rate: 100e6, OriginRate: 100e6,
 		HopLatency: 200 * time.Microsecond, PayloadFrac: 1,
 		Scenario: ScenarioUniform, SlowFrac: 0.25, SlowFactor: 10,
-		SpreadMin: 20e6, SpreadMax: 100e6, SpreadSeed: 1,
+		SpreadSeed: 1,
 		Racks: 2, ChurnFrac: 0.25, Seed: 1, Deadline: time.Hour,
 		Relay: true, TickEvery: time.Second,
 	}
@@ -123,6 +123,12 @@ func (c *Config) Validate() error {
 	case ScenarioUniform, ScenarioMixed, ScenarioRacks, ScenarioChurn, ScenarioSpread:
 	default:
 		return fmt.Errorf("unknown scenario %q (want uniform, mixed, spread, churn, racks)", c.Scenario)
+	}
+	if c.SpreadMax == 0 {
+		c.SpreadMax = c.Rate
+	}
+	if c.SpreadMin == 0 {
+		c.SpreadMin = c.Rate / 5
 	}
 	if c.Scenario == ScenarioSpread && (c.SpreadMin <= 0 || c.SpreadMax < c.SpreadMin) {
 		return fmt.Errorf("spread: uplinks in [%v, %v]: want 0 < min ≤ max", c.SpreadMin, c.SpreadMax)
