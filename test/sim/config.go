@@ -85,7 +85,7 @@ func DefaultConfig() Config {
 		HopLatency: 200 * time.Microsecond, PayloadFrac: 1,
 		Scenario: ScenarioUniform, SlowFrac: 0.25, SlowFactor: 10,
 		SpreadSeed: 1,
-		Racks: 2, ChurnFrac: 0.25, Seed: 1, Deadline: time.Hour,
+		Racks:      2, ChurnFrac: 0.25, Seed: 1, Deadline: time.Hour,
 		Relay: true, TickEvery: time.Second,
 	}
 }

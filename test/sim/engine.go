@@ -102,12 +102,13 @@ type Sim struct {
 	originSent int64
 	interRack  int64
 
-	schedCPU time.Duration
-	nEvents  int64
-	joined   int
-	killed   int
-	pending  int // peers neither done, failed nor gone
-	err      error
+	schedCPU   time.Duration
+	schedCalls int64
+	nEvents    int64
+	joined     int
+	killed     int
+	pending    int // peers neither done, failed nor gone
+	err        error
 }
 
 type event struct {
@@ -311,6 +312,7 @@ func (s *Sim) timeSched(fn func()) {
 	t0 := threadCPU()
 	fn()
 	s.schedCPU += threadCPU() - t0
+	s.schedCalls++
 }
 
 func (s *Sim) triggerSeed(spec *schedulerv1.TaskSpec) {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -96,6 +97,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	harness := fs.String("harness", "", "a netns harness results.json: simulate its scenario, sizes and rates (with its links' payload share) and add what it measured")
 	table := fs.Bool("table", false, "print the validation table of the sim JSON files named as arguments (outputs of -harness runs) and exit")
 	fs.Float64Var(&cfg.PayloadFrac, "payload-frac", cfg.PayloadFrac, "share of every link's rate that carries payload (the harness's tbf counts headers: 0.956)")
+	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run (everything still live: the scheduler's and the cores' state) to this file")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	models := fs.String("models", "real", "real: the real scheduler and download core; double: the simulator's stand-ins (tests)")
 	if err := fs.Parse(args); err != nil {
@@ -157,6 +159,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	res.Models = *models
+	if *memProfile != "" {
+		if err := writeHeapProfile(*memProfile, s); err != nil {
+			fmt.Fprintln(stderr, "sim:", err)
+			return 1
+		}
+	}
 	fmt.Fprintf(stderr, "sim: %s, n=%d: %d/%d done, T*=%.2fs T_median=%.2fs T_last=%.2fs (T*/T_last %.2f), origin %.2f×F, scheduler %.1fs CPU, %.1fs wall\n",
 		res.Scenario, res.N, res.Completed, res.Completed+res.Failed, res.TStar, res.TMedian, res.TLast, res.EffLast,
 		res.OriginOverF, res.SchedulerCPU, time.Since(start).Seconds())
@@ -170,6 +178,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 3
 	}
 	return 0
+}
+
+// writeHeapProfile writes the heap as it is at the end of the run, with
+// the simulation (scheduler, cores, network) still reachable.
+func writeHeapProfile(path string, s *sim.Sim) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	defer f.Close()
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	runtime.KeepAlive(s)
+	return f.Close()
 }
 
 // output is the last line: the result, and with -harness what the
