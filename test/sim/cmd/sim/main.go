@@ -17,6 +17,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/damselfly-io/damselfly/internal/config"
+	"github.com/damselfly-io/damselfly/scheduler"
 	"github.com/damselfly-io/damselfly/test/sim"
 	"github.com/damselfly-io/damselfly/test/swarm"
 )
@@ -94,6 +96,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Deadline, "deadline", cfg.Deadline, "virtual-time limit; hosts not done by then count as failed")
 	fs.BoolVar(&cfg.Relay, "relay", cfg.Relay, "relays (cut-through): children may fetch a piece still arriving")
 	fs.DurationVar(&cfg.TickEvery, "tick", cfg.TickEvery, "period of the scheduler's and the cores' timers")
+	schedConfig := fs.String("scheduler-config", "", "the scheduler's YAML config (as damselfly scheduler --config), for tuning runs")
+	maxParents := fs.Int("max-parents", 0, "the scheduler's max_parents (0: its default or -scheduler-config's)")
+	maxChildren := fs.Int("max-children", 0, "the scheduler's max_children (0: its default or -scheduler-config's)")
 	harness := fs.String("harness", "", "a netns harness results.json: simulate its scenario, sizes and rates (with its links' payload share) and add what it measured")
 	table := fs.Bool("table", false, "print the validation table of the sim JSON files named as arguments (outputs of -harness runs) and exit")
 	fs.Float64Var(&cfg.PayloadFrac, "payload-frac", cfg.PayloadFrac, "share of every link's rate that carries payload (the harness's tbf counts headers: 0.956)")
@@ -114,6 +119,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg.PieceSize = uint32(pieceSize)
+	if *schedConfig != "" || *maxParents > 0 || *maxChildren > 0 {
+		sc := scheduler.DefaultConfig()
+		if *schedConfig != "" {
+			if err := config.LoadFile(*schedConfig, &sc); err != nil {
+				fmt.Fprintln(stderr, "sim:", err)
+				return 2
+			}
+		}
+		if *maxParents > 0 {
+			sc.MaxParents = *maxParents
+		}
+		if *maxChildren > 0 {
+			sc.MaxChildren = *maxChildren
+		}
+		if err := sc.Validate(); err != nil {
+			fmt.Fprintln(stderr, "sim:", err)
+			return 2
+		}
+		cfg.Scheduler = &sc
+	}
 	var hrun *sim.HarnessRun
 	if *harness != "" {
 		c, h, err := sim.FromHarness(*harness, cfg)

@@ -40,6 +40,7 @@ func TestBadFlags(t *testing.T) {
 		{"-n", "0"},
 		{"-models", "mine"},
 		{"extra"},
+		{"-scheduler-config", "/nonexistent/scheduler.yaml"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(args, &out, &errb); code != 2 {
