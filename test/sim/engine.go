@@ -104,6 +104,7 @@ type Sim struct {
 
 	schedCPU   time.Duration
 	schedCalls int64
+	timingCost time.Duration
 	nEvents    int64
 	joined     int
 	killed     int
@@ -230,6 +231,7 @@ func (s *Sim) linksFor(from, to *node) []*Link {
 func (s *Sim) Run() (*Result, error) {
 	runtime.LockOSThread() // threadCPU measures this thread
 	defer runtime.UnlockOSThread()
+	s.timingCost = timingOverhead()
 	wall := time.Now()
 	lb := LowerBound(s.cfg, s.mustFinish())
 	for _, n := range s.nodes {
