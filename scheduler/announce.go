@@ -136,6 +136,7 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 		conn:              c,
 		poolIdx:           -1,
 		waitIdx:           -1,
+		openIdx:           -1,
 	}
 	t.nextOrd++
 	t.addPeer(p)
@@ -148,8 +149,10 @@ func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.
 			p.pieces.set(n)
 		}
 	}
-	s.updatePoolLocked(p)
-	s.markDirty(t)
+	s.updatePoolLocked(p) // marks t dirty when p holds pieces
+	if len(t.list) <= capacitySmallTask {
+		s.updateRateLocked(t, now)
+	}
 	if t.private && p.verified {
 		s.grantLocked(p, now)
 	}
@@ -246,6 +249,14 @@ func (s *Scheduler) handleLocked(p *peer, m *schedulerv1.PeerMessage, now time.T
 		return nil // replaced or dropped; its stream is closing
 	}
 	p.lastSeen = now
+	if !p.stalledAt.IsZero() {
+		// It speaks: whatever stalled it, it is alive.
+		p.stalledAt = time.Time{}
+		s.touchOpenLocked(p)
+		if p.poolIdx >= 0 {
+			s.markDirty(p.task)
+		}
+	}
 	switch msg := m.GetMsg().(type) {
 	case *schedulerv1.PeerMessage_Register:
 		return status.Error(codes.InvalidArgument, "register sent twice on one stream")
@@ -364,9 +375,12 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 			}
 		}
 	}
-	s.updatePoolLocked(p)
-	s.markDirty(t)
+	// A new piece of a peer already in the pool changes nothing a waiting
+	// peer could use; marking the task dirty on every report re-decided
+	// every waiting peer per piece (O(waiting) per event).
+	s.updatePoolLocked(p) // marks t dirty when p joins the pool
 	if len(fresh) > 0 {
+		s.markDirty(t) // trusted digests: unverifiable tasks may move on
 		t.info = nil
 		s.broadcastInfoLocked(t, p, taskInfo(t, fresh))
 	}
@@ -465,6 +479,16 @@ func (s *Scheduler) onRescheduleLocked(p *peer, m *schedulerv1.Reschedule, now t
 		par := t.peers[id]
 		if par == nil || !s.removeEdge(par, p) {
 			continue
+		}
+		// A downloading parent that stalled for its child and has not
+		// reported a piece for stallSilence is likely dead (a host gone
+		// without closing its stream) or cut off: until it speaks again
+		// nobody else is sent to it either. One that spoke lately is
+		// alive, whatever the report says: a lone reporter cannot turn
+		// the swarm away from it.
+		if (par.state == stateRunning || par.state == stateBackToSource) && now.Sub(par.lastSeen) >= stallSilence {
+			par.stalledAt = now
+			s.touchOpenLocked(par)
 		}
 		// In a pipeline a stalled parent is spliced out as a slow one is
 		// (replaceSlowParentsLocked): p takes its place under its own

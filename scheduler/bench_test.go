@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/internal/pki"
 )
 
@@ -282,4 +284,93 @@ func histogramQuantile(b *testing.B, reg *prometheus.Registry, name string, q fl
 		return math.Inf(1)
 	}
 	return math.NaN()
+}
+
+// BenchmarkPipeline measures the scheduler's work per event in one task of
+// N peers under the pipeline defaults, in process and in virtual time
+// through the session API (what a simulator drives): the N peers join one
+// by one and each reports a piece from its parent; then every op is one
+// newcomer's register and decision, a piece report and its leave, with a
+// Tick every 100 ops. Compare N = 1,000 and 10,000: the cost per op must
+// not grow with N. heap-B/peer is the live heap per joined peer.
+func BenchmarkPipeline(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) { benchPipeline(b, n) })
+	}
+}
+
+func benchPipeline(b *testing.B, n int) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s, err := New(DefaultConfig(), nil, nil, WithClock(func() time.Time { return now }), WithRand(rand.New(rand.NewPCG(1, 1))))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := identity.NewContext(context.Background(), identity.Identity{Insecure: true})
+	var last *schedulerv1.SchedulerMessage
+	send := func(m *schedulerv1.SchedulerMessage) error { last = m; return nil }
+	ts := spec("bench")
+	join := func(id string) *Session {
+		last = nil
+		sess, err := s.Open(ctx, &schedulerv1.Register{PeerId: id, Task: ts,
+			Host: &schedulerv1.Host{Id: "host-" + id, UploadBps: 125e6, DownloadBps: 125e6}}, send, now)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return sess
+	}
+	report := func(sess *Session, piece uint32) {
+		parent := ""
+		if ps := last.GetParents().GetParents(); len(ps) > 0 {
+			parent = ps[0].GetPeerId()
+		}
+		err := sess.Handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Pieces{Pieces: &schedulerv1.PiecesDone{
+			Pieces: []*schedulerv1.PieceResult{{Number: piece, ParentId: parent, Length: 4 << 20, CostNs: 3e8,
+				Digest: benchDigest(parent, piece)}}}}}, now)
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	src := join("src")
+	if err := src.Handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{
+		ContentLength: 125 << 22, PieceSize: 4 << 20}}}, now); err != nil {
+		b.Fatal(err)
+	}
+	report(src, 0)
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		sess := join(fmt.Sprintf("p%d", i))
+		report(sess, uint32(i%125))
+		if i%1000 == 999 {
+			now = now.Add(time.Second)
+			s.Tick(now)
+		}
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perPeer := float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
+	i := 0
+	for b.Loop() {
+		sess := join(fmt.Sprintf("new%d", i))
+		if last.GetParents() == nil {
+			b.Fatalf("newcomer got %v, want parents", last)
+		}
+		report(sess, uint32(i%125))
+		sess.Close(now)
+		if i++; i%100 == 0 {
+			now = now.Add(time.Second)
+			s.Tick(now)
+		}
+	}
+	b.ReportMetric(perPeer, "heap-B/peer")
+}
+
+// benchDigest is a digest for an origin piece (parent ""), nil otherwise.
+func benchDigest(parent string, n uint32) []byte {
+	if parent != "" {
+		return nil
+	}
+	return pieceDigest(n)
 }

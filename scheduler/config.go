@@ -26,6 +26,12 @@ type Config struct {
 	// uplink carries the whole content once, at full rate, which is what the
 	// lower bound needs when links are alike (docs/benchmarks.md).
 	MaxChildren int `yaml:"max_children"`
+	// CapacityAware sizes each host's children by its upload capacity over
+	// the task's target rate when the capacity is known (declared by the
+	// host, or measured slow), hangs slow uplinks at leaves, and keeps a
+	// seed host to one child unless it declares more capacity (default
+	// true; docs/architecture.md).
+	CapacityAware bool `yaml:"capacity_aware"`
 	// PipelineParents makes a downloading peer a candidate parent before it
 	// holds a piece: it relays pieces as they arrive (default true).
 	PipelineParents bool `yaml:"pipeline_parents"`
@@ -90,6 +96,7 @@ func DefaultConfig() Config {
 		MaxParents:         1,
 		MaxChildren:        1,
 		PipelineParents:    true,
+		CapacityAware:      true,
 		SlowParentRatio:    0.3,
 		SlowParentSamples:  8,
 		MaxBackToSource:    1,

@@ -239,11 +239,12 @@ func isSource(p *peer, pipeline bool) bool {
 func (s *Scheduler) updatePoolLocked(p *peer) bool {
 	t := p.task
 	in := isSource(p, s.cfg.PipelineParents)
+	joined := false
 	switch {
 	case in && p.poolIdx < 0:
 		p.poolIdx = len(t.pool)
 		t.pool = append(t.pool, p)
-		return true
+		joined = true
 	case !in && p.poolIdx >= 0:
 		last := t.pool[len(t.pool)-1]
 		t.pool[p.poolIdx] = last
@@ -252,7 +253,30 @@ func (s *Scheduler) updatePoolLocked(p *peer) bool {
 		t.pool = t.pool[:len(t.pool)-1]
 		p.poolIdx = -1
 	}
-	return false
+	s.touchOpenLocked(p)
+	if joined {
+		s.markDirty(t) // a new candidate: waiting peers get another look
+	}
+	return joined
+}
+
+// touchOpenLocked puts p in its task's open set when it is a candidate
+// with a free child slot, and takes it out otherwise. Call it whenever p's
+// children, pool membership or host change; what it cannot see (another
+// task using the host's slots, a limit changed by a new target rate, a slow
+// mark expiring) is set right by the rebuild in every Tick, and decisions
+// check every candidate anyway.
+func (s *Scheduler) touchOpenLocked(p *peer) {
+	in := p.poolIdx >= 0 && p.state != stateLeft && p.host.used < p.host.slots
+	if in && !p.stalledAt.IsZero() {
+		in = !stalled(p, s.now())
+	}
+	if in {
+		now := s.now()
+		lim := s.childLimit(p, now)
+		in = (lim < 0 || len(p.children) < lim) && !now.Before(p.host.slowUntil)
+	}
+	p.task.setOpen(p, in)
 }
 
 // fillParentsLocked adds parents to p up to MaxParents from the best
@@ -275,55 +299,79 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		l.peer.mark = e
 	}
 
-	// Walk the pool from a random start with a random stride coprime to its
-	// length: every member is visited once, in an order that differs per
-	// decision, so a sample of CandidateLimit is unbiased enough and cheap.
-	n, limit := len(t.pool), s.cfg.CandidateLimit
-	idx, stride := 0, 1
-	if n > limit {
-		idx, stride = s.rnd.IntN(n), s.coprimeStride(n)
-	}
 	// Children are counted per locality group (IDC), so every IDC grows its
 	// own pipeline and only its head crosses between IDCs.
 	group := localityGroup(p.host.info)
 	free, full := s.freeCands[:0], s.fullCands[:0]
 	var soft []*peer // found slow lately: the last resort
 	now := s.now()
-	for range n {
-		c := t.pool[idx]
-		if idx += stride; idx >= n {
-			idx -= n
-		}
+	limit := s.cfg.CandidateLimit
+	// consider sorts one candidate into its tier; false once enough free
+	// candidates are found.
+	consider := func(c *peer) bool {
+		s.visited++
 		if c.mark == e {
-			continue
+			return true
 		}
+		c.mark = e
 		// Banned hosts, accused sources and those that reported their
 		// content corrupt and, in a private task, peers that never showed
 		// credentials are no parents.
-		if now.Before(c.host.bannedUntil) || (t.suspect != nil && (t.accused(c.host) || t.reporter(c.host))) || (t.private && !c.verified) {
-			continue
+		if now.Before(c.host.bannedUntil) || (t.suspect != nil && (t.accused(c.host) || t.reporter(c.host))) || (t.private && !c.verified) ||
+			stalled(c, now) {
+			return true
 		}
 		if m, bad := p.bad[c.id]; bad {
 			if m.kind == badCorrupt || now.Sub(m.at) < badParentTTL {
 				if m.kind == badSlow && len(soft) < limit {
 					soft = append(soft, c)
 				}
-				continue
+				return true
 			}
 			delete(p.bad, c.id) // forgiven
 		}
 		// A host replaced as slow lately is used like a full one: only when
 		// nothing else can take p, so it drifts to the end of the pipeline
 		// instead of slowing whoever joins below it next.
-		if c.host.used >= c.host.slots || (s.cfg.MaxChildren > 0 && childrenIn(c, group) >= s.cfg.MaxChildren) || now.Before(c.host.slowUntil) {
+		if c.host.used >= c.host.slots || s.childrenFull(c, group, now) || now.Before(c.host.slowUntil) {
 			if len(full) < limit {
 				full = append(full, c)
 			}
-			continue
+			return true
 		}
 		free = append(free, c)
-		if len(free) >= limit {
-			break
+		return len(free) < limit
+	}
+	// Walk from a random start with a random stride coprime to the length:
+	// every member is visited once, in an order that differs per decision,
+	// so a sample is unbiased enough and cheap. In a large task the peers
+	// with a free slot (t.open) are walked first: in a pipeline of 10,000
+	// nearly every peer is full, and finding the few free ones by walking
+	// the whole pool made every decision O(N). The pool is then only
+	// sampled, for hosts without a free slot and for those t.open misses (a
+	// peer full in one locality group may be free in another).
+	walk := func(list []*peer, visits int) {
+		n := len(list)
+		idx, stride := 0, 1
+		if n > limit {
+			idx, stride = s.rnd.IntN(n), s.coprimeStride(n)
+		}
+		for range min(n, visits) {
+			c := list[idx]
+			if idx += stride; idx >= n {
+				idx -= n
+			}
+			if !consider(c) {
+				return
+			}
+		}
+	}
+	if len(t.pool) <= largeTask*limit {
+		walk(t.pool, len(t.pool))
+	} else {
+		walk(t.open, len(t.open))
+		if len(free) == 0 || lastResort {
+			walk(t.pool, 2*limit)
 		}
 	}
 	// A free candidate in p's own group beats any other free candidate.
@@ -338,6 +386,14 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		if local > 0 {
 			clear(free[local:])
 			free = free[:local]
+		}
+	}
+	if len(free) == 0 && !lastResort {
+		full = s.preferLeafSplits(full)
+		if s.displaceSlowLeafLocked(p, full, group, now) {
+			clear(full)
+			s.freeCands, s.fullCands = free[:0], full[:0]
+			return true
 		}
 	}
 	// Free candidates first; hosts (or peers) without a free slot only when
@@ -397,6 +453,22 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	s.freeCands, s.fullCands = free[:0], full[:0]
 	return added > 0
 }
+
+// stalled reports whether a child reported c stalled and c has not sent a
+// message since, within badParentTTL: a host that died without closing its
+// stream must not get new children while its keepalive runs out.
+func stalled(c *peer, now time.Time) bool {
+	return !c.stalledAt.IsZero() && now.Sub(c.stalledAt) < badParentTTL
+}
+
+// stallSilence: a downloading peer reports every piece it gets, so one
+// silent this long while a child reports it stalled is taken for dead.
+const stallSilence = 2 * time.Second
+
+// largeTask: a task whose pool holds more than largeTask×CandidateLimit
+// peers has its free candidates looked up in t.open instead of walking the
+// whole pool on every decision.
+const largeTask = 4
 
 func (s *Scheduler) candidate(c *peer, fastest float64) policy.Candidate {
 	h := c.host

@@ -39,6 +39,7 @@ func (s *Scheduler) linkLocked(parent, child *peer) bool {
 	child.parentsAt = s.now()
 	parent.children = append(parent.children, child)
 	parent.host.used++
+	s.touchOpenLocked(parent)
 	return true
 }
 
@@ -64,6 +65,7 @@ func (s *Scheduler) removeEdge(parent, child *peer) bool {
 	parent.children[last] = nil
 	parent.children = parent.children[:last]
 	parent.host.used--
+	s.touchOpenLocked(parent)
 	return true
 }
 

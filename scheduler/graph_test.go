@@ -112,7 +112,7 @@ func TestReorderRefusesCycleAndKeepsOrder(t *testing.T) {
 	tk := newTask("t", time.Now())
 	h := &host{id: "h", slots: 100}
 	mk := func(ord uint64) *peer {
-		p := &peer{id: fmt.Sprint(ord), task: tk, host: h, ord: ord, poolIdx: -1}
+		p := &peer{id: fmt.Sprint(ord), task: tk, host: h, ord: ord, poolIdx: -1, waitIdx: -1, openIdx: -1}
 		tk.peers[p.id] = p
 		return p
 	}

@@ -572,6 +572,11 @@ func checkInvariants(s *Scheduler) error {
 				used[p.host]++
 			}
 		}
+		for i, p := range t.open {
+			if p.openIdx != i || p.poolIdx < 0 || t.peers[p.id] != p {
+				return fmt.Errorf("task %s: open[%d] = %s has index %d, pool index %d", id, i, p.id, p.openIdx, p.poolIdx)
+			}
+		}
 		if len(t.list) != len(t.peers) {
 			return fmt.Errorf("task %s: list holds %d peers, map %d", id, len(t.list), len(t.peers))
 		}

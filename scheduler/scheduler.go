@@ -71,6 +71,7 @@ type Scheduler struct {
 	seeds    map[string]*seedConn // by host ID
 	rnd      *mrand.Rand
 	epoch    uint64  // visit marks: a fresh epoch per walk avoids clearing
+	visited  uint64  // candidates looked at by decisions (tests count them)
 	dirty    []*task // tasks whose waiting peers need a new look
 	dropped  []*peer // peers whose send buffer overflowed
 	counters counters
@@ -87,6 +88,7 @@ type Scheduler struct {
 	fullCands   []*peer
 	cands       []policy.Candidate
 	waitScratch []*peer
+	rateScratch []float64
 }
 
 // Option sets what a Scheduler takes from outside besides its Config.
@@ -271,11 +273,13 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 		if t.private {
 			s.renewAccessLocked(t, now)
 		}
+		s.updateRateLocked(t, now)
 		if len(t.pool) == 0 {
 			continue
 		}
 		s.replaceSlowParentsLocked(t, now)
 		for _, p := range t.list {
+			s.touchOpenLocked(p)
 			if p.state == stateRunning && len(p.parents) < s.cfg.MaxParents {
 				under = append(under, p)
 			}

@@ -107,9 +107,14 @@ type peer struct {
 	poolIdx     int       // index in task.pool, -1 when not a candidate
 	listIdx     int       // index in task.list
 	waitIdx     int       // index in task.waitList, -1 when not waiting
+	openIdx     int       // index in task.open, -1 when not in it
 	mark        uint64    // visit epoch, see Scheduler.epoch
 	parentsAt   time.Time // when the peer last got a parent
-	dropping    bool      // queued for removal after a send overflow
+	// stalledAt: a child reported this peer stalled then (Reschedule naming
+	// it); until it sends a message again it is nobody's candidate parent
+	// (see stalled). Zero when not.
+	stalledAt time.Time
+	dropping  bool // queued for removal after a send overflow
 
 	// priority is the download's Dragonfly level (dfget --priority).
 	priority schedulerv1.Priority
@@ -186,10 +191,13 @@ type task struct {
 	peers   map[string]*peer
 	// list holds the peers of peers in a order that depends only on the
 	// events (unlike a map's): walks over it decide alike in every run.
-	list         []*peer
-	listIdx      int     // index in Scheduler.taskList
-	pool         []*peer // candidate parents: hold data, are done, or fetch from the origin
-	waitList     []*peer // waiting peers (peer.waitIdx)
+	list     []*peer
+	listIdx  int     // index in Scheduler.taskList
+	pool     []*peer // candidate parents: hold data, are done, or fetch from the origin
+	waitList []*peer // waiting peers (peer.waitIdx)
+	// open: pool members with a free child slot when last looked at
+	// (touchOpenLocked); decisions in large tasks look here first.
+	open         []*peer
 	backToSource int
 	seedPhase    seedPhase
 	seedHost     string
@@ -199,7 +207,10 @@ type task struct {
 	seedPeer     *peer
 	emptySince   time.Time
 	dirty        bool
-	nextOrd      uint64
+	// rate is the target rate R of every receiver in bytes/s (capacity.go),
+	// 0 when no capacity is known.
+	rate    float64
+	nextOrd uint64
 	// cache: a dfcache entry. It has no origin: only its importers are
 	// sources, seeds are never triggered, and a peer finding no holder fails.
 	cache bool
@@ -353,4 +364,20 @@ func (t *task) removeWaiting(p *peer) {
 	t.waitList[len(t.waitList)-1] = nil
 	t.waitList = t.waitList[:len(t.waitList)-1]
 	p.waitIdx = -1
+}
+
+// setOpen puts p in t.open or takes it out.
+func (t *task) setOpen(p *peer, in bool) {
+	switch {
+	case in && p.openIdx < 0:
+		p.openIdx = len(t.open)
+		t.open = append(t.open, p)
+	case !in && p.openIdx >= 0:
+		i := p.openIdx
+		last := t.open[len(t.open)-1]
+		t.open[i], last.openIdx = last, i
+		t.open[len(t.open)-1] = nil
+		t.open = t.open[:len(t.open)-1]
+		p.openIdx = -1
+	}
 }

@@ -352,3 +352,38 @@ func TestSessionChecks(t *testing.T) {
 		t.Fatal("peer whose send fails stays registered")
 	}
 }
+
+// A decision in a large pipeline looks at a bounded number of candidates,
+// not at every peer of the task: the free ones come from the task's open
+// set. (Walking the pool for the few free peers made every event O(N).)
+func TestDecisionCostBoundedInLargeTask(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	src := v.join("t", "src")
+	src.decision()
+	src.meta(64<<20, 1<<20)
+	const n = 3000
+	for i := range n {
+		p := v.join("t", fmt.Sprintf("p%d", i))
+		if i%500 == 0 {
+			v.advance(time.Second)
+		}
+		p.msgs = nil
+	}
+	limit := uint64(v.s.cfg.CandidateLimit)
+	for i := range 20 {
+		v.s.mu.Lock()
+		before := v.s.visited
+		v.s.mu.Unlock()
+		p := v.join("t", fmt.Sprintf("new%d", i))
+		if d := p.decision(); d.GetParents() == nil {
+			t.Fatalf("newcomer %d: %v", i, d)
+		}
+		v.s.mu.Lock()
+		visits := v.s.visited - before
+		v.s.mu.Unlock()
+		if visits > 3*limit {
+			t.Fatalf("newcomer %d: its decision looked at %d candidates in a task of %d peers (bound %d)", i, visits, n, 3*limit)
+		}
+	}
+	v.invariants()
+}

@@ -112,7 +112,13 @@ type Host struct {
 	// Seed peers fetch from the origin on the scheduler's word.
 	Seed bool `protobuf:"varint,8,opt,name=seed,proto3" json:"seed,omitempty"`
 	// Concurrent children this host is willing to serve across all tasks.
-	UploadSlots   int32 `protobuf:"varint,9,opt,name=upload_slots,json=uploadSlots,proto3" json:"upload_slots,omitempty"`
+	UploadSlots int32 `protobuf:"varint,9,opt,name=upload_slots,json=uploadSlots,proto3" json:"upload_slots,omitempty"`
+	// Upload and download capacity in bytes per second that the operator
+	// declares for this host (0: not declared; the scheduler then relies on
+	// what it measures). A seed peer that shares its uplink with the origin
+	// declares its share. The scheduler sizes each host's children by it.
+	UploadBps     int64 `protobuf:"varint,10,opt,name=upload_bps,json=uploadBps,proto3" json:"upload_bps,omitempty"`
+	DownloadBps   int64 `protobuf:"varint,11,opt,name=download_bps,json=downloadBps,proto3" json:"download_bps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -206,6 +212,20 @@ func (x *Host) GetSeed() bool {
 func (x *Host) GetUploadSlots() int32 {
 	if x != nil {
 		return x.UploadSlots
+	}
+	return 0
+}
+
+func (x *Host) GetUploadBps() int64 {
+	if x != nil {
+		return x.UploadBps
+	}
+	return 0
+}
+
+func (x *Host) GetDownloadBps() int64 {
+	if x != nil {
+		return x.DownloadBps
 	}
 	return 0
 }
@@ -2445,7 +2465,7 @@ var File_api_schedulerv1_scheduler_proto protoreflect.FileDescriptor
 
 const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\n" +
-	"\x1fapi/schedulerv1/scheduler.proto\x12\x16damselfly.scheduler.v1\"\xe5\x01\n" +
+	"\x1fapi/schedulerv1/scheduler.proto\x12\x16damselfly.scheduler.v1\"\xa7\x02\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x0e\n" +
@@ -2456,7 +2476,11 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x03idc\x18\x06 \x01(\tR\x03idc\x12\x1a\n" +
 	"\blocation\x18\a \x01(\tR\blocation\x12\x12\n" +
 	"\x04seed\x18\b \x01(\bR\x04seed\x12!\n" +
-	"\fupload_slots\x18\t \x01(\x05R\vuploadSlots\"\xc7\x02\n" +
+	"\fupload_slots\x18\t \x01(\x05R\vuploadSlots\x12\x1d\n" +
+	"\n" +
+	"upload_bps\x18\n" +
+	" \x01(\x03R\tuploadBps\x12!\n" +
+	"\fdownload_bps\x18\v \x01(\x03R\vdownloadBps\"\xc7\x02\n" +
 	"\bTaskSpec\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12G\n" +

@@ -1,0 +1,186 @@
+package scheduler
+
+import (
+	"slices"
+	"time"
+)
+
+// Capacity-aware distribution (docs/architecture.md, "Capacity"): no peer
+// can finish before T* = max(F/u_src, F/d_min, N·F/(u_src+Σu_i)), and T* is
+// reached only when every uplink is busy until the end and every receiver
+// gets the content at the task's target rate R = F/T*. A host with uplink u
+// can then feed u/R receivers: that, not a fixed number, is its count of
+// children. A host whose uplink is well below R feeds nobody at the full
+// rate, so it sits at a leaf; a fast seed feeds several pipelines at once.
+
+// capacitySmallTask: below this many peers a task's target rate is
+// recomputed on every registration (cheap); above it, once per Tick.
+const capacitySmallTask = 64
+
+// upCapacity is the rate in bytes/s at which h can pass the content on,
+// when known: its uplink declared by its operator (Host.upload_bps), capped
+// by its declared downlink (a relay cannot pass pieces on faster than it
+// gets them), or measured when the slow-parent rule found it slow (its
+// measured rate is then what it gives); 0 when unknown.
+func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
+	if u := h.info.GetUploadBps(); u > 0 {
+		if d := h.info.GetDownloadBps(); d > 0 && d < u {
+			return float64(d)
+		}
+		return float64(u)
+	}
+	if now.Before(h.slowUntil) && h.throughput > 0 {
+		return h.throughput
+	}
+	return 0
+}
+
+// updateRateLocked recomputes t's target rate R from its peers' known
+// capacities: the lesser of the source's uplink and the median of the
+// receivers' relay capacities. The median rather than the mean of the fluid
+// bound's N·F/(u_src+Σu_i): the bound holds when slow uplinks are used in
+// full, which the tree reaches only through several parents per child; the
+// median keeps the fast majority at full rate and hangs the slow minority
+// below it. The bound's F/d_min term is not the rate of the others: a host
+// with a slow downlink only limits itself once it sits at a leaf, which its
+// relay capacity (capped by that downlink) sees to. 0 when no capacity is
+// known.
+func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
+	t.rate = 0
+	if !s.cfg.CapacityAware {
+		return
+	}
+	ups := s.rateScratch[:0]
+	src := 0.0
+	for _, p := range t.list {
+		if p.state == stateLeft {
+			continue
+		}
+		u := s.upCapacity(p.host, now)
+		if u <= 0 {
+			continue
+		}
+		if p.state == stateBackToSource || p.state == stateSucceeded {
+			src = max(src, u)
+			continue
+		}
+		ups = append(ups, u)
+	}
+	r := 0.0
+	if len(ups) > 0 {
+		slices.Sort(ups)
+		r = ups[len(ups)/2]
+	}
+	if src > 0 && (r == 0 || src < r) {
+		r = src
+	}
+	t.rate = r
+	s.rateScratch = ups[:0]
+}
+
+// childLimit is how many children c may serve in its task (in one locality
+// group); -1 when only its host's upload slots bound it. With a known
+// capacity and target rate it is u/R rounded (a host at a tenth of R gets
+// none, one at ten times R gets ten); otherwise MaxChildren. A seed host
+// whose capacity is unknown serves one child: it often shares its uplink
+// with the origin, which should carry the content about once.
+func (s *Scheduler) childLimit(c *peer, now time.Time) int {
+	if r := c.task.rate; r > 0 {
+		if u := s.upCapacity(c.host, now); u > 0 {
+			return int(u/r + 0.25)
+		}
+	}
+	if c.host.info.GetSeed() && s.cfg.CapacityAware {
+		return 1
+	}
+	if s.cfg.MaxChildren > 0 {
+		return s.cfg.MaxChildren
+	}
+	return -1
+}
+
+// childrenFull reports whether c serves as many children in group as its
+// limit allows.
+func (s *Scheduler) childrenFull(c *peer, group string, now time.Time) bool {
+	lim := s.childLimit(c, now)
+	return lim >= 0 && childrenIn(c, group) >= lim
+}
+
+// slowHost reports whether c's uplink is known to feed no child at the
+// task's target rate.
+func (s *Scheduler) slowHost(c *peer, now time.Time) bool {
+	return c.task.rate > 0 && s.childLimit(c, now) == 0
+}
+
+// preferLeafSplits narrows the candidates that have no free slot, from
+// which p must take a share of someone's uplink: a seed host only when
+// nothing else is left (its uplink is the origin's, which should carry the
+// content about once), and among the others those whose children are all
+// leaves, since splitting an uplink then slows only those leaves and not a
+// whole pipeline below them.
+func (s *Scheduler) preferLeafSplits(full []*peer) []*peer {
+	if !s.cfg.CapacityAware || len(full) < 2 {
+		return full
+	}
+	keep := func(f func(*peer) bool) {
+		n := 0
+		for _, c := range full {
+			if f(c) {
+				full[n] = c
+				n++
+			}
+		}
+		if n > 0 {
+			clear(full[n:])
+			full = full[:n]
+		}
+	}
+	keep(func(c *peer) bool { return !c.host.info.GetSeed() })
+	keep(func(c *peer) bool {
+		for _, ch := range c.children {
+			if len(ch.children) > 0 {
+				return false
+			}
+		}
+		return true
+	})
+	return full
+}
+
+// displaceSlowLeafLocked gives p, a newcomer with an uplink fit to relay,
+// the place of a slow leaf when no parent has a free slot: x→y becomes
+// x→p→y. A slow uplink above a fast one would hold back everyone below it;
+// at a leaf it holds back nobody. It reports whether it did.
+func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, now time.Time) bool {
+	if len(p.parents) > 0 || len(p.children) > 0 || s.childLimit(p, now) == 0 || p.task.rate <= 0 {
+		return false
+	}
+	for _, x := range full {
+		if x.host.info.GetSeed() && len(full) > 1 {
+			continue
+		}
+		for _, y := range x.children {
+			if len(y.children) > 0 || len(y.parents) != 1 || y.state != stateRunning || !s.slowHost(y, now) ||
+				localityGroup(y.host.info) != group || (y.host == p.host) {
+				continue
+			}
+			if _, bad := p.bad[x.id]; bad {
+				continue
+			}
+			s.removeEdge(x, y)
+			if !s.linkLocked(x, p) {
+				s.linkLocked(x, y)
+				continue
+			}
+			if !s.linkLocked(p, y) {
+				s.removeEdge(x, p)
+				s.linkLocked(x, y)
+				continue
+			}
+			s.sendParentsLocked(y, now)
+			s.log.Debug("slow leaf displaced", "task_id", p.task.id, "peer_id", p.id, "parent", x.id, "leaf", y.id)
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,200 @@
+package scheduler
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
+)
+
+const mbps = 1e6 / 8 // bytes/s in one Mbit/s
+
+// capHost is a host declaring its upload capacity in Mbit/s.
+func capHost(id string, upMbps float64, seed bool) regOpt {
+	return withHost(&schedulerv1.Host{Id: "host-" + id, Hostname: id, Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002,
+		UploadBps: int64(upMbps * mbps), Seed: seed})
+}
+
+// capHost2 declares both directions.
+func capHost2(id string, upMbps, downMbps float64) regOpt {
+	return withHost(&schedulerv1.Host{Id: "host-" + id, Hostname: id, Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002,
+		UploadBps: int64(upMbps * mbps), DownloadBps: int64(downMbps * mbps)})
+}
+
+// source makes id the task's fetcher, done with all 4 pieces.
+func (v *vsched) source(task, id string, opts ...regOpt) *vpeer {
+	v.t.Helper()
+	p := v.join(task, id, opts...)
+	if d := p.decision(); d.GetBackToSource() == nil {
+		v.t.Fatalf("%s: want back to source, got %v", id, d)
+	}
+	p.meta(4<<18, 1<<18)
+	p.pieces(originPiece(0), originPiece(1), originPiece(2), originPiece(3))
+	p.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 4 << 18}}})
+	return p
+}
+
+// children returns the IDs of id's children in task.
+func (v *vsched) children(task, id string) []string {
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	var ids []string
+	for _, c := range v.s.tasks[tid(task)].peers[id].children {
+		ids = append(ids, c.id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func (v *vsched) invariants() {
+	v.t.Helper()
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	if err := checkInvariants(v.s); err != nil {
+		v.t.Fatal(err)
+	}
+}
+
+// A host whose uplink is four times the task's rate serves four children;
+// with capacity ignored it serves MaxChildren (one).
+func TestCapacityFastHostServesSeveral(t *testing.T) {
+	for _, aware := range []bool{true, false} {
+		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
+		v.source("t", "src", capHost("src", 400, false))
+		for _, id := range []string{"a", "b", "c", "d", "e"} {
+			v.join("t", id, capHost(id, 100, false)).parents()
+		}
+		want := 4
+		if !aware {
+			want = 1
+		}
+		if got := v.children("t", "src"); len(got) != want {
+			t.Errorf("capacity_aware %v: src serves %v, want %d children", aware, got, want)
+		}
+		v.invariants()
+	}
+}
+
+// A slow uplink (or a slow downlink: a relay passes pieces on no faster
+// than it gets them) is not placed above a fast one: a fast newcomer takes
+// the slow leaf's place and the slow host hangs below it.
+func TestCapacitySlowHostAtLeaf(t *testing.T) {
+	for _, c := range []struct {
+		aware bool
+		slow  regOpt
+	}{{true, capHost("s", 10, false)}, {true, capHost2("s", 100, 10)}, {false, capHost("s", 10, false)}} {
+		aware := c.aware
+		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
+		v.source("t", "src", capHost("src", 100, false))
+		s := v.join("t", "s", c.slow)
+		if got := s.parents(); !slices.Equal(got, []string{"src"}) {
+			t.Fatalf("s parents %v", got)
+		}
+		f := v.join("t", "f", capHost("f", 100, false))
+		got := f.parents()
+		if !aware {
+			if !slices.Equal(got, []string{"s"}) {
+				t.Fatalf("without capacity: f parents %v, want [s] (the chain's tail)", got)
+			}
+			continue
+		}
+		if !slices.Equal(got, []string{"src"}) {
+			t.Fatalf("f parents %v, want [src]: the slow leaf's place", got)
+		}
+		if got := s.parents(); !slices.Equal(got, []string{"f"}) {
+			t.Fatalf("s parents %v, want [f]: below the fast newcomer", got)
+		}
+		// The next fast host takes the slow leaf's place again.
+		g := v.join("t", "g", capHost("g", 100, false))
+		if got := g.parents(); !slices.Equal(got, []string{"f"}) {
+			t.Fatalf("g parents %v, want [f]", got)
+		}
+		if got := s.parents(); !slices.Equal(got, []string{"g"}) {
+			t.Fatalf("s parents %v, want [g]", got)
+		}
+		v.invariants()
+	}
+}
+
+// When every parent is full, a newcomer splits an uplink that feeds only
+// leaves rather than one that feeds a whole pipeline.
+func TestCapacitySplitOnlyAboveLeaves(t *testing.T) {
+	for _, aware := range []bool{true, false} {
+		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
+		v.source("t", "src", capHost("src", 100, false))
+		prev := "src"
+		for _, id := range []string{"a", "b", "c"} {
+			if got := v.join("t", id, capHost(id, 100, false)).parents(); !slices.Equal(got, []string{prev}) {
+				t.Fatalf("%s parents %v, want [%s]", id, got, prev)
+			}
+			prev = id
+		}
+		// Two slow hosts: the first hangs below the tail, the second finds
+		// no free slot anywhere.
+		v.join("t", "s1", capHost("s1", 10, false)).parents()
+		got := v.join("t", "s2", capHost("s2", 10, false)).parents()
+		if !aware {
+			continue // any full host, the pipeline's head included
+		}
+		if len(got) != 1 || (got[0] != "c" && got[0] != "s1") {
+			t.Fatalf("s2 parents %v, want c or s1: only leaves below", got)
+		}
+		v.invariants()
+	}
+}
+
+// A seed host, whose uplink may be the origin's, serves one child when its
+// capacity is unknown, even where children are otherwise unbounded, and is
+// not the host that newcomers split when everyone is full.
+func TestCapacitySeedNotOverused(t *testing.T) {
+	seedJoin := func(v *vsched) {
+		seed := v.join("t", "seed", withHost(&schedulerv1.Host{Id: "host-seed", Seed: true}), seedRequest())
+		if d := seed.decision(); d.GetBackToSource() == nil {
+			t.Fatalf("seed: %v", d)
+		}
+		seed.meta(4<<18, 1<<18)
+		seed.pieces(originPiece(0), originPiece(1))
+	}
+	for _, aware := range []bool{true, false} {
+		// Children unbounded by config.
+		v := newVirtual(t, func(c *Config) {
+			c.MaxParents, c.MaxChildren, c.PipelineParents, c.CapacityAware = 1, 0, true, aware
+		})
+		seedJoin(v)
+		for _, id := range []string{"a", "b", "c"} {
+			v.join("t", id, noBackSource()).decision()
+		}
+		n := len(v.children("t", "seed"))
+		if aware && n != 1 {
+			t.Errorf("seed serves %d children, want 1", n)
+		}
+		if !aware && n < 2 {
+			t.Errorf("without capacity rules the seed serves %d children; the test shows nothing", n)
+		}
+		v.invariants()
+
+		// The pipeline defaults; everyone full (the tail was found slow
+		// lately): the newcomer splits a pipeline host's uplink, not the
+		// seed's.
+		v = pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
+		seedJoin(v)
+		prev := "seed"
+		for _, id := range []string{"a", "b", "c"} {
+			if got := v.join("t", id).parents(); !slices.Equal(got, []string{prev}) {
+				t.Fatalf("%s parents %v, want [%s]", id, got, prev)
+			}
+			prev = id
+		}
+		v.s.mu.Lock()
+		v.s.hosts["host-c"].slowUntil = v.now.Add(badParentTTL)
+		v.s.mu.Unlock()
+		got := v.join("t", "d").parents()
+		if aware && slices.Contains(got, "seed") {
+			t.Errorf("d parents %v: the seed's uplink split", got)
+		}
+		if !aware && !slices.Contains(got, "seed") {
+			t.Errorf("without capacity rules d parents %v; the test shows nothing", got)
+		}
+		v.invariants()
+	}
+}
