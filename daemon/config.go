@@ -63,6 +63,13 @@ type Config struct {
 	Location string `yaml:"location"`
 	// Hostname overrides the host name reported to the scheduler.
 	Hostname string `yaml:"hostname"`
+	// UploadBps and DownloadBps declare this host's link capacity in
+	// bytes/s (0: not declared; the host-wide rate limit stands in when
+	// set). The scheduler uses them to shape the swarm before it has
+	// measured the host, and peers to split requests among parents before
+	// they have measured them.
+	UploadBps   config.ByteSize `yaml:"upload_bps"`
+	DownloadBps config.ByteSize `yaml:"download_bps"`
 
 	Download DownloadConfig `yaml:"download"`
 	Upload   UploadConfig   `yaml:"upload"`
@@ -269,6 +276,20 @@ func DefaultConfig() Config {
 	}
 }
 
+// DeclaredCapacity returns this host's upload and download capacity in
+// bytes/s as the operator declared it: upload_bps and download_bps, else
+// the host-wide rate limits (the host will not go faster), else 0.
+func (c Config) DeclaredCapacity() (up, down int64) {
+	up, down = int64(c.UploadBps), int64(c.DownloadBps)
+	if up == 0 {
+		up = int64(c.Upload.RateLimit)
+	}
+	if down == 0 {
+		down = int64(c.Download.RateLimit)
+	}
+	return up, down
+}
+
 // Validate checks the configuration.
 func (c Config) Validate() error {
 	var errs []error
@@ -343,6 +364,9 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("download.rate_limit, upload.rate_limit and upload.peer_rate_limit must be ≥ 0 (0: no limit)"))
 	}
 	errs = append(errs, c.Cache.validate()...)
+	if c.UploadBps < 0 || c.DownloadBps < 0 {
+		errs = append(errs, errors.New("upload_bps and download_bps must be ≥ 0"))
+	}
 	if c.OriginRetries < 0 {
 		errs = append(errs, errors.New("origin_retries must be ≥ 0"))
 	}

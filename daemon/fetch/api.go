@@ -230,20 +230,24 @@ type EvParentGone struct {
 	Err    error
 }
 
-// EvPieceDone: a requested piece arrived, verified and stored.
+// EvPieceDone: a requested piece arrived, verified and stored. Req is the
+// request's number from ActRequest (0: the oldest request for Piece at
+// Parent).
 type EvPieceDone struct {
 	Parent     string
 	Piece      uint32
 	Bytes      int64
 	Start, End time.Time
+	Req        uint64
 }
 
-// EvPieceFailed: a requested piece did not arrive.
+// EvPieceFailed: a requested piece did not arrive (Req as in EvPieceDone).
 type EvPieceFailed struct {
 	Parent string
 	Piece  uint32
 	Kind   Kind
 	Err    error
+	Req    uint64
 }
 
 // EvOriginShape: the origin fetch learned the shape.
@@ -309,12 +313,15 @@ type ActConnect struct{ Parent Parent }
 type ActDisconnect struct{ Parent string }
 
 // ActRequest: fetch Piece (Size bytes) from Parent, abandoning it after
-// Stall without progress.
+// Stall without progress. Req numbers the request (from 1, never reused):
+// a piece may be asked of a parent again while a cancelled request for it
+// is still winding down.
 type ActRequest struct {
 	Parent string
 	Piece  uint32
 	Size   int64
 	Stall  time.Duration
+	Req    uint64
 }
 
 // ActCancel: abort the request for Piece at Parent (another parent
@@ -323,6 +330,7 @@ type ActRequest struct {
 type ActCancel struct {
 	Parent string
 	Piece  uint32
+	Req    uint64
 }
 
 // Report is one finished piece for the scheduler (Parent "" for one from

@@ -41,6 +41,7 @@ type Core struct {
 	bad     map[string]bool
 	reqs    map[uint32][]*request // requests in flight by piece
 	nreq    int
+	lastReq uint64
 
 	streaming    bool
 	measured     bool // some parent's rate is known (estimate)
@@ -78,6 +79,7 @@ type parent struct {
 }
 
 type request struct {
+	id     uint64
 	piece  uint32
 	p      *parent
 	size   int64
@@ -619,7 +621,7 @@ func (c *Core) removeParent(p *parent, cancel bool) {
 	c.emit(ActDisconnect{Parent: p.ID})
 	if cancel {
 		for _, r := range slices.Clone(p.inflight) {
-			c.emit(ActCancel{Parent: p.ID, Piece: r.piece})
+			c.emit(ActCancel{Parent: p.ID, Piece: r.piece, Req: r.id})
 			c.endRequest(r)
 		}
 	}
@@ -693,9 +695,9 @@ func (c *Core) parentGone(now time.Time, e EvParentGone) {
 
 // requests
 
-func (c *Core) findRequest(parentID string, n uint32) *request {
+func (c *Core) findRequest(parentID string, n uint32, id uint64) *request {
 	for _, r := range c.reqs[n] {
-		if r.p.ID == parentID && r.active {
+		if r.p.ID == parentID && r.active && (id == 0 || r.id == id) {
 			return r
 		}
 	}
@@ -733,7 +735,7 @@ func (p *parent) deliveryCost(start, end time.Time) time.Duration {
 }
 
 func (c *Core) pieceDone(now time.Time, e EvPieceDone) {
-	r := c.findRequest(e.Parent, e.Piece)
+	r := c.findRequest(e.Parent, e.Piece, e.Req)
 	var p *parent
 	if r != nil {
 		p = r.p
@@ -756,14 +758,14 @@ func (c *Core) pieceDone(now time.Time, e EvPieceDone) {
 	c.peerBytes += e.Bytes
 	// Other requests for it (endgame duplicates) are no longer needed.
 	for _, o := range slices.Clone(c.reqs[e.Piece]) {
-		c.emit(ActCancel{Parent: o.p.ID, Piece: o.piece})
+		c.emit(ActCancel{Parent: o.p.ID, Piece: o.piece, Req: o.id})
 		c.endRequest(o)
 	}
 	c.report(now, Report{Piece: e.Piece, Parent: e.Parent, Bytes: e.Bytes, Cost: cost})
 }
 
 func (c *Core) pieceFailed(now time.Time, e EvPieceFailed) error {
-	r := c.findRequest(e.Parent, e.Piece)
+	r := c.findRequest(e.Parent, e.Piece, e.Req)
 	if r == nil {
 		return nil // cancelled: nobody waits for it
 	}

@@ -626,3 +626,25 @@ func TestSetTimer(t *testing.T) {
 		t.Fatal("timer repeated")
 	}
 }
+
+// A late answer to a cancelled request never settles a newer request for
+// the same piece at a parent of the same ID (it came back).
+func TestLateAnswerOfCancelledRequest(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a"}}})
+	old := find[ActRequest](c.Step(t0, EvParentPieces{Parent: "a", Pieces: []uint32{0}}))
+	acts := c.Step(t0, EvParentGone{Parent: "a"})
+	if cs := find[ActCancel](acts); len(cs) != 1 || cs[0].Req != old[0].Req {
+		t.Fatalf("cancels %v", cs)
+	}
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a"}}})
+	nw := find[ActRequest](c.Step(t0, EvParentPieces{Parent: "a", Pieces: []uint32{0}}))
+	if len(nw) != 1 || nw[0].Req == old[0].Req {
+		t.Fatalf("new request %v", nw)
+	}
+	acts = c.Step(t0, EvPieceFailed{Parent: "a", Piece: 0, Kind: KindConnLost, Req: old[0].Req})
+	if len(acts) != 0 || !slices.Contains(c.InFlight("a"), 0) {
+		t.Fatalf("the old request's failure ended the new one: %v", acts)
+	}
+}

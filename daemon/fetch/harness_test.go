@@ -67,6 +67,7 @@ type xfer struct {
 	start  time.Time
 	end    time.Time
 	stall  time.Duration
+	req    uint64
 }
 
 func newNet(t *testing.T, c *Core, rates map[string]float64) *net {
@@ -80,7 +81,7 @@ func (n *net) step(ev Event) []Action {
 		switch a := a.(type) {
 		case ActRequest:
 			r := n.rates[a.Parent]
-			x := xfer{parent: a.Parent, piece: a.Piece, size: a.Size, start: n.now, stall: a.Stall}
+			x := xfer{parent: a.Parent, piece: a.Piece, size: a.Size, start: n.now, stall: a.Stall, req: a.Req}
 			if r <= 0 {
 				x.end = n.now.Add(a.Stall) // a timeout
 			} else {
@@ -94,7 +95,7 @@ func (n *net) step(ev Event) []Action {
 			n.pending = append(n.pending, x)
 		case ActCancel:
 			for i, x := range n.pending {
-				if x.parent == a.Parent && x.piece == a.Piece {
+				if x.req == a.Req {
 					n.pending = append(n.pending[:i], n.pending[i+1:]...)
 					n.dups++
 					break
@@ -120,10 +121,10 @@ func (n *net) run(limit int) {
 			n.pending = n.pending[1:]
 			n.now = x.end
 			if n.rates[x.parent] <= 0 {
-				n.step(EvPieceFailed{Parent: x.parent, Piece: x.piece, Kind: KindTimeout})
+				n.step(EvPieceFailed{Parent: x.parent, Piece: x.piece, Kind: KindTimeout, Req: x.req})
 			} else {
 				n.from[x.parent]++
-				n.step(EvPieceDone{Parent: x.parent, Piece: x.piece, Bytes: x.size, Start: x.start, End: x.end})
+				n.step(EvPieceDone{Parent: x.parent, Piece: x.piece, Bytes: x.size, Start: x.start, End: x.end, Req: x.req})
 			}
 			continue
 		}

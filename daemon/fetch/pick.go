@@ -80,11 +80,12 @@ func (c *Core) request(now time.Time, n uint32, p *parent) {
 	for _, r := range p.inflight {
 		ahead += r.size
 	}
-	r := &request{piece: n, p: p, size: size, start: now, ahead: ahead, asked: p.updates, active: true}
+	c.lastReq++
+	r := &request{id: c.lastReq, piece: n, p: p, size: size, start: now, ahead: ahead, asked: p.updates, active: true}
 	c.reqs[n] = append(c.reqs[n], r)
 	p.inflight = append(p.inflight, r)
 	c.nreq++
-	c.emit(ActRequest{Parent: p.ID, Piece: n, Size: size, Stall: c.stallTimeout(p)})
+	c.emit(ActRequest{Parent: p.ID, Piece: n, Size: size, Stall: c.stallTimeout(p), Req: r.id})
 }
 
 // stallTimeout follows the parent's measured rate: ten 64 KiB chunks' worth

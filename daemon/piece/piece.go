@@ -383,6 +383,10 @@ type Request struct {
 // token yet): not the parent's fault.
 var ErrDenied = errors.New("piece token refused")
 
+// ErrStalled marks a transfer abandoned after its stall timeout without
+// progress.
+var ErrStalled = errors.New("transfer stalled")
+
 // ErrCorrupt marks bytes that do not match the trusted digest.
 var ErrCorrupt = fmt.Errorf("piece %w", core.ErrDigestMismatch)
 
@@ -395,7 +399,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 	if stall <= 0 {
 		stall = 10 * time.Second
 	}
-	errStall := fmt.Errorf("no progress for %s", stall)
+	errStall := fmt.Errorf("no progress for %s: %w", stall, ErrStalled)
 	watchdog := time.AfterFunc(stall, func() { cancel(errStall) })
 	defer watchdog.Stop()
 
@@ -451,16 +455,19 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 		k, err := resp.Body.Read(buf[got:end])
 		got += k
 		if k > 0 {
-			watchdog.Reset(stall)
 			if r.Progress != nil {
 				r.Progress(got)
 			}
+			// Waiting for this host's own limits is no stall of the
+			// parent's: the watchdog rests meanwhile.
+			watchdog.Stop()
 			for _, l := range r.Limits {
 				if werr := c.metrics.wait(ctx, "download", l, k); werr != nil {
 					drop()
 					return nil, fmt.Errorf("fetch piece %d from %s: rate limit: %w", r.Number, r.Addr, werr)
 				}
 			}
+			watchdog.Reset(stall)
 		}
 		if err != nil {
 			if err == io.EOF && got == len(buf) {

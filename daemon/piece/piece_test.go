@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/time/rate"
 
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/daemon/store"
@@ -121,12 +122,28 @@ func TestFetchStall(t *testing.T) {
 	start := time.Now()
 	_, err := c.Fetch(context.Background(), Request{Addr: strings.TrimPrefix(srv.URL, "http://"), TaskID: "t", Number: 0,
 		Size: 1024, Digest: make([]byte, 32), Stall: 200 * time.Millisecond})
-	if err == nil || !strings.Contains(err.Error(), "no progress") {
+	if err == nil || !strings.Contains(err.Error(), "no progress") || !errors.Is(err, ErrStalled) {
 		t.Fatalf("stalled fetch: %v", err)
 	}
 	if el := time.Since(start); el > 10*time.Second {
 		t.Fatalf("stall not detected for %s", el)
 	}
+}
+
+// Waiting for this host's own download limit is not a stall of the parent:
+// a piece that takes many stall periods because of the limit arrives.
+func TestOwnLimitIsNoStall(t *testing.T) {
+	const ps = 512 << 10
+	s, pieces := holding(t, ps, 1, 0)
+	addr, _ := serve(t, s, nil)
+	c := NewClient(NewMetrics(nil))
+	// 256 KiB/s after a 256 KiB burst: about 1 s of waits, 100 ms stall
+	b, err := c.Fetch(context.Background(), Request{Addr: addr, TaskID: "t1", Number: 0, Size: ps,
+		Digest: core.PieceDigest(pieces[0]), Stall: 100 * time.Millisecond, Limits: []*rate.Limiter{NewLimiter(256 << 10)}})
+	if err != nil {
+		t.Fatalf("limited fetch: %v", err)
+	}
+	c.Release(b)
 }
 
 func TestUploadLimit(t *testing.T) {
