@@ -102,6 +102,7 @@ type Event struct {
 	Msg    *schedulerv1.SchedulerMessage
 	Parent string
 	Piece  uint32
+	Req    uint64 // EvPieceDone, EvPieceFailed: the request's number
 	Pieces []uint32
 	// Relaying: EvParentHas of a piece still arriving at the parent;
 	// EvParentPieces: RelayingPieces are those, Pieces the ones held.
@@ -134,6 +135,7 @@ const (
 type Action struct {
 	Kind   ActionKind
 	At     time.Time
+	Req    uint64 // ActRequest, ActCancel: the core's request number (0: none)
 	Msg    *schedulerv1.PeerMessage
 	Parent string
 	Piece  uint32

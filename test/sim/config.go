@@ -74,6 +74,11 @@ type Config struct {
 	Relay bool
 	// TickEvery is the period of the scheduler's and the cores' timers.
 	TickEvery time.Duration
+	// Declare: every daemon declares its link capacity to the scheduler
+	// (Host.upload_bps/download_bps, the daemon's upload_bps and
+	// download_bps settings); without it the scheduler relies on what it
+	// measures.
+	Declare bool
 	// Scheduler replaces the real scheduler's default config when set.
 	Scheduler *scheduler.Config
 }

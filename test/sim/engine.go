@@ -53,7 +53,7 @@ type node struct {
 	have   []bool
 	avail  []bool // held or arriving (announced to children)
 	haveN  int
-	recv   map[uint32]*transfer
+	recv   map[uint32][]*transfer // in flight, by piece (endgame: from several parents)
 	out    map[*transfer]struct{}
 	subs   map[*node]struct{} // children syncing this node's pieces
 	synced map[*node]struct{} // parents this node syncs with
@@ -70,6 +70,7 @@ type node struct {
 type transfer struct {
 	from, to  *node
 	piece     uint32
+	req       uint64 // the core's request number (0: none)
 	size      int64
 	flow      *Flow
 	requested float64
@@ -196,12 +197,15 @@ func (s *Sim) newNode(name string, rack int, upBps, downBps float64) *node {
 		up:   s.net.NewLink(name+"-up", upBps/8*s.cfg.PayloadFrac),
 		down: s.net.NewLink(name+"-down", downBps/8*s.cfg.PayloadFrac),
 		have: make([]bool, s.pieces), avail: make([]bool, s.pieces),
-		recv: map[uint32]*transfer{}, out: map[*transfer]struct{}{},
+		recv: map[uint32][]*transfer{}, out: map[*transfer]struct{}{},
 		subs: map[*node]struct{}{}, synced: map[*node]struct{}{},
 	}
 	ip := fmt.Sprintf("10.%d.%d.%d", 77+rack, (idx/250)%250, 10+idx%250)
 	n.host = &schedulerv1.Host{Id: name, Hostname: name, Ip: ip, PeerPort: 65000, UploadPort: 65002,
 		Idc: fmt.Sprintf("rack%d", rack), Location: fmt.Sprintf("sim|rack%d|%s", rack, name)}
+	if s.cfg.Declare {
+		n.host.UploadBps, n.host.DownloadBps = int64(upBps/8), int64(downBps/8)
+	}
 	s.byPeer[n.peerID] = n
 	return n
 }
@@ -418,10 +422,13 @@ func (s *Sim) act(n *node, a Action) {
 			delete(p.subs, n)
 		}
 	case ActRequest:
-		s.request(n, a.Parent, a.Piece)
+		s.request(n, a.Parent, a.Piece, a.Req)
 	case ActCancel:
-		if t := n.recv[a.Piece]; t != nil && t.from != nil && t.from.peerID == a.Parent {
-			s.abort(t, FailCancelled)
+		for _, t := range n.recv[a.Piece] {
+			if t.from != nil && t.from.peerID == a.Parent && (a.Req == 0 || a.Req == t.req) {
+				s.abort(t, FailCancelled)
+				break
+			}
 		}
 	case ActOrigin:
 		n.originQ = append(n.originQ, a.Pieces...)
@@ -467,18 +474,15 @@ var errSessionClosed = errors.New("session closed")
 
 // request: n asks parent for a piece; the request reaches it one latency
 // later, and the piece's bytes then flow parent → n.
-func (s *Sim) request(n *node, parentID string, piece uint32) {
+func (s *Sim) request(n *node, parentID string, piece uint32, req uint64) {
 	now := s.now()
 	p := s.byPeer[parentID]
 	if p == nil || piece >= s.pieces {
-		s.handleLater(n, now, Event{Kind: EvPieceFailed, Parent: parentID, Piece: piece, Reason: FailConnLost})
+		s.handleLater(n, now, Event{Kind: EvPieceFailed, Parent: parentID, Piece: piece, Req: req, Reason: FailConnLost})
 		return
 	}
-	if old := n.recv[piece]; old != nil {
-		s.abort(old, FailCancelled)
-	}
-	t := &transfer{from: p, to: n, piece: piece, size: s.pieceLen[piece], requested: now}
-	n.recv[piece] = t
+	t := &transfer{from: p, to: n, piece: piece, req: req, size: s.pieceLen[piece], requested: now}
+	n.recv[piece] = append(n.recv[piece], t)
 	s.at(now+s.lat(n, p), func() {
 		if t.over {
 			return
@@ -489,8 +493,8 @@ func (s *Sim) request(n *node, parentID string, piece uint32) {
 		}
 		switch {
 		case p.have[piece]:
-		case s.cfg.Relay && p.recv[piece] != nil:
-			t.gate = p.recv[piece]
+		case s.cfg.Relay && len(p.recv[piece]) > 0:
+			t.gate = p.recv[piece][0]
 			t.gate.waiters = append(t.gate.waiters, t)
 		default:
 			s.fail(t, FailNotFound)
@@ -507,7 +511,7 @@ func (s *Sim) originNext(n *node) {
 	if n.gone {
 		return
 	}
-	for len(n.originQ) > 0 && (n.have[n.originQ[0]] || n.recv[n.originQ[0]] != nil) {
+	for len(n.originQ) > 0 && n.have[n.originQ[0]] {
 		n.originQ = n.originQ[1:]
 	}
 	if len(n.originQ) == 0 {
@@ -525,7 +529,7 @@ func (s *Sim) originNext(n *node) {
 	piece := n.originQ[0]
 	n.originQ = n.originQ[1:]
 	t := &transfer{to: n, piece: piece, size: s.pieceLen[piece], requested: s.now()}
-	n.recv[piece] = t
+	n.recv[piece] = append(n.recv[piece], t)
 	s.announce(n, piece)
 	var ls []*Link
 	ls = append(ls, s.originUp, n.down)
@@ -589,9 +593,7 @@ func (s *Sim) complete(t *transfer) {
 		return
 	}
 	t.over = true
-	if n.recv[t.piece] == t {
-		delete(n.recv, t.piece)
-	}
+	s.unrecv(t)
 	first := !n.have[t.piece]
 	if first {
 		n.have[t.piece] = true
@@ -603,6 +605,19 @@ func (s *Sim) complete(t *transfer) {
 		}
 	}
 	t.waiters = nil
+	if first {
+		// Relays waiting on another copy of this piece (endgame) need
+		// not wait for it any more.
+		for _, o := range n.recv[t.piece] {
+			for _, w := range o.waiters {
+				w.gate = nil
+				if w.drained && !w.over {
+					s.arrive(w)
+				}
+			}
+			o.waiters = nil
+		}
+	}
 	parent := ""
 	if t.from != nil {
 		parent = t.from.peerID
@@ -610,10 +625,26 @@ func (s *Sim) complete(t *transfer) {
 	if first {
 		s.announce(n, t.piece)
 	}
-	s.handle(n, Event{Kind: EvPieceDone, Parent: parent, Piece: t.piece, Bytes: t.size,
+	s.handle(n, Event{Kind: EvPieceDone, Parent: parent, Piece: t.piece, Req: t.req, Bytes: t.size,
 		Cost: time.Duration((s.now() - t.requested) * float64(time.Second)), Digest: s.digests[t.piece]})
 	if t.from == nil {
 		s.originNext(n)
+	}
+}
+
+// unrecv takes t out of its receiver's transfers in flight.
+func (s *Sim) unrecv(t *transfer) {
+	ts := t.to.recv[t.piece]
+	for i, x := range ts {
+		if x == t {
+			ts = append(ts[:i], ts[i+1:]...)
+			break
+		}
+	}
+	if len(ts) == 0 {
+		delete(t.to.recv, t.piece)
+	} else {
+		t.to.recv[t.piece] = ts
 	}
 }
 
@@ -630,11 +661,9 @@ func (s *Sim) abort(t *transfer, reason string) {
 	if t.from != nil {
 		delete(t.from.out, t)
 	}
-	if t.to.recv[t.piece] == t {
-		delete(t.to.recv, t.piece)
-		if !t.to.have[t.piece] {
-			t.to.avail[t.piece] = false
-		}
+	s.unrecv(t)
+	if len(t.to.recv[t.piece]) == 0 && !t.to.have[t.piece] {
+		t.to.avail[t.piece] = false
 	}
 	for _, w := range t.waiters {
 		s.fail(w, FailRelay)
@@ -646,7 +675,7 @@ func (s *Sim) abort(t *transfer, reason string) {
 			parent = t.from.peerID
 		}
 		n := t.to
-		s.handleLater(n, s.now()+s.lat(t.from, n), Event{Kind: EvPieceFailed, Parent: parent, Piece: t.piece, Reason: reason})
+		s.handleLater(n, s.now()+s.lat(t.from, n), Event{Kind: EvPieceFailed, Parent: parent, Piece: t.piece, Req: t.req, Reason: reason})
 	}
 }
 
@@ -672,11 +701,13 @@ func (s *Sim) kill(n *node) {
 	for _, t := range out {
 		s.fail(t, FailConnLost)
 	}
-	in := make([]*transfer, 0, len(n.recv))
-	for _, t := range n.recv {
-		in = append(in, t)
+	var in []*transfer
+	for _, ts := range n.recv {
+		in = append(in, ts...)
 	}
-	sort.Slice(in, func(i, j int) bool { return in[i].piece < in[j].piece })
+	sort.Slice(in, func(i, j int) bool {
+		return in[i].piece < in[j].piece || (in[i].piece == in[j].piece && in[i].req < in[j].req)
+	})
 	for _, t := range in {
 		s.abort(t, "")
 	}

@@ -62,7 +62,7 @@ func (r *realCore) Handle(now time.Time, ev Event) []Action {
 		if ev.Parent == "" {
 			evs = append(evs, fetch.EvOriginPiece{Piece: ev.Piece, Bytes: ev.Bytes, Cost: ev.Cost})
 		} else {
-			evs = append(evs, fetch.EvPieceDone{Parent: ev.Parent, Piece: ev.Piece, Bytes: ev.Bytes, Start: now.Add(-ev.Cost), End: now})
+			evs = append(evs, fetch.EvPieceDone{Parent: ev.Parent, Piece: ev.Piece, Req: ev.Req, Bytes: ev.Bytes, Start: now.Add(-ev.Cost), End: now})
 		}
 		// The executor is idle after storing a piece: it reports at once.
 		evs = append(evs, fetch.EvFlush{})
@@ -74,7 +74,7 @@ func (r *realCore) Handle(now time.Time, ev Event) []Action {
 		case FailConnLost, FailRelay:
 			kind = fetch.KindConnLost
 		}
-		evs = append(evs, fetch.EvPieceFailed{Parent: ev.Parent, Piece: ev.Piece, Kind: kind, Err: errors.New(ev.Reason)})
+		evs = append(evs, fetch.EvPieceFailed{Parent: ev.Parent, Piece: ev.Piece, Req: ev.Req, Kind: kind, Err: errors.New(ev.Reason)})
 	case EvTick:
 		evs = append(evs, fetch.EvTick{})
 	case EvOriginMeta:
@@ -127,9 +127,9 @@ func (r *realCore) action(a fetch.Action, ev Event) []Action {
 	case fetch.ActDisconnect:
 		return []Action{{Kind: ActUnsync, Parent: a.Parent}}
 	case fetch.ActRequest:
-		return []Action{{Kind: ActRequest, Parent: a.Parent, Piece: a.Piece}}
+		return []Action{{Kind: ActRequest, Parent: a.Parent, Piece: a.Piece, Req: a.Req}}
 	case fetch.ActCancel:
-		return []Action{{Kind: ActCancel, Parent: a.Parent, Piece: a.Piece}}
+		return []Action{{Kind: ActCancel, Parent: a.Parent, Piece: a.Piece, Req: a.Req}}
 	case fetch.ActReport:
 		rs := make([]*schedulerv1.PieceResult, 0, len(a.Pieces))
 		for _, p := range a.Pieces {

@@ -33,6 +33,7 @@ type Result struct {
 	LeaveRate     float64 `json:"leave_rate,omitempty"`
 	JoinRate      float64 `json:"join_rate,omitempty"`
 	Seed          uint64  `json:"seed"`
+	Declare       bool    `json:"declared_capacity,omitempty"`
 	Models        string  `json:"models"` // which scheduler and core ran
 
 	Completed int `json:"completed"`
@@ -70,7 +71,7 @@ func (s *Sim) result(lb Bound, wall time.Duration) *Result {
 		Scenario: c.Scenario, N: c.Hosts, SizeBytes: c.Size, PieceSize: c.PieceSize,
 		RateBps: int64(c.Rate), DownRateBps: int64(c.DownRate), OriginRateBps: int64(c.OriginRate), SeedRateBps: int64(c.SeedRate),
 		HopLatencyMS: float64(c.HopLatency.Microseconds()) / 1000, PayloadFrac: c.PayloadFrac, Seed: c.Seed,
-		LeaveRate: c.LeaveRate, JoinRate: c.JoinRate, Bound: lb,
+		LeaveRate: c.LeaveRate, JoinRate: c.JoinRate, Bound: lb, Declare: c.Declare,
 		Killed: s.killed, Joined: s.joined, Events: s.nEvents,
 		Recomputes: s.net.Recomputes, RecompFlows: s.net.RecomputedFlows, VirtualS: s.now(),
 	}
