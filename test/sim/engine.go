@@ -61,7 +61,12 @@ type node struct {
 	originQ    []uint32 // pieces left in its origin stream
 	originBusy bool
 	originMeta bool // the origin's answer (shape) was given
-	timerVer   int
+	// The core's timer: when it wants EvTick (timerAt, +Inf: never) and
+	// the earliest event queued for it (timerEv). A core moves its timer
+	// on every piece; one queued event per node, re-armed when it fires
+	// early, keeps the event heap from filling with stale timers.
+	timerAt float64
+	timerEv float64
 
 	uploaded int64
 }
@@ -199,6 +204,7 @@ func (s *Sim) newNode(name string, rack int, upBps, downBps float64) *node {
 		have: make([]bool, s.pieces), avail: make([]bool, s.pieces),
 		recv: map[uint32][]*transfer{}, out: map[*transfer]struct{}{},
 		subs: map[*node]struct{}{}, synced: map[*node]struct{}{},
+		timerAt: math.Inf(1), timerEv: math.Inf(1),
 	}
 	ip := fmt.Sprintf("10.%d.%d.%d", 77+rack, (idx/250)%250, 10+idx%250)
 	n.host = &schedulerv1.Host{Id: name, Hostname: name, Ip: ip, PeerPort: 65000, UploadPort: 65002,
@@ -438,17 +444,11 @@ func (s *Sim) act(n *node, a Action) {
 			s.at(now+2*s.lat(n, s.origin), func() { s.originNext(n) })
 		}
 	case ActTimer:
-		n.timerVer++
-		if a.At.IsZero() {
-			return
+		n.timerAt = math.Inf(1)
+		if !a.At.IsZero() {
+			n.timerAt = math.Max(now, a.At.Sub(epoch).Seconds())
 		}
-		ver := n.timerVer
-		at := math.Max(now, a.At.Sub(epoch).Seconds())
-		s.at(at, func() {
-			if n.timerVer == ver && !n.gone {
-				s.handle(n, Event{Kind: EvTick})
-			}
-		})
+		s.armTimer(n)
 	case ActDone:
 		if !n.done {
 			n.done = true
@@ -464,6 +464,28 @@ func (s *Sim) act(n *node, a Action) {
 			s.settle(n)
 		}
 	}
+}
+
+// armTimer queues the node's timer event when none is queued early enough.
+func (s *Sim) armTimer(n *node) {
+	if n.timerAt >= n.timerEv {
+		return
+	}
+	at := n.timerAt
+	n.timerEv = at
+	s.at(at, func() {
+		if n.timerEv == at {
+			n.timerEv = math.Inf(1)
+		}
+		if n.gone {
+			return
+		}
+		if n.timerAt <= s.now() {
+			n.timerAt = math.Inf(1)
+			s.handle(n, Event{Kind: EvTick})
+		}
+		s.armTimer(n)
+	})
 }
 
 func (s *Sim) handleLater(n *node, t float64, ev Event) {
