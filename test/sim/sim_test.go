@@ -209,3 +209,68 @@ func TestDeterministicReal(t *testing.T) {
 		t.Errorf("same seed, different results:\n%s\n%s", a, b)
 	}
 }
+
+// answerCheck wraps a core and checks the executor's contract: every
+// request is answered exactly once (done or failed, also when cancelled),
+// and no answer comes for a request never made.
+type answerCheck struct {
+	Core
+	t       *testing.T
+	name    string
+	open    map[uint64]bool
+	answers int
+}
+
+func (a *answerCheck) Handle(now time.Time, ev Event) []Action {
+	if ev.Kind == EvPieceDone && ev.Parent != "" || ev.Kind == EvPieceFailed {
+		if !a.open[ev.Req] {
+			a.t.Errorf("%s: answer %d for request %d (piece %d from %s) that is not open", a.name, ev.Kind, ev.Req, ev.Piece, ev.Parent)
+		}
+		delete(a.open, ev.Req)
+		a.answers++
+	}
+	acts := a.Core.Handle(now, ev)
+	for _, x := range acts {
+		if x.Kind == ActRequest {
+			if x.Req == 0 || a.open[x.Req] {
+				a.t.Errorf("%s: request number %d reused or zero", a.name, x.Req)
+			}
+			a.open[x.Req] = true
+		}
+	}
+	return acts
+}
+
+func TestEveryRequestAnsweredOnce(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Scenario = ScenarioChurn
+	cfg.Hosts, cfg.Size = 16, 8<<20
+	cfg.JoinRate, cfg.LeaveRate = 4, 2
+	var checks []*answerCheck
+	s, err := New(cfg, newRealScheduler, func(p CoreParams) (Core, error) {
+		c, err := newRealCore(p)
+		a := &answerCheck{Core: c, t: t, name: p.PeerID, open: map[uint64]bool{}}
+		checks = append(checks, a)
+		return a, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Failed != 0 || r.Killed < 4 {
+		t.Fatalf("failed %d, killed %d", r.Failed, r.Killed)
+	}
+	answers := 0
+	for _, a := range checks {
+		answers += a.answers
+		if n := s.byPeer[a.name]; n != nil && !n.gone && len(a.open) > 0 {
+			t.Errorf("%s: %d requests never answered", a.name, len(a.open))
+		}
+	}
+	if answers == 0 {
+		t.Error("no request was answered at all")
+	}
+}
