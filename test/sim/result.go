@@ -123,8 +123,11 @@ func (s *Sim) result(lb Bound, wall time.Duration) *Result {
 	r.SchedulerCalls = s.schedCalls
 	r.Wall = wall.Seconds()
 	r.CPU = processCPU().Seconds()
+	// Live memory: collect first, with the simulation still reachable.
+	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
+	runtime.KeepAlive(s)
 	r.HeapMiB = float64(ms.HeapInuse) / (1 << 20)
 	return r
 }
