@@ -115,7 +115,10 @@ type Sim struct {
 	joined     int
 	killed     int
 	pending    int // peers neither done, failed nor gone
-	err        error
+	// originWhy counts the origin fetches of peers (not the seed peer) by
+	// the core's reason.
+	originWhy map[string]int
+	err       error
 }
 
 type event struct {
@@ -156,7 +159,7 @@ func New(cfg Config, newSched NewSchedulerFunc, newCore NewCoreFunc) (*Sim, erro
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	s := &Sim{cfg: cfg, net: NewNet(), newCore: newCore, byPeer: map[string]*node{},
+	s := &Sim{cfg: cfg, net: NewNet(), newCore: newCore, byPeer: map[string]*node{}, originWhy: map[string]int{},
 		rnd: mrand.New(mrand.NewPCG(cfg.Seed, cfg.Seed^0x51a))}
 	url := "https://origin.sim/blob"
 	s.spec = &schedulerv1.TaskSpec{Url: url, TaskId: core.TaskID(url, core.TaskOptions{})}
@@ -437,6 +440,13 @@ func (s *Sim) act(n *node, a Action) {
 			}
 		}
 	case ActOrigin:
+		if !n.seed {
+			r := a.Reason
+			if r == "" {
+				r = "unspecified"
+			}
+			s.originWhy[r]++
+		}
 		n.originQ = append(n.originQ, a.Pieces...)
 		if !n.originBusy {
 			n.originBusy = true

@@ -163,7 +163,11 @@ func (r *realCore) action(a fetch.Action, ev Event) []Action {
 				ps = append(ps, i)
 			}
 		}
-		return []Action{{Kind: ActOrigin, Pieces: ps}}
+		reason := a.Reason
+		if a.Fallback {
+			reason = "fallback: " + reason
+		}
+		return []Action{{Kind: ActOrigin, Pieces: ps, Reason: reason}}
 	case fetch.ActSetTimer:
 		return []Action{{Kind: ActTimer, At: a.At}}
 	case fetch.ActComplete:

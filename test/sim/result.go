@@ -47,9 +47,12 @@ type Result struct {
 	EffLast   float64 `json:"efficiency_last"`
 	EffMedian float64 `json:"efficiency_median"`
 
-	OriginOverF  float64 `json:"origin_bytes_over_f"`
-	SeedUpOverF  float64 `json:"seed_upload_over_f"`
-	InterRackOvF float64 `json:"inter_rack_bytes_over_f,omitempty"`
+	OriginOverF float64 `json:"origin_bytes_over_f"`
+	// OriginFetches counts the peers' trips to the origin (the seed
+	// peer's not included) by the download core's reason.
+	OriginFetches map[string]int `json:"origin_fetches,omitempty"`
+	SeedUpOverF   float64        `json:"seed_upload_over_f"`
+	InterRackOvF  float64        `json:"inter_rack_bytes_over_f,omitempty"`
 
 	SchedulerCPU float64 `json:"scheduler_cpu_s"`
 	// SchedulerCalls is how many calls into the scheduler were timed (the
@@ -115,6 +118,9 @@ func (s *Sim) result(lb Bound, wall time.Duration) *Result {
 	}
 	F := float64(c.Size)
 	r.OriginOverF = float64(s.originSent) / F
+	if len(s.originWhy) > 0 {
+		r.OriginFetches = s.originWhy
+	}
 	r.SeedUpOverF = float64(s.seedNode.uploaded) / F
 	if s.rackIn != nil {
 		r.InterRackOvF = float64(s.interRack) / F
