@@ -21,6 +21,7 @@ type realCore struct {
 	p    CoreParams
 	c    *fetch.Core
 	done bool
+	bts  string // the scheduler's reason for its last BackToSource
 }
 
 func newRealCore(p CoreParams) (Core, error) {
@@ -44,6 +45,9 @@ func (r *realCore) Handle(now time.Time, ev Event) []Action {
 			PeerId: r.p.PeerID, Host: r.p.Host, Task: r.p.Spec, SeedRequest: r.p.SeedRequest}}}))
 		evs = append(evs, fetch.EvStart{Length: -1})
 	case EvScheduler:
+		if bts := ev.Msg.GetBackToSource(); bts != nil {
+			r.bts = bts.GetReason()
+		}
 		evs = append(evs, schedulerEvent(ev.Msg)...)
 	case EvParentPieces:
 		evs = append(evs, fetch.EvParentConnected{Parent: ev.Parent},
@@ -164,8 +168,11 @@ func (r *realCore) action(a fetch.Action, ev Event) []Action {
 			}
 		}
 		reason := a.Reason
-		if a.Fallback {
+		switch {
+		case a.Fallback:
 			reason = "fallback: " + reason
+		case r.bts != "":
+			reason += ": " + r.bts
 		}
 		return []Action{{Kind: ActOrigin, Pieces: ps, Reason: reason}}
 	case fetch.ActSetTimer:
