@@ -50,22 +50,34 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 	if !s.cfg.CapacityAware {
 		return
 	}
-	ups := s.rateScratch[:0]
+	ups, measured := s.rateScratch[:0], s.measuredScratch[:0]
 	src := 0.0
 	for _, p := range t.list {
 		if p.state == stateLeft {
 			continue
 		}
-		u := s.upCapacity(p.host, now)
-		if u <= 0 {
+		if p.host.info.GetUploadBps() <= 0 {
+			// Undeclared: what children measured, whatever it is, stands
+			// in for the rate when nobody declared anything.
+			if h := p.host; h.throughput > 0 && h.successes >= uint64(s.cfg.SlowParentSamples) {
+				measured = append(measured, h.throughput)
+			}
 			continue
 		}
+		u := s.upCapacity(p.host, now)
 		if p.state == stateBackToSource || p.state == stateSucceeded {
 			src = max(src, u)
 			continue
 		}
 		ups = append(ups, u)
 	}
+	if len(ups) == 0 {
+		// Nobody declared a capacity: the rate is the median of the
+		// measured ones, so that a host the slow-parent rule measured
+		// slow (its capacity then; upCapacity) is judged against it.
+		ups, measured = measured, ups
+	}
+	s.measuredScratch = measured[:0]
 	r := 0.0
 	if len(ups) > 0 {
 		slices.Sort(ups)
@@ -115,10 +127,12 @@ func (s *Scheduler) slowHost(c *peer, now time.Time) bool {
 // preferLeafSplits narrows the candidates that have no free slot, from
 // which p must take a share of someone's uplink: a seed host only when
 // nothing else is left (its uplink is the origin's, which should carry the
-// content about once), and among the others those whose children are all
-// leaves, since splitting an uplink then slows only those leaves and not a
-// whole pipeline below them.
-func (s *Scheduler) preferLeafSplits(full []*peer) []*peer {
+// content about once), a host known to be slow only when no other is left
+// (a share of a fast uplink beats a whole slow one, and the slow host stays
+// a leaf), and among the rest those whose children are all leaves, since
+// splitting an uplink then slows only those leaves and not a whole pipeline
+// below them.
+func (s *Scheduler) preferLeafSplits(full []*peer, now time.Time) []*peer {
 	if !s.cfg.CapacityAware || len(full) < 2 {
 		return full
 	}
@@ -136,6 +150,7 @@ func (s *Scheduler) preferLeafSplits(full []*peer) []*peer {
 		}
 	}
 	keep(func(c *peer) bool { return !c.host.info.GetSeed() })
+	keep(func(c *peer) bool { return !s.slowHost(c, now) })
 	keep(func(c *peer) bool {
 		for _, ch := range c.children {
 			if len(ch.children) > 0 {
@@ -148,39 +163,104 @@ func (s *Scheduler) preferLeafSplits(full []*peer) []*peer {
 }
 
 // displaceSlowLeafLocked gives p, a newcomer with an uplink fit to relay,
-// the place of a slow leaf when no parent has a free slot: x→y becomes
-// x→p→y. A slow uplink above a fast one would hold back everyone below it;
-// at a leaf it holds back nobody. It reports whether it did.
+// the place of the slow leaves below a full parent x when no parent has a
+// free slot: x→y₁…yₖ becomes x→p→y₁…yₖ. A slow uplink above a fast one
+// would hold back everyone below it; at a leaf it holds back nobody. All of
+// x's slow leaves move, so that x feeds p alone and p's uplink, at the end
+// of the pipeline, is what the slow leaves share. It reports whether it
+// did.
 func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, now time.Time) bool {
 	if len(p.parents) > 0 || len(p.children) > 0 || s.childLimit(p, now) == 0 || p.task.rate <= 0 {
 		return false
+	}
+	isSlowLeaf := func(y *peer) bool {
+		if _, bad := y.bad[p.id]; bad {
+			return false // y reported p: never its parent
+		}
+		return len(y.children) == 0 && len(y.parents) == 1 && y.state == stateRunning && s.slowHost(y, now) &&
+			localityGroup(y.host.info) == group && y.host != p.host
 	}
 	for _, x := range full {
 		if x.host.info.GetSeed() && len(full) > 1 {
 			continue
 		}
-		for _, y := range x.children {
-			if len(y.children) > 0 || len(y.parents) != 1 || y.state != stateRunning || !s.slowHost(y, now) ||
-				localityGroup(y.host.info) != group || (y.host == p.host) {
-				continue
+		if _, bad := p.bad[x.id]; bad || !slices.ContainsFunc(x.children, isSlowLeaf) {
+			continue
+		}
+		var moved []*peer
+		for i := 0; i < len(x.children); i++ {
+			if y := x.children[i]; isSlowLeaf(y) {
+				s.removeEdge(x, y)
+				moved = append(moved, y)
+				i--
 			}
-			if _, bad := p.bad[x.id]; bad {
-				continue
-			}
-			s.removeEdge(x, y)
-			if !s.linkLocked(x, p) {
+		}
+		if !s.linkLocked(x, p) {
+			for _, y := range moved {
 				s.linkLocked(x, y)
-				continue
 			}
+			continue
+		}
+		for _, y := range moved {
 			if !s.linkLocked(p, y) {
-				s.removeEdge(x, p)
-				s.linkLocked(x, y)
-				continue
+				s.linkLocked(x, y) // cannot happen: y is a leaf and p new
 			}
 			s.sendParentsLocked(y, now)
-			s.log.Debug("slow leaf displaced", "task_id", p.task.id, "peer_id", p.id, "parent", x.id, "leaf", y.id)
-			return true
 		}
+		s.log.Debug("slow leaves displaced", "task_id", p.task.id, "peer_id", p.id, "parent", x.id, "leaves", len(moved))
+		return true
 	}
 	return false
+}
+
+// crowdLocked records that p shares an uplink that has no room for it.
+func (s *Scheduler) crowdLocked(p *peer) {
+	if !p.crowded {
+		p.crowded = true
+		p.task.crowded = append(p.task.crowded, p)
+	}
+}
+
+// oversubscribed reports whether x feeds more children than its uplink has
+// room for, or is known slow while feeding any.
+func (s *Scheduler) oversubscribed(x *peer, now time.Time) bool {
+	if len(x.children) == 0 {
+		return false
+	}
+	lim := s.childLimit(x, now)
+	return (lim >= 0 && len(x.children) > lim) || x.host.used > x.host.slots || now.Before(x.host.slowUntil)
+}
+
+// rehomeBatch bounds the peers one event rehomes; the Tick goes on.
+const rehomeBatch = 16
+
+// rehomeLocked moves peers that share a full or slow uplink to parents with
+// a free slot, as soon as there are any: capacity freed by a peer that
+// finished or left is used at once, not at the next timer. A peer whose
+// parent has room for it again is left alone.
+func (s *Scheduler) rehomeLocked(t *task, now time.Time) {
+	for n := 0; n < rehomeBatch && len(t.crowded) > 0 && len(t.open) > 0; n++ {
+		c := t.crowded[len(t.crowded)-1]
+		t.crowded[len(t.crowded)-1] = nil
+		t.crowded = t.crowded[:len(t.crowded)-1]
+		c.crowded = false
+		if c.state != stateRunning || len(c.parents) != 1 || t.unverifiable() {
+			continue
+		}
+		x := c.parents[0].peer
+		if !s.oversubscribed(x, now) {
+			continue
+		}
+		s.removeEdge(x, c)
+		s.fillFreeOnly, s.fillExclude = true, x
+		moved := s.fillParentsLocked(c, false)
+		s.fillFreeOnly, s.fillExclude = false, nil
+		if !moved {
+			s.linkLocked(x, c)
+			s.crowdLocked(c)
+			return // no free slot takes it: none will take the others
+		}
+		s.sendParentsLocked(c, now)
+		s.log.Debug("crowded peer rehomed", "task_id", t.id, "peer_id", c.id, "from", x.id, "to", c.parents[0].peer.id)
+	}
 }

@@ -131,13 +131,29 @@ func TestCapacitySplitOnlyAboveLeaves(t *testing.T) {
 		}
 		// Two slow hosts: the first hangs below the tail, the second finds
 		// no free slot anywhere.
-		v.join("t", "s1", capHost("s1", 10, false)).parents()
-		got := v.join("t", "s2", capHost("s2", 10, false)).parents()
+		s1 := v.join("t", "s1", capHost("s1", 10, false))
+		s1.parents()
+		s2 := v.join("t", "s2", capHost("s2", 10, false))
+		got := s2.parents()
 		if !aware {
 			continue // any full host, the pipeline's head included
 		}
-		if len(got) != 1 || (got[0] != "c" && got[0] != "s1") {
-			t.Fatalf("s2 parents %v, want c or s1: only leaves below", got)
+		if !slices.Equal(got, []string{"c"}) {
+			t.Fatalf("s2 parents %v, want [c]: only leaves below, and a share of a fast uplink", got)
+		}
+		v.invariants()
+		// A fast newcomer takes both slow leaves' place: c feeds it alone,
+		// and both hang below it.
+		if got := v.join("t", "f", capHost("f", 100, false)).parents(); !slices.Equal(got, []string{"c"}) {
+			t.Fatalf("f parents %v, want [c]", got)
+		}
+		for _, s := range []*vpeer{s1, s2} {
+			if got := s.parents(); !slices.Equal(got, []string{"f"}) {
+				t.Fatalf("%s parents %v, want [f]", s.id, got)
+			}
+		}
+		if got := v.children("t", "c"); !slices.Equal(got, []string{"f"}) {
+			t.Fatalf("c children %v, want [f]", got)
 		}
 		v.invariants()
 	}
@@ -197,4 +213,85 @@ func TestCapacitySeedNotOverused(t *testing.T) {
 		}
 		v.invariants()
 	}
+}
+
+// With no capacity declared anywhere, a host the slow-parent rule measured
+// slow is judged against the task's measured rate: it hangs at a leaf, and
+// a newcomer takes its place rather than sitting below it.
+func TestCapacityMeasuredSlowHostAtLeaf(t *testing.T) {
+	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples = 0.3, 2 })
+	src := v.join("t1", "src")
+	src.decision()
+	src.meta(16<<20, 256<<10)
+	ids := []string{"src", "a", "b", "c", "d"}
+	ps := map[string]*vpeer{"src": src}
+	for i, id := range ids[1:] {
+		p := v.join("t1", id)
+		if got := p.parents(); !slices.Equal(got, []string{ids[i]}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
+		}
+		ps[id] = p
+	}
+	const piece = 256 << 10
+	fast, slow := int64(20e6), int64(400e6)
+	for n := range uint32(3) {
+		for i, id := range ids[1:] {
+			cost := fast
+			if id == "c" { // from b: b's uplink is slow
+				cost = slow
+			}
+			ps[id].pieces(&schedulerv1.PieceResult{Number: n, ParentId: ids[i], Length: piece, CostNs: cost})
+		}
+	}
+	v.advance(inputGrace)
+	// b was spliced out and hangs at the tail, below d.
+	if got := ps["b"].parents(); !slices.Equal(got, []string{"d"}) {
+		t.Fatalf("slow b parents %v, want [d]", got)
+	}
+	e := v.join("t1", "e")
+	if got := e.parents(); !slices.Equal(got, []string{"d"}) {
+		t.Fatalf("e parents %v, want [d]: the slow leaf's place", got)
+	}
+	if got := ps["b"].parents(); !slices.Equal(got, []string{"e"}) {
+		t.Fatalf("slow b parents %v, want [e]: below the newcomer", got)
+	}
+	v.invariants()
+}
+
+// A peer that had to share an uplink moves, in the same event, to a slot
+// that frees up: capacity idle elsewhere is used at once.
+func TestCapacityCrowdedPeerRehomedWhenSlotFrees(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	prev := "src"
+	ps := map[string]*vpeer{}
+	for _, id := range []string{"a", "b", "x"} {
+		p := v.join("t", id, capHost(id, 100, false))
+		if got := p.parents(); !slices.Equal(got, []string{prev}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, prev)
+		}
+		ps[id], prev = p, id
+	}
+	// Two slow hosts: both end up below x, the tail, sharing its uplink.
+	for _, id := range []string{"s1", "s2"} {
+		ps[id] = v.join("t", id, capHost(id, 10, false))
+		if got := ps[id].parents(); !slices.Equal(got, []string{"x"}) {
+			t.Fatalf("%s parents %v, want [x]", id, got)
+		}
+	}
+	// x finishes: b's slot is free, and one of them takes it at once.
+	x := ps["x"]
+	x.pieces(&schedulerv1.PieceResult{Number: 0, ParentId: "b", Length: 1 << 18, CostNs: 1e6})
+	x.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 4 << 18}}})
+	if got := v.children("t", "x"); len(got) != 1 {
+		t.Errorf("x still feeds %v with b's slot free", got)
+	}
+	got := v.children("t", "b")
+	if len(got) != 1 || (got[0] != "s1" && got[0] != "s2") {
+		t.Fatalf("b children %v, want one slow host", got)
+	}
+	if p := ps[got[0]].parents(); !slices.Equal(p, []string{"b"}) {
+		t.Fatalf("%s was not told its new parent: %v", got[0], p)
+	}
+	v.invariants()
 }

@@ -205,6 +205,9 @@ func (s *Scheduler) flushLocked(now time.Time) {
 			t := s.dirty[len(s.dirty)-1]
 			s.dirty = s.dirty[:len(s.dirty)-1]
 			t.dirty = false
+			if len(t.crowded) > 0 && len(t.open) > 0 && s.cfg.CapacityAware {
+				s.rehomeLocked(t, now)
+			}
 			ws := append(s.waitScratch[:0], t.waitList...)
 			for _, w := range ws {
 				if w.waitIdx >= 0 { // not decided away by an earlier one
@@ -310,7 +313,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	// candidates are found.
 	consider := func(c *peer) bool {
 		s.visited++
-		if c.mark == e {
+		if c.mark == e || c == s.fillExclude {
 			return true
 		}
 		c.mark = e
@@ -388,8 +391,8 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 			free = free[:local]
 		}
 	}
-	if len(free) == 0 && !lastResort {
-		full = s.preferLeafSplits(full)
+	if len(free) == 0 && !lastResort && !s.fillFreeOnly {
+		full = s.preferLeafSplits(full, now)
 		if s.displaceSlowLeafLocked(p, full, group, now) {
 			clear(full)
 			s.freeCands, s.fullCands = free[:0], full[:0]
@@ -402,8 +405,11 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	// those when the alternative is to wait.
 	added := 0
 	tiers := [][]*peer{free, full}
-	if lastResort {
+	switch {
+	case lastResort:
 		tiers = [][]*peer{soft}
+	case s.fillFreeOnly:
+		tiers = tiers[:1]
 	}
 	for k, chosen := range tiers {
 		if added == need || len(chosen) == 0 || (k > 0 && added > 0) {
@@ -442,6 +448,9 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 				if s.linkLocked(c, p) {
 					added++
 					delete(p.bad, c.id)
+					if k > 0 || lastResort {
+						s.crowdLocked(p) // sharing a full or slow uplink
+					}
 				}
 			}
 		}

@@ -42,9 +42,11 @@ func TestGraphInvariantsUnderRandomEvents(t *testing.T) {
 				c := &conn{send: func(*schedulerv1.SchedulerMessage) error { return nil }, cancel: func(error) {}}
 				live[id(i)] = s.registerLocked(&schedulerv1.Register{
 					PeerId: id(i),
-					Host:   &schedulerv1.Host{Id: fmt.Sprintf("h%d", i%17), UploadSlots: int32(rnd.IntN(4))},
-					Task:   &schedulerv1.TaskSpec{TaskId: "t"},
-					Have:   have,
+					Host: &schedulerv1.Host{Id: fmt.Sprintf("h%d", i%17), UploadSlots: int32(rnd.IntN(4)),
+						// Capacity rules: undeclared, slow, average, fast.
+						UploadBps: []int64{0, 1e6, 1e7, 4e7}[rnd.IntN(4)]},
+					Task: &schedulerv1.TaskSpec{TaskId: "t"},
+					Have: have,
 				}, c, now)
 			}
 			s.mu.Lock()
@@ -85,6 +87,8 @@ func TestGraphInvariantsUnderRandomEvents(t *testing.T) {
 					s.removeLocked(p, now)
 				case 9:
 					join(i) // a restart: replaces the live entry
+				case 10:
+					s.updateRateLocked(p.task, now) // as a Tick does
 				default:
 					if p.state == stateRunning && s.fillParentsLocked(p, false) {
 						s.sendParentsLocked(p, now)

@@ -70,25 +70,30 @@ type Scheduler struct {
 	hosts    map[string]*host
 	seeds    map[string]*seedConn // by host ID
 	rnd      *mrand.Rand
-	epoch    uint64  // visit marks: a fresh epoch per walk avoids clearing
-	visited  uint64  // candidates looked at by decisions (tests count them)
-	dirty    []*task // tasks whose waiting peers need a new look
-	dropped  []*peer // peers whose send buffer overflowed
-	counters counters
-	started  time.Time
-	now      func() time.Time // the clock (Option WithClock)
-	lastGC   time.Time        // when Tick last collected
+	epoch    uint64 // visit marks: a fresh epoch per walk avoids clearing
+	visited  uint64 // candidates looked at by decisions (tests count them)
+	// fillFreeOnly and fillExclude narrow fillParentsLocked for rehoming
+	// (capacity.go): free candidates only, and not the current parent.
+	fillFreeOnly bool
+	fillExclude  *peer
+	dirty        []*task // tasks whose waiting peers need a new look
+	dropped      []*peer // peers whose send buffer overflowed
+	counters     counters
+	started      time.Time
+	now          func() time.Time // the clock (Option WithClock)
+	lastGC       time.Time        // when Tick last collected
 
 	// Scratch space reused across decisions (under mu).
-	fwd         []*peer
-	bwd         []*peer
-	stack       []*peer
-	ords        []uint64
-	freeCands   []*peer
-	fullCands   []*peer
-	cands       []policy.Candidate
-	waitScratch []*peer
-	rateScratch []float64
+	fwd             []*peer
+	bwd             []*peer
+	stack           []*peer
+	ords            []uint64
+	freeCands       []*peer
+	fullCands       []*peer
+	cands           []policy.Candidate
+	waitScratch     []*peer
+	rateScratch     []float64
+	measuredScratch []float64
 }
 
 // Option sets what a Scheduler takes from outside besides its Config.
@@ -267,7 +272,14 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 				s.failLocked(w, "no parent and no origin budget within wait_timeout", now)
 			}
 		}
-		if len(t.waitList) > 0 {
+		t.crowded = slices.DeleteFunc(t.crowded, func(p *peer) bool {
+			if p.state != stateRunning {
+				p.crowded = false // left or done: nothing to rehome
+				return true
+			}
+			return false
+		})
+		if len(t.waitList) > 0 || len(t.crowded) > 0 {
 			s.markDirty(t)
 		}
 		if t.private {

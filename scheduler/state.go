@@ -114,6 +114,7 @@ type peer struct {
 	// it); until it sends a message again it is nobody's candidate parent
 	// (see stalled). Zero when not.
 	stalledAt time.Time
+	crowded   bool // in task.crowded
 	dropping  bool // queued for removal after a send overflow
 
 	// priority is the download's Dragonfly level (dfget --priority).
@@ -197,7 +198,10 @@ type task struct {
 	waitList []*peer // waiting peers (peer.waitIdx)
 	// open: pool members with a free child slot when last looked at
 	// (touchOpenLocked); decisions in large tasks look here first.
-	open         []*peer
+	open []*peer
+	// crowded: peers that took a parent without a free slot (sharing its
+	// uplink) when they last got one; rehomed when capacity frees up.
+	crowded      []*peer
 	backToSource int
 	seedPhase    seedPhase
 	seedHost     string
