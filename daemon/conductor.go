@@ -414,6 +414,7 @@ func (c *conductor) exec(ctx context.Context, acts []fetch.Action) {
 				p.cancel()
 				delete(c.parents, a.Parent)
 			}
+			delete(c.infos, a.Parent) // a new parent set brings it back
 		case fetch.ActRequest:
 			c.request(ctx, a)
 		case fetch.ActCancel:
@@ -458,7 +459,9 @@ func (c *conductor) exec(ctx context.Context, acts []fetch.Action) {
 			case a.Reason == "scheduled":
 				c.log.Info("fetching from the origin")
 			}
-			c.d.metrics.backSource.WithLabelValues(a.Reason).Inc()
+			if a.Reason != fetch.ReasonRest {
+				c.d.metrics.backSource.WithLabelValues(a.Reason).Inc()
+			}
 			c.startOrigin(ctx, a.Ranges)
 		case fetch.ActReset:
 			c.log.Warn("content failed its digest although every piece matched the scheduler's digests; fetching it again from the origin")
@@ -542,8 +545,9 @@ func (c *conductor) syncParent(ctx context.Context, id, addr string) {
 func (c *conductor) request(ctx context.Context, a fetch.ActRequest) {
 	p, ok := c.parents[a.Parent]
 	if !ok {
-		// Cannot happen: the core asks only parents it connected.
-		c.post(ctx, evPiece{n: a.Piece, parent: a.Parent, req: a.Req, err: fmt.Errorf("piece %d: parent %s not connected", a.Piece, a.Parent)})
+		// Cannot happen: the core asks only parents it connected. Answer
+		// from another goroutine: this one drains the events.
+		go c.post(ctx, evPiece{n: a.Piece, parent: a.Parent, req: a.Req, err: fmt.Errorf("piece %d: parent %s not connected", a.Piece, a.Parent)})
 		return
 	}
 	dg, _ := c.task.PieceDigest(a.Piece)

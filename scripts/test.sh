@@ -41,6 +41,7 @@ fuzz=(
 	"FuzzParseRange ./daemon"
 	"FuzzMirrorUpstream ./daemon"
 	"FuzzReplayJournal ./daemon/store"
+	"FuzzCoreEvents ./daemon/fetch"
 	"FuzzParseChallenge ./source"
 	"FuzzParseContentRange ./source"
 	"FuzzParseRetryAfter ./source"

@@ -20,11 +20,22 @@
 //	acts = c.Step(t3, fetch.EvPieceDone{Parent: "seed", Piece: 0, Bytes: ps, Start: t2, End: t3})
 //	// and at c.NextDeadline() (or any later time): c.Step(t, fetch.EvTick{})
 //
-// The executor must deliver, for every ActRequest, exactly one EvPieceDone or
-// EvPieceFailed (also for a request the core cancelled: the core ignores
-// what it no longer waits for), and for every ActStartOrigin one
-// EvOriginDone. ActRequest.Stall is the no-progress timeout the executor
-// enforces on the transfer (EvPieceFailed with KindTimeout).
+// The executor's side of the contract:
+//
+//   - For every ActRequest, exactly one EvPieceDone or EvPieceFailed, also
+//     for a request the core cancelled (the core ignores what it no longer
+//     waits for). Pass ActRequest.Req back in the event.
+//   - The same piece may be requested from two parents at once (the
+//     endgame): each request is a transfer of its own, answered on its own.
+//     A second request must not abort the first: the first's parent would
+//     be blamed for a failure that is not its own.
+//   - ActRequest.Stall is the no-progress timeout the executor enforces on
+//     the transfer (EvPieceFailed with KindTimeout).
+//   - For every ActStartOrigin, one EvOriginDone, after an EvOriginPiece for
+//     every piece of its Ranges not held yet, including pieces still in
+//     flight from parents (their requests may yet fail): with Err nil the
+//     core expects every piece held.
+//   - Pieces are stored before EvPieceDone or EvOriginPiece is stepped.
 package fetch
 
 import (
@@ -383,6 +394,11 @@ type ActStartOrigin struct {
 	Reason   string
 	Fallback bool
 }
+
+// ReasonRest is ActStartOrigin's reason for fetching, after an origin fetch
+// ended, the pieces its requests to parents then failed to bring: the same
+// trip to the origin, continued.
+const ReasonRest = "rest"
 
 // ActReset: forget every piece held (the content failed its digest and is
 // fetched again from the origin).

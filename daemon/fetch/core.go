@@ -54,6 +54,7 @@ type Core struct {
 	pendingAt time.Time
 
 	originRunning bool
+	originDone    bool // the last origin fetch ended without error
 	shapeSent     bool
 	retried       bool
 	completing    bool
@@ -179,6 +180,7 @@ func (c *Core) Step(now time.Time, ev Event) []Action {
 	}
 	if !c.ended {
 		c.schedule(now)
+		c.restOrigin()
 		c.checkComplete()
 	}
 	c.setTimer()
@@ -249,11 +251,14 @@ func (c *Core) handle(now time.Time, ev Event) error {
 	case EvOriginPiece:
 		c.lastProgress = now
 		c.originBytes += e.Bytes
-		if c.hold(e.Piece) {
+		// Reported even when a parent's copy came first: a peer sent to
+		// the origin is whom the scheduler takes the piece's digest from.
+		if c.hold(e.Piece) || c.isHeld(e.Piece) {
 			c.report(now, Report{Piece: e.Piece, Bytes: e.Bytes, Cost: e.Cost})
 		}
 	case EvOriginDone:
 		c.originRunning = false
+		c.originDone = e.Err == nil
 		if e.Err != nil {
 			return e.Err
 		}
@@ -261,7 +266,10 @@ func (c *Core) handle(now time.Time, ev Event) error {
 		if c.mode == ModeBackToSource && !c.shapeSent {
 			c.sendShape()
 		}
-		if c.psize == 0 || c.length < 0 || c.nheld != c.count {
+		// A piece still missing may be on its way from a parent (a request
+		// from before the switch to the origin, whose answer is still
+		// queued): it is waited for. Any other is the origin's fault.
+		if c.psize == 0 || c.length < 0 || c.missingUnrequested() {
 			return fmt.Errorf("task %s: origin fetch ended with %d of %d pieces: %w", c.cfg.TaskID, c.nheld, c.count, core.ErrOrigin)
 		}
 	case EvContentCorrupt:
@@ -363,6 +371,8 @@ func (c *Core) hold(n uint32) bool {
 	return true
 }
 
+func (c *Core) isHeld(n uint32) bool { return int(n) < len(c.held) && c.held[n] }
+
 func (c *Core) report(now time.Time, r Report) {
 	if len(c.pending) == 0 {
 		c.pendingAt = now
@@ -412,12 +422,13 @@ func (c *Core) startOrigin(reason string, fallback bool) {
 	if c.originRunning {
 		return
 	}
-	c.originRunning = true
+	rest := c.originDone // after a fetch: only what no request brings
+	c.originRunning, c.originDone = true, false
 	var rs []Range
 	if c.length >= 0 && c.psize > 0 {
 		rs = []Range{}
 		for n := uint32(0); n < c.count; n++ {
-			if c.held[n] {
+			if c.held[n] || rest && len(c.reqs[n]) > 0 {
 				continue
 			}
 			if k := len(rs); k > 0 && rs[k-1].Last == n-1 {
@@ -428,6 +439,26 @@ func (c *Core) startOrigin(reason string, fallback bool) {
 		}
 	}
 	c.emit(ActStartOrigin{Ranges: rs, Reason: reason, Fallback: fallback})
+}
+
+// missingUnrequested reports whether a piece is neither held nor
+// requested from a parent.
+func (c *Core) missingUnrequested() bool {
+	for n := uint32(0); n < c.count; n++ {
+		if !c.held[n] && len(c.reqs[n]) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// restOrigin fetches from the origin what a finished origin fetch left to
+// requests from parents that then failed.
+func (c *Core) restOrigin() {
+	if c.mode == ModeSwarm || c.originRunning || !c.originDone || c.length < 0 || c.nheld == c.count || !c.missingUnrequested() {
+		return
+	}
+	c.startOrigin(ReasonRest, false)
 }
 
 func (c *Core) checkStall(now time.Time) error {
@@ -524,12 +555,13 @@ func (c *Core) contentCorrupt(now time.Time, cause error) {
 		}
 		c.emit(ActContentCorrupt{Reason: reason})
 	}
+	c.completing = false
 	if !fromPeers || c.retried || c.cfg.NoOrigin || c.cfg.Cache {
 		c.emit(ActFailed{Err: fmt.Errorf("task %s: %w", c.cfg.TaskID, cause)})
 		return
 	}
 	c.retried = true
-	c.completing, c.ended = false, false
+	c.ended = false
 	c.emit(ActReset{})
 	for i := range c.held {
 		c.held[i] = false
@@ -639,9 +671,15 @@ func (c *Core) parentPieces(now time.Time, e EvParentPieces) {
 		return
 	}
 	p.updates++
+	// Beyond the task's pieces (or, while its length is unknown, beyond
+	// maxPiece) a number is a lie that would only cost memory.
+	limit := uint32(maxPiece)
+	if c.length >= 0 && c.psize > 0 {
+		limit = c.count
+	}
 	for _, ns := range [2][]uint32{e.Pieces, e.Relaying} {
 		for _, n := range ns {
-			if n < maxPiece {
+			if n < limit {
 				p.mark(n)
 			}
 		}

@@ -648,3 +648,44 @@ func TestLateAnswerOfCancelledRequest(t *testing.T) {
 		t.Fatalf("the old request's failure ended the new one: %v", acts)
 	}
 }
+
+// The origin fetch ends while a piece it skipped is still on its way from
+// a parent (its answer queued behind the origin's): the core waits for it
+// instead of failing; when that request fails after all, the origin is
+// asked for the rest.
+func TestOriginDoneWhileParentRequestInFlight(t *testing.T) {
+	c, w := startWith(t, Config{}, 4, nil, Parent{ID: "a"})
+	fl := c.InFlight("a")
+	if len(fl) != 4 {
+		t.Fatalf("in flight %v", fl)
+	}
+	w.step(EvSchedulerLost{})
+	for _, n := range fl[1:] {
+		w.step(EvOriginPiece{Piece: n, Bytes: ps})
+	}
+	acts := w.step(EvOriginDone{})
+	if len(find[ActFailed](acts)) != 0 || len(find[ActComplete](acts)) != 0 {
+		t.Fatalf("at origin done: %v", acts)
+	}
+	acts = w.step(EvPieceDone{Parent: "a", Piece: fl[0], Bytes: ps, Start: t0, End: t0})
+	if len(find[ActComplete](acts)) != 1 {
+		t.Fatalf("not complete: %v", acts)
+	}
+
+	c, w = startWith(t, Config{}, 4, nil, Parent{ID: "a"})
+	fl = c.InFlight("a")
+	w.step(EvSchedulerLost{})
+	for _, n := range fl[1:] {
+		w.step(EvOriginPiece{Piece: n, Bytes: ps})
+	}
+	w.step(EvOriginDone{})
+	acts = w.step(EvPieceFailed{Parent: "a", Piece: fl[0], Kind: KindConnLost})
+	so := find[ActStartOrigin](acts)
+	if len(so) != 1 || !reflect.DeepEqual(so[0].Ranges, []Range{{fl[0], fl[0]}}) {
+		t.Fatalf("rest from the origin: %+v", so)
+	}
+	w.step(EvOriginPiece{Piece: fl[0], Bytes: ps})
+	if acts := w.step(EvOriginDone{}); len(find[ActComplete](acts)) != 1 {
+		t.Fatalf("not complete: %v", acts)
+	}
+}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -93,6 +94,7 @@ func (r *Relay) Verified() {
 // held by now, or it failed) and buf goes back once no reader uses it. A
 // relay not Verified before Finish failed: its readers abort.
 func (r *Relay) Finish() {
+	r.completeFromStore()
 	r.t.mu.Lock()
 	if r.t.relays[r.n] == r {
 		delete(r.t.relays, r.n)
@@ -106,6 +108,32 @@ func (r *Relay) Finish() {
 	}
 	r.mu.Unlock()
 	r.unref()
+}
+
+// completeFromStore finishes a relay whose own transfer ended short when
+// another transfer stored the piece meanwhile (an endgame duplicate from a
+// faster parent): its readers get the rest from the stored, verified piece
+// instead of an abort — provided every byte they were given already is the
+// stored piece's. Only the receiver calls it, once its transfer ended, so
+// nothing writes buf meanwhile; readers only read below filled.
+func (r *Relay) completeFromStore() {
+	r.mu.Lock()
+	st, filled, buf := r.state, r.filled, r.buf
+	r.mu.Unlock()
+	if st != relayReceiving || buf == nil || !r.t.Has(r.n) {
+		return
+	}
+	b, err := r.t.ReadPiece(r.n)
+	if err != nil || len(b) != len(buf) || !bytes.Equal(b[:filled], buf[:filled]) {
+		return
+	}
+	copy(buf[filled:], b[filled:])
+	r.mu.Lock()
+	if r.state == relayReceiving {
+		r.filled, r.state = len(buf), relayVerified
+		r.wakeLocked()
+	}
+	r.mu.Unlock()
 }
 
 // wakeLocked wakes every reader waiting in Next.

@@ -95,3 +95,52 @@ func TestRelayLifecycle(t *testing.T) {
 		t.Fatalf("after a failed relay restarted: announced %v, want [3]", got)
 	}
 }
+
+// A relay whose own transfer ends short while another transfer stored the
+// piece (an endgame duplicate) finishes from the stored piece: its readers
+// get the whole piece instead of an abort. When the bytes already given
+// differ from the stored piece's, the readers abort as before.
+func TestRelayCompletedFromStoredPiece(t *testing.T) {
+	s, err := Open(context.Background(), t.TempDir(), testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	data := content(4 * 1024)
+	task := fill(t, s, "r", data, 1024, nil)
+	for _, tc := range []struct {
+		n     uint32
+		lie   bool
+		whole bool
+	}{{1, false, true}, {2, true, false}} {
+		buf := make([]byte, 1024)
+		relay := task.StartRelay(tc.n, buf, nil)
+		rr, ok := task.OpenRelay(tc.n)
+		if relay == nil || !ok {
+			t.Fatalf("piece %d: relay not started", tc.n)
+		}
+		piece := data[int(tc.n)*1024 : int(tc.n+1)*1024]
+		copy(buf, piece[:300])
+		if tc.lie {
+			buf[7] ^= 1
+		}
+		relay.Progress(300)
+		if b, err := rr.Next(context.Background(), 0); err != nil || len(b) != 300 {
+			t.Fatalf("piece %d: %d bytes, %v", tc.n, len(b), err)
+		}
+		// the duplicate from another parent is stored; this transfer is cancelled
+		if err := task.WritePiece(tc.n, piece, core.PieceDigest(piece)); err != nil {
+			t.Fatal(err)
+		}
+		relay.Finish()
+		b, err := rr.Next(context.Background(), 300)
+		if tc.whole {
+			if err != nil || string(b) != string(piece[300:]) {
+				t.Fatalf("piece %d: rest %d bytes, %v; want the stored piece's", tc.n, len(b), err)
+			}
+		} else if !errors.Is(err, ErrRelayFailed) {
+			t.Fatalf("piece %d (other bytes given): %v, want ErrRelayFailed", tc.n, err)
+		}
+		rr.Close()
+	}
+}
