@@ -74,6 +74,10 @@ type Config struct {
 	Relay bool
 	// TickEvery is the period of the scheduler's and the cores' timers.
 	TickEvery time.Duration
+	// SeedOnOrigin runs the seed peer on the origin's host: it uploads
+	// through the origin's uplink, and its own fetch from the origin stays
+	// inside the host.
+	SeedOnOrigin bool
 	// Declare: every daemon declares its link capacity to the scheduler
 	// (Host.upload_bps/download_bps, the daemon's upload_bps and
 	// download_bps settings); without it the scheduler relies on what it
@@ -252,6 +256,9 @@ func LowerBound(c Config, must []HostSpec) Bound {
 		SwarmTerm:  n * bits / (float64(c.OriginRate) + sumUp),
 	}
 	swarmSeed := n * bits / (float64(c.OriginRate) + float64(c.SeedRate) + sumUp)
+	if c.SeedOnOrigin {
+		swarmSeed = b.SwarmTerm // the seed peer adds no uplink of its own
+	}
 	if c.Scenario == ScenarioRacks && otherRack {
 		b.InterRackTerm = bits / float64(c.InterRackRate)
 	}

@@ -182,6 +182,11 @@ func New(cfg Config, newSched NewSchedulerFunc, newCore NewCoreFunc) (*Sim, erro
 	s.seedNode = s.newNode("seed", 1, float64(cfg.SeedRate), float64(cfg.DownRate))
 	s.seedNode.seed = true
 	s.seedNode.host.Seed = true
+	if cfg.SeedOnOrigin {
+		// One host, one uplink: the seed peer's uploads leave through the
+		// origin's.
+		s.seedNode.up = s.originUp
+	}
 	victims := cfg.churnVictims(cfg.Hosts)
 	for i, h := range cfg.layout() {
 		n := s.newNode(h.Name, h.Rack, h.Up, h.Down)
@@ -564,12 +569,18 @@ func (s *Sim) originNext(n *node) {
 	n.recv[piece] = append(n.recv[piece], t)
 	s.announce(n, piece)
 	var ls []*Link
-	ls = append(ls, s.originUp, n.down)
-	if s.rackIn != nil && n.rack != 1 {
-		ls = append(ls, s.rackIn[n.rack])
+	if !s.local(n) {
+		ls = append(ls, s.originUp, n.down)
+		if s.rackIn != nil && n.rack != 1 {
+			ls = append(ls, s.rackIn[n.rack])
+		}
 	}
 	t.flow = s.net.Start(float64(t.size), func(float64) { s.drained(t) }, ls...)
 }
+
+// local: n is the seed peer on the origin's own host (its origin fetch
+// crosses no link).
+func (s *Sim) local(n *node) bool { return n.seed && s.cfg.SeedOnOrigin }
 
 // announce tells n's children that n has (or is receiving) piece.
 func (s *Sim) announce(n *node, piece uint32) {
@@ -602,7 +613,7 @@ func (s *Sim) arrive(t *transfer) {
 	if t.from != nil {
 		delete(t.from.out, t)
 		t.from.uploaded += t.size
-	} else {
+	} else if !s.local(t.to) {
 		s.originSent += t.size
 	}
 	fromRack := 1

@@ -36,10 +36,8 @@ func FromHarness(path string, base Config) (Config, HarnessRun, error) {
 		return base, HarnessRun{}, fmt.Errorf("parse harness results %s: %w", path, err)
 	}
 	p := r.Params
-	if p.SeedOnOrigin {
-		return base, HarnessRun{}, fmt.Errorf("harness results %s: -seed-on-origin is not simulated", path)
-	}
 	c := base
+	c.SeedOnOrigin = p.SeedOnOrigin
 	c.Scenario, c.Hosts, c.Size = p.Scenario, p.N, p.SizeBytes
 	c.Rate, c.DownRate = swarm.Rate(p.RateBps), swarm.Rate(p.DownRateBps)
 	c.OriginRate, c.SeedRate = swarm.Rate(p.OriginRateBps), swarm.Rate(p.SeedRateBps)

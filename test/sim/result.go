@@ -34,6 +34,7 @@ type Result struct {
 	JoinRate      float64 `json:"join_rate,omitempty"`
 	Seed          uint64  `json:"seed"`
 	Declare       bool    `json:"declared_capacity,omitempty"`
+	SeedOnOrigin  bool    `json:"seed_on_origin,omitempty"`
 	Models        string  `json:"models"` // which scheduler and core ran
 
 	Completed int `json:"completed"`
@@ -74,7 +75,7 @@ func (s *Sim) result(lb Bound, wall time.Duration) *Result {
 		Scenario: c.Scenario, N: c.Hosts, SizeBytes: c.Size, PieceSize: c.PieceSize,
 		RateBps: int64(c.Rate), DownRateBps: int64(c.DownRate), OriginRateBps: int64(c.OriginRate), SeedRateBps: int64(c.SeedRate),
 		HopLatencyMS: float64(c.HopLatency.Microseconds()) / 1000, PayloadFrac: c.PayloadFrac, Seed: c.Seed,
-		LeaveRate: c.LeaveRate, JoinRate: c.JoinRate, Bound: lb, Declare: c.Declare,
+		LeaveRate: c.LeaveRate, JoinRate: c.JoinRate, Bound: lb, Declare: c.Declare, SeedOnOrigin: c.SeedOnOrigin,
 		Killed: s.killed, Joined: s.joined, Events: s.nEvents,
 		Recomputes: s.net.Recomputes, RecompFlows: s.net.RecomputedFlows, VirtualS: s.now(),
 	}
@@ -118,6 +119,10 @@ func (s *Sim) result(lb Bound, wall time.Duration) *Result {
 	}
 	F := float64(c.Size)
 	r.OriginOverF = float64(s.originSent) / F
+	if c.SeedOnOrigin {
+		// The origin host's link also carries the seed peer's uploads.
+		r.OriginOverF = float64(s.originSent+s.seedNode.uploaded) / F
+	}
 	if len(s.originWhy) > 0 {
 		r.OriginFetches = s.originWhy
 	}

@@ -274,3 +274,24 @@ func TestEveryRequestAnsweredOnce(t *testing.T) {
 		t.Error("no request was answered at all")
 	}
 }
+
+// The seed peer on the origin's host: its uploads leave through the
+// origin's uplink and count as origin bytes; it adds no uplink to T*.
+func TestSeedOnOrigin(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Hosts, cfg.Size, cfg.SeedOnOrigin = 8, 16<<20, true
+	r := runSim(t, cfg, "real")
+	if r.Completed != 8 {
+		t.Fatalf("completed %d", r.Completed)
+	}
+	if r.TStarWithSeed != r.TStar {
+		t.Errorf("T* with seed %v, T* %v: a seed on the origin's host adds no uplink", r.TStarWithSeed, r.TStar)
+	}
+	if r.SeedUpOverF < 1 || r.OriginOverF != r.SeedUpOverF {
+		t.Errorf("origin bytes / F %v, seed uploads / F %v: the origin's link carries exactly the seed's uploads", r.OriginOverF, r.SeedUpOverF)
+	}
+	cfg.SeedOnOrigin = false
+	if r2 := runSim(t, cfg, "real"); r2.OriginOverF != 1 {
+		t.Errorf("seed on its own host: origin bytes / F %v, want 1", r2.OriginOverF)
+	}
+}

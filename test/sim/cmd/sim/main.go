@@ -94,6 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.JoinUntil, "join-until", 0, "last time a peer may join (default: T*)")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of every random choice (same seed, same result)")
 	fs.DurationVar(&cfg.Deadline, "deadline", cfg.Deadline, "virtual-time limit; hosts not done by then count as failed")
+	fs.BoolVar(&cfg.SeedOnOrigin, "seed-on-origin", false, "run the seed peer on the origin's host, sharing its uplink")
 	fs.BoolVar(&cfg.Declare, "declare", false, "every daemon declares its link capacity to the scheduler (the daemon's upload_bps/download_bps)")
 	fs.BoolVar(&cfg.Relay, "relay", cfg.Relay, "relays (cut-through): children may fetch a piece still arriving")
 	fs.DurationVar(&cfg.TickEvery, "tick", cfg.TickEvery, "period of the scheduler's and the cores' timers")
