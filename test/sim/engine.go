@@ -111,6 +111,8 @@ type Sim struct {
 	schedCPU   time.Duration
 	schedCalls int64
 	timingCost time.Duration
+	tickCPU    time.Duration // of which in Tick
+	ticks      int64
 	nEvents    int64
 	joined     int
 	killed     int
@@ -324,7 +326,10 @@ func (s *Sim) settle(n *node) {
 // their own timers).
 func (s *Sim) tick() {
 	now := s.now()
+	before := s.schedCPU
 	s.timeSched(func() { s.sched.Tick(vtime(now)) })
+	s.tickCPU += s.schedCPU - before
+	s.ticks++
 	s.at(now+s.cfg.TickEvery.Seconds(), s.tick)
 }
 

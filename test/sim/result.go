@@ -132,6 +132,8 @@ func (s *Sim) result(lb Bound, wall time.Duration) *Result {
 	}
 	r.SchedulerCPU = max(0, (s.schedCPU - time.Duration(s.schedCalls)*s.timingCost).Seconds())
 	r.SchedulerCalls = s.schedCalls
+	r.SchedulerTickCPU = max(0, (s.tickCPU - time.Duration(s.ticks)*s.timingCost).Seconds())
+	r.SchedulerTicks = s.ticks
 	r.Wall = wall.Seconds()
 	r.CPU = processCPU().Seconds()
 	// Live memory: collect first, with the simulation still reachable.
