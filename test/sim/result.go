@@ -59,14 +59,18 @@ type Result struct {
 	// SchedulerCalls is how many calls into the scheduler were timed (the
 	// timing's own cost, measured at the start, is taken out of
 	// SchedulerCPU).
-	SchedulerCalls int64   `json:"scheduler_calls"`
-	CPU            float64 `json:"cpu_s"`
-	Wall           float64 `json:"wall_s"`
-	Events         int64   `json:"events"`
-	Recomputes     int64   `json:"rate_recomputes"`
-	RecompFlows    int64   `json:"rate_recompute_flows"`
-	HeapMiB        float64 `json:"heap_mib"`
-	VirtualS       float64 `json:"virtual_s"`
+	SchedulerCalls int64 `json:"scheduler_calls"`
+	// SchedulerTickCPU is the part spent in the scheduler's periodic Tick
+	// (its walk over the task's peers), SchedulerTicks how many ran.
+	SchedulerTickCPU float64 `json:"scheduler_tick_cpu_s"`
+	SchedulerTicks   int64   `json:"scheduler_ticks"`
+	CPU              float64 `json:"cpu_s"`
+	Wall             float64 `json:"wall_s"`
+	Events           int64   `json:"events"`
+	Recomputes       int64   `json:"rate_recomputes"`
+	RecompFlows      int64   `json:"rate_recompute_flows"`
+	HeapMiB          float64 `json:"heap_mib"`
+	VirtualS         float64 `json:"virtual_s"`
 }
 
 func (s *Sim) result(lb Bound, wall time.Duration) *Result {
