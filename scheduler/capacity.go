@@ -151,15 +151,19 @@ func (s *Scheduler) preferLeafSplits(full []*peer, now time.Time) []*peer {
 	}
 	keep(func(c *peer) bool { return !c.host.info.GetSeed() })
 	keep(func(c *peer) bool { return !s.slowHost(c, now) })
-	keep(func(c *peer) bool {
-		for _, ch := range c.children {
-			if len(ch.children) > 0 {
-				return false
-			}
-		}
-		return true
-	})
+	keep(feedsLeaves)
 	return full
+}
+
+// feedsLeaves reports whether every child of c is a leaf: sharing c's
+// uplink then slows no pipeline.
+func feedsLeaves(c *peer) bool {
+	for _, ch := range c.children {
+		if len(ch.children) > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // displaceSlowLeafLocked gives p, a newcomer with an uplink fit to relay,
@@ -185,6 +189,17 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 			continue
 		}
 		if _, bad := p.bad[x.id]; bad || !slices.ContainsFunc(x.children, isSlowLeaf) {
+			continue
+		}
+		// x must have room for p once its slow leaves are gone: a parent
+		// that also feeds a pipeline member would split its uplink.
+		rest := 0
+		for _, y := range x.children {
+			if !isSlowLeaf(y) {
+				rest++
+			}
+		}
+		if lim := max(s.childLimit(x, now), 1); rest+1 > lim {
 			continue
 		}
 		var moved []*peer

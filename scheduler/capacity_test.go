@@ -1,8 +1,11 @@
 package scheduler
 
 import (
+	"fmt"
+	mrand "math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 )
@@ -292,6 +295,99 @@ func TestCapacityCrowdedPeerRehomedWhenSlotFrees(t *testing.T) {
 	}
 	if p := ps[got[0]].parents(); !slices.Equal(p, []string{"b"}) {
 		t.Fatalf("%s was not told its new parent: %v", got[0], p)
+	}
+	v.invariants()
+}
+
+// Whatever the order hosts join in, and with peers leaving among the joins
+// (a tick every 20 joins), no slow uplink ends above anyone while fast ones
+// are there, and every fast host relays to at most one fast host: the
+// pipeline runs at the fast rate, slow hosts hang at its leaves.
+func TestCapacityRandomJoinOrder(t *testing.T) {
+	for _, churn := range []bool{false, true} {
+		for seed := range uint64(3) {
+			capacityRandomJoins(t, seed, churn)
+		}
+	}
+}
+
+func capacityRandomJoins(t *testing.T, seed uint64, churn bool) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	rnd := mrand.New(mrand.NewPCG(seed, 7))
+	slow := map[string]bool{}
+	var live []*vpeer
+	for i := range 200 {
+		id := fmt.Sprintf("p%d", i)
+		up := 100.0
+		if rnd.IntN(4) == 0 {
+			up, slow[id] = 10, true
+		}
+		p := v.join("t", id, capHost(id, up, false))
+		if d := p.decision(); d.GetParents() == nil {
+			t.Fatalf("seed %d churn %v: %s got %v", seed, churn, id, d)
+		}
+		live = append(live, p)
+		if churn && rnd.IntN(8) == 0 { // a peer leaves
+			k := rnd.IntN(len(live))
+			live[k].leave()
+			live = slices.Delete(live, k, k+1)
+		}
+		if i%20 == 19 {
+			v.advance(time.Second)
+		}
+	}
+	v.s.mu.Lock()
+	for _, p := range v.s.tasks[tid("t")].list {
+		fast := 0
+		for _, c := range p.children {
+			if !slow[c.id] {
+				fast++
+			}
+		}
+		if slow[p.id] && len(p.children) > 0 {
+			t.Errorf("seed %d churn %v: slow %s feeds %d children", seed, churn, p.id, len(p.children))
+		}
+		if fast > 1 {
+			t.Errorf("seed %d churn %v: %s splits its uplink over %d fast children", seed, churn, p.id, fast)
+		}
+	}
+	v.s.mu.Unlock()
+	v.invariants()
+}
+
+// A fast newcomer does not take a slow leaf's place below a parent that
+// also feeds a relay: that parent would split its uplink between two
+// relays.
+func TestCapacityDisplaceOnlyWhereRoom(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	for _, id := range []string{"a", "c1", "c2", "c3"} {
+		v.join("t", id, capHost(id, 100, false)).decision()
+	}
+	for _, id := range []string{"b", "s1", "s2"} {
+		v.join("t", id, capHost(id, 10, false)).decision()
+	}
+	// The shape last-resort splits can leave: src feeds the relay a and
+	// the slow leaf s1; the pipeline a→c1→c2→c3 ends in the slow b, which
+	// feeds the slow s2. No fast host feeds only leaves.
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, p := range tk.list {
+		v.s.dropParentsLocked(p)
+	}
+	for _, e := range [][2]string{{"src", "a"}, {"a", "c1"}, {"c1", "c2"}, {"c2", "c3"}, {"c3", "b"}, {"b", "s2"}, {"src", "s1"}} {
+		if !v.s.linkLocked(tk.peers[e[0]], tk.peers[e[1]]) {
+			t.Fatalf("link %v refused", e)
+		}
+	}
+	v.s.mu.Unlock()
+	v.join("t", "f", capHost("f", 100, false)).decision()
+	v.s.mu.Lock()
+	par := tk.peers["s1"].parents[0].peer.id
+	v.s.mu.Unlock()
+	if par != "src" {
+		t.Fatalf("s1 moved below %s: src now feeds two relays", par)
 	}
 	v.invariants()
 }

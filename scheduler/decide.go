@@ -337,8 +337,16 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		// nothing else can take p, so it drifts to the end of the pipeline
 		// instead of slowing whoever joins below it next.
 		if c.host.used >= c.host.slots || s.childrenFull(c, group, now) || now.Before(c.host.slowUntil) {
-			if len(full) < limit {
+			switch {
+			case len(full) < limit:
 				full = append(full, c)
+			case s.cfg.CapacityAware && feedsLeaves(c):
+				// The sample is full: a host that feeds only leaves
+				// (the one to split, see preferLeafSplits) takes the
+				// place of one that feeds a pipeline.
+				if i := slices.IndexFunc(full, func(f *peer) bool { return !feedsLeaves(f) }); i >= 0 {
+					full[i] = c
+				}
 			}
 			return true
 		}

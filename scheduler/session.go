@@ -27,6 +27,15 @@ type Session struct {
 	cancel context.CancelCauseFunc
 }
 
+// InsecureContext returns ctx carrying the identity of explicit insecure
+// mode, in which every caller is trusted as it claims (as on a server its
+// operator runs without TLS). It is for in-process drivers such as a
+// simulator, which may live outside this module and cannot build an
+// identity themselves; a gRPC server never uses it.
+func InsecureContext(ctx context.Context) context.Context {
+	return identity.NewContext(ctx, identity.Identity{Insecure: true})
+}
+
 // errRefused ends a session whose register was refused with a Fail message:
 // the stream itself ends normally.
 var errRefused = errors.New("register refused")
@@ -39,8 +48,10 @@ var errRefused = errors.New("register refused")
 // error and no session. A spec that does not hold is answered with a Fail
 // message through send and a session that has already ended (Err nil).
 //
-// send queues one message for the peer. It must not block — it is called
-// with the scheduler's lock held — and an error from it (a full buffer)
+// send queues one message for the peer. It must not block nor call back
+// into the Scheduler — it is called with the scheduler's lock held (a
+// simulator queues the message and delivers it after the call returns) —
+// and an error from it (a full buffer)
 // drops the peer at the end of the current event. now is the current time
 // on the scheduler's clock (WithClock). ctx bounds the session: when it is
 // done the session counts as ended, and the caller still calls Close.

@@ -34,7 +34,7 @@ func newVirtual(t *testing.T, mutate func(*Config)) *vsched {
 		mutate(&cfg)
 	}
 	v := &vsched{t: t, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	v.ctx = identity.NewContext(context.Background(), identity.Identity{Insecure: true})
+	v.ctx = InsecureContext(context.Background())
 	s, err := New(cfg, testLogger(), nil, WithClock(func() time.Time { return v.now }), WithRand(mrand.New(mrand.NewPCG(1, 2))))
 	if err != nil {
 		t.Fatal(err)
