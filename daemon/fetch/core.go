@@ -75,6 +75,7 @@ type parent struct {
 	failures int
 	rate     core.Rate // delivered bytes over delivery time
 	est      float64   // rate estimate for this round of decisions (estimate)
+	roomy    bool      // may take another request (set by pick)
 	lastDone time.Time // latest end of a piece from this parent
 	removed  bool
 }

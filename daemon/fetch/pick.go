@@ -123,17 +123,15 @@ func (c *Core) pick(top float64) (uint32, *parent) {
 	}
 	free := false
 	for _, p := range c.order {
-		if c.room(p, top) {
-			free = true
-			break
-		}
+		p.roomy = c.room(p, top) // fixed for this pick
+		free = free || p.roomy
 	}
 	if !free {
 		return 0, nil
 	}
 	if c.streaming {
-		if n, ok := c.pickSequential(top); ok {
-			return n, c.chooseParent(n, top)
+		if n, ok := c.pickSequential(); ok {
+			return n, c.chooseParent(n)
 		}
 		return 0, nil
 	}
@@ -153,7 +151,7 @@ func (c *Core) pick(top float64) (uint32, *parent) {
 		for _, p := range c.order {
 			if p.holds(n) {
 				rare++
-				if c.room(p, top) {
+				if p.roomy {
 					avail = true
 				}
 			}
@@ -172,13 +170,13 @@ func (c *Core) pick(top float64) (uint32, *parent) {
 	if bestRare < 0 {
 		return 0, nil
 	}
-	return bestN, c.chooseParent(bestN, top)
+	return bestN, c.chooseParent(bestN)
 }
 
 // pickSequential returns the lowest-numbered missing piece that some parent
 // with room holds: with several requests in flight the reader's next bytes
 // are always among them.
-func (c *Core) pickSequential(top float64) (uint32, bool) {
+func (c *Core) pickSequential() (uint32, bool) {
 	best, found := uint32(0), false
 	for _, n := range c.need {
 		if found && n >= best {
@@ -188,7 +186,7 @@ func (c *Core) pickSequential(top float64) (uint32, bool) {
 			continue
 		}
 		for _, p := range c.order {
-			if p.holds(n) && c.room(p, top) {
+			if p.holds(n) && p.roomy {
 				best, found = n, true
 				break
 			}
@@ -202,10 +200,10 @@ func (c *Core) pickSequential(top float64) (uint32, bool) {
 // anyone's), then the one that would deliver it soonest: the best
 // estimated rate per request in flight, with a little noise so that equal
 // parents share.
-func (c *Core) chooseParent(n uint32, top float64) *parent {
+func (c *Core) chooseParent(n uint32) *parent {
 	nonSeed := false
 	for _, p := range c.order {
-		if !p.Seed && p.holds(n) && c.room(p, top) {
+		if !p.Seed && p.holds(n) && p.roomy {
 			nonSeed = true
 			break
 		}
@@ -213,7 +211,7 @@ func (c *Core) chooseParent(n uint32, top float64) *parent {
 	var best *parent
 	bestScore := -1.0
 	for _, p := range c.order {
-		if !p.holds(n) || !c.room(p, top) || (nonSeed && p.Seed) {
+		if !p.holds(n) || !p.roomy || (nonSeed && p.Seed) {
 			continue
 		}
 		s := p.est / float64(len(p.inflight)+1) * (1 + 0.1*c.rnd.Float64())
