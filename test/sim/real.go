@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	schedulerv1 "github.com/damselfly-io/damselfly/api/schedulerv1"
-	"github.com/damselfly-io/damselfly/internal/identity"
 	"github.com/damselfly-io/damselfly/scheduler"
 )
 
@@ -30,7 +29,7 @@ func newRealScheduler(env SchedulerEnv) (Scheduler, error) {
 	if env.Config != nil {
 		cfg = *env.Config
 	}
-	rs := &realSched{clock: epoch, ctx: identity.NewContext(context.Background(), identity.Identity{Insecure: true})}
+	rs := &realSched{clock: epoch, ctx: scheduler.InsecureContext(context.Background())}
 	s, err := scheduler.New(cfg, nil, prometheus.NewRegistry(),
 		scheduler.WithClock(func() time.Time { return rs.clock }),
 		scheduler.WithRand(mrand.New(mrand.NewPCG(env.Seed, env.Seed^0x5c4ed))))
