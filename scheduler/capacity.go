@@ -124,43 +124,90 @@ func (s *Scheduler) slowHost(c *peer, now time.Time) bool {
 	return c.task.rate > 0 && s.childLimit(c, now) == 0
 }
 
-// preferLeafSplits narrows the candidates that have no free slot, from
-// which p must take a share of someone's uplink: a seed host only when
-// nothing else is left (its uplink is the origin's, which should carry the
-// content about once), a host known to be slow only when no other is left
-// (a share of a fast uplink beats a whole slow one, and the slow host stays
-// a leaf), and among the rest those whose children are all leaves, since
-// splitting an uplink then slows only those leaves and not a whole pipeline
-// below them.
-func (s *Scheduler) preferLeafSplits(full []*peer, now time.Time) []*peer {
-	if !s.cfg.CapacityAware || len(full) < 2 {
-		return full
+// preferLeafSplits orders the candidates that have no free slot, from
+// which p must take a share of someone's uplink, and returns how many of
+// them, first in full, are preferred: not a seed host (its uplink is the
+// origin's, which should carry the content about once), not a host known
+// to be slow (a share of a fast uplink beats a whole slow one, and the slow
+// host stays a leaf), and among the rest those whose children are all
+// leaves, since splitting an uplink then slows only those leaves and not a
+// whole pipeline below them. Each preference applies only when some
+// candidate meets it; the others stay in full, after the preferred ones, to
+// be tried when none of those can take p (all would close a cycle).
+func (s *Scheduler) preferLeafSplits(p *peer, full []*peer, now time.Time) int {
+	n := len(full)
+	if !s.cfg.CapacityAware || n < 2 {
+		return n
 	}
 	keep := func(f func(*peer) bool) {
-		n := 0
-		for _, c := range full {
-			if f(c) {
-				full[n] = c
-				n++
+		m := 0
+		for i := range n {
+			if f(full[i]) {
+				full[m], full[i] = full[i], full[m]
+				m++
 			}
 		}
-		if n > 0 {
-			clear(full[n:])
-			full = full[:n]
+		if m > 0 {
+			n = m
 		}
 	}
 	keep(func(c *peer) bool { return !c.host.info.GetSeed() })
-	keep(func(c *peer) bool { return !s.slowHost(c, now) })
-	keep(feedsLeaves)
-	return full
+	if !s.slowHost(p, now) {
+		keep(func(c *peer) bool { return !s.slowHost(c, now) })
+		keep(func(c *peer) bool { return s.feedsLeaves(c, now) })
+		return n
+	}
+	// A slow newcomer relays to nobody: it takes the largest share of an
+	// uplink that feeds no relay, a slow host's idle one included, so that
+	// slow hosts do not pile up below the pipeline's tail, each getting
+	// a sliver of it, but hang in slow branches below it.
+	keep(func(c *peer) bool { return s.feedsLeaves(c, now) })
+	best := 0.0
+	for _, c := range full[:n] {
+		best = max(best, s.share(c, now))
+	}
+	keep(func(c *peer) bool { return s.share(c, now) >= 0.9*best })
+	return n
 }
 
-// feedsLeaves reports whether every child of c is a leaf: sharing c's
-// uplink then slows no pipeline.
-func feedsLeaves(c *peer) bool {
+// share is what one more child of c would get of its uplink: its capacity
+// (the task's rate when unknown) over its children and the newcomer.
+func (s *Scheduler) share(c *peer, now time.Time) float64 {
+	u := s.upCapacity(c.host, now)
+	if u <= 0 {
+		u = c.task.rate
+	}
+	return u / float64(len(c.children)+1)
+}
+
+// slowBranch reports whether y and all below it are slow hosts, each with
+// one parent, downloading: a branch that relays to no fast host, which may
+// hang anywhere without holding back a pipeline. It looks at no more than
+// budget peers (false beyond).
+func (s *Scheduler) slowBranch(y *peer, now time.Time, budget *int) bool {
+	if *budget--; *budget < 0 || y.state != stateRunning || len(y.parents) != 1 || !s.slowHost(y, now) {
+		return false
+	}
+	for _, c := range y.children {
+		if !s.slowBranch(c, now, budget) {
+			return false
+		}
+	}
+	return true
+}
+
+// slowBranchBudget bounds the peers one slowBranch check visits.
+const slowBranchBudget = 64
+
+// feedsLeaves reports whether every child of c is a leaf or a slow
+// branch: sharing c's uplink then slows no relay of a fast host.
+func (s *Scheduler) feedsLeaves(c *peer, now time.Time) bool {
 	for _, ch := range c.children {
 		if len(ch.children) > 0 {
-			return false
+			budget := slowBranchBudget
+			if !s.slowBranch(ch, now, &budget) {
+				return false
+			}
 		}
 	}
 	return true
@@ -181,8 +228,11 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 		if _, bad := y.bad[p.id]; bad {
 			return false // y reported p: never its parent
 		}
-		return len(y.children) == 0 && len(y.parents) == 1 && y.state == stateRunning && s.slowHost(y, now) &&
-			localityGroup(y.host.info) == group && y.host != p.host
+		if localityGroup(y.host.info) != group || y.host == p.host {
+			return false
+		}
+		budget := slowBranchBudget
+		return s.slowBranch(y, now, &budget)
 	}
 	for _, x := range full {
 		if x.host.info.GetSeed() && len(full) > 1 {

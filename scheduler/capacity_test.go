@@ -300,9 +300,10 @@ func TestCapacityCrowdedPeerRehomedWhenSlotFrees(t *testing.T) {
 }
 
 // Whatever the order hosts join in, and with peers leaving among the joins
-// (a tick every 20 joins), no slow uplink ends above anyone while fast ones
-// are there, and every fast host relays to at most one fast host: the
-// pipeline runs at the fast rate, slow hosts hang at its leaves.
+// (a tick every 20 joins), no slow uplink ends above a fast host, every
+// fast host relays to at most one fast host (the pipeline runs at the fast
+// rate), and slow hosts do not pile up below one uplink but hang in slow
+// branches below the pipeline.
 func TestCapacityRandomJoinOrder(t *testing.T) {
 	for _, churn := range []bool{false, true} {
 		for seed := range uint64(3) {
@@ -345,8 +346,14 @@ func capacityRandomJoins(t *testing.T, seed uint64, churn bool) {
 				fast++
 			}
 		}
-		if slow[p.id] && len(p.children) > 0 {
-			t.Errorf("seed %d churn %v: slow %s feeds %d children", seed, churn, p.id, len(p.children))
+		if slow[p.id] && fast > 0 {
+			t.Errorf("seed %d churn %v: slow %s feeds %d fast hosts", seed, churn, p.id, fast)
+		}
+		// A slow host gets a tenth of the rate from its own uplink: an
+		// uplink shared by more than about ten slow hosts gives each less
+		// than a slow host of their own would.
+		if n := len(p.children) - fast; n > 12 {
+			t.Errorf("seed %d churn %v: %s feeds %d slow hosts", seed, churn, p.id, n)
 		}
 		if fast > 1 {
 			t.Errorf("seed %d churn %v: %s splits its uplink over %d fast children", seed, churn, p.id, fast)
@@ -390,4 +397,49 @@ func TestCapacityDisplaceOnlyWhereRoom(t *testing.T) {
 		t.Fatalf("s1 moved below %s: src now feeds two relays", par)
 	}
 	v.invariants()
+}
+
+// The capacity preferences among full hosts order them, they exclude none:
+// when only hosts known to be slow can take a peer (every other would close
+// a cycle), it gets one of them rather than waiting.
+func TestCapacityPreferencesDoNotExclude(t *testing.T) {
+	v := pipelineVirtual(t, func(c *Config) { c.MaxBackToSource = 2 })
+	v.join("t", "a").decision()
+	ids := []string{"a"}
+	for i := 1; i <= 8; i++ {
+		id := fmt.Sprintf("p%02d", i)
+		if got := v.join("t", id).parents(); !slices.Equal(got, ids[len(ids)-1:]) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[len(ids)-1])
+		}
+		ids = append(ids, id)
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	tk := v.s.tasks[tid("t")]
+	// a and p01 were found slow; every other host is fast.
+	for i, id := range ids {
+		h := tk.peers[id].host
+		h.successes, h.throughput = 100, 1e9
+		if i < 2 {
+			h.throughput, h.slowUntil = 1e6, v.now.Add(badParentTTL)
+		}
+	}
+	// The tail, replaced as slow a while ago, is no free candidate either.
+	tk.peers["p08"].host.slowUntil = v.now.Add(badParentTTL)
+	v.s.updateRateLocked(tk, v.now)
+	p02, p03 := tk.peers["p02"], tk.peers["p03"]
+	if !v.s.slowHost(tk.peers["a"], v.now) {
+		t.Fatal("a not known slow: the test shows nothing")
+	}
+	v.s.removeEdge(p02, p03)
+	v.s.markBadLocked(p03, p02.id, badFailed, v.now)
+	if !v.s.fillParentsLocked(p03, false) {
+		t.Fatal("p03 got no parent: only a and p01 could take it, both slow")
+	}
+	if got := p03.parents[0].peer.id; got != "a" && got != "p01" {
+		t.Fatalf("p03 parent %s, want a or p01", got)
+	}
+	if err := checkInvariants(v.s); err != nil {
+		t.Fatal(err)
+	}
 }

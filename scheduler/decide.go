@@ -340,11 +340,11 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 			switch {
 			case len(full) < limit:
 				full = append(full, c)
-			case s.cfg.CapacityAware && feedsLeaves(c):
+			case s.cfg.CapacityAware && s.feedsLeaves(c, now):
 				// The sample is full: a host that feeds only leaves
 				// (the one to split, see preferLeafSplits) takes the
 				// place of one that feeds a pipeline.
-				if i := slices.IndexFunc(full, func(f *peer) bool { return !feedsLeaves(f) }); i >= 0 {
+				if i := slices.IndexFunc(full, func(f *peer) bool { return !s.feedsLeaves(f, now) }); i >= 0 {
 					full[i] = c
 				}
 			}
@@ -399,8 +399,9 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 			free = free[:local]
 		}
 	}
+	pref := len(full)
 	if len(free) == 0 && !lastResort && !s.fillFreeOnly {
-		full = s.preferLeafSplits(full, now)
+		pref = s.preferLeafSplits(p, full, now)
 		if s.displaceSlowLeafLocked(p, full, group, now) {
 			clear(full)
 			s.freeCands, s.fullCands = free[:0], full[:0]
@@ -412,7 +413,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	// lastResort, only parents replaced as slow lately: the caller asks for
 	// those when the alternative is to wait.
 	added := 0
-	tiers := [][]*peer{free, full}
+	tiers := [][]*peer{free, full[:pref], full[pref:]}
 	switch {
 	case lastResort:
 		tiers = [][]*peer{soft}
