@@ -359,6 +359,9 @@ func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMes
 		}
 		c.step(ctx, fetch.EvParents{Parents: ps})
 	case *schedulerv1.SchedulerMessage_BackToSource:
+		if c.fc.Mode() == fetch.ModeSwarm && !c.cache {
+			c.log.Info("fetching from the origin", "reason", x.BackToSource.GetReason())
+		}
 		c.step(ctx, fetch.EvBackToSource{Reason: x.BackToSource.GetReason()})
 	case *schedulerv1.SchedulerMessage_Wait:
 		c.log.Debug("scheduler says wait", "reason", x.Wait.GetReason())
@@ -453,11 +456,8 @@ func (c *conductor) exec(ctx context.Context, acts []fetch.Action) {
 		case fetch.ActContentCorrupt:
 			c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_ContentCorrupt{ContentCorrupt: &schedulerv1.ContentCorrupt{Reason: a.Reason}}})
 		case fetch.ActStartOrigin:
-			switch {
-			case a.Fallback:
+			if a.Fallback {
 				c.fallbackReason.Store(&a.Reason)
-			case a.Reason == "scheduled":
-				c.log.Info("fetching from the origin")
 			}
 			if a.Reason != fetch.ReasonRest {
 				c.d.metrics.backSource.WithLabelValues(a.Reason).Inc()

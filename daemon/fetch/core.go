@@ -33,7 +33,7 @@ type Core struct {
 	allOK  bool
 
 	need    []uint32 // missing pieces, for selection
-	needPos map[uint32]int
+	needPos []int32  // each piece's index in need, -1 when not there
 	needOK  bool
 
 	parents map[string]*parent
@@ -578,15 +578,15 @@ func (c *Core) contentCorrupt(now time.Time, cause error) {
 // missing pieces, kept for selection
 
 func (c *Core) removeNeed(n uint32) {
-	i, ok := c.needPos[n]
-	if !ok {
+	if int(n) >= len(c.needPos) || c.needPos[n] < 0 {
 		return
 	}
+	i := c.needPos[n]
 	last := len(c.need) - 1
 	c.need[i] = c.need[last]
 	c.needPos[c.need[i]] = i
 	c.need = c.need[:last]
-	delete(c.needPos, n)
+	c.needPos[n] = -1
 }
 
 func (c *Core) ensureNeed() {
@@ -594,10 +594,11 @@ func (c *Core) ensureNeed() {
 		return
 	}
 	c.need = c.need[:0]
-	c.needPos = make(map[uint32]int, c.count)
+	c.needPos = slices.Grow(c.needPos[:0], int(c.count))[:c.count]
 	for n := uint32(0); n < c.count; n++ {
+		c.needPos[n] = -1
 		if !c.held[n] {
-			c.needPos[n] = len(c.need)
+			c.needPos[n] = int32(len(c.need))
 			c.need = append(c.need, n)
 		}
 	}

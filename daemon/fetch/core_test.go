@@ -689,3 +689,34 @@ func TestOriginDoneWhileParentRequestInFlight(t *testing.T) {
 		t.Fatalf("not complete: %v", acts)
 	}
 }
+
+// The endgame waits for the end: while pieces nobody was asked for remain,
+// an idle fast parent does not copy a piece a slow one is bringing; once
+// every missing piece is requested, it does.
+func TestEndgameOnlyAtTheEnd(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 8 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "fast", UploadBps: 100 * ps}, {ID: "slow", UploadBps: ps}}})
+	if rq := find[ActRequest](c.Step(t0, EvParentPieces{Parent: "slow", Pieces: []uint32{0}})); len(rq) != 1 || rq[0].Parent != "slow" {
+		t.Fatalf("requests %v", rq)
+	}
+	now := t0.Add(100 * time.Millisecond)
+	if rq := find[ActRequest](c.Step(now, EvParentPieces{Parent: "fast", Pieces: []uint32{0}})); len(rq) != 0 {
+		t.Fatalf("copied piece 0 with 7 pieces not asked for yet: %v", rq)
+	}
+	queue := find[ActRequest](c.Step(now, EvParentPieces{Parent: "fast", Pieces: pieces(8)[1:]}))
+	var dup []ActRequest
+	for len(queue) > 0 {
+		r := queue[0]
+		queue = queue[1:]
+		if r.Piece == 0 {
+			dup = append(dup, r)
+			continue
+		}
+		now = now.Add(10 * time.Millisecond)
+		queue = append(queue, find[ActRequest](c.Step(now, EvPieceDone{Parent: r.Parent, Piece: r.Piece, Bytes: ps, Start: now.Add(-10 * time.Millisecond), End: now, Req: r.Req}))...)
+	}
+	if len(dup) != 1 || dup[0].Parent != "fast" {
+		t.Fatalf("endgame requests %v, want piece 0 of fast", dup)
+	}
+}

@@ -222,15 +222,22 @@ func (c *Core) chooseParent(n uint32) *parent {
 	return best
 }
 
-// endgame finds a piece to request a second time: an idle parent that
-// holds a piece outstanding at another parent asks for it too when it
-// would deliver it in well under half the time that request is still
-// expected to take (or it is long overdue). Whichever copy arrives first
-// wins; the other is cancelled. So no piece waits on a slow parent while a
-// fast one idles, at the end of a download above all.
+// endgame finds a piece to request a second time once every missing piece
+// is requested: an idle parent that holds a piece outstanding at another
+// parent asks for it too when it would deliver it in well under half the
+// time that request is still expected to take (or it is long overdue).
+// Whichever copy arrives first wins; the other is cancelled. So the last
+// pieces never wait on a slow parent while a fast one idles.
 func (c *Core) endgame(now time.Time) (uint32, *parent) {
 	if !c.measured {
 		return 0, nil // nothing tells a slow parent from a fast one yet
+	}
+	// Only at the end: every missing piece is requested already. Before,
+	// an idle parent waits for new pieces rather than spending its uplink
+	// on copies (len(c.reqs) counts requested pieces, held ones included:
+	// at worst the endgame starts a few pieces early).
+	if len(c.reqs) < int(c.count-c.nheld) {
+		return 0, nil
 	}
 	for _, p := range c.order {
 		if len(p.inflight) > 0 {
