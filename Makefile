@@ -12,7 +12,7 @@ IMAGE_LAYOUT := $(BIN)/images/damselfly
 LDFLAGS := -s -w -X main.Version=$(VERSION) -X main.version=$(VERSION)
 PROTOS := api/schedulerv1/scheduler.proto api/peerv1/peer.proto api/daemonv1/daemon.proto api/managerv1/manager.proto
 
-.PHONY: all build run test test-unit deps proto bench bench-swarm vet fmt clean dist images push
+.PHONY: all build run test test-unit deps proto bench bench-swarm bench-sim vet fmt clean dist images push
 
 all: build
 
@@ -78,6 +78,12 @@ bench:
 
 bench-swarm: build
 	./test/swarm/run.sh $(ARGS)
+
+# bench-sim runs the swarm simulator (docs/simulator.md): the real scheduler
+# and download core in virtual time, e.g. ARGS="-n 10000 -size 500MiB -rate 1gbit".
+bench-sim:
+	$(GO) build -o $(BIN)/sim ./test/sim/cmd/sim
+	./$(BIN)/sim $(ARGS)
 
 clean:
 	rm -rf $(BIN)
