@@ -61,8 +61,9 @@ type Core struct {
 	peerBytes     int64
 	originBytes   int64
 
-	timer time.Time // last ActSetTimer given
-	out   []Action
+	timer  time.Time // last ActSetTimer given
+	stepAt time.Time // the time of the event being stepped
+	out    []Action
 }
 
 type parent struct {
@@ -77,6 +78,7 @@ type parent struct {
 	est      float64   // rate estimate for this round of decisions (estimate)
 	roomy    bool      // may take another request (set by pick)
 	lastDone time.Time // latest end of a piece from this parent
+	nextAt   time.Time // paced (ShareBps > 0): no request before this
 	removed  bool
 }
 
@@ -169,6 +171,7 @@ func (c *Core) InFlight(id string) []uint32 {
 // Step handles one event at time now and returns what to do.
 func (c *Core) Step(now time.Time, ev Event) []Action {
 	c.out = nil
+	c.stepAt = now
 	if c.ended {
 		if e, ok := ev.(EvContentCorrupt); ok && c.completing {
 			c.contentCorrupt(now, e.Err)
@@ -502,6 +505,14 @@ func (c *Core) NextDeadline() time.Time {
 	}
 	if c.mode == ModeSwarm {
 		earliest(c.lastProgress.Add(c.cfg.SwarmTimeout))
+		if len(c.need) > 0 {
+			// A paced parent becomes free to ask again.
+			for _, p := range c.order {
+				if p.ShareBps > 0 && len(p.inflight) == 0 && p.count > 0 && p.nextAt.After(c.stepAt) {
+					earliest(p.nextAt)
+				}
+			}
+		}
 		if len(c.parents) == 0 {
 			if len(c.gone) > 0 {
 				earliest(c.goneAt.Add(c.cfg.ParentGoneGrace))
@@ -631,6 +642,7 @@ func (c *Core) setParents(now time.Time, ps []Parent) {
 			if up := want[id].UploadBps; up > 0 {
 				p.UploadBps = up
 			}
+			p.ShareBps = want[id].ShareBps
 			continue
 		}
 		p := &parent{Parent: want[id]}
