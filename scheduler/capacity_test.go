@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"math"
 	mrand "math/rand/v2"
 	"slices"
 	"testing"
@@ -120,10 +121,11 @@ func TestCapacitySlowHostAtLeaf(t *testing.T) {
 }
 
 // When every parent is full, a newcomer splits an uplink that feeds only
-// leaves rather than one that feeds a whole pipeline.
+// leaves rather than one that feeds a whole pipeline (without paced
+// shares; with them see TestPacedSharesForLastReceivers).
 func TestCapacitySplitOnlyAboveLeaves(t *testing.T) {
 	for _, aware := range []bool{true, false} {
-		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
+		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware, c.PacedShares = aware, false })
 		v.source("t", "src", capHost("src", 100, false))
 		prev := "src"
 		for _, id := range []string{"a", "b", "c"} {
@@ -262,9 +264,10 @@ func TestCapacityMeasuredSlowHostAtLeaf(t *testing.T) {
 }
 
 // A peer that had to share an uplink moves, in the same event, to a slot
-// that frees up: capacity idle elsewhere is used at once.
+// that frees up: capacity idle elsewhere is used at once (without paced
+// shares, which would not have left it sharing).
 func TestCapacityCrowdedPeerRehomedWhenSlotFrees(t *testing.T) {
-	v := pipelineVirtual(t, nil)
+	v := pipelineVirtual(t, func(c *Config) { c.PacedShares = false })
 	v.source("t", "src", capHost("src", 100, false))
 	prev := "src"
 	ps := map[string]*vpeer{}
@@ -303,7 +306,9 @@ func TestCapacityCrowdedPeerRehomedWhenSlotFrees(t *testing.T) {
 // (a tick every 20 joins), no slow uplink ends above a fast host, every
 // fast host relays to at most one fast host (the pipeline runs at the fast
 // rate), and slow hosts do not pile up below one uplink but hang in slow
-// branches below the pipeline.
+// branches below the pipeline. Paced children (a booked share of a spare
+// uplink, pacedLocked) take no one's rate: they are not counted, but their
+// shares must fit the spare (checkPaced).
 func TestCapacityRandomJoinOrder(t *testing.T) {
 	for _, churn := range []bool{false, true} {
 		for seed := range uint64(3) {
@@ -340,9 +345,11 @@ func capacityRandomJoins(t *testing.T, seed uint64, churn bool) {
 	}
 	v.s.mu.Lock()
 	for _, p := range v.s.tasks[tid("t")].list {
-		fast := 0
+		fast, paced := 0, 0
 		for _, c := range p.children {
-			if !slow[c.id] {
+			if pacedChild(p, c) {
+				paced++
+			} else if !slow[c.id] {
 				fast++
 			}
 		}
@@ -352,12 +359,13 @@ func capacityRandomJoins(t *testing.T, seed uint64, churn bool) {
 		// A slow host gets a tenth of the rate from its own uplink: an
 		// uplink shared by more than about ten slow hosts gives each less
 		// than a slow host of their own would.
-		if n := len(p.children) - fast; n > 12 {
+		if n := len(p.children) - paced - fast; n > 12 {
 			t.Errorf("seed %d churn %v: %s feeds %d slow hosts", seed, churn, p.id, n)
 		}
 		if fast > 1 {
 			t.Errorf("seed %d churn %v: %s splits its uplink over %d fast children", seed, churn, p.id, fast)
 		}
+		checkPaced(t, v.s, p)
 	}
 	v.s.mu.Unlock()
 	v.invariants()
@@ -441,5 +449,35 @@ func TestCapacityPreferencesDoNotExclude(t *testing.T) {
 	}
 	if err := checkInvariants(v.s); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// checkPaced checks p's paced children against its uplink: their shares
+// are what p books (pacedKids, booked), and they never exceed (by more than
+// trimPacedLocked's 2 %) what its uplink has beside its unpaced children at
+// the task's fluid rate (as it was at the booking: pacedFluid).
+func checkPaced(t *testing.T, s *Scheduler, p *peer) {
+	t.Helper()
+	n, sum := 0, 0.0
+	for _, c := range p.children {
+		for _, l := range c.parents {
+			if l.peer == p && l.share > 0 {
+				n++
+				sum += l.share
+			}
+		}
+	}
+	if n != p.pacedKids || math.Abs(sum-p.booked) > 1 {
+		t.Errorf("%s: %d paced children with %.0f B/s booked, but it counts %d and %.0f", p.id, n, sum, p.pacedKids, p.booked)
+	}
+	if n == 0 {
+		return
+	}
+	u := s.upCapacity(p.host, s.now())
+	// trimPacedLocked lets the shares exceed the spare by 2 % before it
+	// trims them (the fluid rate moves a little with every join).
+	if spare := u - pacedFluid(p)*float64(unpacedChildren(p)); sum > spare*1.02+1 {
+		t.Errorf("%s: paced shares %.0f B/s above its spare %.0f (uplink %.0f, %d unpaced children at %.0f)",
+			p.id, sum, spare, u, unpacedChildren(p), pacedFluid(p))
 	}
 }

@@ -86,8 +86,13 @@ func (c *Core) room(p *parent, top float64) bool { return len(p.inflight) < c.de
 // elapsed, so that what it sends this peer stays at or below its share
 // whatever its uplink's momentary rate.
 func (c *Core) paceReady(p *parent, now time.Time) bool {
-	return p.ShareBps <= 0 || (len(p.inflight) == 0 && !now.Before(p.nextAt))
+	return p.ShareBps <= 0 || (len(p.inflight) == 0 && !now.Add(paceSlack).Before(p.nextAt))
 }
+
+// paceSlack: a paced parent is ready this much before its time, so that a
+// timer fired a little early (an executor's clock or rounding) finds it
+// ready instead of waiting for a timer that is never set again.
+const paceSlack = time.Millisecond
 
 func (c *Core) request(now time.Time, n uint32, p *parent) {
 	_, size := core.PieceRange(n, c.length, c.psize)
