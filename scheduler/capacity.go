@@ -400,13 +400,15 @@ const (
 // whether it linked any.
 func (s *Scheduler) pacedLocked(p *peer, full []*peer, group string, now time.Time) bool {
 	t := p.task
-	if !s.cfg.PacedShares || !s.cfg.CapacityAware || t.fluid <= 0 || len(p.parents) > 0 || len(full) == 0 {
+	if !s.cfg.PacedShares || !s.cfg.CapacityAware || t.fluid <= 0 || (len(p.parents) > 0 && !s.pacedTopUp) || len(full) == 0 {
 		return false
 	}
-	want := t.fluid
-	if d := p.host.info.GetDownloadBps(); d > 0 && float64(d) < want {
-		want = float64(d)
+	want := s.pacedWant(p)
+	have := 0.0
+	for _, l := range p.parents {
+		have += l.share
 	}
+	want -= have
 	cands := s.pacedScratch[:0]
 	defer func() {
 		clear(cands)
@@ -432,7 +434,10 @@ func (s *Scheduler) pacedLocked(p *peer, full []*peer, group string, now time.Ti
 		return 0
 	})
 	total := 0.0
-	n := 0
+	n := len(p.parents)
+	if s.pacedTopUp {
+		split = 0 // any more is better than what p has
+	}
 	for _, c := range cands {
 		if n == maxPacedParents || total >= want {
 			break
@@ -445,7 +450,7 @@ func (s *Scheduler) pacedLocked(p *peer, full []*peer, group string, now time.Ti
 	}
 	got, added := 0.0, 0
 	for _, c := range cands {
-		if added == maxPacedParents || got >= want*0.99 {
+		if added+len(p.parents) >= maxPacedParents || got >= want*0.99 {
 			break
 		}
 		sh := min(c.spare, want-got)
@@ -541,6 +546,7 @@ func (s *Scheduler) trimPacedLocked(t *task, now time.Time) {
 					s.unpaced = append(s.unpaced, c)
 					continue
 				}
+				s.unpaced = append(s.unpaced, c) // topped up at the flush
 			} else {
 				p.booked -= c.parents[j].share - sh
 				c.parents[j].share = sh
@@ -560,4 +566,38 @@ func pacedFluid(p *peer) float64 {
 		return p.bookFluid
 	}
 	return p.task.fluid
+}
+
+// pacedWant is the rate a paced receiver is given parents for: the task's
+// fluid rate, or its own downlink when that is less.
+func (s *Scheduler) pacedWant(p *peer) float64 {
+	want := p.task.fluid
+	if d := p.host.info.GetDownloadBps(); d > 0 && float64(d) < want {
+		want = float64(d)
+	}
+	return want
+}
+
+// pacedShort reports whether p's paced shares sum to well under what it
+// was given them for (a parent left, or its share was trimmed).
+func (s *Scheduler) pacedShort(p *peer) bool {
+	have := 0.0
+	for _, l := range p.parents {
+		have += l.share
+	}
+	return have < 0.9*s.pacedWant(p) && len(p.parents) < maxPacedParents
+}
+
+// topUpPacedLocked gives p, a paced receiver short of its rate, more paced
+// parents from the spare capacity there is now, and tells it.
+func (s *Scheduler) topUpPacedLocked(p *peer, now time.Time) {
+	if !s.cfg.PacedShares || p.task.fluid <= 0 || !s.pacedShort(p) || p.task.unverifiable() {
+		return
+	}
+	s.pacedOnly, s.pacedTopUp = true, true
+	added := s.fillParentsLocked(p, false)
+	s.pacedOnly, s.pacedTopUp = false, false
+	if added {
+		s.sendParentsLocked(p, now)
+	}
 }

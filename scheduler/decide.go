@@ -198,8 +198,12 @@ func (s *Scheduler) flushLocked(now time.Time) {
 			p := s.unpaced[len(s.unpaced)-1]
 			s.unpaced[len(s.unpaced)-1] = nil
 			s.unpaced = s.unpaced[:len(s.unpaced)-1]
-			if p.state == stateRunning && len(p.parents) == 0 {
+			switch {
+			case p.state != stateRunning:
+			case len(p.parents) == 0:
 				s.decideLocked(p, now, true)
+			default:
+				s.topUpPacedLocked(p, now)
 			}
 		}
 		for len(s.dropped) > 0 {
@@ -302,6 +306,9 @@ func (s *Scheduler) touchOpenLocked(p *peer) {
 // candidates are scored, sampled at random.
 func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	need := s.cfg.MaxParents - len(p.parents)
+	if s.pacedTopUp {
+		need = maxPacedParents - len(p.parents)
+	}
 	t := p.task
 	if need <= 0 || len(t.pool) == 0 || p.state == stateLeft {
 		return false

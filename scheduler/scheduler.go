@@ -96,6 +96,7 @@ type Scheduler struct {
 	pacedScratch    []pacedCand
 	unpaced         []*peer // lost their last paced parent to trimPacedLocked: decided at the flush
 	pacedOnly       bool    // fillParentsLocked: paced parents or none (pacedRehomeLocked)
+	pacedTopUp      bool    // fillParentsLocked: more paced parents for a peer short of its rate
 	pacedMin        float64 // pacedLocked: what the peer has without them
 	measuredScratch []float64
 }
@@ -298,6 +299,9 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 			s.touchOpenLocked(p)
 			if p.state == stateRunning && len(p.parents) < s.cfg.MaxParents {
 				under = append(under, p)
+			}
+			if p.state == stateRunning && len(p.parents) > 0 && p.parents[0].share > 0 && s.pacedShort(p) {
+				s.unpaced = append(s.unpaced, p) // topped up at the flush
 			}
 		}
 	}
