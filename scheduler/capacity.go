@@ -448,9 +448,9 @@ func (s *Scheduler) pacedLocked(p *peer, full []*peer, group string, now time.Ti
 	if total <= max(split, s.pacedMin) || total < minPacedShare*t.fluid {
 		return false
 	}
-	got, added := 0.0, 0
+	got, added, base := 0.0, 0, len(p.parents)
 	for _, c := range cands {
-		if added+len(p.parents) >= maxPacedParents || got >= want*0.99 {
+		if base+added >= maxPacedParents || got >= want*0.99 {
 			break
 		}
 		sh := min(c.spare, want-got)

@@ -481,3 +481,126 @@ func checkPaced(t *testing.T, s *Scheduler, p *peer) {
 			p.id, sum, spare, u, unpacedChildren(p), pacedFluid(p))
 	}
 }
+
+// The fluid bound with mixed links (docs/architecture.md, "Paced shares"):
+// a source and six receivers at 100 Mbit/s and two at 10. A tree gives
+// seven full-rate slots for eight receivers; the last receiver gets no
+// share of one full uplink (which would halve the rate of the pipeline
+// below it) but paced shares of several parents' spare capacity, slow
+// hosts' idle uplinks included, that sum to about the fluid rate and never
+// exceed what each parent has beside its unpaced child. Its leaving gives
+// the shares back.
+func TestPacedSharesForLastReceivers(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	prev := "src"
+	for _, id := range []string{"a", "b", "c", "d", "e", "f"} {
+		if got := v.join("t", id, capHost(id, 100, false)).parents(); !slices.Equal(got, []string{prev}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, prev)
+		}
+		prev = id
+	}
+	// The first slow host takes the pipeline's free tail slot.
+	if got := v.join("t", "s1", capHost("s1", 10, false)).parents(); !slices.Equal(got, []string{"f"}) {
+		t.Fatalf("s1 parents %v, want [f]", got)
+	}
+	s2 := v.join("t", "s2", capHost("s2", 10, false))
+	d := s2.decision()
+	ps := d.GetParents().GetParents()
+	fluid := 720.0 / 8 * mbps // (100 + 6·100 + 2·10) / 8 receivers
+	v.s.mu.Lock()
+	if got := v.s.tasks[tid("t")].fluid; math.Abs(got-fluid) > 1 {
+		t.Errorf("fluid rate %.0f B/s, want %.0f", got, fluid)
+	}
+	v.s.mu.Unlock()
+	if len(ps) < 2 {
+		t.Fatalf("s2 got %d parents (%v): want several paced ones", len(ps), parentIDs(d))
+	}
+	sum := 0.0
+	slowParent := false
+	for _, p := range ps {
+		if p.GetShareBps() <= 0 {
+			t.Fatalf("s2's parent %s unpaced: it would halve its other child's rate", p.GetPeerId())
+		}
+		if p.GetHost().GetUploadBps() == int64(10*mbps) {
+			slowParent = true
+		}
+		sum += float64(p.GetShareBps())
+	}
+	if sum < 0.8*fluid || sum > fluid*1.001 {
+		t.Errorf("s2's shares sum to %.0f B/s (%v), want about the fluid rate %.0f", sum, ps, fluid)
+	}
+	if !slowParent {
+		t.Errorf("no slow host's idle uplink among s2's parents %v", parentIDs(d))
+	}
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, p := range tk.list {
+		checkPaced(t, v.s, p) // no share above its parent's spare
+		if unpacedChildren(p) > 1 {
+			t.Errorf("%s feeds %d children unpaced", p.id, unpacedChildren(p))
+		}
+	}
+	v.s.mu.Unlock()
+	v.invariants()
+
+	// s2 leaves: every share is given back.
+	s2.leave()
+	v.s.mu.Lock()
+	for _, p := range tk.list {
+		if p.pacedKids != 0 || p.booked != 0 {
+			t.Errorf("%s still books %.0f B/s for %d paced children after s2 left", p.id, p.booked, p.pacedKids)
+		}
+	}
+	if tk.paced != 0 {
+		t.Errorf("task counts %d paced edges after s2 left", tk.paced)
+	}
+	v.s.mu.Unlock()
+}
+
+// A paced receiver that loses a parent (it left) keeps the others and is
+// topped up from the spare there is: the shares stay booked right.
+func TestPacedParentLeavesTopUp(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	vs := map[string]*vpeer{}
+	for _, id := range []string{"a", "b", "c", "d", "e", "f", "s1"} {
+		vs[id] = v.join("t", id, capHost(id, map[bool]float64{true: 10, false: 100}[id == "s1"], false))
+		vs[id].decision()
+	}
+	s2 := v.join("t", "s2", capHost("s2", 10, false))
+	before := parentIDs(s2.decision())
+	gone := ""
+	for _, id := range before {
+		if id != "src" && id != "s1" && id != "f" {
+			gone = id
+			break
+		}
+	}
+	if gone == "" {
+		t.Fatalf("s2 parents %v: want some fast relay among them", before)
+	}
+	vs[gone].leave()
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	var p2 *peer
+	for _, p := range tk.list {
+		checkPaced(t, v.s, p)
+		if p.id == "s2" {
+			p2 = p
+		}
+	}
+	if p2 == nil || len(p2.parents) == 0 {
+		t.Fatalf("s2 left without parents after %s left", gone)
+	}
+	for _, l := range p2.parents {
+		if l.peer.id == gone {
+			t.Errorf("s2 still has %s, which left", gone)
+		}
+		if l.share <= 0 {
+			t.Errorf("s2's parent %s unpaced", l.peer.id)
+		}
+	}
+	v.s.mu.Unlock()
+	v.invariants()
+}

@@ -799,3 +799,27 @@ func TestShareUpdatedByNewParents(t *testing.T) {
 		t.Fatalf("unpaced again: %d in flight, want 4", got)
 	}
 }
+
+// An executor whose timer fires a little before the paced parent's time
+// (its clock, or rounding) finds the parent ready: the core does not
+// wait for a timer it will not set again.
+func TestPacedParentTimerFiredEarly(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 8 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a", ShareBps: 10 * ps}}})
+	acts := c.Step(t0, EvParentPieces{Parent: "a", Pieces: pieces(8)})
+	reqs := find[ActRequest](acts)
+	if len(reqs) != 1 {
+		t.Fatalf("%d requests, want 1", len(reqs))
+	}
+	end := t0.Add(20 * time.Millisecond)
+	c.Step(end, EvPieceDone{Parent: "a", Piece: reqs[0].Piece, Bytes: ps, Start: t0, End: end, Req: reqs[0].Req})
+	c.Step(end.Add(60*time.Millisecond), EvTick{}) // the report's timer
+	at := c.NextDeadline()
+	if want := t0.Add(100 * time.Millisecond); !at.Equal(want) {
+		t.Fatalf("next deadline %v after start, want %v (one piece at the share)", at.Sub(t0), want.Sub(t0))
+	}
+	if got := find[ActRequest](c.Step(at.Add(-10*time.Microsecond), EvTick{})); len(got) != 1 {
+		t.Fatalf("a timer fired 10µs early: %d requests, want the next one", len(got))
+	}
+}
