@@ -133,7 +133,18 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 // limit allows.
 func (s *Scheduler) childrenFull(c *peer, group string, now time.Time) bool {
 	lim := s.childLimit(c, now)
-	return lim >= 0 && childrenIn(c, group) >= lim
+	return (lim >= 0 && childrenIn(c, group) >= lim) || s.bookedFull(c, now)
+}
+
+// bookedFull reports whether the shares booked on c leave no room for one
+// more child at the fluid rate: the slot went to paced children, whose
+// shares would otherwise be trimmed when it is taken.
+func (s *Scheduler) bookedFull(c *peer, now time.Time) bool {
+	if c.pacedKids == 0 || c.task.fluid <= 0 {
+		return false
+	}
+	u := s.upCapacity(c.host, now)
+	return u-pacedFluid(c)*float64(unpacedChildren(c)+1)-c.booked < -0.02*u
 }
 
 // slowHost reports whether c's uplink is known to feed no child at the

@@ -292,7 +292,7 @@ func (s *Scheduler) touchOpenLocked(p *peer) {
 	if in {
 		now := s.now()
 		lim := s.childLimit(p, now)
-		in = (lim < 0 || unpacedChildren(p) < lim) && !now.Before(p.host.slowUntil)
+		in = (lim < 0 || unpacedChildren(p) < lim) && !now.Before(p.host.slowUntil) && !s.bookedFull(p, now)
 	}
 	p.task.setOpen(p, in)
 }
