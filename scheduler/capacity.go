@@ -390,6 +390,10 @@ func (s *Scheduler) spare(c *peer, now time.Time) float64 {
 	return max(0, u-c.task.fluid*float64(unpacedChildren(c))-c.booked)
 }
 
+// pacedRehomeBatch bounds the peers one pacedRehomeLocked call tries to
+// move (each try is one candidate walk).
+const pacedRehomeBatch = 2
+
 // maxPacedParents bounds the paced parents one receiver gets; minPacedShare
 // is the smallest share worth a parent, as a fraction of the fluid rate.
 const (
@@ -485,10 +489,13 @@ type pacedCand struct {
 // paced parents (pacedLocked) when the spare capacity it finds gives them
 // more than their share of the split uplink, which the parent's other
 // children then get back. A peer is tried at most once per
-// RefreshInterval; one that finds too little stays where it is.
+// RefreshInterval; one that finds too little stays where it is. One call
+// looks at no more than 4·rehomeBatch of them, the latest first, and tries
+// pacedRehomeBatch: every event runs it, so its cost must not grow with N.
 func (s *Scheduler) pacedRehomeLocked(t *task, now time.Time) {
-	tried := 0
-	for i := len(t.crowded) - 1; i >= 0 && tried < rehomeBatch; i-- {
+	tried, scanned := 0, 0
+	for i := len(t.crowded) - 1; i >= 0 && tried < pacedRehomeBatch && scanned < 4*rehomeBatch; i-- {
+		scanned++ // bounded: an event costs O(1) however many peers are crowded
 		c := t.crowded[i]
 		if c.state != stateRunning || len(c.parents) != 1 || c.parents[0].share > 0 || t.unverifiable() ||
 			now.Sub(c.pacedTry) < s.cfg.RefreshInterval.D() {

@@ -604,3 +604,62 @@ func TestPacedParentLeavesTopUp(t *testing.T) {
 	v.s.mu.Unlock()
 	v.invariants()
 }
+
+// With declared mixed capacities (paced shares at work), a decision in a
+// large task still looks at a bounded number of candidates: its own walk
+// and at most pacedRehomeBatch walks for crowded peers, each of at most
+// 2·candidate_limit, whatever N.
+func TestPacedDecisionCostBoundedInLargeTask(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	const n = 3000
+	up := func(i int) float64 {
+		if i%4 == 3 {
+			return 10
+		}
+		return 100
+	}
+	for i := range n {
+		p := v.join("t", fmt.Sprintf("p%d", i), capHost(fmt.Sprintf("p%d", i), up(i), false))
+		if i%500 == 0 {
+			v.advance(time.Second)
+		}
+		p.msgs = nil
+	}
+	v.advance(time.Second)
+	limit := uint64(v.s.cfg.CandidateLimit)
+	paced := 0
+	for i := range 20 {
+		v.s.mu.Lock()
+		before := v.s.visited
+		v.s.mu.Unlock()
+		p := v.join("t", fmt.Sprintf("new%d", i), capHost(fmt.Sprintf("new%d", i), up(i), false))
+		d := p.decision()
+		if d.GetParents() == nil {
+			t.Fatalf("newcomer %d: %v", i, d)
+		}
+		if len(d.GetParents().GetParents()) > 1 {
+			paced++
+		}
+		v.s.mu.Lock()
+		visits := v.s.visited - before
+		v.s.mu.Unlock()
+		if bound := 2 * limit * (1 + pacedRehomeBatch); visits > bound {
+			t.Fatalf("newcomer %d: its decision looked at %d candidates in a task of %d peers (bound %d)", i, visits, n, bound)
+		}
+	}
+	// In a large task shares are trimmed to a parent's spare once a Tick
+	// (a parent may have taken another child whole since).
+	v.advance(time.Second)
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, p := range tk.list {
+		checkPaced(t, v.s, p)
+	}
+	if tk.paced == 0 {
+		t.Errorf("no paced edge in a task of %d mixed hosts", n)
+	}
+	v.s.mu.Unlock()
+	t.Logf("%d of 20 newcomers got paced parents; %d paced edges", paced, tk.paced)
+	v.invariants()
+}
