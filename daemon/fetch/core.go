@@ -79,6 +79,7 @@ type parent struct {
 	roomy    bool      // may take another request (set by pick)
 	lastDone time.Time // latest end of a piece from this parent
 	nextAt   time.Time // paced (ShareBps > 0): no request before this
+	relay    []bool    // pieces it announced while still receiving them
 	removed  bool
 }
 
@@ -691,10 +692,11 @@ func (c *Core) parentPieces(now time.Time, e EvParentPieces) {
 	if c.length >= 0 && c.psize > 0 {
 		limit = c.count
 	}
-	for _, ns := range [2][]uint32{e.Pieces, e.Relaying} {
+	for i, ns := range [2][]uint32{e.Pieces, e.Relaying} {
 		for _, n := range ns {
 			if n < limit {
 				p.mark(n)
+				p.setRelay(n, i == 1)
 			}
 		}
 	}
@@ -710,6 +712,7 @@ func (c *Core) parentPieces(now time.Time, e EvParentPieces) {
 		for n := range c.count {
 			p.mark(n)
 		}
+		p.relay = nil
 	}
 }
 
@@ -726,6 +729,25 @@ func (p *parent) mark(n uint32) {
 }
 
 func (p *parent) holds(n uint32) bool { return int(n) < len(p.has) && p.has[n] }
+
+// offers reports whether n may be asked of p: a piece it holds, and for a
+// paced parent one it holds whole. A relayed piece arrives at the rate of
+// the parent's own input, so a paced request for it would hold a second
+// connection on the parent's uplink, halving what its main child gets,
+// for as long as the piece takes to arrive rather than for a short burst.
+func (p *parent) offers(n uint32) bool {
+	return p.holds(n) && (p.ShareBps <= 0 || int(n) >= len(p.relay) || !p.relay[n])
+}
+
+func (p *parent) setRelay(n uint32, on bool) {
+	if !on && int(n) >= len(p.relay) {
+		return
+	}
+	for int(n) >= len(p.relay) {
+		p.relay = append(p.relay, false)
+	}
+	p.relay[n] = on
+}
 
 func (c *Core) parentGone(now time.Time, e EvParentGone) {
 	p, ok := c.parents[e.Parent]

@@ -823,3 +823,21 @@ func TestPacedParentTimerFiredEarly(t *testing.T) {
 		t.Fatalf("a timer fired 10µs early: %d requests, want the next one", len(got))
 	}
 }
+
+// A paced parent is asked only for pieces it holds whole: a piece it is
+// still receiving (relaying) would keep a second connection on its uplink
+// for as long as the piece takes to arrive. An unpaced parent relays.
+func TestPacedParentNotAskedForRelayedPieces(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 8 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "paced", ShareBps: 10 * ps}, {ID: "main"}}})
+	if got := find[ActRequest](c.Step(t0, EvParentPieces{Parent: "paced", Relaying: []uint32{0, 1}})); len(got) != 0 {
+		t.Fatalf("paced parent asked for a relayed piece: %v", got)
+	}
+	if got := find[ActRequest](c.Step(t0, EvParentPieces{Parent: "paced", Pieces: []uint32{1}})); len(got) != 1 || got[0].Piece != 1 || got[0].Parent != "paced" {
+		t.Fatalf("paced parent holding piece 1 whole: requests %v, want piece 1 of it", got)
+	}
+	if got := find[ActRequest](c.Step(t0, EvParentPieces{Parent: "main", Relaying: []uint32{0}})); len(got) != 1 || got[0].Parent != "main" {
+		t.Fatalf("unpaced parent relaying piece 0: requests %v, want it asked", got)
+	}
+}

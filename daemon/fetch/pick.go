@@ -174,7 +174,7 @@ func (c *Core) pick(now time.Time, top float64) (uint32, *parent) {
 		for _, p := range c.order {
 			if p.holds(n) {
 				rare++
-				if p.roomy {
+				if p.roomy && p.offers(n) {
 					avail = true
 				}
 			}
@@ -209,7 +209,7 @@ func (c *Core) pickSequential() (uint32, bool) {
 			continue
 		}
 		for _, p := range c.order {
-			if p.holds(n) && p.roomy {
+			if p.offers(n) && p.roomy {
 				best, found = n, true
 				break
 			}
@@ -226,7 +226,7 @@ func (c *Core) pickSequential() (uint32, bool) {
 func (c *Core) chooseParent(n uint32) *parent {
 	nonSeed := false
 	for _, p := range c.order {
-		if !p.Seed && p.holds(n) && p.roomy {
+		if !p.Seed && p.offers(n) && p.roomy {
 			nonSeed = true
 			break
 		}
@@ -234,7 +234,7 @@ func (c *Core) chooseParent(n uint32) *parent {
 	var best *parent
 	bestScore := -1.0
 	for _, p := range c.order {
-		if !p.holds(n) || !p.roomy || (nonSeed && p.Seed) {
+		if !p.offers(n) || !p.roomy || (nonSeed && p.Seed) {
 			continue
 		}
 		s := p.est / float64(len(p.inflight)+1) * (1 + 0.1*c.rnd.Float64())
@@ -274,7 +274,7 @@ func (c *Core) endgame(now time.Time) (uint32, *parent) {
 				continue
 			}
 			for _, r := range q.inflight {
-				if len(c.reqs[r.piece]) != 1 || !p.holds(r.piece) {
+				if len(c.reqs[r.piece]) != 1 || !p.offers(r.piece) {
 					continue
 				}
 				left := r.eta().Sub(now)
