@@ -377,7 +377,13 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 			if par := t.peers[id]; par != nil {
 				par.host.successes++
 				par.host.uploadBytes += int64(r.GetLength())
-				par.host.observeThroughput(r.GetLength(), r.GetCostNs())
+				// A piece over a paced edge went out beside the parent's
+				// main child, sharing its uplink while it lasted: its rate
+				// says nothing of what the host can give one child, and
+				// counted, it would get fast relays replaced as slow.
+				if par.pacedKids == 0 || !pacedChild(par, p) {
+					par.host.observeThroughput(r.GetLength(), r.GetCostNs())
+				}
 			}
 		}
 	}

@@ -663,3 +663,43 @@ func TestPacedDecisionCostBoundedInLargeTask(t *testing.T) {
 	t.Logf("%d of 20 newcomers got paced parents; %d paced edges", paced, tk.paced)
 	v.invariants()
 }
+
+// A piece a child got over a paced edge does not count in its parent
+// host's measured throughput: it shared the uplink with the main child,
+// and counted, its low rate would get a fast relay replaced as slow.
+func TestPacedPieceNotInThroughput(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	for _, id := range []string{"a", "b", "s1"} {
+		up := 100.0
+		if id == "s1" {
+			up = 10
+		}
+		v.join("t", id, capHost(id, up, false)).decision()
+	}
+	s2 := v.join("t", "s2", capHost("s2", 10, false))
+	d := s2.decision()
+	var paced string
+	for _, p := range d.GetParents().GetParents() {
+		if p.GetShareBps() > 0 && p.GetPeerId() != "s1" {
+			paced = p.GetPeerId()
+		}
+	}
+	if paced == "" {
+		t.Fatalf("s2 parents %v: want a paced fast one", parentIDs(d))
+	}
+	v.s.mu.Lock()
+	h := v.s.tasks[tid("t")].peers[paced].host
+	before, n := h.throughput, h.successes
+	v.s.mu.Unlock()
+	// One piece in 1 s: far below the parent's uplink.
+	s2.pieces(&schedulerv1.PieceResult{Number: 0, ParentId: paced, Length: 1 << 18, CostNs: 1e9})
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	if h.successes != n+1 {
+		t.Errorf("successes %d, want %d: the piece still counts as served", h.successes, n+1)
+	}
+	if h.throughput != before {
+		t.Errorf("paced piece moved %s's throughput from %.0f to %.0f", paced, before, h.throughput)
+	}
+}
