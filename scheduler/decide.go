@@ -419,6 +419,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	}
 	pref := len(full)
 	if s.pacedOnly {
+		clear(free)
 		free = free[:0] // a free slot is rehomeLocked's
 	}
 	if len(free) == 0 && !lastResort && !s.fillFreeOnly {
