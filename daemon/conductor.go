@@ -354,7 +354,7 @@ func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMes
 			if p.GetHost() == nil {
 				continue
 			}
-			ps = append(ps, fetch.Parent{ID: p.GetPeerId(), Host: p.GetHost().GetId(), Seed: p.GetHost().GetSeed(), UploadBps: float64(p.GetHost().GetUploadBps())})
+			ps = append(ps, fetch.Parent{ID: p.GetPeerId(), Host: p.GetHost().GetId(), Seed: p.GetHost().GetSeed(), UploadBps: float64(p.GetHost().GetUploadBps()), ShareBps: float64(p.GetShareBps())})
 			c.infos[p.GetPeerId()] = p
 		}
 		c.step(ctx, fetch.EvParents{Parents: ps})

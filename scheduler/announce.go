@@ -209,6 +209,12 @@ func (s *Scheduler) removeLocked(p *peer, now time.Time) {
 	s.m.peersLeft.Inc()
 	t.removePeer(p)
 	children := slices.Clone(p.children)
+	var main []*peer // children with the whole uplink: not paced
+	for _, c := range children {
+		if p.pacedKids == 0 || !pacedChild(p, c) {
+			main = append(main, c)
+		}
+	}
 	for _, c := range children {
 		s.removeEdge(p, c)
 	}
@@ -216,12 +222,12 @@ func (s *Scheduler) removeLocked(p *peer, now time.Time) {
 	// parent, whose slot this frees: any other parent would already serve a
 	// child and split its uplink.
 	var heir *peer
-	if len(children) == 1 && children[0].state == stateRunning {
-		heir = s.heirParent(p, children[0])
+	if len(main) == 1 && main[0].state == stateRunning {
+		heir = s.heirParent(p, main[0])
 	}
 	s.dropParentsLocked(p)
 	if heir != nil {
-		s.linkLocked(heir, children[0])
+		s.linkLocked(heir, main[0])
 	}
 	if wasFetcher {
 		t.backToSource--
@@ -371,7 +377,13 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 			if par := t.peers[id]; par != nil {
 				par.host.successes++
 				par.host.uploadBytes += int64(r.GetLength())
-				par.host.observeThroughput(r.GetLength(), r.GetCostNs())
+				// A piece over a paced edge went out beside the parent's
+				// main child, sharing its uplink while it lasted: its rate
+				// says nothing of what the host can give one child, and
+				// counted, it would get fast relays replaced as slow.
+				if par.pacedKids == 0 || !pacedChild(par, p) {
+					par.host.observeThroughput(r.GetLength(), r.GetCostNs())
+				}
 			}
 		}
 	}

@@ -46,7 +46,7 @@ func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
 // relay capacity (capped by that downlink) sees to. 0 when no capacity is
 // known.
 func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
-	t.rate = 0
+	t.rate, t.fluid = 0, 0
 	if !s.cfg.CapacityAware {
 		return
 	}
@@ -71,15 +71,19 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 		}
 		ups = append(ups, u)
 	}
-	if len(ups) == 0 {
+	declared := len(ups) > 0
+	if !declared {
 		// Nobody declared a capacity: the rate is the median of the
 		// measured ones, so that a host the slow-parent rule measured
 		// slow (its capacity then; upCapacity) is judged against it.
 		ups, measured = measured, ups
 	}
 	s.measuredScratch = measured[:0]
-	r := 0.0
+	r, sum := 0.0, 0.0
 	if len(ups) > 0 {
+		for _, u := range ups {
+			sum += u
+		}
 		slices.Sort(ups)
 		r = ups[len(ups)/2]
 	}
@@ -87,6 +91,20 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 		r = src
 	}
 	t.rate = r
+	// The fluid bound's rate: all the uplink there is (the source's and
+	// the receivers') over the receivers; never above R. Only from declared capacities: a
+	// measured rate tells what a host gave, not what it could spare, and
+	// shares booked on it starve their children (paced shares are off).
+	t.fluid = 0
+	if declared {
+		t.fluid = r
+		if (src+sum)/float64(len(ups)) < r {
+			t.fluid = (src + sum) / float64(len(ups))
+		}
+	}
+	if t.paced > 0 {
+		s.trimPacedLocked(t, now)
+	}
 	s.rateScratch = ups[:0]
 }
 
@@ -115,7 +133,18 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 // limit allows.
 func (s *Scheduler) childrenFull(c *peer, group string, now time.Time) bool {
 	lim := s.childLimit(c, now)
-	return lim >= 0 && childrenIn(c, group) >= lim
+	return (lim >= 0 && childrenIn(c, group) >= lim) || s.bookedFull(c, now)
+}
+
+// bookedFull reports whether the shares booked on c leave no room for one
+// more child at the fluid rate: the slot went to paced children, whose
+// shares would otherwise be trimmed when it is taken.
+func (s *Scheduler) bookedFull(c *peer, now time.Time) bool {
+	if c.pacedKids == 0 || c.task.fluid <= 0 {
+		return false
+	}
+	u := s.upCapacity(c.host, now)
+	return u-pacedFluid(c)*float64(unpacedChildren(c)+1)-c.booked < -0.02*u
 }
 
 // slowHost reports whether c's uplink is known to feed no child at the
@@ -177,7 +206,7 @@ func (s *Scheduler) share(c *peer, now time.Time) float64 {
 	if u <= 0 {
 		u = c.task.rate
 	}
-	return u / float64(len(c.children)+1)
+	return u / float64(unpacedChildren(c)+1)
 }
 
 // slowBranch reports whether y and all below it are slow hosts, each with
@@ -185,10 +214,13 @@ func (s *Scheduler) share(c *peer, now time.Time) float64 {
 // hang anywhere without holding back a pipeline. It looks at no more than
 // budget peers (false beyond).
 func (s *Scheduler) slowBranch(y *peer, now time.Time, budget *int) bool {
-	if *budget--; *budget < 0 || y.state != stateRunning || len(y.parents) != 1 || !s.slowHost(y, now) {
+	if *budget--; *budget < 0 || y.state != stateRunning || len(y.parents) != 1 || y.parents[0].share > 0 || !s.slowHost(y, now) {
 		return false
 	}
 	for _, c := range y.children {
+		if y.pacedKids > 0 && pacedChild(y, c) {
+			continue // a paced share of y's idle uplink: not below y in the tree
+		}
 		if !s.slowBranch(c, now, budget) {
 			return false
 		}
@@ -203,7 +235,7 @@ const slowBranchBudget = 64
 // branch: sharing c's uplink then slows no relay of a fast host.
 func (s *Scheduler) feedsLeaves(c *peer, now time.Time) bool {
 	for _, ch := range c.children {
-		if len(ch.children) > 0 {
+		if len(ch.children) > 0 && (c.pacedKids == 0 || !pacedChild(c, ch)) {
 			budget := slowBranchBudget
 			if !s.slowBranch(ch, now, &budget) {
 				return false
@@ -235,8 +267,8 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 		return s.slowBranch(y, now, &budget)
 	}
 	for _, x := range full {
-		if x.host.info.GetSeed() && len(full) > 1 {
-			continue
+		if (x.host.info.GetSeed() && len(full) > 1) || s.slowHost(x, now) {
+			continue // a slow uplink above p would hold back all below it
 		}
 		if _, bad := p.bad[x.id]; bad || !slices.ContainsFunc(x.children, isSlowLeaf) {
 			continue
@@ -245,7 +277,7 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 		// that also feeds a pipeline member would split its uplink.
 		rest := 0
 		for _, y := range x.children {
-			if !isSlowLeaf(y) {
+			if !isSlowLeaf(y) && (x.pacedKids == 0 || !pacedChild(x, y)) {
 				rest++
 			}
 		}
@@ -270,6 +302,9 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 			if !s.linkLocked(p, y) {
 				s.linkLocked(x, y) // cannot happen: y is a leaf and p new
 			}
+			if lim := s.childLimit(p, now); lim >= 0 && len(moved) > lim {
+				s.crowdLocked(y) // they split p's uplink: paced parents may do better
+			}
 			s.sendParentsLocked(y, now)
 		}
 		s.log.Debug("slow leaves displaced", "task_id", p.task.id, "peer_id", p.id, "parent", x.id, "leaves", len(moved))
@@ -289,11 +324,11 @@ func (s *Scheduler) crowdLocked(p *peer) {
 // oversubscribed reports whether x feeds more children than its uplink has
 // room for, or is known slow while feeding any.
 func (s *Scheduler) oversubscribed(x *peer, now time.Time) bool {
-	if len(x.children) == 0 {
+	if unpacedChildren(x) == 0 {
 		return false
 	}
 	lim := s.childLimit(x, now)
-	return (lim >= 0 && len(x.children) > lim) || x.host.used > x.host.slots || now.Before(x.host.slowUntil)
+	return (lim >= 0 && unpacedChildren(x) > lim) || x.host.used > x.host.slots || now.Before(x.host.slowUntil)
 }
 
 // rehomeBatch bounds the peers one event rehomes; the Tick goes on.
@@ -327,5 +362,260 @@ func (s *Scheduler) rehomeLocked(t *task, now time.Time) {
 		}
 		s.sendParentsLocked(c, now)
 		s.log.Debug("crowded peer rehomed", "task_id", t.id, "peer_id", c.id, "from", x.id, "to", c.parents[0].peer.id)
+	}
+}
+
+// unpacedChildren counts c's children that take its uplink unpaced: those
+// its child limit counts.
+func unpacedChildren(c *peer) int { return len(c.children) - c.pacedKids }
+
+// pacedChild reports whether ch takes a paced share of c's uplink.
+func pacedChild(c, ch *peer) bool {
+	for _, l := range ch.parents {
+		if l.peer == c {
+			return l.share > 0
+		}
+	}
+	return false
+}
+
+// spare is what c's uplink has left once its unpaced children get the
+// task's fluid rate each and its paced children their booked shares, in
+// bytes/s; 0 when its capacity is unknown.
+func (s *Scheduler) spare(c *peer, now time.Time) float64 {
+	if c.host.info.GetUploadBps() <= 0 || c.task.fluid <= 0 {
+		return 0 // undeclared: a measured rate is no spare capacity
+	}
+	u := s.upCapacity(c.host, now)
+	return max(0, u-c.task.fluid*float64(unpacedChildren(c))-c.booked)
+}
+
+// pacedRehomeBatch bounds the peers one pacedRehomeLocked call tries to
+// move (each try is one candidate walk).
+const pacedRehomeBatch = 2
+
+// maxPacedParents bounds the paced parents one receiver gets; minPacedShare
+// is the smallest share worth a parent, as a fraction of the fluid rate.
+const (
+	maxPacedParents = 8
+	minPacedShare   = 1.0 / 32
+)
+
+// pacedLocked gives p, a receiver with no parent that found no candidate
+// with a full-rate slot (full holds the sampled candidates without one,
+// preferred first), several paced parents instead of a share of one full
+// uplink: the candidates' spare capacities, largest first, until they sum
+// to the task's fluid rate (or p's downlink). Each share is booked on its
+// parent so no spare is handed out twice, and the child paces its requests
+// to it (PeerInfo.share_bps): taking a parent's spare then leaves its other
+// children their rate, where an unpaced extra child would halve it while
+// both transfer. Seeds give nothing (their uplink is often the origin's),
+// slow hosts' idle uplinks are used. It links only when the spares sum to
+// more than p would get by splitting the best full uplink, and reports
+// whether it linked any.
+func (s *Scheduler) pacedLocked(p *peer, full []*peer, group string, now time.Time) bool {
+	t := p.task
+	if !s.cfg.PacedShares || !s.cfg.CapacityAware || t.fluid <= 0 || (len(p.parents) > 0 && !s.pacedTopUp) || len(full) == 0 {
+		return false
+	}
+	want := s.pacedWant(p)
+	have := 0.0
+	for _, l := range p.parents {
+		have += l.share
+	}
+	want -= have
+	cands := s.pacedScratch[:0]
+	defer func() {
+		clear(cands)
+		s.pacedScratch = cands[:0]
+	}()
+	split := 0.0 // the best split of a full uplink: the rule without shares
+	for _, c := range full {
+		split = max(split, s.share(c, now))
+		if c.host.info.GetSeed() || c.host == p.host || localityGroup(c.host.info) != group {
+			continue
+		}
+		if sp := s.spare(c, now); sp >= minPacedShare*t.fluid {
+			cands = append(cands, pacedCand{c, sp})
+		}
+	}
+	slices.SortFunc(cands, func(a, b pacedCand) int {
+		switch {
+		case a.spare > b.spare:
+			return -1
+		case a.spare < b.spare:
+			return 1
+		}
+		return 0
+	})
+	total := 0.0
+	n := len(p.parents)
+	if s.pacedTopUp {
+		split = 0 // any more is better than what p has
+	}
+	for _, c := range cands {
+		if n == maxPacedParents || total >= want {
+			break
+		}
+		total += min(c.spare, want-total)
+		n++
+	}
+	if total <= max(split, s.pacedMin) || total < minPacedShare*t.fluid {
+		return false
+	}
+	got, added, base := 0.0, 0, len(p.parents)
+	for _, c := range cands {
+		if base+added >= maxPacedParents || got >= want*0.99 {
+			break
+		}
+		sh := min(c.spare, want-got)
+		if s.linkShareLocked(c.peer, p, sh) {
+			got += sh
+			added++
+		}
+	}
+	if added > 0 && s.debug() {
+		s.log.Debug("paced parents", "task_id", t.id, "peer_id", p.id, "parents", added, "share_bps", int64(got), "want_bps", int64(want))
+	}
+	return added > 0
+}
+
+type pacedCand struct {
+	*peer
+	spare float64
+}
+
+// pacedRehomeLocked moves peers that share a split uplink (t.crowded) to
+// paced parents (pacedLocked) when the spare capacity it finds gives them
+// more than their share of the split uplink, which the parent's other
+// children then get back. A peer is tried at most once per
+// RefreshInterval; one that finds too little stays where it is. One call
+// looks at no more than 4·rehomeBatch of them, the latest first, and tries
+// pacedRehomeBatch: every event runs it, so its cost must not grow with N.
+func (s *Scheduler) pacedRehomeLocked(t *task, now time.Time) {
+	tried, scanned := 0, 0
+	for i := len(t.crowded) - 1; i >= 0 && tried < pacedRehomeBatch && scanned < 4*rehomeBatch; i-- {
+		scanned++ // bounded: an event costs O(1) however many peers are crowded
+		c := t.crowded[i]
+		if c.state != stateRunning || len(c.parents) != 1 || c.parents[0].share > 0 || t.unverifiable() ||
+			now.Sub(c.pacedTry) < s.cfg.RefreshInterval.D() {
+			continue
+		}
+		x := c.parents[0].peer
+		u := s.upCapacity(x.host, now)
+		n := unpacedChildren(x)
+		if u <= 0 || n <= 1 || u/float64(n) >= 0.9*t.fluid {
+			continue // it has about its rate: nothing to gain
+		}
+		tried++
+		c.pacedTry = now
+		s.removeEdge(x, c)
+		s.pacedOnly, s.pacedMin, s.fillExclude = true, u/float64(n), x
+		moved := s.fillParentsLocked(c, false)
+		s.pacedOnly, s.pacedMin, s.fillExclude = false, 0, nil
+		if !moved {
+			s.linkLocked(x, c)
+			continue
+		}
+		t.crowded[i] = t.crowded[len(t.crowded)-1]
+		t.crowded[len(t.crowded)-1] = nil
+		t.crowded = t.crowded[:len(t.crowded)-1]
+		c.crowded = false
+		s.sendParentsLocked(c, now)
+		if s.debug() {
+			s.log.Debug("crowded peer paced", "task_id", t.id, "peer_id", c.id, "from", x.id, "parents", len(c.parents))
+		}
+	}
+}
+
+// trimPacedLocked keeps the shares booked on every parent within its spare
+// capacity when that shrank (the parent took another unpaced child, or the
+// fluid rate fell below the one its shares were booked at): the parent's
+// shares are scaled down
+// to fit and their children told; a share that falls below minPacedShare
+// is dropped, and a child left without parents is decided again at the
+// flush. It runs with the rate (on registrations while the task is small,
+// else once a Tick) and costs one pass over the task's peers.
+func (s *Scheduler) trimPacedLocked(t *task, now time.Time) {
+	floor := minPacedShare * t.fluid
+	for _, p := range t.list {
+		if p.pacedKids == 0 || p.state == stateLeft {
+			continue
+		}
+		room := 0.0
+		if t.fluid > 0 && p.host.info.GetUploadBps() > 0 {
+			room = max(0, s.upCapacity(p.host, now)-pacedFluid(p)*float64(unpacedChildren(p)))
+		}
+		if p.booked <= room*1.02+1 {
+			continue
+		}
+		f := room / p.booked
+		for i := 0; i < len(p.children); i++ {
+			c := p.children[i]
+			j := slices.IndexFunc(c.parents, func(l link) bool { return l.peer == p })
+			if j < 0 || c.parents[j].share <= 0 {
+				continue
+			}
+			sh := c.parents[j].share * f
+			if sh < floor {
+				s.removeEdge(p, c)
+				i-- // the last child took its place
+				if len(c.parents) == 0 {
+					s.unpaced = append(s.unpaced, c)
+					continue
+				}
+				s.unpaced = append(s.unpaced, c) // topped up at the flush
+			} else {
+				p.booked -= c.parents[j].share - sh
+				c.parents[j].share = sh
+			}
+			s.sendParentsLocked(c, now)
+		}
+	}
+}
+
+// pacedFluid is the rate p's unpaced children are assumed to get while it
+// has paced ones: the task's fluid rate, but no more than it was when a
+// share was last booked on p. A fluid rate that rises later (receivers
+// finish, or join with fast uplinks) does not take back shares booked in
+// good faith; the main children still get what they were assumed to.
+func pacedFluid(p *peer) float64 {
+	if p.bookFluid > 0 && p.bookFluid < p.task.fluid {
+		return p.bookFluid
+	}
+	return p.task.fluid
+}
+
+// pacedWant is the rate a paced receiver is given parents for: the task's
+// fluid rate, or its own downlink when that is less.
+func (s *Scheduler) pacedWant(p *peer) float64 {
+	want := p.task.fluid
+	if d := p.host.info.GetDownloadBps(); d > 0 && float64(d) < want {
+		want = float64(d)
+	}
+	return want
+}
+
+// pacedShort reports whether p's paced shares sum to well under what it
+// was given them for (a parent left, or its share was trimmed).
+func (s *Scheduler) pacedShort(p *peer) bool {
+	have := 0.0
+	for _, l := range p.parents {
+		have += l.share
+	}
+	return have < 0.9*s.pacedWant(p) && len(p.parents) < maxPacedParents
+}
+
+// topUpPacedLocked gives p, a paced receiver short of its rate, more paced
+// parents from the spare capacity there is now, and tells it.
+func (s *Scheduler) topUpPacedLocked(p *peer, now time.Time) {
+	if !s.cfg.PacedShares || p.task.fluid <= 0 || !s.pacedShort(p) || p.task.unverifiable() {
+		return
+	}
+	s.pacedOnly, s.pacedTopUp = true, true
+	added := s.fillParentsLocked(p, false)
+	s.pacedOnly, s.pacedTopUp = false, false
+	if added {
+		s.sendParentsLocked(p, now)
 	}
 }

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"math"
 	mrand "math/rand/v2"
 	"slices"
 	"testing"
@@ -120,10 +121,11 @@ func TestCapacitySlowHostAtLeaf(t *testing.T) {
 }
 
 // When every parent is full, a newcomer splits an uplink that feeds only
-// leaves rather than one that feeds a whole pipeline.
+// leaves rather than one that feeds a whole pipeline (without paced
+// shares; with them see TestPacedSharesForLastReceivers).
 func TestCapacitySplitOnlyAboveLeaves(t *testing.T) {
 	for _, aware := range []bool{true, false} {
-		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware = aware })
+		v := pipelineVirtual(t, func(c *Config) { c.CapacityAware, c.PacedShares = aware, false })
 		v.source("t", "src", capHost("src", 100, false))
 		prev := "src"
 		for _, id := range []string{"a", "b", "c"} {
@@ -262,9 +264,10 @@ func TestCapacityMeasuredSlowHostAtLeaf(t *testing.T) {
 }
 
 // A peer that had to share an uplink moves, in the same event, to a slot
-// that frees up: capacity idle elsewhere is used at once.
+// that frees up: capacity idle elsewhere is used at once (without paced
+// shares, which would not have left it sharing).
 func TestCapacityCrowdedPeerRehomedWhenSlotFrees(t *testing.T) {
-	v := pipelineVirtual(t, nil)
+	v := pipelineVirtual(t, func(c *Config) { c.PacedShares = false })
 	v.source("t", "src", capHost("src", 100, false))
 	prev := "src"
 	ps := map[string]*vpeer{}
@@ -303,7 +306,9 @@ func TestCapacityCrowdedPeerRehomedWhenSlotFrees(t *testing.T) {
 // (a tick every 20 joins), no slow uplink ends above a fast host, every
 // fast host relays to at most one fast host (the pipeline runs at the fast
 // rate), and slow hosts do not pile up below one uplink but hang in slow
-// branches below the pipeline.
+// branches below the pipeline. Paced children (a booked share of a spare
+// uplink, pacedLocked) take no one's rate: they are not counted, but their
+// shares must fit the spare (checkPaced).
 func TestCapacityRandomJoinOrder(t *testing.T) {
 	for _, churn := range []bool{false, true} {
 		for seed := range uint64(3) {
@@ -340,9 +345,11 @@ func capacityRandomJoins(t *testing.T, seed uint64, churn bool) {
 	}
 	v.s.mu.Lock()
 	for _, p := range v.s.tasks[tid("t")].list {
-		fast := 0
+		fast, paced := 0, 0
 		for _, c := range p.children {
-			if !slow[c.id] {
+			if pacedChild(p, c) {
+				paced++
+			} else if !slow[c.id] {
 				fast++
 			}
 		}
@@ -352,12 +359,13 @@ func capacityRandomJoins(t *testing.T, seed uint64, churn bool) {
 		// A slow host gets a tenth of the rate from its own uplink: an
 		// uplink shared by more than about ten slow hosts gives each less
 		// than a slow host of their own would.
-		if n := len(p.children) - fast; n > 12 {
+		if n := len(p.children) - paced - fast; n > 12 {
 			t.Errorf("seed %d churn %v: %s feeds %d slow hosts", seed, churn, p.id, n)
 		}
 		if fast > 1 {
 			t.Errorf("seed %d churn %v: %s splits its uplink over %d fast children", seed, churn, p.id, fast)
 		}
+		checkPaced(t, v.s, p)
 	}
 	v.s.mu.Unlock()
 	v.invariants()
@@ -441,5 +449,257 @@ func TestCapacityPreferencesDoNotExclude(t *testing.T) {
 	}
 	if err := checkInvariants(v.s); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// checkPaced checks p's paced children against its uplink: their shares
+// are what p books (pacedKids, booked), and they never exceed (by more than
+// trimPacedLocked's 2 %) what its uplink has beside its unpaced children at
+// the task's fluid rate (as it was at the booking: pacedFluid).
+func checkPaced(t *testing.T, s *Scheduler, p *peer) {
+	t.Helper()
+	n, sum := 0, 0.0
+	for _, c := range p.children {
+		for _, l := range c.parents {
+			if l.peer == p && l.share > 0 {
+				n++
+				sum += l.share
+			}
+		}
+	}
+	if n != p.pacedKids || math.Abs(sum-p.booked) > 1 {
+		t.Errorf("%s: %d paced children with %.0f B/s booked, but it counts %d and %.0f", p.id, n, sum, p.pacedKids, p.booked)
+	}
+	if n == 0 {
+		return
+	}
+	u := s.upCapacity(p.host, s.now())
+	// trimPacedLocked lets the shares exceed the spare by 2 % before it
+	// trims them (the fluid rate moves a little with every join).
+	if spare := u - pacedFluid(p)*float64(unpacedChildren(p)); sum > spare*1.02+1 {
+		t.Errorf("%s: paced shares %.0f B/s above its spare %.0f (uplink %.0f, %d unpaced children at %.0f)",
+			p.id, sum, spare, u, unpacedChildren(p), pacedFluid(p))
+	}
+}
+
+// The fluid bound with mixed links (docs/architecture.md, "Paced shares"):
+// a source and six receivers at 100 Mbit/s and two at 10. A tree gives
+// seven full-rate slots for eight receivers; the last receiver gets no
+// share of one full uplink (which would halve the rate of the pipeline
+// below it) but paced shares of several parents' spare capacity, slow
+// hosts' idle uplinks included, that sum to about the fluid rate and never
+// exceed what each parent has beside its unpaced child. Its leaving gives
+// the shares back.
+func TestPacedSharesForLastReceivers(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	prev := "src"
+	for _, id := range []string{"a", "b", "c", "d", "e", "f"} {
+		if got := v.join("t", id, capHost(id, 100, false)).parents(); !slices.Equal(got, []string{prev}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, prev)
+		}
+		prev = id
+	}
+	// The first slow host takes the pipeline's free tail slot.
+	if got := v.join("t", "s1", capHost("s1", 10, false)).parents(); !slices.Equal(got, []string{"f"}) {
+		t.Fatalf("s1 parents %v, want [f]", got)
+	}
+	s2 := v.join("t", "s2", capHost("s2", 10, false))
+	d := s2.decision()
+	ps := d.GetParents().GetParents()
+	fluid := 720.0 / 8 * mbps // (100 + 6·100 + 2·10) / 8 receivers
+	v.s.mu.Lock()
+	if got := v.s.tasks[tid("t")].fluid; math.Abs(got-fluid) > 1 {
+		t.Errorf("fluid rate %.0f B/s, want %.0f", got, fluid)
+	}
+	v.s.mu.Unlock()
+	if len(ps) < 2 {
+		t.Fatalf("s2 got %d parents (%v): want several paced ones", len(ps), parentIDs(d))
+	}
+	sum := 0.0
+	slowParent := false
+	for _, p := range ps {
+		if p.GetShareBps() <= 0 {
+			t.Fatalf("s2's parent %s unpaced: it would halve its other child's rate", p.GetPeerId())
+		}
+		if p.GetHost().GetUploadBps() == int64(10*mbps) {
+			slowParent = true
+		}
+		sum += float64(p.GetShareBps())
+	}
+	if sum < 0.8*fluid || sum > fluid*1.001 {
+		t.Errorf("s2's shares sum to %.0f B/s (%v), want about the fluid rate %.0f", sum, ps, fluid)
+	}
+	if !slowParent {
+		t.Errorf("no slow host's idle uplink among s2's parents %v", parentIDs(d))
+	}
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, p := range tk.list {
+		checkPaced(t, v.s, p) // no share above its parent's spare
+		if unpacedChildren(p) > 1 {
+			t.Errorf("%s feeds %d children unpaced", p.id, unpacedChildren(p))
+		}
+	}
+	v.s.mu.Unlock()
+	v.invariants()
+
+	// s2 leaves: every share is given back.
+	s2.leave()
+	v.s.mu.Lock()
+	for _, p := range tk.list {
+		if p.pacedKids != 0 || p.booked != 0 {
+			t.Errorf("%s still books %.0f B/s for %d paced children after s2 left", p.id, p.booked, p.pacedKids)
+		}
+	}
+	if tk.paced != 0 {
+		t.Errorf("task counts %d paced edges after s2 left", tk.paced)
+	}
+	v.s.mu.Unlock()
+}
+
+// A paced receiver that loses a parent (it left) keeps the others and is
+// topped up from the spare there is: the shares stay booked right.
+func TestPacedParentLeavesTopUp(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	vs := map[string]*vpeer{}
+	for _, id := range []string{"a", "b", "c", "d", "e", "f", "s1"} {
+		vs[id] = v.join("t", id, capHost(id, map[bool]float64{true: 10, false: 100}[id == "s1"], false))
+		vs[id].decision()
+	}
+	s2 := v.join("t", "s2", capHost("s2", 10, false))
+	before := parentIDs(s2.decision())
+	gone := ""
+	for _, id := range before {
+		if id != "src" && id != "s1" && id != "f" {
+			gone = id
+			break
+		}
+	}
+	if gone == "" {
+		t.Fatalf("s2 parents %v: want some fast relay among them", before)
+	}
+	vs[gone].leave()
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	var p2 *peer
+	for _, p := range tk.list {
+		checkPaced(t, v.s, p)
+		if p.id == "s2" {
+			p2 = p
+		}
+	}
+	if p2 == nil || len(p2.parents) == 0 {
+		t.Fatalf("s2 left without parents after %s left", gone)
+	}
+	for _, l := range p2.parents {
+		if l.peer.id == gone {
+			t.Errorf("s2 still has %s, which left", gone)
+		}
+		if l.share <= 0 {
+			t.Errorf("s2's parent %s unpaced", l.peer.id)
+		}
+	}
+	v.s.mu.Unlock()
+	v.invariants()
+}
+
+// With declared mixed capacities (paced shares at work), a decision in a
+// large task still looks at a bounded number of candidates: its own walk
+// and at most pacedRehomeBatch walks for crowded peers, each of at most
+// 2·candidate_limit, whatever N.
+func TestPacedDecisionCostBoundedInLargeTask(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	const n = 3000
+	up := func(i int) float64 {
+		if i%4 == 3 {
+			return 10
+		}
+		return 100
+	}
+	for i := range n {
+		p := v.join("t", fmt.Sprintf("p%d", i), capHost(fmt.Sprintf("p%d", i), up(i), false))
+		if i%500 == 0 {
+			v.advance(time.Second)
+		}
+		p.msgs = nil
+	}
+	v.advance(time.Second)
+	limit := uint64(v.s.cfg.CandidateLimit)
+	paced := 0
+	for i := range 20 {
+		v.s.mu.Lock()
+		before := v.s.visited
+		v.s.mu.Unlock()
+		p := v.join("t", fmt.Sprintf("new%d", i), capHost(fmt.Sprintf("new%d", i), up(i), false))
+		d := p.decision()
+		if d.GetParents() == nil {
+			t.Fatalf("newcomer %d: %v", i, d)
+		}
+		if len(d.GetParents().GetParents()) > 1 {
+			paced++
+		}
+		v.s.mu.Lock()
+		visits := v.s.visited - before
+		v.s.mu.Unlock()
+		if bound := 2 * limit * (1 + pacedRehomeBatch); visits > bound {
+			t.Fatalf("newcomer %d: its decision looked at %d candidates in a task of %d peers (bound %d)", i, visits, n, bound)
+		}
+	}
+	// In a large task shares are trimmed to a parent's spare once a Tick
+	// (a parent may have taken another child whole since).
+	v.advance(time.Second)
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, p := range tk.list {
+		checkPaced(t, v.s, p)
+	}
+	if tk.paced == 0 {
+		t.Errorf("no paced edge in a task of %d mixed hosts", n)
+	}
+	v.s.mu.Unlock()
+	t.Logf("%d of 20 newcomers got paced parents; %d paced edges", paced, tk.paced)
+	v.invariants()
+}
+
+// A piece a child got over a paced edge does not count in its parent
+// host's measured throughput: it shared the uplink with the main child,
+// and counted, its low rate would get a fast relay replaced as slow.
+func TestPacedPieceNotInThroughput(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	for _, id := range []string{"a", "b", "s1"} {
+		up := 100.0
+		if id == "s1" {
+			up = 10
+		}
+		v.join("t", id, capHost(id, up, false)).decision()
+	}
+	s2 := v.join("t", "s2", capHost("s2", 10, false))
+	d := s2.decision()
+	var paced string
+	for _, p := range d.GetParents().GetParents() {
+		if p.GetShareBps() > 0 && p.GetPeerId() != "s1" {
+			paced = p.GetPeerId()
+		}
+	}
+	if paced == "" {
+		t.Fatalf("s2 parents %v: want a paced fast one", parentIDs(d))
+	}
+	v.s.mu.Lock()
+	h := v.s.tasks[tid("t")].peers[paced].host
+	before, n := h.throughput, h.successes
+	v.s.mu.Unlock()
+	// One piece in 1 s: far below the parent's uplink.
+	s2.pieces(&schedulerv1.PieceResult{Number: 0, ParentId: paced, Length: 1 << 18, CostNs: 1e9})
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	if h.successes != n+1 {
+		t.Errorf("successes %d, want %d: the piece still counts as served", h.successes, n+1)
+	}
+	if h.throughput != before {
+		t.Errorf("paced piece moved %s's throughput from %.0f to %.0f", paced, before, h.throughput)
 	}
 }

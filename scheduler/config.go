@@ -32,6 +32,13 @@ type Config struct {
 	// seed host to one child unless it declares more capacity (default
 	// true; docs/architecture.md).
 	CapacityAware bool `yaml:"capacity_aware"`
+	// PacedShares: with CapacityAware, a receiver that finds no parent with
+	// a full-rate slot gets several parents instead of a share of one full
+	// uplink: each gives it part of its spare capacity (its uplink less what
+	// its children are assigned at the task's fluid rate), and the child
+	// paces its requests to that part (PeerInfo.share_bps) so the parent's
+	// other children keep their rate (default true; docs/architecture.md).
+	PacedShares bool `yaml:"paced_shares"`
 	// PipelineParents makes a downloading peer a candidate parent before it
 	// holds a piece: it relays pieces as they arrive (default true).
 	PipelineParents bool `yaml:"pipeline_parents"`
@@ -97,6 +104,7 @@ func DefaultConfig() Config {
 		MaxChildren:        1,
 		PipelineParents:    true,
 		CapacityAware:      true,
+		PacedShares:        true,
 		SlowParentRatio:    0.3,
 		SlowParentSamples:  8,
 		MaxBackToSource:    1,

@@ -102,7 +102,7 @@ func (s *Scheduler) record(kind string, start time.Time) {
 func (s *Scheduler) sendParentsLocked(p *peer, start time.Time) {
 	infos := make([]*schedulerv1.PeerInfo, len(p.parents))
 	for i, l := range p.parents {
-		infos[i] = &schedulerv1.PeerInfo{PeerId: l.peer.id, Host: l.peer.host.info}
+		infos[i] = &schedulerv1.PeerInfo{PeerId: l.peer.id, Host: l.peer.host.info, ShareBps: int64(l.share)}
 	}
 	s.record(decisionParents, start)
 	s.sendLocked(p, &schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_Parents{
@@ -193,7 +193,19 @@ func (s *Scheduler) markDirty(t *task) {
 // changed tasks, until nothing is left to do. Every event ends with it, so
 // many changes in one event cost one pass.
 func (s *Scheduler) flushLocked(now time.Time) {
-	for len(s.dropped) > 0 || len(s.dirty) > 0 {
+	for len(s.dropped) > 0 || len(s.dirty) > 0 || len(s.unpaced) > 0 {
+		for len(s.unpaced) > 0 {
+			p := s.unpaced[len(s.unpaced)-1]
+			s.unpaced[len(s.unpaced)-1] = nil
+			s.unpaced = s.unpaced[:len(s.unpaced)-1]
+			switch {
+			case p.state != stateRunning:
+			case len(p.parents) == 0:
+				s.decideLocked(p, now, true)
+			default:
+				s.topUpPacedLocked(p, now)
+			}
+		}
 		for len(s.dropped) > 0 {
 			p := s.dropped[len(s.dropped)-1]
 			s.dropped = s.dropped[:len(s.dropped)-1]
@@ -207,6 +219,9 @@ func (s *Scheduler) flushLocked(now time.Time) {
 			t.dirty = false
 			if len(t.crowded) > 0 && len(t.open) > 0 && s.cfg.CapacityAware {
 				s.rehomeLocked(t, now)
+			}
+			if len(t.crowded) > 0 && s.cfg.CapacityAware && s.cfg.PacedShares && t.fluid > 0 {
+				s.pacedRehomeLocked(t, now)
 			}
 			ws := append(s.waitScratch[:0], t.waitList...)
 			for _, w := range ws {
@@ -277,7 +292,7 @@ func (s *Scheduler) touchOpenLocked(p *peer) {
 	if in {
 		now := s.now()
 		lim := s.childLimit(p, now)
-		in = (lim < 0 || len(p.children) < lim) && !now.Before(p.host.slowUntil)
+		in = (lim < 0 || unpacedChildren(p) < lim) && !now.Before(p.host.slowUntil) && !s.bookedFull(p, now)
 	}
 	p.task.setOpen(p, in)
 }
@@ -291,6 +306,9 @@ func (s *Scheduler) touchOpenLocked(p *peer) {
 // candidates are scored, sampled at random.
 func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	need := s.cfg.MaxParents - len(p.parents)
+	if s.pacedTopUp {
+		need = maxPacedParents - len(p.parents)
+	}
 	t := p.task
 	if need <= 0 || len(t.pool) == 0 || p.state == stateLeft {
 		return false
@@ -400,12 +418,21 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		}
 	}
 	pref := len(full)
+	if s.pacedOnly {
+		clear(free)
+		free = free[:0] // a free slot is rehomeLocked's
+	}
 	if len(free) == 0 && !lastResort && !s.fillFreeOnly {
 		pref = s.preferLeafSplits(p, full, now)
-		if s.displaceSlowLeafLocked(p, full, group, now) {
+		if s.displaceSlowLeafLocked(p, full, group, now) || s.pacedLocked(p, full, group, now) {
 			clear(full)
 			s.freeCands, s.fullCands = free[:0], full[:0]
 			return true
+		}
+		if s.pacedOnly {
+			clear(full)
+			s.freeCands, s.fullCands = free[:0], full[:0]
+			return false
 		}
 	}
 	// Free candidates first; hosts (or peers) without a free slot only when
@@ -627,11 +654,11 @@ func localityGroup(h *schedulerv1.Host) string { return h.GetIdc() }
 // childrenIn counts c's children in the given locality group.
 func childrenIn(c *peer, group string) int {
 	if group == "" {
-		return len(c.children)
+		return unpacedChildren(c)
 	}
 	n := 0
 	for _, ch := range c.children {
-		if localityGroup(ch.host.info) == group {
+		if localityGroup(ch.host.info) == group && (c.pacedKids == 0 || !pacedChild(c, ch)) {
 			n++
 		}
 	}

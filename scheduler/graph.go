@@ -24,18 +24,33 @@ const maxReorder = 2048
 type link struct {
 	peer *peer
 	at   int
+	// share: bytes/s of the parent's uplink booked for the child, which
+	// paces its requests to it (capacity.go, pacedLocked); 0: unpaced.
+	share float64
 }
 
 // linkLocked makes parent a parent of child when that keeps the graph
 // acyclic, consuming an upload slot on the parent's host.
 func (s *Scheduler) linkLocked(parent, child *peer) bool {
+	return s.linkShareLocked(parent, child, 0)
+}
+
+// linkShareLocked is linkLocked for a paced edge when share > 0: share
+// bytes/s of parent's uplink are booked for child.
+func (s *Scheduler) linkShareLocked(parent, child *peer, share float64) bool {
 	if parent == child {
 		return false
 	}
 	if parent.ord > child.ord && !s.reorderLocked(parent, child) {
 		return false
 	}
-	child.parents = append(child.parents, link{peer: parent, at: len(parent.children)})
+	if share > 0 {
+		parent.task.paced++
+		parent.pacedKids++
+		parent.booked += share
+		parent.bookFluid = parent.task.fluid
+	}
+	child.parents = append(child.parents, link{peer: parent, at: len(parent.children), share: share})
 	child.parentsAt = s.now()
 	parent.children = append(parent.children, child)
 	parent.host.used++
@@ -50,6 +65,14 @@ func (s *Scheduler) removeEdge(parent, child *peer) bool {
 		return false
 	}
 	at := child.parents[i].at
+	if sh := child.parents[i].share; sh > 0 {
+		parent.task.paced--
+		parent.pacedKids--
+		parent.booked -= sh
+		if parent.pacedKids == 0 {
+			parent.booked = 0 // no float residue
+		}
+	}
 	child.parents = slices.Delete(child.parents, i, i+1)
 	last := len(parent.children) - 1
 	if at != last {

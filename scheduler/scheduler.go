@@ -93,6 +93,11 @@ type Scheduler struct {
 	cands           []policy.Candidate
 	waitScratch     []*peer
 	rateScratch     []float64
+	pacedScratch    []pacedCand
+	unpaced         []*peer // lost their last paced parent to trimPacedLocked: decided at the flush
+	pacedOnly       bool    // fillParentsLocked: paced parents or none (pacedRehomeLocked)
+	pacedTopUp      bool    // fillParentsLocked: more paced parents for a peer short of its rate
+	pacedMin        float64 // pacedLocked: what the peer has without them
 	measuredScratch []float64
 }
 
@@ -295,6 +300,9 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 			if p.state == stateRunning && len(p.parents) < s.cfg.MaxParents {
 				under = append(under, p)
 			}
+			if p.state == stateRunning && len(p.parents) > 0 && p.parents[0].share > 0 && s.pacedShort(p) {
+				s.unpaced = append(s.unpaced, p) // topped up at the flush
+			}
 		}
 	}
 	s.flushLocked(now)
@@ -386,7 +394,9 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 		for i := 0; i < len(p.parents); i++ {
 			par := p.parents[i].peer
 			h := par.host
-			if !seen[h] {
+			if !seen[h] || p.parents[i].share > 0 {
+				// A paced parent gives its booked share by design: it was
+				// chosen knowing its capacity (pacedLocked).
 				continue
 			}
 			// A parent is judged against what it gets itself when that is
@@ -438,7 +448,7 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 // has no parent left, the two share a locality group, it is still in the
 // task and child has not reported it bad; nil otherwise.
 func (s *Scheduler) heirParent(x, child *peer) *peer {
-	if len(x.parents) != 1 || len(child.parents) != 0 {
+	if len(x.parents) != 1 || x.parents[0].share > 0 || len(child.parents) != 0 {
 		return nil
 	}
 	gp := x.parents[0].peer

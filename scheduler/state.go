@@ -115,7 +115,16 @@ type peer struct {
 	// (see stalled). Zero when not.
 	stalledAt time.Time
 	crowded   bool // in task.crowded
-	dropping  bool // queued for removal after a send overflow
+	// pacedKids counts the children that take a paced share of this
+	// peer's uplink (link.share > 0), booked the sum of those shares in
+	// bytes/s (capacity.go, pacedLocked).
+	pacedKids int
+	booked    float64
+	// bookFluid: the task's fluid rate when a share was last booked on
+	// this peer: its unpaced children were assumed to get that.
+	bookFluid float64
+	pacedTry  time.Time // when pacedRehomeLocked last tried to move it
+	dropping  bool      // queued for removal after a send overflow
 
 	// priority is the download's Dragonfly level (dfget --priority).
 	priority schedulerv1.Priority
@@ -213,7 +222,14 @@ type task struct {
 	dirty        bool
 	// rate is the target rate R of every receiver in bytes/s (capacity.go),
 	// 0 when no capacity is known.
-	rate    float64
+	rate float64
+	// fluid is the rate every receiver gets at the fluid bound, capped by
+	// rate: the source's and receivers' uplinks over the receivers
+	// (capacity.go); what a parent's unpaced children are assigned when
+	// its spare capacity is reckoned. 0 when no capacity is known.
+	fluid float64
+	// paced counts the task's paced edges (link.share > 0).
+	paced   int
 	nextOrd uint64
 	// cache: a dfcache entry. It has no origin: only its importers are
 	// sources, seeds are never triggered, and a peer finding no holder fails.

@@ -1128,9 +1128,14 @@ func (*PeerMessage_Reschedule) isPeerMessage_Msg() {}
 func (*PeerMessage_ContentCorrupt) isPeerMessage_Msg() {}
 
 type PeerInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PeerId        string                 `protobuf:"bytes,1,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
-	Host          *Host                  `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	PeerId string                 `protobuf:"bytes,1,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
+	Host   *Host                  `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	// share_bps: the bytes/s of this parent's uplink the scheduler booked for
+	// the child (a paced share of its spare capacity); the child keeps its
+	// requests to this parent at or below it. 0: unpaced, the parent's uplink
+	// as TCP shares it.
+	ShareBps      int64 `protobuf:"varint,3,opt,name=share_bps,json=shareBps,proto3" json:"share_bps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1177,6 +1182,13 @@ func (x *PeerInfo) GetHost() *Host {
 		return x.Host
 	}
 	return nil
+}
+
+func (x *PeerInfo) GetShareBps() int64 {
+	if x != nil {
+		return x.ShareBps
+	}
+	return 0
 }
 
 // Parents replaces the peer's parent set.
@@ -2547,10 +2559,11 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"reschedule\x18\a \x01(\v2\".damselfly.scheduler.v1.RescheduleH\x00R\n" +
 	"reschedule\x12Q\n" +
 	"\x0fcontent_corrupt\x18\b \x01(\v2&.damselfly.scheduler.v1.ContentCorruptH\x00R\x0econtentCorruptB\x05\n" +
-	"\x03msg\"U\n" +
+	"\x03msg\"r\n" +
 	"\bPeerInfo\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x120\n" +
-	"\x04host\x18\x02 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\"E\n" +
+	"\x04host\x18\x02 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\x12\x1b\n" +
+	"\tshare_bps\x18\x03 \x01(\x03R\bshareBps\"E\n" +
 	"\aParents\x12:\n" +
 	"\aparents\x18\x01 \x03(\v2 .damselfly.scheduler.v1.PeerInfoR\aparents\"&\n" +
 	"\fBackToSource\x12\x16\n" +

@@ -54,6 +54,7 @@ func schedulerFlags(fs *flag.FlagSet, cfg *scheduler.Config) {
 	fs.IntVar(&cfg.MaxChildren, "max-children", cfg.MaxChildren, "children one peer serves in one task (0: bounded by host upload slots only)")
 	fs.BoolVar(&cfg.PipelineParents, "pipeline-parents", cfg.PipelineParents, "downloading peers are candidate parents before their first piece")
 	fs.BoolVar(&cfg.CapacityAware, "capacity-aware", cfg.CapacityAware, "size each host's children by its known upload capacity over the task's target rate, slow uplinks at leaves, a seed of unknown capacity to one child")
+	fs.BoolVar(&cfg.PacedShares, "paced-shares", cfg.PacedShares, "with -capacity-aware and declared capacities: a receiver without a full-rate slot gets paced shares of several parents' spare uplinks")
 	fs.IntVar(&cfg.MaxBackToSource, "max-back-to-source", cfg.MaxBackToSource, "peers of one task fetching from the origin at once")
 	dur("seed-trigger-timeout", &cfg.SeedTriggerTimeout, "how long peers wait for a triggered seed peer before one goes to the origin")
 	dur("wait-timeout", &cfg.WaitTimeout, "a peer left waiting this long is told to go to the origin itself")

@@ -143,6 +143,12 @@ type Parent struct {
 	// capacity in bytes/s (0: unknown); the estimate until this peer has
 	// measured the parent itself.
 	UploadBps float64
+	// ShareBps is the part of the parent's uplink the scheduler booked for
+	// this peer, in bytes/s: the parent is paced to it (at most one request
+	// in flight, the next one not before the last one's bytes at ShareBps
+	// have elapsed), so that taking the parent's spare capacity does not
+	// halve what its other children get from it. 0: unpaced.
+	ShareBps float64
 }
 
 // Kind says why a piece request failed.

@@ -61,8 +61,9 @@ type Core struct {
 	peerBytes     int64
 	originBytes   int64
 
-	timer time.Time // last ActSetTimer given
-	out   []Action
+	timer  time.Time // last ActSetTimer given
+	stepAt time.Time // the time of the event being stepped
+	out    []Action
 }
 
 type parent struct {
@@ -77,6 +78,8 @@ type parent struct {
 	est      float64   // rate estimate for this round of decisions (estimate)
 	roomy    bool      // may take another request (set by pick)
 	lastDone time.Time // latest end of a piece from this parent
+	nextAt   time.Time // paced (ShareBps > 0): no request before this
+	relay    []bool    // pieces it announced while still receiving them
 	removed  bool
 }
 
@@ -169,6 +172,7 @@ func (c *Core) InFlight(id string) []uint32 {
 // Step handles one event at time now and returns what to do.
 func (c *Core) Step(now time.Time, ev Event) []Action {
 	c.out = nil
+	c.stepAt = now
 	if c.ended {
 		if e, ok := ev.(EvContentCorrupt); ok && c.completing {
 			c.contentCorrupt(now, e.Err)
@@ -502,6 +506,14 @@ func (c *Core) NextDeadline() time.Time {
 	}
 	if c.mode == ModeSwarm {
 		earliest(c.lastProgress.Add(c.cfg.SwarmTimeout))
+		if len(c.need) > 0 {
+			// A paced parent becomes free to ask again.
+			for _, p := range c.order {
+				if p.ShareBps > 0 && len(p.inflight) == 0 && p.count > 0 && p.nextAt.After(c.stepAt.Add(paceSlack)) {
+					earliest(p.nextAt)
+				}
+			}
+		}
 		if len(c.parents) == 0 {
 			if len(c.gone) > 0 {
 				earliest(c.goneAt.Add(c.cfg.ParentGoneGrace))
@@ -631,6 +643,7 @@ func (c *Core) setParents(now time.Time, ps []Parent) {
 			if up := want[id].UploadBps; up > 0 {
 				p.UploadBps = up
 			}
+			p.ShareBps = want[id].ShareBps
 			continue
 		}
 		p := &parent{Parent: want[id]}
@@ -679,10 +692,11 @@ func (c *Core) parentPieces(now time.Time, e EvParentPieces) {
 	if c.length >= 0 && c.psize > 0 {
 		limit = c.count
 	}
-	for _, ns := range [2][]uint32{e.Pieces, e.Relaying} {
+	for i, ns := range [2][]uint32{e.Pieces, e.Relaying} {
 		for _, n := range ns {
 			if n < limit {
 				p.mark(n)
+				p.setRelay(n, i == 1)
 			}
 		}
 	}
@@ -698,6 +712,7 @@ func (c *Core) parentPieces(now time.Time, e EvParentPieces) {
 		for n := range c.count {
 			p.mark(n)
 		}
+		p.relay = nil
 	}
 }
 
@@ -714,6 +729,25 @@ func (p *parent) mark(n uint32) {
 }
 
 func (p *parent) holds(n uint32) bool { return int(n) < len(p.has) && p.has[n] }
+
+// offers reports whether n may be asked of p: a piece it holds, and for a
+// paced parent one it holds whole. A relayed piece arrives at the rate of
+// the parent's own input, so a paced request for it would hold a second
+// connection on the parent's uplink, halving what its main child gets,
+// for as long as the piece takes to arrive rather than for a short burst.
+func (p *parent) offers(n uint32) bool {
+	return p.holds(n) && (p.ShareBps <= 0 || int(n) >= len(p.relay) || !p.relay[n])
+}
+
+func (p *parent) setRelay(n uint32, on bool) {
+	if !on && int(n) >= len(p.relay) {
+		return
+	}
+	for int(n) >= len(p.relay) {
+		p.relay = append(p.relay, false)
+	}
+	p.relay[n] = on
+}
 
 func (c *Core) parentGone(now time.Time, e EvParentGone) {
 	p, ok := c.parents[e.Parent]

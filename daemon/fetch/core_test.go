@@ -720,3 +720,124 @@ func TestEndgameOnlyAtTheEnd(t *testing.T) {
 		t.Fatalf("endgame requests %v, want piece 0 of fast", dup)
 	}
 }
+
+// A parent with a share (ShareBps) is paced to it: one request at a time,
+// the next one not before the last piece's bytes at the share have
+// elapsed, however fast its link is; an unpaced parent beside it keeps
+// its pipelined requests. Time comes from the virtual network: no sleeps.
+func TestPacedParentKeepsToItsShare(t *testing.T) {
+	const n = 200
+	// Every link carries 100 pieces/s; the scheduler booked 10 and 20
+	// pieces/s of the two paced parents' uplinks for this peer.
+	rates := map[string]float64{"main": 100 * ps, "p10": 100 * ps, "p20": 100 * ps}
+	_, w := startWith(t, Config{}, n, rates,
+		Parent{ID: "main"}, Parent{ID: "p10", ShareBps: 10 * ps}, Parent{ID: "p20", ShareBps: 20 * ps})
+	w.run(100000)
+	if w.failed != nil {
+		t.Fatal(w.failed)
+	}
+	took := w.now.Sub(t0).Seconds()
+	for id, share := range map[string]float64{"p10": 10, "p20": 20} {
+		if w.maxOut[id] != 1 {
+			t.Errorf("%s: %d requests in flight at once, want 1 (paced)", id, w.maxOut[id])
+		}
+		iss := w.issued[id]
+		if len(iss) < 2 {
+			t.Fatalf("%s: %d requests, want it used", id, len(iss))
+		}
+		gap := time.Duration(float64(time.Second) / share)
+		for i := 1; i < len(iss); i++ {
+			if d := iss[i].Sub(iss[i-1]); d < gap {
+				t.Fatalf("%s: requests %d and %d %v apart, want at least %v", id, i-1, i, d, gap)
+			}
+		}
+		// Never more than its share over the download (one piece of slack
+		// for the first request).
+		if got := float64(w.from[id]); got > share*took+1 {
+			t.Errorf("%s: %v pieces in %.2fs, above its share of %v/s", id, got, took, share)
+		}
+	}
+	if w.maxOut["main"] < 2 {
+		t.Errorf("unpaced parent had at most %d requests in flight, want pipelining", w.maxOut["main"])
+	}
+	// All three used: about n/(100+10+20) s, not n/100.
+	if ideal := float64(n) / 130; took > ideal*1.15 {
+		t.Errorf("took %.2fs, the three rates allow %.2fs", took, ideal)
+	}
+}
+
+// A peer fed only by paced parents asks each again when its pacing allows:
+// a timer is set for it, and the download ends at the sum of the shares.
+func TestPacedParentsOnlyWakeByTimer(t *testing.T) {
+	const n = 60
+	rates := map[string]float64{"a": 100 * ps, "b": 100 * ps}
+	c, w := startWith(t, Config{}, n, rates, Parent{ID: "a", ShareBps: 5 * ps}, Parent{ID: "b", ShareBps: 15 * ps})
+	if len(c.InFlight("a")) != 1 || len(c.InFlight("b")) != 1 {
+		t.Fatalf("in flight a %d, b %d; want 1 each", len(c.InFlight("a")), len(c.InFlight("b")))
+	}
+	w.run(100000)
+	took := w.now.Sub(t0).Seconds()
+	if ideal := float64(n) / 20; took < ideal*0.9 || took > ideal*1.15 {
+		t.Fatalf("took %.2fs; paced at 5+15 pieces/s it takes about %.2fs", took, ideal)
+	}
+	if w.from["b"] < 2*w.from["a"] {
+		t.Fatalf("a gave %d pieces, b %d: want about 1:3 by their shares", w.from["a"], w.from["b"])
+	}
+}
+
+// A new parent set may change a parent's share (or clear it: unpaced).
+func TestShareUpdatedByNewParents(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 64 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a", ShareBps: ps}}})
+	c.Step(t0, EvParentPieces{Parent: "a", Pieces: pieces(64)})
+	if got := len(c.InFlight("a")); got != 1 {
+		t.Fatalf("paced: %d in flight, want 1", got)
+	}
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a"}}})
+	if got := len(c.InFlight("a")); got != 4 {
+		t.Fatalf("unpaced again: %d in flight, want 4", got)
+	}
+}
+
+// An executor whose timer fires a little before the paced parent's time
+// (its clock, or rounding) finds the parent ready: the core does not
+// wait for a timer it will not set again.
+func TestPacedParentTimerFiredEarly(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 8 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "a", ShareBps: 10 * ps}}})
+	acts := c.Step(t0, EvParentPieces{Parent: "a", Pieces: pieces(8)})
+	reqs := find[ActRequest](acts)
+	if len(reqs) != 1 {
+		t.Fatalf("%d requests, want 1", len(reqs))
+	}
+	end := t0.Add(20 * time.Millisecond)
+	c.Step(end, EvPieceDone{Parent: "a", Piece: reqs[0].Piece, Bytes: ps, Start: t0, End: end, Req: reqs[0].Req})
+	c.Step(end.Add(60*time.Millisecond), EvTick{}) // the report's timer
+	at := c.NextDeadline()
+	if want := t0.Add(100 * time.Millisecond); !at.Equal(want) {
+		t.Fatalf("next deadline %v after start, want %v (one piece at the share)", at.Sub(t0), want.Sub(t0))
+	}
+	if got := find[ActRequest](c.Step(at.Add(-10*time.Microsecond), EvTick{})); len(got) != 1 {
+		t.Fatalf("a timer fired 10µs early: %d requests, want the next one", len(got))
+	}
+}
+
+// A paced parent is asked only for pieces it holds whole: a piece it is
+// still receiving (relaying) would keep a second connection on its uplink
+// for as long as the piece takes to arrive. An unpaced parent relays.
+func TestPacedParentNotAskedForRelayedPieces(t *testing.T) {
+	c := testCore(Config{})
+	c.Step(t0, EvStart{Length: 8 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "paced", ShareBps: 10 * ps}, {ID: "main"}}})
+	if got := find[ActRequest](c.Step(t0, EvParentPieces{Parent: "paced", Relaying: []uint32{0, 1}})); len(got) != 0 {
+		t.Fatalf("paced parent asked for a relayed piece: %v", got)
+	}
+	if got := find[ActRequest](c.Step(t0, EvParentPieces{Parent: "paced", Pieces: []uint32{1}})); len(got) != 1 || got[0].Piece != 1 || got[0].Parent != "paced" {
+		t.Fatalf("paced parent holding piece 1 whole: requests %v, want piece 1 of it", got)
+	}
+	if got := find[ActRequest](c.Step(t0, EvParentPieces{Parent: "main", Relaying: []uint32{0}})); len(got) != 1 || got[0].Parent != "main" {
+		t.Fatalf("unpaced parent relaying piece 0: requests %v, want it asked", got)
+	}
+}

@@ -84,7 +84,7 @@ func FuzzCoreEvents(f *testing.F) {
 				var ps []Parent
 				for i, id := range ids {
 					if next()&(1<<i) != 0 {
-						ps = append(ps, Parent{ID: id, Seed: i == 2, UploadBps: float64(next()) * 1e5})
+						ps = append(ps, Parent{ID: id, Seed: i == 2, UploadBps: float64(next()) * 1e5, ShareBps: float64(next()%3) * 1e5})
 					}
 				}
 				step(EvParents{Parents: ps})

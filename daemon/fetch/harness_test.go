@@ -53,9 +53,11 @@ type net struct {
 	rates   map[string]float64
 	busy    map[string]time.Time // when each parent's queue drains
 	pending []xfer
-	from    map[string]int // pieces delivered by each parent
-	dups    int            // requests cancelled after another copy won
-	acts    []Action       // every action so far
+	from    map[string]int         // pieces delivered by each parent
+	dups    int                    // requests cancelled after another copy won
+	issued  map[string][]time.Time // when each parent's requests went out
+	maxOut  map[string]int         // most requests in flight at each parent
+	acts    []Action               // every action so far
 	done    bool
 	failed  error
 }
@@ -71,7 +73,8 @@ type xfer struct {
 }
 
 func newNet(t *testing.T, c *Core, rates map[string]float64) *net {
-	return &net{t: t, c: c, now: t0, rates: rates, busy: map[string]time.Time{}, from: map[string]int{}}
+	return &net{t: t, c: c, now: t0, rates: rates, busy: map[string]time.Time{}, from: map[string]int{},
+		issued: map[string][]time.Time{}, maxOut: map[string]int{}}
 }
 
 func (n *net) step(ev Event) []Action {
@@ -93,6 +96,8 @@ func (n *net) step(ev Event) []Action {
 				n.busy[a.Parent] = x.end
 			}
 			n.pending = append(n.pending, x)
+			n.issued[a.Parent] = append(n.issued[a.Parent], n.now)
+			n.maxOut[a.Parent] = max(n.maxOut[a.Parent], len(n.c.InFlight(a.Parent)))
 		case ActCancel:
 			for i, x := range n.pending {
 				if x.req == a.Req {

@@ -19,7 +19,7 @@ func (c *Core) schedule(now time.Time) {
 	c.ensureNeed()
 	top := c.estimate()
 	for c.nreq < c.cfg.ConcurrentPieces {
-		n, p := c.pick(top)
+		n, p := c.pick(now, top)
 		if p == nil {
 			break
 		}
@@ -45,6 +45,9 @@ func (c *Core) estimate() float64 {
 		if r == 0 {
 			r = p.UploadBps
 		}
+		if p.ShareBps > 0 && (r == 0 || r > p.ShareBps) {
+			r = p.ShareBps // paced: it gives no more than its share
+		}
 		p.est = r
 		known = max(known, r)
 	}
@@ -65,6 +68,9 @@ func (c *Core) estimate() float64 {
 // (at least one), so that a slow parent holds few pieces hostage while
 // each parent still gets requests in proportion to what it delivers.
 func (c *Core) depth(p *parent, top float64) int {
+	if p.ShareBps > 0 {
+		return 1
+	}
 	per := c.cfg.PerParentRequests
 	if top <= 0 || p.est >= top {
 		return per
@@ -73,6 +79,20 @@ func (c *Core) depth(p *parent, top float64) int {
 }
 
 func (c *Core) room(p *parent, top float64) bool { return len(p.inflight) < c.depth(p, top) }
+
+// paceReady reports whether p may take a request at now as far as its
+// pacing goes: an unpaced parent always; a paced one (ShareBps > 0) with
+// nothing in flight once its last request's bytes at ShareBps have
+// elapsed, so that what it sends this peer stays at or below its share
+// whatever its uplink's momentary rate.
+func (c *Core) paceReady(p *parent, now time.Time) bool {
+	return p.ShareBps <= 0 || (len(p.inflight) == 0 && !now.Add(paceSlack).Before(p.nextAt))
+}
+
+// paceSlack: a paced parent is ready this much before its time, so that a
+// timer fired a little early (an executor's clock or rounding) finds it
+// ready instead of waiting for a timer that is never set again.
+const paceSlack = time.Millisecond
 
 func (c *Core) request(now time.Time, n uint32, p *parent) {
 	_, size := core.PieceRange(n, c.length, c.psize)
@@ -85,6 +105,9 @@ func (c *Core) request(now time.Time, n uint32, p *parent) {
 	c.reqs[n] = append(c.reqs[n], r)
 	p.inflight = append(p.inflight, r)
 	c.nreq++
+	if p.ShareBps > 0 {
+		p.nextAt = now.Add(secs(float64(size) / p.ShareBps))
+	}
 	c.emit(ActRequest{Parent: p.ID, Piece: n, Size: size, Stall: c.stallTimeout(p), Req: r.id})
 }
 
@@ -116,14 +139,14 @@ func secs(s float64) time.Duration {
 // pieces (ties broken from a random start, so peers hold different pieces
 // and have something to trade), or in order while a reader streams the
 // content; a piece only once its trusted digest is known.
-func (c *Core) pick(top float64) (uint32, *parent) {
+func (c *Core) pick(now time.Time, top float64) (uint32, *parent) {
 	nn := len(c.need)
 	if nn == 0 {
 		return 0, nil
 	}
 	free := false
 	for _, p := range c.order {
-		p.roomy = c.room(p, top) // fixed for this pick
+		p.roomy = c.room(p, top) && c.paceReady(p, now) // fixed for this pick
 		free = free || p.roomy
 	}
 	if !free {
@@ -151,7 +174,7 @@ func (c *Core) pick(top float64) (uint32, *parent) {
 		for _, p := range c.order {
 			if p.holds(n) {
 				rare++
-				if p.roomy {
+				if p.roomy && p.offers(n) {
 					avail = true
 				}
 			}
@@ -186,7 +209,7 @@ func (c *Core) pickSequential() (uint32, bool) {
 			continue
 		}
 		for _, p := range c.order {
-			if p.holds(n) && p.roomy {
+			if p.offers(n) && p.roomy {
 				best, found = n, true
 				break
 			}
@@ -203,7 +226,7 @@ func (c *Core) pickSequential() (uint32, bool) {
 func (c *Core) chooseParent(n uint32) *parent {
 	nonSeed := false
 	for _, p := range c.order {
-		if !p.Seed && p.holds(n) && p.roomy {
+		if !p.Seed && p.offers(n) && p.roomy {
 			nonSeed = true
 			break
 		}
@@ -211,7 +234,7 @@ func (c *Core) chooseParent(n uint32) *parent {
 	var best *parent
 	bestScore := -1.0
 	for _, p := range c.order {
-		if !p.holds(n) || !p.roomy || (nonSeed && p.Seed) {
+		if !p.offers(n) || !p.roomy || (nonSeed && p.Seed) {
 			continue
 		}
 		s := p.est / float64(len(p.inflight)+1) * (1 + 0.1*c.rnd.Float64())
@@ -240,7 +263,7 @@ func (c *Core) endgame(now time.Time) (uint32, *parent) {
 		return 0, nil
 	}
 	for _, p := range c.order {
-		if len(p.inflight) > 0 {
+		if len(p.inflight) > 0 || !c.paceReady(p, now) {
 			continue
 		}
 		own := secs(float64(c.psize) / p.est)
@@ -251,7 +274,7 @@ func (c *Core) endgame(now time.Time) (uint32, *parent) {
 				continue
 			}
 			for _, r := range q.inflight {
-				if len(c.reqs[r.piece]) != 1 || !p.holds(r.piece) {
+				if len(c.reqs[r.piece]) != 1 || !p.offers(r.piece) {
 					continue
 				}
 				left := r.eta().Sub(now)

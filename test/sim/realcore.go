@@ -103,7 +103,7 @@ func schedulerEvent(m *schedulerv1.SchedulerMessage) []fetch.Event {
 	case m.GetParents() != nil:
 		var ps []fetch.Parent
 		for _, pi := range m.GetParents().GetParents() {
-			ps = append(ps, fetch.Parent{ID: pi.GetPeerId(), Host: pi.GetHost().GetId(), Seed: pi.GetHost().GetSeed()})
+			ps = append(ps, fetch.Parent{ID: pi.GetPeerId(), Host: pi.GetHost().GetId(), Seed: pi.GetHost().GetSeed(), UploadBps: float64(pi.GetHost().GetUploadBps()), ShareBps: float64(pi.GetShareBps())})
 		}
 		return []fetch.Event{fetch.EvParents{Parents: ps}}
 	case m.GetTaskInfo() != nil:
