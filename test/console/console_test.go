@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -82,6 +83,15 @@ func eval[T any](b *browser, js string) T {
 		b.t.Fatalf("evaluate %q: %v", js, err)
 	}
 	return v
+}
+
+// clickJS clicks the element selector names as soon as it is there, in the
+// page itself: the users page re-renders its tables after a change, and a
+// chromedp.Click that found the node just before that waits on a detached
+// node until its timeout.
+func (b *browser) clickJS(what, selector string, timeout time.Duration) {
+	b.t.Helper()
+	b.waitJS(what, "(() => { const e = document.querySelector("+strconv.Quote(selector)+"); if (!e) return false; e.click(); return true })()", timeout)
 }
 
 // waitJS polls a JavaScript predicate in the page until it is true.
@@ -362,7 +372,7 @@ func TestConsole(t *testing.T) {
 	b.waitJS("the new token, shown once", "document.getElementById('new-token') && document.getElementById('new-token').textContent.startsWith('dfp_')", 20*time.Second)
 	b.waitJS("the users table", "[...document.querySelectorAll('caption')].some(c => c.textContent === 'Users')", 20*time.Second)
 	b.shoot("users")
-	b.do(chromedp.Click(chromedp.CSS("button[aria-label='Revoke token ci-token']")))
+	b.clickJS("the token's revoke button", "button[aria-label='Revoke token ci-token']", 20*time.Second)
 	b.waitJS("the revocation's confirmation", "document.querySelector('dialog[open] #dlg-ok')", 10*time.Second)
 	b.do(chromedp.Click(chromedp.ID("dlg-ok")))
 	b.waitJS("the token gone", "!document.querySelector(\"button[aria-label='Revoke token ci-token']\")", 20*time.Second)
