@@ -35,6 +35,17 @@ func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
 	return 0
 }
 
+// uplink is h's upload capacity in bytes/s for sharing out among children:
+// as upCapacity but not capped by the downlink, since a relay receives a
+// piece once and sends it to each child (a seed on a 10 Gbit/s uplink fed
+// at 1 Gbit/s feeds ten 1 Gbit/s pipelines); 0 when unknown.
+func (s *Scheduler) uplink(h *host, now time.Time) float64 {
+	if u := h.info.GetUploadBps(); u > 0 {
+		return float64(u)
+	}
+	return s.upCapacity(h, now)
+}
+
 // updateRateLocked recomputes t's target rate R from its peers' known
 // capacities: the lesser of the source's uplink and the median of the
 // receivers' relay capacities. The median rather than the mean of the fluid
@@ -116,7 +127,10 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 // with the origin, which should carry the content about once.
 func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 	if r := c.task.rate; r > 0 {
-		if u := s.upCapacity(c.host, now); u > 0 {
+		if u := s.uplink(c.host, now); u > 0 {
+			if relay := s.upCapacity(c.host, now); int(relay/r+0.25) == 0 {
+				return 0 // it gets the content too slowly to feed anyone at R
+			}
 			return int(u/r + 0.25)
 		}
 	}
@@ -143,7 +157,7 @@ func (s *Scheduler) bookedFull(c *peer, now time.Time) bool {
 	if c.pacedKids == 0 || c.task.fluid <= 0 {
 		return false
 	}
-	u := s.upCapacity(c.host, now)
+	u := s.uplink(c.host, now)
 	return u-pacedFluid(c)*float64(unpacedChildren(c)+1)-c.booked < -0.02*u
 }
 
@@ -202,11 +216,15 @@ func (s *Scheduler) preferLeafSplits(p *peer, full []*peer, now time.Time) int {
 // share is what one more child of c would get of its uplink: its capacity
 // (the task's rate when unknown) over its children and the newcomer.
 func (s *Scheduler) share(c *peer, now time.Time) float64 {
-	u := s.upCapacity(c.host, now)
+	u := s.uplink(c.host, now)
 	if u <= 0 {
 		u = c.task.rate
 	}
-	return u / float64(unpacedChildren(c)+1)
+	sh := u / float64(unpacedChildren(c)+1)
+	if relay := s.upCapacity(c.host, now); relay > 0 && relay < sh {
+		sh = relay // no child gets it faster than c does
+	}
+	return sh
 }
 
 // slowBranch reports whether y and all below it are slow hosts, each with
@@ -386,7 +404,7 @@ func (s *Scheduler) spare(c *peer, now time.Time) float64 {
 	if c.host.info.GetUploadBps() <= 0 || c.task.fluid <= 0 {
 		return 0 // undeclared: a measured rate is no spare capacity
 	}
-	u := s.upCapacity(c.host, now)
+	u := s.uplink(c.host, now)
 	return max(0, u-c.task.fluid*float64(unpacedChildren(c))-c.booked)
 }
 
@@ -502,7 +520,7 @@ func (s *Scheduler) pacedRehomeLocked(t *task, now time.Time) {
 			continue
 		}
 		x := c.parents[0].peer
-		u := s.upCapacity(x.host, now)
+		u := s.uplink(x.host, now)
 		n := unpacedChildren(x)
 		if u <= 0 || n <= 1 || u/float64(n) >= 0.9*t.fluid {
 			continue // it has about its rate: nothing to gain
@@ -544,7 +562,7 @@ func (s *Scheduler) trimPacedLocked(t *task, now time.Time) {
 		}
 		room := 0.0
 		if t.fluid > 0 && p.host.info.GetUploadBps() > 0 {
-			room = max(0, s.upCapacity(p.host, now)-pacedFluid(p)*float64(unpacedChildren(p)))
+			room = max(0, s.uplink(p.host, now)-pacedFluid(p)*float64(unpacedChildren(p)))
 		}
 		if p.booked <= room*1.02+1 {
 			continue

@@ -703,3 +703,63 @@ func TestPacedPieceNotInThroughput(t *testing.T) {
 		t.Errorf("paced piece moved %s's throughput from %.0f to %.0f", paced, before, h.throughput)
 	}
 }
+
+// A host's children are counted against its uplink, not its downlink: a
+// relay gets each piece once and sends it to every child. A source with a
+// 400 Mbit/s uplink and a 100 Mbit/s downlink (a seed peer on a fast NIC
+// fed by a slower origin) serves four 100 Mbit/s children, not one.
+// (A receiver whose downlink is far below the rate feeds nobody:
+// TestCapacitySlowHostAtLeaf.)
+func TestCapacityChildrenCountedOnUplink(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost2("src", 400, 100))
+	for _, id := range []string{"a", "b", "c", "d", "e"} {
+		v.join("t", id, capHost(id, 100, false)).parents()
+	}
+	if got := v.children("t", "src"); len(got) != 4 {
+		t.Errorf("src (up 400, down 100 Mbit/s) serves %v, want 4 children", got)
+	}
+	v.invariants()
+}
+
+// depthOf counts the hops from id up to a peer without parents, along
+// first parents.
+func (v *vsched) depthOf(task, id string) int {
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	p, d := v.s.tasks[tid(task)].peers[id], 0
+	for len(p.parents) > 0 {
+		p, d = p.parents[0].peer, d+1
+	}
+	return d
+}
+
+// Among parents with a free full-rate slot, the shallowest wins: every
+// relaying hop delays every piece, so a fetcher with room for four
+// children starts four pipelines before any pipeline grows a second hop.
+// Nothing has data yet (every candidate scores the same otherwise), as
+// when a crowd registers at once behind a seed peer.
+func TestCapacityShallowestFreeParentFirst(t *testing.T) {
+	for seed := range uint64(8) {
+		v := pipelineVirtual(t, nil)
+		v.s.rnd = mrand.New(mrand.NewPCG(seed, seed))
+		src := v.join("t", "src", capHost("src", 400, false))
+		if d := src.decision(); d.GetBackToSource() == nil {
+			t.Fatalf("src: want back to source, got %v", d)
+		}
+		src.meta(8<<18, 1<<18)
+		ids := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
+		for _, id := range ids {
+			v.join("t", id, capHost(id, 100, false)).parents()
+		}
+		if got := v.children("t", "src"); len(got) != 4 {
+			t.Errorf("rand seed %d: src serves %v, want 4 children", seed, got)
+		}
+		for _, id := range ids {
+			if d := v.depthOf("t", id); d > 2 {
+				t.Errorf("rand seed %d: %s is %d hops deep, want at most 2 (four pipelines of two)", seed, id, d)
+			}
+		}
+		v.invariants()
+	}
+}

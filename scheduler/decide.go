@@ -440,15 +440,28 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	// lastResort, only parents replaced as slow lately: the caller asks for
 	// those when the alternative is to wait.
 	added := 0
-	tiers := [][]*peer{free, full[:pref], full[pref:]}
+	// With capacities known, every free slot gives the full rate; what
+	// still differs is latency: each relaying hop above a parent delays
+	// every piece. The shallowest free candidates go first, so a source
+	// with room for several children (a seed peer on a fast uplink) starts
+	// several pipelines instead of the newest end of one growing without
+	// end (at 10,000 hosts one chain costs two hop latencies per host).
+	shallow := free
+	if s.cfg.CapacityAware && len(free) > 1 {
+		shallow = shallowest(free)
+		free = free[len(shallow):]
+	} else {
+		free = nil
+	}
+	tiers := [][]*peer{shallow, free, full[:pref], full[pref:]}
 	switch {
 	case lastResort:
-		tiers = [][]*peer{soft}
+		tiers = [][]*peer{nil, nil, soft}
 	case s.fillFreeOnly:
-		tiers = tiers[:1]
+		tiers = tiers[:2]
 	}
 	for k, chosen := range tiers {
-		if added == need || len(chosen) == 0 || (k > 0 && added > 0) {
+		if added == need || len(chosen) == 0 || (k > 1 && added > 0) {
 			continue
 		}
 		cands := s.cands[:0]
@@ -484,7 +497,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 				if s.linkLocked(c, p) {
 					added++
 					delete(p.bad, c.id)
-					if k > 0 || lastResort {
+					if k > 1 {
 						s.crowdLocked(p) // sharing a full or slow uplink
 					}
 				}
@@ -493,10 +506,28 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		clear(cands)
 		s.cands = cands[:0]
 	}
+	clear(shallow)
 	clear(free)
 	clear(full)
-	s.freeCands, s.fullCands = free[:0], full[:0]
+	s.freeCands, s.fullCands = shallow[:0], full[:0]
 	return added > 0
+}
+
+// shallowest moves the candidates of least sourceDepth to the front of
+// cands and returns that front part.
+func shallowest(cands []*peer) []*peer {
+	lo := sourceDepth(cands[0])
+	for _, c := range cands[1:] {
+		lo = min(lo, sourceDepth(c))
+	}
+	n := 0
+	for i, c := range cands {
+		if sourceDepth(c) == lo {
+			cands[n], cands[i] = cands[i], cands[n]
+			n++
+		}
+	}
+	return cands[:n]
 }
 
 // stalled reports whether a child reported c stalled and c has not sent a

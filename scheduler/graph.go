@@ -50,12 +50,27 @@ func (s *Scheduler) linkShareLocked(parent, child *peer, share float64) bool {
 		parent.booked += share
 		parent.bookFluid = parent.task.fluid
 	}
+	if share == 0 {
+		child.depth = sourceDepth(parent) + 1
+	}
 	child.parents = append(child.parents, link{peer: parent, at: len(parent.children), share: share})
 	child.parentsAt = s.now()
 	parent.children = append(parent.children, child)
 	parent.host.used++
 	s.touchOpenLocked(parent)
 	return true
+}
+
+// sourceDepth is how many relaying hops p's data comes through: 0 for a
+// peer that holds or fetches the whole content itself (a seed, a fetcher
+// from the origin, a finished peer), else its depth. Each hop of a
+// pipeline adds latency to every piece, so among parents that give the
+// same rate the shallowest is the best (fillParentsLocked).
+func sourceDepth(p *peer) int32 {
+	if len(p.parents) == 0 || p.state == stateSucceeded || p.state == stateBackToSource {
+		return 0
+	}
+	return p.depth
 }
 
 // removeEdge removes parent→child if present and frees the slot.

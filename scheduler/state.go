@@ -84,14 +84,19 @@ type conn struct {
 }
 
 type peer struct {
-	id                string
-	task              *task
-	host              *host
-	state             peerState
-	pieces            bitset
-	parents           []link             // few: at most MaxParents
-	children          []*peer            // see link for the index bookkeeping
-	ord               uint64             // topological order within the task; see graph.go
+	id       string
+	task     *task
+	host     *host
+	state    peerState
+	pieces   bitset
+	parents  []link  // few: at most MaxParents
+	children []*peer // see link for the index bookkeeping
+	ord      uint64  // topological order within the task; see graph.go
+	// depth: hops from a source along the peer's full-rate (unpaced)
+	// parent when it was last linked to one; see sourceDepth. Not kept up
+	// to date when an ancestor moves: a hint for choosing among parents
+	// that give the same rate, not a property of the graph.
+	depth             int32
 	bad               map[string]badMark // parents this peer reported (see badMark)
 	lastSeen          time.Time
 	waitSince         time.Time
