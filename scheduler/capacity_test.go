@@ -763,3 +763,45 @@ func TestCapacityShallowestFreeParentFirst(t *testing.T) {
 		v.invariants()
 	}
 }
+
+// In a large task a peer whose sampled candidates are all its own
+// descendants (or unusable) still finds a parent that holds the content
+// elsewhere in the pool before it is sent to the origin: a second copy of
+// the content from the origin is the cost of a sample that missed. Here a0
+// heads a pipeline of 290 hosts and drops the source; the only other
+// parents are b0 and the slow b1 under it, 2 of ~300 peers.
+func TestWideSearchBeforeOrigin(t *testing.T) {
+	for seed := range uint64(8) {
+		v := pipelineVirtual(t, nil)
+		v.s.rnd = mrand.New(mrand.NewPCG(seed, 7))
+		v.source("t", "src", capHost("src", 200, false))
+		a0 := v.join("t", "a0", capHost("a0", 100, false))
+		a0.parents()
+		b0 := v.join("t", "b0", capHost("b0", 100, false))
+		b0.parents()
+		if got := v.children("t", "src"); len(got) != 2 {
+			t.Fatalf("src children %v", got)
+		}
+		v.join("t", "b1", capHost("b1", 10, false)).parents() // slow: under b0 or at a tail
+		for i := 1; i < 290; i++ {
+			id := fmt.Sprintf("a%d", i)
+			v.join("t", id, capHost(id, 100, false)).parents()
+		}
+		// Everyone holds a piece, so every peer is a candidate.
+		v.s.mu.Lock()
+		for _, p := range v.s.tasks[tid("t")].peers {
+			p.pieces.set(0)
+			v.s.updatePoolLocked(p)
+		}
+		v.s.mu.Unlock()
+		a0.reschedule("src")
+		d := a0.decision()
+		if d.GetBackToSource() != nil {
+			t.Fatalf("rand seed %d: a0 sent to the origin (%v) while b0 and b1 hold the content", seed, d)
+		}
+		if d.GetParents() == nil {
+			t.Fatalf("rand seed %d: a0 got %v, want parents", seed, d)
+		}
+		v.invariants()
+	}
+}

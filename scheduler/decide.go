@@ -62,6 +62,9 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		// trust comes from the rules of restoreTrustLocked, or from the
 		// fetch of the next peer that needs the content.
 		s.waitLocked(p, now, "holding pieces with no trusted digests yet", force, start)
+	case othersHaveData(t, p) && (t.suspect == nil || len(t.digests) > 0) && !t.unverifiable() && s.fillWideLocked(p):
+		// The sample held no parent, but the content is there.
+		run(true)
 	case s.seedPendingLocked(t, now):
 		s.waitLocked(p, now, "waiting for the seed peer", force, start)
 	case p.priority == schedulerv1.Priority_LEVEL2 && !othersHaveData(t, p):
@@ -319,6 +322,22 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	for _, l := range p.parents {
 		l.peer.mark = e
 	}
+	if s.fillWide {
+		// p's descendants would close a cycle: marked as seen, so that
+		// the candidates kept are ones that can take p.
+		stack := append(s.stack[:0], p)
+		for len(stack) > 0 {
+			n := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			for _, c := range n.children {
+				if c.mark != e {
+					c.mark = e
+					stack = append(stack, c)
+				}
+			}
+		}
+		s.stack = stack[:0]
+	}
 
 	// Children are counted per locality group (IDC), so every IDC grows its
 	// own pipeline and only its head crosses between IDCs.
@@ -395,7 +414,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 			}
 		}
 	}
-	if len(t.pool) <= largeTask*limit {
+	if len(t.pool) <= largeTask*limit || s.fillWide {
 		walk(t.pool, len(t.pool))
 	} else {
 		walk(t.open, len(t.open))
@@ -511,6 +530,23 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	clear(full)
 	s.freeCands, s.fullCands = shallow[:0], full[:0]
 	return added > 0
+}
+
+// fillWideLocked looks for parents for p beyond the sample that
+// fillParentsLocked takes in a large task, when that sample held none: the
+// whole pool but p's descendants, which would close a cycle. After a
+// mass failure (a rack going down under a pipeline of thousands) the few
+// candidates sampled can all be p's own descendants, and sending p to the
+// origin then costs a whole copy of the content that thousands of peers
+// hold. O(pool), and only when the usual search failed. (In a task small
+// enough the usual search walks the whole pool already.)
+func (s *Scheduler) fillWideLocked(p *peer) bool {
+	if len(p.task.pool) <= largeTask*s.cfg.CandidateLimit {
+		return false
+	}
+	s.fillWide = true
+	defer func() { s.fillWide = false }()
+	return s.fillParentsLocked(p, false)
 }
 
 // shallowest moves the candidates of least sourceDepth to the front of

@@ -76,6 +76,9 @@ type Scheduler struct {
 	// (capacity.go): free candidates only, and not the current parent.
 	fillFreeOnly bool
 	fillExclude  *peer
+	// fillWide: fillParentsLocked walks the whole pool, skipping the
+	// peer's descendants (fillWideLocked).
+	fillWide bool
 	dirty        []*task // tasks whose waiting peers need a new look
 	dropped      []*peer // peers whose send buffer overflowed
 	counters     counters

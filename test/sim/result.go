@@ -45,6 +45,10 @@ type Result struct {
 	Bound
 	TMedian   float64 `json:"t_median_s"`
 	TLast     float64 `json:"t_last_s"` // 0 if a surviving host did not finish
+	// TP90 and TP99: the time by which 90 and 99 % of the surviving hosts
+	// finished (the tail between the median and the last).
+	TP90 float64 `json:"t_p90_s"`
+	TP99 float64 `json:"t_p99_s"`
 	EffLast   float64 `json:"efficiency_last"`
 	EffMedian float64 `json:"efficiency_median"`
 
@@ -116,6 +120,8 @@ func (s *Sim) result(lb Bound, wall time.Duration) *Result {
 			r.TMedian = (times[len(times)/2-1] + times[len(times)/2]) / 2
 		}
 		r.EffMedian = lb.TStar / r.TMedian
+		r.TP90 = times[(len(times)*9+9)/10-1]
+		r.TP99 = times[(len(times)*99+99)/100-1]
 	}
 	if r.Failed == 0 && len(times) > 0 {
 		r.TLast = times[len(times)-1]
