@@ -189,7 +189,7 @@ func New(cfg Config, newSched NewSchedulerFunc, newCore NewCoreFunc) (*Sim, erro
 		// origin's.
 		s.seedNode.up = s.originUp
 	}
-	victims := cfg.churnVictims(cfg.Hosts)
+	victims := cfg.ChurnVictims(cfg.Hosts)
 	for i, h := range cfg.layout() {
 		n := s.newNode(h.Name, h.Rack, h.Up, h.Down)
 		n.victim = victims[i]

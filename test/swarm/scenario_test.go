@@ -95,7 +95,7 @@ func TestLowerBoundPerHostRates(t *testing.T) {
 		t.Fatalf("%d peers with slow downlinks, want 2 (25%% of 8)", slowDown)
 	}
 	bits := float64(cfg.Size) * 8
-	b := lowerBound(cfg, peers, seed, origin)
+	b := lowerBound(cfg, peers)
 	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-9*max(1, b) }
 	if w := 8 * bits / (float64(cfg.OriginRate) + sum); !near(b.SwarmTerm, w) {
 		t.Errorf("swarm term %v, want %v", b.SwarmTerm, w)
@@ -108,8 +108,7 @@ func TestLowerBoundPerHostRates(t *testing.T) {
 	}
 	// The same seed on a host of its own adds its uplink.
 	cfg.SeedOnOrigin = false
-	hs = cfg.hosts()
-	b2 := lowerBound(cfg, peersOf(hs), hostsOf(hs, RoleSeed)[0], hostsOf(hs, RoleOrigin)[0])
+	b2 := lowerBound(cfg, peersOf(cfg.hosts()))
 	if !(b2.SwarmSeedTerm < b2.SwarmTerm) {
 		t.Errorf("a seed host of its own did not add its uplink: %+v", b2)
 	}
