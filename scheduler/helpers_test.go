@@ -96,15 +96,7 @@ func (ts *testServer) chain(task string, ids ...string) map[string]*testPeer {
 	src := ts.register(task, ids[0])
 	src.expectBackToSource()
 	src.meta(chainLength, chainPieceSize)
-	ps := map[string]*testPeer{ids[0]: src}
-	for i, id := range ids[1:] {
-		p := ts.register(task, id)
-		if got := p.expectParents(); !slices.Equal(got, []string{ids[i]}) {
-			ts.t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
-		}
-		ps[id] = p
-	}
-	return ps
+	return chainUnder(ts.t, src, ids, func(id string) *testPeer { return ts.register(task, id) }, (*testPeer).expectParents)
 }
 
 // chain is testServer.chain in virtual time.
@@ -113,11 +105,18 @@ func (v *vsched) chain(task string, ids ...string) map[string]*vpeer {
 	src := v.join(task, ids[0])
 	src.decision()
 	src.meta(chainLength, chainPieceSize)
-	ps := map[string]*vpeer{ids[0]: src}
+	return chainUnder(v.t, src, ids, func(id string) *vpeer { return v.join(task, id) }, (*vpeer).parents)
+}
+
+// chainUnder joins ids[1:] in turn below src (ids[0]), checking that each
+// gets the one before as its only parent.
+func chainUnder[P any](t testing.TB, src P, ids []string, join func(id string) P, parents func(P) []string) map[string]P {
+	t.Helper()
+	ps := map[string]P{ids[0]: src}
 	for i, id := range ids[1:] {
-		p := v.join(task, id)
-		if got := p.parents(); !slices.Equal(got, []string{ids[i]}) {
-			v.t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
+		p := join(id)
+		if got := parents(p); !slices.Equal(got, []string{ids[i]}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
 		}
 		ps[id] = p
 	}

@@ -16,15 +16,6 @@ import (
 	"github.com/damselfly-io/damselfly/test/swarm/scenario"
 )
 
-// Scenarios: the harness's.
-const (
-	ScenarioUniform = scenario.Uniform
-	ScenarioMixed   = scenario.Mixed
-	ScenarioRacks   = scenario.Racks
-	ScenarioChurn   = scenario.Churn
-	ScenarioSpread  = scenario.Spread
-)
-
 // Config is one simulation.
 type Config struct {
 	// Spec is the run's peers present at the start, sizes, links and
@@ -97,7 +88,7 @@ func (c *Config) Validate() error {
 	if c.LeaveRate < 0 || c.JoinRate < 0 {
 		return errors.New("leave and join rates must be ≥ 0")
 	}
-	if c.Scenario == ScenarioRacks && c.Racks < 2 {
+	if c.Scenario == scenario.Racks && c.Racks < 2 {
 		return fmt.Errorf("racks: %d, want ≥ 2", c.Racks)
 	}
 	if c.Deadline <= 0 {
@@ -110,7 +101,7 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) racks() int {
-	if c.Scenario == ScenarioRacks {
+	if c.Scenario == scenario.Racks {
 		return c.Racks
 	}
 	return 1

@@ -49,11 +49,11 @@ func FromHarness(path string, base Config) (Config, HarnessRun, error) {
 	if p.InterRackBps > 0 {
 		c.InterRackRate, c.Racks = scenario.Rate(p.InterRackBps), 2
 	}
-	if p.Scenario == ScenarioChurn {
+	if p.Scenario == scenario.Churn {
 		c.ChurnFrac = p.ChurnFrac
 		c.ChurnAt = time.Duration(p.ChurnAtS * float64(time.Second))
 	}
-	if p.Scenario == ScenarioSpread {
+	if p.Scenario == scenario.Spread {
 		c.SpreadMin, c.SpreadMax, c.SpreadSeed = scenario.Rate(p.SpreadMinBps), scenario.Rate(p.SpreadMaxBps), p.SpreadSeed
 	}
 	c.PayloadFrac = HarnessPayloadFrac
