@@ -3,7 +3,6 @@ package swarm
 import (
 	"context"
 	"math"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -156,21 +155,5 @@ func TestSmokeSpread(t *testing.T) {
 	if !strings.Contains(md, "spread") || !strings.Contains(md, "shares its uplink") {
 		t.Errorf("report does not name the scenario and the seed's placement")
 	}
-	for _, s := range res.Systems {
-		if s.Error != "" {
-			t.Errorf("%s: %s (logs in %s)", s.Name, s.Error, cfg.OutDir)
-			continue
-		}
-		for _, h := range s.Hosts {
-			if !h.OK {
-				t.Errorf("%s: host %s did not get a correct copy: %s", s.Name, h.Name, h.Error)
-			}
-		}
-		if s.OriginServerBytes > cfg.Size*105/100 {
-			t.Errorf("%s: origin served %d bytes, want ≤ 1.05 × %d", s.Name, s.OriginServerBytes, cfg.Size)
-		}
-	}
-	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), Prefix+res.Params.RunID+"-") {
-		t.Errorf("namespaces left behind:\n%s", out)
-	}
+	checkRun(t, cfg, res)
 }
