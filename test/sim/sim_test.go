@@ -115,15 +115,23 @@ func stable(r *Result) string {
 	return string(b)
 }
 
+// sameTwice runs cfg twice with models and checks that the results are the
+// same; it returns the first.
+func sameTwice(t *testing.T, cfg Config, models string) string {
+	t.Helper()
+	a, b := stable(runSim(t, cfg, models)), stable(runSim(t, cfg, models))
+	if a != b {
+		t.Errorf("same seed, different results:\n%s\n%s", a, b)
+	}
+	return a
+}
+
 func TestDeterministic(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Scenario = scenario.Spread
 	cfg.Hosts, cfg.Size = 16, 8<<20
 	cfg.JoinRate, cfg.LeaveRate = 2, 1
-	a, b := stable(runSim(t, cfg, "double")), stable(runSim(t, cfg, "double"))
-	if a != b {
-		t.Errorf("same seed, different results:\n%s\n%s", a, b)
-	}
+	a := sameTwice(t, cfg, "double")
 	cfg.Seed = 2
 	if c := stable(runSim(t, cfg, "double")); c == a {
 		t.Errorf("another seed gave the very same result; the seed is not used")
@@ -206,10 +214,7 @@ func TestDeterministicReal(t *testing.T) {
 	cfg.Scenario = scenario.Churn
 	cfg.Hosts, cfg.Size = 12, 8<<20
 	cfg.JoinRate, cfg.LeaveRate = 2, 1
-	a, b := stable(runSim(t, cfg, "real")), stable(runSim(t, cfg, "real"))
-	if a != b {
-		t.Errorf("same seed, different results:\n%s\n%s", a, b)
-	}
+	sameTwice(t, cfg, "real")
 }
 
 // answerCheck wraps a core and checks the executor's contract: every
