@@ -225,18 +225,8 @@ func TestCapacitySeedNotOverused(t *testing.T) {
 // a newcomer takes its place rather than sitting below it.
 func TestCapacityMeasuredSlowHostAtLeaf(t *testing.T) {
 	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples = 0.3, 2 })
-	src := v.join("t1", "src")
-	src.decision()
-	src.meta(16<<20, 256<<10)
 	ids := []string{"src", "a", "b", "c", "d"}
-	ps := map[string]*vpeer{"src": src}
-	for i, id := range ids[1:] {
-		p := v.join("t1", id)
-		if got := p.parents(); !slices.Equal(got, []string{ids[i]}) {
-			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
-		}
-		ps[id] = p
-	}
+	ps := v.chain("t1", ids...)
 	const piece = 256 << 10
 	fast, slow := int64(20e6), int64(400e6)
 	for n := range uint32(3) {

@@ -55,6 +55,74 @@ func testConfig() Config {
 	return cfg
 }
 
+// newTestScheduler is New with testConfig changed by mutate (when not
+// nil), the test logger, reg (nil: no metrics) and opts; an error fails t.
+func newTestScheduler(t testing.TB, mutate func(*Config), reg prometheus.Registerer, opts ...Option) *Scheduler {
+	t.Helper()
+	cfg := testConfig()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	s, err := New(cfg, testLogger(), reg, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// serveGRPC serves s on a gRPC server with opts on 127.0.0.1:0 until the
+// test ends and returns its address.
+func serveGRPC(t *testing.T, s *Scheduler, opts ...grpc.ServerOption) string {
+	t.Helper()
+	gs := grpc.NewServer(opts...)
+	s.Register(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	return lis.Addr().String()
+}
+
+// chainLength and chainPieceSize are the file a chain's first peer fetches from the origin.
+const chainLength, chainPieceSize = 16 << 20, 256 << 10
+
+// chain builds a pipeline on task over real streams: ids[0] goes back to
+// source with a 16 MiB file in 256 KiB pieces, every next one gets the one
+// before as its only parent. It returns the peers by id.
+func (ts *testServer) chain(task string, ids ...string) map[string]*testPeer {
+	ts.t.Helper()
+	src := ts.register(task, ids[0])
+	src.expectBackToSource()
+	src.meta(chainLength, chainPieceSize)
+	return chainUnder(ts.t, src, ids, func(id string) *testPeer { return ts.register(task, id) }, (*testPeer).expectParents)
+}
+
+// chain is testServer.chain in virtual time.
+func (v *vsched) chain(task string, ids ...string) map[string]*vpeer {
+	v.t.Helper()
+	src := v.join(task, ids[0])
+	src.decision()
+	src.meta(chainLength, chainPieceSize)
+	return chainUnder(v.t, src, ids, func(id string) *vpeer { return v.join(task, id) }, (*vpeer).parents)
+}
+
+// chainUnder joins ids[1:] in turn below src (ids[0]), checking that each
+// gets the one before as its only parent.
+func chainUnder[P any](t testing.TB, src P, ids []string, join func(id string) P, parents func(P) []string) map[string]P {
+	t.Helper()
+	ps := map[string]P{ids[0]: src}
+	for i, id := range ids[1:] {
+		p := join(id)
+		if got := parents(p); !slices.Equal(got, []string{ids[i]}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
+		}
+		ps[id] = p
+	}
+	return ps
+}
+
 type testServer struct {
 	t    *testing.T
 	s    *Scheduler
@@ -70,15 +138,8 @@ type testServer struct {
 // startServer runs a real Scheduler with Serve on 127.0.0.1:0 and dials it.
 func startServer(t *testing.T, mutate func(*Config), dialOpts ...grpc.DialOption) *testServer {
 	t.Helper()
-	cfg := testConfig()
-	if mutate != nil {
-		mutate(&cfg)
-	}
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, testLogger(), reg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newTestScheduler(t, mutate, reg)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -131,15 +192,8 @@ const testRoleKey, testHostKey = "x-test-role", "x-test-host"
 // mTLS client certificates.
 func startIdentityServer(t *testing.T, mutate func(*Config)) *testServer {
 	t.Helper()
-	cfg := testConfig()
-	if mutate != nil {
-		mutate(&cfg)
-	}
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, testLogger(), reg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newTestScheduler(t, mutate, reg)
 	ident := func(ctx context.Context) context.Context {
 		id := identity.Identity{}
 		if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(testRoleKey)) == 1 {

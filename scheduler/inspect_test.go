@@ -123,19 +123,8 @@ func TestInspectTasksAndStats(t *testing.T) {
 // caller without a manager certificate (here: plaintext, unverified) is
 // refused every inspection call, while Announce stays open to peers.
 func TestInspectManagerOnly(t *testing.T) {
-	s, err := New(testConfig(), testLogger(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(identity.UnaryServerInterceptor(false)))
-	s.Register(gs)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	addr := serveGRPC(t, newTestScheduler(t, nil, nil), grpc.ChainUnaryInterceptor(identity.UnaryServerInterceptor(false)))
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,23 +192,12 @@ func (ca *testCA) issue(id string, serial int64) tls.Certificate {
 // served.
 func TestInspectRolesOverMTLS(t *testing.T) {
 	ca := newTestCA(t)
-	s, err := New(testConfig(), testLogger(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	srvCreds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{ca.issue("damselfly://scheduler/sched-1", 2)},
 		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.pool})
-	gs := grpc.NewServer(grpc.Creds(srvCreds), grpc.ChainUnaryInterceptor(identity.UnaryServerInterceptor(false)))
-	s.Register(gs)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
+	addr := serveGRPC(t, newTestScheduler(t, nil, nil), grpc.Creds(srvCreds), grpc.ChainUnaryInterceptor(identity.UnaryServerInterceptor(false)))
 	call := func(id string, serial int64) error {
 		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{ca.issue(id, serial)}, RootCAs: ca.pool})
-		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds))
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			t.Fatal(err)
 		}

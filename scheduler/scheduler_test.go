@@ -997,18 +997,8 @@ func TestReparentAvoidsOwnBranch(t *testing.T) {
 // out of the pipeline and moved to its end, so no uplink is split.
 func TestSlowParentJudgedAgainstItsInput(t *testing.T) {
 	ts := startSlowParentServer(t, 300*time.Millisecond)
-	a := ts.register("t1", "a")
-	a.expectBackToSource()
-	a.meta(16<<20, 256<<10)
 	ids := []string{"a", "b", "c", "d", "e", "f", "g"}
-	peers := map[string]*testPeer{"a": a}
-	for i, id := range ids[1:] {
-		p := ts.register("t1", id)
-		if got := p.expectParents(); !slices.Equal(got, []string{ids[i]}) {
-			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
-		}
-		peers[id] = p
-	}
+	peers := ts.chain("t1", ids...)
 	const piece = 256 << 10
 	fast, slow := int64(20*time.Millisecond), int64(200*time.Millisecond)
 	// c's uplink is slow; d, e, f relay what they get at that rate

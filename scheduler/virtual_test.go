@@ -29,17 +29,9 @@ type vsched struct {
 // seed, configured by testConfig then mutate.
 func newVirtual(t *testing.T, mutate func(*Config)) *vsched {
 	t.Helper()
-	cfg := testConfig()
-	if mutate != nil {
-		mutate(&cfg)
-	}
 	v := &vsched{t: t, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	v.ctx = InsecureContext(context.Background())
-	s, err := New(cfg, testLogger(), nil, WithClock(func() time.Time { return v.now }), WithRand(mrand.New(mrand.NewPCG(1, 2))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v.s = s
+	v.s = newTestScheduler(t, mutate, nil, WithClock(func() time.Time { return v.now }), WithRand(mrand.New(mrand.NewPCG(1, 2))))
 	return v
 }
 
@@ -219,18 +211,7 @@ func TestBadParentTTLVirtual(t *testing.T) {
 // just got a new parent is not judged within inputGrace.
 func TestSlowParentReplacedVirtual(t *testing.T) {
 	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples = 0.3, 2 })
-	a := v.join("t1", "a")
-	a.decision()
-	a.meta(16<<20, 256<<10)
-	ids := []string{"a", "b", "c", "d"}
-	ps := map[string]*vpeer{"a": a}
-	for i, id := range ids[1:] {
-		p := v.join("t1", id)
-		if got := p.parents(); !slices.Equal(got, []string{ids[i]}) {
-			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
-		}
-		ps[id] = p
-	}
+	ps := v.chain("t1", "a", "b", "c", "d")
 	// c's parents were set just now: within the grace nothing is judged.
 	const piece = 256 << 10
 	fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)

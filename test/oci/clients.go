@@ -72,7 +72,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 		return nil, err
 	}
 	c.proc = p
-	if err := waitFor(ctx, p, 30*time.Second, "containerd", func(ctx context.Context) error {
+	if err := WaitFor(ctx, p, 30*time.Second, "containerd", func(ctx context.Context) error {
 		_, err := c.ctr(ctx, "version")
 		return err
 	}); err != nil {

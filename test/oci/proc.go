@@ -28,7 +28,7 @@ func Command(ctx context.Context, ns string, argv ...string) *exec.Cmd {
 		argv = append([]string{"ip", "netns", "exec", ns}, argv...)
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = cleanEnv()
+	cmd.Env = CleanEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// Kill the whole group on cancellation (ip netns exec execs, but the
 	// tools may spawn helpers).
@@ -37,7 +37,8 @@ func Command(ctx context.Context, ns string, argv ...string) *exec.Cmd {
 	return cmd
 }
 
-func cleanEnv() []string {
+// CleanEnv is this process's environment without proxy variables.
+func CleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
@@ -115,18 +116,24 @@ func (p *Proc) Stop(grace time.Duration) {
 	if done, _ := p.Exited(); done {
 		return
 	}
-	pgid := p.cmd.Process.Pid
+	StopGroup(p.cmd.Process.Pid, p.done, grace)
+}
+
+// StopGroup sends SIGTERM to process group pgid and SIGKILL after grace
+// (at once when grace is 0); it returns once done is closed (the group's
+// leader was reaped) or 5 s after SIGKILL.
+func StopGroup(pgid int, done <-chan struct{}, grace time.Duration) {
 	if grace > 0 {
 		_ = syscall.Kill(-pgid, syscall.SIGTERM)
 		select {
-		case <-p.done:
+		case <-done:
 			return
 		case <-time.After(grace):
 		}
 	}
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	select {
-	case <-p.done:
+	case <-done:
 	case <-time.After(5 * time.Second):
 	}
 }
@@ -137,9 +144,9 @@ func (p *Proc) LogTail(n int) string {
 	return tail(string(b), n)
 }
 
-// waitFor polls check every 100 ms until it succeeds, the process exits, or
-// timeout passes.
-func waitFor(ctx context.Context, p *Proc, timeout time.Duration, what string, check func(context.Context) error) error {
+// WaitFor polls check every 100 ms until it succeeds, p (when not nil)
+// exits, or timeout passes.
+func WaitFor(ctx context.Context, p *Proc, timeout time.Duration, what string, check func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last error

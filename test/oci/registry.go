@@ -130,7 +130,7 @@ func StartRegistry(ctx context.Context, ns string, cfg RegistryConfig) (*Registr
 // 200 or 401 (p, if set, failing fast when it exits).
 func WaitRegistry(ctx context.Context, p *Proc, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr string) error {
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil, DialContext: dial, DisableKeepAlives: true}}
-	return waitFor(ctx, p, 30*time.Second, "registry on "+addr, func(ctx context.Context) error {
+	return WaitFor(ctx, p, 30*time.Second, "registry on "+addr, func(ctx context.Context) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v2/", nil)
 		resp, err := c.Do(req)
 		if err != nil {

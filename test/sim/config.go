@@ -9,57 +9,34 @@ package sim
 import (
 	"errors"
 	"fmt"
-	"math"
-	mrand "math/rand/v2"
 	"time"
 
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/scheduler"
-	"github.com/damselfly-io/damselfly/test/swarm"
-)
-
-// Scenarios: the harness's.
-const (
-	ScenarioUniform = swarm.ScenarioUniform
-	ScenarioMixed   = swarm.ScenarioMixed
-	ScenarioRacks   = swarm.ScenarioRacks
-	ScenarioChurn   = swarm.ScenarioChurn
-	ScenarioSpread  = swarm.ScenarioSpread
+	"github.com/damselfly-io/damselfly/test/swarm/scenario"
 )
 
 // Config is one simulation.
 type Config struct {
-	Hosts      int        // N, the downloading peers present at the start
-	Size       int64      // F, bytes
-	PieceSize  uint32     // 0: core.PieceSize(F), what the daemon picks
-	Rate       swarm.Rate // every peer's uplink
-	DownRate   swarm.Rate // every peer's downlink; 0 means Rate
-	OriginRate swarm.Rate // the origin host's uplink
-	SeedRate   swarm.Rate // the seed peer host's uplink; 0 means Rate
+	// Spec is the run's peers present at the start, sizes, links and
+	// scenario, as the harness takes them. The simulator's spread default
+	// follows -rate: SpreadMin 0 means Rate/5, SpreadMax 0 means Rate.
+	scenario.Spec
+
+	PieceSize  uint32 // 0: core.PieceSize(F), what the daemon picks
 	HopLatency time.Duration
 	// PayloadFrac is the share of a link's rate that carries payload (1:
 	// none lost to headers; the harness's tbf also counts TCP/IP/Ethernet
 	// headers, 1448 of 1514 bytes per segment: HarnessPayloadFrac).
 	PayloadFrac float64
 
-	Scenario   string
-	SlowFrac   float64 // mixed: this fraction of the peers ...
-	SlowFactor float64 // ... get uplinks this many times slower
-	MixedDown  bool    // SlowFrac of the peers get downlinks SlowFactor× slower
-	SpreadMin  swarm.Rate
-	SpreadMax  swarm.Rate
-	SpreadSeed uint64
-	// Racks: how many racks (racks scenario; the harness has 2) and the
-	// rate of each rack's link from the router into it.
-	Racks         int
-	InterRackRate swarm.Rate
-	// Churn as the harness does it: ChurnFrac of the peers leave at ChurnAt
-	// (0: T*/2). On top of that, leaves and joins at random times:
-	// LeaveRate and JoinRate per second of virtual time (Poisson), from
-	// the start until the last host is done (joins: until JoinUntil, 0
-	// meaning T*).
-	ChurnFrac float64
-	ChurnAt   time.Duration
+	// Racks: how many racks (racks scenario; the harness has 2), each
+	// reached from the router at InterRackRate.
+	Racks int
+	// On top of the harness's churn (ChurnFrac of the peers leave at
+	// ChurnAt), leaves and joins at random times: LeaveRate and JoinRate
+	// per second of virtual time (Poisson), from the start until the last
+	// host is done (joins: until JoinUntil, 0 meaning T*).
 	LeaveRate float64
 	JoinRate  float64
 	JoinUntil time.Duration
@@ -74,15 +51,6 @@ type Config struct {
 	Relay bool
 	// TickEvery is the period of the scheduler's and the cores' timers.
 	TickEvery time.Duration
-	// SeedOnOrigin runs the seed peer on the origin's host: it uploads
-	// through the origin's uplink, and its own fetch from the origin stays
-	// inside the host.
-	SeedOnOrigin bool
-	// Declare: every daemon declares its link capacity to the scheduler
-	// (Host.upload_bps/download_bps, the daemon's upload_bps and
-	// download_bps settings); without it the scheduler relies on what it
-	// measures.
-	Declare bool
 	// Scheduler replaces the real scheduler's default config when set.
 	Scheduler *scheduler.Config
 }
@@ -90,34 +58,23 @@ type Config struct {
 // DefaultConfig is the harness's default run.
 func DefaultConfig() Config {
 	return Config{
-		Hosts: 8, Size: 128 << 20, Rate: 100e6, OriginRate: 100e6,
+		Spec:       scenario.DefaultSpec(),
 		HopLatency: 200 * time.Microsecond, PayloadFrac: 1,
-		Scenario: ScenarioUniform, SlowFrac: 0.25, SlowFactor: 10,
-		SpreadSeed: 1,
-		Racks:      2, ChurnFrac: 0.25, Seed: 1, Deadline: time.Hour,
+		Racks: 2, Seed: 1, Deadline: time.Hour,
 		Relay: true, TickEvery: time.Second,
 	}
 }
 
 // Validate checks the config and fills derived defaults.
 func (c *Config) Validate() error {
-	if c.Hosts < 1 || c.Hosts > 1_000_000 {
-		return fmt.Errorf("n: %d, want 1..1000000", c.Hosts)
+	if c.SpreadMax == 0 {
+		c.SpreadMax = c.Rate
 	}
-	if c.Size <= 0 {
-		return errors.New("size must be positive")
+	if c.SpreadMin == 0 {
+		c.SpreadMin = c.Rate / 5
 	}
-	if c.Rate <= 0 || c.OriginRate <= 0 {
-		return errors.New("rate and origin rate must be positive")
-	}
-	if c.DownRate == 0 {
-		c.DownRate = c.Rate
-	}
-	if c.SeedRate == 0 {
-		c.SeedRate = c.Rate
-	}
-	if c.InterRackRate == 0 {
-		c.InterRackRate = c.Rate
+	if err := c.Spec.Validate(1_000_000); err != nil {
+		return err
 	}
 	if c.PieceSize == 0 {
 		c.PieceSize = core.PieceSize(c.Size)
@@ -128,30 +85,10 @@ func (c *Config) Validate() error {
 	if c.HopLatency < 0 {
 		return errors.New("hop latency must be ≥ 0")
 	}
-	switch c.Scenario {
-	case ScenarioUniform, ScenarioMixed, ScenarioRacks, ScenarioChurn, ScenarioSpread:
-	default:
-		return fmt.Errorf("unknown scenario %q (want uniform, mixed, spread, churn, racks)", c.Scenario)
-	}
-	if c.SpreadMax == 0 {
-		c.SpreadMax = c.Rate
-	}
-	if c.SpreadMin == 0 {
-		c.SpreadMin = c.Rate / 5
-	}
-	if c.Scenario == ScenarioSpread && (c.SpreadMin <= 0 || c.SpreadMax < c.SpreadMin) {
-		return fmt.Errorf("spread: uplinks in [%v, %v]: want 0 < min ≤ max", c.SpreadMin, c.SpreadMax)
-	}
-	if c.SlowFrac < 0 || c.SlowFrac > 1 || c.ChurnFrac < 0 || c.ChurnFrac >= 1 {
-		return errors.New("slow fraction must be in [0,1], churn fraction in [0,1)")
-	}
-	if c.SlowFactor < 1 {
-		return errors.New("slow factor must be ≥ 1")
-	}
 	if c.LeaveRate < 0 || c.JoinRate < 0 {
 		return errors.New("leave and join rates must be ≥ 0")
 	}
-	if c.Scenario == ScenarioRacks && c.Racks < 2 {
+	if c.Scenario == scenario.Racks && c.Racks < 2 {
 		return fmt.Errorf("racks: %d, want ≥ 2", c.Racks)
 	}
 	if c.Deadline <= 0 {
@@ -164,7 +101,7 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) racks() int {
-	if c.Scenario == ScenarioRacks {
+	if c.Scenario == scenario.Racks {
 		return c.Racks
 	}
 	return 1
@@ -184,49 +121,18 @@ type HostSpec struct {
 }
 
 // layout returns the peers' links exactly as the harness builds them
-// (test/swarm Config.hosts): slow peers spread over the index range,
-// spread uplinks drawn from the same generator, racks split evenly.
+// (scenario.Spec.Peers).
 func (c *Config) layout() []HostSpec {
-	racks := c.racks()
-	slow := 0
-	if c.Scenario == ScenarioMixed || c.MixedDown {
-		slow = int(float64(c.Hosts)*c.SlowFrac + 0.5)
-	}
-	rnd := mrand.New(mrand.NewPCG(c.SpreadSeed, c.SpreadSeed^0x5eed))
-	hs := make([]HostSpec, 0, c.Hosts)
-	for i := range c.Hosts {
-		h := HostSpec{Name: fmt.Sprintf("h%d", i+1), Rack: 1 + i*racks/c.Hosts, Up: float64(c.Rate), Down: float64(c.DownRate)}
-		isSlow := slow > 0 && (i*slow)/c.Hosts != ((i+1)*slow)/c.Hosts
-		if isSlow && c.Scenario == ScenarioMixed {
-			h.Up = float64(swarm.Rate(float64(c.Rate) / c.SlowFactor))
-		}
-		if isSlow && c.MixedDown {
-			h.Down = float64(swarm.Rate(float64(c.DownRate) / c.SlowFactor))
-		}
-		if c.Scenario == ScenarioSpread {
-			r := float64(c.SpreadMin) + rnd.Float64()*float64(c.SpreadMax-c.SpreadMin)
-			h.Up = math.Round(r/1000) * 1000
-		}
-		hs = append(hs, h)
+	ps := c.Peers(c.racks())
+	hs := make([]HostSpec, 0, len(ps))
+	for _, p := range ps {
+		hs = append(hs, HostSpec{Name: p.Name, Rack: p.Rack, Up: float64(p.Up), Down: float64(p.Down)})
 	}
 	return hs
 }
 
-// churnVictims are the peers the harness's churn kills: spread over the
-// index range.
-func (c *Config) churnVictims(n int) map[int]bool {
-	v := map[int]bool{}
-	if c.Scenario != ScenarioChurn {
-		return v
-	}
-	k := int(float64(n)*c.ChurnFrac + 0.5)
-	for i := range k {
-		v[(2*i+1)*n/(2*k)] = true
-	}
-	return v
-}
-
-// Bound is T* and its terms, in seconds, as the harness computes them.
+// Bound is T* and its terms, in seconds, as the harness computes them
+// (scenario.Bound, less the swarm term with the seed).
 type Bound struct {
 	TStar         float64 `json:"t_star_s"`
 	TStarWithSeed float64 `json:"t_star_with_seed_s"`
@@ -236,33 +142,14 @@ type Bound struct {
 	InterRackTerm float64 `json:"inter_rack_term_s,omitempty"`
 }
 
-// LowerBound is the harness's T* = max(F/u_origin, F/d_min,
-// N·F/(u_origin + Σ u_peers)) over the hosts that must finish, plus
-// F/u_interrack when some of them are outside the origin's rack.
+// LowerBound is the harness's T* (scenario.Spec.LowerBound) over the
+// hosts that must finish.
 func LowerBound(c Config, must []HostSpec) Bound {
-	bits := float64(c.Size) * 8
-	var n, sumUp float64
-	dmin := math.Inf(1)
-	otherRack := false
-	for _, p := range must {
-		n++
-		sumUp += p.Up
-		dmin = min(dmin, p.Down)
-		otherRack = otherRack || p.Rack > 1
+	ps := make([]scenario.Peer, 0, len(must))
+	for _, h := range must {
+		ps = append(ps, scenario.Peer{Name: h.Name, Rack: h.Rack, Up: scenario.Rate(h.Up), Down: scenario.Rate(h.Down)})
 	}
-	b := Bound{
-		OriginTerm: bits / float64(c.OriginRate),
-		DownTerm:   bits / dmin,
-		SwarmTerm:  n * bits / (float64(c.OriginRate) + sumUp),
-	}
-	swarmSeed := n * bits / (float64(c.OriginRate) + float64(c.SeedRate) + sumUp)
-	if c.SeedOnOrigin {
-		swarmSeed = b.SwarmTerm // the seed peer adds no uplink of its own
-	}
-	if c.Scenario == ScenarioRacks && otherRack {
-		b.InterRackTerm = bits / float64(c.InterRackRate)
-	}
-	b.TStar = max(b.OriginTerm, b.DownTerm, b.SwarmTerm, b.InterRackTerm)
-	b.TStarWithSeed = max(b.OriginTerm, b.DownTerm, swarmSeed, b.InterRackTerm)
-	return b
+	b := c.Spec.LowerBound(ps)
+	return Bound{TStar: b.TStar, TStarWithSeed: b.TStarWithSeed, OriginTerm: b.OriginTerm, DownTerm: b.DownTerm,
+		SwarmTerm: b.SwarmTerm, InterRackTerm: b.InterRackTerm}
 }

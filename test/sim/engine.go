@@ -13,6 +13,7 @@ import (
 
 	schedulerv1 "github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/test/swarm/scenario"
 )
 
 // epoch is virtual time 0 as the scheduler and the cores see it.
@@ -173,7 +174,7 @@ func New(cfg Config, newSched NewSchedulerFunc, newCore NewCoreFunc) (*Sim, erro
 		s.digests[i] = pieceDigest(i)
 	}
 	racks := cfg.racks()
-	if cfg.Scenario == ScenarioRacks {
+	if cfg.Scenario == scenario.Racks {
 		s.rackIn = make([]*Link, racks+1)
 		for r := 1; r <= racks; r++ {
 			s.rackIn[r] = s.net.NewLink(fmt.Sprintf("rack%d-in", r), float64(cfg.InterRackRate)/8*cfg.PayloadFrac)
@@ -189,7 +190,7 @@ func New(cfg Config, newSched NewSchedulerFunc, newCore NewCoreFunc) (*Sim, erro
 		// origin's.
 		s.seedNode.up = s.originUp
 	}
-	victims := cfg.churnVictims(cfg.Hosts)
+	victims := cfg.ChurnVictims(cfg.Hosts)
 	for i, h := range cfg.layout() {
 		n := s.newNode(h.Name, h.Rack, h.Up, h.Down)
 		n.victim = victims[i]
@@ -230,7 +231,7 @@ func (s *Sim) newNode(name string, rack int, upBps, downBps float64) *node {
 // through the router.
 func (s *Sim) lat(a, b *node) float64 {
 	h := s.cfg.HopLatency.Seconds()
-	if s.cfg.Scenario == ScenarioRacks && a != nil && b != nil && a.rack != b.rack {
+	if s.cfg.Scenario == scenario.Racks && a != nil && b != nil && a.rack != b.rack {
 		return 2 * h
 	}
 	return h

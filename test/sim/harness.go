@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/damselfly-io/damselfly/test/swarm"
+	"github.com/damselfly-io/damselfly/test/swarm/scenario"
 )
 
 // HarnessRun is what the netns harness measured for Damselfly in one run
@@ -39,21 +40,21 @@ func FromHarness(path string, base Config) (Config, HarnessRun, error) {
 	c := base
 	c.SeedOnOrigin = p.SeedOnOrigin
 	c.Scenario, c.Hosts, c.Size = p.Scenario, p.N, p.SizeBytes
-	c.Rate, c.DownRate = swarm.Rate(p.RateBps), swarm.Rate(p.DownRateBps)
-	c.OriginRate, c.SeedRate = swarm.Rate(p.OriginRateBps), swarm.Rate(p.SeedRateBps)
+	c.Rate, c.DownRate = scenario.Rate(p.RateBps), scenario.Rate(p.DownRateBps)
+	c.OriginRate, c.SeedRate = scenario.Rate(p.OriginRateBps), scenario.Rate(p.SeedRateBps)
 	c.MixedDown = p.MixedDown
 	if p.SlowFactor > 0 {
 		c.SlowFrac, c.SlowFactor = p.SlowFrac, p.SlowFactor
 	}
 	if p.InterRackBps > 0 {
-		c.InterRackRate, c.Racks = swarm.Rate(p.InterRackBps), 2
+		c.InterRackRate, c.Racks = scenario.Rate(p.InterRackBps), 2
 	}
-	if p.Scenario == ScenarioChurn {
+	if p.Scenario == scenario.Churn {
 		c.ChurnFrac = p.ChurnFrac
 		c.ChurnAt = time.Duration(p.ChurnAtS * float64(time.Second))
 	}
-	if p.Scenario == ScenarioSpread {
-		c.SpreadMin, c.SpreadMax, c.SpreadSeed = swarm.Rate(p.SpreadMinBps), swarm.Rate(p.SpreadMaxBps), p.SpreadSeed
+	if p.Scenario == scenario.Spread {
+		c.SpreadMin, c.SpreadMax, c.SpreadSeed = scenario.Rate(p.SpreadMinBps), scenario.Rate(p.SpreadMaxBps), p.SpreadSeed
 	}
 	c.PayloadFrac = HarnessPayloadFrac
 	h := HarnessRun{TStar: r.LowerBound.TStar}

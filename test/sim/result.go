@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/damselfly-io/damselfly/test/swarm/scenario"
 	"golang.org/x/sys/unix"
 )
 
@@ -88,13 +89,13 @@ func (s *Sim) result(lb Bound, wall time.Duration) *Result {
 		Recomputes: s.net.Recomputes, RecompFlows: s.net.RecomputedFlows, VirtualS: s.now(),
 	}
 	switch c.Scenario {
-	case ScenarioMixed:
+	case scenario.Mixed:
 		r.SlowFrac, r.SlowFactor = c.SlowFrac, c.SlowFactor
-	case ScenarioSpread:
+	case scenario.Spread:
 		r.SpreadMinBps, r.SpreadMaxBps = int64(c.SpreadMin), int64(c.SpreadMax)
-	case ScenarioRacks:
+	case scenario.Racks:
 		r.InterRackBps, r.Racks = int64(c.InterRackRate), c.Racks
-	case ScenarioChurn:
+	case scenario.Churn:
 		r.ChurnFrac = c.ChurnFrac
 		r.ChurnAtS = c.ChurnAt.Seconds()
 		if r.ChurnAtS == 0 {

@@ -5,6 +5,8 @@ import (
 	"math"
 	"testing"
 	"time"
+
+	"github.com/damselfly-io/damselfly/test/swarm/scenario"
 )
 
 func runSim(t *testing.T, cfg Config, models string) *Result {
@@ -52,7 +54,7 @@ func TestLatencyHandComputed(t *testing.T) {
 // router carries F.
 func TestRacksInterRackLink(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.Scenario = ScenarioRacks
+	cfg.Scenario = scenario.Racks
 	cfg.Hosts, cfg.Size = 2, 8<<20
 	cfg.InterRackRate = 10e6
 	r := runSim(t, cfg, "double")
@@ -84,7 +86,7 @@ func TestSmallSwarmDouble(t *testing.T) {
 
 func TestChurnDouble(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.Scenario = ScenarioChurn
+	cfg.Scenario = scenario.Churn
 	cfg.Hosts, cfg.Size = 8, 16<<20
 	r := runSim(t, cfg, "double")
 	if r.Killed != 2 || r.Completed != 6 || r.Failed != 0 {
@@ -113,15 +115,23 @@ func stable(r *Result) string {
 	return string(b)
 }
 
-func TestDeterministic(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Scenario = ScenarioSpread
-	cfg.Hosts, cfg.Size = 16, 8<<20
-	cfg.JoinRate, cfg.LeaveRate = 2, 1
-	a, b := stable(runSim(t, cfg, "double")), stable(runSim(t, cfg, "double"))
+// sameTwice runs cfg twice with models and checks that the results are the
+// same; it returns the first.
+func sameTwice(t *testing.T, cfg Config, models string) string {
+	t.Helper()
+	a, b := stable(runSim(t, cfg, models)), stable(runSim(t, cfg, models))
 	if a != b {
 		t.Errorf("same seed, different results:\n%s\n%s", a, b)
 	}
+	return a
+}
+
+func TestDeterministic(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Scenario = scenario.Spread
+	cfg.Hosts, cfg.Size = 16, 8<<20
+	cfg.JoinRate, cfg.LeaveRate = 2, 1
+	a := sameTwice(t, cfg, "double")
 	cfg.Seed = 2
 	if c := stable(runSim(t, cfg, "double")); c == a {
 		t.Errorf("another seed gave the very same result; the seed is not used")
@@ -134,8 +144,8 @@ func TestValidate(t *testing.T) {
 		func(c *Config) { c.Scenario = "nope" },
 		func(c *Config) { c.Rate = 0 },
 		func(c *Config) { c.ChurnFrac = 1 },
-		func(c *Config) { c.Scenario, c.SpreadMin, c.SpreadMax = ScenarioSpread, 10, 5 },
-		func(c *Config) { c.Scenario, c.Racks = ScenarioRacks, 1 },
+		func(c *Config) { c.Scenario, c.SpreadMin, c.SpreadMax = scenario.Spread, 10, 5 },
+		func(c *Config) { c.Scenario, c.Racks = scenario.Racks, 1 },
 	} {
 		c := DefaultConfig()
 		mod(&c)
@@ -149,7 +159,7 @@ func TestValidate(t *testing.T) {
 // the index range; T* follows from the actual rates.
 func TestLayoutAndBound(t *testing.T) {
 	c := DefaultConfig()
-	c.Scenario, c.Hosts = ScenarioMixed, 8
+	c.Scenario, c.Hosts = scenario.Mixed, 8
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +198,7 @@ func TestSmallSwarmReal(t *testing.T) {
 
 func TestChurnReal(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.Scenario = ScenarioChurn
+	cfg.Scenario = scenario.Churn
 	cfg.Hosts, cfg.Size = 8, 16<<20
 	r := runSim(t, cfg, "real")
 	if r.Killed != 2 || r.Completed != 6 || r.Failed != 0 {
@@ -201,13 +211,10 @@ func TestChurnReal(t *testing.T) {
 
 func TestDeterministicReal(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.Scenario = ScenarioChurn
+	cfg.Scenario = scenario.Churn
 	cfg.Hosts, cfg.Size = 12, 8<<20
 	cfg.JoinRate, cfg.LeaveRate = 2, 1
-	a, b := stable(runSim(t, cfg, "real")), stable(runSim(t, cfg, "real"))
-	if a != b {
-		t.Errorf("same seed, different results:\n%s\n%s", a, b)
-	}
+	sameTwice(t, cfg, "real")
 }
 
 // answerCheck wraps a core and checks the executor's contract: every
@@ -243,7 +250,7 @@ func (a *answerCheck) Handle(now time.Time, ev Event) []Action {
 
 func TestEveryRequestAnsweredOnce(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.Scenario = ScenarioChurn
+	cfg.Scenario = scenario.Churn
 	cfg.Hosts, cfg.Size = 16, 8<<20
 	cfg.JoinRate, cfg.LeaveRate = 4, 2
 	var checks []*answerCheck

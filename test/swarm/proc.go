@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/damselfly-io/damselfly/test/netns"
+	"github.com/damselfly-io/damselfly/test/oci"
 )
 
 // Proc is one process the harness started inside a host's network namespace.
@@ -47,7 +48,10 @@ func (ps *procSet) startIn(ns, name, logPath string, env []string, gated bool, a
 	args = append(args, argv...)
 	cmd := exec.Command("ip", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Env = append(childEnv(), env...)
+	// Without proxy settings: the hosts reach only each other (their
+	// namespaces have no route elsewhere), and a proxy variable would send
+	// curl, aria2c or a daemon's origin fetch to it.
+	cmd.Env = append(oci.CleanEnv(), env...)
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("start %s in %s: open log: %w", name, ns, err)
@@ -77,21 +81,6 @@ func (ps *procSet) startIn(ns, name, logPath string, env []string, gated bool, a
 		close(p.done)
 	}()
 	return p, nil
-}
-
-// childEnv is the harness's environment without proxy settings: the hosts
-// reach only each other (their namespaces have no route elsewhere), and a
-// proxy variable would send curl, aria2c or a daemon's origin fetch to it.
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasSuffix(strings.ToLower(k), "_proxy") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
 }
 
 // lastLine is the last non-empty line of the process's log, for errors.
@@ -144,20 +133,7 @@ func (p *Proc) Kill(grace time.Duration) {
 	if done, _, _ := p.Exited(); done {
 		return
 	}
-	pgid := p.cmd.Process.Pid
-	if grace > 0 {
-		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		select {
-		case <-p.done:
-			return
-		case <-time.After(grace):
-		}
-	}
-	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-	}
+	oci.StopGroup(p.cmd.Process.Pid, p.done, grace)
 }
 
 // killAll ends every process of the set, in parallel, each by its id, and

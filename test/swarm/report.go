@@ -4,13 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"image/color"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/damselfly-io/damselfly/test/swarm/scenario"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -56,20 +56,7 @@ type Params struct {
 }
 
 // Bound is the lower bound T* and its terms, in seconds.
-type Bound struct {
-	// TStar = max(F/u_origin, F/d_min, N·F/(u_origin + Σ u_peers)) over the
-	// N downloading hosts (churn: over the survivors), and for racks also
-	// F/u_interrack (rack 2 needs the file once across the router).
-	TStar float64 `json:"t_star_s"`
-	// TStarWithSeed also counts the seed peer host's uplink in the sum (the
-	// same as TStar when the seed peer shares the origin's host and link).
-	TStarWithSeed float64 `json:"t_star_with_seed_s"`
-	OriginTerm    float64 `json:"origin_term_s"`
-	DownTerm      float64 `json:"download_term_s"`
-	SwarmTerm     float64 `json:"swarm_term_s"`
-	SwarmSeedTerm float64 `json:"swarm_term_with_seed_s"`
-	InterRackTerm float64 `json:"inter_rack_term_s,omitempty"`
-}
+type Bound = scenario.Bound
 
 // SystemResult is one system's run.
 type SystemResult struct {
@@ -143,44 +130,22 @@ func paramsOf(c Config, n *Network) Params {
 		p.SpreadMinBps, p.SpreadMaxBps, p.SpreadSeed = int64(c.SpreadMin), int64(c.SpreadMax), c.SpreadSeed
 	case ScenarioChurn:
 		p.ChurnFrac = c.ChurnFrac
-		p.ChurnAtS = c.churnAt(lowerBound(c, n.Peers(), n.Seed(), n.Origin())).Seconds()
+		p.ChurnAtS = c.churnAt(lowerBound(c, n.Peers())).Seconds()
 	}
 	return p
 }
 
-// lowerBound computes T* for the peers that must finish, from every host's
-// actual rates. A seed peer on the origin's host adds no uplink: it shares
-// the origin's.
-func lowerBound(c Config, peers []*Host, seed, origin *Host) Bound {
+// lowerBound computes T* for the peers that must finish (churn: the
+// survivors), from every peer's actual rates.
+func lowerBound(c Config, peers []*Host) Bound {
 	victims := c.churnVictims(peers)
-	bits := float64(c.Size) * 8
-	var n, sumUp float64
-	dmin := math.Inf(1)
-	rack2 := false
+	var must []scenario.Peer
 	for _, p := range peers {
-		if victims[p.Name] {
-			continue
+		if !victims[p.Name] {
+			must = append(must, scenario.Peer{Name: p.Name, Rack: p.Rack, Up: p.Up, Down: p.Down})
 		}
-		n++
-		sumUp += float64(p.Up)
-		dmin = min(dmin, float64(p.Down))
-		rack2 = rack2 || p.Rack > 1
 	}
-	b := Bound{
-		OriginTerm:    bits / float64(origin.Up),
-		DownTerm:      bits / dmin,
-		SwarmTerm:     n * bits / (float64(origin.Up) + sumUp),
-		SwarmSeedTerm: n * bits / (float64(origin.Up) + float64(seed.Up) + sumUp),
-	}
-	if seed.On == origin.Name {
-		b.SwarmSeedTerm = b.SwarmTerm
-	}
-	if c.Scenario == ScenarioRacks && rack2 {
-		b.InterRackTerm = bits / float64(c.InterRackRate)
-	}
-	b.TStar = max(b.OriginTerm, b.DownTerm, b.SwarmTerm, b.InterRackTerm)
-	b.TStarWithSeed = max(b.OriginTerm, b.DownTerm, b.SwarmSeedTerm, b.InterRackTerm)
-	return b
+	return c.LowerBound(must)
 }
 
 func (r *Results) write(dir string) error {
@@ -221,7 +186,7 @@ func (r *Results) Markdown() string {
 	p := r.Params
 	fmt.Fprintf(&b, "# Swarm run %s\n\n", p.RunID)
 	fmt.Fprintf(&b, "Scenario **%s**: N = %d peers, F = %s, peer links %s up / %s down, origin uplink %s, seed-peer uplink %s",
-		p.Scenario, p.N, FormatSize(p.SizeBytes), Rate(p.RateBps), Rate(p.DownRateBps), Rate(p.OriginRateBps), Rate(p.SeedRateBps))
+		p.Scenario, p.N, scenario.FormatSize(p.SizeBytes), Rate(p.RateBps), Rate(p.DownRateBps), Rate(p.OriginRateBps), Rate(p.SeedRateBps))
 	switch p.Scenario {
 	case ScenarioMixed:
 		fmt.Fprintf(&b, "; %.0f%% of peers with uplinks %.0f× slower", p.SlowFrac*100, p.SlowFactor)
@@ -324,7 +289,7 @@ var plotColors = map[string]color.Color{
 // plotCDF draws the completion-time CDF of every system, with T*.
 func (r *Results) plotCDF(path string) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("%s: N=%d, F=%s, %s", r.Params.Scenario, r.Params.N, FormatSize(r.Params.SizeBytes), Rate(r.Params.RateBps))
+	p.Title.Text = fmt.Sprintf("%s: N=%d, F=%s, %s", r.Params.Scenario, r.Params.N, scenario.FormatSize(r.Params.SizeBytes), Rate(r.Params.RateBps))
 	p.X.Label.Text = "seconds since the common start"
 	p.Y.Label.Text = "fraction of hosts done"
 	p.Y.Min, p.Y.Max = 0, 1

@@ -58,12 +58,8 @@ func cpuTimes() (busy, total int64, err error) {
 // over the index range; the same hosts in every system.
 func (c *Config) churnVictims(peers []*Host) map[string]bool {
 	v := map[string]bool{}
-	if c.Scenario != ScenarioChurn {
-		return v
-	}
-	k := int(float64(len(peers))*c.ChurnFrac + 0.5)
-	for i := range k {
-		v[peers[(2*i+1)*len(peers)/(2*k)].Name] = true
+	for i := range c.ChurnVictims(len(peers)) {
+		v[peers[i].Name] = true
 	}
 	return v
 }

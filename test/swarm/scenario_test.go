@@ -3,7 +3,6 @@ package swarm
 import (
 	"context"
 	"math"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -95,7 +94,7 @@ func TestLowerBoundPerHostRates(t *testing.T) {
 		t.Fatalf("%d peers with slow downlinks, want 2 (25%% of 8)", slowDown)
 	}
 	bits := float64(cfg.Size) * 8
-	b := lowerBound(cfg, peers, seed, origin)
+	b := lowerBound(cfg, peers)
 	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-9*max(1, b) }
 	if w := 8 * bits / (float64(cfg.OriginRate) + sum); !near(b.SwarmTerm, w) {
 		t.Errorf("swarm term %v, want %v", b.SwarmTerm, w)
@@ -108,8 +107,7 @@ func TestLowerBoundPerHostRates(t *testing.T) {
 	}
 	// The same seed on a host of its own adds its uplink.
 	cfg.SeedOnOrigin = false
-	hs = cfg.hosts()
-	b2 := lowerBound(cfg, peersOf(hs), hostsOf(hs, RoleSeed)[0], hostsOf(hs, RoleOrigin)[0])
+	b2 := lowerBound(cfg, peersOf(cfg.hosts()))
 	if !(b2.SwarmSeedTerm < b2.SwarmTerm) {
 		t.Errorf("a seed host of its own did not add its uplink: %+v", b2)
 	}
@@ -157,21 +155,5 @@ func TestSmokeSpread(t *testing.T) {
 	if !strings.Contains(md, "spread") || !strings.Contains(md, "shares its uplink") {
 		t.Errorf("report does not name the scenario and the seed's placement")
 	}
-	for _, s := range res.Systems {
-		if s.Error != "" {
-			t.Errorf("%s: %s (logs in %s)", s.Name, s.Error, cfg.OutDir)
-			continue
-		}
-		for _, h := range s.Hosts {
-			if !h.OK {
-				t.Errorf("%s: host %s did not get a correct copy: %s", s.Name, h.Name, h.Error)
-			}
-		}
-		if s.OriginServerBytes > cfg.Size*105/100 {
-			t.Errorf("%s: origin served %d bytes, want ≤ 1.05 × %d", s.Name, s.OriginServerBytes, cfg.Size)
-		}
-	}
-	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), Prefix+res.Params.RunID+"-") {
-		t.Errorf("namespaces left behind:\n%s", out)
-	}
+	checkRun(t, cfg, res)
 }

@@ -18,8 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
-	mrand "math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -28,6 +26,7 @@ import (
 	"time"
 
 	"github.com/damselfly-io/damselfly/test/oci"
+	"github.com/damselfly-io/damselfly/test/swarm/scenario"
 )
 
 // Systems the harness can run.
@@ -47,62 +46,39 @@ var allSystems = []string{SystemDamselfly, SystemDirect, SystemBitTorrent, Syste
 // isImage says whether a system pulls the image rather than the file.
 func isImage(sys string) bool { return sys == SystemImageDamselfly || sys == SystemImageDirect }
 
-// Scenarios.
+// Scenarios (see package scenario).
 const (
-	ScenarioUniform = "uniform" // every link alike
-	ScenarioMixed   = "mixed"   // a fraction of peers with 10× slower uplinks
-	ScenarioRacks   = "racks"   // two racks joined by a slower router link
-	ScenarioChurn   = "churn"   // a fraction of peers killed mid-run
-	ScenarioSpread  = "spread"  // peer uplinks drawn uniformly in [SpreadMin, SpreadMax]
+	ScenarioUniform = scenario.Uniform
+	ScenarioMixed   = scenario.Mixed
+	ScenarioRacks   = scenario.Racks
+	ScenarioChurn   = scenario.Churn
+	ScenarioSpread  = scenario.Spread
 )
+
+// Rate is a link rate in bits per second (tc syntax).
+type Rate = scenario.Rate
 
 // Config is one harness run.
 type Config struct {
-	Hosts      int           // N, the downloading peers
-	Size       int64         // F, bytes
-	Rate       Rate          // every peer's uplink
-	DownRate   Rate          // every peer's downlink; 0 means Rate
-	OriginRate Rate          // the origin host's uplink
-	SeedRate   Rate          // the seed peer host's uplink; 0 means Rate
-	Burst      int64         // tbf burst in bytes; 0 means max(128 KiB, 4 ms of traffic)
-	Latency    time.Duration // tbf queue bound
-	Delay      time.Duration // one-way delay per host uplink (netem only)
-	Loss       float64       // loss fraction per host uplink (netem only)
+	// Spec is the run's peers, sizes, links and scenario, as the simulator
+	// takes them too.
+	scenario.Spec
 
-	Systems  []string
-	Scenario string
+	Burst   int64         // tbf burst in bytes; 0 means max(128 KiB, 4 ms of traffic)
+	Latency time.Duration // tbf queue bound
+	Delay   time.Duration // one-way delay per host uplink (netem only)
+	Loss    float64       // loss fraction per host uplink (netem only)
+
+	Systems []string
 	// ImageLayers is how many layers the image systems' image has (its
 	// size is Size).
 	ImageLayers int
-	// SlowFrac of the peers get uplinks SlowFactor times slower (mixed).
-	SlowFrac   float64
-	SlowFactor float64
-	// InterRackRate shapes the router link between racks (racks); 0 means Rate.
-	InterRackRate Rate
-	// ChurnFrac of the peers are killed at ChurnAt after the start (churn);
-	// ChurnAt 0 means half of T*.
-	ChurnFrac float64
-	ChurnAt   time.Duration
-	// SpreadMin and SpreadMax bound the peers' uplinks (spread), drawn
-	// uniformly with SpreadSeed so that a run can be repeated.
-	SpreadMin  Rate
-	SpreadMax  Rate
-	SpreadSeed uint64
-	// SeedOnOrigin runs the seed peer on the origin's host: one namespace,
-	// one link (the origin's uplink carries the seed's uploads too).
-	SeedOnOrigin bool
-	// MixedDown gives SlowFrac of the peers downlinks SlowFactor times
-	// slower than DownRate (any scenario; in mixed, the slow-uplink ones).
-	MixedDown bool
 
 	// Extra command-line flags for Damselfly's scheduler, peer daemons and
 	// seed peer, for tuning runs (e.g. "--max-parents 2").
 	SchedulerArgs []string
 	DaemonArgs    []string
-	// Declare has every Damselfly daemon declare its link rates
-	// (--upload-bps/--download-bps) instead of leaving them to be measured.
-	Declare  bool
-	SeedArgs []string
+	SeedArgs      []string
 	// TLS runs Damselfly's gRPC with mutual TLS (a CA made for the run,
 	// a certificate per component in its host's directory); false runs it
 	// with --insecure, to measure what mTLS costs.
@@ -116,23 +92,16 @@ type Config struct {
 	Logger   *slog.Logger
 }
 
-// DefaultConfig is the uniform 8-host, 128 MiB, 100 Mbit/s run of docs/benchmarks.md.
+// DefaultConfig is the uniform 8-host, 128 MiB, 100 Mbit/s run of
+// docs/benchmarks.md, spread uplinks in [20, 100] Mbit/s.
 func DefaultConfig() Config {
+	spec := scenario.DefaultSpec()
+	spec.SpreadMin, spec.SpreadMax = 20e6, 100e6
 	return Config{
-		Hosts:       8,
-		Size:        128 << 20,
-		Rate:        100e6,
-		OriginRate:  100e6,
+		Spec:        spec,
 		Latency:     50 * time.Millisecond,
 		Systems:     []string{SystemDamselfly, SystemDirect, SystemBitTorrent},
-		Scenario:    ScenarioUniform,
 		ImageLayers: 8,
-		SlowFrac:    0.25,
-		SlowFactor:  10,
-		ChurnFrac:   0.25,
-		SpreadMin:   20e6,
-		SpreadMax:   100e6,
-		SpreadSeed:  1,
 		Deadline:    10 * time.Minute,
 		BinDir:      "bin",
 		TLS:         true,
@@ -141,23 +110,11 @@ func DefaultConfig() Config {
 
 // Validate checks the config and fills derived defaults.
 func (c *Config) Validate() error {
-	if c.Hosts < 1 || c.Hosts > 200 {
-		return fmt.Errorf("hosts: %d, want 1..200", c.Hosts)
+	if c.SlowFactor < 1 {
+		c.SlowFactor = 10
 	}
-	if c.Size <= 0 {
-		return errors.New("size must be positive")
-	}
-	if c.Rate <= 0 || c.OriginRate <= 0 {
-		return errors.New("rate and origin rate must be positive")
-	}
-	if c.DownRate == 0 {
-		c.DownRate = c.Rate
-	}
-	if c.SeedRate == 0 {
-		c.SeedRate = c.Rate
-	}
-	if c.InterRackRate == 0 {
-		c.InterRackRate = c.Rate
+	if err := c.Spec.Validate(200); err != nil {
+		return err
 	}
 	if c.Latency <= 0 {
 		c.Latency = 50 * time.Millisecond
@@ -173,22 +130,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("unknown system %q (want one of %v)", s, allSystems)
 		}
 	}
-	switch c.Scenario {
-	case ScenarioUniform, ScenarioMixed, ScenarioRacks, ScenarioChurn, ScenarioSpread:
-	default:
-		return fmt.Errorf("unknown scenario %q (want uniform, mixed, racks, churn, spread)", c.Scenario)
-	}
-	if c.Scenario == ScenarioSpread && (c.SpreadMin <= 0 || c.SpreadMax < c.SpreadMin) {
-		return fmt.Errorf("spread: uplinks in [%v, %v]: want 0 < min ≤ max", c.SpreadMin, c.SpreadMax)
-	}
-	if c.SlowFrac < 0 || c.SlowFrac > 1 || c.ChurnFrac < 0 || c.ChurnFrac >= 1 {
-		return errors.New("slow and churn fractions must be in [0,1)")
-	}
 	if slices.ContainsFunc(c.Systems, isImage) && (c.ImageLayers < 1 || c.Size < int64(c.ImageLayers)) {
 		return fmt.Errorf("image layers: %d, want 1..size", c.ImageLayers)
-	}
-	if c.SlowFactor < 1 {
-		c.SlowFactor = 10
 	}
 	if c.Loss < 0 || c.Loss >= 1 {
 		return errors.New("loss must be in [0,1)")
@@ -235,36 +178,15 @@ func (c *Config) hosts() []*Host {
 		// its link (buildNetwork makes no namespace for it).
 		hs[2] = &Host{Name: "seed", Role: RoleSeed, Rack: 1, IP: hs[0].IP, Up: hs[0].Up, Down: hs[0].Down, On: "origin"}
 	}
-	slow := 0
-	if c.Scenario == ScenarioMixed || c.MixedDown {
-		slow = int(float64(c.Hosts)*c.SlowFrac + 0.5)
-	}
-	// One generator per run, seeded: the same flags draw the same rates.
-	rnd := mrand.New(mrand.NewPCG(c.SpreadSeed, c.SpreadSeed^0x5eed))
-	for i := range c.Hosts {
-		rack := 1 + i*racks/c.Hosts
-		h := &Host{
-			Name: fmt.Sprintf("h%d", i+1),
+	for i, p := range c.Peers(racks) {
+		hs = append(hs, &Host{
+			Name: p.Name,
 			Role: RolePeer,
-			Rack: rack,
-			IP:   netip.AddrFrom4([4]byte{10, 77, byte(rack), byte(10 + i)}),
-			Up:   c.Rate,
-			Down: c.DownRate,
-		}
-		// Slow peers are spread over the index range, not bunched at the end.
-		isSlow := slow > 0 && (i*slow)/c.Hosts != ((i+1)*slow)/c.Hosts
-		if isSlow && c.Scenario == ScenarioMixed {
-			h.Up = Rate(float64(c.Rate) / c.SlowFactor)
-		}
-		if isSlow && c.MixedDown {
-			h.Down = Rate(float64(c.DownRate) / c.SlowFactor)
-		}
-		if c.Scenario == ScenarioSpread {
-			// Whole kbit/s, so that tc takes the rate as written.
-			r := float64(c.SpreadMin) + rnd.Float64()*float64(c.SpreadMax-c.SpreadMin)
-			h.Up = Rate(math.Round(r/1000) * 1000)
-		}
-		hs = append(hs, h)
+			Rack: p.Rack,
+			IP:   netip.AddrFrom4([4]byte{10, 77, byte(p.Rack), byte(10 + i)}),
+			Up:   p.Up,
+			Down: p.Down,
+		})
 	}
 	return hs
 }
@@ -294,14 +216,14 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	blob := filepath.Join(work, "blob")
 	var digest string
 	if slices.ContainsFunc(cfg.Systems, func(s string) bool { return !isImage(s) }) {
-		log.Info("writing test file", "size", FormatSize(cfg.Size))
+		log.Info("writing test file", "size", scenario.FormatSize(cfg.Size))
 		if digest, err = writeTestFile(blob, cfg.Size); err != nil {
 			return nil, err
 		}
 	}
 	var im *oci.Image
 	if slices.ContainsFunc(cfg.Systems, isImage) {
-		log.Info("writing test image", "size", FormatSize(cfg.Size), "layers", cfg.ImageLayers)
+		log.Info("writing test image", "size", scenario.FormatSize(cfg.Size), "layers", cfg.ImageLayers)
 		if im, err = oci.WriteImage(filepath.Join(work, "image"), "latest", cfg.ImageLayers, cfg.Size); err != nil {
 			return nil, err
 		}
@@ -322,7 +244,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 
 	res := &Results{
 		Params:     paramsOf(cfg, netw),
-		LowerBound: lowerBound(cfg, netw.Peers(), netw.Seed(), netw.Origin()),
+		LowerBound: lowerBound(cfg, netw.Peers()),
 		SHA256:     digest,
 	}
 	log.Info("network up", "hosts", len(netw.Hosts), "t_star_s", res.LowerBound.TStar, "netem", netw.Netem)

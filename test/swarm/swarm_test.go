@@ -106,6 +106,14 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("run: %v", err)
 	}
 	t.Logf("\n%s", res.Markdown())
+	checkRun(t, cfg, res)
+}
+
+// checkRun checks a smoke run for correctness only: every system ran, every
+// host got a correct copy, Damselfly fetched the file from the origin about
+// once, and no namespace was left behind.
+func checkRun(t *testing.T, cfg Config, res *Results) {
+	t.Helper()
 	for _, s := range res.Systems {
 		if s.Error != "" {
 			t.Errorf("%s: %s (logs in %s)", s.Name, s.Error, cfg.OutDir)
@@ -134,20 +142,7 @@ func TestLowerBound(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	hs := cfg.hosts()
-	var peers []*Host
-	var seed, origin *Host
-	for _, h := range hs {
-		switch h.Role {
-		case RolePeer:
-			peers = append(peers, h)
-		case RoleSeed:
-			seed = h
-		case RoleOrigin:
-			origin = h
-		}
-	}
-	b := lowerBound(cfg, peers, seed, origin)
+	b := lowerBound(cfg, peersOf(cfg.hosts()))
 	// 128 MiB at 100 Mbit/s: 10.74 s; the swarm term is 8/9 of that.
 	const want = 128 * 8 * (1 << 20) / 100e6
 	if d := b.TStar - want; d > 1e-9 || d < -1e-9 {
@@ -162,22 +157,16 @@ func TestLowerBound(t *testing.T) {
 	cfg.OriginRate = 1e9
 	cfg.DownRate = 1e9
 	n := 0
-	peers = nil
-	for _, h := range cfg.hosts() {
-		switch h.Role {
-		case RolePeer:
-			peers = append(peers, h)
-			if h.Up < cfg.Rate {
-				n++
-			}
-		case RoleOrigin:
-			origin = h
+	peers := peersOf(cfg.hosts())
+	for _, h := range peers {
+		if h.Up < cfg.Rate {
+			n++
 		}
 	}
 	if n != 2 {
 		t.Fatalf("mixed: %d slow peers, want 2", n)
 	}
-	b = lowerBound(cfg, peers, seed, origin)
+	b = lowerBound(cfg, peers)
 	// N·F/(u_o + 6 u + 2 u/10) with u_o = 10 u.
 	if w := 8 * want / (10 + 6 + 0.2); b.SwarmTerm-w > 1e-9 || w-b.SwarmTerm > 1e-9 {
 		t.Errorf("mixed swarm term = %v, want %v", b.SwarmTerm, w)
@@ -188,33 +177,9 @@ func TestChurnVictims(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Scenario = ScenarioChurn
 	cfg.Hosts = 8
-	var peers []*Host
-	for _, h := range cfg.hosts() {
-		if h.Role == RolePeer {
-			peers = append(peers, h)
-		}
-	}
-	v := cfg.churnVictims(peers)
+	v := cfg.churnVictims(peersOf(cfg.hosts()))
 	if len(v) != 2 || !v["h3"] || !v["h7"] {
 		t.Errorf("victims = %v, want h3 and h7", v)
-	}
-}
-
-func TestParseRateSize(t *testing.T) {
-	for in, want := range map[string]Rate{"100mbit": 100e6, "1gbit": 1e9, "2.5mbit": 2.5e6, "800kbit": 8e5, "1000": 1000} {
-		got, err := ParseRate(in)
-		if err != nil || got != want {
-			t.Errorf("ParseRate(%q) = %v, %v; want %v", in, got, err, want)
-		}
-	}
-	for in, want := range map[string]int64{"128MiB": 128 << 20, "4MB": 4e6, "1GiB": 1 << 30, "512": 512} {
-		got, err := ParseSize(in)
-		if err != nil || got != want {
-			t.Errorf("ParseSize(%q) = %v, %v; want %v", in, got, err, want)
-		}
-	}
-	if _, err := ParseRate("fast"); err == nil {
-		t.Error("ParseRate(fast): want an error")
 	}
 }
 

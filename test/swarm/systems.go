@@ -130,7 +130,7 @@ func (e *sysEnv) startOrigin(ctx context.Context) error {
 		[]string{helperEnv + "=origin", "DFSW_ORIGIN_LISTEN=" + addr, "DFSW_ORIGIN_FILE=" + e.blob}, false, exe); err != nil {
 		return err
 	}
-	return waitFor(ctx, readyTimeout, "origin http", func(ctx context.Context) error {
+	return oci.WaitFor(ctx, nil, readyTimeout, "origin http", func(ctx context.Context) error {
 		_, err := e.originStats(ctx)
 		return err
 	})
@@ -142,23 +142,6 @@ func (e *sysEnv) originStats(ctx context.Context) (OriginStats, error) {
 	err := getJSON(ctx, nsHTTPClient(o.NS, 5*time.Second),
 		fmt.Sprintf("http://%s/_stats", net.JoinHostPort(o.IP.String(), strconv.Itoa(originPort))), &st)
 	return st, err
-}
-
-// waitFor polls check every 100 ms until it succeeds or timeout passes.
-func waitFor(ctx context.Context, timeout time.Duration, what string, check func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var last error
-	for {
-		if last = check(ctx); last == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w (last: %v)", what, ctx.Err(), last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 func httpGet(ctx context.Context, c *http.Client, url string) ([]byte, error) {
@@ -267,7 +250,7 @@ func setupBitTorrent(ctx context.Context, e *sysEnv) ([]*download, error) {
 		}
 		return scrapeComplete(body, string(tor.InfoHash[:]))
 	}
-	if err := waitFor(ctx, readyTimeout, "opentracker", func(ctx context.Context) error { _, err := seeders(ctx); return err }); err != nil {
+	if err := oci.WaitFor(ctx, nil, readyTimeout, "opentracker", func(ctx context.Context) error { _, err := seeders(ctx); return err }); err != nil {
 		return nil, err
 	}
 	seedDir := filepath.Join(e.dir, "origin")
@@ -283,7 +266,7 @@ func setupBitTorrent(ctx context.Context, e *sysEnv) ([]*download, error) {
 	if _, err := e.ps.startIn(o.NS, "aria2c-seeder", e.logf("origin-aria2c"), nil, false, seedArgs...); err != nil {
 		return nil, err
 	}
-	if err := waitFor(ctx, readyTimeout, "seeder announced", func(ctx context.Context) error {
+	if err := oci.WaitFor(ctx, nil, readyTimeout, "seeder announced", func(ctx context.Context) error {
 		n, err := seeders(ctx)
 		if err == nil && n < 1 {
 			err = fmt.Errorf("tracker knows %d seeders", n)
@@ -402,7 +385,7 @@ func (e *sysEnv) startDamselfly(ctx context.Context, extra ...string) ([]damself
 		append(append([]string{damselfly, "scheduler", "--listen", schedAddr, "--metrics-port", strconv.Itoa(metricsPort)}, schedTLS...), e.cfg.SchedulerArgs...)...); err != nil {
 		return nil, err
 	}
-	if err := waitFor(ctx, readyTimeout, "scheduler", func(ctx context.Context) error {
+	if err := oci.WaitFor(ctx, nil, readyTimeout, "scheduler", func(ctx context.Context) error {
 		c, err := nsDialer(s.NS)(ctx, "tcp", schedAddr)
 		if err == nil {
 			c.Close()
@@ -466,7 +449,7 @@ func (e *sysEnv) startDamselfly(ctx context.Context, extra ...string) ([]damself
 		wg.Go(func() {
 			hc := nsHTTPClient(d.host.NS, 2*time.Second)
 			health := fmt.Sprintf("http://%s/healthy", net.JoinHostPort(d.host.IP.String(), strconv.Itoa(metricsPort)))
-			errs[i] = waitFor(ctx, readyTimeout, "daemon on "+d.host.Name, func(ctx context.Context) error {
+			errs[i] = oci.WaitFor(ctx, nil, readyTimeout, "daemon on "+d.host.Name, func(ctx context.Context) error {
 				if done, _, err := d.proc.Exited(); done {
 					return fmt.Errorf("daemon exited: %v (see %s)", err, e.logf(d.host.Name+"-daemon"))
 				}

@@ -20,45 +20,11 @@ import (
 	"github.com/damselfly-io/damselfly/internal/config"
 	"github.com/damselfly-io/damselfly/scheduler"
 	"github.com/damselfly-io/damselfly/test/sim"
-	"github.com/damselfly-io/damselfly/test/swarm"
+	"github.com/damselfly-io/damselfly/test/swarm/scenario"
 )
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
-}
-
-type rateFlag struct{ r *swarm.Rate }
-
-func (f rateFlag) String() string {
-	if f.r == nil || *f.r == 0 {
-		return ""
-	}
-	return f.r.String()
-}
-
-func (f rateFlag) Set(s string) error {
-	r, err := swarm.ParseRate(s)
-	if err == nil {
-		*f.r = r
-	}
-	return err
-}
-
-type sizeFlag struct{ n *int64 }
-
-func (f sizeFlag) String() string {
-	if f.n == nil {
-		return ""
-	}
-	return swarm.FormatSize(*f.n)
-}
-
-func (f sizeFlag) Set(s string) error {
-	n, err := swarm.ParseSize(s)
-	if err == nil {
-		*f.n = n
-	}
-	return err
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -70,32 +36,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 	}
 	var pieceSize int64
-	fs.IntVar(&cfg.Hosts, "n", cfg.Hosts, "number of downloading peer hosts (N)")
-	fs.Var(sizeFlag{&cfg.Size}, "size", "file size F (e.g. 500MiB)")
-	fs.Var(sizeFlag{&pieceSize}, "piece-size", "piece size (default: the daemon's rule for F)")
-	fs.Var(rateFlag{&cfg.Rate}, "rate", "every peer's uplink (e.g. 1gbit)")
-	fs.Var(rateFlag{&cfg.DownRate}, "down-rate", "every peer's downlink (default: -rate)")
-	fs.Var(rateFlag{&cfg.OriginRate}, "origin-rate", "the origin host's uplink")
-	fs.Var(rateFlag{&cfg.SeedRate}, "seed-rate", "the seed peer host's uplink (default: -rate)")
+	cfg.AddFlags(fs)
+	// The simulator's spread follows -rate; the harness's is fixed.
+	fs.Lookup("spread-min").Usage = "spread: lowest peer uplink (default: -rate / 5; 20mbit at the harness's 100mbit)"
+	fs.Lookup("spread-max").Usage = "spread: highest peer uplink (default: -rate)"
+	scenario.SizeVar(fs, &pieceSize, "piece-size", "piece size (default: the daemon's rule for F)")
 	fs.DurationVar(&cfg.HopLatency, "hop-latency", cfg.HopLatency, "one-way latency of one hop (host to host in a rack; two hops across racks)")
-	fs.StringVar(&cfg.Scenario, "scenario", cfg.Scenario, "uniform, mixed, spread, churn or racks")
-	fs.Float64Var(&cfg.SlowFrac, "slow-frac", cfg.SlowFrac, "mixed: fraction of peers with slow uplinks")
-	fs.Float64Var(&cfg.SlowFactor, "slow-factor", cfg.SlowFactor, "mixed: how many times slower their uplinks are")
-	fs.BoolVar(&cfg.MixedDown, "mixed-down", false, "give -slow-frac of the peers downlinks -slow-factor times slower than -down-rate")
-	fs.Var(rateFlag{&cfg.SpreadMin}, "spread-min", "spread: lowest peer uplink (default: -rate / 5; 20mbit at the harness's 100mbit)")
-	fs.Var(rateFlag{&cfg.SpreadMax}, "spread-max", "spread: highest peer uplink (default: -rate)")
-	fs.Uint64Var(&cfg.SpreadSeed, "spread-seed", cfg.SpreadSeed, "spread: seed of the uplink draw (the harness's)")
 	fs.IntVar(&cfg.Racks, "racks", cfg.Racks, "racks: number of racks")
-	fs.Var(rateFlag{&cfg.InterRackRate}, "inter-rack-rate", "racks: rate of each rack's link from the router (default: -rate)")
-	fs.Float64Var(&cfg.ChurnFrac, "churn-frac", cfg.ChurnFrac, "churn: fraction of peers killed at -churn-at")
-	fs.DurationVar(&cfg.ChurnAt, "churn-at", 0, "churn: when to kill them (default: T*/2)")
 	fs.Float64Var(&cfg.LeaveRate, "leave-rate", 0, "any scenario: peers leaving per second of virtual time (Poisson)")
 	fs.Float64Var(&cfg.JoinRate, "join-rate", 0, "any scenario: peers joining per second of virtual time (Poisson), until -join-until")
 	fs.DurationVar(&cfg.JoinUntil, "join-until", 0, "last time a peer may join (default: T*)")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of every random choice (same seed, same result)")
 	fs.DurationVar(&cfg.Deadline, "deadline", cfg.Deadline, "virtual-time limit; hosts not done by then count as failed")
-	fs.BoolVar(&cfg.SeedOnOrigin, "seed-on-origin", false, "run the seed peer on the origin's host, sharing its uplink")
-	fs.BoolVar(&cfg.Declare, "declare", false, "every daemon declares its link capacity to the scheduler (the daemon's upload_bps/download_bps)")
 	fs.BoolVar(&cfg.Relay, "relay", cfg.Relay, "relays (cut-through): children may fetch a piece still arriving")
 	fs.DurationVar(&cfg.TickEvery, "tick", cfg.TickEvery, "period of the scheduler's and the cores' timers")
 	schedConfig := fs.String("scheduler-config", "", "the scheduler's YAML config (as damselfly scheduler --config), for tuning runs")

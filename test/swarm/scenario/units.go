@@ -1,4 +1,4 @@
-package swarm
+package scenario
 
 import (
 	"fmt"
@@ -13,23 +13,11 @@ type Rate int64
 // ParseRate parses "100mbit", "1gbit", "250kbit", "1000000bit" or a plain
 // number of bits per second.
 func ParseRate(s string) (Rate, error) {
-	t := strings.ToLower(strings.TrimSpace(s))
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"gbit", 1e9}, {"mbit", 1e6}, {"kbit", 1e3}, {"bit", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t = strings.TrimSuffix(t, u.suffix)
-			mult = u.mult
-			break
-		}
-	}
-	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f <= 0 {
+	f, ok := parseUnit(strings.ToLower(strings.TrimSpace(s)), rateUnits)
+	if !ok {
 		return 0, fmt.Errorf("parse rate %q: want e.g. 100mbit", s)
 	}
-	return Rate(f * float64(mult)), nil
+	return Rate(f), nil
 }
 
 // String renders the rate in tc syntax.
@@ -50,16 +38,33 @@ func (r Rate) BytesPerSec() float64 { return float64(r) / 8 }
 
 // ParseSize parses "128MiB", "4MB", "1GiB", "512KiB" or a byte count.
 func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{
+	f, ok := parseUnit(strings.TrimSpace(s), sizeUnits)
+	if !ok {
+		return 0, fmt.Errorf("parse size %q: want e.g. 128MiB", s)
+	}
+	return int64(f), nil
+}
+
+// unit is a suffix and the multiple it stands for.
+type unit struct {
+	suffix string
+	mult   int64
+}
+
+var (
+	rateUnits = []unit{{"gbit", 1e9}, {"mbit", 1e6}, {"kbit", 1e3}, {"bit", 1}}
+	sizeUnits = []unit{
 		{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
 		{"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"kB", 1e3},
 		{"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1},
-	} {
+	}
+)
+
+// parseUnit parses a positive number with the first of units whose suffix
+// t ends in (none: the number as it is), and returns it times the unit.
+func parseUnit(t string, units []unit) (float64, bool) {
+	mult := int64(1)
+	for _, u := range units {
 		if strings.HasSuffix(t, u.suffix) {
 			t = strings.TrimSuffix(t, u.suffix)
 			mult = u.mult
@@ -68,9 +73,9 @@ func ParseSize(s string) (int64, error) {
 	}
 	f, err := strconv.ParseFloat(t, 64)
 	if err != nil || f <= 0 {
-		return 0, fmt.Errorf("parse size %q: want e.g. 128MiB", s)
+		return 0, false
 	}
-	return int64(f * float64(mult)), nil
+	return f * float64(mult), true
 }
 
 // FormatSize renders a byte count with a binary unit.
