@@ -79,12 +79,12 @@ type Scheduler struct {
 	// fillWide: fillParentsLocked walks the whole pool, skipping the
 	// peer's descendants (fillWideLocked).
 	fillWide bool
-	dirty        []*task // tasks whose waiting peers need a new look
-	dropped      []*peer // peers whose send buffer overflowed
-	counters     counters
-	started      time.Time
-	now          func() time.Time // the clock (Option WithClock)
-	lastGC       time.Time        // when Tick last collected
+	dirty    []*task // tasks whose waiting peers need a new look
+	dropped  []*peer // peers whose send buffer overflowed
+	counters counters
+	started  time.Time
+	now      func() time.Time // the clock (Option WithClock)
+	lastGC   time.Time        // when Tick last collected
 
 	// Scratch space reused across decisions (under mu).
 	fwd             []*peer

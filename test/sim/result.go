@@ -44,12 +44,12 @@ type Result struct {
 	Joined    int `json:"joined"`
 
 	Bound
-	TMedian   float64 `json:"t_median_s"`
-	TLast     float64 `json:"t_last_s"` // 0 if a surviving host did not finish
+	TMedian float64 `json:"t_median_s"`
+	TLast   float64 `json:"t_last_s"` // 0 if a surviving host did not finish
 	// TP90 and TP99: the time by which 90 and 99 % of the surviving hosts
 	// finished (the tail between the median and the last).
-	TP90 float64 `json:"t_p90_s"`
-	TP99 float64 `json:"t_p99_s"`
+	TP90      float64 `json:"t_p90_s"`
+	TP99      float64 `json:"t_p99_s"`
 	EffLast   float64 `json:"efficiency_last"`
 	EffMedian float64 `json:"efficiency_median"`
 
