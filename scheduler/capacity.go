@@ -624,10 +624,18 @@ func (s *Scheduler) pacedShort(p *peer) bool {
 	return have < 0.9*s.pacedWant(p) && len(p.parents) < maxPacedParents
 }
 
-// topUpPacedLocked gives p, a paced receiver short of its rate, more paced
-// parents from the spare capacity there is now, and tells it.
+// topUpPacedLocked moves p, a paced receiver, to a free full-rate slot
+// when there is one, else gives it more paced parents from the spare
+// capacity there is now when it is short of its rate, and tells it.
 func (s *Scheduler) topUpPacedLocked(p *peer, now time.Time) {
-	if !s.cfg.PacedShares || p.task.fluid <= 0 || !s.pacedShort(p) || p.task.unverifiable() {
+	if !s.cfg.PacedShares || p.task.fluid <= 0 || p.task.unverifiable() {
+		return
+	}
+	if len(p.task.open) > 0 && s.fullSlotForPacedLocked(p) {
+		s.sendParentsLocked(p, now)
+		return
+	}
+	if !s.pacedShort(p) {
 		return
 	}
 	s.pacedOnly, s.pacedTopUp = true, true
@@ -636,4 +644,41 @@ func (s *Scheduler) topUpPacedLocked(p *peer, now time.Time) {
 	if added {
 		s.sendParentsLocked(p, now)
 	}
+}
+
+// fullSlotForPacedLocked moves p, fed by paced shares only, to a parent
+// with a free full-rate slot when there is one (a host whose children
+// finished): its shares go back to their parents' spare, where the next
+// receiver short of its rate finds them. Without it the last receivers of
+// a large swarm stay on the fragments of spare they were given while the
+// uplinks of the finished hosts idle. It reports whether p moved; p keeps
+// its shares when no free slot takes it.
+func (s *Scheduler) fullSlotForPacedLocked(p *peer) bool {
+	type paced struct {
+		peer  *peer
+		share float64
+	}
+	var was []paced
+	for _, l := range p.parents {
+		if l.share <= 0 {
+			return false // it has an unpaced parent already
+		}
+		was = append(was, paced{l.peer, l.share})
+	}
+	for _, w := range was {
+		s.removeEdge(w.peer, p)
+	}
+	s.fillFreeOnly = true
+	moved := s.fillParentsLocked(p, false)
+	s.fillFreeOnly = false
+	if !moved {
+		for _, w := range was {
+			s.linkShareLocked(w.peer, p, w.share)
+		}
+		return false
+	}
+	for _, w := range was {
+		s.touchOpenLocked(w.peer)
+	}
+	return true
 }

@@ -795,3 +795,40 @@ func TestWideSearchBeforeOrigin(t *testing.T) {
 		v.invariants()
 	}
 }
+
+// A receiver fed by paced shares moves to a full-rate slot as soon as one
+// is free (here the slow leaf under f finished and left): the shares go
+// back to their parents' spare, and the receiver no longer depends on the
+// fragments of several uplinks.
+func TestPacedReceiverTakesFreedSlot(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	for _, id := range []string{"a", "b", "c", "d", "e", "f"} {
+		v.join("t", id, capHost(id, 100, false)).parents()
+	}
+	s1 := v.join("t", "s1", capHost("s1", 10, false))
+	if got := s1.parents(); !slices.Equal(got, []string{"f"}) {
+		t.Fatalf("s1 parents %v, want [f]", got)
+	}
+	s2 := v.join("t", "s2", capHost("s2", 10, false))
+	d := s2.decision()
+	if ps := d.GetParents().GetParents(); len(ps) < 2 || ps[0].GetShareBps() <= 0 {
+		t.Fatalf("s2 got %v: want paced parents", d)
+	}
+	s1.leave()
+	v.advance(time.Second)
+	d = s2.decision()
+	ps := d.GetParents().GetParents()
+	if len(ps) != 1 || ps[0].GetPeerId() != "f" || ps[0].GetShareBps() != 0 {
+		t.Fatalf("after f's slot freed, s2 got %v: want f alone, unpaced", d)
+	}
+	v.s.mu.Lock()
+	for _, p := range v.s.tasks[tid("t")].list {
+		checkPaced(t, v.s, p)
+		if p.pacedKids != 0 || p.booked != 0 {
+			t.Errorf("%s still books %d paced children, %.0f B/s", p.id, p.pacedKids, p.booked)
+		}
+	}
+	v.s.mu.Unlock()
+	v.invariants()
+}

@@ -303,8 +303,8 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 			if p.state == stateRunning && len(p.parents) < s.cfg.MaxParents {
 				under = append(under, p)
 			}
-			if p.state == stateRunning && len(p.parents) > 0 && p.parents[0].share > 0 && s.pacedShort(p) {
-				s.unpaced = append(s.unpaced, p) // topped up at the flush
+			if p.state == stateRunning && len(p.parents) > 0 && p.parents[0].share > 0 && (s.pacedShort(p) || len(t.open) > 0) {
+				s.unpaced = append(s.unpaced, p) // topped up or moved at the flush
 			}
 		}
 	}
