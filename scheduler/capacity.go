@@ -415,7 +415,7 @@ const pacedRehomeBatch = 2
 // maxPacedParents bounds the paced parents one receiver gets; minPacedShare
 // is the smallest share worth a parent, as a fraction of the fluid rate.
 const (
-	maxPacedParents = 8
+	maxPacedParents = 16
 	minPacedShare   = 1.0 / 32
 )
 
@@ -511,9 +511,16 @@ type pacedCand struct {
 // looks at no more than 4·rehomeBatch of them, the latest first, and tries
 // pacedRehomeBatch: every event runs it, so its cost must not grow with N.
 func (s *Scheduler) pacedRehomeLocked(t *task, now time.Time) {
-	tried, scanned := 0, 0
-	for i := len(t.crowded) - 1; i >= 0 && tried < pacedRehomeBatch && scanned < 4*rehomeBatch; i-- {
-		scanned++ // bounded: an event costs O(1) however many peers are crowded
+	tried := 0
+	// The scan goes on where the last one stopped, wrapping around: each
+	// crowded peer gets its turn however many there are, while one event
+	// looks at no more than 4·rehomeBatch of them.
+	for scanned := 0; scanned < min(len(t.crowded), 4*rehomeBatch) && tried < pacedRehomeBatch; scanned++ {
+		if t.crowdScan <= 0 || t.crowdScan > len(t.crowded) {
+			t.crowdScan = len(t.crowded)
+		}
+		t.crowdScan--
+		i := t.crowdScan
 		c := t.crowded[i]
 		if c.state != stateRunning || len(c.parents) != 1 || c.parents[0].share > 0 || t.unverifiable() ||
 			now.Sub(c.pacedTry) < s.cfg.RefreshInterval.D() {
@@ -522,7 +529,7 @@ func (s *Scheduler) pacedRehomeLocked(t *task, now time.Time) {
 		x := c.parents[0].peer
 		u := s.uplink(x.host, now)
 		n := unpacedChildren(x)
-		if u <= 0 || n <= 1 || u/float64(n) >= 0.9*t.fluid {
+		if u <= 0 || u/float64(n) >= 0.9*t.fluid {
 			continue // it has about its rate: nothing to gain
 		}
 		tried++

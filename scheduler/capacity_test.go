@@ -597,8 +597,8 @@ func TestPacedParentLeavesTopUp(t *testing.T) {
 
 // With declared mixed capacities (paced shares at work), a decision in a
 // large task still looks at a bounded number of candidates: its own walk
-// and at most pacedRehomeBatch walks for crowded peers, each of at most
-// 2·candidate_limit, whatever N.
+// (the free list, then a sample of the pool) and at most pacedRehomeBatch
+// walks for crowded peers, each of at most 2·candidate_limit, whatever N.
 func TestPacedDecisionCostBoundedInLargeTask(t *testing.T) {
 	v := pipelineVirtual(t, nil)
 	v.source("t", "src", capHost("src", 100, false))
@@ -634,7 +634,7 @@ func TestPacedDecisionCostBoundedInLargeTask(t *testing.T) {
 		v.s.mu.Lock()
 		visits := v.s.visited - before
 		v.s.mu.Unlock()
-		if bound := 2 * limit * (1 + pacedRehomeBatch); visits > bound {
+		if bound := 2 * limit * (2 + pacedRehomeBatch); visits > bound {
 			t.Fatalf("newcomer %d: its decision looked at %d candidates in a task of %d peers (bound %d)", i, visits, n, bound)
 		}
 	}
@@ -830,5 +830,96 @@ func TestPacedReceiverTakesFreedSlot(t *testing.T) {
 		}
 	}
 	v.s.mu.Unlock()
+	v.invariants()
+}
+
+// A paced share is no pipeline edge, so it needs no place in the order
+// that keeps the pipeline acyclic: a peer that registered early takes a
+// share from a host thousands of relays deep in another pipeline. (Ordered,
+// the link had to reorder everything below the early peer, past
+// maxReorder, and was refused: at a few thousand peers nearly every share
+// was.) A full-rate edge there is still refused.
+func TestPacedShareFromDeepInPipeline(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 200, false))
+	v.join("t", "early", capHost("early", 100, false)).parents()
+	n := 2*maxReorder + 200
+	for i := range n {
+		id := fmt.Sprintf("p%d", i)
+		v.join("t", id, capHost(id, 100, false)).parents()
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	tk := v.s.tasks[tid("t")]
+	e := tk.peers["early"]
+	below := func(p *peer) (bool, int) { // descends from early; depth
+		d := 0
+		for ; len(p.parents) > 0; d++ {
+			if p = p.parents[0].peer; p == e {
+				return true, d
+			}
+		}
+		return false, d
+	}
+	var deep *peer
+	best, under := 0, 0
+	for i := range n {
+		p := tk.peers[fmt.Sprintf("p%d", i)]
+		if b, d := below(p); b {
+			under++
+		} else if d > best {
+			deep, best = p, d
+		}
+	}
+	if deep == nil || best <= maxReorder/2 || under <= maxReorder {
+		t.Fatalf("setup: deepest peer outside early's pipeline at depth %d, %d peers below early", best, under)
+	}
+	if !v.s.linkShareLocked(deep, e, 1e6) {
+		t.Fatalf("a paced share from a peer %d relays deep was refused", best)
+	}
+	if v.s.linkLocked(deep.parents[0].peer, e) {
+		t.Fatalf("a full-rate edge that needs %d peers reordered was accepted", under)
+	}
+	if err := checkInvariants(v.s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A receiver that is the only child of a host slower than the fluid rate
+// (a slow newcomer hung below a slow host's idle uplink) moves to paced
+// shares once spare capacity is known, however many crowded peers there
+// are: the scan of crowded peers goes on where it stopped.
+func TestPacedRehomeSoleChildOfSlowHost(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	for i := range 120 {
+		id := fmt.Sprintf("f%d", i)
+		v.join("t", id, capHost(id, 100, false)).parents()
+	}
+	for i := range 40 {
+		id := fmt.Sprintf("s%d", i)
+		v.join("t", id, capHost(id, 10, false)).decision()
+	}
+	underSlow := func() []string {
+		v.s.mu.Lock()
+		defer v.s.mu.Unlock()
+		var ids []string
+		for _, p := range v.s.tasks[tid("t")].list {
+			if len(p.parents) == 1 && p.parents[0].share == 0 && p.parents[0].peer.host.info.GetUploadBps() == int64(10*mbps) {
+				ids = append(ids, p.id)
+			}
+		}
+		return ids
+	}
+	before := underSlow()
+	if len(before) < 5 {
+		t.Fatalf("setup: %d receivers below a slow host's uplink alone, want several", len(before))
+	}
+	for range 40 {
+		v.advance(time.Second)
+	}
+	if got := underSlow(); len(got) > 0 {
+		t.Errorf("after 40 ticks %d of %d receivers still get only a slow host's uplink: %v", len(got), len(before), got)
+	}
 	v.invariants()
 }

@@ -41,7 +41,13 @@ func (s *Scheduler) linkShareLocked(parent, child *peer, share float64) bool {
 	if parent == child {
 		return false
 	}
-	if parent.ord > child.ord && !s.reorderLocked(parent, child) {
+	// Only full-rate (unpaced) edges are ordered: they are the pipeline,
+	// whose relays pass pieces on as they arrive and must not loop. A
+	// paced edge asks for pieces the parent holds whole, so it needs no
+	// order; ordering it too made every pipeline above a paced receiver's
+	// parents part of each reorder, which at a few thousand peers ran past
+	// maxReorder and refused nearly every paced share.
+	if share == 0 && parent.ord > child.ord && !s.reorderLocked(parent, child) {
 		return false
 	}
 	if share > 0 {
@@ -137,6 +143,9 @@ func (s *Scheduler) reorderLocked(x, y *peer) bool {
 		n := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		for _, c := range n.children {
+			if n.pacedKids > 0 && pacedChild(n, c) {
+				continue // not ordered (linkShareLocked)
+			}
 			if c == x {
 				return false // x descends from y: cycle
 			}
@@ -160,6 +169,9 @@ func (s *Scheduler) reorderLocked(x, y *peer) bool {
 		stack = stack[:len(stack)-1]
 		for _, l := range n.parents {
 			w := l.peer
+			if l.share > 0 {
+				continue // not ordered
+			}
 			if w.mark != e && w.ord > lb {
 				w.mark = e
 				bwd = append(bwd, w)

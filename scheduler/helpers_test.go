@@ -612,7 +612,7 @@ func checkInvariants(s *Scheduler) error {
 				if l.at >= len(par.children) || par.children[l.at] != p {
 					return fmt.Errorf("peer %s: parent %s lacks the child edge at %d", pid, par.id, l.at)
 				}
-				if par.ord >= p.ord {
+				if l.share == 0 && par.ord >= p.ord {
 					return fmt.Errorf("peer %s (ord %d): parent %s has ord %d", pid, p.ord, par.id, par.ord)
 				}
 				if _, bad := p.bad[par.id]; bad {
@@ -664,6 +664,7 @@ func checkInvariants(s *Scheduler) error {
 	return nil
 }
 
+// acyclic checks that the full-rate (unpaced) edges form no cycle.
 func acyclic(t *task) error {
 	const (
 		white = iota
@@ -675,6 +676,9 @@ func acyclic(t *task) error {
 	visit = func(p *peer) error {
 		color[p] = grey
 		for _, c := range p.children {
+			if pacedChild(p, c) {
+				continue // paced edges are no part of the pipeline (linkShareLocked)
+			}
 			switch color[c] {
 			case grey:
 				return fmt.Errorf("cycle through %s -> %s", p.id, c.id)

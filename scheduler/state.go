@@ -216,6 +216,7 @@ type task struct {
 	// crowded: peers that took a parent without a free slot (sharing its
 	// uplink) when they last got one; rehomed when capacity frees up.
 	crowded      []*peer
+	crowdScan    int // where pacedRehomeLocked goes on in crowded
 	backToSource int
 	seedPhase    seedPhase
 	seedHost     string
