@@ -81,6 +81,9 @@ func (s peerState) String() string {
 type conn struct {
 	send   func(*schedulerv1.SchedulerMessage) error
 	cancel context.CancelCauseFunc
+	// inv: the inventory session whose holders share this conn (nil for
+	// an Announce session's).
+	inv *InventorySession
 }
 
 type peer struct {
@@ -345,6 +348,18 @@ func (b *bitset) set(n uint32) bool {
 	b.words[w] |= mask
 	b.count++
 	return true
+}
+
+// fill sets pieces 0..n-1 of an empty bitset in one allocation.
+func (b *bitset) fill(n uint32) {
+	b.words = make([]uint64, (n+63)/64)
+	for i := range b.words {
+		b.words[i] = ^uint64(0)
+	}
+	if r := n % 64; r != 0 {
+		b.words[len(b.words)-1] = 1<<r - 1
+	}
+	b.count = n
 }
 
 // addPeer puts p in t's list and map.
