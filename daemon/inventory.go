@@ -31,6 +31,13 @@ const inventoryBatch = 256
 // maxBatchBytes bounds the piece digests of one batch.
 const maxBatchBytes = 2 << 20
 
+// inventoryReconnect is the window a stream that lived a while (the
+// scheduler restarted) reconnects in: between half of it and all of it
+// (reconnectDelay). One stream carries a host's whole inventory, so the
+// window is wider than a single task's announce (0.5 s): 10,000 hosts come
+// back over 1–2 s instead of at once.
+const inventoryReconnect = 2 * time.Second
+
 // inventoryRecheck is how often the inventory looks again at the cache for
 // tasks that left it without telling (any deletion the daemon does not
 // report to it explicitly).
@@ -260,8 +267,9 @@ var errIdle = errors.New("inventory empty for this scheduler")
 // loop holds the Inventory stream to addr while addr is home to any entry.
 // Every (re)connect sends the whole inventory for addr after a random
 // delay (reconnectDelay): after a scheduler restart the hosts of a cluster
-// come back spread over that window, not in step. A stream that ends at
-// once (refused, say) backs off further each time, up to 30 s.
+// come back spread over 1–2 s (inventoryReconnect), not in step. A stream
+// that ends at once (refused, say) backs off from 0.5 s, doubling each
+// time up to 30 s.
 func (inv *inventory) loop(ctx context.Context, addr string, delay time.Duration) {
 	rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	log := inv.d.log.With("scheduler", addr)
@@ -293,13 +301,14 @@ func (inv *inventory) loop(ctx context.Context, addr string, delay time.Duration
 			wait = 0
 			continue
 		}
-		wait = reconnectDelay(rnd, backoff)
 		if time.Since(opened) < time.Second {
+			wait = reconnectDelay(rnd, backoff)
 			log.Debug("inventory stream ended at once; backing off", "err", err, "backoff", backoff)
 			backoff = min(2*backoff, 30*time.Second)
 		} else {
-			log.Info("inventory stream ended; reconnecting", "err", err, "after", wait)
 			backoff = 500 * time.Millisecond
+			wait = reconnectDelay(rnd, inventoryReconnect)
+			log.Info("inventory stream ended; reconnecting", "err", err, "after", wait)
 		}
 	}
 }

@@ -244,6 +244,7 @@ func (s *Scheduler) removeLocked(p *peer, now time.Time) {
 	}
 	if is := p.conn.inv; is != nil {
 		is.live--
+		t.holders--
 		s.m.inventoryHolders.Dec()
 	}
 	p.host.peers--

@@ -249,7 +249,7 @@ func (is *InventorySession) addLocked(e *schedulerv1.InventoryEntry, now time.Ti
 		openIdx:           -1,
 	}
 	t.nextOrd++
-	p.pieces.fill(n)
+	p.pieces.fillShared(t, n)
 	t.addPeer(p)
 	s.counters.registrations++
 	h.peers++
@@ -257,6 +257,7 @@ func (is *InventorySession) addLocked(e *schedulerv1.InventoryEntry, now time.Ti
 	s.setState(p, stateSucceeded)
 	is.holders = append(is.holders, p)
 	is.live++
+	t.holders++
 	s.m.inventoryHolders.Inc()
 	if t.claimable() && len(t.digests) == 0 {
 		c := &claim{length: length, pieceSize: size, digests: make(map[uint32][]byte, n)}

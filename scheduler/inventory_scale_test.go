@@ -28,6 +28,7 @@ type inventoryLoad struct {
 	heapBytes  int64 // live heap the replicas added (runtime.MemStats.HeapAlloc after a GC)
 	perReplica float64
 	elapsed    time.Duration
+	tick       time.Duration // one Tick over every holder
 }
 
 // loadInventories opens one inventory session per host on s, in process
@@ -104,7 +105,10 @@ func loadInventories(tb testing.TB, s *Scheduler, hosts, tasks, universe, pieces
 	}
 	heap := int64(after.HeapAlloc) - int64(before.HeapAlloc)
 	runtime.KeepAlive(sessions)
-	return inventoryLoad{replicas: replicas, heapBytes: heap, perReplica: float64(heap) / float64(replicas), elapsed: elapsed}
+	tickStart := time.Now()
+	s.Tick(now.Add(time.Second))
+	tick := time.Since(tickStart)
+	return inventoryLoad{replicas: replicas, heapBytes: heap, perReplica: float64(heap) / float64(replicas), elapsed: elapsed, tick: tick}
 }
 
 // A CI-sized load (200 hosts × 50 of 100 tasks, 10,000 replicas): every
@@ -115,7 +119,7 @@ func loadInventories(tb testing.TB, s *Scheduler, hosts, tasks, universe, pieces
 func TestInventoryMemoryPerReplica(t *testing.T) {
 	s := newTestScheduler(t, nil, nil)
 	l := loadInventories(t, s, 200, 50, 100, 125)
-	t.Logf("%d replicas: %d heap bytes, %.0f B per replica, loaded in %v", l.replicas, l.heapBytes, l.perReplica, l.elapsed)
+	t.Logf("%d replicas: %d heap bytes, %.0f B per replica, loaded in %v, one tick %v", l.replicas, l.heapBytes, l.perReplica, l.elapsed, l.tick)
 	if l.perReplica > 1200 {
 		t.Errorf("%.0f heap bytes per replica, want under 1200 (target ≈ 800)", l.perReplica)
 	}
@@ -157,5 +161,6 @@ func BenchmarkInventoryScale(b *testing.B) {
 		b.ReportMetric(float64(l.heapBytes)/(1<<30), "GiB")
 		b.ReportMetric(float64(l.replicas), "replicas")
 		b.ReportMetric(l.elapsed.Seconds(), "load_s")
+		b.ReportMetric(l.tick.Seconds(), "tick_s")
 	}
 }

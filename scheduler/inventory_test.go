@@ -405,3 +405,23 @@ func TestInventoryReplaced(t *testing.T) {
 		t.Fatalf("inventory_holders %v, want 1", got)
 	}
 }
+
+// Holders share their task's full bitset; a change to one copies it first.
+func TestBitsetSharedCopyOnWrite(t *testing.T) {
+	tk := newTask("t", time.Unix(0, 0))
+	var a, b bitset
+	a.fillShared(tk, 70)
+	b.fillShared(tk, 70)
+	if a.count != 70 || &a.words[0] != &b.words[0] || a.words[1] != 1<<6-1 {
+		t.Fatalf("fillShared: count %d, words %x (shared %v)", a.count, a.words, &a.words[0] == &b.words[0])
+	}
+	if !a.set(100) || a.count != 71 {
+		t.Fatalf("set past the full range: count %d", a.count)
+	}
+	if len(b.words) != 2 || len(tk.full.words) != 2 || tk.full.words[1] != 1<<6-1 || b.count != 70 {
+		t.Fatalf("a change to one holder's bitset changed the shared one: %x", tk.full.words)
+	}
+	if a.set(3) {
+		t.Fatal("piece 3 was held already")
+	}
+}

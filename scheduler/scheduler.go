@@ -279,6 +279,15 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 	var under []*peer
 	s.mu.Lock()
 	for _, t := range s.taskList {
+		if t.holders > 0 && t.holders == len(t.list) {
+			// Only inventory holders (done, never waiting): nothing here
+			// times out, is slow or lacks parents. The open set and the
+			// target rate are brought up to date at the first tick after
+			// a downloader joins; decisions check every candidate anyway.
+			// Hosts holding 500 cached tasks each made this walk the
+			// largest part of a tick.
+			continue
+		}
 		// Backwards: failing a peer swaps the last waiting one into its
 		// place, which was visited already.
 		for i := len(t.waitList) - 1; i >= 0; i-- {
