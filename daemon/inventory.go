@@ -197,12 +197,12 @@ func (inv *inventory) want(addr string) map[string]*invTask {
 	defer inv.mu.Unlock()
 	out := map[string]*invTask{}
 	for id, e := range inv.tasks {
-		if cur, ok := inv.d.store.Get(id); !ok || cur != e.task || !e.task.Complete() {
+		if cur, ok := inv.d.store.Get(id); !ok || cur != e.task {
 			delete(inv.tasks, id)
 			e.markApplied()
 			continue
 		}
-		if !e.refused && r.home(id) == addr {
+		if !e.refused && e.task.Complete() && r.home(id) == addr {
 			out[id] = e
 		}
 	}
