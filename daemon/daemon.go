@@ -427,7 +427,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			// A private task was fetched with credentials the origin
 			// accepted; it serves peers that show theirs (verified).
 			spec := &schedulerv1.TaskSpec{TaskId: t.ID(), Url: m.URL, Tag: m.Tag, Application: m.Application,
-				FilteredQuery: m.FilteredQuery, Digest: m.Digest, Private: m.Private}
+				FilteredQuery: m.FilteredQuery, Digest: m.Digest, Private: m.Private, Headers: versionHeaders(m.Version)}
 			if _, err := d.startConductor(taskRequest{spec: spec, fromCache: true, verified: m.Private}); err != nil {
 				d.log.Warn("cannot announce cached task", "task_id", t.ID(), "err", err)
 			}
@@ -555,6 +555,7 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 	t, _, err := d.store.GetOrCreate(store.Meta{
 		TaskID: id, URL: s.GetUrl(), Tag: s.GetTag(), Application: s.GetApplication(),
 		FilteredQuery: s.GetFilteredQuery(), Digest: s.GetDigest(), ContentLength: -1, Private: s.GetPrivate(),
+		Version: core.SpecVersion(s.GetUrl(), s.GetHeaders()),
 	})
 	if err != nil {
 		if r.localFile != nil {

@@ -440,6 +440,15 @@ func (inv *inventory) stream(ctx context.Context, addr string) error {
 	}
 }
 
+// versionHeaders are the spec headers that name an object version (an s3
+// object's ETag as If-Match: core.SpecVersion), nil for none.
+func versionHeaders(version string) map[string]string {
+	if version == "" {
+		return nil
+	}
+	return map[string]string{"If-Match": version}
+}
+
 func compareID(a, b string) int {
 	switch {
 	case a < b:
@@ -451,12 +460,13 @@ func compareID(a, b string) int {
 }
 
 // entryOf is complete task t's inventory entry: its spec as the cache
-// keeps it (no headers), its shape and every piece's digest.
+// keeps it (no headers but an s3 object's version), its shape and every
+// piece's digest.
 func entryOf(t *store.Task) *schedulerv1.InventoryEntry {
 	m := t.Meta()
 	return &schedulerv1.InventoryEntry{
 		Task: &schedulerv1.TaskSpec{TaskId: m.TaskID, Url: m.URL, Tag: m.Tag, Application: m.Application,
-			FilteredQuery: m.FilteredQuery, Digest: m.Digest},
+			FilteredQuery: m.FilteredQuery, Digest: m.Digest, Headers: versionHeaders(m.Version)},
 		ContentLength: m.ContentLength,
 		PieceSize:     m.PieceSize,
 		PieceDigests:  m.PieceDigests,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -187,8 +188,13 @@ func (is *InventorySession) addLocked(e *schedulerv1.InventoryEntry, now time.Ti
 	if spec.GetPrivate() {
 		return "a private task is announced on its own stream, not in an inventory"
 	}
-	if len(spec.GetHeaders()) > 0 {
-		return "an inventory entry carries no headers"
+	for k := range spec.GetHeaders() {
+		// The one header a cached task keeps: an s3 object's version
+		// (core.SpecVersion), part of its task ID. Anything else would be
+		// a credential, which an inventory never carries.
+		if !strings.EqualFold(k, "If-Match") {
+			return "an inventory entry carries no header but an object version (If-Match)"
+		}
 	}
 	length, size := e.GetContentLength(), e.GetPieceSize()
 	if length < 0 || size == 0 {

@@ -345,7 +345,12 @@ func TestInventoryVersionsAndRefusals(t *testing.T) {
 	short.PieceDigests = short.PieceDigests[:1]
 	headers := entry("h", false)
 	headers.Task.Headers = map[string]string{"Authorization": "x"}
-	v = inv.batch([]*schedulerv1.InventoryEntry{wrongID, private, cache, short, headers, entry("ok2", false)})
+	// An s3 object's version (its ETag as If-Match) is part of its task
+	// ID: the one header an entry may carry.
+	s3 := entry("s3", false)
+	s3.Task = &schedulerv1.TaskSpec{TaskId: core.TaskID("s3://bucket/obj", core.TaskOptions{Version: `"etag"`}), Url: "s3://bucket/obj",
+		Headers: map[string]string{"If-Match": `"etag"`}}
+	v = inv.batch([]*schedulerv1.InventoryEntry{wrongID, private, cache, short, headers, entry("ok2", false), s3})
 	r := inv.expectReply(v)
 	refused := map[string]string{}
 	for _, f := range r.GetRefused() {
@@ -360,6 +365,9 @@ func TestInventoryVersionsAndRefusals(t *testing.T) {
 	ts.inspect(func(s *Scheduler) {
 		if s.tasks[tid("ok2")] == nil || s.tasks[tid("ok2")].peers["a-inv"] == nil {
 			t.Error("the valid entry beside the refused ones was not applied")
+		}
+		if tk := s.tasks[core.TaskID("s3://bucket/obj", core.TaskOptions{Version: `"etag"`})]; tk == nil || tk.peers["a-inv"] == nil {
+			t.Error("the s3 object's entry with its version was not applied")
 		}
 		if tk := s.tasks[tid("other")]; tk != nil && tk.peers["a-inv"] != nil {
 			t.Error("the entry under another task's ID was applied")
