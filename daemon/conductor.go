@@ -221,7 +221,12 @@ func (c *conductor) run(ctx context.Context) {
 		}
 	}
 	if c.d.p2p() && c.swarm {
-		if inv := c.d.inventory(); inv != nil && inventoried(t) {
+		// A download that showed the origin grants it the content
+		// (origin_verified: an s3 object through a seed's own bucket) may
+		// serve the task if it turns private, with piece tokens the
+		// scheduler sends per task: it keeps its own stream, as private
+		// tasks do.
+		if inv := c.d.inventory(); inv != nil && inventoried(t) && !c.req.verified {
 			// The host's inventory announces it from now on. This
 			// download's own stream (its peer, done) stays until the
 			// inventory's entry is in, so that its children and newcomers
