@@ -249,3 +249,73 @@ func startDaemonCtx(t *testing.T, ctx context.Context, mutate func(*Config)) (*D
 	})
 	return d, done
 }
+
+// startInventoryScheduler serves a fresh inventoryScheduler on 127.0.0.1:0.
+func startInventoryScheduler(t *testing.T) (*inventoryScheduler, string, *grpc.Server) {
+	t.Helper()
+	fake := &inventoryScheduler{}
+	gs := grpc.NewServer()
+	schedulerv1.RegisterSchedulerServer(gs, fake)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	return fake, lis.Addr().String(), gs
+}
+
+// With two schedulers each task's entry goes to its home (the hash ring):
+// one stream each. When one scheduler becomes unreachable its entries move
+// to the other, as an Announce falls back.
+func TestInventoryFollowsTheRing(t *testing.T) {
+	const n = 16
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("content of " + r.URL.Path))
+	}))
+	t.Cleanup(origin.Close)
+	fa, addrA, gsA := startInventoryScheduler(t)
+	fb, addrB, _ := startInventoryScheduler(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d, _ := startDaemonCtx(t, ctx, func(c *Config) { c.Scheduler = addrA })
+	if err := d.setSchedulers(ctx, []string{addrA, addrB}); err != nil {
+		t.Fatal(err)
+	}
+	var all, onA, onB []string
+	for i := range n {
+		url := fmt.Sprintf("%s/r%d", origin.URL, i)
+		id := core.TaskID(url, core.TaskOptions{})
+		all = append(all, id)
+		if ringScore(id, addrA) > ringScore(id, addrB) {
+			onA = append(onA, id)
+		} else {
+			onB = append(onB, id)
+		}
+		c, _, release, err := d.openTask(taskRequest{spec: &schedulerv1.TaskSpec{TaskId: id, Url: url}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-c.done
+		release()
+		if c.err != nil {
+			t.Fatal(c.err)
+		}
+	}
+	if len(onA) == 0 || len(onB) == 0 {
+		t.Fatalf("hash split %d/%d: the test needs tasks on both", len(onA), len(onB))
+	}
+	slices.Sort(all)
+	slices.Sort(onA)
+	slices.Sort(onB)
+	waitUntil(t, "each task at its home", func() bool {
+		return slices.Equal(fa.heldIDs(), onA) && slices.Equal(fb.heldIDs(), onB)
+	})
+	gsA.Stop()
+	waitUntil(t, "A's tasks moved to B while A is unreachable", func() bool { return slices.Equal(fb.heldIDs(), all) })
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	if fb.bad != "" {
+		t.Fatal(fb.bad)
+	}
+}
