@@ -396,7 +396,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	// Schedulers: the static one, or the manager's list (seed peers also
 	// register with the manager and open their SeedTasks streams here).
-	if d.p2p() {
+	if d.p2p() && d.cfg.Inventory {
 		inv := newInventory(d, d.Host().GetHostname())
 		d.mu.Lock()
 		d.inv = inv
@@ -409,7 +409,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer d.closeSchedulers()
 	if d.p2p() {
 		d.startWatching(gctx)
-		g.Go(func() error { d.inventory().run(gctx); return nil })
+	}
+	if inv := d.inventory(); inv != nil {
+		g.Go(func() error { inv.run(gctx); return nil })
 	}
 	if refresh != nil {
 		g.Go(func() error { refresh(gctx); return nil })

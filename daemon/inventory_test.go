@@ -319,3 +319,28 @@ func TestInventoryFollowsTheRing(t *testing.T) {
 		t.Fatal(fb.bad)
 	}
 }
+
+// inventory: false (schedulers older than the Inventory RPC) keeps one
+// Announce stream per cached task and opens no inventory stream.
+func TestInventoryOff(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("content"))
+	}))
+	t.Cleanup(origin.Close)
+	fake, addr, _ := startInventoryScheduler(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d, _ := startDaemonCtx(t, ctx, func(c *Config) { c.Scheduler, c.Inventory = addr, false })
+	url := origin.URL + "/f"
+	c, _, release, err := d.openTask(taskRequest{spec: &schedulerv1.TaskSpec{TaskId: core.TaskID(url, core.TaskOptions{}), Url: url}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-c.done
+	release()
+	// The download's announce, then the complete task's own.
+	waitUntil(t, "the complete task announced on its own stream", func() bool { return fake.announces.Load() >= 2 })
+	if n := fake.streams.Load(); n != 0 {
+		t.Fatalf("%d inventory streams with inventory: false", n)
+	}
+}
