@@ -117,6 +117,7 @@ func (d *Daemon) runGC() {
 		d.log.Warn("cache gc", "err", err)
 	}
 	for _, e := range res.Evicted {
+		d.inventory().remove(e.TaskID)
 		d.metrics.cache.evictions.WithLabelValues(e.Reason).Inc()
 		d.metrics.cache.evictedBytes.Add(float64(e.Bytes))
 	}

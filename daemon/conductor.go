@@ -221,9 +221,35 @@ func (c *conductor) run(ctx context.Context) {
 		}
 	}
 	if c.d.p2p() && c.swarm {
+		// A download that showed the origin grants it the content
+		// (origin_verified: an s3 object through a seed's own bucket) may
+		// serve the task if it turns private, with piece tokens the
+		// scheduler sends per task: it keeps its own stream, as private
+		// tasks do.
+		if inv := c.d.inventory(); inv != nil && inventoried(t) && !c.req.verified {
+			// The host's inventory announces it from now on. This
+			// download's own stream (its peer, done) stays until the
+			// inventory's entry is in, so that its children and newcomers
+			// never find the task without this host.
+			applied := inv.add(t)
+			if c.stream != nil {
+				timer := time.NewTimer(inventoryHandover)
+				defer timer.Stop()
+				select {
+				case <-applied:
+				case <-timer.C:
+				case <-ctx.Done():
+				}
+			}
+			return
+		}
 		c.serve(ctx)
 	}
 }
+
+// inventoryHandover bounds how long a finished download keeps its Announce
+// stream while the inventory takes the task over.
+const inventoryHandover = 10 * time.Second
 
 // download runs until the task is complete, or fails.
 func (c *conductor) download(ctx context.Context) error {

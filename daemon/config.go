@@ -27,6 +27,12 @@ type Config struct {
 	// starts while the manager is down) and uses Scheduler only when that
 	// list is empty; a seed peer also registers with it.
 	Manager string `yaml:"manager"`
+	// Inventory announces the complete public tasks of the cache on one
+	// Inventory stream per scheduler (docs/architecture.md, "Inventory");
+	// false keeps one Announce stream per cached task, for schedulers
+	// older than the Inventory RPC (upgrade schedulers first, then turn it
+	// back on).
+	Inventory bool `yaml:"inventory"`
 	// DataDir holds the cache.
 	DataDir string `yaml:"data_dir"`
 	// AdvertiseIP is the address other peers dial; empty picks the first
@@ -232,6 +238,7 @@ type ProxyRule struct {
 func DefaultConfig() Config {
 	return Config{
 		Scheduler:     "127.0.0.1:8002",
+		Inventory:     true,
 		DataDir:       "/var/lib/damselfly/daemon",
 		ListenIP:      "0.0.0.0",
 		PeerPort:      65000,

@@ -51,6 +51,9 @@ type Daemon struct {
 	dl, ul  *rate.Limiter
 
 	scheds schedSet
+	// inv announces the complete public tasks of the cache (inventory.go);
+	// nil until Run starts the schedulers.
+	inv *inventory
 
 	// fds holds the files local clients pass for their next call.
 	fds *fdpass.Registry
@@ -227,6 +230,13 @@ func (d *Daemon) dragonflyAliases() []prometheus.Collector {
 	}
 }
 
+// inventory returns the daemon's inventory, nil without schedulers.
+func (d *Daemon) inventory() *inventory {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.inv
+}
+
 // Ready is closed once every port listens.
 func (d *Daemon) Ready() <-chan struct{} { return d.ready }
 
@@ -386,6 +396,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	// Schedulers: the static one, or the manager's list (seed peers also
 	// register with the manager and open their SeedTasks streams here).
+	if d.p2p() && d.cfg.Inventory {
+		inv := newInventory(d, d.Host().GetHostname())
+		d.mu.Lock()
+		d.inv = inv
+		d.mu.Unlock()
+	}
 	refresh, err := d.startSchedulers(gctx)
 	if err != nil {
 		return err
@@ -394,18 +410,26 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.p2p() {
 		d.startWatching(gctx)
 	}
+	if inv := d.inventory(); inv != nil {
+		g.Go(func() error { inv.run(gctx); return nil })
+	}
 	if refresh != nil {
 		g.Go(func() error { refresh(gctx); return nil })
 	}
 	g.Go(func() error { d.gcLoop(gctx); return nil })
-	// Tasks complete in the cache become parents again.
+	// Tasks complete in the cache become parents again: public ones in
+	// the host's inventory, the others on their own Announce streams.
 	for _, t := range st.List() {
+		if inv := d.inventory(); inv != nil && inventoried(t) {
+			inv.add(t)
+			continue
+		}
 		if t.Complete() {
 			m := t.Meta()
 			// A private task was fetched with credentials the origin
 			// accepted; it serves peers that show theirs (verified).
 			spec := &schedulerv1.TaskSpec{TaskId: t.ID(), Url: m.URL, Tag: m.Tag, Application: m.Application,
-				FilteredQuery: m.FilteredQuery, Digest: m.Digest, Private: m.Private}
+				FilteredQuery: m.FilteredQuery, Digest: m.Digest, Private: m.Private, Headers: versionHeaders(m.Version)}
 			if _, err := d.startConductor(taskRequest{spec: spec, fromCache: true, verified: m.Private}); err != nil {
 				d.log.Warn("cannot announce cached task", "task_id", t.ID(), "err", err)
 			}
@@ -533,6 +557,7 @@ func (d *Daemon) startConductor(r taskRequest) (*conductor, error) {
 	t, _, err := d.store.GetOrCreate(store.Meta{
 		TaskID: id, URL: s.GetUrl(), Tag: s.GetTag(), Application: s.GetApplication(),
 		FilteredQuery: s.GetFilteredQuery(), Digest: s.GetDigest(), ContentLength: -1, Private: s.GetPrivate(),
+		Version: core.SpecVersion(s.GetUrl(), s.GetHeaders()),
 	})
 	if err != nil {
 		if r.localFile != nil {

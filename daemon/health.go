@@ -49,8 +49,14 @@ func (d *Daemon) setSchedulerUp(addr string, up bool) {
 	if s.up == nil {
 		s.up = map[string]bool{}
 	}
+	was, known := s.up[addr]
 	s.up[addr] = up
 	d.schedulersChangedLocked(false)
+	if !known || was != up {
+		// The inventory's tasks fall back to the next scheduler while
+		// their home is unreachable, and go home when it is back.
+		d.inv.kick()
+	}
 }
 
 // schedulersChangedLocked recomputes whether any scheduler is reachable,

@@ -91,8 +91,7 @@ func (d *Daemon) schedulersFor(taskID string) []schedTarget {
 	}
 	out := make([]scored, 0, len(s.addrs))
 	for _, a := range s.addrs {
-		h := sha256.Sum256([]byte(taskID + "\x00" + a))
-		out = append(out, scored{schedTarget{a, schedulerv1.NewSchedulerClient(s.conns[a])}, binary.BigEndian.Uint64(h[:8])})
+		out = append(out, scored{schedTarget{a, schedulerv1.NewSchedulerClient(s.conns[a])}, ringScore(taskID, a)})
 	}
 	slices.SortFunc(out, func(a, b scored) int {
 		switch {
@@ -108,6 +107,13 @@ func (d *Daemon) schedulersFor(taskID string) []schedTarget {
 		ts[i] = o.t
 	}
 	return ts
+}
+
+// ringScore is scheduler addr's rendezvous score for task id: the highest
+// is the task's home.
+func ringScore(id, addr string) uint64 {
+	h := sha256.Sum256([]byte(id + "\x00" + addr))
+	return binary.BigEndian.Uint64(h[:8])
 }
 
 func (d *Daemon) dialScheduler(addr string) (*grpc.ClientConn, error) {

@@ -103,10 +103,34 @@ func TestSpecHeadersDropRepresentationHeaders(t *testing.T) {
 }
 
 // refusingScheduler answers every Register with the Fail a scheduler sends
-// for a spec that does not hold, and counts the registers.
+// for a spec that does not hold, and refuses every inventory entry for that
+// reason, then ends the stream; it counts registers and entries offered.
 type refusingScheduler struct {
 	schedulerv1.UnimplementedSchedulerServer
 	registers atomic.Int64
+	offered   atomic.Int64
+	streams   atomic.Int64
+}
+
+func (f *refusingScheduler) Inventory(stream grpc.BidiStreamingServer[schedulerv1.InventoryMessage, schedulerv1.InventoryReply]) error {
+	f.streams.Add(1)
+	if m, err := stream.Recv(); err != nil || m.GetHello() == nil {
+		return status.Error(codes.InvalidArgument, "want hello")
+	}
+	m, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	r := &schedulerv1.InventoryReply{Applied: m.GetBatch().GetVersion()}
+	for _, e := range m.GetBatch().GetAdded() {
+		f.offered.Add(1)
+		r.Refused = append(r.Refused, &schedulerv1.InventoryRefused{TaskId: e.GetTask().GetTaskId(), Reason: core.TaskRefused + "test"})
+	}
+	if err := stream.Send(r); err != nil {
+		return err
+	}
+	time.Sleep(100 * time.Millisecond) // the reply goes out before the end
+	return status.Error(codes.Unavailable, "going away")
 }
 
 func (f *refusingScheduler) Announce(stream grpc.BidiStreamingServer[schedulerv1.PeerMessage, schedulerv1.SchedulerMessage]) error {
@@ -145,25 +169,38 @@ func TestRefusedTaskIsNotAnnouncedAgain(t *testing.T) {
 	if _, err := c.Download(t.Context(), &daemonv1.DownloadRequest{Url: origin.URL + "/f", Output: out, Uid: -1, Gid: -1}, nil); err != nil {
 		t.Fatal(err)
 	}
-	// The download's register, then the complete task's one.
+	// The download's register, then the complete task in the inventory.
 	deadline := time.Now().Add(10 * time.Second)
-	for fake.registers.Load() < 2 {
+	for fake.offered.Load() < 1 {
 		if time.Now().After(deadline) {
-			t.Fatalf("registers %d, want the complete task announced once", fake.registers.Load())
+			t.Fatalf("inventory entries offered %d, want the complete task offered once", fake.offered.Load())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	time.Sleep(time.Second) // a daemon that kept asking would have asked again by now
-	if n := fake.registers.Load(); n != 2 {
-		t.Fatalf("the refused task was announced %d times, want 2", n)
+	time.Sleep(2 * time.Second) // a daemon that kept asking would have asked again by now
+	if n := fake.offered.Load(); n != 1 {
+		t.Fatalf("the refused task was offered %d times, want once", n)
+	}
+	if n := fake.registers.Load(); n != 1 {
+		t.Fatalf("%d registers, want the download's only (no Announce stream for a complete task)", n)
+	}
+	if n := fake.streams.Load(); n != 1 {
+		t.Fatalf("%d inventory streams, want 1: with nothing left to offer none is opened again", n)
 	}
 }
 
-// deniedScheduler ends every Announce at once with PermissionDenied (a
-// certificate the scheduler does not accept for this) and counts them.
+// deniedScheduler ends every Announce and Inventory stream at once with
+// PermissionDenied (a certificate the scheduler does not accept for this)
+// and counts them.
 type deniedScheduler struct {
 	schedulerv1.UnimplementedSchedulerServer
-	announces atomic.Int64
+	announces   atomic.Int64
+	inventories atomic.Int64
+}
+
+func (f *deniedScheduler) Inventory(grpc.BidiStreamingServer[schedulerv1.InventoryMessage, schedulerv1.InventoryReply]) error {
+	f.inventories.Add(1)
+	return status.Error(codes.PermissionDenied, "not for you")
 }
 
 func (f *deniedScheduler) Announce(stream grpc.BidiStreamingServer[schedulerv1.PeerMessage, schedulerv1.SchedulerMessage]) error {
@@ -171,8 +208,8 @@ func (f *deniedScheduler) Announce(stream grpc.BidiStreamingServer[schedulerv1.P
 	return status.Error(codes.PermissionDenied, "not for you")
 }
 
-// A complete task whose announce stream the scheduler ends at once is
-// announced again with backoff, not in a tight loop.
+// A complete task whose inventory stream the scheduler ends at once is
+// offered again with backoff, not in a tight loop.
 func TestAnnounceRefusedAtOnceBacksOff(t *testing.T) {
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("some content"))
@@ -198,7 +235,10 @@ func TestAnnounceRefusedAtOnceBacksOff(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	// 0.5 s, 1 s, 2 s of backoff: a handful within two seconds, not thousands.
-	if n := fake.announces.Load(); n > 6 {
-		t.Fatalf("%d announces within 2 s of a scheduler that refuses at once", n)
+	if n := fake.inventories.Load(); n > 6 || n == 0 {
+		t.Fatalf("%d inventory streams within 2 s of a scheduler that refuses at once, want a few", n)
+	}
+	if n := fake.announces.Load(); n > 2 {
+		t.Fatalf("%d announces: the complete task went on Announce streams", n)
 	}
 }

@@ -585,6 +585,7 @@ func (s *peerService) DeleteTask(ctx context.Context, req *peerv1.DeleteTaskRequ
 	if err := s.d.store.Delete(id); err != nil && !errors.Is(err, core.ErrNotFound) {
 		return nil, toStatus(fmt.Errorf("delete task %s: %w", id, err))
 	}
+	s.d.inventory().remove(id)
 	if c != nil && c.task == t {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		select {

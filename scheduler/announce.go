@@ -99,18 +99,25 @@ func (s *Scheduler) hostLocked(info *schedulerv1.Host, now time.Time) *host {
 	return h
 }
 
-func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.Time) *peer {
-	spec := reg.GetTask()
+// taskLocked returns the task spec names, created when new.
+func (s *Scheduler) taskLocked(spec *schedulerv1.TaskSpec, now time.Time) *task {
 	t := s.tasks[spec.GetTaskId()]
 	if t == nil {
 		t = newTask(spec.GetTaskId(), now)
 		t.cache = isCacheSpec(spec)
+		t.spec = spec
 		s.tasks[t.id] = t
 		t.listIdx = len(s.taskList)
 		s.taskList = append(s.taskList, t)
 		s.m.tasks.Inc()
 		s.log.Debug("task created", "task_id", t.id)
 	}
+	return t
+}
+
+func (s *Scheduler) registerLocked(reg *schedulerv1.Register, c *conn, now time.Time) *peer {
+	spec := reg.GetTask()
+	t := s.taskLocked(spec, now)
 	// The latest spec wins: its headers (e.g. a fresh token) go to a seed.
 	t.spec = spec
 	h := s.hostLocked(reg.GetHost(), now)
@@ -234,6 +241,11 @@ func (s *Scheduler) removeLocked(p *peer, now time.Time) {
 	}
 	if t.seedPeer == p {
 		s.seedFailedLocked(t, p.host.id)
+	}
+	if is := p.conn.inv; is != nil {
+		is.live--
+		t.holders--
+		s.m.inventoryHolders.Dec()
 	}
 	p.host.peers--
 	if p.host.peers == 0 {

@@ -36,6 +36,10 @@ type metrics struct {
 	registrations    [2]prometheus.Counter  // by host type: normal, seed
 	pieceCost        [2]prometheus.Observer // by source: peer, origin
 	trustRestored    *prometheus.CounterVec
+	announceStreams  prometheus.Gauge
+	inventoryStreams prometheus.Gauge
+	inventoryHolders prometheus.Gauge
+	inventoryRefused prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
@@ -75,6 +79,22 @@ func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "trust_restored_total",
 			Help: "Tasks whose piece digests were restored from holders' re-announcements, by rule (seed, content_digest, two_hosts).",
 		}, []string{"rule"}),
+		announceStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "announce_streams",
+			Help: "Announce streams open now (one per peer in a task).",
+		}),
+		inventoryStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "inventory_streams",
+			Help: "Inventory streams open now (one per host holding cached tasks whose home this scheduler is).",
+		}),
+		inventoryHolders: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "inventory_holders",
+			Help: "Holder peers that came from hosts' inventories (one per host and cached task).",
+		}),
+		inventoryRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "inventory_refused_total",
+			Help: "Inventory entries refused (a spec that does not hold, a private or dfcache task, a shape or digests other than the task's).",
+		}),
 		peersLeft: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "peers_left_total",
 			Help: "Peers removed from their task (stream ended, failed, replaced or dropped).",
@@ -123,6 +143,7 @@ func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 	cs := []prometheus.Collector{
 		m.decisions, m.decisionDuration, peers, m.tasks, m.seedTriggers, pieces, m.peersLeft, m.slowParents,
 		m.specRefused, m.contentCorrupt, m.trustRestored,
+		m.announceStreams, m.inventoryStreams, m.inventoryHolders, m.inventoryRefused,
 		registrations, pieceCost,
 	}
 	if compat {

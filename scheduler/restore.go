@@ -163,8 +163,17 @@ func (s *Scheduler) restoreTrustLocked(p *peer, now time.Time) {
 		t.digests[n] = d
 		t.digestHost[n] = from[int(n)%len(from)]
 	}
+	var others []*peer
 	for _, o := range t.list {
+		if o.conn.inv != nil && o.claim != nil && o != p && !o.claim.agrees(c) {
+			others = append(others, o)
+		}
 		o.claim = nil // no longer needed: the task's digests are known
+	}
+	// An inventory holder that claimed other content holds nothing a
+	// child could check: it leaves, told so on its stream.
+	for _, o := range others {
+		o.conn.inv.refuseLocked(o, "the piece digests differ from the task's", now)
 	}
 	t.info = nil
 	s.m.trustRestored.WithLabelValues(rule).Inc()

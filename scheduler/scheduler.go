@@ -69,9 +69,11 @@ type Scheduler struct {
 	taskList []*task // the tasks in an order that depends only on events
 	hosts    map[string]*host
 	seeds    map[string]*seedConn // by host ID
-	rnd      *mrand.Rand
-	epoch    uint64 // visit marks: a fresh epoch per walk avoids clearing
-	visited  uint64 // candidates looked at by decisions (tests count them)
+	// inventories: the open inventory session of each host, by host ID.
+	inventories map[string]*InventorySession
+	rnd         *mrand.Rand
+	epoch       uint64 // visit marks: a fresh epoch per walk avoids clearing
+	visited     uint64 // candidates looked at by decisions (tests count them)
 	// fillFreeOnly and fillExclude narrow fillParentsLocked for rehoming
 	// (capacity.go): free candidates only, and not the current parent.
 	fillFreeOnly bool
@@ -146,13 +148,14 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option
 		return nil, fmt.Errorf("new scheduler: %w", err)
 	}
 	s := &Scheduler{
-		cfg:   cfg,
-		log:   log,
-		m:     m,
-		tasks: make(map[string]*task),
-		hosts: make(map[string]*host),
-		seeds: make(map[string]*seedConn),
-		now:   time.Now,
+		cfg:         cfg,
+		log:         log,
+		m:           m,
+		tasks:       make(map[string]*task),
+		hosts:       make(map[string]*host),
+		seeds:       make(map[string]*seedConn),
+		inventories: make(map[string]*InventorySession),
+		now:         time.Now,
 	}
 	for _, o := range opts {
 		o(s)
@@ -264,6 +267,9 @@ func (s *Scheduler) closeAll() {
 	for _, sc := range s.seeds {
 		sc.cancel(errShutdown)
 	}
+	for _, is := range s.inventories {
+		is.cancel(errShutdown)
+	}
 }
 
 // refresh gives peers with fewer than MaxParents parents new ones when
@@ -273,6 +279,15 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 	var under []*peer
 	s.mu.Lock()
 	for _, t := range s.taskList {
+		if t.holders > 0 && t.holders == len(t.list) {
+			// Only inventory holders (done, never waiting): nothing here
+			// times out, is slow or lacks parents. The open set and the
+			// target rate are brought up to date at the first tick after
+			// a downloader joins; decisions check every candidate anyway.
+			// Hosts holding 500 cached tasks each made this walk the
+			// largest part of a tick.
+			continue
+		}
 		// Backwards: failing a peer swaps the last waiting one into its
 		// place, which was visited already.
 		for i := len(t.waitList) - 1; i >= 0; i-- {

@@ -189,6 +189,8 @@ func (svc *service) Announce(stream schedulerv1.Scheduler_AnnounceServer) error 
 		return err
 	}
 	defer func() { sess.Close(s.now()) }()
+	s.m.announceStreams.Inc()
+	defer s.m.announceStreams.Dec()
 
 	recvDone := make(chan error, 1)
 	go func() { recvDone <- s.receive(stream, sess) }()

@@ -81,6 +81,9 @@ func (s peerState) String() string {
 type conn struct {
 	send   func(*schedulerv1.SchedulerMessage) error
 	cancel context.CancelCauseFunc
+	// inv: the inventory session whose holders share this conn (nil for
+	// an Announce session's).
+	inv *InventorySession
 }
 
 type peer struct {
@@ -237,6 +240,11 @@ type task struct {
 	// paced counts the task's paced edges (link.share > 0).
 	paced   int
 	nextOrd uint64
+	// full: every piece of the task, the bitset its inventory holders share.
+	full bitset
+	// holders counts the task's inventory holders (peers that came from
+	// hosts' inventories: always succeeded, never waiting or downloading).
+	holders int
 	// cache: a dfcache entry. It has no origin: only its importers are
 	// sources, seeds are never triggered, and a peer finding no holder fails.
 	cache bool
@@ -331,10 +339,16 @@ func taskInfo(t *task, ds []*schedulerv1.PieceDigest) *schedulerv1.SchedulerMess
 type bitset struct {
 	words []uint64
 	count uint32
+	// shared: words is the task's full bitset, shared by its inventory
+	// holders (fillShared); copied before the first change.
+	shared bool
 }
 
 // set adds piece n and reports whether it was new.
 func (b *bitset) set(n uint32) bool {
+	if b.shared {
+		b.words, b.shared = slices.Clone(b.words), false
+	}
 	w := int(n / 64)
 	if w >= len(b.words) {
 		b.words = append(b.words, make([]uint64, w+1-len(b.words))...)
@@ -346,6 +360,21 @@ func (b *bitset) set(n uint32) bool {
 	b.words[w] |= mask
 	b.count++
 	return true
+}
+
+// fillShared makes an empty bitset hold pieces 0..n-1, sharing the words
+// of t's full bitset for n pieces (one per task, not one per holder).
+func (b *bitset) fillShared(t *task, n uint32) {
+	if t.full.count != n {
+		t.full = bitset{words: make([]uint64, (n+63)/64), count: n}
+		for i := range t.full.words {
+			t.full.words[i] = ^uint64(0)
+		}
+		if r := n % 64; r != 0 {
+			t.full.words[len(t.full.words)-1] = 1<<r - 1
+		}
+	}
+	*b = bitset{words: t.full.words, count: n, shared: true}
 }
 
 // addPeer puts p in t's list and map.

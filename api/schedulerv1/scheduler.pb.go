@@ -2473,6 +2473,387 @@ func (x *StatsResponse) GetStartedAtMs() int64 {
 	return 0
 }
 
+// InventoryHello opens an Inventory stream: the host, and the peer ID all
+// its inventory entries take in their tasks (one per host and stream; a
+// host's downloads use peer IDs of their own).
+type InventoryHello struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	PeerId        string                 `protobuf:"bytes,2,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InventoryHello) Reset() {
+	*x = InventoryHello{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InventoryHello) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InventoryHello) ProtoMessage() {}
+
+func (x *InventoryHello) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InventoryHello.ProtoReflect.Descriptor instead.
+func (*InventoryHello) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *InventoryHello) GetHost() *Host {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
+func (x *InventoryHello) GetPeerId() string {
+	if x != nil {
+		return x.PeerId
+	}
+	return ""
+}
+
+// InventoryEntry is one complete task the host holds: the claim a
+// scheduler that does not know the task checks by its trust rules (a seed
+// host, a content digest, two hosts agreeing), like a re-announcement's.
+type InventoryEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Without headers: the task as the cache keeps it.
+	Task          *TaskSpec `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	ContentLength int64     `protobuf:"varint,2,opt,name=content_length,json=contentLength,proto3" json:"content_length,omitempty"`
+	PieceSize     uint32    `protobuf:"varint,3,opt,name=piece_size,json=pieceSize,proto3" json:"piece_size,omitempty"`
+	// BLAKE3-256 of every piece, piece i at index i.
+	PieceDigests  [][]byte `protobuf:"bytes,4,rep,name=piece_digests,json=pieceDigests,proto3" json:"piece_digests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InventoryEntry) Reset() {
+	*x = InventoryEntry{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InventoryEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InventoryEntry) ProtoMessage() {}
+
+func (x *InventoryEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InventoryEntry.ProtoReflect.Descriptor instead.
+func (*InventoryEntry) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *InventoryEntry) GetTask() *TaskSpec {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+func (x *InventoryEntry) GetContentLength() int64 {
+	if x != nil {
+		return x.ContentLength
+	}
+	return 0
+}
+
+func (x *InventoryEntry) GetPieceSize() uint32 {
+	if x != nil {
+		return x.PieceSize
+	}
+	return 0
+}
+
+func (x *InventoryEntry) GetPieceDigests() [][]byte {
+	if x != nil {
+		return x.PieceDigests
+	}
+	return nil
+}
+
+// InventoryBatch changes the host's inventory at this scheduler: removals
+// first, then additions. At most 256 entries (added plus removed).
+type InventoryBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sequence number, greater than the previous batch's on the stream.
+	Version       uint64            `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Added         []*InventoryEntry `protobuf:"bytes,2,rep,name=added,proto3" json:"added,omitempty"`
+	Removed       []string          `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InventoryBatch) Reset() {
+	*x = InventoryBatch{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InventoryBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InventoryBatch) ProtoMessage() {}
+
+func (x *InventoryBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InventoryBatch.ProtoReflect.Descriptor instead.
+func (*InventoryBatch) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *InventoryBatch) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *InventoryBatch) GetAdded() []*InventoryEntry {
+	if x != nil {
+		return x.Added
+	}
+	return nil
+}
+
+func (x *InventoryBatch) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+type InventoryMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*InventoryMessage_Hello
+	//	*InventoryMessage_Batch
+	Msg           isInventoryMessage_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InventoryMessage) Reset() {
+	*x = InventoryMessage{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InventoryMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InventoryMessage) ProtoMessage() {}
+
+func (x *InventoryMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InventoryMessage.ProtoReflect.Descriptor instead.
+func (*InventoryMessage) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *InventoryMessage) GetMsg() isInventoryMessage_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *InventoryMessage) GetHello() *InventoryHello {
+	if x != nil {
+		if x, ok := x.Msg.(*InventoryMessage_Hello); ok {
+			return x.Hello
+		}
+	}
+	return nil
+}
+
+func (x *InventoryMessage) GetBatch() *InventoryBatch {
+	if x != nil {
+		if x, ok := x.Msg.(*InventoryMessage_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
+type isInventoryMessage_Msg interface {
+	isInventoryMessage_Msg()
+}
+
+type InventoryMessage_Hello struct {
+	Hello *InventoryHello `protobuf:"bytes,1,opt,name=hello,proto3,oneof"`
+}
+
+type InventoryMessage_Batch struct {
+	Batch *InventoryBatch `protobuf:"bytes,2,opt,name=batch,proto3,oneof"`
+}
+
+func (*InventoryMessage_Hello) isInventoryMessage_Msg() {}
+
+func (*InventoryMessage_Batch) isInventoryMessage_Msg() {}
+
+// InventoryRefused: an entry the scheduler did not take; the host stops
+// offering it (to this scheduler) until it holds the task anew.
+type InventoryRefused struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InventoryRefused) Reset() {
+	*x = InventoryRefused{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InventoryRefused) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InventoryRefused) ProtoMessage() {}
+
+func (x *InventoryRefused) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InventoryRefused.ProtoReflect.Descriptor instead.
+func (*InventoryRefused) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *InventoryRefused) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *InventoryRefused) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// InventoryReply acknowledges one batch.
+type InventoryReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version of the batch applied.
+	Applied       uint64              `protobuf:"varint,1,opt,name=applied,proto3" json:"applied,omitempty"`
+	Refused       []*InventoryRefused `protobuf:"bytes,2,rep,name=refused,proto3" json:"refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InventoryReply) Reset() {
+	*x = InventoryReply{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InventoryReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InventoryReply) ProtoMessage() {}
+
+func (x *InventoryReply) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InventoryReply.ProtoReflect.Descriptor instead.
+func (*InventoryReply) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *InventoryReply) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+func (x *InventoryReply) GetRefused() []*InventoryRefused {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
 var File_api_schedulerv1_scheduler_proto protoreflect.FileDescriptor
 
 const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
@@ -2660,7 +3041,30 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\x11piece_latency_p99\x18\v \x01(\x01R\x0fpieceLatencyP99\x122\n" +
 	"\x15piece_latency_samples\x18\f \x01(\x03R\x13pieceLatencySamples\x12F\n" +
 	"\fhost_traffic\x18\r \x03(\v2#.damselfly.scheduler.v1.HostTrafficR\vhostTraffic\x12\"\n" +
-	"\rstarted_at_ms\x18\x0e \x01(\x03R\vstartedAtMs*^\n" +
+	"\rstarted_at_ms\x18\x0e \x01(\x03R\vstartedAtMs\"[\n" +
+	"\x0eInventoryHello\x120\n" +
+	"\x04host\x18\x01 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\x12\x17\n" +
+	"\apeer_id\x18\x02 \x01(\tR\x06peerId\"\xb1\x01\n" +
+	"\x0eInventoryEntry\x124\n" +
+	"\x04task\x18\x01 \x01(\v2 .damselfly.scheduler.v1.TaskSpecR\x04task\x12%\n" +
+	"\x0econtent_length\x18\x02 \x01(\x03R\rcontentLength\x12\x1d\n" +
+	"\n" +
+	"piece_size\x18\x03 \x01(\rR\tpieceSize\x12#\n" +
+	"\rpiece_digests\x18\x04 \x03(\fR\fpieceDigests\"\x82\x01\n" +
+	"\x0eInventoryBatch\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12<\n" +
+	"\x05added\x18\x02 \x03(\v2&.damselfly.scheduler.v1.InventoryEntryR\x05added\x12\x18\n" +
+	"\aremoved\x18\x03 \x03(\tR\aremoved\"\x99\x01\n" +
+	"\x10InventoryMessage\x12>\n" +
+	"\x05hello\x18\x01 \x01(\v2&.damselfly.scheduler.v1.InventoryHelloH\x00R\x05hello\x12>\n" +
+	"\x05batch\x18\x02 \x01(\v2&.damselfly.scheduler.v1.InventoryBatchH\x00R\x05batchB\x05\n" +
+	"\x03msg\"C\n" +
+	"\x10InventoryRefused\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"n\n" +
+	"\x0eInventoryReply\x12\x18\n" +
+	"\aapplied\x18\x01 \x01(\x04R\aapplied\x12B\n" +
+	"\arefused\x18\x02 \x03(\v2(.damselfly.scheduler.v1.InventoryRefusedR\arefused*^\n" +
 	"\bPriority\x12\n" +
 	"\n" +
 	"\x06LEVEL0\x10\x00\x12\n" +
@@ -2675,10 +3079,11 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"\x06LEVEL5\x10\x05\x12\n" +
 	"\n" +
-	"\x06LEVEL6\x10\x062\xd4\x03\n" +
+	"\x06LEVEL6\x10\x062\xb7\x04\n" +
 	"\tScheduler\x12]\n" +
 	"\bAnnounce\x12#.damselfly.scheduler.v1.PeerMessage\x1a(.damselfly.scheduler.v1.SchedulerMessage(\x010\x01\x12Y\n" +
-	"\tSeedTasks\x12(.damselfly.scheduler.v1.SeedTasksRequest\x1a .damselfly.scheduler.v1.SeedTask0\x01\x12`\n" +
+	"\tSeedTasks\x12(.damselfly.scheduler.v1.SeedTasksRequest\x1a .damselfly.scheduler.v1.SeedTask0\x01\x12a\n" +
+	"\tInventory\x12(.damselfly.scheduler.v1.InventoryMessage\x1a&.damselfly.scheduler.v1.InventoryReply(\x010\x01\x12`\n" +
 	"\tListTasks\x12(.damselfly.scheduler.v1.ListTasksRequest\x1a).damselfly.scheduler.v1.ListTasksResponse\x12U\n" +
 	"\aGetTask\x12&.damselfly.scheduler.v1.GetTaskRequest\x1a\".damselfly.scheduler.v1.TaskDetail\x12T\n" +
 	"\x05Stats\x12$.damselfly.scheduler.v1.StatsRequest\x1a%.damselfly.scheduler.v1.StatsResponseB?Z=github.com/damselfly-io/damselfly/api/schedulerv1;schedulerv1b\x06proto3"
@@ -2696,7 +3101,7 @@ func file_api_schedulerv1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_api_schedulerv1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_api_schedulerv1_scheduler_proto_goTypes = []any{
 	(Priority)(0),             // 0: damselfly.scheduler.v1.Priority
 	(*Host)(nil),              // 1: damselfly.scheduler.v1.Host
@@ -2731,10 +3136,16 @@ var file_api_schedulerv1_scheduler_proto_goTypes = []any{
 	(*StatsRequest)(nil),      // 30: damselfly.scheduler.v1.StatsRequest
 	(*HostTraffic)(nil),       // 31: damselfly.scheduler.v1.HostTraffic
 	(*StatsResponse)(nil),     // 32: damselfly.scheduler.v1.StatsResponse
-	nil,                       // 33: damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	(*InventoryHello)(nil),    // 33: damselfly.scheduler.v1.InventoryHello
+	(*InventoryEntry)(nil),    // 34: damselfly.scheduler.v1.InventoryEntry
+	(*InventoryBatch)(nil),    // 35: damselfly.scheduler.v1.InventoryBatch
+	(*InventoryMessage)(nil),  // 36: damselfly.scheduler.v1.InventoryMessage
+	(*InventoryRefused)(nil),  // 37: damselfly.scheduler.v1.InventoryRefused
+	(*InventoryReply)(nil),    // 38: damselfly.scheduler.v1.InventoryReply
+	nil,                       // 39: damselfly.scheduler.v1.TaskSpec.HeadersEntry
 }
 var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
-	33, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	39, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
 	1,  // 1: damselfly.scheduler.v1.Register.host:type_name -> damselfly.scheduler.v1.Host
 	2,  // 2: damselfly.scheduler.v1.Register.task:type_name -> damselfly.scheduler.v1.TaskSpec
 	0,  // 3: damselfly.scheduler.v1.Register.priority:type_name -> damselfly.scheduler.v1.Priority
@@ -2762,21 +3173,29 @@ var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
 	25, // 25: damselfly.scheduler.v1.TaskDetail.task:type_name -> damselfly.scheduler.v1.TaskSummary
 	28, // 26: damselfly.scheduler.v1.TaskDetail.peers:type_name -> damselfly.scheduler.v1.TaskPeer
 	31, // 27: damselfly.scheduler.v1.StatsResponse.host_traffic:type_name -> damselfly.scheduler.v1.HostTraffic
-	13, // 28: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
-	22, // 29: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
-	24, // 30: damselfly.scheduler.v1.Scheduler.ListTasks:input_type -> damselfly.scheduler.v1.ListTasksRequest
-	27, // 31: damselfly.scheduler.v1.Scheduler.GetTask:input_type -> damselfly.scheduler.v1.GetTaskRequest
-	30, // 32: damselfly.scheduler.v1.Scheduler.Stats:input_type -> damselfly.scheduler.v1.StatsRequest
-	21, // 33: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
-	23, // 34: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
-	26, // 35: damselfly.scheduler.v1.Scheduler.ListTasks:output_type -> damselfly.scheduler.v1.ListTasksResponse
-	29, // 36: damselfly.scheduler.v1.Scheduler.GetTask:output_type -> damselfly.scheduler.v1.TaskDetail
-	32, // 37: damselfly.scheduler.v1.Scheduler.Stats:output_type -> damselfly.scheduler.v1.StatsResponse
-	33, // [33:38] is the sub-list for method output_type
-	28, // [28:33] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	1,  // 28: damselfly.scheduler.v1.InventoryHello.host:type_name -> damselfly.scheduler.v1.Host
+	2,  // 29: damselfly.scheduler.v1.InventoryEntry.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	34, // 30: damselfly.scheduler.v1.InventoryBatch.added:type_name -> damselfly.scheduler.v1.InventoryEntry
+	33, // 31: damselfly.scheduler.v1.InventoryMessage.hello:type_name -> damselfly.scheduler.v1.InventoryHello
+	35, // 32: damselfly.scheduler.v1.InventoryMessage.batch:type_name -> damselfly.scheduler.v1.InventoryBatch
+	37, // 33: damselfly.scheduler.v1.InventoryReply.refused:type_name -> damselfly.scheduler.v1.InventoryRefused
+	13, // 34: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
+	22, // 35: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
+	36, // 36: damselfly.scheduler.v1.Scheduler.Inventory:input_type -> damselfly.scheduler.v1.InventoryMessage
+	24, // 37: damselfly.scheduler.v1.Scheduler.ListTasks:input_type -> damselfly.scheduler.v1.ListTasksRequest
+	27, // 38: damselfly.scheduler.v1.Scheduler.GetTask:input_type -> damselfly.scheduler.v1.GetTaskRequest
+	30, // 39: damselfly.scheduler.v1.Scheduler.Stats:input_type -> damselfly.scheduler.v1.StatsRequest
+	21, // 40: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
+	23, // 41: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
+	38, // 42: damselfly.scheduler.v1.Scheduler.Inventory:output_type -> damselfly.scheduler.v1.InventoryReply
+	26, // 43: damselfly.scheduler.v1.Scheduler.ListTasks:output_type -> damselfly.scheduler.v1.ListTasksResponse
+	29, // 44: damselfly.scheduler.v1.Scheduler.GetTask:output_type -> damselfly.scheduler.v1.TaskDetail
+	32, // 45: damselfly.scheduler.v1.Scheduler.Stats:output_type -> damselfly.scheduler.v1.StatsResponse
+	40, // [40:46] is the sub-list for method output_type
+	34, // [34:40] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_api_schedulerv1_scheduler_proto_init() }
@@ -2802,13 +3221,17 @@ func file_api_schedulerv1_scheduler_proto_init() {
 		(*SchedulerMessage_Fail)(nil),
 		(*SchedulerMessage_Access)(nil),
 	}
+	file_api_schedulerv1_scheduler_proto_msgTypes[35].OneofWrappers = []any{
+		(*InventoryMessage_Hello)(nil),
+		(*InventoryMessage_Batch)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_schedulerv1_scheduler_proto_rawDesc), len(file_api_schedulerv1_scheduler_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Scheduler_Announce_FullMethodName  = "/damselfly.scheduler.v1.Scheduler/Announce"
 	Scheduler_SeedTasks_FullMethodName = "/damselfly.scheduler.v1.Scheduler/SeedTasks"
+	Scheduler_Inventory_FullMethodName = "/damselfly.scheduler.v1.Scheduler/Inventory"
 	Scheduler_ListTasks_FullMethodName = "/damselfly.scheduler.v1.Scheduler/ListTasks"
 	Scheduler_GetTask_FullMethodName   = "/damselfly.scheduler.v1.Scheduler/GetTask"
 	Scheduler_Stats_FullMethodName     = "/damselfly.scheduler.v1.Scheduler/Stats"
@@ -39,6 +40,12 @@ type SchedulerClient interface {
 	// SeedTasks is held open by every seed peer; the scheduler pushes the tasks
 	// that the seed peer should fetch from the origin and serve to the swarm.
 	SeedTasks(ctx context.Context, in *SeedTasksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SeedTask], error)
+	// Inventory carries every complete task a host holds for this scheduler
+	// (the tasks whose home this scheduler is), on one stream per host
+	// instead of one Announce stream per task. The first message is an
+	// InventoryHello; then batches of added and removed entries, each
+	// acknowledged. The stream closing means the host's holders left.
+	Inventory(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[InventoryMessage, InventoryReply], error)
 	// ListTasks lists the tasks this scheduler knows, filtered.
 	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
 	// GetTask describes one task and every peer in it (NOT_FOUND if unknown).
@@ -87,6 +94,19 @@ func (c *schedulerClient) SeedTasks(ctx context.Context, in *SeedTasksRequest, o
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_SeedTasksClient = grpc.ServerStreamingClient[SeedTask]
 
+func (c *schedulerClient) Inventory(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[InventoryMessage, InventoryReply], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Scheduler_ServiceDesc.Streams[2], Scheduler_Inventory_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[InventoryMessage, InventoryReply]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Scheduler_InventoryClient = grpc.BidiStreamingClient[InventoryMessage, InventoryReply]
+
 func (c *schedulerClient) ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListTasksResponse)
@@ -130,6 +150,12 @@ type SchedulerServer interface {
 	// SeedTasks is held open by every seed peer; the scheduler pushes the tasks
 	// that the seed peer should fetch from the origin and serve to the swarm.
 	SeedTasks(*SeedTasksRequest, grpc.ServerStreamingServer[SeedTask]) error
+	// Inventory carries every complete task a host holds for this scheduler
+	// (the tasks whose home this scheduler is), on one stream per host
+	// instead of one Announce stream per task. The first message is an
+	// InventoryHello; then batches of added and removed entries, each
+	// acknowledged. The stream closing means the host's holders left.
+	Inventory(grpc.BidiStreamingServer[InventoryMessage, InventoryReply]) error
 	// ListTasks lists the tasks this scheduler knows, filtered.
 	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)
 	// GetTask describes one task and every peer in it (NOT_FOUND if unknown).
@@ -151,6 +177,9 @@ func (UnimplementedSchedulerServer) Announce(grpc.BidiStreamingServer[PeerMessag
 }
 func (UnimplementedSchedulerServer) SeedTasks(*SeedTasksRequest, grpc.ServerStreamingServer[SeedTask]) error {
 	return status.Error(codes.Unimplemented, "method SeedTasks not implemented")
+}
+func (UnimplementedSchedulerServer) Inventory(grpc.BidiStreamingServer[InventoryMessage, InventoryReply]) error {
+	return status.Error(codes.Unimplemented, "method Inventory not implemented")
 }
 func (UnimplementedSchedulerServer) ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListTasks not implemented")
@@ -199,6 +228,13 @@ func _Scheduler_SeedTasks_Handler(srv interface{}, stream grpc.ServerStream) err
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_SeedTasksServer = grpc.ServerStreamingServer[SeedTask]
+
+func _Scheduler_Inventory_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SchedulerServer).Inventory(&grpc.GenericServerStream[InventoryMessage, InventoryReply]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Scheduler_InventoryServer = grpc.BidiStreamingServer[InventoryMessage, InventoryReply]
 
 func _Scheduler_ListTasks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListTasksRequest)
@@ -285,6 +321,12 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "SeedTasks",
 			Handler:       _Scheduler_SeedTasks_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Inventory",
+			Handler:       _Scheduler_Inventory_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "api/schedulerv1/scheduler.proto",

@@ -66,6 +66,10 @@ type Meta struct {
 	// only to peers with a token the scheduler issued for it, and a local
 	// request without credentials is not answered from the cache.
 	Private bool `json:"private,omitempty"`
+	// Version is the object version the task ID names (an s3:// object's
+	// ETag, sent as the spec's If-Match header: core.SpecVersion), so the
+	// spec can be rebuilt after a restart; empty for other URLs.
+	Version string `json:"version,omitempty"`
 }
 
 // Stamp identifies a data file's state: device, inode, size, and the
