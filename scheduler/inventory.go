@@ -3,9 +3,7 @@ package scheduler
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
@@ -356,49 +354,13 @@ func (svc *service) Inventory(stream schedulerv1.Scheduler_InventoryServer) erro
 	s := svc.s
 	first, err := stream.Recv()
 	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		return err
+		return firstRecv(err)
 	}
-	out := make(chan *schedulerv1.InventoryReply, s.cfg.SendBuffer)
-	send := func(m *schedulerv1.InventoryReply) error {
-		select {
-		case out <- m:
-			return nil
-		default:
-			return errSendFull
-		}
-	}
+	out, send := sendQueue[*schedulerv1.InventoryReply](s.cfg.SendBuffer)
 	is, err := s.OpenInventory(stream.Context(), first.GetHello(), send, s.now())
 	if err != nil {
 		return err
 	}
 	defer func() { is.Close(s.now()) }()
-	recvDone := make(chan error, 1)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvDone <- err
-				return
-			}
-			if err := is.Handle(m, s.now()); err != nil {
-				recvDone <- err
-				return
-			}
-		}
-	}()
-	for {
-		select {
-		case m := <-out:
-			if err := stream.Send(m); err != nil {
-				return err
-			}
-		case err := <-recvDone:
-			return streamEnd(err)
-		case <-is.Done():
-			return is.Err()
-		}
-	}
+	return pump(stream, out, func(m *schedulerv1.InventoryMessage) error { return is.Handle(m, s.now()) }, is.Done(), is.Err)
 }

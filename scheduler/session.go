@@ -170,20 +170,9 @@ func (svc *service) Announce(stream schedulerv1.Scheduler_AnnounceServer) error 
 	s := svc.s
 	first, err := stream.Recv()
 	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		return err
+		return firstRecv(err)
 	}
-	out := make(chan *schedulerv1.SchedulerMessage, s.cfg.SendBuffer)
-	send := func(m *schedulerv1.SchedulerMessage) error {
-		select {
-		case out <- m:
-			return nil
-		default:
-			return errSendFull
-		}
-	}
+	out, send := sendQueue[*schedulerv1.SchedulerMessage](s.cfg.SendBuffer)
 	sess, err := s.Open(stream.Context(), first.GetRegister(), send, s.now())
 	if err != nil {
 		return err
@@ -191,9 +180,58 @@ func (svc *service) Announce(stream schedulerv1.Scheduler_AnnounceServer) error 
 	defer func() { sess.Close(s.now()) }()
 	s.m.announceStreams.Inc()
 	defer s.m.announceStreams.Dec()
+	return pump(stream, out, func(m *schedulerv1.PeerMessage) error { return sess.Handle(m, s.now()) }, sess.Done(), sess.Err)
+}
 
+// errSendFull is a gRPC session's send buffer overflowing.
+var errSendFull = errors.New("send buffer full")
+
+// firstRecv is the status of a stream whose first message did not come: nil
+// when the caller closed its side at once.
+func firstRecv(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// sendQueue is a session's send buffer of n messages and its send
+// function, which never blocks: a full buffer is errSendFull (the session
+// then drops the slow receiver).
+func sendQueue[Out any](n int) (chan Out, func(Out) error) {
+	out := make(chan Out, n)
+	return out, func(m Out) error {
+		select {
+		case out <- m:
+			return nil
+		default:
+			return errSendFull
+		}
+	}
+}
+
+// pump runs a bidirectional stream for a session: a second goroutine hands
+// every message received to handle, this one sends what the session queues
+// on out, until the caller's side ends (its status: streamEnd) or the
+// session does (done; what was queued before the end still goes out, as far
+// as the buffer holds it, e.g. a Fail or the last parents).
+func pump[In, Out any](stream interface {
+	Recv() (In, error)
+	Send(Out) error
+}, out <-chan Out, handle func(In) error, done <-chan struct{}, sessErr func() error) error {
 	recvDone := make(chan error, 1)
-	go func() { recvDone <- s.receive(stream, sess) }()
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err == nil {
+				err = handle(m)
+			}
+			if err != nil {
+				recvDone <- err
+				return
+			}
+		}
+	}()
 	for {
 		select {
 		case m := <-out:
@@ -202,36 +240,17 @@ func (svc *service) Announce(stream schedulerv1.Scheduler_AnnounceServer) error 
 			}
 		case err := <-recvDone:
 			return streamEnd(err)
-		case <-sess.Done():
-			// What was queued before the end still goes out (a Fail, the
-			// last parents), as far as the buffer holds it.
+		case <-done:
 			for {
 				select {
 				case m := <-out:
 					if err := stream.Send(m); err != nil {
-						return sess.Err()
+						return sessErr()
 					}
 				default:
-					return sess.Err()
+					return sessErr()
 				}
 			}
-		}
-	}
-}
-
-// errSendFull is a gRPC session's send buffer overflowing.
-var errSendFull = errors.New("send buffer full")
-
-// receive hands p's messages to its session until the stream ends or a
-// message is invalid.
-func (s *Scheduler) receive(stream schedulerv1.Scheduler_AnnounceServer, sess *Session) error {
-	for {
-		m, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		if err := sess.Handle(m, s.now()); err != nil {
-			return err
 		}
 	}
 }
