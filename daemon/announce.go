@@ -79,6 +79,32 @@ func (c *conductor) post(ctx context.Context, ev any) bool {
 	}
 }
 
+// endStream ends the stream gracefully: it half-closes it and waits, at
+// most d, for the scheduler to end it too, before closeStream cancels it.
+// Cancelling at once may drop what was sent last and still sits in the
+// transport (the final pieces' digests, PeerDone): the scheduler then never
+// learns the last digests, and every peer after this one stalls on those
+// pieces until its swarm timeout sends it to the origin.
+func (c *conductor) endStream(ctx context.Context, d time.Duration) {
+	if c.stream == nil {
+		return
+	}
+	_ = c.stream.CloseSend()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for done := false; !done; {
+		select {
+		case ev := <-c.events:
+			_, done = ev.(evSchedErr) // the scheduler ended it (EOF)
+		case <-timer.C:
+			done = true
+		case <-ctx.Done():
+			done = true
+		}
+	}
+	c.closeStream()
+}
+
 func (c *conductor) closeStream() {
 	if c.streamCancel != nil {
 		if c.stream != nil {

@@ -216,6 +216,7 @@ func (c *conductor) run(ctx context.Context) {
 		if err != nil {
 			if c.stream != nil {
 				c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Failed{Failed: &schedulerv1.PeerFailed{Reason: err.Error()}}})
+				c.endStream(ctx, streamDrain)
 			}
 			return
 		}
@@ -240,12 +241,17 @@ func (c *conductor) run(ctx context.Context) {
 				case <-timer.C:
 				case <-ctx.Done():
 				}
+				c.endStream(ctx, streamDrain)
 			}
 			return
 		}
 		c.serve(ctx)
 	}
 }
+
+// streamDrain bounds how long a download that is done with its Announce
+// stream waits for the scheduler to end it (endStream).
+const streamDrain = 2 * time.Second
 
 // inventoryHandover bounds how long a finished download keeps its Announce
 // stream while the inventory takes the task over.

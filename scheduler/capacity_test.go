@@ -923,3 +923,33 @@ func TestPacedRehomeSoleChildOfSlowHost(t *testing.T) {
 	}
 	v.invariants()
 }
+
+// The shallowest-first rule prefers a seed host only when it can feed
+// several pipelines: a seed that feeds one child (its capacity unknown, or
+// no more than the rate) often shares the origin's uplink, which should
+// carry the content about once.
+func TestShallowestSkipsSingleChildSeed(t *testing.T) {
+	for _, c := range []struct {
+		seedUp   float64 // Mbit/s declared; 0: unknown
+		wantSeed bool
+	}{{0, false}, {100, false}, {400, true}} {
+		v := pipelineVirtual(t, nil)
+		var opt regOpt
+		if c.seedUp > 0 {
+			opt = capHost("seed", c.seedUp, true)
+		} else {
+			opt = withHost(&schedulerv1.Host{Id: "host-seed", Hostname: "seed", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002, Seed: true})
+		}
+		v.source("t", "seed", opt)
+		v.join("t", "a", capHost("a", 100, false)).parents()
+		v.join("t", "b", capHost("b", 100, false)).parents()
+		v.s.mu.Lock()
+		tk := v.s.tasks[tid("t")]
+		sd, b := tk.peers["seed"], tk.peers["b"]
+		got := v.s.shallowest([]*peer{b, sd}, v.now)
+		v.s.mu.Unlock()
+		if isSeed := len(got) == 1 && got[0] == sd; isSeed != c.wantSeed {
+			t.Errorf("seed uplink %v Mbit/s: shallowest of [b seed] = %d peers (seed first: %v), want seed first: %v", c.seedUp, len(got), isSeed, c.wantSeed)
+		}
+	}
+}

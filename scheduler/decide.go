@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -467,7 +468,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	// end (at 10,000 hosts one chain costs two hop latencies per host).
 	shallow := free
 	if s.cfg.CapacityAware && len(free) > 1 {
-		shallow = shallowest(free)
+		shallow = s.shallowest(free, now)
 		free = free[len(shallow):]
 	} else {
 		free = nil
@@ -549,21 +550,34 @@ func (s *Scheduler) fillWideLocked(p *peer) bool {
 	return s.fillParentsLocked(p, false)
 }
 
-// shallowest moves the candidates of least sourceDepth to the front of
-// cands and returns that front part.
-func shallowest(cands []*peer) []*peer {
-	lo := sourceDepth(cands[0])
+// shallowest moves the candidates of least depth (shallowDepth) to the
+// front of cands and returns that front part.
+func (s *Scheduler) shallowest(cands []*peer, now time.Time) []*peer {
+	lo := s.shallowDepth(cands[0], now)
 	for _, c := range cands[1:] {
-		lo = min(lo, sourceDepth(c))
+		lo = min(lo, s.shallowDepth(c, now))
 	}
 	n := 0
 	for i, c := range cands {
-		if sourceDepth(c) == lo {
+		if s.shallowDepth(c, now) == lo {
 			cands[n], cands[i] = cands[i], cands[n]
 			n++
 		}
 	}
 	return cands[:n]
+}
+
+// shallowDepth is c's sourceDepth for the shallowest-first rule, except
+// that a seed host feeding at most one child is no preferred parent: it
+// often shares the origin's uplink, which should carry the content about
+// once (its one child is there to start the swarm; the policy's seed
+// penalty decides about it as before). A seed that can feed several
+// pipelines (a known uplink several times the rate) is the shallowest.
+func (s *Scheduler) shallowDepth(c *peer, now time.Time) int32 {
+	if c.host.info.GetSeed() && s.childLimit(c, now) <= 1 {
+		return math.MaxInt32
+	}
+	return sourceDepth(c)
 }
 
 // stalled reports whether a child reported c stalled and c has not sent a
