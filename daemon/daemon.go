@@ -428,9 +428,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			m := t.Meta()
 			// A private task was fetched with credentials the origin
 			// accepted; it serves peers that show theirs (verified).
-			spec := &schedulerv1.TaskSpec{TaskId: t.ID(), Url: m.URL, Tag: m.Tag, Application: m.Application,
-				FilteredQuery: m.FilteredQuery, Digest: m.Digest, Private: m.Private, Headers: versionHeaders(m.Version)}
-			if _, err := d.startConductor(taskRequest{spec: spec, fromCache: true, verified: m.Private}); err != nil {
+			if _, err := d.startConductor(taskRequest{spec: cachedSpec(m), fromCache: true, verified: m.Private}); err != nil {
 				d.log.Warn("cannot announce cached task", "task_id", t.ID(), "err", err)
 			}
 		}

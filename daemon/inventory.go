@@ -440,6 +440,13 @@ func (inv *inventory) stream(ctx context.Context, addr string) error {
 	}
 }
 
+// cachedSpec is the spec of a task as the cache keeps it: no headers but
+// an s3 object's version (part of its task ID).
+func cachedSpec(m store.Meta) *schedulerv1.TaskSpec {
+	return &schedulerv1.TaskSpec{TaskId: m.TaskID, Url: m.URL, Tag: m.Tag, Application: m.Application,
+		FilteredQuery: m.FilteredQuery, Digest: m.Digest, Private: m.Private, Headers: versionHeaders(m.Version)}
+}
+
 // versionHeaders are the spec headers that name an object version (an s3
 // object's ETag as If-Match: core.SpecVersion), nil for none.
 func versionHeaders(version string) map[string]string {
@@ -460,13 +467,11 @@ func compareID(a, b string) int {
 }
 
 // entryOf is complete task t's inventory entry: its spec as the cache
-// keeps it (no headers but an s3 object's version), its shape and every
-// piece's digest.
+// keeps it (cachedSpec), its shape and every piece's digest.
 func entryOf(t *store.Task) *schedulerv1.InventoryEntry {
 	m := t.Meta()
 	return &schedulerv1.InventoryEntry{
-		Task: &schedulerv1.TaskSpec{TaskId: m.TaskID, Url: m.URL, Tag: m.Tag, Application: m.Application,
-			FilteredQuery: m.FilteredQuery, Digest: m.Digest, Headers: versionHeaders(m.Version)},
+		Task:          cachedSpec(m),
 		ContentLength: m.ContentLength,
 		PieceSize:     m.PieceSize,
 		PieceDigests:  m.PieceDigests,

@@ -218,7 +218,7 @@ func (s *Scheduler) removeLocked(p *peer, now time.Time) {
 	children := slices.Clone(p.children)
 	var main []*peer // children with the whole uplink: not paced
 	for _, c := range children {
-		if p.pacedKids == 0 || !pacedChild(p, c) {
+		if !pacedChild(p, c) {
 			main = append(main, c)
 		}
 	}
@@ -393,7 +393,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 				// main child, sharing its uplink while it lasted: its rate
 				// says nothing of what the host can give one child, and
 				// counted, it would get fast relays replaced as slow.
-				if par.pacedKids == 0 || !pacedChild(par, p) {
+				if !pacedChild(par, p) {
 					par.host.observeThroughput(r.GetLength(), r.GetCostNs())
 				}
 			}

@@ -236,7 +236,7 @@ func (s *Scheduler) slowBranch(y *peer, now time.Time, budget *int) bool {
 		return false
 	}
 	for _, c := range y.children {
-		if y.pacedKids > 0 && pacedChild(y, c) {
+		if pacedChild(y, c) {
 			continue // a paced share of y's idle uplink: not below y in the tree
 		}
 		if !s.slowBranch(c, now, budget) {
@@ -253,7 +253,7 @@ const slowBranchBudget = 64
 // branch: sharing c's uplink then slows no relay of a fast host.
 func (s *Scheduler) feedsLeaves(c *peer, now time.Time) bool {
 	for _, ch := range c.children {
-		if len(ch.children) > 0 && (c.pacedKids == 0 || !pacedChild(c, ch)) {
+		if len(ch.children) > 0 && !pacedChild(c, ch) {
 			budget := slowBranchBudget
 			if !s.slowBranch(ch, now, &budget) {
 				return false
@@ -295,7 +295,7 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 		// that also feeds a pipeline member would split its uplink.
 		rest := 0
 		for _, y := range x.children {
-			if !isSlowLeaf(y) && (x.pacedKids == 0 || !pacedChild(x, y)) {
+			if !isSlowLeaf(y) && !pacedChild(x, y) {
 				rest++
 			}
 		}
@@ -389,6 +389,9 @@ func unpacedChildren(c *peer) int { return len(c.children) - c.pacedKids }
 
 // pacedChild reports whether ch takes a paced share of c's uplink.
 func pacedChild(c, ch *peer) bool {
+	if c.pacedKids == 0 {
+		return false // no paced child at all: no need to look
+	}
 	for _, l := range ch.parents {
 		if l.peer == c {
 			return l.share > 0
@@ -661,31 +664,20 @@ func (s *Scheduler) topUpPacedLocked(p *peer, now time.Time) {
 // uplinks of the finished hosts idle. It reports whether p moved; p keeps
 // its shares when no free slot takes it.
 func (s *Scheduler) fullSlotForPacedLocked(p *peer) bool {
-	type paced struct {
-		peer  *peer
-		share float64
+	if slices.ContainsFunc(p.parents, func(l link) bool { return l.share <= 0 }) {
+		return false // it has an unpaced parent already
 	}
-	var was []paced
-	for _, l := range p.parents {
-		if l.share <= 0 {
-			return false // it has an unpaced parent already
-		}
-		was = append(was, paced{l.peer, l.share})
-	}
-	for _, w := range was {
-		s.removeEdge(w.peer, p)
+	was := slices.Clone(p.parents)
+	for _, l := range was {
+		s.removeEdge(l.peer, p) // frees the share (and re-opens the parent)
 	}
 	s.fillFreeOnly = true
 	moved := s.fillParentsLocked(p, false)
 	s.fillFreeOnly = false
 	if !moved {
-		for _, w := range was {
-			s.linkShareLocked(w.peer, p, w.share)
+		for _, l := range was {
+			s.linkShareLocked(l.peer, p, l.share)
 		}
-		return false
 	}
-	for _, w := range was {
-		s.touchOpenLocked(w.peer)
-	}
-	return true
+	return moved
 }

@@ -42,11 +42,7 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 			s.sendParentsLocked(p, start)
 		}
 	}
-	// While a task's digests are suspended and no fresh ones came yet, no
-	// parent can be checked against anything: the origin (or a seed) first.
-	// Likewise while nobody could check a piece at all (a task cached before
-	// a scheduler restart whose holders' digests are not trusted yet).
-	if changed := (t.suspect == nil || len(t.digests) > 0) && !t.unverifiable() && s.fillParentsLocked(p, false); len(p.parents) > 0 {
+	if changed := t.parentsCheckable() && s.fillParentsLocked(p, false); len(p.parents) > 0 {
 		run(changed)
 		return
 	}
@@ -63,7 +59,7 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 		// trust comes from the rules of restoreTrustLocked, or from the
 		// fetch of the next peer that needs the content.
 		s.waitLocked(p, now, "holding pieces with no trusted digests yet", force, start)
-	case othersHaveData(t, p) && (t.suspect == nil || len(t.digests) > 0) && !t.unverifiable() && s.fillWideLocked(p):
+	case othersHaveData(t, p) && t.parentsCheckable() && s.fillWideLocked(p):
 		// The sample held no parent, but the content is there.
 		run(true)
 	case s.seedPendingLocked(t, now):
@@ -739,7 +735,7 @@ func childrenIn(c *peer, group string) int {
 	}
 	n := 0
 	for _, ch := range c.children {
-		if localityGroup(ch.host.info) == group && (c.pacedKids == 0 || !pacedChild(c, ch)) {
+		if localityGroup(ch.host.info) == group && !pacedChild(c, ch) {
 			n++
 		}
 	}

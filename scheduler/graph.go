@@ -55,8 +55,7 @@ func (s *Scheduler) linkShareLocked(parent, child *peer, share float64) bool {
 		parent.pacedKids++
 		parent.booked += share
 		parent.bookFluid = parent.task.fluid
-	}
-	if share == 0 {
+	} else {
 		child.depth = sourceDepth(parent) + 1
 	}
 	child.parents = append(child.parents, link{peer: parent, at: len(parent.children), share: share})
@@ -143,7 +142,7 @@ func (s *Scheduler) reorderLocked(x, y *peer) bool {
 		n := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		for _, c := range n.children {
-			if n.pacedKids > 0 && pacedChild(n, c) {
+			if pacedChild(n, c) {
 				continue // not ordered (linkShareLocked)
 			}
 			if c == x {

@@ -76,6 +76,15 @@ func (t *task) unverifiable() bool {
 	return !t.cache && !t.shapeKnown() && t.backToSource == 0
 }
 
+// parentsCheckable reports whether what a parent of t sends can be checked:
+// not while t's digests are suspended and no fresh ones came yet (the
+// origin, or a seed, first), nor while nobody could check a piece at all
+// (unverifiable: a task cached before a scheduler restart whose holders'
+// digests are not trusted yet).
+func (t *task) parentsCheckable() bool {
+	return (t.suspect == nil || len(t.digests) > 0) && !t.unverifiable()
+}
+
 // claimMetaLocked records the shape a peer not fetching from the origin
 // says t has.
 func (s *Scheduler) claimMetaLocked(p *peer, m *schedulerv1.TaskMeta) {
