@@ -29,6 +29,9 @@ func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
 		}
 		return float64(u)
 	}
+	if c := h.meter.cap; c > 0 {
+		return c // measured while it was the bottleneck (meter.go)
+	}
 	if now.Before(h.slowUntil) && h.throughput > 0 {
 		return h.throughput
 	}
@@ -62,55 +65,83 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 		return
 	}
 	ups, measured := s.rateScratch[:0], s.measuredScratch[:0]
-	src := 0.0
+	src, known, unknown, lbMax := 0.0, 0, 0, 0.0
 	for _, p := range t.list {
 		if p.state == stateLeft {
 			continue
 		}
-		if p.host.info.GetUploadBps() <= 0 {
-			// Undeclared: what children measured, whatever it is, stands
-			// in for the rate when nobody declared anything.
-			if h := p.host; h.throughput > 0 && h.successes >= uint64(s.cfg.SlowParentSamples) {
+		var u float64
+		switch h := p.host; {
+		case knownUp(h) > 0:
+			u = s.upCapacity(h, now)
+			known++
+		case h.meter.lb > 0:
+			// Undeclared and never seen at its limit: it gave at least
+			// lb. Presumed to keep up with R (a relay fed slowly shows a
+			// low lb however fast its uplink); the meter tells when it
+			// does not.
+			lbMax = max(lbMax, h.meter.lb)
+			if p.state == stateBackToSource || p.state == stateSucceeded {
+				src = max(src, h.meter.lb)
+			} else {
+				unknown++
+			}
+			continue
+		default:
+			// Nothing metered yet: what children measured per piece,
+			// whatever it is, stands in for the rate when nobody
+			// declared anything.
+			if h.throughput > 0 && h.successes >= uint64(s.cfg.SlowParentSamples) {
 				measured = append(measured, h.throughput)
 			}
 			continue
 		}
-		u := s.upCapacity(p.host, now)
 		if p.state == stateBackToSource || p.state == stateSucceeded {
 			src = max(src, u)
 			continue
 		}
 		ups = append(ups, u)
 	}
-	declared := len(ups) > 0
+	declared := len(ups)+unknown > 0
 	if !declared {
-		// Nobody declared a capacity: the rate is the median of the
-		// measured ones, so that a host the slow-parent rule measured
-		// slow (its capacity then; upCapacity) is judged against it.
+		// Nothing known or metered: the rate is the median of what
+		// children measured per piece, so that a host the slow-parent
+		// rule measured slow (its capacity then; upCapacity) is judged
+		// against it.
 		ups, measured = measured, ups
 	}
 	s.measuredScratch = measured[:0]
 	r, sum := 0.0, 0.0
-	if len(ups) > 0 {
+	if n := len(ups) + unknown; n > 0 {
 		for _, u := range ups {
 			sum += u
 		}
 		slices.Sort(ups)
-		r = ups[len(ups)/2]
+		// The unknown ones count above every known capacity.
+		if i := n / 2; i < len(ups) {
+			r = ups[i]
+		}
 	}
 	if src > 0 && (r == 0 || src < r) {
 		r = src
 	}
+	if r == 0 {
+		r = lbMax // only lower bounds, and no source: the fastest seen
+	}
 	t.rate = r
 	// The fluid bound's rate: all the uplink there is (the source's and
-	// the receivers') over the receivers; never above R. Only from declared capacities: a
-	// measured rate tells what a host gave, not what it could spare, and
-	// shares booked on it starve their children (paced shares are off).
+	// the receivers') over the receivers; never above R. Only when some
+	// capacity is known (declared, or measured at the bottleneck): a lower
+	// bound tells what a host gave, not what it could spare, and shares
+	// booked on it starve their children (paced shares are off). Hosts
+	// of unknown capacity count at R.
 	t.fluid = 0
-	if declared {
+	if known > 0 {
+		n := float64(len(ups) + unknown)
+		sum += float64(unknown) * r
 		t.fluid = r
-		if (src+sum)/float64(len(ups)) < r {
-			t.fluid = (src + sum) / float64(len(ups))
+		if (src+sum)/n < r {
+			t.fluid = (src + sum) / n
 		}
 	}
 	if t.paced > 0 {
@@ -157,8 +188,18 @@ func (s *Scheduler) bookedFull(c *peer, now time.Time) bool {
 	if c.pacedKids == 0 || c.task.fluid <= 0 {
 		return false
 	}
-	u := s.uplink(c.host, now)
+	u := s.shareBase(c.host, now)
 	return u-pacedFluid(c)*float64(unpacedChildren(c)+1)-c.booked < -0.02*u
+}
+
+// shareBase is the uplink that h's shares are booked against: its known
+// capacity, else the most its meter saw it send (what it surely has;
+// booking more starves its children); 0 when neither.
+func (s *Scheduler) shareBase(h *host, now time.Time) float64 {
+	if knownUp(h) > 0 {
+		return s.uplink(h, now)
+	}
+	return h.meter.lb
 }
 
 // slowHost reports whether c's uplink is known to feed no child at the
@@ -404,10 +445,10 @@ func pacedChild(c, ch *peer) bool {
 // task's fluid rate each and its paced children their booked shares, in
 // bytes/s; 0 when its capacity is unknown.
 func (s *Scheduler) spare(c *peer, now time.Time) float64 {
-	if c.host.info.GetUploadBps() <= 0 || c.task.fluid <= 0 {
-		return 0 // undeclared: a measured rate is no spare capacity
+	u := s.shareBase(c.host, now)
+	if u <= 0 || c.task.fluid <= 0 {
+		return 0
 	}
-	u := s.uplink(c.host, now)
 	return max(0, u-c.task.fluid*float64(unpacedChildren(c))-c.booked)
 }
 
@@ -571,8 +612,8 @@ func (s *Scheduler) trimPacedLocked(t *task, now time.Time) {
 			continue
 		}
 		room := 0.0
-		if t.fluid > 0 && p.host.info.GetUploadBps() > 0 {
-			room = max(0, s.uplink(p.host, now)-pacedFluid(p)*float64(unpacedChildren(p)))
+		if t.fluid > 0 {
+			room = max(0, s.shareBase(p.host, now)-pacedFluid(p)*float64(unpacedChildren(p)))
 		}
 		if p.booked <= room*1.02+1 {
 			continue

@@ -62,6 +62,8 @@ func (s *Scheduler) linkShareLocked(parent, child *peer, share float64) bool {
 	child.parentsAt = s.now()
 	parent.children = append(parent.children, child)
 	parent.host.used++
+	parent.host.edges++
+	child.host.edges++
 	s.touchOpenLocked(parent)
 	return true
 }
@@ -108,6 +110,8 @@ func (s *Scheduler) removeEdge(parent, child *peer) bool {
 	parent.children[last] = nil
 	parent.children = parent.children[:last]
 	parent.host.used--
+	parent.host.edges++
+	child.host.edges++
 	s.touchOpenLocked(parent)
 	return true
 }

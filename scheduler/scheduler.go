@@ -278,6 +278,9 @@ func (s *Scheduler) closeAll() {
 func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 	var under []*peer
 	s.mu.Lock()
+	if s.cfg.CapacityAware {
+		s.meterLocked(now)
+	}
 	for _, t := range s.taskList {
 		if t.holders > 0 && t.holders == len(t.list) {
 			// Only inventory holders (done, never waiting): nothing here
@@ -385,7 +388,8 @@ func statusFromCause(ctx context.Context) error {
 // SlowParentSamples pieces) and gives their children other parents: one slow
 // uplink must not hold back everyone below it.
 func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
-	if s.cfg.SlowParentRatio <= 0 {
+	judge := s.cfg.SlowParentRatio > 0
+	if !judge && !s.cfg.CapacityAware {
 		return
 	}
 	var rates []float64
@@ -399,11 +403,13 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 			}
 		}
 	}
+	median := 0.0
 	if len(rates) < 3 {
-		return // too few parents measured to call one slow
+		judge = false // too few parents measured to call one slow
+	} else {
+		slices.Sort(rates)
+		median = rates[len(rates)/2]
 	}
-	slices.Sort(rates)
-	median := rates[len(rates)/2]
 	var moved []*peer
 	for _, p := range t.list {
 		if p.state != stateRunning {
@@ -412,9 +418,24 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 		for i := 0; i < len(p.parents); i++ {
 			par := p.parents[i].peer
 			h := par.host
-			if !seen[h] || p.parents[i].share > 0 {
+			if s.cfg.CapacityAware && p.parents[i].share == 0 && s.overMeteredLimit(par, now) {
+				// Its meter found its uplink below what its children
+				// take at the task's rate (meter.go): the excess
+				// children move, as from a slow parent.
+				s.log.Info("moving child off a parent over its measured capacity", "task_id", t.id, "peer_id", p.id, "parent", par.id,
+					"parent_bps", int64(h.meter.cap), "rate_bps", int64(t.rate))
+				s.removeEdge(par, p)
+				moved = s.spliceLocked(par, p, moved)
+				i--
+				continue
+			}
+			if !judge || !seen[h] || p.parents[i].share > 0 || (s.cfg.CapacityAware && h.meter.judged && h.info.GetUploadBps() <= 0) {
 				// A paced parent gives its booked share by design: it was
-				// chosen knowing its capacity (pacedLocked).
+				// chosen knowing its capacity (pacedLocked). An undeclared
+				// host its meter has judged is left to the meter: what its
+				// children got per piece mixes its uplink with its input
+				// and with requests made ahead of it, and called fast
+				// relays slow in pipelines being rebuilt.
 				continue
 			}
 			// A parent is judged against what it gets itself when that is
@@ -443,22 +464,40 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 			s.markBadLocked(p, par.id, badSlow, now)
 			h.slowUntil = now.Add(badParentTTL)
 			s.m.slowParents.Inc()
-			moved = append(moved, p)
-			// In a pipeline every other peer above p already serves a
-			// child, so p would split one of their uplinks. Splice instead:
-			// p takes the slow parent's place under its own parent, and
-			// the slow parent, left without children, goes to the end.
-			if gp := s.heirParent(par, p); gp != nil && len(par.children) == 0 && par.state == stateRunning {
-				s.removeEdge(gp, par)
-				s.linkLocked(gp, p)
-				moved = append(moved, par) // decided below, like p
-			}
+			moved = s.spliceLocked(par, p, moved)
 			i--
 		}
 	}
 	for _, p := range moved {
 		s.decideLocked(p, now, true)
 	}
+}
+
+// spliceLocked follows the removal of the edge par→p, par too slow for
+// it: p is to be decided again (appended to moved). In a pipeline every
+// other peer above p already serves a child, so p would split one of their
+// uplinks. Splice instead: p takes par's place under par's own parent, and
+// par, left without children, goes to the end.
+func (s *Scheduler) spliceLocked(par, p *peer, moved []*peer) []*peer {
+	moved = append(moved, p)
+	if gp := s.heirParent(par, p); gp != nil && len(par.children) == 0 && par.state == stateRunning {
+		s.removeEdge(gp, par)
+		s.linkLocked(gp, p)
+		moved = append(moved, par) // decided by the caller, like p
+	}
+	return moved
+}
+
+// overMeteredLimit reports whether par, of undeclared capacity, feeds a
+// full-rate child though its measured uplink feeds none at the task's
+// rate. (A parent merely over its count keeps the child: it was given as
+// a share of a full uplink when no slot was free, and moving it brings it
+// straight back.)
+func (s *Scheduler) overMeteredLimit(par *peer, now time.Time) bool {
+	if par.host.info.GetUploadBps() > 0 || par.host.meter.cap <= 0 || par.task.rate <= 0 {
+		return false
+	}
+	return s.childLimit(par, now) == 0 && unpacedChildren(par) > 0
 }
 
 // heirParent returns the parent under which child may take x's place in a

@@ -166,6 +166,10 @@ type host struct {
 	// host got (from peers or the origin), for Stats.
 	uploadBytes, downloadBytes int64
 	idleSince                  time.Time
+	// edges counts changes to the parents and children of this host's
+	// peers: the link meter judges only windows in which none moved.
+	edges uint64
+	meter linkMeter // measured link rates (meter.go)
 }
 
 // throughputAlpha is the EWMA weight of a new throughput sample.

@@ -1,0 +1,270 @@
+package scheduler
+
+import (
+	"math"
+	"math/bits"
+	"time"
+)
+
+// Measured link capacity (docs/architecture.md, "Capacity"). A host that
+// declares nothing still shows what its uplink gives: every piece a child
+// reports names its parent, so the scheduler counts the bytes each host sent
+// in each tick. Over two ticks that is a lower bound of the host's uplink
+// (linkMeter.lb). It is the uplink itself when the host was the bottleneck:
+// with its parents and children unchanged over both ticks, its children
+// lacked pieces it held and could have taken clearly more than it sent (a
+// relay's child takes what the relay receives; a finished parent's child
+// takes the task's rate). The
+// capacity seen in such windows (linkMeter.cap) then stands in for a
+// declared one: the host gets children by it, a slow one sits at a leaf,
+// and its spare uplink is shared out in paced parts. A window that shows the
+// host sending more than its measured capacity raises it, so a label earned
+// while a child's downlink was the real limit does not stick.
+
+// linkMeter is one host's measured upload rate.
+type linkMeter struct {
+	at       time.Time // last sample; zero before the first
+	up, down int64     // host.uploadBytes and downloadBytes at `at`
+	edges    uint64    // host.edges at `at`
+	// The previous window and the one being closed: bytes sent and
+	// received, length in seconds, and whether the host's parents and
+	// children stayed the same in it.
+	prevUp, prevDown, prevDt float64
+	curUp, curDown, curDt    float64
+	prevStable, curStable    bool
+	closing                  bool // a window is being closed this tick
+	// upRate and downRate are over the last two windows, in bytes/s.
+	upRate, downRate float64
+	// demand is what the host's children could have taken over those
+	// windows, in bytes/s; NaN when one of them has no reference or lacks
+	// next to nothing the host holds (keepsUp).
+	demand  float64
+	keepsUp bool
+	// childAtLimit: a child of the host sends at its own uplink's limit,
+	// and may have taken less than it could (meterLocked).
+	childAtLimit bool
+	lb           float64 // the most it was seen to send, decaying slowly
+	cap          float64 // its uplink as seen when it was the bottleneck; 0 unknown
+	capAt        time.Time
+	// bound: the window just judged found it the bottleneck, at boundUp
+	// (meterJudgeLocked).
+	bound   bool
+	boundUp float64
+	// judged: some window had stable children with a known demand, so
+	// the meter speaks for this host (the per-piece slow-parent rule
+	// then leaves it alone).
+	judged bool
+}
+
+const (
+	// meterBound: a host that sent less than this share of what its
+	// children could take was the bottleneck.
+	meterBound = 0.7
+	// meterDecay is the factor a host's lower bound loses per tick when it
+	// sends less, so a link that got slower shows within a minute or so.
+	meterDecay = 0.98
+	// meterMinWindow: shorter windows (a tick right after another) are
+	// folded into the next.
+	meterMinWindow = 500 * time.Millisecond
+	// meterForget: a measured capacity no window confirmed for this long
+	// is forgotten, so a host measured while something else held it back
+	// (a busy CPU, a burst of other traffic) gets children again and is
+	// measured anew.
+	meterForget = 30 * time.Second
+)
+
+// meterLocked closes a measuring window on every host: what it sent and
+// received, what its children could take (from the current graph), and from
+// both its measured capacity. Called once a Tick, before the tasks' rates.
+func (s *Scheduler) meterLocked(now time.Time) {
+	for _, h := range s.hosts {
+		s.meterRatesLocked(h, now)
+	}
+	for _, t := range s.taskList {
+		if t.holders > 0 && t.holders == len(t.list) {
+			continue // only holders: nobody downloads
+		}
+		for _, c := range t.list {
+			if c.state != stateRunning || len(c.parents) == 0 {
+				continue
+			}
+			// What c takes over paced edges it does not ask of its
+			// full-rate parents.
+			unpaced, paced := 0, 0.0
+			for _, l := range c.parents {
+				if l.share == 0 {
+					unpaced++
+				} else {
+					paced += l.share
+				}
+			}
+			for _, l := range c.parents {
+				m := &l.peer.host.meter
+				switch {
+				case !backlog(l.peer, c):
+					// c lacks next to nothing of what its parent holds:
+					// it keeps up (or came from higher up the pipeline
+					// holding much already), so the parent is not what
+					// holds it back, and what it took says nothing of
+					// the parent's uplink.
+					m.demand, m.keepsUp = math.NaN(), true
+				case l.share > 0:
+					m.demand += l.share
+				default:
+					m.demand += max(0, feedRate(l.peer)-paced) / float64(unpaced)
+				}
+			}
+		}
+	}
+	// A child whose own uplink is at its limit may take less than it
+	// could: on a real link the acknowledgements of its downloads queue
+	// behind its uploads (on the netns harness, a slow-uplink host
+	// relaying at its full rate got its pieces at a sixth of its
+	// downlink, and its fast parent was called slow). Its parents are not
+	// judged through it.
+	for _, t := range s.taskList {
+		if t.holders > 0 && t.holders == len(t.list) {
+			continue
+		}
+		for _, c := range t.list {
+			if c.state != stateRunning || len(c.parents) == 0 || !c.host.meter.atLimit() {
+				continue
+			}
+			for _, l := range c.parents {
+				l.peer.host.meter.childAtLimit = true
+			}
+		}
+	}
+	for _, h := range s.hosts {
+		s.meterJudgeLocked(h, now)
+	}
+}
+
+// verdict reads the window just closed: whether it can be judged (the
+// host's parents and children stayed the same over both windows), and
+// whether the host sent less than meterBound of its demand (bound) or less
+// than half that (clear).
+func (m *linkMeter) verdict() (stable, bound, clear bool) {
+	stable = m.closing && m.prevDt > 0 && m.curStable && m.prevStable
+	if stable && !m.keepsUp && m.demand > 0 && m.upRate > 0 { // NaN > 0 is false
+		bound = m.upRate < meterBound*m.demand
+		clear = m.upRate < meterBound*m.demand/2
+	}
+	return stable, bound, clear
+}
+
+// atLimit reports whether the host sends at the limit of its uplink as far
+// as the meter knows: found bound in this window, or sending near its
+// measured capacity.
+func (m *linkMeter) atLimit() bool {
+	if _, bound, _ := m.verdict(); bound {
+		return true
+	}
+	return m.cap > 0 && m.upRate >= meterBound*m.cap
+}
+
+// meterRatesLocked closes h's window when one is due: its rates over the
+// last two windows.
+func (s *Scheduler) meterRatesLocked(h *host, now time.Time) {
+	m := &h.meter
+	m.demand, m.keepsUp, m.childAtLimit, m.closing = 0, false, false, false
+	if m.at.IsZero() {
+		m.at, m.up, m.down, m.edges = now, h.uploadBytes, h.downloadBytes, h.edges
+		return
+	}
+	d := now.Sub(m.at)
+	if d < meterMinWindow {
+		return
+	}
+	m.closing = true
+	m.curDt = d.Seconds()
+	m.curUp, m.curDown = float64(h.uploadBytes-m.up), float64(h.downloadBytes-m.down)
+	m.curStable = h.edges == m.edges
+	m.upRate = (m.curUp + m.prevUp) / (m.curDt + m.prevDt)
+	m.downRate = (m.curDown + m.prevDown) / (m.curDt + m.prevDt)
+	m.at, m.up, m.down, m.edges = now, h.uploadBytes, h.downloadBytes, h.edges
+}
+
+// meterBacklog is how many pieces a parent must hold that its child lacks
+// for the child to be waiting on the parent's uplink rather than on its
+// input: a relay that keeps up is a piece or two ahead of its child.
+const meterBacklog = 2
+
+// backlog reports whether par holds at least meterBacklog pieces c lacks.
+func backlog(par, c *peer) bool {
+	n := 0
+	for i, w := range par.pieces.words {
+		if i < len(c.pieces.words) {
+			w &^= c.pieces.words[i]
+		}
+		if n += bits.OnesCount64(w); n >= meterBacklog {
+			return true
+		}
+	}
+	return false
+}
+
+// feedRate is how fast a child of par could take pieces from it: what par
+// received when it relays, the task's rate when it holds the content; NaN
+// when unknown.
+func feedRate(par *peer) float64 {
+	switch par.state {
+	case stateRunning, stateBackToSource:
+		if r := par.host.meter.downRate; r > 0 {
+			return r
+		}
+	default:
+		if r := par.task.rate; r > 0 {
+			return r
+		}
+	}
+	return math.NaN()
+}
+
+// meterJudgeLocked updates h's lower bound and measured capacity from the
+// window just closed.
+func (s *Scheduler) meterJudgeLocked(h *host, now time.Time) {
+	m := &h.meter
+	if !m.closing {
+		return
+	}
+	if m.prevDt > 0 {
+		m.lb = max(m.upRate, m.lb*meterDecay)
+		stable, bound, clear := m.verdict()
+		if m.childAtLimit {
+			bound, clear = false, false // a child held back at its own end
+		} else if stable && (m.keepsUp || m.demand > 0) {
+			m.judged = true // (keepsUp: a child keeps up with it, so it is no bottleneck)
+		}
+		switch {
+		case clear || (bound && m.bound):
+			// Far below, or twice in a row: one window can catch a
+			// transient (a new child's connection, a busy CPU), which
+			// would cost a fast host its children.
+			c := m.upRate
+			if m.bound {
+				c = max(c, m.boundUp)
+			}
+			// Never below what it was seen to send at any time: a child
+			// held back at its own end (its downlink busy with other
+			// parents, its acknowledgements queued behind its own
+			// uploads) makes a fast parent look bound.
+			m.cap, m.capAt = max(c, m.cap, m.lb), now
+		case m.cap > 0 && m.upRate > m.cap:
+			m.cap = m.upRate // it sent that much: its uplink is no less
+		case m.cap > 0 && now.Sub(m.capAt) > meterForget:
+			m.cap = 0
+		}
+		m.bound, m.boundUp = bound, m.upRate
+	}
+	m.prevUp, m.prevDown, m.prevDt, m.prevStable = m.curUp, m.curDown, m.curDt, m.curStable
+}
+
+// knownUp is h's uplink in bytes/s when known: declared, or measured while
+// it was the bottleneck; 0 otherwise.
+func knownUp(h *host) float64 {
+	if u := h.info.GetUploadBps(); u > 0 {
+		return float64(u)
+	}
+	return h.meter.cap
+}
