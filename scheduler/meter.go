@@ -14,12 +14,12 @@ import (
 // with its parents and children unchanged over both ticks, its children
 // lacked pieces it held and could have taken clearly more than it sent (a
 // relay's child takes what the relay receives; a finished parent's child
-// takes the task's rate). The
-// capacity seen in such windows (linkMeter.cap) then stands in for a
-// declared one: the host gets children by it, a slow one sits at a leaf,
-// and its spare uplink is shared out in paced parts. A window that shows the
-// host sending more than its measured capacity raises it, so a label earned
-// while a child's downlink was the real limit does not stick.
+// takes the task's rate). The capacity seen in such windows (linkMeter.cap)
+// then stands in for a declared one: the host gets children by it, a slow
+// one sits at a leaf, and its spare uplink is shared out in paced parts. A
+// window that shows the host sending more than its measured capacity raises
+// it, so a label earned while a child's downlink was the real limit does not
+// stick, and a capacity no window confirmed for meterForget is forgotten.
 
 // linkMeter is one host's measured upload rate.
 type linkMeter struct {
@@ -245,11 +245,13 @@ func (s *Scheduler) meterJudgeLocked(h *host, now time.Time) {
 			if m.bound {
 				c = max(c, m.boundUp)
 			}
-			// Never below what it was seen to send at any time: a child
+			// Never below what it was seen to send lately (lb): a child
 			// held back at its own end (its downlink busy with other
 			// parents, its acknowledgements queued behind its own
-			// uploads) makes a fast parent look bound.
-			m.cap, m.capAt = max(c, m.cap, m.lb), now
+			// uploads) makes a fast parent look bound. Not held at an
+			// older, higher capacity: an uplink that got slower shows as
+			// lb decays.
+			m.cap, m.capAt = max(c, m.lb), now
 		case m.cap > 0 && m.upRate > m.cap:
 			m.cap = m.upRate // it sent that much: its uplink is no less
 		case m.cap > 0 && now.Sub(m.capAt) > meterForget:
