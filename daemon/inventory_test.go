@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -99,12 +100,7 @@ func (f *inventoryScheduler) Inventory(stream grpc.BidiStreamingServer[scheduler
 func (f *inventoryScheduler) heldIDs() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	ids := make([]string, 0, len(f.held))
-	for id := range f.held {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
+	return slices.Sorted(maps.Keys(f.held))
 }
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
@@ -128,17 +124,10 @@ func TestInventoryCarriesTheCache(t *testing.T) {
 	}))
 	t.Cleanup(origin.Close)
 	fake := &inventoryScheduler{}
-	gs := grpc.NewServer()
-	schedulerv1.RegisterSchedulerServer(gs, fake)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
+	schedAddr, _ := serveScheduler(t, fake)
 	dir := t.TempDir()
 	cfgFor := func(c *Config) {
-		c.Scheduler = lis.Addr().String()
+		c.Scheduler = schedAddr
 		c.DataDir = filepath.Join(dir, "cache")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -254,15 +243,8 @@ func startDaemonCtx(t *testing.T, ctx context.Context, mutate func(*Config)) (*D
 func startInventoryScheduler(t *testing.T) (*inventoryScheduler, string, *grpc.Server) {
 	t.Helper()
 	fake := &inventoryScheduler{}
-	gs := grpc.NewServer()
-	schedulerv1.RegisterSchedulerServer(gs, fake)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	return fake, lis.Addr().String(), gs
+	addr, gs := serveScheduler(t, fake)
+	return fake, addr, gs
 }
 
 // With two schedulers each task's entry goes to its home (the hash ring):

@@ -23,7 +23,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"google.golang.org/grpc"
 )
 
 // testRegistry is a minimal registry origin: blobs by digest (optionally
@@ -123,6 +125,22 @@ func randomBytes(n int, seed byte) []byte {
 }
 
 // startProxyDaemon runs an in-process daemon without a scheduler (every
+
+// serveScheduler serves srv, a fake scheduler, on 127.0.0.1:0 until the test
+// ends and returns its address and server.
+func serveScheduler(t *testing.T, srv schedulerv1.SchedulerServer) (string, *grpc.Server) {
+	t.Helper()
+	gs := grpc.NewServer()
+	schedulerv1.RegisterSchedulerServer(gs, srv)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	return lis.Addr().String(), gs
+}
+
 // P2P task falls back to the origin itself) with its proxy on a free port.
 func startProxyDaemon(t *testing.T, mutate func(*Config)) *Daemon {
 	t.Helper()

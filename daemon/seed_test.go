@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -59,18 +58,11 @@ func TestSeedRefusesTasksThatDoNotHold(t *testing.T) {
 		{TaskId: victim, Url: origin.URL + "/other"},
 	}
 	fake := &fakeSeedScheduler{tasks: append(bad, &schedulerv1.TaskSpec{TaskId: core.TaskID(good, core.TaskOptions{}), Url: good})}
-	gs := grpc.NewServer()
-	schedulerv1.RegisterSchedulerServer(gs, fake)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
+	schedAddr, _ := serveScheduler(t, fake)
 
 	d := startProxyDaemon(t, func(c *Config) {
 		c.Seed = true
-		c.Scheduler = lis.Addr().String()
+		c.Scheduler = schedAddr
 	})
 	goodID := core.TaskID(good, core.TaskOptions{})
 	deadline := time.Now().Add(10 * time.Second)
@@ -151,15 +143,8 @@ func TestRefusedTaskIsNotAnnouncedAgain(t *testing.T) {
 	}))
 	t.Cleanup(origin.Close)
 	fake := &refusingScheduler{}
-	gs := grpc.NewServer()
-	schedulerv1.RegisterSchedulerServer(gs, fake)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	d := startProxyDaemon(t, func(c *Config) { c.Scheduler = lis.Addr().String() })
+	schedAddr, _ := serveScheduler(t, fake)
+	d := startProxyDaemon(t, func(c *Config) { c.Scheduler = schedAddr })
 	c, err := client.Dial(t.Context(), d.cfg.Sock)
 	if err != nil {
 		t.Fatal(err)
@@ -216,15 +201,8 @@ func TestAnnounceRefusedAtOnceBacksOff(t *testing.T) {
 	}))
 	t.Cleanup(origin.Close)
 	fake := &deniedScheduler{}
-	gs := grpc.NewServer()
-	schedulerv1.RegisterSchedulerServer(gs, fake)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	d := startProxyDaemon(t, func(c *Config) { c.Scheduler = lis.Addr().String() })
+	schedAddr, _ := serveScheduler(t, fake)
+	d := startProxyDaemon(t, func(c *Config) { c.Scheduler = schedAddr })
 	c, err := client.Dial(t.Context(), d.cfg.Sock)
 	if err != nil {
 		t.Fatal(err)

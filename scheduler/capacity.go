@@ -70,23 +70,27 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 		if p.state == stateLeft {
 			continue
 		}
-		var u float64
+		source := p.state == stateBackToSource || p.state == stateSucceeded
 		switch h := p.host; {
 		case knownUp(h) > 0:
-			u = s.upCapacity(h, now)
+			u := s.upCapacity(h, now)
 			known++
+			if source {
+				src = max(src, u)
+			} else {
+				ups = append(ups, u)
+			}
 		case h.meter.lb > 0:
 			// Undeclared and never seen at its limit: it gave at least
 			// lb. Presumed to keep up with R (a relay fed slowly shows a
 			// low lb however fast its uplink); the meter tells when it
 			// does not.
 			lbMax = max(lbMax, h.meter.lb)
-			if p.state == stateBackToSource || p.state == stateSucceeded {
+			if source {
 				src = max(src, h.meter.lb)
 			} else {
 				unknown++
 			}
-			continue
 		default:
 			// Nothing metered yet: what children measured per piece,
 			// whatever it is, stands in for the rate when nobody
@@ -94,13 +98,7 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 			if h.throughput > 0 && h.successes >= uint64(s.cfg.SlowParentSamples) {
 				measured = append(measured, h.throughput)
 			}
-			continue
 		}
-		if p.state == stateBackToSource || p.state == stateSucceeded {
-			src = max(src, u)
-			continue
-		}
-		ups = append(ups, u)
 	}
 	declared := len(ups)+unknown > 0
 	if !declared {

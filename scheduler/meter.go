@@ -81,7 +81,7 @@ func (s *Scheduler) meterLocked(now time.Time) {
 		s.meterRatesLocked(h, now)
 	}
 	for _, t := range s.taskList {
-		if t.holders > 0 && t.holders == len(t.list) {
+		if t.onlyHolders() {
 			continue // only holders: nobody downloads
 		}
 		for _, c := range t.list {
@@ -123,7 +123,7 @@ func (s *Scheduler) meterLocked(now time.Time) {
 	// downlink, and its fast parent was called slow). Its parents are not
 	// judged through it.
 	for _, t := range s.taskList {
-		if t.holders > 0 && t.holders == len(t.list) {
+		if t.onlyHolders() {
 			continue
 		}
 		for _, c := range t.list {

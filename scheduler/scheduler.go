@@ -282,7 +282,7 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 		s.meterLocked(now)
 	}
 	for _, t := range s.taskList {
-		if t.holders > 0 && t.holders == len(t.list) {
+		if t.onlyHolders() {
 			// Only inventory holders (done, never waiting): nothing here
 			// times out, is slow or lacks parents. The open set and the
 			// target rate are brought up to date at the first tick after

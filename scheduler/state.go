@@ -196,6 +196,10 @@ const (
 // maxSeedAttempts bounds how often one task triggers a seed peer.
 const maxSeedAttempts = 3
 
+// onlyHolders reports whether t's peers are all inventory holders: done,
+// never waiting, nobody downloading.
+func (t *task) onlyHolders() bool { return t.holders > 0 && t.holders == len(t.list) }
+
 type task struct {
 	id            string
 	spec          *schedulerv1.TaskSpec // with headers: memory only, never logged
