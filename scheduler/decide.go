@@ -109,7 +109,11 @@ func (s *Scheduler) sendParentsLocked(p *peer, start time.Time) {
 		Parents: &schedulerv1.Parents{Parents: infos},
 	}})
 	if s.debug() {
-		s.log.Debug("parents", "task_id", p.task.id, "peer_id", p.id, "parents", len(infos))
+		ids := make([]string, len(infos))
+		for i, in := range infos {
+			ids[i] = in.PeerId
+		}
+		s.log.Debug("parents", "task_id", p.task.id, "peer_id", p.id, "parents", len(infos), "parent_ids", ids)
 	}
 }
 

@@ -80,8 +80,18 @@ type parent struct {
 	lastDone time.Time // latest end of a piece from this parent
 	nextAt   time.Time // paced (ShareBps > 0): no request before this
 	relay    []bool    // pieces it announced while still receiving them
-	removed  bool
+	// relayLosses counts relayed pieces lost in a row (no delivery since):
+	// its upstream's failures, not its own, up to relayLossBudget.
+	relayLosses int
+	removed     bool
 }
+
+// relayLossBudget is how many relayed pieces in a row a parent may lose
+// upstream before further losses count as its own failures. A peer that
+// left aborts at most the pieces its children were relaying at once (a few
+// per child); a parent losing more than this with nothing delivered
+// between them announces pieces it does not deliver.
+const relayLossBudget = 16
 
 type request struct {
 	id     uint64
@@ -739,6 +749,10 @@ func (p *parent) offers(n uint32) bool {
 	return p.holds(n) && (p.ShareBps <= 0 || int(n) >= len(p.relay) || !p.relay[n])
 }
 
+// relaying reports whether p announced n while still receiving it and has
+// not announced it held since.
+func (p *parent) relaying(n uint32) bool { return int(n) < len(p.relay) && p.relay[n] }
+
 func (p *parent) setRelay(n uint32, on bool) {
 	if !on && int(n) >= len(p.relay) {
 		return
@@ -820,7 +834,7 @@ func (c *Core) pieceDone(now time.Time, e EvPieceDone) {
 	var cost time.Duration
 	if p != nil {
 		cost = p.deliveryCost(e.Start, e.End)
-		p.failures = 0
+		p.failures, p.relayLosses = 0, 0
 		p.rate.Observe(e.Bytes, cost.Nanoseconds(), 0.3)
 	} else {
 		cost = max(e.End.Sub(e.Start), time.Microsecond)
@@ -854,7 +868,17 @@ func (c *Core) pieceFailed(now time.Time, e EvPieceFailed) error {
 		return fmt.Errorf("task %s: piece %d: %w", c.cfg.TaskID, e.Piece, core.ErrNoSpace)
 	}
 	corrupt := e.Kind == KindCorrupt
-	if e.Kind == KindNotFound {
+	// A piece the parent announced while still receiving it failed
+	// otherwise than by a stall or bad bytes: most likely the parent's own
+	// parent broke off (left, or failed), which aborts the relay. That is
+	// not the parent's failure: it fetches the piece again from whoever
+	// the scheduler gives it and announces it anew. Counting it would drop
+	// every healthy relay below a peer that left (each has several relayed
+	// pieces in flight) and scatter a pipeline that the scheduler repairs
+	// by itself. Only a run of such losses with no delivery between them
+	// counts (a parent that announces pieces it never delivers).
+	upstream := p.relaying(e.Piece) && !corrupt && e.Kind != KindTimeout
+	if e.Kind == KindNotFound || upstream {
 		// Forget the piece at this parent unless it was announced again
 		// after the request went out: a relay that failed and started
 		// over, or the piece now held, arrives on the piece stream, which
@@ -862,6 +886,7 @@ func (c *Core) pieceFailed(now time.Time, e EvPieceFailed) error {
 		if p.holds(e.Piece) && p.hasAt[e.Piece] <= r.asked {
 			p.has[e.Piece] = false
 			p.count--
+			p.setRelay(e.Piece, false)
 		}
 	}
 	if p.removed && !corrupt {
@@ -872,6 +897,11 @@ func (c *Core) pieceFailed(now time.Time, e EvPieceFailed) error {
 		reason = e.Err.Error()
 	}
 	c.emit(ActPieceFailed{Parent: p.ID, Piece: e.Piece, Kind: e.Kind, Reason: reason, Corrupt: corrupt})
+	if upstream {
+		if p.relayLosses++; p.relayLosses <= relayLossBudget {
+			return nil
+		}
+	}
 	p.failures++
 	switch {
 	case corrupt:

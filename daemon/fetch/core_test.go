@@ -841,3 +841,76 @@ func TestPacedParentNotAskedForRelayedPieces(t *testing.T) {
 		t.Fatalf("unpaced parent relaying piece 0: requests %v, want it asked", got)
 	}
 }
+
+// A relay's parent that left aborts the pieces the relay was passing on:
+// its children lose every relayed piece in flight at once. That is not the
+// relay's failure: it keeps its children, who forget those pieces there
+// until it announces them again (it fetches them anew) and ask for them
+// then. Only a long run of such losses with nothing delivered counts
+// against it.
+func TestRelayLosingPiecesUpstreamIsKept(t *testing.T) {
+	c := testCore(Config{ParentFailures: 3, PerParentRequests: 8, ConcurrentPieces: 8})
+	c.Step(t0, EvStart{Length: 64 * ps, PieceSize: ps, AllTrusted: true})
+	c.Step(t0, EvParents{Parents: []Parent{{ID: "relay"}}})
+	acts := c.Step(t0, EvParentPieces{Parent: "relay", Relaying: []uint32{0, 1, 2, 3, 4}})
+	asked := find[ActRequest](acts)
+	if len(asked) != 5 {
+		t.Fatalf("%d requests for 5 relayed pieces", len(asked))
+	}
+	p := c.parents["relay"]
+	for i, r := range asked {
+		kind := KindConnLost
+		if i%2 == 1 {
+			kind = KindNotFound
+		}
+		acts := c.Step(t0, EvPieceFailed{Parent: "relay", Piece: r.Piece, Req: r.Req, Kind: kind, Err: errors.New("unexpected EOF")})
+		if rs := find[ActReschedule](acts); len(rs) != 0 {
+			t.Fatalf("loss %d of a relayed piece rescheduled: %+v", i+1, rs)
+		}
+		if len(find[ActPieceFailed](acts)) != 1 {
+			t.Fatalf("loss %d not reported", i+1)
+		}
+		if p.holds(r.Piece) {
+			t.Fatalf("piece %d still expected at the relay that lost it", r.Piece)
+		}
+	}
+	if _, ok := c.parents["relay"]; !ok {
+		t.Fatal("the relay was dropped for its parent's failure")
+	}
+	// Fetched anew upstream: announced again, asked again, delivered.
+	acts = c.Step(t0, EvParentPieces{Parent: "relay", Relaying: []uint32{0}})
+	again := find[ActRequest](acts)
+	if len(again) != 1 || again[0].Piece != 0 {
+		t.Fatalf("re-announced piece 0: requests %+v", again)
+	}
+	c.Step(t0.Add(time.Second), EvPieceDone{Parent: "relay", Piece: 0, Req: again[0].Req, Bytes: ps, Start: t0, End: t0.Add(time.Second)})
+	if p.relayLosses != 0 {
+		t.Fatalf("relay losses %d after a delivery", p.relayLosses)
+	}
+
+	// A parent that keeps announcing pieces it never delivers is dropped:
+	// past the budget its losses count, and ParentFailures of them ask the
+	// scheduler.
+	resched := 0
+	for i := 0; i < relayLossBudget+8 && resched == 0; i++ {
+		n := uint32(10 + i)
+		acts := c.Step(t0, EvParentPieces{Parent: "relay", Relaying: []uint32{n}})
+		rq := find[ActRequest](acts)
+		if len(rq) != 1 {
+			t.Fatalf("round %d: requests %+v", i, rq)
+		}
+		acts = c.Step(t0, EvPieceFailed{Parent: "relay", Piece: n, Req: rq[0].Req, Kind: KindConnLost, Err: errors.New("EOF")})
+		if len(find[ActReschedule](acts)) > 0 {
+			resched = i + 1
+		}
+	}
+	if want := relayLossBudget + 3; resched != want {
+		t.Fatalf("rescheduled after %d losses in a row, want %d", resched, want)
+	}
+	// Losing a piece it held whole is its own failure, as before.
+	c2, w := startWith(t, Config{ParentFailures: 1}, 8, nil, Parent{ID: "a"}, Parent{ID: "b"})
+	fl := c2.InFlight("a")
+	if rs := find[ActReschedule](w.step(EvPieceFailed{Parent: "a", Piece: fl[0], Kind: KindConnLost, Err: errors.New("EOF")})); len(rs) != 1 {
+		t.Fatalf("a whole piece lost: reschedules %+v", rs)
+	}
+}
