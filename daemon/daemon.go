@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,6 +50,8 @@ type Daemon struct {
 	pieces  *piece.Client
 	pm      *piece.Metrics
 	dl, ul  *rate.Limiter
+	// inflight counts downloads in progress (upload pacing).
+	inflight atomic.Int64
 
 	scheds schedSet
 	// inv announces the complete public tasks of the cache (inventory.go);
@@ -376,7 +379,21 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return obs.ServeGRPC(gctx, peerSrv, peerLis, 2*time.Second) })
 	g.Go(func() error { return obs.ServeGRPC(gctx, apiSrv, sockLis, 2*time.Second) })
-	g.Go(func() error { return d.cfg.Obs.Serve(gctx, upLis, upSrv.Handler()) })
+	if up, down := d.cfg.DeclaredCapacity(); core.UsableUplink(up, down) < up {
+		// Much slower up than down: uploads are paced to leave room for
+		// the download's ACKs while this host downloads.
+		usable := core.UsableUplink(up, down)
+		upSrv.SetPacing(func() int64 {
+			if d.inflight.Load() > 0 {
+				return usable
+			}
+			return 0
+		})
+		d.log.Info("uploads paced while downloading: the uplink is much slower than the downlink", "upload_bps", up, "download_bps", down, "paced_bps", usable)
+	}
+	upHTTP := d.cfg.Obs.Server(upSrv.Handler())
+	upHTTP.ConnContext = upSrv.ConnContext
+	g.Go(func() error { return obs.ServeServer(gctx, upHTTP, upLis) })
 	if metricsLis != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /healthy", obs.HealthHandler(d.Health))

@@ -3,6 +3,8 @@ package scheduler
 import (
 	"slices"
 	"time"
+
+	"github.com/damselfly-io/damselfly/core"
 )
 
 // Capacity-aware distribution (docs/architecture.md, "Capacity"): no peer
@@ -27,7 +29,7 @@ func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
 		if d := h.info.GetDownloadBps(); d > 0 && d < u {
 			return float64(d)
 		}
-		return float64(u)
+		return declaredUplink(h)
 	}
 	if c := h.meter.cap; c > 0 {
 		return c // measured while it was the bottleneck (meter.go)
@@ -43,10 +45,18 @@ func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
 // piece once and sends it to each child (a seed on a 10 Gbit/s uplink fed
 // at 1 Gbit/s feeds ten 1 Gbit/s pipelines); 0 when unknown.
 func (s *Scheduler) uplink(h *host, now time.Time) float64 {
-	if u := h.info.GetUploadBps(); u > 0 {
-		return float64(u)
+	if h.info.GetUploadBps() > 0 {
+		return declaredUplink(h)
 	}
 	return s.upCapacity(h, now)
+}
+
+// declaredUplink is the part of h's declared uplink that its uploads may
+// take: on a link much slower up than down, the download's ACKs need
+// their share, and the daemon paces its uploads to leave it
+// (core.UsableUplink).
+func declaredUplink(h *host) float64 {
+	return float64(core.UsableUplink(h.info.GetUploadBps(), h.info.GetDownloadBps()))
 }
 
 // updateRateLocked recomputes t's target rate R from its peers' known

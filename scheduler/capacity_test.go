@@ -953,3 +953,38 @@ func TestShallowestSkipsSingleChildSeed(t *testing.T) {
 		}
 	}
 }
+
+// A host whose downlink is ten times its uplink keeps a fifth of the
+// uplink for its download's ACKs (core.UsableUplink, the daemon paces its
+// uploads to the rest): the shares booked on it and the task's fluid rate
+// count 8 of its 10 Mbit/s.
+func TestAsymmetricUplinkLeavesRoomForAcks(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	for _, id := range []string{"a", "b", "c", "d", "e", "f"} {
+		v.join("t", id, capHost2(id, 100, 100))
+	}
+	v.join("t", "s1", capHost2("s1", 10, 100))
+	s2 := v.join("t", "s2", capHost2("s2", 10, 100))
+	s2.decision()
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	tk := v.s.tasks[tid("t")]
+	fluid := (100 + 6*100 + 2*8) / 8.0 * mbps
+	if got := tk.fluid; math.Abs(got-fluid) > 1 {
+		t.Errorf("fluid rate %.0f B/s, want %.0f (the slow uplinks at 8 Mbit/s)", got, fluid)
+	}
+	slowBooked := false
+	for _, p := range tk.list {
+		checkPaced(t, v.s, p)
+		if p.host.info.GetUploadBps() == int64(10*mbps) {
+			if p.booked > 8*mbps*1.02+1 {
+				t.Errorf("%s: %.0f B/s booked on a 10 Mbit/s uplink whose ACKs need 2 Mbit/s", p.id, p.booked)
+			}
+			slowBooked = slowBooked || p.booked > 0
+		}
+	}
+	if !slowBooked {
+		t.Error("no share booked on a slow host: the test shows nothing")
+	}
+}

@@ -265,8 +265,8 @@ func (s *Scheduler) meterJudgeLocked(h *host, now time.Time) {
 // knownUp is h's uplink in bytes/s when known: declared, or measured while
 // it was the bottleneck; 0 otherwise.
 func knownUp(h *host) float64 {
-	if u := h.info.GetUploadBps(); u > 0 {
-		return float64(u)
+	if h.info.GetUploadBps() > 0 {
+		return declaredUplink(h)
 	}
 	return h.meter.cap
 }

@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -138,6 +139,8 @@ type Server struct {
 	peers   peerLimits
 	metrics *Metrics
 	log     *slog.Logger
+	active  atomic.Int64                 // uploads in progress
+	budget  atomic.Pointer[func() int64] // SetPacing
 }
 
 // NewServer returns an upload server allowing maxUploads concurrent
@@ -247,6 +250,8 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 	defer s.slots.Release()
 	s.metrics.UploadsActive.Inc()
 	defer s.metrics.UploadsActive.Dec()
+	s.pace(r, s.active.Add(1))
+	defer s.active.Add(-1)
 	peer := r.Header.Get(PeerHeader)
 	if peer == "" {
 		peer, _, _ = net.SplitHostPort(r.RemoteAddr)

@@ -155,6 +155,12 @@ func (c Config) Server(h http.Handler) *http.Server {
 	}
 }
 
+// ServeServer is Serve for a server made by Server with more of its fields
+// set (a ConnContext).
+func ServeServer(ctx context.Context, srv *http.Server, lis net.Listener) error {
+	return serve(ctx, srv, lis)
+}
+
 func serve(ctx context.Context, srv *http.Server, lis net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()

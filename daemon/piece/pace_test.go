@@ -1,0 +1,112 @@
+package piece
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// recorder keeps the connections a listener accepted, in order.
+type recorder struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []*net.TCPConn
+}
+
+func (l *recorder) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		l.mu.Lock()
+		l.conns = append(l.conns, tc)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+func (l *recorder) conn(t *testing.T, i int) *net.TCPConn {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if i >= len(l.conns) {
+		t.Fatalf("connection %d not accepted (%d)", i, len(l.conns))
+	}
+	return l.conns[i]
+}
+
+// A host whose uplink is much slower than its downlink paces its uploads
+// (pace.go): each upload's connection gets the budget shared by the uploads
+// in progress, and no pacing once the budget is 0 (nothing downloading).
+func TestUploadsPacedToBudget(t *testing.T) {
+	st, _ := holding(t, 1024, 4, 0)
+	srv := NewServer(st, 8, nil, NewMetrics(nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var budget atomic.Int64
+	budget.Store(200_000)
+	srv.SetPacing(func() int64 { return budget.Load() })
+	hs := httptest.NewUnstartedServer(srv.Handler())
+	rec := &recorder{Listener: hs.Listener}
+	hs.Listener = rec
+	hs.Config.ConnContext = srv.ConnContext
+	hs.Start()
+	t.Cleanup(hs.Close)
+
+	get := func(path string) *http.Response {
+		t.Helper()
+		// A transport of its own: a connection of its own.
+		tr := &http.Transport{}
+		t.Cleanup(tr.CloseIdleConnections)
+		resp, err := (&http.Client{Transport: tr}).Get(hs.URL + path)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %v %v", path, resp, err)
+		}
+		return resp
+	}
+	pacing := func(i int) uint64 {
+		t.Helper()
+		v, err := pacingOf(rec.conn(t, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+
+	// One upload in progress: the whole budget.
+	resp := get("/pieces/t1/0")
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if got := pacing(0); got != 200_000 {
+		t.Fatalf("one upload paced at %d B/s, want 200000", got)
+	}
+
+	// Two at once (one waits on a piece still arriving): half each.
+	task, _ := st.Get("t1")
+	relay := task.StartRelay(1, make([]byte, 1024), nil)
+	relay.Progress(100)
+	slow := get("/pieces/t1/1")
+	if _, err := io.ReadFull(slow.Body, make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	resp = get("/pieces/t1/0")
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if got := pacing(2); got != 100_000 {
+		t.Fatalf("second of two uploads paced at %d B/s, want 100000", got)
+	}
+	relay.Finish() // not verified: the relay's reader aborts
+	slow.Body.Close()
+
+	// Nothing downloading: the budget is 0 and a connection is unpaced
+	// again (the kernel reads back its unlimited default, clipped to 32
+	// bits).
+	budget.Store(0)
+	resp = get("/pieces/t1/0")
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if got := pacing(3); got != uint64(^uint32(0)) {
+		t.Fatalf("with no budget paced at %d B/s, want unlimited", got)
+	}
+}
