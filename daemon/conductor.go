@@ -492,6 +492,7 @@ func (c *conductor) exec(ctx context.Context, acts []fetch.Action) {
 		case fetch.ActStartOrigin:
 			if a.Fallback {
 				c.fallbackReason.Store(&a.Reason)
+				c.log.Warn("fetching the missing pieces from the origin", "reason", a.Reason, "ranges", len(a.Ranges))
 			}
 			if a.Reason != fetch.ReasonRest {
 				c.d.metrics.backSource.WithLabelValues(a.Reason).Inc()

@@ -418,6 +418,13 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 		for i := 0; i < len(p.parents); i++ {
 			par := p.parents[i].peer
 			h := par.host
+			if par.state == stateBackToSource && p.parents[i].share == 0 && unpacedChildren(par) <= 1 {
+				// A peer fetching from the origin holds the newest pieces
+				// and nobody else does: slow or not, it keeps its last
+				// child, or nothing new reaches the swarm (every peer
+				// then waits out its swarm timeout and goes to the origin).
+				continue
+			}
 			if s.cfg.CapacityAware && p.parents[i].share == 0 && s.overMeteredLimit(par, now) {
 				// Its meter found its uplink below what its children
 				// take at the task's rate (meter.go): the excess

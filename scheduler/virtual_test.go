@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -367,4 +368,58 @@ func TestDecisionCostBoundedInLargeTask(t *testing.T) {
 		}
 	}
 	v.invariants()
+}
+
+// The peer fetching from the origin holds the newest pieces and nobody
+// else does: however slow it looks to its children (here its uplink is
+// split among several of them), the slow-parent rule never takes its last
+// child, or the swarm gets nothing new until every peer gives up on it.
+func TestSlowSourceKeepsOneChild(t *testing.T) {
+	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples, c.MaxChildren = 0.3, 2, 3 })
+	src := v.join("t1", "src")
+	if d := src.decision(); d.GetBackToSource() == nil {
+		t.Fatalf("src: want back to source, got %v", d)
+	}
+	src.meta(16<<20, 256<<10)
+	kids := []*vpeer{v.join("t1", "b"), v.join("t1", "c"), v.join("t1", "e")}
+	for _, k := range kids {
+		if got := k.parents(); !slices.Equal(got, []string{"src"}) {
+			t.Fatalf("%s parents %v, want [src]", k.id, got)
+		}
+	}
+	const piece = 256 << 10
+	fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)
+	for n := range uint32(3) {
+		src.pieces(originPiece(n))
+		for _, k := range kids {
+			k.pieces(&schedulerv1.PieceResult{Number: n, ParentId: "src", Length: piece, CostNs: slow})
+		}
+	}
+	grand := map[*vpeer]string{}
+	for _, id := range []string{"b2", "c2", "e2"} {
+		g := v.join("t1", id)
+		par := g.parents()
+		if len(par) != 1 || par[0] == "src" {
+			t.Fatalf("%s parents %v, want one of src's children", id, par)
+		}
+		grand[g] = par[0]
+	}
+	for n := range uint32(3) {
+		for g, par := range grand {
+			g.pieces(&schedulerv1.PieceResult{Number: n, ParentId: par, Length: piece, CostNs: fast})
+		}
+	}
+	v.advance(time.Second)
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	p := v.s.tasks[tid("t1")].peers["src"]
+	if p.state != stateBackToSource {
+		t.Fatalf("src in state %v", p.state)
+	}
+	if n := unpacedChildren(p); n != 1 {
+		t.Fatalf("the only source keeps %d children, want 1 (the others moved as slow)", n)
+	}
+	if n := testutil.ToFloat64(v.s.m.slowParents); n != 2 {
+		t.Fatalf("%v children moved off the slow source, want 2", n)
+	}
 }
