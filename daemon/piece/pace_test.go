@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // recorder keeps the connections a listener accepted, in order.
@@ -109,4 +111,22 @@ func TestUploadsPacedToBudget(t *testing.T) {
 	if got := pacing(3); got != uint64(^uint32(0)) {
 		t.Fatalf("with no budget paced at %d B/s, want unlimited", got)
 	}
+}
+
+// pacingOf reads a connection's pacing rate (tests).
+func pacingOf(tc *net.TCPConn) (uint64, error) {
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var v uint64
+	var gerr error
+	if err := rc.Control(func(fd uintptr) {
+		var n int
+		n, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE)
+		v = uint64(uint32(n))
+	}); err != nil {
+		return 0, err
+	}
+	return v, gerr
 }
