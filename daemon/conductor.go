@@ -204,11 +204,9 @@ func (c *conductor) run(ctx context.Context) {
 		c.fromCache.Store(true)
 		c.finish(nil)
 	} else {
-		c.d.metrics.activeTasks.Inc()
 		c.d.inflight.Add(1)
 		err := c.download(ctx)
 		c.d.inflight.Add(-1)
-		c.d.metrics.activeTasks.Dec()
 		if err != nil {
 			c.log.Warn("download failed", "err", err)
 		} else {

@@ -50,7 +50,8 @@ type Daemon struct {
 	pieces  *piece.Client
 	pm      *piece.Metrics
 	dl, ul  *rate.Limiter
-	// inflight counts downloads in progress (upload pacing).
+	// inflight counts downloads in progress (upload pacing, and the
+	// active-tasks gauge).
 	inflight atomic.Int64
 
 	scheds schedSet
@@ -107,7 +108,7 @@ func (d *Daemon) setTaskKey(id string, key []byte) {
 
 type metrics struct {
 	downloads   *prometheus.CounterVec
-	activeTasks prometheus.Gauge
+	activeTasks prometheus.GaugeFunc // reads Daemon.inflight
 	originBytes prometheus.Counter
 	cacheBytes  prometheus.Counter
 	backSource  *prometheus.CounterVec
@@ -179,8 +180,9 @@ func NewWithMetrics(cfg Config, log *slog.Logger, reg prometheus.Registerer, gat
 			Name: "damselfly_daemon_downloads_total",
 			Help: "Finished downloads by outcome (success, failure), failure reason (empty on success) and where most bytes came from (peer, origin, cache; none for a failure before any byte)."},
 			[]string{"outcome", "reason", "source"}),
-		activeTasks: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "damselfly_daemon_active_tasks", Help: "Tasks being downloaded."}),
+		activeTasks: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "damselfly_daemon_active_tasks", Help: "Tasks being downloaded."},
+			func() float64 { return float64(d.inflight.Load()) }),
 		originBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "damselfly_daemon_origin_bytes_total", Help: "Bytes fetched from origins."}),
 		cacheBytes: prometheus.NewCounter(prometheus.CounterOpts{
@@ -379,10 +381,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return obs.ServeGRPC(gctx, peerSrv, peerLis, 2*time.Second) })
 	g.Go(func() error { return obs.ServeGRPC(gctx, apiSrv, sockLis, 2*time.Second) })
-	if up, down := d.cfg.DeclaredCapacity(); core.UsableUplink(up, down) < up {
+	if usable := core.UsableUplink(up, down); usable < up {
 		// Much slower up than down: uploads are paced to leave room for
 		// the download's ACKs while this host downloads.
-		usable := core.UsableUplink(up, down)
 		upSrv.SetPacing(func() int64 {
 			if d.inflight.Load() > 0 {
 				return usable
