@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -18,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -166,14 +168,16 @@ type schedulerProc struct {
 
 func startScheduler(t testing.TB, extra ...string) *schedulerProc {
 	t.Helper()
-	port, mport := freePort(t), freePort(t)
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	args := append([]string{"scheduler", "--listen", addr, "--metrics-port", strconv.Itoa(mport)}, extra...)
-	args = append(args, tlsArgs(t, "scheduler", "scheduler-"+strconv.Itoa(port), extra)...)
-	p := start(t, "scheduler", args...)
-	s := &schedulerProc{proc: p, addr: addr, metrics: "http://127.0.0.1:" + strconv.Itoa(mport), args: args}
-	waitHTTP(t, s.metrics+"/healthy", p)
-	return s
+	var addr, metrics string
+	p, args, _ := startHealthy(t, "scheduler", func() ([]string, string) {
+		port, mport := freePort(t), freePort(t)
+		addr = "127.0.0.1:" + strconv.Itoa(port)
+		metrics = "http://127.0.0.1:" + strconv.Itoa(mport)
+		args := append([]string{"scheduler", "--listen", addr, "--metrics-port", strconv.Itoa(mport)}, extra...)
+		args = append(args, tlsArgs(t, "scheduler", "scheduler-"+strconv.Itoa(port), extra)...)
+		return args, metrics + "/healthy"
+	})
+	return &schedulerProc{proc: p, addr: addr, metrics: metrics, args: args}
 }
 
 // restart stops the scheduler (SIGTERM) and starts it again on the same
@@ -207,21 +211,24 @@ func startDaemon(t testing.TB, o daemonOpts) *daemonProc {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	mport := freePort(t)
 	sock := filepath.Join(dir, "daemon.sock")
-	args := []string{"daemon", "--scheduler", o.scheduler, "--data-dir", filepath.Join(dir, "cache"),
-		"--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1", "--peer-port", "0", "--upload-port", "0", "--proxy-port", "0",
-		"--metrics-port", strconv.Itoa(mport), "--sock", sock, "--hostname", o.name}
-	role := "peer"
-	if o.seed {
-		args = append(args, "--seed")
-		role = "seed"
-	}
-	args = append(args, o.extra...)
-	args = append(args, tlsArgs(t, role, o.name+"-"+strconv.Itoa(mport), o.extra)...)
-	d := &daemonProc{sock: sock, dataDir: dir, metrics: "http://127.0.0.1:" + strconv.Itoa(mport), args: args}
-	d.proc = start(t, o.name, args...)
-	waitHTTP(t, d.metrics+"/healthy", d.proc)
+	var metrics string
+	p, args, _ := startHealthy(t, o.name, func() ([]string, string) {
+		mport := freePort(t)
+		metrics = "http://127.0.0.1:" + strconv.Itoa(mport)
+		args := []string{"daemon", "--scheduler", o.scheduler, "--data-dir", filepath.Join(dir, "cache"),
+			"--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1", "--peer-port", "0", "--upload-port", "0", "--proxy-port", "0",
+			"--metrics-port", strconv.Itoa(mport), "--sock", sock, "--hostname", o.name}
+		role := "peer"
+		if o.seed {
+			args = append(args, "--seed")
+			role = "seed"
+		}
+		args = append(args, o.extra...)
+		args = append(args, tlsArgs(t, role, o.name+"-"+strconv.Itoa(mport), o.extra)...)
+		return args, metrics + "/healthy"
+	})
+	d := &daemonProc{proc: p, sock: sock, dataDir: dir, metrics: metrics, args: args}
 	waitSock(t, sock, d.proc)
 	return d
 }
@@ -236,24 +243,59 @@ func (d *daemonProc) restart(t testing.TB) {
 
 func waitHTTP(t testing.TB, url string, p *proc) {
 	t.Helper()
+	if err := waitHealthy(url, p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// errPortTaken: a server exited at start because a port freePort found
+// free was taken before it bound it (by another test's server, or as some
+// socket's ephemeral port).
+var errPortTaken = errors.New("port taken")
+
+// waitHealthy waits up to 20 s for url to answer 200 while p runs.
+func waitHealthy(url string, p *proc) error {
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
 		case <-p.done:
 			b, _ := os.ReadFile(p.log)
-			t.Fatalf("%s exited during start:\n%s", p.name, b)
+			if strings.Contains(string(b), "address already in use") {
+				return fmt.Errorf("%s exited during start (%w):\n%s", p.name, errPortTaken, b)
+			}
+			return fmt.Errorf("%s exited during start:\n%s", p.name, b)
 		default:
 		}
 		resp, err := http.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return
+				return nil
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("%s: %s not healthy after 20s", p.name, url)
+	return fmt.Errorf("%s: %s not healthy after 20s", p.name, url)
+}
+
+// startHealthy starts a server on ports from freePort (mk picks them and
+// returns the arguments and the health URL) and waits until it is
+// healthy; one that lost a port to the race between freePort and its bind
+// is started again on fresh ports, up to three times.
+func startHealthy(t testing.TB, name string, mk func() (args []string, url string)) (*proc, []string, string) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		args, url := mk()
+		p := start(t, name, args...)
+		err := waitHealthy(url, p)
+		if err == nil {
+			return p, args, url
+		}
+		if attempt == 3 || !errors.Is(err, errPortTaken) {
+			t.Fatal(err)
+		}
+		t.Logf("%s: a port was taken before it bound it; starting it again on others", name)
+	}
 }
 
 func waitSock(t testing.TB, sock string, p *proc) {
