@@ -38,6 +38,9 @@ type Core struct {
 
 	parents map[string]*parent
 	order   []*parent // parents in arrival order: decisions never depend on map order
+	// orphans: parents the scheduler replaced that still have requests in
+	// flight (pick.go, rescue).
+	orphans []*parent
 	bad     map[string]bool
 	reqs    map[uint32][]*request // requests in flight by piece
 	nreq    int
@@ -681,6 +684,8 @@ func (c *Core) removeParent(p *parent, cancel bool) {
 			c.emit(ActCancel{Parent: p.ID, Piece: r.piece, Req: r.id})
 			c.endRequest(r)
 		}
+	} else if len(p.inflight) > 0 {
+		c.orphans = append(c.orphans, p)
 	}
 }
 

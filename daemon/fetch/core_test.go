@@ -914,3 +914,63 @@ func TestRelayLosingPiecesUpstreamIsKept(t *testing.T) {
 		t.Fatalf("a whole piece lost: reschedules %+v", rs)
 	}
 }
+
+// A parent the scheduler replaced keeps its requests in flight, but the
+// pieces a slow one still owes are asked of the new parent too: they are
+// the oldest this peer lacks, and a relay's own children wait on them.
+func TestReplacedSlowParentsPiecesRescued(t *testing.T) {
+	// "slow" takes 2 s a piece, "fast" 10 ms.
+	c, w := startWith(t, Config{PerParentRequests: 4}, 16, map[string]float64{"slow": ps / 2, "fast": 100 * ps}, Parent{ID: "slow"})
+	for !w.done && w.from["slow"] == 0 {
+		w.run1()
+	}
+	owed := c.InFlight("slow")
+	if len(owed) != 4 {
+		t.Fatalf("%d requests at the slow parent after its first piece, want 4", len(owed))
+	}
+	replaced := w.now
+	w.step(EvParents{Parents: []Parent{{ID: "fast"}}})
+	w.step(EvParentPieces{Parent: "fast", Pieces: pieces(16)})
+	// Once the new parent's first piece shows its rate, what the slow one
+	// owes is asked of it too, first as its requests end.
+	for w.from["fast"] < 4 {
+		w.run1()
+	}
+	for _, n := range owed {
+		if !c.isHeld(n) && len(c.reqs[n]) == 1 && c.reqs[n][0].p.ID == "slow" {
+			t.Fatalf("piece %d still owed by the replaced slow parent only, after 4 pieces from the new one", n)
+		}
+	}
+	w.run(1000)
+	if took := w.now.Sub(replaced); took > time.Second {
+		t.Fatalf("done %v after the replacement: the replaced parent's pieces were waited for", took)
+	}
+	if w.from["slow"] != 1 {
+		t.Fatalf("the slow parent delivered %d pieces, want only its first", w.from["slow"])
+	}
+	if c.nreq != 0 || len(c.reqs) != 0 || len(c.orphans) != 0 {
+		t.Fatalf("%d requests, %d orphan parents left", c.nreq, len(c.orphans))
+	}
+}
+
+// A fast parent the scheduler moved away (to balance the tree) finishes
+// what it was asked: nothing is asked twice.
+func TestReplacedFastParentFinishesItsPieces(t *testing.T) {
+	c, w := startWith(t, Config{PerParentRequests: 4}, 16, map[string]float64{"a": 100 * ps, "b": 100 * ps}, Parent{ID: "a"})
+	for !w.done && w.from["a"] == 0 {
+		w.run1()
+	}
+	owed := c.InFlight("a")
+	if len(owed) == 0 {
+		t.Fatal("nothing in flight at the first parent")
+	}
+	w.step(EvParents{Parents: []Parent{{ID: "b"}}})
+	w.step(EvParentPieces{Parent: "b", Pieces: pieces(16)})
+	w.run(1000)
+	if w.dups != 0 {
+		t.Fatalf("%d duplicate requests", w.dups)
+	}
+	if w.from["a"] != 1+len(owed) {
+		t.Fatalf("the first parent delivered %d pieces, want %d", w.from["a"], 1+len(owed))
+	}
+}

@@ -43,6 +43,30 @@ func find[A Action](acts []Action) []A {
 	return out
 }
 
+// run1 advances time to the next completion or core timer and steps it.
+func (n *net) run1() {
+	n.t.Helper()
+	sort.SliceStable(n.pending, func(i, j int) bool { return n.pending[i].end.Before(n.pending[j].end) })
+	dl := n.c.NextDeadline()
+	if len(n.pending) > 0 && (dl.IsZero() || !dl.Before(n.pending[0].end)) {
+		x := n.pending[0]
+		n.pending = n.pending[1:]
+		n.now = x.end
+		if n.rates[x.parent] <= 0 {
+			n.step(EvPieceFailed{Parent: x.parent, Piece: x.piece, Kind: KindTimeout, Req: x.req})
+		} else {
+			n.from[x.parent]++
+			n.step(EvPieceDone{Parent: x.parent, Piece: x.piece, Bytes: x.size, Start: x.start, End: x.end, Req: x.req})
+		}
+		return
+	}
+	if dl.IsZero() {
+		n.t.Fatalf("stuck at %v: nothing pending and no timer", n.now.Sub(t0))
+	}
+	n.now = dl
+	n.step(EvTick{})
+}
+
 // net is a virtual network for a core: each parent serves its requests one
 // after the other at its rate (bytes/s); a parent with rate 0 never
 // answers (stalled). Time advances to the next completion or core timer.
@@ -119,25 +143,7 @@ func (n *net) step(ev Event) []Action {
 func (n *net) run(limit int) {
 	n.t.Helper()
 	for i := 0; i < limit && !n.done && n.failed == nil; i++ {
-		sort.SliceStable(n.pending, func(i, j int) bool { return n.pending[i].end.Before(n.pending[j].end) })
-		dl := n.c.NextDeadline()
-		if len(n.pending) > 0 && (dl.IsZero() || !dl.Before(n.pending[0].end)) {
-			x := n.pending[0]
-			n.pending = n.pending[1:]
-			n.now = x.end
-			if n.rates[x.parent] <= 0 {
-				n.step(EvPieceFailed{Parent: x.parent, Piece: x.piece, Kind: KindTimeout, Req: x.req})
-			} else {
-				n.from[x.parent]++
-				n.step(EvPieceDone{Parent: x.parent, Piece: x.piece, Bytes: x.size, Start: x.start, End: x.end, Req: x.req})
-			}
-			continue
-		}
-		if dl.IsZero() {
-			n.t.Fatalf("stuck at %v: nothing pending and no timer", n.now.Sub(t0))
-		}
-		n.now = dl
-		n.step(EvTick{})
+		n.run1()
 	}
 	if !n.done && n.failed == nil {
 		n.t.Fatalf("not done after %d steps", limit)

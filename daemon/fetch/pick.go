@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"math"
+	"slices"
 	"time"
 
 	"github.com/damselfly-io/damselfly/core"
@@ -18,6 +19,7 @@ func (c *Core) schedule(now time.Time) {
 	}
 	c.ensureNeed()
 	top := c.estimate()
+	c.rescue(now, top)
 	for c.nreq < c.cfg.ConcurrentPieces {
 		n, p := c.pick(now, top)
 		if p == nil {
@@ -243,6 +245,53 @@ func (c *Core) chooseParent(n uint32) *parent {
 		}
 	}
 	return best
+}
+
+// rescue asks the current parents for the pieces still coming from a
+// parent the scheduler replaced. Its requests were left to finish (it is
+// not stalled, and may be fast: the scheduler also moves children to
+// balance a tree), but the scheduler mostly replaces a parent because it
+// is slow, and the pieces it still owes are the oldest this peer lacks:
+// its own children wait on them. In the simulator, a relay whose slow
+// parent was replaced got the four pieces that parent still owed 2.5 s
+// later, and the whole pipeline below it stood still until then. As in the
+// endgame, a piece is asked again (the first copy wins, the other is
+// cancelled) from the measured current parent with room that would bring
+// it soonest, when that parent would deliver it in under half the time it
+// is still expected to take where it is. A new parent is measured by its
+// first piece, so the rescue comes one piece time after the replacement.
+func (c *Core) rescue(now time.Time, top float64) {
+	c.orphans = slices.DeleteFunc(c.orphans, func(p *parent) bool { return len(p.inflight) == 0 })
+	for _, q := range c.orphans {
+		for _, r := range slices.Clone(q.inflight) {
+			if c.nreq >= c.cfg.ConcurrentPieces {
+				return
+			}
+			if len(c.reqs[r.piece]) != 1 {
+				continue // asked twice already
+			}
+			var best *parent
+			bestScore := -1.0
+			for _, p := range c.order {
+				if p.rate.BytesPerSec() <= 0 || !p.offers(r.piece) || !c.room(p, top) || !c.paceReady(p, now) {
+					continue
+				}
+				if s := p.est / float64(len(p.inflight)+1); s > bestScore {
+					best, bestScore = p, s
+				}
+			}
+			if best == nil {
+				continue
+			}
+			left := r.eta().Sub(now)
+			if left < 0 {
+				left = -left // overdue: the estimate was wrong by as much
+			}
+			if left > 2*secs(float64(r.size)*float64(len(best.inflight)+1)/best.est) {
+				c.request(now, r.piece, best)
+			}
+		}
+	}
 }
 
 // endgame finds a piece to request a second time once every missing piece
