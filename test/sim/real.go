@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	mrand "math/rand/v2"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,7 +32,17 @@ func newRealScheduler(env SchedulerEnv) (Scheduler, error) {
 		cfg = *env.Config
 	}
 	rs := &realSched{clock: epoch, ctx: scheduler.InsecureContext(context.Background())}
-	s, err := scheduler.New(cfg, nil, prometheus.NewRegistry(),
+	var log *slog.Logger
+	if os.Getenv("SIM_SCHEDULER_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug,
+			ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+				if a.Key == slog.TimeKey {
+					return slog.Float64("t", rs.clock.Sub(epoch).Seconds())
+				}
+				return a
+			}}))
+	}
+	s, err := scheduler.New(cfg, log, prometheus.NewRegistry(),
 		scheduler.WithClock(func() time.Time { return rs.clock }),
 		scheduler.WithRand(mrand.New(mrand.NewPCG(env.Seed, env.Seed^0x5c4ed))))
 	if err != nil {

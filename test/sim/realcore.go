@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"os"
 	"time"
 
 	schedulerv1 "github.com/damselfly-io/damselfly/api/schedulerv1"
@@ -17,6 +18,8 @@ import (
 // storage take no time here, and a request's Stall is not enforced (the
 // simulated links never stall: a dead parent breaks its connections at
 // once).
+var coreTrace = os.Getenv("SIM_CORE_TRACE")
+
 type realCore struct {
 	p    CoreParams
 	c    *fetch.Core
@@ -86,8 +89,15 @@ func (r *realCore) Handle(now time.Time, ev Event) []Action {
 	case EvOriginDone:
 		evs = append(evs, fetch.EvOriginDone{})
 	}
+	trace := coreTrace != "" && r.p.PeerID == coreTrace
 	for _, e := range evs {
+		if trace {
+			fmt.Fprintf(os.Stderr, "core %.3f ev %T %+v\n", now.Sub(epoch).Seconds(), e, e)
+		}
 		for _, a := range r.c.Step(now, e) {
+			if trace {
+				fmt.Fprintf(os.Stderr, "core %.3f act %T %+v\n", now.Sub(epoch).Seconds(), a, a)
+			}
 			out = append(out, r.action(a, ev)...)
 		}
 	}
