@@ -400,6 +400,8 @@ func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMes
 		c.step(ctx, fetch.EvWait{Reason: x.Wait.GetReason()})
 	case *schedulerv1.SchedulerMessage_Access:
 		c.onAccess(x.Access)
+	case *schedulerv1.SchedulerMessage_UploadBudget:
+		c.d.adviseUploadBudget(x.UploadBudget.GetBps())
 	case *schedulerv1.SchedulerMessage_Fail:
 		c.log.Warn("scheduler gave up on the task", "reason", x.Fail.GetReason())
 		c.step(ctx, fetch.EvFail{Reason: x.Fail.GetReason()})

@@ -53,6 +53,10 @@ type Daemon struct {
 	// inflight counts downloads in progress (upload pacing, and the
 	// active-tasks gauge).
 	inflight atomic.Int64
+	// advisedBudget is the upload budget in bytes/s that a scheduler last
+	// sent this host (schedulerv1.UploadBudget), 0 none; used only when
+	// the host declares no link rates.
+	advisedBudget atomic.Int64
 
 	scheds schedSet
 	// inv announces the complete public tasks of the cache (inventory.go);
@@ -88,6 +92,46 @@ type Daemon struct {
 	// check the piece tokens children present on the upload port.
 	keysMu sync.RWMutex
 	keys   map[string][]byte
+}
+
+// uploadBudget is how the upload server finds its pacing budget (nil: no
+// pacing), and the fixed budget when the host declared its links. Much
+// slower up than down (core.UsableUplink), the declared uplink less what
+// the download's ACKs need, while anything downloads. Nothing declared:
+// the budget a scheduler advised (schedulerv1.UploadBudget), while
+// anything downloads. A symmetric declared host is not paced.
+func (d *Daemon) uploadBudget(up, down int64) (func() int64, int64) {
+	if up > 0 {
+		usable := core.UsableUplink(up, down)
+		if usable >= up {
+			return nil, 0
+		}
+		return func() int64 {
+			if d.inflight.Load() > 0 {
+				return usable
+			}
+			return 0
+		}, usable
+	}
+	return func() int64 {
+		if d.inflight.Load() > 0 {
+			return d.advisedBudget.Load()
+		}
+		return 0
+	}, 0
+}
+
+// adviseUploadBudget takes the upload budget a scheduler measured for this
+// host (bytes/s, 0 withdraws it).
+func (d *Daemon) adviseUploadBudget(bps int64) {
+	bps = max(bps, 0)
+	if old := d.advisedBudget.Swap(bps); old != bps {
+		if bps > 0 {
+			d.log.Info("uploads paced while downloading: the scheduler measured the uplink much slower than the downlink", "paced_bps", bps)
+		} else {
+			d.log.Info("upload pacing withdrawn by the scheduler")
+		}
+	}
 }
 
 // taskKey returns the key a scheduler shared for the private task id.
@@ -381,16 +425,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return obs.ServeGRPC(gctx, peerSrv, peerLis, 2*time.Second) })
 	g.Go(func() error { return obs.ServeGRPC(gctx, apiSrv, sockLis, 2*time.Second) })
-	if usable := core.UsableUplink(up, down); usable < up {
-		// Much slower up than down: uploads are paced to leave room for
-		// the download's ACKs while this host downloads.
-		upSrv.SetPacing(func() int64 {
-			if d.inflight.Load() > 0 {
-				return usable
-			}
-			return 0
-		})
-		d.log.Info("uploads paced while downloading: the uplink is much slower than the downlink", "upload_bps", up, "download_bps", down, "paced_bps", usable)
+	if budget, usable := d.uploadBudget(up, down); budget != nil {
+		upSrv.SetPacing(budget)
+		if usable > 0 {
+			d.log.Info("uploads paced while downloading: the uplink is much slower than the downlink", "upload_bps", up, "download_bps", down, "paced_bps", usable)
+		}
 	}
 	upHTTP := d.cfg.Obs.Server(upSrv.Handler())
 	upHTTP.ConnContext = upSrv.ConnContext

@@ -134,3 +134,50 @@ func TestReconnectDelayJitter(t *testing.T) {
 		t.Fatalf("1000 delays fell in only %d of 50 10-ms buckets: not spread", len(seen))
 	}
 }
+
+// The upload pacing budget: a declared asymmetric host paces at its usable
+// uplink, a declared symmetric one not at all, an undeclared one at what a
+// scheduler advised; each only while something downloads.
+func TestUploadBudget(t *testing.T) {
+	d := &Daemon{cfg: DefaultConfig(), log: slog.New(slog.DiscardHandler)}
+	if f, _ := d.uploadBudget(1000, 1000); f != nil {
+		t.Fatal("a symmetric declared host is paced")
+	}
+	f, usable := d.uploadBudget(312500, 3125000)
+	if f == nil || usable != 250000 {
+		t.Fatalf("2.5/25 Mbit/s declared: pacing %v at %d B/s, want 250000", f != nil, usable)
+	}
+	if got := f(); got != 0 {
+		t.Fatalf("paced at %d with nothing downloading", got)
+	}
+	d.inflight.Add(1)
+	if got := f(); got != 250000 {
+		t.Fatalf("paced at %d while downloading, want 250000", got)
+	}
+	d.adviseUploadBudget(1234) // a declared host keeps its own budget
+	if got := f(); got != 250000 {
+		t.Fatalf("paced at %d after advice, want the declared 250000", got)
+	}
+
+	u, _ := d.uploadBudget(0, 0)
+	if u == nil {
+		t.Fatal("an undeclared host cannot be paced")
+	}
+	d.adviseUploadBudget(0)
+	if got := u(); got != 0 {
+		t.Fatalf("undeclared, no advice: paced at %d", got)
+	}
+	d.adviseUploadBudget(200000)
+	if got := u(); got != 200000 {
+		t.Fatalf("undeclared, advised 200000: paced at %d", got)
+	}
+	d.adviseUploadBudget(-5)
+	if got := u(); got != 0 {
+		t.Fatalf("advice withdrawn (negative): paced at %d", got)
+	}
+	d.adviseUploadBudget(200000)
+	d.inflight.Add(-1)
+	if got := u(); got != 0 {
+		t.Fatalf("nothing downloading: paced at %d", got)
+	}
+}

@@ -210,6 +210,9 @@ func (s *Scheduler) removeLocked(p *peer, now time.Time) {
 	}
 	t := p.task
 	wasFetcher := p.state == stateBackToSource
+	if len(p.host.handover) > 0 {
+		p.host.handover = slices.DeleteFunc(p.host.handover, func(q *peer) bool { return q == p })
+	}
 	s.unwaitLocked(p)
 	s.setState(p, stateLeft)
 	s.updatePoolLocked(p)
@@ -389,6 +392,9 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 			if par := t.peers[id]; par != nil {
 				par.host.successes++
 				par.host.uploadBytes += int64(r.GetLength())
+				if par.host.info.GetSeed() {
+					t.seedSent += int64(r.GetLength())
+				}
 				// A piece over a paced edge went out beside the parent's
 				// main child, sharing its uplink while it lasted: its rate
 				// says nothing of what the host can give one child, and
@@ -476,6 +482,9 @@ func (s *Scheduler) onDoneLocked(p *peer, m *schedulerv1.PeerDone, now time.Time
 	s.unwaitLocked(p)
 	s.dropParentsLocked(p) // a done peer needs no parents: free their slots
 	s.setState(p, stateSucceeded)
+	if len(p.children) > 0 {
+		p.host.handover = append(p.host.handover, p)
+	}
 	s.updatePoolLocked(p)
 	// Like TaskMeta, the length is trusted from a fetcher only.
 	if l := m.GetContentLength(); fetcher && !t.accused(p.host) && l >= 0 && t.contentLength < 0 {

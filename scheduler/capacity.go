@@ -32,6 +32,9 @@ func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
 		return declaredUplink(h)
 	}
 	if c := h.meter.cap; c > 0 {
+		if b := h.meter.budget; b > 0 {
+			return b // what it was told its uploads may take
+		}
 		return c // measured while it was the bottleneck (meter.go)
 	}
 	if now.Before(h.slowUntil) && h.throughput > 0 {
@@ -163,7 +166,8 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 // capacity and target rate it is u/R rounded (a host at a tenth of R gets
 // none, one at ten times R gets ten); otherwise MaxChildren. A seed host
 // whose capacity is unknown serves one child: it often shares its uplink
-// with the origin, which should carry the content about once.
+// with the origin, which should carry the content about once; and no new
+// one once the seed hosts have sent the content once.
 func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 	if r := c.task.rate; r > 0 {
 		if u := s.uplink(c.host, now); u > 0 {
@@ -174,6 +178,15 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 		}
 	}
 	if c.host.info.GetSeed() && s.cfg.CapacityAware {
+		if t := c.task; t.contentLength > 0 && t.seedSent >= t.contentLength {
+			// The seed hosts have sent the content once: the children
+			// they have stay, no new one comes. With the seed peer on
+			// the origin's host (it fetches over loopback and is done in
+			// a second), its holder otherwise took a new child each time
+			// its one child finished, and the origin's uplink carried
+			// the content twice.
+			return unpacedChildren(c)
+		}
 		return 1
 	}
 	if s.cfg.MaxChildren > 0 {

@@ -988,3 +988,42 @@ func TestAsymmetricUplinkLeavesRoomForAcks(t *testing.T) {
 		t.Error("no share booked on a slow host: the test shows nothing")
 	}
 }
+
+// A seed of unknown capacity sends the content once: when its child has
+// got all of it, the seed takes no new child while anyone else can serve
+// (its uplink is often the origin's). Newcomers go to the finished child.
+func TestSeedSendsTheContentOnce(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	seedHost := withHost(&schedulerv1.Host{Id: "host-seed", Hostname: "seed", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002, Seed: true})
+	v.source("t", "seed", seedHost)
+	a := v.join("t", "a")
+	if got := a.parents(); !slices.Equal(got, []string{"seed"}) {
+		t.Fatalf("a's parents %v, want [seed]", got)
+	}
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	sd := tk.peers["seed"]
+	if v.s.childLimit(sd, v.now) != 1 {
+		t.Fatalf("seed of unknown capacity: child limit %d before it sent anything, want 1", v.s.childLimit(sd, v.now))
+	}
+	v.s.mu.Unlock()
+	var rs []*schedulerv1.PieceResult
+	for n := range uint32(4) {
+		r := originPiece(n)
+		r.Digest, r.ParentId = nil, "seed"
+		rs = append(rs, r)
+	}
+	a.pieces(rs...)
+	a.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 4 << 18}}})
+	for _, id := range []string{"b", "c"} {
+		if got := v.join("t", id).parents(); slices.Contains(got, "seed") {
+			t.Fatalf("%s's parents %v: the seed, which sent the content once, took a new child", id, got)
+		}
+	}
+	v.s.mu.Lock()
+	if lim := v.s.childLimit(sd, v.now); lim != 0 {
+		t.Errorf("child limit %d of a seed with no child that sent the content once, want 0", lim)
+	}
+	v.s.mu.Unlock()
+	v.invariants()
+}

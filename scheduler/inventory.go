@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -272,11 +273,51 @@ func (is *InventorySession) addLocked(e *schedulerv1.InventoryEntry, now time.Ti
 		s.restoreTrustLocked(p, now)
 	}
 	s.updatePoolLocked(p)
+	s.handoverLocked(p, now)
 	if len(t.list) <= capacitySmallTask {
 		s.updateRateLocked(t, now)
 	}
 	s.markDirty(t)
 	return ""
+}
+
+// handoverLocked gives holder q the children of its host's peer that just
+// finished the task and is about to leave (its daemon announces the task in
+// its inventory, then closes the download's stream): the same host, the
+// same uplink, and the children were there first. Otherwise a newcomer
+// takes the holder's free slot (a seed of unknown capacity has one), and
+// when the done peer leaves, its child, the head of the pipeline, is
+// rehomed below peers that are behind it and lack the pieces it lacks. On
+// the netns harness that cost every host in the pipeline the 25 s after
+// the seed peer finished. The holder may so serve more children than its
+// limit: those are rehomed as from any crowded parent.
+func (s *Scheduler) handoverLocked(q *peer, now time.Time) {
+	h := q.host
+	for i, d := range h.handover {
+		if d.task != q.task || d == q {
+			continue
+		}
+		h.handover = slices.Delete(h.handover, i, i+1)
+		if d.state != stateSucceeded {
+			return
+		}
+		for _, c := range slices.Clone(d.children) {
+			share := 0.0
+			if j := slices.IndexFunc(c.parents, func(l link) bool { return l.peer == d }); j >= 0 {
+				share = c.parents[j].share
+			}
+			s.removeEdge(d, c)
+			if !s.linkShareLocked(q, c, share) {
+				s.linkShareLocked(d, c, share) // put back: it is rehomed when d leaves
+				continue
+			}
+			s.sendParentsLocked(c, now)
+			if s.debug() {
+				s.log.Debug("child handed over to its parent's holder", "task_id", q.task.id, "peer_id", c.id, "from", d.id, "to", q.id)
+			}
+		}
+		return
+	}
 }
 
 // refuseLocked takes holder p out of its task and tells the host, in a

@@ -433,3 +433,44 @@ func TestBitsetSharedCopyOnWrite(t *testing.T) {
 		t.Fatal("piece 3 was held already")
 	}
 }
+
+// A peer that finished hands its children to the holder its host announces
+// for the task before it leaves: the head of a pipeline stays below the
+// host that holds everything, instead of being rehomed, when the done peer
+// leaves, below peers that are behind it.
+func TestDonePeerHandsChildrenToItsHolder(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	ps := v.chain("t1", "src", "a", "b")
+	n := uint32(chainLength / chainPieceSize)
+	e := &schedulerv1.InventoryEntry{Task: spec("t1"), ContentLength: chainLength, PieceSize: chainPieceSize}
+	var rs []*schedulerv1.PieceResult
+	for i := range n {
+		rs = append(rs, originPiece(i))
+		e.PieceDigests = append(e.PieceDigests, pieceDigest(i))
+	}
+	src := ps["src"]
+	src.pieces(rs...)
+	src.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: chainLength}}})
+	ps["a"].msgs = nil
+	is, err := v.s.OpenInventory(v.ctx, &schedulerv1.InventoryHello{
+		Host:   &schedulerv1.Host{Id: "host-src", Hostname: "src", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002},
+		PeerId: "src-inv"}, func(*schedulerv1.InventoryReply) error { return nil }, v.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := is.Handle(&schedulerv1.InventoryMessage{Msg: &schedulerv1.InventoryMessage_Batch{
+		Batch: &schedulerv1.InventoryBatch{Version: 1, Added: []*schedulerv1.InventoryEntry{e}}}}, v.now); err != nil {
+		t.Fatal(err)
+	}
+	if got := ps["a"].parents(); !slices.Equal(got, []string{"src-inv"}) {
+		t.Fatalf("a's parents %v once src's host holds the task, want [src-inv]", got)
+	}
+	src.leave()
+	if d := ps["a"].decision(); d != nil {
+		t.Fatalf("a was sent %v when the done src left, want nothing: it had moved already", d)
+	}
+	if got := v.children("t1", "src-inv"); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("the holder's children %v, want [a]", got)
+	}
+	v.invariants()
+}

@@ -4,6 +4,9 @@ import (
 	"math"
 	"math/bits"
 	"time"
+
+	schedulerv1 "github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
 )
 
 // Measured link capacity (docs/architecture.md, "Capacity"). A host that
@@ -43,9 +46,12 @@ type linkMeter struct {
 	// childAtLimit: a child of the host sends at its own uplink's limit,
 	// and may have taken less than it could (meterLocked).
 	childAtLimit bool
-	lb           float64 // the most it was seen to send, decaying slowly
-	cap          float64 // its uplink as seen when it was the bottleneck; 0 unknown
-	capAt        time.Time
+	// parentFeed: the most that one of its full-rate parents holding
+	// pieces it lacks could feed it (feedRate), this window; 0 none.
+	parentFeed float64
+	lb         float64 // the most it was seen to send, decaying slowly
+	cap        float64 // its uplink as seen when it was the bottleneck; 0 unknown
+	capAt      time.Time
 	// bound: the window just judged found it the bottleneck, at boundUp
 	// (meterJudgeLocked).
 	bound   bool
@@ -54,6 +60,13 @@ type linkMeter struct {
 	// the meter speaks for this host (the per-piece slow-parent rule
 	// then leaves it alone).
 	judged bool
+	// downMax is the most it was seen to receive, decaying like lb: what
+	// its downlink gives at least.
+	downMax float64
+	// budget: the upload budget advised to a host that declared nothing
+	// and whose measured uplink is much slower than its downlink
+	// (uploadBudget); 0 none. Its shares are booked against it.
+	budget float64
 }
 
 const (
@@ -66,6 +79,13 @@ const (
 	// meterMinWindow: shorter windows (a tick right after another) are
 	// folded into the next.
 	meterMinWindow = 500 * time.Millisecond
+	// meterPacedSeen: a host advised an upload budget that sends at least
+	// this share of it sends at the pace it was told, which says nothing
+	// new of its link.
+	meterPacedSeen = 0.8
+	// budgetResend: an advised budget is sent again when it moved by more
+	// than this fraction.
+	budgetResend = 0.1
 	// meterForget: a measured capacity no window confirmed for this long
 	// is forgotten, so a host measured while something else held it back
 	// (a busy CPU, a burst of other traffic) gets children again and is
@@ -99,6 +119,11 @@ func (s *Scheduler) meterLocked(now time.Time) {
 				}
 			}
 			for _, l := range c.parents {
+				if l.share == 0 && backlog(l.peer, c) {
+					if f := feedRate(l.peer); f > c.host.meter.parentFeed { // (NaN > x is false)
+						c.host.meter.parentFeed = f
+					}
+				}
 				m := &l.peer.host.meter
 				switch {
 				case !backlog(l.peer, c):
@@ -127,8 +152,8 @@ func (s *Scheduler) meterLocked(now time.Time) {
 			continue
 		}
 		for _, c := range t.list {
-			if c.state != stateRunning || len(c.parents) == 0 || !c.host.meter.atLimit() {
-				continue
+			if c.state != stateRunning || len(c.parents) == 0 || !c.host.meter.atLimit() || pacedHost(c.host) {
+				continue // (paced: its acknowledgements pass)
 			}
 			for _, l := range c.parents {
 				l.peer.host.meter.childAtLimit = true
@@ -137,6 +162,63 @@ func (s *Scheduler) meterLocked(now time.Time) {
 	}
 	for _, h := range s.hosts {
 		s.meterJudgeLocked(h, now)
+	}
+	s.sendBudgetsLocked()
+}
+
+// uploadBudget is what h's uploads together should take while it
+// downloads, when the scheduler has to tell it: h declared nothing, and its
+// measured uplink is so much slower than what it was seen to receive that
+// the acknowledgements of its downloads need a share of it
+// (core.UsableUplink). On the netns harness such a host relaying at its
+// full 2.5 Mbit/s uplink received at a sixth of its 25 Mbit/s downlink, and
+// its parents looked slow through it. 0 when no advice is due.
+func uploadBudget(h *host) float64 {
+	m := &h.meter
+	if h.info.GetUploadBps() > 0 || m.cap <= 0 || m.downMax <= 0 {
+		return 0
+	}
+	up := int64(m.cap)
+	if u := core.UsableUplink(up, int64(m.downMax)); u < up {
+		return float64(u)
+	}
+	return 0
+}
+
+// pacedHost reports whether h's daemon paces its uploads below its uplink
+// so that its own downloads keep their acknowledgements: by its declared
+// rates, or by the budget the scheduler advised.
+func pacedHost(h *host) bool {
+	if u := h.info.GetUploadBps(); u > 0 {
+		return declaredUplink(h) < float64(u)
+	}
+	return h.meter.budget > 0
+}
+
+// sendBudgetsLocked tells every downloading peer whose host's advised
+// upload budget changed (by more than budgetResend, or to or from none)
+// the new one; the daemon paces all its uploads by the latest it got.
+func (s *Scheduler) sendBudgetsLocked() {
+	for _, t := range s.taskList {
+		if t.onlyHolders() {
+			continue
+		}
+		for _, c := range t.list {
+			if c.state != stateRunning && c.state != stateBackToSource {
+				continue
+			}
+			b, was := c.host.meter.budget, c.budgetSent
+			if b == was || (b > 0 && was > 0 && math.Abs(b-was) <= budgetResend*was) {
+				continue
+			}
+			c.budgetSent = b
+			s.sendLocked(c, &schedulerv1.SchedulerMessage{Msg: &schedulerv1.SchedulerMessage_UploadBudget{
+				UploadBudget: &schedulerv1.UploadBudget{Bps: int64(b)},
+			}})
+			if s.debug() {
+				s.log.Debug("upload budget", "task_id", t.id, "peer_id", c.id, "host_id", c.host.id, "budget_bps", int64(b), "measured_up_bps", int64(c.host.meter.cap))
+			}
+		}
 	}
 }
 
@@ -167,7 +249,7 @@ func (m *linkMeter) atLimit() bool {
 // last two windows.
 func (s *Scheduler) meterRatesLocked(h *host, now time.Time) {
 	m := &h.meter
-	m.demand, m.keepsUp, m.childAtLimit, m.closing = 0, false, false, false
+	m.demand, m.keepsUp, m.childAtLimit, m.closing, m.parentFeed = 0, false, false, false, 0
 	if m.at.IsZero() {
 		m.at, m.up, m.down, m.edges = now, h.uploadBytes, h.downloadBytes, h.edges
 		return
@@ -230,13 +312,28 @@ func (s *Scheduler) meterJudgeLocked(h *host, now time.Time) {
 	}
 	if m.prevDt > 0 {
 		m.lb = max(m.upRate, m.lb*meterDecay)
+		m.downMax = max(m.downRate, m.downMax*meterDecay)
 		stable, bound, clear := m.verdict()
+		if bound && !clear && m.upRate < meterBound/2*m.parentFeed {
+			// Its children wait on it, and it also receives far less than
+			// a parent of its holds for it: its uplink holds back both
+			// (the acknowledgements of its download queue behind its
+			// uploads) or its downlink is slow too. Either way it is
+			// the bottleneck, and its demand, counted from what it
+			// receives, understates by how much. Judged at once.
+			clear = true
+		}
 		if m.childAtLimit {
 			bound, clear = false, false // a child held back at its own end
 		} else if stable && (m.keepsUp || m.demand > 0) {
 			m.judged = true // (keepsUp: a child keeps up with it, so it is no bottleneck)
 		}
 		switch {
+		case m.budget > 0 && bound && m.upRate >= meterPacedSeen*m.budget:
+			// Held to the budget it was advised: its uplink is as
+			// measured (taking this window's rate would lower the
+			// capacity, then the budget, at every window).
+			m.capAt = now
 		case clear || (bound && m.bound):
 			// Far below, or twice in a row: one window can catch a
 			// transient (a new child's connection, a busy CPU), which
@@ -258,6 +355,7 @@ func (s *Scheduler) meterJudgeLocked(h *host, now time.Time) {
 			m.cap = 0
 		}
 		m.bound, m.boundUp = bound, m.upRate
+		m.budget = uploadBudget(h)
 	}
 	m.prevUp, m.prevDown, m.prevDt, m.prevStable = m.curUp, m.curDown, m.curDt, m.curStable
 }
@@ -267,6 +365,9 @@ func (s *Scheduler) meterJudgeLocked(h *host, now time.Time) {
 func knownUp(h *host) float64 {
 	if h.info.GetUploadBps() > 0 {
 		return declaredUplink(h)
+	}
+	if h.meter.budget > 0 {
+		return h.meter.budget
 	}
 	return h.meter.cap
 }

@@ -1,11 +1,13 @@
 package scheduler
 
 import (
+	"math"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
+	"github.com/damselfly-io/damselfly/core"
 )
 
 // meterPiece is the piece size of the meter tests (chainPieceSize).
@@ -124,16 +126,156 @@ func TestMeterSkipsParentOfChildAtItsLimit(t *testing.T) {
 	ps := v.chain("t1", ids...)
 	rates := map[string]int{"a": 8, "b": 2, "c": 1}
 	next := map[string]uint32{}
+	a, b := v.s.hosts["host-a"], v.s.hosts["host-b"]
+	// Until b is measured (and moved to a leaf: the fixed rates fed here
+	// say nothing of the pipeline after that).
+	for range 6 {
+		feed(ps, ids, rates, int64(100*time.Millisecond), next)
+		v.advance(time.Second)
+		if a.meter.cap != 0 {
+			t.Fatalf("a was measured at %.0f B/s through b, which was at its own limit", a.meter.cap)
+		}
+		if b.meter.cap != 0 {
+			break
+		}
+	}
+	if b.meter.cap == 0 {
+		t.Fatalf("b, which gave c an eighth of what it could take, was not measured")
+	}
+	v.invariants()
+}
+
+// A host that declared nothing and whose uplink the meter found far
+// slower than what it receives is told an upload budget: its uplink less
+// what the acknowledgements of its downloads need (core.UsableUplink).
+// Here b receives 16 pieces a second and passes one on.
+func TestMeasuredSlowUplinkGetsUploadBudget(t *testing.T) {
+	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio = 0 })
+	ids := []string{"src", "a", "b", "c"}
+	ps := v.chain("t1", ids...)
+	rates := map[string]int{"a": 16, "b": 16, "c": 1}
+	next := map[string]uint32{}
+	var got *schedulerv1.UploadBudget
+	for range 6 {
+		feed(ps, ids, rates, int64(50*time.Millisecond), next)
+		v.advance(time.Second)
+		for _, m := range ps["b"].msgs {
+			if m.GetUploadBudget() != nil {
+				got = m.GetUploadBudget()
+			}
+		}
+		if got != nil {
+			break
+		}
+	}
+	b := v.s.hosts["host-b"]
+	if got == nil {
+		t.Fatalf("no upload budget sent to b (measured uplink %.0f B/s, seen receiving %.0f B/s)", b.meter.cap, b.meter.downMax)
+	}
+	want := core.UsableUplink(int64(b.meter.cap), int64(b.meter.downMax))
+	if got.GetBps() <= 0 || float64(got.GetBps()) >= b.meter.cap || math.Abs(float64(got.GetBps()-want)) > 0.1*float64(want) {
+		t.Fatalf("budget %d B/s for a measured uplink of %.0f B/s receiving %.0f B/s, want about %d", got.GetBps(), b.meter.cap, b.meter.downMax, want)
+	}
+	// Fast hosts get none.
+	for _, id := range []string{"a", "c"} {
+		for _, m := range ps[id].msgs {
+			if m.GetUploadBudget() != nil {
+				t.Errorf("%s was sent an upload budget %d", id, m.GetUploadBudget().GetBps())
+			}
+		}
+	}
+}
+
+// A host sending at the budget it was told is held back by that budget,
+// not by its link: the meter keeps its measured uplink (taking the paced
+// rate as the new capacity would lower the budget at every window, down to
+// a quarter of the uplink).
+func TestPacedHostKeepsItsMeasuredUplink(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	h := &host{id: "h", info: &schedulerv1.Host{Id: "h"}}
+	m := &h.meter
+	const up, down = 262144.0, 4 << 20
+	m.cap, m.capAt, m.lb, m.downMax = up, v.now, up, down
+	m.budget = uploadBudget(h)
+	if m.budget <= 0 || m.budget >= up {
+		t.Fatalf("budget %.0f for an uplink of %.0f receiving %d", m.budget, up, down)
+	}
+	first := m.budget
+	for i := range 40 {
+		// A window in which h had stable children that could take a
+		// megabyte a second and sent at its budget.
+		now := v.now.Add(time.Duration(i+1) * time.Second)
+		m.closing, m.prevDt, m.curDt, m.prevStable, m.curStable = true, 1, 1, true, true
+		m.upRate, m.downRate, m.demand, m.keepsUp = m.budget, down, 1<<20, false
+		v.s.meterJudgeLocked(h, now)
+	}
+	if m.cap < 0.95*up || m.budget < 0.95*first {
+		t.Fatalf("after 40 s at its budget: measured uplink %.0f (was %.0f), budget %.0f (was %.0f)", m.cap, up, m.budget, first)
+	}
+}
+
+// A child that paces its uploads (here by its declared rates, 2.5 Mbit/s
+// up and 25 down) keeps room for its acknowledgements, so unlike an
+// unpaced one at its limit (TestMeterSkipsParentOfChildAtItsLimit) it
+// does not shield its parent: a, which gives b 2 of the 16 pieces a second
+// it holds for it, is measured.
+func TestPacedChildDoesNotShieldItsParent(t *testing.T) {
+	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio = 0 })
+	ids := []string{"src", "a", "b", "c"}
+	ps := map[string]*vpeer{}
+	src := v.join("t1", "src")
+	src.decision()
+	src.meta(chainLength, chainPieceSize)
+	ps["src"] = src
+	for i, id := range ids[1:] {
+		var opts []regOpt
+		if id == "b" {
+			opts = append(opts, capHost2("b", 2.5, 25))
+		}
+		p := v.join("t1", id, opts...)
+		if got := p.parents(); !slices.Equal(got, []string{ids[i]}) {
+			t.Fatalf("%s parents %v, want [%s]", id, got, ids[i])
+		}
+		ps[id] = p
+	}
+	rates := map[string]int{"a": 16, "b": 2, "c": 1}
+	next := map[string]uint32{}
 	for range 6 {
 		feed(ps, ids, rates, int64(100*time.Millisecond), next)
 		v.advance(time.Second)
 	}
-	a, b := v.s.hosts["host-a"], v.s.hosts["host-b"]
-	if b.meter.cap == 0 {
-		t.Fatalf("b, which gave c an eighth of what it could take, was not measured")
-	}
-	if a.meter.cap != 0 {
-		t.Errorf("a was measured at %.0f B/s through b, which was at its own limit", a.meter.cap)
+	if a := v.s.hosts["host-a"]; a.meter.cap == 0 {
+		t.Fatalf("a, which gave its paced child an eighth of what it could take, was not measured")
 	}
 	v.invariants()
+}
+
+// A relay that passes on half of what it receives is only suspect (one
+// window can catch a transient), and is measured after a second such
+// window. One that also receives far less than its parent holds for it is
+// judged at once: its uplink holds back its own download too (on real
+// links its acknowledgements queue behind its uploads), so its demand,
+// counted from what it receives, understates how far below it is.
+func TestStarvedSlowRelayJudgedAtOnce(t *testing.T) {
+	ticks := func(aRate int) int {
+		v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio = 0 })
+		ids := []string{"src", "a", "b", "c"}
+		ps := v.chain("t1", ids...)
+		rates := map[string]int{"a": aRate, "b": 2, "c": 1}
+		next := map[string]uint32{}
+		b := v.s.hosts["host-b"]
+		for i := range 8 {
+			feed(ps, ids, rates, int64(100*time.Millisecond), next)
+			v.advance(time.Second)
+			if b.meter.cap != 0 {
+				return i + 1
+			}
+		}
+		t.Fatalf("a feeding %d pieces a second: b, passing on half of its 2, not measured in 8 s", aRate)
+		return 0
+	}
+	starved, fed := ticks(16), ticks(2)
+	if starved >= fed {
+		t.Fatalf("b measured after %d s while a held 8 times what b got, %d s while a had only what b got: want sooner", starved, fed)
+	}
 }

@@ -132,7 +132,10 @@ type peer struct {
 	// this peer: its unpaced children were assumed to get that.
 	bookFluid float64
 	pacedTry  time.Time // when pacedRehomeLocked last tried to move it
-	dropping  bool      // queued for removal after a send overflow
+	// budgetSent: the upload budget last sent to this peer's daemon
+	// (meter.go, sendBudgetsLocked), bytes/s; 0 none.
+	budgetSent float64
+	dropping   bool // queued for removal after a send overflow
 
 	// priority is the download's Dragonfly level (dfget --priority).
 	priority schedulerv1.Priority
@@ -170,6 +173,10 @@ type host struct {
 	// peers: the link meter judges only windows in which none moved.
 	edges uint64
 	meter linkMeter // measured link rates (meter.go)
+	// handover: this host's peers that finished with children still
+	// attached, until they leave; the holder that replaces such a peer
+	// takes its children (inventory.go, handoverLocked).
+	handover []*peer
 }
 
 // throughputAlpha is the EWMA weight of a new throughput sample.
@@ -205,8 +212,11 @@ type task struct {
 	spec          *schedulerv1.TaskSpec // with headers: memory only, never logged
 	contentLength int64                 // -1 while unknown
 	pieceSize     uint32
-	digests       map[uint32][]byte // trusted: from peers fetching from the origin only
-	digestHost    map[uint32]string // the host each trusted digest came from
+	// seedSent: piece bytes that children got from peers on seed hosts
+	// (childLimit: a seed of unknown capacity sends the content once).
+	seedSent   int64
+	digests    map[uint32][]byte // trusted: from peers fetching from the origin only
+	digestHost map[uint32]string // the host each trusted digest came from
 	// suspect: the digests a peer's whole-content check accused, under check
 	// (see onContentCorruptLocked); nil when none is.
 	suspect *suspicion

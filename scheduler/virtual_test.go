@@ -88,7 +88,7 @@ func (v *vsched) join(task, id string, opts ...regOpt) *vpeer {
 func (p *vpeer) decision() *schedulerv1.SchedulerMessage {
 	var d *schedulerv1.SchedulerMessage
 	for _, m := range p.msgs {
-		if m.GetTaskInfo() == nil && m.GetAccess() == nil {
+		if m.GetTaskInfo() == nil && m.GetAccess() == nil && m.GetUploadBudget() == nil {
 			d = m
 		}
 	}

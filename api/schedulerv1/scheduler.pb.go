@@ -1512,6 +1512,7 @@ type SchedulerMessage struct {
 	//	*SchedulerMessage_TaskInfo
 	//	*SchedulerMessage_Fail
 	//	*SchedulerMessage_Access
+	//	*SchedulerMessage_UploadBudget
 	Msg           isSchedulerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1608,6 +1609,15 @@ func (x *SchedulerMessage) GetAccess() *PieceAccess {
 	return nil
 }
 
+func (x *SchedulerMessage) GetUploadBudget() *UploadBudget {
+	if x != nil {
+		if x, ok := x.Msg.(*SchedulerMessage_UploadBudget); ok {
+			return x.UploadBudget
+		}
+	}
+	return nil
+}
+
 type isSchedulerMessage_Msg interface {
 	isSchedulerMessage_Msg()
 }
@@ -1636,6 +1646,10 @@ type SchedulerMessage_Access struct {
 	Access *PieceAccess `protobuf:"bytes,6,opt,name=access,proto3,oneof"`
 }
 
+type SchedulerMessage_UploadBudget struct {
+	UploadBudget *UploadBudget `protobuf:"bytes,7,opt,name=upload_budget,json=uploadBudget,proto3,oneof"`
+}
+
 func (*SchedulerMessage_Parents) isSchedulerMessage_Msg() {}
 
 func (*SchedulerMessage_BackToSource) isSchedulerMessage_Msg() {}
@@ -1648,6 +1662,58 @@ func (*SchedulerMessage_Fail) isSchedulerMessage_Msg() {}
 
 func (*SchedulerMessage_Access) isSchedulerMessage_Msg() {}
 
+func (*SchedulerMessage_UploadBudget) isSchedulerMessage_Msg() {}
+
+// UploadBudget is sent to a host that declared no link rates when the
+// scheduler has measured its uplink to be much slower than its downlink:
+// the host's uploads together should take no more than bps while it
+// downloads, so that the acknowledgements of its own downloads are not
+// queued behind them. 0 withdraws the advice. Daemons that declare their
+// rates pace by those instead.
+type UploadBudget struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bps           int64                  `protobuf:"varint,1,opt,name=bps,proto3" json:"bps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadBudget) Reset() {
+	*x = UploadBudget{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadBudget) ProtoMessage() {}
+
+func (x *UploadBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadBudget.ProtoReflect.Descriptor instead.
+func (*UploadBudget) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *UploadBudget) GetBps() int64 {
+	if x != nil {
+		return x.Bps
+	}
+	return 0
+}
+
 type SeedTasksRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Host          *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
@@ -1657,7 +1723,7 @@ type SeedTasksRequest struct {
 
 func (x *SeedTasksRequest) Reset() {
 	*x = SeedTasksRequest{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[21]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1735,7 @@ func (x *SeedTasksRequest) String() string {
 func (*SeedTasksRequest) ProtoMessage() {}
 
 func (x *SeedTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[21]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1748,7 @@ func (x *SeedTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedTasksRequest.ProtoReflect.Descriptor instead.
 func (*SeedTasksRequest) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SeedTasksRequest) GetHost() *Host {
@@ -1701,7 +1767,7 @@ type SeedTask struct {
 
 func (x *SeedTask) Reset() {
 	*x = SeedTask{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[22]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1779,7 @@ func (x *SeedTask) String() string {
 func (*SeedTask) ProtoMessage() {}
 
 func (x *SeedTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[22]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1792,7 @@ func (x *SeedTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedTask.ProtoReflect.Descriptor instead.
 func (*SeedTask) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SeedTask) GetTask() *TaskSpec {
@@ -1750,7 +1816,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[23]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +1828,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[23]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +1841,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListTasksRequest) GetUrlContains() string {
@@ -1821,7 +1887,7 @@ type TaskSummary struct {
 
 func (x *TaskSummary) Reset() {
 	*x = TaskSummary{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[24]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1899,7 @@ func (x *TaskSummary) String() string {
 func (*TaskSummary) ProtoMessage() {}
 
 func (x *TaskSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[24]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1912,7 @@ func (x *TaskSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSummary.ProtoReflect.Descriptor instead.
 func (*TaskSummary) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TaskSummary) GetTaskId() string {
@@ -1928,7 +1994,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[25]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2006,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[25]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2019,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListTasksResponse) GetTasks() []*TaskSummary {
@@ -1972,7 +2038,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[26]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2050,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[26]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2063,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetTaskRequest) GetTaskId() string {
@@ -2029,7 +2095,7 @@ type TaskPeer struct {
 
 func (x *TaskPeer) Reset() {
 	*x = TaskPeer{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[27]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2107,7 @@ func (x *TaskPeer) String() string {
 func (*TaskPeer) ProtoMessage() {}
 
 func (x *TaskPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[27]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2120,7 @@ func (x *TaskPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskPeer.ProtoReflect.Descriptor instead.
 func (*TaskPeer) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TaskPeer) GetPeerId() string {
@@ -2144,7 +2210,7 @@ type TaskDetail struct {
 
 func (x *TaskDetail) Reset() {
 	*x = TaskDetail{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[28]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2222,7 @@ func (x *TaskDetail) String() string {
 func (*TaskDetail) ProtoMessage() {}
 
 func (x *TaskDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[28]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2235,7 @@ func (x *TaskDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskDetail.ProtoReflect.Descriptor instead.
 func (*TaskDetail) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TaskDetail) GetTask() *TaskSummary {
@@ -2194,7 +2260,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[29]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2206,7 +2272,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[29]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2219,7 +2285,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 // HostTraffic is what one host moved since the scheduler started.
@@ -2241,7 +2307,7 @@ type HostTraffic struct {
 
 func (x *HostTraffic) Reset() {
 	*x = HostTraffic{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[30]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2253,7 +2319,7 @@ func (x *HostTraffic) String() string {
 func (*HostTraffic) ProtoMessage() {}
 
 func (x *HostTraffic) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[30]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2266,7 +2332,7 @@ func (x *HostTraffic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostTraffic.ProtoReflect.Descriptor instead.
 func (*HostTraffic) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *HostTraffic) GetHostId() string {
@@ -2347,7 +2413,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[31]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2425,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[31]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2438,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StatsResponse) GetPeerBytes() int64 {
@@ -2486,7 +2552,7 @@ type InventoryHello struct {
 
 func (x *InventoryHello) Reset() {
 	*x = InventoryHello{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[32]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2498,7 +2564,7 @@ func (x *InventoryHello) String() string {
 func (*InventoryHello) ProtoMessage() {}
 
 func (x *InventoryHello) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[32]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2511,7 +2577,7 @@ func (x *InventoryHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryHello.ProtoReflect.Descriptor instead.
 func (*InventoryHello) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *InventoryHello) GetHost() *Host {
@@ -2545,7 +2611,7 @@ type InventoryEntry struct {
 
 func (x *InventoryEntry) Reset() {
 	*x = InventoryEntry{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[33]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2557,7 +2623,7 @@ func (x *InventoryEntry) String() string {
 func (*InventoryEntry) ProtoMessage() {}
 
 func (x *InventoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[33]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2570,7 +2636,7 @@ func (x *InventoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryEntry.ProtoReflect.Descriptor instead.
 func (*InventoryEntry) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *InventoryEntry) GetTask() *TaskSpec {
@@ -2615,7 +2681,7 @@ type InventoryBatch struct {
 
 func (x *InventoryBatch) Reset() {
 	*x = InventoryBatch{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[34]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +2693,7 @@ func (x *InventoryBatch) String() string {
 func (*InventoryBatch) ProtoMessage() {}
 
 func (x *InventoryBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[34]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +2706,7 @@ func (x *InventoryBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryBatch.ProtoReflect.Descriptor instead.
 func (*InventoryBatch) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *InventoryBatch) GetVersion() uint64 {
@@ -2677,7 +2743,7 @@ type InventoryMessage struct {
 
 func (x *InventoryMessage) Reset() {
 	*x = InventoryMessage{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[35]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2689,7 +2755,7 @@ func (x *InventoryMessage) String() string {
 func (*InventoryMessage) ProtoMessage() {}
 
 func (x *InventoryMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[35]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2702,7 +2768,7 @@ func (x *InventoryMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryMessage.ProtoReflect.Descriptor instead.
 func (*InventoryMessage) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{35}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *InventoryMessage) GetMsg() isInventoryMessage_Msg {
@@ -2758,7 +2824,7 @@ type InventoryRefused struct {
 
 func (x *InventoryRefused) Reset() {
 	*x = InventoryRefused{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[36]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2770,7 +2836,7 @@ func (x *InventoryRefused) String() string {
 func (*InventoryRefused) ProtoMessage() {}
 
 func (x *InventoryRefused) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[36]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2783,7 +2849,7 @@ func (x *InventoryRefused) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryRefused.ProtoReflect.Descriptor instead.
 func (*InventoryRefused) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{36}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *InventoryRefused) GetTaskId() string {
@@ -2812,7 +2878,7 @@ type InventoryReply struct {
 
 func (x *InventoryReply) Reset() {
 	*x = InventoryReply{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[37]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2824,7 +2890,7 @@ func (x *InventoryReply) String() string {
 func (*InventoryReply) ProtoMessage() {}
 
 func (x *InventoryReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[37]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2837,7 +2903,7 @@ func (x *InventoryReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryReply.ProtoReflect.Descriptor instead.
 func (*InventoryReply) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{37}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *InventoryReply) GetApplied() uint64 {
@@ -2961,15 +3027,18 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\vPieceAccess\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12&\n" +
-	"\x0fexpires_unix_ms\x18\x03 \x01(\x03R\rexpiresUnixMs\"\x8c\x03\n" +
+	"\x0fexpires_unix_ms\x18\x03 \x01(\x03R\rexpiresUnixMs\"\xd9\x03\n" +
 	"\x10SchedulerMessage\x12;\n" +
 	"\aparents\x18\x01 \x01(\v2\x1f.damselfly.scheduler.v1.ParentsH\x00R\aparents\x12L\n" +
 	"\x0eback_to_source\x18\x02 \x01(\v2$.damselfly.scheduler.v1.BackToSourceH\x00R\fbackToSource\x122\n" +
 	"\x04wait\x18\x03 \x01(\v2\x1c.damselfly.scheduler.v1.WaitH\x00R\x04wait\x12?\n" +
 	"\ttask_info\x18\x04 \x01(\v2 .damselfly.scheduler.v1.TaskInfoH\x00R\btaskInfo\x122\n" +
 	"\x04fail\x18\x05 \x01(\v2\x1c.damselfly.scheduler.v1.FailH\x00R\x04fail\x12=\n" +
-	"\x06access\x18\x06 \x01(\v2#.damselfly.scheduler.v1.PieceAccessH\x00R\x06accessB\x05\n" +
-	"\x03msg\"D\n" +
+	"\x06access\x18\x06 \x01(\v2#.damselfly.scheduler.v1.PieceAccessH\x00R\x06access\x12K\n" +
+	"\rupload_budget\x18\a \x01(\v2$.damselfly.scheduler.v1.UploadBudgetH\x00R\fuploadBudgetB\x05\n" +
+	"\x03msg\" \n" +
+	"\fUploadBudget\x12\x10\n" +
+	"\x03bps\x18\x01 \x01(\x03R\x03bps\"D\n" +
 	"\x10SeedTasksRequest\x120\n" +
 	"\x04host\x18\x01 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\"@\n" +
 	"\bSeedTask\x124\n" +
@@ -3101,7 +3170,7 @@ func file_api_schedulerv1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_api_schedulerv1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_api_schedulerv1_scheduler_proto_goTypes = []any{
 	(Priority)(0),             // 0: damselfly.scheduler.v1.Priority
 	(*Host)(nil),              // 1: damselfly.scheduler.v1.Host
@@ -3125,27 +3194,28 @@ var file_api_schedulerv1_scheduler_proto_goTypes = []any{
 	(*Fail)(nil),              // 19: damselfly.scheduler.v1.Fail
 	(*PieceAccess)(nil),       // 20: damselfly.scheduler.v1.PieceAccess
 	(*SchedulerMessage)(nil),  // 21: damselfly.scheduler.v1.SchedulerMessage
-	(*SeedTasksRequest)(nil),  // 22: damselfly.scheduler.v1.SeedTasksRequest
-	(*SeedTask)(nil),          // 23: damselfly.scheduler.v1.SeedTask
-	(*ListTasksRequest)(nil),  // 24: damselfly.scheduler.v1.ListTasksRequest
-	(*TaskSummary)(nil),       // 25: damselfly.scheduler.v1.TaskSummary
-	(*ListTasksResponse)(nil), // 26: damselfly.scheduler.v1.ListTasksResponse
-	(*GetTaskRequest)(nil),    // 27: damselfly.scheduler.v1.GetTaskRequest
-	(*TaskPeer)(nil),          // 28: damselfly.scheduler.v1.TaskPeer
-	(*TaskDetail)(nil),        // 29: damselfly.scheduler.v1.TaskDetail
-	(*StatsRequest)(nil),      // 30: damselfly.scheduler.v1.StatsRequest
-	(*HostTraffic)(nil),       // 31: damselfly.scheduler.v1.HostTraffic
-	(*StatsResponse)(nil),     // 32: damselfly.scheduler.v1.StatsResponse
-	(*InventoryHello)(nil),    // 33: damselfly.scheduler.v1.InventoryHello
-	(*InventoryEntry)(nil),    // 34: damselfly.scheduler.v1.InventoryEntry
-	(*InventoryBatch)(nil),    // 35: damselfly.scheduler.v1.InventoryBatch
-	(*InventoryMessage)(nil),  // 36: damselfly.scheduler.v1.InventoryMessage
-	(*InventoryRefused)(nil),  // 37: damselfly.scheduler.v1.InventoryRefused
-	(*InventoryReply)(nil),    // 38: damselfly.scheduler.v1.InventoryReply
-	nil,                       // 39: damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	(*UploadBudget)(nil),      // 22: damselfly.scheduler.v1.UploadBudget
+	(*SeedTasksRequest)(nil),  // 23: damselfly.scheduler.v1.SeedTasksRequest
+	(*SeedTask)(nil),          // 24: damselfly.scheduler.v1.SeedTask
+	(*ListTasksRequest)(nil),  // 25: damselfly.scheduler.v1.ListTasksRequest
+	(*TaskSummary)(nil),       // 26: damselfly.scheduler.v1.TaskSummary
+	(*ListTasksResponse)(nil), // 27: damselfly.scheduler.v1.ListTasksResponse
+	(*GetTaskRequest)(nil),    // 28: damselfly.scheduler.v1.GetTaskRequest
+	(*TaskPeer)(nil),          // 29: damselfly.scheduler.v1.TaskPeer
+	(*TaskDetail)(nil),        // 30: damselfly.scheduler.v1.TaskDetail
+	(*StatsRequest)(nil),      // 31: damselfly.scheduler.v1.StatsRequest
+	(*HostTraffic)(nil),       // 32: damselfly.scheduler.v1.HostTraffic
+	(*StatsResponse)(nil),     // 33: damselfly.scheduler.v1.StatsResponse
+	(*InventoryHello)(nil),    // 34: damselfly.scheduler.v1.InventoryHello
+	(*InventoryEntry)(nil),    // 35: damselfly.scheduler.v1.InventoryEntry
+	(*InventoryBatch)(nil),    // 36: damselfly.scheduler.v1.InventoryBatch
+	(*InventoryMessage)(nil),  // 37: damselfly.scheduler.v1.InventoryMessage
+	(*InventoryRefused)(nil),  // 38: damselfly.scheduler.v1.InventoryRefused
+	(*InventoryReply)(nil),    // 39: damselfly.scheduler.v1.InventoryReply
+	nil,                       // 40: damselfly.scheduler.v1.TaskSpec.HeadersEntry
 }
 var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
-	39, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	40, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
 	1,  // 1: damselfly.scheduler.v1.Register.host:type_name -> damselfly.scheduler.v1.Host
 	2,  // 2: damselfly.scheduler.v1.Register.task:type_name -> damselfly.scheduler.v1.TaskSpec
 	0,  // 3: damselfly.scheduler.v1.Register.priority:type_name -> damselfly.scheduler.v1.Priority
@@ -3167,35 +3237,36 @@ var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
 	18, // 19: damselfly.scheduler.v1.SchedulerMessage.task_info:type_name -> damselfly.scheduler.v1.TaskInfo
 	19, // 20: damselfly.scheduler.v1.SchedulerMessage.fail:type_name -> damselfly.scheduler.v1.Fail
 	20, // 21: damselfly.scheduler.v1.SchedulerMessage.access:type_name -> damselfly.scheduler.v1.PieceAccess
-	1,  // 22: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
-	2,  // 23: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	25, // 24: damselfly.scheduler.v1.ListTasksResponse.tasks:type_name -> damselfly.scheduler.v1.TaskSummary
-	25, // 25: damselfly.scheduler.v1.TaskDetail.task:type_name -> damselfly.scheduler.v1.TaskSummary
-	28, // 26: damselfly.scheduler.v1.TaskDetail.peers:type_name -> damselfly.scheduler.v1.TaskPeer
-	31, // 27: damselfly.scheduler.v1.StatsResponse.host_traffic:type_name -> damselfly.scheduler.v1.HostTraffic
-	1,  // 28: damselfly.scheduler.v1.InventoryHello.host:type_name -> damselfly.scheduler.v1.Host
-	2,  // 29: damselfly.scheduler.v1.InventoryEntry.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	34, // 30: damselfly.scheduler.v1.InventoryBatch.added:type_name -> damselfly.scheduler.v1.InventoryEntry
-	33, // 31: damselfly.scheduler.v1.InventoryMessage.hello:type_name -> damselfly.scheduler.v1.InventoryHello
-	35, // 32: damselfly.scheduler.v1.InventoryMessage.batch:type_name -> damselfly.scheduler.v1.InventoryBatch
-	37, // 33: damselfly.scheduler.v1.InventoryReply.refused:type_name -> damselfly.scheduler.v1.InventoryRefused
-	13, // 34: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
-	22, // 35: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
-	36, // 36: damselfly.scheduler.v1.Scheduler.Inventory:input_type -> damselfly.scheduler.v1.InventoryMessage
-	24, // 37: damselfly.scheduler.v1.Scheduler.ListTasks:input_type -> damselfly.scheduler.v1.ListTasksRequest
-	27, // 38: damselfly.scheduler.v1.Scheduler.GetTask:input_type -> damselfly.scheduler.v1.GetTaskRequest
-	30, // 39: damselfly.scheduler.v1.Scheduler.Stats:input_type -> damselfly.scheduler.v1.StatsRequest
-	21, // 40: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
-	23, // 41: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
-	38, // 42: damselfly.scheduler.v1.Scheduler.Inventory:output_type -> damselfly.scheduler.v1.InventoryReply
-	26, // 43: damselfly.scheduler.v1.Scheduler.ListTasks:output_type -> damselfly.scheduler.v1.ListTasksResponse
-	29, // 44: damselfly.scheduler.v1.Scheduler.GetTask:output_type -> damselfly.scheduler.v1.TaskDetail
-	32, // 45: damselfly.scheduler.v1.Scheduler.Stats:output_type -> damselfly.scheduler.v1.StatsResponse
-	40, // [40:46] is the sub-list for method output_type
-	34, // [34:40] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	22, // 22: damselfly.scheduler.v1.SchedulerMessage.upload_budget:type_name -> damselfly.scheduler.v1.UploadBudget
+	1,  // 23: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
+	2,  // 24: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	26, // 25: damselfly.scheduler.v1.ListTasksResponse.tasks:type_name -> damselfly.scheduler.v1.TaskSummary
+	26, // 26: damselfly.scheduler.v1.TaskDetail.task:type_name -> damselfly.scheduler.v1.TaskSummary
+	29, // 27: damselfly.scheduler.v1.TaskDetail.peers:type_name -> damselfly.scheduler.v1.TaskPeer
+	32, // 28: damselfly.scheduler.v1.StatsResponse.host_traffic:type_name -> damselfly.scheduler.v1.HostTraffic
+	1,  // 29: damselfly.scheduler.v1.InventoryHello.host:type_name -> damselfly.scheduler.v1.Host
+	2,  // 30: damselfly.scheduler.v1.InventoryEntry.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	35, // 31: damselfly.scheduler.v1.InventoryBatch.added:type_name -> damselfly.scheduler.v1.InventoryEntry
+	34, // 32: damselfly.scheduler.v1.InventoryMessage.hello:type_name -> damselfly.scheduler.v1.InventoryHello
+	36, // 33: damselfly.scheduler.v1.InventoryMessage.batch:type_name -> damselfly.scheduler.v1.InventoryBatch
+	38, // 34: damselfly.scheduler.v1.InventoryReply.refused:type_name -> damselfly.scheduler.v1.InventoryRefused
+	13, // 35: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
+	23, // 36: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
+	37, // 37: damselfly.scheduler.v1.Scheduler.Inventory:input_type -> damselfly.scheduler.v1.InventoryMessage
+	25, // 38: damselfly.scheduler.v1.Scheduler.ListTasks:input_type -> damselfly.scheduler.v1.ListTasksRequest
+	28, // 39: damselfly.scheduler.v1.Scheduler.GetTask:input_type -> damselfly.scheduler.v1.GetTaskRequest
+	31, // 40: damselfly.scheduler.v1.Scheduler.Stats:input_type -> damselfly.scheduler.v1.StatsRequest
+	21, // 41: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
+	24, // 42: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
+	39, // 43: damselfly.scheduler.v1.Scheduler.Inventory:output_type -> damselfly.scheduler.v1.InventoryReply
+	27, // 44: damselfly.scheduler.v1.Scheduler.ListTasks:output_type -> damselfly.scheduler.v1.ListTasksResponse
+	30, // 45: damselfly.scheduler.v1.Scheduler.GetTask:output_type -> damselfly.scheduler.v1.TaskDetail
+	33, // 46: damselfly.scheduler.v1.Scheduler.Stats:output_type -> damselfly.scheduler.v1.StatsResponse
+	41, // [41:47] is the sub-list for method output_type
+	35, // [35:41] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_api_schedulerv1_scheduler_proto_init() }
@@ -3220,8 +3291,9 @@ func file_api_schedulerv1_scheduler_proto_init() {
 		(*SchedulerMessage_TaskInfo)(nil),
 		(*SchedulerMessage_Fail)(nil),
 		(*SchedulerMessage_Access)(nil),
+		(*SchedulerMessage_UploadBudget)(nil),
 	}
-	file_api_schedulerv1_scheduler_proto_msgTypes[35].OneofWrappers = []any{
+	file_api_schedulerv1_scheduler_proto_msgTypes[36].OneofWrappers = []any{
 		(*InventoryMessage_Hello)(nil),
 		(*InventoryMessage_Batch)(nil),
 	}
@@ -3231,7 +3303,7 @@ func file_api_schedulerv1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_schedulerv1_scheduler_proto_rawDesc), len(file_api_schedulerv1_scheduler_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
