@@ -483,7 +483,12 @@ func (s *Scheduler) onDoneLocked(p *peer, m *schedulerv1.PeerDone, now time.Time
 	s.dropParentsLocked(p) // a done peer needs no parents: free their slots
 	s.setState(p, stateSucceeded)
 	if len(p.children) > 0 {
-		p.host.handover = append(p.host.handover, p)
+		// Its host's holder takes its children, now if the inventory
+		// entry came first, else when it comes (handoverLocked).
+		s.handoverLocked(nil, p, now)
+		if len(p.children) > 0 {
+			p.host.handover = append(p.host.handover, p)
+		}
 	}
 	s.updatePoolLocked(p)
 	// Like TaskMeta, the length is trusted from a fetcher only.

@@ -273,7 +273,7 @@ func (is *InventorySession) addLocked(e *schedulerv1.InventoryEntry, now time.Ti
 		s.restoreTrustLocked(p, now)
 	}
 	s.updatePoolLocked(p)
-	s.handoverLocked(p, now)
+	s.handoverLocked(p, nil, now)
 	if len(t.list) <= capacitySmallTask {
 		s.updateRateLocked(t, now)
 	}
@@ -289,34 +289,52 @@ func (is *InventorySession) addLocked(e *schedulerv1.InventoryEntry, now time.Ti
 // when the done peer leaves, its child, the head of the pipeline, is
 // rehomed below peers that are behind it and lack the pieces it lacks. On
 // the netns harness that cost every host in the pipeline the 25 s after
-// the seed peer finished. The holder may so serve more children than its
-// limit: those are rehomed as from any crowded parent.
-func (s *Scheduler) handoverLocked(q *peer, now time.Time) {
-	h := q.host
-	for i, d := range h.handover {
-		if d.task != q.task || d == q {
-			continue
-		}
-		h.handover = slices.Delete(h.handover, i, i+1)
-		if d.state != stateSucceeded {
+// the seed peer finished, and, with the seed on the origin's host, stalled
+// the whole swarm into its origin fallback. The holder may so serve more
+// children than its limit: those are rehomed as from any crowded parent.
+// The inventory entry and the peer's PeerDone travel on different streams,
+// so either may come first: called with the holder when it is added, and
+// with the done peer when it finishes (q nil: its host's holder, if any).
+func (s *Scheduler) handoverLocked(q, d *peer, now time.Time) {
+	switch {
+	case q == nil:
+		is := s.inventories[d.host.id]
+		if is == nil {
 			return
 		}
-		for _, c := range slices.Clone(d.children) {
-			share := 0.0
-			if j := slices.IndexFunc(c.parents, func(l link) bool { return l.peer == d }); j >= 0 {
-				share = c.parents[j].share
-			}
-			s.removeEdge(d, c)
-			if !s.linkShareLocked(q, c, share) {
-				s.linkShareLocked(d, c, share) // put back: it is rehomed when d leaves
-				continue
-			}
-			s.sendParentsLocked(c, now)
-			if s.debug() {
-				s.log.Debug("child handed over to its parent's holder", "task_id", q.task.id, "peer_id", c.id, "from", d.id, "to", q.id)
+		if q = is.holderLocked(d.task.id); q == nil {
+			return
+		}
+	case d == nil:
+		h := q.host
+		for i, x := range h.handover {
+			if x.task == q.task && x != q {
+				h.handover = slices.Delete(h.handover, i, i+1)
+				d = x
+				break
 			}
 		}
+		if d == nil {
+			return
+		}
+	}
+	if d.state != stateSucceeded || q == d || q.host != d.host {
 		return
+	}
+	for _, c := range slices.Clone(d.children) {
+		share := 0.0
+		if j := slices.IndexFunc(c.parents, func(l link) bool { return l.peer == d }); j >= 0 {
+			share = c.parents[j].share
+		}
+		s.removeEdge(d, c)
+		if !s.linkShareLocked(q, c, share) {
+			s.linkShareLocked(d, c, share) // put back: it is rehomed when d leaves
+			continue
+		}
+		s.sendParentsLocked(c, now)
+		if s.debug() {
+			s.log.Debug("child handed over to its parent's holder", "task_id", q.task.id, "peer_id", c.id, "from", d.id, "to", q.id)
+		}
 	}
 }
 

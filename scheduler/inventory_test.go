@@ -435,42 +435,56 @@ func TestBitsetSharedCopyOnWrite(t *testing.T) {
 }
 
 // A peer that finished hands its children to the holder its host announces
-// for the task before it leaves: the head of a pipeline stays below the
-// host that holds everything, instead of being rehomed, when the done peer
-// leaves, below peers that are behind it.
+// for the task: the head of a pipeline stays below the host that holds
+// everything, instead of being rehomed, when the done peer leaves, below
+// peers that are behind it. The inventory entry and the PeerDone come on
+// different streams, in either order.
 func TestDonePeerHandsChildrenToItsHolder(t *testing.T) {
-	v := pipelineVirtual(t, nil)
-	ps := v.chain("t1", "src", "a", "b")
-	n := uint32(chainLength / chainPieceSize)
-	e := &schedulerv1.InventoryEntry{Task: spec("t1"), ContentLength: chainLength, PieceSize: chainPieceSize}
-	var rs []*schedulerv1.PieceResult
-	for i := range n {
-		rs = append(rs, originPiece(i))
-		e.PieceDigests = append(e.PieceDigests, pieceDigest(i))
+	for _, holderFirst := range []bool{false, true} {
+		v := pipelineVirtual(t, nil)
+		ps := v.chain("t1", "src", "a", "b")
+		n := uint32(chainLength / chainPieceSize)
+		e := &schedulerv1.InventoryEntry{Task: spec("t1"), ContentLength: chainLength, PieceSize: chainPieceSize}
+		var rs []*schedulerv1.PieceResult
+		for i := range n {
+			rs = append(rs, originPiece(i))
+			e.PieceDigests = append(e.PieceDigests, pieceDigest(i))
+		}
+		src := ps["src"]
+		src.pieces(rs...)
+		done := func() {
+			src.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: chainLength}}})
+		}
+		if !holderFirst {
+			done()
+		}
+		ps["a"].msgs = nil
+		is, err := v.s.OpenInventory(v.ctx, &schedulerv1.InventoryHello{
+			Host:   &schedulerv1.Host{Id: "host-src", Hostname: "src", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002},
+			PeerId: "src-inv"}, func(*schedulerv1.InventoryReply) error { return nil }, v.now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := is.Handle(&schedulerv1.InventoryMessage{Msg: &schedulerv1.InventoryMessage_Batch{
+			Batch: &schedulerv1.InventoryBatch{Version: 1, Added: []*schedulerv1.InventoryEntry{e}}}}, v.now); err != nil {
+			t.Fatal(err)
+		}
+		if holderFirst {
+			if d := ps["a"].decision(); d != nil {
+				t.Fatalf("holder first: a was sent %v while src still fetches", d)
+			}
+			done()
+		}
+		if got := ps["a"].parents(); !slices.Equal(got, []string{"src-inv"}) {
+			t.Fatalf("holder first %v: a's parents %v once src is done and its host holds the task, want [src-inv]", holderFirst, got)
+		}
+		src.leave()
+		if d := ps["a"].decision(); d != nil {
+			t.Fatalf("holder first %v: a was sent %v when the done src left, want nothing: it had moved already", holderFirst, d)
+		}
+		if got := v.children("t1", "src-inv"); !slices.Equal(got, []string{"a"}) {
+			t.Fatalf("holder first %v: the holder's children %v, want [a]", holderFirst, got)
+		}
+		v.invariants()
 	}
-	src := ps["src"]
-	src.pieces(rs...)
-	src.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: chainLength}}})
-	ps["a"].msgs = nil
-	is, err := v.s.OpenInventory(v.ctx, &schedulerv1.InventoryHello{
-		Host:   &schedulerv1.Host{Id: "host-src", Hostname: "src", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002},
-		PeerId: "src-inv"}, func(*schedulerv1.InventoryReply) error { return nil }, v.now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := is.Handle(&schedulerv1.InventoryMessage{Msg: &schedulerv1.InventoryMessage_Batch{
-		Batch: &schedulerv1.InventoryBatch{Version: 1, Added: []*schedulerv1.InventoryEntry{e}}}}, v.now); err != nil {
-		t.Fatal(err)
-	}
-	if got := ps["a"].parents(); !slices.Equal(got, []string{"src-inv"}) {
-		t.Fatalf("a's parents %v once src's host holds the task, want [src-inv]", got)
-	}
-	src.leave()
-	if d := ps["a"].decision(); d != nil {
-		t.Fatalf("a was sent %v when the done src left, want nothing: it had moved already", d)
-	}
-	if got := v.children("t1", "src-inv"); !slices.Equal(got, []string{"a"}) {
-		t.Fatalf("the holder's children %v, want [a]", got)
-	}
-	v.invariants()
 }

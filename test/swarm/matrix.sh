@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the robust-swarm benchmark matrix: for each run and each scenario
-# (uniform, mixed, spread, churn, seed-on-origin) one harness invocation
+# (uniform, mixed, spread, churn, seed-on-origin, mixed-seed-on-origin) one harness invocation
 # with Damselfly and BitTorrent, then prints the medians as a markdown table.
 # Scenarios alternate within a run so a drift of the machine spreads over all.
 #
@@ -39,6 +39,7 @@ for r in $(seq 1 "$runs"); do
 		spread) flags=(-scenario spread -spread-min 20mbit -spread-max 100mbit) ;;
 		churn) flags=(-scenario churn -churn-frac 0.25) ;;
 		seed-on-origin) flags=(-scenario uniform -seed-on-origin) ;;
+		mixed-seed-on-origin) flags=(-scenario mixed -slow-frac 0.25 -slow-factor 10 -seed-on-origin) ;;
 		*) echo "matrix.sh: unknown scenario $s" >&2; exit 2 ;;
 		esac
 		out="$top/$s-$r"
@@ -59,7 +60,9 @@ for s in scen:
     cpu = []
     for d in sorted(os.listdir(top)):
         p = os.path.join(top, d, "results.json")
-        if not d.startswith(s + "-") or not os.path.exists(p):
+        # "<scenario>-<run>": the run number after the last dash, so
+        # that mixed does not take mixed-seed-on-origin's runs.
+        if d.rpartition("-")[0] != s or not os.path.exists(p):
             continue
         r = json.load(open(p))
         for sy in r["systems"]:
