@@ -206,7 +206,7 @@ func (c *conductor) run(ctx context.Context) {
 	} else {
 		c.d.inflight.Add(1)
 		err := c.download(ctx)
-		c.d.inflight.Add(-1)
+		c.d.downloadEnded()
 		if err != nil {
 			c.log.Warn("download failed", "err", err)
 		} else {

@@ -121,6 +121,17 @@ func (d *Daemon) uploadBudget(up, down int64) (func() int64, int64) {
 	}, 0
 }
 
+// downloadEnded counts a download out. The last one to end drops a
+// scheduler's upload budget: it was measured for those downloads, and a
+// scheduler that went away since would leave the host paced for good; the
+// next download's scheduler advises again when its meter finds the uplink
+// slow.
+func (d *Daemon) downloadEnded() {
+	if d.inflight.Add(-1) == 0 && d.advisedBudget.Swap(0) > 0 {
+		d.log.Info("upload pacing advice dropped: no download in progress")
+	}
+}
+
 // adviseUploadBudget takes the upload budget a scheduler measured for this
 // host (bytes/s, 0 withdraws it).
 func (d *Daemon) adviseUploadBudget(bps int64) {

@@ -176,8 +176,19 @@ func TestUploadBudget(t *testing.T) {
 		t.Fatalf("advice withdrawn (negative): paced at %d", got)
 	}
 	d.adviseUploadBudget(200000)
-	d.inflight.Add(-1)
+	d.inflight.Add(1)
+	d.downloadEnded()
+	if got := u(); got != 200000 {
+		t.Fatalf("one of two downloads ended: paced at %d, want 200000", got)
+	}
+	d.downloadEnded()
 	if got := u(); got != 0 {
 		t.Fatalf("nothing downloading: paced at %d", got)
+	}
+	// The last download's end dropped the advice: the next download is
+	// not paced until a scheduler advises again.
+	d.inflight.Add(1)
+	if got := u(); got != 0 {
+		t.Fatalf("a new download paced at %d by an old scheduler's advice", got)
 	}
 }
