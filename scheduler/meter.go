@@ -328,12 +328,19 @@ func (s *Scheduler) meterJudgeLocked(h *host, now time.Time) {
 		} else if stable && (m.keepsUp || m.demand > 0) {
 			m.judged = true // (keepsUp: a child keeps up with it, so it is no bottleneck)
 		}
+		paced := m.budget > 0 && bound && m.upRate >= meterPacedSeen*m.budget
 		switch {
-		case m.budget > 0 && bound && m.upRate >= meterPacedSeen*m.budget:
-			// Held to the budget it was advised: its uplink is as
-			// measured (taking this window's rate would lower the
-			// capacity, then the budget, at every window).
-			m.capAt = now
+		case paced && now.Sub(m.capAt) > meterForget:
+			m.cap = 0 // lapsed, as below: measured anew, unpaced
+		case paced:
+			// Held to the budget it was advised: the window says
+			// nothing of its link. Taking its rate would lower the
+			// capacity, then the budget, at every window; counting it
+			// as a confirmation would keep a fast host that was once
+			// measured slow (a parent held back by its child) paced
+			// and slow for good. Left alone, the capacity lapses after
+			// meterForget, the budget with it, and the host is measured
+			// anew unpaced.
 		case clear || (bound && m.bound):
 			// Far below, or twice in a row: one window can catch a
 			// transient (a new child's connection, a busy CPU), which

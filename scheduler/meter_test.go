@@ -187,9 +187,11 @@ func TestMeasuredSlowUplinkGetsUploadBudget(t *testing.T) {
 }
 
 // A host sending at the budget it was told is held back by that budget,
-// not by its link: the meter keeps its measured uplink (taking the paced
-// rate as the new capacity would lower the budget at every window, down to
-// a quarter of the uplink).
+// not by its link: such windows neither lower its measured uplink (that
+// would lower the budget at every window, down to a quarter of the uplink)
+// nor confirm it (a fast host once measured slow would stay paced and slow
+// for good). The measurement lapses after meterForget, the budget with it,
+// and the host is measured anew, unpaced.
 func TestPacedHostKeepsItsMeasuredUplink(t *testing.T) {
 	v := pipelineVirtual(t, nil)
 	h := &host{id: "h", info: &schedulerv1.Host{Id: "h"}}
@@ -201,7 +203,7 @@ func TestPacedHostKeepsItsMeasuredUplink(t *testing.T) {
 		t.Fatalf("budget %.0f for an uplink of %.0f receiving %d", m.budget, up, down)
 	}
 	first := m.budget
-	for i := range 40 {
+	window := func(i int) {
 		// A window in which h had stable children that could take a
 		// megabyte a second and sent at its budget.
 		now := v.now.Add(time.Duration(i+1) * time.Second)
@@ -209,8 +211,18 @@ func TestPacedHostKeepsItsMeasuredUplink(t *testing.T) {
 		m.upRate, m.downRate, m.demand, m.keepsUp = m.budget, down, 1<<20, false
 		v.s.meterJudgeLocked(h, now)
 	}
-	if m.cap < 0.95*up || m.budget < 0.95*first {
-		t.Fatalf("after 40 s at its budget: measured uplink %.0f (was %.0f), budget %.0f (was %.0f)", m.cap, up, m.budget, first)
+	i := 0
+	for ; time.Duration(i+1)*time.Second <= meterForget; i++ {
+		window(i)
+		if m.cap < 0.95*up || m.budget < 0.95*first {
+			t.Fatalf("after %d s at its budget: measured uplink %.0f (was %.0f), budget %.0f (was %.0f)", i+1, m.cap, up, m.budget, first)
+		}
+	}
+	for ; i < int(meterForget/time.Second)+3; i++ {
+		window(i)
+	}
+	if m.cap != 0 || m.budget != 0 {
+		t.Fatalf("%d s at its budget with nothing else seen: measured uplink %.0f, budget %.0f; want both lapsed", i, m.cap, m.budget)
 	}
 }
 
