@@ -436,6 +436,16 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 				i--
 				continue
 			}
+			if par.state == stateSucceeded && p.parents[i].share == 0 && unpacedChildren(par) <= 1 {
+				// A finished parent holds everything its child lacks: it
+				// keeps its last full-rate child as a fetching source
+				// does (above). Its holder takes over a done peer's
+				// children (handoverLocked); judged against the median
+				// of relays on loopback, the seed's holder lost the
+				// pipeline's head, which then had nobody to fetch from
+				// but the origin (test/e2e TestRelayedPipeline).
+				continue
+			}
 			if !judge || !seen[h] || p.parents[i].share > 0 || (s.cfg.CapacityAware && h.meter.judged && h.info.GetUploadBps() <= 0) {
 				// A paced parent gives its booked share by design: it was
 				// chosen knowing its capacity (pacedLocked). An undeclared
