@@ -101,24 +101,21 @@ type Daemon struct {
 // the budget a scheduler advised (schedulerv1.UploadBudget), while
 // anything downloads. A symmetric declared host is not paced.
 func (d *Daemon) uploadBudget(up, down int64) (func() int64, int64) {
+	var usable int64 // declared: fixed; 0: the advice
 	if up > 0 {
-		usable := core.UsableUplink(up, down)
-		if usable >= up {
+		if usable = core.UsableUplink(up, down); usable >= up {
 			return nil, 0
 		}
-		return func() int64 {
-			if d.inflight.Load() > 0 {
-				return usable
-			}
-			return 0
-		}, usable
 	}
 	return func() int64 {
-		if d.inflight.Load() > 0 {
-			return d.advisedBudget.Load()
+		switch {
+		case d.inflight.Load() == 0:
+			return 0
+		case usable > 0:
+			return usable
 		}
-		return 0
-	}, 0
+		return d.advisedBudget.Load()
+	}, usable
 }
 
 // downloadEnded counts a download out. The last one to end drops a

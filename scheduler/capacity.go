@@ -31,11 +31,8 @@ func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
 		}
 		return declaredUplink(h)
 	}
-	if c := h.meter.cap; c > 0 {
-		if b := h.meter.budget; b > 0 {
-			return b // what it was told its uploads may take
-		}
-		return c // measured while it was the bottleneck (meter.go)
+	if c := knownUp(h); c > 0 {
+		return c // measured while it was the bottleneck (meter.go), or the budget it was told
 	}
 	if now.Before(h.slowUntil) && h.throughput > 0 {
 		return h.throughput

@@ -119,11 +119,6 @@ func (s *Scheduler) meterLocked(now time.Time) {
 				}
 			}
 			for _, l := range c.parents {
-				if l.share == 0 && backlog(l.peer, c) {
-					if f := feedRate(l.peer); f > c.host.meter.parentFeed { // (NaN > x is false)
-						c.host.meter.parentFeed = f
-					}
-				}
 				m := &l.peer.host.meter
 				switch {
 				case !backlog(l.peer, c):
@@ -136,7 +131,11 @@ func (s *Scheduler) meterLocked(now time.Time) {
 				case l.share > 0:
 					m.demand += l.share
 				default:
-					m.demand += max(0, feedRate(l.peer)-paced) / float64(unpaced)
+					f := feedRate(l.peer)
+					if f > c.host.meter.parentFeed { // (NaN > x is false)
+						c.host.meter.parentFeed = f
+					}
+					m.demand += max(0, f-paced) / float64(unpaced)
 				}
 			}
 		}

@@ -374,61 +374,18 @@ func TestDecisionCostBoundedInLargeTask(t *testing.T) {
 // else does: however slow it looks to its children (here its uplink is
 // split among several of them), the slow-parent rule never takes its last
 // child, or the swarm gets nothing new until every peer gives up on it.
-func TestSlowSourceKeepsOneChild(t *testing.T) {
-	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples, c.MaxChildren = 0.3, 2, 3 })
-	src := v.join("t1", "src")
-	if d := src.decision(); d.GetBackToSource() == nil {
-		t.Fatalf("src: want back to source, got %v", d)
-	}
-	src.meta(16<<20, 256<<10)
-	kids := []*vpeer{v.join("t1", "b"), v.join("t1", "c"), v.join("t1", "e")}
-	for _, k := range kids {
-		if got := k.parents(); !slices.Equal(got, []string{"src"}) {
-			t.Fatalf("%s parents %v, want [src]", k.id, got)
-		}
-	}
-	const piece = 256 << 10
-	fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)
-	for n := range uint32(3) {
-		src.pieces(originPiece(n))
-		for _, k := range kids {
-			k.pieces(&schedulerv1.PieceResult{Number: n, ParentId: "src", Length: piece, CostNs: slow})
-		}
-	}
-	grand := map[*vpeer]string{}
-	for _, id := range []string{"b2", "c2", "e2"} {
-		g := v.join("t1", id)
-		par := g.parents()
-		if len(par) != 1 || par[0] == "src" {
-			t.Fatalf("%s parents %v, want one of src's children", id, par)
-		}
-		grand[g] = par[0]
-	}
-	for n := range uint32(3) {
-		for g, par := range grand {
-			g.pieces(&schedulerv1.PieceResult{Number: n, ParentId: par, Length: piece, CostNs: fast})
-		}
-	}
-	v.advance(time.Second)
-	v.s.mu.Lock()
-	defer v.s.mu.Unlock()
-	p := v.s.tasks[tid("t1")].peers["src"]
-	if p.state != stateBackToSource {
-		t.Fatalf("src in state %v", p.state)
-	}
-	if n := unpacedChildren(p); n != 1 {
-		t.Fatalf("the only source keeps %d children, want 1 (the others moved as slow)", n)
-	}
-	if n := testutil.ToFloat64(v.s.m.slowParents); n != 2 {
-		t.Fatalf("%v children moved off the slow source, want 2", n)
-	}
-}
+func TestSlowSourceKeepsOneChild(t *testing.T) { slowParentKeepsOneChild(t, false) }
 
 // A finished parent keeps its last full-rate child against the per-piece
 // slow-parent rule, as a fetching source does: it holds everything the
 // child lacks (its host's holder takes over a done peer's children, and the
 // seed's holder, judged slow, left the pipeline's head with only the origin).
-func TestSlowFinishedParentKeepsOneChild(t *testing.T) {
+func TestSlowFinishedParentKeepsOneChild(t *testing.T) { slowParentKeepsOneChild(t, true) }
+
+// slowParentKeepsOneChild: src, fetching from the origin (finished: done
+// with all it fetched), feeds three children slowly, each of which feeds a
+// grandchild fast; after a tick src keeps one child and two moved as slow.
+func slowParentKeepsOneChild(t *testing.T, finished bool) {
 	v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples, c.MaxChildren = 0.3, 2, 3 })
 	src := v.join("t1", "src")
 	if d := src.decision(); d.GetBackToSource() == nil {
@@ -443,13 +400,18 @@ func TestSlowFinishedParentKeepsOneChild(t *testing.T) {
 	}
 	const piece = 256 << 10
 	fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)
-	var all []*schedulerv1.PieceResult
-	for n := range uint32(64) {
-		all = append(all, originPiece(n))
+	if finished {
+		var all []*schedulerv1.PieceResult
+		for n := range uint32(64) {
+			all = append(all, originPiece(n))
+		}
+		src.pieces(all...)
+		src.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 16 << 20}}})
 	}
-	src.pieces(all...)
-	src.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 16 << 20}}})
 	for n := range uint32(3) {
+		if !finished {
+			src.pieces(originPiece(n))
+		}
 		for _, k := range kids {
 			k.pieces(&schedulerv1.PieceResult{Number: n, ParentId: "src", Length: piece, CostNs: slow})
 		}
@@ -472,10 +434,17 @@ func TestSlowFinishedParentKeepsOneChild(t *testing.T) {
 	v.s.mu.Lock()
 	defer v.s.mu.Unlock()
 	p := v.s.tasks[tid("t1")].peers["src"]
-	if p.state != stateSucceeded {
-		t.Fatalf("src in state %v", p.state)
+	want := stateBackToSource
+	if finished {
+		want = stateSucceeded
+	}
+	if p.state != want {
+		t.Fatalf("src in state %v, want %v", p.state, want)
 	}
 	if n := unpacedChildren(p); n != 1 {
-		t.Fatalf("the finished parent keeps %d children, want 1 (the others moved as slow)", n)
+		t.Fatalf("src (finished %v) keeps %d children, want 1 (the others moved as slow)", finished, n)
+	}
+	if n := testutil.ToFloat64(v.s.m.slowParents); n != 2 {
+		t.Fatalf("%v children moved off the slow src (finished %v), want 2", n, finished)
 	}
 }

@@ -130,6 +130,16 @@ func (r *request) eta() time.Time {
 	return r.start.Add(secs(float64(r.ahead+r.size) / r.p.est))
 }
 
+// left is how long r is still expected to take at now; an overdue request
+// counts by how much it is overdue, since its estimate was wrong by as much.
+func (r *request) left(now time.Time) time.Duration {
+	l := r.eta().Sub(now)
+	if l < 0 {
+		return -l
+	}
+	return l
+}
+
 func secs(s float64) time.Duration {
 	if s > 1e6 || math.IsNaN(s) {
 		return 1e6 * time.Second
@@ -283,11 +293,7 @@ func (c *Core) rescue(now time.Time, top float64) {
 			if best == nil {
 				continue
 			}
-			left := r.eta().Sub(now)
-			if left < 0 {
-				left = -left // overdue: the estimate was wrong by as much
-			}
-			if left > 2*secs(float64(r.size)*float64(len(best.inflight)+1)/best.est) {
+			if r.left(now) > 2*secs(float64(r.size)*float64(len(best.inflight)+1)/best.est) {
 				c.request(now, r.piece, best)
 			}
 		}
@@ -326,11 +332,7 @@ func (c *Core) endgame(now time.Time) (uint32, *parent) {
 				if len(c.reqs[r.piece]) != 1 || !p.offers(r.piece) {
 					continue
 				}
-				left := r.eta().Sub(now)
-				if left < 0 {
-					left = -left // overdue: the estimate was wrong by as much
-				}
-				if left > 2*own && left > bestLeft {
+				if left := r.left(now); left > 2*own && left > bestLeft {
 					bestN, bestLeft = r.piece, left
 				}
 			}
