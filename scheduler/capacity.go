@@ -162,34 +162,39 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 // group); -1 when only its host's upload slots bound it. With a known
 // capacity and target rate it is u/R rounded (a host at a tenth of R gets
 // none, one at ten times R gets ten); otherwise MaxChildren. A seed host
-// whose capacity is unknown serves one child: it often shares its uplink
-// with the origin, which should carry the content about once; and no new
-// one once the seed hosts have sent the content once.
+// that can feed at most one child at R (its capacity unknown, or known and
+// below 1.75 R) often shares its uplink with the origin, which should carry
+// the content about once: it serves one child, and no new one once the
+// seed hosts have sent the content once.
 func (s *Scheduler) childLimit(c *peer, now time.Time) int {
+	lim := -1
+	if s.cfg.MaxChildren > 0 {
+		lim = s.cfg.MaxChildren
+	}
 	if r := c.task.rate; r > 0 {
 		if u := s.uplink(c.host, now); u > 0 {
 			if relay := s.upCapacity(c.host, now); int(relay/r+0.25) == 0 {
 				return 0 // it gets the content too slowly to feed anyone at R
 			}
-			return int(u/r + 0.25)
+			lim = int(u/r + 0.25)
 		}
 	}
-	if c.host.info.GetSeed() && s.cfg.CapacityAware {
+	if c.host.info.GetSeed() && s.cfg.CapacityAware && (lim < 0 || lim > 1) && knownUp(c.host) <= 0 {
+		lim = 1
+	}
+	if c.host.info.GetSeed() && s.cfg.CapacityAware && lim == 1 {
 		if t := c.task; t.contentLength > 0 && t.seedSent >= t.contentLength {
 			// The seed hosts have sent the content once: the children
 			// they have stay, no new one comes. With the seed peer on
 			// the origin's host (it fetches over loopback and is done in
 			// a second), its holder otherwise took a new child each time
-			// its one child finished, and the origin's uplink carried
-			// the content twice.
-			return unpacedChildren(c)
+			// its one child finished (or a slow leaf, once its pipeline
+			// child was done), and the origin's uplink carried the
+			// content up to twice.
+			return min(1, unpacedChildren(c))
 		}
-		return 1
 	}
-	if s.cfg.MaxChildren > 0 {
-		return s.cfg.MaxChildren
-	}
-	return -1
+	return lim
 }
 
 // childrenFull reports whether c serves as many children in group as its

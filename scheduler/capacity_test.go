@@ -1027,3 +1027,60 @@ func TestSeedSendsTheContentOnce(t *testing.T) {
 	v.s.mu.Unlock()
 	v.invariants()
 }
+
+// A seed whose declared uplink feeds one child at the task's rate is used
+// as one of unknown capacity: it sends the content once, then takes no new
+// child (with the seed peer on the origin's host, its holder took a slow
+// leaf once its pipeline child was done, and the origin's uplink carried
+// 1.25 F in the simulator's declared mixed). A seed declared at several
+// times the rate feeds several pipelines and keeps taking children.
+func TestDeclaredOneChildSeedSendsOnce(t *testing.T) {
+	for _, tc := range []struct {
+		seedMbps float64
+		sentOnce bool // no new child after the content went out once
+	}{{100, true}, {150, true}, {400, false}} {
+		t.Run(fmt.Sprint(tc.seedMbps), func(t *testing.T) {
+			v := pipelineVirtual(t, nil)
+			v.source("t", "seed", capHost("seed", tc.seedMbps, true))
+			a := v.join("t", "a", capHost("a", 100, false))
+			if got := a.parents(); !slices.Equal(got, []string{"seed"}) {
+				t.Fatalf("a's parents %v, want [seed]", got)
+			}
+			for _, id := range []string{"x", "y", "z"} {
+				v.join("t", id, capHost(id, 100, false)).parents()
+			}
+			var rs []*schedulerv1.PieceResult
+			for n := range uint32(4) {
+				r := originPiece(n)
+				r.Digest, r.ParentId = nil, "seed"
+				rs = append(rs, r)
+			}
+			a.pieces(rs...)
+			a.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 4 << 18}}})
+			v.advance(2 * time.Second) // ticks: a, done, leaves the seed's slot
+			if got := v.children("t", "seed"); tc.sentOnce && len(got) != 0 {
+				t.Fatalf("seed's children %v after its child was done, want none", got)
+			}
+			// Its slot is not open: a paced slow leaf would move to it at the
+			// next refresh (what the simulator showed).
+			v.s.mu.Lock()
+			tk := v.s.tasks[tid("t")]
+			sd := tk.peers["seed"]
+			lim := v.s.childLimit(sd, v.now)
+			open := sd.openIdx >= 0
+			v.s.mu.Unlock()
+			if tc.sentOnce && (lim != 0 || open) {
+				t.Errorf("seed declared at %v Mbit/s, peers at 100, content sent once, no child: limit %d, open %v; want 0, false", tc.seedMbps, lim, open)
+			}
+			if !tc.sentOnce && lim < 3 {
+				t.Errorf("seed declared at %v Mbit/s, peers at 100: limit %d, want several children", tc.seedMbps, lim)
+			}
+			for _, id := range []string{"b", "c", "d"} {
+				if ps := v.join("t", id, capHost(id, 100, false)).parents(); len(ps) != 1 {
+					t.Errorf("%s's parents %v, want one", id, ps)
+				}
+			}
+			v.invariants()
+		})
+	}
+}
