@@ -27,6 +27,12 @@ done
 go build -o bin/ ./cmd/damselfly ./cmd/dfget
 ./test/swarm/install-deps.sh
 go build -o bin/swarm ./test/swarm/cmd/swarm
+# spread draws uplinks in [rate/5, rate]: 20–100 Mbit/s at 100mbit, 5–25 at 25mbit.
+case "$rate" in
+*gbit) spread_min="$(( ${rate%gbit} * 1000 / 5 ))mbit" ;;
+*mbit) spread_min="$(( ${rate%mbit} * 1000 / 5 ))kbit" ;;
+*) echo "matrix.sh: -rate must be in mbit or gbit, got $rate" >&2; exit 2 ;;
+esac
 top="test/swarm/results/matrix-$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$top"
 echo "matrix: n=$n size=$size rate=$rate runs=$runs scenarios=($scenarios) -> $top" >&2
@@ -36,7 +42,7 @@ for r in $(seq 1 "$runs"); do
 		case "$s" in
 		uniform) flags=(-scenario uniform) ;;
 		mixed) flags=(-scenario mixed -slow-frac 0.25 -slow-factor 10) ;;
-		spread) flags=(-scenario spread -spread-min 20mbit -spread-max 100mbit) ;;
+		spread) flags=(-scenario spread -spread-min "$spread_min" -spread-max "$rate") ;;
 		churn) flags=(-scenario churn -churn-frac 0.25) ;;
 		seed-on-origin) flags=(-scenario uniform -seed-on-origin) ;;
 		mixed-seed-on-origin) flags=(-scenario mixed -slow-frac 0.25 -slow-factor 10 -seed-on-origin) ;;
