@@ -197,11 +197,24 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 	return lim
 }
 
-// childrenFull reports whether c serves as many children in group as its
-// limit allows.
+// childrenFull reports whether c serves as many children as its limit
+// allows (counted in group alone when capacities are not used).
 func (s *Scheduler) childrenFull(c *peer, group string, now time.Time) bool {
 	lim := s.childLimit(c, now)
-	return (lim >= 0 && childrenIn(c, group) >= lim) || s.bookedFull(c, now)
+	n := childrenIn(c, group)
+	if s.cfg.CapacityAware {
+		// The capacity-aware scheduler counts a host's children in all
+		// IDCs: its uplink is one. Counted per IDC, the head of another
+		// IDC's pipeline hung below the shallowest host of the first and
+		// halved both pipelines (the simulator's two racks with as fast a
+		// link between them as the hosts' ran at 0.50 of the bound; 0.01,
+		// with 78 × F from the origin, at 200 hosts). It now takes a host
+		// with no child, the tail of that pipeline, and a newcomer of the
+		// first IDC takes the head's place above it
+		// (displaceCrossHeadLocked).
+		n = unpacedChildren(c)
+	}
+	return (lim >= 0 && n >= lim) || s.bookedFull(c, now)
 }
 
 // bookedFull reports whether the shares booked on c leave no room for one
@@ -744,4 +757,72 @@ func (s *Scheduler) fullSlotForPacedLocked(p *peer) bool {
 		}
 	}
 	return moved
+}
+
+// youngHead: a head of an IDC's pipeline holding at most this many pieces
+// may be moved below a newcomer of its parent's IDC; it then waits at most
+// that many piece times for the newcomer to catch up.
+const youngHead = 4
+
+// displaceCrossHeadLocked keeps one crossing between IDCs when their peers
+// arrive interleaved. The head of an IDC's pipeline hangs below a host of
+// another IDC with no other child (its pipeline's tail); a newcomer of
+// that IDC that finds no free host in it takes the head's place, and the
+// head moves below it: the newcomer is the new tail, and the head waits a
+// few piece times at most, as long as it holds no more than youngHead
+// pieces. Otherwise the newcomer would cross to the other IDC (a second
+// crossing) or split an uplink. It reports whether p was placed.
+func (s *Scheduler) displaceCrossHeadLocked(p *peer, full []*peer, group string, now time.Time) bool {
+	if group == "" || len(p.parents) > 0 || len(p.children) > 0 || s.childLimit(p, now) == 0 {
+		return false
+	}
+	for _, x := range full {
+		if localityGroup(x.host.info) != group || x.host == p.host || x.state == stateLeft || s.childLimit(x, now) == 0 ||
+			x.host.used > x.host.slots || now.Before(x.host.slowUntil) || stalled(x, now) {
+			continue
+		}
+		if _, bad := p.bad[x.id]; bad {
+			continue
+		}
+		heads := 0
+		for _, y := range x.children {
+			if pacedChild(x, y) {
+				continue
+			}
+			_, bad := y.bad[p.id]
+			if localityGroup(y.host.info) == group || y.pieces.count > youngHead || bad || len(y.parents) != 1 {
+				heads = -1
+				break
+			}
+			heads++
+		}
+		if heads <= 0 {
+			continue
+		}
+		var moved []*peer
+		for i := 0; i < len(x.children); i++ {
+			if y := x.children[i]; !pacedChild(x, y) {
+				s.removeEdge(x, y)
+				moved = append(moved, y)
+				i--
+			}
+		}
+		if !s.linkLocked(x, p) {
+			for _, y := range moved {
+				s.linkLocked(x, y)
+			}
+			continue
+		}
+		for _, y := range moved {
+			if !s.linkLocked(p, y) {
+				s.linkLocked(x, y) // cannot happen: y is a head and p new
+			}
+			s.sendParentsLocked(y, now)
+		}
+		if s.debug() {
+			s.log.Debug("head of another IDC moved below a newcomer", "task_id", p.task.id, "peer_id", p.id, "parent", x.id, "heads", len(moved))
+		}
+		return true
+	}
+	return false
 }

@@ -424,6 +424,8 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		}
 	}
 	// A free candidate in p's own group beats any other free candidate.
+	// When there is none, a newcomer may take the place of another IDC's
+	// young head below a host of its own (displaceCrossHeadLocked).
 	if group != "" {
 		local := 0
 		for _, c := range free {
@@ -435,6 +437,11 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		if local > 0 {
 			clear(free[local:])
 			free = free[:local]
+		} else if s.cfg.CapacityAware && !lastResort && !s.fillFreeOnly && !s.pacedOnly && s.displaceCrossHeadLocked(p, full, group, now) {
+			clear(free)
+			clear(full)
+			s.freeCands, s.fullCands = free[:0], full[:0]
+			return true
 		}
 	}
 	pref := len(full)

@@ -806,36 +806,6 @@ func TestSlowParentReplaced(t *testing.T) {
 	}
 }
 
-// With IDC labels every IDC grows its own pipeline: after its head, a peer's
-// parent is in its own IDC.
-func TestPipelinePerIDC(t *testing.T) {
-	d := DefaultConfig()
-	ts := startServer(t, func(c *Config) {
-		c.MaxParents, c.MaxChildren, c.PipelineParents = d.MaxParents, d.MaxChildren, d.PipelineParents
-	})
-	idc := map[string]string{"s": "", "a1": "r1", "b1": "r2", "a2": "r1", "b2": "r2", "a3": "r1", "b3": "r2"}
-	host := func(id string) regOpt {
-		return withHost(&schedulerv1.Host{Id: "host-" + id, Hostname: id, Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002, Idc: idc[id], UploadSlots: 16})
-	}
-	ts.register("t1", "s", host("s")).expectBackToSource()
-	parent := map[string]string{}
-	for _, id := range []string{"a1", "b1", "a2", "b2", "a3", "b3"} {
-		got := ts.register("t1", id, host(id)).expectParents()
-		if len(got) != 1 {
-			t.Fatalf("%s parents %v", id, got)
-		}
-		parent[id] = got[0]
-	}
-	if parent["a1"] != "s" || parent["b1"] != "s" {
-		t.Fatalf("heads of the two pipelines: a1←%s b1←%s, want both fed by the seed", parent["a1"], parent["b1"])
-	}
-	for _, id := range []string{"a2", "a3", "b2", "b3"} {
-		if idc[parent[id]] != idc[id] {
-			t.Errorf("%s (%s) got parent %s in %q", id, idc[id], parent[id], idc[parent[id]])
-		}
-	}
-}
-
 func cacheSpec(id, tag string) *schedulerv1.TaskSpec {
 	return &schedulerv1.TaskSpec{TaskId: core.CacheTaskID(id, tag), Url: core.CacheURL(id), Tag: tag}
 }
