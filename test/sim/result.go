@@ -1,6 +1,9 @@
 package sim
 
 import (
+	"cmp"
+	"fmt"
+	"os"
 	"runtime"
 	"slices"
 	"syscall"
@@ -115,6 +118,9 @@ func (s *Sim) result(lb Bound, wall time.Duration) *Result {
 		}
 	}
 	slices.Sort(times)
+	if v := os.Getenv("SIM_DONE_LOG"); v != "" {
+		s.logDone(v == "all")
+	}
 	if len(times) > 0 {
 		r.TMedian = times[len(times)/2]
 		if len(times)%2 == 0 {
@@ -184,4 +190,22 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// logDone prints on stderr when hosts finished, with their link rates, for
+// finding who the tail is (SIM_DONE_LOG, docs/simulator.md): every host
+// with all, else one host per 5 % and the last 40.
+func (s *Sim) logDone(all bool) {
+	var ns []*node
+	for _, n := range s.nodes {
+		if n.done && !n.victim {
+			ns = append(ns, n)
+		}
+	}
+	slices.SortFunc(ns, func(a, b *node) int { return cmp.Compare(a.doneAt, b.doneAt) })
+	for i, n := range ns {
+		if all || i >= len(ns)-40 || i%(len(ns)/20+1) == 0 {
+			fmt.Fprintf(os.Stderr, "done %d %s up=%.0fmbit down=%.0fmbit at=%.3fs\n", i, n.host.GetId(), n.upBps/1e6, n.downBp/1e6, n.doneAt)
+		}
+	}
 }
