@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the robust-swarm benchmark matrix: for each run and each scenario
-# (uniform, mixed, spread, churn, seed-on-origin, mixed-seed-on-origin) one harness invocation
+# (uniform, mixed, spread, churn, seed-on-origin, mixed-seed-on-origin, racks) one harness invocation
 # with Damselfly and BitTorrent, then prints the medians as a markdown table.
 # Scenarios alternate within a run so a drift of the machine spreads over all.
 #
@@ -46,6 +46,7 @@ for r in $(seq 1 "$runs"); do
 		churn) flags=(-scenario churn -churn-frac 0.25) ;;
 		seed-on-origin) flags=(-scenario uniform -seed-on-origin) ;;
 		mixed-seed-on-origin) flags=(-scenario mixed -slow-frac 0.25 -slow-factor 10 -seed-on-origin) ;;
+		racks) flags=(-scenario racks) ;; # two racks, router links at -rate
 		*) echo "matrix.sh: unknown scenario $s" >&2; exit 2 ;;
 		esac
 		out="$top/$s-$r"
