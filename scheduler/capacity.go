@@ -603,7 +603,12 @@ func (s *Scheduler) pacedRehomeLocked(t *task, now time.Time) {
 		i := t.crowdScan
 		c := t.crowded[i]
 		if c.state != stateRunning || len(c.parents) != 1 || c.parents[0].share > 0 || t.unverifiable() ||
-			now.Sub(c.pacedTry) < s.cfg.RefreshInterval.D() {
+			now.Sub(c.pacedTry) < s.cfg.RefreshInterval.D() || unpacedChildren(c) > 0 {
+			// (A relay stays: paced parents give pieces held whole, and may
+			// be its own descendants, which get everything from it. Moved
+			// there, the only relay below a slow host cut the swarm off
+			// from the content, and every peer waited out its swarm
+			// timeout and went to the origin.)
 			continue
 		}
 		x := c.parents[0].peer

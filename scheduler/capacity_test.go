@@ -1084,3 +1084,69 @@ func TestDeclaredOneChildSeedSendsOnce(t *testing.T) {
 		})
 	}
 }
+
+// A relay on a slow uplink's split is not moved to paced parents: they give
+// pieces held whole, and may be its own descendants, which get everything
+// from it. In the simulator (spread, seed 4) the only relay below a slow
+// host was moved to two of its descendants: the swarm was cut off from the
+// content, and every peer waited out its swarm timeout and went to the
+// origin (16 × F). A leaf in the same place is moved.
+func TestCrowdedRelayNotPaced(t *testing.T) {
+	for _, relay := range []bool{true, false} {
+		t.Run(fmt.Sprint("relay ", relay), func(t *testing.T) {
+			v := pipelineVirtual(t, nil)
+			v.source("t", "s", capHost("s", 100, false))
+			for _, id := range []string{"x", "c", "d", "a", "b", "e", "a2", "f", "g"} {
+				up := map[string]float64{"x": 10, "a": 250, "a2": 250}[id]
+				if up == 0 {
+					up = 100
+				}
+				v.join("t", id, capHost(id, up, false)).parents()
+			}
+			v.s.mu.Lock()
+			defer v.s.mu.Unlock()
+			tk := v.s.tasks[tid("t")]
+			if tk.fluid <= 0 {
+				t.Fatalf("fluid rate %v, want > 0 (capacities declared)", tk.fluid)
+			}
+			pr := func(id string) *peer { return tk.peers[id] }
+			// The graph under test: s → x → c (→ d), s → a → b, e and
+			// a → a2 → f, g: the spares of a and a2 are what paced parents
+			// can give, more than a share of a split uplink.
+			for _, p := range tk.list {
+				for len(p.parents) > 0 {
+					v.s.removeEdge(p.parents[0].peer, p)
+				}
+			}
+			link := func(a, b string) {
+				if !v.s.linkLocked(pr(a), pr(b)) {
+					t.Fatalf("link %s→%s refused", a, b)
+				}
+			}
+			link("s", "x")
+			link("x", "c")
+			link("s", "a")
+			link("a", "b")
+			link("a", "e")
+			link("b", "a2")
+			link("a2", "f")
+			link("a2", "g")
+			if relay {
+				link("c", "d")
+			} else {
+				link("b", "d")
+			}
+			v.s.crowdLocked(pr("c"))
+			pr("c").pacedTry = time.Time{}
+			v.s.pacedRehomeLocked(tk, v.now)
+			moved := len(pr("c").parents) != 1 || pr("c").parents[0].peer != pr("x")
+			if moved == relay {
+				var ps []string
+				for _, l := range pr("c").parents {
+					ps = append(ps, l.peer.id)
+				}
+				t.Errorf("c (relay %v) below the slow x: parents after the paced rehome %v, moved %v, want %v", relay, ps, moved, !relay)
+			}
+		})
+	}
+}
