@@ -392,7 +392,9 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 			if par := t.peers[id]; par != nil {
 				par.host.successes++
 				par.host.uploadBytes += int64(r.GetLength())
-				if par.host.info.GetSeed() {
+				if par.host.info.GetSeed() && !s.slowHost(p, now) {
+					// (Bytes to a slow leaf go no further: they do not
+					// count as the content sent once.)
 					t.seedSent += int64(r.GetLength())
 				}
 				// A piece over a paced edge went out beside the parent's

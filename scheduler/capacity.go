@@ -361,8 +361,15 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 		budget := slowBranchBudget
 		return s.slowBranch(y, now, &budget)
 	}
+	// Other hosts' slow leaves first, the seed's last: a slow leaf there
+	// holds the seed's one slot, and with it everything the pipeline gets
+	// (on the harness, a slow host first in the seed's wait list fed all
+	// the fast hosts at its 2.5 Mbit/s for two minutes).
+	if i := slices.IndexFunc(full, func(x *peer) bool { return x.host.info.GetSeed() }); i >= 0 && i < len(full)-1 {
+		full = append(append(full[:i:i], full[i+1:]...), full[i])
+	}
 	for _, x := range full {
-		if (x.host.info.GetSeed() && len(full) > 1) || s.slowHost(x, now) {
+		if s.slowHost(x, now) {
 			continue // a slow uplink above p would hold back all below it
 		}
 		if _, bad := p.bad[x.id]; bad || !slices.ContainsFunc(x.children, isSlowLeaf) {

@@ -1150,3 +1150,68 @@ func TestCrowdedRelayNotPaced(t *testing.T) {
 		})
 	}
 }
+
+// A slow host that took the seed's one slot (first in the wait list when
+// the seed peer came) gives it up to the next fast newcomer and hangs below
+// it. Kept there, it fed the whole pipeline at its own uplink's rate, and a
+// seed that then sent the content once took no new child: on the harness
+// (declared mixed, the seed on the origin's host) every fast host finished
+// after 146 s, for T* = 26 s. And bytes the seed sent to a slow leaf do not
+// count as the content sent once: they go no further.
+func TestSlowHostGivesUpTheSeedsSlot(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "seed", capHost("seed", 100, true))
+	ids := []string{"slow", "slow2", "a", "b", "c", "d"}
+	vps := map[string]*vpeer{}
+	for _, id := range ids {
+		up := 100.0
+		if id[0] == 's' {
+			up = 10
+		}
+		vps[id] = v.join("t", id, capHost(id, up, false))
+		vps[id].decision()
+	}
+	// As when the seed peer came with all of them waiting, the slow ones
+	// first: one takes the seed's slot, the next hangs below it, and the
+	// others are decided in turn.
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, id := range ids {
+		p := tk.peers[id]
+		for len(p.parents) > 0 {
+			v.s.removeEdge(p.parents[0].peer, p)
+		}
+		v.s.setState(p, stateWaiting)
+		v.s.updatePoolLocked(p)
+	}
+	if !v.s.linkLocked(tk.peers["seed"], tk.peers["slow"]) || !v.s.linkLocked(tk.peers["slow"], tk.peers["slow2"]) {
+		t.Fatal("seed→slow→slow2 refused")
+	}
+	for _, id := range ids[:2] {
+		v.s.setState(tk.peers[id], stateRunning)
+		v.s.updatePoolLocked(tk.peers[id])
+	}
+	for _, id := range ids[2:] {
+		v.s.decideLocked(tk.peers[id], v.now, true)
+	}
+	v.s.mu.Unlock()
+	slow := vps["slow"]
+	if got := v.children("t", "seed"); len(got) != 1 || got[0] == "slow" {
+		t.Errorf("seed's children %v: want one fast host", got)
+	}
+	slow.decision()
+	var rs []*schedulerv1.PieceResult
+	for n := range uint32(4) {
+		r := originPiece(n)
+		r.Digest, r.ParentId = nil, "seed"
+		rs = append(rs, r)
+	}
+	slow.pieces(rs...) // as if it had got everything from the seed
+	v.s.mu.Lock()
+	sent := v.s.tasks[tid("t")].seedSent
+	v.s.mu.Unlock()
+	if sent != 0 {
+		t.Errorf("seed bytes counted as sent once: %d after a slow leaf got the content, want 0", sent)
+	}
+	v.invariants()
+}
