@@ -1215,3 +1215,33 @@ func TestSlowHostGivesUpTheSeedsSlot(t *testing.T) {
 	}
 	v.invariants()
 }
+
+// A slow host takes a seed's slot only when nothing else is left: it
+// relays nothing, and the seed's uplink is what everyone else gets. On the
+// harness (declared mixed) slow leaves moved one after another to the
+// seed's free slot and got the whole content from it at their downlink's
+// rate (the seed sent 2.55 × F) while the pipeline crawled at 0.37 of the
+// bound.
+func TestSlowHostAvoidsTheSeed(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "seed", capHost("seed", 200, true))
+	for _, id := range []string{"a", "b", "c"} {
+		v.join("t", id, capHost(id, 100, false)).parents()
+	}
+	seedKids := v.children("t", "seed")
+	if len(seedKids) != 2 {
+		t.Fatalf("seed's children %v, want two (it feeds two pipelines)", seedKids)
+	}
+	// The seed's second pipeline ends; its slot is free again.
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	v.s.removeEdge(tk.peers["seed"], tk.peers[seedKids[1]])
+	v.s.touchOpenLocked(tk.peers["seed"])
+	v.s.mu.Unlock()
+	if got := v.join("t", "slow", capHost("slow", 10, false)).parents(); slices.Contains(got, "seed") || len(v.children("t", "seed")) != 1 {
+		t.Errorf("slow host's parents %v, seed's children %v: it took the seed's free slot (or a share of it) while others were free", got, v.children("t", "seed"))
+	}
+	if got := v.join("t", "d", capHost("d", 100, false)).parents(); !slices.Equal(got, []string{"seed"}) {
+		t.Errorf("fast newcomer's parents %v, want the seed's free slot", got)
+	}
+}

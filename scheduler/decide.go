@@ -347,6 +347,12 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	var soft []*peer // found slow lately: the last resort
 	now := s.now()
 	limit := s.cfg.CandidateLimit
+	// A slow host takes a seed's slot only when nothing else is left: it
+	// relays nothing, and the seed's uplink is what everyone else gets
+	// (on the harness, declared mixed, slow leaves moved one after another
+	// to the seed's free slot and got the content from it at their full
+	// downlink, 2.55 × F from the seed, while the pipeline crawled).
+	slowP := s.cfg.CapacityAware && s.slowHost(p, now)
 	// consider sorts one candidate into its tier; false once enough free
 	// candidates are found.
 	consider := func(c *peer) bool {
@@ -374,7 +380,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		// A host replaced as slow lately is used like a full one: only when
 		// nothing else can take p, so it drifts to the end of the pipeline
 		// instead of slowing whoever joins below it next.
-		if c.host.used >= c.host.slots || s.childrenFull(c, group, now) || now.Before(c.host.slowUntil) {
+		if c.host.used >= c.host.slots || s.childrenFull(c, group, now) || now.Before(c.host.slowUntil) || (slowP && c.host.info.GetSeed()) {
 			switch {
 			case len(full) < limit:
 				full = append(full, c)

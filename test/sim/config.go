@@ -49,6 +49,10 @@ type Config struct {
 	// Relay: a piece still arriving can be requested by children
 	// (cut-through), as the daemon's upload.relay default does.
 	Relay bool
+	// ShuffleJoins starts the peers in a random order (from Seed) instead
+	// of h1, h2, …: on the harness they register in whatever order their
+	// daemons come up.
+	ShuffleJoins bool
 	// TickEvery is the period of the scheduler's and the cores' timers.
 	TickEvery time.Duration
 	// Scheduler replaces the real scheduler's default config when set.

@@ -8,6 +8,7 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"runtime"
+	"slices"
 	"sort"
 	"time"
 
@@ -255,7 +256,12 @@ func (s *Sim) Run() (*Result, error) {
 	s.timingCost = timingOverhead()
 	wall := time.Now()
 	lb := LowerBound(s.cfg, s.mustFinish())
-	for _, n := range s.nodes {
+	order := s.nodes
+	if s.cfg.ShuffleJoins {
+		order = slices.Clone(s.nodes)
+		s.rnd.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	}
+	for _, n := range order {
 		s.at(0, func() { s.startNode(n, false) })
 	}
 	churnAt := s.cfg.ChurnAt.Seconds()
