@@ -129,6 +129,15 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 		if i := n / 2; i < len(ups) {
 			r = ups[i]
 		}
+		if n < minRateSample && s.declaredMedian > 0 && unknown == 0 {
+			// Too few receivers to tell the task's rate: those that
+			// registered first say little about those to come. The
+			// median of the hosts connected stands in. (On the harness
+			// the seed peer came when only three slow hosts and one fast
+			// had registered: R fell to the slow hosts' 2.5 Mbit/s, the
+			// seed took three children at once and sent 3 × F.)
+			r = s.declaredMedian
+		}
 	}
 	if src > 0 && (r == 0 || src < r) {
 		r = src
@@ -770,6 +779,10 @@ func (s *Scheduler) fullSlotForPacedLocked(p *peer) bool {
 	}
 	return moved
 }
+
+// minRateSample: with fewer receivers of known capacity, a task's rate is
+// taken from the hosts connected (updateRateLocked).
+const minRateSample = 8
 
 // youngHead: a head of an IDC's pipeline holding at most this many pieces
 // may be moved below a newcomer of its parent's IDC; it then waits at most

@@ -1245,3 +1245,36 @@ func TestSlowHostAvoidsTheSeed(t *testing.T) {
 		t.Errorf("fast newcomer's parents %v, want the seed's free slot", got)
 	}
 }
+
+// While a task has few receivers, its rate comes from the hosts connected:
+// the first to register say little about those to come. On the harness the
+// seed peer came when three slow hosts and one fast one had registered; R
+// fell to the slow hosts' rate, the seed's limit rose tenfold, it took three
+// children at once and sent 3 × F.
+func TestFewReceiversRateFromHosts(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	// The cluster: 12 hosts at 100 Mbit/s, 4 at 10, all connected.
+	v.source("warm", "w-src", capHost("w-src", 100, false))
+	for i := range 16 {
+		up := 100.0
+		if i%4 == 3 {
+			up = 10
+		}
+		id := fmt.Sprintf("h%d", i)
+		v.join("warm", "w-"+id, capHost(id, up, false)).decision()
+	}
+	v.advance(time.Second) // a Tick: the hosts' median
+	v.source("t", "seed", capHost("seed", 100, true))
+	for _, i := range []int{3, 7, 11, 0, 1, 2} { // three slow ones first
+		up := 100.0
+		if i%4 == 3 {
+			up = 10
+		}
+		id := fmt.Sprintf("h%d", i)
+		v.join("t", id, capHost(id, up, false)).decision()
+	}
+	if got := v.children("t", "seed"); len(got) > 1 {
+		t.Errorf("seed's children %v: want one (its uplink is the rate of one)", got)
+	}
+	v.invariants()
+}

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"math"
 	"math/bits"
+	"slices"
 	"time"
 
 	schedulerv1 "github.com/damselfly-io/damselfly/api/schedulerv1"
@@ -97,9 +98,19 @@ const (
 // received, what its children could take (from the current graph), and from
 // both its measured capacity. Called once a Tick, before the tasks' rates.
 func (s *Scheduler) meterLocked(now time.Time) {
+	ups := s.rateScratch[:0]
 	for _, h := range s.hosts {
 		s.meterRatesLocked(h, now)
+		if h.info.GetUploadBps() > 0 {
+			ups = append(ups, declaredUplink(h))
+		}
 	}
+	s.declaredMedian = 0
+	if len(ups) > 0 {
+		slices.Sort(ups)
+		s.declaredMedian = ups[len(ups)/2]
+	}
+	s.rateScratch = ups[:0]
 	for _, t := range s.taskList {
 		if t.onlyHolders() {
 			continue // only holders: nobody downloads
