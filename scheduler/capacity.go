@@ -210,8 +210,10 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 // allows (counted in group alone when capacities are not used).
 func (s *Scheduler) childrenFull(c *peer, group string, now time.Time) bool {
 	lim := s.childLimit(c, now)
-	n := childrenIn(c, group)
-	if s.cfg.CapacityAware {
+	var n int
+	if !s.cfg.CapacityAware {
+		n = childrenIn(c, group)
+	} else {
 		// The capacity-aware scheduler counts a host's children in all
 		// IDCs: its uplink is one. Counted per IDC, the head of another
 		// IDC's pipeline hung below the shallowest host of the first and
@@ -395,24 +397,11 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 		if lim := max(s.childLimit(x, now), 1); rest+1 > lim {
 			continue
 		}
-		var moved []*peer
-		for i := 0; i < len(x.children); i++ {
-			if y := x.children[i]; isSlowLeaf(y) {
-				s.removeEdge(x, y)
-				moved = append(moved, y)
-				i--
-			}
-		}
-		if !s.linkLocked(x, p) {
-			for _, y := range moved {
-				s.linkLocked(x, y)
-			}
+		moved := s.interposeLocked(x, p, isSlowLeaf)
+		if moved == nil {
 			continue
 		}
 		for _, y := range moved {
-			if !s.linkLocked(p, y) {
-				s.linkLocked(x, y) // cannot happen: y is a leaf and p new
-			}
 			if lim := s.childLimit(p, now); lim >= 0 && len(moved) > lim {
 				s.crowdLocked(y) // they split p's uplink: paced parents may do better
 			}
@@ -422,6 +411,32 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 		return true
 	}
 	return false
+}
+
+// interposeLocked puts p, a newcomer, between x and the children of x that
+// take selects (x→y becomes x→p→y) and returns those children; nil, with
+// nothing changed, when x refuses p. The caller tells them.
+func (s *Scheduler) interposeLocked(x, p *peer, take func(*peer) bool) []*peer {
+	var moved []*peer
+	for i := 0; i < len(x.children); i++ {
+		if y := x.children[i]; take(y) {
+			s.removeEdge(x, y)
+			moved = append(moved, y)
+			i-- // the last child took its place
+		}
+	}
+	if !s.linkLocked(x, p) {
+		for _, y := range moved {
+			s.linkLocked(x, y)
+		}
+		return nil
+	}
+	for _, y := range moved {
+		if !s.linkLocked(p, y) {
+			s.linkLocked(x, y) // cannot happen: p is new, so no cycle
+		}
+	}
+	return moved
 }
 
 // crowdLocked records that p shares an uplink that has no room for it.
@@ -824,24 +839,11 @@ func (s *Scheduler) displaceCrossHeadLocked(p *peer, full []*peer, group string,
 		if heads <= 0 {
 			continue
 		}
-		var moved []*peer
-		for i := 0; i < len(x.children); i++ {
-			if y := x.children[i]; !pacedChild(x, y) {
-				s.removeEdge(x, y)
-				moved = append(moved, y)
-				i--
-			}
-		}
-		if !s.linkLocked(x, p) {
-			for _, y := range moved {
-				s.linkLocked(x, y)
-			}
+		moved := s.interposeLocked(x, p, func(y *peer) bool { return !pacedChild(x, y) })
+		if moved == nil {
 			continue
 		}
 		for _, y := range moved {
-			if !s.linkLocked(p, y) {
-				s.linkLocked(x, y) // cannot happen: y is a head and p new
-			}
 			s.sendParentsLocked(y, now)
 		}
 		if s.debug() {

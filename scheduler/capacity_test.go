@@ -1007,13 +1007,7 @@ func TestSeedSendsTheContentOnce(t *testing.T) {
 		t.Fatalf("seed of unknown capacity: child limit %d before it sent anything, want 1", v.s.childLimit(sd, v.now))
 	}
 	v.s.mu.Unlock()
-	var rs []*schedulerv1.PieceResult
-	for n := range uint32(4) {
-		r := originPiece(n)
-		r.Digest, r.ParentId = nil, "seed"
-		rs = append(rs, r)
-	}
-	a.pieces(rs...)
+	a.pieces(piecesFrom("seed", 4)...)
 	a.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 4 << 18}}})
 	for _, id := range []string{"b", "c"} {
 		if got := v.join("t", id).parents(); slices.Contains(got, "seed") {
@@ -1049,13 +1043,7 @@ func TestDeclaredOneChildSeedSendsOnce(t *testing.T) {
 			for _, id := range []string{"x", "y", "z"} {
 				v.join("t", id, capHost(id, 100, false)).parents()
 			}
-			var rs []*schedulerv1.PieceResult
-			for n := range uint32(4) {
-				r := originPiece(n)
-				r.Digest, r.ParentId = nil, "seed"
-				rs = append(rs, r)
-			}
-			a.pieces(rs...)
+			a.pieces(piecesFrom("seed", 4)...)
 			a.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 4 << 18}}})
 			v.advance(2 * time.Second) // ticks: a, done, leaves the seed's slot
 			if got := v.children("t", "seed"); tc.sentOnce && len(got) != 0 {
@@ -1200,13 +1188,7 @@ func TestSlowHostGivesUpTheSeedsSlot(t *testing.T) {
 		t.Errorf("seed's children %v: want one fast host", got)
 	}
 	slow.decision()
-	var rs []*schedulerv1.PieceResult
-	for n := range uint32(4) {
-		r := originPiece(n)
-		r.Digest, r.ParentId = nil, "seed"
-		rs = append(rs, r)
-	}
-	slow.pieces(rs...) // as if it had got everything from the seed
+	slow.pieces(piecesFrom("seed", 4)...) // as if it had got everything from the seed
 	v.s.mu.Lock()
 	sent := v.s.tasks[tid("t")].seedSent
 	v.s.mu.Unlock()

@@ -478,6 +478,18 @@ func originPiece(n uint32) *schedulerv1.PieceResult {
 	return &schedulerv1.PieceResult{Number: n, Digest: pieceDigest(n), Length: 1 << 18, CostNs: int64(time.Millisecond)}
 }
 
+// piecesFrom is pieces 0..n-1 reported as got from parent, without
+// digests.
+func piecesFrom(parent string, n uint32) []*schedulerv1.PieceResult {
+	var rs []*schedulerv1.PieceResult
+	for i := range n {
+		r := originPiece(i)
+		r.Digest, r.ParentId = nil, parent
+		rs = append(rs, r)
+	}
+	return rs
+}
+
 func pieceDigest(n uint32) []byte { return core.PieceDigest(fmt.Appendf(nil, "piece-%d", n)) }
 
 // eventually polls cond until it holds or step passes.

@@ -81,13 +81,7 @@ func TestOldCrossHeadStays(t *testing.T) {
 	if got := b1.parents(); len(got) != 1 || got[0] != "a1" {
 		t.Fatalf("b1's parents %v, want [a1] (the tail of r1's pipeline)", got)
 	}
-	var rs []*schedulerv1.PieceResult
-	for n := range uint32(youngHead + 1) {
-		r := originPiece(n)
-		r.Digest, r.ParentId = nil, "a1"
-		rs = append(rs, r)
-	}
-	b1.pieces(rs...)
+	b1.pieces(piecesFrom("a1", youngHead+1)...)
 	v.join("t", "a2", idcHost("a2", "r1", 100)).parents()
 	if got := v.children("t", "a1"); len(got) != 1 || got[0] != "b1" {
 		t.Errorf("a1's children %v, want [b1]: a head holding %d pieces was moved", got, youngHead+1)
