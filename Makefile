@@ -12,7 +12,7 @@ IMAGE_LAYOUT := $(BIN)/images/damselfly
 LDFLAGS := -s -w -X main.Version=$(VERSION) -X main.version=$(VERSION)
 PROTOS := api/schedulerv1/scheduler.proto api/peerv1/peer.proto api/daemonv1/daemon.proto api/managerv1/manager.proto
 
-.PHONY: all build run test test-unit deps proto bench bench-swarm bench-sim vet fmt clean dist images push
+.PHONY: all build run test test-unit deps proto bench bench-swarm bench-sim cdfplot vet fmt clean dist images push
 
 all: build
 
@@ -76,8 +76,15 @@ proto:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
 
+# bench-swarm: run.sh also builds bin/cdfplot, which draws each run's cdf.png.
 bench-swarm: build
 	./test/swarm/run.sh $(ARGS)
+
+# cdfplot draws a swarm run's completion-time CDF (cdf.png) from its
+# results.json; the harness runs $(BIN)/cdfplot when it exists. Its own module
+# (tools/cdfplot), so the plotting library stays out of the product's go.mod.
+cdfplot:
+	cd tools/cdfplot && $(GO) build -o ../../$(BIN)/cdfplot .
 
 # bench-sim runs the swarm simulator (docs/simulator.md): the real scheduler
 # and download core in virtual time, e.g. ARGS="-n 10000 -size 500MiB -rate 1gbit".

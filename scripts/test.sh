@@ -26,13 +26,16 @@ go test -count=1 -timeout 20m -race ./core/... ./internal/... ./scheduler/... ./
 go test -count=1 -timeout 30m ./cmd/... ./test/...
 
 # The Helm chart (helm lint/template, every manifest decoded strictly into
-# the Kubernetes API types) and the image builder: own modules, so k8s.io
-# and go-containerregistry stay out of the product's dependencies.
+# the Kubernetes API types), the image builder and the swarm harness's
+# chart: own modules, so k8s.io, go-containerregistry and gonum's plot stay
+# out of the product's dependencies.
 echo "== helm chart"
 export PATH="$PATH:$(go env GOPATH)/bin"
 (cd deploy/helm/test && go vet ./... && go test -count=1 ./...)
 echo "== image builder"
 (cd tools/image && go vet ./... && go test -count=1 ./...)
+echo "== swarm chart (cdfplot)"
+(cd tools/cdfplot && go vet ./... && go test -count=1 ./...)
 # Fuzz every parser of untrusted input for 3 s each (FUZZTIME=30s for a
 # longer run; about 100 s in all on 2 cores, mostly building). The seed corpora
 # and testdata/fuzz regressions also run as plain tests above.

@@ -1,19 +1,17 @@
 package swarm
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
-	"image/color"
+	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/damselfly-io/damselfly/test/swarm/scenario"
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
 )
 
 // Results is one harness run: results.json.
@@ -159,10 +157,44 @@ func (r *Results) write(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(r.Markdown()), 0o644); err != nil {
 		return fmt.Errorf("write results: %w", err)
 	}
-	if err := r.plotCDF(filepath.Join(dir, "cdf.png")); err != nil {
-		return fmt.Errorf("write results: %w", err)
-	}
 	return nil
+}
+
+// The completion-time CDF, cdf.png, is drawn by cdfplot (tools/cdfplot: its
+// own Go module, so the plotting library stays out of this one's
+// dependencies) from results.json. The chart is optional: without the
+// binary, or when it fails, the run goes on without one.
+const cdfPlotTimeout = time.Minute
+
+// findCDFPlot returns the absolute path of the cdfplot executable in
+// binDir, or "" if there is none.
+func findCDFPlot(binDir string) string {
+	path, err := filepath.Abs(filepath.Join(binDir, "cdfplot"))
+	if err != nil {
+		return ""
+	}
+	fi, err := os.Stat(path)
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return ""
+	}
+	return path
+}
+
+// drawCDF runs cdfplot (from findCDFPlot; "" does nothing) on dir's
+// results.json to write dir/cdf.png. A failure is logged in one line and
+// removes cdf.png, so that no chart older than results.json is left.
+func drawCDF(log *slog.Logger, cdfplot, dir string) {
+	if cdfplot == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cdfPlotTimeout)
+	defer cancel()
+	out := filepath.Join(dir, "cdf.png")
+	msg, err := exec.CommandContext(ctx, cdfplot, "-o", out, filepath.Join(dir, "results.json")).CombinedOutput()
+	if err != nil {
+		os.Remove(out)
+		log.Warn("no cdf.png: cdfplot failed", "err", err, "output", strings.TrimSpace(string(msg)))
+	}
 }
 
 var systemTitles = map[string]string{
@@ -276,67 +308,6 @@ func hostsOf(hs []*Host, r Role) []*Host {
 		}
 	}
 	return out
-}
-
-var plotColors = map[string]color.Color{
-	SystemDamselfly:      color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
-	SystemDirect:         color.RGBA{R: 0x7f, G: 0x7f, B: 0x7f, A: 0xff},
-	SystemBitTorrent:     color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
-	SystemImageDamselfly: color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
-	SystemImageDirect:    color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
-}
-
-// plotCDF draws the completion-time CDF of every system, with T*.
-func (r *Results) plotCDF(path string) error {
-	p := plot.New()
-	p.Title.Text = fmt.Sprintf("%s: N=%d, F=%s, %s", r.Params.Scenario, r.Params.N, scenario.FormatSize(r.Params.SizeBytes), Rate(r.Params.RateBps))
-	p.X.Label.Text = "seconds since the common start"
-	p.Y.Label.Text = "fraction of hosts done"
-	p.Y.Min, p.Y.Max = 0, 1
-	p.Legend.Top = false
-	p.Legend.Left = false
-	xmax := r.LowerBound.TStar
-	for _, s := range r.Systems {
-		var ts []float64
-		total := 0
-		for _, h := range s.Hosts {
-			if h.Killed {
-				continue
-			}
-			total++
-			if h.OK {
-				ts = append(ts, h.DoneS)
-			}
-		}
-		if len(ts) == 0 {
-			continue
-		}
-		slices.Sort(ts)
-		pts := plotter.XYs{{X: 0, Y: 0}}
-		for i, t := range ts {
-			pts = append(pts, plotter.XY{X: t, Y: float64(i) / float64(total)}, plotter.XY{X: t, Y: float64(i+1) / float64(total)})
-			xmax = max(xmax, t)
-		}
-		l, err := plotter.NewLine(pts)
-		if err != nil {
-			return err
-		}
-		l.Color = plotColors[s.Name]
-		l.Width = vg.Points(1.5)
-		p.Add(l)
-		p.Legend.Add(s.Name, l)
-	}
-	ts, err := plotter.NewLine(plotter.XYs{{X: r.LowerBound.TStar, Y: 0}, {X: r.LowerBound.TStar, Y: 1}})
-	if err != nil {
-		return err
-	}
-	ts.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-	ts.Color = color.Black
-	p.Add(ts)
-	p.Legend.Add("T*", ts)
-	p.X.Min, p.X.Max = 0, xmax*1.05
-	p.Add(plotter.NewGrid())
-	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
 }
 
 // hostRates names every host's uplink and downlink, in the order of the

@@ -85,7 +85,7 @@ type Config struct {
 	TLS bool
 
 	Deadline time.Duration // per system
-	BinDir   string        // holds damselfly and dfget
+	BinDir   string        // holds damselfly and dfget, and cdfplot for cdf.png if built
 	WorkDir  string        // scratch space for copies and caches; "" means os.TempDir()
 	OutDir   string        // results.json, results.md, cdf.png, logs
 	RunID    string        // "" picks a random one
@@ -248,6 +248,10 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		SHA256:     digest,
 	}
 	log.Info("network up", "hosts", len(netw.Hosts), "t_star_s", res.LowerBound.TStar, "netem", netw.Netem)
+	cdfplot := findCDFPlot(cfg.BinDir)
+	if cdfplot == "" {
+		log.Info("no cdf.png: no cdfplot in the bin dir (make cdfplot builds it)", "bin_dir", cfg.BinDir)
+	}
 	for _, sys := range cfg.Systems {
 		if ctx.Err() != nil {
 			break
@@ -260,6 +264,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		if err := res.write(cfg.OutDir); err != nil {
 			return res, err
 		}
+		drawCDF(log, cdfplot, cfg.OutDir)
 	}
 	if ctx.Err() != nil {
 		return res, fmt.Errorf("run aborted: %w", ctx.Err())

@@ -40,7 +40,7 @@ func run(args []string) int {
 	systems := fs.String("systems", strings.Join(cfg.Systems, ","), "systems to run, in order: damselfly,direct,bittorrent,image-damselfly,image-direct")
 	fs.IntVar(&cfg.ImageLayers, "layers", cfg.ImageLayers, "image systems: layers of the image (F bytes in total)")
 	fs.DurationVar(&cfg.Deadline, "deadline", cfg.Deadline, "time limit per system (setup included)")
-	fs.StringVar(&cfg.BinDir, "bin-dir", cfg.BinDir, "directory holding the damselfly and dfget binaries")
+	fs.StringVar(&cfg.BinDir, "bin-dir", cfg.BinDir, "directory holding the damselfly and dfget binaries, and cdfplot (optional) for cdf.png")
 	fs.StringVar(&cfg.WorkDir, "work-dir", "", "scratch directory for copies and caches (default: $TMPDIR)")
 	fs.StringVar(&cfg.OutDir, "out", "", "results directory (default: test/swarm/results/<timestamp>)")
 	fs.StringVar(&cfg.RunID, "run-id", "", "suffix of namespace names (default: random)")
