@@ -185,7 +185,7 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 			if relay := s.upCapacity(c.host, now); int(relay/r+0.25) == 0 {
 				return 0 // it gets the content too slowly to feed anyone at R
 			}
-			lim = int(u/r + 0.25)
+			lim = childrenAt(u, r)
 		}
 	}
 	if c.host.info.GetSeed() && s.cfg.CapacityAware && (lim < 0 || lim > 1) && knownUp(c.host) <= 0 {
@@ -787,6 +787,15 @@ func (s *Scheduler) fullSlotForPacedLocked(p *peer) bool {
 	s.fillFreeOnly = true
 	moved := s.fillParentsLocked(p, false)
 	s.fillFreeOnly = false
+	if moved && s.slowSlot(p.parents[0].peer, s.now()) {
+		// A slot slower than the fluid rate: its shares gave it more
+		// (it was moved off that slot to them), and taking the slot
+		// back would undo that at every tick.
+		for _, l := range slices.Clone(p.parents) {
+			s.removeEdge(l.peer, p)
+		}
+		moved = false
+	}
 	if !moved {
 		for _, l := range was {
 			s.linkShareLocked(l.peer, p, l.share)
@@ -853,3 +862,70 @@ func (s *Scheduler) displaceCrossHeadLocked(p *peer, full []*peer, group string,
 	}
 	return false
 }
+
+// childrenAt is how many children an uplink of u feeds at the rate r: one
+// from 0.75 r (a relay a little slower than the rate is better used than
+// left out, and a measured uplink comes out a little low), more only for
+// as many as get nearly r each. Rounded up from 1.75 r like the first, a
+// seed peer of 25 Mbit/s with R at 14 fed two pipelines at 12.5, and
+// everyone got 12.5 instead of 14 (the simulator's spread).
+func childrenAt(u, r float64) int {
+	if n := int(u/r + 0.05); n >= 1 {
+		return n
+	}
+	return int(u/r + 0.25)
+}
+
+// displaceSlowRelayLocked puts p, a newcomer that relays at the task's
+// rate, above the shallowest young relay in the pipeline that is slower
+// than both p and the rate: x→y becomes x→p→y. A relay of 0.75 to 1 R
+// takes a child (childrenAt), and everyone below it gets its rate; peers
+// that wait together are placed fastest first (fastFirstLocked), but
+// peers that register one after another would otherwise be chained in
+// their order, a slower relay above faster ones. Young: y holds at most
+// youngHead pieces, so it waits a few piece times for p at most. Only
+// known capacities count: an unknown one is presumed to keep up. It
+// reports whether p was placed.
+func (s *Scheduler) displaceSlowRelayLocked(p *peer, full []*peer, group string, now time.Time) bool {
+	t := p.task
+	if len(p.parents) > 0 || len(p.children) > 0 || t.rate <= 0 || s.childLimit(p, now) < 1 {
+		return false
+	}
+	cp := s.upCapacity(p.host, now)
+	if cp <= 0 {
+		return false
+	}
+	below := slowRelayMargin * min(cp, t.rate)
+	var bx, by *peer
+	for _, x := range full {
+		if _, bad := p.bad[x.id]; bad || s.slowHost(x, now) || x.host == p.host {
+			continue
+		}
+		for _, y := range x.children {
+			if by != nil && y.depth >= by.depth {
+				continue // a shallower one was found: it holds back more
+			}
+			if y.host == p.host || y.pieces.count > youngHead || localityGroup(y.host.info) != group || pacedChild(x, y) || unpacedChildren(y) == 0 {
+				continue
+			}
+			if _, bad := y.bad[p.id]; bad {
+				continue
+			}
+			if c := s.upCapacity(y.host, now); c > 0 && c < below {
+				bx, by = x, y
+			}
+		}
+	}
+	if by == nil || s.interposeLocked(bx, p, func(y *peer) bool { return y == by }) == nil {
+		return false
+	}
+	s.sendParentsLocked(by, now)
+	if s.debug() {
+		s.log.Debug("slower relay displaced", "task_id", t.id, "peer_id", p.id, "parent", bx.id, "relay", by.id)
+	}
+	return true
+}
+
+// slowRelayMargin: a relay is displaced by a newcomer when its capacity is
+// below this share of the newcomer's and of the task's rate.
+const slowRelayMargin = 0.95

@@ -53,6 +53,10 @@ type Config struct {
 	// of h1, h2, …: on the harness they register in whatever order their
 	// daemons come up.
 	ShuffleJoins bool
+	// JoinSpacing starts the peers this far apart (in join order) instead
+	// of all at once: on the harness, the seed peer is often triggered by
+	// the first registrations and most peers register after it.
+	JoinSpacing time.Duration
 	// TickEvery is the period of the scheduler's and the cores' timers.
 	TickEvery time.Duration
 	// Scheduler replaces the real scheduler's default config when set.

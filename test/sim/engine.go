@@ -261,8 +261,8 @@ func (s *Sim) Run() (*Result, error) {
 		order = slices.Clone(s.nodes)
 		s.rnd.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 	}
-	for _, n := range order {
-		s.at(0, func() { s.startNode(n, false) })
+	for i, n := range order {
+		s.at(float64(i)*s.cfg.JoinSpacing.Seconds(), func() { s.startNode(n, false) })
 	}
 	churnAt := s.cfg.ChurnAt.Seconds()
 	if churnAt == 0 {

@@ -50,6 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Deadline, "deadline", cfg.Deadline, "virtual-time limit; hosts not done by then count as failed")
 	fs.BoolVar(&cfg.Relay, "relay", cfg.Relay, "relays (cut-through): children may fetch a piece still arriving")
 	fs.BoolVar(&cfg.ShuffleJoins, "shuffle-joins", false, "start the peers in a random order (from -seed), as they register on the harness, instead of h1, h2, …")
+	fs.DurationVar(&cfg.JoinSpacing, "join-spacing", 0, "start the peers this far apart in join order (0: all at once); with it most peers register after the seed peer, as on the harness")
 	fs.DurationVar(&cfg.TickEvery, "tick", cfg.TickEvery, "period of the scheduler's and the cores' timers")
 	schedConfig := fs.String("scheduler-config", "", "the scheduler's YAML config (as damselfly scheduler --config), for tuning runs")
 	maxParents := fs.Int("max-parents", 0, "the scheduler's max_parents (0: its default or -scheduler-config's)")

@@ -1,0 +1,217 @@
+package scheduler
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	schedulerv1 "github.com/damselfly-io/damselfly/api/schedulerv1"
+)
+
+// Peers that wait together (for the task's first source) are placed with
+// the fastest relays first: a relay of 0.75 to 1 R takes a child, and
+// everyone below it gets its rate, so it belongs below the faster ones.
+// In join order, the simulator's spread chained a 14 Mbit/s relay above
+// eleven faster hosts, and all of them got 14 (T*/T_median 0.78 -> 0.94).
+// A host that relays nobody keeps its place.
+func TestWaitingPeersPlacedFastestFirst(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	ups := map[string]float64{"a": 80, "c": 90, "slow": 10, "b": 100, "d": 100, "e": 100, "f": 100, "g": 100}
+	order := []string{"a", "c", "slow", "b", "d", "e", "f", "g"}
+	ps := map[string]*vpeer{}
+	for _, id := range order {
+		ps[id] = v.join("t", id, capHost(id, ups[id], false), noBackSource())
+		if d := ps[id].decision(); d.GetWait() == nil {
+			t.Fatalf("%s: want wait (no source yet), got %v", id, d)
+		}
+	}
+	v.source("t", "s", capHost("s", 100, false))
+	parent := map[string]string{}
+	for _, id := range order {
+		ps[id].decision() // (the pipeline order is read from the graph)
+	}
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, id := range order {
+		for _, l := range tk.peers[id].parents {
+			if l.share == 0 {
+				parent[id] = l.peer.id
+			}
+		}
+	}
+	v.s.mu.Unlock()
+	// Walk the pipeline down from the source: the uplinks must not rise.
+	at, prev, n := "s", 100.0, 0
+	for {
+		next := ""
+		for id, p := range parent {
+			if p == at && id != "slow" {
+				next = id
+			}
+		}
+		if next == "" {
+			break
+		}
+		if ups[next] > prev {
+			t.Errorf("pipeline %s (%v Mbit/s) below a slower relay (%v Mbit/s): parents %v", next, ups[next], prev, parent)
+		}
+		at, prev, n = next, ups[next], n+1
+	}
+	if n != len(order)-1 {
+		t.Errorf("pipeline holds %d of the %d relays: parents %v", n, len(order)-1, parent)
+	}
+	v.invariants()
+}
+
+// A newcomer that relays at the rate goes above a young relay slower than
+// it and than the rate, when peers come one after another: the pipeline
+// keeps its slower relays at its end.
+func TestNewcomerAboveSlowerYoungRelay(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "s", capHost("s", 100, false))
+	for _, id := range []string{"h1", "h2", "h3", "h4", "h5", "h6", "h7"} {
+		v.join("t", id, capHost(id, 100, false)).parents()
+	}
+	// h7 is the tail; a relay at 80 Mbit/s joins below it, then a host of
+	// its own below that one (a 0.8 R relay takes a child).
+	if got := v.join("t", "mid", capHost("mid", 80, false)).parents(); !slices.Equal(got, []string{"h7"}) {
+		t.Fatalf("mid's parents %v, want [h7]", got)
+	}
+	if got := v.join("t", "low", capHost("low", 90, false)).parents(); !slices.Equal(got, []string{"mid"}) {
+		t.Fatalf("low's parents %v, want [mid] (the tail)", got)
+	}
+	// A fast newcomer takes mid's place: h7 → fast → mid → low.
+	fast := v.join("t", "fast", capHost("fast", 100, false))
+	if got := fast.parents(); !slices.Equal(got, []string{"h7"}) {
+		t.Fatalf("fast newcomer's parents %v, want [h7] (above the slower relay)", got)
+	}
+	if got := v.children("t", "fast"); !slices.Equal(got, []string{"mid"}) {
+		t.Errorf("fast newcomer's children %v, want [mid]", got)
+	}
+	// A relay that holds more than a few pieces stays where it is.
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for n := range uint32(youngHead + 1) {
+		tk.peers["low"].pieces.set(n)
+	}
+	tk.peers["low"].pieces.count = youngHead + 1
+	v.s.mu.Unlock()
+	late := v.join("t", "late", capHost("late", 100, false))
+	if got := late.parents(); slices.Equal(got, []string{"mid"}) {
+		t.Errorf("newcomer displaced low, which holds %d pieces: parents %v", youngHead+1, got)
+	}
+	v.invariants()
+}
+
+// Two children only for an uplink that feeds both at nearly the rate. With
+// 1.75 R rounded up to two, a seed of 25 Mbit/s with R at 14 fed two
+// pipelines at 12.5 each, and every peer got 12.5 (the simulator's spread).
+func TestChildrenAtRate(t *testing.T) {
+	for _, tc := range []struct {
+		u    float64
+		want int
+	}{{0.7, 0}, {0.75, 1}, {1, 1}, {1.8, 1}, {1.94, 1}, {1.96, 2}, {2.5, 2}, {9.96, 10}} {
+		if got := childrenAt(tc.u*mbps, mbps); got != tc.want {
+			t.Errorf("uplink %v R: %d children, want %d", tc.u, got, tc.want)
+		}
+	}
+	v := pipelineVirtual(t, nil)
+	v.source("t", "seed", capHost("seed", 180, true))
+	for _, id := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
+		v.join("t", id, capHost(id, 100, false)).parents()
+	}
+	if got := v.children("t", "seed"); len(got) != 1 {
+		t.Errorf("seed at 1.8 R: children %v, want one pipeline at the full rate", got)
+	}
+	v.invariants()
+}
+
+// A declared relay that passes on all it gets is not replaced as slow for
+// what its child measured per piece: four requests ahead of a relay fed at
+// 20 Mbit/s took 5 Mbit/s each, and the simulator, peers registering 50 ms
+// apart, replaced every fast relay of a declared pipeline; the swarm fell
+// to 0.10 of the bound and fetched 11 × F from the origin. A declared relay
+// the meter finds sending less than its child could take is still replaced.
+func TestDeclaredRelayNotJudgedPerPiece(t *testing.T) {
+	for _, bound := range []bool{false, true} {
+		t.Run(fmt.Sprint("bound ", bound), func(t *testing.T) {
+			v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples = 0.3, 2 })
+			src := v.join("t", "a", capHost("a", 100, false))
+			src.decision()
+			src.meta(chainLength, chainPieceSize)
+			ps := chainUnder(v.t, src, []string{"a", "b", "c", "d"}, func(id string) *vpeer { return v.join("t", id, capHost(id, 100, false)) }, (*vpeer).parents)
+			v.advance(inputGrace) // the meter's windows: c keeps up with b
+			v.advance(time.Second)
+			v.advance(time.Second)
+			const piece = 256 << 10
+			fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)
+			for n := range uint32(3) {
+				ps["b"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "a", Length: piece, CostNs: fast})
+				ps["c"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "b", Length: piece, CostNs: slow})
+				ps["d"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "c", Length: piece, CostNs: fast})
+			}
+			v.s.mu.Lock()
+			m := &v.s.tasks[tid("t")].peers["b"].host.meter
+			if !m.judged {
+				v.s.mu.Unlock()
+				t.Fatal("b's meter has judged no window")
+			}
+			v.s.mu.Unlock()
+			ps["c"].decision()
+			v.now = v.now.Add(time.Second)
+			v.s.mu.Lock()
+			m.bound = bound // what the meter found in its last window
+			v.s.replaceSlowParentsLocked(v.s.tasks[tid("t")], v.now)
+			v.s.flushLocked(v.now)
+			moved := !slices.ContainsFunc(v.s.tasks[tid("t")].peers["c"].parents, func(l link) bool { return l.peer.id == "b" })
+			v.s.mu.Unlock()
+			if moved != bound {
+				t.Errorf("meter bound %v: c moved off b %v, want %v", bound, moved, bound)
+			}
+		})
+	}
+}
+
+// A host that relays nobody, whose only free slot is below a relay slower
+// than the task's fluid rate (a relay of 0.75 to 1 R takes a child), moves
+// to paced parents that give it more, and stays there: the ticks that move
+// paced receivers to free full-rate slots skip such a slot. In the
+// simulator's spread a 9 Mbit/s host at the tail below a 14 Mbit/s relay
+// finished 3.5 s after everyone else.
+func TestLeafBelowSlowRelayPaced(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "s", capHost("s", 100, false))
+	for _, id := range []string{"h1", "h2", "h3", "h4", "h5", "h6"} {
+		v.join("t", id, capHost(id, 150, false)).parents()
+	}
+	if got := v.join("t", "x", capHost("x", 80, false)).parents(); !slices.Equal(got, []string{"h6"}) {
+		t.Fatalf("x's parents %v, want [h6] (the tail)", got)
+	}
+	leaf := v.join("t", "leaf", capHost("leaf", 30, false))
+	check := func(when string) {
+		t.Helper()
+		v.s.mu.Lock()
+		defer v.s.mu.Unlock()
+		p := v.s.tasks[tid("t")].peers["leaf"]
+		sum, onX := 0.0, false
+		for _, l := range p.parents {
+			sum += l.share
+			onX = onX || l.peer.id == "x"
+		}
+		if onX || sum <= 80*mbps {
+			var ids []string
+			for _, l := range p.parents {
+				ids = append(ids, fmt.Sprintf("%s:%.0f", l.peer.id, l.share/mbps))
+			}
+			t.Errorf("%s: leaf's parents %v (Mbit/s booked), want paced parents giving more than x's 80", when, ids)
+		}
+	}
+	leaf.decision()
+	check("after joining")
+	for range 3 {
+		v.advance(time.Second)
+	}
+	check("three ticks later")
+	v.invariants()
+}
