@@ -172,7 +172,7 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 // capacity and target rate it is u/R rounded (a host at a tenth of R gets
 // none, one at ten times R gets ten); otherwise MaxChildren. A seed host
 // that can feed at most one child at R (its capacity unknown, or known and
-// below 1.75 R) often shares its uplink with the origin, which should carry
+// below 1.95 R, childrenAt) often shares its uplink with the origin, which should carry
 // the content about once: it serves one child, and no new one once the
 // seed hosts have sent the content once.
 func (s *Scheduler) childLimit(c *peer, now time.Time) int {

@@ -215,3 +215,4 @@ func TestLeafBelowSlowRelayPaced(t *testing.T) {
 	check("three ticks later")
 	v.invariants()
 }
+
