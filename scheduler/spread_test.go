@@ -215,4 +215,3 @@ func TestLeafBelowSlowRelayPaced(t *testing.T) {
 	check("three ticks later")
 	v.invariants()
 }
-
