@@ -85,6 +85,27 @@ func eval[T any](b *browser, js string) T {
 	return v
 }
 
+// fill types text into the input #id and checks that the input holds it
+// before the test goes on: under load one keystroke was lost (a token
+// created as "ci-toke"), and the test then waited for a button that was
+// never drawn. A field that does not hold the text is cleared and typed
+// again, three times at most.
+func (b *browser) fill(id, text string) {
+	b.t.Helper()
+	for try := 1; ; try++ {
+		eval[string](b, "(e => { e.value = ''; return '' })(document.getElementById("+quote(id)+"))")
+		b.do(chromedp.SendKeys(chromedp.ID(id), text))
+		got := eval[string](b, "document.getElementById("+quote(id)+").value")
+		if got == text {
+			return
+		}
+		if try == 3 {
+			b.t.Fatalf("typed %q into #%s three times; it holds %q", text, id, got)
+		}
+		b.t.Logf("typed %q into #%s; it holds %q: typing it again", text, id, got)
+	}
+}
+
 // clickJS clicks the element selector names as soon as it is there, in the
 // page itself: the users page re-renders its tables after a change, and a
 // chromedp.Click that found the node just before that waits on a detached
@@ -286,8 +307,9 @@ func TestConsole(t *testing.T) {
 
 	// Preheat the image to every peer and watch the job succeed.
 	b.open("#/jobs", "#pf-url")
-	b.do(chromedp.SetValue(chromedp.ID("pf-scope"), "all_peers"), chromedp.SendKeys(chromedp.ID("pf-url"), ref),
-		chromedp.SendKeys(chromedp.ID("pf-platform"), "linux/amd64"))
+	b.do(chromedp.SetValue(chromedp.ID("pf-scope"), "all_peers"))
+	b.fill("pf-url", ref)
+	b.fill("pf-platform", "linux/amd64")
 	b.shoot("jobs")
 	b.do(chromedp.Click(chromedp.ID("pf-submit")))
 	b.waitJS("the job page", "/^#\\/jobs\\/\\d+$/.test(location.hash) && document.getElementById('job-state')", 30*time.Second)
@@ -299,7 +321,8 @@ func TestConsole(t *testing.T) {
 	// A preheat of an image the registry does not have fails, and the job
 	// page says why.
 	b.open("#/jobs", "#pf-url")
-	b.do(chromedp.SendKeys(chromedp.ID("pf-url"), strings.TrimSuffix(ref, ":v1")+":missing"), chromedp.Click(chromedp.ID("pf-submit")))
+	b.fill("pf-url", strings.TrimSuffix(ref, ":v1")+":missing")
+	b.do(chromedp.Click(chromedp.ID("pf-submit")))
 	b.waitJS("the failed job page", "/^#\\/jobs\\/\\d+$/.test(location.hash) && location.hash !== '#/jobs/"+jobID+"'", 30*time.Second)
 	b.waitJS("the failure and its reason", "document.getElementById('job-state') && document.getElementById('job-state').textContent === 'FAILURE' && document.querySelector('.error[role=alert]') && document.querySelector('.error[role=alert]').textContent.includes('not found')", 60*time.Second)
 	b.shoot("job-failed")
@@ -356,8 +379,10 @@ func TestConsole(t *testing.T) {
 
 	// The other pages.
 	b.open("#/clusters", "#cl-name")
-	b.do(chromedp.SendKeys(chromedp.ID("cl-name"), "dc2"), chromedp.SendKeys(chromedp.ID("cl-idc"), "dc2|dc2b"),
-		chromedp.SendKeys(chromedp.ID("cl-cidrs"), "10.77.2.0/24"), chromedp.Click(chromedp.CSS("#cl-cidrs ~ button, form.grid button[type=submit]")))
+	b.fill("cl-name", "dc2")
+	b.fill("cl-idc", "dc2|dc2b")
+	b.fill("cl-cidrs", "10.77.2.0/24")
+	b.do(chromedp.Click(chromedp.CSS("#cl-cidrs ~ button, form.grid button[type=submit]")))
 	b.waitJS("the new cluster with its scopes", "[...document.querySelectorAll('td')].some(td => td.textContent === '10.77.2.0/24')", 20*time.Second)
 	b.shoot("clusters")
 	b.open("#/components", "details pre.config")
@@ -368,7 +393,8 @@ func TestConsole(t *testing.T) {
 	}
 	b.shoot("config")
 	b.open("#/users", "#tok-name")
-	b.do(chromedp.SendKeys(chromedp.ID("tok-name"), "ci-token"), chromedp.Click(chromedp.CSS("#tok-name ~ button, section form button[type=submit]")))
+	b.fill("tok-name", "ci-token")
+	b.do(chromedp.Click(chromedp.CSS("#tok-name ~ button, section form button[type=submit]")))
 	b.waitJS("the new token, shown once", "document.getElementById('new-token') && document.getElementById('new-token').textContent.startsWith('dfp_')", 20*time.Second)
 	b.waitJS("the users table", "[...document.querySelectorAll('caption')].some(c => c.textContent === 'Users')", 20*time.Second)
 	b.shoot("users")
