@@ -182,7 +182,7 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 	}
 	if r := c.task.rate; r > 0 {
 		if u := s.uplink(c.host, now); u > 0 {
-			if relay := s.upCapacity(c.host, now); int(relay/r+0.25) == 0 {
+			if relay := s.upCapacity(c.host, now); childrenAt(relay, r) == 0 {
 				return 0 // it gets the content too slowly to feed anyone at R
 			}
 			lim = childrenAt(u, r)
@@ -643,15 +643,14 @@ func (s *Scheduler) pacedRehomeLocked(t *task, now time.Time) {
 			continue
 		}
 		x := c.parents[0].peer
-		u := s.uplink(x.host, now)
-		n := unpacedChildren(x)
-		if u <= 0 || u/float64(n) >= 0.9*t.fluid {
+		got := s.slotRate(x, now)
+		if got <= 0 || got >= slowSlotShare*t.fluid {
 			continue // it has about its rate: nothing to gain
 		}
 		tried++
 		c.pacedTry = now
 		s.removeEdge(x, c)
-		s.pacedOnly, s.pacedMin, s.fillExclude = true, u/float64(n), x
+		s.pacedOnly, s.pacedMin, s.fillExclude = true, got, x
 		moved := s.fillParentsLocked(c, false)
 		s.pacedOnly, s.pacedMin, s.fillExclude = false, 0, nil
 		if !moved {

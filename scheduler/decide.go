@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"hash/fnv"
 	"log/slog"
@@ -791,35 +792,31 @@ func (s *Scheduler) fastFirstLocked(t *task, ws []*peer, now time.Time) {
 	if len(ws) < 2 || r <= 0 || !s.cfg.CapacityAware {
 		return
 	}
-	key := func(p *peer) float64 {
-		if c := s.upCapacity(p.host, now); c > 0 {
-			return c
-		}
-		return r
-	}
 	at, relays := s.sortIdx[:0], s.sortPeers[:0]
 	for i, p := range ws {
-		if childrenAt(key(p), r) >= 1 {
-			at, relays = append(at, i), append(relays, p)
+		k := s.upCapacity(p.host, now)
+		if k <= 0 {
+			k = r // unknown: presumed to keep up
+		}
+		if childrenAt(k, r) >= 1 {
+			at, relays = append(at, i), append(relays, keyedPeer{p, k})
 		}
 	}
 	if len(relays) > 1 {
-		slices.SortStableFunc(relays, func(a, b *peer) int {
-			ka, kb := key(a), key(b)
-			switch {
-			case ka > kb:
-				return -1
-			case ka < kb:
-				return 1
-			}
-			return 0
-		})
+		slices.SortStableFunc(relays, func(a, b keyedPeer) int { return cmp.Compare(b.k, a.k) })
 		for j, i := range at {
-			ws[i] = relays[j]
+			ws[i] = relays[j].p
 		}
 	}
 	clear(relays)
 	s.sortIdx, s.sortPeers = at[:0], relays[:0]
+}
+
+// keyedPeer is a peer with the capacity fastFirstLocked orders it by,
+// computed once per decision round rather than at every comparison.
+type keyedPeer struct {
+	p *peer
+	k float64
 }
 
 // slowSlot reports whether a full-rate child of c gets clearly less than
@@ -834,6 +831,22 @@ func (s *Scheduler) slowSlot(c *peer, now time.Time) bool {
 	if !s.cfg.CapacityAware || !s.cfg.PacedShares || t.fluid <= 0 {
 		return false
 	}
+	r := s.slotRate(c, now)
+	return r > 0 && r < slowSlotShare*t.fluid
+}
+
+// slowSlotShare: a full-rate child that gets less than this share of the
+// fluid rate from its parent is better off on paced parents (slowSlot,
+// pacedRehomeLocked).
+const slowSlotShare = 0.9
+
+// slotRate is what each of c's full-rate children gets of its uplink, in
+// bytes/s: its known uplink over their number; 0 when either is unknown
+// or none.
+func (s *Scheduler) slotRate(c *peer, now time.Time) float64 {
 	u, n := s.uplink(c.host, now), unpacedChildren(c)
-	return u > 0 && n > 0 && u/float64(n) < 0.9*t.fluid
+	if u <= 0 || n == 0 {
+		return 0
+	}
+	return u / float64(n)
 }

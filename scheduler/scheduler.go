@@ -97,8 +97,8 @@ type Scheduler struct {
 	fullCands       []*peer
 	cands           []policy.Candidate
 	waitScratch     []*peer
-	sortIdx         []int   // fastFirstLocked's scratch
-	sortPeers       []*peer // fastFirstLocked's scratch
+	sortIdx         []int       // fastFirstLocked's scratch
+	sortPeers       []keyedPeer // fastFirstLocked's scratch
 	rateScratch     []float64
 	pacedScratch    []pacedCand
 	unpaced         []*peer // lost their last paced parent to trimPacedLocked: decided at the flush
