@@ -532,17 +532,19 @@ const (
 
 // pacedLocked gives p, a receiver with no parent that found no candidate
 // with a full-rate slot (full holds the sampled candidates without one,
-// preferred first), several paced parents instead of a share of one full
-// uplink: the candidates' spare capacities, largest first, until they sum
+// the first pref preferred; spareC those with room for a share), several
+// paced parents instead of a share of one full uplink: the candidates'
+// spare capacities, largest first, until they sum
 // to the task's fluid rate (or p's downlink). Each share is booked on its
 // parent so no spare is handed out twice, and the child paces its requests
 // to it (PeerInfo.share_bps): taking a parent's spare then leaves its other
 // children their rate, where an unpaced extra child would halve it while
 // both transfer. Seeds give nothing (their uplink is often the origin's),
 // slow hosts' idle uplinks are used. It links only when the spares sum to
-// more than p would get by splitting the best full uplink, and reports
+// more than p would get by splitting the best of the preferred full
+// uplinks (the split it would take otherwise), and reports
 // whether it linked any.
-func (s *Scheduler) pacedLocked(p *peer, full []*peer, group string, now time.Time) bool {
+func (s *Scheduler) pacedLocked(p *peer, full []*peer, pref int, spareC []*peer, group string, now time.Time) bool {
 	t := p.task
 	if !s.cfg.PacedShares || !s.cfg.CapacityAware || t.fluid <= 0 || (len(p.parents) > 0 && !s.pacedTopUp) || len(full) == 0 {
 		return false
@@ -559,13 +561,27 @@ func (s *Scheduler) pacedLocked(p *peer, full []*peer, group string, now time.Ti
 		s.pacedScratch = cands[:0]
 	}()
 	split := 0.0 // the best split of a full uplink: the rule without shares
-	for _, c := range full {
-		split = max(split, s.share(c, now))
+	add := func(c *peer) {
 		if c.host.info.GetSeed() || c.host == p.host || localityGroup(c.host.info) != group {
-			continue
+			return
 		}
 		if sp := s.spare(c, now); sp >= minPacedShare*t.fluid {
 			cands = append(cands, pacedCand{c, sp})
+		}
+	}
+	for i, c := range full {
+		if i < pref {
+			// (Those after pref are split only when none of these can
+			// take p: what p would get is one of these shares.)
+			split = max(split, s.share(c, now))
+		}
+		add(c)
+	}
+	// Hosts with room that the sample of full ones let go (in a small
+	// task it holds them all, and this adds none).
+	for _, c := range spareC {
+		if !slices.ContainsFunc(cands, func(pc pacedCand) bool { return pc.peer == c }) {
+			add(c)
 		}
 	}
 	slices.SortFunc(cands, func(a, b pacedCand) int {

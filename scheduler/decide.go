@@ -346,6 +346,17 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	// own pipeline and only its head crosses between IDCs.
 	group := localityGroup(p.host.info)
 	free, full := s.freeCands[:0], s.fullCands[:0]
+	// spare: hosts without a free slot whose uplink has room for a paced
+	// share (pacedLocked), sampled apart from full, whose preference for
+	// hosts feeding only leaves fills it with slow hosts whose idle
+	// uplinks are booked already: at 3,000 simulated hosts 90 slow
+	// receivers stayed crowded below other slow hosts for five seconds
+	// while the relays of the pipelines had 30 fluid rates to spare.
+	spareC := s.spareCands[:0]
+	defer func() {
+		clear(spareC)
+		s.spareCands = spareC[:0]
+	}()
 	var soft []*peer // found slow lately: the last resort
 	now := s.now()
 	limit := s.cfg.CandidateLimit
@@ -383,6 +394,9 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		// nothing else can take p, so it drifts to the end of the pipeline
 		// instead of slowing whoever joins below it next.
 		if c.host.used >= c.host.slots || s.childrenFull(c, group, now) || now.Before(c.host.slowUntil) || (slowP && c.host.info.GetSeed()) {
+			if len(spareC) < limit && s.cfg.PacedShares && t.fluid > 0 && s.spare(c, now) >= minPacedShare*t.fluid {
+				spareC = append(spareC, c)
+			}
 			switch {
 			case len(full) < limit:
 				full = append(full, c)
@@ -399,30 +413,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 		free = append(free, c)
 		return len(free) < limit
 	}
-	// Walk from a random start with a random stride coprime to the length:
-	// every member is visited once, in an order that differs per decision,
-	// so a sample is unbiased enough and cheap. In a large task the peers
-	// with a free slot (t.open) are walked first: in a pipeline of 10,000
-	// nearly every peer is full, and finding the few free ones by walking
-	// the whole pool made every decision O(N). The pool is then only
-	// sampled, for hosts without a free slot and for those t.open misses (a
-	// peer full in one locality group may be free in another).
-	walk := func(list []*peer, visits int) {
-		n := len(list)
-		idx, stride := 0, 1
-		if n > limit {
-			idx, stride = s.rnd.IntN(n), s.coprimeStride(n)
-		}
-		for range min(n, visits) {
-			c := list[idx]
-			if idx += stride; idx >= n {
-				idx -= n
-			}
-			if !consider(c) {
-				return
-			}
-		}
-	}
+	walk := func(list []*peer, visits int) { s.sampleWalk(list, visits, limit, consider) }
 	if len(t.pool) <= largeTask*limit || s.fillWide {
 		walk(t.pool, len(t.pool))
 	} else {
@@ -465,7 +456,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	}
 	if len(free) == 0 && !lastResort && !s.fillFreeOnly {
 		pref = s.preferLeafSplits(p, full, now)
-		if s.displaceSlowLeafLocked(p, full, group, now) || s.pacedLocked(p, full, group, now) {
+		if s.displaceSlowLeafLocked(p, full, group, now) || s.pacedLocked(p, full, pref, spareC, group, now) {
 			clear(full)
 			s.freeCands, s.fullCands = free[:0], full[:0]
 			return true
@@ -649,6 +640,49 @@ func progress(p *peer) float64 {
 		return 0
 	}
 	return min(1, float64(p.pieces.count)/float64(total))
+}
+
+// sampleWalk calls visit on members of list until it returns false or
+// visits calls were made. With visits at least len(list) it walks from a
+// random start with a random stride coprime to the length: every member is
+// visited once, in an order that differs per decision, so a sample is
+// unbiased enough and cheap (lists of at most small members are walked in
+// order). In a large task the peers with a free slot (t.open) are walked
+// first: in a pipeline of 10,000 nearly every peer is full, and finding
+// the few free ones by walking the whole pool made every decision O(N).
+// The pool is then only sampled, for hosts without a free slot and for
+// those t.open misses (a peer full in one locality group may be free in
+// another).
+//
+// A sample of fewer than all is drawn index by index at random instead
+// (a repeat is visited again; fillParentsLocked's marks skip it): the
+// first k of a strided walk are an arithmetic progression, which follows
+// any period in the list's order. In the simulator's mixed scenario every
+// fourth host is slow; with a stride divisible by 4 all 128 sampled hosts
+// were slow ones, and a fast newcomer took one as its parent.
+func (s *Scheduler) sampleWalk(list []*peer, visits, small int, visit func(*peer) bool) {
+	n := len(list)
+	if visits < n {
+		for range visits {
+			if !visit(list[s.rnd.IntN(n)]) {
+				return
+			}
+		}
+		return
+	}
+	idx, stride := 0, 1
+	if n > small {
+		idx, stride = s.rnd.IntN(n), s.coprimeStride(n)
+	}
+	for range n {
+		c := list[idx]
+		if idx += stride; idx >= n {
+			idx -= n
+		}
+		if !visit(c) {
+			return
+		}
+	}
 }
 
 func (s *Scheduler) coprimeStride(n int) int {

@@ -95,6 +95,7 @@ type Scheduler struct {
 	ords            []uint64
 	freeCands       []*peer
 	fullCands       []*peer
+	spareCands      []*peer
 	cands           []policy.Candidate
 	waitScratch     []*peer
 	sortIdx         []int       // fastFirstLocked's scratch
@@ -452,7 +453,7 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 				// but the origin (test/e2e TestRelayedPipeline).
 				continue
 			}
-			if !judge || !seen[h] || p.parents[i].share > 0 || (s.cfg.CapacityAware && h.meter.judged && (h.info.GetUploadBps() <= 0 || !h.meter.bound)) {
+			if !judge || !seen[h] || p.parents[i].share > 0 || (s.cfg.CapacityAware && ((h.info.GetUploadBps() > 0 && !h.meter.bound) || (h.info.GetUploadBps() <= 0 && h.meter.judged))) {
 				// A paced parent gives its booked share by design: it was
 				// chosen knowing its capacity (pacedLocked). An undeclared
 				// host its meter has judged is left to the meter: what its
@@ -465,7 +466,11 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 				// slow its pieces look (four requests ahead of a relay
 				// fed at 20 Mbit/s took 5 Mbit/s each, and the simulator
 				// replaced every fast relay of a declared pipeline built
-				// as peers came).
+				// as peers came). Also before the meter judged any
+				// window: in a task's first second, at 10,000 simulated
+				// hosts, eleven fast relays were replaced per piece, and
+				// the peers moved with them sat below slow hosts for
+				// four seconds.
 				continue
 			}
 			// A parent is judged against what it gets itself when that is
