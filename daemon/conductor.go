@@ -175,7 +175,6 @@ func (c *conductor) finish(err error) {
 	default:
 	}
 	c.err = err
-	close(c.done)
 	outcome, src := "success", "peer"
 	if err != nil {
 		outcome = "failure"
@@ -192,6 +191,10 @@ func (c *conductor) finish(err error) {
 	if !c.req.fromCache && src != "cache" {
 		c.d.metrics.downloads.WithLabelValues(outcome, core.FailureReason(err), src).Inc()
 	}
+	// Counted before the waiters are released: a client that reads the
+	// metrics right after its download returned must find it (a CI run
+	// of TestDownloadMetricsReasonAndOriginPieces did not).
+	close(c.done)
 }
 
 func (c *conductor) run(ctx context.Context) {
