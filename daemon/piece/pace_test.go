@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -67,6 +68,20 @@ func TestUploadsPacedToBudget(t *testing.T) {
 		}
 		return resp
 	}
+	// settle waits until n uploads are in progress: a client can read a
+	// whole response before its handler has returned, and a handler still
+	// counted would change the next upload's share (a CI run under -race
+	// saw it).
+	settle := func(n int64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for srv.active.Load() != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("uploads in progress: %d, want %d", srv.active.Load(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	pacing := func(i int) uint64 {
 		t.Helper()
 		v, err := pacingOf(rec.conn(t, i))
@@ -80,6 +95,7 @@ func TestUploadsPacedToBudget(t *testing.T) {
 	resp := get("/pieces/t1/0")
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	settle(0)
 	if got := pacing(0); got != 200_000 {
 		t.Fatalf("one upload paced at %d B/s, want 200000", got)
 	}
@@ -87,19 +103,25 @@ func TestUploadsPacedToBudget(t *testing.T) {
 	// Two at once (one waits on a piece still arriving): half each.
 	task, _ := st.Get("t1")
 	relay := task.StartRelay(1, make([]byte, 1024), nil)
+	var finish sync.Once
+	// (Registered after hs.Close, so run before it: a relay left open
+	// keeps its upload, and Close, waiting.)
+	t.Cleanup(func() { finish.Do(relay.Finish) })
 	relay.Progress(100)
 	slow := get("/pieces/t1/1")
 	if _, err := io.ReadFull(slow.Body, make([]byte, 100)); err != nil {
 		t.Fatal(err)
 	}
+	settle(1)
 	resp = get("/pieces/t1/0")
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if got := pacing(2); got != 100_000 {
 		t.Fatalf("second of two uploads paced at %d B/s, want 100000", got)
 	}
-	relay.Finish() // not verified: the relay's reader aborts
+	finish.Do(relay.Finish) // not verified: the relay's reader aborts
 	slow.Body.Close()
+	settle(0)
 
 	// Nothing downloading: the budget is 0 and a connection is unpaced
 	// again (the kernel reads back its unlimited default, clipped to 32
