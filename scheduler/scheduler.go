@@ -493,6 +493,15 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 			if g := localityGroup(p.host.info); g != localityGroup(h.info) {
 				continue // links between IDCs are expected to be slower
 			}
+			if s.cfg.CapacityAware && unpacedChildren(p) > 0 && !s.slowHost(p, now) && !s.fastAlternative(p, par, now) {
+				// p relays, and every host that could take it is slow,
+				// a seed, or below p: moved, it would hang below a slow
+				// uplink with all its pipeline (in the simulator, mixed
+				// with the seed on the origin's host, a pipeline's head
+				// went below a slow host and the last host's T*/T_last
+				// fell from 0.83 to 0.47). A slow parent beats that.
+				continue
+			}
 			s.log.Info("replacing slow parent", "task_id", t.id, "peer_id", p.id, "parent", par.id,
 				"parent_bps", int64(h.throughput), "reference_bps", int64(ref))
 			s.removeEdge(par, p)
@@ -506,6 +515,40 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 	for _, p := range moved {
 		s.decideLocked(p, now, true)
 	}
+}
+
+// fastAlternative reports whether some peer of p's task other than par
+// could be p's parent without holding it below a slow uplink: not p's
+// descendant, not a seed host (its uplink is kept for the content's first
+// copy), not known to be slow or replaced as slow lately, and not one p
+// reported. O(p's subtree + the pool); called only before a relay is
+// moved off a parent found slow.
+func (s *Scheduler) fastAlternative(p, par *peer, now time.Time) bool {
+	s.epoch++
+	e := s.epoch
+	p.mark = e
+	stack := append(s.stack[:0], p)
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, c := range n.children {
+			if c.mark != e {
+				c.mark = e
+				stack = append(stack, c)
+			}
+		}
+	}
+	s.stack = stack[:0]
+	for _, c := range p.task.pool {
+		if c == par || c.mark == e || c.host.info.GetSeed() || now.Before(c.host.slowUntil) || s.slowHost(c, now) {
+			continue
+		}
+		if _, bad := p.bad[c.id]; bad {
+			continue
+		}
+		return true
+	}
+	return false
 }
 
 // spliceLocked follows the removal of the edge par→p, par too slow for

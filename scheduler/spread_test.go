@@ -223,3 +223,59 @@ func TestLeafBelowSlowRelayPaced(t *testing.T) {
 	check("three ticks later")
 	v.invariants()
 }
+
+// A relay is not moved off a parent found slow when every host that could
+// take it is slow, a seed (its uplink kept for the content's first copy;
+// here the relay went there) or its own descendant: below a slow uplink it
+// would hold back all its pipeline, which a slow parent does less. In the
+// simulator (mixed, the seed on the origin's host) a pipeline's head moved
+// below a slow host, and the last host's T*/T_last fell from 0.83 to 0.47.
+// With a fast host free to take it (one that finished), the relay moves.
+func TestRelayNotMovedBelowSlowHost(t *testing.T) {
+	for _, fastFree := range []bool{false, true} {
+		t.Run(fmt.Sprint("fast alternative ", fastFree), func(t *testing.T) {
+			v := pipelineVirtual(t, func(c *Config) { c.SlowParentRatio, c.SlowParentSamples = 0.3, 2 })
+			src := v.join("t", "a", capHost("a", 100, true)) // a seed host
+			src.decision()
+			src.meta(chainLength, chainPieceSize)
+			ps := chainUnder(v.t, src, []string{"a", "b", "c", "d"}, func(id string) *vpeer { return v.join("t", id, capHost(id, 100, false)) }, (*vpeer).parents)
+			v.join("t", "x", capHost("x", 5, false)).decision() // slow: a leaf
+			if fastFree {
+				// A fast host that finished: it holds everything and is
+				// nobody's descendant.
+				e := v.join("t", "e", capHost("e", 300, false))
+				e.decision()
+				e.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: chainLength}}})
+			}
+			v.advance(inputGrace)
+			v.advance(time.Second)
+			v.advance(time.Second)
+			const piece = 256 << 10
+			fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)
+			for n := range uint32(3) {
+				ps["b"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "a", Length: piece, CostNs: fast})
+				ps["c"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "b", Length: piece, CostNs: slow})
+				ps["d"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "c", Length: piece, CostNs: fast})
+			}
+			v.now = v.now.Add(time.Second)
+			v.s.mu.Lock()
+			tk := v.s.tasks[tid("t")]
+			m := &tk.peers["b"].host.meter
+			m.judged, m.bound = true, true // the meter found b sending less than c could take
+			v.s.replaceSlowParentsLocked(tk, v.now)
+			v.s.flushLocked(v.now)
+			var got []string
+			for _, l := range tk.peers["c"].parents {
+				got = append(got, l.peer.id)
+			}
+			v.s.mu.Unlock()
+			moved := !slices.Contains(got, "b")
+			if moved != fastFree {
+				t.Errorf("c's parents %v: moved off b %v, want %v", got, moved, fastFree)
+			}
+			if slices.Contains(got, "x") {
+				t.Errorf("c's parents %v: below the slow host", got)
+			}
+		})
+	}
+}
