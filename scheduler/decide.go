@@ -328,18 +328,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 	if s.fillWide {
 		// p's descendants would close a cycle: marked as seen, so that
 		// the candidates kept are ones that can take p.
-		stack := append(s.stack[:0], p)
-		for len(stack) > 0 {
-			n := stack[len(stack)-1]
-			stack = stack[:len(stack)-1]
-			for _, c := range n.children {
-				if c.mark != e {
-					c.mark = e
-					stack = append(stack, c)
-				}
-			}
-		}
-		s.stack = stack[:0]
+		s.markSubtree(p, e)
 	}
 
 	// Children are counted per locality group (IDC), so every IDC grows its

@@ -527,6 +527,22 @@ func (s *Scheduler) fastAlternative(p, par *peer, now time.Time) bool {
 	s.epoch++
 	e := s.epoch
 	p.mark = e
+	s.markSubtree(p, e)
+	for _, c := range p.task.pool {
+		if c == par || c.mark == e || c.host.info.GetSeed() || now.Before(c.host.slowUntil) || s.slowHost(c, now) {
+			continue
+		}
+		if _, bad := p.bad[c.id]; bad {
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+// markSubtree sets the mark of every peer below p (children, theirs, and
+// so on) to e: candidates so marked would close a cycle as p's parents.
+func (s *Scheduler) markSubtree(p *peer, e uint64) {
 	stack := append(s.stack[:0], p)
 	for len(stack) > 0 {
 		n := stack[len(stack)-1]
@@ -539,16 +555,6 @@ func (s *Scheduler) fastAlternative(p, par *peer, now time.Time) bool {
 		}
 	}
 	s.stack = stack[:0]
-	for _, c := range p.task.pool {
-		if c == par || c.mark == e || c.host.info.GetSeed() || now.Before(c.host.slowUntil) || s.slowHost(c, now) {
-			continue
-		}
-		if _, bad := p.bad[c.id]; bad {
-			continue
-		}
-		return true
-	}
-	return false
 }
 
 // spliceLocked follows the removal of the edge par→p, par too slow for

@@ -143,16 +143,7 @@ func TestDeclaredRelayNotJudgedPerPiece(t *testing.T) {
 			src.decision()
 			src.meta(chainLength, chainPieceSize)
 			ps := chainUnder(v.t, src, []string{"a", "b", "c", "d"}, func(id string) *vpeer { return v.join("t", id, capHost(id, 100, false)) }, (*vpeer).parents)
-			v.advance(inputGrace) // the meter's windows: c keeps up with b
-			v.advance(time.Second)
-			v.advance(time.Second)
-			const piece = 256 << 10
-			fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)
-			for n := range uint32(3) {
-				ps["b"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "a", Length: piece, CostNs: fast})
-				ps["c"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "b", Length: piece, CostNs: slow})
-				ps["d"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "c", Length: piece, CostNs: fast})
-			}
+			slowMiddleRelay(v, ps) // the meter's windows: c keeps up with b
 			v.s.mu.Lock()
 			m := &v.s.tasks[tid("t")].peers["b"].host.meter
 			if !m.judged {
@@ -224,6 +215,23 @@ func TestLeafBelowSlowRelayPaced(t *testing.T) {
 	v.invariants()
 }
 
+// slowMiddleRelay lets the meter close its windows on the chain a→b→c→d
+// (past inputGrace) and has c report b's pieces as slow, those of a and c
+// fast: the per-piece rule's view of b as a slow parent.
+func slowMiddleRelay(v *vsched, ps map[string]*vpeer) {
+	v.t.Helper()
+	v.advance(inputGrace)
+	v.advance(time.Second)
+	v.advance(time.Second)
+	const piece = 256 << 10
+	fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)
+	for n := range uint32(3) {
+		ps["b"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "a", Length: piece, CostNs: fast})
+		ps["c"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "b", Length: piece, CostNs: slow})
+		ps["d"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "c", Length: piece, CostNs: fast})
+	}
+}
+
 // A relay is not moved off a parent found slow when every host that could
 // take it is slow, a seed (its uplink kept for the content's first copy;
 // here the relay went there) or its own descendant: below a slow uplink it
@@ -247,16 +255,7 @@ func TestRelayNotMovedBelowSlowHost(t *testing.T) {
 				e.decision()
 				e.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: chainLength}}})
 			}
-			v.advance(inputGrace)
-			v.advance(time.Second)
-			v.advance(time.Second)
-			const piece = 256 << 10
-			fast, slow := int64(20*time.Millisecond), int64(400*time.Millisecond)
-			for n := range uint32(3) {
-				ps["b"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "a", Length: piece, CostNs: fast})
-				ps["c"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "b", Length: piece, CostNs: slow})
-				ps["d"].pieces(&schedulerv1.PieceResult{Number: n, ParentId: "c", Length: piece, CostNs: fast})
-			}
+			slowMiddleRelay(v, ps)
 			v.now = v.now.Add(time.Second)
 			v.s.mu.Lock()
 			tk := v.s.tasks[tid("t")]
