@@ -418,16 +418,19 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 // nothing changed, when x refuses p. The caller tells them.
 func (s *Scheduler) interposeLocked(x, p *peer, take func(*peer) bool) []*peer {
 	var moved []*peer
+	var shares []float64
 	for i := 0; i < len(x.children); i++ {
 		if y := x.children[i]; take(y) {
+			j := slices.IndexFunc(y.parents, func(l link) bool { return l.peer == x })
+			shares = append(shares, y.parents[j].share)
 			s.removeEdge(x, y)
 			moved = append(moved, y)
 			i-- // the last child took its place
 		}
 	}
 	if !s.linkLocked(x, p) {
-		for _, y := range moved {
-			s.linkLocked(x, y)
+		for i, y := range moved {
+			s.restoreEdgeLocked(x, y, shares[i])
 		}
 		return nil
 	}
@@ -437,6 +440,24 @@ func (s *Scheduler) interposeLocked(x, p *peer, take func(*peer) bool) []*peer {
 		}
 	}
 	return moved
+}
+
+// restoreEdgeLocked puts back parent→child, removed for a move that did not
+// happen, with its share. The edge can be refused: a reorder made while the
+// move was searched may have put child before parent, and the search that
+// would set that right is bounded (maxReorder). A child left without parents
+// that way is decided again at the flush; until then it is kept out of the
+// pool as a peer with neither pieces nor a parent. It reports whether the
+// edge is back.
+func (s *Scheduler) restoreEdgeLocked(parent, child *peer, share float64) bool {
+	if s.linkShareLocked(parent, child, share) {
+		return true
+	}
+	if len(child.parents) == 0 {
+		s.updatePoolLocked(child)
+		s.unpaced = append(s.unpaced, child)
+	}
+	return false
 }
 
 // crowdLocked records that p shares an uplink that has no room for it.
@@ -470,7 +491,9 @@ func (s *Scheduler) rehomeLocked(t *task, now time.Time) {
 		t.crowded[len(t.crowded)-1] = nil
 		t.crowded = t.crowded[:len(t.crowded)-1]
 		c.crowded = false
-		if c.state != stateRunning || len(c.parents) != 1 || t.unverifiable() {
+		if c.state != stateRunning || len(c.parents) != 1 || c.parents[0].share > 0 || t.unverifiable() {
+			// (A paced child has its booked share, not a slot on a full
+			// uplink: it is no longer crowded.)
 			continue
 		}
 		x := c.parents[0].peer
@@ -482,7 +505,9 @@ func (s *Scheduler) rehomeLocked(t *task, now time.Time) {
 		moved := s.fillParentsLocked(c, false)
 		s.fillFreeOnly, s.fillExclude = false, nil
 		if !moved {
-			s.linkLocked(x, c)
+			if !s.restoreEdgeLocked(x, c, 0) {
+				continue
+			}
 			s.crowdLocked(c)
 			return // no free slot takes it: none will take the others
 		}
@@ -670,7 +695,7 @@ func (s *Scheduler) pacedRehomeLocked(t *task, now time.Time) {
 		moved := s.fillParentsLocked(c, false)
 		s.pacedOnly, s.pacedMin, s.fillExclude = false, 0, nil
 		if !moved {
-			s.linkLocked(x, c)
+			s.restoreEdgeLocked(x, c, 0)
 			continue
 		}
 		t.crowded[i] = t.crowded[len(t.crowded)-1]
