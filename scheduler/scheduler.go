@@ -443,6 +443,20 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 				i--
 				continue
 			}
+			if s.cfg.CapacityAware && p.parents[i].share == 0 && len(p.parents) == 1 && len(par.children) == 1 &&
+				s.unfitRelay(par, now) && s.heirFor(par, p) != nil {
+				// A declared relay well below the task's rate (it took
+				// its child while the rate was still low, from the first
+				// few hosts to register) holds everyone below it at its
+				// uplink. Its child takes its place under its parent, and
+				// it is decided again, as a leaf.
+				s.log.Info("relay below the task's rate spliced out", "task_id", t.id, "peer_id", p.id, "parent", par.id,
+					"parent_bps", int64(s.uplink(h, now)), "rate_bps", int64(t.rate))
+				s.removeEdge(par, p)
+				moved = s.spliceLocked(par, p, moved)
+				i--
+				continue
+			}
 			if par.state == stateSucceeded && p.parents[i].share == 0 && unpacedChildren(par) <= 1 {
 				// A finished parent holds everything its child lacks: it
 				// keeps its last full-rate child as a fetching source
@@ -589,7 +603,16 @@ func (s *Scheduler) overMeteredLimit(par *peer, now time.Time) bool {
 // has no parent left, the two share a locality group, it is still in the
 // task and child has not reported it bad; nil otherwise.
 func (s *Scheduler) heirParent(x, child *peer) *peer {
-	if len(x.parents) != 1 || x.parents[0].share > 0 || len(child.parents) != 0 {
+	if len(child.parents) != 0 {
+		return nil
+	}
+	return s.heirFor(x, child)
+}
+
+// heirFor is heirParent without the condition on child's own parents:
+// whether child could take x's place once its edge from x is gone.
+func (s *Scheduler) heirFor(x, child *peer) *peer {
+	if len(x.parents) != 1 || x.parents[0].share > 0 {
 		return nil
 	}
 	gp := x.parents[0].peer
@@ -600,6 +623,23 @@ func (s *Scheduler) heirParent(x, child *peer) *peer {
 		return nil
 	}
 	return gp
+}
+
+// relayUnfit: a declared relay whose uplink is below this share of the
+// task's rate is spliced out of the pipeline (unfitRelay). Below
+// childrenAt's 0.75, so that a relay taken at about that share is not
+// moved as the rate wavers.
+const relayUnfit = 0.7
+
+// unfitRelay reports whether par, a downloading relay of declared uplink,
+// is too slow to relay at its task's current rate.
+func (s *Scheduler) unfitRelay(par *peer, now time.Time) bool {
+	h := par.host
+	r := par.task.rate
+	if par.state != stateRunning || h.info.GetUploadBps() <= 0 || h.info.GetSeed() || r <= 0 {
+		return false
+	}
+	return s.uplink(h, now) < relayUnfit*r
 }
 
 // inputGrace is how long a peer that got a new parent is not judged

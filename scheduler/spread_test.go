@@ -278,3 +278,67 @@ func TestRelayNotMovedBelowSlowHost(t *testing.T) {
 		})
 	}
 }
+
+// A declared relay far below the task's rate, which took its child while
+// the rate was still low (from the first few hosts to register), is spliced
+// out at the next tick: its child takes its place under its parent, and it
+// is decided again with no full-rate child. In the simulator's spread
+// (N = 16, peers 50 ms apart) an 11 Mbit/s host relayed to a 12 Mbit/s one
+// with R at 17, which finished last, 4.6 s after everyone else.
+func TestRelayBelowRateSplicedOut(t *testing.T) {
+	for _, slowMbps := range []float64{20, 80} {
+		t.Run(fmt.Sprint("relay ", slowMbps, " Mbit/s, R 100"), func(t *testing.T) {
+			v := pipelineVirtual(t, nil)
+			v.source("t", "a", capHost("a", 100, false))
+			ids := []string{"b", "c", "d", "e1", "e2", "e3", "e4", "e5"}
+			for _, id := range ids {
+				up := 100.0
+				if id == "c" {
+					up = slowMbps
+				}
+				v.join("t", id, capHost(id, up, false)).decision()
+			}
+			// The chain a → b → c → d → e1 → … → e5, as built while R was low.
+			v.s.mu.Lock()
+			tk := v.s.tasks[tid("t")]
+			for _, id := range ids {
+				v.s.dropParentsLocked(tk.peers[id])
+			}
+			prev := tk.peers["a"]
+			for _, id := range ids {
+				if !v.s.linkLocked(prev, tk.peers[id]) {
+					v.s.mu.Unlock()
+					t.Fatalf("setup: %s→%s refused", prev.id, id)
+				}
+				prev = tk.peers[id]
+			}
+			v.s.flushLocked(v.now)
+			err := checkInvariants(v.s)
+			v.s.mu.Unlock()
+			if err != nil {
+				t.Fatalf("setup: %v", err)
+			}
+			v.advance(time.Second)
+			v.s.mu.Lock()
+			defer v.s.mu.Unlock()
+			if err := checkInvariants(v.s); err != nil {
+				t.Fatal(err)
+			}
+			c, d := tk.peers["c"], tk.peers["d"]
+			var dParents []string
+			for _, l := range d.parents {
+				dParents = append(dParents, l.peer.id)
+			}
+			spliced := slowMbps < relayUnfit*100
+			if got := slices.Equal(dParents, []string{"b"}); got != spliced {
+				t.Errorf("d's parents %v: spliced below b %v, want %v (R %.0f Mbit/s)", dParents, got, spliced, tk.rate/mbps)
+			}
+			if spliced && unpacedChildren(c) > 0 {
+				t.Errorf("c, at %v Mbit/s, still feeds %d full-rate children", slowMbps, unpacedChildren(c))
+			}
+			if spliced && (c.state != stateRunning || len(c.parents) == 0) {
+				t.Errorf("c was not decided again: state %v, %d parents", c.state, len(c.parents))
+			}
+		})
+	}
+}
