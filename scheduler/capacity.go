@@ -120,11 +120,15 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 	}
 	s.measuredScratch = measured[:0]
 	r, sum := 0.0, 0.0
+	t.rateHi = 0
 	if n := len(ups) + unknown; n > 0 {
 		for _, u := range ups {
 			sum += u
 		}
 		slices.Sort(ups)
+		if n < minRateSample && len(ups) > 0 {
+			t.rateHi = ups[len(ups)-1]
+		}
 		// The unknown ones count above every known capacity.
 		if i := n / 2; i < len(ups) {
 			r = ups[i]
@@ -190,6 +194,19 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 	}
 	if c.host.info.GetSeed() && s.cfg.CapacityAware && (lim < 0 || lim > 1) && knownUp(c.host) <= 0 {
 		lim = 1
+	}
+	if c.host.info.GetSeed() && s.cfg.CapacityAware && lim > 1 && c.task.rateHi > c.task.rate {
+		// Few receivers yet: the rate may rise as the others come, and
+		// the seed's children stay (they hold its uplink for the whole
+		// download). Counted at the fastest receiver's rate as well, a
+		// seed of 25 Mbit/s whose first receivers were at 5, 11 and 17
+		// takes one child, not two pipelines at 12.5 each that stayed
+		// there when R rose to 17 (the simulator's spread, peers
+		// registering 50 ms apart; on the harness, the runs of spread
+		// below 0.7 of the bound).
+		if u := s.uplink(c.host, now); u > 0 {
+			lim = max(1, min(lim, childrenAt(u, c.task.rateHi)))
+		}
 	}
 	if c.host.info.GetSeed() && s.cfg.CapacityAware && lim == 1 {
 		if t := c.task; t.contentLength > 0 && t.seedSent >= t.contentLength {

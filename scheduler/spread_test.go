@@ -342,3 +342,36 @@ func TestRelayBelowRateSplicedOut(t *testing.T) {
 		})
 	}
 }
+
+// While few receivers have registered, a seed host's children are counted
+// at the fastest receiver's uplink as well as at the task's rate (their
+// median), which the receivers still to come may raise: the seed's
+// children hold its uplink for the whole download. With receivers at 5, 11
+// and 17 Mbit/s a 25 Mbit/s seed takes one child, not two at 12.5; once
+// minRateSample receivers are in, the rate alone counts.
+func TestSeedChildrenCountedAtFastestEarlyReceiver(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ups  []float64
+		want int
+	}{
+		{"5, 11, 17", []float64{5, 11, 17}, 1},
+		{"5, 5, 10", []float64{5, 5, 10}, 2}, // 25 feeds two at 10
+		{"eight at 5 to 17", []float64{5, 5, 5, 5, 11, 11, 17, 17}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := pipelineVirtual(t, nil)
+			v.source("t", "seed", capHost("seed", 25, true))
+			for i, up := range tc.ups {
+				v.join("t", fmt.Sprint("r", i), capHost(fmt.Sprint("r", i), up, false)).decision()
+			}
+			v.s.mu.Lock()
+			defer v.s.mu.Unlock()
+			tk := v.s.tasks[tid("t")]
+			v.s.updateRateLocked(tk, v.now)
+			if got := v.s.childLimit(tk.peers["seed"], v.now); got != tc.want {
+				t.Errorf("seed's child limit %d, want %d (R %.1f Mbit/s, fastest early receiver %.1f)", got, tc.want, tk.rate/mbps, tk.rateHi/mbps)
+			}
+		})
+	}
+}

@@ -255,6 +255,10 @@ type task struct {
 	// (capacity.go); what a parent's unpaced children are assigned when
 	// its spare capacity is reckoned. 0 when no capacity is known.
 	fluid float64
+	// rateHi: while fewer than minRateSample receivers of known capacity
+	// have registered, the fastest of their uplinks, else 0. A seed host's
+	// children are counted at it too (childLimit).
+	rateHi float64
 	// paced counts the task's paced edges (link.share > 0).
 	paced   int
 	nextOrd uint64
