@@ -325,6 +325,15 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 		s.replaceSlowParentsLocked(t, now)
 		for _, p := range t.list {
 			s.touchOpenLocked(p)
+			if p.state == stateRunning && !p.crowded && len(p.parents) == 1 && p.parents[0].share == 0 &&
+				unpacedChildren(p) == 0 && s.slowSlot(p.parents[0].peer, now) {
+				// A leaf whose full-rate parent became a slow slot (the
+				// rate rose, or the parent took more children since)
+				// gets the look a newcomer there gets: paced parents,
+				// when they give it more (pacedRehomeLocked).
+				s.crowdLocked(p)
+				s.markDirty(t)
+			}
 			if p.state == stateRunning && len(p.parents) < s.cfg.MaxParents {
 				under = append(under, p)
 			}

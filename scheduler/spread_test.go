@@ -375,3 +375,54 @@ func TestSeedChildrenCountedAtFastestEarlyReceiver(t *testing.T) {
 		})
 	}
 }
+
+// A leaf whose full-rate parent became a slow slot after it was placed
+// (the parent took another child, or the rate rose) gets at the next tick
+// the look a newcomer placed there gets: it is remembered as crowded and
+// moved to paced parents when they give it more. A leaf below a parent
+// that gives it the fluid rate is left alone.
+func TestLeafOnSlotGoneSlowCrowdedAtTick(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "a", capHost("a", 100, false))
+	ups := map[string]float64{"b": 100, "x": 150, "leaf": 100, "e1": 100, "e2": 100, "e3": 100, "e4": 100, "tail": 100}
+	order := []string{"b", "x", "leaf", "e1", "e2", "e3", "e4", "tail"}
+	for _, id := range order {
+		v.join("t", id, capHost(id, ups[id], false)).decision()
+	}
+	// a → b → x → {leaf, e1 → e2 → e3 → e4 → tail}: x's 150 Mbit/s split
+	// two ways gives leaf 75, below 0.9 of the fluid rate (100).
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, id := range order {
+		p := tk.peers[id]
+		v.s.dropParentsLocked(p)
+		p.crowded = false
+	}
+	tk.crowded = nil
+	for _, e := range [][2]string{{"a", "b"}, {"b", "x"}, {"x", "leaf"}, {"x", "e1"}, {"e1", "e2"}, {"e2", "e3"}, {"e3", "e4"}, {"e4", "tail"}} {
+		if !v.s.linkLocked(tk.peers[e[0]], tk.peers[e[1]]) {
+			v.s.mu.Unlock()
+			t.Fatalf("setup: %s→%s refused", e[0], e[1])
+		}
+	}
+	err := checkInvariants(v.s)
+	v.s.mu.Unlock()
+	if err != nil {
+		t.Fatalf("setup: %v", err)
+	}
+	v.advance(time.Second)
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	if err := checkInvariants(v.s); err != nil {
+		t.Fatal(err)
+	}
+	leaf, tail := tk.peers["leaf"], tk.peers["tail"]
+	onX := len(leaf.parents) == 1 && leaf.parents[0].peer.id == "x" && leaf.parents[0].share == 0
+	if onX && !leaf.crowded {
+		t.Errorf("leaf still takes a full-rate slot of x at %.0f Mbit/s (fluid %.0f) and is not remembered as crowded",
+			v.s.slotRate(tk.peers["x"], v.now)/mbps, tk.fluid/mbps)
+	}
+	if tail.crowded {
+		t.Error("tail, which gets the fluid rate from e4, was marked crowded")
+	}
+}
