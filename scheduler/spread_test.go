@@ -301,16 +301,13 @@ func TestRelayBelowRateSplicedOut(t *testing.T) {
 			// The chain a → b → c → d → e1 → … → e5, as built while R was low.
 			v.s.mu.Lock()
 			tk := v.s.tasks[tid("t")]
-			for _, id := range ids {
-				v.s.dropParentsLocked(tk.peers[id])
+			chain := [][2]string{{"a", ids[0]}}
+			for i := 1; i < len(ids); i++ {
+				chain = append(chain, [2]string{ids[i-1], ids[i]})
 			}
-			prev := tk.peers["a"]
-			for _, id := range ids {
-				if !v.s.linkLocked(prev, tk.peers[id]) {
-					v.s.mu.Unlock()
-					t.Fatalf("setup: %s→%s refused", prev.id, id)
-				}
-				prev = tk.peers[id]
+			if err := rewireLocked(v.s, tk, ids, chain); err != nil {
+				v.s.mu.Unlock()
+				t.Fatal(err)
 			}
 			v.s.flushLocked(v.now)
 			err := checkInvariants(v.s)
@@ -394,18 +391,13 @@ func TestLeafOnSlotGoneSlowCrowdedAtTick(t *testing.T) {
 	v.s.mu.Lock()
 	tk := v.s.tasks[tid("t")]
 	for _, id := range order {
-		p := tk.peers[id]
-		v.s.dropParentsLocked(p)
-		p.crowded = false
+		tk.peers[id].crowded = false
 	}
 	tk.crowded = nil
-	for _, e := range [][2]string{{"a", "b"}, {"b", "x"}, {"x", "leaf"}, {"x", "e1"}, {"e1", "e2"}, {"e2", "e3"}, {"e3", "e4"}, {"e4", "tail"}} {
-		if !v.s.linkLocked(tk.peers[e[0]], tk.peers[e[1]]) {
-			v.s.mu.Unlock()
-			t.Fatalf("setup: %s→%s refused", e[0], e[1])
-		}
+	err := rewireLocked(v.s, tk, order, [][2]string{{"a", "b"}, {"b", "x"}, {"x", "leaf"}, {"x", "e1"}, {"e1", "e2"}, {"e2", "e3"}, {"e3", "e4"}, {"e4", "tail"}})
+	if err == nil {
+		err = checkInvariants(v.s)
 	}
-	err := checkInvariants(v.s)
 	v.s.mu.Unlock()
 	if err != nil {
 		t.Fatalf("setup: %v", err)
@@ -425,4 +417,19 @@ func TestLeafOnSlotGoneSlowCrowdedAtTick(t *testing.T) {
 	if tail.crowded {
 		t.Error("tail, which gets the fluid rate from e4, was marked crowded")
 	}
+}
+
+// rewireLocked gives the peers ids of tk no parents, then the full-rate
+// edges given (parent, child), as a test's starting graph; an error names
+// an edge refused.
+func rewireLocked(s *Scheduler, tk *task, ids []string, edges [][2]string) error {
+	for _, id := range ids {
+		s.dropParentsLocked(tk.peers[id])
+	}
+	for _, e := range edges {
+		if !s.linkLocked(tk.peers[e[0]], tk.peers[e[1]]) {
+			return fmt.Errorf("setup: %s→%s refused", e[0], e[1])
+		}
+	}
+	return nil
 }
