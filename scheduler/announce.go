@@ -353,6 +353,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 	fetcher := p.state == stateBackToSource && !t.accused(p.host)
 	var fresh []*schedulerv1.PieceDigest
 	claimed := false
+	var probe *peer // a seed whose uplink is probed, when p reported pieces from it
 	for _, r := range m.GetPieces() {
 		n := r.GetNumber()
 		if !t.validPiece(n) {
@@ -403,9 +404,17 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 				// counted, it would get fast relays replaced as slow.
 				if !pacedChild(par, p) {
 					par.host.observeThroughput(r.GetLength(), r.GetCostNs())
+					if par.host.info.GetSeed() && s.probing(par) {
+						probe = par
+						p.probe.add(float64(r.GetLength()), float64(r.GetCostNs()), &par.host.probe, now)
+					}
 				}
 			}
 		}
+	}
+	if probe != nil && p.state != stateLeft {
+		// After the pieces: a step may move p itself.
+		s.probeLocked(probe, p, now)
 	}
 	// A new piece of a peer already in the pool changes nothing a waiting
 	// peer could use; marking the task dirty on every report re-decided

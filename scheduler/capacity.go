@@ -86,7 +86,7 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 			u := s.upCapacity(h, now)
 			known++
 			if source {
-				src = max(src, u)
+				src = max(src, s.perChild(p, u))
 			} else {
 				ups = append(ups, u)
 			}
@@ -97,7 +97,7 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 			// does not.
 			lbMax = max(lbMax, h.meter.lb)
 			if source {
-				src = max(src, h.meter.lb)
+				src = max(src, s.perChild(p, h.meter.lb))
 			} else {
 				unknown++
 			}
@@ -171,6 +171,16 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 	s.rateScratch = ups[:0]
 }
 
+// perChild is what the source p, of measured (not declared) uplink u, gives
+// each of its full-rate children: a seed whose uplink probe gave it ten
+// children sends ten times the task's rate, which is not the rate (probe.go).
+func (s *Scheduler) perChild(p *peer, u float64) float64 {
+	if p.host.info.GetUploadBps() > 0 {
+		return u
+	}
+	return u / float64(max(1, unpacedChildren(p)))
+}
+
 // childLimit is how many children c may serve in its task (in one locality
 // group); -1 when only its host's upload slots bound it. With a known
 // capacity and target rate it is u/R rounded (a host at a tenth of R gets
@@ -194,6 +204,9 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 	}
 	if c.host.info.GetSeed() && s.cfg.CapacityAware && (lim < 0 || lim > 1) && knownUp(c.host) <= 0 {
 		lim = 1
+	}
+	if pl := c.host.probe.lim; pl > 1 && s.probing(c) {
+		lim = pl // its uplink probed in a large task (probe.go)
 	}
 	if c.host.info.GetSeed() && s.cfg.CapacityAware && lim > 1 && c.task.rateHi > c.task.rate {
 		// Few receivers yet: the rate may rise as the others come, and

@@ -107,6 +107,7 @@ type Scheduler struct {
 	pacedTopUp      bool    // fillParentsLocked: more paced parents for a peer short of its rate
 	pacedMin        float64 // pacedLocked: what the peer has without them
 	measuredScratch []float64
+	depthScratch    []int32 // halfwayDownDeepestLocked: run lengths by listIdx
 	// declaredMedian is the median declared uplink (usable part) of the
 	// hosts connected, bytes/s, 0 when none declared; updated once a Tick
 	// (updateRateLocked's prior while a task has few receivers).

@@ -136,6 +136,9 @@ type peer struct {
 	// (meter.go, sendBudgetsLocked), bytes/s; 0 none.
 	budgetSent float64
 	dropping   bool // queued for removal after a send overflow
+	// probe: what it reported from a seed parent whose uplink is probed
+	// (probe.go).
+	probe childProbe
 
 	// priority is the download's Dragonfly level (dfget --priority).
 	priority schedulerv1.Priority
@@ -173,6 +176,7 @@ type host struct {
 	// peers: the link meter judges only windows in which none moved.
 	edges uint64
 	meter linkMeter // measured link rates (meter.go)
+	probe seedProbe // a seed's uplink probe (probe.go)
 	// handover: this host's peers that finished with children still
 	// attached, until they leave; the holder that replaces such a peer
 	// takes its children (inventory.go, handoverLocked).

@@ -815,10 +815,12 @@ func (c *Core) endRequest(r *request) {
 // previous piece. With several requests in flight to one parent, a piece's
 // own start-to-end time also counts the time it waited behind the others,
 // which makes a backlogged parent look several times slower than its link;
-// the time between completions is what the parent's uplink gave.
+// the time between completions is what the parent's uplink gave. Pieces
+// that complete at the same instant cover the time once: the first is
+// charged it, the others next to nothing.
 func (p *parent) deliveryCost(start, end time.Time) time.Duration {
 	from := start
-	if p.lastDone.After(start) && p.lastDone.Before(end) {
+	if p.lastDone.After(start) && !p.lastDone.After(end) {
 		from = p.lastDone
 	}
 	if end.After(p.lastDone) {

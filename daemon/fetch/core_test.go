@@ -591,6 +591,16 @@ func TestParentRateCountsDeliveryNotQueueing(t *testing.T) {
 	if cost := p.deliveryCost(t0.Add(9*d), t0.Add(11*d)); cost != 2*d {
 		t.Fatalf("out of order: cost %v", cost)
 	}
+	// Four requests started together that complete at the same instant
+	// (the simulator's flows sharing a link): the time counts once.
+	q := &parent{}
+	var sum time.Duration
+	for range 4 {
+		sum += q.deliveryCost(t0, t0.Add(4*d))
+	}
+	if sum > 4*d+4*time.Microsecond {
+		t.Fatalf("four pieces completing together cost %v in all, want about %v", sum, 4*d)
+	}
 }
 
 // The same events at the same times give the same actions.
