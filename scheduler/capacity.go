@@ -75,7 +75,7 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 		return
 	}
 	ups, measured := s.rateScratch[:0], s.measuredScratch[:0]
-	src, known, unknown, lbMax := 0.0, 0, 0, 0.0
+	src, known, unknown, unmetered, lbMax := 0.0, 0, 0, 0, 0.0
 	for _, p := range t.list {
 		if p.state == stateLeft {
 			continue
@@ -86,7 +86,7 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 			u := s.upCapacity(h, now)
 			known++
 			if source {
-				src = max(src, s.perChild(p, u))
+				src = max(src, s.sourceRate(p, u))
 			} else {
 				ups = append(ups, u)
 			}
@@ -97,7 +97,7 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 			// does not.
 			lbMax = max(lbMax, h.meter.lb)
 			if source {
-				src = max(src, s.perChild(p, h.meter.lb))
+				src = max(src, s.sourceRate(p, h.meter.lb))
 			} else {
 				unknown++
 			}
@@ -108,9 +108,20 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 			if h.throughput > 0 && h.successes >= uint64(s.cfg.SlowParentSamples) {
 				measured = append(measured, h.throughput)
 			}
+			if !source {
+				unmetered++
+			}
 		}
 	}
 	declared := len(ups)+unknown > 0
+	if declared {
+		// Receivers the meter has not seen send yet (deep in a long
+		// pipeline the pieces have not reached them) are presumed to
+		// keep up like those it saw: left out, they left the median to
+		// the few slow hosts measured first (at 1,000 simulated hosts,
+		// R was a slow host's rate at t = 2 s).
+		unknown += unmetered
+	}
 	if !declared {
 		// Nothing known or metered: the rate is the median of what
 		// children measured per piece, so that a host the slow-parent
@@ -171,12 +182,18 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 	s.rateScratch = ups[:0]
 }
 
-// perChild is what the source p, of measured (not declared) uplink u, gives
-// each of its full-rate children: a seed whose uplink probe gave it ten
-// children sends ten times the task's rate, which is not the rate (probe.go).
-func (s *Scheduler) perChild(p *peer, u float64) float64 {
+// sourceRate is what the source p, of measured (not declared) uplink u,
+// gives one full-rate child: the best rate its uplink probe saw one child
+// get (probe.go), else u over its full-rate children. A seed whose probe
+// gave it ten children sends ten times the task's rate, and counted whole
+// it made R ten times too high; u over its children is too high as well
+// once children left (u is the most it sent, decaying slowly).
+func (s *Scheduler) sourceRate(p *peer, u float64) float64 {
 	if p.host.info.GetUploadBps() > 0 {
 		return u
+	}
+	if ref := p.host.probe.ref; ref > 0 {
+		return ref
 	}
 	return u / float64(max(1, unpacedChildren(p)))
 }

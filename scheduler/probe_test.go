@@ -209,3 +209,37 @@ func TestChildProbeCountsWholeGroups(t *testing.T) {
 		t.Errorf("rate %.0f B/s, want %.0f", rate, want)
 	}
 }
+
+// Without declared capacities, R is not the rate of the first few hosts
+// the meter measured: receivers it has not seen send yet (the pieces have
+// not reached them) count as keeping up. And a source whose uplink was
+// probed counts at what one child got from it, not at all it sent.
+func TestUndeclaredRateFromUnmeteredAndProbedSource(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", withHost(&schedulerv1.Host{Id: "host-src", Hostname: "src", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002}))
+	for i := range 20 {
+		v.join("t", fmt.Sprint("r", i)).decision()
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	tk := v.s.tasks[tid("t")]
+	for i := range 4 {
+		m := &tk.peers[fmt.Sprint("r", i)].host.meter
+		m.cap, m.capAt, m.lb = 1*mbps, v.now, 1*mbps // measured slow
+	}
+	tk.peers["r4"].host.meter.lb = 100 * mbps // seen sending, not at its limit
+	src := tk.peers["src"].host
+	src.meter.lb = 100 * mbps
+	v.s.updateRateLocked(tk, v.now)
+	if tk.rate < 50*mbps {
+		t.Errorf("R %.0f Mbit/s from four slow hosts measured among twenty receivers, want the source's 100", tk.rate/mbps)
+	}
+	// The source's probe saw one child get 100 Mbit/s; it sent up to
+	// 1,000 while it had ten children, and has one now.
+	src.probe.ref = 100 * mbps
+	src.meter.lb = 1000 * mbps
+	v.s.updateRateLocked(tk, v.now)
+	if tk.rate > 150*mbps {
+		t.Errorf("R %.0f Mbit/s from a probed source that gives a child 100", tk.rate/mbps)
+	}
+}
