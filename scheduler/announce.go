@@ -404,7 +404,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 				// counted, it would get fast relays replaced as slow.
 				if !pacedChild(par, p) {
 					par.host.observeThroughput(r.GetLength(), r.GetCostNs())
-					if par.host.info.GetSeed() && s.probing(par) {
+					if s.probing(par) {
 						probe = par
 						p.probe.add(float64(r.GetLength()), float64(r.GetCostNs()), &par.host.probe, now)
 					}

@@ -113,16 +113,14 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 			}
 		}
 	}
-	declared := len(ups)+unknown > 0
-	if declared {
+	if len(ups)+unknown > 0 {
 		// Receivers the meter has not seen send yet (deep in a long
 		// pipeline the pieces have not reached them) are presumed to
 		// keep up like those it saw: left out, they left the median to
 		// the few slow hosts measured first (at 1,000 simulated hosts,
 		// R was a slow host's rate at t = 2 s).
 		unknown += unmetered
-	}
-	if !declared {
+	} else {
 		// Nothing known or metered: the rate is the median of what
 		// children measured per piece, so that a host the slow-parent
 		// rule measured slow (its capacity then; upCapacity) is judged
@@ -182,9 +180,9 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 	s.rateScratch = ups[:0]
 }
 
-// sourceRate is what the source p, of measured (not declared) uplink u,
-// gives one full-rate child: the best rate its uplink probe saw one child
-// get (probe.go), else u over its full-rate children. A seed whose probe
+// sourceRate is what the source p, of uplink u, gives one full-rate child:
+// u when declared; when measured, the best rate its uplink probe saw one
+// child get (probe.go), else u over its full-rate children. A seed whose probe
 // gave it ten children sends ten times the task's rate, and counted whole
 // it made R ten times too high; u over its children is too high as well
 // once children left (u is the most it sent, decaying slowly).

@@ -305,22 +305,8 @@ func TestRelayBelowRateSplicedOut(t *testing.T) {
 			for i := 1; i < len(ids); i++ {
 				chain = append(chain, [2]string{ids[i-1], ids[i]})
 			}
-			if err := rewireLocked(v.s, tk, ids, chain); err != nil {
-				v.s.mu.Unlock()
-				t.Fatal(err)
-			}
-			v.s.flushLocked(v.now)
-			err := checkInvariants(v.s)
-			v.s.mu.Unlock()
-			if err != nil {
-				t.Fatalf("setup: %v", err)
-			}
-			v.advance(time.Second)
-			v.s.mu.Lock()
+			rewireThenTickLocked(t, v, tk, ids, chain, true)
 			defer v.s.mu.Unlock()
-			if err := checkInvariants(v.s); err != nil {
-				t.Fatal(err)
-			}
 			c, d := tk.peers["c"], tk.peers["d"]
 			var dParents []string
 			for _, l := range d.parents {
@@ -394,7 +380,29 @@ func TestLeafOnSlotGoneSlowCrowdedAtTick(t *testing.T) {
 		tk.peers[id].crowded = false
 	}
 	tk.crowded = nil
-	err := rewireLocked(v.s, tk, order, [][2]string{{"a", "b"}, {"b", "x"}, {"x", "leaf"}, {"x", "e1"}, {"e1", "e2"}, {"e2", "e3"}, {"e3", "e4"}, {"e4", "tail"}})
+	rewireThenTickLocked(t, v, tk, order, [][2]string{{"a", "b"}, {"b", "x"}, {"x", "leaf"}, {"x", "e1"}, {"e1", "e2"}, {"e2", "e3"}, {"e3", "e4"}, {"e4", "tail"}}, false)
+	defer v.s.mu.Unlock()
+	leaf, tail := tk.peers["leaf"], tk.peers["tail"]
+	onX := len(leaf.parents) == 1 && leaf.parents[0].peer.id == "x" && leaf.parents[0].share == 0
+	if onX && !leaf.crowded {
+		t.Errorf("leaf still takes a full-rate slot of x at %.0f Mbit/s (fluid %.0f) and is not remembered as crowded",
+			v.s.slotRate(tk.peers["x"], v.now)/mbps, tk.fluid/mbps)
+	}
+	if tail.crowded {
+		t.Error("tail, which gets the fluid rate from e4, was marked crowded")
+	}
+}
+
+// rewireThenTickLocked, called with v.s.mu held, makes the edges given tk's
+// starting graph (rewireLocked; flushed first when flush is set), checks it,
+// then runs one Tick a second later and checks the graph again; it returns
+// with v.s.mu held. Any error fails t.
+func rewireThenTickLocked(t *testing.T, v *vsched, tk *task, ids []string, edges [][2]string, flush bool) {
+	t.Helper()
+	err := rewireLocked(v.s, tk, ids, edges)
+	if err == nil && flush {
+		v.s.flushLocked(v.now)
+	}
 	if err == nil {
 		err = checkInvariants(v.s)
 	}
@@ -404,18 +412,9 @@ func TestLeafOnSlotGoneSlowCrowdedAtTick(t *testing.T) {
 	}
 	v.advance(time.Second)
 	v.s.mu.Lock()
-	defer v.s.mu.Unlock()
 	if err := checkInvariants(v.s); err != nil {
+		v.s.mu.Unlock()
 		t.Fatal(err)
-	}
-	leaf, tail := tk.peers["leaf"], tk.peers["tail"]
-	onX := len(leaf.parents) == 1 && leaf.parents[0].peer.id == "x" && leaf.parents[0].share == 0
-	if onX && !leaf.crowded {
-		t.Errorf("leaf still takes a full-rate slot of x at %.0f Mbit/s (fluid %.0f) and is not remembered as crowded",
-			v.s.slotRate(tk.peers["x"], v.now)/mbps, tk.fluid/mbps)
-	}
-	if tail.crowded {
-		t.Error("tail, which gets the fluid rate from e4, was marked crowded")
 	}
 }
 
