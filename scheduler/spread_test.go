@@ -432,3 +432,96 @@ func rewireLocked(s *Scheduler, tk *task, ids []string, edges [][2]string) error
 	}
 	return nil
 }
+
+// R is the fluid bound's mean when that is above the median of the
+// receivers' relay capacities (never above the source nor the fastest
+// receiver): at the median, a
+// host between the two relays at less than the rate the bound gives every
+// receiver, and everyone below it gets its uplink. Where slow uplinks pull
+// the mean below the median, the median stays, and paced shares are booked
+// at the mean.
+func TestRateAtMeanAboveMedian(t *testing.T) {
+	cases := []struct {
+		name        string
+		src         float64
+		ups         []float64
+		rate, fluid float64 // Mbit/s
+		midIsLeaf   bool
+	}{
+		// Sorted 20 ×4, 50, 100 ×4: the median 50, the mean
+		// (100+400+50+80)/9 = 70. The 50 Mbit/s host sits at a leaf.
+		{"mean above median", 100, []float64{100, 100, 100, 100, 50, 20, 20, 20, 20}, 70, 70, true},
+		// The same receivers below a 60 Mbit/s source: R is the source's
+		// (the mean (60+530)/9 = 65.6 above it), and the 50 Mbit/s host,
+		// at 0.83 of it, relays.
+		{"source below mean", 60, []float64{100, 100, 100, 100, 50, 20, 20, 20, 20}, 60, 60, false},
+		// A source ten times faster than the receivers lifts the mean
+		// to (1000+850)/9 = 205, above every receiver: R stays at the
+		// fastest receiver's 100, or none would relay.
+		{"fast source", 1000, []float64{100, 100, 100, 100, 100, 100, 100, 100, 50}, 100, 100, true},
+		// Mixed: 100 ×6, 50, 10 ×2: the median 100, the mean
+		// (100+600+50+20)/9 = 85.6 below it.
+		{"mean below median", 100, []float64{100, 100, 100, 100, 100, 100, 50, 10, 10}, 100, 770.0 / 9, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			v := pipelineVirtual(t, nil)
+			v.source("t", "s", capHost("s", c.src, false))
+			for i, u := range c.ups {
+				id := fmt.Sprint("r", i)
+				if u == 50 {
+					id = "mid"
+				}
+				v.join("t", id, capHost(id, u, false)).decision()
+			}
+			v.s.mu.Lock()
+			defer v.s.mu.Unlock()
+			tk := v.s.tasks[tid("t")]
+			v.s.updateRateLocked(tk, v.now)
+			if d := tk.rate/mbps - c.rate; d < -0.5 || d > 0.5 {
+				t.Errorf("R %.1f Mbit/s, want %.1f", tk.rate/mbps, c.rate)
+			}
+			if d := tk.fluid/mbps - c.fluid; d < -0.5 || d > 0.5 {
+				t.Errorf("fluid rate %.1f Mbit/s, want %.1f", tk.fluid/mbps, c.fluid)
+			}
+			if got := v.s.slowHost(tk.peers["mid"], v.now); got != c.midIsLeaf {
+				t.Errorf("50 Mbit/s host slow (a leaf) = %v at R %.1f, want %v", got, tk.rate/mbps, c.midIsLeaf)
+			}
+			if c.midIsLeaf && unpacedChildren(tk.peers["mid"]) > 0 {
+				t.Errorf("50 Mbit/s host feeds %d full-rate children at R %.1f", unpacedChildren(tk.peers["mid"]), tk.rate/mbps)
+			}
+		})
+	}
+}
+
+// Near the end the fast receivers are done and the slow ones are left:
+// the finished receivers' uplinks bound R with the others', so those left
+// are fed at the mean from them rather than relaying to each other at
+// their own uplinks.
+func TestRateCountsFinishedReceivers(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "s", capHost("s", 100, false))
+	ups := map[string]float64{"f0": 100, "f1": 100, "f2": 100, "f3": 100, "mid": 40, "s0": 20, "s1": 20}
+	for _, id := range []string{"f0", "f1", "f2", "f3", "mid", "s0", "s1"} {
+		v.join("t", id, capHost(id, ups[id], false)).decision()
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	tk := v.s.tasks[tid("t")]
+	for _, id := range []string{"f0", "f1", "f2", "f3"} {
+		p := tk.peers[id]
+		if p.depth == 0 {
+			t.Fatalf("setup: %s has no full-rate parent", id)
+		}
+		v.s.setState(p, stateSucceeded)
+	}
+	v.s.updateRateLocked(tk, v.now)
+	// Left: 40, 20, 20; the mean (100+80)/3 = 60, above the fastest
+	// receiver left but not above the finished ones.
+	if d := tk.rate/mbps - 60; d < -0.5 || d > 0.5 {
+		t.Errorf("R %.1f Mbit/s, want the mean 60", tk.rate/mbps)
+	}
+	if !v.s.slowHost(tk.peers["mid"], v.now) {
+		t.Errorf("40 Mbit/s host relays at R %.1f: want it at a leaf", tk.rate/mbps)
+	}
+}

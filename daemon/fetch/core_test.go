@@ -731,9 +731,10 @@ func TestEndgameOnlyAtTheEnd(t *testing.T) {
 	}
 }
 
-// A parent with a share (ShareBps) is paced to it: one request at a time,
-// the next one not before the last piece's bytes at the share have
-// elapsed, however fast its link is; an unpaced parent beside it keeps
+// A parent with a share (ShareBps) is paced to it: the next request not
+// before the last piece's bytes at the share have elapsed, however fast its
+// link is (a link that serves each request in well under that time so has
+// one in flight at a time); an unpaced parent beside it keeps
 // its pipelined requests. Time comes from the virtual network: no sleeps.
 func TestPacedParentKeepsToItsShare(t *testing.T) {
 	const n = 200
@@ -773,6 +774,43 @@ func TestPacedParentKeepsToItsShare(t *testing.T) {
 	// All three used: about n/(100+10+20) s, not n/100.
 	if ideal := float64(n) / 130; took > ideal*1.15 {
 		t.Errorf("took %.2fs, the three rates allow %.2fs", took, ideal)
+	}
+}
+
+// A paced parent whose uplink gives each connection less than the share
+// (its full-rate children keep several requests in flight, and the uplink
+// is shared per connection) still gives the share: the peer's requests
+// follow the share's clock and several are in flight at once. Asked one at
+// a time, a 20 pieces/s share gave 5.
+func TestPacedParentShareMadeUpBySeveralRequests(t *testing.T) {
+	const n = 400
+	c := testCore(Config{})
+	w := newNet(t, c, map[string]float64{"main": 100 * ps, "paced": 5 * ps})
+	w.flows = map[string]bool{"paced": true} // 5 pieces/s per connection
+	w.step(EvStart{Length: n * ps, PieceSize: ps, AllTrusted: true})
+	w.step(EvParents{Parents: []Parent{{ID: "main"}, {ID: "paced", ShareBps: 20 * ps}}})
+	w.step(EvParentPieces{Parent: "main", Pieces: pieces(n)})
+	w.step(EvParentPieces{Parent: "paced", Pieces: pieces(n)})
+	w.run(100000)
+	if w.failed != nil {
+		t.Fatal(w.failed)
+	}
+	took := w.now.Sub(t0).Seconds()
+	got := float64(w.from["paced"]) / took
+	if got < 0.8*20 {
+		t.Errorf("paced parent gave %.1f pieces/s (%d in %.2fs), want about its share of 20", got, w.from["paced"], took)
+	}
+	if float64(w.from["paced"]) > 20*took+1 {
+		t.Errorf("paced parent gave %d pieces in %.2fs, above its share of 20/s", w.from["paced"], took)
+	}
+	if m := w.maxOut["paced"]; m < 2 || m > 4 {
+		t.Errorf("paced parent had at most %d requests in flight, want 2 to per_parent_requests (4)", m)
+	}
+	iss := w.issued["paced"]
+	for i := 1; i < len(iss); i++ {
+		if d := iss[i].Sub(iss[i-1]); d < time.Second/20 {
+			t.Fatalf("paced requests %d and %d %v apart, want at least one piece at the share (50ms)", i-1, i, d)
+		}
 	}
 }
 

@@ -71,10 +71,14 @@ func (n *net) run1() {
 // after the other at its rate (bytes/s); a parent with rate 0 never
 // answers (stalled). Time advances to the next completion or core timer.
 type net struct {
-	t       *testing.T
-	c       *Core
-	now     time.Time
-	rates   map[string]float64
+	t     *testing.T
+	c     *Core
+	now   time.Time
+	rates map[string]float64
+	// flows: parents whose requests are each served at the parent's rate
+	// at once, not one after the other: an uplink shared per connection
+	// with other children's, where each connection gets the same part.
+	flows   map[string]bool
 	busy    map[string]time.Time // when each parent's queue drains
 	pending []xfer
 	from    map[string]int         // pieces delivered by each parent
@@ -113,7 +117,7 @@ func (n *net) step(ev Event) []Action {
 				x.end = n.now.Add(a.Stall) // a timeout
 			} else {
 				from := n.now
-				if b := n.busy[a.Parent]; b.After(from) {
+				if b := n.busy[a.Parent]; b.After(from) && !n.flows[a.Parent] {
 					from = b
 				}
 				x.end = from.Add(secs(float64(a.Size) / r))

@@ -68,12 +68,17 @@ func (c *Core) estimate() float64 {
 // depth is how many requests a parent may have in flight: the full
 // PerParentRequests for the fastest, fewer by their rates for slower ones
 // (at least one), so that a slow parent holds few pieces hostage while
-// each parent still gets requests in proportion to what it delivers.
+// each parent still gets requests in proportion to what it delivers. A
+// paced parent may have the full PerParentRequests as well: its pacing
+// clock (paceReady) keeps what it sends at the share, and its uplink is
+// shared per connection with its full-rate children's requests, so one
+// connection at a time got it a fraction of the share (a 25 Mbit/s relay
+// with a child's four requests in flight gave a paced leaf 5 of its 7.6).
 func (c *Core) depth(p *parent, top float64) int {
-	if p.ShareBps > 0 {
-		return 1
-	}
 	per := c.cfg.PerParentRequests
+	if p.ShareBps > 0 {
+		return max(1, per)
+	}
 	if top <= 0 || p.est >= top {
 		return per
 	}
@@ -83,12 +88,14 @@ func (c *Core) depth(p *parent, top float64) int {
 func (c *Core) room(p *parent, top float64) bool { return len(p.inflight) < c.depth(p, top) }
 
 // paceReady reports whether p may take a request at now as far as its
-// pacing goes: an unpaced parent always; a paced one (ShareBps > 0) with
-// nothing in flight once its last request's bytes at ShareBps have
-// elapsed, so that what it sends this peer stays at or below its share
-// whatever its uplink's momentary rate.
+// pacing goes: an unpaced parent always; a paced one (ShareBps > 0) once
+// the bytes of the requests made of it so far, at ShareBps, have elapsed
+// (request clocks at the share: nextAt), so that what it sends this peer
+// stays at or below its share however fast its uplink momentarily is.
+// Requests still in flight do not hold the next one back: when each
+// connection gets less than the share, several in flight make it up.
 func (c *Core) paceReady(p *parent, now time.Time) bool {
-	return p.ShareBps <= 0 || (len(p.inflight) == 0 && !now.Add(paceSlack).Before(p.nextAt))
+	return p.ShareBps <= 0 || !now.Add(paceSlack).Before(p.nextAt)
 }
 
 // paceSlack: a paced parent is ready this much before its time, so that a
@@ -108,7 +115,9 @@ func (c *Core) request(now time.Time, n uint32, p *parent) {
 	p.inflight = append(p.inflight, r)
 	c.nreq++
 	if p.ShareBps > 0 {
-		p.nextAt = now.Add(secs(float64(size) / p.ShareBps))
+		// The clock runs from the last request's slot, or from now when
+		// that is past (an idle parent earns no burst).
+		p.nextAt = later(p.nextAt, now).Add(secs(float64(size) / p.ShareBps))
 	}
 	c.emit(ActRequest{Parent: p.ID, Piece: n, Size: size, Stall: c.stallTimeout(p), Req: r.id})
 }
@@ -138,6 +147,13 @@ func (r *request) left(now time.Time) time.Duration {
 		return -l
 	}
 	return l
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func secs(s float64) time.Duration {
