@@ -522,7 +522,7 @@ func (c *Core) NextDeadline() time.Time {
 		if len(c.need) > 0 {
 			// A paced parent becomes free to ask again.
 			for _, p := range c.order {
-				if p.ShareBps > 0 && len(p.inflight) < max(1, c.cfg.PerParentRequests) && p.count > 0 && p.nextAt.After(c.stepAt.Add(paceSlack)) {
+				if p.ShareBps > 0 && len(p.inflight) < c.pacedDepth() && p.count > 0 && p.nextAt.After(c.stepAt.Add(paceSlack)) {
 					earliest(p.nextAt)
 				}
 			}

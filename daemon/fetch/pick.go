@@ -75,15 +75,18 @@ func (c *Core) estimate() float64 {
 // connection at a time got it a fraction of the share (a 25 Mbit/s relay
 // with a child's four requests in flight gave a paced leaf 5 of its 7.6).
 func (c *Core) depth(p *parent, top float64) int {
-	per := c.cfg.PerParentRequests
 	if p.ShareBps > 0 {
-		return max(1, per)
+		return c.pacedDepth()
 	}
+	per := c.cfg.PerParentRequests
 	if top <= 0 || p.est >= top {
 		return per
 	}
 	return max(1, int(math.Ceil(float64(per)*p.est/top)))
 }
+
+// pacedDepth is how many requests a paced parent may have in flight.
+func (c *Core) pacedDepth() int { return max(1, c.cfg.PerParentRequests) }
 
 func (c *Core) room(p *parent, top float64) bool { return len(p.inflight) < c.depth(p, top) }
 
