@@ -76,6 +76,9 @@ type Config struct {
 	// they have measured them.
 	UploadBps   config.ByteSize `yaml:"upload_bps"`
 	DownloadBps config.ByteSize `yaml:"download_bps"`
+	// LinkTest measures the host's links where nothing is declared
+	// (docs/architecture.md, "Link tests").
+	LinkTest LinkTestConfig `yaml:"link_test"`
 
 	Download DownloadConfig `yaml:"download"`
 	Upload   UploadConfig   `yaml:"upload"`
@@ -101,6 +104,18 @@ type Config struct {
 	TLS pki.Config `yaml:"tls"`
 
 	LogLevel string `yaml:"log_level"`
+}
+
+// LinkTestConfig: a daemon that declares no uplink (upload_bps, or the
+// upload rate limit) tests its links when it starts and
+// every Interval after: it sends junk bytes for about a second to a partner
+// the scheduler names, twice, and reports the best rate to its schedulers
+// (Host.link_upload_bps). It also answers other hosts' tests on its upload
+// port, one at a time, and reports the best rate one of them reached into
+// it (Host.link_download_bps).
+type LinkTestConfig struct {
+	Enabled  bool            `yaml:"enabled"`
+	Interval config.Duration `yaml:"interval"`
 }
 
 // DownloadConfig tunes how pieces are fetched.
@@ -239,6 +254,7 @@ func DefaultConfig() Config {
 	return Config{
 		Scheduler:     "127.0.0.1:8002",
 		Inventory:     true,
+		LinkTest:      LinkTestConfig{Enabled: true, Interval: config.Duration(time.Hour)},
 		DataDir:       "/var/lib/damselfly/daemon",
 		ListenIP:      "0.0.0.0",
 		PeerPort:      65000,
@@ -376,6 +392,9 @@ func (c Config) Validate() error {
 	}
 	if c.OriginRetries < 0 {
 		errs = append(errs, errors.New("origin_retries must be ≥ 0"))
+	}
+	if c.LinkTest.Enabled && c.LinkTest.Interval.D() < time.Minute {
+		errs = append(errs, errors.New("link_test.interval must be ≥ 1m (each test sends for about a second at the full uplink)"))
 	}
 	return errors.Join(errs...)
 }

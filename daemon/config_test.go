@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/damselfly-io/damselfly/internal/config"
 	"github.com/damselfly-io/damselfly/internal/golden"
@@ -52,10 +53,11 @@ func TestValidate(t *testing.T) {
 		"low above high": func(c *Config) {
 			c.Cache.HighWatermark, c.Cache.LowWatermark = 10<<30, 20<<30
 		},
-		"low without high":  func(c *Config) { c.Cache.LowWatermark = 1 << 30 },
-		"percent over 100":  func(c *Config) { c.Cache.HighWatermarkPercent = 120 },
-		"percent inverted":  func(c *Config) { c.Cache.LowWatermarkPercent = 95 },
-		"percent low alone": func(c *Config) { c.Cache.HighWatermarkPercent = 0 },
+		"low without high":     func(c *Config) { c.Cache.LowWatermark = 1 << 30 },
+		"percent over 100":     func(c *Config) { c.Cache.HighWatermarkPercent = 120 },
+		"percent inverted":     func(c *Config) { c.Cache.LowWatermarkPercent = 95 },
+		"percent low alone":    func(c *Config) { c.Cache.HighWatermarkPercent = 0 },
+		"link tests too often": func(c *Config) { c.LinkTest.Interval = config.Duration(time.Second) },
 	} {
 		c := DefaultConfig()
 		mut(&c)

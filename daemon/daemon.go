@@ -28,6 +28,7 @@ import (
 	"github.com/damselfly-io/damselfly/api/peerv1"
 	"github.com/damselfly-io/damselfly/api/schedulerv1"
 	"github.com/damselfly-io/damselfly/core"
+	"github.com/damselfly-io/damselfly/daemon/linktest"
 	"github.com/damselfly-io/damselfly/daemon/piece"
 	"github.com/damselfly-io/damselfly/daemon/store"
 	"github.com/damselfly-io/damselfly/internal/fdpass"
@@ -57,6 +58,11 @@ type Daemon struct {
 	// sent this host (schedulerv1.UploadBudget), 0 none; used only when
 	// the host declares no link rates.
 	advisedBudget atomic.Int64
+	// links: what the link tests measured (links.go); linkUsable the
+	// upload budget they give on a link much slower up than down (0:
+	// none).
+	links      *links
+	linkUsable atomic.Int64
 
 	scheds schedSet
 	// inv announces the complete public tasks of the cache (inventory.go);
@@ -98,8 +104,9 @@ type Daemon struct {
 // pacing), and the fixed budget when the host declared its links. Much
 // slower up than down (core.UsableUplink), the declared uplink less what
 // the download's ACKs need, while anything downloads. Nothing declared:
-// the budget a scheduler advised (schedulerv1.UploadBudget), while
-// anything downloads. A symmetric declared host is not paced.
+// the same from the links the link tests measured (links.go), else the
+// budget a scheduler advised (schedulerv1.UploadBudget), while anything
+// downloads. A symmetric declared host is not paced.
 func (d *Daemon) uploadBudget(up, down int64) (func() int64, int64) {
 	var usable int64 // declared: fixed; 0: the advice
 	if up > 0 {
@@ -113,6 +120,9 @@ func (d *Daemon) uploadBudget(up, down int64) (func() int64, int64) {
 			return 0
 		case usable > 0:
 			return usable
+		}
+		if u := d.linkUsable.Load(); u > 0 {
+			return u // measured links (links.go)
 		}
 		return d.advisedBudget.Load()
 	}, usable
@@ -257,6 +267,9 @@ func NewWithMetrics(cfg Config, log *slog.Logger, reg prometheus.Registerer, gat
 			r.MustRegister(d.metrics.schedulerUp)
 		}
 	}
+	d.links = newLinks(r)
+	d.links.receiver.OnResult = d.linkReceived
+	d.links.receiver.Busy = d.transferring
 	d.metrics.cache = newCacheMetrics(r)
 	d.metrics.cache.setLimits(d.limits)
 	if r != nil && cfg.Metrics.DragonflyCompat {
@@ -439,7 +452,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.log.Info("uploads paced while downloading: the uplink is much slower than the downlink", "upload_bps", up, "download_bps", down, "paced_bps", usable)
 		}
 	}
-	upHTTP := d.cfg.Obs.Server(upSrv.Handler())
+	upHandler := upSrv.Handler()
+	if d.linkTesting() {
+		mux := http.NewServeMux()
+		mux.Handle("/", upHandler)
+		mux.Handle(linktest.Path, &d.links.receiver)
+		upHandler = mux
+	}
+	upHTTP := d.cfg.Obs.Server(upHandler)
 	upHTTP.ConnContext = upSrv.ConnContext
 	g.Go(func() error { return obs.ServeServer(gctx, upHTTP, upLis) })
 	if metricsLis != nil {
@@ -480,6 +500,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if refresh != nil {
 		g.Go(func() error { refresh(gctx); return nil })
+	}
+	if d.linkTesting() {
+		g.Go(func() error { d.linkTestLoop(gctx); return nil })
 	}
 	g.Go(func() error { d.gcLoop(gctx); return nil })
 	// Tasks complete in the cache become parents again: public ones in

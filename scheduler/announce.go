@@ -91,7 +91,11 @@ func (s *Scheduler) hostLocked(info *schedulerv1.Host, now time.Time) *host {
 		h = &host{id: info.GetId(), idleSince: now}
 		s.hosts[h.id] = h
 	}
-	h.info = info
+	h.info = effectiveHost(info)
+	if info.GetLinkUploadBps() > 0 && info.GetIp() != "" && info.GetUploadPort() > 0 && info.GetUploadPort() <= 65535 {
+		s.linkSeenLocked(info, now) // it answers link tests
+	}
+	h.linkOnly = info.GetUploadBps() <= 0 && h.info.GetUploadBps() > 0
 	h.slots = int(info.GetUploadSlots())
 	if h.slots <= 0 {
 		h.slots = s.cfg.DefaultUploadSlots

@@ -223,7 +223,7 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 // it made R ten times too high; u over its children is too high as well
 // once children left (u is the most it sent, decaying slowly).
 func (s *Scheduler) sourceRate(p *peer, u float64) float64 {
-	if p.host.info.GetUploadBps() > 0 {
+	if p.host.info.GetUploadBps() > 0 && !(p.host.linkOnly && s.probing(p)) {
 		return u
 	}
 	if ref := p.host.probe.ref; ref > 0 {

@@ -203,6 +203,8 @@ func startIdentityServer(t *testing.T, mutate func(*Config)) *testServer {
 	}
 	gs := grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		return h(srv, &ctxStream{ServerStream: ss, ctx: ident(ss.Context())})
+	}), grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		return h(ident(ctx), req)
 	}))
 	s.Register(gs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

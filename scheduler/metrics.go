@@ -40,6 +40,7 @@ type metrics struct {
 	inventoryStreams prometheus.Gauge
 	inventoryHolders prometheus.Gauge
 	inventoryRefused prometheus.Counter
+	linkTests        prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
@@ -95,6 +96,10 @@ func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "inventory_refused_total",
 			Help: "Inventory entries refused (a spec that does not hold, a private or dfcache task, a shape or digests other than the task's).",
 		}),
+		linkTests: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "link_tests_paired_total",
+			Help: "Link tests paired: a daemon named a partner to send its link test to.",
+		}),
 		peersLeft: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "peers_left_total",
 			Help: "Peers removed from their task (stream ended, failed, replaced or dropped).",
@@ -143,7 +148,7 @@ func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 	cs := []prometheus.Collector{
 		m.decisions, m.decisionDuration, peers, m.tasks, m.seedTriggers, pieces, m.peersLeft, m.slowParents,
 		m.specRefused, m.contentCorrupt, m.trustRestored,
-		m.announceStreams, m.inventoryStreams, m.inventoryHolders, m.inventoryRefused,
+		m.announceStreams, m.inventoryStreams, m.inventoryHolders, m.inventoryRefused, m.linkTests,
 		registrations, pieceCost,
 	}
 	if compat {

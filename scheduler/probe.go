@@ -105,12 +105,14 @@ type seedProbe struct {
 }
 
 // probing reports whether sp, a seed host's peer, has its children set by
-// the uplink probe: capacity-aware, nothing declared or measured, in a task
-// of more than probeTaskPeers peers.
+// the uplink probe: capacity-aware, nothing declared or measured by the
+// meter, in a task of more than probeTaskPeers peers. An uplink its link
+// tests measured does not stop the probe: it may be only what the
+// partners' downlinks took.
 func (s *Scheduler) probing(sp *peer) bool {
 	h := sp.host
-	return s.cfg.CapacityAware && h.info.GetSeed() && h.info.GetUploadBps() <= 0 && knownUp(h) <= 0 &&
-		len(sp.task.list) > probeTaskPeers
+	return s.cfg.CapacityAware && h.info.GetSeed() && (h.info.GetUploadBps() <= 0 || h.linkOnly) &&
+		h.meter.budget <= 0 && h.meter.cap <= 0 && len(sp.task.list) > probeTaskPeers
 }
 
 // probeLocked takes the probe's next step when every child of sp has

@@ -26,9 +26,15 @@ func newProbeSwarm(t *testing.T, n int) *probeSwarm { return newProbeSwarmIDC(t,
 // newProbeSwarmIDC is newProbeSwarm with the receivers in IDC idc (the
 // seed in none).
 func newProbeSwarmIDC(t *testing.T, n int, idc string) *probeSwarm {
+	return newProbeSwarmLink(t, n, idc, 0)
+}
+
+// newProbeSwarmLink is newProbeSwarmIDC with every host, the seed's
+// included, reporting link (bytes/s) as its link-tested uplink (0: none).
+func newProbeSwarmLink(t *testing.T, n int, idc string, link int64) *probeSwarm {
 	t.Helper()
 	v := pipelineVirtual(t, nil)
-	seed := v.join("t", "seed", withHost(&schedulerv1.Host{Id: "host-seed", Hostname: "seed", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002, Seed: true}))
+	seed := v.join("t", "seed", withHost(&schedulerv1.Host{Id: "host-seed", Hostname: "seed", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002, Seed: true, LinkUploadBps: link}))
 	if d := seed.decision(); d.GetBackToSource() == nil {
 		t.Fatalf("seed: %v", d)
 	}
@@ -40,7 +46,7 @@ func newProbeSwarmIDC(t *testing.T, n int, idc string) *probeSwarm {
 	seed.pieces(all...)
 	for i := range n {
 		id := fmt.Sprint("r", i)
-		v.join("t", id, withHost(&schedulerv1.Host{Id: "host-" + id, Hostname: id, Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002, Idc: idc})).decision()
+		v.join("t", id, withHost(&schedulerv1.Host{Id: "host-" + id, Hostname: id, Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002, Idc: idc, LinkUploadBps: link})).decision()
 	}
 	return &probeSwarm{v: v, next: map[string]uint32{}}
 }
@@ -108,6 +114,24 @@ func TestSeedUplinkProbedInLargeTask(t *testing.T) {
 	}
 	if d := w.deepest(); d > n/len(kids)*2 {
 		t.Errorf("the deepest pipeline is %d hops with %d children at the seed, want at most %d", d, len(kids), n/len(kids)*2)
+	}
+	w.v.invariants()
+}
+
+// A seed whose link tests measured no more than its partners' downlinks
+// (a 10 Gbit/s seed among hosts that all measured the same rate) is still
+// probed in a large task: taken as its uplink, the tested rate kept it at
+// one child and one pipeline as deep as the task.
+func TestLinkTestedSeedStillProbed(t *testing.T) {
+	const n = 400
+	// One piece per 10 ms: what every host's link test measured.
+	w := newProbeSwarmLink(t, n, "", probePieceSize*100)
+	for range 6 {
+		w.feed(probePieces+2, 10*time.Millisecond)
+	}
+	kids := w.v.children("t", "seed")
+	if len(kids) < 8 {
+		t.Fatalf("after six probe steps the link-tested seed has %d children, want at least 8", len(kids))
 	}
 	w.v.invariants()
 }

@@ -71,9 +71,13 @@ type Scheduler struct {
 	seeds    map[string]*seedConn // by host ID
 	// inventories: the open inventory session of each host, by host ID.
 	inventories map[string]*InventorySession
-	rnd         *mrand.Rand
-	epoch       uint64 // visit marks: a fresh epoch per walk avoids clearing
-	visited     uint64 // candidates looked at by decisions (tests count them)
+	// linkPool: the hosts that asked for a link test partner, by host ID,
+	// and their IDs in linkIDs (linktest.go).
+	linkPool map[string]*linkHost
+	linkIDs  []string
+	rnd      *mrand.Rand
+	epoch    uint64 // visit marks: a fresh epoch per walk avoids clearing
+	visited  uint64 // candidates looked at by decisions (tests count them)
 	// fillFreeOnly and fillExclude narrow fillParentsLocked for rehoming
 	// (capacity.go): free candidates only, and not the current parent.
 	fillFreeOnly bool
@@ -163,6 +167,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option
 		hosts:       make(map[string]*host),
 		seeds:       make(map[string]*seedConn),
 		inventories: make(map[string]*InventorySession),
+		linkPool:    make(map[string]*linkHost),
 		now:         time.Now,
 	}
 	for _, o := range opts {
@@ -368,6 +373,7 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 func (s *Scheduler) gc(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gcLinkPoolLocked(now)
 	ttl := s.cfg.TaskTTL.D()
 	for i := len(s.taskList) - 1; i >= 0; i-- {
 		t := s.taskList[i]

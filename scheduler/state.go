@@ -149,8 +149,11 @@ type peer struct {
 
 // host is a machine across all its peers and tasks.
 type host struct {
-	id         string
-	info       *schedulerv1.Host // latest registration; shared read-only with messages
+	id   string
+	info *schedulerv1.Host // latest registration as the scheduler uses it (effectiveHost); shared read-only with messages
+	// linkOnly: its uplink in info is what its link tests measured, not
+	// declared (linktest.go).
+	linkOnly   bool
 	slots      int
 	used       int // children assigned to this host's peers, all tasks
 	successes  uint64

@@ -117,10 +117,17 @@ type Host struct {
 	// declares for this host (0: not declared; the scheduler then relies on
 	// what it measures). A seed peer that shares its uplink with the origin
 	// declares its share. The scheduler sizes each host's children by it.
-	UploadBps     int64 `protobuf:"varint,10,opt,name=upload_bps,json=uploadBps,proto3" json:"upload_bps,omitempty"`
-	DownloadBps   int64 `protobuf:"varint,11,opt,name=download_bps,json=downloadBps,proto3" json:"download_bps,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UploadBps   int64 `protobuf:"varint,10,opt,name=upload_bps,json=uploadBps,proto3" json:"upload_bps,omitempty"`
+	DownloadBps int64 `protobuf:"varint,11,opt,name=download_bps,json=downloadBps,proto3" json:"download_bps,omitempty"`
+	// Upload and download rate in bytes per second that the daemon's link
+	// tests measured (0: not measured): the upload rate its best test to
+	// another host reached, and the best rate another host's test reached
+	// into it. Both are lower bounds (the other end may have been the
+	// limit). The scheduler uses them where nothing is declared.
+	LinkUploadBps   int64 `protobuf:"varint,12,opt,name=link_upload_bps,json=linkUploadBps,proto3" json:"link_upload_bps,omitempty"`
+	LinkDownloadBps int64 `protobuf:"varint,13,opt,name=link_download_bps,json=linkDownloadBps,proto3" json:"link_download_bps,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -230,6 +237,138 @@ func (x *Host) GetDownloadBps() int64 {
 	return 0
 }
 
+func (x *Host) GetLinkUploadBps() int64 {
+	if x != nil {
+		return x.LinkUploadBps
+	}
+	return 0
+}
+
+func (x *Host) GetLinkDownloadBps() int64 {
+	if x != nil {
+		return x.LinkDownloadBps
+	}
+	return 0
+}
+
+// LinkPartnerRequest asks for a host to send a link test to.
+type LinkPartnerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Host  *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// Hosts not to name (those already tested against).
+	Exclude       []string `protobuf:"bytes,2,rep,name=exclude,proto3" json:"exclude,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkPartnerRequest) Reset() {
+	*x = LinkPartnerRequest{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkPartnerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkPartnerRequest) ProtoMessage() {}
+
+func (x *LinkPartnerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkPartnerRequest.ProtoReflect.Descriptor instead.
+func (*LinkPartnerRequest) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LinkPartnerRequest) GetHost() *Host {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
+func (x *LinkPartnerRequest) GetExclude() []string {
+	if x != nil {
+		return x.Exclude
+	}
+	return nil
+}
+
+// LinkPartnerResponse names the partner, or (partner unset) when to ask
+// again.
+type LinkPartnerResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Partner *Host                  `protobuf:"bytes,1,opt,name=partner,proto3" json:"partner,omitempty"`
+	// How long the test should send.
+	DurationMs int64 `protobuf:"varint,2,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	// No partner is free: ask again after this long.
+	RetryAfterMs  int64 `protobuf:"varint,3,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkPartnerResponse) Reset() {
+	*x = LinkPartnerResponse{}
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkPartnerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkPartnerResponse) ProtoMessage() {}
+
+func (x *LinkPartnerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkPartnerResponse.ProtoReflect.Descriptor instead.
+func (*LinkPartnerResponse) Descriptor() ([]byte, []int) {
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LinkPartnerResponse) GetPartner() *Host {
+	if x != nil {
+		return x.Partner
+	}
+	return nil
+}
+
+func (x *LinkPartnerResponse) GetDurationMs() int64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
+func (x *LinkPartnerResponse) GetRetryAfterMs() int64 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
+}
+
 // TaskSpec names what is downloaded. Headers are given only to the peer that
 // fetches from the origin and are never persisted by the scheduler.
 type TaskSpec struct {
@@ -252,7 +391,7 @@ type TaskSpec struct {
 
 func (x *TaskSpec) Reset() {
 	*x = TaskSpec{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[1]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +403,7 @@ func (x *TaskSpec) String() string {
 func (*TaskSpec) ProtoMessage() {}
 
 func (x *TaskSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[1]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +416,7 @@ func (x *TaskSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSpec.ProtoReflect.Descriptor instead.
 func (*TaskSpec) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{1}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TaskSpec) GetTaskId() string {
@@ -347,7 +486,7 @@ type PieceDigest struct {
 
 func (x *PieceDigest) Reset() {
 	*x = PieceDigest{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[2]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -359,7 +498,7 @@ func (x *PieceDigest) String() string {
 func (*PieceDigest) ProtoMessage() {}
 
 func (x *PieceDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[2]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -372,7 +511,7 @@ func (x *PieceDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PieceDigest.ProtoReflect.Descriptor instead.
 func (*PieceDigest) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{2}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PieceDigest) GetNumber() uint32 {
@@ -407,7 +546,7 @@ type PieceResult struct {
 
 func (x *PieceResult) Reset() {
 	*x = PieceResult{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[3]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +558,7 @@ func (x *PieceResult) String() string {
 func (*PieceResult) ProtoMessage() {}
 
 func (x *PieceResult) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[3]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +571,7 @@ func (x *PieceResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PieceResult.ProtoReflect.Descriptor instead.
 func (*PieceResult) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{3}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PieceResult) GetNumber() uint32 {
@@ -499,7 +638,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[4]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +650,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[4]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +663,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{4}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Register) GetPeerId() string {
@@ -603,7 +742,7 @@ type TaskMeta struct {
 
 func (x *TaskMeta) Reset() {
 	*x = TaskMeta{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[5]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +754,7 @@ func (x *TaskMeta) String() string {
 func (*TaskMeta) ProtoMessage() {}
 
 func (x *TaskMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[5]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +767,7 @@ func (x *TaskMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskMeta.ProtoReflect.Descriptor instead.
 func (*TaskMeta) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{5}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TaskMeta) GetContentLength() int64 {
@@ -654,7 +793,7 @@ type PiecesDone struct {
 
 func (x *PiecesDone) Reset() {
 	*x = PiecesDone{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[6]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +805,7 @@ func (x *PiecesDone) String() string {
 func (*PiecesDone) ProtoMessage() {}
 
 func (x *PiecesDone) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[6]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +818,7 @@ func (x *PiecesDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PiecesDone.ProtoReflect.Descriptor instead.
 func (*PiecesDone) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{6}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PiecesDone) GetPieces() []*PieceResult {
@@ -702,7 +841,7 @@ type PieceFailed struct {
 
 func (x *PieceFailed) Reset() {
 	*x = PieceFailed{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[7]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +853,7 @@ func (x *PieceFailed) String() string {
 func (*PieceFailed) ProtoMessage() {}
 
 func (x *PieceFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[7]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +866,7 @@ func (x *PieceFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PieceFailed.ProtoReflect.Descriptor instead.
 func (*PieceFailed) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{7}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PieceFailed) GetNumber() uint32 {
@@ -767,7 +906,7 @@ type PeerDone struct {
 
 func (x *PeerDone) Reset() {
 	*x = PeerDone{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[8]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -779,7 +918,7 @@ func (x *PeerDone) String() string {
 func (*PeerDone) ProtoMessage() {}
 
 func (x *PeerDone) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[8]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -792,7 +931,7 @@ func (x *PeerDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerDone.ProtoReflect.Descriptor instead.
 func (*PeerDone) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{8}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PeerDone) GetContentLength() int64 {
@@ -811,7 +950,7 @@ type PeerFailed struct {
 
 func (x *PeerFailed) Reset() {
 	*x = PeerFailed{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[9]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +962,7 @@ func (x *PeerFailed) String() string {
 func (*PeerFailed) ProtoMessage() {}
 
 func (x *PeerFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[9]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +975,7 @@ func (x *PeerFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerFailed.ProtoReflect.Descriptor instead.
 func (*PeerFailed) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PeerFailed) GetReason() string {
@@ -861,7 +1000,7 @@ type ContentCorrupt struct {
 
 func (x *ContentCorrupt) Reset() {
 	*x = ContentCorrupt{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[10]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +1012,7 @@ func (x *ContentCorrupt) String() string {
 func (*ContentCorrupt) ProtoMessage() {}
 
 func (x *ContentCorrupt) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[10]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1025,7 @@ func (x *ContentCorrupt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContentCorrupt.ProtoReflect.Descriptor instead.
 func (*ContentCorrupt) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ContentCorrupt) GetReason() string {
@@ -907,7 +1046,7 @@ type Reschedule struct {
 
 func (x *Reschedule) Reset() {
 	*x = Reschedule{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[11]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +1058,7 @@ func (x *Reschedule) String() string {
 func (*Reschedule) ProtoMessage() {}
 
 func (x *Reschedule) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[11]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1071,7 @@ func (x *Reschedule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reschedule.ProtoReflect.Descriptor instead.
 func (*Reschedule) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Reschedule) GetBadParents() []string {
@@ -968,7 +1107,7 @@ type PeerMessage struct {
 
 func (x *PeerMessage) Reset() {
 	*x = PeerMessage{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[12]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1119,7 @@ func (x *PeerMessage) String() string {
 func (*PeerMessage) ProtoMessage() {}
 
 func (x *PeerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[12]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1132,7 @@ func (x *PeerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerMessage.ProtoReflect.Descriptor instead.
 func (*PeerMessage) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PeerMessage) GetMsg() isPeerMessage_Msg {
@@ -1142,7 +1281,7 @@ type PeerInfo struct {
 
 func (x *PeerInfo) Reset() {
 	*x = PeerInfo{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[13]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1293,7 @@ func (x *PeerInfo) String() string {
 func (*PeerInfo) ProtoMessage() {}
 
 func (x *PeerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[13]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1306,7 @@ func (x *PeerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerInfo.ProtoReflect.Descriptor instead.
 func (*PeerInfo) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PeerInfo) GetPeerId() string {
@@ -1201,7 +1340,7 @@ type Parents struct {
 
 func (x *Parents) Reset() {
 	*x = Parents{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[14]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1352,7 @@ func (x *Parents) String() string {
 func (*Parents) ProtoMessage() {}
 
 func (x *Parents) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[14]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1365,7 @@ func (x *Parents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Parents.ProtoReflect.Descriptor instead.
 func (*Parents) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Parents) GetParents() []*PeerInfo {
@@ -1246,7 +1385,7 @@ type BackToSource struct {
 
 func (x *BackToSource) Reset() {
 	*x = BackToSource{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[15]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1397,7 @@ func (x *BackToSource) String() string {
 func (*BackToSource) ProtoMessage() {}
 
 func (x *BackToSource) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[15]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1410,7 @@ func (x *BackToSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackToSource.ProtoReflect.Descriptor instead.
 func (*BackToSource) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BackToSource) GetReason() string {
@@ -1292,7 +1431,7 @@ type Wait struct {
 
 func (x *Wait) Reset() {
 	*x = Wait{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[16]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1443,7 @@ func (x *Wait) String() string {
 func (*Wait) ProtoMessage() {}
 
 func (x *Wait) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[16]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1456,7 @@ func (x *Wait) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wait.ProtoReflect.Descriptor instead.
 func (*Wait) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Wait) GetReason() string {
@@ -1340,7 +1479,7 @@ type TaskInfo struct {
 
 func (x *TaskInfo) Reset() {
 	*x = TaskInfo{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[17]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1491,7 @@ func (x *TaskInfo) String() string {
 func (*TaskInfo) ProtoMessage() {}
 
 func (x *TaskInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[17]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1504,7 @@ func (x *TaskInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskInfo.ProtoReflect.Descriptor instead.
 func (*TaskInfo) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TaskInfo) GetContentLength() int64 {
@@ -1400,7 +1539,7 @@ type Fail struct {
 
 func (x *Fail) Reset() {
 	*x = Fail{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[18]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1551,7 @@ func (x *Fail) String() string {
 func (*Fail) ProtoMessage() {}
 
 func (x *Fail) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[18]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1564,7 @@ func (x *Fail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fail.ProtoReflect.Descriptor instead.
 func (*Fail) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Fail) GetReason() string {
@@ -1453,7 +1592,7 @@ type PieceAccess struct {
 
 func (x *PieceAccess) Reset() {
 	*x = PieceAccess{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[19]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1604,7 @@ func (x *PieceAccess) String() string {
 func (*PieceAccess) ProtoMessage() {}
 
 func (x *PieceAccess) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[19]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1617,7 @@ func (x *PieceAccess) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PieceAccess.ProtoReflect.Descriptor instead.
 func (*PieceAccess) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PieceAccess) GetKey() []byte {
@@ -1520,7 +1659,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[20]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1671,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[20]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1684,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -1679,7 +1818,7 @@ type UploadBudget struct {
 
 func (x *UploadBudget) Reset() {
 	*x = UploadBudget{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[21]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1830,7 @@ func (x *UploadBudget) String() string {
 func (*UploadBudget) ProtoMessage() {}
 
 func (x *UploadBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[21]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1843,7 @@ func (x *UploadBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadBudget.ProtoReflect.Descriptor instead.
 func (*UploadBudget) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UploadBudget) GetBps() int64 {
@@ -1723,7 +1862,7 @@ type SeedTasksRequest struct {
 
 func (x *SeedTasksRequest) Reset() {
 	*x = SeedTasksRequest{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[22]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1874,7 @@ func (x *SeedTasksRequest) String() string {
 func (*SeedTasksRequest) ProtoMessage() {}
 
 func (x *SeedTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[22]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1887,7 @@ func (x *SeedTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedTasksRequest.ProtoReflect.Descriptor instead.
 func (*SeedTasksRequest) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SeedTasksRequest) GetHost() *Host {
@@ -1767,7 +1906,7 @@ type SeedTask struct {
 
 func (x *SeedTask) Reset() {
 	*x = SeedTask{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[23]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +1918,7 @@ func (x *SeedTask) String() string {
 func (*SeedTask) ProtoMessage() {}
 
 func (x *SeedTask) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[23]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +1931,7 @@ func (x *SeedTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedTask.ProtoReflect.Descriptor instead.
 func (*SeedTask) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SeedTask) GetTask() *TaskSpec {
@@ -1816,7 +1955,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[24]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +1967,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[24]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +1980,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListTasksRequest) GetUrlContains() string {
@@ -1887,7 +2026,7 @@ type TaskSummary struct {
 
 func (x *TaskSummary) Reset() {
 	*x = TaskSummary{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[25]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +2038,7 @@ func (x *TaskSummary) String() string {
 func (*TaskSummary) ProtoMessage() {}
 
 func (x *TaskSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[25]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2051,7 @@ func (x *TaskSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSummary.ProtoReflect.Descriptor instead.
 func (*TaskSummary) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TaskSummary) GetTaskId() string {
@@ -1994,7 +2133,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[26]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2145,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[26]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2158,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListTasksResponse) GetTasks() []*TaskSummary {
@@ -2038,7 +2177,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[27]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2189,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[27]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2202,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetTaskRequest) GetTaskId() string {
@@ -2095,7 +2234,7 @@ type TaskPeer struct {
 
 func (x *TaskPeer) Reset() {
 	*x = TaskPeer{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[28]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2246,7 @@ func (x *TaskPeer) String() string {
 func (*TaskPeer) ProtoMessage() {}
 
 func (x *TaskPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[28]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2259,7 @@ func (x *TaskPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskPeer.ProtoReflect.Descriptor instead.
 func (*TaskPeer) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TaskPeer) GetPeerId() string {
@@ -2210,7 +2349,7 @@ type TaskDetail struct {
 
 func (x *TaskDetail) Reset() {
 	*x = TaskDetail{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[29]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2361,7 @@ func (x *TaskDetail) String() string {
 func (*TaskDetail) ProtoMessage() {}
 
 func (x *TaskDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[29]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2374,7 @@ func (x *TaskDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskDetail.ProtoReflect.Descriptor instead.
 func (*TaskDetail) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TaskDetail) GetTask() *TaskSummary {
@@ -2260,7 +2399,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[30]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2411,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[30]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2424,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 // HostTraffic is what one host moved since the scheduler started.
@@ -2307,7 +2446,7 @@ type HostTraffic struct {
 
 func (x *HostTraffic) Reset() {
 	*x = HostTraffic{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[31]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2458,7 @@ func (x *HostTraffic) String() string {
 func (*HostTraffic) ProtoMessage() {}
 
 func (x *HostTraffic) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[31]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2471,7 @@ func (x *HostTraffic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostTraffic.ProtoReflect.Descriptor instead.
 func (*HostTraffic) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *HostTraffic) GetHostId() string {
@@ -2413,7 +2552,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[32]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2564,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[32]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2577,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StatsResponse) GetPeerBytes() int64 {
@@ -2552,7 +2691,7 @@ type InventoryHello struct {
 
 func (x *InventoryHello) Reset() {
 	*x = InventoryHello{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[33]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2564,7 +2703,7 @@ func (x *InventoryHello) String() string {
 func (*InventoryHello) ProtoMessage() {}
 
 func (x *InventoryHello) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[33]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2577,7 +2716,7 @@ func (x *InventoryHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryHello.ProtoReflect.Descriptor instead.
 func (*InventoryHello) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *InventoryHello) GetHost() *Host {
@@ -2611,7 +2750,7 @@ type InventoryEntry struct {
 
 func (x *InventoryEntry) Reset() {
 	*x = InventoryEntry{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[34]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2762,7 @@ func (x *InventoryEntry) String() string {
 func (*InventoryEntry) ProtoMessage() {}
 
 func (x *InventoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[34]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2775,7 @@ func (x *InventoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryEntry.ProtoReflect.Descriptor instead.
 func (*InventoryEntry) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *InventoryEntry) GetTask() *TaskSpec {
@@ -2681,7 +2820,7 @@ type InventoryBatch struct {
 
 func (x *InventoryBatch) Reset() {
 	*x = InventoryBatch{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[35]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2693,7 +2832,7 @@ func (x *InventoryBatch) String() string {
 func (*InventoryBatch) ProtoMessage() {}
 
 func (x *InventoryBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[35]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2706,7 +2845,7 @@ func (x *InventoryBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryBatch.ProtoReflect.Descriptor instead.
 func (*InventoryBatch) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{35}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *InventoryBatch) GetVersion() uint64 {
@@ -2743,7 +2882,7 @@ type InventoryMessage struct {
 
 func (x *InventoryMessage) Reset() {
 	*x = InventoryMessage{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[36]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2755,7 +2894,7 @@ func (x *InventoryMessage) String() string {
 func (*InventoryMessage) ProtoMessage() {}
 
 func (x *InventoryMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[36]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +2907,7 @@ func (x *InventoryMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryMessage.ProtoReflect.Descriptor instead.
 func (*InventoryMessage) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{36}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *InventoryMessage) GetMsg() isInventoryMessage_Msg {
@@ -2824,7 +2963,7 @@ type InventoryRefused struct {
 
 func (x *InventoryRefused) Reset() {
 	*x = InventoryRefused{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[37]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2836,7 +2975,7 @@ func (x *InventoryRefused) String() string {
 func (*InventoryRefused) ProtoMessage() {}
 
 func (x *InventoryRefused) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[37]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2849,7 +2988,7 @@ func (x *InventoryRefused) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryRefused.ProtoReflect.Descriptor instead.
 func (*InventoryRefused) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{37}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *InventoryRefused) GetTaskId() string {
@@ -2878,7 +3017,7 @@ type InventoryReply struct {
 
 func (x *InventoryReply) Reset() {
 	*x = InventoryReply{}
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[38]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2890,7 +3029,7 @@ func (x *InventoryReply) String() string {
 func (*InventoryReply) ProtoMessage() {}
 
 func (x *InventoryReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[38]
+	mi := &file_api_schedulerv1_scheduler_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2903,7 +3042,7 @@ func (x *InventoryReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryReply.ProtoReflect.Descriptor instead.
 func (*InventoryReply) Descriptor() ([]byte, []int) {
-	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{38}
+	return file_api_schedulerv1_scheduler_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *InventoryReply) GetApplied() uint64 {
@@ -2924,7 +3063,7 @@ var File_api_schedulerv1_scheduler_proto protoreflect.FileDescriptor
 
 const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\n" +
-	"\x1fapi/schedulerv1/scheduler.proto\x12\x16damselfly.scheduler.v1\"\xa7\x02\n" +
+	"\x1fapi/schedulerv1/scheduler.proto\x12\x16damselfly.scheduler.v1\"\xfb\x02\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x0e\n" +
@@ -2939,7 +3078,17 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"upload_bps\x18\n" +
 	" \x01(\x03R\tuploadBps\x12!\n" +
-	"\fdownload_bps\x18\v \x01(\x03R\vdownloadBps\"\xc7\x02\n" +
+	"\fdownload_bps\x18\v \x01(\x03R\vdownloadBps\x12&\n" +
+	"\x0flink_upload_bps\x18\f \x01(\x03R\rlinkUploadBps\x12*\n" +
+	"\x11link_download_bps\x18\r \x01(\x03R\x0flinkDownloadBps\"`\n" +
+	"\x12LinkPartnerRequest\x120\n" +
+	"\x04host\x18\x01 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\x12\x18\n" +
+	"\aexclude\x18\x02 \x03(\tR\aexclude\"\x94\x01\n" +
+	"\x13LinkPartnerResponse\x126\n" +
+	"\apartner\x18\x01 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\apartner\x12\x1f\n" +
+	"\vduration_ms\x18\x02 \x01(\x03R\n" +
+	"durationMs\x12$\n" +
+	"\x0eretry_after_ms\x18\x03 \x01(\x03R\fretryAfterMs\"\xc7\x02\n" +
 	"\bTaskSpec\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12G\n" +
@@ -3148,11 +3297,12 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"\x06LEVEL5\x10\x05\x12\n" +
 	"\n" +
-	"\x06LEVEL6\x10\x062\xb7\x04\n" +
+	"\x06LEVEL6\x10\x062\x9f\x05\n" +
 	"\tScheduler\x12]\n" +
 	"\bAnnounce\x12#.damselfly.scheduler.v1.PeerMessage\x1a(.damselfly.scheduler.v1.SchedulerMessage(\x010\x01\x12Y\n" +
 	"\tSeedTasks\x12(.damselfly.scheduler.v1.SeedTasksRequest\x1a .damselfly.scheduler.v1.SeedTask0\x01\x12a\n" +
-	"\tInventory\x12(.damselfly.scheduler.v1.InventoryMessage\x1a&.damselfly.scheduler.v1.InventoryReply(\x010\x01\x12`\n" +
+	"\tInventory\x12(.damselfly.scheduler.v1.InventoryMessage\x1a&.damselfly.scheduler.v1.InventoryReply(\x010\x01\x12f\n" +
+	"\vLinkPartner\x12*.damselfly.scheduler.v1.LinkPartnerRequest\x1a+.damselfly.scheduler.v1.LinkPartnerResponse\x12`\n" +
 	"\tListTasks\x12(.damselfly.scheduler.v1.ListTasksRequest\x1a).damselfly.scheduler.v1.ListTasksResponse\x12U\n" +
 	"\aGetTask\x12&.damselfly.scheduler.v1.GetTaskRequest\x1a\".damselfly.scheduler.v1.TaskDetail\x12T\n" +
 	"\x05Stats\x12$.damselfly.scheduler.v1.StatsRequest\x1a%.damselfly.scheduler.v1.StatsResponseB?Z=github.com/damselfly-io/damselfly/api/schedulerv1;schedulerv1b\x06proto3"
@@ -3170,103 +3320,109 @@ func file_api_schedulerv1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_api_schedulerv1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_api_schedulerv1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_api_schedulerv1_scheduler_proto_goTypes = []any{
-	(Priority)(0),             // 0: damselfly.scheduler.v1.Priority
-	(*Host)(nil),              // 1: damselfly.scheduler.v1.Host
-	(*TaskSpec)(nil),          // 2: damselfly.scheduler.v1.TaskSpec
-	(*PieceDigest)(nil),       // 3: damselfly.scheduler.v1.PieceDigest
-	(*PieceResult)(nil),       // 4: damselfly.scheduler.v1.PieceResult
-	(*Register)(nil),          // 5: damselfly.scheduler.v1.Register
-	(*TaskMeta)(nil),          // 6: damselfly.scheduler.v1.TaskMeta
-	(*PiecesDone)(nil),        // 7: damselfly.scheduler.v1.PiecesDone
-	(*PieceFailed)(nil),       // 8: damselfly.scheduler.v1.PieceFailed
-	(*PeerDone)(nil),          // 9: damselfly.scheduler.v1.PeerDone
-	(*PeerFailed)(nil),        // 10: damselfly.scheduler.v1.PeerFailed
-	(*ContentCorrupt)(nil),    // 11: damselfly.scheduler.v1.ContentCorrupt
-	(*Reschedule)(nil),        // 12: damselfly.scheduler.v1.Reschedule
-	(*PeerMessage)(nil),       // 13: damselfly.scheduler.v1.PeerMessage
-	(*PeerInfo)(nil),          // 14: damselfly.scheduler.v1.PeerInfo
-	(*Parents)(nil),           // 15: damselfly.scheduler.v1.Parents
-	(*BackToSource)(nil),      // 16: damselfly.scheduler.v1.BackToSource
-	(*Wait)(nil),              // 17: damselfly.scheduler.v1.Wait
-	(*TaskInfo)(nil),          // 18: damselfly.scheduler.v1.TaskInfo
-	(*Fail)(nil),              // 19: damselfly.scheduler.v1.Fail
-	(*PieceAccess)(nil),       // 20: damselfly.scheduler.v1.PieceAccess
-	(*SchedulerMessage)(nil),  // 21: damselfly.scheduler.v1.SchedulerMessage
-	(*UploadBudget)(nil),      // 22: damselfly.scheduler.v1.UploadBudget
-	(*SeedTasksRequest)(nil),  // 23: damselfly.scheduler.v1.SeedTasksRequest
-	(*SeedTask)(nil),          // 24: damselfly.scheduler.v1.SeedTask
-	(*ListTasksRequest)(nil),  // 25: damselfly.scheduler.v1.ListTasksRequest
-	(*TaskSummary)(nil),       // 26: damselfly.scheduler.v1.TaskSummary
-	(*ListTasksResponse)(nil), // 27: damselfly.scheduler.v1.ListTasksResponse
-	(*GetTaskRequest)(nil),    // 28: damselfly.scheduler.v1.GetTaskRequest
-	(*TaskPeer)(nil),          // 29: damselfly.scheduler.v1.TaskPeer
-	(*TaskDetail)(nil),        // 30: damselfly.scheduler.v1.TaskDetail
-	(*StatsRequest)(nil),      // 31: damselfly.scheduler.v1.StatsRequest
-	(*HostTraffic)(nil),       // 32: damselfly.scheduler.v1.HostTraffic
-	(*StatsResponse)(nil),     // 33: damselfly.scheduler.v1.StatsResponse
-	(*InventoryHello)(nil),    // 34: damselfly.scheduler.v1.InventoryHello
-	(*InventoryEntry)(nil),    // 35: damselfly.scheduler.v1.InventoryEntry
-	(*InventoryBatch)(nil),    // 36: damselfly.scheduler.v1.InventoryBatch
-	(*InventoryMessage)(nil),  // 37: damselfly.scheduler.v1.InventoryMessage
-	(*InventoryRefused)(nil),  // 38: damselfly.scheduler.v1.InventoryRefused
-	(*InventoryReply)(nil),    // 39: damselfly.scheduler.v1.InventoryReply
-	nil,                       // 40: damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	(Priority)(0),               // 0: damselfly.scheduler.v1.Priority
+	(*Host)(nil),                // 1: damselfly.scheduler.v1.Host
+	(*LinkPartnerRequest)(nil),  // 2: damselfly.scheduler.v1.LinkPartnerRequest
+	(*LinkPartnerResponse)(nil), // 3: damselfly.scheduler.v1.LinkPartnerResponse
+	(*TaskSpec)(nil),            // 4: damselfly.scheduler.v1.TaskSpec
+	(*PieceDigest)(nil),         // 5: damselfly.scheduler.v1.PieceDigest
+	(*PieceResult)(nil),         // 6: damselfly.scheduler.v1.PieceResult
+	(*Register)(nil),            // 7: damselfly.scheduler.v1.Register
+	(*TaskMeta)(nil),            // 8: damselfly.scheduler.v1.TaskMeta
+	(*PiecesDone)(nil),          // 9: damselfly.scheduler.v1.PiecesDone
+	(*PieceFailed)(nil),         // 10: damselfly.scheduler.v1.PieceFailed
+	(*PeerDone)(nil),            // 11: damselfly.scheduler.v1.PeerDone
+	(*PeerFailed)(nil),          // 12: damselfly.scheduler.v1.PeerFailed
+	(*ContentCorrupt)(nil),      // 13: damselfly.scheduler.v1.ContentCorrupt
+	(*Reschedule)(nil),          // 14: damselfly.scheduler.v1.Reschedule
+	(*PeerMessage)(nil),         // 15: damselfly.scheduler.v1.PeerMessage
+	(*PeerInfo)(nil),            // 16: damselfly.scheduler.v1.PeerInfo
+	(*Parents)(nil),             // 17: damselfly.scheduler.v1.Parents
+	(*BackToSource)(nil),        // 18: damselfly.scheduler.v1.BackToSource
+	(*Wait)(nil),                // 19: damselfly.scheduler.v1.Wait
+	(*TaskInfo)(nil),            // 20: damselfly.scheduler.v1.TaskInfo
+	(*Fail)(nil),                // 21: damselfly.scheduler.v1.Fail
+	(*PieceAccess)(nil),         // 22: damselfly.scheduler.v1.PieceAccess
+	(*SchedulerMessage)(nil),    // 23: damselfly.scheduler.v1.SchedulerMessage
+	(*UploadBudget)(nil),        // 24: damselfly.scheduler.v1.UploadBudget
+	(*SeedTasksRequest)(nil),    // 25: damselfly.scheduler.v1.SeedTasksRequest
+	(*SeedTask)(nil),            // 26: damselfly.scheduler.v1.SeedTask
+	(*ListTasksRequest)(nil),    // 27: damselfly.scheduler.v1.ListTasksRequest
+	(*TaskSummary)(nil),         // 28: damselfly.scheduler.v1.TaskSummary
+	(*ListTasksResponse)(nil),   // 29: damselfly.scheduler.v1.ListTasksResponse
+	(*GetTaskRequest)(nil),      // 30: damselfly.scheduler.v1.GetTaskRequest
+	(*TaskPeer)(nil),            // 31: damselfly.scheduler.v1.TaskPeer
+	(*TaskDetail)(nil),          // 32: damselfly.scheduler.v1.TaskDetail
+	(*StatsRequest)(nil),        // 33: damselfly.scheduler.v1.StatsRequest
+	(*HostTraffic)(nil),         // 34: damselfly.scheduler.v1.HostTraffic
+	(*StatsResponse)(nil),       // 35: damselfly.scheduler.v1.StatsResponse
+	(*InventoryHello)(nil),      // 36: damselfly.scheduler.v1.InventoryHello
+	(*InventoryEntry)(nil),      // 37: damselfly.scheduler.v1.InventoryEntry
+	(*InventoryBatch)(nil),      // 38: damselfly.scheduler.v1.InventoryBatch
+	(*InventoryMessage)(nil),    // 39: damselfly.scheduler.v1.InventoryMessage
+	(*InventoryRefused)(nil),    // 40: damselfly.scheduler.v1.InventoryRefused
+	(*InventoryReply)(nil),      // 41: damselfly.scheduler.v1.InventoryReply
+	nil,                         // 42: damselfly.scheduler.v1.TaskSpec.HeadersEntry
 }
 var file_api_schedulerv1_scheduler_proto_depIdxs = []int32{
-	40, // 0: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
-	1,  // 1: damselfly.scheduler.v1.Register.host:type_name -> damselfly.scheduler.v1.Host
-	2,  // 2: damselfly.scheduler.v1.Register.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	0,  // 3: damselfly.scheduler.v1.Register.priority:type_name -> damselfly.scheduler.v1.Priority
-	4,  // 4: damselfly.scheduler.v1.PiecesDone.pieces:type_name -> damselfly.scheduler.v1.PieceResult
-	5,  // 5: damselfly.scheduler.v1.PeerMessage.register:type_name -> damselfly.scheduler.v1.Register
-	6,  // 6: damselfly.scheduler.v1.PeerMessage.meta:type_name -> damselfly.scheduler.v1.TaskMeta
-	7,  // 7: damselfly.scheduler.v1.PeerMessage.pieces:type_name -> damselfly.scheduler.v1.PiecesDone
-	8,  // 8: damselfly.scheduler.v1.PeerMessage.piece_failed:type_name -> damselfly.scheduler.v1.PieceFailed
-	9,  // 9: damselfly.scheduler.v1.PeerMessage.done:type_name -> damselfly.scheduler.v1.PeerDone
-	10, // 10: damselfly.scheduler.v1.PeerMessage.failed:type_name -> damselfly.scheduler.v1.PeerFailed
-	12, // 11: damselfly.scheduler.v1.PeerMessage.reschedule:type_name -> damselfly.scheduler.v1.Reschedule
-	11, // 12: damselfly.scheduler.v1.PeerMessage.content_corrupt:type_name -> damselfly.scheduler.v1.ContentCorrupt
-	1,  // 13: damselfly.scheduler.v1.PeerInfo.host:type_name -> damselfly.scheduler.v1.Host
-	14, // 14: damselfly.scheduler.v1.Parents.parents:type_name -> damselfly.scheduler.v1.PeerInfo
-	3,  // 15: damselfly.scheduler.v1.TaskInfo.digests:type_name -> damselfly.scheduler.v1.PieceDigest
-	15, // 16: damselfly.scheduler.v1.SchedulerMessage.parents:type_name -> damselfly.scheduler.v1.Parents
-	16, // 17: damselfly.scheduler.v1.SchedulerMessage.back_to_source:type_name -> damselfly.scheduler.v1.BackToSource
-	17, // 18: damselfly.scheduler.v1.SchedulerMessage.wait:type_name -> damselfly.scheduler.v1.Wait
-	18, // 19: damselfly.scheduler.v1.SchedulerMessage.task_info:type_name -> damselfly.scheduler.v1.TaskInfo
-	19, // 20: damselfly.scheduler.v1.SchedulerMessage.fail:type_name -> damselfly.scheduler.v1.Fail
-	20, // 21: damselfly.scheduler.v1.SchedulerMessage.access:type_name -> damselfly.scheduler.v1.PieceAccess
-	22, // 22: damselfly.scheduler.v1.SchedulerMessage.upload_budget:type_name -> damselfly.scheduler.v1.UploadBudget
-	1,  // 23: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
-	2,  // 24: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	26, // 25: damselfly.scheduler.v1.ListTasksResponse.tasks:type_name -> damselfly.scheduler.v1.TaskSummary
-	26, // 26: damselfly.scheduler.v1.TaskDetail.task:type_name -> damselfly.scheduler.v1.TaskSummary
-	29, // 27: damselfly.scheduler.v1.TaskDetail.peers:type_name -> damselfly.scheduler.v1.TaskPeer
-	32, // 28: damselfly.scheduler.v1.StatsResponse.host_traffic:type_name -> damselfly.scheduler.v1.HostTraffic
-	1,  // 29: damselfly.scheduler.v1.InventoryHello.host:type_name -> damselfly.scheduler.v1.Host
-	2,  // 30: damselfly.scheduler.v1.InventoryEntry.task:type_name -> damselfly.scheduler.v1.TaskSpec
-	35, // 31: damselfly.scheduler.v1.InventoryBatch.added:type_name -> damselfly.scheduler.v1.InventoryEntry
-	34, // 32: damselfly.scheduler.v1.InventoryMessage.hello:type_name -> damselfly.scheduler.v1.InventoryHello
-	36, // 33: damselfly.scheduler.v1.InventoryMessage.batch:type_name -> damselfly.scheduler.v1.InventoryBatch
-	38, // 34: damselfly.scheduler.v1.InventoryReply.refused:type_name -> damselfly.scheduler.v1.InventoryRefused
-	13, // 35: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
-	23, // 36: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
-	37, // 37: damselfly.scheduler.v1.Scheduler.Inventory:input_type -> damselfly.scheduler.v1.InventoryMessage
-	25, // 38: damselfly.scheduler.v1.Scheduler.ListTasks:input_type -> damselfly.scheduler.v1.ListTasksRequest
-	28, // 39: damselfly.scheduler.v1.Scheduler.GetTask:input_type -> damselfly.scheduler.v1.GetTaskRequest
-	31, // 40: damselfly.scheduler.v1.Scheduler.Stats:input_type -> damselfly.scheduler.v1.StatsRequest
-	21, // 41: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
-	24, // 42: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
-	39, // 43: damselfly.scheduler.v1.Scheduler.Inventory:output_type -> damselfly.scheduler.v1.InventoryReply
-	27, // 44: damselfly.scheduler.v1.Scheduler.ListTasks:output_type -> damselfly.scheduler.v1.ListTasksResponse
-	30, // 45: damselfly.scheduler.v1.Scheduler.GetTask:output_type -> damselfly.scheduler.v1.TaskDetail
-	33, // 46: damselfly.scheduler.v1.Scheduler.Stats:output_type -> damselfly.scheduler.v1.StatsResponse
-	41, // [41:47] is the sub-list for method output_type
-	35, // [35:41] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	1,  // 0: damselfly.scheduler.v1.LinkPartnerRequest.host:type_name -> damselfly.scheduler.v1.Host
+	1,  // 1: damselfly.scheduler.v1.LinkPartnerResponse.partner:type_name -> damselfly.scheduler.v1.Host
+	42, // 2: damselfly.scheduler.v1.TaskSpec.headers:type_name -> damselfly.scheduler.v1.TaskSpec.HeadersEntry
+	1,  // 3: damselfly.scheduler.v1.Register.host:type_name -> damselfly.scheduler.v1.Host
+	4,  // 4: damselfly.scheduler.v1.Register.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	0,  // 5: damselfly.scheduler.v1.Register.priority:type_name -> damselfly.scheduler.v1.Priority
+	6,  // 6: damselfly.scheduler.v1.PiecesDone.pieces:type_name -> damselfly.scheduler.v1.PieceResult
+	7,  // 7: damselfly.scheduler.v1.PeerMessage.register:type_name -> damselfly.scheduler.v1.Register
+	8,  // 8: damselfly.scheduler.v1.PeerMessage.meta:type_name -> damselfly.scheduler.v1.TaskMeta
+	9,  // 9: damselfly.scheduler.v1.PeerMessage.pieces:type_name -> damselfly.scheduler.v1.PiecesDone
+	10, // 10: damselfly.scheduler.v1.PeerMessage.piece_failed:type_name -> damselfly.scheduler.v1.PieceFailed
+	11, // 11: damselfly.scheduler.v1.PeerMessage.done:type_name -> damselfly.scheduler.v1.PeerDone
+	12, // 12: damselfly.scheduler.v1.PeerMessage.failed:type_name -> damselfly.scheduler.v1.PeerFailed
+	14, // 13: damselfly.scheduler.v1.PeerMessage.reschedule:type_name -> damselfly.scheduler.v1.Reschedule
+	13, // 14: damselfly.scheduler.v1.PeerMessage.content_corrupt:type_name -> damselfly.scheduler.v1.ContentCorrupt
+	1,  // 15: damselfly.scheduler.v1.PeerInfo.host:type_name -> damselfly.scheduler.v1.Host
+	16, // 16: damselfly.scheduler.v1.Parents.parents:type_name -> damselfly.scheduler.v1.PeerInfo
+	5,  // 17: damselfly.scheduler.v1.TaskInfo.digests:type_name -> damselfly.scheduler.v1.PieceDigest
+	17, // 18: damselfly.scheduler.v1.SchedulerMessage.parents:type_name -> damselfly.scheduler.v1.Parents
+	18, // 19: damselfly.scheduler.v1.SchedulerMessage.back_to_source:type_name -> damselfly.scheduler.v1.BackToSource
+	19, // 20: damselfly.scheduler.v1.SchedulerMessage.wait:type_name -> damselfly.scheduler.v1.Wait
+	20, // 21: damselfly.scheduler.v1.SchedulerMessage.task_info:type_name -> damselfly.scheduler.v1.TaskInfo
+	21, // 22: damselfly.scheduler.v1.SchedulerMessage.fail:type_name -> damselfly.scheduler.v1.Fail
+	22, // 23: damselfly.scheduler.v1.SchedulerMessage.access:type_name -> damselfly.scheduler.v1.PieceAccess
+	24, // 24: damselfly.scheduler.v1.SchedulerMessage.upload_budget:type_name -> damselfly.scheduler.v1.UploadBudget
+	1,  // 25: damselfly.scheduler.v1.SeedTasksRequest.host:type_name -> damselfly.scheduler.v1.Host
+	4,  // 26: damselfly.scheduler.v1.SeedTask.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	28, // 27: damselfly.scheduler.v1.ListTasksResponse.tasks:type_name -> damselfly.scheduler.v1.TaskSummary
+	28, // 28: damselfly.scheduler.v1.TaskDetail.task:type_name -> damselfly.scheduler.v1.TaskSummary
+	31, // 29: damselfly.scheduler.v1.TaskDetail.peers:type_name -> damselfly.scheduler.v1.TaskPeer
+	34, // 30: damselfly.scheduler.v1.StatsResponse.host_traffic:type_name -> damselfly.scheduler.v1.HostTraffic
+	1,  // 31: damselfly.scheduler.v1.InventoryHello.host:type_name -> damselfly.scheduler.v1.Host
+	4,  // 32: damselfly.scheduler.v1.InventoryEntry.task:type_name -> damselfly.scheduler.v1.TaskSpec
+	37, // 33: damselfly.scheduler.v1.InventoryBatch.added:type_name -> damselfly.scheduler.v1.InventoryEntry
+	36, // 34: damselfly.scheduler.v1.InventoryMessage.hello:type_name -> damselfly.scheduler.v1.InventoryHello
+	38, // 35: damselfly.scheduler.v1.InventoryMessage.batch:type_name -> damselfly.scheduler.v1.InventoryBatch
+	40, // 36: damselfly.scheduler.v1.InventoryReply.refused:type_name -> damselfly.scheduler.v1.InventoryRefused
+	15, // 37: damselfly.scheduler.v1.Scheduler.Announce:input_type -> damselfly.scheduler.v1.PeerMessage
+	25, // 38: damselfly.scheduler.v1.Scheduler.SeedTasks:input_type -> damselfly.scheduler.v1.SeedTasksRequest
+	39, // 39: damselfly.scheduler.v1.Scheduler.Inventory:input_type -> damselfly.scheduler.v1.InventoryMessage
+	2,  // 40: damselfly.scheduler.v1.Scheduler.LinkPartner:input_type -> damselfly.scheduler.v1.LinkPartnerRequest
+	27, // 41: damselfly.scheduler.v1.Scheduler.ListTasks:input_type -> damselfly.scheduler.v1.ListTasksRequest
+	30, // 42: damselfly.scheduler.v1.Scheduler.GetTask:input_type -> damselfly.scheduler.v1.GetTaskRequest
+	33, // 43: damselfly.scheduler.v1.Scheduler.Stats:input_type -> damselfly.scheduler.v1.StatsRequest
+	23, // 44: damselfly.scheduler.v1.Scheduler.Announce:output_type -> damselfly.scheduler.v1.SchedulerMessage
+	26, // 45: damselfly.scheduler.v1.Scheduler.SeedTasks:output_type -> damselfly.scheduler.v1.SeedTask
+	41, // 46: damselfly.scheduler.v1.Scheduler.Inventory:output_type -> damselfly.scheduler.v1.InventoryReply
+	3,  // 47: damselfly.scheduler.v1.Scheduler.LinkPartner:output_type -> damselfly.scheduler.v1.LinkPartnerResponse
+	29, // 48: damselfly.scheduler.v1.Scheduler.ListTasks:output_type -> damselfly.scheduler.v1.ListTasksResponse
+	32, // 49: damselfly.scheduler.v1.Scheduler.GetTask:output_type -> damselfly.scheduler.v1.TaskDetail
+	35, // 50: damselfly.scheduler.v1.Scheduler.Stats:output_type -> damselfly.scheduler.v1.StatsResponse
+	44, // [44:51] is the sub-list for method output_type
+	37, // [37:44] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_api_schedulerv1_scheduler_proto_init() }
@@ -3274,7 +3430,7 @@ func file_api_schedulerv1_scheduler_proto_init() {
 	if File_api_schedulerv1_scheduler_proto != nil {
 		return
 	}
-	file_api_schedulerv1_scheduler_proto_msgTypes[12].OneofWrappers = []any{
+	file_api_schedulerv1_scheduler_proto_msgTypes[14].OneofWrappers = []any{
 		(*PeerMessage_Register)(nil),
 		(*PeerMessage_Meta)(nil),
 		(*PeerMessage_Pieces)(nil),
@@ -3284,7 +3440,7 @@ func file_api_schedulerv1_scheduler_proto_init() {
 		(*PeerMessage_Reschedule)(nil),
 		(*PeerMessage_ContentCorrupt)(nil),
 	}
-	file_api_schedulerv1_scheduler_proto_msgTypes[20].OneofWrappers = []any{
+	file_api_schedulerv1_scheduler_proto_msgTypes[22].OneofWrappers = []any{
 		(*SchedulerMessage_Parents)(nil),
 		(*SchedulerMessage_BackToSource)(nil),
 		(*SchedulerMessage_Wait)(nil),
@@ -3293,7 +3449,7 @@ func file_api_schedulerv1_scheduler_proto_init() {
 		(*SchedulerMessage_Access)(nil),
 		(*SchedulerMessage_UploadBudget)(nil),
 	}
-	file_api_schedulerv1_scheduler_proto_msgTypes[36].OneofWrappers = []any{
+	file_api_schedulerv1_scheduler_proto_msgTypes[38].OneofWrappers = []any{
 		(*InventoryMessage_Hello)(nil),
 		(*InventoryMessage_Batch)(nil),
 	}
@@ -3303,7 +3459,7 @@ func file_api_schedulerv1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_schedulerv1_scheduler_proto_rawDesc), len(file_api_schedulerv1_scheduler_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   40,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

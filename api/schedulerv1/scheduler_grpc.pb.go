@@ -19,12 +19,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Scheduler_Announce_FullMethodName  = "/damselfly.scheduler.v1.Scheduler/Announce"
-	Scheduler_SeedTasks_FullMethodName = "/damselfly.scheduler.v1.Scheduler/SeedTasks"
-	Scheduler_Inventory_FullMethodName = "/damselfly.scheduler.v1.Scheduler/Inventory"
-	Scheduler_ListTasks_FullMethodName = "/damselfly.scheduler.v1.Scheduler/ListTasks"
-	Scheduler_GetTask_FullMethodName   = "/damselfly.scheduler.v1.Scheduler/GetTask"
-	Scheduler_Stats_FullMethodName     = "/damselfly.scheduler.v1.Scheduler/Stats"
+	Scheduler_Announce_FullMethodName    = "/damselfly.scheduler.v1.Scheduler/Announce"
+	Scheduler_SeedTasks_FullMethodName   = "/damselfly.scheduler.v1.Scheduler/SeedTasks"
+	Scheduler_Inventory_FullMethodName   = "/damselfly.scheduler.v1.Scheduler/Inventory"
+	Scheduler_LinkPartner_FullMethodName = "/damselfly.scheduler.v1.Scheduler/LinkPartner"
+	Scheduler_ListTasks_FullMethodName   = "/damselfly.scheduler.v1.Scheduler/ListTasks"
+	Scheduler_GetTask_FullMethodName     = "/damselfly.scheduler.v1.Scheduler/GetTask"
+	Scheduler_Stats_FullMethodName       = "/damselfly.scheduler.v1.Scheduler/Stats"
 )
 
 // SchedulerClient is the client API for Scheduler service.
@@ -46,6 +47,10 @@ type SchedulerClient interface {
 	// InventoryHello; then batches of added and removed entries, each
 	// acknowledged. The stream closing means the host's holders left.
 	Inventory(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[InventoryMessage, InventoryReply], error)
+	// LinkPartner names a host that the caller may send its link test to
+	// (a burst of junk bytes to the partner's upload port, which measures
+	// the rate it received), or says when to ask again.
+	LinkPartner(ctx context.Context, in *LinkPartnerRequest, opts ...grpc.CallOption) (*LinkPartnerResponse, error)
 	// ListTasks lists the tasks this scheduler knows, filtered.
 	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
 	// GetTask describes one task and every peer in it (NOT_FOUND if unknown).
@@ -107,6 +112,16 @@ func (c *schedulerClient) Inventory(ctx context.Context, opts ...grpc.CallOption
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_InventoryClient = grpc.BidiStreamingClient[InventoryMessage, InventoryReply]
 
+func (c *schedulerClient) LinkPartner(ctx context.Context, in *LinkPartnerRequest, opts ...grpc.CallOption) (*LinkPartnerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LinkPartnerResponse)
+	err := c.cc.Invoke(ctx, Scheduler_LinkPartner_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *schedulerClient) ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListTasksResponse)
@@ -156,6 +171,10 @@ type SchedulerServer interface {
 	// InventoryHello; then batches of added and removed entries, each
 	// acknowledged. The stream closing means the host's holders left.
 	Inventory(grpc.BidiStreamingServer[InventoryMessage, InventoryReply]) error
+	// LinkPartner names a host that the caller may send its link test to
+	// (a burst of junk bytes to the partner's upload port, which measures
+	// the rate it received), or says when to ask again.
+	LinkPartner(context.Context, *LinkPartnerRequest) (*LinkPartnerResponse, error)
 	// ListTasks lists the tasks this scheduler knows, filtered.
 	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)
 	// GetTask describes one task and every peer in it (NOT_FOUND if unknown).
@@ -180,6 +199,9 @@ func (UnimplementedSchedulerServer) SeedTasks(*SeedTasksRequest, grpc.ServerStre
 }
 func (UnimplementedSchedulerServer) Inventory(grpc.BidiStreamingServer[InventoryMessage, InventoryReply]) error {
 	return status.Error(codes.Unimplemented, "method Inventory not implemented")
+}
+func (UnimplementedSchedulerServer) LinkPartner(context.Context, *LinkPartnerRequest) (*LinkPartnerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LinkPartner not implemented")
 }
 func (UnimplementedSchedulerServer) ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListTasks not implemented")
@@ -235,6 +257,24 @@ func _Scheduler_Inventory_Handler(srv interface{}, stream grpc.ServerStream) err
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_InventoryServer = grpc.BidiStreamingServer[InventoryMessage, InventoryReply]
+
+func _Scheduler_LinkPartner_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LinkPartnerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).LinkPartner(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_LinkPartner_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).LinkPartner(ctx, req.(*LinkPartnerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _Scheduler_ListTasks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListTasksRequest)
@@ -297,6 +337,10 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "damselfly.scheduler.v1.Scheduler",
 	HandlerType: (*SchedulerServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "LinkPartner",
+			Handler:    _Scheduler_LinkPartner_Handler,
+		},
 		{
 			MethodName: "ListTasks",
 			Handler:    _Scheduler_ListTasks_Handler,

@@ -41,6 +41,8 @@ func defaultAllInOne() allInOneConfig {
 	c.Daemon.DataDir = filepath.Join(dir, "daemon")
 	c.Daemon.AdvertiseIP = "127.0.0.1"
 	c.Daemon.ListenIP = "127.0.0.1"
+	// One host: there is no other to test its links with.
+	c.Daemon.LinkTest.Enabled, c.Seed.LinkTest.Enabled = false, false
 	c.Seed.Scheduler = "127.0.0.1:8002"
 	c.Seed.Seed = true
 	c.Seed.DataDir = filepath.Join(dir, "seed")

@@ -39,6 +39,8 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.Var(&cfg.Upload.RateLimit, "upload-rate-limit", "host-wide upload limit in bytes/s, e.g. 100M (0: none)")
 	fs.Var(&cfg.UploadBps, "upload-bps", "this host's upload capacity in bytes/s for the scheduler, e.g. 12M (0: not declared; --upload-rate-limit stands in)")
 	fs.Var(&cfg.DownloadBps, "download-bps", "this host's download capacity in bytes/s for the scheduler, e.g. 12M (0: not declared; --download-rate-limit stands in)")
+	fs.BoolVar(&cfg.LinkTest.Enabled, "link-test", cfg.LinkTest.Enabled, "measure this host's links by sending about a second of junk bytes to a partner the scheduler names, at start and every --link-test-interval (not when --upload-bps or --upload-rate-limit is set)")
+	fs.Var(&cfg.LinkTest.Interval, "link-test-interval", "how often the link test is repeated")
 	fs.IntVar(&cfg.Upload.Slots, "upload-slots", cfg.Upload.Slots, "children the scheduler may give this host at once")
 	fs.IntVar(&cfg.Download.ConcurrentPieces, "concurrent-pieces", cfg.Download.ConcurrentPieces, "pieces one task fetches at once")
 	fs.Var(&cfg.Download.SwarmTimeout, "swarm-timeout", "fetch the rest from the origin after this long without a piece from the swarm")

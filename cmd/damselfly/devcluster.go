@@ -122,6 +122,9 @@ Usage: damselfly dev-cluster [flags] N`, stderr)
 		c.Sock = filepath.Join(*dir, name, "daemon.sock")
 		c.AdvertiseIP, c.ListenIP = "127.0.0.1", "127.0.0.1"
 		c.Hostname = "dev-" + name
+		// Every node shares this machine: a link test would measure
+		// the loopback.
+		c.LinkTest.Enabled = false
 		c.PeerPort, c.UploadPort, c.ProxyPort, c.MetricsPort = devPorts(*base, i)
 		c.Proxy.RegistryMirror = *upstream
 		c.LogLevel = *logLevel

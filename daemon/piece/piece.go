@@ -152,6 +152,9 @@ func NewServer(l Lookup, maxUploads int, limit *rate.Limiter, m *Metrics, log *s
 	return &Server{lookup: l, limit: limit, slots: NewSlots(maxUploads), metrics: m, log: log}
 }
 
+// Active is the number of piece uploads in progress.
+func (s *Server) Active() int64 { return s.active.Load() }
+
 // SetKeys sets where the server finds the keys that check the piece tokens
 // of private tasks. Without keys every private task's pieces are refused.
 func (s *Server) SetKeys(k Keys) { s.keys = k }

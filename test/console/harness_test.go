@@ -187,7 +187,7 @@ func (c *cluster) startDaemon(t *testing.T, name string, seed bool) {
 	sock := filepath.Join(dir, "daemon.sock")
 	args := []string{"daemon", "--manager", c.grpc, "--scheduler", "", "--data-dir", filepath.Join(dir, "cache"),
 		"--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1", "--peer-port", "0", "--upload-port", "0", "--proxy-port", "-1",
-		"--metrics-port", strconv.Itoa(mport), "--sock", sock, "--hostname", name}
+		"--metrics-port", strconv.Itoa(mport), "--sock", sock, "--hostname", name, "--link-test=false"}
 	role := "peer"
 	if seed {
 		args, role = append(args, "--seed"), "seed"

@@ -158,7 +158,7 @@ func startLoopNode(t *testing.T, upstream string) *loopNode {
 	dp := oci.StartT(t, "", "daemon", damselfly(), "daemon", "--scheduler", sched, "--insecure",
 		"--data-dir", filepath.Join(dir, "cache"), "--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1",
 		"--peer-port", "0", "--upload-port", "0", "--metrics-port", strconv.Itoa(mport), "--sock", filepath.Join(dir, "d.sock"),
-		"--hostname", "node", "--proxy-port", strconv.Itoa(pport), "--proxy-ip", "127.0.0.1", "--registry-mirror", upstream)
+		"--hostname", "node", "--proxy-port", strconv.Itoa(pport), "--proxy-ip", "127.0.0.1", "--registry-mirror", upstream, "--link-test=false")
 	oci.WaitUntil(t, dp, 30*time.Second, "daemon", func() error { return httpOK(n.metrics + "/healthy") })
 	return n
 }

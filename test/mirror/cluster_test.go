@@ -96,7 +96,7 @@ func startCluster(t *testing.T) *cluster {
 	daemon := func(h *swarm.Host, dir string, seed bool) *oci.Proc {
 		args := []string{bin, "daemon", "--scheduler", schedAddr, "--data-dir", filepath.Join(dir, "data"),
 			"--advertise-ip", h.IP.String(), "--metrics-port", strconv.Itoa(metricsPort),
-			"--sock", filepath.Join(dir, "daemon.sock"), "--hostname", h.Name,
+			"--sock", filepath.Join(dir, "daemon.sock"), "--hostname", h.Name, "--link-test=false",
 			"--proxy-port", strconv.Itoa(proxyPort), "--proxy-ip", "127.0.0.1",
 			"--registry-mirror", "http://" + c.registry}
 		role := "peer"

@@ -49,7 +49,7 @@ func startLoopDaemon(t *testing.T, upstream string, extra ...string) *loopDaemon
 		"--data-dir", filepath.Join(dir, "cache"), "--advertise-ip", "127.0.0.1", "--listen-ip", "127.0.0.1",
 		"--peer-port", "0", "--upload-port", "0", "--metrics-port", strconv.Itoa(mport), "--sock", d.sock,
 		"--hostname", "loop", "--proxy-port", strconv.Itoa(pport), "--proxy-ip", "127.0.0.1",
-		"--registry-mirror", upstream, "--insecure"}
+		"--registry-mirror", upstream, "--insecure", "--link-test=false"}
 	dp := oci.StartT(t, "", "daemon", append(args, extra...)...)
 	oci.WaitUntil(t, dp, 20*time.Second, "daemon", func() error { return httpOK(hc, d.metrics+"/healthy") })
 	oci.WaitUntil(t, dp, 20*time.Second, "daemon's mirror port", func() error {

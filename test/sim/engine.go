@@ -198,6 +198,9 @@ func New(cfg Config, newSched NewSchedulerFunc, newCore NewCoreFunc) (*Sim, erro
 		s.nodes = append(s.nodes, n)
 		s.pending++
 	}
+	if !cfg.Declare && !cfg.NoLinkTest {
+		s.linkTests()
+	}
 	sched, err := newSched(SchedulerEnv{TriggerSeed: s.triggerSeed, SeedHost: s.seedNode.host, Seed: cfg.Seed, Config: cfg.Scheduler})
 	if err != nil {
 		return nil, fmt.Errorf("start scheduler: %w", err)
@@ -226,6 +229,38 @@ func (s *Sim) newNode(name string, rack int, upBps, downBps float64) *node {
 	}
 	s.byPeer[n.peerID] = n
 	return n
+}
+
+// linkTests gives every host but the seed what the daemon's link tests
+// would report had it started before the run (as a DaemonSet's daemons do):
+// each host sends to two others and receives from two (the scheduler pairs
+// a host with the free one that received the fewest), on idle links. A
+// test measures the payload rate of the slower of the sender's uplink and
+// the partner's downlink; the host reports the best of its two as its
+// uplink, and the best it received as its downlink. The seed peer tests
+// too (a 10 Gbit/s seed among 1 Gbit/s hosts then reports 1 Gbit/s, and
+// its children still probe it in a large task).
+func (s *Sim) linkTests() {
+	nodes := append([]*node{s.seedNode}, s.nodes...)
+	n := len(nodes)
+	if n < 2 {
+		return
+	}
+	r := mrand.New(mrand.NewPCG(s.cfg.Seed, 0x11c7))
+	perm := r.Perm(n)
+	up := make([]float64, n)
+	down := make([]float64, n)
+	for k := 1; k <= min(2, n-1); k++ {
+		for i := range perm {
+			a, b := nodes[perm[i]], nodes[perm[(i+k)%n]]
+			rate := min(a.upBps, b.downBp) / 8 * s.cfg.PayloadFrac
+			up[perm[i]] = max(up[perm[i]], rate)
+			down[perm[(i+k)%n]] = max(down[perm[(i+k)%n]], rate)
+		}
+	}
+	for i, nd := range nodes {
+		nd.host.LinkUploadBps, nd.host.LinkDownloadBps = int64(up[i]), int64(down[i])
+	}
 }
 
 // lat is the one-way latency between two hosts: one hop within a rack, two

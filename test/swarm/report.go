@@ -48,7 +48,8 @@ type Params struct {
 	SpreadSeed    uint64    `json:"spread_seed,omitempty"`
 	SeedOnOrigin  bool      `json:"seed_on_origin,omitempty"`
 	MixedDown     bool      `json:"mixed_down,omitempty"`
-	Declared      bool      `json:"declared,omitempty"` // daemons declared their link rates
+	Declared      bool      `json:"declared,omitempty"`     // daemons declared their link rates
+	NoLinkTest    bool      `json:"no_link_test,omitempty"` // daemons skipped their link tests
 	DeadlineS     float64   `json:"deadline_s"`
 	Hosts         []*Host   `json:"hosts"`
 }
@@ -111,6 +112,7 @@ func paramsOf(c Config, n *Network) Params {
 		RateBps: int64(c.Rate), DownRateBps: int64(c.DownRate), OriginRateBps: int64(c.OriginRate),
 		SeedRateBps: int64(c.SeedRate), BurstBytes: n.shape.burstFor(c.Rate), LatencyMS: c.Latency.Milliseconds(),
 		Netem: n.Netem, DeadlineS: c.Deadline.Seconds(), Hosts: n.Hosts, Declared: c.Declare,
+		NoLinkTest:   c.NoLinkTest,
 		SeedOnOrigin: c.SeedOnOrigin, MixedDown: c.MixedDown,
 	}
 	if c.MixedDown {
@@ -237,6 +239,10 @@ func (r *Results) Markdown() string {
 	}
 	if p.Declared {
 		b.WriteString("; Damselfly daemons declare their link rates to the scheduler")
+	} else if p.NoLinkTest {
+		b.WriteString("; Damselfly daemons skip their link tests")
+	} else {
+		b.WriteString("; Damselfly daemons measure their links before the run (link tests)")
 	}
 	fmt.Fprintf(&b, ". Rates (up/down): %s", hostRates(p.Hosts))
 	fmt.Fprintf(&b, ". tbf latency %d ms.", p.LatencyMS)

@@ -423,6 +423,9 @@ func (e *sysEnv) startDamselfly(ctx context.Context, extra ...string) ([]damself
 		}
 		args = append(args, tlsArgs...)
 		args = append(args, extra...)
+		if e.cfg.NoLinkTest {
+			args = append(args, "--link-test=false")
+		}
 		if e.cfg.Declare {
 			// The host's link rates as its operator would declare them
 			// (bytes/s), instead of the scheduler measuring them.
@@ -469,7 +472,72 @@ func (e *sysEnv) startDamselfly(ctx context.Context, extra ...string) ([]damself
 			return nil, err
 		}
 	}
+	if !e.cfg.Declare && !e.cfg.NoLinkTest {
+		e.waitLinkTests(ctx, daemons[1:])
+	}
 	return daemons, nil
+}
+
+// linkTestWait bounds the wait for the daemons' link tests.
+const linkTestWait = 90 * time.Second
+
+// waitLinkTests waits until every peer daemon has finished its first round
+// of link tests (two tests sent), as on a cluster whose daemons run before
+// anything is pulled, and logs what each measured against its shaped
+// rates. Past linkTestWait the run starts anyway, with a warning.
+func (e *sysEnv) waitLinkTests(ctx context.Context, peers []damselflyNode) {
+	start := time.Now()
+	want := min(2, len(peers)-1)
+	if want <= 0 {
+		return
+	}
+	bodies := make([][]byte, len(peers))
+	for {
+		left := 0
+		for i, d := range peers {
+			url := fmt.Sprintf("http://%s/metrics", net.JoinHostPort(d.host.IP.String(), strconv.Itoa(metricsPort)))
+			body, err := httpGet(ctx, nsHTTPClient(d.host.NS, 2*time.Second), url)
+			if err == nil {
+				bodies[i] = body
+			}
+			if metricSample(bodies[i], `damselfly_daemon_link_tests_total{direction="sent",result="ok"}`) < float64(want) {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		if time.Since(start) > linkTestWait || ctx.Err() != nil {
+			e.log.Warn("link tests unfinished; the run starts anyway", "hosts_left", left, "waited", time.Since(start).Round(time.Millisecond))
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	for i, d := range peers {
+		e.log.Info("link test", "host", d.host.Name,
+			"up_mbit", metricSample(bodies[i], "damselfly_daemon_link_upload_bps")*8/1e6, "shaped_up_mbit", float64(d.host.Up)/1e6,
+			"down_mbit", metricSample(bodies[i], "damselfly_daemon_link_download_bps")*8/1e6, "shaped_down_mbit", float64(d.host.Down)/1e6)
+	}
+	e.log.Info("link tests done", "hosts", len(peers), "took", time.Since(start).Round(time.Millisecond))
+}
+
+// metricSample is the value of the sample whose name and labels are
+// exactly series (name{labels} as the exposition writes them), 0 if none.
+func metricSample(body []byte, series string) float64 {
+	for _, line := range strings.Split(string(body), "\n") {
+		rest, ok := strings.CutPrefix(line, series+" ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		if err == nil {
+			return v
+		}
+	}
+	return 0
 }
 
 // uploadMetric is the daemon's counter of bytes served to other peers.

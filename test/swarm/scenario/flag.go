@@ -67,4 +67,5 @@ func (s *Spec) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&s.ChurnAt, "churn-at", s.ChurnAt, "churn: when to kill them (default: T*/2)")
 	fs.BoolVar(&s.SeedOnOrigin, "seed-on-origin", s.SeedOnOrigin, "run the seed peer on the origin's host, sharing its uplink")
 	fs.BoolVar(&s.Declare, "declare", s.Declare, "every Damselfly daemon declares its link rates to the scheduler (upload_bps/download_bps) instead of the scheduler measuring them")
+	fs.BoolVar(&s.NoLinkTest, "no-link-test", s.NoLinkTest, "every Damselfly daemon skips its link tests (--link-test=false): the scheduler knows a host that declares nothing only from its transfers")
 }

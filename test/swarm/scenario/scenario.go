@@ -59,6 +59,10 @@ type Spec struct {
 	// scheduler (the daemon's upload_bps/download_bps) instead of leaving
 	// them to be measured.
 	Declare bool
+	// NoLinkTest has every Damselfly daemon skip its link tests (the
+	// scheduler then knows a host that declares nothing only from what it
+	// sends in tasks).
+	NoLinkTest bool
 }
 
 // DefaultSpec is the uniform 8-host, 128 MiB, 100 Mbit/s run of

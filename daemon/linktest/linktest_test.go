@@ -1,0 +1,237 @@
+package linktest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// clockReader yields chunks of size bytes, the fake clock advancing by
+// the given step before each.
+type clockReader struct {
+	now   time.Time
+	steps []time.Duration // per chunk
+	size  int
+	i     int
+}
+
+func (c *clockReader) Read(p []byte) (int, error) {
+	if c.i >= len(c.steps) {
+		return 0, io.EOF
+	}
+	c.now = c.now.Add(c.steps[c.i])
+	c.i++
+	return min(len(p), c.size), nil
+}
+
+// TestMeasureLeavesOutTheWarmup: a test whose first fifth ran at a burst
+// (a shaper's bucket) and the rest at the link's rate measures the rate.
+func TestMeasureLeavesOutTheWarmup(t *testing.T) {
+	const chunk = 64 << 10
+	var steps []time.Duration
+	for range 20 { // a burst: 20 chunks in 20 µs
+		steps = append(steps, time.Microsecond)
+	}
+	for range 100 { // then 64 KiB every 10 ms: 6.55 MB/s
+		steps = append(steps, 10*time.Millisecond)
+	}
+	c := &clockReader{now: time.Unix(0, 0), steps: steps, size: chunk}
+	res, err := Measure(c, time.Second, func() time.Time { return c.now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := chunk / 0.01
+	if res.RateBps < 0.97*want || res.RateBps > 1.03*want {
+		t.Fatalf("rate %.0f, want about %.0f (the burst left out)", res.RateBps, want)
+	}
+	if res.Bytes != 120*chunk {
+		t.Fatalf("bytes %d, want %d", res.Bytes, 120*chunk)
+	}
+}
+
+func TestMeasureTooShort(t *testing.T) {
+	c := &clockReader{now: time.Unix(0, 0), steps: []time.Duration{time.Millisecond, time.Millisecond}, size: 1024}
+	if _, err := Measure(c, time.Second, func() time.Time { return c.now }); !errors.Is(err, ErrShort) {
+		t.Fatalf("err %v, want ErrShort", err)
+	}
+}
+
+// TestMeasureBurstIsNoRate: bytes that all arrive within a fraction of
+// the test (a burst released at once after a loss, as seen on a shaped
+// link) give no rate; counted, they gave 30 Gbit/s.
+func TestMeasureBurstIsNoRate(t *testing.T) {
+	steps := []time.Duration{time.Microsecond}
+	for range 10 {
+		steps = append(steps, 4*time.Microsecond)
+	}
+	c := &clockReader{now: time.Unix(0, 0), steps: steps, size: 64 << 10}
+	if res, err := Measure(c, time.Second, func() time.Time { return c.now }); !errors.Is(err, ErrShort) {
+		t.Fatalf("a 40 µs burst: %+v, %v; want ErrShort", res, err)
+	}
+}
+
+// TestMeasureStopsAtDuration: a sender that goes on is measured for the
+// test's duration only.
+func TestMeasureStopsAtDuration(t *testing.T) {
+	steps := make([]time.Duration, 1000)
+	for i := range steps {
+		steps[i] = 10 * time.Millisecond
+	}
+	c := &clockReader{now: time.Unix(0, 0), steps: steps, size: 1 << 16}
+	res, err := Measure(c, time.Second, func() time.Time { return c.now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.i > 102 || res.Seconds < 1 || res.Seconds > 1.02 {
+		t.Fatalf("read %d chunks over %.3f s; want the test to stop after 1 s", c.i, res.Seconds)
+	}
+}
+
+// TestSendAndReceive: a test over loopback measures a rate, and the
+// receiver reports it.
+func TestSendAndReceive(t *testing.T) {
+	var got []Result
+	var mu sync.Mutex
+	rv := &Receiver{OnResult: func(r Result) { mu.Lock(); got = append(got, r); mu.Unlock() }}
+	srv := httptest.NewServer(rv)
+	defer srv.Close()
+	res, err := Send(context.Background(), srv.Client(), strings.TrimPrefix(srv.URL, "http://"), 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RateBps <= 0 || res.Bytes < minBytes {
+		t.Fatalf("result %+v", res)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0] != res {
+		t.Fatalf("receiver reported %+v, sender got %+v", got, res)
+	}
+}
+
+// TestLyingPartnerNotBelieved: a partner that answers a rate above what
+// the sender could have delivered is an error, not a measurement (it would
+// make the sender look fast and get it children it cannot feed).
+func TestLyingPartnerNotBelieved(t *testing.T) {
+	for _, c := range []struct {
+		answer string
+		ok     bool
+	}{
+		{`{"bytes":1000,"seconds":0.2,"rate_bps":1000}`, true}, // modest: believed
+		{`{"bytes":1000,"seconds":0.2,"rate_bps":1e15}`, false},
+		{`{"bytes":999999999999,"seconds":0.2,"rate_bps":1000}`, false},
+		{`{"bytes":1000,"seconds":0.2,"rate_bps":-5}`, false},
+		{`{"bytes":1000,"seconds":0.001,"rate_bps":1000}`, false},
+		{`{"bytes":1000,"seconds":1000,"rate_bps":1000}`, false},
+		{`not json`, false},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// Read for 300 ms, as a receiver would, then lie.
+			end := time.Now().Add(300 * time.Millisecond)
+			buf := make([]byte, 64<<10)
+			for time.Now().Before(end) {
+				if _, err := r.Body.Read(buf); err != nil {
+					break
+				}
+			}
+			w.Header().Set("Connection", "close")
+			_, _ = io.WriteString(w, c.answer)
+		}))
+		_, err := Send(context.Background(), srv.Client(), strings.TrimPrefix(srv.URL, "http://"), 200*time.Millisecond)
+		srv.Close()
+		if (err == nil) != c.ok {
+			t.Errorf("answer %s: err %v, want believed %v", c.answer, err, c.ok)
+		}
+	}
+}
+
+// TestReceiverOneAtATime: a second test while one runs gets 429, and a
+// GET gets 405; neither is measured.
+func TestReceiverOneAtATime(t *testing.T) {
+	n := 0
+	rv := &Receiver{OnResult: func(Result) { n++ }}
+	rv.busy.Store(true)
+	w := httptest.NewRecorder()
+	rv.ServeHTTP(w, httptest.NewRequest(http.MethodPost, Path, strings.NewReader(strings.Repeat("x", 1<<20))))
+	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("busy: %d %q", w.Code, w.Body.String())
+	}
+	rv.busy.Store(false)
+	w = httptest.NewRecorder()
+	rv.ServeHTTP(w, httptest.NewRequest(http.MethodGet, Path, nil))
+	if w.Code != http.StatusMethodNotAllowed {
+		t.Fatalf("GET: %d", w.Code)
+	}
+	rv.Busy = func() bool { return true }
+	w = httptest.NewRecorder()
+	rv.ServeHTTP(w, httptest.NewRequest(http.MethodPost, Path, strings.NewReader(strings.Repeat("x", 1<<20))))
+	if w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("host busy transferring: %d", w.Code)
+	}
+	if n != 0 {
+		t.Fatalf("%d tests measured", n)
+	}
+}
+
+// TestReceiverCutsOffRogueSenders: a sender that never stops is answered
+// after the test's duration, one that sends nothing after its headers is
+// cut off after ReadLimit, one that asks for a longer test is refused; the
+// receiver is free again after each.
+func TestReceiverCutsOffRogueSenders(t *testing.T) {
+	rv := &Receiver{}
+	srv := httptest.NewServer(rv)
+	defer srv.Close()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	for _, c := range []struct {
+		name    string
+		body    io.Reader
+		header  string
+		within  time.Duration
+		wantErr bool
+	}{
+		{"endless", &junk{buf: make([]byte, 64<<10), deadline: time.Now().Add(time.Hour)}, "", DefaultDuration + 2*time.Second, false},
+		{"silent", pr, "", ReadLimit + 2*time.Second, true},
+		{"too long", &junk{buf: make([]byte, 64<<10), deadline: time.Now().Add(time.Hour)}, "60000", time.Second, true},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+Path, c.body)
+		if c.header != "" {
+			req.Header.Set(DurationHeader, c.header)
+		}
+		start := time.Now()
+		// Without the cut-offs the client gives up first, and the
+		// check fails.
+		client := &http.Client{Timeout: ReadLimit + 8*time.Second}
+		resp, err := client.Do(req)
+		code := 0
+		if err == nil {
+			code = resp.StatusCode
+			resp.Body.Close()
+		}
+		if el := time.Since(start); el > c.within {
+			t.Fatalf("%s: held the receiver for %v (err %v)", c.name, el, err)
+		}
+		if (code != http.StatusOK) != c.wantErr {
+			t.Fatalf("%s: status %d (err %v), want error %v", c.name, code, err, c.wantErr)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for rv.busy.Load() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: receiver still busy after the sender was cut off", c.name)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+func TestSendRefusesBadDuration(t *testing.T) {
+	if _, err := Send(context.Background(), http.DefaultClient, "127.0.0.1:1", time.Hour); err == nil {
+		t.Fatal("an hour-long test was sent")
+	}
+}
