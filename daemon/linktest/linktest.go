@@ -56,10 +56,15 @@ type Result struct {
 }
 
 // Measure reads body for d from the first byte (or until EOF or an error,
-// such as a read deadline passing) and returns the rate, leaving out the
-// first warmup share of the time. A test whose bytes arrived within less
-// than half of d (a burst released at once after a loss, a sender that
-// stopped early) is too short to say anything.
+// such as a read deadline passing) and returns the rate over the window
+// from the first warmup share of that time to its end: the bytes read
+// after the window began over the window's length. The window's length is
+// wall time, stalls included: on a shaped link a loss stalls the stream,
+// and the retransmission then releases its bytes at once; over the time
+// from the first read after the stall, such a burst made a 1 Mbit/s uplink
+// measure 5 Mbit/s. A test whose bytes arrived within less than half of d
+// (a burst released at once, a sender that stopped early) is too short to
+// say anything.
 func Measure(body io.Reader, d time.Duration, now func() time.Time) (Result, error) {
 	type sample struct {
 		t time.Time
@@ -92,23 +97,26 @@ func Measure(body io.Reader, d time.Duration, now func() time.Time) (Result, err
 	if total < minBytes || len(samples) < 3 {
 		return Result{Bytes: total}, fmt.Errorf("%w: %d bytes", ErrShort, total)
 	}
-	last := samples[len(samples)-1]
-	span := last.t.Sub(first)
+	end := samples[len(samples)-1].t
+	span := end.Sub(first)
 	if span < d/2 {
 		return Result{Bytes: total}, fmt.Errorf("%w: %d bytes within %v", ErrShort, total, span)
 	}
-	from := samples[0]
+	// The bytes read by the window's start: those of the last read at or
+	// before it.
+	start := first.Add(time.Duration(warmup * float64(span)))
+	var before int64
 	for _, s := range samples {
-		if s.t.Sub(first) >= time.Duration(warmup*float64(span)) {
-			from = s
+		if s.t.After(start) {
 			break
 		}
-	}
-	if d := last.t.Sub(from.t); d <= 0 || last.n-from.n < minBytes/2 {
-		from = samples[0]
+		before = s.n
 	}
 	res := Result{Bytes: total, Seconds: span.Seconds()}
-	res.RateBps = float64(last.n-from.n) / last.t.Sub(from.t).Seconds()
+	res.RateBps = float64(total-before) / end.Sub(start).Seconds()
+	if total-before < minBytes/2 {
+		return res, fmt.Errorf("%w: %d bytes in the measured window", ErrShort, total-before)
+	}
 	return res, nil
 }
 

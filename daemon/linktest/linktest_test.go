@@ -76,6 +76,36 @@ func TestMeasureBurstIsNoRate(t *testing.T) {
 	}
 }
 
+// TestMeasureStallThenBurst: a stream that stalls (a loss on a shaped
+// link) and then gets the delayed bytes at once measures its average rate
+// over the window, stall included. Measured from the first read after the
+// stall it gave five times the link's rate.
+func TestMeasureStallThenBurst(t *testing.T) {
+	const chunk = 16 << 10
+	var steps []time.Duration
+	for range 10 { // 0-100 ms: 16 KiB every 10 ms (1.6 MB/s)
+		steps = append(steps, 10*time.Millisecond)
+	}
+	steps = append(steps, 800*time.Millisecond) // a stall to 0.9 s
+	for range 8 {                               // the delayed bytes at once
+		steps = append(steps, time.Microsecond)
+	}
+	for range 10 { // 0.9-1.0 s: 16 KiB every 10 ms
+		steps = append(steps, 10*time.Millisecond)
+	}
+	c := &clockReader{now: time.Unix(0, 0), steps: steps, size: chunk}
+	res, err := Measure(c, time.Second, func() time.Time { return c.now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// From 0.2 s to 1.0 s: the stall's end, the burst and the last 0.1 s,
+	// 19 chunks over 0.8 s.
+	want := 19 * chunk / 0.8
+	if res.RateBps < 0.9*want || res.RateBps > 1.1*want {
+		t.Fatalf("rate %.0f, want about %.0f (the stall counted)", res.RateBps, want)
+	}
+}
+
 // TestMeasureStopsAtDuration: a sender that goes on is measured for the
 // test's duration only.
 func TestMeasureStopsAtDuration(t *testing.T) {
