@@ -52,7 +52,6 @@ type linkHost struct {
 	seen      time.Time
 	busyUntil time.Time // receiving or sending a test until then
 	received  int       // tests it was named partner for
-	idx       int       // in Scheduler.linkIDs
 }
 
 // LinkPartner names a partner for req.Host's link test, or says when to
