@@ -203,7 +203,7 @@ func (d *Daemon) linkRound(ctx context.Context, client *http.Client) bool {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		resp, err := ts[0].client.LinkPartner(cctx, &schedulerv1.LinkPartnerRequest{Host: d.Host(), Exclude: exclude})
+		resp, err := ts[0].client.LinkPartner(cctx, &schedulerv1.LinkPartnerRequest{Host: d.Host(), Exclude: exclude, BestBps: best})
 		cancel()
 		if status.Code(err) == codes.Unimplemented {
 			// A scheduler older than link tests: try again next round

@@ -44,6 +44,9 @@ const (
 	// larger one, linkSample drawn at random.
 	linkScan   = 64
 	linkSample = 32
+	// linkFastDown: a partner whose measured downlink is this many times
+	// the caller's best rate so far cannot have been what limited it.
+	linkFastDown = 1.5
 )
 
 // linkHost is one host that asked for a partner.
@@ -78,13 +81,28 @@ func (s *Scheduler) LinkPartner(req *schedulerv1.LinkPartnerRequest, now time.Ti
 		}
 		return false
 	}
+	// After a first test, a partner whose measured downlink is well above
+	// the caller's best rate so far comes first (linkFastDown): a test to
+	// a slow downlink says nothing of the caller's uplink, and two of them
+	// made a 25 Mbit/s uplink look like 1.9 on the harness (mixed
+	// downlinks). Then the one that received the fewest tests.
+	fast := func(l *linkHost) bool {
+		return req.GetBestBps() > 0 && float64(l.info.GetLinkDownloadBps()) > linkFastDown*float64(req.GetBestBps())
+	}
 	var best *linkHost
 	consider := func(id string) {
 		l := s.linkPool[id]
 		if skip(id, l) {
 			return
 		}
-		if best == nil || l.received < best.received {
+		switch {
+		case best == nil:
+			best = l
+		case fast(l) != fast(best):
+			if fast(l) {
+				best = l
+			}
+		case l.received < best.received:
 			best = l
 		}
 	}

@@ -231,3 +231,33 @@ func TestLinkPartnerFromRegisteredHosts(t *testing.T) {
 		t.Fatalf("second newcomer's partner %q, want none (old busy; untested answers no tests)", p)
 	}
 }
+
+// TestLinkPartnerFastDownlinkAfterFirstTest: after a first test, a partner
+// whose measured downlink is well above the caller's best rate comes first,
+// even one that received more tests: a test into a slow downlink says
+// nothing of the caller's uplink.
+func TestLinkPartnerFastDownlinkAfterFirstTest(t *testing.T) {
+	s := newTestScheduler(t, nil, nil)
+	now := time.Unix(1000, 0)
+	s.mu.Lock()
+	s.linkSeenLocked(&schedulerv1.Host{Id: "slowdown", Ip: "10.77.0.2", UploadPort: 65002, LinkDownloadBps: 250e3}, now)
+	fastHost := s.linkSeenLocked(&schedulerv1.Host{Id: "fastdown", Ip: "10.77.0.3", UploadPort: 65002, LinkDownloadBps: 3e6}, now)
+	fastHost.received = 5
+	s.mu.Unlock()
+	resp, err := s.LinkPartner(&schedulerv1.LinkPartnerRequest{Host: linkHostInfo("me", 65002), BestBps: 240e3}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.GetPartner().GetId(); got != "fastdown" {
+		t.Fatalf("after a test at 240 kB/s: partner %q, want fastdown (its downlink 3 MB/s)", got)
+	}
+	// Without a first result the fewest received comes first.
+	later := now.Add(time.Minute)
+	resp, err = s.LinkPartner(&schedulerv1.LinkPartnerRequest{Host: linkHostInfo("other", 65002)}, later)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.GetPartner().GetId(); got != "slowdown" && got != "me" {
+		t.Fatalf("first test: partner %q, want one of those that received fewest", got)
+	}
+}

@@ -256,7 +256,11 @@ type LinkPartnerRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Host  *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
 	// Hosts not to name (those already tested against).
-	Exclude       []string `protobuf:"bytes,2,rep,name=exclude,proto3" json:"exclude,omitempty"`
+	Exclude []string `protobuf:"bytes,2,rep,name=exclude,proto3" json:"exclude,omitempty"`
+	// The best upload rate the caller's tests reached so far in this round,
+	// bytes/s (0: none yet). A partner whose measured downlink is well above
+	// it is preferred: a test to a slow downlink says nothing of the uplink.
+	BestBps       int64 `protobuf:"varint,3,opt,name=best_bps,json=bestBps,proto3" json:"best_bps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -303,6 +307,13 @@ func (x *LinkPartnerRequest) GetExclude() []string {
 		return x.Exclude
 	}
 	return nil
+}
+
+func (x *LinkPartnerRequest) GetBestBps() int64 {
+	if x != nil {
+		return x.BestBps
+	}
+	return 0
 }
 
 // LinkPartnerResponse names the partner, or (partner unset) when to ask
@@ -3080,10 +3091,11 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	" \x01(\x03R\tuploadBps\x12!\n" +
 	"\fdownload_bps\x18\v \x01(\x03R\vdownloadBps\x12&\n" +
 	"\x0flink_upload_bps\x18\f \x01(\x03R\rlinkUploadBps\x12*\n" +
-	"\x11link_download_bps\x18\r \x01(\x03R\x0flinkDownloadBps\"`\n" +
+	"\x11link_download_bps\x18\r \x01(\x03R\x0flinkDownloadBps\"{\n" +
 	"\x12LinkPartnerRequest\x120\n" +
 	"\x04host\x18\x01 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\x04host\x12\x18\n" +
-	"\aexclude\x18\x02 \x03(\tR\aexclude\"\x94\x01\n" +
+	"\aexclude\x18\x02 \x03(\tR\aexclude\x12\x19\n" +
+	"\bbest_bps\x18\x03 \x01(\x03R\abestBps\"\x94\x01\n" +
 	"\x13LinkPartnerResponse\x126\n" +
 	"\apartner\x18\x01 \x01(\v2\x1c.damselfly.scheduler.v1.HostR\apartner\x12\x1f\n" +
 	"\vduration_ms\x18\x02 \x01(\x03R\n" +
