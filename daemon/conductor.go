@@ -531,7 +531,7 @@ func (c *conductor) connect(ctx context.Context, id string) {
 	pctx, cancel := context.WithCancel(ctx)
 	c.parents[id] = &parentConn{
 		info:   info,
-		addr:   net.JoinHostPort(h.GetIp(), strconv.Itoa(int(h.GetUploadPort()))),
+		addr:   uploadAddr(h),
 		cancel: cancel,
 	}
 	go c.syncParent(pctx, id, net.JoinHostPort(h.GetIp(), strconv.Itoa(int(h.GetPeerPort()))))

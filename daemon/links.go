@@ -161,6 +161,11 @@ func (d *Daemon) linkTestLoop(ctx context.Context) {
 	}
 }
 
+// uploadAddr is host:port of h's upload port (pieces, link tests).
+func uploadAddr(h *schedulerv1.Host) string {
+	return net.JoinHostPort(h.GetIp(), strconv.Itoa(int(h.GetUploadPort())))
+}
+
 // linkRetryRound: a round that measured nothing is tried again after this
 // long, then twice as long, up to link_test.interval.
 const linkRetryRound = 30 * time.Second
@@ -227,7 +232,7 @@ func (d *Daemon) linkRound(ctx context.Context, client *http.Client) bool {
 		}
 		alone = false
 		exclude = append(exclude, p.GetId())
-		addr := net.JoinHostPort(p.GetIp(), strconv.Itoa(int(p.GetUploadPort())))
+		addr := uploadAddr(p)
 		dur := min(max(time.Duration(resp.GetDurationMs())*time.Millisecond, linktest.MinDuration), linktest.MaxDuration)
 		res, err := linktest.Send(ctx, client, addr, dur)
 		if err != nil {

@@ -92,7 +92,7 @@ func (s *Scheduler) hostLocked(info *schedulerv1.Host, now time.Time) *host {
 		s.hosts[h.id] = h
 	}
 	h.info = effectiveHost(info)
-	if info.GetLinkUploadBps() > 0 && info.GetIp() != "" && info.GetUploadPort() > 0 && info.GetUploadPort() <= 65535 {
+	if info.GetLinkUploadBps() > 0 && linkDialable(info) {
 		s.linkSeenLocked(info, now) // it answers link tests
 	}
 	h.linkOnly = info.GetUploadBps() <= 0 && h.info.GetUploadBps() > 0

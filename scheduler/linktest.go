@@ -61,7 +61,7 @@ type linkHost struct {
 // ask again. The caller joins the pool of partners.
 func (s *Scheduler) LinkPartner(req *schedulerv1.LinkPartnerRequest, now time.Time) (*schedulerv1.LinkPartnerResponse, error) {
 	h := req.GetHost()
-	if h.GetId() == "" || h.GetIp() == "" || h.GetUploadPort() <= 0 || h.GetUploadPort() > 65535 {
+	if h.GetId() == "" || !linkDialable(h) {
 		return nil, fmt.Errorf("link partner: host id, ip and upload_port are required: %w", core.ErrInvalid)
 	}
 	if len(req.GetExclude()) > 64 {
@@ -71,7 +71,7 @@ func (s *Scheduler) LinkPartner(req *schedulerv1.LinkPartnerRequest, now time.Ti
 	defer s.mu.Unlock()
 	me := s.linkSeenLocked(h, now)
 	skip := func(id string, l *linkHost) bool {
-		if l == me || now.Before(l.busyUntil) || now.Sub(l.seen) > linkPoolTTL {
+		if l == me || now.Before(l.busyUntil) || l.stale(now) {
 			return true
 		}
 		for _, x := range req.GetExclude() {
@@ -143,11 +143,21 @@ func (s *Scheduler) linkSeenLocked(h *schedulerv1.Host, now time.Time) *linkHost
 	return l
 }
 
-// gcLinkPoolLocked drops the hosts that have not asked for linkPoolTTL.
+// stale reports whether l was last seen (asked, or registered with
+// measured rates) more than linkPoolTTL ago: it is no partner any more.
+func (l *linkHost) stale(now time.Time) bool { return now.Sub(l.seen) > linkPoolTTL }
+
+// linkDialable reports whether h names an address its upload port can be
+// dialled at: a partner's, or one that may become one.
+func linkDialable(h *schedulerv1.Host) bool {
+	return h.GetIp() != "" && h.GetUploadPort() > 0 && h.GetUploadPort() <= 65535
+}
+
+// gcLinkPoolLocked drops the stale hosts.
 func (s *Scheduler) gcLinkPoolLocked(now time.Time) {
 	for i := 0; i < len(s.linkIDs); {
 		id := s.linkIDs[i]
-		if now.Sub(s.linkPool[id].seen) <= linkPoolTTL {
+		if !s.linkPool[id].stale(now) {
 			i++
 			continue
 		}

@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -174,6 +175,20 @@ func (rv *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(res)
 }
 
+// junkBytes is the 1 MiB of pseudo-random bytes every test sends over and
+// over, made once (read-only: the tests share it).
+var junkBytes = sync.OnceValue(func() []byte {
+	buf := make([]byte, 1<<20)
+	r := rand.New(rand.NewChaCha8([32]byte{}))
+	for i := 0; i+8 <= len(buf); i += 8 {
+		v := r.Uint64()
+		for k := range 8 {
+			buf[i+k] = byte(v >> (8 * k))
+		}
+	}
+	return buf
+})
+
 // junk yields pseudo-random bytes until its deadline, counting them.
 type junk struct {
 	buf      []byte
@@ -200,16 +215,8 @@ func Send(ctx context.Context, client *http.Client, addr string, d time.Duration
 	if d < MinDuration || d > MaxDuration {
 		return Result{}, fmt.Errorf("link test duration %v, want %v to %v", d, MinDuration, MaxDuration)
 	}
-	buf := make([]byte, 1<<20)
-	r := rand.New(rand.NewChaCha8([32]byte{}))
-	for i := 0; i+8 <= len(buf); i += 8 {
-		v := r.Uint64()
-		for k := range 8 {
-			buf[i+k] = byte(v >> (8 * k))
-		}
-	}
 	start := time.Now()
-	body := &junk{buf: buf, deadline: start.Add(ReadLimit)}
+	body := &junk{buf: junkBytes(), deadline: start.Add(ReadLimit)}
 	ctx, cancel := context.WithTimeout(ctx, ReadLimit+5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+Path, body)

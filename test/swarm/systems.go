@@ -2,6 +2,7 @@ package swarm
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -492,6 +493,11 @@ func (e *sysEnv) waitLinkTests(ctx context.Context, peers []damselflyNode) {
 		return
 	}
 	bodies := make([][]byte, len(peers))
+	// metric sums host i's samples of name whose labels contain match.
+	metric := func(i int, name, match string) float64 {
+		v, _ := oci.SumMetric(bytes.NewReader(bodies[i]), name, match)
+		return v
+	}
 	for {
 		left := 0
 		for i, d := range peers {
@@ -500,7 +506,7 @@ func (e *sysEnv) waitLinkTests(ctx context.Context, peers []damselflyNode) {
 			if err == nil {
 				bodies[i] = body
 			}
-			if metricSample(bodies[i], `damselfly_daemon_link_tests_total{direction="sent",result="ok"}`) < float64(want) {
+			if metric(i, "damselfly_daemon_link_tests_total", `direction="sent",result="ok"`) < float64(want) {
 				left++
 			}
 		}
@@ -518,26 +524,10 @@ func (e *sysEnv) waitLinkTests(ctx context.Context, peers []damselflyNode) {
 	}
 	for i, d := range peers {
 		e.log.Info("link test", "host", d.host.Name,
-			"up_mbit", metricSample(bodies[i], "damselfly_daemon_link_upload_bps")*8/1e6, "shaped_up_mbit", float64(d.host.Up)/1e6,
-			"down_mbit", metricSample(bodies[i], "damselfly_daemon_link_download_bps")*8/1e6, "shaped_down_mbit", float64(d.host.Down)/1e6)
+			"up_mbit", metric(i, "damselfly_daemon_link_upload_bps", "")*8/1e6, "shaped_up_mbit", float64(d.host.Up)/1e6,
+			"down_mbit", metric(i, "damselfly_daemon_link_download_bps", "")*8/1e6, "shaped_down_mbit", float64(d.host.Down)/1e6)
 	}
 	e.log.Info("link tests done", "hosts", len(peers), "took", time.Since(start).Round(time.Millisecond))
-}
-
-// metricSample is the value of the sample whose name and labels are
-// exactly series (name{labels} as the exposition writes them), 0 if none.
-func metricSample(body []byte, series string) float64 {
-	for _, line := range strings.Split(string(body), "\n") {
-		rest, ok := strings.CutPrefix(line, series+" ")
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-		if err == nil {
-			return v
-		}
-	}
-	return 0
 }
 
 // uploadMetric is the daemon's counter of bytes served to other peers.
