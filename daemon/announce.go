@@ -237,10 +237,15 @@ func (c *conductor) serve(ctx context.Context) {
 // sendSource tells the scheduler the task's shape and piece digests: as
 // the source of a dfcache entry (it registered as imported), or as a holder
 // re-announcing a complete task (a claim the scheduler trusts only by its
-// rules; see docs/architecture.md, "Scheduler restarts").
+// rules; see docs/architecture.md, "Scheduler restarts"). origin_on_host
+// repeats what this conductor's own origin fetch found, so that a
+// restarted scheduler goes on sparing the origin's uplink; a task this
+// daemon got from peers, imported or reloaded from its cache has no origin
+// answer behind it and says false.
 func (c *conductor) sendSource() {
 	m := c.task.Meta()
-	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: m.ContentLength, PieceSize: m.PieceSize}}})
+	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{
+		ContentLength: m.ContentLength, PieceSize: m.PieceSize, OriginOnHost: c.originOnHost.Load()}}})
 	var batch []*schedulerv1.PieceResult
 	for _, n := range m.Pieces {
 		if int(n) >= len(m.PieceDigests) {

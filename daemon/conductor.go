@@ -59,6 +59,10 @@ type conductor struct {
 	peerBytes   atomic.Int64
 	originBytes atomic.Int64
 	fromCache   atomic.Bool
+	// originOnHost: an origin fetch of this task found the origin sharing
+	// this host's uplink (noteOrigin); originNoted: one was checked.
+	originOnHost atomic.Bool
+	originNoted  atomic.Bool
 
 	// fallbackReason is why P2P was given up for the origin ("" if not).
 	fallbackReason atomic.Pointer[string]
@@ -489,7 +493,8 @@ func (c *conductor) exec(ctx context.Context, acts []fetch.Action) {
 		case fetch.ActReschedule:
 			c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Reschedule{Reschedule: &schedulerv1.Reschedule{BadParents: a.Bad, Reason: a.Reason}}})
 		case fetch.ActSendMeta:
-			c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: a.Length, PieceSize: a.PieceSize}}})
+			c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{
+				ContentLength: a.Length, PieceSize: a.PieceSize, OriginOnHost: c.originOnHost.Load()}}})
 		case fetch.ActContentCorrupt:
 			c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_ContentCorrupt{ContentCorrupt: &schedulerv1.ContentCorrupt{Reason: a.Reason}}})
 		case fetch.ActStartOrigin:

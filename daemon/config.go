@@ -79,6 +79,17 @@ type Config struct {
 	// LinkTest measures the host's links where nothing is declared
 	// (docs/architecture.md, "Link tests").
 	LinkTest LinkTestConfig `yaml:"link_test"`
+	// OriginSharesUplink says that the origins this daemon fetches from
+	// send through this host's uplink (a seed peer on the registry's own
+	// rack link, or in a pod beside it): every byte this host uploads then
+	// competes with the origin's own answers, and the scheduler holds a
+	// seed peer here to about one copy of the content
+	// (TaskMeta.origin_on_host).
+	// False detects it per origin fetch: an origin that answers from one of
+	// this host's own addresses (loopback included) shares the uplink, any
+	// other does not. Set it where detection cannot see the sharing: the
+	// origin on another address behind the same link.
+	OriginSharesUplink bool `yaml:"origin_shares_uplink"`
 
 	Download DownloadConfig `yaml:"download"`
 	Upload   UploadConfig   `yaml:"upload"`

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"time"
@@ -82,6 +84,9 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 		return fmt.Errorf("fetch %s from origin: %w", url, err)
 	}
 	defer resp.Body.Close()
+	// Before the shape is posted: the TaskMeta that carries it says too
+	// whether the origin shares this host's uplink.
+	c.noteOrigin(ctx, resp.Remote)
 	l, ps := c.task.Shape()
 	total := resp.ContentLength
 	if ps == 0 {
@@ -143,6 +148,72 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 		c.post(ctx, evOriginShape{})
 	}
 	return nil
+}
+
+// noteOrigin records whether the origin that answered from remote shares
+// this host's uplink: the operator said so (origin_shares_uplink) or it
+// answered from one of this host's own addresses. The scheduler learns it
+// with the task's shape (TaskMeta.origin_on_host) and then keeps what it
+// sends through this host, a seed peer above all, to about one copy: more
+// would take the uplink from the origin's own answers. Once found, it holds
+// for the task: a later range answered from elsewhere (another address of a
+// round-robin name) does not make the shared link free.
+func (c *conductor) noteOrigin(ctx context.Context, remote net.Addr) {
+	shared := c.d.cfg.OriginSharesUplink
+	first := !c.originNoted.Swap(true)
+	if !shared && !addrOnHost(remote) {
+		if first {
+			c.log.Debug("origin not on this host", "origin", remote)
+		}
+		return
+	}
+	if c.originOnHost.Swap(true) {
+		return
+	}
+	level := slog.LevelDebug
+	if c.d.cfg.Seed {
+		level = slog.LevelInfo
+	}
+	c.log.Log(ctx, level, "origin on this host: its uplink is the origin's", "origin", remote, "origin_shares_uplink", shared)
+}
+
+// addrOnHost reports whether a is an IP address of this host: loopback, or
+// an address of one of its interfaces. The interfaces are listed on every
+// call (once per origin fetch): addresses come and go, and a stale list
+// would misjudge an origin for as long as it is kept.
+func addrOnHost(a net.Addr) bool {
+	var ip net.IP
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip = a.IP
+	case *net.UDPAddr:
+		ip = a.IP
+	case *net.IPAddr:
+		ip = a.IP
+	}
+	if ip == nil || ip.IsUnspecified() {
+		return false
+	}
+	if ip.IsLoopback() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		switch ia := ia.(type) {
+		case *net.IPNet:
+			if ia.IP.Equal(ip) {
+				return true
+			}
+		case *net.IPAddr:
+			if ia.IP.Equal(ip) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // readLimited fills b from r, paying the limiters as it goes.

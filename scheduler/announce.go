@@ -96,6 +96,7 @@ func (s *Scheduler) hostLocked(info *schedulerv1.Host, now time.Time) *host {
 		s.linkSeenLocked(info, now) // it answers link tests
 	}
 	h.linkOnly = info.GetUploadBps() <= 0 && h.info.GetUploadBps() > 0
+	h.linkDown = info.GetDownloadBps() <= 0 && h.info.GetDownloadBps() > 0
 	h.slots = int(info.GetUploadSlots())
 	if h.slots <= 0 {
 		h.slots = s.cfg.DefaultUploadSlots
@@ -314,6 +315,9 @@ func (s *Scheduler) onMetaLocked(p *peer, m *schedulerv1.TaskMeta) {
 		// Not trusted as it is; a holder's claim (restore.go) at most.
 		s.claimMetaLocked(p, m)
 		return
+	}
+	if p.host.info.GetSeed() {
+		p.ownUplink = !m.GetOriginOnHost()
 	}
 	changed := false
 	if m.GetContentLength() >= 0 {

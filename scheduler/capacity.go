@@ -26,7 +26,7 @@ const capacitySmallTask = 64
 // measured rate is then what it gives); 0 when unknown.
 func (s *Scheduler) upCapacity(h *host, now time.Time) float64 {
 	if u := h.info.GetUploadBps(); u > 0 {
-		if d := h.info.GetDownloadBps(); d > 0 && d < u {
+		if d := declaredDownlink(h); d > 0 && d < u {
 			return float64(d)
 		}
 		return declaredUplink(h)
@@ -58,6 +58,31 @@ func (s *Scheduler) uplink(h *host, now time.Time) float64 {
 func declaredUplink(h *host) float64 {
 	return float64(core.UsableUplink(h.info.GetUploadBps(), h.info.GetDownloadBps()))
 }
+
+// declaredDownlink is h's downlink in bytes/s as its operator declared it;
+// 0 when undeclared. A downlink its link tests measured is a lower bound
+// only (the best rate a partner's uplink pushed into it: on the harness a
+// 25 Mbit/s downlink measured 6.7 Mbit/s, and several at 15-16 Mbit/s,
+// below the task's rate of 18), so it caps nothing: taken as a cap, it
+// kept paced receivers under the rate their downlinks could take.
+func declaredDownlink(h *host) int64 {
+	if h.linkDown {
+		return 0
+	}
+	return h.info.GetDownloadBps()
+}
+
+// sharedSeed reports whether c is a seed host's peer whose uplink may be
+// the origin's: its origin answered from its own host, or its operator
+// said the origins share its uplink (TaskMeta.origin_on_host), or it has
+// not said (it did not fetch the task from the origin, or has not got the
+// content's shape yet). The origin's uplink should carry the content about
+// once, so such a seed keeps one child and gives no paced shares. A seed
+// whose fetch came from another host has an uplink of its own and is used
+// as any host's: held to one child, on the harness's spread its 25 Mbit/s
+// sat idle from the time its one child had the content (a third of the
+// download) while the last hosts waited.
+func sharedSeed(c *peer) bool { return c.host.info.GetSeed() && !c.ownUplink }
 
 // updateRateLocked recomputes t's target rate R from its peers' known
 // capacities: the lesser of the source's uplink and the median of the
@@ -236,10 +261,10 @@ func (s *Scheduler) sourceRate(p *peer, u float64) float64 {
 // group); -1 when only its host's upload slots bound it. With a known
 // capacity and target rate it is u/R rounded (a host at a tenth of R gets
 // none, one at ten times R gets ten); otherwise MaxChildren. A seed host
-// that can feed at most one child at R (its capacity unknown, or known and
-// below 1.95 R, childrenAt) often shares its uplink with the origin, which should carry
-// the content about once: it serves one child, and no new one once the
-// seed hosts have sent the content once.
+// that may share its uplink with the origin (sharedSeed), which should
+// carry the content about once, serves one child when it can feed at most
+// one at R (its capacity unknown, or known and below 1.95 R, childrenAt),
+// and no new one once the seed hosts have sent the content once.
 func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 	lim := -1
 	if s.cfg.MaxChildren > 0 {
@@ -253,7 +278,7 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 			lim = childrenAt(u, r)
 		}
 	}
-	if c.host.info.GetSeed() && s.cfg.CapacityAware && (lim < 0 || lim > 1) && knownUp(c.host) <= 0 {
+	if sharedSeed(c) && s.cfg.CapacityAware && (lim < 0 || lim > 1) && knownUp(c.host) <= 0 {
 		lim = 1
 	}
 	if pl := c.host.probe.lim; pl > 1 && s.probing(c) {
@@ -272,7 +297,7 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 			lim = max(1, min(lim, childrenAt(u, c.task.rateHi)))
 		}
 	}
-	if c.host.info.GetSeed() && s.cfg.CapacityAware && lim == 1 {
+	if sharedSeed(c) && s.cfg.CapacityAware && lim == 1 {
 		if t := c.task; t.contentLength > 0 && t.seedSent >= t.contentLength {
 			// The seed hosts have sent the content once: the children
 			// they have stay, no new one comes. With the seed peer on
@@ -338,8 +363,8 @@ func (s *Scheduler) slowHost(c *peer, now time.Time) bool {
 
 // preferLeafSplits orders the candidates that have no free slot, from
 // which p must take a share of someone's uplink, and returns how many of
-// them, first in full, are preferred: not a seed host (its uplink is the
-// origin's, which should carry the content about once), not a host known
+// them, first in full, are preferred: not a seed host that may share the
+// origin's uplink (sharedSeed: it should carry the content about once), not a host known
 // to be slow (a share of a fast uplink beats a whole slow one, and the slow
 // host stays a leaf), and among the rest those whose children are all
 // leaves, since splitting an uplink then slows only those leaves and not a
@@ -363,7 +388,7 @@ func (s *Scheduler) preferLeafSplits(p *peer, full []*peer, now time.Time) int {
 			n = m
 		}
 	}
-	keep(func(c *peer) bool { return !c.host.info.GetSeed() })
+	keep(func(c *peer) bool { return !sharedSeed(c) })
 	if !s.slowHost(p, now) {
 		keep(func(c *peer) bool { return !s.slowHost(c, now) })
 		keep(func(c *peer) bool { return s.feedsLeaves(c, now) })
@@ -645,8 +670,8 @@ const (
 // parent so no spare is handed out twice, and the child paces its requests
 // to it (PeerInfo.share_bps): taking a parent's spare then leaves its other
 // children their rate, where an unpaced extra child would halve it while
-// both transfer. Seeds give nothing (their uplink is often the origin's),
-// slow hosts' idle uplinks are used. It links only when the spares sum to
+// both transfer. Seeds that may share the origin's uplink give nothing
+// (sharedSeed); slow hosts' idle uplinks are used. It links only when the spares sum to
 // more than p would get by splitting the best of the preferred full
 // uplinks (the split it would take otherwise), and reports
 // whether it linked any.
@@ -668,7 +693,7 @@ func (s *Scheduler) pacedLocked(p *peer, full []*peer, pref int, spareC []*peer,
 	}()
 	split := 0.0 // the best split of a full uplink: the rule without shares
 	add := func(c *peer) {
-		if c.host.info.GetSeed() || c.host == p.host || localityGroup(c.host.info) != group {
+		if sharedSeed(c) || c.host == p.host || localityGroup(c.host.info) != group {
 			return
 		}
 		if sp := s.spare(c, now); sp >= minPacedShare*t.fluid {
@@ -799,40 +824,69 @@ func (s *Scheduler) pacedRehomeLocked(t *task, now time.Time) {
 // flush. It runs with the rate (on registrations while the task is small,
 // else once a Tick) and costs one pass over the task's peers.
 func (s *Scheduler) trimPacedLocked(t *task, now time.Time) {
-	floor := minPacedShare * t.fluid
 	for _, p := range t.list {
 		if p.pacedKids == 0 || p.state == stateLeft {
 			continue
 		}
-		room := 0.0
-		if t.fluid > 0 {
-			room = max(0, s.shareBase(p.host, now)-pacedFluid(p)*float64(unpacedChildren(p)))
+		if room := s.shareRoom(p, now); p.booked > room*1.02+1 {
+			s.scaleSharesLocked(p, false, room/p.booked, now)
 		}
-		if p.booked <= room*1.02+1 {
+		if p.topBooked > 0 {
+			s.trimTopUpsLocked(p, now)
+		}
+	}
+}
+
+// shareRoom is what p's uplink has for paced shares once its unpaced
+// children get the fluid rate each (pacedFluid); 0 without a fluid rate.
+func (s *Scheduler) shareRoom(p *peer, now time.Time) float64 {
+	if p.task.fluid <= 0 {
+		return 0
+	}
+	return max(0, s.shareBase(p.host, now)-pacedFluid(p)*float64(unpacedChildren(p)))
+}
+
+// trimTopUpsLocked scales p's top-ups down to the room its other shares
+// leave (topup.go): they yield to every other booking.
+func (s *Scheduler) trimTopUpsLocked(p *peer, now time.Time) {
+	p.topTrimQ = false
+	if p.topBooked <= 0 || p.state == stateLeft {
+		return
+	}
+	if room := max(0, s.shareRoom(p, now)-p.booked); p.topBooked > room*1.02+1 {
+		s.scaleSharesLocked(p, true, room/p.topBooked, now)
+	}
+}
+
+// scaleSharesLocked multiplies the shares booked on p by f, its top-ups
+// when top and the others when not, and tells their children; a share that
+// falls below minPacedShare is dropped, and its child is decided again (no
+// parent left) or topped up at the flush.
+func (s *Scheduler) scaleSharesLocked(p *peer, top bool, f float64, now time.Time) {
+	floor := minPacedShare * p.task.fluid
+	for i := 0; i < len(p.children); i++ {
+		c := p.children[i]
+		j := slices.IndexFunc(c.parents, func(l link) bool { return l.peer == p })
+		if j < 0 || c.parents[j].share <= 0 || c.parents[j].top != top {
 			continue
 		}
-		f := room / p.booked
-		for i := 0; i < len(p.children); i++ {
-			c := p.children[i]
-			j := slices.IndexFunc(c.parents, func(l link) bool { return l.peer == p })
-			if j < 0 || c.parents[j].share <= 0 {
+		sh := c.parents[j].share * f
+		if sh < floor {
+			s.removeEdge(p, c)
+			i-- // the last child took its place
+			s.unpaced = append(s.unpaced, c)
+			if len(c.parents) == 0 {
 				continue
 			}
-			sh := c.parents[j].share * f
-			if sh < floor {
-				s.removeEdge(p, c)
-				i-- // the last child took its place
-				if len(c.parents) == 0 {
-					s.unpaced = append(s.unpaced, c)
-					continue
-				}
-				s.unpaced = append(s.unpaced, c) // topped up at the flush
+		} else {
+			if top {
+				p.topBooked -= c.parents[j].share - sh
 			} else {
 				p.booked -= c.parents[j].share - sh
-				c.parents[j].share = sh
 			}
-			s.sendParentsLocked(c, now)
+			c.parents[j].share = sh
 		}
+		s.sendParentsLocked(c, now)
 	}
 }
 
@@ -852,7 +906,7 @@ func pacedFluid(p *peer) float64 {
 // fluid rate, or its own downlink when that is less.
 func (s *Scheduler) pacedWant(p *peer) float64 {
 	want := p.task.fluid
-	if d := p.host.info.GetDownloadBps(); d > 0 && float64(d) < want {
+	if d := declaredDownlink(p.host); d > 0 && float64(d) < want {
 		want = float64(d)
 	}
 	return want
@@ -1026,7 +1080,7 @@ func (s *Scheduler) displaceSlowRelayLocked(p *peer, full []*peer, group string,
 			if by != nil && y.depth >= by.depth {
 				continue // a shallower one was found: it holds back more
 			}
-			if y.host == p.host || y.pieces.count > youngHead || localityGroup(y.host.info) != group || pacedChild(x, y) || unpacedChildren(y) == 0 {
+			if y.host == p.host || y.pieces.count > youngHead || localityGroup(y.host.info) != group || pacedChild(x, y) || (unpacedChildren(y) == 0 && s.slowHost(y, now)) {
 				continue
 			}
 			if _, bad := y.bad[p.id]; bad {

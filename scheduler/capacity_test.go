@@ -448,17 +448,20 @@ func TestCapacityPreferencesDoNotExclude(t *testing.T) {
 // the task's fluid rate (as it was at the booking: pacedFluid).
 func checkPaced(t *testing.T, s *Scheduler, p *peer) {
 	t.Helper()
-	n, sum := 0, 0.0
+	n, sum, top := 0, 0.0, 0.0
 	for _, c := range p.children {
 		for _, l := range c.parents {
 			if l.peer == p && l.share > 0 {
 				n++
 				sum += l.share
+				if l.top {
+					top += l.share
+				}
 			}
 		}
 	}
-	if n != p.pacedKids || math.Abs(sum-p.booked) > 1 {
-		t.Errorf("%s: %d paced children with %.0f B/s booked, but it counts %d and %.0f", p.id, n, sum, p.pacedKids, p.booked)
+	if n != p.pacedKids || math.Abs(sum-top-p.booked) > 1 || math.Abs(top-p.topBooked) > 1 {
+		t.Errorf("%s: %d paced children with %.0f B/s booked (%.0f top-ups), but it counts %d and %.0f (%.0f)", p.id, n, sum, top, p.pacedKids, p.booked, p.topBooked)
 	}
 	if n == 0 {
 		return

@@ -198,7 +198,13 @@ func (s *Scheduler) markDirty(t *task) {
 // changed tasks, until nothing is left to do. Every event ends with it, so
 // many changes in one event cost one pass.
 func (s *Scheduler) flushLocked(now time.Time) {
-	for len(s.dropped) > 0 || len(s.dirty) > 0 || len(s.unpaced) > 0 {
+	for len(s.dropped) > 0 || len(s.dirty) > 0 || len(s.unpaced) > 0 || len(s.topTrim) > 0 {
+		for len(s.topTrim) > 0 {
+			p := s.topTrim[len(s.topTrim)-1]
+			s.topTrim[len(s.topTrim)-1] = nil
+			s.topTrim = s.topTrim[:len(s.topTrim)-1]
+			s.trimTopUpsLocked(p, now)
+		}
 		for len(s.unpaced) > 0 {
 			p := s.unpaced[len(s.unpaced)-1]
 			s.unpaced[len(s.unpaced)-1] = nil
@@ -363,11 +369,7 @@ func (s *Scheduler) fillParentsLocked(p *peer, lastResort bool) bool {
 			return true
 		}
 		c.mark = e
-		// Banned hosts, accused sources and those that reported their
-		// content corrupt and, in a private task, peers that never showed
-		// credentials are no parents.
-		if now.Before(c.host.bannedUntil) || (t.suspect != nil && (t.accused(c.host) || t.reporter(c.host))) || (t.private && !c.verified) ||
-			stalled(c, now) {
+		if barred(c, now) {
 			return true
 		}
 		if m, bad := p.bad[c.id]; bad {
@@ -569,13 +571,13 @@ func (s *Scheduler) shallowest(cands []*peer, now time.Time) []*peer {
 }
 
 // shallowDepth is c's sourceDepth for the shallowest-first rule, except
-// that a seed host feeding at most one child is no preferred parent: it
-// often shares the origin's uplink, which should carry the content about
-// once (its one child is there to start the swarm; the policy's seed
+// that a seed host feeding at most one child that may share the origin's
+// uplink (sharedSeed) is no preferred parent: that uplink should carry the
+// content about once (its one child is there to start the swarm; the policy's seed
 // penalty decides about it as before). A seed that can feed several
 // pipelines (a known uplink several times the rate) is the shallowest.
 func (s *Scheduler) shallowDepth(c *peer, now time.Time) int32 {
-	if c.host.info.GetSeed() && s.childLimit(c, now) <= 1 {
+	if sharedSeed(c) && s.childLimit(c, now) <= 1 {
 		return math.MaxInt32
 	}
 	return sourceDepth(c)
@@ -586,6 +588,15 @@ func (s *Scheduler) shallowDepth(c *peer, now time.Time) int32 {
 // stream must not get new children while its keepalive runs out.
 func stalled(c *peer, now time.Time) bool {
 	return !c.stalledAt.IsZero() && now.Sub(c.stalledAt) < badParentTTL
+}
+
+// barred reports whether c may be nobody's parent now: banned hosts,
+// accused sources and those that reported their content corrupt, peers of
+// a private task that never showed credentials, and stalled peers.
+func barred(c *peer, now time.Time) bool {
+	t := c.task
+	return now.Before(c.host.bannedUntil) || (t.suspect != nil && (t.accused(c.host) || t.reporter(c.host))) || (t.private && !c.verified) ||
+		stalled(c, now)
 }
 
 // stallSilence: a downloading peer reports every piece it gets, so one

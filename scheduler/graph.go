@@ -27,6 +27,9 @@ type link struct {
 	// share: bytes/s of the parent's uplink booked for the child, which
 	// paces its requests to it (capacity.go, pacedLocked); 0: unpaced.
 	share float64
+	// top: the share is a top-up (topup.go), booked in the parent's
+	// topBooked: it yields to any other booking on the parent.
+	top bool
 }
 
 // linkLocked makes parent a parent of child when that keeps the graph
@@ -60,6 +63,12 @@ func (s *Scheduler) linkShareLocked(parent, child *peer, share float64) bool {
 	}
 	child.parents = append(child.parents, link{peer: parent, at: len(parent.children), share: share})
 	child.parentsAt = s.now()
+	if parent.topBooked > 0 && !parent.topTrimQ {
+		parent.topTrimQ = true
+		// A booking or a child that may leave no room for the parent's
+		// top-ups: they are trimmed at the flush (trimTopUpsLocked).
+		s.topTrim = append(s.topTrim, parent)
+	}
 	parent.children = append(parent.children, child)
 	parent.host.used++
 	parent.host.edges++
@@ -90,9 +99,13 @@ func (s *Scheduler) removeEdge(parent, child *peer) bool {
 	if sh := child.parents[i].share; sh > 0 {
 		parent.task.paced--
 		parent.pacedKids--
-		parent.booked -= sh
+		if child.parents[i].top {
+			parent.topBooked -= sh
+		} else {
+			parent.booked -= sh
+		}
 		if parent.pacedKids == 0 {
-			parent.booked = 0 // no float residue
+			parent.booked, parent.topBooked = 0, 0 // no float residue
 		}
 	}
 	child.parents = slices.Delete(child.parents, i, i+1)

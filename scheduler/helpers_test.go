@@ -453,8 +453,10 @@ func (p *testPeer) expectEnd() codes.Code {
 // leave ends the stream the way a crashed or finished peer does.
 func (p *testPeer) leave() { p.cancel() }
 
+// meta reports the content's shape as a fetcher whose origin shares its
+// uplink (as vpeer.meta).
 func (p *testPeer) meta(length int64, pieceSize uint32) {
-	p.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: length, PieceSize: pieceSize}}})
+	p.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: length, PieceSize: pieceSize, OriginOnHost: true}}})
 }
 
 func (p *testPeer) pieces(rs ...*schedulerv1.PieceResult) {

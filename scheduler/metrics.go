@@ -41,6 +41,7 @@ type metrics struct {
 	inventoryHolders prometheus.Gauge
 	inventoryRefused prometheus.Counter
 	linkTests        prometheus.Counter
+	topUps           prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
@@ -100,6 +101,10 @@ func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "link_tests_paired_total",
 			Help: "Link tests paired: a daemon named a partner to send its link test to.",
 		}),
+		topUps: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "top_up_shares_total",
+			Help: "Paced shares of spare uplinks booked for downloading peers whose parents gave them less than they could take (top-ups).",
+		}),
 		peersLeft: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "peers_left_total",
 			Help: "Peers removed from their task (stream ended, failed, replaced or dropped).",
@@ -148,7 +153,7 @@ func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 	cs := []prometheus.Collector{
 		m.decisions, m.decisionDuration, peers, m.tasks, m.seedTriggers, pieces, m.peersLeft, m.slowParents,
 		m.specRefused, m.contentCorrupt, m.trustRestored,
-		m.announceStreams, m.inventoryStreams, m.inventoryHolders, m.inventoryRefused, m.linkTests,
+		m.announceStreams, m.inventoryStreams, m.inventoryHolders, m.inventoryRefused, m.linkTests, m.topUps,
 		registrations, pieceCost,
 	}
 	if compat {

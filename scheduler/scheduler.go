@@ -106,6 +106,9 @@ type Scheduler struct {
 	sortPeers       []keyedPeer // fastFirstLocked's scratch
 	rateScratch     []float64
 	pacedScratch    []pacedCand
+	topUpDonors     []pacedCand // topUpShortLocked's scratch
+	topUpRecv       []*peer
+	topTrim         []*peer // parents whose top-ups may have lost their room (trimTopUpsLocked)
 	unpaced         []*peer // lost their last paced parent to trimPacedLocked: decided at the flush
 	pacedOnly       bool    // fillParentsLocked: paced parents or none (pacedRehomeLocked)
 	pacedTopUp      bool    // fillParentsLocked: more paced parents for a peer short of its rate
@@ -329,6 +332,7 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 			continue
 		}
 		s.replaceSlowParentsLocked(t, now)
+		s.topUpShortLocked(t, now)
 		for _, p := range t.list {
 			s.touchOpenLocked(p)
 			if p.state == stateRunning && !p.crowded && len(p.parents) == 1 && p.parents[0].share == 0 &&
@@ -549,8 +553,8 @@ func (s *Scheduler) replaceSlowParentsLocked(t *task, now time.Time) {
 
 // fastAlternative reports whether some peer of p's task other than par
 // could be p's parent without holding it below a slow uplink: not p's
-// descendant, not a seed host (its uplink is kept for the content's first
-// copy), not known to be slow or replaced as slow lately, and not one p
+// descendant, not a seed host that may share the origin's uplink (kept for
+// the content's first copy; sharedSeed), not known to be slow or replaced as slow lately, and not one p
 // reported. O(p's subtree + the pool); called only before a relay is
 // moved off a parent found slow.
 func (s *Scheduler) fastAlternative(p, par *peer, now time.Time) bool {
@@ -559,7 +563,7 @@ func (s *Scheduler) fastAlternative(p, par *peer, now time.Time) bool {
 	p.mark = e
 	s.markSubtree(p, e)
 	for _, c := range p.task.pool {
-		if c == par || c.mark == e || c.host.info.GetSeed() || now.Before(c.host.slowUntil) || s.slowHost(c, now) {
+		if c == par || c.mark == e || sharedSeed(c) || now.Before(c.host.slowUntil) || s.slowHost(c, now) {
 			continue
 		}
 		if _, bad := p.bad[c.id]; bad {

@@ -123,11 +123,18 @@ type peer struct {
 	// (see stalled). Zero when not.
 	stalledAt time.Time
 	crowded   bool // in task.crowded
+	// ownUplink: a seed host's peer whose origin fetch showed an uplink of
+	// its own, not the origin's (TaskMeta.origin_on_host false; sharedSeed).
+	ownUplink bool
 	// pacedKids counts the children that take a paced share of this
 	// peer's uplink (link.share > 0), booked the sum of those shares in
 	// bytes/s (capacity.go, pacedLocked).
 	pacedKids int
 	booked    float64
+	// topBooked: the part of the paced children's shares booked as
+	// top-ups (topup.go), not in booked: any other booking takes it back.
+	topBooked float64
+	topTrimQ  bool // in Scheduler.topTrim
 	// bookFluid: the task's fluid rate when a share was last booked on
 	// this peer: its unpaced children were assumed to get that.
 	bookFluid float64
@@ -153,7 +160,10 @@ type host struct {
 	info *schedulerv1.Host // latest registration as the scheduler uses it (effectiveHost); shared read-only with messages
 	// linkOnly: its uplink in info is what its link tests measured, not
 	// declared (linktest.go).
-	linkOnly   bool
+	linkOnly bool
+	// linkDown: its downlink in info is what its link tests measured: a
+	// lower bound (declaredDownlink).
+	linkDown   bool
 	slots      int
 	used       int // children assigned to this host's peers, all tasks
 	successes  uint64

@@ -112,7 +112,15 @@ func (p *vpeer) handle(m *schedulerv1.PeerMessage) {
 	}
 }
 
+// meta reports the content's shape as a fetcher whose origin shares its
+// uplink (TaskMeta.origin_on_host): a seed peer sending it is held to about
+// one copy, as any seed that has not shown an uplink of its own
+// (sharedSeed). metaOwnUplink reports an origin on another host.
 func (p *vpeer) meta(length int64, pieceSize uint32) {
+	p.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: length, PieceSize: pieceSize, OriginOnHost: true}}})
+}
+
+func (p *vpeer) metaOwnUplink(length int64, pieceSize uint32) {
 	p.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{ContentLength: length, PieceSize: pieceSize}}})
 }
 

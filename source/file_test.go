@@ -42,8 +42,8 @@ func TestFileFetch(t *testing.T) {
 		if !bytes.Equal(got, tc.want) {
 			t.Errorf("%s [%d,+%d]: got %d bytes, want %d", tc.url, tc.off, tc.length, len(got), len(tc.want))
 		}
-		if !resp.RangeOK || resp.Header.Get("Last-Modified") == "" {
-			t.Errorf("%s: RangeOK %v, header %v", tc.url, resp.RangeOK, resp.Header)
+		if !resp.RangeOK || resp.Header.Get("Last-Modified") == "" || resp.Remote != nil {
+			t.Errorf("%s: RangeOK %v, header %v, Remote %v (want nil: no network peer)", tc.url, resp.RangeOK, resp.Header, resp.Remote)
 		}
 	}
 	if resp, _ := fetchAll(t, f, Request{URL: "file://" + p, Length: -1}); resp.ContentLength != 10_000 {

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"os"
 	"strconv"
@@ -177,6 +178,7 @@ func (h *HTTP) Fetch(ctx context.Context, req Request) (*Response, error) {
 		ContentLength: p.total,
 		Header:        p.header,
 		RangeOK:       p.rangeOK,
+		Remote:        p.remote,
 	}
 	return resp, nil
 }
@@ -209,6 +211,7 @@ type part struct {
 	total   int64 // length of the whole content, -1 when unknown
 	rangeOK bool
 	header  http.Header
+	remote  net.Addr // the origin's address, nil through a proxy
 	cancel  context.CancelFunc
 	idle    *time.Timer // fires cancel when a read stalls
 	timeout time.Duration
@@ -252,7 +255,8 @@ func (h *HTTP) open(ctx context.Context, u *url.URL, hdr http.Header, off, lengt
 // If-Range (when the first response gave a validator) and accepts only a 206.
 func (h *HTTP) attempt(ctx context.Context, u *url.URL, hdr http.Header, off, length int64, resuming bool, ifRange string) (*part, error) {
 	actx, cancel := context.WithCancel(ctx)
-	req, err := http.NewRequestWithContext(actx, http.MethodGet, u.String(), nil)
+	var peer connPeer
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(actx, peer.trace()), http.MethodGet, u.String(), nil)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("GET %s: %w: %w", redact(u), core.ErrInvalid, err)
@@ -278,7 +282,8 @@ func (h *HTTP) attempt(ctx context.Context, u *url.URL, hdr http.Header, off, le
 	if resuming && ifRange != "" {
 		req.Header.Set("If-Range", ifRange)
 	}
-	resp, err := h.hostClient(u.Host).Do(req)
+	client := h.hostClient(u.Host)
+	resp, err := client.Do(req)
 	if err != nil {
 		cancel()
 		if cerr := ctx.Err(); cerr != nil {
@@ -312,7 +317,7 @@ func (h *HTTP) attempt(ctx context.Context, u *url.URL, hdr http.Header, off, le
 		}
 		return nil, &StatusError{URL: redact(u), Code: resp.StatusCode, Status: resp.Status}
 	}
-	p := &part{rc: resp.Body, total: -1, left: -1, header: keep(resp.Header), cancel: cancel}
+	p := &part{rc: resp.Body, total: -1, left: -1, header: keep(resp.Header), cancel: cancel, remote: originAddr(client, resp, &peer)}
 	fail := func(err error) (*part, error) {
 		_, _ = io.CopyN(io.Discard, resp.Body, drainOnFailure)
 		p.close()
@@ -373,6 +378,41 @@ func (h *HTTP) attempt(ctx context.Context, u *url.URL, hdr http.Header, off, le
 		p.idle.Stop()
 	}
 	return p, nil
+}
+
+// connPeer records the remote address of the connection a request went out
+// on. net/http reports each hop of a redirect chain in turn, so the last one
+// recorded is the connection that carried the final response; HTTP/2
+// reports from its own goroutine, hence the lock.
+type connPeer struct {
+	mu   sync.Mutex
+	addr net.Addr
+}
+
+func (c *connPeer) trace() *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		c.mu.Lock()
+		c.addr = info.Conn.RemoteAddr()
+		c.mu.Unlock()
+	}}
+}
+
+func (c *connPeer) get() net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.addr
+}
+
+// originAddr is the address the origin answered resp from, or nil when the
+// final request went through a proxy: the connection's peer is then the
+// proxy, which may well run on this host while the origin does not.
+func originAddr(client *http.Client, resp *http.Response, peer *connPeer) net.Addr {
+	if tr, ok := client.Transport.(*http.Transport); ok && tr.Proxy != nil && resp.Request != nil {
+		if pu, err := tr.Proxy(resp.Request); err != nil || pu != nil {
+			return nil
+		}
+	}
+	return peer.get()
 }
 
 // read reads from the part, treating a stall longer than the timeout as a

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -798,5 +800,39 @@ func TestHTTPCloseAbortsRead(t *testing.T) {
 	}
 	if _, err := resp.Body.Read(make([]byte, 1)); err == nil {
 		t.Fatal("read after Close succeeded")
+	}
+}
+
+// Remote is the address the final response came from: after a redirect the
+// second server's, also through the registry; nil through a proxy, whose
+// address says nothing about the origin's.
+func TestHTTPRemote(t *testing.T) {
+	target, _ := newOrigin(t, func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("abc"))
+	})
+	front, _ := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL+"/moved", http.StatusFound)
+	})
+	h := newTestHTTP(t, testConfig())
+	resp, got := fetchAll(t, NewRegistry(h), Request{URL: front.URL + "/x", Length: -1})
+	tcp, ok := resp.Remote.(*net.TCPAddr)
+	if string(got) != "abc" || !ok || !tcp.IP.IsLoopback() || tcp.String() != target.Listener.Addr().String() {
+		t.Fatalf("got %q from %v, want abc from the redirect's target %s", got, resp.Remote, target.Listener.Addr())
+	}
+
+	var proxied atomic.Int64
+	proxy, _ := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.IsAbs() {
+			proxied.Add(1)
+		}
+		_, _ = w.Write([]byte("abc"))
+	})
+	pu, _ := url.Parse(proxy.URL)
+	tr := h.client.Transport.(*http.Transport).Clone()
+	tr.Proxy = http.ProxyURL(pu)
+	h.client.Transport = tr
+	resp, got = fetchAll(t, h, Request{URL: "http://origin.test/x", Length: -1})
+	if string(got) != "abc" || proxied.Load() != 1 || resp.Remote != nil {
+		t.Fatalf("through a proxy: got %q (proxy saw %d requests), Remote %v, want nil", got, proxied.Load(), resp.Remote)
 	}
 }

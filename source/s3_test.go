@@ -194,6 +194,9 @@ func TestS3VirtualHostAddressing(t *testing.T) {
 	if host != "bkt.s3.test:"+port || path != "/dir/obj" {
 		t.Fatalf("virtual-host request went to %s%s", host, path)
 	}
+	if resp.Remote == nil || resp.Remote.String() != srv.Listener.Addr().String() {
+		t.Fatalf("Remote %v, want the address the object came from, %s", resp.Remote, srv.Listener.Addr())
+	}
 }
 
 func TestS3CheckSecrets(t *testing.T) {

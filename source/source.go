@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"runtime/debug"
@@ -53,6 +54,14 @@ type Response struct {
 	Header http.Header
 	// RangeOK reports whether the origin honours byte ranges.
 	RangeOK bool
+	// Remote is the address the origin answered from: the TCP peer of the
+	// connection that carried the response Fetch got (the last hop of its
+	// redirects; requests that resume a broken body do not change it). It
+	// is nil when unknown, when the answer came through a proxy (the peer
+	// is then the proxy, not the origin) and for origins that are no
+	// network peer (files). The daemon tells by it whether an origin runs
+	// on its own host and so shares its uplink.
+	Remote net.Addr
 }
 
 // Source fetches content from an origin.

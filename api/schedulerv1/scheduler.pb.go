@@ -747,6 +747,12 @@ type TaskMeta struct {
 	// -1 while unknown.
 	ContentLength int64  `protobuf:"varint,1,opt,name=content_length,json=contentLength,proto3" json:"content_length,omitempty"`
 	PieceSize     uint32 `protobuf:"varint,2,opt,name=piece_size,json=pieceSize,proto3" json:"piece_size,omitempty"`
+	// origin_on_host: the origin answered from an address of the sender's
+	// own host, or its operator said that the origins share its uplink
+	// (daemon origin_shares_uplink). A seed peer's uplink is then the
+	// origin's, and the scheduler keeps what it sends to about one copy of
+	// the content. False: the uplink is the peer's own.
+	OriginOnHost  bool `protobuf:"varint,3,opt,name=origin_on_host,json=originOnHost,proto3" json:"origin_on_host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -793,6 +799,13 @@ func (x *TaskMeta) GetPieceSize() uint32 {
 		return x.PieceSize
 	}
 	return 0
+}
+
+func (x *TaskMeta) GetOriginOnHost() bool {
+	if x != nil {
+		return x.OriginOnHost
+	}
+	return false
 }
 
 type PiecesDone struct {
@@ -3131,11 +3144,12 @@ const file_api_schedulerv1_scheduler_proto_rawDesc = "" +
 	"\fseed_request\x18\x06 \x01(\bR\vseedRequest\x12\x1a\n" +
 	"\bimported\x18\a \x01(\bR\bimported\x12'\n" +
 	"\x0forigin_verified\x18\b \x01(\bR\x0eoriginVerified\x12<\n" +
-	"\bpriority\x18\t \x01(\x0e2 .damselfly.scheduler.v1.PriorityR\bpriority\"P\n" +
+	"\bpriority\x18\t \x01(\x0e2 .damselfly.scheduler.v1.PriorityR\bpriority\"v\n" +
 	"\bTaskMeta\x12%\n" +
 	"\x0econtent_length\x18\x01 \x01(\x03R\rcontentLength\x12\x1d\n" +
 	"\n" +
-	"piece_size\x18\x02 \x01(\rR\tpieceSize\"I\n" +
+	"piece_size\x18\x02 \x01(\rR\tpieceSize\x12$\n" +
+	"\x0eorigin_on_host\x18\x03 \x01(\bR\foriginOnHost\"I\n" +
 	"\n" +
 	"PiecesDone\x12;\n" +
 	"\x06pieces\x18\x01 \x03(\v2#.damselfly.scheduler.v1.PieceResultR\x06pieces\"t\n" +

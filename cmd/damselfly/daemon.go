@@ -41,6 +41,7 @@ func daemonFlags(fs *flag.FlagSet, cfg *daemon.Config) {
 	fs.Var(&cfg.DownloadBps, "download-bps", "this host's download capacity in bytes/s for the scheduler, e.g. 12M (0: not declared; --download-rate-limit stands in)")
 	fs.BoolVar(&cfg.LinkTest.Enabled, "link-test", cfg.LinkTest.Enabled, "measure this host's links by sending about a second of junk bytes to a partner the scheduler names, at start and every --link-test-interval (not when --upload-bps or --upload-rate-limit is set)")
 	fs.Var(&cfg.LinkTest.Interval, "link-test-interval", "how often the link test is repeated")
+	fs.BoolVar(&cfg.OriginSharesUplink, "origin-shares-uplink", cfg.OriginSharesUplink, "the origins this host fetches from send through its uplink (e.g. a seed peer on the registry's rack link): the scheduler then holds a seed peer here to about one copy of each content, and uses the uplink of a seed that fetched from elsewhere in full (default: detected per fetch, an origin on one of this host's addresses)")
 	fs.IntVar(&cfg.Upload.Slots, "upload-slots", cfg.Upload.Slots, "children the scheduler may give this host at once")
 	fs.IntVar(&cfg.Download.ConcurrentPieces, "concurrent-pieces", cfg.Download.ConcurrentPieces, "pieces one task fetches at once")
 	fs.Var(&cfg.Download.SwarmTimeout, "swarm-timeout", "fetch the rest from the origin after this long without a piece from the swarm")

@@ -64,6 +64,10 @@ type CoreParams struct {
 	// answer; the real core learns it from the scheduler or the origin).
 	Length    int64
 	PieceSize uint32
+	// OriginOnHost: the node runs on the origin's host (the seed peer of
+	// Config.SeedOnOrigin), so its origin fetches answer from its own
+	// address and its TaskMeta says origin_on_host, as a daemon's would.
+	OriginOnHost bool
 }
 
 func (p CoreParams) pieces() uint32 { return core.PieceCount(p.Length, p.PieceSize) }

@@ -156,7 +156,7 @@ func (c *dcore) Handle(now time.Time, ev Event) []Action {
 			}
 			c.origin = true
 			out = append(out, Action{Kind: ActSend, Msg: &schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{
-				Meta: &schedulerv1.TaskMeta{ContentLength: c.p.Length, PieceSize: c.p.PieceSize}}}})
+				Meta: &schedulerv1.TaskMeta{ContentLength: c.p.Length, PieceSize: c.p.PieceSize, OriginOnHost: c.p.OriginOnHost}}}})
 			var all []uint32
 			for i := range c.total() {
 				if !c.has(i) {

@@ -397,7 +397,8 @@ func (s *Sim) startNode(n *node, seedRequest bool) {
 	n.started = true
 	n.joinAt = s.now()
 	c, err := s.newCore(CoreParams{PeerID: n.peerID, Host: n.host, Spec: s.spec, SeedRequest: seedRequest,
-		Relay: s.cfg.Relay, Seed: s.cfg.Seed*1_000_003 + uint64(n.idx), Length: s.cfg.Size, PieceSize: s.cfg.PieceSize})
+		Relay: s.cfg.Relay, Seed: s.cfg.Seed*1_000_003 + uint64(n.idx), Length: s.cfg.Size, PieceSize: s.cfg.PieceSize,
+		OriginOnHost: s.local(n)})
 	if err != nil {
 		s.err = fmt.Errorf("core of %s: %w", n.name, err)
 		return

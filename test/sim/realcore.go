@@ -162,7 +162,7 @@ func (r *realCore) action(a fetch.Action, ev Event) []Action {
 			BadParents: a.Bad, Reason: a.Reason}}})}
 	case fetch.ActSendMeta:
 		return []Action{send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Meta{Meta: &schedulerv1.TaskMeta{
-			ContentLength: a.Length, PieceSize: a.PieceSize}}})}
+			ContentLength: a.Length, PieceSize: a.PieceSize, OriginOnHost: r.p.OriginOnHost}}})}
 	case fetch.ActContentCorrupt:
 		return []Action{send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_ContentCorrupt{ContentCorrupt: &schedulerv1.ContentCorrupt{Reason: a.Reason}}})}
 	case fetch.ActStartOrigin:

@@ -205,7 +205,7 @@ func (s *Sim) logDone(all bool) {
 	slices.SortFunc(ns, func(a, b *node) int { return cmp.Compare(a.doneAt, b.doneAt) })
 	for i, n := range ns {
 		if all || i >= len(ns)-40 || i%(len(ns)/20+1) == 0 {
-			fmt.Fprintf(os.Stderr, "done %d %s up=%.0fmbit down=%.0fmbit at=%.3fs\n", i, n.host.GetId(), n.upBps/1e6, n.downBp/1e6, n.doneAt)
+			fmt.Fprintf(os.Stderr, "done %d %s up=%.1fmbit down=%.0fmbit at=%.3fs uploaded=%.2fF\n", i, n.host.GetId(), n.upBps/1e6, n.downBp/1e6, n.doneAt, float64(n.uploaded)/float64(s.cfg.Size))
 		}
 	}
 }

@@ -302,3 +302,64 @@ func TestSeedOnOrigin(t *testing.T) {
 		t.Errorf("seed on its own host: origin bytes / F %v, want 1", r2.OriginOverF)
 	}
 }
+
+// metaCheck records origin_on_host of every TaskMeta its core sends.
+type metaCheck struct {
+	Core
+	seed  bool
+	metas []bool
+}
+
+func (m *metaCheck) Handle(now time.Time, ev Event) []Action {
+	acts := m.Core.Handle(now, ev)
+	for _, a := range acts {
+		if a.Kind == ActSend && a.Msg.GetMeta() != nil {
+			m.metas = append(m.metas, a.Msg.GetMeta().GetOriginOnHost())
+		}
+	}
+	return acts
+}
+
+// The seed peer on the origin's host tells the scheduler so with the
+// content's shape, as a daemon there would; no other node, and no seed
+// peer with an uplink of its own, does.
+func TestOriginOnHostMeta(t *testing.T) {
+	for _, models := range []string{"real", "double"} {
+		for _, onOrigin := range []bool{true, false} {
+			cfg := DefaultConfig()
+			cfg.Hosts, cfg.Size, cfg.SeedOnOrigin = 4, 4<<20, onOrigin
+			ns, nc, err := Models(models)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var checks []*metaCheck
+			s, err := New(cfg, ns, func(p CoreParams) (Core, error) {
+				c, err := nc(p)
+				m := &metaCheck{Core: c, seed: p.Host.GetSeed()}
+				checks = append(checks, m)
+				return m, err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Run(); err != nil {
+				t.Fatal(err)
+			}
+			seedMetas := 0
+			for _, m := range checks {
+				want := onOrigin && m.seed
+				for _, got := range m.metas {
+					if got != want {
+						t.Errorf("%s, seed on origin %v: a TaskMeta of a node (seed %v) says origin_on_host %v", models, onOrigin, m.seed, got)
+					}
+				}
+				if m.seed {
+					seedMetas += len(m.metas)
+				}
+			}
+			if seedMetas == 0 {
+				t.Errorf("%s, seed on origin %v: the seed peer sent no TaskMeta", models, onOrigin)
+			}
+		}
+	}
+}
