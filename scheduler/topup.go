@@ -33,9 +33,10 @@ const (
 // the task's fluid rate from downloading donors and its downlink from
 // finished ones: a donor that holds everything only idles otherwise. A
 // downloading donor must hold topUpAhead pieces more than the receiver. The
-// shares are booked as pacedLocked's are (trimPacedLocked scales them down
-// when the donor's spare shrinks), and a donor is never a seed host that
-// may share the origin's uplink (sharedSeed). Runs once a tick.
+// shares are paced like pacedLocked's but booked apart (linkTopUpLocked):
+// they yield to every other booking on the donor, and trimTopUpsLocked
+// scales them down when its spare shrinks. A donor is never a seed host
+// that may share the origin's uplink (sharedSeed). Runs once a tick.
 func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 	if !s.cfg.PacedShares || !s.cfg.CapacityAware || t.fluid <= 0 || t.unverifiable() {
 		return
