@@ -77,11 +77,10 @@ func (v *vsched) runTopUps(task string) {
 	v.s.mu.Unlock()
 }
 
-// A receiver below a relay slower than the task's rate gets the rest from
-// a finished host's idle uplink, and keeps its relay. Without top-ups, the
-// harness's spread chained eight hosts below a 14 Mbit/s relay with the
-// task's rate at 18, and all eight got 14.
-func TestTopUpBelowSlowRelay(t *testing.T) {
+// slowRelayBelowSource builds src (100 Mbit/s, done) → r (80) → c (100),
+// and f (100), finished with no child, and runs the top-ups.
+func slowRelayBelowSource(t *testing.T) *vsched {
+	t.Helper()
 	v := pipelineVirtual(t, nil)
 	v.fetcher("t", "src", false, capHost("src", 100, false))
 	for _, id := range []string{"r", "c"} {
@@ -93,6 +92,15 @@ func TestTopUpBelowSlowRelay(t *testing.T) {
 	f.finish()
 	v.rewire("t", [2]string{"src", "r"}, [2]string{"r", "c"})
 	v.runTopUps("t")
+	return v
+}
+
+// A receiver below a relay slower than the task's rate gets the rest from
+// a finished host's idle uplink, and keeps its relay. Without top-ups, the
+// harness's spread chained eight hosts below a 14 Mbit/s relay with the
+// task's rate at 18, and all eight got 14.
+func TestTopUpBelowSlowRelay(t *testing.T) {
+	v := slowRelayBelowSource(t)
 	got := v.topUps("t", "c")
 	if got["f"] < 10 {
 		t.Fatalf("c below an 80 Mbit/s relay: top-ups %v, want about 20 Mbit/s or more from f", got)
@@ -202,17 +210,7 @@ func TestTopUpNotFromSharedSeed(t *testing.T) {
 // whose spare a top-up holds, rather than split a pipeline's uplink, and
 // the top-up is trimmed to what is left.
 func TestTopUpYieldsToNewcomer(t *testing.T) {
-	v := pipelineVirtual(t, nil)
-	v.fetcher("t", "src", false, capHost("src", 100, false))
-	for _, id := range []string{"r", "c"} {
-		v.join("t", id, capHost(id, map[string]float64{"r": 80, "c": 100}[id], false)).parents()
-	}
-	f := v.join("t", "f", capHost("f", 100, false))
-	f.parents()
-	f.pieces(piecesFrom("src", topUpPieces)...)
-	f.finish()
-	v.rewire("t", [2]string{"src", "r"}, [2]string{"r", "c"})
-	v.runTopUps("t")
+	v := slowRelayBelowSource(t)
 	if got := v.topUps("t", "c"); got["f"] <= 0 {
 		t.Fatalf("no top-up from f: %v", got)
 	}
