@@ -159,6 +159,9 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 // for the task: a later range answered from elsewhere (another address of a
 // round-robin name) does not make the shared link free.
 func (c *conductor) noteOrigin(ctx context.Context, remote net.Addr) {
+	if c.originOnHost.Load() {
+		return // found already: it holds for the task
+	}
 	shared := c.d.cfg.OriginSharesUplink
 	first := !c.originNoted.Swap(true)
 	if !shared && !addrOnHost(remote) {

@@ -41,6 +41,12 @@ func (s *Scheduler) linkLocked(parent, child *peer) bool {
 // linkShareLocked is linkLocked for a paced edge when share > 0: share
 // bytes/s of parent's uplink are booked for child.
 func (s *Scheduler) linkShareLocked(parent, child *peer, share float64) bool {
+	return s.linkEdgeLocked(parent, child, share, false)
+}
+
+// linkEdgeLocked links parent→child with share bytes/s booked (0:
+// unpaced), as a top-up when top (topup.go: booked in parent.topBooked).
+func (s *Scheduler) linkEdgeLocked(parent, child *peer, share float64, top bool) bool {
 	if parent == child {
 		return false
 	}
@@ -53,22 +59,27 @@ func (s *Scheduler) linkShareLocked(parent, child *peer, share float64) bool {
 	if share == 0 && parent.ord > child.ord && !s.reorderLocked(parent, child) {
 		return false
 	}
-	if share > 0 {
-		parent.task.paced++
-		parent.pacedKids++
-		parent.booked += share
-		parent.bookFluid = parent.task.fluid
-	} else {
-		child.depth = sourceDepth(parent) + 1
-	}
-	child.parents = append(child.parents, link{peer: parent, at: len(parent.children), share: share})
-	child.parentsAt = s.now()
 	if parent.topBooked > 0 && !parent.topTrimQ {
 		parent.topTrimQ = true
 		// A booking or a child that may leave no room for the parent's
 		// top-ups: they are trimmed at the flush (trimTopUpsLocked).
 		s.topTrim = append(s.topTrim, parent)
 	}
+	switch {
+	case share > 0:
+		parent.task.paced++
+		parent.pacedKids++
+		if top {
+			parent.topBooked += share
+		} else {
+			parent.booked += share
+		}
+		parent.bookFluid = parent.task.fluid
+	default:
+		child.depth = sourceDepth(parent) + 1
+	}
+	child.parents = append(child.parents, link{peer: parent, at: len(parent.children), share: share, top: top})
+	child.parentsAt = s.now()
 	parent.children = append(parent.children, child)
 	parent.host.used++
 	parent.host.edges++

@@ -193,11 +193,5 @@ func (s *Scheduler) inflow(p *peer, now time.Time) float64 {
 // (trimTopUpsLocked). A newcomer that would otherwise split a full uplink
 // (a pipeline head's) gets the spare a top-up holds.
 func (s *Scheduler) linkTopUpLocked(parent, child *peer, share float64) bool {
-	if !s.linkShareLocked(parent, child, share) {
-		return false
-	}
-	parent.booked -= share
-	parent.topBooked += share
-	child.parents[len(child.parents)-1].top = true
-	return true
+	return s.linkEdgeLocked(parent, child, share, true)
 }
