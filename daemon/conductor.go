@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -104,6 +105,7 @@ type (
 	evSchedErr struct{ err error }
 	evParent   struct {
 		id  string
+		pc  *parentConn // the connection it came from: a newer one replaces it
 		st  *peerv1.PieceState
 		err error
 	}
@@ -344,7 +346,12 @@ func (c *conductor) handle(ctx context.Context, ev any) {
 		c.stream = nil // keep fetching; nobody to report to
 		c.step(ctx, fetch.EvSchedulerLost{Err: e.err})
 	case evParent:
-		if _, ok := c.parents[e.id]; !ok {
+		if pc, ok := c.parents[e.id]; !ok || pc != e.pc {
+			// A connection dropped since: the parent left the set, or
+			// left and came back in one burst of parent sets, and this
+			// is the old stream's end (context canceled), not the
+			// parent's. Taken as the new one's, it made the peer report
+			// a live parent gone and be decided again.
 			return
 		}
 		if e.err != nil {
@@ -396,6 +403,9 @@ func (c *conductor) handleSched(ctx context.Context, m *schedulerv1.SchedulerMes
 			ps = append(ps, fetch.Parent{ID: p.GetPeerId(), Host: p.GetHost().GetId(), Seed: p.GetHost().GetSeed(), UploadBps: float64(p.GetHost().GetUploadBps()), ShareBps: float64(p.GetShareBps())})
 			c.infos[p.GetPeerId()] = p
 		}
+		if c.log.Enabled(ctx, slog.LevelDebug) {
+			c.log.Debug("parents", "parents", parentsLog(ps))
+		}
 		c.step(ctx, fetch.EvParents{Parents: ps})
 	case *schedulerv1.SchedulerMessage_BackToSource:
 		if c.fc.Mode() == fetch.ModeSwarm && !c.cache {
@@ -420,6 +430,9 @@ func (c *conductor) handlePiece(ctx context.Context, e evPiece) {
 	if e.err == nil {
 		c.d.pm.PieceDuration.WithLabelValues("peer").Observe(e.end.Sub(e.start).Seconds())
 		c.peerBytes.Add(e.size)
+		if c.log.Enabled(ctx, slog.LevelDebug) {
+			c.log.Debug("piece received", "piece", e.n, "parent", c.infos[e.parent].GetHost().GetId(), "bytes", e.size, "ms", e.end.Sub(e.start).Milliseconds())
+		}
 		c.step(ctx, fetch.EvPieceDone{Parent: e.parent, Piece: e.n, Bytes: e.size, Start: e.start, End: e.end, Req: e.req})
 		return
 	}
@@ -534,12 +547,13 @@ func (c *conductor) connect(ctx context.Context, id string) {
 	}
 	h := info.GetHost()
 	pctx, cancel := context.WithCancel(ctx)
-	c.parents[id] = &parentConn{
+	pc := &parentConn{
 		info:   info,
 		addr:   uploadAddr(h),
 		cancel: cancel,
 	}
-	go c.syncParent(pctx, id, net.JoinHostPort(h.GetIp(), strconv.Itoa(int(h.GetPeerPort()))))
+	c.parents[id] = pc
+	go c.syncParent(pctx, id, pc, net.JoinHostPort(h.GetIp(), strconv.Itoa(int(h.GetPeerPort()))))
 }
 
 func (c *conductor) dropParents() {
@@ -556,26 +570,26 @@ func (c *conductor) cancelFetches() {
 }
 
 // syncParent follows the parent's piece set until ctx ends.
-func (c *conductor) syncParent(ctx context.Context, id, addr string) {
+func (c *conductor) syncParent(ctx context.Context, id string, pc *parentConn, addr string) {
 	conn, err := c.d.peerConn(addr)
 	if err != nil {
-		c.post(ctx, evParent{id: id, err: err})
+		c.post(ctx, evParent{id: id, pc: pc, err: err})
 		return
 	}
 	stream, err := peerv1.NewPeerClient(conn).SyncPieces(ctx, &peerv1.SyncPiecesRequest{TaskId: c.id, PeerId: c.peerID})
 	if err != nil {
-		c.post(ctx, evParent{id: id, err: err})
+		c.post(ctx, evParent{id: id, pc: pc, err: err})
 		return
 	}
 	for {
 		st, err := stream.Recv()
 		if err != nil {
 			if ctx.Err() == nil {
-				c.post(ctx, evParent{id: id, err: err})
+				c.post(ctx, evParent{id: id, pc: pc, err: err})
 			}
 			return
 		}
-		if !c.post(ctx, evParent{id: id, st: st}) {
+		if !c.post(ctx, evParent{id: id, pc: pc, st: st}) {
 			return
 		}
 		if st.GetDone() {
@@ -687,4 +701,20 @@ func (c *conductor) complete(ctx context.Context) {
 	l, _ := c.task.Shape()
 	c.send(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: l}}})
 	c.end(nil)
+}
+
+// parentsLog lists a parent set for the debug log: host, and the paced
+// share in bytes/s where there is one.
+func parentsLog(ps []fetch.Parent) string {
+	var b strings.Builder
+	for i, p := range ps {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(p.Host)
+		if p.ShareBps > 0 {
+			fmt.Fprintf(&b, "@%.0f", p.ShareBps)
+		}
+	}
+	return b.String()
 }

@@ -332,6 +332,7 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 			continue
 		}
 		s.replaceSlowParentsLocked(t, now)
+		s.sinkSlowRelaysLocked(t, now)
 		s.topUpShortLocked(t, now)
 		for _, p := range t.list {
 			s.touchOpenLocked(p)

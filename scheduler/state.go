@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"math/bits"
 	"slices"
 	"time"
 
@@ -399,6 +400,24 @@ func (b *bitset) set(n uint32) bool {
 	b.words[w] |= mask
 	b.count++
 	return true
+}
+
+// holdsNew reports whether b holds at least k pieces that o lacks: at once
+// when b holds k more than o, else by counting.
+func (b *bitset) holdsNew(o *bitset, k uint32) bool {
+	if b.count >= o.count+k {
+		return true
+	}
+	n := 0
+	for i, w := range b.words {
+		if i < len(o.words) {
+			w &^= o.words[i]
+		}
+		if n += bits.OnesCount64(w); n >= int(k) {
+			return true
+		}
+	}
+	return false
 }
 
 // fillShared makes an empty bitset hold pieces 0..n-1, sharing the words

@@ -136,11 +136,22 @@ func (v *vsched) parentsOf(task, id string) []string {
 	return ids
 }
 
-// A downloading host tops up only a receiver it is ahead of: one about
-// level with it has nothing the receiver lacks.
+// A downloading host tops up only a receiver it holds pieces for: one with
+// the same pieces has nothing the receiver lacks; one level with it but in
+// another pipeline holds other pieces.
 func TestTopUpFromDownloadingDonorAhead(t *testing.T) {
-	for _, ahead := range []bool{false, true} {
-		t.Run(fmt.Sprint("ahead=", ahead), func(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		first uint32 // d holds pieces first.., c holds 0 and 1
+		n     uint32
+		give  bool
+	}{
+		{"level", 0, 2, false},
+		{"ahead", 0, 2 + topUpAhead, true},
+		{"other pieces", 10, topUpAhead, true},
+		{"few other pieces", 1, topUpAhead, false}, // 1..4: 3 new
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			v := pipelineVirtual(t, nil)
 			v.fetcher("t", "src", false, capHost("src", 200, false))
 			ids := []string{"r", "c", "d"}
@@ -151,25 +162,21 @@ func TestTopUpFromDownloadingDonorAhead(t *testing.T) {
 			// d: a leaf of src with spare; c below the 80 Mbit/s relay r.
 			// src (200 Mbit/s) feeds r and d at the rate: no spare.
 			v.rewire("t", [2]string{"src", "r"}, [2]string{"r", "c"}, [2]string{"src", "d"})
-			n := uint32(2)
-			if ahead {
-				n = 2 + topUpAhead
-			}
 			v.s.mu.Lock()
 			tk := v.s.tasks[tid("t")]
-			for i := range n {
-				tk.peers["d"].pieces.set(i)
+			for i := range tc.n {
+				tk.peers["d"].pieces.set(tc.first + i)
 			}
 			tk.peers["c"].pieces.set(0)
 			tk.peers["c"].pieces.set(1)
 			v.s.mu.Unlock()
 			v.runTopUps("t")
 			got := v.topUps("t", "c")
-			if ahead && got["d"] <= 0 {
-				t.Errorf("d, %d pieces ahead of c, gave no top-up: %v", n-2, got)
+			if tc.give && got["d"] <= 0 {
+				t.Errorf("d, holding pieces %d..%d, gave c (0, 1) no top-up: %v", tc.first, tc.first+tc.n-1, got)
 			}
-			if !ahead && got["d"] > 0 {
-				t.Errorf("d, level with c, topped it up: %v", got)
+			if !tc.give && got["d"] > 0 {
+				t.Errorf("d, holding pieces %d..%d, topped up c (0, 1): %v", tc.first, tc.first+tc.n-1, got)
 			}
 			// A downloading donor tops up to the fluid rate, not beyond.
 			v.s.mu.Lock()
