@@ -19,8 +19,8 @@ import (
 // its descendants) would have nothing to give it. Counted in the pieces
 // themselves, not in how many each holds: a host of another pipeline about
 // level with the receiver holds other pieces (on the harness, spread at
-// N = 32, a 20 Mbit/s relay's spare idled for 45 s while seven receivers
-// about level with it were short of the rate).
+// N = 32, a downloading donor's 7.2 Mbit/s of spare idled for 45 s while
+// seven receivers about level with the swarm were short of the rate).
 const topUpAhead = 4
 
 // topUpScan bounds the donors one receiver looks at, and topUpBudget the
