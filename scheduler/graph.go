@@ -47,8 +47,8 @@ func (s *Scheduler) linkShareLocked(parent, child *peer, share float64) bool {
 // linkEdgeLocked links parent→child with share bytes/s booked (0:
 // unpaced), as a top-up when top (topup.go: booked in parent.topBooked).
 func (s *Scheduler) linkEdgeLocked(parent, child *peer, share float64, top bool) bool {
-	if parent == child {
-		return false
+	if parent == child || isParent(child, parent) {
+		return false // one edge per pair: removeEdge finds the first only
 	}
 	// Only full-rate (unpaced) edges are ordered: they are the pipeline,
 	// whose relays pass pieces on as they arrive and must not loop. A

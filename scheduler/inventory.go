@@ -327,6 +327,14 @@ func (s *Scheduler) handoverLocked(q, d *peer, now time.Time) {
 			share = c.parents[j].share
 		}
 		s.removeEdge(d, c)
+		if isParent(c, q) {
+			// q tops c up already (a finished host's spare): that edge
+			// gives way to d's, so that c has one edge from q, at d's
+			// rate. Two edges between the same peers broke the children's
+			// indexes, and the scheduler panicked when c's parents were
+			// next dropped (on the harness, mixed at N = 32).
+			s.removeEdge(q, c)
+		}
 		if !s.linkShareLocked(q, c, share) {
 			s.linkShareLocked(d, c, share) // put back: it is rehomed when d leaves
 			continue

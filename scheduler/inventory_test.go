@@ -488,3 +488,53 @@ func TestDonePeerHandsChildrenToItsHolder(t *testing.T) {
 		v.invariants()
 	}
 }
+
+// A done peer's child that has the holder as a parent already (a top-up
+// from the finished host) keeps one edge from it, at the done peer's rate:
+// a second edge to the same parent broke the graph's child indexes, and
+// the scheduler panicked when the child's parents were next dropped (on the
+// harness, mixed at N = 32).
+func TestHandoverToHolderAlreadyParent(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	ps := v.chain("t1", "src", "a", "b")
+	n := uint32(chainLength / chainPieceSize)
+	e := &schedulerv1.InventoryEntry{Task: spec("t1"), ContentLength: chainLength, PieceSize: chainPieceSize}
+	var rs []*schedulerv1.PieceResult
+	for i := range n {
+		rs = append(rs, originPiece(i))
+		e.PieceDigests = append(e.PieceDigests, pieceDigest(i))
+	}
+	src := ps["src"]
+	src.pieces(rs...)
+	is, err := v.s.OpenInventory(v.ctx, &schedulerv1.InventoryHello{
+		Host:   &schedulerv1.Host{Id: "host-src", Hostname: "src", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002},
+		PeerId: "src-inv"}, func(*schedulerv1.InventoryReply) error { return nil }, v.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := is.Handle(&schedulerv1.InventoryMessage{Msg: &schedulerv1.InventoryMessage_Batch{
+		Batch: &schedulerv1.InventoryBatch{Version: 1, Added: []*schedulerv1.InventoryEntry{e}}}}, v.now); err != nil {
+		t.Fatal(err)
+	}
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t1")]
+	if !v.s.linkTopUpLocked(tk.peers["src-inv"], tk.peers["a"], 1*mbps) {
+		v.s.mu.Unlock()
+		t.Fatal("cannot top a up from the holder")
+	}
+	v.s.mu.Unlock()
+	src.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: chainLength}}})
+	v.invariants()
+	v.s.mu.Lock()
+	var links []string
+	for _, l := range tk.peers["a"].parents {
+		links = append(links, fmt.Sprintf("%s@%.0f", l.peer.id, l.share))
+	}
+	v.s.mu.Unlock()
+	if !slices.Equal(links, []string{"src-inv@0"}) {
+		t.Fatalf("a's parent edges %v, want one full-rate edge from the holder [src-inv@0]", links)
+	}
+	src.leave()
+	ps["a"].leave() // drops a's parents: the edge indexes must hold
+	v.invariants()
+}
