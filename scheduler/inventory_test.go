@@ -434,6 +434,38 @@ func TestBitsetSharedCopyOnWrite(t *testing.T) {
 	}
 }
 
+// holderChain builds the chain src → a → b of task t1 with src holding
+// every piece, and returns the peers and the inventory entry src's host
+// announces for the task once it is done.
+func holderChain(v *vsched) (map[string]*vpeer, *schedulerv1.InventoryEntry) {
+	ps := v.chain("t1", "src", "a", "b")
+	n := uint32(chainLength / chainPieceSize)
+	e := &schedulerv1.InventoryEntry{Task: spec("t1"), ContentLength: chainLength, PieceSize: chainPieceSize}
+	var rs []*schedulerv1.PieceResult
+	for i := range n {
+		rs = append(rs, originPiece(i))
+		e.PieceDigests = append(e.PieceDigests, pieceDigest(i))
+	}
+	ps["src"].pieces(rs...)
+	return ps, e
+}
+
+// announceHolder opens src's host's inventory stream and announces e on it:
+// its holder is "src-inv".
+func (v *vsched) announceHolder(e *schedulerv1.InventoryEntry) {
+	v.t.Helper()
+	is, err := v.s.OpenInventory(v.ctx, &schedulerv1.InventoryHello{
+		Host:   &schedulerv1.Host{Id: "host-src", Hostname: "src", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002},
+		PeerId: "src-inv"}, func(*schedulerv1.InventoryReply) error { return nil }, v.now)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	if err := is.Handle(&schedulerv1.InventoryMessage{Msg: &schedulerv1.InventoryMessage_Batch{
+		Batch: &schedulerv1.InventoryBatch{Version: 1, Added: []*schedulerv1.InventoryEntry{e}}}}, v.now); err != nil {
+		v.t.Fatal(err)
+	}
+}
+
 // A peer that finished hands its children to the holder its host announces
 // for the task: the head of a pipeline stays below the host that holds
 // everything, instead of being rehomed, when the done peer leaves, below
@@ -442,16 +474,8 @@ func TestBitsetSharedCopyOnWrite(t *testing.T) {
 func TestDonePeerHandsChildrenToItsHolder(t *testing.T) {
 	for _, holderFirst := range []bool{false, true} {
 		v := pipelineVirtual(t, nil)
-		ps := v.chain("t1", "src", "a", "b")
-		n := uint32(chainLength / chainPieceSize)
-		e := &schedulerv1.InventoryEntry{Task: spec("t1"), ContentLength: chainLength, PieceSize: chainPieceSize}
-		var rs []*schedulerv1.PieceResult
-		for i := range n {
-			rs = append(rs, originPiece(i))
-			e.PieceDigests = append(e.PieceDigests, pieceDigest(i))
-		}
+		ps, e := holderChain(v)
 		src := ps["src"]
-		src.pieces(rs...)
 		done := func() {
 			src.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: chainLength}}})
 		}
@@ -459,16 +483,7 @@ func TestDonePeerHandsChildrenToItsHolder(t *testing.T) {
 			done()
 		}
 		ps["a"].msgs = nil
-		is, err := v.s.OpenInventory(v.ctx, &schedulerv1.InventoryHello{
-			Host:   &schedulerv1.Host{Id: "host-src", Hostname: "src", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002},
-			PeerId: "src-inv"}, func(*schedulerv1.InventoryReply) error { return nil }, v.now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := is.Handle(&schedulerv1.InventoryMessage{Msg: &schedulerv1.InventoryMessage_Batch{
-			Batch: &schedulerv1.InventoryBatch{Version: 1, Added: []*schedulerv1.InventoryEntry{e}}}}, v.now); err != nil {
-			t.Fatal(err)
-		}
+		v.announceHolder(e)
 		if holderFirst {
 			if d := ps["a"].decision(); d != nil {
 				t.Fatalf("holder first: a was sent %v while src still fetches", d)
@@ -496,26 +511,9 @@ func TestDonePeerHandsChildrenToItsHolder(t *testing.T) {
 // harness, mixed at N = 32).
 func TestHandoverToHolderAlreadyParent(t *testing.T) {
 	v := pipelineVirtual(t, nil)
-	ps := v.chain("t1", "src", "a", "b")
-	n := uint32(chainLength / chainPieceSize)
-	e := &schedulerv1.InventoryEntry{Task: spec("t1"), ContentLength: chainLength, PieceSize: chainPieceSize}
-	var rs []*schedulerv1.PieceResult
-	for i := range n {
-		rs = append(rs, originPiece(i))
-		e.PieceDigests = append(e.PieceDigests, pieceDigest(i))
-	}
+	ps, e := holderChain(v)
 	src := ps["src"]
-	src.pieces(rs...)
-	is, err := v.s.OpenInventory(v.ctx, &schedulerv1.InventoryHello{
-		Host:   &schedulerv1.Host{Id: "host-src", Hostname: "src", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002},
-		PeerId: "src-inv"}, func(*schedulerv1.InventoryReply) error { return nil }, v.now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := is.Handle(&schedulerv1.InventoryMessage{Msg: &schedulerv1.InventoryMessage_Batch{
-		Batch: &schedulerv1.InventoryBatch{Version: 1, Added: []*schedulerv1.InventoryEntry{e}}}}, v.now); err != nil {
-		t.Fatal(err)
-	}
+	v.announceHolder(e)
 	v.s.mu.Lock()
 	tk := v.s.tasks[tid("t1")]
 	if !v.s.linkTopUpLocked(tk.peers["src-inv"], tk.peers["a"], 1*mbps) {
