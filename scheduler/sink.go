@@ -43,8 +43,8 @@ func (s *Scheduler) sinkSlowRelaysLocked(t *task, now time.Time) {
 	for i := 0; i < len(t.list) && budget > 0; i++ {
 		par := t.list[i]
 		for budget > 0 {
-			p := s.sinkPartner(par, now)
-			if p == nil || !s.tradeLocked(par, p, &told) {
+			x, p := s.sinkPartner(par, now)
+			if p == nil || !s.tradeLocked(x, par, p, &told) {
 				break
 			}
 			budget--
@@ -61,48 +61,43 @@ func (s *Scheduler) sinkSlowRelaysLocked(t *task, now time.Time) {
 	}
 }
 
-// sinkPartner returns par's full-rate child that par should trade places
-// with, or nil.
-func (s *Scheduler) sinkPartner(par *peer, now time.Time) *peer {
+// sinkPartner returns par's full-rate parent and the full-rate child that
+// par should trade places with; nil, nil when there is none.
+func (s *Scheduler) sinkPartner(par *peer, now time.Time) (*peer, *peer) {
 	t := par.task
 	if par.state != stateRunning || par.host.info.GetSeed() || par.crowded || unpacedChildren(par) != 1 {
-		return nil
+		return nil, nil
 	}
 	gp := fullParent(par)
 	if gp == nil || gp.state == stateLeft {
-		return nil
+		return nil, nil
 	}
-	var p *peer
-	for _, c := range par.children {
-		if !pacedChild(par, c) {
-			p = c
-		}
-	}
+	p := fullChild(par)
 	if p == nil || p.state != stateRunning || p.crowded || fullParent(p) != par || unpacedChildren(p) > 1 {
-		return nil
+		return nil, nil
 	}
 	cpar, cp := s.upCapacity(par.host, now), s.upCapacity(p.host, now)
 	if cpar <= 0 || cp <= 0 || cpar >= slowRelayMargin*min(cp, t.rate) {
-		return nil
+		return nil, nil
 	}
 	g := localityGroup(par.host.info)
 	if localityGroup(p.host.info) != g || localityGroup(gp.host.info) != g || gp.host == p.host {
-		return nil
+		return nil, nil
 	}
 	if _, bad := p.bad[gp.id]; bad {
-		return nil
+		return nil, nil
 	}
 	if _, bad := par.bad[p.id]; bad {
-		return nil
+		return nil, nil
 	}
 	if lag := float64(par.pieces.count-p.pieces.count) * float64(t.pieceSize) / t.rate; lag > sinkLag.Seconds() {
-		return nil
+		return nil, nil
 	}
-	return p
+	return gp, p
 }
 
 // fullParent returns p's one full-rate (unpaced) parent, nil when it has
-// none or several.
+// none or several (pipelineParent returns the first).
 func fullParent(p *peer) *peer {
 	var f *peer
 	for _, l := range p.parents {
@@ -116,17 +111,23 @@ func fullParent(p *peer) *peer {
 	return f
 }
 
-// tradeLocked turns x→par→p→c (c optional) into x→p→par→c and adds the
-// three to told (each once), to be sent their new parents. It reports
-// whether the trade was made; a refused link puts the old edges back.
-func (s *Scheduler) tradeLocked(par, p *peer, told *[]*peer) bool {
-	x := fullParent(par)
-	var c *peer
-	for _, ch := range p.children {
-		if !pacedChild(p, ch) {
-			c = ch
+// fullChild returns a full-rate (unpaced) child of p, nil when it has
+// none: the one, where p has at most one (unpacedChildren).
+func fullChild(p *peer) *peer {
+	for _, c := range p.children {
+		if !pacedChild(p, c) {
+			return c
 		}
 	}
+	return nil
+}
+
+// tradeLocked turns x→par→p→c (c, p's full-rate child, optional) into
+// x→p→par→c and adds the three to told (each once), to be sent their new
+// parents. It reports whether the trade was made; a refused link puts the
+// old edges back.
+func (s *Scheduler) tradeLocked(x, par, p *peer, told *[]*peer) bool {
+	c := fullChild(p)
 	s.removeEdge(x, par)
 	s.removeEdge(par, p)
 	if c != nil {
