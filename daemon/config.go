@@ -143,7 +143,10 @@ type DownloadConfig struct {
 	MinStallTimeout config.Duration `yaml:"min_stall_timeout"`
 	MaxStallTimeout config.Duration `yaml:"max_stall_timeout"`
 	// SwarmTimeout: with no verified piece from the swarm for this long, the
-	// daemon fetches the rest from the origin itself.
+	// daemon fetches the rest from the origin itself. While the content's
+	// source (the seed fetching it from the origin) brings new pieces
+	// slowly, the wait is three times the longest it took for one, at most
+	// four times SwarmTimeout.
 	SwarmTimeout config.Duration `yaml:"swarm_timeout"`
 	// ParentFailures is how many failures in a row drop a parent.
 	ParentFailures int `yaml:"parent_failures"`

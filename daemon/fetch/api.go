@@ -59,7 +59,8 @@ type Config struct {
 	// between it follows the parent's measured rate.
 	MinStall, MaxStall time.Duration
 	// SwarmTimeout: no progress of the swarm for this long sends the
-	// download to the origin.
+	// download to the origin (longer while the content's source is slow
+	// to bring new pieces: swarmWait).
 	SwarmTimeout time.Duration
 	// ParentFailures failures in a row drop a parent.
 	ParentFailures int

@@ -31,6 +31,12 @@ type Core struct {
 	nheld  uint32
 	trust  []bool
 	allOK  bool
+	ntrust int // pieces in trust
+	// srcAt is when the trusted digests last grew (the content's source
+	// stored new pieces), or the start; srcGap the longest wait for such
+	// growth so far.
+	srcAt  time.Time
+	srcGap time.Duration
 
 	need    []uint32 // missing pieces, for selection
 	needPos []int32  // each piece's index in need, -1 when not there
@@ -225,7 +231,7 @@ func (c *Core) handle(now time.Time, ev Event) error {
 		return c.start(now, e)
 	case EvTaskInfo:
 		c.setShape(e.Length, e.PieceSize)
-		c.setTrusted(e.Trusted, e.AllTrusted)
+		c.setTrusted(now, e.Trusted, e.AllTrusted)
 	case EvParents:
 		if c.mode == ModeSwarm {
 			c.setParents(now, e.Parents)
@@ -313,11 +319,12 @@ func (c *Core) start(now time.Time, e EvStart) error {
 	}
 	c.started = true
 	c.lastProgress = now
+	c.srcAt = now
 	c.setShape(e.Length, e.PieceSize)
 	for _, n := range e.Held {
 		c.hold(n)
 	}
-	c.setTrusted(e.Trusted, e.AllTrusted)
+	c.setTrusted(now, e.Trusted, e.AllTrusted)
 	if e.Origin != "" {
 		return c.fallback(e.Origin)
 	}
@@ -354,16 +361,56 @@ func growBools(b []bool, n int) []bool {
 	return b
 }
 
-func (c *Core) setTrusted(ns []uint32, all bool) {
+func (c *Core) setTrusted(now time.Time, ns []uint32, all bool) {
 	if all {
 		c.allOK = true
 	}
+	added := 0
 	for _, n := range ns {
 		if n < maxPiece {
 			c.trust = growBools(c.trust, int(n)+1)
-			c.trust[n] = true
+			if !c.trust[n] {
+				c.trust[n] = true
+				added++
+			}
 		}
 	}
+	if added > 0 && c.started {
+		c.ntrust += added
+		c.srcGap, c.srcAt = max(c.srcGap, now.Sub(c.srcAt)), now
+	}
+}
+
+// sourcePatience and maxSourcePatience: a download whose content's source
+// brings new pieces slowly waits sourcePatience times the longest the
+// source took for one before it leaves the swarm for the origin, when that
+// is longer than SwarmTimeout, and at most maxSourcePatience times
+// SwarmTimeout. The longest, not the last: a source that shares its
+// origin's uplink with other fetches speeds up and slows down as they
+// start and end.
+const (
+	sourcePatience    = 3
+	maxSourcePatience = 4
+)
+
+// swarmWait is how long the swarm may bring this download nothing before
+// it goes to the origin. SwarmTimeout, or longer while the content is still
+// arriving at its source (the seed peer fetching it from the origin) and
+// the source's last new pieces were slow to come: the swarm then has
+// nothing newer to give, and leaving for the origin only adds to a load the
+// source already waits on. On the harness, skopeo pulling an image of eight
+// 128 MiB layers through eight daemons' mirrors, the seed's six parallel
+// fetches from the registry split its 50 Mbit/s unevenly; one layer's
+// 4 MiB pieces took over 20 s each, its eight peers left the swarm for the
+// registry after their first piece, and the registry sent 2.86 × F (the
+// pull at 0.34 of the bound). Digests known from the start (cached
+// content) say nothing of a source's pace: SwarmTimeout holds.
+func (c *Core) swarmWait() time.Duration {
+	w := c.cfg.SwarmTimeout
+	if c.allOK || c.ntrust == 0 {
+		return w
+	}
+	return min(max(w, sourcePatience*c.srcGap), maxSourcePatience*w)
 }
 
 func (c *Core) trusted(n uint32) bool {
@@ -493,7 +540,7 @@ func (c *Core) checkStall(now time.Time) error {
 		}
 	}
 	idle := now.Sub(c.lastProgress)
-	if idle >= c.cfg.SwarmTimeout {
+	if idle >= c.swarmWait() {
 		return c.fallback("swarm_stalled")
 	}
 	if len(c.parents) == 0 && idle > c.cfg.NoParentsAsk && now.Sub(c.lastResched) > c.cfg.NoParentsAsk {
@@ -518,7 +565,7 @@ func (c *Core) NextDeadline() time.Time {
 		earliest(c.pendingAt.Add(c.cfg.ReportDelay))
 	}
 	if c.mode == ModeSwarm {
-		earliest(c.lastProgress.Add(c.cfg.SwarmTimeout))
+		earliest(c.lastProgress.Add(c.swarmWait()))
 		if len(c.need) > 0 {
 			// A paced parent becomes free to ask again.
 			for _, p := range c.order {

@@ -1022,3 +1022,72 @@ func TestReplacedFastParentFinishesItsPieces(t *testing.T) {
 		t.Fatalf("the first parent delivered %d pieces, want %d", w.from["a"], 1+len(owed))
 	}
 }
+
+// A content's source (the seed fetching it from the origin) that brings
+// its pieces slowly stretches the swarm timeout to sourcePatience times its
+// longest wait for a new piece, at most maxSourcePatience × SwarmTimeout:
+// the swarm has nothing newer, and leaving for the origin would only load
+// what the source waits on. A quick source leaves SwarmTimeout as it is.
+func TestSlowSourceStretchesSwarmWait(t *testing.T) {
+	const timeout = 20 * time.Second
+	// source starts at t0; each piece k of the list comes in at its time:
+	// the scheduler's new digests, the parent's announcement, and the piece
+	// itself a moment later.
+	setup := func(t *testing.T) (*Core, *net, func(at time.Duration, k uint32)) {
+		c := testCore(Config{SwarmTimeout: timeout, PerParentRequests: 8})
+		w := newNet(t, c, map[string]float64{"a": 1000 * ps})
+		w.step(EvStart{Length: 8 * ps, PieceSize: ps})
+		w.step(EvParents{Parents: []Parent{{ID: "a"}}})
+		src := func(at time.Duration, k uint32) {
+			t.Helper()
+			w.now = t0.Add(at)
+			if so := find[ActStartOrigin](w.acts); len(so) != 0 {
+				t.Fatalf("went to the origin (%+v) before piece %d at %v", so, k, at)
+			}
+			w.step(EvTaskInfo{Length: 8 * ps, PieceSize: ps, Trusted: pieces(int(k) + 1)})
+			if rs := find[ActRequest](w.step(EvParentPieces{Parent: "a", Pieces: []uint32{k}})); len(rs) != 1 || rs[0].Piece != k {
+				t.Fatalf("piece %d: requests %+v", k, rs)
+			}
+			for len(w.pending) > 0 {
+				w.run1()
+			}
+			w.step(EvFlush{}) // the report: no timer but the swarm's left
+		}
+		return c, w, src
+	}
+	stalls := func(t *testing.T, c *Core, w *net, after time.Duration) {
+		t.Helper()
+		progress := c.lastProgress
+		if dl := c.NextDeadline(); !dl.Equal(progress.Add(after)) {
+			t.Fatalf("deadline in %v, want %v", dl.Sub(progress), after)
+		}
+		w.now = progress.Add(after - time.Nanosecond)
+		if so := find[ActStartOrigin](w.step(EvTick{})); len(so) != 0 {
+			t.Fatalf("went to the origin after %v, want %v", after-time.Nanosecond, after)
+		}
+		w.now = progress.Add(after)
+		so := find[ActStartOrigin](w.step(EvTick{}))
+		if len(so) != 1 || so[0].Reason != "swarm_stalled" {
+			t.Fatalf("origin %+v after %v", so, after)
+		}
+	}
+	t.Run("slow", func(t *testing.T) {
+		c, w, src := setup(t)
+		src(15*time.Second, 0) // 15 s for the first piece: 45 s of patience
+		src(40*time.Second, 1) // 25 s: 75 s
+		src(50*time.Second, 2)
+		stalls(t, c, w, 3*25*time.Second) // the longest wait, not the last
+	})
+	t.Run("capped", func(t *testing.T) {
+		c, w, src := setup(t)
+		src(15*time.Second, 0)
+		src(15*time.Second+40*time.Second, 1) // 3 × 40 s: capped at 4 × 20 s
+		stalls(t, c, w, maxSourcePatience*timeout)
+	})
+	t.Run("quick", func(t *testing.T) {
+		c, w, src := setup(t)
+		src(time.Second, 0)
+		src(2*time.Second, 1)
+		stalls(t, c, w, timeout)
+	})
+}

@@ -154,6 +154,37 @@ func TestParentKilledMidDownload(t *testing.T) {
 		sumMetric(t, others, "damselfly_daemon_download_bytes_total", `source="peer"`))
 }
 
+// TestSlowSourceKeepsPeersInSwarm: the seed peer fetches the content from
+// an origin whose answer slows down after the first piece (as when other
+// fetches start to share its link), so that each further piece reaches the
+// seed later than the peer's swarm timeout. The peer's wait stretches with
+// the source's pace (three times its longest wait for a piece) and it
+// takes everything from the swarm: the origin answers the seed alone. With
+// a fixed timeout the peer left for the origin after its first piece.
+func TestSlowSourceKeepsPeersInSwarm(t *testing.T) {
+	o := newOrigin(t)
+	c := startCluster(t, 1, "--swarm-timeout", "3s")
+	const size = 1 << 20 // four pieces of 256 KiB
+	url, sum := o.add("slow-source", size, 131)
+	// The first piece in about 2 s (the peer's patience: three times
+	// that), each further one in about 4.3 s.
+	o.rateBps.Store(128 << 10)
+	o.rate2After.Store(256 << 10)
+	o.rate2Bps.Store(60 << 10)
+	t.Cleanup(func() { o.rateBps.Store(0); o.rate2Bps.Store(0); o.rate2After.Store(0) })
+	gets, served := o.gets.Load(), o.served.Load()
+	fetchAll(t, c.daemons, url, sum)
+	if n := o.gets.Load() - gets; n != 1 {
+		t.Errorf("the origin answered %d GETs, want 1 (the seed's): the peer left the swarm for it", n)
+	}
+	if n := o.served.Load() - served; n != size {
+		t.Errorf("the origin served %d bytes, want %d", n, size)
+	}
+	if b := sumMetric(t, c.daemons, "damselfly_daemon_download_bytes_total", `source="peer"`); b != size {
+		t.Errorf("the peer took %.0f bytes from the swarm, want %d", b, size)
+	}
+}
+
 // TestSchedulerKilledMidDownload kills the scheduler while peers trade
 // pieces: every download still completes (the rest from the origin), and a
 // download started with the scheduler dead goes straight to the origin.

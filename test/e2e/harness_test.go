@@ -383,6 +383,9 @@ type origin struct {
 	mode    atomic.Value // string: "", "500", "flaky", "reset", "slow"
 	flakyN  atomic.Int64
 	rateBps atomic.Int64 // per-connection throttle in bytes/s (0: none)
+	// rate2Bps, when set, replaces rateBps after a connection's first
+	// rate2After body bytes.
+	rate2Bps, rate2After atomic.Int64
 }
 
 func newOrigin(t testing.TB) *origin {
@@ -428,6 +431,8 @@ type countingWriter struct {
 	rate  int64
 	reset int64 // close the connection after this many body bytes (0: never)
 	n     int64
+	// rate2 replaces rate once n reaches after2 (0: never).
+	rate2, after2 int64
 }
 
 func (w *countingWriter) Write(b []byte) (int, error) {
@@ -442,6 +447,9 @@ func (w *countingWriter) Write(b []byte) (int, error) {
 		total := 0
 		for len(b) > 0 {
 			c := min(len(b), 16<<10)
+			if w.rate2 > 0 && w.n >= w.after2 {
+				w.rate = w.rate2
+			}
 			k, err := w.ResponseWriter.Write(b[:c])
 			w.n += int64(k)
 			w.o.served.Add(int64(k))
@@ -475,7 +483,7 @@ func (o *origin) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o.gets.Add(1)
-	cw := &countingWriter{ResponseWriter: w, o: o, rate: o.rateBps.Load()}
+	cw := &countingWriter{ResponseWriter: w, o: o, rate: o.rateBps.Load(), rate2: o.rate2Bps.Load(), after2: o.rate2After.Load()}
 	switch o.mode.Load().(string) {
 	case "500":
 		http.Error(w, "origin broken", http.StatusInternalServerError)
