@@ -39,6 +39,8 @@ type conductor struct {
 	log    *slog.Logger
 	task   *store.Task
 	limit  *rate.Limiter // this download's own limit, nil for none
+	// stretched: the core's StretchedWaits already logged.
+	stretched int
 	// cache: a dfcache entry; there is no origin, and a daemon holding it
 	// complete announces itself as its source (Register.imported).
 	cache bool
@@ -327,6 +329,11 @@ func (c *conductor) trustedPieces() []uint32 {
 // step feeds one event to the download core and executes its actions.
 func (c *conductor) step(ctx context.Context, ev fetch.Event) {
 	c.exec(ctx, c.fc.Step(time.Now(), ev))
+	if n := c.fc.StretchedWaits(); n > c.stretched {
+		c.stretched = n
+		c.log.Info("the swarm went on after a wait longer than swarm_timeout: the content's source brings its pieces slowly, and leaving for the origin would only load what it waits on",
+			"swarm_timeout", c.d.cfg.Download.SwarmTimeout.D(), "times", n)
+	}
 }
 
 func (c *conductor) end(err error) {

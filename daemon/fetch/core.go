@@ -37,6 +37,10 @@ type Core struct {
 	// growth so far.
 	srcAt  time.Time
 	srcGap time.Duration
+	// stretched counts the times the swarm brought progress after more
+	// than SwarmTimeout without: the stretched wait kept the download in
+	// the swarm (StretchedWaits).
+	stretched int
 
 	need    []uint32 // missing pieces, for selection
 	needPos []int32  // each piece's index in need, -1 when not there
@@ -392,6 +396,20 @@ const (
 	sourcePatience    = 3
 	maxSourcePatience = 4
 )
+
+// swarmProgress records progress of the swarm at now.
+func (c *Core) swarmProgress(now time.Time) {
+	if c.mode == ModeSwarm && now.Sub(c.lastProgress) >= c.cfg.SwarmTimeout && c.swarmWait() > c.cfg.SwarmTimeout {
+		c.stretched++
+	}
+	c.lastProgress = now
+}
+
+// StretchedWaits is how many times this download went on in the swarm
+// after waiting longer than SwarmTimeout for it, because the content's
+// source was slow (swarmWait): with a fixed timeout it would have gone to
+// the origin each time. The daemon logs each.
+func (c *Core) StretchedWaits() int { return c.stretched }
 
 // swarmWait is how long the swarm may bring this download nothing before
 // it goes to the origin. SwarmTimeout, or longer while the content is still
@@ -766,7 +784,7 @@ func (c *Core) parentPieces(now time.Time, e EvParentPieces) {
 	// it is not ours yet: a source shared by many tasks may trickle, and
 	// leaving for the origin then only adds to its load.
 	if len(e.Pieces) > 0 {
-		c.lastProgress = now
+		c.swarmProgress(now)
 	}
 	// A complete parent holds every piece, whatever a not-found answer (to
 	// a request that raced its announcements) made us believe.
@@ -893,7 +911,7 @@ func (c *Core) pieceDone(now time.Time, e EvPieceDone) {
 	} else {
 		cost = max(e.End.Sub(e.Start), time.Microsecond)
 	}
-	c.lastProgress = now
+	c.swarmProgress(now)
 	if !c.hold(e.Piece) {
 		return // a duplicate (endgame) or a piece the origin brought
 	}

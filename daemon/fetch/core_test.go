@@ -1074,8 +1074,17 @@ func TestSlowSourceStretchesSwarmWait(t *testing.T) {
 	t.Run("slow", func(t *testing.T) {
 		c, w, src := setup(t)
 		src(15*time.Second, 0) // 15 s for the first piece: 45 s of patience
+		if n := c.StretchedWaits(); n != 0 {
+			t.Fatalf("%d stretched waits counted before any", n)
+		}
 		src(40*time.Second, 1) // 25 s: 75 s
+		if n := c.StretchedWaits(); n != 1 {
+			t.Fatalf("%d stretched waits counted after a 25 s wait, want 1 (the daemon logs it)", n)
+		}
 		src(50*time.Second, 2)
+		if n := c.StretchedWaits(); n != 1 {
+			t.Fatalf("%d stretched waits counted after a 10 s wait, want still 1", n)
+		}
 		stalls(t, c, w, 3*25*time.Second) // the longest wait, not the last
 	})
 	t.Run("capped", func(t *testing.T) {
@@ -1089,5 +1098,8 @@ func TestSlowSourceStretchesSwarmWait(t *testing.T) {
 		src(time.Second, 0)
 		src(2*time.Second, 1)
 		stalls(t, c, w, timeout)
+		if n := c.StretchedWaits(); n != 0 {
+			t.Fatalf("%d stretched waits counted for a quick source", n)
+		}
 	})
 }

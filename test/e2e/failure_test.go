@@ -183,6 +183,12 @@ func TestSlowSourceKeepsPeersInSwarm(t *testing.T) {
 	if b := sumMetric(t, c.daemons, "damselfly_daemon_download_bytes_total", `source="peer"`); b != size {
 		t.Errorf("the peer took %.0f bytes from the swarm, want %d", b, size)
 	}
+	// The daemon says when the longer wait kept it in the swarm.
+	if b, err := os.ReadFile(c.daemons[0].log); err != nil {
+		t.Error(err)
+	} else if !strings.Contains(string(b), "the swarm went on after a wait longer than swarm_timeout") {
+		t.Error("the peer's log does not say that it waited longer than swarm_timeout for its slow source")
+	}
 }
 
 // TestSchedulerKilledMidDownload kills the scheduler while peers trade
