@@ -414,7 +414,7 @@ func (c *Core) StretchedWaits() int { return c.stretched }
 // swarmWait is how long the swarm may bring this download nothing before
 // it goes to the origin. SwarmTimeout, or longer while the content is still
 // arriving at its source (the seed peer fetching it from the origin) and
-// the source's last new pieces were slow to come: the swarm then has
+// the source has been slow to bring new pieces: the swarm then has
 // nothing newer to give, and leaving for the origin only adds to a load the
 // source already waits on. On the harness, skopeo pulling an image of eight
 // 128 MiB layers through eight daemons' mirrors, the seed's six parallel
