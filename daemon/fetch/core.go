@@ -31,10 +31,9 @@ type Core struct {
 	nheld  uint32
 	trust  []bool
 	allOK  bool
-	ntrust int // pieces in trust
 	// srcAt is when the trusted digests last grew (the content's source
 	// stored new pieces), or the start; srcGap the longest wait for such
-	// growth so far.
+	// growth so far (0 while they have not grown).
 	srcAt  time.Time
 	srcGap time.Duration
 	// stretched counts the times the swarm brought progress after more
@@ -380,7 +379,6 @@ func (c *Core) setTrusted(now time.Time, ns []uint32, all bool) {
 		}
 	}
 	if added > 0 && c.started {
-		c.ntrust += added
 		c.srcGap, c.srcAt = max(c.srcGap, now.Sub(c.srcAt)), now
 	}
 }
@@ -425,7 +423,7 @@ func (c *Core) StretchedWaits() int { return c.stretched }
 // content) say nothing of a source's pace: SwarmTimeout holds.
 func (c *Core) swarmWait() time.Duration {
 	w := c.cfg.SwarmTimeout
-	if c.allOK || c.ntrust == 0 {
+	if c.allOK {
 		return w
 	}
 	return min(max(w, sourcePatience*c.srcGap), maxSourcePatience*w)
