@@ -366,7 +366,12 @@ func (c *conductor) handle(ctx context.Context, ev any) {
 			c.step(ctx, fetch.EvParentGone{Parent: e.id, Err: e.err})
 			return
 		}
-		c.step(ctx, fetch.EvParentPieces{Parent: e.id, Pieces: e.st.GetPieces(), Relaying: e.st.GetRelaying(), Done: e.st.GetDone()})
+		src := e.st.GetSourceBytes()
+		if src > 0 {
+			// passed on to this daemon's own children (SyncPieces)
+			c.task.NoteSourceBytes(src)
+		}
+		c.step(ctx, fetch.EvParentPieces{Parent: e.id, Pieces: e.st.GetPieces(), Relaying: e.st.GetRelaying(), Done: e.st.GetDone(), SourceBytes: src})
 	case evPiece:
 		c.handlePiece(ctx, e)
 	case evOriginPiece:

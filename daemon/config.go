@@ -146,7 +146,9 @@ type DownloadConfig struct {
 	// daemon fetches the rest from the origin itself. While the content's
 	// source (the seed fetching it from the origin) brings new pieces
 	// slowly, the wait is three times the longest it took for one, at most
-	// four times SwarmTimeout.
+	// four times SwarmTimeout; before its first piece, while its parents say
+	// it is still receiving from the origin, SwarmTimeout after the last
+	// such news, with the same cap.
 	SwarmTimeout config.Duration `yaml:"swarm_timeout"`
 	// ParentFailures is how many failures in a row drop a parent.
 	ParentFailures int `yaml:"parent_failures"`

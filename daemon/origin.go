@@ -17,6 +17,7 @@ import (
 	"github.com/damselfly-io/damselfly/core"
 	"github.com/damselfly-io/damselfly/daemon/fetch"
 	"github.com/damselfly-io/damselfly/daemon/piece"
+	"github.com/damselfly-io/damselfly/daemon/store"
 	"github.com/damselfly-io/damselfly/source"
 )
 
@@ -114,7 +115,7 @@ func (c *conductor) fetchOriginRange(ctx context.Context, off, length int64) err
 		if length >= 0 && length-read < int64(len(buf)) {
 			want = buf[:length-read]
 		}
-		k, err := readLimited(ctx, c.d.pm, resp.Body, want, c.d.dl, c.limit)
+		k, err := readLimited(ctx, c.d.pm, originCounter{resp.Body, c.task}, want, c.d.dl, c.limit)
 		if k > 0 {
 			read += int64(k)
 			c.originBytes.Add(int64(k))
@@ -217,6 +218,20 @@ func addrOnHost(a net.Addr) bool {
 		}
 	}
 	return false
+}
+
+// originCounter counts the bytes read from the origin into the task as
+// they come, not per piece: children learn that the source is still
+// receiving a piece that is slow to complete (store.Task.SourceBytes).
+type originCounter struct {
+	r io.Reader
+	t *store.Task
+}
+
+func (o originCounter) Read(b []byte) (int, error) {
+	n, err := o.r.Read(b)
+	o.t.AddOriginBytes(int64(n))
+	return n, err
 }
 
 // readLimited fills b from r, paying the limiters as it goes.

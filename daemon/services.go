@@ -65,8 +65,13 @@ func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serv
 	var sent []bool
 	relayed := map[uint32]*store.Relay{}
 	first := true
+	// Source progress goes out when it grew, at most every sourceNoteEvery
+	// (a later growth waits for srcDue).
+	var srcSent uint64
+	var srcSentAt time.Time
+	var srcDue <-chan time.Time
 	for {
-		ch := t.Changed()
+		ch, srcCh := t.Changed(), t.SourceChanged()
 		if _, ok := s.d.store.Get(req.GetTaskId()); !ok {
 			return status.Errorf(codes.NotFound, "task %s left the cache", req.GetTaskId())
 		}
@@ -77,9 +82,17 @@ func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serv
 		if s.d.cfg.Upload.Relay && !complete {
 			relaying = t.NewRelays(relayed)
 		}
-		if first || len(add) > 0 || len(relaying) > 0 || complete {
+		var src uint64
+		if v := t.SourceBytes(); !complete && v > srcSent {
+			if wait := time.Until(srcSentAt.Add(sourceNoteEvery)); wait <= 0 {
+				src, srcSent, srcSentAt = v, v, time.Now()
+			} else if srcDue == nil {
+				srcDue = time.After(wait)
+			}
+		}
+		if first || len(add) > 0 || len(relaying) > 0 || complete || src > 0 {
 			first = false
-			if err := stream.Send(&peerv1.PieceState{ContentLength: l, PieceSize: ps, Pieces: add, Relaying: relaying, Done: complete}); err != nil {
+			if err := stream.Send(&peerv1.PieceState{ContentLength: l, PieceSize: ps, Pieces: add, Relaying: relaying, Done: complete, SourceBytes: src}); err != nil {
 				return err
 			}
 		}
@@ -88,11 +101,20 @@ func (s *peerService) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serv
 		}
 		select {
 		case <-ch:
+		case <-srcCh:
+		case <-srcDue:
+			srcDue = nil
 		case <-stream.Context().Done():
 			return nil
 		}
 	}
 }
+
+// sourceNoteEvery is the least time between two notes of source progress
+// on one child's piece stream. A child waits SwarmTimeout (20 s by
+// default) after the last before it leaves for the origin; a note a second
+// keeps it informed at a few bytes a second.
+const sourceNoteEvery = time.Second
 
 // apiService is the local API on the unix socket.
 type apiService struct {

@@ -86,7 +86,17 @@ type PieceState struct {
 	// request (cut-through): the response streams as the bytes arrive and
 	// its last byte follows the parent's own verification; a piece that fails
 	// upstream ends the response early. Like pieces, only what was added.
-	Relaying      []uint32 `protobuf:"varint,5,rep,packed,name=relaying,proto3" json:"relaying,omitempty"`
+	Relaying []uint32 `protobuf:"varint,5,rep,packed,name=relaying,proto3" json:"relaying,omitempty"`
+	// How many bytes of the content the source upstream of this daemon has
+	// received from the origin so far: a daemon fetching from the origin
+	// counts its own, one downloading from peers passes on the largest its
+	// parents sent. Sent when it grew, at most about once a second, while
+	// the content is incomplete (0: nothing new). A child whose source is
+	// still receiving a piece that takes longer than its swarm timeout
+	// waits for it rather than going to the origin too (bounded: see the
+	// daemon's swarm_timeout). The largest, not a sum: in a cycle of peers
+	// it stops growing when the source does.
+	SourceBytes   uint64 `protobuf:"varint,6,opt,name=source_bytes,json=sourceBytes,proto3" json:"source_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -154,6 +164,13 @@ func (x *PieceState) GetRelaying() []uint32 {
 		return x.Relaying
 	}
 	return nil
+}
+
+func (x *PieceState) GetSourceBytes() uint64 {
+	if x != nil {
+		return x.SourceBytes
+	}
+	return 0
 }
 
 type PreheatRequest struct {
@@ -358,7 +375,7 @@ const file_api_peerv1_peer_proto_rawDesc = "" +
 	"\x15api/peerv1/peer.proto\x12\x11damselfly.peer.v1\x1a\x1fapi/schedulerv1/scheduler.proto\"E\n" +
 	"\x11SyncPiecesRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x17\n" +
-	"\apeer_id\x18\x02 \x01(\tR\x06peerId\"\x9a\x01\n" +
+	"\apeer_id\x18\x02 \x01(\tR\x06peerId\"\xbd\x01\n" +
 	"\n" +
 	"PieceState\x12%\n" +
 	"\x0econtent_length\x18\x01 \x01(\x03R\rcontentLength\x12\x1d\n" +
@@ -366,7 +383,8 @@ const file_api_peerv1_peer_proto_rawDesc = "" +
 	"piece_size\x18\x02 \x01(\rR\tpieceSize\x12\x16\n" +
 	"\x06pieces\x18\x03 \x03(\rR\x06pieces\x12\x12\n" +
 	"\x04done\x18\x04 \x01(\bR\x04done\x12\x1a\n" +
-	"\brelaying\x18\x05 \x03(\rR\brelaying\"F\n" +
+	"\brelaying\x18\x05 \x03(\rR\brelaying\x12!\n" +
+	"\fsource_bytes\x18\x06 \x01(\x04R\vsourceBytes\"F\n" +
 	"\x0ePreheatRequest\x124\n" +
 	"\x04task\x18\x01 \x01(\v2 .damselfly.scheduler.v1.TaskSpecR\x04task\"P\n" +
 	"\x0fPreheatResponse\x12%\n" +

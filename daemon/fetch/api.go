@@ -234,12 +234,16 @@ type EvSchedulerLost struct{ Err error }
 type EvParentConnected struct{ Parent string }
 
 // EvParentPieces: a parent announced pieces it holds, pieces it relays
-// (still arriving there), or that it holds everything (Done).
+// (still arriving there), or that it holds everything (Done); and
+// SourceBytes, when not 0: how many bytes of the content the source
+// upstream of it has received from the origin (news that the source is
+// still receiving, see stallAt).
 type EvParentPieces struct {
-	Parent   string
-	Pieces   []uint32
-	Relaying []uint32
-	Done     bool
+	Parent      string
+	Pieces      []uint32
+	Relaying    []uint32
+	Done        bool
+	SourceBytes uint64
 }
 
 // EvParentGone: a parent's piece stream broke (it died or left).

@@ -36,6 +36,12 @@ type Core struct {
 	// growth so far (0 while they have not grown).
 	srcAt  time.Time
 	srcGap time.Duration
+	// srcBytes is the most bytes a parent said the content's source has
+	// received from the origin (EvParentPieces.SourceBytes), srcBytesAt
+	// when that last grew: the source is still receiving, even when no
+	// new piece has come out of it yet (stallAt).
+	srcBytes   uint64
+	srcBytesAt time.Time
 	// stretched counts the times the swarm brought progress after more
 	// than SwarmTimeout without: the stretched wait kept the download in
 	// the swarm (StretchedWaits).
@@ -397,7 +403,7 @@ const (
 
 // swarmProgress records progress of the swarm at now.
 func (c *Core) swarmProgress(now time.Time) {
-	if c.mode == ModeSwarm && now.Sub(c.lastProgress) >= c.cfg.SwarmTimeout && c.swarmWait() > c.cfg.SwarmTimeout {
+	if c.mode == ModeSwarm && now.Sub(c.lastProgress) >= c.cfg.SwarmTimeout && c.stallAt().Sub(c.lastProgress) > c.cfg.SwarmTimeout {
 		c.stretched++
 	}
 	c.lastProgress = now
@@ -427,6 +433,35 @@ func (c *Core) swarmWait() time.Duration {
 		return w
 	}
 	return min(max(w, sourcePatience*c.srcGap), maxSourcePatience*w)
+}
+
+// stallAt is when the swarm has brought this download nothing for too long
+// and it goes to the origin: swarmWait after the last progress, or, while
+// a parent says the content's source is still receiving it from the origin
+// (its SourceBytes grew), SwarmTimeout after the last such news, with the
+// same cap. swarmWait learns a slow source's pace from its pieces, and so
+// cannot help before the first: a seed whose first piece took longer than
+// SwarmTimeout (an origin on a slow link, or one link split among many
+// fetches) sent every peer of the content to that same origin. News of a
+// source that stopped receiving stops too: its peers then wait only
+// SwarmTimeout after the last. A parent that lies about the source keeps
+// its child at most the cap.
+func (c *Core) stallAt() time.Time {
+	at := c.lastProgress.Add(c.swarmWait())
+	if c.allOK || c.srcBytesAt.IsZero() {
+		return at
+	}
+	if t := c.srcBytesAt.Add(c.cfg.SwarmTimeout); t.After(at) {
+		at = minTime(t, c.lastProgress.Add(maxSourcePatience*c.cfg.SwarmTimeout))
+	}
+	return at
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 func (c *Core) trusted(n uint32) bool {
@@ -556,7 +591,7 @@ func (c *Core) checkStall(now time.Time) error {
 		}
 	}
 	idle := now.Sub(c.lastProgress)
-	if idle >= c.swarmWait() {
+	if !now.Before(c.stallAt()) {
 		return c.fallback("swarm_stalled")
 	}
 	if len(c.parents) == 0 && idle > c.cfg.NoParentsAsk && now.Sub(c.lastResched) > c.cfg.NoParentsAsk {
@@ -581,7 +616,7 @@ func (c *Core) NextDeadline() time.Time {
 		earliest(c.pendingAt.Add(c.cfg.ReportDelay))
 	}
 	if c.mode == ModeSwarm {
-		earliest(c.lastProgress.Add(c.swarmWait()))
+		earliest(c.stallAt())
 		if len(c.need) > 0 {
 			// A paced parent becomes free to ask again.
 			for _, p := range c.order {
@@ -783,6 +818,9 @@ func (c *Core) parentPieces(now time.Time, e EvParentPieces) {
 	// leaving for the origin then only adds to its load.
 	if len(e.Pieces) > 0 {
 		c.swarmProgress(now)
+	}
+	if e.SourceBytes > c.srcBytes {
+		c.srcBytes, c.srcBytesAt = e.SourceBytes, now
 	}
 	// A complete parent holds every piece, whatever a not-found answer (to
 	// a request that raced its announcements) made us believe.

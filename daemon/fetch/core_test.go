@@ -1057,19 +1057,7 @@ func TestSlowSourceStretchesSwarmWait(t *testing.T) {
 	}
 	stalls := func(t *testing.T, c *Core, w *net, after time.Duration) {
 		t.Helper()
-		progress := c.lastProgress
-		if dl := c.NextDeadline(); !dl.Equal(progress.Add(after)) {
-			t.Fatalf("deadline in %v, want %v", dl.Sub(progress), after)
-		}
-		w.now = progress.Add(after - time.Nanosecond)
-		if so := find[ActStartOrigin](w.step(EvTick{})); len(so) != 0 {
-			t.Fatalf("went to the origin after %v, want %v", after-time.Nanosecond, after)
-		}
-		w.now = progress.Add(after)
-		so := find[ActStartOrigin](w.step(EvTick{}))
-		if len(so) != 1 || so[0].Reason != "swarm_stalled" {
-			t.Fatalf("origin %+v after %v", so, after)
-		}
+		stallsAt(t, c, w, c.lastProgress, after)
 	}
 	t.Run("slow", func(t *testing.T) {
 		c, w, src := setup(t)
@@ -1102,4 +1090,100 @@ func TestSlowSourceStretchesSwarmWait(t *testing.T) {
 			t.Fatalf("%d stretched waits counted for a quick source", n)
 		}
 	})
+}
+
+func TestSourceNewsStretchesWaitBeforeFirstPiece(t *testing.T) {
+	const timeout = 20 * time.Second
+	setup := func(t *testing.T, allOK bool) (*Core, *net) {
+		c := testCore(Config{SwarmTimeout: timeout, PerParentRequests: 8})
+		w := newNet(t, c, map[string]float64{"a": 1000 * ps})
+		w.step(EvStart{Length: 8 * ps, PieceSize: ps, AllTrusted: allOK})
+		w.step(EvParents{Parents: []Parent{{ID: "a"}}})
+		return c, w
+	}
+	// news: the parent says at each time that the source has v bytes.
+	news := func(t *testing.T, w *net, at time.Duration, v uint64) {
+		t.Helper()
+		w.now = t0.Add(at)
+		if so := find[ActStartOrigin](w.step(EvTick{})); len(so) != 0 {
+			t.Fatalf("went to the origin (%+v) before the news at %v", so, at)
+		}
+		if so := find[ActStartOrigin](w.step(EvParentPieces{Parent: "a", SourceBytes: v})); len(so) != 0 {
+			t.Fatalf("went to the origin (%+v) on the news at %v", so, at)
+		}
+	}
+	t.Run("receiving", func(t *testing.T) {
+		c, w := setup(t, false)
+		for s := 5; s <= 55; s += 5 {
+			news(t, w, time.Duration(s)*time.Second, uint64(s)<<16)
+		}
+		stallsAt(t, c, w, t0, 75*time.Second) // timeout after the last news
+		if n := c.StretchedWaits(); n != 0 {
+			t.Fatalf("%d stretched waits counted with no progress", n)
+		}
+	})
+	t.Run("first piece late", func(t *testing.T) {
+		c, w := setup(t, false)
+		for s := 5; s <= 30; s += 5 {
+			news(t, w, time.Duration(s)*time.Second, uint64(s)<<16)
+		}
+		w.now = t0.Add(33 * time.Second)
+		w.step(EvTaskInfo{Length: 8 * ps, PieceSize: ps, Trusted: pieces(1)})
+		if rs := find[ActRequest](w.step(EvParentPieces{Parent: "a", Pieces: []uint32{0}})); len(rs) != 1 {
+			t.Fatalf("requests %+v for the first piece", rs)
+		}
+		if n := c.StretchedWaits(); n != 1 {
+			t.Fatalf("%d stretched waits counted for a first piece after 33 s, want 1 (the daemon logs it)", n)
+		}
+	})
+	t.Run("capped", func(t *testing.T) {
+		c, w := setup(t, false)
+		for s := 5; s <= 75; s += 5 {
+			news(t, w, time.Duration(s)*time.Second, uint64(s)<<16)
+		}
+		stallsAt(t, c, w, t0, maxSourcePatience*timeout)
+	})
+	t.Run("source stopped", func(t *testing.T) {
+		c, w := setup(t, false)
+		news(t, w, 5*time.Second, 1<<16)
+		news(t, w, 12*time.Second, 2<<16)
+		stallsAt(t, c, w, t0, 32*time.Second)
+	})
+	t.Run("no growth", func(t *testing.T) {
+		// The same count again (peers passing it around a cycle after
+		// the source stopped) is no news.
+		c, w := setup(t, false)
+		news(t, w, 5*time.Second, 1<<16)
+		for s := 10; s <= 24; s += 2 {
+			news(t, w, time.Duration(s)*time.Second, 1<<16)
+		}
+		stallsAt(t, c, w, t0, 25*time.Second)
+	})
+	t.Run("cached content", func(t *testing.T) {
+		// Every digest known: the content is whole somewhere, and news
+		// of a source changes nothing.
+		c, w := setup(t, true)
+		news(t, w, 5*time.Second, 1<<16)
+		news(t, w, 15*time.Second, 2<<16)
+		stallsAt(t, c, w, t0, timeout)
+	})
+}
+
+// stallsAt checks that the core's next deadline is from+after, that a tick
+// just before it does nothing, and that a tick at it sends the download to
+// the origin for a stalled swarm.
+func stallsAt(t *testing.T, c *Core, w *net, from time.Time, after time.Duration) {
+	t.Helper()
+	if dl := c.NextDeadline(); !dl.Equal(from.Add(after)) {
+		t.Fatalf("deadline in %v, want %v", dl.Sub(from), after)
+	}
+	w.now = from.Add(after - time.Nanosecond)
+	if so := find[ActStartOrigin](w.step(EvTick{})); len(so) != 0 {
+		t.Fatalf("went to the origin after %v, want %v", after-time.Nanosecond, after)
+	}
+	w.now = from.Add(after)
+	so := find[ActStartOrigin](w.step(EvTick{}))
+	if len(so) != 1 || so[0].Reason != "swarm_stalled" {
+		t.Fatalf("origin %+v after %v, want swarm_stalled", so, after)
+	}
 }

@@ -398,10 +398,15 @@ type Task struct {
 	relays    map[uint32]*Relay // pieces arriving, readable by uploads (relay.go)
 	private   atomic.Bool       // meta.Private, readable without the lock (uploads)
 	resets    atomic.Uint64     // Reset calls: a reader of pieces starts over
+	// source progress (source.go)
+	srcOwn      uint64
+	srcBytes    uint64
+	srcNotified time.Time
+	srcChanged  chan struct{}
 }
 
 func newTask(s *Store, dir string, f *os.File, m Meta) *Task {
-	t := &Task{s: s, dir: dir, data: f, meta: m, changed: make(chan struct{})}
+	t := &Task{s: s, dir: dir, data: f, meta: m, changed: make(chan struct{}), srcChanged: make(chan struct{})}
 	t.private.Store(m.Private)
 	return t
 }

@@ -191,6 +191,40 @@ func TestSlowSourceKeepsPeersInSwarm(t *testing.T) {
 	}
 }
 
+// TestSlowFirstPieceKeepsPeersInSwarm: the seed's origin takes longer than
+// the peers' swarm timeout for the first piece, so no piece shows the
+// source's pace yet. The peers hear from their parents that the source is
+// still receiving (PieceState.source_bytes, passed down from peer to peer)
+// and wait for it instead of all going to the slow origin as well.
+func TestSlowFirstPieceKeepsPeersInSwarm(t *testing.T) {
+	o := newOrigin(t)
+	c := startCluster(t, 3, "--swarm-timeout", "3s")
+	const size = 512 << 10 // two pieces of 256 KiB
+	url, sum := o.add("slow-first-piece", size, 137)
+	// About 5.3 s a piece: the first comes well after the 3 s timeout
+	// (and before the 12 s cap of the wait).
+	o.rateBps.Store(48 << 10)
+	t.Cleanup(func() { o.rateBps.Store(0) })
+	gets, served := o.gets.Load(), o.served.Load()
+	fetchAll(t, c.daemons, url, sum)
+	if n := o.gets.Load() - gets; n != 1 {
+		t.Errorf("the origin answered %d GETs, want 1 (the seed's): peers left the swarm for it", n)
+	}
+	if n := o.served.Load() - served; n != size {
+		t.Errorf("the origin served %d bytes, want %d", n, size)
+	}
+	if b := sumMetric(t, c.daemons, "damselfly_daemon_download_bytes_total", `source="peer"`); b != 3*size {
+		t.Errorf("the peers took %.0f bytes from the swarm, want %d", b, 3*size)
+	}
+	for _, d := range c.daemons {
+		if b, err := os.ReadFile(d.log); err != nil {
+			t.Error(err)
+		} else if !strings.Contains(string(b), "the swarm went on after a wait longer than swarm_timeout") {
+			t.Errorf("%s's log does not say that it waited longer than swarm_timeout for its source", d.name)
+		}
+	}
+}
+
 // TestSchedulerKilledMidDownload kills the scheduler while peers trade
 // pieces: every download still completes (the rest from the origin), and a
 // download started with the scheduler dead goes straight to the origin.
@@ -239,6 +273,47 @@ func TestSchedulerKilledMidDownload(t *testing.T) {
 		t.Errorf("dfget bypassed the daemon: %s", r.msg)
 	}
 }
+
+// TestLyingSourceNewsIsBounded: a rogue peer registers first for a task
+// (the scheduler sends it to the origin, so it is the source every
+// newcomer's pipeline starts at), never reports a piece, and tells its
+// children four times a second that it keeps receiving the content. The
+// news stretches a child's wait, but no further than its cap (four times
+// swarm_timeout after its last progress): the child then takes the content
+// from the origin.
+func TestLyingSourceNewsIsBounded(t *testing.T) {
+	o := newOrigin(t)
+	sched := startScheduler(t)
+	const size = 1 << 20
+	url, sum := o.add("lying-source", size, 141)
+	liar := startLiar(t, sched.addr, url, "-mode", "source-news")
+	const timeout = 2 * time.Second
+	victim := startDaemon(t, daemonOpts{name: "victim", scheduler: sched.addr, extra: []string{"--swarm-timeout", timeout.String()}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	startFetch(ctx, t, victim, url).check(t, sum)
+	st := liar.stats(t)
+	t.Logf("liar: %d piece streams, %d notes of news, the last stream open %d ms", st.SyncRequests, st.NewsSent, st.LastStreamMs)
+	if st.SyncRequests < 1 || st.NewsSent < 1 {
+		t.Fatal("the victim never heard the liar's news: the test proves nothing")
+	}
+	if n := metric(t, victim.metrics, "damselfly_daemon_back_to_source_total", `reason="swarm_stalled"`); n != 1 {
+		t.Errorf("back_to_source{reason=swarm_stalled} = %v, want 1", n)
+	}
+	waitFor(t, 10*time.Second, "the victim to close the liar's piece stream", func() bool {
+		return liar.stats(t).StreamsClosed >= liar.stats(t).SyncRequests
+	})
+	// The news was heard (without it the victim leaves after 2 s) and
+	// bounded (the cap is 8 s; margins for a busy machine).
+	if ms := liar.stats(t).LastStreamMs; ms < (5 * timeout / 2).Milliseconds() {
+		t.Errorf("the victim left the liar after %d ms: the news did not stretch its wait", ms)
+	} else if ms > (maxWait(timeout) + 6*time.Second).Milliseconds() {
+		t.Errorf("the victim stayed with the liar %d ms: longer than the cap of %v", ms, maxWait(timeout))
+	}
+}
+
+// maxWait is the daemon's longest swarm wait for a swarm timeout of d.
+func maxWait(d time.Duration) time.Duration { return 4 * d }
 
 // TestCorruptPeer registers a liar that claims every piece and serves
 // random bytes. Honest daemons must detect it, avoid it, and still finish

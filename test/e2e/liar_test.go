@@ -46,6 +46,9 @@ type liarStats struct {
 	PieceSize     uint32 `json:"piece_size"`
 	PieceRequests int64  `json:"piece_requests"`
 	SyncRequests  int64  `json:"sync_requests"`
+	NewsSent      int64  `json:"news_sent"`
+	LastStreamMs  int64  `json:"last_stream_ms"`
+	StreamsClosed int64  `json:"streams_closed"`
 }
 
 type liarProc struct {
@@ -53,9 +56,10 @@ type liarProc struct {
 	statsPath string
 }
 
-// startLiar starts the liar for url and waits until it has claimed every
-// piece and told the scheduler it is done.
-func startLiar(t testing.TB, sched, url string) *liarProc {
+// startLiar starts the liar for url (extra: more flags, such as -mode) and
+// waits until it has claimed every piece and told the scheduler it is done
+// (with -mode source-news: until it has registered).
+func startLiar(t testing.TB, sched, url string, extra ...string) *liarProc {
 	t.Helper()
 	bin := buildLiar(t)
 	dir := t.TempDir()
@@ -68,7 +72,8 @@ func startLiar(t testing.TB, sched, url string) *liarProc {
 	// The liar holds a valid peer certificate: mTLS says who a peer is, not
 	// whether its pieces are true; digests catch those.
 	tlsFlags := issue(t, "peer", "liar-"+filepath.Base(dir), filepath.Join(dir, "tls"))
-	cmd := exec.Command(bin, append([]string{"-scheduler", sched, "-url", url, "-stats", statsPath}, tlsFlags...)...)
+	args := append([]string{"-scheduler", sched, "-url", url, "-stats", statsPath}, tlsFlags...)
+	cmd := exec.Command(bin, append(args, extra...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -84,7 +89,7 @@ func startLiar(t testing.TB, sched, url string) *liarProc {
 		}
 	})
 	l := &liarProc{proc: p, statsPath: statsPath}
-	waitFor(t, 20*time.Second, "liar registered as a complete peer", func() bool {
+	waitFor(t, 20*time.Second, "liar registered", func() bool {
 		select {
 		case <-p.done:
 			b, _ := os.ReadFile(logPath)

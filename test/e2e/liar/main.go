@@ -4,6 +4,13 @@
 // bytes for every piece asked of it. It counts what it serves in a JSON
 // stats file so a test can check that honest daemons stop asking.
 //
+// With -mode source-news it lies about progress instead: it registers as
+// the first peer of a task (the one the scheduler sends to the origin),
+// never reports a piece, and tells every child on its piece stream, four
+// times a second, that the source has received more bytes of the content
+// (PieceState.source_bytes): a child must still leave it for the origin
+// within its wait's cap.
+//
 //	liar -scheduler 127.0.0.1:8002 -url http://origin/file -stats /tmp/liar.json
 package main
 
@@ -18,6 +25,7 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -41,10 +49,17 @@ type Stats struct {
 	PieceRequests int64 `json:"piece_requests"`
 	// SyncRequests counts SyncPieces streams opened by children.
 	SyncRequests int64 `json:"sync_requests"`
+	// source-news mode: notes of source progress sent, and how long the
+	// last piece stream a child opened stayed open (milliseconds; 0 while
+	// it is open).
+	NewsSent      int64 `json:"news_sent"`
+	LastStreamMs  int64 `json:"last_stream_ms"`
+	StreamsClosed int64 `json:"streams_closed"`
 }
 
 type liar struct {
 	taskID string
+	news   bool
 	stats  *attack.Stats[Stats]
 }
 
@@ -66,8 +81,34 @@ func (s *peerServer) SyncPieces(req *peerv1.SyncPiecesRequest, stream grpc.Serve
 		return status.Errorf(codes.NotFound, "task %s not held", req.GetTaskId())
 	}
 	s.l.update(func(st *Stats) { st.SyncRequests++ })
+	if s.l.news {
+		return s.l.sendNews(stream)
+	}
 	length, ps := s.l.shape()
 	return stream.Send(&peerv1.PieceState{ContentLength: length, PieceSize: ps, Pieces: attack.AllPieces(core.PieceCount(length, ps)), Done: true})
+}
+
+// sendNews holds the child's stream open with ever-growing news of a source
+// that never delivers a piece.
+func (l *liar) sendNews(stream grpc.ServerStreamingServer[peerv1.PieceState]) error {
+	start := time.Now()
+	defer l.update(func(st *Stats) {
+		st.LastStreamMs = time.Since(start).Milliseconds()
+		st.StreamsClosed++
+	})
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for k := uint64(1); ; k++ {
+		if err := stream.Send(&peerv1.PieceState{ContentLength: -1, SourceBytes: k << 16}); err != nil {
+			return err
+		}
+		l.update(func(st *Stats) { st.NewsSent++ })
+		select {
+		case <-tick.C:
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
 }
 
 // servePiece answers with the right number of random bytes.
@@ -96,10 +137,15 @@ func main() {
 	url := flag.String("url", "", "URL whose task to lie about (task ID as dfget with no tag/filter)")
 	statsPath := flag.String("stats", "", "JSON stats file")
 	hostname := flag.String("hostname", "liar", "host name to report")
+	mode := flag.String("mode", "corrupt", "corrupt: claim every piece and serve random bytes; source-news: claim nothing and send news of a source that never delivers")
 	tc := attack.TLSFlags()
 	flag.Parse()
 	if *schedAddr == "" || *url == "" || *statsPath == "" {
 		fmt.Fprintln(os.Stderr, "liar: -scheduler, -url and -stats are required")
+		os.Exit(2)
+	}
+	if *mode != "corrupt" && *mode != "source-news" {
+		fmt.Fprintf(os.Stderr, "liar: -mode %q: want corrupt or source-news\n", *mode)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -109,18 +155,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "liar:", err)
 		os.Exit(2)
 	}
-	if err := run(ctx, *schedAddr, *url, *statsPath, *hostname, creds); err != nil && ctx.Err() == nil {
+	if err := run(ctx, *schedAddr, *url, *statsPath, *hostname, *mode == "source-news", creds); err != nil && ctx.Err() == nil {
 		fmt.Fprintln(os.Stderr, "liar:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, schedAddr, url, statsPath, hostname string, creds *pki.Creds) error {
+func run(ctx context.Context, schedAddr, url, statsPath, hostname string, news bool, creds *pki.Creds) error {
 	stats, err := attack.NewStats[Stats](statsPath)
 	if err != nil {
 		return err
 	}
-	l := &liar{taskID: core.TaskID(url, core.TaskOptions{}), stats: stats}
+	l := &liar{taskID: core.TaskID(url, core.TaskOptions{}), news: news, stats: stats}
 	host, stop, err := attack.Serve(hostname, creds, &peerServer{l: l}, l.servePiece)
 	if err != nil {
 		return err
@@ -134,6 +180,20 @@ func run(ctx context.Context, schedAddr, url, statsPath, hostname string, creds 
 		return err
 	}
 	defer conn.Close()
+	if news {
+		// Registered: the first peer of the task, sent to the origin.
+		// Whatever the scheduler says next, it reports nothing.
+		l.update(func(st *Stats) { st.PeerID, st.HostID, st.Ready = peerID, host.GetId(), true })
+		fmt.Printf("liar ready: peer %s task %s, news of a source on peer port %d\n", peerID, l.taskID, host.GetPeerPort())
+		for {
+			if _, err := stream.Recv(); err != nil {
+				if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+					return nil
+				}
+				return fmt.Errorf("scheduler stream: %w", err)
+			}
+		}
+	}
 
 	// The scheduler sends the trusted shape at registration when it knows it.
 	var length int64 = -1
