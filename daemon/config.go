@@ -148,7 +148,7 @@ type DownloadConfig struct {
 	// slowly, the wait is three times the longest it took for one, at most
 	// four times SwarmTimeout; before its first piece, while its parents say
 	// it is still receiving from the origin, SwarmTimeout after the last
-	// such news, with the same cap.
+	// such news, at most ten times SwarmTimeout.
 	SwarmTimeout config.Duration `yaml:"swarm_timeout"`
 	// ParentFailures is how many failures in a row drop a parent.
 	ParentFailures int `yaml:"parent_failures"`

@@ -401,6 +401,15 @@ const (
 	maxSourcePatience = 4
 )
 
+// maxNewsPatience bounds, in SwarmTimeouts after the last progress, the
+// wait of a download whose parents keep saying that the content's source
+// is still receiving it (stallAt). It is longer than maxSourcePatience:
+// news shows the source alive, and a peer that leaves it for an origin
+// they share slows the source down for every other peer, which may then
+// leave too. It is also the longest a parent that lies about the source
+// can hold its child (200 s with the default SwarmTimeout).
+const maxNewsPatience = 10
+
 // swarmProgress records progress of the swarm at now.
 func (c *Core) swarmProgress(now time.Time) {
 	if c.mode == ModeSwarm && now.Sub(c.lastProgress) >= c.cfg.SwarmTimeout && c.stallAt().Sub(c.lastProgress) > c.cfg.SwarmTimeout {
@@ -438,21 +447,21 @@ func (c *Core) swarmWait() time.Duration {
 // stallAt is when the swarm has brought this download nothing for too long
 // and it goes to the origin: swarmWait after the last progress, or, while
 // a parent says the content's source is still receiving it from the origin
-// (its SourceBytes grew), SwarmTimeout after the last such news, with the
-// same cap. swarmWait learns a slow source's pace from its pieces, and so
+// (its SourceBytes grew), SwarmTimeout after the last such news, at most
+// maxNewsPatience times SwarmTimeout after the last progress. swarmWait learns a slow source's pace from its pieces, and so
 // cannot help before the first: a seed whose first piece took longer than
 // SwarmTimeout (an origin on a slow link, or one link split among many
 // fetches) sent every peer of the content to that same origin. News of a
 // source that stopped receiving stops too: its peers then wait only
 // SwarmTimeout after the last. A parent that lies about the source keeps
-// its child at most the cap.
+// its child no longer than that bound.
 func (c *Core) stallAt() time.Time {
 	at := c.lastProgress.Add(c.swarmWait())
 	if c.allOK || c.srcBytesAt.IsZero() {
 		return at
 	}
 	if t := c.srcBytesAt.Add(c.cfg.SwarmTimeout); t.After(at) {
-		at = minTime(t, c.lastProgress.Add(maxSourcePatience*c.cfg.SwarmTimeout))
+		at = minTime(t, c.lastProgress.Add(maxNewsPatience*c.cfg.SwarmTimeout))
 	}
 	return at
 }

@@ -1138,10 +1138,10 @@ func TestSourceNewsStretchesWaitBeforeFirstPiece(t *testing.T) {
 	})
 	t.Run("capped", func(t *testing.T) {
 		c, w := setup(t, false)
-		for s := 5; s <= 75; s += 5 {
+		for s := 5; s < maxNewsPatience*20; s += 5 {
 			news(t, w, time.Duration(s)*time.Second, uint64(s)<<16)
 		}
-		stallsAt(t, c, w, t0, maxSourcePatience*timeout)
+		stallsAt(t, c, w, t0, maxNewsPatience*timeout)
 	})
 	t.Run("source stopped", func(t *testing.T) {
 		c, w := setup(t, false)
