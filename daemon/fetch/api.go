@@ -237,7 +237,7 @@ type EvParentConnected struct{ Parent string }
 // (still arriving there), or that it holds everything (Done); and
 // SourceBytes, when not 0: how many bytes of the content the source
 // upstream of it has received from the origin (news that the source is
-// still receiving, see stallAt).
+// still receiving, see swarmWait).
 type EvParentPieces struct {
 	Parent      string
 	Pieces      []uint32

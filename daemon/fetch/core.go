@@ -39,7 +39,7 @@ type Core struct {
 	// srcBytes is the most bytes a parent said the content's source has
 	// received from the origin (EvParentPieces.SourceBytes), srcBytesAt
 	// when that last grew: the source is still receiving, even when no
-	// new piece has come out of it yet (stallAt).
+	// new piece has come out of it yet (swarmWait).
 	srcBytes   uint64
 	srcBytesAt time.Time
 	// stretched counts the times the swarm brought progress after more
@@ -403,7 +403,7 @@ const (
 
 // maxNewsPatience bounds, in SwarmTimeouts after the last progress, the
 // wait of a download whose parents keep saying that the content's source
-// is still receiving it (stallAt). It is longer than maxSourcePatience:
+// is still receiving it (swarmWait). It is longer than maxSourcePatience:
 // news shows the source alive, and a peer that leaves it for an origin
 // they share slows the source down for every other peer, which may then
 // leave too. It is also the longest a parent that lies about the source
@@ -412,7 +412,7 @@ const maxNewsPatience = 10
 
 // swarmProgress records progress of the swarm at now.
 func (c *Core) swarmProgress(now time.Time) {
-	if c.mode == ModeSwarm && now.Sub(c.lastProgress) >= c.cfg.SwarmTimeout && c.stallAt().Sub(c.lastProgress) > c.cfg.SwarmTimeout {
+	if c.mode == ModeSwarm && now.Sub(c.lastProgress) >= c.cfg.SwarmTimeout && c.swarmWait() > c.cfg.SwarmTimeout {
 		c.stretched++
 	}
 	c.lastProgress = now
@@ -424,53 +424,43 @@ func (c *Core) swarmProgress(now time.Time) {
 // the origin each time. The daemon logs each.
 func (c *Core) StretchedWaits() int { return c.stretched }
 
-// swarmWait is how long the swarm may bring this download nothing before
-// it goes to the origin. SwarmTimeout, or longer while the content is still
-// arriving at its source (the seed peer fetching it from the origin) and
-// the source has been slow to bring new pieces: the swarm then has
-// nothing newer to give, and leaving for the origin only adds to a load the
-// source already waits on. On the harness, skopeo pulling an image of eight
-// 128 MiB layers through eight daemons' mirrors, the seed's six parallel
-// fetches from the registry split its 50 Mbit/s unevenly; one layer's
-// 4 MiB pieces took over 20 s each, its eight peers left the swarm for the
-// registry after their first piece, and the registry sent 2.86 × F (the
-// pull at 0.34 of the bound). Digests known from the start (cached
-// content) say nothing of a source's pace: SwarmTimeout holds.
+// swarmWait is how long after its last progress the swarm may bring this
+// download nothing before it goes to the origin. SwarmTimeout, or longer
+// while the content is still arriving at its source (the seed peer
+// fetching it from the origin):
+//
+//   - The source has been slow to bring new pieces: sourcePatience times
+//     the longest it took for one, at most maxSourcePatience times
+//     SwarmTimeout. The swarm then has nothing newer to give, and leaving
+//     for the origin only adds to a load the source already waits on. On
+//     the harness, skopeo pulling an image of eight 128 MiB layers through
+//     eight daemons' mirrors, the seed's six parallel fetches from the
+//     registry split its 50 Mbit/s unevenly; one layer's 4 MiB pieces took
+//     over 20 s each, its eight peers left the swarm for the registry after
+//     their first piece, and the registry sent 2.86 × F (the pull at 0.34
+//     of the bound).
+//   - A parent says the source is still receiving it from the origin (its
+//     SourceBytes grew): until SwarmTimeout after the last such news, at
+//     most maxNewsPatience times SwarmTimeout. Pieces cannot show a
+//     source's pace before the first: a seed whose first piece took longer
+//     than SwarmTimeout (an origin on a slow link, or one link split among
+//     many fetches) sent every peer of the content to that same origin.
+//     News of a source that stopped receiving stops too: its peers then
+//     wait only SwarmTimeout after the last. A parent that lies about the
+//     source keeps its child no longer than the bound.
+//
+// Digests known from the start (cached content) say nothing of a source:
+// SwarmTimeout holds.
 func (c *Core) swarmWait() time.Duration {
 	w := c.cfg.SwarmTimeout
 	if c.allOK {
 		return w
 	}
-	return min(max(w, sourcePatience*c.srcGap), maxSourcePatience*w)
-}
-
-// stallAt is when the swarm has brought this download nothing for too long
-// and it goes to the origin: swarmWait after the last progress, or, while
-// a parent says the content's source is still receiving it from the origin
-// (its SourceBytes grew), SwarmTimeout after the last such news, at most
-// maxNewsPatience times SwarmTimeout after the last progress. swarmWait learns a slow source's pace from its pieces, and so
-// cannot help before the first: a seed whose first piece took longer than
-// SwarmTimeout (an origin on a slow link, or one link split among many
-// fetches) sent every peer of the content to that same origin. News of a
-// source that stopped receiving stops too: its peers then wait only
-// SwarmTimeout after the last. A parent that lies about the source keeps
-// its child no longer than that bound.
-func (c *Core) stallAt() time.Time {
-	at := c.lastProgress.Add(c.swarmWait())
-	if c.allOK || c.srcBytesAt.IsZero() {
-		return at
+	wait := min(max(w, sourcePatience*c.srcGap), maxSourcePatience*w)
+	if !c.srcBytesAt.IsZero() {
+		wait = max(wait, min(c.srcBytesAt.Add(w).Sub(c.lastProgress), maxNewsPatience*w))
 	}
-	if t := c.srcBytesAt.Add(c.cfg.SwarmTimeout); t.After(at) {
-		at = minTime(t, c.lastProgress.Add(maxNewsPatience*c.cfg.SwarmTimeout))
-	}
-	return at
-}
-
-func minTime(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
+	return wait
 }
 
 func (c *Core) trusted(n uint32) bool {
@@ -600,7 +590,7 @@ func (c *Core) checkStall(now time.Time) error {
 		}
 	}
 	idle := now.Sub(c.lastProgress)
-	if !now.Before(c.stallAt()) {
+	if idle >= c.swarmWait() {
 		return c.fallback("swarm_stalled")
 	}
 	if len(c.parents) == 0 && idle > c.cfg.NoParentsAsk && now.Sub(c.lastResched) > c.cfg.NoParentsAsk {
@@ -625,7 +615,7 @@ func (c *Core) NextDeadline() time.Time {
 		earliest(c.pendingAt.Add(c.cfg.ReportDelay))
 	}
 	if c.mode == ModeSwarm {
-		earliest(c.stallAt())
+		earliest(c.lastProgress.Add(c.swarmWait()))
 		if len(c.need) > 0 {
 			// A paced parent becomes free to ask again.
 			for _, p := range c.order {
