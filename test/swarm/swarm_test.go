@@ -255,3 +255,26 @@ func FuzzBdecode(f *testing.F) {
 		}
 	})
 }
+
+// The harness waits for the seed's link tests unless the seed's own flags
+// declare its uplink or turn the tests off.
+func TestSeedTestsLinks(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"--log-level", "debug"}, true},
+		{[]string{"--upload-bps", "3000000"}, false},
+		{[]string{"--upload-bps=3000000"}, false},
+		{[]string{"--upload-bps=0"}, true},
+		{[]string{"--upload-bps", "0"}, true},
+		{[]string{"--link-test=false"}, false},
+		{[]string{"-link-test=false"}, false},
+		{[]string{"--link-test=true"}, true},
+	} {
+		if got := seedTestsLinks(c.args); got != c.want {
+			t.Errorf("seedTestsLinks(%q) = %v, want %v", c.args, got, c.want)
+		}
+	}
+}

@@ -474,15 +474,42 @@ func (e *sysEnv) startDamselfly(ctx context.Context, extra ...string) ([]damself
 		}
 	}
 	if !e.cfg.Declare && !e.cfg.NoLinkTest {
-		e.waitLinkTests(ctx, daemons[1:])
+		// The seed peer too, unless its own flags declare its uplink or
+		// turn its tests off: a test still running when the downloads
+		// start shares its uplink with them (and, in seed-on-origin, is
+		// counted in the origin host's bytes).
+		testers := daemons[1:]
+		if seedTestsLinks(e.cfg.SeedArgs) {
+			testers = daemons
+		}
+		e.waitLinkTests(ctx, testers)
 	}
 	return daemons, nil
+}
+
+// seedTestsLinks reports whether a seed daemon started with these extra
+// flags runs link tests of its own: it does unless it declares its uplink
+// or turns them off.
+func seedTestsLinks(args []string) bool {
+	for i, a := range args {
+		name, val, eq := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !eq && name == "upload-bps" && i+1 < len(args) {
+			val = args[i+1]
+		}
+		switch {
+		case name == "upload-bps" && val != "0":
+			return false
+		case name == "link-test" && val == "false":
+			return false
+		}
+	}
+	return true
 }
 
 // linkTestWait bounds the wait for the daemons' link tests.
 const linkTestWait = 90 * time.Second
 
-// waitLinkTests waits until every peer daemon has finished its first round
+// waitLinkTests waits until each of these daemons has finished its first round
 // of link tests (two tests sent), as on a cluster whose daemons run before
 // anything is pulled, and logs what each measured against its shaped
 // rates. Past linkTestWait the run starts anyway, with a warning.
