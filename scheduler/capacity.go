@@ -527,7 +527,7 @@ func (s *Scheduler) interposeLocked(x, p *peer, take func(*peer) bool) []*peer {
 	var shares []float64
 	for i := 0; i < len(x.children); i++ {
 		if y := x.children[i]; take(y) {
-			j := slices.IndexFunc(y.parents, func(l link) bool { return l.peer == x })
+			j := parentIndex(y, x)
 			shares = append(shares, y.parents[j].share)
 			s.removeEdge(x, y)
 			moved = append(moved, y)
@@ -866,7 +866,7 @@ func (s *Scheduler) scaleSharesLocked(p *peer, top bool, f float64, now time.Tim
 	floor := minPacedShare * p.task.fluid
 	for i := 0; i < len(p.children); i++ {
 		c := p.children[i]
-		j := slices.IndexFunc(c.parents, func(l link) bool { return l.peer == p })
+		j := parentIndex(c, p)
 		if j < 0 || c.parents[j].share <= 0 || c.parents[j].top != top {
 			continue
 		}
@@ -879,11 +879,7 @@ func (s *Scheduler) scaleSharesLocked(p *peer, top bool, f float64, now time.Tim
 				continue
 			}
 		} else {
-			if top {
-				p.topBooked -= c.parents[j].share - sh
-			} else {
-				p.booked -= c.parents[j].share - sh
-			}
+			p.addBooking(top, sh-c.parents[j].share)
 			c.parents[j].share = sh
 		}
 		s.sendParentsLocked(c, now)

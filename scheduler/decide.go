@@ -87,8 +87,11 @@ func (s *Scheduler) decideLocked(p *peer, now time.Time, force bool) {
 	}
 }
 
-func isParent(p, c *peer) bool {
-	return slices.ContainsFunc(p.parents, func(l link) bool { return l.peer == c })
+func isParent(p, c *peer) bool { return parentIndex(p, c) >= 0 }
+
+// parentIndex is the index of c in p.parents, or -1.
+func parentIndex(p, c *peer) int {
+	return slices.IndexFunc(p.parents, func(l link) bool { return l.peer == c })
 }
 
 // debug reports whether debug logs are wanted; hot paths check it first so

@@ -69,11 +69,7 @@ func (s *Scheduler) linkEdgeLocked(parent, child *peer, share float64, top bool)
 	case share > 0:
 		parent.task.paced++
 		parent.pacedKids++
-		if top {
-			parent.topBooked += share
-		} else {
-			parent.booked += share
-		}
+		parent.addBooking(top, share)
 		parent.bookFluid = parent.task.fluid
 	default:
 		child.depth = sourceDepth(parent) + 1
@@ -86,6 +82,16 @@ func (s *Scheduler) linkEdgeLocked(parent, child *peer, share float64, top bool)
 	child.host.edges++
 	s.touchOpenLocked(parent)
 	return true
+}
+
+// addBooking adds delta bytes/s to what p books for its paced children:
+// to its top-ups (topBooked) when top, else to its other shares (booked).
+func (p *peer) addBooking(top bool, delta float64) {
+	if top {
+		p.topBooked += delta
+	} else {
+		p.booked += delta
+	}
 }
 
 // sourceDepth is how many relaying hops p's data comes through: 0 for a
@@ -102,7 +108,7 @@ func sourceDepth(p *peer) int32 {
 
 // removeEdge removes parent→child if present and frees the slot.
 func (s *Scheduler) removeEdge(parent, child *peer) bool {
-	i := slices.IndexFunc(child.parents, func(l link) bool { return l.peer == parent })
+	i := parentIndex(child, parent)
 	if i < 0 {
 		return false
 	}
@@ -110,11 +116,7 @@ func (s *Scheduler) removeEdge(parent, child *peer) bool {
 	if sh := child.parents[i].share; sh > 0 {
 		parent.task.paced--
 		parent.pacedKids--
-		if child.parents[i].top {
-			parent.topBooked -= sh
-		} else {
-			parent.booked -= sh
-		}
+		parent.addBooking(child.parents[i].top, -sh)
 		if parent.pacedKids == 0 {
 			parent.booked, parent.topBooked = 0, 0 // no float residue
 		}

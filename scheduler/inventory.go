@@ -323,7 +323,7 @@ func (s *Scheduler) handoverLocked(q, d *peer, now time.Time) {
 	}
 	for _, c := range slices.Clone(d.children) {
 		share := 0.0
-		if j := slices.IndexFunc(c.parents, func(l link) bool { return l.peer == d }); j >= 0 {
+		if j := parentIndex(c, d); j >= 0 {
 			share = c.parents[j].share
 		}
 		s.removeEdge(d, c)

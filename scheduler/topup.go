@@ -124,7 +124,7 @@ func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 				if dn.host == p.host || localityGroup(dn.host.info) != group || isParent(p, dn.peer) {
 					continue
 				}
-				if m, bad := p.bad[dn.id]; bad && (m.kind == badCorrupt || now.Sub(m.at) < badParentTTL) {
+				if reported(p, dn.peer, now) {
 					continue
 				}
 				sh := min(dn.spare, d-in)
@@ -196,7 +196,7 @@ func (s *Scheduler) swapShortLocked(recv []*peer, donors []pacedCand, floor floa
 				isParent(q, p) || isParent(p, q) || !p.pieces.holdsNew(&q.pieces, topUpAhead) {
 				continue
 			}
-			if m, bad := q.bad[p.id]; bad && (m.kind == badCorrupt || now.Sub(m.at) < badParentTTL) {
+			if reported(q, p, now) {
 				continue
 			}
 			for j := range q.parents {
@@ -295,13 +295,17 @@ func (s *Scheduler) canTakeShare(p, d *peer, share float64, group string, now ti
 		(d.state != stateSucceeded && !d.pieces.holdsNew(&p.pieces, topUpAhead)) {
 		return false
 	}
-	if k := slices.IndexFunc(p.parents, func(pl link) bool { return pl.peer == d }); k >= 0 && p.parents[k].share <= 0 {
+	if k := parentIndex(p, d); k >= 0 && p.parents[k].share <= 0 {
 		return false
 	}
-	if m, bad := p.bad[d.id]; bad && (m.kind == badCorrupt || now.Sub(m.at) < badParentTTL) {
-		return false
-	}
-	return true
+	return !reported(p, d, now)
+}
+
+// reported reports whether p reported parent as bad and the mark still
+// holds (a corrupt parent's always, any other's for badParentTTL).
+func reported(p, parent *peer, now time.Time) bool {
+	m, bad := p.bad[parent.id]
+	return bad && (m.kind == badCorrupt || now.Sub(m.at) < badParentTTL)
 }
 
 // keepFloor trims a, taken from a share of size share, so that what is
@@ -321,13 +325,9 @@ func keepFloor(a, share, floor float64) float64 {
 func (s *Scheduler) moveShareLocked(q *peer, j int, p *peer, a float64) bool {
 	l := q.parents[j]
 	d := l.peer
-	if k := slices.IndexFunc(p.parents, func(pl link) bool { return pl.peer == d }); k >= 0 {
+	if k := parentIndex(p, d); k >= 0 {
 		p.parents[k].share += a
-		if p.parents[k].top {
-			d.topBooked += a
-		} else {
-			d.booked += a
-		}
+		d.addBooking(p.parents[k].top, a)
 	} else {
 		bf := d.bookFluid // not a new booking: D's fluid rate stays
 		ok := s.linkEdgeLocked(d, p, a, l.top)
@@ -341,11 +341,7 @@ func (s *Scheduler) moveShareLocked(q *peer, j int, p *peer, a float64) bool {
 		return true
 	}
 	q.parents[j].share -= a
-	if l.top {
-		d.topBooked -= a
-	} else {
-		d.booked -= a
-	}
+	d.addBooking(l.top, -a)
 	return true
 }
 
