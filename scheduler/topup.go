@@ -173,17 +173,27 @@ func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 // done, as for any downloading donor. It returns told with the receivers
 // it changed added.
 func (s *Scheduler) swapShortLocked(recv []*peer, donors []pacedCand, floor float64, budget *int, e uint64, told []*peer, now time.Time) []*peer {
+	var ownAt map[*peer]int // p's own entry in donors, built at the first short p
 	for _, p := range recv {
 		if *budget <= 0 {
 			break
 		}
 		t := p.task
-		own := slices.IndexFunc(donors, func(dn pacedCand) bool { return dn.peer == p })
-		if own < 0 || donors[own].spare < floor || len(p.parents) >= maxPacedParents {
+		if len(p.parents) >= maxPacedParents {
 			continue
 		}
 		short := min(s.topUpDownlink(p), t.fluid) - s.inflow(p, now)
 		if short < floor {
+			continue
+		}
+		if ownAt == nil {
+			ownAt = make(map[*peer]int, len(donors))
+			for i, dn := range donors {
+				ownAt[dn.peer] = i
+			}
+		}
+		own, ok := ownAt[p]
+		if !ok || donors[own].spare < floor {
 			continue
 		}
 		group := localityGroup(p.host.info)
