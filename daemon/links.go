@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -60,7 +61,7 @@ func newLinks(reg prometheus.Registerer) *links {
 			Help: "The best rate in bytes/s another host's link test reached into this one (0: none yet)."}),
 		tests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "damselfly_daemon_link_tests_total",
-			Help: "Link tests by direction (sent, received) and result (ok, error)."}, []string{"direction", "result"}),
+			Help: "Link tests by direction (sent, received) and result (ok, error; aborted: a transfer started on this host during a test it sent)."}, []string{"direction", "result"}),
 	}
 	if reg != nil {
 		reg.MustRegister(l.upGauge, l.dnGauge, l.tests)
@@ -137,10 +138,7 @@ func (d *Daemon) linksChanged() {
 // other host asked for a partner yet) is tried again sooner: from 30 s,
 // doubling up to the interval.
 func (d *Daemon) linkTestLoop(ctx context.Context) {
-	client := &http.Client{Transport: &http.Transport{
-		DialContext:       (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		DisableKeepAlives: true,
-	}}
+	client := linktest.NewClient()
 	defer client.CloseIdleConnections()
 	every := d.cfg.LinkTest.Interval.D()
 	backoff := linkRetryRound
@@ -234,7 +232,15 @@ func (d *Daemon) linkRound(ctx context.Context, client *http.Client) bool {
 		exclude = append(exclude, p.GetId())
 		addr := uploadAddr(p)
 		dur := min(max(time.Duration(resp.GetDurationMs())*time.Millisecond, linktest.MinDuration), linktest.MaxDuration)
-		res, err := linktest.Send(ctx, client, addr, dur)
+		// A transfer that starts during the test ends it: the test would
+		// hold the transfer back and measure what the transfer leaves.
+		res, err := linktest.Send(ctx, client, addr, dur, d.transferring)
+		if errors.Is(err, linktest.ErrAborted) {
+			d.links.tests.WithLabelValues("sent", "aborted").Inc()
+			d.log.Debug("link test ended: a transfer started", "partner", p.GetId())
+			exclude = exclude[:len(exclude)-1] // the partner may be asked again
+			continue
+		}
 		if err != nil {
 			d.links.tests.WithLabelValues("sent", "error").Inc()
 			d.log.Info("link test failed", "partner", p.GetId(), "addr", addr, "err", err)

@@ -100,11 +100,18 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 	}
 	ups, measured := s.rateScratch[:0], s.measuredScratch[:0]
 	src, known, unknown, unmetered, lbMax, doneMax := 0.0, 0, 0, 0, 0.0, 0.0
+	recv, done := 0, 0
 	for _, p := range t.list {
 		if p.state == stateLeft {
 			continue
 		}
 		source := p.state == stateBackToSource || p.state == stateSucceeded
+		switch {
+		case !source:
+			recv++
+		case p.state == stateSucceeded && !p.host.info.GetSeed():
+			done++
+		}
 		switch h := p.host; {
 		case knownUp(h) > 0:
 			u := s.upCapacity(h, now)
@@ -188,6 +195,13 @@ func (s *Scheduler) updateRateLocked(t *task, now time.Time) {
 		r = lbMax // only lower bounds, and no source: the fastest seen
 	}
 	t.rate = r
+	switch {
+	case done > t.doneN:
+		t.joining = false
+	case recv+done > t.recvN+t.doneN:
+		t.joining = true
+	}
+	t.recvN, t.doneN = recv, done
 	// The fluid bound's rate: all the uplink there is (the source's and
 	// the receivers') over the receivers. Only when some capacity is known
 	// (declared, or measured at the bottleneck): a lower bound tells what a
@@ -331,18 +345,18 @@ func (s *Scheduler) childrenFull(c *peer, group string, now time.Time) bool {
 		// (displaceCrossHeadLocked).
 		n = unpacedChildren(c)
 	}
-	return (lim >= 0 && n >= lim) || s.bookedFull(c, now)
+	return (lim >= 0 && n >= lim) || s.bookedFull(c, 0, now)
 }
 
-// bookedFull reports whether the shares booked on c leave no room for one
-// more child at the fluid rate: the slot went to paced children, whose
-// shares would otherwise be trimmed when it is taken.
-func (s *Scheduler) bookedFull(c *peer, now time.Time) bool {
+// bookedFull reports whether the shares booked on c, less release of them,
+// leave no room for one more child at the fluid rate: the slot went to
+// paced children, whose shares would otherwise be trimmed when it is taken.
+func (s *Scheduler) bookedFull(c *peer, release float64, now time.Time) bool {
 	if c.pacedKids == 0 || c.task.fluid <= 0 {
 		return false
 	}
 	u := s.shareBase(c.host, now)
-	return u-pacedFluid(c)*float64(unpacedChildren(c)+1)-c.booked < -0.02*u
+	return u-pacedFluid(c)*float64(unpacedChildren(c)+1)-(c.booked-release) < -0.02*u
 }
 
 // shareBase is the uplink that h's shares are booked against: its known
@@ -831,6 +845,11 @@ func (s *Scheduler) trimPacedLocked(t *task, now time.Time) {
 		if room := s.shareRoom(p, now); p.booked > room*1.02+1 {
 			s.scaleSharesLocked(p, false, room/p.booked, now)
 		}
+		if t.joining && p.bookFluid < t.fluid {
+			// What its unpaced children are now assured of: when the
+			// hosts stop registering, the rate it falls back to.
+			p.bookFluid = t.fluid
+		}
 		if p.topBooked > 0 {
 			s.trimTopUpsLocked(p, now)
 		}
@@ -888,11 +907,16 @@ func (s *Scheduler) scaleSharesLocked(p *peer, top bool, f float64, now time.Tim
 
 // pacedFluid is the rate p's unpaced children are assumed to get while it
 // has paced ones: the task's fluid rate, but no more than it was when a
-// share was last booked on p. A fluid rate that rises later (receivers
-// finish, or join with fast uplinks) does not take back shares booked in
-// good faith; the main children still get what they were assumed to.
+// share was last booked on p, unless hosts are registering (task.joining).
+// A rise of the fluid rate as receivers finish (the slow ones are left)
+// does not take back shares booked in good faith from those still behind.
+// A rise as hosts register does: every host below a relay gets what its
+// unpaced child gets. Booked at the rate of the first five hosts to
+// register (16.6 Mbit/s, against 20.2 once all sixteen had), the shares a
+// slow receiver took of the seed's child and of its child held the
+// harness's whole pipeline, twelve hosts, at 16.6 for the whole download.
 func pacedFluid(p *peer) float64 {
-	if p.bookFluid > 0 && p.bookFluid < p.task.fluid {
+	if !p.task.joining && p.bookFluid > 0 && p.bookFluid < p.task.fluid {
 		return p.bookFluid
 	}
 	return p.task.fluid
@@ -925,7 +949,7 @@ func (s *Scheduler) topUpPacedLocked(p *peer, now time.Time) {
 	if !s.cfg.PacedShares || p.task.fluid <= 0 || p.task.unverifiable() {
 		return
 	}
-	if len(p.task.open) > 0 && s.fullSlotForPacedLocked(p) {
+	if (len(p.task.open) > 0 || s.ownShareBlocksSlot(p)) && s.fullSlotForPacedLocked(p) {
 		s.sendParentsLocked(p, now)
 		return
 	}
@@ -938,6 +962,15 @@ func (s *Scheduler) topUpPacedLocked(p *peer, now time.Time) {
 	if added {
 		s.sendParentsLocked(p, now)
 	}
+}
+
+// ownShareBlocksSlot reports whether one of p's paced parents would have a
+// free full-rate slot but for p's own share on it: released, as
+// fullSlotForPacedLocked does, the slot is p's. (A parent whose uplink is
+// the fluid rate has no room for a child beside any share, so it is not in
+// the task's open list while p holds one.)
+func (s *Scheduler) ownShareBlocksSlot(p *peer) bool {
+	return slices.ContainsFunc(p.parents, func(l link) bool { return l.share > 0 && s.slotFree(l.peer, l.share) })
 }
 
 // fullSlotForPacedLocked moves p, fed by paced shares only, to a parent

@@ -300,16 +300,23 @@ func (s *Scheduler) updatePoolLocked(p *peer) bool {
 // mark expiring) is set right by the rebuild in every Tick, and decisions
 // check every candidate anyway.
 func (s *Scheduler) touchOpenLocked(p *peer) {
-	in := p.poolIdx >= 0 && p.state != stateLeft && p.host.used < p.host.slots
-	if in && !p.stalledAt.IsZero() {
-		in = !stalled(p, s.now())
+	p.task.setOpen(p, s.slotFree(p, 0))
+}
+
+// slotFree reports whether p has a free full-rate slot: it is in the pool,
+// its host has an upload slot, it is not stalled nor marked slow, its child
+// limit has room, and its paced shares, less release of them, leave a
+// child the fluid rate (bookedFull).
+func (s *Scheduler) slotFree(p *peer, release float64) bool {
+	if p.poolIdx < 0 || p.state == stateLeft || p.host.used >= p.host.slots {
+		return false
 	}
-	if in {
-		now := s.now()
-		lim := s.childLimit(p, now)
-		in = (lim < 0 || unpacedChildren(p) < lim) && !now.Before(p.host.slowUntil) && !s.bookedFull(p, now)
+	now := s.now()
+	if !p.stalledAt.IsZero() && stalled(p, now) {
+		return false
 	}
-	p.task.setOpen(p, in)
+	lim := s.childLimit(p, now)
+	return (lim < 0 || unpacedChildren(p) < lim) && !now.Before(p.host.slowUntil) && !s.bookedFull(p, release, now)
 }
 
 // fillParentsLocked adds parents to p up to MaxParents from the best

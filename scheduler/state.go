@@ -273,6 +273,13 @@ type task struct {
 	// (capacity.go); what a parent's unpaced children are assigned when
 	// its spare capacity is reckoned. 0 when no capacity is known.
 	fluid float64
+	// joining: at the last rate update more hosts were in the task than at
+	// the one before, and none had finished since; a rise of the fluid rate
+	// then comes from hosts registering, and the shares booked on relays
+	// before it yield to their unpaced children (pacedFluid). recvN and
+	// doneN are the receivers and the finished receivers at that update.
+	joining      bool
+	recvN, doneN int
 	// rateHi: while fewer than minRateSample receivers of known capacity
 	// have registered, the fastest of their uplinks, else 0. A seed host's
 	// children are counted at it too (childLimit).

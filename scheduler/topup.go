@@ -83,11 +83,17 @@ func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 		return cmp.Compare(b.spare, a.spare)
 	})
 	for _, p := range t.list {
-		// A crowded peer splits a full uplink with a pipeline: it is moved
-		// to a free slot or to paced parents (rehomeLocked,
+		// A crowded peer that splits a full uplink with a pipeline is
+		// moved to a free slot or to paced parents (rehomeLocked,
 		// pacedRehomeLocked), which gives the pipeline its rate back; a
-		// top-up would leave it there.
-		if p.state == stateRunning && len(p.parents) > 0 && len(p.parents) < maxPacedParents && !p.crowded {
+		// top-up would leave it there. A slow one (it relays to nobody)
+		// whose parent feeds only leaves (a pipeline's tail slower than
+		// the fluid rate) holds back no pipeline and would take no free
+		// slot, and is topped up like any receiver when no paced parents
+		// give it more than its slot. (In the simulator's spread at N = 16
+		// the last host went from 0.88 of the bound to 0.92-0.93 with it.)
+		if p.state == stateRunning && len(p.parents) > 0 && len(p.parents) < maxPacedParents &&
+			(!p.crowded || (s.slowHost(p, now) && s.feedsLeaves(p.parents[0].peer, now))) {
 			recv = append(recv, p)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -48,6 +49,49 @@ const (
 // ErrShort: the test delivered too little to measure.
 var ErrShort = errors.New("link test too short to measure")
 
+// ErrAborted: a transfer started on the sending host during the test,
+// which was ended so as not to hold the transfer back.
+var ErrAborted = errors.New("link test ended: a transfer started")
+
+// busyPoll is how often a test in progress checks whether its host began
+// to transfer: a test ends within this long of a transfer's start, and
+// leaves the link to it.
+const busyPoll = 50 * time.Millisecond
+
+// whileIdle runs until stop is called, calling onBusy once (and then
+// ending) if busy turns true first. stop reports whether it did. A nil
+// busy is never true.
+func whileIdle(busy func() bool, onBusy func()) (stop func() bool) {
+	if busy == nil {
+		return func() bool { return false }
+	}
+	var hit atomic.Bool
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(busyPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+				if busy() {
+					hit.Store(true)
+					onBusy()
+					return
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() bool {
+		once.Do(func() { close(quit) })
+		<-done
+		return hit.Load()
+	}
+}
+
 // Result is what the receiver measured.
 type Result struct {
 	Bytes   int64   `json:"bytes"`
@@ -58,8 +102,9 @@ type Result struct {
 
 // Measure reads body for d from the first byte (or until EOF or an error,
 // such as a read deadline passing) and returns the rate over the window
-// from the first warmup share of that time to its end: the bytes read
-// after the window began over the window's length. The window's length is
+// from about the first warmup share of that time to its end: the bytes
+// read after the window began over the window's length, the window
+// beginning and ending at reads. The window's length is
 // wall time, stalls included: on a shaped link a loss stalls the stream,
 // and the retransmission then releases its bytes at once; over the time
 // from the first read after the stall, such a burst made a 1 Mbit/s uplink
@@ -103,18 +148,27 @@ func Measure(body io.Reader, d time.Duration, now func() time.Time) (Result, err
 	if span < d/2 {
 		return Result{Bytes: total}, fmt.Errorf("%w: %d bytes within %v", ErrShort, total, span)
 	}
-	// The bytes read by the window's start: those of the last read at or
-	// before it.
-	start := first.Add(time.Duration(warmup * float64(span)))
-	var before int64
+	// The window begins at the last read at or before the warm-up's end
+	// and counts the bytes of the reads after it, up to the last. Bytes
+	// arrive in lumps (a receiver coalesces segments: 64 KiB at a time,
+	// one lump every 0.2 s on a 2.5 Mbit/s link), so a window from any
+	// other instant counted a lump more or less than its time carried:
+	// up to a quarter of a slow uplink's rate in a one-second test, which
+	// then paced its uploads too little to leave its download's ACKs room.
+	cut := first.Add(time.Duration(warmup * float64(span)))
+	start := samples[0]
 	for _, s := range samples {
-		if s.t.After(start) {
+		if s.t.After(cut) {
 			break
 		}
-		before = s.n
+		start = s
 	}
 	res := Result{Bytes: total, Seconds: span.Seconds()}
-	res.RateBps = float64(total-before) / end.Sub(start).Seconds()
+	if !end.After(start.t) {
+		return res, fmt.Errorf("%w: no read after the warm-up", ErrShort)
+	}
+	before := start.n
+	res.RateBps = float64(total-before) / end.Sub(start.t).Seconds()
 	if total-before < minBytes/2 {
 		return res, fmt.Errorf("%w: %d bytes in the measured window", ErrShort, total-before)
 	}
@@ -127,7 +181,9 @@ type Receiver struct {
 	OnResult func(Result)
 	// Busy reports whether the host's links carry other traffic now (a
 	// download, uploads): a test is then refused with 503, as it would
-	// measure what is left of the downlink (may be nil).
+	// measure what is left of the downlink, and a test in progress when
+	// it turns true is ended (503, not measured), leaving the link to the
+	// transfer (may be nil).
 	Busy func() bool
 	busy atomic.Bool
 }
@@ -162,8 +218,15 @@ func (rv *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// closes.
 	w.Header().Set("Connection", "close")
 	// A sender that never gets going is cut off.
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(ReadLimit))
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(ReadLimit))
+	stop := whileIdle(rv.Busy, func() { _ = rc.SetReadDeadline(time.Now()) })
 	res, err := Measure(r.Body, d, time.Now)
+	if stop() {
+		w.Header().Set("Retry-After", "10")
+		http.Error(w, "this host began to transfer: link test ended", http.StatusServiceUnavailable)
+		return
+	}
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -210,8 +273,11 @@ func (j *junk) Read(p []byte) (int, error) {
 // Send posts junk to the upload port at addr (host:port), the receiver
 // measuring for d, and returns what it measured. An answer the bytes the
 // sender wrote cannot account for is an error: a partner's word is not
-// taken blindly.
-func Send(ctx context.Context, client *http.Client, addr string, d time.Duration) (Result, error) {
+// taken blindly. If busy (may be nil) turns true during the test, the
+// test ends at once with ErrAborted. The client's connections should
+// linger 0 (Dialer), so that closing one also drops what its socket still
+// holds to send.
+func Send(ctx context.Context, client *http.Client, addr string, d time.Duration, busy func() bool) (Result, error) {
 	if d < MinDuration || d > MaxDuration {
 		return Result{}, fmt.Errorf("link test duration %v, want %v to %v", d, MinDuration, MaxDuration)
 	}
@@ -219,6 +285,15 @@ func Send(ctx context.Context, client *http.Client, addr string, d time.Duration
 	body := &junk{buf: junkBytes(), deadline: start.Add(ReadLimit)}
 	ctx, cancel := context.WithTimeout(ctx, ReadLimit+5*time.Second)
 	defer cancel()
+	stop := whileIdle(busy, cancel)
+	res, err := send(ctx, client, addr, d, body, start)
+	if stop() {
+		return Result{}, ErrAborted
+	}
+	return res, err
+}
+
+func send(ctx context.Context, client *http.Client, addr string, d time.Duration, body *junk, start time.Time) (Result, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+Path, body)
 	if err != nil {
 		return Result{}, err
@@ -258,4 +333,22 @@ func trim(b []byte) string {
 		b = b[:200]
 	}
 	return strconv.Quote(string(b))
+}
+
+// NewClient is an HTTP client for Send. Its connections are not kept
+// alive, and they linger 0: closing one, as a test ended early does,
+// drops what its socket still holds to send (megabytes on a slow uplink)
+// instead of sending it on after the test.
+func NewClient() *http.Client {
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			return c, err
+		},
+		DisableKeepAlives: true,
+	}}
 }

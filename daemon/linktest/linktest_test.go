@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -98,13 +99,54 @@ func TestMeasureStallThenBurst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// From 0.2 s to 1.0 s: the stall's end, the burst and the last 0.1 s,
-	// 19 chunks over 0.8 s.
-	want := 19 * chunk / 0.8
+	// From the last read before 0.2 s (at 0.1 s) to 1.0 s: the stall,
+	// the burst and the last 0.1 s, 18 chunks over 0.9 s.
+	want := 18 * chunk / 0.9
 	if res.RateBps < 0.9*want || res.RateBps > 1.1*want {
 		t.Fatalf("rate %.0f, want about %.0f (the stall counted)", res.RateBps, want)
 	}
 }
+
+// TestMeasureLumpyArrival: bytes that arrive in lumps (64 KiB every
+// 0.2 s: a 2.5 Mbit/s link, the receiver coalescing segments) measure the
+// lumps' rate. A window from the warm-up's end instant, between two lumps,
+// counted one lump more than its time carried: 19 % high.
+func TestMeasureLumpyArrival(t *testing.T) {
+	const lump = 64 << 10
+	c := &lumpReader{at: []time.Duration{0}, sizes: []int{8 << 10}}
+	for k := range 6 {
+		c.at = append(c.at, 50*time.Millisecond+time.Duration(k)*200*time.Millisecond)
+		c.sizes = append(c.sizes, lump)
+	}
+	res, err := Measure(c, time.Second, c.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := lump / 0.2
+	if res.RateBps < 0.99*want || res.RateBps > 1.01*want {
+		t.Fatalf("rate %.0f, want %.0f", res.RateBps, want)
+	}
+}
+
+// lumpReader yields sizes[i] bytes at time at[i].
+type lumpReader struct {
+	at    []time.Duration
+	sizes []int
+	i     int
+	t     time.Duration
+}
+
+func (c *lumpReader) Read(p []byte) (int, error) {
+	if c.i >= len(c.at) {
+		return 0, io.EOF
+	}
+	c.t = c.at[c.i]
+	n := min(len(p), c.sizes[c.i])
+	c.i++
+	return n, nil
+}
+
+func (c *lumpReader) now() time.Time { return time.Unix(0, 0).Add(c.t) }
 
 // TestMeasureStopsAtDuration: a sender that goes on is measured for the
 // test's duration only.
@@ -131,7 +173,7 @@ func TestSendAndReceive(t *testing.T) {
 	rv := &Receiver{OnResult: func(r Result) { mu.Lock(); got = append(got, r); mu.Unlock() }}
 	srv := httptest.NewServer(rv)
 	defer srv.Close()
-	res, err := Send(context.Background(), srv.Client(), strings.TrimPrefix(srv.URL, "http://"), 200*time.Millisecond)
+	res, err := Send(context.Background(), srv.Client(), strings.TrimPrefix(srv.URL, "http://"), 200*time.Millisecond, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +215,7 @@ func TestLyingPartnerNotBelieved(t *testing.T) {
 			w.Header().Set("Connection", "close")
 			_, _ = io.WriteString(w, c.answer)
 		}))
-		_, err := Send(context.Background(), srv.Client(), strings.TrimPrefix(srv.URL, "http://"), 200*time.Millisecond)
+		_, err := Send(context.Background(), srv.Client(), strings.TrimPrefix(srv.URL, "http://"), 200*time.Millisecond, nil)
 		srv.Close()
 		if (err == nil) != c.ok {
 			t.Errorf("answer %s: err %v, want believed %v", c.answer, err, c.ok)
@@ -261,7 +303,90 @@ func TestReceiverCutsOffRogueSenders(t *testing.T) {
 }
 
 func TestSendRefusesBadDuration(t *testing.T) {
-	if _, err := Send(context.Background(), http.DefaultClient, "127.0.0.1:1", time.Hour); err == nil {
+	if _, err := Send(context.Background(), http.DefaultClient, "127.0.0.1:1", time.Hour, nil); err == nil {
 		t.Fatal("an hour-long test was sent")
+	}
+}
+
+// TestTransferEndsSendersTest: a transfer that starts on the sending host
+// during a test ends the test at once (ErrAborted), and the receiver
+// measures nothing from it; a test during which none starts is measured.
+func TestTransferEndsSendersTest(t *testing.T) {
+	var measured atomic.Int64
+	rv := &Receiver{OnResult: func(Result) { measured.Add(1) }}
+	srv := httptest.NewServer(rv)
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	var transferring atomic.Bool
+	time.AfterFunc(300*time.Millisecond, func() { transferring.Store(true) })
+	_, err := Send(context.Background(), NewClient(), addr, MaxDuration, transferring.Load)
+	if !errors.Is(err, ErrAborted) {
+		t.Fatalf("a transfer started during the test: err %v, want ErrAborted", err)
+	}
+	// The receiver is free again, and was told of no result.
+	waitFree(t, rv)
+	if n := measured.Load(); n != 0 {
+		t.Fatalf("the ended test was measured %d times", n)
+	}
+	if _, err := Send(context.Background(), NewClient(), addr, 200*time.Millisecond, func() bool { return false }); err != nil {
+		t.Fatalf("no transfer: %v", err)
+	}
+	if n := measured.Load(); n != 1 {
+		t.Fatalf("%d tests measured, want 1", n)
+	}
+}
+
+// TestTransferEndsReceiversTest: a transfer that starts on the receiving
+// host during a test ends it with 503, unmeasured (it would count what the
+// transfer leaves of the downlink, and hold the transfer back). The sender
+// sees the 503 or, as the receiver closes with the body unread, a reset.
+func TestTransferEndsReceiversTest(t *testing.T) {
+	var measured atomic.Int64
+	var transferring atomic.Bool
+	rv := &Receiver{OnResult: func(Result) { measured.Add(1) }, Busy: transferring.Load}
+	codes := make(chan int, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cw := &codeWriter{ResponseWriter: w}
+		rv.ServeHTTP(cw, r)
+		codes <- cw.code
+	}))
+	defer srv.Close()
+	time.AfterFunc(300*time.Millisecond, func() { transferring.Store(true) })
+	if _, err := Send(context.Background(), NewClient(), strings.TrimPrefix(srv.URL, "http://"), MaxDuration, nil); err == nil {
+		t.Fatal("the receiver began to transfer: the test succeeded")
+	}
+	if code := <-codes; code != http.StatusServiceUnavailable {
+		t.Fatalf("receiver answered %d, want 503", code)
+	}
+	if n := measured.Load(); n != 0 {
+		t.Fatalf("the ended test was measured %d times", n)
+	}
+}
+
+// codeWriter records the status a handler wrote.
+type codeWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (c *codeWriter) WriteHeader(code int) {
+	if c.code == 0 {
+		c.code = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *codeWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// waitFree waits for rv to be done with its test (it answers before its
+// handler returns).
+func waitFree(t *testing.T, rv *Receiver) {
+	t.Helper()
+	for i := 0; rv.busy.Load(); i++ {
+		if i > 500 {
+			t.Fatal("receiver still busy")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -76,9 +76,12 @@ type SystemResult struct {
 	OriginServerRequests int64   `json:"origin_server_requests"`
 	// UploadedBytes is what each host served to peers, by the system's own
 	// metrics (Damselfly only): who carried the load.
-	UploadedBytes  map[string]int64 `json:"uploaded_bytes,omitempty"`
-	InterRackBytes int64            `json:"inter_rack_bytes,omitempty"`
-	InterRackOverF float64          `json:"inter_rack_bytes_over_f,omitempty"`
+	UploadedBytes map[string]int64 `json:"uploaded_bytes,omitempty"`
+	// Links is the link trace's summary per host (links-<system>.tsv
+	// holds the trace).
+	Links          map[string]LinkStats `json:"links,omitempty"`
+	InterRackBytes int64                `json:"inter_rack_bytes,omitempty"`
+	InterRackOverF float64              `json:"inter_rack_bytes_over_f,omitempty"`
 	// CPUBusy is the machine's busy share (all cores) from start to end.
 	// Other load on the machine counts too: compare ProcsCPUShare, the CPU
 	// time of the processes this system ran (setup included) over the
@@ -289,6 +292,18 @@ func (r *Results) Markdown() string {
 		for _, h := range append([]*Host{{Name: "seed"}}, hostsOf(p.Hosts, RolePeer)...) {
 			if n, ok := s.UploadedBytes[h.Name]; ok {
 				fmt.Fprintf(&b, " %s %.2f", h.Name, float64(n)/float64(p.SizeBytes))
+			}
+		}
+		b.WriteString("\n")
+	}
+	for _, s := range r.Systems {
+		if len(s.Links) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "\n%s, uplink use to T_median (tbf drops up/down):", systemTitles[s.Name])
+		for _, h := range p.Hosts {
+			if l, ok := s.Links[h.Name]; ok && h.Role != RoleScheduler {
+				fmt.Fprintf(&b, " %s %s (%d/%d)", h.Name, num(max(l.UpUse, 0), "%.2f"), l.UpDrops, l.DownDrops)
 			}
 		}
 		b.WriteString("\n")

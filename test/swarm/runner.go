@@ -128,11 +128,20 @@ func runSystem(ctx context.Context, log *slog.Logger, cfg Config, netw *Network,
 	}
 	ir0, _ := netw.interRackBytes(ctx)
 	busy0, total0, _ := cpuTimes()
+	trace := newLinkTrace(netw)
+	drops0, err := trace.drops(ctx)
+	if err != nil {
+		log.Warn("no tbf drop counts", "err", err)
+	}
 
 	victims := cfg.churnVictims(netw.Peers())
 	churnAt := cfg.churnAt(lb)
 	log.Info("start", "downloads", len(dls))
 	t0 := time.Now()
+	tctx, stopTrace := context.WithCancel(ctx)
+	traced := make(chan struct{})
+	go func() { defer close(traced); trace.run(tctx, t0) }()
+	defer func() { stopTrace(); <-traced }()
 	for _, d := range dls {
 		if err := d.proc.Release(); err != nil {
 			d.failed, d.err = true, err.Error()
@@ -181,12 +190,18 @@ loop:
 		}
 	}
 	end := time.Now()
+	stopTrace()
+	<-traced
 	tx1, err := netw.originTx(ctx)
 	if err != nil {
 		r.Error = err.Error()
 	}
 	ir1, _ := netw.interRackBytes(ctx)
 	busy1, total1, _ := cpuTimes()
+	drops1, err := trace.drops(ctx)
+	if err != nil {
+		log.Warn("no tbf drop counts", "err", err)
+	}
 	if st, err := e.stats(ctx); err == nil {
 		r.OriginServerBytes, r.OriginServerRequests = st.BodyBytes, st.Requests
 	}
@@ -239,6 +254,13 @@ loop:
 			r.TMedian = times[mid]
 			r.EffMedian = lb.TStar / r.TMedian
 		}
+	}
+	r.Links = trace.stats(r.TMedian, drops0, drops1)
+	if err := trace.write(filepath.Join(cfg.OutDir, "links-"+sys+".tsv")); err != nil {
+		log.Warn("write link trace", "err", err)
+	}
+	if trace.err != nil {
+		log.Warn("link trace incomplete", "err", trace.err)
 	}
 	return r
 }
