@@ -292,21 +292,25 @@ func (n *Network) Teardown(ctx context.Context) {
 }
 
 // linkStats returns the tx and rx byte counters of dev in ns.
+// ipLink is one interface as `ip -j -s link show` describes it.
+type ipLink struct {
+	Name    string `json:"ifname"`
+	Stats64 struct {
+		RX struct {
+			Bytes int64 `json:"bytes"`
+		} `json:"rx"`
+		TX struct {
+			Bytes int64 `json:"bytes"`
+		} `json:"tx"`
+	} `json:"stats64"`
+}
+
 func linkStats(ctx context.Context, ns, dev string) (tx, rx int64, err error) {
 	out, err := run(ctx, "ip", "-n", ns, "-j", "-s", "link", "show", "dev", dev)
 	if err != nil {
 		return 0, 0, err
 	}
-	var links []struct {
-		Stats64 struct {
-			RX struct {
-				Bytes int64 `json:"bytes"`
-			} `json:"rx"`
-			TX struct {
-				Bytes int64 `json:"bytes"`
-			} `json:"tx"`
-		} `json:"stats64"`
-	}
+	var links []ipLink
 	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
 		return 0, 0, fmt.Errorf("parse stats of %s in %s: %v", dev, ns, err)
 	}

@@ -51,17 +51,7 @@ func (n *Network) portCounters(ctx context.Context) (map[string][2]int64, error)
 	if err != nil {
 		return nil, err
 	}
-	var links []struct {
-		Name    string `json:"ifname"`
-		Stats64 struct {
-			RX struct {
-				Bytes int64 `json:"bytes"`
-			} `json:"rx"`
-			TX struct {
-				Bytes int64 `json:"bytes"`
-			} `json:"tx"`
-		} `json:"stats64"`
-	}
+	var links []ipLink
 	if err := json.Unmarshal(out, &links); err != nil {
 		return nil, fmt.Errorf("parse port stats in %s: %w", n.switchNS, err)
 	}

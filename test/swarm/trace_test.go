@@ -14,13 +14,11 @@ import (
 func TestLinkTraceSums(t *testing.T) {
 	lt := &linkTrace{hosts: []*Host{{Name: "h1", Up: 8e6}, {Name: "h2", Up: 0}}}
 	// h1 sends 0.5 MB/s (half of its 1 MB/s) for 2 s, then nothing.
-	for _, s := range []linkSample{
+	lt.samples = []linkSample{
 		{T: 0, Up: []int64{100, 0}, Down: []int64{7, 0}},
 		{T: 1, Up: []int64{500_100, 10}, Down: []int64{1007, 0}},
 		{T: 2, Up: []int64{1_000_100, 20}, Down: []int64{2007, 0}},
 		{T: 3, Up: []int64{1_000_100, 30}, Down: []int64{3007, 0}},
-	} {
-		lt.samples = append(lt.samples, s)
 	}
 	if got := lt.upUse(0, 2.5); got != 0.5 {
 		t.Errorf("use to 2.5 s: %v, want 0.5 (the samples to 2 s)", got)
