@@ -842,13 +842,13 @@ func (s *Scheduler) trimPacedLocked(t *task, now time.Time) {
 		if p.pacedKids == 0 || p.state == stateLeft {
 			continue
 		}
+		if t.joining && p.bookFluid < t.fluid {
+			// Hosts are registering: its unpaced children are assured
+			// of the new rate (pacedFluid), and its shares yield to it.
+			p.bookFluid = t.fluid
+		}
 		if room := s.shareRoom(p, now); p.booked > room*1.02+1 {
 			s.scaleSharesLocked(p, false, room/p.booked, now)
-		}
-		if t.joining && p.bookFluid < t.fluid {
-			// What its unpaced children are now assured of: when the
-			// hosts stop registering, the rate it falls back to.
-			p.bookFluid = t.fluid
 		}
 		if p.topBooked > 0 {
 			s.trimTopUpsLocked(p, now)
@@ -907,16 +907,17 @@ func (s *Scheduler) scaleSharesLocked(p *peer, top bool, f float64, now time.Tim
 
 // pacedFluid is the rate p's unpaced children are assumed to get while it
 // has paced ones: the task's fluid rate, but no more than it was when a
-// share was last booked on p, unless hosts are registering (task.joining).
-// A rise of the fluid rate as receivers finish (the slow ones are left)
-// does not take back shares booked in good faith from those still behind.
-// A rise as hosts register does: every host below a relay gets what its
-// unpaced child gets. Booked at the rate of the first five hosts to
+// share was last booked on p or, while hosts register (task.joining), at
+// the last rate update (trimPacedLocked raises bookFluid then). A rise of
+// the fluid rate as receivers finish (the slow ones are left) does not
+// take back shares booked in good faith from those still behind. A rise as
+// hosts register does: every host below a relay gets what its unpaced
+// child gets. Booked at the rate of the first five hosts to
 // register (16.6 Mbit/s, against 20.2 once all sixteen had), the shares a
 // slow receiver took of the seed's child and of its child held the
 // harness's whole pipeline, twelve hosts, at 16.6 for the whole download.
 func pacedFluid(p *peer) float64 {
-	if !p.task.joining && p.bookFluid > 0 && p.bookFluid < p.task.fluid {
+	if p.bookFluid > 0 && p.bookFluid < p.task.fluid {
 		return p.bookFluid
 	}
 	return p.task.fluid

@@ -276,7 +276,7 @@ type task struct {
 	// joining: at the last rate update more hosts were in the task than at
 	// the one before, and none had finished since; a rise of the fluid rate
 	// then comes from hosts registering, and the shares booked on relays
-	// before it yield to their unpaced children (pacedFluid). recvN and
+	// before it yield to their unpaced children (trimPacedLocked). recvN and
 	// doneN are the receivers and the finished receivers at that update.
 	joining      bool
 	recvN, doneN int

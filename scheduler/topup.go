@@ -149,10 +149,7 @@ func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 			// Donors whose spare is spent drop out of the scan.
 			donors = slices.DeleteFunc(donors, func(dn pacedCand) bool { return dn.spare < floor })
 			s.m.topUps.Add(float64(added))
-			if p.mark != e {
-				p.mark = e
-				told = append(told, p)
-			}
+			told = tellOnce(told, e, p)
 			if s.debug() {
 				s.log.Debug("topped up", "task_id", t.id, "peer_id", p.id, "parents", added, "in_bps", int64(in))
 			}

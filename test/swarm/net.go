@@ -291,7 +291,6 @@ func (n *Network) Teardown(ctx context.Context) {
 	n.created = nil
 }
 
-// linkStats returns the tx and rx byte counters of dev in ns.
 // ipLink is one interface as `ip -j -s link show` describes it.
 type ipLink struct {
 	Name    string `json:"ifname"`
@@ -305,6 +304,7 @@ type ipLink struct {
 	} `json:"stats64"`
 }
 
+// linkStats returns the tx and rx byte counters of dev in ns.
 func linkStats(ctx context.Context, ns, dev string) (tx, rx int64, err error) {
 	out, err := run(ctx, "ip", "-n", ns, "-j", "-s", "link", "show", "dev", dev)
 	if err != nil {

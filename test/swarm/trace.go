@@ -62,8 +62,7 @@ func (n *Network) portCounters(ctx context.Context) (map[string][2]int64, error)
 	return m, nil
 }
 
-// sample takes one sample; the first one sets the time origin unless
-// start has set it.
+// sample takes one sample, timed from lt.t0.
 func (lt *linkTrace) sample(ctx context.Context) {
 	m, err := lt.netw.portCounters(ctx)
 	now := time.Now()
@@ -74,9 +73,6 @@ func (lt *linkTrace) sample(ctx context.Context) {
 			lt.err = err
 		}
 		return
-	}
-	if lt.t0.IsZero() {
-		lt.t0 = now
 	}
 	s := linkSample{T: now.Sub(lt.t0).Seconds(), Up: make([]int64, len(lt.hosts)), Down: make([]int64, len(lt.hosts))}
 	for i, h := range lt.hosts {
