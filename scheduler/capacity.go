@@ -436,11 +436,13 @@ func (s *Scheduler) share(c *peer, now time.Time) float64 {
 }
 
 // slowBranch reports whether y and all below it are slow hosts, each with
-// one parent, downloading: a branch that relays to no fast host, which may
-// hang anywhere without holding back a pipeline. It looks at no more than
-// budget peers (false beyond).
+// one full-rate parent, downloading: a branch that relays to no fast host,
+// which may hang anywhere without holding back a pipeline. Paced parents
+// beside the full-rate one (top-ups) do not change that: they go with y
+// wherever its full-rate edge is moved. It looks at no more than budget
+// peers (false beyond).
 func (s *Scheduler) slowBranch(y *peer, now time.Time, budget *int) bool {
-	if *budget--; *budget < 0 || y.state != stateRunning || len(y.parents) != 1 || y.parents[0].share > 0 || !s.slowHost(y, now) {
+	if *budget--; *budget < 0 || y.state != stateRunning || fullParent(y) == nil || !s.slowHost(y, now) {
 		return false
 	}
 	for _, c := range y.children {
@@ -482,7 +484,12 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 	if len(p.parents) > 0 || len(p.children) > 0 || s.childLimit(p, now) == 0 || p.task.rate <= 0 {
 		return false
 	}
-	isSlowLeaf := func(y *peer) bool {
+	// A slow leaf of x: fed by x at the full rate (a paced child of x
+	// keeps its share where it is).
+	isSlowLeaf := func(x, y *peer) bool {
+		if pacedChild(x, y) {
+			return false
+		}
 		if _, bad := y.bad[p.id]; bad {
 			return false // y reported p: never its parent
 		}
@@ -503,21 +510,22 @@ func (s *Scheduler) displaceSlowLeafLocked(p *peer, full []*peer, group string, 
 		if s.slowHost(x, now) {
 			continue // a slow uplink above p would hold back all below it
 		}
-		if _, bad := p.bad[x.id]; bad || !slices.ContainsFunc(x.children, isSlowLeaf) {
+		leafOfX := func(y *peer) bool { return isSlowLeaf(x, y) }
+		if _, bad := p.bad[x.id]; bad || !slices.ContainsFunc(x.children, leafOfX) {
 			continue
 		}
 		// x must have room for p once its slow leaves are gone: a parent
 		// that also feeds a pipeline member would split its uplink.
 		rest := 0
 		for _, y := range x.children {
-			if !isSlowLeaf(y) && !pacedChild(x, y) {
+			if !leafOfX(y) && !pacedChild(x, y) {
 				rest++
 			}
 		}
 		if lim := max(s.childLimit(x, now), 1); rest+1 > lim {
 			continue
 		}
-		moved := s.interposeLocked(x, p, isSlowLeaf)
+		moved := s.interposeLocked(x, p, leafOfX)
 		if moved == nil {
 			continue
 		}

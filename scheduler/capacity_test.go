@@ -397,6 +397,57 @@ func TestCapacityDisplaceOnlyWhereRoom(t *testing.T) {
 	v.invariants()
 }
 
+// A slow leaf that was topped up (a paced parent beside its full-rate
+// one) is still a slow leaf: a fast newcomer takes its place below the
+// tail, and it keeps its top-up. Taken for a relay, it kept the newcomer
+// from the tail, and the newcomer split the source's uplink with the
+// pipeline's head (the random joins below, once slow leaves were topped
+// up).
+func TestCapacityDisplaceToppedUpSlowLeaf(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.source("t", "src", capHost("src", 100, false))
+	for _, id := range []string{"a", "b"} {
+		v.join("t", id, capHost(id, 100, false)).decision()
+	}
+	for _, id := range []string{"s1", "s2"} {
+		v.join("t", id, capHost(id, 10, false)).decision()
+	}
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, p := range tk.list {
+		v.s.dropParentsLocked(p)
+	}
+	for _, e := range [][2]string{{"src", "a"}, {"a", "b"}, {"b", "s1"}, {"b", "s2"}} {
+		if !v.s.linkLocked(tk.peers[e[0]], tk.peers[e[1]]) {
+			t.Fatalf("link %v refused", e)
+		}
+	}
+	if !v.s.linkTopUpLocked(tk.peers["a"], tk.peers["s1"], 2*mbps) {
+		t.Fatal("top-up a→s1 refused")
+	}
+	v.s.mu.Unlock()
+	v.join("t", "f", capHost("f", 100, false)).decision()
+	if got := v.parentsOf("t", "f"); !slices.Equal(got, []string{"b"}) {
+		t.Errorf("f's parents %v, want [b] (in the slow leaves' place)", got)
+	}
+	v.s.mu.Lock()
+	for _, id := range []string{"s1", "s2"} {
+		// Below f now, or moved on to paced parents (f feeds them both at
+		// first, splitting its uplink): no longer b's at the full rate.
+		if y := tk.peers[id]; fullParent(y) == tk.peers["b"] {
+			t.Errorf("%s is still b's full-rate child", id)
+		}
+	}
+	if n := unpacedChildren(tk.peers["src"]); n != 1 {
+		t.Errorf("src feeds %d at the full rate, want 1 (a)", n)
+	}
+	for _, p := range tk.list {
+		checkPaced(t, v.s, p)
+	}
+	v.s.mu.Unlock()
+	v.invariants()
+}
+
 // The capacity preferences among full hosts order them, they exclude none:
 // when only hosts known to be slow can take a peer (every other would close
 // a cycle), it gets one of them rather than waiting.

@@ -363,7 +363,7 @@ func TestShortReceiverSwapsForItsOwnUplink(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// q, with spare, holds nothing p lacks.
-			v, tk, d, q, p := bookedDonor(t, 100)
+			v, tk, d, q, p := bookedDonor(t, 100, 10, false)
 			for n := range uint32(20) {
 				d.pieces.set(n)
 			}
@@ -430,7 +430,7 @@ func TestShortReceiversLevelled(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			// q's uplink (1 Mbit/s) has no spare worth a share, so
 			// only the levelling can move anything towards p.
-			v, tk, d, q, p := bookedDonor(t, 1)
+			v, tk, d, q, p := bookedDonor(t, 1, 10, false)
 			for n := range uint32(20) {
 				d.pieces.set(n)
 			}
@@ -460,15 +460,48 @@ func TestShortReceiversLevelled(t *testing.T) {
 	}
 }
 
+// Receivers are levelled when no uplink has spare left at all, not only
+// after the top-ups spent it: in the simulator's mixed with the seed on the
+// origin's host, a slow host booked 0.81 of the fluid rate from the first
+// second kept it for the whole download (nobody had spare, so the tick's
+// top-ups stopped before the levelling) and finished 4 s after the
+// others.
+func TestShortReceiversLevelledWithoutSpare(t *testing.T) {
+	v, tk, d, q, p := bookedDonor(t, 1, 1, true)
+	for n := range uint32(20) {
+		d.pieces.set(n)
+	}
+	for n := range uint32(2 + topUpAhead) {
+		q.pieces.set(n)
+	}
+	p.pieces.set(0)
+	p.pieces.set(1)
+	for _, c := range tk.list {
+		if v.s.spare(c, v.now)-c.topBooked >= minPacedShare*tk.fluid && !sharedSeed(c) {
+			t.Fatalf("%s has %.1f Mbit/s of spare: the test wants none", c.id, (v.s.spare(c, v.now)-c.topBooked)/mbps)
+		}
+	}
+	v.s.mu.Unlock()
+	v.runTopUps("t")
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	gotP, gotQ := v.s.inflow(p, v.now)/mbps, v.s.inflow(q, v.now)/mbps
+	if gotP < 49.9 || gotQ > 50.1 {
+		t.Errorf("p takes %.1f and q %.1f Mbit/s, want 50 each (p had 40 and q 60)", gotP, gotQ)
+	}
+	checkMovedShares(t, v, tk, d)
+}
+
 // bookedDonor builds src (60 Mbit/s, done, no spare) feeding d (100 up) at
 // the rate, d's uplink booked whole to q (60, its downlink) and p (a slow
-// host: 10 up, 100 down, short by 20), q's uplink qUp; it returns with the
-// scheduler's lock held.
-func bookedDonor(t *testing.T, qUp float64) (v *vsched, tk *task, d, q, p *peer) {
+// host: pUp up, 100 down, short), q's uplink qUp; it returns with the
+// scheduler's lock held. With seed, src is a seed peer on the origin's
+// host, which gives no top-ups (sharedSeed).
+func bookedDonor(t *testing.T, qUp, pUp float64, seed bool) (v *vsched, tk *task, d, q, p *peer) {
 	t.Helper()
 	v = pipelineVirtual(t, nil)
-	v.fetcher("t", "src", false, capHost("src", 60, false))
-	ups := map[string][2]float64{"d": {100, 100}, "q": {qUp, 60}, "p": {10, 100}}
+	v.fetcher("t", "src", false, capHost("src", 60, seed))
+	ups := map[string][2]float64{"d": {100, 100}, "q": {qUp, 60}, "p": {pUp, 100}}
 	for _, id := range []string{"d", "q", "p"} {
 		v.join("t", id, capHost2(id, ups[id][0], ups[id][1])).parents()
 	}
@@ -543,6 +576,54 @@ func TestTopUpForCrowdedLeafOfTail(t *testing.T) {
 	}
 	if in := slot + sum; in > 1.01*fluid {
 		t.Errorf("s1: its slot %.0f B/s and top-ups %v Mbit/s sum to %.0f, above the fluid rate %.0f", slot, got, in, fluid)
+	}
+	v.s.mu.Lock()
+	for _, p := range tk.list {
+		checkPaced(t, v.s, p)
+	}
+	v.s.mu.Unlock()
+	v.invariants()
+}
+
+// Slow leaves that split the uplink of a pipeline's tail each get their
+// share of it, not the task's rate, so they are short of the fluid rate
+// and topped up from the spare there is. Counted at the rate, two slow
+// leaves of the simulator's mixed with the seed on the origin's host got
+// 12.5 Mbit/s each for 20 s against a fluid rate of 20.8, while 12 Mbit/s
+// of spare idled (T*/T_last 0.76; 0.90 with them topped up).
+func TestTopUpForSlowLeavesSplittingTail(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.fetcher("t", "src", true, capHost("src", 25, false))
+	a := v.join("t", "a", capHost("a", 25, false))
+	a.parents()
+	v.join("t", "b", capHost("b", 25, false)).parents()
+	v.join("t", "s1", capHost("s1", 2.5, false)).parents()
+	v.join("t", "s2", capHost("s2", 2.5, false)).parents()
+	a.pieces(piecesFrom("src", 12)...)
+	v.rewire("t", [2]string{"src", "a"}, [2]string{"a", "b"}, [2]string{"b", "s1"}, [2]string{"b", "s2"})
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	v.s.crowdLocked(tk.peers["s1"]) // as the tick finds them: they split b's uplink
+	v.s.crowdLocked(tk.peers["s2"])
+	fluid, slot := tk.fluid, v.s.uplink(tk.peers["b"].host, v.now)/2
+	v.s.mu.Unlock()
+	if slot >= 0.9*fluid {
+		t.Fatalf("half of b's uplink, %.0f B/s, is not below the fluid rate %.0f", slot, fluid)
+	}
+	v.runTopUps("t")
+	for _, id := range []string{"s1", "s2"} {
+		got := v.topUps("t", id)
+		if len(got) == 0 {
+			t.Errorf("%s, splitting the tail's uplink at %.0f B/s against a fluid rate of %.0f, was not topped up", id, slot, fluid)
+			continue
+		}
+		sum := 0.0
+		for _, mb := range got {
+			sum += mb * mbps
+		}
+		if in := slot + sum; in > 1.01*fluid {
+			t.Errorf("%s: its half of b's uplink %.0f B/s and top-ups %v Mbit/s sum to %.0f, above the fluid rate %.0f", id, slot, got, in, fluid)
+		}
 	}
 	v.s.mu.Lock()
 	for _, p := range tk.list {
