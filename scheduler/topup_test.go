@@ -536,6 +536,39 @@ func checkMovedShares(t *testing.T, v *vsched, tk *task, d *peer) {
 	}
 }
 
+// tailOf25 builds, for the tests of slow leaves below a pipeline's tail,
+// src (25 Mbit/s, its own uplink, done) and the hosts ids in order, each
+// with its uplink in Mbit/s from ups, and returns them by ID.
+func tailOf25(t *testing.T, ids []string, ups []float64) (*vsched, map[string]*vpeer) {
+	t.Helper()
+	v := pipelineVirtual(t, nil)
+	v.fetcher("t", "src", true, capHost("src", 25, false))
+	ps := map[string]*vpeer{}
+	for i, id := range ids {
+		ps[id] = v.join("t", id, capHost(id, ups[i], false))
+		ps[id].parents()
+	}
+	return v, ps
+}
+
+// checkTopUpToFluid checks that id was topped up, and that its slot and its
+// top-ups do not sum to more than the fluid rate.
+func checkTopUpToFluid(t *testing.T, v *vsched, id string, slot, fluid float64) {
+	t.Helper()
+	got := v.topUps("t", id)
+	if len(got) == 0 {
+		t.Errorf("%s, at a slot of %.0f B/s against a fluid rate of %.0f, was not topped up", id, slot, fluid)
+		return
+	}
+	sum := 0.0
+	for _, mb := range got {
+		sum += mb * mbps
+	}
+	if in := slot + sum; in > 1.01*fluid {
+		t.Errorf("%s: its slot %.0f B/s and top-ups %v Mbit/s sum to %.0f, above the fluid rate %.0f", id, slot, got, in, fluid)
+	}
+}
+
 // A crowded slow leaf below a host that feeds only leaves (the pipeline's
 // tail, slower than the fluid rate) holds back no pipeline: when paced
 // parents give it no more than its slot, it is topped up from the spare
@@ -544,17 +577,9 @@ func checkMovedShares(t *testing.T, v *vsched, tk *task, d *peer) {
 // the fluid rate while spare went unused (T*/T_last 0.88, 0.92-0.93 with
 // them).
 func TestTopUpForCrowdedLeafOfTail(t *testing.T) {
-	v := pipelineVirtual(t, nil)
-	v.fetcher("t", "src", true, capHost("src", 25, false))
-	a := v.join("t", "a", capHost("a", 25, false))
-	a.parents()
-	b := v.join("t", "b", capHost("b", 25, false))
-	b.parents()
-	v.join("t", "c", capHost("c", 12, false)).parents()
-	v.join("t", "s1", capHost("s1", 2.5, false)).parents()
-	v.join("t", "s2", capHost("s2", 2.5, false)).parents()
-	a.pieces(piecesFrom("src", 12)...)
-	b.pieces(piecesFrom("a", 12)...)
+	v, ps := tailOf25(t, []string{"a", "b", "c", "s1", "s2"}, []float64{25, 25, 12, 2.5, 2.5})
+	ps["a"].pieces(piecesFrom("src", 12)...)
+	ps["b"].pieces(piecesFrom("a", 12)...)
 	v.rewire("t", [2]string{"src", "a"}, [2]string{"a", "b"}, [2]string{"b", "c"}, [2]string{"c", "s1"})
 	v.s.mu.Lock()
 	tk := v.s.tasks[tid("t")]
@@ -566,17 +591,7 @@ func TestTopUpForCrowdedLeafOfTail(t *testing.T) {
 		t.Fatalf("c's slot %.0f B/s is not below the fluid rate %.0f", slot, fluid)
 	}
 	v.runTopUps("t")
-	got := v.topUps("t", "s1")
-	if len(got) == 0 {
-		t.Fatal("the crowded slow leaf of the tail was not topped up")
-	}
-	sum := 0.0
-	for _, mb := range got {
-		sum += mb * mbps
-	}
-	if in := slot + sum; in > 1.01*fluid {
-		t.Errorf("s1: its slot %.0f B/s and top-ups %v Mbit/s sum to %.0f, above the fluid rate %.0f", slot, got, in, fluid)
-	}
+	checkTopUpToFluid(t, v, "s1", slot, fluid)
 	v.s.mu.Lock()
 	for _, p := range tk.list {
 		checkPaced(t, v.s, p)
@@ -592,14 +607,8 @@ func TestTopUpForCrowdedLeafOfTail(t *testing.T) {
 // 12.5 Mbit/s each for 20 s against a fluid rate of 20.8, while 12 Mbit/s
 // of spare idled (T*/T_last 0.76; 0.90 with them topped up).
 func TestTopUpForSlowLeavesSplittingTail(t *testing.T) {
-	v := pipelineVirtual(t, nil)
-	v.fetcher("t", "src", true, capHost("src", 25, false))
-	a := v.join("t", "a", capHost("a", 25, false))
-	a.parents()
-	v.join("t", "b", capHost("b", 25, false)).parents()
-	v.join("t", "s1", capHost("s1", 2.5, false)).parents()
-	v.join("t", "s2", capHost("s2", 2.5, false)).parents()
-	a.pieces(piecesFrom("src", 12)...)
+	v, ps := tailOf25(t, []string{"a", "b", "s1", "s2"}, []float64{25, 25, 2.5, 2.5})
+	ps["a"].pieces(piecesFrom("src", 12)...)
 	v.rewire("t", [2]string{"src", "a"}, [2]string{"a", "b"}, [2]string{"b", "s1"}, [2]string{"b", "s2"})
 	v.s.mu.Lock()
 	tk := v.s.tasks[tid("t")]
@@ -612,18 +621,7 @@ func TestTopUpForSlowLeavesSplittingTail(t *testing.T) {
 	}
 	v.runTopUps("t")
 	for _, id := range []string{"s1", "s2"} {
-		got := v.topUps("t", id)
-		if len(got) == 0 {
-			t.Errorf("%s, splitting the tail's uplink at %.0f B/s against a fluid rate of %.0f, was not topped up", id, slot, fluid)
-			continue
-		}
-		sum := 0.0
-		for _, mb := range got {
-			sum += mb * mbps
-		}
-		if in := slot + sum; in > 1.01*fluid {
-			t.Errorf("%s: its half of b's uplink %.0f B/s and top-ups %v Mbit/s sum to %.0f, above the fluid rate %.0f", id, slot, got, in, fluid)
-		}
+		checkTopUpToFluid(t, v, id, slot, fluid)
 	}
 	v.s.mu.Lock()
 	for _, p := range tk.list {
