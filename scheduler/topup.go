@@ -92,7 +92,7 @@ func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 		// give it more than its slot. (In the simulator's spread at N = 16
 		// the last host went from 0.88 of the bound to 0.92-0.93 with it.)
 		if p.state == stateRunning && len(p.parents) > 0 && len(p.parents) < maxPacedParents &&
-			(!p.crowded || (s.slowHost(p, now) && s.feedsLeaves(p.parents[0].peer, now))) {
+			(!p.crowded || s.crowdedLeaf(p, now)) {
 			recv = append(recv, p)
 		}
 	}
@@ -287,13 +287,25 @@ func (s *Scheduler) inflow(p *peer, now time.Time) float64 {
 			in += l.share
 		case u > 0 && unpacedChildren(l.peer) == 1:
 			in += min(u, p.task.rate)
-		case u > 0 && p.crowded && s.slowHost(p, now) && s.feedsLeaves(l.peer, now):
+		case u > 0 && s.crowdedLeaf(p, now):
 			in += min(u/float64(unpacedChildren(l.peer)), p.task.rate)
 		default:
 			in += p.task.rate
 		}
 	}
 	return in
+}
+
+// crowdedLeaf reports whether p is crowded (it shares a full uplink) as a
+// slow host whose one full-rate parent feeds only leaves, a pipeline's
+// tail: it holds back no pipeline there and would take no free slot, so
+// it stays and is topped up rather than moved.
+func (s *Scheduler) crowdedLeaf(p *peer, now time.Time) bool {
+	if !p.crowded || !s.slowHost(p, now) {
+		return false
+	}
+	fp := fullParent(p)
+	return fp != nil && s.feedsLeaves(fp, now)
 }
 
 // linkTopUpLocked links a paced edge of share bytes/s from parent to child
