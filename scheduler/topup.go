@@ -175,6 +175,9 @@ func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 // done, as for any downloading donor. It returns told with the receivers
 // it changed added.
 func (s *Scheduler) swapShortLocked(recv []*peer, donors []pacedCand, floor float64, budget *int, e uint64, told []*peer, now time.Time) []*peer {
+	if len(donors) == 0 {
+		return told // a swap gives from the receiver's own spare: none left
+	}
 	var ownAt map[*peer]int // p's own entry in donors, built at the first short p
 	for _, p := range recv {
 		if *budget <= 0 {
