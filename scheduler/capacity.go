@@ -672,6 +672,18 @@ func (s *Scheduler) spare(c *peer, now time.Time) float64 {
 	return max(0, u-c.task.fluid*float64(unpacedChildren(c))-c.booked)
 }
 
+// feedsRelay reports whether one of x's unpaced children relays to a
+// child of its own at the full rate: a peer that splits x's uplink with it
+// holds back that pipeline.
+func feedsRelay(x *peer) bool {
+	for _, ch := range x.children {
+		if !pacedChild(x, ch) && unpacedChildren(ch) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // pacedRehomeBatch bounds the peers one pacedRehomeLocked call tries to
 // move (each try is one candidate walk).
 const pacedRehomeBatch = 2
@@ -748,8 +760,8 @@ func (s *Scheduler) pacedLocked(p *peer, full []*peer, pref int, spareC []*peer,
 	})
 	total := 0.0
 	n := len(p.parents)
-	if s.pacedTopUp {
-		split = 0 // any more is better than what p has
+	if s.pacedTopUp || s.pacedRelief {
+		split = 0 // any more is better than what p has, or p gives way
 	}
 	for _, c := range cands {
 		if n == maxPacedParents || total >= want {
@@ -819,9 +831,18 @@ func (s *Scheduler) pacedRehomeLocked(t *task, now time.Time) {
 		tried++
 		c.pacedTry = now
 		s.removeEdge(x, c)
-		s.pacedOnly, s.pacedMin, s.fillExclude = true, got, x
+		relief := s.slowHost(c, now) && feedsRelay(x)
+		if relief {
+			// A slow leaf halving the uplink that feeds a pipeline: what
+			// it gets is weighed against what everyone below x gets
+			// back, not against its own split. Any paced parents do,
+			// x's spare among them (it is no longer x's unpaced child).
+			s.pacedOnly, s.pacedRelief = true, true
+		} else {
+			s.pacedOnly, s.pacedMin, s.fillExclude = true, got, x
+		}
 		moved := s.fillParentsLocked(c, false)
-		s.pacedOnly, s.pacedMin, s.fillExclude = false, 0, nil
+		s.pacedOnly, s.pacedRelief, s.pacedMin, s.fillExclude = false, false, 0, nil
 		if !moved {
 			s.restoreEdgeLocked(x, c, 0)
 			continue

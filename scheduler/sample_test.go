@@ -110,9 +110,12 @@ func TestPacedSpareFoundBesideIdleSlowHosts(t *testing.T) {
 		v.invariants()
 	}
 	// With 4 candidates sampled the spare found may fall short of the
-	// rate, but not for want of looking past the slow hosts.
-	if mean := sum / (seeds * joins); mean < 0.65 {
-		t.Errorf("slow newcomers got %.2f of their rate on average, want at least 0.65", mean)
+	// rate, but not for want of looking past the slow hosts. (0.68 before
+	// a slow leaf gave way to the pipeline whose relay's uplink it split,
+	// for paced parents that give it less, TestSlowLeafGivesWayToPipeline:
+	// 0.65 since.)
+	if mean := sum / (seeds * joins); mean < 0.6 {
+		t.Errorf("slow newcomers got %.2f of their rate on average, want at least 0.6", mean)
 	} else {
 		t.Logf("slow newcomers got %.2f of their rate on average", mean)
 	}

@@ -113,6 +113,7 @@ type Scheduler struct {
 	pacedOnly       bool    // fillParentsLocked: paced parents or none (pacedRehomeLocked)
 	pacedTopUp      bool    // fillParentsLocked: more paced parents for a peer short of its rate
 	pacedMin        float64 // pacedLocked: what the peer has without them
+	pacedRelief     bool    // pacedLocked: a slow leaf gives way to a pipeline, any paced parents do
 	measuredScratch []float64
 	depthScratch    []int32 // halfwayDownDeepestLocked: run lengths by listIdx
 	// declaredMedian is the median declared uplink (usable part) of the

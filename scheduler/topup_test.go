@@ -431,14 +431,7 @@ func TestShortReceiversLevelled(t *testing.T) {
 			// q's uplink (1 Mbit/s) has no spare worth a share, so
 			// only the levelling can move anything towards p.
 			v, tk, d, q, p := bookedDonor(t, 1, 10, false)
-			for n := range uint32(20) {
-				d.pieces.set(n)
-			}
-			for n := range tc.qHeld {
-				q.pieces.set(n)
-			}
-			p.pieces.set(0)
-			p.pieces.set(1)
+			holdPieces(d, q, p, tc.qHeld)
 			v.s.mu.Unlock()
 			v.runTopUps("t")
 			v.s.mu.Lock()
@@ -468,27 +461,14 @@ func TestShortReceiversLevelled(t *testing.T) {
 // others.
 func TestShortReceiversLevelledWithoutSpare(t *testing.T) {
 	v, tk, d, q, p := bookedDonor(t, 1, 1, true)
-	for n := range uint32(20) {
-		d.pieces.set(n)
-	}
-	for n := range uint32(2 + topUpAhead) {
-		q.pieces.set(n)
-	}
-	p.pieces.set(0)
-	p.pieces.set(1)
+	holdPieces(d, q, p, 2+topUpAhead)
 	for _, c := range tk.list {
 		if v.s.spare(c, v.now)-c.topBooked >= minPacedShare*tk.fluid && !sharedSeed(c) {
 			t.Fatalf("%s has %.1f Mbit/s of spare: the test wants none", c.id, (v.s.spare(c, v.now)-c.topBooked)/mbps)
 		}
 	}
-	v.s.mu.Unlock()
-	v.runTopUps("t")
-	v.s.mu.Lock()
+	runTopUpsTo50(t, v, p, q, 0.1, "p had 40 and q 60")
 	defer v.s.mu.Unlock()
-	gotP, gotQ := v.s.inflow(p, v.now)/mbps, v.s.inflow(q, v.now)/mbps
-	if gotP < 49.9 || gotQ > 50.1 {
-		t.Errorf("p takes %.1f and q %.1f Mbit/s, want 50 each (p had 40 and q 60)", gotP, gotQ)
-	}
 	checkMovedShares(t, v, tk, d)
 }
 
@@ -518,6 +498,33 @@ func bookedDonor(t *testing.T, qUp, pUp float64, seed bool) (v *vsched, tk *task
 		t.Fatal("cannot book d's shares")
 	}
 	return v, tk, d, q, p
+}
+
+// runTopUpsTo50 runs the tick's top-ups of bookedDonor's task (the caller
+// holds the lock, and holds it again after) and checks that p and q then
+// take 50 Mbit/s each, within tol; had says what they took before.
+func runTopUpsTo50(t *testing.T, v *vsched, p, q *peer, tol float64, had string) {
+	t.Helper()
+	v.s.mu.Unlock()
+	v.runTopUps("t")
+	v.s.mu.Lock()
+	gotP, gotQ := v.s.inflow(p, v.now)/mbps, v.s.inflow(q, v.now)/mbps
+	if gotP < 50-tol || gotQ > 50+tol {
+		t.Errorf("p takes %.2f and q %.2f Mbit/s, want 50 each (%s)", gotP, gotQ, had)
+	}
+}
+
+// holdPieces gives bookedDonor's peers their pieces: d holds 20, q the
+// first qHeld and p the first two.
+func holdPieces(d, q, p *peer, qHeld uint32) {
+	for n := range uint32(20) {
+		d.pieces.set(n)
+	}
+	for n := range qHeld {
+		q.pieces.set(n)
+	}
+	p.pieces.set(0)
+	p.pieces.set(1)
 }
 
 // checkMovedShares checks the books after shares moved between receivers:
@@ -629,4 +636,89 @@ func TestTopUpForSlowLeavesSplittingTail(t *testing.T) {
 	}
 	v.s.mu.Unlock()
 	v.invariants()
+}
+
+// A short receiver's paced shares grow by the spare their donors have left
+// below the floor of a new share, with maxPacedParents parents too: in the
+// simulator's mixed at N = 32 with the seed on the origin's host, fourteen
+// relays each kept a fragment just under the floor while the three slow
+// receivers they fed were short, one of them with all sixteen parents, and
+// the last finished 5 s after the others.
+func TestShortSharesGrowBySpareFragments(t *testing.T) {
+	for _, fillers := range []int{0, maxPacedParents - 1} {
+		t.Run(fmt.Sprintf("%d other parents", fillers), func(t *testing.T) {
+			v, tk, d, q, p := bookedDonor(t, 1, 1, true)
+			fill := make([]*vpeer, fillers)
+			v.s.mu.Unlock()
+			for i := range fill {
+				id := fmt.Sprintf("f%d", i)
+				fill[i] = v.join("t", id, capHost(id, 0.5, false))
+				fill[i].parents()
+				fill[i].finish()
+			}
+			v.s.mu.Lock()
+			for i := range fill {
+				f := tk.peers[fmt.Sprintf("f%d", i)]
+				if !v.s.linkShareLocked(f, p, 0.5*mbps) {
+					v.s.mu.Unlock()
+					t.Fatalf("cannot book %s's share to p", f.id)
+				}
+			}
+			// d keeps 1 Mbit/s: p's share from it is 39, not 40.
+			j := parentIndex(p, d)
+			p.parents[j].share -= mbps
+			d.addBooking(false, -mbps)
+			// q and p level: no levelling between them.
+			for n := range uint32(20) {
+				d.pieces.set(n)
+			}
+			p.pieces.set(0)
+			q.pieces.set(0)
+			v.s.updateRateLocked(tk, v.now)
+			floor := minPacedShare * tk.fluid
+			sp := v.s.spare(d, v.now) - d.topBooked
+			if sp >= floor || sp < growStep*floor {
+				v.s.mu.Unlock()
+				t.Fatalf("d's spare is %.2f Mbit/s against a floor of %.2f: the test wants a fragment below it", sp/mbps, floor/mbps)
+			}
+			before, in := len(p.parents), v.s.inflow(p, v.now)
+			if min(v.s.topUpDownlink(p), tk.fluid)-in < sp {
+				v.s.mu.Unlock()
+				t.Fatalf("p takes %.1f Mbit/s against a fluid rate of %.1f: the test wants it short", in/mbps, tk.fluid/mbps)
+			}
+			v.s.mu.Unlock()
+			v.runTopUps("t")
+			v.s.mu.Lock()
+			defer v.s.mu.Unlock()
+			if got := p.parents[parentIndex(p, d)].share / mbps; got < 39.99 || got > 40.01 {
+				t.Errorf("p's share from d is %.2f Mbit/s, want 40: the 1 Mbit/s d had left", got)
+			}
+			if len(p.parents) != before {
+				t.Errorf("p has %d parents, had %d: growing a share adds none", len(p.parents), before)
+			}
+			checkMovedShares(t, v, tk, d)
+		})
+	}
+}
+
+// Two receivers of one donor are levelled by less than the floor of a new
+// share: p's share from it grows, adding no parent.
+func TestShortReceiversLevelledBySmallSteps(t *testing.T) {
+	v, tk, d, q, p := bookedDonor(t, 1, 1, true)
+	floor := minPacedShare * tk.fluid
+	x := 0.6 * floor // half the difference: under the floor, over growStep of it
+	jq, jp := parentIndex(q, d), parentIndex(p, d)
+	q.parents[jq].share = 50*mbps + x
+	p.parents[jp].share = 50*mbps - x
+	holdPieces(d, q, p, 2+topUpAhead)
+	if min(v.s.topUpDownlink(p), tk.fluid)-v.s.inflow(p, v.now) < x {
+		v.s.mu.Unlock()
+		t.Fatalf("p takes %.1f Mbit/s against a fluid rate of %.1f: the test wants it short", v.s.inflow(p, v.now)/mbps, tk.fluid/mbps)
+	}
+	runTopUpsTo50(t, v, p, q, 0.01, fmt.Sprintf("p had %.2f and q %.2f", 50-x/mbps, 50+x/mbps))
+	defer v.s.mu.Unlock()
+	if len(p.parents) != 1 {
+		t.Errorf("p has parents %v, want d alone", v.parentsLockedIDs(p))
+	}
+	checkMovedShares(t, v, tk, d)
 }
