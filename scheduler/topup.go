@@ -156,6 +156,12 @@ func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 		}
 	}
 	told = s.growSharesLocked(recv, floor, &budget, e, told, now)
+	// The growth spent part of some donors' spare: the swaps give from
+	// what is left (a receiver's own uplink among them).
+	for i := range donors {
+		donors[i].spare = s.spare(donors[i].peer, now) - donors[i].topBooked
+	}
+	donors = slices.DeleteFunc(donors, func(dn pacedCand) bool { return dn.spare < floor })
 	told = s.swapShortLocked(recv, donors, floor, &budget, e, told, now)
 	told = s.levelShortLocked(recv, floor, &budget, e, told, now)
 	for _, p := range told {

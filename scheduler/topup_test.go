@@ -722,3 +722,45 @@ func TestShortReceiversLevelledBySmallSteps(t *testing.T) {
 	}
 	checkMovedShares(t, v, tk, d)
 }
+
+// The swaps give from what the growth left: a receiver whose own uplink's
+// spare went to another receiver's share that tick does not give it again
+// in a swap. (Counted from the spare the tick began with, p's 20 Mbit/s
+// uplink was booked 25.5.)
+func TestSwapAfterGrowthKeepsUplinkBooks(t *testing.T) {
+	v, tk, d, _, p := bookedDonor(t, 1, 20, true)
+	v.s.mu.Unlock()
+	v.join("t", "r", capHost2("r", 1, 100)).parents()
+	v.s.mu.Lock()
+	r := tk.peers["r"]
+	v.s.dropParentsLocked(r)
+	r.crowded = false
+	if !v.s.linkShareLocked(p, r, 10*mbps) {
+		v.s.mu.Unlock()
+		t.Fatal("cannot book p's share to r")
+	}
+	for n := range uint32(20) {
+		d.pieces.set(n)
+	}
+	for n := range uint32(10) {
+		p.pieces.set(n)
+	}
+	v.s.updateRateLocked(tk, v.now)
+	if sp := v.s.spare(p, v.now); sp < minPacedShare*tk.fluid {
+		v.s.mu.Unlock()
+		t.Fatalf("p's uplink has %.1f Mbit/s of spare: the test wants some", sp/mbps)
+	}
+	v.s.mu.Unlock()
+	v.runTopUps("t")
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	if got := r.parents[parentIndex(r, p)].share / mbps; got < 19.9 {
+		t.Errorf("r's share from p is %.1f Mbit/s, want p's whole 20 (grown)", got)
+	}
+	for _, c := range tk.list {
+		checkPaced(t, v.s, c)
+	}
+	if err := checkInvariants(v.s); err != nil {
+		t.Error(err)
+	}
+}
