@@ -730,6 +730,14 @@ func (s *Scheduler) pacedLocked(p *peer, full []*peer, pref int, spareC []*peer,
 		if sharedSeed(c) || c.host == p.host || localityGroup(c.host.info) != group {
 			return
 		}
+		if s.pacedRelief && c.state != stateSucceeded && !c.pieces.holdsNew(&p.pieces, topUpAhead) {
+			// A slow leaf giving way takes only parents ahead of it, as
+			// a top-up does: another slow receiver's idle uplink, level
+			// with it, gave it nothing new, and it left the swarm for
+			// the origin (the simulator's mixed with slow downlinks,
+			// 1.98 × F from the origin).
+			return
+		}
 		if sp := s.spare(c, now); sp >= minPacedShare*t.fluid {
 			cands = append(cands, pacedCand{c, sp})
 		}

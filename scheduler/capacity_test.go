@@ -1449,27 +1449,11 @@ func pieceFrom(parent string, n uint32) *schedulerv1.PieceResult {
 // one of them got half that uplink for the whole download (0.71 of the
 // bound for the median host; 0.87 with the rule).
 func TestSlowLeafGivesWayToPipeline(t *testing.T) {
-	v := pipelineVirtual(t, nil)
-	v.source("t", "s", capHost("s", 100, false))
-	for _, id := range []string{"x", "c", "r", "d"} {
-		up := map[string]float64{"x": 100, "c": 5, "r": 85, "d": 15}[id]
-		v.join("t", id, capHost(id, up, false)).parents()
-	}
-	v.s.mu.Lock()
-	defer v.s.mu.Unlock()
-	tk := v.s.tasks[tid("t")]
-	pr := func(id string) *peer { return tk.peers[id] }
-	for _, p := range tk.list {
-		for len(p.parents) > 0 {
-			v.s.removeEdge(p.parents[0].peer, p)
-		}
-	}
 	// s → x → c, r → d: c, a slow leaf, splits x's uplink with the relay r.
-	for _, e := range [][2]string{{"s", "x"}, {"x", "c"}, {"x", "r"}, {"r", "d"}} {
-		if !v.s.linkLocked(pr(e[0]), pr(e[1])) {
-			t.Fatalf("link %s→%s refused", e[0], e[1])
-		}
-	}
+	v, tk := slowLeafBesideRelay(t, []string{"x", "c", "r", "d"}, map[string]float64{"x": 100, "c": 5, "r": 85, "d": 15},
+		[][2]string{{"s", "x"}, {"x", "c"}, {"x", "r"}, {"r", "d"}})
+	defer v.s.mu.Unlock()
+	pr := func(id string) *peer { return tk.peers[id] }
 	v.s.updateRateLocked(tk, v.now)
 	if tk.fluid <= 0 || !v.s.slowHost(pr("c"), v.now) {
 		t.Fatalf("fluid rate %.1f Mbit/s, c slow %v: want a known rate that c cannot relay at", tk.fluid/mbps, v.s.slowHost(pr("c"), v.now))
@@ -1502,4 +1486,68 @@ func TestSlowLeafGivesWayToPipeline(t *testing.T) {
 	for _, c := range tk.list {
 		checkPaced(t, v.s, c)
 	}
+}
+
+// A slow leaf gives way only to paced parents ahead of it (or done), as a
+// top-up takes them: in the simulator's mixed with slow downlinks, one
+// moved to another slow receiver's idle uplink, level with it, got nothing
+// new from it, and left the swarm for the origin (1.98 × F).
+func TestSlowLeafGivesWayOnlyToPeersAhead(t *testing.T) {
+	for _, ahead := range []bool{true, false} {
+		t.Run(fmt.Sprint("ahead ", ahead), func(t *testing.T) {
+			// s → x → c, r → d and s → e: the source's uplink is spent,
+			// and the paced parents c may have are downloading peers.
+			v, tk := slowLeafBesideRelay(t, []string{"x", "c", "r", "d", "e"}, map[string]float64{"x": 100, "c": 5, "r": 85, "d": 15, "e": 100},
+				[][2]string{{"s", "x"}, {"x", "c"}, {"x", "r"}, {"r", "d"}, {"s", "e"}})
+			defer v.s.mu.Unlock()
+			pr := func(id string) *peer { return tk.peers[id] }
+			if ahead {
+				for _, id := range []string{"x", "r", "d", "e"} {
+					for n := range uint32(2 * topUpAhead) {
+						pr(id).pieces.set(n)
+					}
+				}
+			}
+			v.s.updateRateLocked(tk, v.now)
+			if v.s.spare(pr("s"), v.now) >= minPacedShare*tk.fluid || v.s.spare(pr("e"), v.now) < minPacedShare*tk.fluid {
+				t.Fatalf("spare of s %.1f and e %.1f Mbit/s: the test wants none on s and some on e", v.s.spare(pr("s"), v.now)/mbps, v.s.spare(pr("e"), v.now)/mbps)
+			}
+			v.s.crowdLocked(pr("c"))
+			v.s.pacedRehomeLocked(tk, v.now)
+			stayed := len(pr("c").parents) == 1 && pr("c").parents[0].peer == pr("x") && pr("c").parents[0].share == 0
+			if stayed == ahead {
+				t.Errorf("peers ahead %v: c's parents %v, stayed below x %v, want %v", ahead, v.parentsLockedIDs(pr("c")), stayed, !ahead)
+			}
+			if err := checkInvariants(v.s); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// slowLeafBesideRelay builds the source s (100 Mbit/s, done) and the hosts
+// ids, registered in that order with their uplinks from ups (Mbit/s), then
+// linked at the full rate as edges says and nothing else; it returns with
+// the scheduler's lock held.
+func slowLeafBesideRelay(t *testing.T, ids []string, ups map[string]float64, edges [][2]string) (*vsched, *task) {
+	t.Helper()
+	v := pipelineVirtual(t, nil)
+	v.source("t", "s", capHost("s", 100, false))
+	for _, id := range ids {
+		v.join("t", id, capHost(id, ups[id], false)).parents()
+	}
+	v.s.mu.Lock()
+	tk := v.s.tasks[tid("t")]
+	for _, p := range tk.list {
+		for len(p.parents) > 0 {
+			v.s.removeEdge(p.parents[0].peer, p)
+		}
+	}
+	for _, e := range edges {
+		if !v.s.linkLocked(tk.peers[e[0]], tk.peers[e[1]]) {
+			v.s.mu.Unlock()
+			t.Fatalf("link %s→%s refused", e[0], e[1])
+		}
+	}
+	return v, tk
 }
