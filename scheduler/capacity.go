@@ -730,7 +730,7 @@ func (s *Scheduler) pacedLocked(p *peer, full []*peer, pref int, spareC []*peer,
 		if sharedSeed(c) || c.host == p.host || localityGroup(c.host.info) != group {
 			return
 		}
-		if s.pacedRelief && c.state != stateSucceeded && !c.pieces.holdsNew(&p.pieces, topUpAhead) {
+		if s.pacedRelief && !servesNew(c, p) {
 			// A slow leaf giving way takes only parents ahead of it, as
 			// a top-up does: another slow receiver's idle uplink, level
 			// with it, gave it nothing new, and it left the swarm for

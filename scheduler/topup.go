@@ -56,10 +56,10 @@ func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 		s.topUpRecv = recv[:0]
 	}()
 	for _, c := range t.list {
-		if (c.state != stateSucceeded && c.state != stateRunning) || sharedSeed(c) || c.dropping || barred(c, now) {
+		if !topUpDonor(c, now) {
 			continue
 		}
-		if sp := s.spare(c, now) - c.topBooked; sp >= floor {
+		if sp := s.topUpSpare(c, now); sp >= floor {
 			donors = append(donors, pacedCand{c, sp})
 		}
 	}
@@ -124,7 +124,7 @@ func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 			for i := 0; i < len(donors) && i < topUpScan && len(p.parents) < maxPacedParents && d-in >= floor; i++ {
 				budget--
 				dn := &donors[i]
-				if dn.state != stateSucceeded && (pass == 1 || !dn.pieces.holdsNew(&p.pieces, topUpAhead)) {
+				if (pass == 1 && dn.state != stateSucceeded) || !servesNew(dn.peer, p) {
 					continue
 				}
 				if dn.host == p.host || localityGroup(dn.host.info) != group || isParent(p, dn.peer) {
@@ -159,7 +159,7 @@ func (s *Scheduler) topUpShortLocked(t *task, now time.Time) {
 	// The growth spent part of some donors' spare: the swaps give from
 	// what is left (a receiver's own uplink among them).
 	for i := range donors {
-		donors[i].spare = s.spare(donors[i].peer, now) - donors[i].topBooked
+		donors[i].spare = s.topUpSpare(donors[i].peer, now)
 	}
 	donors = slices.DeleteFunc(donors, func(dn pacedCand) bool { return dn.spare < floor })
 	told = s.swapShortLocked(recv, donors, floor, &budget, e, told, now)
@@ -198,11 +198,10 @@ func (s *Scheduler) growSharesLocked(recv []*peer, floor float64, budget *int, e
 			*budget--
 			l := &p.parents[j]
 			d := l.peer
-			if (d.state != stateSucceeded && d.state != stateRunning) || sharedSeed(d) || barred(d, now) ||
-				!s.canTakeShare(p, d, l.share, group, now) {
+			if !topUpDonor(d, now) || !s.canTakeShare(p, d, l.share, group, now) {
 				continue
 			}
-			a := min(short, s.spare(d, now)-d.topBooked)
+			a := min(short, s.topUpSpare(d, now))
 			if a < step {
 				continue
 			}
@@ -266,7 +265,7 @@ func (s *Scheduler) swapShortLocked(recv []*peer, donors []pacedCand, floor floa
 			}
 			*budget--
 			if q == p || q.host == p.host || localityGroup(q.host.info) != group || len(q.parents) >= maxPacedParents ||
-				isParent(q, p) || isParent(p, q) || !p.pieces.holdsNew(&q.pieces, topUpAhead) {
+				isParent(q, p) || isParent(p, q) || !servesNew(p, q) {
 				continue
 			}
 			if reported(q, p, now) {
@@ -378,14 +377,33 @@ func (s *Scheduler) linkTopUpLocked(parent, child *peer, share float64) bool {
 	return s.linkEdgeLocked(parent, child, share, true)
 }
 
+// topUpDonor reports whether c may give top-ups and grown shares: it is
+// downloading or done, not a seed that may share the origin's uplink
+// (sharedSeed), not being dropped, and not barred.
+func topUpDonor(c *peer, now time.Time) bool {
+	return (c.state == stateSucceeded || c.state == stateRunning) && !sharedSeed(c) && !c.dropping && !barred(c, now)
+}
+
+// topUpSpare is what c's uplink has for top-ups and grown shares: its
+// spare less the top-ups already booked on it.
+func (s *Scheduler) topUpSpare(c *peer, now time.Time) float64 {
+	return s.spare(c, now) - c.topBooked
+}
+
+// servesNew reports whether d has something for p: it is done, or it
+// holds topUpAhead pieces p lacks (a donor level with p gives it nothing
+// new, however much spare it books).
+func servesNew(d, p *peer) bool {
+	return d.state == stateSucceeded || d.pieces.holdsNew(&p.pieces, topUpAhead)
+}
+
 // canTakeShare reports whether receiver p may be given part of a paced
 // share of size share that donor d books for another receiver: d is not
 // p's host, is in p's locality group, is not being dropped, holds
 // topUpAhead pieces p lacks unless it is done, feeds p at most through a
 // paced share (which then grows), and p has not reported it.
 func (s *Scheduler) canTakeShare(p, d *peer, share float64, group string, now time.Time) bool {
-	if share <= 0 || d.host == p.host || localityGroup(d.host.info) != group || d.dropping ||
-		(d.state != stateSucceeded && !d.pieces.holdsNew(&p.pieces, topUpAhead)) {
+	if share <= 0 || d.host == p.host || localityGroup(d.host.info) != group || d.dropping || !servesNew(d, p) {
 		return false
 	}
 	if k := parentIndex(p, d); k >= 0 && p.parents[k].share <= 0 {
