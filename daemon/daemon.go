@@ -503,6 +503,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.linkTesting() {
 		g.Go(func() error { d.linkTestLoop(gctx); return nil })
+		g.Go(func() error { d.downlinkWatch(gctx); return nil })
 	}
 	g.Go(func() error { d.gcLoop(gctx); return nil })
 	// Tasks complete in the cache become parents again: public ones in

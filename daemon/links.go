@@ -41,10 +41,14 @@ const (
 
 // links is what the daemon's link tests measured.
 type links struct {
-	mu       sync.Mutex
-	up       int64     // the last round's best upload rate, bytes/s
-	down     int64     // the best rate another host's test reached into this one
-	downAt   time.Time // when down was measured
+	mu     sync.Mutex
+	up     int64     // the last round's best upload rate, bytes/s
+	down   int64     // the best rate another host's test, or a download, reached into this one
+	downAt time.Time // when down was measured
+	// rxAt and rxBytes start the window over which sampleDownlink counts
+	// what the downloads received (piece.Metrics.Received).
+	rxAt     time.Time
+	rxBytes  int64
 	upGauge  prometheus.Gauge
 	dnGauge  prometheus.Gauge
 	tests    *prometheus.CounterVec
@@ -58,7 +62,7 @@ func newLinks(reg prometheus.Registerer) *links {
 			Help: "Upload rate in bytes/s that this host's last round of link tests reached (0: not measured)."}),
 		dnGauge: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "damselfly_daemon_link_download_bps",
-			Help: "The best rate in bytes/s another host's link test reached into this one (0: none yet)."}),
+			Help: "The best rate in bytes/s another host's link test, or this host's downloads over a few seconds, reached into this one (0: none yet)."}),
 		tests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "damselfly_daemon_link_tests_total",
 			Help: "Link tests by direction (sent, received) and result (ok, error; aborted: a transfer started on this host during a test it sent)."}, []string{"direction", "result"}),
@@ -101,6 +105,68 @@ func (d *Daemon) linkReceived(res linktest.Result) {
 	l.mu.Unlock()
 	if changed {
 		d.linksChanged()
+	}
+}
+
+// downSampleSpan is the shortest window over which what this host's
+// downloads received counts as a downlink measurement (sampleDownlink):
+// several pieces long, and a reading a second apart.
+const downSampleSpan = 2 * time.Second
+
+// sampleDownlink counts the rate this host's downloads reached as a
+// measurement of its downlink, like a link test into it: what it received
+// over the last downSampleSpan or more while anything downloaded. A link
+// test's partner may be slower up than this host is down (two hosts with
+// 2.5 Mbit/s uplinks paired), and its rate is only a lower bound. Taken
+// as the downlink of a host 2.5 Mbit/s up and 25 down, it hid the
+// asymmetry: the uploads went unpaced, filled the uplink, the download's
+// ACKs queued behind them, and on the harness's mixed with the seed on
+// the origin's host that host received at 13-15 Mbit/s while every other
+// got 19 and finished 5 s after them (the last host at 0.71-0.76 of the
+// bound). The download itself shows the downlink within seconds.
+func (d *Daemon) sampleDownlink(now time.Time) {
+	rx := d.pm.Received.Load()
+	l := d.links
+	l.mu.Lock()
+	if l.rxAt.IsZero() || d.inflight.Load() == 0 {
+		l.rxAt, l.rxBytes = now, rx // idle: the next window starts here
+		l.mu.Unlock()
+		return
+	}
+	dt := now.Sub(l.rxAt)
+	if dt < downSampleSpan {
+		l.mu.Unlock()
+		return
+	}
+	r := int64(float64(rx-l.rxBytes) / dt.Seconds())
+	l.rxAt, l.rxBytes = now, rx
+	old := l.down
+	changed := false
+	if r > l.down || now.Sub(l.downAt) > linkDownKeep {
+		l.down, l.downAt, changed = r, now, true
+	}
+	l.mu.Unlock()
+	if !changed {
+		return
+	}
+	if r > old+old/4 && d.log != nil {
+		d.log.Info("downlink measured by downloads", "download_bps", r, "was_bps", old)
+	}
+	d.linksChanged()
+}
+
+// downlinkWatch samples the downloads' rate (sampleDownlink) every second
+// until ctx ends.
+func (d *Daemon) downlinkWatch(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			d.sampleDownlink(now)
+		}
 	}
 }
 

@@ -81,6 +81,12 @@ type Metrics struct {
 	// upload_slots, origin_slots).
 	LimitWaits       *prometheus.CounterVec
 	LimitWaitSeconds *prometheus.CounterVec
+	// Received counts the bytes read from peers on other hosts as they
+	// arrive, verified or not: what the downlink carried, which the
+	// daemon samples for its downlink estimate (not exported). Bytes over
+	// loopback, and from origins (which may run on this host), say
+	// nothing of the link and are left out.
+	Received atomic.Int64
 }
 
 // NewMetrics registers the piece metrics on reg.
@@ -458,11 +464,15 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 	// bytes land in buf directly, and every Read that returns is progress for
 	// the stall watchdog. Limiters are paid after each read.
 	var got int
+	viaLink := !loopbackAddr(r.Addr)
 	for got < len(buf) {
 		end := min(len(buf), got+(1<<20))
 		k, err := resp.Body.Read(buf[got:end])
 		got += k
 		if k > 0 {
+			if viaLink {
+				c.metrics.Received.Add(int64(k))
+			}
 			if r.Progress != nil {
 				r.Progress(got)
 			}
@@ -496,6 +506,19 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 	}
 	c.metrics.DownloadBytes.WithLabelValues("peer").Add(float64(len(buf)))
 	return buf, nil
+}
+
+// loopbackAddr reports whether addr (host:port) is a loopback address.
+func loopbackAddr(addr string) bool {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		h = addr
+	}
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Buffer returns a pooled buffer of n bytes, for Request.Buf; hand it back

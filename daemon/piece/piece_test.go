@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -264,5 +265,47 @@ func TestPrivateTaskNeedsToken(t *testing.T) {
 		Token: core.PieceToken(key, "t1", "child", now.Add(time.Minute))})
 	if err != nil || !bytes.Equal(b, pieces[0]) {
 		t.Fatalf("fetch with token: %v", err)
+	}
+}
+
+// TestReceivedCountsOnlyLinkBytes: the bytes of pieces fetched from a peer
+// on another host count in Metrics.Received (the daemon's downlink
+// estimate), corrupt ones too (the link carried them); those fetched over
+// loopback do not (they never crossed the link).
+func TestReceivedCountsOnlyLinkBytes(t *testing.T) {
+	s, pieces := holding(t, 1024, 4, 0, 2)
+	addr, _ := serve(t, s, nil)
+	m := NewMetrics(nil)
+	c := NewClient(m)
+	ctx := context.Background()
+	b, err := c.Fetch(ctx, Request{Addr: addr, TaskID: "t1", Number: 2, Size: 1024, Digest: core.PieceDigest(pieces[2])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release(b)
+	if got := m.Received.Load(); got != 0 {
+		t.Fatalf("over loopback: received %d, want 0", got)
+	}
+	// Another host's address (in the harness's range), dialled to the
+	// same server.
+	c.hc.Transport = &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	b, err = c.Fetch(ctx, Request{Addr: "10.77.0.9:65002", TaskID: "t1", Number: 2, Size: 1024, Digest: core.PieceDigest(pieces[2])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release(b)
+	if _, err := c.Fetch(ctx, Request{Addr: "10.77.0.9:65002", TaskID: "t1", Number: 0, Size: 1024, Digest: core.PieceDigest(pieces[1])}); !errors.Is(err, core.ErrDigestMismatch) {
+		t.Fatalf("corrupt piece: %v", err)
+	}
+	if got := m.Received.Load(); got != 2048 {
+		t.Fatalf("from another host: received %d, want 2048", got)
+	}
+	for a, want := range map[string]bool{"127.0.0.1:1": true, "[::1]:1": true, "localhost:1": true, "10.77.0.9:1": false, "[fd00::1]:1": false} {
+		if got := loopbackAddr(a); got != want {
+			t.Errorf("loopbackAddr(%s) = %v, want %v", a, got, want)
+		}
 	}
 }
