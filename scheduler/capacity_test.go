@@ -25,14 +25,30 @@ func capHost2(id string, upMbps, downMbps float64) regOpt {
 		UploadBps: int64(upMbps * mbps), DownloadBps: int64(downMbps * mbps)})
 }
 
-// source makes id the task's fetcher, done with all 4 pieces.
+// source makes id the task's fetcher, done with all 4 pieces. Its origin
+// answered on its host (TaskMeta.origin_on_host): a seed host's peer then
+// shares the origin's uplink (sharedSeed).
 func (v *vsched) source(task, id string, opts ...regOpt) *vpeer {
+	return v.sourceAs(task, id, true, opts...)
+}
+
+// sourceOwn is source with the origin on another host: a seed host's peer
+// has an uplink of its own.
+func (v *vsched) sourceOwn(task, id string, opts ...regOpt) *vpeer {
+	return v.sourceAs(task, id, false, opts...)
+}
+
+func (v *vsched) sourceAs(task, id string, originOnHost bool, opts ...regOpt) *vpeer {
 	v.t.Helper()
 	p := v.join(task, id, opts...)
 	if d := p.decision(); d.GetBackToSource() == nil {
 		v.t.Fatalf("%s: want back to source, got %v", id, d)
 	}
-	p.meta(4<<18, 1<<18)
+	if originOnHost {
+		p.meta(4<<18, 1<<18)
+	} else {
+		p.metaOwnUplink(4<<18, 1<<18)
+	}
 	p.pieces(originPiece(0), originPiece(1), originPiece(2), originPiece(3))
 	p.handle(&schedulerv1.PeerMessage{Msg: &schedulerv1.PeerMessage_Done{Done: &schedulerv1.PeerDone{ContentLength: 4 << 18}}})
 	return p
@@ -985,8 +1001,9 @@ func TestPacedRehomeSoleChildOfSlowHost(t *testing.T) {
 func TestShallowestSkipsSingleChildSeed(t *testing.T) {
 	for _, c := range []struct {
 		seedUp   float64 // Mbit/s declared; 0: unknown
+		own      bool    // its uplink is its own (the origin on another host)
 		wantSeed bool
-	}{{0, false}, {100, false}, {400, true}} {
+	}{{0, false, false}, {100, false, false}, {400, false, false}, {400, true, true}} {
 		v := pipelineVirtual(t, nil)
 		var opt regOpt
 		if c.seedUp > 0 {
@@ -994,7 +1011,7 @@ func TestShallowestSkipsSingleChildSeed(t *testing.T) {
 		} else {
 			opt = withHost(&schedulerv1.Host{Id: "host-seed", Hostname: "seed", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002, Seed: true})
 		}
-		v.source("t", "seed", opt)
+		v.sourceAs("t", "seed", !c.own, opt)
 		v.join("t", "a", capHost("a", 100, false)).parents()
 		v.join("t", "b", capHost("b", 100, false)).parents()
 		v.s.mu.Lock()
@@ -1003,7 +1020,7 @@ func TestShallowestSkipsSingleChildSeed(t *testing.T) {
 		got := v.s.shallowest([]*peer{b, sd}, v.now)
 		v.s.mu.Unlock()
 		if isSeed := len(got) == 1 && got[0] == sd; isSeed != c.wantSeed {
-			t.Errorf("seed uplink %v Mbit/s: shallowest of [b seed] = %d peers (seed first: %v), want seed first: %v", c.seedUp, len(got), isSeed, c.wantSeed)
+			t.Errorf("seed uplink %v Mbit/s (own %v): shallowest of [b seed] = %d peers (seed first: %v), want seed first: %v", c.seedUp, c.own, len(got), isSeed, c.wantSeed)
 		}
 	}
 }
@@ -1076,20 +1093,22 @@ func TestSeedSendsTheContentOnce(t *testing.T) {
 	v.invariants()
 }
 
-// A seed whose declared uplink feeds one child at the task's rate is used
-// as one of unknown capacity: it sends the content once, then takes no new
-// child (with the seed peer on the origin's host, its holder took a slow
-// leaf once its pipeline child was done, and the origin's uplink carried
-// 1.25 F in the simulator's declared mixed). A seed declared at several
-// times the rate feeds several pipelines and keeps taking children.
+// A seed on the origin's host sends the content once, then takes no new
+// child (its holder took a slow leaf once its pipeline child was done, and
+// the origin's uplink carried 1.25 F in the simulator's declared mixed),
+// however fast its declared uplink: each full-rate child is one more copy
+// over the origin's uplink (declared at 4 R it would feed four). A seed
+// with an uplink of its own declared at several times the rate feeds
+// several pipelines and keeps taking children.
 func TestDeclaredOneChildSeedSendsOnce(t *testing.T) {
 	for _, tc := range []struct {
 		seedMbps float64
+		own      bool // the origin on another host
 		sentOnce bool // no new child after the content went out once
-	}{{100, true}, {150, true}, {400, false}} {
-		t.Run(fmt.Sprint(tc.seedMbps), func(t *testing.T) {
+	}{{100, false, true}, {150, false, true}, {400, false, true}, {400, true, false}} {
+		t.Run(fmt.Sprint(tc.seedMbps, map[bool]string{true: "-own", false: "-shared"}[tc.own]), func(t *testing.T) {
 			v := pipelineVirtual(t, nil)
-			v.source("t", "seed", capHost("seed", tc.seedMbps, true))
+			v.sourceAs("t", "seed", !tc.own, capHost("seed", tc.seedMbps, true))
 			a := v.join("t", "a", capHost("a", 100, false))
 			if got := a.parents(); !slices.Equal(got, []string{"seed"}) {
 				t.Fatalf("a's parents %v, want [seed]", got)
@@ -1260,7 +1279,7 @@ func TestSlowHostGivesUpTheSeedsSlot(t *testing.T) {
 // bound.
 func TestSlowHostAvoidsTheSeed(t *testing.T) {
 	v := pipelineVirtual(t, nil)
-	v.source("t", "seed", capHost("seed", 200, true))
+	v.sourceOwn("t", "seed", capHost("seed", 200, true))
 	for _, id := range []string{"a", "b", "c"} {
 		v.join("t", id, capHost(id, 100, false)).parents()
 	}
@@ -1550,4 +1569,43 @@ func slowLeafBesideRelay(t *testing.T, ids []string, ups map[string]float64, edg
 		}
 	}
 	return v, tk
+}
+
+// A seed of known uplink whose origin's place is not known yet (no
+// TaskMeta: the peers waiting for it are placed the moment it registers)
+// takes one child, as one on the origin's host does: two full-rate
+// children would be two copies over the origin's uplink. In the
+// simulator's spread with the seed on the origin's host (N = 24, the seed
+// at 2 R) it took two pipelines, and the origin's host sent 2.00 × F; on
+// the harness's mixed with half the hosts slow, 4 runs of 18 did. Once its
+// origin fetch shows an uplink of its own, it feeds several.
+func TestSeedTakesOneChildUntilItsOriginIsKnown(t *testing.T) {
+	for _, own := range []bool{false, true} {
+		v := pipelineVirtual(t, nil)
+		sd := v.join("t", "seed", capHost("seed", 400, true))
+		if d := sd.decision(); d.GetBackToSource() == nil {
+			t.Fatalf("seed: %v", d)
+		}
+		for _, id := range []string{"a", "b", "c", "d"} {
+			v.join("t", id, capHost(id, 100, false)).parents()
+		}
+		if got := v.children("t", "seed"); len(got) != 1 {
+			t.Fatalf("origin's place unknown: the seed's children %v, want one", got)
+		}
+		if own {
+			sd.metaOwnUplink(4<<18, 1<<18)
+		} else {
+			sd.meta(4<<18, 1<<18)
+		}
+		v.s.mu.Lock()
+		lim := v.s.childLimit(v.s.tasks[tid("t")].peers["seed"], v.now)
+		v.s.mu.Unlock()
+		if own && lim < 3 {
+			t.Errorf("an uplink of its own at 4 R: child limit %d, want several", lim)
+		}
+		if !own && lim != 1 {
+			t.Errorf("on the origin's host at 4 R: child limit %d, want 1", lim)
+		}
+		v.invariants()
+	}
 }

@@ -111,7 +111,7 @@ type seedProbe struct {
 // partners' downlinks took.
 func (s *Scheduler) probing(sp *peer) bool {
 	h := sp.host
-	return s.cfg.CapacityAware && h.info.GetSeed() && (h.info.GetUploadBps() <= 0 || h.linkOnly) &&
+	return s.cfg.CapacityAware && h.info.GetSeed() && !sharedSeed(sp) && (h.info.GetUploadBps() <= 0 || h.linkOnly) &&
 		h.meter.budget <= 0 && h.meter.cap <= 0 && len(sp.task.list) > probeTaskPeers
 }
 

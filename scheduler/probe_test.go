@@ -38,7 +38,7 @@ func newProbeSwarmLink(t *testing.T, n int, idc string, link int64) *probeSwarm 
 	if d := seed.decision(); d.GetBackToSource() == nil {
 		t.Fatalf("seed: %v", d)
 	}
-	seed.meta(probePieceCount*probePieceSize, probePieceSize)
+	seed.metaOwnUplink(probePieceCount*probePieceSize, probePieceSize)
 	all := make([]*schedulerv1.PieceResult, probePieceCount)
 	for i := range all {
 		all[i] = originPiece(uint32(i))
@@ -265,5 +265,21 @@ func TestUndeclaredRateFromUnmeteredAndProbedSource(t *testing.T) {
 	v.s.updateRateLocked(tk, v.now)
 	if tk.rate > 150*mbps {
 		t.Errorf("R %.0f Mbit/s from a probed source that gives a child 100", tk.rate/mbps)
+	}
+}
+
+// A seed on the origin's host is not probed: each child the probe adds
+// would take one more copy of the content over the origin's uplink.
+func TestSharedSeedNotProbed(t *testing.T) {
+	w := newProbeSwarm(t, 400)
+	w.v.s.mu.Lock()
+	sd := w.v.s.tasks[tid("t")].peers["seed"]
+	sd.ownUplink = false // its origin answered on its host
+	w.v.s.mu.Unlock()
+	for range 6 {
+		w.feed(probePieces+2, 10*time.Millisecond)
+	}
+	if got := w.v.children("t", "seed"); len(got) != 1 {
+		t.Fatalf("after six probe steps the seed on the origin's host has children %v, want one", got)
 	}
 }

@@ -360,7 +360,7 @@ func TestSeedChildrenCountedAtFastestEarlyReceiver(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := pipelineVirtual(t, nil)
-			v.source("t", "seed", capHost("seed", 25, true))
+			v.sourceOwn("t", "seed", capHost("seed", 25, true))
 			for i, up := range tc.ups {
 				v.join("t", fmt.Sprint("r", i), capHost(fmt.Sprint("r", i), up, false)).decision()
 			}
