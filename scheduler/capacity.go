@@ -297,7 +297,7 @@ func (s *Scheduler) childLimit(c *peer, now time.Time) int {
 		// uplink could feed. Known at 24 Mbit/s with R at 12.4 (half the
 		// hosts ten times slower), the seed took two children when its
 		// measured uplink came out at 1.95 R or more, and the origin's
-		// host sent 2.0 × F in 4 of 18 runs on the harness.
+		// host sent 2.0 × F in 5 of 26 runs on the harness.
 		lim = 1
 	}
 	if pl := c.host.probe.lim; pl > 1 && s.probing(c) {

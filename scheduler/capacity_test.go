@@ -1577,7 +1577,7 @@ func slowLeafBesideRelay(t *testing.T, ids []string, ups map[string]float64, edg
 // children would be two copies over the origin's uplink. In the
 // simulator's spread with the seed on the origin's host (N = 24, the seed
 // at 2 R) it took two pipelines, and the origin's host sent 2.00 × F; on
-// the harness's mixed with half the hosts slow, 4 runs of 18 did. Once its
+// the harness's mixed with half the hosts slow, 5 runs of 26 did. Once its
 // origin fetch shows an uplink of its own, it feeds several.
 func TestSeedTakesOneChildUntilItsOriginIsKnown(t *testing.T) {
 	for _, own := range []bool{false, true} {
