@@ -124,3 +124,14 @@ func TestTaskIDVersion(t *testing.T) {
 		t.Fatal("empty version changed the ID")
 	}
 }
+
+func TestLoopbackHost(t *testing.T) {
+	for s, want := range map[string]bool{
+		"127.0.0.1:1": true, "127.0.0.1": true, "[::1]:1": true, "::1": true, "localhost:1": true, "localhost": true,
+		"10.77.0.9:1": false, "[fd00::1]:1": false, "registry.example:5000": false, "": false,
+	} {
+		if got := LoopbackHost(s); got != want {
+			t.Errorf("LoopbackHost(%q) = %v, want %v", s, got, want)
+		}
+	}
+}

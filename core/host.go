@@ -38,3 +38,13 @@ func ValidHostPort(s string) bool {
 	}
 	return true
 }
+
+// LoopbackHost reports whether s, a host or host:port, names this host's
+// loopback: "localhost" or a loopback IP address.
+func LoopbackHost(s string) bool {
+	if h, _, err := net.SplitHostPort(s); err == nil {
+		s = h
+	}
+	ip := net.ParseIP(s)
+	return s == "localhost" || ip != nil && ip.IsLoopback()
+}

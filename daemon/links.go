@@ -96,16 +96,25 @@ func (d *Daemon) transferring() bool {
 func (d *Daemon) linkReceived(res linktest.Result) {
 	l := d.links
 	l.tests.WithLabelValues("received", "ok").Inc()
-	now := time.Now()
 	l.mu.Lock()
-	changed := false
-	if r := int64(res.RateBps); r > l.down || now.Sub(l.downAt) > linkDownKeep {
-		l.down, l.downAt, changed = r, now, true
-	}
+	_, changed := l.noteDownLocked(int64(res.RateBps), time.Now())
 	l.mu.Unlock()
 	if changed {
 		d.linksChanged()
 	}
+}
+
+// noteDownLocked takes r bytes/s, measured into this host at now, as its
+// downlink when it is the best so far or the best has lapsed
+// (linkDownKeep); it returns the downlink before and whether it changed.
+// l.mu is held.
+func (l *links) noteDownLocked(r int64, now time.Time) (old int64, changed bool) {
+	old = l.down
+	if r > l.down || now.Sub(l.downAt) > linkDownKeep {
+		l.down, l.downAt = r, now
+		return old, true
+	}
+	return old, false
 }
 
 // downSampleSpan is the shortest window over which what this host's
@@ -140,11 +149,7 @@ func (d *Daemon) sampleDownlink(now time.Time) {
 	}
 	r := int64(float64(rx-l.rxBytes) / dt.Seconds())
 	l.rxAt, l.rxBytes = now, rx
-	old := l.down
-	changed := false
-	if r > l.down || now.Sub(l.downAt) > linkDownKeep {
-		l.down, l.downAt, changed = r, now, true
-	}
+	old, changed := l.noteDownLocked(r, now)
 	l.mu.Unlock()
 	if !changed {
 		return

@@ -464,7 +464,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 	// bytes land in buf directly, and every Read that returns is progress for
 	// the stall watchdog. Limiters are paid after each read.
 	var got int
-	viaLink := !loopbackAddr(r.Addr)
+	viaLink := !core.LoopbackHost(r.Addr)
 	for got < len(buf) {
 		end := min(len(buf), got+(1<<20))
 		k, err := resp.Body.Read(buf[got:end])
@@ -506,19 +506,6 @@ func (c *Client) Fetch(ctx context.Context, r Request) ([]byte, error) {
 	}
 	c.metrics.DownloadBytes.WithLabelValues("peer").Add(float64(len(buf)))
 	return buf, nil
-}
-
-// loopbackAddr reports whether addr (host:port) is a loopback address.
-func loopbackAddr(addr string) bool {
-	h, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		h = addr
-	}
-	if h == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
 }
 
 // Buffer returns a pooled buffer of n bytes, for Request.Buf; hand it back

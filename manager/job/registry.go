@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -80,11 +79,7 @@ func ParseImage(s string) (Image, error) {
 			repo, ref = rest[:i], rest[i+1:]
 		}
 		img = Image{Scheme: "https", Registry: reg, Repo: repo, Reference: ref}
-		host := reg
-		if h, _, err := net.SplitHostPort(reg); err == nil {
-			host = h
-		}
-		if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		if core.LoopbackHost(reg) {
 			img.Scheme = "http"
 		}
 	}
