@@ -28,26 +28,58 @@ func (s *Server) ConnContext(ctx context.Context, c net.Conn) context.Context {
 // all uploads together may take now (0: no pacing). nil turns pacing off.
 func (s *Server) SetPacing(budget func() int64) { s.budget.Store(&budget) }
 
-// pace sets the pacing rate of the connection serving r to the budget
-// shared by the uploads in progress (this one counted in active). It is set
-// again at every piece, so a connection follows the count as uploads start
-// and end. Connections of other kinds than TCP are left alone.
-func (s *Server) pace(r *http.Request, active int64) {
+// pace counts the upload serving r in and sets the pacing rate of its
+// connection, and of every other upload's, to the budget shared by the
+// uploads in progress; the function it returns counts it out and gives the
+// others its part. Uploads start and end at every piece, so each
+// connection follows the count, and together they keep to the budget. Set
+// only at each upload's own start, a piece begun alone kept the whole
+// budget while a second one beside it took half (1.5 times the budget
+// together, the queue the pacing is there to keep empty), and a piece
+// begun beside another kept half after the other had ended (on a
+// 2.5 Mbit/s uplink a 256 KiB piece takes about a second). Connections of
+// other kinds than TCP are left alone.
+func (s *Server) pace(r *http.Request) (done func()) {
 	f := s.budget.Load()
 	if f == nil || *f == nil {
-		return
+		return func() {}
 	}
-	budget := (*f)()
 	tc, ok := r.Context().Value(connKey{}).(*net.TCPConn)
 	if !ok {
-		return
+		return func() {}
 	}
-	rate := ^uint64(0) // unpaced: the kernel's default
-	if budget > 0 {
-		rate = uint64(max(budget/max(active, 1), 1))
+	s.pacedMu.Lock()
+	if s.paced == nil {
+		s.paced = map[*net.TCPConn]int64{}
 	}
-	if err := setPacing(tc, rate); err != nil {
-		s.log.Debug("upload pacing not set", "remote", r.RemoteAddr, "err", err)
+	s.paced[tc]++
+	s.repaceLocked((*f)())
+	s.pacedMu.Unlock()
+	return func() {
+		s.pacedMu.Lock()
+		if s.paced[tc]--; s.paced[tc] <= 0 {
+			delete(s.paced, tc)
+		}
+		s.repaceLocked((*f)())
+		s.pacedMu.Unlock()
+	}
+}
+
+// repaceLocked sets every paced connection's rate to its part of budget
+// (0: unpaced). s.pacedMu is held.
+func (s *Server) repaceLocked(budget int64) {
+	var n int64
+	for _, k := range s.paced {
+		n += k
+	}
+	for tc, k := range s.paced {
+		rate := ^uint64(0) // unpaced: the kernel's default
+		if budget > 0 {
+			rate = uint64(max(budget*k/n, 1))
+		}
+		if err := setPacing(tc, rate); err != nil {
+			s.log.Debug("upload pacing not set", "remote", tc.RemoteAddr(), "err", err)
+		}
 	}
 }
 

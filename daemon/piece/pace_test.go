@@ -1,6 +1,7 @@
 package piece
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -43,7 +44,8 @@ func (l *recorder) conn(t *testing.T, i int) *net.TCPConn {
 
 // A host whose uplink is much slower than its downlink paces its uploads
 // (pace.go): each upload's connection gets the budget shared by the uploads
-// in progress, and no pacing once the budget is 0 (nothing downloading).
+// in progress, as they start and as they end, and no pacing once the
+// budget is 0 (nothing downloading).
 func TestUploadsPacedToBudget(t *testing.T) {
 	st, _ := holding(t, 1024, 4, 0)
 	srv := NewServer(st, 8, nil, NewMetrics(nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -100,18 +102,29 @@ func TestUploadsPacedToBudget(t *testing.T) {
 		t.Fatalf("one upload paced at %d B/s, want 200000", got)
 	}
 
-	// Two at once (one waits on a piece still arriving): half each.
+	// inFlight starts an upload of piece n that stays in progress (the
+	// piece is still arriving) until the returned function ends it.
 	task, _ := st.Get("t1")
-	relay := task.StartRelay(1, make([]byte, 1024), nil)
-	var finish sync.Once
-	// (Registered after hs.Close, so run before it: a relay left open
-	// keeps its upload, and Close, waiting.)
-	t.Cleanup(func() { finish.Do(relay.Finish) })
-	relay.Progress(100)
-	slow := get("/pieces/t1/1")
-	if _, err := io.ReadFull(slow.Body, make([]byte, 100)); err != nil {
-		t.Fatal(err)
+	inFlight := func(n uint32) (end func()) {
+		t.Helper()
+		relay := task.StartRelay(n, make([]byte, 1024), nil)
+		var finish sync.Once
+		// (Registered after hs.Close, so run before it: a relay left open
+		// keeps its upload, and Close, waiting.)
+		t.Cleanup(func() { finish.Do(relay.Finish) })
+		relay.Progress(100)
+		resp := get(fmt.Sprintf("/pieces/t1/%d", n))
+		if _, err := io.ReadFull(resp.Body, make([]byte, 100)); err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			finish.Do(relay.Finish) // not verified: the relay's reader aborts
+			resp.Body.Close()
+		}
 	}
+
+	// Two at once (one waits on a piece still arriving): half each.
+	end1 := inFlight(1)
 	settle(1)
 	resp = get("/pieces/t1/0")
 	io.Copy(io.Discard, resp.Body)
@@ -119,8 +132,25 @@ func TestUploadsPacedToBudget(t *testing.T) {
 	if got := pacing(2); got != 100_000 {
 		t.Fatalf("second of two uploads paced at %d B/s, want 100000", got)
 	}
-	finish.Do(relay.Finish) // not verified: the relay's reader aborts
-	slow.Body.Close()
+	// The second ended: the first, still in progress, takes the whole
+	// budget again.
+	settle(1)
+	if got := pacing(1); got != 200_000 {
+		t.Fatalf("upload left alone paced at %d B/s, want the whole 200000", got)
+	}
+	// While a second stays in progress beside it, the first gives up half
+	// its rate: the uploads together keep to the budget, not 1.5 times it.
+	end2 := inFlight(2)
+	settle(2)
+	if a, b := pacing(1), pacing(3); a != 100_000 || b != 100_000 {
+		t.Fatalf("two uploads in progress paced at %d and %d B/s, want 100000 each", a, b)
+	}
+	end2()
+	settle(1)
+	if got := pacing(1); got != 200_000 {
+		t.Fatalf("upload left alone paced at %d B/s, want the whole 200000", got)
+	}
+	end1()
 	settle(0)
 
 	// Nothing downloading: the budget is 0 and a connection is unpaced
@@ -130,7 +160,7 @@ func TestUploadsPacedToBudget(t *testing.T) {
 	resp = get("/pieces/t1/0")
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	if got := pacing(3); got != uint64(^uint32(0)) {
+	if got := pacing(4); got != uint64(^uint32(0)) {
 		t.Fatalf("with no budget paced at %d B/s, want unlimited", got)
 	}
 }

@@ -147,6 +147,10 @@ type Server struct {
 	log     *slog.Logger
 	active  atomic.Int64                 // uploads in progress
 	budget  atomic.Pointer[func() int64] // SetPacing
+	// paced counts the uploads in progress on each connection that pace
+	// sets the rate of (pace.go).
+	pacedMu sync.Mutex
+	paced   map[*net.TCPConn]int64
 }
 
 // NewServer returns an upload server allowing maxUploads concurrent
@@ -259,8 +263,9 @@ func (s *Server) servePiece(w http.ResponseWriter, r *http.Request) {
 	defer s.slots.Release()
 	s.metrics.UploadsActive.Inc()
 	defer s.metrics.UploadsActive.Dec()
-	s.pace(r, s.active.Add(1))
+	s.active.Add(1)
 	defer s.active.Add(-1)
+	defer s.pace(r)()
 	peer := r.Header.Get(PeerHeader)
 	if peer == "" {
 		peer, _, _ = net.SplitHostPort(r.RemoteAddr)
