@@ -50,14 +50,19 @@ func (s *Server) pace(r *http.Request) (done func()) {
 	}
 	s.pacedMu.Lock()
 	if s.paced == nil {
-		s.paced = map[*net.TCPConn]int64{}
+		s.paced = map[*net.TCPConn]*pacedConn{}
 	}
-	s.paced[tc]++
+	pc := s.paced[tc]
+	if pc == nil {
+		pc = &pacedConn{}
+		s.paced[tc] = pc
+	}
+	pc.uploads++
 	s.repaceLocked((*f)())
 	s.pacedMu.Unlock()
 	return func() {
 		s.pacedMu.Lock()
-		if s.paced[tc]--; s.paced[tc] <= 0 {
+		if pc.uploads--; pc.uploads <= 0 {
 			delete(s.paced, tc)
 		}
 		s.repaceLocked((*f)())
@@ -65,21 +70,34 @@ func (s *Server) pace(r *http.Request) (done func()) {
 	}
 }
 
+// pacedConn is a connection with uploads in progress whose rate pace sets.
+type pacedConn struct {
+	uploads int64
+	rate    uint64 // the rate last set; 0 before the first
+}
+
 // repaceLocked sets every paced connection's rate to its part of budget
-// (0: unpaced). s.pacedMu is held.
+// (0: unpaced), skipping those already at it: on a host that is not paced
+// (budget 0) every upload's start and end would otherwise cost a system
+// call per upload in progress. s.pacedMu is held.
 func (s *Server) repaceLocked(budget int64) {
 	var n int64
-	for _, k := range s.paced {
-		n += k
+	for _, pc := range s.paced {
+		n += pc.uploads
 	}
-	for tc, k := range s.paced {
+	for tc, pc := range s.paced {
 		rate := ^uint64(0) // unpaced: the kernel's default
 		if budget > 0 {
-			rate = uint64(max(budget*k/n, 1))
+			rate = uint64(max(budget*pc.uploads/n, 1))
+		}
+		if rate == pc.rate {
+			continue
 		}
 		if err := setPacing(tc, rate); err != nil {
 			s.log.Debug("upload pacing not set", "remote", tc.RemoteAddr(), "err", err)
+			continue
 		}
+		pc.rate = rate
 	}
 }
 

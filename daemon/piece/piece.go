@@ -147,10 +147,10 @@ type Server struct {
 	log     *slog.Logger
 	active  atomic.Int64                 // uploads in progress
 	budget  atomic.Pointer[func() int64] // SetPacing
-	// paced counts the uploads in progress on each connection that pace
-	// sets the rate of (pace.go).
+	// paced: the connections with uploads in progress whose rate pace
+	// sets (pace.go).
 	pacedMu sync.Mutex
-	paced   map[*net.TCPConn]int64
+	paced   map[*net.TCPConn]*pacedConn
 }
 
 // NewServer returns an upload server allowing maxUploads concurrent
