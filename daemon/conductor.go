@@ -153,6 +153,17 @@ func newConductor(d *Daemon, r taskRequest, hostname string) *conductor {
 	return c
 }
 
+// downlink is what this download may receive in bytes/s as far as the
+// daemon knows (Daemon.downlink, and this download's own rate limit); 0
+// when unknown.
+func (c *conductor) downlink() int64 {
+	d := c.d.downlink()
+	if r := c.req.rateLimit; r > 0 && (d == 0 || r < d) {
+		d = r
+	}
+	return d
+}
+
 // fetchConfig is the download core's configuration for this task.
 func (c *conductor) fetchConfig() fetch.Config {
 	dc := c.d.cfg.Download
@@ -167,6 +178,7 @@ func (c *conductor) fetchConfig() fetch.Config {
 		SwarmTimeout:      dc.SwarmTimeout.D(),
 		ParentFailures:    dc.ParentFailures,
 		ReportDelay:       dc.ReportInterval.D(),
+		Downlink:          float64(c.downlink()),
 		NoOrigin:          c.req.disableBackSource,
 		Cache:             c.cache,
 		Local:             c.local,

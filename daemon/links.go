@@ -117,6 +117,21 @@ func (l *links) noteDownLocked(r int64, now time.Time) (old int64, changed bool)
 	return old, false
 }
 
+// downlink is this host's downlink in bytes/s as far as the daemon knows:
+// declared (or its download rate limit), else the best rate a link test or
+// a download reached into it; 0 when unknown.
+func (d *Daemon) downlink() int64 {
+	if _, down := d.cfg.DeclaredCapacity(); down > 0 {
+		return down
+	}
+	if d.links == nil {
+		return 0
+	}
+	d.links.mu.Lock()
+	defer d.links.mu.Unlock()
+	return d.links.down
+}
+
 // downSampleSpan is the shortest window over which what this host's
 // downloads received counts as a downlink measurement (sampleDownlink):
 // several pieces long, and a reading a second apart.

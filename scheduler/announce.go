@@ -410,7 +410,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 				// main child, sharing its uplink while it lasted: its rate
 				// says nothing of what the host can give one child, and
 				// counted, it would get fast relays replaced as slow.
-				if !pacedChild(par, p) {
+				if !pacedChild(par, p) && !downlinkBound(p) {
 					par.host.observeThroughput(r.GetLength(), r.GetCostNs())
 					if s.probing(par) {
 						probe = par
@@ -598,3 +598,24 @@ const (
 	corruptReportersToPenalise = 2
 	maxCorruptReporters        = 16
 )
+
+// downlinkBound reports whether p's own downlink, as its host declared it
+// or its link tests measured it, is below half its task's rate: its pieces
+// come at its downlink's pace, which tells nothing of its parents'
+// uplinks. (Half: a link test is only as fast as the partner's uplink, and
+// a host tested by slower partners still tells its parents' rates.)
+// Counted, the pieces of a child 2 Mbit/s down had the 25 Mbit/s relay
+// above it, in a pipeline of six, replaced as slow (the simulator's mixed
+// with slow downlinks, N = 8): the relay's next child moved up beside it,
+// and the pipeline below ran at half its rate.
+func downlinkBound(p *peer) bool {
+	r := p.task.rate
+	if r <= 0 {
+		return false
+	}
+	d := p.host.info.GetDownloadBps()
+	if d <= 0 {
+		d = p.host.info.GetLinkDownloadBps()
+	}
+	return d > 0 && float64(d) < r/2
+}

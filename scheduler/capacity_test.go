@@ -748,19 +748,27 @@ func TestPacedPieceNotInThroughput(t *testing.T) {
 	if paced == "" {
 		t.Fatalf("s2 parents %v: want a paced fast one", parentIDs(d))
 	}
+	// One piece in 1 s: far below the parent's uplink.
+	pieceLeavesThroughput(t, v, s2, paced, 1e9)
+}
+
+// pieceLeavesThroughput has c report one piece of task "t" from the parent
+// par that took costNs, and checks that par's host counts it as served
+// while its measured throughput does not move.
+func pieceLeavesThroughput(t *testing.T, v *vsched, c *vpeer, par string, costNs int64) {
+	t.Helper()
 	v.s.mu.Lock()
-	h := v.s.tasks[tid("t")].peers[paced].host
+	h := v.s.tasks[tid("t")].peers[par].host
 	before, n := h.throughput, h.successes
 	v.s.mu.Unlock()
-	// One piece in 1 s: far below the parent's uplink.
-	s2.pieces(&schedulerv1.PieceResult{Number: 0, ParentId: paced, Length: 1 << 18, CostNs: 1e9})
+	c.pieces(&schedulerv1.PieceResult{Number: 0, ParentId: par, Length: 1 << 18, CostNs: costNs})
 	v.s.mu.Lock()
 	defer v.s.mu.Unlock()
 	if h.successes != n+1 {
 		t.Errorf("successes %d, want %d: the piece still counts as served", h.successes, n+1)
 	}
 	if h.throughput != before {
-		t.Errorf("paced piece moved %s's throughput from %.0f to %.0f", paced, before, h.throughput)
+		t.Errorf("a piece from %s in %v moved its throughput from %.0f to %.0f", par, time.Duration(costNs), before, h.throughput)
 	}
 }
 
@@ -1607,5 +1615,40 @@ func TestSeedTakesOneChildUntilItsOriginIsKnown(t *testing.T) {
 			t.Errorf("on the origin's host at 4 R: child limit %d, want 1", lim)
 		}
 		v.invariants()
+	}
+}
+
+// A piece a child got at its own slow downlink's pace does not count in
+// its parent host's measured throughput: the parent may have given it all
+// it could take, and counted, the child's rate got fast relays replaced as
+// slow (the simulator's mixed with slow downlinks: a 25 Mbit/s relay
+// replaced below a 2 Mbit/s child, and the pipeline below it halved).
+func TestDownlinkBoundPieceNotInThroughput(t *testing.T) {
+	for _, tested := range []bool{false, true} {
+		t.Run(fmt.Sprint("link-tested ", tested), func(t *testing.T) {
+			v := pipelineVirtual(t, nil)
+			v.source("t", "src", capHost("src", 100, false))
+			v.join("t", "a", capHost("a", 100, false)).decision()
+			// 100 Mbit/s up, 5 down: declared, or measured by its link
+			// tests (its uplink declared all the same).
+			sd := &schedulerv1.Host{Id: "host-sd", Hostname: "sd", Ip: "127.0.0.1", PeerPort: 65000, UploadPort: 65002,
+				UploadBps: int64(100 * mbps), DownloadBps: int64(5 * mbps)}
+			if tested {
+				sd.DownloadBps, sd.LinkDownloadBps = 0, int64(5*mbps)
+			}
+			c := v.join("t", "sd", withHost(sd))
+			d := c.decision()
+			var par string
+			for _, p := range d.GetParents().GetParents() {
+				if p.GetShareBps() == 0 {
+					par = p.GetPeerId()
+				}
+			}
+			if par == "" {
+				t.Fatalf("sd parents %v: want a full-rate one", parentIDs(d))
+			}
+			// One piece in 0.5 s: at sd's downlink, a twentieth of R.
+			pieceLeavesThroughput(t, v, c, par, 5e8)
+		})
 	}
 }

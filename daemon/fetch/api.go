@@ -74,6 +74,11 @@ type Config struct {
 	// reported (reports batch); ReportBatch pieces are reported at once.
 	ReportDelay time.Duration
 	ReportBatch int
+	// Downlink is this host's downlink in bytes/s as the daemon knows it:
+	// declared, else the best rate a link test or a download reached into
+	// it (a lower bound); 0 when unknown. With the rates measured from the
+	// parents, it bounds the bytes in flight (busy).
+	Downlink float64
 
 	// NoOrigin: the download may not go to the origin (dfget
 	// --disable-back-source; a dfcache entry has none either way).

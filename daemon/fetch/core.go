@@ -59,6 +59,7 @@ type Core struct {
 	bad     map[string]bool
 	reqs    map[uint32][]*request // requests in flight by piece
 	nreq    int
+	nbytes  int64 // the bytes of the nreq requests
 	lastReq uint64
 
 	streaming    bool
@@ -903,6 +904,7 @@ func (c *Core) endRequest(r *request) {
 	}
 	r.active = false
 	c.nreq--
+	c.nbytes -= r.size
 	c.reqs[r.piece] = slices.DeleteFunc(c.reqs[r.piece], func(q *request) bool { return q == r })
 	if len(c.reqs[r.piece]) == 0 {
 		delete(c.reqs, r.piece)

@@ -1187,3 +1187,136 @@ func stallsAt(t *testing.T, c *Core, w *net, from time.Time, after time.Duration
 		t.Fatalf("origin %+v after %v, want swarm_stalled", so, after)
 	}
 }
+
+// shared runs c against parents that hold every piece, where each transfer
+// gets an even part of this host's downlink, down bytes/s, and at most
+// perFlow (0: no bound) of its parent's uplink (each TCP connection its own
+// flow, as the daemon's piece client makes them). It returns the longest time one
+// piece was in flight, and stops at the end, at a failure, at an origin
+// fallback (its reason), or after limit of virtual time.
+func shared(t *testing.T, c *Core, down, perFlow float64, ids []string, n int, limit time.Duration) (longest time.Duration, origin string) {
+	t.Helper()
+	type flow struct {
+		a     ActRequest
+		left  float64
+		start time.Time
+	}
+	now := t0
+	var flows []*flow
+	done := false
+	handle := func(acts []Action) {
+		for _, a := range acts {
+			switch a := a.(type) {
+			case ActRequest:
+				flows = append(flows, &flow{a: a, left: float64(a.Size), start: now})
+			case ActCancel:
+				flows = slices.DeleteFunc(flows, func(f *flow) bool { return f.a.Req == a.Req })
+			case ActStartOrigin:
+				if origin == "" {
+					origin = a.Reason
+				}
+			case ActComplete:
+				done = true
+			case ActFailed:
+				t.Fatal(a.Err)
+			}
+		}
+	}
+	handle(c.Step(now, EvStart{Length: int64(n) * ps, PieceSize: ps, AllTrusted: true}))
+	var parents []Parent
+	for _, id := range ids {
+		parents = append(parents, Parent{ID: id, ShareBps: 4 * down})
+	}
+	handle(c.Step(now, EvParents{Parents: parents}))
+	for _, id := range ids {
+		handle(c.Step(now, EvParentConnected{Parent: id}))
+		handle(c.Step(now, EvParentPieces{Parent: id, Pieces: pieces(n)}))
+	}
+	rate := func() float64 {
+		each := down / float64(len(flows))
+		if perFlow > 0 {
+			each = min(each, perFlow)
+		}
+		return each
+	}
+	for !done && origin == "" && now.Sub(t0) < limit {
+		next := c.NextDeadline()
+		var first *flow
+		if len(flows) > 0 {
+			each := rate()
+			for _, f := range flows {
+				if first == nil || f.left < first.left {
+					first = f
+				}
+			}
+			at := now.Add(secs(first.left / each))
+			if next.IsZero() || !next.Before(at) {
+				for _, f := range flows {
+					f.left -= each * at.Sub(now).Seconds()
+				}
+				now = at
+				flows = slices.DeleteFunc(flows, func(f *flow) bool { return f == first })
+				longest = max(longest, now.Sub(first.start))
+				handle(c.Step(now, EvPieceDone{Parent: first.a.Parent, Piece: first.a.Piece, Bytes: first.a.Size, Start: first.start, End: now, Req: first.a.Req}))
+				continue
+			}
+		}
+		if next.IsZero() {
+			t.Fatalf("stuck at %v: nothing in flight and no timer", now.Sub(t0))
+		}
+		if len(flows) > 0 {
+			each := rate()
+			for _, f := range flows {
+				f.left -= each * next.Sub(now).Seconds()
+			}
+		}
+		now = next
+		handle(c.Step(now, EvTick{}))
+	}
+	if !done && origin == "" {
+		t.Fatalf("not done after %v", limit)
+	}
+	return longest, origin
+}
+
+// A host whose downlink is much slower than the shares its parents give it
+// keeps no more in flight than the downlink drains in a few seconds: the
+// pieces come one after the other instead of all together, late. Three
+// paced parents four requests deep put twelve pieces into a 0.6 Mbit/s
+// downlink, and none was done within the swarm timeout: the download went
+// to the origin (11 of 12 such hosts in the simulator's mixed with slow
+// downlinks).
+func TestInflightBoundedByDownlink(t *testing.T) {
+	const down = 75_000 // bytes/s: 0.6 Mbit/s
+	c := testCore(Config{Downlink: down})
+	longest, origin := shared(t, c, down, 0, []string{"a", "b", "c"}, 24, 10*time.Minute)
+	if origin != "" {
+		t.Fatalf("went to the origin (%s); longest piece in flight %v", origin, longest)
+	}
+	// The bytes the downlink drains in inflightShare of the swarm
+	// timeout, and the piece that starts it when less.
+	horizon := secs(inflightShare * c.cfg.SwarmTimeout.Seconds())
+	if most := horizon + secs(float64(ps)/down); longest > most+time.Second {
+		t.Errorf("a piece was in flight %v, want at most about %v", longest, most)
+	}
+}
+
+// The downlink a link test measured is a lower bound: the rates the parents
+// give count too, so a host whose test partner was slow still keeps enough
+// in flight to receive at its downlink where each connection gets less
+// (paced parents on uplinks shared with other children).
+func TestInflightFollowsMeasuredRates(t *testing.T) {
+	const down = 2_500_000 // bytes/s: 20 Mbit/s, measured at 0.4
+	c := testCore(Config{Downlink: 50_000})
+	if _, origin := shared(t, c, down, 400_000, []string{"a", "b", "c"}, 200, 10*time.Minute); origin != "" {
+		t.Fatalf("went to the origin (%s)", origin)
+	}
+	// 200 pieces at 2.5 MB/s take 21 s.
+	lastDone := time.Duration(0)
+	for _, p := range c.order {
+		lastDone = max(lastDone, p.lastDone.Sub(t0))
+	}
+	if want := secs(200 * float64(ps) / down); lastDone > want*11/10 {
+		t.Errorf("done after %v, want about %v: the lower bound held the requests back", lastDone, want)
+	}
+}

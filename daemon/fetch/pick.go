@@ -20,20 +20,55 @@ func (c *Core) schedule(now time.Time) {
 	c.ensureNeed()
 	top := c.estimate()
 	c.rescue(now, top)
-	for c.nreq < c.cfg.ConcurrentPieces {
+	for !c.busy() {
 		n, p := c.pick(now, top)
 		if p == nil {
 			break
 		}
 		c.request(now, n, p)
 	}
-	for c.nreq < c.cfg.ConcurrentPieces {
+	for !c.busy() {
 		n, p := c.endgame(now)
 		if p == nil {
 			break
 		}
 		c.request(now, n, p)
 	}
+}
+
+// inflightShare is the share of the swarm timeout that the bytes in flight
+// may take the downlink to drain (busy): 8 s at the default 20. More
+// requests than that bring nothing sooner: they share the downlink with
+// those already in flight, and every piece in flight takes longer. A host
+// 0.6 Mbit/s down, given three paced parents that each took four requests
+// (the simulator's mixed with slow downlinks, hosts 40 times slower), had
+// twelve pieces in flight and none done within the swarm timeout: 11 of
+// 12 such hosts went to the origin, which sent 11.4 × F.
+const inflightShare = 0.4
+
+// busy reports whether the task has as many requests in flight as it may
+// have: ConcurrentPieces, or, past the first, the bytes its downlink
+// drains in inflightShare of the swarm timeout. The downlink is
+// Config.Downlink, or the sum of the rates measured from the parents where
+// that is more: a link test's rate is only a lower bound, and the parents'
+// rates add up to the downlink when it is what limits them all. With no
+// downlink known, only ConcurrentPieces bounds: the parents' rates alone
+// cannot tell a slow downlink from slow parents, which several requests in
+// flight each make up for (depth).
+func (c *Core) busy() bool {
+	if c.nreq >= c.cfg.ConcurrentPieces {
+		return true
+	}
+	if c.nreq == 0 || c.cfg.Downlink <= 0 {
+		return false
+	}
+	d := c.cfg.Downlink
+	sum := 0.0
+	for _, p := range c.order {
+		sum += p.rate.BytesPerSec()
+	}
+	d = max(d, sum)
+	return float64(c.nbytes+int64(c.psize)) > d*inflightShare*c.cfg.SwarmTimeout.Seconds()
 }
 
 // estimate refreshes every parent's rate estimate and returns the best:
@@ -117,6 +152,7 @@ func (c *Core) request(now time.Time, n uint32, p *parent) {
 	c.reqs[n] = append(c.reqs[n], r)
 	p.inflight = append(p.inflight, r)
 	c.nreq++
+	c.nbytes += size
 	if p.ShareBps > 0 {
 		// The clock runs from the last request's slot, or from now when
 		// that is past (an idle parent earns no burst).
@@ -293,7 +329,7 @@ func (c *Core) rescue(now time.Time, top float64) {
 	c.orphans = slices.DeleteFunc(c.orphans, func(p *parent) bool { return len(p.inflight) == 0 })
 	for _, q := range c.orphans {
 		for _, r := range slices.Clone(q.inflight) {
-			if c.nreq >= c.cfg.ConcurrentPieces {
+			if c.busy() {
 				return
 			}
 			if len(c.reqs[r.piece]) != 1 {

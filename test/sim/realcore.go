@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -34,7 +35,10 @@ func newRealCore(p CoreParams) (Core, error) {
 	c := fetch.New(fetch.Config{
 		TaskID: p.Spec.GetTaskId(),
 		PeerID: p.PeerID,
-		Rand:   mrand.New(mrand.NewPCG(p.Seed, p.Seed^0xc0de)),
+		// What the daemon knows of its downlink: declared, else its link
+		// tests' best (Daemon.downlink).
+		Downlink: float64(cmp.Or(p.Host.GetDownloadBps(), p.Host.GetLinkDownloadBps())),
+		Rand:     mrand.New(mrand.NewPCG(p.Seed, p.Seed^0xc0de)),
 	})
 	return &realCore{p: p, c: c}, nil
 }
