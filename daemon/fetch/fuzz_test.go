@@ -11,7 +11,8 @@ import (
 // FuzzCoreEvents drives a core with arbitrary event sequences — parents
 // announcing any piece numbers (a lying parent), transfers ending in any
 // order, scheduler messages, time jumps — and checks that it never panics
-// and keeps its books: requests counted once, never more pieces held than
+// and keeps its books: requests and their bytes counted once (with and
+// without a downlink bounding them), never more pieces held than
 // the task has, nothing but timers after the download ended.
 func FuzzCoreEvents(f *testing.F) {
 	f.Add([]byte{8, 0, 7, 1, 0, 0xff, 1, 1, 3, 0, 3, 1, 4, 2, 5, 9})
@@ -22,8 +23,10 @@ func FuzzCoreEvents(f *testing.F) {
 			return
 		}
 		n := int(b[0])%64 + 1
+		// The first byte's top bits: the downlink known, none or 100-300 kB/s.
+		down := float64(b[0]/64) * 1e5
 		b = b[1:]
-		c := New(Config{TaskID: "t", PeerID: "me", Rand: rand.New(rand.NewPCG(1, 1)), ParentFailures: 2})
+		c := New(Config{TaskID: "t", PeerID: "me", Rand: rand.New(rand.NewPCG(1, 1)), ParentFailures: 2, Downlink: down})
 		now := t0
 		ended, completed := false, false
 		next := func() byte {
@@ -60,17 +63,18 @@ func FuzzCoreEvents(f *testing.F) {
 					}
 				}
 			}
-			total := 0
+			total, bytes := 0, int64(0)
 			for _, rs := range c.reqs {
 				for _, r := range rs {
 					if !r.active {
 						t.Fatal("an ended request is still listed")
 					}
+					bytes += r.size
 				}
 				total += len(rs)
 			}
-			if total != c.nreq {
-				t.Fatalf("%d requests listed, %d counted", total, c.nreq)
+			if total != c.nreq || bytes != c.nbytes {
+				t.Fatalf("%d requests of %d bytes listed, %d of %d counted", total, bytes, c.nreq, c.nbytes)
 			}
 			if held, count := c.Held(); c.length >= 0 && held > count {
 				t.Fatalf("%d of %d pieces held", held, count)
