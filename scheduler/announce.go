@@ -370,6 +370,7 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 		}
 		if p.pieces.set(n) { // new: traffic counted once per piece
 			p.host.downloadBytes += int64(r.GetLength())
+			p.gotBytes += float64(r.GetLength())
 			if r.GetParentId() == "" {
 				s.counters.originBytes += int64(r.GetLength())
 			} else {
@@ -401,6 +402,9 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 			if par := t.peers[id]; par != nil {
 				par.host.successes++
 				par.host.uploadBytes += int64(r.GetLength())
+				if k := parentIndex(p, par); k >= 0 {
+					p.parents[k].sent += float64(r.GetLength())
+				}
 				if par.host.info.GetSeed() && !s.slowHost(p, now) {
 					// (Bytes to a slow leaf go no further: they do not
 					// count as the content sent once.)

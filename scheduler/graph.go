@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"slices"
+	"time"
 )
 
 // The parent→child graph of a task must stay acyclic. Checking a new edge by
@@ -30,6 +31,11 @@ type link struct {
 	// top: the share is a top-up (topup.go), booked in the parent's
 	// topBooked: it yields to any other booking on the parent.
 	top bool
+	// The edge's delivery window (settleSharesLocked): it started at from
+	// (when the edge was linked, or last judged), when the child had
+	// reported gotAt bytes in all; sent counts those from this parent.
+	from        time.Time
+	sent, gotAt float64
 }
 
 // linkLocked makes parent a parent of child when that keeps the graph
@@ -74,8 +80,9 @@ func (s *Scheduler) linkEdgeLocked(parent, child *peer, share float64, top bool)
 	default:
 		child.depth = sourceDepth(parent) + 1
 	}
-	child.parents = append(child.parents, link{peer: parent, at: len(parent.children), share: share, top: top})
-	child.parentsAt = s.now()
+	now := s.now()
+	child.parents = append(child.parents, link{peer: parent, at: len(parent.children), share: share, top: top, from: now, gotAt: child.gotBytes})
+	child.parentsAt = now
 	parent.children = append(parent.children, child)
 	parent.host.used++
 	parent.host.edges++

@@ -42,6 +42,7 @@ type metrics struct {
 	inventoryRefused prometheus.Counter
 	linkTests        prometheus.Counter
 	topUps           prometheus.Counter
+	sharesSettled    prometheus.Counter
 	sunkRelays       prometheus.Counter
 }
 
@@ -106,6 +107,10 @@ func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "top_up_shares_total",
 			Help: "Paced shares of spare uplinks booked for downloading peers whose parents gave them less than they could take (top-ups).",
 		}),
+		sharesSettled: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "shares_settled_total",
+			Help: "Paced shares of downloading parents cut towards what they delivered: the parent gave its receiver clearly less of its share than the receiver's other parents did.",
+		}),
 		sunkRelays: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "sunk_relays_total",
 			Help: "Times a relay slower than its task's rate traded places with a faster full-rate child, so that it sinks to its pipeline's tail.",
@@ -158,7 +163,7 @@ func newMetrics(reg prometheus.Registerer, compat bool) (*metrics, error) {
 	cs := []prometheus.Collector{
 		m.decisions, m.decisionDuration, peers, m.tasks, m.seedTriggers, pieces, m.peersLeft, m.slowParents,
 		m.specRefused, m.contentCorrupt, m.trustRestored,
-		m.announceStreams, m.inventoryStreams, m.inventoryHolders, m.inventoryRefused, m.linkTests, m.topUps, m.sunkRelays,
+		m.announceStreams, m.inventoryStreams, m.inventoryHolders, m.inventoryRefused, m.linkTests, m.topUps, m.sharesSettled, m.sunkRelays,
 		registrations, pieceCost,
 	}
 	if compat {

@@ -334,6 +334,7 @@ func (s *Scheduler) refresh(ctx context.Context, now time.Time) {
 		}
 		s.replaceSlowParentsLocked(t, now)
 		s.sinkSlowRelaysLocked(t, now)
+		s.settleSharesLocked(t, now)
 		s.topUpShortLocked(t, now)
 		for _, p := range t.list {
 			s.touchOpenLocked(p)

@@ -140,6 +140,8 @@ type peer struct {
 	// this peer: its unpaced children were assumed to get that.
 	bookFluid float64
 	pacedTry  time.Time // when pacedRehomeLocked last tried to move it
+	// gotBytes: the bytes of the pieces it reported (link.gotAt).
+	gotBytes float64
 	// budgetSent: the upload budget last sent to this peer's daemon
 	// (meter.go, sendBudgetsLocked), bytes/s; 0 none.
 	budgetSent float64

@@ -207,6 +207,7 @@ func (s *Scheduler) growSharesLocked(recv []*peer, floor float64, budget *int, e
 			}
 			l.share += a
 			d.addBooking(l.top, a)
+			l.restart(now, p)
 			short -= a
 			s.m.topUps.Inc()
 			told = tellOnce(told, e, p)
@@ -439,6 +440,7 @@ func (s *Scheduler) moveShareLocked(q *peer, j int, p *peer, a float64) bool {
 	if k := parentIndex(p, d); k >= 0 {
 		p.parents[k].share += a
 		d.addBooking(p.parents[k].top, a)
+		p.parents[k].restart(s.now(), p)
 	} else {
 		bf := d.bookFluid // not a new booking: D's fluid rate stays
 		ok := s.linkEdgeLocked(d, p, a, l.top)
@@ -531,4 +533,100 @@ func tellOnce(told []*peer, e uint64, ps ...*peer) []*peer {
 		}
 	}
 	return told
+}
+
+// A paced share from a downloading parent is judged by what it delivered
+// (settleSharesLocked) over a window of at least shareWindow in which it
+// should have brought shareSample pieces: a share of a few percent of the
+// fluid rate brings a piece every few seconds, and a shorter window would
+// see nothing come. shareIntake is the part of what the receiver could take
+// (its downlink, at most the fluid rate) below which it is short, and
+// shareDelivered the part of its share a parent must have delivered,
+// relative to the part of its booked inflow the receiver took in.
+const (
+	shareWindow    = 3 * time.Second
+	shareSample    = 4
+	shareIntake    = 0.85
+	shareDelivered = 0.7
+)
+
+// settleSharesLocked brings the paced shares of downloading parents
+// towards what they deliver. A downloading parent passes on only the
+// pieces it took in that its child lacks, and a receiver level with its
+// paced parent (the two fed the same pieces by the same pipelines) gets
+// next to nothing from it: booked at full, the shares of the two slowest
+// hosts of the simulator's spread over 12.5-25 Mbit/s at N = 32 summed to
+// the fluid rate, so nobody topped them up, and they received 59 % of it
+// for the whole download and finished 7 s after the other 30.
+//
+// So when a share's window closes, if the receiver took in clearly less
+// than it could (shareIntake), and the share's downloading parent
+// delivered clearly less of it than the receiver's parents did of their
+// shares on the whole (shareDelivered: a downlink slower than known holds
+// every parent back alike, and cuts none), the share is halved, or cut to
+// what it delivered when that is more (never below minPacedShare of the
+// fluid rate). The receiver is then short by its booked shares, so
+// top-ups, swaps and the levelling (topUpShortLocked, which runs next)
+// spread its shortfall over the swarm, and what the parent no longer books
+// goes to receivers that lack its pieces. Halving, not cutting to what
+// was delivered: two slow receivers are level at first and exchange
+// pieces later, and cut outright for good, their uplinks idled (the
+// simulator's mixed with hosts 4 times slower lost up to 0.11 of the bound
+// on the last host); a share that can deliver again grows again when its
+// receiver is short (growSharesLocked). A share linked or grown in the
+// window is judged at its next one.
+func (s *Scheduler) settleSharesLocked(t *task, now time.Time) {
+	if !s.cfg.PacedShares || !s.cfg.CapacityAware || t.fluid <= 0 || t.pieceSize == 0 || t.paced == 0 {
+		return
+	}
+	floor := minPacedShare * t.fluid
+	sample := shareSample * float64(t.pieceSize)
+	for _, p := range t.list {
+		if p.state != stateRunning {
+			continue
+		}
+		part := -1.0 // the part of its booked inflow p took in; computed once
+		changed := false
+		for j := range p.parents {
+			l := &p.parents[j]
+			if l.share <= 0 {
+				continue
+			}
+			secs := now.Sub(l.from).Seconds()
+			if secs < shareWindow.Seconds() || l.share*secs < sample {
+				continue
+			}
+			rate := l.sent / secs
+			intake := (p.gotBytes - l.gotAt) / secs
+			l.restart(now, p)
+			if l.peer.state != stateRunning || intake >= shareIntake*min(s.topUpDownlink(p), t.fluid) {
+				continue
+			}
+			if part < 0 {
+				part = 0
+				if in := s.inflow(p, now); in > 0 {
+					part = min(1, intake/in)
+				}
+			}
+			sh := max(rate, l.share/2, floor)
+			if rate >= shareDelivered*part*l.share || sh >= l.share {
+				continue
+			}
+			l.peer.addBooking(l.top, sh-l.share)
+			if s.debug() {
+				s.log.Debug("share settled", "task_id", t.id, "peer_id", p.id, "parent_id", l.peer.id, "share_bps", int64(l.share), "new_bps", int64(sh), "delivered_bps", int64(rate), "intake_bps", int64(intake))
+			}
+			l.share, changed = sh, true
+			s.m.sharesSettled.Inc()
+		}
+		if changed {
+			s.sendParentsLocked(p, now)
+		}
+	}
+}
+
+// restart starts l's delivery window at now: l is one of child's parents,
+// linked or grown then.
+func (l *link) restart(now time.Time, child *peer) {
+	l.from, l.sent, l.gotAt = now, 0, child.gotBytes
 }
