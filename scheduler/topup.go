@@ -560,10 +560,13 @@ const (
 // for the whole download and finished 7 s after the other 30.
 //
 // So when a share's window closes, if the receiver took in clearly less
-// than it could (shareIntake), and the share's downloading parent
-// delivered clearly less of it than the receiver's parents did of their
-// shares on the whole (shareDelivered: a downlink slower than known holds
-// every parent back alike, and cuts none), the share is halved, or cut to
+// than it could (shareIntake), the share's downloading parent holds fewer
+// than topUpAhead pieces the receiver lacks (it is level with it: a parent
+// ahead of it was held back by something that passes, and on the harness
+// such a cut left a slow host's uplink idler), and it delivered clearly
+// less of its share than the receiver's parents did of theirs on the
+// whole (shareDelivered: a downlink slower than known holds every parent
+// back alike, and cuts none), the share is halved, or cut to
 // what it delivered when that is more (never below minPacedShare of the
 // fluid rate). The receiver is then short by its booked shares, so
 // top-ups, swaps and the levelling (topUpShortLocked, which runs next)
@@ -599,7 +602,7 @@ func (s *Scheduler) settleSharesLocked(t *task, now time.Time) {
 			rate := l.sent / secs
 			intake := (p.gotBytes - l.gotAt) / secs
 			l.restart(now, p)
-			if l.peer.state != stateRunning || intake >= shareIntake*min(s.topUpDownlink(p), t.fluid) {
+			if l.peer.state != stateRunning || servesNew(l.peer, p) || intake >= shareIntake*min(s.topUpDownlink(p), t.fluid) {
 				continue
 			}
 			if part < 0 {

@@ -845,21 +845,29 @@ func TestSettleShareOfLevelParent(t *testing.T) {
 
 // What does not cut a share: a receiver whose parents all deliver the
 // same part of their shares (held back by its own downlink, not by one
-// parent), a receiver that takes in what it can, and a window too short
-// to judge.
+// parent), a receiver that takes in what it can, a parent that holds
+// pieces the receiver lacks (it is not level with it: what held it back
+// passes), and a window too short to judge.
 func TestSettleShareKeeps(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
 		fromA, fromB uint32
 		window       float64 // in the time b's share takes to bring one piece
+		aAhead       bool    // a holds pieces 16-31, which p lacks
 	}{
-		{"both parents alike", 2, 2, 8},
-		{"receiver not short", 0, 32, 8},
-		{"window too short", 0, 2, 2},
+		{"both parents alike", 2, 2, 8, false},
+		{"receiver not short", 0, 32, 8, false},
+		{"parent not level", 0, 8, 8, true},
+		{"window too short", 0, 2, 2, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v, tk, a, b, p := levelParents(t)
 			defer v.s.mu.Unlock()
+			if tc.aAhead {
+				for n := uint32(16); n < topUpPieces; n++ {
+					a.pieces.set(n)
+				}
+			}
 			half := tk.fluid / 2
 			secs := tc.window * float64(tk.pieceSize) / half
 			if tc.name == "receiver not short" {
