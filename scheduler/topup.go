@@ -562,8 +562,8 @@ const (
 // So when a share's window closes, if the receiver took in clearly less
 // than it could (shareIntake), the share's downloading parent holds fewer
 // than topUpAhead pieces the receiver lacks (it is level with it: a parent
-// ahead of it was held back by something that passes, and on the harness
-// such a cut left a slow host's uplink idler), and it delivered clearly
+// ahead of it was held back by something that passes, and halving its
+// share would idle part of its uplink), and it delivered clearly
 // less of its share than the receiver's parents did of theirs on the
 // whole (shareDelivered: a downlink slower than known holds every parent
 // back alike, and cuts none), the share is halved, or cut to
