@@ -402,7 +402,8 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 			if par := t.peers[id]; par != nil {
 				par.host.successes++
 				par.host.uploadBytes += int64(r.GetLength())
-				if k := parentIndex(p, par); k >= 0 {
+				k := parentIndex(p, par)
+				if k >= 0 {
 					p.parents[k].sent += float64(r.GetLength())
 				}
 				if par.host.info.GetSeed() && !s.slowHost(p, now) {
@@ -414,7 +415,8 @@ func (s *Scheduler) onPiecesLocked(p *peer, m *schedulerv1.PiecesDone, now time.
 				// main child, sharing its uplink while it lasted: its rate
 				// says nothing of what the host can give one child, and
 				// counted, it would get fast relays replaced as slow.
-				if !pacedChild(par, p) && !downlinkBound(p) {
+				// (pacedChild(par, p), from the link found above.)
+				if paced := k >= 0 && p.parents[k].share > 0; !paced && !downlinkBound(p) {
 					par.host.observeThroughput(r.GetLength(), r.GetCostNs())
 					if s.probing(par) {
 						probe = par
