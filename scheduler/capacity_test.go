@@ -1652,3 +1652,58 @@ func TestDownlinkBoundPieceNotInThroughput(t *testing.T) {
 		})
 	}
 }
+
+// A receiver given paced parents again is never booked a share of its own
+// pipeline's tail, which gets every piece through it: on the harness's
+// spread at N = 16 and 100 Mbit/s a pipeline's head was booked 3 MB/s from
+// its tail six hops below, which delivered an eighth of it, and the whole
+// pipeline ran at 0.8 of the rate for five seconds. A peer of another
+// pipeline with less spare is booked instead; a tail that has another
+// source may still be.
+func TestPacedParentsNotFedThroughReceiver(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.fetcher("t", "src", false, capHost("src", 100, false))
+	ups := map[string]float64{"h": 100, "a": 100, "tail": 100, "x": 60, "y": 100}
+	for _, id := range []string{"h", "a", "tail", "x", "y"} {
+		v.join("t", id, capHost(id, ups[id], false)).parents()
+	}
+	v.rewire("t", [2]string{"src", "h"}, [2]string{"h", "a"}, [2]string{"a", "tail"}, [2]string{"src", "y"}, [2]string{"y", "x"})
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	tk := v.s.tasks[tid("t")]
+	h, tail, x := tk.peers["h"], tk.peers["tail"], tk.peers["x"]
+	if v.s.spare(tail, v.now) <= v.s.spare(x, v.now) {
+		t.Fatalf("setup: the tail's spare %.1f Mbit/s is not above x's %.1f", v.s.spare(tail, v.now)/mbps, v.s.spare(x, v.now)/mbps)
+	}
+	if !fedThrough(tail, h) || fedThrough(x, h) || fedThrough(h, tail) {
+		t.Fatalf("fedThrough: tail below h %v, x below h %v, h below tail %v; want true, false, false",
+			fedThrough(tail, h), fedThrough(x, h), fedThrough(h, tail))
+	}
+	v.s.dropParentsLocked(h) // its parent left: h keeps its pipeline
+	if !v.s.pacedLocked(h, []*peer{tail, x}, 0, nil, localityGroup(h.host.info), v.now) {
+		t.Fatal("h got no paced parents")
+	}
+	got := v.parentsLockedIDs(h)
+	if slices.Contains(got, "tail") || !slices.Contains(got, "x") {
+		t.Fatalf("h's paced parents %v: want x and not its own tail", got)
+	}
+	if err := checkInvariants(v.s); err != nil {
+		t.Fatal(err)
+	}
+
+	// Once the tail has a source of its own (a paced share from y), it may
+	// hold pieces h lacks and counts as any peer.
+	v.s.dropParentsLocked(h)
+	if !v.s.linkShareLocked(tk.peers["y"], tail, 1e6) {
+		t.Fatal("setup: cannot link y→tail")
+	}
+	if fedThrough(tail, h) {
+		t.Fatal("a tail with a second source counts as fed through h")
+	}
+	if !v.s.pacedLocked(h, []*peer{tail, x}, 0, nil, localityGroup(h.host.info), v.now) {
+		t.Fatal("h got no paced parents the second time")
+	}
+	if got := v.parentsLockedIDs(h); !slices.Contains(got, "tail") {
+		t.Fatalf("h's paced parents %v: want the tail, the largest spare, now that it has another source", got)
+	}
+}
