@@ -125,6 +125,37 @@ func TestTopUpBelowSlowRelay(t *testing.T) {
 	}
 }
 
+// A receiver marked crowded below a relay slower than the rate, whose only
+// full-rate child it is, splits no uplink with a pipeline: it is topped up
+// like any receiver below a slow relay. (Peers joining together are placed
+// below parents with no room for them; in the simulator's spread at N = 16
+// and 100 Mbit/s such a relay and the two hosts below it took in about 57
+// Mbit/s of the 70.5 the rate asked for 8 s, untopped.)
+func TestTopUpForCrowdedSoleChild(t *testing.T) {
+	v := pipelineVirtual(t, nil)
+	v.fetcher("t", "src", false, capHost("src", 100, false))
+	for _, id := range []string{"r", "c", "d"} {
+		v.join("t", id, capHost(id, map[string]float64{"r": 80, "c": 100, "d": 100}[id], false)).parents()
+	}
+	f := v.join("t", "f", capHost("f", 100, false))
+	f.parents()
+	f.pieces(piecesFrom("src", topUpPieces)...)
+	f.finish()
+	v.rewire("t", [2]string{"src", "r"}, [2]string{"r", "c"}, [2]string{"c", "d"})
+	v.s.mu.Lock()
+	v.s.crowdLocked(v.s.tasks[tid("t")].peers["c"])
+	v.s.mu.Unlock()
+	v.runTopUps("t")
+	if got := v.topUps("t", "c"); got["f"] < 10 {
+		t.Fatalf("crowded c, r's only child, below an 80 Mbit/s relay: top-ups %v, want about 20 Mbit/s or more from f", got)
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	if err := checkInvariants(v.s); err != nil {
+		t.Error(err)
+	}
+}
+
 // parentsOf returns the IDs of id's parents.
 func (v *vsched) parentsOf(task, id string) []string {
 	v.s.mu.Lock()
