@@ -735,14 +735,6 @@ func (s *Scheduler) pacedLocked(p *peer, full []*peer, pref int, spareC []*peer,
 		if sharedSeed(c) || c.host == p.host || localityGroup(c.host.info) != group {
 			return
 		}
-		if fedThrough(c, p) {
-			// Its every piece comes through p: booked as a share, it
-			// gives p nothing, and p stays short by what it was booked.
-			if s.debug() {
-				s.log.Debug("paced parent fed through the receiver skipped", "task_id", t.id, "peer_id", p.id, "parent_id", c.id)
-			}
-			return
-		}
 		if s.pacedRelief && !servesNew(c, p) {
 			// A slow leaf giving way takes only parents ahead of it, as
 			// a top-up does: another slow receiver's idle uplink, level
@@ -751,9 +743,22 @@ func (s *Scheduler) pacedLocked(p *peer, full []*peer, pref int, spareC []*peer,
 			// 1.98 × F from the origin).
 			return
 		}
-		if sp := s.spare(c, now); sp >= minPacedShare*t.fluid {
-			cands = append(cands, pacedCand{c, sp})
+		sp := s.spare(c, now)
+		if sp < minPacedShare*t.fluid {
+			return
 		}
+		// Last, as the one check that walks (up p's pipeline, at most
+		// fedThroughScan hops): most sampled hosts without a free slot
+		// have no spare either.
+		if fedThrough(c, p) {
+			// Its every piece comes through p: booked as a share, it
+			// gives p nothing, and p stays short by what it was booked.
+			if s.debug() {
+				s.log.Debug("paced parent fed through the receiver skipped", "task_id", t.id, "peer_id", p.id, "parent_id", c.id)
+			}
+			return
+		}
+		cands = append(cands, pacedCand{c, sp})
 	}
 	for i, c := range full {
 		if i < pref {
